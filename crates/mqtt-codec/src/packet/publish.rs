@@ -1,0 +1,184 @@
+//! PUBLISH (section 3.3).
+
+use bytes::{BufMut, Bytes};
+
+use super::{Encode, PacketId, read_packet_id};
+use crate::{
+    ByteStr, PacketType, ProtocolVersion, PublishProperties, QoS,
+    error::{DecodeError, EncodeError, ErrorKind},
+    primitives::{read_str, write_str},
+    topic::validate_topic_name,
+};
+
+/// The QoS of a PUBLISH together with its packet identifier, which QoS 1 and 2 must
+/// carry and QoS 0 must not ([MQTT-2.2.1-2]): the pairing is part of the type.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum QosPid {
+    /// QoS 0, no packet identifier.
+    AtMostOnce,
+    /// QoS 1 with its packet identifier.
+    AtLeastOnce(PacketId),
+    /// QoS 2 with its packet identifier.
+    ExactlyOnce(PacketId),
+}
+
+impl QosPid {
+    /// The QoS.
+    pub const fn qos(self) -> QoS {
+        match self {
+            Self::AtMostOnce => QoS::AtMostOnce,
+            Self::AtLeastOnce(_) => QoS::AtLeastOnce,
+            Self::ExactlyOnce(_) => QoS::ExactlyOnce,
+        }
+    }
+
+    /// The packet identifier, for QoS 1 and 2.
+    pub const fn packet_id(self) -> Option<PacketId> {
+        match self {
+            Self::AtMostOnce => None,
+            Self::AtLeastOnce(id) | Self::ExactlyOnce(id) => Some(id),
+        }
+    }
+
+    /// Pairs a QoS with a packet identifier; the identifier is dropped for QoS 0.
+    pub const fn new(qos: QoS, packet_id: PacketId) -> Self {
+        match qos {
+            QoS::AtMostOnce => Self::AtMostOnce,
+            QoS::AtLeastOnce => Self::AtLeastOnce(packet_id),
+            QoS::ExactlyOnce => Self::ExactlyOnce(packet_id),
+        }
+    }
+}
+
+/// An application message in transit.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Publish {
+    /// DUP: this is a re-delivery of an earlier attempt (QoS 1 and 2 only).
+    pub dup: bool,
+    /// QoS and packet identifier.
+    pub qos_pid: QosPid,
+    /// RETAIN.
+    pub retain: bool,
+    /// The topic name. Empty only in 5.0, when `properties.topic_alias` stands for it.
+    pub topic: ByteStr,
+    /// The payload: the rest of the packet, shared with the input buffer.
+    pub payload: Bytes,
+    /// PUBLISH properties (5.0).
+    pub properties: PublishProperties,
+}
+
+impl Publish {
+    /// A QoS 0 PUBLISH of `payload` to `topic` with no flags and no properties.
+    pub fn new(topic: ByteStr, payload: Bytes) -> Self {
+        Self {
+            dup: false,
+            qos_pid: QosPid::AtMostOnce,
+            retain: false,
+            topic,
+            payload,
+            properties: PublishProperties::default(),
+        }
+    }
+
+    /// The QoS.
+    pub const fn qos(&self) -> QoS {
+        self.qos_pid.qos()
+    }
+
+    /// The packet identifier, for QoS 1 and 2.
+    pub const fn packet_id(&self) -> Option<PacketId> {
+        self.qos_pid.packet_id()
+    }
+
+    pub(crate) fn decode(
+        flags: u8,
+        mut src: Bytes,
+        version: ProtocolVersion,
+    ) -> Result<Self, DecodeError> {
+        let dup = flags & 0b1000 != 0;
+        let retain = flags & 0b0001 != 0;
+        // [MQTT-3.3.1-4]: both QoS bits set is a Malformed Packet.
+        let qos = QoS::from_u8((flags >> 1) & 0b11).ok_or(ErrorKind::InvalidQos)?;
+        // [MQTT-3.3.1-2]: DUP must be 0 on QoS 0.
+        if dup && qos == QoS::AtMostOnce {
+            return Err(ErrorKind::DupOnQos0.into());
+        }
+        let topic = read_str(&mut src)?;
+        // [MQTT-3.3.2-2]: no wildcards in a topic name. Emptiness is checked below,
+        // since 5.0 allows it together with a Topic Alias.
+        if !topic.is_empty() {
+            validate_topic_name(&topic)?;
+        }
+        let qos_pid = match qos {
+            QoS::AtMostOnce => QosPid::AtMostOnce,
+            QoS::AtLeastOnce => QosPid::AtLeastOnce(read_packet_id(&mut src)?),
+            QoS::ExactlyOnce => QosPid::ExactlyOnce(read_packet_id(&mut src)?),
+        };
+        let properties = if version.is_v5() {
+            let props = PublishProperties::decode(&mut src)?;
+            if let Some(response_topic) = &props.response_topic {
+                // [MQTT-3.3.2-14]
+                validate_topic_name(response_topic).map_err(|_| ErrorKind::InvalidResponseTopic)?;
+            }
+            props
+        } else {
+            PublishProperties::default()
+        };
+        // [MQTT-4.7.3-1]; in 5.0 "a zero length Topic Name and no Topic Alias" is a Protocol Error.
+        if topic.is_empty() && properties.topic_alias.is_none() {
+            return Err(ErrorKind::EmptyTopicName.into());
+        }
+        Ok(Self {
+            dup,
+            qos_pid,
+            retain,
+            topic,
+            payload: src,
+            properties,
+        })
+    }
+}
+
+impl Encode for Publish {
+    const TYPE: PacketType = PacketType::Publish;
+
+    fn flags(&self) -> u8 {
+        (u8::from(self.dup) << 3) | ((self.qos() as u8) << 1) | u8::from(self.retain)
+    }
+
+    fn check(&self, version: ProtocolVersion) -> Result<(), EncodeError> {
+        if self.dup && self.qos() == QoS::AtMostOnce {
+            return Err(EncodeError::Invalid(ErrorKind::DupOnQos0));
+        }
+        if !(self.topic.is_empty() && version.is_v5() && self.properties.topic_alias.is_some()) {
+            validate_topic_name(&self.topic).map_err(EncodeError::Invalid)?;
+        }
+        if version.is_v5() {
+            self.properties.check()
+        } else {
+            Ok(())
+        }
+    }
+
+    fn body_len(&self, version: ProtocolVersion) -> usize {
+        let mut len = self.topic.encoded_len() + self.payload.len();
+        if self.packet_id().is_some() {
+            len += 2;
+        }
+        if version.is_v5() {
+            len += self.properties.wire_len();
+        }
+        len
+    }
+
+    fn write_body(&self, version: ProtocolVersion, dst: &mut impl BufMut) {
+        write_str(dst, &self.topic);
+        if let Some(id) = self.packet_id() {
+            dst.put_u16(id.get());
+        }
+        if version.is_v5() {
+            self.properties.encode(dst);
+        }
+        dst.put_slice(&self.payload);
+    }
+}
