@@ -1,1 +1,169 @@
-fn main() {}
+//! Project chores, run as `cargo xtask <command>`.
+//!
+//! - `ci`: everything CI checks, in the order that fails fastest: formatting, clippy,
+//!   the tests, the docs, the no_std build, and `cargo deny` (installed when missing;
+//!   bans, licenses and sources: the advisory database lives on GitHub, out of reach here).
+//!   This is the README's test command.
+//! - `no-std`: builds the `no_std` crates without default features and checks that no
+//!   dependency turns `std` back on.
+//! - `bench --micro`: the criterion micro-benchmarks of every crate.
+//! - `conformance [--check]`: regenerates `docs/conformance.md` from the statement lists
+//!   in `docs/spec/` and the tests that cite them; `--check` fails if it is stale.
+//! - `fuzz [TARGET] [SECONDS]`: runs a cargo-fuzz target from `fuzz/` with its seed
+//!   corpus (needs cargo-fuzz and a nightly toolchain).
+
+mod conformance;
+
+use std::{
+    env,
+    path::{Path, PathBuf},
+    process::{Command, ExitCode},
+};
+
+/// The crates that must build without the standard library.
+const NO_STD_CRATES: &[&str] = &["mqtt-codec", "mqtt-topics", "mqtt-session"];
+
+pub(crate) type Result<T = ()> = std::result::Result<T, String>;
+
+fn main() -> ExitCode {
+    let args: Vec<String> = env::args().skip(1).collect();
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let result = match args.as_slice() {
+        ["ci"] => ci(),
+        ["no-std"] => no_std(),
+        ["bench", "--micro"] => cargo(&["bench", "-p", "benches"]),
+        ["bench", ..] => Err("end-to-end load scenarios are not built yet (issue 7); \
+             `cargo xtask bench --micro` runs the criterion micro-benchmarks"
+            .to_owned()),
+        ["fuzz", rest @ ..] => fuzz(rest),
+        ["conformance"] => conformance::run(false),
+        ["conformance", "--check"] => conformance::run(true),
+        _ => Err(USAGE.to_owned()),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(msg) => {
+            eprintln!("xtask: {msg}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+const USAGE: &str = "usage: cargo xtask <ci | no-std | bench --micro | conformance [--check] | fuzz [TARGET] [SECONDS]>";
+
+pub(crate) fn project_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_default()
+}
+
+fn run(cmd: &mut Command) -> Result {
+    eprintln!("xtask: running {cmd:?}");
+    if cmd.get_current_dir().is_none() {
+        cmd.current_dir(project_root());
+    }
+    let status = cmd.status().map_err(|e| format!("{cmd:?}: {e}"))?;
+    if status.success() {
+        Ok(())
+    } else {
+        Err(format!("{cmd:?} failed: {status}"))
+    }
+}
+
+fn cargo(args: &[&str]) -> Result {
+    run(Command::new(env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned())).args(args))
+}
+
+fn ci() -> Result {
+    cargo(&["fmt", "--all", "--", "--check"])?;
+    cargo(&[
+        "clippy",
+        "--workspace",
+        "--all-targets",
+        "--locked",
+        "--",
+        "-D",
+        "warnings",
+    ])?;
+    cargo(&["test", "--workspace", "--locked"])?;
+    run(Command::new("cargo")
+        .args(["doc", "--workspace", "--no-deps", "--locked"])
+        .env("RUSTDOCFLAGS", "-D warnings"))?;
+    no_std()?;
+    conformance::run(true)?;
+    deny()
+}
+
+fn no_std() -> Result {
+    for krate in NO_STD_CRATES {
+        cargo(&["build", "-p", krate, "--no-default-features", "--locked"])?;
+        let out = Command::new("cargo")
+            .args([
+                "tree",
+                "-p",
+                krate,
+                "--no-default-features",
+                "-e",
+                "normal,features",
+                "--locked",
+            ])
+            .current_dir(project_root())
+            .output()
+            .map_err(|e| format!("cargo tree: {e}"))?;
+        if !out.status.success() {
+            return Err(format!(
+                "cargo tree -p {krate} failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            ));
+        }
+        let tree = String::from_utf8_lossy(&out.stdout);
+        let with_std: Vec<&str> = tree
+            .lines()
+            .filter(|l| l.contains("feature \"std\""))
+            .collect();
+        if !with_std.is_empty() {
+            return Err(format!(
+                "{krate} without default features still enables std:\n{}",
+                with_std.join("\n")
+            ));
+        }
+        eprintln!("xtask: {krate} builds as no_std and no dependency enables std");
+    }
+    Ok(())
+}
+
+fn deny() -> Result {
+    let installed = Command::new("cargo")
+        .args(["deny", "--version"])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !installed {
+        cargo(&["install", "--locked", "cargo-deny"])?;
+    }
+    // The advisories check clones the RustSec database from GitHub, which the project's
+    // machines cannot reach (only package registries are reachable); run it by hand where
+    // GitHub is reachable: `cargo deny check advisories`.
+    eprintln!("xtask: cargo deny: checking bans, licenses and sources (advisories need GitHub)");
+    cargo(&[
+        "deny",
+        "--workspace",
+        "check",
+        "bans",
+        "licenses",
+        "sources",
+    ])
+}
+
+fn fuzz(args: &[&str]) -> Result {
+    let target = args.first().copied().unwrap_or("decode");
+    let seconds = args.get(1).copied().unwrap_or("60");
+    let corpus = format!("corpus/{target}");
+    let seeds = format!("seeds/{target}");
+    std::fs::create_dir_all(project_root().join("fuzz").join(&corpus))
+        .map_err(|e| e.to_string())?;
+    run(Command::new("cargo")
+        .args(["+nightly", "fuzz", "run", target, &corpus, &seeds, "--"])
+        .arg(format!("-max_total_time={seconds}"))
+        .current_dir(project_root().join("fuzz")))
+}

@@ -80,7 +80,8 @@ impl Decoder {
     /// - `Ok(None)`: `src` holds only part of a packet (possibly nothing); nothing was
     ///   consumed. Read more bytes into `src` and call again.
     /// - `Err(e)`: the stream is invalid; close the connection, with `e.reason_code()`
-    ///   where the version has reason codes. `src` is left as it was.
+    ///   where the version has reason codes. The bad packet may have been taken off
+    ///   `src`; a stream cannot be resumed after an error.
     ///
     /// Never panics, whatever `src` holds.
     pub fn decode(&mut self, src: &mut BytesMut) -> Result<Option<Packet>, DecodeError> {

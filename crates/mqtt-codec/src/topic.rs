@@ -82,6 +82,8 @@ pub fn parse_shared(filter: &str) -> Result<Option<SharedFilter<'_>>, ErrorKind>
 mod tests {
     use super::*;
 
+    // 3.1.1 MQTT-3.3.2-2, 5.0 MQTT-3.3.2-2 (no wildcards in a topic name);
+    // 3.1.1 MQTT-4.7.1-1, 5.0 MQTT-4.7.0-1; 3.1.1 MQTT-4.7.3-1, 5.0 MQTT-4.7.3-1 (not empty).
     #[test]
     fn names() {
         for ok in ["a", "/", "a/b", "a//b", "$SYS/x", " ", "a/b/"] {
@@ -97,6 +99,8 @@ mod tests {
         }
     }
 
+    // 3.1.1 MQTT-4.7.1-2, 5.0 MQTT-4.7.1-1 ('#' placement); 3.1.1 MQTT-4.7.1-3,
+    // 5.0 MQTT-4.7.1-2 ('+' placement); 3.1.1 MQTT-4.7.3-1, 5.0 MQTT-4.7.3-1 (not empty).
     #[test]
     fn filters_from_the_spec() {
         // 4.7.1.2 and 4.7.1.3 examples.
@@ -138,6 +142,7 @@ mod tests {
         assert_eq!(validate_topic_filter(""), Err(ErrorKind::EmptyTopicFilter));
     }
 
+    // 5.0 MQTT-4.8.2-1, 5.0 MQTT-4.8.2-2: `$share/{ShareName}/{filter}` syntax.
     #[test]
     fn shared() {
         assert_eq!(parse_shared("a/b"), Ok(None));

@@ -1,0 +1,117 @@
+//! Decoding a PUBLISH allocates nothing: topic, payload and string properties are
+//! slices of the read buffer, shared by reference count. Encoding into a buffer with
+//! room allocates nothing either.
+//!
+//! A counting global allocator makes this a fact checked on every test run rather than
+//! a claim (the benchmarks measure speed; this measures allocations).
+
+use std::{
+    alloc::{GlobalAlloc, Layout, System},
+    cell::Cell,
+    num::NonZeroU16,
+};
+
+use bytes::{Bytes, BytesMut};
+use mqtt_codec::{
+    ByteStr, Decoder, Packet, PayloadFormat, ProtocolVersion, PubAck, Publish, PublishProperties,
+    QoS, QosPid,
+};
+
+struct Counting;
+
+thread_local! {
+    static ALLOCATIONS: Cell<usize> = const { Cell::new(0) };
+}
+
+// SAFETY: defers to the system allocator; only counts calls on the current thread.
+#[allow(unsafe_code)]
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        let _ = ALLOCATIONS.try_with(|n| n.set(n.get() + 1));
+        // SAFETY: same contract as the caller's.
+        unsafe { System.alloc(layout) }
+    }
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        // SAFETY: same contract as the caller's.
+        unsafe { System.dealloc(ptr, layout) }
+    }
+}
+
+#[global_allocator]
+static GLOBAL: Counting = Counting;
+
+fn allocations_during<T>(f: impl FnOnce() -> T) -> (usize, T) {
+    let before = ALLOCATIONS.with(Cell::get);
+    let out = f();
+    (ALLOCATIONS.with(Cell::get) - before, out)
+}
+
+fn publish(version: ProtocolVersion) -> Packet {
+    let mut p = Publish::new(ByteStr::from_static("a/b/c"), Bytes::from_static(&[7; 16]));
+    p.qos_pid = QosPid::new(QoS::AtLeastOnce, NonZeroU16::MIN);
+    if version.is_v5() {
+        p.properties = PublishProperties {
+            payload_format_indicator: Some(PayloadFormat::Utf8),
+            message_expiry_interval: Some(60),
+            response_topic: Some(ByteStr::from_static("reply/here")),
+            correlation_data: Some(Bytes::from_static(b"id-1")),
+            content_type: Some(ByteStr::from_static("text/plain")),
+            ..PublishProperties::default()
+        };
+    }
+    p.into()
+}
+
+#[test]
+fn decoding_a_stream_of_publishes_allocates_nothing() {
+    for version in [
+        ProtocolVersion::V3_1,
+        ProtocolVersion::V3_1_1,
+        ProtocolVersion::V5,
+    ] {
+        let packet = publish(version);
+        let mut stream = BytesMut::new();
+        for _ in 0..100 {
+            packet.encode(version, &mut stream).unwrap();
+        }
+        let mut decoder = Decoder::with_version(version);
+        // The first split turns the buffer into shared storage: one allocation per
+        // buffer, not per packet.
+        let first = decoder.decode(&mut stream).unwrap();
+        assert_eq!(first.as_ref(), Some(&packet));
+        let (allocs, decoded) = allocations_during(|| {
+            let mut count = 0;
+            while let Some(p) = decoder.decode(&mut stream).unwrap() {
+                assert!(p == packet);
+                count += 1;
+            }
+            count
+        });
+        assert_eq!(
+            allocs, 0,
+            "{version}: allocations while decoding 99 PUBLISH packets"
+        );
+        assert_eq!(decoded, 99);
+    }
+}
+
+#[test]
+fn encoding_into_a_buffer_with_room_allocates_nothing() {
+    for version in [ProtocolVersion::V3_1_1, ProtocolVersion::V5] {
+        let packets = [
+            publish(version),
+            PubAck::new(NonZeroU16::MIN).into(),
+            Packet::PingReq,
+        ];
+        let mut buf = BytesMut::with_capacity(4096);
+        let (allocs, ()) = allocations_during(|| {
+            for _ in 0..10 {
+                for p in &packets {
+                    p.encode(version, &mut buf).unwrap();
+                }
+            }
+        });
+        assert_eq!(allocs, 0, "{version}");
+        assert!(buf.len() > 30 * 3);
+    }
+}
