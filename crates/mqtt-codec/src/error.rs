@@ -76,8 +76,11 @@ pub enum ErrorKind {
     /// A `+` in a topic filter does not fill a whole level.
     #[error("'+' in a topic filter must fill a whole level")]
     SingleLevelWildcardMisplaced,
-    /// A `$share/` filter has an empty share name, a share name with `/`, `+` or `#`,
-    /// or no topic filter after the share name.
+    /// A `$share/` filter has an empty share name.
+    #[error("shared subscription filter with an empty share name")]
+    EmptyShareName,
+    /// A `$share/` filter has a share name with `+` or `#`, or no topic filter after the
+    /// share name.
     #[error("invalid shared subscription filter")]
     InvalidSharedSubscription,
     /// A Response Topic contains a wildcard character or is empty.
@@ -116,6 +119,9 @@ pub enum ErrorKind {
     /// Authentication Data without an Authentication Method.
     #[error("Authentication Data without Authentication Method")]
     AuthDataWithoutMethod,
+    /// An AUTH packet with a body but no Authentication Method.
+    #[error("AUTH without Authentication Method")]
+    AuthWithoutMethod,
     /// A reason code this packet type may not carry.
     #[error("reason code {0:#04x} is not valid in this packet")]
     InvalidReasonCode(u8),
@@ -176,6 +182,7 @@ impl ErrorKind {
             Self::MultiLevelWildcardMisplaced => "MQTT-4.7.1-2",
             Self::SingleLevelWildcardMisplaced if v5 => "MQTT-4.7.1-2",
             Self::SingleLevelWildcardMisplaced => "MQTT-4.7.1-3",
+            Self::EmptyShareName if v5 => "MQTT-4.8.2-1",
             Self::InvalidSharedSubscription if v5 => "MQTT-4.8.2-2",
             Self::InvalidResponseTopic if v5 => "MQTT-3.3.2-14",
             Self::EmptySubscribe if v5 => "MQTT-3.8.3-2",
@@ -222,6 +229,7 @@ impl ErrorKind {
             | Self::DuplicateProperty(_)
             | Self::InvalidPropertyValue(_)
             | Self::AuthDataWithoutMethod
+            | Self::AuthWithoutMethod
             | Self::InvalidReasonCode(_)
             | Self::PasswordWithoutUsername
             | Self::NotConnect => ReasonCode::PROTOCOL_ERROR,
@@ -274,7 +282,12 @@ impl DecodeError {
             Some(v) => v,
             None => ProtocolVersion::V5,
         };
-        self.kind.rule(version)
+        // Reason codes are governed packet by packet.
+        match (self.kind, self.packet) {
+            (ErrorKind::InvalidReasonCode(_), Some(packet)) => reason_code_rule(packet),
+            (ErrorKind::ReservedReturnCode(_), Some(PacketType::SubAck)) => Some("MQTT-3.9.3-2"),
+            _ => self.kind.rule(version),
+        }
     }
 
     /// The MQTT 5.0 reason code to close the connection with; see [`ErrorKind::reason_code`].
@@ -286,6 +299,22 @@ impl DecodeError {
     pub const fn is_too_large(&self) -> bool {
         matches!(self.kind, ErrorKind::PacketTooLarge { .. })
     }
+}
+
+/// The 5.0 statement that lists the reason codes a packet type may carry.
+const fn reason_code_rule(packet: PacketType) -> Option<&'static str> {
+    Some(match packet {
+        PacketType::ConnAck => "MQTT-3.2.2-8",
+        PacketType::PubAck => "MQTT-3.4.2-1",
+        PacketType::PubRec => "MQTT-3.5.2-1",
+        PacketType::PubRel => "MQTT-3.6.2-1",
+        PacketType::PubComp => "MQTT-3.7.2-1",
+        PacketType::SubAck => "MQTT-3.9.3-2",
+        PacketType::UnsubAck => "MQTT-3.11.3-2",
+        PacketType::Disconnect => "MQTT-3.14.2-1",
+        PacketType::Auth => "MQTT-3.15.2-1",
+        _ => return None,
+    })
 }
 
 impl From<ErrorKind> for DecodeError {

@@ -65,7 +65,10 @@ pub fn parse_shared(filter: &str) -> Result<Option<SharedFilter<'_>>, ErrorKind>
     let Some((group, inner)) = rest.split_once('/') else {
         return Err(ErrorKind::InvalidSharedSubscription);
     };
-    if group.is_empty() || group.contains(['+', '#']) {
+    if group.is_empty() {
+        return Err(ErrorKind::EmptyShareName);
+    }
+    if group.contains(['+', '#']) {
         return Err(ErrorKind::InvalidSharedSubscription);
     }
     if inner.is_empty() {
@@ -160,9 +163,9 @@ mod tests {
                 filter: "/"
             }))
         );
+        assert_eq!(parse_shared("$share//a"), Err(ErrorKind::EmptyShareName));
         for bad in [
             "$share/",
-            "$share//a",
             "$share/g",
             "$share/g/",
             "$share/g+/a",

@@ -541,24 +541,27 @@ fn disconnect(version: ProtocolVersion) -> BoxedStrategy<Packet> {
 }
 
 fn auth() -> impl Strategy<Value = Packet> {
+    // 3.15.2.2.2: every AUTH but the all-default one carries an Authentication Method.
     let props = (
-        option::of((string(), option::of(binary()))),
+        string(),
+        option::of(binary()),
         option::of(string()),
         user_properties(),
     )
-        .prop_map(|(auth, rs, user)| AuthProperties {
-            authentication_method: auth.as_ref().map(|(m, _)| m.clone()),
-            authentication_data: auth.and_then(|(_, d)| d),
+        .prop_map(|(method, data, rs, user)| AuthProperties {
+            authentication_method: Some(method),
+            authentication_data: data,
             reason_string: rs,
             user_properties: user,
         });
-    (reason(PacketType::Auth), props).prop_map(|(reason_code, properties)| {
-        Auth {
+    prop_oneof![
+        Just(Packet::from(Auth::default())),
+        (reason(PacketType::Auth), props).prop_map(|(reason_code, properties)| Auth {
             reason_code,
-            properties,
+            properties
         }
-        .into()
-    })
+        .into()),
+    ]
 }
 
 /// Any valid packet of `version` (CONNECT carries `version` itself).

@@ -19,6 +19,11 @@ pub struct Auth {
 }
 
 impl Auth {
+    /// The all-default AUTH (Success, no properties), which encodes with no body.
+    fn is_empty(&self) -> bool {
+        self.reason_code == ReasonCode::SUCCESS && self.properties.is_empty()
+    }
+
     pub(crate) fn decode(src: &mut Bytes) -> Result<Self, DecodeError> {
         if src.is_empty() {
             // "The Reason Code and Property Length can be omitted if the Reason Code is
@@ -29,13 +34,16 @@ impl Auth {
         if !ReasonCode(code).is_valid_for(PacketType::Auth) {
             return Err(ErrorKind::InvalidReasonCode(code).into());
         }
-        let properties = if src.is_empty() {
-            AuthProperties::default()
-        } else {
-            AuthProperties::decode(src)?
-        };
-        if properties.authentication_data.is_some() && properties.authentication_method.is_none() {
-            return Err(ErrorKind::AuthDataWithoutMethod.into());
+        // Only the all-default AUTH may leave out the Property Length (3.15.2.1).
+        let properties = AuthProperties::decode(src)?;
+        // 3.15.2.2.2: "It is a Protocol Error to omit the Authentication Method".
+        if properties.authentication_method.is_none() {
+            return Err(if properties.authentication_data.is_some() {
+                ErrorKind::AuthDataWithoutMethod
+            } else {
+                ErrorKind::AuthWithoutMethod
+            }
+            .into());
         }
         expect_end(src)?;
         Ok(Self {
@@ -49,28 +57,24 @@ impl Encode for Auth {
     const TYPE: PacketType = PacketType::Auth;
 
     fn check(&self, _: ProtocolVersion) -> Result<(), EncodeError> {
+        if !self.is_empty() && self.properties.authentication_method.is_none() {
+            return Err(EncodeError::Invalid(ErrorKind::AuthWithoutMethod));
+        }
         self.properties.check()
     }
 
     fn body_len(&self, _: ProtocolVersion) -> usize {
-        match (
-            self.reason_code == ReasonCode::SUCCESS,
-            self.properties.is_empty(),
-        ) {
-            (true, true) => 0,
-            (false, true) => 1,
-            _ => 1 + self.properties.wire_len(),
+        if self.is_empty() {
+            0
+        } else {
+            1 + self.properties.wire_len()
         }
     }
 
-    fn write_body(&self, version: ProtocolVersion, dst: &mut impl BufMut) {
-        match self.body_len(version) {
-            0 => {}
-            1 => dst.put_u8(self.reason_code.0),
-            _ => {
-                dst.put_u8(self.reason_code.0);
-                self.properties.encode(dst);
-            }
+    fn write_body(&self, _: ProtocolVersion, dst: &mut impl BufMut) {
+        if !self.is_empty() {
+            dst.put_u8(self.reason_code.0);
+            self.properties.encode(dst);
         }
     }
 }

@@ -80,6 +80,11 @@ impl Publish {
         }
     }
 
+    /// The size of the whole encoded packet in `version`, fixed header included.
+    pub fn encoded_len(&self, version: ProtocolVersion) -> usize {
+        super::packet_len(self.body_len(version))
+    }
+
     /// The QoS.
     pub const fn qos(&self) -> QoS {
         self.qos_pid.qos()
