@@ -2,6 +2,7 @@
 //! shows how a malformed packet is reported.
 //!
 //! Run with `cargo run -p mqtt-codec --example roundtrip`.
+#![allow(clippy::print_stdout)] // an example prints what it shows
 
 use bytes::BytesMut;
 use mqtt_codec::{ConnAck, Decoder, Packet, PubAck, ReasonCode};
