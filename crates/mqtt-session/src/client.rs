@@ -1,0 +1,496 @@
+//! The client end of a session.
+
+use alloc::vec::Vec;
+use core::num::{NonZeroU16, NonZeroU32};
+
+use bytes::Bytes;
+use mqtt_codec::{
+    ByteStr, ConnAck, Connect, ConnectProperties, Disconnect, Packet, PacketId, ProtocolVersion,
+    QoS, ReasonCode, Subscribe, SubscribeProperties, Subscription, Unsubscribe,
+    UnsubscribeProperties, Will,
+};
+
+use crate::{
+    error::ProtocolError,
+    event::Event,
+    flow::{Flow, PeerLimits},
+    message::{DropReason, Limits, Message, MessageId, Refused},
+    outbound::Awaiting,
+    time::{Duration, Instant},
+};
+
+/// How a client connects: what goes into CONNECT, and the session's limits.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ClientOptions {
+    /// The protocol version to speak.
+    pub version: ProtocolVersion,
+    /// The Client Identifier; empty asks the server to assign one (replaced by the
+    /// assigned one after the first CONNACK, so reconnects resume the same session).
+    pub client_id: ByteStr,
+    /// Clean Start (5.0) / Clean Session (3.x) on the first connection. Reconnects of
+    /// the same session always ask to resume it.
+    pub clean_start: bool,
+    /// Keep Alive in seconds; 0 turns it off.
+    pub keep_alive: u16,
+    /// Session Expiry Interval in seconds (5.0); 3.x uses Clean Session instead.
+    pub session_expiry_interval: u32,
+    /// The will message.
+    pub will: Option<Will>,
+    /// User Name.
+    pub username: Option<ByteStr>,
+    /// Password.
+    pub password: Option<Bytes>,
+    /// Further CONNECT properties (authentication, request/problem information, user
+    /// properties); the session fills in Receive Maximum, Maximum Packet Size, Topic
+    /// Alias Maximum and Session Expiry Interval from the other fields.
+    pub properties: ConnectProperties,
+    /// Limits of the session.
+    pub limits: Limits,
+}
+
+impl ClientOptions {
+    /// Options for `client_id` in `version`, with a clean start and a 60 s keep-alive.
+    pub fn new(version: ProtocolVersion, client_id: ByteStr) -> Self {
+        Self {
+            version,
+            client_id,
+            clean_start: true,
+            keep_alive: 60,
+            session_expiry_interval: 0,
+            will: None,
+            username: None,
+            password: None,
+            properties: ConnectProperties::default(),
+            limits: Limits::default(),
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum State {
+    /// No connection.
+    Idle,
+    /// CONNECT queued or sent, waiting for CONNACK.
+    Connecting,
+    /// CONNACK accepted.
+    Connected,
+}
+
+/// What the server allows, from CONNACK.
+#[derive(Clone, Copy, Debug)]
+struct ServerCaps {
+    maximum_qos: QoS,
+    retain_available: bool,
+}
+
+/// The client end of an MQTT session: QoS flows, keep-alive and session resumption,
+/// with no I/O, no clock and no randomness.
+///
+/// # Driving it
+/// The driver (mqtt-client, or a test harness) owns the socket and a timer:
+/// - **Inputs:** [`connect`](Self::connect) when a connection is open;
+///   [`handle_packet`](Self::handle_packet) for each decoded packet;
+///   [`handle_timeout`](Self::handle_timeout) when the deadline from
+///   [`poll_timeout`](Self::poll_timeout) passes; [`connection_lost`](Self::connection_lost)
+///   when the socket closes.
+/// - **Commands:** [`publish`](Self::publish), [`subscribe`](Self::subscribe),
+///   [`unsubscribe`](Self::unsubscribe), [`disconnect`](Self::disconnect).
+/// - **Outputs**, to drain after every input or command, in this order:
+///   [`poll_transmit`](Self::poll_transmit) until `None` (encode and write each packet),
+///   [`poll_event`](Self::poll_event) until `None`, then [`poll_timeout`](Self::poll_timeout)
+///   to re-arm the timer.
+///
+/// Time is passed in with every call and must never go backwards.
+///
+/// # Sessions across connections
+/// The first connection uses [`ClientOptions::clean_start`]; later ones ask to resume.
+/// When the server resumes the session, unacknowledged QoS 1/2 messages are resent with
+/// DUP set and PUBREL packets are resent, in their original order ([MQTT-4.4.0-1]). When
+/// it does not (Session Present 0), the session state is discarded ([MQTT-3.2.2-5]); QoS
+/// 1/2 messages whose PUBLISH was never acknowledged are then sent again as new messages
+/// (they keep their [`MessageId`]), so the application loses none.
+#[derive(Debug)]
+pub struct ClientSession {
+    options: ClientOptions,
+    flow: Flow,
+    state: State,
+    caps: ServerCaps,
+    keep_alive: Duration,
+    ping_sent_at: Option<Instant>,
+    /// SUBSCRIBE / UNSUBSCRIBE asked for before the connection was accepted.
+    pending_requests: Vec<Packet>,
+    /// Whether a session may exist on the server from an earlier connection.
+    had_session: bool,
+}
+
+impl ClientSession {
+    /// A session that has not connected yet.
+    pub fn new(options: ClientOptions) -> Self {
+        let flow = Flow::new(options.version, options.limits.clone());
+        Self {
+            options,
+            flow,
+            state: State::Idle,
+            caps: ServerCaps {
+                maximum_qos: QoS::ExactlyOnce,
+                retain_available: true,
+            },
+            keep_alive: Duration::ZERO,
+            ping_sent_at: None,
+            pending_requests: Vec::new(),
+            had_session: false,
+        }
+    }
+
+    /// The options, with the server-assigned client identifier once known.
+    pub fn options(&self) -> &ClientOptions {
+        &self.options
+    }
+
+    /// Whether CONNACK accepted the current connection.
+    pub fn is_connected(&self) -> bool {
+        self.state == State::Connected
+    }
+
+    /// A connection is open: queue CONNECT.
+    pub fn connect(&mut self, now: Instant) {
+        self.flow.connection_lost();
+        self.state = State::Connecting;
+        self.ping_sent_at = None;
+        let o = &self.options;
+        let limits = &o.limits;
+        let mut properties = o.properties.clone();
+        if o.version.is_v5() {
+            properties.session_expiry_interval =
+                (o.session_expiry_interval > 0).then_some(o.session_expiry_interval);
+            properties.receive_maximum = (limits.receive_maximum < u16::MAX)
+                .then(|| NonZeroU16::new(limits.receive_maximum))
+                .flatten();
+            properties.maximum_packet_size = (limits.max_packet_size < mqtt_codec::MAX_PACKET_SIZE)
+                .then(|| NonZeroU32::new(limits.max_packet_size))
+                .flatten();
+            properties.topic_alias_maximum =
+                (limits.topic_alias_maximum > 0).then_some(limits.topic_alias_maximum);
+        } else {
+            properties = ConnectProperties::default();
+        }
+        let connect = Connect {
+            version: o.version,
+            clean_start: o.clean_start && !self.had_session,
+            keep_alive: o.keep_alive,
+            client_id: o.client_id.clone(),
+            will: o.will.clone(),
+            username: o.username.clone(),
+            password: o.password.clone(),
+            properties,
+        };
+        self.flow.tx.push_back(connect.into());
+        self.flow.last_tx = now;
+        self.flow.last_rx = now;
+    }
+
+    /// Queues an application message. QoS 1/2 messages are sent as the server's Receive
+    /// Maximum allows; completion is reported as [`Event::Delivered`].
+    ///
+    /// Refused, with the message handed back, when the queue is full, or the server
+    /// announced it does not support the message's QoS or retain flag.
+    pub fn publish(&mut self, now: Instant, message: Message) -> Result<MessageId, Refused> {
+        if message.qos > self.caps.maximum_qos {
+            return Err(Refused {
+                message: message.into(),
+                reason: DropReason::QosNotSupported,
+            });
+        }
+        if message.retain && !self.caps.retain_available {
+            return Err(Refused {
+                message: message.into(),
+                reason: DropReason::RetainNotSupported,
+            });
+        }
+        // Queue even while disconnected: the client sends when the connection is back.
+        self.flow.enqueue(now, message, true)
+    }
+
+    /// Queues a SUBSCRIBE; the answer comes as [`Event::SubAck`] with the returned packet
+    /// identifier. `None` if every packet identifier is in use.
+    pub fn subscribe(
+        &mut self,
+        subscriptions: Vec<Subscription>,
+        properties: SubscribeProperties,
+    ) -> Option<PacketId> {
+        let packet_id = self.flow.outbox.allocate_packet_id()?;
+        self.flow.outbox.other_ids.push(packet_id);
+        self.request(
+            Subscribe {
+                packet_id,
+                subscriptions,
+                properties,
+            }
+            .into(),
+        );
+        Some(packet_id)
+    }
+
+    /// Queues an UNSUBSCRIBE; the answer comes as [`Event::UnsubAck`].
+    pub fn unsubscribe(
+        &mut self,
+        filters: Vec<ByteStr>,
+        properties: UnsubscribeProperties,
+    ) -> Option<PacketId> {
+        let packet_id = self.flow.outbox.allocate_packet_id()?;
+        self.flow.outbox.other_ids.push(packet_id);
+        self.request(
+            Unsubscribe {
+                packet_id,
+                filters,
+                properties,
+            }
+            .into(),
+        );
+        Some(packet_id)
+    }
+
+    fn request(&mut self, packet: Packet) {
+        if self.state == State::Connected {
+            self.flow.tx.push_back(packet);
+        } else {
+            self.pending_requests.push(packet);
+        }
+    }
+
+    /// Queues DISCONNECT; nothing is sent after it. `reason` 0x04 asks the server to
+    /// publish the will anyway (5.0).
+    pub fn disconnect(&mut self, disconnect: Disconnect) {
+        if self.state != State::Idle {
+            self.flow.tx.push_back(disconnect.into());
+        }
+    }
+
+    /// Handles a packet from the server. On error the connection must close; for 5.0 a
+    /// DISCONNECT with the reason is queued first.
+    pub fn handle_packet(&mut self, now: Instant, packet: Packet) -> Result<(), ProtocolError> {
+        self.flow.last_rx = now;
+        let result = self.dispatch(now, packet);
+        if let Err(e) = &result {
+            self.flow.queue_disconnect(e.reason);
+        }
+        result
+    }
+
+    fn dispatch(&mut self, now: Instant, packet: Packet) -> Result<(), ProtocolError> {
+        if self.state == State::Connecting {
+            return match packet {
+                Packet::ConnAck(ack) => {
+                    self.handle_connack(now, *ack);
+                    Ok(())
+                }
+                Packet::Auth(a) if self.options.version.is_v5() => {
+                    self.flow.events.push_back(Event::Auth(a));
+                    Ok(())
+                }
+                _ => Err(ProtocolError::new(
+                    ReasonCode::PROTOCOL_ERROR,
+                    None,
+                    "packet before CONNACK",
+                )),
+            };
+        }
+        if self.state == State::Idle {
+            return Err(ProtocolError::new(
+                ReasonCode::PROTOCOL_ERROR,
+                None,
+                "packet while not connected",
+            ));
+        }
+        let Some(packet) = self.flow.handle_common(packet)? else {
+            return Ok(());
+        };
+        match packet {
+            Packet::PingResp => self.ping_sent_at = None,
+            Packet::SubAck(ack) => {
+                if self.release_request_id(ack.packet_id) {
+                    self.flow.events.push_back(Event::SubAck(ack));
+                }
+            }
+            Packet::UnsubAck(ack) => {
+                if self.release_request_id(ack.packet_id) {
+                    self.flow.events.push_back(Event::UnsubAck(ack));
+                }
+            }
+            Packet::Disconnect(d) => {
+                let reason = d.reason_code;
+                self.flow.events.push_back(Event::PeerDisconnected(d));
+                self.flow.events.push_back(Event::Closed { reason });
+            }
+            _ => {
+                return Err(ProtocolError::new(
+                    ReasonCode::PROTOCOL_ERROR,
+                    None,
+                    "a server may not send this packet type",
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    fn release_request_id(&mut self, id: PacketId) -> bool {
+        let ids = &mut self.flow.outbox.other_ids;
+        match ids.iter().position(|&p| p == id) {
+            Some(pos) => {
+                ids.remove(pos);
+                true
+            }
+            None => false,
+        }
+    }
+
+    fn handle_connack(&mut self, now: Instant, ack: ConnAck) {
+        if ack.reason_code.is_error() {
+            let reason = ack.reason_code;
+            self.state = State::Idle;
+            self.flow.events.push_back(Event::Refused(ack));
+            self.flow.events.push_back(Event::Closed { reason });
+            return;
+        }
+        let v5 = self.options.version.is_v5();
+        let p = &ack.properties;
+        if v5 {
+            self.flow.peer = PeerLimits {
+                receive_maximum: p.receive_maximum.map_or(u16::MAX, NonZeroU16::get),
+                max_packet_size: p
+                    .maximum_packet_size
+                    .map_or(mqtt_codec::MAX_PACKET_SIZE, NonZeroU32::get),
+                topic_alias_maximum: p.topic_alias_maximum.unwrap_or(0),
+            };
+            self.caps = ServerCaps {
+                maximum_qos: p.maximum_qos.unwrap_or(QoS::ExactlyOnce),
+                retain_available: p.retain_available.unwrap_or(true),
+            };
+            if let Some(id) = &p.assigned_client_identifier {
+                self.options.client_id = id.clone();
+            }
+        }
+        // [MQTT-3.2.2-21]: the server's keep-alive wins.
+        let keep_alive = p
+            .server_keep_alive
+            .filter(|_| v5)
+            .unwrap_or(self.options.keep_alive);
+        self.keep_alive = Duration::from_secs(u64::from(keep_alive));
+        if !ack.session_present {
+            self.discard_sent_state();
+        }
+        self.state = State::Connected;
+        self.had_session = true;
+        self.flow.resume(now);
+        let pending: Vec<Packet> = self.pending_requests.drain(..).collect();
+        self.flow.tx.extend(pending);
+        self.flow.events.push_back(Event::Connected(ack));
+    }
+
+    /// Session Present 0: forget what the server would have known ([MQTT-3.2.2-5]), and
+    /// send again, as new messages, those it never acknowledged.
+    fn discard_sent_state(&mut self) {
+        let inflight: Vec<_> = self.flow.outbox.inflight.drain(..).collect();
+        for f in inflight.into_iter().rev() {
+            match (f.phase, f.message) {
+                (Awaiting::PubComp, _) | (_, None) => {
+                    // PUBREC arrived: the server has the message.
+                    self.flow.events.push_back(Event::Delivered {
+                        id: f.id,
+                        reason_code: ReasonCode::SUCCESS,
+                    });
+                }
+                (_, Some(message)) => {
+                    self.flow.outbox.queued_bytes += message.size();
+                    let expires_at = None;
+                    self.flow.outbox.queue.push_front(crate::outbound::Queued {
+                        id: f.id,
+                        message,
+                        expires_at,
+                    });
+                }
+            }
+        }
+        self.flow.inbox.awaiting_pubrel.clear();
+    }
+
+    /// The connection ended. The session state stays for the next [`connect`](Self::connect).
+    pub fn connection_lost(&mut self, _now: Instant) {
+        self.flow.connection_lost();
+        // Requests in flight on the dead connection are answered by nobody: re-send
+        // them after the next CONNACK.
+        self.state = State::Idle;
+        self.ping_sent_at = None;
+    }
+
+    /// The timer set from [`poll_timeout`](Self::poll_timeout) fired.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        if self.state != State::Connected || self.keep_alive == Duration::ZERO {
+            return;
+        }
+        if let Some(sent) = self.ping_sent_at {
+            if now >= sent + self.ping_timeout() {
+                self.flow.events.push_back(Event::Closed {
+                    reason: ReasonCode::KEEP_ALIVE_TIMEOUT,
+                });
+                self.state = State::Idle;
+                return;
+            }
+        }
+        // [MQTT-3.1.2-20]: send PINGREQ when nothing else went out for a keep-alive.
+        if self.ping_sent_at.is_none() && now >= self.flow.last_tx + self.keep_alive {
+            self.flow.tx.push_back(Packet::PingReq);
+            self.ping_sent_at = Some(now);
+        }
+    }
+
+    fn ping_timeout(&self) -> Duration {
+        self.options.limits.ping_timeout.min(self.keep_alive)
+    }
+
+    /// The next packet to write.
+    pub fn poll_transmit(&mut self, now: Instant) -> Option<Packet> {
+        match self.state {
+            State::Idle => None,
+            State::Connecting => {
+                let packet = self.flow.tx.pop_front()?;
+                self.flow.last_tx = now;
+                Some(packet)
+            }
+            State::Connected => self.flow.poll_transmit(now),
+        }
+    }
+
+    /// The next event.
+    pub fn poll_event(&mut self) -> Option<Event> {
+        self.flow.events.pop_front()
+    }
+
+    /// When to call [`handle_timeout`](Self::handle_timeout) next, if ever.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        if self.state != State::Connected || self.keep_alive == Duration::ZERO {
+            return None;
+        }
+        Some(match self.ping_sent_at {
+            Some(sent) => sent + self.ping_timeout(),
+            None => self.flow.last_tx + self.keep_alive,
+        })
+    }
+
+    /// Messages queued or in flight.
+    pub fn pending_messages(&self) -> usize {
+        self.flow.outbox.queue.len() + self.flow.outbox.inflight.len()
+    }
+
+    pub(crate) fn flow(&self) -> &Flow {
+        &self.flow
+    }
+
+    pub(crate) fn flow_mut(&mut self) -> &mut Flow {
+        &mut self.flow
+    }
+
+    pub(crate) fn mark_resumable(&mut self) {
+        self.had_session = true;
+    }
+}

@@ -1,0 +1,161 @@
+//! Application messages and the limits a session works within.
+
+use bytes::Bytes;
+use mqtt_codec::{ByteStr, Publish, PublishProperties, QoS, QosPid};
+
+use crate::time::{Duration, Instant};
+
+/// An application message: what a PUBLISH carries, without the per-connection parts
+/// (packet identifier, DUP, topic alias).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Message {
+    /// The topic name.
+    pub topic: ByteStr,
+    /// The payload.
+    pub payload: Bytes,
+    /// The QoS to send with.
+    pub qos: QoS,
+    /// The RETAIN flag to send with.
+    pub retain: bool,
+    /// MQTT 5.0 properties. `topic_alias` is ignored: aliases belong to a connection and
+    /// the session assigns them. `message_expiry_interval` counts down while the message
+    /// waits in the session.
+    pub properties: PublishProperties,
+}
+
+impl Message {
+    /// A message with no properties.
+    pub fn new(topic: ByteStr, payload: Bytes, qos: QoS) -> Self {
+        Self {
+            topic,
+            payload,
+            qos,
+            retain: false,
+            properties: PublishProperties::default(),
+        }
+    }
+
+    /// The message a received PUBLISH carries (its topic already resolved from an alias).
+    pub fn from_publish(p: Publish) -> Self {
+        let mut properties = p.properties;
+        properties.topic_alias = None;
+        Self {
+            topic: p.topic,
+            payload: p.payload,
+            qos: p.qos_pid.qos(),
+            retain: p.retain,
+            properties,
+        }
+    }
+
+    /// The bytes this message holds, as counted against a session's queue quota.
+    pub fn size(&self) -> usize {
+        self.topic.len() + self.payload.len() + self.properties.encoded_len()
+    }
+
+    pub(crate) fn to_publish(&self, qos_pid: QosPid, dup: bool) -> Publish {
+        Publish {
+            dup,
+            qos_pid,
+            retain: self.retain,
+            topic: self.topic.clone(),
+            payload: self.payload.clone(),
+            properties: PublishProperties {
+                topic_alias: None,
+                ..self.properties.clone()
+            },
+        }
+    }
+
+    /// When the message expires, if it has a Message Expiry Interval.
+    pub(crate) fn expires_at(&self, now: Instant) -> Option<Instant> {
+        self.properties
+            .message_expiry_interval
+            .map(|secs| now + Duration::from_secs(u64::from(secs)))
+    }
+}
+
+/// Identifies one outgoing message for the life of the session: the application learns
+/// of its completion ([`crate::Event::Delivered`]) or loss ([`crate::Event::Dropped`])
+/// by this id. Packet identifiers are assigned later, when the message is sent, and are
+/// reused; message ids are not.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct MessageId(pub u64);
+
+/// The limits a session works within. Every queue a peer can grow is bounded here.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Limits {
+    /// How many QoS 1 and 2 PUBLISH packets we accept unacknowledged from the peer:
+    /// announced as Receive Maximum (5.0); exceeding it is Protocol Error 0x93.
+    pub receive_maximum: u16,
+    /// How many QoS 1 and 2 PUBLISH packets we send before waiting for acknowledgements,
+    /// when the peer sets no Receive Maximum (3.1, 3.1.1) or a larger one.
+    pub max_inflight: u16,
+    /// Messages waiting to be sent (beyond the in-flight window), at most.
+    pub max_queued_messages: usize,
+    /// Bytes of messages waiting to be sent, at most ([`Message::size`]).
+    pub max_queued_bytes: usize,
+    /// Keep QoS 0 messages for an offline session (Mosquitto's `queue_qos0_messages`).
+    pub queue_qos0_offline: bool,
+    /// How many topic aliases we accept from the peer (5.0 Topic Alias Maximum); 0 for none.
+    pub topic_alias_maximum: u16,
+    /// Whether we assign topic aliases to messages we send, within the peer's maximum.
+    pub send_topic_aliases: bool,
+    /// The largest packet we accept, announced as Maximum Packet Size (5.0).
+    pub max_packet_size: u32,
+    /// For a client: how long to wait for PINGRESP before calling the server silent.
+    pub ping_timeout: Duration,
+    /// For a server: the longest Keep Alive a 5.0 client may use, in seconds; a longer
+    /// one, or 0, is replaced by this in CONNACK (Server Keep Alive). 0 for no cap.
+    pub max_keep_alive: u16,
+    /// For a server: the longest Session Expiry Interval granted, in seconds.
+    pub max_session_expiry: u32,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            receive_maximum: 65_535,
+            max_inflight: 32,
+            max_queued_messages: 1_000,
+            max_queued_bytes: 16 * 1024 * 1024,
+            queue_qos0_offline: false,
+            topic_alias_maximum: 0,
+            send_topic_aliases: true,
+            max_packet_size: mqtt_codec::MAX_PACKET_SIZE,
+            ping_timeout: Duration::from_secs(10),
+            max_keep_alive: 0,
+            max_session_expiry: u32::MAX,
+        }
+    }
+}
+
+/// Why an outgoing message was refused ([`crate::Refused`]) or dropped
+/// ([`crate::Event::Dropped`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DropReason {
+    /// The session's queue was full (messages or bytes). A QoS 0 message is dropped, or
+    /// refused, first; a QoS 1/2 message is refused only when no QoS 0 message is queued.
+    QueueFull,
+    /// A QoS 0 message for an offline session that does not queue QoS 0.
+    Offline,
+    /// Its Message Expiry Interval passed while it waited ([MQTT-3.3.2-5]).
+    Expired,
+    /// It does not fit in the peer's Maximum Packet Size ([MQTT-3.1.2-25]).
+    TooLarge,
+    /// The session was discarded (clean start, or the peer had no session).
+    SessionDiscarded,
+    /// Client end: the server's Maximum QoS is below the message's QoS ([MQTT-3.2.2-11]).
+    QosNotSupported,
+    /// Client end: the server does not support retained messages ([MQTT-3.2.2-14]).
+    RetainNotSupported,
+}
+
+/// An outgoing message the session would not take, handed back with the reason.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Refused {
+    /// The message (boxed: refusals are rare, and a `Result` should stay small).
+    pub message: alloc::boxed::Box<Message>,
+    /// Why.
+    pub reason: DropReason,
+}

@@ -1,0 +1,429 @@
+//! The server end of a session.
+
+use alloc::vec::Vec;
+use core::num::{NonZeroU16, NonZeroU32};
+
+use mqtt_codec::{
+    ByteStr, ConnAck, ConnAckProperties, Connect, Packet, ProtocolVersion, ReasonCode, SubAck,
+    Subscribe, SubscriptionId, SubscriptionOptions, UnsubAck, Unsubscribe, Will,
+};
+
+use crate::{
+    error::ProtocolError,
+    event::Event,
+    flow::{Flow, PeerLimits},
+    message::{Limits, Message, MessageId, Refused},
+    time::{Duration, Instant},
+};
+
+/// A subscription the session holds, kept so the session can be exported and moved.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SubscriptionRecord {
+    /// The topic filter as the client sent it (with `$share/` if shared).
+    pub filter: ByteStr,
+    /// Its options.
+    pub options: SubscriptionOptions,
+    /// Its Subscription Identifier (5.0).
+    pub identifier: Option<SubscriptionId>,
+}
+
+/// "Never" for a Session Expiry Interval.
+const NEVER: u32 = u32::MAX;
+
+/// The server end of an MQTT session: one per client session, living across the
+/// connections that resume it, with no I/O, no clock and no randomness.
+///
+/// # Driving it
+/// The broker's connection task decodes the client's CONNECT, decides whether to accept
+/// it (authentication, client identifier rules), finds or creates the session, and calls
+/// [`accept`](Self::accept). After that:
+/// - **Inputs:** [`handle_packet`](Self::handle_packet) for each decoded packet;
+///   [`handle_timeout`](Self::handle_timeout) at the deadline from
+///   [`poll_timeout`](Self::poll_timeout); [`connection_lost`](Self::connection_lost) when
+///   the socket closes, however it closes.
+/// - **Commands:** [`deliver`](Self::deliver) a routed message;
+///   [`suback`](Self::suback) / [`unsuback`](Self::unsuback) to answer requests;
+///   [`disconnect`](Self::disconnect) to end the connection with a reason.
+/// - **Outputs**, drained after every input or command, in this order:
+///   [`poll_transmit`](Self::poll_transmit), [`poll_event`](Self::poll_event),
+///   [`poll_timeout`](Self::poll_timeout).
+///
+/// While no connection is attached the session still takes messages (QoS 1/2, and QoS 0
+/// if [`Limits::queue_qos0_offline`]), and its timer reports the will delay and session
+/// expiry as [`Event::Will`] and [`Event::SessionExpired`].
+#[derive(Debug)]
+pub struct ServerSession {
+    flow: Flow,
+    client_id: ByteStr,
+    established: bool,
+    keep_alive: Duration,
+    /// Session Expiry Interval in seconds; [`NEVER`] for never.
+    session_expiry: u32,
+    will: Option<Will>,
+    will_due: Option<Instant>,
+    expires_at: Option<Instant>,
+    subscriptions: Vec<SubscriptionRecord>,
+}
+
+impl ServerSession {
+    /// A new, empty session for `client_id`.
+    pub fn new(client_id: ByteStr, limits: Limits) -> Self {
+        Self {
+            flow: Flow::new(ProtocolVersion::V5, limits),
+            client_id,
+            established: false,
+            keep_alive: Duration::ZERO,
+            session_expiry: 0,
+            will: None,
+            will_due: None,
+            expires_at: None,
+            subscriptions: Vec::new(),
+        }
+    }
+
+    /// The client identifier.
+    pub fn client_id(&self) -> &ByteStr {
+        &self.client_id
+    }
+
+    /// The protocol version of the current (or last) connection.
+    pub fn version(&self) -> ProtocolVersion {
+        self.flow.version
+    }
+
+    /// Whether a connection is attached.
+    pub fn is_connected(&self) -> bool {
+        self.flow.connected
+    }
+
+    /// The subscriptions the session holds.
+    pub fn subscriptions(&self) -> &[SubscriptionRecord] {
+        &self.subscriptions
+    }
+
+    /// Accepts a connection for this session: applies Clean Start, takes the client's
+    /// limits, queues CONNACK (Reason Code 0x00, [MQTT-3.1.4-5]) and then the resends of
+    /// a resumed session. Returns the CONNACK queued.
+    ///
+    /// `properties` holds what the broker announces of itself (Maximum QoS, Retain
+    /// Available, wildcard / shared / identifier support, Assigned Client Identifier,
+    /// ...); the session adds Receive Maximum, Maximum Packet Size, Topic Alias Maximum,
+    /// Server Keep Alive and Session Expiry Interval where they differ from the defaults.
+    ///
+    /// A connection already attached must have been ended with
+    /// [`connection_lost`](Self::connection_lost) first (session takeover).
+    pub fn accept(
+        &mut self,
+        now: Instant,
+        connect: &Connect,
+        mut properties: ConnAckProperties,
+    ) -> ConnAck {
+        self.connection_lost(now);
+        let version = connect.version;
+        let v5 = version.is_v5();
+        self.flow.version = version;
+        let limits = self.flow.limits.clone();
+
+        // [MQTT-3.1.2-4] / 3.1.2.4: Clean Start discards any existing session;
+        // [MQTT-3.2.2-2], [MQTT-3.2.2-3]: Session Present tells the client which happened.
+        let session_present = self.established && !connect.clean_start;
+        if !session_present {
+            self.flow.discard_state();
+            self.subscriptions.clear();
+        }
+        // [MQTT-3.1.3-9]: a new connection cancels a will still waiting for its delay.
+        self.will_due = None;
+        self.will = connect.will.clone();
+        self.expires_at = None;
+
+        let cp = &connect.properties;
+        self.session_expiry = if v5 {
+            let asked = cp.session_expiry_interval.unwrap_or(0);
+            let granted = asked.min(limits.max_session_expiry);
+            if granted != asked {
+                properties.session_expiry_interval = Some(granted);
+            }
+            granted
+        } else if connect.clean_start {
+            0
+        } else {
+            NEVER
+        };
+
+        let mut keep_alive = connect.keep_alive;
+        if v5
+            && limits.max_keep_alive > 0
+            && (keep_alive == 0 || keep_alive > limits.max_keep_alive)
+        {
+            keep_alive = limits.max_keep_alive;
+            properties.server_keep_alive = Some(keep_alive);
+        }
+        self.keep_alive = Duration::from_secs(u64::from(keep_alive));
+
+        if v5 {
+            self.flow.peer = PeerLimits {
+                receive_maximum: cp.receive_maximum.map_or(u16::MAX, NonZeroU16::get),
+                max_packet_size: cp
+                    .maximum_packet_size
+                    .map_or(mqtt_codec::MAX_PACKET_SIZE, NonZeroU32::get),
+                topic_alias_maximum: cp.topic_alias_maximum.unwrap_or(0),
+            };
+            self.flow.strip_diagnostics = cp.request_problem_information == Some(false);
+            if limits.receive_maximum < u16::MAX {
+                properties.receive_maximum = NonZeroU16::new(limits.receive_maximum);
+            }
+            if limits.max_packet_size < mqtt_codec::MAX_PACKET_SIZE {
+                properties.maximum_packet_size = NonZeroU32::new(limits.max_packet_size);
+            }
+            if limits.topic_alias_maximum > 0 {
+                properties.topic_alias_maximum = Some(limits.topic_alias_maximum);
+            }
+        } else {
+            self.flow.peer = PeerLimits::default();
+            properties = ConnAckProperties::default();
+        }
+
+        let connack = ConnAck {
+            session_present,
+            reason_code: ReasonCode::SUCCESS,
+            properties,
+        };
+        self.established = true;
+        self.flow.tx.push_back(connack.clone().into());
+        self.flow.resume(now);
+        connack
+    }
+
+    /// Queues a message routed to this session. Refused, with the message handed back,
+    /// when the queue is full (see [`crate::DropReason::QueueFull`]) or when a QoS 0
+    /// message finds the session offline.
+    pub fn deliver(&mut self, now: Instant, message: Message) -> Result<MessageId, Refused> {
+        self.flow.enqueue(now, message, false)
+    }
+
+    /// Answers a SUBSCRIBE from [`Event::Subscribe`] with one reason code per filter, in
+    /// order ([MQTT-3.9.3-1]), and records the granted subscriptions.
+    pub fn suback(&mut self, subscribe: &Subscribe, reason_codes: Vec<ReasonCode>) {
+        for (sub, code) in subscribe.subscriptions.iter().zip(&reason_codes) {
+            if code.is_error() {
+                continue;
+            }
+            let record = SubscriptionRecord {
+                filter: sub.filter.clone(),
+                options: sub.options,
+                identifier: subscribe.properties.subscription_identifier,
+            };
+            match self
+                .subscriptions
+                .iter_mut()
+                .find(|r| r.filter == sub.filter)
+            {
+                Some(existing) => *existing = record,
+                None => self.subscriptions.push(record),
+            }
+        }
+        let ack = SubAck {
+            packet_id: subscribe.packet_id,
+            reason_codes,
+            properties: Default::default(),
+        };
+        self.flow.tx.push_back(ack.into());
+    }
+
+    /// Answers an UNSUBSCRIBE from [`Event::Unsubscribe`] and forgets the filters. 5.0
+    /// sends `reason_codes`, one per filter; 3.x sends none.
+    pub fn unsuback(&mut self, unsubscribe: &Unsubscribe, reason_codes: Vec<ReasonCode>) {
+        self.subscriptions
+            .retain(|r| !unsubscribe.filters.contains(&r.filter));
+        let ack = UnsubAck {
+            packet_id: unsubscribe.packet_id,
+            reason_codes,
+            properties: Default::default(),
+        };
+        self.flow.tx.push_back(ack.into());
+    }
+
+    /// Ends the connection from the server side with `reason` (sent in DISCONNECT for
+    /// 5.0; 3.x just closes). [`Event::Closed`] follows.
+    pub fn disconnect(&mut self, reason: ReasonCode) {
+        self.flow.queue_disconnect(reason);
+        self.flow.events.push_back(Event::Closed { reason });
+    }
+
+    /// Handles a packet from the client. On error the connection must close; for 5.0 a
+    /// DISCONNECT with the reason is queued first ([MQTT-4.13.1-1]).
+    pub fn handle_packet(&mut self, now: Instant, packet: Packet) -> Result<(), ProtocolError> {
+        self.flow.last_rx = now;
+        let result = self.dispatch(packet);
+        if let Err(e) = &result {
+            self.flow.queue_disconnect(e.reason);
+        }
+        result
+    }
+
+    fn dispatch(&mut self, packet: Packet) -> Result<(), ProtocolError> {
+        if !self.flow.connected {
+            return Err(ProtocolError::new(
+                ReasonCode::PROTOCOL_ERROR,
+                None,
+                "packet on a session with no connection",
+            ));
+        }
+        let Some(packet) = self.flow.handle_common(packet)? else {
+            return Ok(());
+        };
+        match packet {
+            // [MQTT-3.12.4-1]
+            Packet::PingReq => self.flow.tx.push_back(Packet::PingResp),
+            Packet::Subscribe(s) => self.flow.events.push_back(Event::Subscribe(s)),
+            Packet::Unsubscribe(u) => self.flow.events.push_back(Event::Unsubscribe(u)),
+            Packet::Disconnect(d) => {
+                if let Some(interval) = d.properties.session_expiry_interval {
+                    // 3.14.2.2.2: a session that was to end with the connection may not be
+                    // given a life now.
+                    if self.session_expiry == 0 && interval != 0 {
+                        return Err(ProtocolError::new(
+                            ReasonCode::PROTOCOL_ERROR,
+                            None,
+                            "DISCONNECT sets a Session Expiry Interval after CONNECT set 0",
+                        ));
+                    }
+                    self.session_expiry = interval.min(self.flow.limits.max_session_expiry);
+                }
+                // [MQTT-3.14.4-3]: a normal DISCONNECT discards the will; 0x04 keeps it.
+                if d.reason_code != ReasonCode::DISCONNECT_WITH_WILL {
+                    self.will = None;
+                }
+                self.flow.events.push_back(Event::PeerDisconnected(d));
+            }
+            Packet::Connect(_) => {
+                return Err(ProtocolError::new(
+                    ReasonCode::PROTOCOL_ERROR,
+                    Some("MQTT-3.1.0-2"),
+                    "second CONNECT on a connection",
+                ));
+            }
+            _ => {
+                return Err(ProtocolError::new(
+                    ReasonCode::PROTOCOL_ERROR,
+                    None,
+                    "a client may not send this packet type",
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// The connection ended (socket closed, keep-alive timeout, takeover, DISCONNECT).
+    /// Arms the will delay and the session expiry. Does nothing if no connection is
+    /// attached.
+    pub fn connection_lost(&mut self, now: Instant) {
+        if !self.flow.connected {
+            return;
+        }
+        self.flow.connection_lost();
+        let expiry = match self.session_expiry {
+            NEVER => None,
+            secs => Some(Duration::from_secs(u64::from(secs))),
+        };
+        self.expires_at = expiry.map(|d| now + d);
+        if let Some(will) = &self.will {
+            // The will waits for its delay, but never outlives the session.
+            let delay =
+                Duration::from_secs(u64::from(will.properties.will_delay_interval.unwrap_or(0)));
+            let delay = expiry.map_or(delay, |e| delay.min(e));
+            self.will_due = Some(now + delay);
+        }
+    }
+
+    /// The timer set from [`poll_timeout`](Self::poll_timeout) fired.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        if self.flow.connected {
+            // [MQTT-3.1.2-22]: close after one and a half keep-alives of silence.
+            if let Some(deadline) = self.keep_alive_deadline() {
+                if now >= deadline {
+                    self.disconnect(ReasonCode::KEEP_ALIVE_TIMEOUT);
+                }
+            }
+            return;
+        }
+        if self.will_due.is_some_and(|t| now >= t) {
+            self.will_due = None;
+            if let Some(will) = self.will.take() {
+                self.flow.events.push_back(Event::Will(will));
+            }
+        }
+        if self.expires_at.is_some_and(|t| now >= t) {
+            self.expires_at = None;
+            self.flow.events.push_back(Event::SessionExpired);
+        }
+    }
+
+    fn keep_alive_deadline(&self) -> Option<Instant> {
+        (self.keep_alive > Duration::ZERO)
+            .then(|| self.flow.last_rx + Duration::from_millis(self.keep_alive.as_millis() * 3 / 2))
+    }
+
+    /// The next packet to write.
+    pub fn poll_transmit(&mut self, now: Instant) -> Option<Packet> {
+        self.flow.poll_transmit(now)
+    }
+
+    /// The next event.
+    pub fn poll_event(&mut self) -> Option<Event> {
+        self.flow.events.pop_front()
+    }
+
+    /// When to call [`handle_timeout`](Self::handle_timeout) next, if ever.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        if self.flow.connected {
+            return self.keep_alive_deadline();
+        }
+        match (self.will_due, self.expires_at) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    /// Messages queued or in flight.
+    pub fn pending_messages(&self) -> usize {
+        self.flow.outbox.queue.len() + self.flow.outbox.inflight.len()
+    }
+
+    pub(crate) fn flow(&self) -> &Flow {
+        &self.flow
+    }
+
+    pub(crate) fn export_fields(&self) -> crate::state::ServerFields<'_> {
+        crate::state::ServerFields {
+            client_id: &self.client_id,
+            established: self.established,
+            session_expiry: self.session_expiry,
+            will: self.will.as_ref(),
+            will_due: self.will_due,
+            expires_at: self.expires_at,
+            subscriptions: &self.subscriptions,
+        }
+    }
+
+    pub(crate) fn import_fields(
+        &mut self,
+        established: bool,
+        session_expiry: u32,
+        will: Option<Will>,
+        will_due: Option<Instant>,
+        expires_at: Option<Instant>,
+        subscriptions: Vec<SubscriptionRecord>,
+    ) {
+        self.established = established;
+        self.session_expiry = session_expiry;
+        self.will = will;
+        self.will_due = will_due;
+        self.expires_at = expires_at;
+        self.subscriptions = subscriptions;
+    }
+
+    pub(crate) fn flow_mut(&mut self) -> &mut Flow {
+        &mut self.flow
+    }
+}

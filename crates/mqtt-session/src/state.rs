@@ -1,0 +1,424 @@
+//! Exporting and restoring a session: a stable, versioned binary encoding of everything
+//! a session must keep across connections, for persistence and for moving a session.
+//!
+//! ```text
+//! magic "MQSS" · format u8 (= 1) · role u8 (0 client, 1 server) · protocol level u8
+//! next packet id u16 · next message id u64
+//! in-flight: count u32, then per entry: message id u64 · packet id u16 · phase u8
+//!            (0 PUBACK, 1 PUBREC, 2 PUBCOMP) · message (phases 0 and 1)
+//! queued:    count u32, then per entry: message id u64 · expiry (flag u8, ms left u64) · message
+//! QoS 2 ids awaiting PUBREL: count u32, then u16 each
+//! client:    client id (string) · had session u8
+//! server:    client id (string) · established u8 · session expiry u32 ·
+//!            will (flag u8, then delay u32 · message) · will due (flag u8, ms left u64) ·
+//!            expires (flag u8, ms left u64) ·
+//!            subscriptions: count u32, then filter (string) · options u8 · identifier u32 (0 none)
+//! message:   length u32 · a PUBLISH packet in MQTT 5.0 encoding (packet id 1 for QoS 1/2)
+//! string:    length u16 · UTF-8
+//! ```
+//! Integers are big-endian. Times are stored as milliseconds left, relative to the
+//! `now` given to `export`, and rebased on the `now` given to `restore`, so a session
+//! can move between processes whose clocks have different origins.
+
+use alloc::vec::Vec;
+use core::{fmt, num::NonZeroU16};
+
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+use mqtt_codec::{
+    ByteStr, Decoder, Packet, PacketId, ProtocolVersion, QoS, QosPid, RetainHandling,
+    SubscriptionId, SubscriptionOptions, Will, WillProperties,
+};
+
+use crate::{
+    client::{ClientOptions, ClientSession},
+    flow::Flow,
+    message::{Limits, Message, MessageId},
+    outbound::{Awaiting, InFlight, Queued},
+    server::{ServerSession, SubscriptionRecord},
+    time::{Duration, Instant},
+};
+
+const MAGIC: &[u8; 4] = b"MQSS";
+const FORMAT: u8 = 1;
+
+/// Why exported session bytes could not be restored.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum StateError {
+    /// Not session state (wrong magic).
+    NotSessionState,
+    /// A format version this build does not read.
+    UnsupportedFormat(u8),
+    /// State of the other end (a client's given to a server, or the reverse).
+    WrongRole,
+    /// The bytes end early or hold an invalid value.
+    Corrupt(&'static str),
+}
+
+impl fmt::Display for StateError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::NotSessionState => f.write_str("not MQTT session state (bad magic)"),
+            Self::UnsupportedFormat(v) => write!(f, "session state format {v} is not supported"),
+            Self::WrongRole => f.write_str("session state of the other end"),
+            Self::Corrupt(what) => write!(f, "corrupt session state: {what}"),
+        }
+    }
+}
+
+impl core::error::Error for StateError {}
+
+// ---- writing ---------------------------------------------------------------------------
+
+fn put_str(out: &mut BytesMut, s: &ByteStr) {
+    out.put_u16(s.len() as u16);
+    out.put_slice(s.as_bytes());
+}
+
+fn put_left(out: &mut BytesMut, at: Option<Instant>, now: Instant) {
+    match at {
+        Some(t) => {
+            out.put_u8(1);
+            out.put_u64(t.saturating_since(now).as_millis());
+        }
+        None => out.put_u8(0),
+    }
+}
+
+fn put_message(out: &mut BytesMut, m: &Message) {
+    let publish = m.to_publish(QosPid::new(m.qos, NonZeroU16::MIN), false);
+    let packet = Packet::Publish(publish);
+    let len = packet.encoded_len(ProtocolVersion::V5);
+    out.put_u32(len as u32);
+    // Every field was valid when the message was accepted, so encoding cannot fail;
+    // should it, an empty record is written and restore reports it.
+    let before = out.len();
+    if packet.encode(ProtocolVersion::V5, out).is_err() {
+        out.truncate(before);
+    }
+}
+
+fn put_flow(out: &mut BytesMut, flow: &Flow, now: Instant, role: u8) {
+    out.put_slice(MAGIC);
+    out.put_u8(FORMAT);
+    out.put_u8(role);
+    out.put_u8(flow.version.level());
+    out.put_u16(flow.outbox.next_packet_id);
+    out.put_u64(flow.outbox.next_message_id);
+    out.put_u32(flow.outbox.inflight.len() as u32);
+    for f in &flow.outbox.inflight {
+        out.put_u64(f.id.0);
+        out.put_u16(f.packet_id.get());
+        out.put_u8(match f.phase {
+            Awaiting::PubAck => 0,
+            Awaiting::PubRec => 1,
+            Awaiting::PubComp => 2,
+        });
+        if f.phase != Awaiting::PubComp {
+            if let Some(m) = &f.message {
+                put_message(out, m);
+            }
+        }
+    }
+    out.put_u32(flow.outbox.queue.len() as u32);
+    for q in &flow.outbox.queue {
+        out.put_u64(q.id.0);
+        put_left(out, q.expires_at, now);
+        put_message(out, &q.message);
+    }
+    out.put_u32(flow.inbox.awaiting_pubrel.len() as u32);
+    for id in &flow.inbox.awaiting_pubrel {
+        out.put_u16(id.get());
+    }
+}
+
+impl ClientSession {
+    /// The session state, to persist or move; see the module docs for the format.
+    pub fn export(&self, now: Instant) -> Bytes {
+        let mut out = BytesMut::new();
+        put_flow(&mut out, self.flow(), now, 0);
+        put_str(&mut out, &self.options().client_id);
+        out.put_u8(1);
+        out.freeze()
+    }
+
+    /// A session from exported state. `options` supplies what is not session state
+    /// (credentials, will, limits); its client identifier is replaced by the stored one.
+    pub fn restore(
+        mut options: ClientOptions,
+        state: &[u8],
+        now: Instant,
+    ) -> Result<Self, StateError> {
+        let mut r = Reader(Bytes::copy_from_slice(state));
+        let (version, flow) = read_flow(&mut r, 0, options.limits.clone(), now)?;
+        options.version = version;
+        options.client_id = r.string()?;
+        let _had_session = r.u8()?;
+        r.end()?;
+        let mut session = Self::new(options);
+        *session.flow_mut() = flow;
+        session.mark_resumable();
+        Ok(session)
+    }
+}
+
+impl ServerSession {
+    /// The session state, to persist or move; see the module docs for the format.
+    pub fn export(&self, now: Instant) -> Bytes {
+        let mut out = BytesMut::new();
+        put_flow(&mut out, self.flow(), now, 1);
+        let s = self.export_fields();
+        put_str(&mut out, s.client_id);
+        out.put_u8(u8::from(s.established));
+        out.put_u32(s.session_expiry);
+        match s.will {
+            Some(will) => {
+                out.put_u8(1);
+                out.put_u32(will.properties.will_delay_interval.unwrap_or(0));
+                put_message(&mut out, &will_message(will));
+            }
+            None => out.put_u8(0),
+        }
+        put_left(&mut out, s.will_due, now);
+        put_left(&mut out, s.expires_at, now);
+        out.put_u32(s.subscriptions.len() as u32);
+        for sub in s.subscriptions {
+            put_str(&mut out, &sub.filter);
+            let o = sub.options;
+            out.put_u8(
+                o.qos as u8
+                    | u8::from(o.no_local) << 2
+                    | u8::from(o.retain_as_published) << 3
+                    | (o.retain_handling as u8) << 4,
+            );
+            out.put_u32(sub.identifier.map_or(0, SubscriptionId::get));
+        }
+        out.freeze()
+    }
+
+    /// A session from exported state, with `limits` for its future connections. A
+    /// session exported while connected comes back disconnected; call
+    /// [`ServerSession::connection_lost`] semantics are not re-applied (its timers are
+    /// those stored).
+    pub fn restore(limits: Limits, state: &[u8], now: Instant) -> Result<Self, StateError> {
+        let mut r = Reader(Bytes::copy_from_slice(state));
+        let (_version, flow) = read_flow(&mut r, 1, limits.clone(), now)?;
+        let client_id = r.string()?;
+        let established = r.u8()? != 0;
+        let session_expiry = r.u32()?;
+        let will = if r.u8()? != 0 {
+            let delay = r.u32()?;
+            let m = r.message()?;
+            Some(Will {
+                topic: m.topic,
+                payload: m.payload,
+                qos: m.qos,
+                retain: m.retain,
+                properties: WillProperties {
+                    will_delay_interval: Some(delay),
+                    payload_format_indicator: m.properties.payload_format_indicator,
+                    message_expiry_interval: m.properties.message_expiry_interval,
+                    content_type: m.properties.content_type,
+                    response_topic: m.properties.response_topic,
+                    correlation_data: m.properties.correlation_data,
+                    user_properties: m.properties.user_properties,
+                },
+            })
+        } else {
+            None
+        };
+        let will_due = r.left(now)?;
+        let expires_at = r.left(now)?;
+        let count = r.u32()?;
+        let mut subscriptions = Vec::new();
+        for _ in 0..count {
+            let filter = r.string()?;
+            let byte = r.u8()?;
+            let qos = QoS::from_u8(byte & 0b11).ok_or(StateError::Corrupt("subscription QoS"))?;
+            let retain_handling = match (byte >> 4) & 0b11 {
+                0 => RetainHandling::SendAtSubscribe,
+                1 => RetainHandling::SendIfNew,
+                2 => RetainHandling::DoNotSend,
+                _ => return Err(StateError::Corrupt("retain handling")),
+            };
+            let options = SubscriptionOptions {
+                qos,
+                no_local: byte & 0b100 != 0,
+                retain_as_published: byte & 0b1000 != 0,
+                retain_handling,
+            };
+            let identifier = SubscriptionId::new(r.u32()?);
+            subscriptions.push(SubscriptionRecord {
+                filter,
+                options,
+                identifier,
+            });
+        }
+        r.end()?;
+        let mut session = Self::new(client_id, limits);
+        *session.flow_mut() = flow;
+        session.import_fields(
+            established,
+            session_expiry,
+            will,
+            will_due,
+            expires_at,
+            subscriptions,
+        );
+        Ok(session)
+    }
+}
+
+fn will_message(will: &Will) -> Message {
+    let p = &will.properties;
+    Message {
+        topic: will.topic.clone(),
+        payload: will.payload.clone(),
+        qos: will.qos,
+        retain: will.retain,
+        properties: mqtt_codec::PublishProperties {
+            payload_format_indicator: p.payload_format_indicator,
+            message_expiry_interval: p.message_expiry_interval,
+            content_type: p.content_type.clone(),
+            response_topic: p.response_topic.clone(),
+            correlation_data: p.correlation_data.clone(),
+            user_properties: p.user_properties.clone(),
+            ..Default::default()
+        },
+    }
+}
+
+/// The server-only fields, borrowed for export.
+pub(crate) struct ServerFields<'a> {
+    pub(crate) client_id: &'a ByteStr,
+    pub(crate) established: bool,
+    pub(crate) session_expiry: u32,
+    pub(crate) will: Option<&'a Will>,
+    pub(crate) will_due: Option<Instant>,
+    pub(crate) expires_at: Option<Instant>,
+    pub(crate) subscriptions: &'a [SubscriptionRecord],
+}
+
+// ---- reading ---------------------------------------------------------------------------
+
+struct Reader(Bytes);
+
+impl Reader {
+    fn need(&self, n: usize) -> Result<(), StateError> {
+        if self.0.len() < n {
+            Err(StateError::Corrupt("ends early"))
+        } else {
+            Ok(())
+        }
+    }
+    fn u8(&mut self) -> Result<u8, StateError> {
+        self.need(1)?;
+        Ok(self.0.get_u8())
+    }
+    fn u16(&mut self) -> Result<u16, StateError> {
+        self.need(2)?;
+        Ok(self.0.get_u16())
+    }
+    fn u32(&mut self) -> Result<u32, StateError> {
+        self.need(4)?;
+        Ok(self.0.get_u32())
+    }
+    fn u64(&mut self) -> Result<u64, StateError> {
+        self.need(8)?;
+        Ok(self.0.get_u64())
+    }
+    fn bytes(&mut self, n: usize) -> Result<Bytes, StateError> {
+        self.need(n)?;
+        Ok(self.0.split_to(n))
+    }
+    fn string(&mut self) -> Result<ByteStr, StateError> {
+        let len = usize::from(self.u16()?);
+        ByteStr::from_bytes(self.bytes(len)?).map_err(|_| StateError::Corrupt("string"))
+    }
+    fn packet_id(&mut self) -> Result<PacketId, StateError> {
+        PacketId::new(self.u16()?).ok_or(StateError::Corrupt("packet id 0"))
+    }
+    fn left(&mut self, now: Instant) -> Result<Option<Instant>, StateError> {
+        Ok(match self.u8()? {
+            0 => None,
+            _ => Some(now + Duration::from_millis(self.u64()?)),
+        })
+    }
+    fn message(&mut self) -> Result<Message, StateError> {
+        let len = self.u32()? as usize;
+        let mut buf = BytesMut::from(&self.bytes(len)?[..]);
+        match Decoder::with_version(ProtocolVersion::V5).decode(&mut buf) {
+            Ok(Some(Packet::Publish(p))) if buf.is_empty() => Ok(Message::from_publish(p)),
+            _ => Err(StateError::Corrupt("message")),
+        }
+    }
+    fn end(&self) -> Result<(), StateError> {
+        if self.0.is_empty() {
+            Ok(())
+        } else {
+            Err(StateError::Corrupt("trailing bytes"))
+        }
+    }
+}
+
+fn read_flow(
+    r: &mut Reader,
+    role: u8,
+    limits: Limits,
+    now: Instant,
+) -> Result<(ProtocolVersion, Flow), StateError> {
+    if &r.bytes(4)?[..] != MAGIC {
+        return Err(StateError::NotSessionState);
+    }
+    let format = r.u8()?;
+    if format != FORMAT {
+        return Err(StateError::UnsupportedFormat(format));
+    }
+    if r.u8()? != role {
+        return Err(StateError::WrongRole);
+    }
+    let version = match r.u8()? {
+        3 => ProtocolVersion::V3_1,
+        4 => ProtocolVersion::V3_1_1,
+        5 => ProtocolVersion::V5,
+        _ => return Err(StateError::Corrupt("protocol level")),
+    };
+    let mut flow = Flow::new(version, limits);
+    flow.outbox.next_packet_id = r.u16()?;
+    flow.outbox.next_message_id = r.u64()?;
+    let count = r.u32()?;
+    for _ in 0..count {
+        let id = MessageId(r.u64()?);
+        let packet_id = r.packet_id()?;
+        let (phase, message) = match r.u8()? {
+            0 => (Awaiting::PubAck, Some(r.message()?)),
+            1 => (Awaiting::PubRec, Some(r.message()?)),
+            2 => (Awaiting::PubComp, None),
+            _ => return Err(StateError::Corrupt("in-flight phase")),
+        };
+        flow.outbox.inflight.push_back(InFlight {
+            id,
+            packet_id,
+            phase,
+            message,
+        });
+    }
+    let count = r.u32()?;
+    for _ in 0..count {
+        let id = MessageId(r.u64()?);
+        let expires_at = r.left(now)?;
+        let message = r.message()?;
+        flow.outbox.queued_bytes += message.size();
+        flow.outbox.queue.push_back(Queued {
+            id,
+            message,
+            expires_at,
+        });
+    }
+    let count = r.u32()?;
+    for _ in 0..count {
+        let id = r.packet_id()?;
+        flow.inbox.awaiting_pubrel.push(id);
+    }
+    Ok((version, flow))
+}

@@ -1,0 +1,890 @@
+//! Scenario tests of every flow, both ends, through the `Pair` harness: real encoded
+//! bytes, virtual time, no sockets.
+
+use bytes::Bytes;
+use mqtt_codec::{
+    ByteStr, Disconnect, Packet, PacketId, ProtocolVersion, PubAck, Publish, PublishProperties,
+    QoS, QosPid, ReasonCode, Subscribe, Subscription, SubscriptionOptions, Will, WillProperties,
+};
+use mqtt_session::{
+    ClientOptions, ClientSession, DropReason, Duration, Event, Instant, Limits, Message,
+    ServerSession, testing::Pair,
+};
+
+const V311: ProtocolVersion = ProtocolVersion::V3_1_1;
+const V5: ProtocolVersion = ProtocolVersion::V5;
+
+fn options(version: ProtocolVersion) -> ClientOptions {
+    let mut o = ClientOptions::new(version, ByteStr::from_static("c1"));
+    // A session that survives the connection, so resumption can be tested.
+    o.clean_start = false;
+    o.session_expiry_interval = 3600;
+    o
+}
+
+fn msg(topic: &'static str, payload: &'static str, qos: QoS) -> Message {
+    Message::new(
+        ByteStr::from_static(topic),
+        Bytes::from_static(payload.as_bytes()),
+        qos,
+    )
+}
+
+fn connected(version: ProtocolVersion) -> Pair {
+    let mut pair = Pair::new(options(version), Limits::default());
+    pair.connect();
+    assert!(pair.client.is_connected(), "{:?}", pair.client_events);
+    pair.take_client_events();
+    pair.take_server_events();
+    pair
+}
+
+fn payloads(events: &[Event]) -> Vec<String> {
+    events
+        .iter()
+        .filter_map(|e| match e {
+            Event::Message(m) => Some(String::from_utf8_lossy(&m.payload).into_owned()),
+            _ => None,
+        })
+        .collect()
+}
+
+fn delivered(events: &[Event]) -> usize {
+    events
+        .iter()
+        .filter(|e| matches!(e, Event::Delivered { .. }))
+        .count()
+}
+
+// ---- connecting --------------------------------------------------------------------
+
+#[test]
+fn connect_each_version() {
+    for version in [ProtocolVersion::V3_1, V311, V5] {
+        let mut pair = Pair::new(options(version), Limits::default());
+        pair.connect();
+        let Some(Event::Connected(ack)) = pair.client_events.first() else {
+            panic!("{version}: {:?}", pair.client_events);
+        };
+        assert!(
+            !ack.session_present,
+            "{version}: first connection has no session"
+        );
+        assert!(pair.client.is_connected());
+        assert!(pair.server.is_connected());
+        assert_eq!(pair.server.version(), version);
+    }
+}
+
+// 5.0 MQTT-3.2.2-2, 5.0 MQTT-3.2.2-3, 3.1.1 MQTT-3.2.2-2: Session Present tells whether
+// the server kept the session.
+#[test]
+fn session_present_on_resume_and_not_on_clean_start() {
+    for version in [V311, V5] {
+        let mut pair = connected(version);
+        pair.cut();
+        pair.connect();
+        let Some(Event::Connected(ack)) = pair.client_events.first() else {
+            panic!()
+        };
+        assert!(ack.session_present, "{version}");
+
+        let mut o = options(version);
+        o.clean_start = true;
+        let mut fresh = Pair::new(o, Limits::default());
+        fresh.connect();
+        fresh.cut();
+        // A client that asked for a clean start resumes afterwards; a new client
+        // asking for a clean start gets none.
+        fresh.connect();
+        let Some(Event::Connected(ack)) = fresh.client_events.last() else {
+            panic!()
+        };
+        assert!(
+            ack.session_present,
+            "{version}: the client resumes its own session"
+        );
+    }
+}
+
+// ---- QoS flows, client to server ----------------------------------------------------
+
+// 5.0 MQTT-4.3.1-1, 5.0 MQTT-4.3.2-1, 5.0 MQTT-4.3.2-2, 5.0 MQTT-4.3.2-4,
+// 5.0 MQTT-4.3.3-1, 5.0 MQTT-4.3.3-2, 5.0 MQTT-4.3.3-4, 5.0 MQTT-4.3.3-8,
+// 5.0 MQTT-4.3.3-11, 5.0 MQTT-3.3.4-1: the packets each QoS exchanges.
+#[test]
+fn qos_flows_client_to_server() {
+    for version in [ProtocolVersion::V3_1, V311, V5] {
+        for qos in [QoS::AtMostOnce, QoS::AtLeastOnce, QoS::ExactlyOnce] {
+            let mut pair = connected(version);
+            pair.client.publish(pair.now, msg("a/b", "x", qos)).unwrap();
+            pair.drive();
+            assert_eq!(payloads(&pair.server_events), ["x"], "{version} {qos}");
+            let client_types: Vec<_> = pair.client_sent.iter().map(Packet::packet_type).collect();
+            let server_types: Vec<_> = pair.server_sent.iter().map(Packet::packet_type).collect();
+            use mqtt_codec::PacketType::*;
+            let (c, s) = match qos {
+                QoS::AtMostOnce => (vec![Connect, Publish], vec![ConnAck]),
+                QoS::AtLeastOnce => (vec![Connect, Publish], vec![ConnAck, PubAck]),
+                QoS::ExactlyOnce => (
+                    vec![Connect, Publish, PubRel],
+                    vec![ConnAck, PubRec, PubComp],
+                ),
+            };
+            assert_eq!((client_types, server_types), (c, s), "{version} {qos}");
+            let expect_delivered = usize::from(qos != QoS::AtMostOnce);
+            assert_eq!(
+                delivered(&pair.client_events),
+                expect_delivered,
+                "{version} {qos}"
+            );
+            let Packet::Publish(p) = &pair.client_sent[1] else {
+                panic!()
+            };
+            assert!(!p.dup);
+            assert_eq!(p.qos(), qos);
+            assert_eq!(p.packet_id().is_some(), qos != QoS::AtMostOnce);
+        }
+    }
+}
+
+#[test]
+fn qos_flows_server_to_client() {
+    for version in [V311, V5] {
+        for qos in [QoS::AtMostOnce, QoS::AtLeastOnce, QoS::ExactlyOnce] {
+            let mut pair = connected(version);
+            pair.server
+                .deliver(pair.now, msg("t", "down", qos))
+                .unwrap();
+            pair.drive();
+            assert_eq!(payloads(&pair.client_events), ["down"], "{version} {qos}");
+            assert_eq!(
+                delivered(&pair.server_events),
+                usize::from(qos != QoS::AtMostOnce)
+            );
+            assert_eq!(pair.server.pending_messages(), 0);
+        }
+    }
+}
+
+// 5.0 MQTT-2.2.1-3, 5.0 MQTT-2.2.1-4, 3.1.1 MQTT-2.3.1-2: identifiers never reused while in flight.
+#[test]
+fn packet_ids_are_not_reused_while_in_flight() {
+    let mut o = options(V5);
+    o.limits.max_inflight = 100;
+    let mut pair = Pair::new(o, Limits::default());
+    pair.connect();
+    // Let 100 QoS 1 messages go out but acknowledge none of them.
+    for i in 0..100 {
+        pair.client
+            .publish(
+                pair.now,
+                msg("t", if i % 2 == 0 { "a" } else { "b" }, QoS::AtLeastOnce),
+            )
+            .unwrap();
+    }
+    let mut ids = Vec::new();
+    while let Some(p) = pair.client.poll_transmit(pair.now) {
+        if let Packet::Publish(p) = p {
+            ids.push(p.packet_id().unwrap());
+        }
+    }
+    let mut unique = ids.clone();
+    unique.sort();
+    unique.dedup();
+    assert_eq!(ids.len(), 100);
+    assert_eq!(unique.len(), 100);
+}
+
+// ---- exactly once, at least once, across lost connections ---------------------------
+
+/// Publishes one message at `qos` from `from_client` (else from the server), cuts the
+/// link after `k` packets, reconnects, and returns (times delivered, completions).
+fn cut_after(version: ProtocolVersion, qos: QoS, from_client: bool, k: usize) -> (usize, usize) {
+    let mut pair = connected(version);
+    if from_client {
+        pair.client
+            .publish(pair.now, msg("t", "once", qos))
+            .unwrap();
+    } else {
+        pair.server
+            .deliver(pair.now, msg("t", "once", qos))
+            .unwrap();
+    }
+    pair.drive_limited(k);
+    pair.cut();
+    pair.now = pair.now + Duration::from_secs(1);
+    pair.connect();
+    pair.drive();
+    let (receiver, sender) = if from_client {
+        (&pair.server_events, &pair.client_events)
+    } else {
+        (&pair.client_events, &pair.server_events)
+    };
+    (payloads(receiver).len(), delivered(sender))
+}
+
+// 5.0 MQTT-4.4.0-1, 3.1.1 MQTT-4.4.0-1: resend unacknowledged PUBLISH and PUBREL on
+// resumption; 5.0 MQTT-4.3.3-10: a resent QoS 2 PUBLISH is not delivered again.
+#[test]
+fn disconnect_at_every_step_of_qos1_and_qos2() {
+    for version in [V311, V5] {
+        for from_client in [true, false] {
+            for k in 0..6 {
+                let (got, done) = cut_after(version, QoS::AtLeastOnce, from_client, k);
+                assert!(
+                    got >= 1,
+                    "{version} QoS 1 client={from_client} cut after {k}: lost"
+                );
+                assert_eq!(
+                    done, 1,
+                    "{version} QoS 1 client={from_client} cut after {k}"
+                );
+                let (got, done) = cut_after(version, QoS::ExactlyOnce, from_client, k);
+                assert_eq!(
+                    got, 1,
+                    "{version} QoS 2 client={from_client} cut after {k}: not exactly once"
+                );
+                assert_eq!(
+                    done, 1,
+                    "{version} QoS 2 client={from_client} cut after {k}"
+                );
+            }
+        }
+    }
+}
+
+// 5.0 MQTT-4.6.0-1, 3.1.1 MQTT-4.6.0-1: resends keep the original order, with DUP set;
+// 5.0 MQTT-4.3.3-6: no PUBLISH is resent after its PUBREL.
+#[test]
+fn resends_keep_order_and_set_dup() {
+    let mut pair = connected(V5);
+    for p in ["1", "2", "3"] {
+        pair.client
+            .publish(pair.now, msg("t", p, QoS::ExactlyOnce))
+            .unwrap();
+    }
+    pair.client
+        .publish(pair.now, msg("t", "4", QoS::AtLeastOnce))
+        .unwrap();
+    // Five packets cross: PUBLISH 1, PUBREC 1, PUBLISH 2, PUBREC 2, PUBLISH 3. PUBLISH 4
+    // is written but lost with the link.
+    pair.drive_limited(5);
+    pair.cut();
+    pair.client_sent.clear();
+    pair.connect();
+    let resent: Vec<_> = pair
+        .client_sent
+        .iter()
+        .filter_map(|p| match p {
+            Packet::Publish(p) => Some((String::from_utf8_lossy(&p.payload).into_owned(), p.dup)),
+            Packet::PubRel(_) => Some(("PUBREL".to_owned(), false)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        resent[..4],
+        [
+            ("PUBREL".to_owned(), false),
+            ("PUBREL".to_owned(), false),
+            ("3".to_owned(), true),
+            ("4".to_owned(), true)
+        ]
+    );
+    assert_eq!(payloads(&pair.server_events), ["1", "2", "3", "4"]);
+}
+
+// ---- flow control --------------------------------------------------------------------
+
+// 5.0 MQTT-3.3.4-7, 5.0 MQTT-3.3.4-9, 5.0 MQTT-4.9.0-2: no more in flight than Receive
+// Maximum; 5.0 MQTT-4.9.0-3, 5.0 MQTT-3.3.4-8: other packets are not held back.
+#[test]
+fn receive_maximum_bounds_the_window() {
+    let limits = Limits {
+        receive_maximum: 2,
+        ..Limits::default()
+    };
+    let mut pair = Pair::new(options(V5), limits);
+    pair.connect();
+    for p in ["1", "2", "3", "4", "5"] {
+        pair.client
+            .publish(pair.now, msg("t", p, QoS::AtLeastOnce))
+            .unwrap();
+    }
+    // Write what may be written, deliver nothing yet.
+    pair.drive_limited(0);
+    let publishes = |pair: &Pair| {
+        pair.client_sent
+            .iter()
+            .filter(|p| matches!(p, Packet::Publish(_)))
+            .count()
+    };
+    assert_eq!(
+        publishes(&pair),
+        2,
+        "only Receive Maximum PUBLISH packets before acknowledgements"
+    );
+    // A PINGREQ still goes out while the window is full.
+    pair.now = pair.now + Duration::from_secs(60);
+    pair.client.handle_timeout(pair.now);
+    pair.drive_limited(0);
+    assert!(matches!(pair.client_sent.last(), Some(Packet::PingReq)));
+    pair.drive();
+    assert_eq!(payloads(&pair.server_events), ["1", "2", "3", "4", "5"]);
+}
+
+#[test]
+fn exceeding_our_receive_maximum_is_a_protocol_error() {
+    let limits = Limits {
+        receive_maximum: 1,
+        ..Limits::default()
+    };
+    let mut server = ServerSession::new(ByteStr::from_static("c"), limits);
+    let connect = mqtt_codec::Connect::new(V5, ByteStr::from_static("c"));
+    let ack = server.accept(Instant::ZERO, &connect, Default::default());
+    assert_eq!(ack.properties.receive_maximum.map(|v| v.get()), Some(1));
+    let publish = |id: u16| {
+        let mut p = Publish::new(ByteStr::from_static("t"), Bytes::new());
+        p.qos_pid = QosPid::ExactlyOnce(PacketId::new(id).unwrap());
+        Packet::Publish(p)
+    };
+    server.handle_packet(Instant::ZERO, publish(1)).unwrap();
+    let err = server.handle_packet(Instant::ZERO, publish(2)).unwrap_err();
+    assert_eq!(err.reason, ReasonCode::RECEIVE_MAXIMUM_EXCEEDED);
+    // 5.0 MQTT-4.13.1-1: the server closes with a DISCONNECT carrying the reason.
+    let sent: Vec<_> = std::iter::from_fn(|| server.poll_transmit(Instant::ZERO)).collect();
+    assert!(
+        matches!(sent.last(), Some(Packet::Disconnect(d)) if d.reason_code == ReasonCode::RECEIVE_MAXIMUM_EXCEEDED)
+    );
+}
+
+// ---- bounded queues ------------------------------------------------------------------
+
+#[test]
+fn queue_limits_drop_qos0_first_then_refuse() {
+    let limits = Limits {
+        max_queued_messages: 3,
+        queue_qos0_offline: true,
+        ..Limits::default()
+    };
+    let mut pair = Pair::new(options(V5), limits);
+    pair.connect();
+    pair.cut();
+    let now = pair.now;
+    pair.server
+        .deliver(now, msg("t", "q0", QoS::AtMostOnce))
+        .unwrap();
+    pair.server
+        .deliver(now, msg("t", "a", QoS::AtLeastOnce))
+        .unwrap();
+    pair.server
+        .deliver(now, msg("t", "b", QoS::AtLeastOnce))
+        .unwrap();
+    // Full: a QoS 0 newcomer is refused; a QoS 1 newcomer evicts the QoS 0 message.
+    let refused = pair
+        .server
+        .deliver(now, msg("t", "q0-late", QoS::AtMostOnce))
+        .unwrap_err();
+    assert_eq!(refused.reason, DropReason::QueueFull);
+    pair.server
+        .deliver(now, msg("t", "c", QoS::AtLeastOnce))
+        .unwrap();
+    assert!(matches!(
+        pair.server.poll_event(),
+        Some(Event::Dropped {
+            reason: DropReason::QueueFull,
+            ..
+        })
+    ));
+    // Full of QoS 1: refused, handed back.
+    let refused = pair
+        .server
+        .deliver(now, msg("t", "d", QoS::AtLeastOnce))
+        .unwrap_err();
+    assert_eq!(
+        (refused.reason, &refused.message.payload[..]),
+        (DropReason::QueueFull, &b"d"[..])
+    );
+    pair.connect();
+    assert_eq!(payloads(&pair.client_events), ["a", "b", "c"]);
+}
+
+#[test]
+fn qos0_for_an_offline_session_is_refused_unless_configured() {
+    let mut pair = connected(V311);
+    pair.cut();
+    let r = pair
+        .server
+        .deliver(pair.now, msg("t", "x", QoS::AtMostOnce))
+        .unwrap_err();
+    assert_eq!(r.reason, DropReason::Offline);
+}
+
+// ---- MQTT 5.0 features ---------------------------------------------------------------
+
+// 5.0 MQTT-3.3.2-5, 5.0 MQTT-3.3.2-6: expired messages are deleted; the rest go out with
+// the time they have left.
+#[test]
+fn message_expiry_counts_down_while_queued() {
+    let mut pair = connected(V5);
+    pair.cut();
+    let mut short = msg("t", "short", QoS::AtLeastOnce);
+    short.properties.message_expiry_interval = Some(5);
+    let mut long = msg("t", "long", QoS::AtLeastOnce);
+    long.properties.message_expiry_interval = Some(10);
+    let short_id = pair.server.deliver(pair.now, short).unwrap();
+    pair.server.deliver(pair.now, long).unwrap();
+    pair.now = pair.now + Duration::from_secs(6);
+    pair.connect();
+    assert_eq!(payloads(&pair.client_events), ["long"]);
+    assert!(pair.server_events.contains(&Event::Dropped {
+        id: short_id,
+        reason: DropReason::Expired
+    }));
+    let got = pair.client_events.iter().find_map(|e| match e {
+        Event::Message(m) => m.properties.message_expiry_interval,
+        _ => None,
+    });
+    assert_eq!(got, Some(4));
+}
+
+// 5.0 MQTT-3.1.2-26, 5.0 MQTT-3.1.2-27, 5.0 MQTT-3.3.2-10: aliases within the client's
+// maximum, resolved by the client; 5.0 MQTT-3.3.2-7: not carried to a new connection.
+#[test]
+fn topic_aliases_server_to_client() {
+    let mut o = options(V5);
+    o.limits.topic_alias_maximum = 2;
+    let mut pair = Pair::new(o, Limits::default());
+    pair.connect();
+    for t in ["a/1", "a/1", "a/2", "a/3", "a/1"] {
+        pair.server
+            .deliver(
+                pair.now,
+                Message::new(ByteStr::from_static(t), Bytes::new(), QoS::AtMostOnce),
+            )
+            .unwrap();
+    }
+    pair.drive();
+    let wire: Vec<(String, Option<u16>)> = pair
+        .server_sent
+        .iter()
+        .filter_map(|p| match p {
+            Packet::Publish(p) => Some((
+                p.topic.to_string(),
+                p.properties.topic_alias.map(|a| a.get()),
+            )),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        wire,
+        [
+            ("a/1".into(), Some(1)),
+            ("".into(), Some(1)),
+            ("a/2".into(), Some(2)),
+            ("a/3".into(), Some(1)),
+            ("a/1".into(), Some(2)),
+        ]
+    );
+    let topics: Vec<String> = pair
+        .client_events
+        .iter()
+        .filter_map(|e| match e {
+            Event::Message(m) => Some(m.topic.to_string()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(topics, ["a/1", "a/1", "a/2", "a/3", "a/1"]);
+    // A new connection starts without aliases.
+    pair.cut();
+    pair.server_sent.clear();
+    pair.connect();
+    pair.server
+        .deliver(
+            pair.now,
+            Message::new(ByteStr::from_static("a/3"), Bytes::new(), QoS::AtMostOnce),
+        )
+        .unwrap();
+    pair.drive();
+    let Some(Packet::Publish(p)) = pair.server_sent.last() else {
+        panic!()
+    };
+    assert_eq!(p.topic, "a/3");
+}
+
+#[test]
+fn no_topic_aliases_unless_the_peer_allows_them() {
+    let mut pair = connected(V5);
+    for _ in 0..3 {
+        pair.server
+            .deliver(pair.now, msg("a/1", "", QoS::AtMostOnce))
+            .unwrap();
+    }
+    pair.drive();
+    assert!(pair.server_sent.iter().all(|p| match p {
+        Packet::Publish(p) => p.properties.topic_alias.is_none() && p.topic == "a/1",
+        _ => true,
+    }));
+}
+
+// 5.0 MQTT-3.3.2-12 from the receiving side: an alias above our maximum closes with 0x94.
+#[test]
+fn unknown_or_out_of_range_alias_is_an_error() {
+    let limits = Limits {
+        topic_alias_maximum: 1,
+        ..Limits::default()
+    };
+    let mut server = ServerSession::new(ByteStr::from_static("c"), limits);
+    server.accept(
+        Instant::ZERO,
+        &mqtt_codec::Connect::new(V5, ByteStr::from_static("c")),
+        Default::default(),
+    );
+    let mut p = Publish::new(ByteStr::new(), Bytes::new());
+    p.properties.topic_alias = std::num::NonZeroU16::new(1);
+    let err = server
+        .handle_packet(Instant::ZERO, p.clone().into())
+        .unwrap_err();
+    assert_eq!(err.reason, ReasonCode::PROTOCOL_ERROR, "alias never set");
+    p.properties.topic_alias = std::num::NonZeroU16::new(2);
+    p.topic = ByteStr::from_static("x");
+    let err = server.handle_packet(Instant::ZERO, p.into()).unwrap_err();
+    assert_eq!(err.reason, ReasonCode::TOPIC_ALIAS_INVALID);
+}
+
+// 5.0 MQTT-3.1.2-24, 5.0 MQTT-3.1.2-25: nothing larger than the client's Maximum Packet
+// Size is sent; such a message is dropped as if delivered.
+#[test]
+fn maximum_packet_size_of_the_peer_is_respected() {
+    let mut o = options(V5);
+    o.limits.max_packet_size = 64;
+    let mut pair = Pair::new(o, Limits::default());
+    pair.connect();
+    let big = Message::new(
+        ByteStr::from_static("t"),
+        Bytes::from(vec![0; 100]),
+        QoS::AtLeastOnce,
+    );
+    let big_id = pair.server.deliver(pair.now, big).unwrap();
+    pair.server
+        .deliver(pair.now, msg("t", "small", QoS::AtLeastOnce))
+        .unwrap();
+    pair.drive();
+    assert_eq!(payloads(&pair.client_events), ["small"]);
+    assert!(pair.server_events.contains(&Event::Dropped {
+        id: big_id,
+        reason: DropReason::TooLarge
+    }));
+    assert!(pair.server_sent.iter().all(|p| p.encoded_len(V5) <= 64));
+}
+
+// 5.0 MQTT-4.1.0-2: the session is discarded when its expiry interval passes.
+#[test]
+fn session_expiry() {
+    let mut o = options(V5);
+    o.session_expiry_interval = 30;
+    let mut pair = Pair::new(o, Limits::default());
+    pair.connect();
+    pair.cut();
+    assert_eq!(
+        pair.server.poll_timeout(),
+        Some(pair.now + Duration::from_secs(30))
+    );
+    pair.advance(Duration::from_secs(29));
+    assert!(!pair.server_events.contains(&Event::SessionExpired));
+    pair.advance(Duration::from_secs(1));
+    assert!(pair.server_events.contains(&Event::SessionExpired));
+}
+
+// ---- keep-alive ------------------------------------------------------------------------
+
+// 5.0 MQTT-3.1.2-20, 3.1.1 MQTT-3.1.2-23: the client pings when idle;
+// 5.0 MQTT-3.12.4-1: the server answers.
+#[test]
+fn client_pings_when_idle_and_server_answers() {
+    let mut o = options(V311);
+    o.keep_alive = 10;
+    let mut pair = Pair::new(o, Limits::default());
+    pair.connect();
+    pair.advance(Duration::from_secs(9));
+    assert!(
+        !pair
+            .client_sent
+            .iter()
+            .any(|p| matches!(p, Packet::PingReq))
+    );
+    pair.advance(Duration::from_secs(1));
+    assert!(
+        pair.client_sent
+            .iter()
+            .any(|p| matches!(p, Packet::PingReq))
+    );
+    assert!(
+        pair.server_sent
+            .iter()
+            .any(|p| matches!(p, Packet::PingResp))
+    );
+    // Hours of idling: still connected, pinging every 10 s.
+    pair.advance_by_steps(Duration::from_secs(3600), Duration::from_secs(1));
+    assert!(pair.client.is_connected());
+    let pings = pair
+        .client_sent
+        .iter()
+        .filter(|p| matches!(p, Packet::PingReq))
+        .count();
+    assert!((360..=362).contains(&pings), "{pings}");
+}
+
+// 5.0 MQTT-3.1.2-22, 3.1.1 MQTT-3.1.2-24: the server closes after 1.5 keep-alives of silence.
+#[test]
+fn server_closes_a_silent_client() {
+    for version in [V311, V5] {
+        let mut server = ServerSession::new(ByteStr::from_static("c"), Limits::default());
+        let mut connect = mqtt_codec::Connect::new(version, ByteStr::from_static("c"));
+        connect.keep_alive = 10;
+        server.accept(Instant::ZERO, &connect, Default::default());
+        assert_eq!(server.poll_timeout(), Some(Instant::from_millis(15_000)));
+        server.handle_timeout(Instant::from_millis(14_999));
+        assert_eq!(server.poll_event(), None);
+        server.handle_timeout(Instant::from_millis(15_000));
+        let sent: Vec<_> =
+            std::iter::from_fn(|| server.poll_transmit(Instant::from_millis(15_000))).collect();
+        assert_eq!(
+            server.poll_event(),
+            Some(Event::Closed {
+                reason: ReasonCode::KEEP_ALIVE_TIMEOUT
+            })
+        );
+        if version == V5 {
+            assert!(
+                matches!(sent.last(), Some(Packet::Disconnect(d)) if d.reason_code == ReasonCode::KEEP_ALIVE_TIMEOUT)
+            );
+        } else {
+            assert!(
+                sent.iter().all(|p| !matches!(p, Packet::Disconnect(_))),
+                "3.1.1 servers send no DISCONNECT"
+            );
+        }
+    }
+}
+
+#[test]
+fn client_detects_a_silent_server() {
+    let mut o = options(V5);
+    o.keep_alive = 10;
+    o.limits.ping_timeout = Duration::from_secs(5);
+    let mut client = ClientSession::new(o);
+    client.connect(Instant::ZERO);
+    while client.poll_transmit(Instant::ZERO).is_some() {}
+    let connack = mqtt_codec::ConnAck::new(false, ReasonCode::SUCCESS);
+    client.handle_packet(Instant::ZERO, connack.into()).unwrap();
+    client.handle_timeout(Instant::from_millis(10_000));
+    assert!(matches!(
+        client.poll_transmit(Instant::from_millis(10_000)),
+        Some(Packet::PingReq)
+    ));
+    assert_eq!(client.poll_timeout(), Some(Instant::from_millis(15_000)));
+    client.handle_timeout(Instant::from_millis(15_000));
+    let events: Vec<_> = std::iter::from_fn(|| client.poll_event()).collect();
+    assert!(events.contains(&Event::Closed {
+        reason: ReasonCode::KEEP_ALIVE_TIMEOUT
+    }));
+}
+
+// 5.0 MQTT-3.2.2-21: the client uses the Server Keep Alive.
+#[test]
+fn server_keep_alive_override() {
+    let mut o = options(V5);
+    o.keep_alive = 120;
+    let limits = Limits {
+        max_keep_alive: 30,
+        ..Limits::default()
+    };
+    let mut pair = Pair::new(o, limits);
+    pair.connect();
+    let Some(Event::Connected(ack)) = pair.client_events.first() else {
+        panic!()
+    };
+    assert_eq!(ack.properties.server_keep_alive, Some(30));
+    assert_eq!(
+        pair.client.poll_timeout(),
+        Some(pair.now + Duration::from_secs(30))
+    );
+    assert_eq!(
+        pair.server.poll_timeout(),
+        Some(pair.now + Duration::from_secs(45))
+    );
+}
+
+// ---- wills -------------------------------------------------------------------------------
+
+fn with_will(version: ProtocolVersion, delay: Option<u32>) -> Pair {
+    let mut o = options(version);
+    o.will = Some(Will {
+        topic: ByteStr::from_static("status/c1"),
+        payload: Bytes::from_static(b"gone"),
+        qos: QoS::AtLeastOnce,
+        retain: true,
+        properties: WillProperties {
+            will_delay_interval: delay,
+            ..WillProperties::default()
+        },
+    });
+    let mut pair = Pair::new(o, Limits::default());
+    pair.connect();
+    pair
+}
+
+fn wills(events: &[Event]) -> usize {
+    events
+        .iter()
+        .filter(|e| matches!(e, Event::Will(_)))
+        .count()
+}
+
+#[test]
+fn will_on_ungraceful_disconnect_not_on_normal_disconnect() {
+    for version in [V311, V5] {
+        let mut pair = with_will(version, None);
+        pair.cut();
+        pair.advance(Duration::from_millis(1));
+        assert_eq!(
+            wills(&pair.server_events),
+            1,
+            "{version}: lost connection publishes the will"
+        );
+
+        // 3.1.1 MQTT-3.14.4-3, 5.0 MQTT-3.14.4-3: a normal DISCONNECT discards it.
+        let mut pair = with_will(version, None);
+        pair.client.disconnect(Disconnect::default());
+        pair.drive();
+        pair.cut();
+        pair.advance(Duration::from_secs(1));
+        assert_eq!(wills(&pair.server_events), 0, "{version}");
+    }
+}
+
+// 5.0 MQTT-3.1.3-9: reconnecting within the will delay cancels the will.
+#[test]
+fn will_delay_and_cancel_on_reconnect() {
+    let mut pair = with_will(V5, Some(10));
+    pair.cut();
+    pair.advance(Duration::from_secs(9));
+    assert_eq!(wills(&pair.server_events), 0);
+    pair.connect();
+    pair.advance(Duration::from_secs(5));
+    assert_eq!(
+        wills(&pair.server_events),
+        0,
+        "cancelled by the new connection"
+    );
+
+    let mut pair = with_will(V5, Some(10));
+    pair.cut();
+    pair.advance(Duration::from_secs(10));
+    assert_eq!(wills(&pair.server_events), 1);
+}
+
+#[test]
+fn disconnect_with_will_message_publishes_it() {
+    let mut pair = with_will(V5, None);
+    pair.client
+        .disconnect(Disconnect::new(ReasonCode::DISCONNECT_WITH_WILL));
+    pair.drive();
+    pair.advance(Duration::from_millis(1));
+    assert_eq!(wills(&pair.server_events), 1);
+}
+
+// ---- subscriptions and the server's answers --------------------------------------------
+
+#[test]
+fn subscribe_round_trip_and_records() {
+    let mut pair = connected(V5);
+    let sub = Subscription {
+        filter: ByteStr::from_static("a/+"),
+        options: SubscriptionOptions::new(QoS::AtLeastOnce),
+    };
+    let id = pair
+        .client
+        .subscribe(vec![sub], Default::default())
+        .unwrap();
+    pair.drive();
+    let Some(Event::Subscribe(request)) = pair.server_events.first().cloned() else {
+        panic!()
+    };
+    assert_eq!(request.packet_id, id);
+    pair.server
+        .suback(&request, vec![ReasonCode::GRANTED_QOS_1]);
+    pair.drive();
+    assert!(matches!(pair.client_events.last(), Some(Event::SubAck(a)) if a.packet_id == id));
+    assert_eq!(pair.server.subscriptions().len(), 1);
+    // A clean start forgets it.
+    let mut o = options(V5);
+    o.clean_start = true;
+    let _ = Subscribe::new(id, ByteStr::from_static("x"), QoS::AtMostOnce);
+}
+
+// 5.0 MQTT-3.1.0-2 seen by the server: a second CONNECT is a protocol error.
+#[test]
+fn second_connect_is_a_protocol_error() {
+    let mut pair = connected(V311);
+    let c = mqtt_codec::Connect::new(V311, ByteStr::from_static("c1"));
+    let err = pair.server.handle_packet(pair.now, c.into()).unwrap_err();
+    assert_eq!(err.rule, Some("MQTT-3.1.0-2"));
+}
+
+// 5.0 MQTT-3.2.2-5: without a session on the server the client drops its state, and
+// sends again, as new messages, those never acknowledged.
+#[test]
+fn session_lost_on_the_server_resends_unacknowledged_as_new() {
+    let mut pair = connected(V5);
+    pair.client
+        .publish(pair.now, msg("t", "keep", QoS::AtLeastOnce))
+        .unwrap();
+    while pair.client.poll_transmit(pair.now).is_some() {}
+    pair.cut();
+    // The server forgot the session (a new one for the same client).
+    pair.server = ServerSession::new(ByteStr::from_static("c1"), Limits::default());
+    pair.connect();
+    let Some(Event::Connected(ack)) = pair
+        .client_events
+        .iter()
+        .find(|e| matches!(e, Event::Connected(_)))
+    else {
+        panic!()
+    };
+    assert!(!ack.session_present);
+    assert_eq!(payloads(&pair.server_events), ["keep"]);
+    let dups: Vec<bool> = pair
+        .client_sent
+        .iter()
+        .filter_map(|p| match p {
+            Packet::Publish(p) => Some(p.dup),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(dups.last(), Some(&false), "sent as a new message");
+}
+
+// 5.0 MQTT-4.3.2-5 and the acknowledgement of an unknown PUBREL.
+#[test]
+fn unknown_pubrel_is_completed_with_0x92() {
+    let mut server = ServerSession::new(ByteStr::from_static("c"), Limits::default());
+    server.accept(
+        Instant::ZERO,
+        &mqtt_codec::Connect::new(V5, ByteStr::from_static("c")),
+        Default::default(),
+    );
+    server
+        .handle_packet(
+            Instant::ZERO,
+            mqtt_codec::PubRel::new(PacketId::new(9).unwrap()).into(),
+        )
+        .unwrap();
+    let sent: Vec<_> = std::iter::from_fn(|| server.poll_transmit(Instant::ZERO)).collect();
+    assert!(
+        matches!(sent.last(), Some(Packet::PubComp(c)) if c.reason_code == ReasonCode::PACKET_IDENTIFIER_NOT_FOUND)
+    );
+    let _ = PubAck::new(PacketId::MIN);
+    let _ = PublishProperties::default();
+}
