@@ -176,8 +176,9 @@ fn collect_citations(root: &Path) -> Result<BTreeMap<(String, String), Vec<Strin
             .to_string();
         let in_tests_dir = rel.contains("/tests/");
         let mut in_test_code = in_tests_dir;
+        let lines: Vec<&str> = text.lines().collect();
         let mut current_fn = String::from("(module)");
-        for line in text.lines() {
+        for (i, line) in lines.iter().enumerate() {
             if line.contains("#[cfg(test)]") {
                 in_test_code = true;
             }
@@ -187,8 +188,19 @@ fn collect_citations(root: &Path) -> Result<BTreeMap<(String, String), Vec<Strin
             if !in_test_code {
                 continue;
             }
-            for (version, id) in cite(line) {
-                let place = format!("`{rel}::{current_fn}`");
+            let cites = cite(line);
+            if cites.is_empty() {
+                continue;
+            }
+            // A comment above a test (before its attributes and `fn`) cites for that
+            // test; anything else cites for the function it is in.
+            let owner = if line.trim_start().starts_with("//") {
+                next_fn(&lines[i + 1..]).unwrap_or_else(|| current_fn.clone())
+            } else {
+                current_fn.clone()
+            };
+            for (version, id) in cites {
+                let place = format!("`{rel}::{owner}`");
                 let tests = out.entry((version, id)).or_default();
                 if !tests.contains(&place) {
                     tests.push(place);
@@ -211,6 +223,16 @@ fn walk(dir: &Path, files: &mut Vec<std::path::PathBuf>) -> std::io::Result<()> 
         }
     }
     Ok(())
+}
+
+/// The function a doc block belongs to: the next line that is not a comment or an
+/// attribute, if it declares a function.
+fn next_fn(rest: &[&str]) -> Option<String> {
+    let line = rest
+        .iter()
+        .map(|l| l.trim_start())
+        .find(|l| !l.starts_with("//") && !l.starts_with("#[") && !l.is_empty())?;
+    fn_name(line)
 }
 
 fn fn_name(line: &str) -> Option<String> {

@@ -170,30 +170,32 @@ fn qos_flows_server_to_client() {
 // 5.0 MQTT-2.2.1-3, 5.0 MQTT-2.2.1-4, 3.1.1 MQTT-2.3.1-2: identifiers never reused while in flight.
 #[test]
 fn packet_ids_are_not_reused_while_in_flight() {
-    let mut o = options(V5);
-    o.limits.max_inflight = 100;
-    let mut pair = Pair::new(o, Limits::default());
-    pair.connect();
-    // Let 100 QoS 1 messages go out but acknowledge none of them.
-    for i in 0..100 {
-        pair.client
-            .publish(
-                pair.now,
-                msg("t", if i % 2 == 0 { "a" } else { "b" }, QoS::AtLeastOnce),
-            )
-            .unwrap();
-    }
-    let mut ids = Vec::new();
-    while let Some(p) = pair.client.poll_transmit(pair.now) {
-        if let Packet::Publish(p) = p {
-            ids.push(p.packet_id().unwrap());
+    for version in [V311, V5] {
+        let mut o = options(version);
+        o.limits.max_inflight = 100;
+        let mut pair = Pair::new(o, Limits::default());
+        pair.connect();
+        // Let 100 QoS 1 messages go out but acknowledge none of them.
+        for i in 0..100 {
+            pair.client
+                .publish(
+                    pair.now,
+                    msg("t", if i % 2 == 0 { "a" } else { "b" }, QoS::AtLeastOnce),
+                )
+                .unwrap();
         }
+        let mut ids = Vec::new();
+        while let Some(p) = pair.client.poll_transmit(pair.now) {
+            if let Packet::Publish(p) = p {
+                ids.push(p.packet_id().unwrap());
+            }
+        }
+        let mut unique = ids.clone();
+        unique.sort();
+        unique.dedup();
+        assert_eq!(ids.len(), 100);
+        assert_eq!(unique.len(), 100);
     }
-    let mut unique = ids.clone();
-    unique.sort();
-    unique.dedup();
-    assert_eq!(ids.len(), 100);
-    assert_eq!(unique.len(), 100);
 }
 
 // ---- exactly once, at least once, across lost connections ---------------------------
@@ -258,40 +260,44 @@ fn disconnect_at_every_step_of_qos1_and_qos2() {
 // 5.0 MQTT-4.3.3-6: no PUBLISH is resent after its PUBREL.
 #[test]
 fn resends_keep_order_and_set_dup() {
-    let mut pair = connected(V5);
-    for p in ["1", "2", "3"] {
+    for version in [V311, V5] {
+        let mut pair = connected(version);
+        for p in ["1", "2", "3"] {
+            pair.client
+                .publish(pair.now, msg("t", p, QoS::ExactlyOnce))
+                .unwrap();
+        }
         pair.client
-            .publish(pair.now, msg("t", p, QoS::ExactlyOnce))
+            .publish(pair.now, msg("t", "4", QoS::AtLeastOnce))
             .unwrap();
+        // Five packets cross: PUBLISH 1, PUBREC 1, PUBLISH 2, PUBREC 2, PUBLISH 3. PUBLISH 4
+        // is written but lost with the link.
+        pair.drive_limited(5);
+        pair.cut();
+        pair.client_sent.clear();
+        pair.connect();
+        let resent: Vec<_> = pair
+            .client_sent
+            .iter()
+            .filter_map(|p| match p {
+                Packet::Publish(p) => {
+                    Some((String::from_utf8_lossy(&p.payload).into_owned(), p.dup))
+                }
+                Packet::PubRel(_) => Some(("PUBREL".to_owned(), false)),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(
+            resent[..4],
+            [
+                ("PUBREL".to_owned(), false),
+                ("PUBREL".to_owned(), false),
+                ("3".to_owned(), true),
+                ("4".to_owned(), true)
+            ]
+        );
+        assert_eq!(payloads(&pair.server_events), ["1", "2", "3", "4"]);
     }
-    pair.client
-        .publish(pair.now, msg("t", "4", QoS::AtLeastOnce))
-        .unwrap();
-    // Five packets cross: PUBLISH 1, PUBREC 1, PUBLISH 2, PUBREC 2, PUBLISH 3. PUBLISH 4
-    // is written but lost with the link.
-    pair.drive_limited(5);
-    pair.cut();
-    pair.client_sent.clear();
-    pair.connect();
-    let resent: Vec<_> = pair
-        .client_sent
-        .iter()
-        .filter_map(|p| match p {
-            Packet::Publish(p) => Some((String::from_utf8_lossy(&p.payload).into_owned(), p.dup)),
-            Packet::PubRel(_) => Some(("PUBREL".to_owned(), false)),
-            _ => None,
-        })
-        .collect();
-    assert_eq!(
-        resent[..4],
-        [
-            ("PUBREL".to_owned(), false),
-            ("PUBREL".to_owned(), false),
-            ("3".to_owned(), true),
-            ("4".to_owned(), true)
-        ]
-    );
-    assert_eq!(payloads(&pair.server_events), ["1", "2", "3", "4"]);
 }
 
 // ---- flow control --------------------------------------------------------------------
@@ -602,37 +608,39 @@ fn session_expiry() {
 // 5.0 MQTT-3.12.4-1: the server answers.
 #[test]
 fn client_pings_when_idle_and_server_answers() {
-    let mut o = options(V311);
-    o.keep_alive = 10;
-    let mut pair = Pair::new(o, Limits::default());
-    pair.connect();
-    pair.advance(Duration::from_secs(9));
-    assert!(
-        !pair
+    for version in [V311, V5] {
+        let mut o = options(version);
+        o.keep_alive = 10;
+        let mut pair = Pair::new(o, Limits::default());
+        pair.connect();
+        pair.advance(Duration::from_secs(9));
+        assert!(
+            !pair
+                .client_sent
+                .iter()
+                .any(|p| matches!(p, Packet::PingReq))
+        );
+        pair.advance(Duration::from_secs(1));
+        assert!(
+            pair.client_sent
+                .iter()
+                .any(|p| matches!(p, Packet::PingReq))
+        );
+        assert!(
+            pair.server_sent
+                .iter()
+                .any(|p| matches!(p, Packet::PingResp))
+        );
+        // Hours of idling: still connected, pinging every 10 s.
+        pair.advance_by_steps(Duration::from_secs(3600), Duration::from_secs(1));
+        assert!(pair.client.is_connected());
+        let pings = pair
             .client_sent
             .iter()
-            .any(|p| matches!(p, Packet::PingReq))
-    );
-    pair.advance(Duration::from_secs(1));
-    assert!(
-        pair.client_sent
-            .iter()
-            .any(|p| matches!(p, Packet::PingReq))
-    );
-    assert!(
-        pair.server_sent
-            .iter()
-            .any(|p| matches!(p, Packet::PingResp))
-    );
-    // Hours of idling: still connected, pinging every 10 s.
-    pair.advance_by_steps(Duration::from_secs(3600), Duration::from_secs(1));
-    assert!(pair.client.is_connected());
-    let pings = pair
-        .client_sent
-        .iter()
-        .filter(|p| matches!(p, Packet::PingReq))
-        .count();
-    assert!((360..=362).contains(&pings), "{pings}");
+            .filter(|p| matches!(p, Packet::PingReq))
+            .count();
+        assert!((360..=362).contains(&pings), "{pings}");
+    }
 }
 
 // 5.0 MQTT-3.1.2-22, 3.1.1 MQTT-3.1.2-24: the server closes after 1.5 keep-alives of silence.

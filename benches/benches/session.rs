@@ -1,0 +1,83 @@
+//! mqtt-session: the cost of one complete QoS 1 and QoS 2 exchange through both state
+//! machines (client publishes, server receives and acknowledges, client completes),
+//! without the codec: the state machines alone.
+#![allow(missing_docs)] // criterion_group! generates undocumented items
+
+use std::hint::black_box;
+
+use bytes::Bytes;
+use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+use mqtt_codec::{ByteStr, Packet, ProtocolVersion, QoS};
+use mqtt_session::{ClientOptions, ClientSession, Event, Instant, Limits, Message, ServerSession};
+
+fn connected(version: ProtocolVersion) -> (ClientSession, ServerSession) {
+    let now = Instant::ZERO;
+    let mut client = ClientSession::new(ClientOptions::new(version, ByteStr::from_static("bench")));
+    let mut server = ServerSession::new(ByteStr::from_static("bench"), Limits::default());
+    client.connect(now);
+    let Some(Packet::Connect(connect)) = client.poll_transmit(now) else {
+        unreachable!("a new session sends CONNECT first")
+    };
+    server.accept(now, &connect, Default::default());
+    while let Some(p) = server.poll_transmit(now) {
+        client.handle_packet(now, p).expect("CONNACK is accepted");
+    }
+    while client.poll_event().is_some() {}
+    (client, server)
+}
+
+fn exchange(client: &mut ClientSession, server: &mut ServerSession, message: &Message) {
+    let now = Instant::ZERO;
+    let _ = client.publish(now, message.clone());
+    loop {
+        let mut moved = false;
+        while let Some(p) = client.poll_transmit(now) {
+            let _ = server.handle_packet(now, p);
+            moved = true;
+        }
+        while let Some(p) = server.poll_transmit(now) {
+            let _ = client.handle_packet(now, p);
+            moved = true;
+        }
+        while let Some(e) = server.poll_event() {
+            black_box(&e);
+        }
+        while let Some(e) = client.poll_event() {
+            if let Event::Delivered { id, .. } = e {
+                black_box(id);
+            }
+        }
+        if !moved {
+            break;
+        }
+    }
+}
+
+fn exchanges(c: &mut Criterion) {
+    let mut group = c.benchmark_group("session_exchange");
+    group.throughput(Throughput::Elements(1));
+    for (version, vname) in [
+        (ProtocolVersion::V3_1_1, "3.1.1"),
+        (ProtocolVersion::V5, "5.0"),
+    ] {
+        for (qos, qname) in [
+            (QoS::AtMostOnce, "qos0"),
+            (QoS::AtLeastOnce, "qos1"),
+            (QoS::ExactlyOnce, "qos2"),
+        ] {
+            let (mut client, mut server) = connected(version);
+            let message = Message::new(
+                ByteStr::from_static("tenant/acme/device/42"),
+                Bytes::from(vec![7u8; 16]),
+                qos,
+            );
+            group.bench_function(format!("{qname}_{vname}"), |b| {
+                b.iter(|| exchange(&mut client, &mut server, black_box(&message)));
+            });
+        }
+    }
+    group.finish();
+}
+
+criterion_group!(benches, exchanges);
+criterion_main!(benches);

@@ -1,0 +1,102 @@
+//! A QoS 1 or QoS 2 exchange through both state machines allocates nothing once the
+//! queues have warmed up: messages move by reference count.
+
+use std::{
+    alloc::{GlobalAlloc, Layout, System},
+    cell::Cell,
+};
+
+use bytes::Bytes;
+use mqtt_codec::{ByteStr, Packet, ProtocolVersion, QoS};
+use mqtt_session::{ClientOptions, ClientSession, Event, Instant, Limits, Message, ServerSession};
+
+struct Counting;
+
+thread_local! {
+    static ALLOCATIONS: Cell<usize> = const { Cell::new(0) };
+}
+
+// SAFETY: defers to the system allocator; only counts calls on the current thread.
+#[allow(unsafe_code)]
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        let _ = ALLOCATIONS.try_with(|n| n.set(n.get() + 1));
+        // SAFETY: same contract as the caller's.
+        unsafe { System.alloc(layout) }
+    }
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        // SAFETY: same contract as the caller's.
+        unsafe { System.dealloc(ptr, layout) }
+    }
+}
+
+#[global_allocator]
+static GLOBAL: Counting = Counting;
+
+fn connected(version: ProtocolVersion) -> (ClientSession, ServerSession) {
+    let now = Instant::ZERO;
+    let mut client = ClientSession::new(ClientOptions::new(version, ByteStr::from_static("c")));
+    let mut server = ServerSession::new(ByteStr::from_static("c"), Limits::default());
+    client.connect(now);
+    let Some(Packet::Connect(connect)) = client.poll_transmit(now) else {
+        panic!()
+    };
+    server.accept(now, &connect, Default::default());
+    let connack = server.poll_transmit(now).unwrap();
+    client.handle_packet(now, connack).unwrap();
+    while client.poll_event().is_some() {}
+    (client, server)
+}
+
+/// One complete exchange of `message`, client to server.
+fn exchange(client: &mut ClientSession, server: &mut ServerSession, message: &Message) -> usize {
+    let now = Instant::ZERO;
+    client.publish(now, message.clone()).unwrap();
+    let mut delivered = 0;
+    loop {
+        let mut moved = false;
+        while let Some(p) = client.poll_transmit(now) {
+            server.handle_packet(now, p).unwrap();
+            moved = true;
+        }
+        while let Some(p) = server.poll_transmit(now) {
+            client.handle_packet(now, p).unwrap();
+            moved = true;
+        }
+        while let Some(e) = server.poll_event() {
+            assert!(matches!(e, Event::Message(_)));
+        }
+        while let Some(e) = client.poll_event() {
+            if matches!(e, Event::Delivered { .. }) {
+                delivered += 1;
+            }
+        }
+        if !moved {
+            return delivered;
+        }
+    }
+}
+
+#[test]
+fn qos1_and_qos2_exchanges_allocate_nothing() {
+    for version in [ProtocolVersion::V3_1_1, ProtocolVersion::V5] {
+        for qos in [QoS::AtLeastOnce, QoS::ExactlyOnce] {
+            let (mut client, mut server) = connected(version);
+            let message =
+                Message::new(ByteStr::from_static("a/b"), Bytes::from(vec![1u8; 16]), qos);
+            // Warm up: let every queue reach its working capacity.
+            for _ in 0..16 {
+                assert_eq!(exchange(&mut client, &mut server, &message), 1);
+            }
+            let before = ALLOCATIONS.with(Cell::get);
+            for _ in 0..1000 {
+                assert_eq!(exchange(&mut client, &mut server, &message), 1);
+            }
+            let allocations = ALLOCATIONS.with(Cell::get) - before;
+            assert_eq!(
+                allocations, 0,
+                "{version} {qos}: allocations in 1000 exchanges"
+            );
+        }
+    }
+}
