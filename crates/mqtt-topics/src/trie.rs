@@ -1,0 +1,408 @@
+//! The shared core of [`TopicIndex`](crate::TopicIndex) and
+//! [`RetainedStore`](crate::RetainedStore): a trie of topic levels in an arena.
+//!
+//! - Nodes live in fixed-size chunks of a `Vec`, addressed by `u32`, so the arena grows
+//!   without moving nodes or over-allocating by more than one chunk. Freed nodes are
+//!   reused through a free list.
+//! - A node stores its own level (its label) inline when it is at most 22 bytes long,
+//!   which covers most levels, so comparing it costs no extra memory access.
+//! - Children are found through one open-addressing hash table for the whole trie,
+//!   keyed by (parent, label): a node with a million children costs the same to search
+//!   as one with two, and a node with none pays nothing. The `+` child of a filter node
+//!   has its own field, since every lookup asks for it.
+//! - Every node also links to its parent and its siblings, so the trie can be walked in
+//!   any direction without a stack: matching allocates nothing and cannot overflow the
+//!   call stack, however deep the topic.
+
+use alloc::{boxed::Box, vec::Vec};
+
+use crate::hash::edge_hash;
+
+/// "No node": the end of a list, a missing child.
+pub(crate) const NONE: u32 = u32::MAX;
+/// The root: the node before the first level.
+pub(crate) const ROOT: u32 = 0;
+
+const CHUNK_BITS: u32 = 10;
+const CHUNK: usize = 1 << CHUNK_BITS;
+const INLINE: usize = 22;
+
+/// What a node holds; the trie frees a node whose payload is empty and that has no
+/// children.
+pub(crate) trait Payload: Default {
+    fn is_empty(&self) -> bool;
+}
+
+/// A level's text, inline when short.
+enum Label {
+    Inline { len: u8, bytes: [u8; INLINE] },
+    Heap(Box<[u8]>),
+}
+
+impl Label {
+    fn new(text: &[u8]) -> Self {
+        if text.len() <= INLINE {
+            let mut bytes = [0; INLINE];
+            for (d, s) in bytes.iter_mut().zip(text) {
+                *d = *s;
+            }
+            Self::Inline {
+                len: text.len() as u8,
+                bytes,
+            }
+        } else {
+            Self::Heap(text.into())
+        }
+    }
+
+    #[inline]
+    fn as_bytes(&self) -> &[u8] {
+        match self {
+            Self::Inline { len, bytes } => bytes.get(..usize::from(*len)).unwrap_or_default(),
+            Self::Heap(b) => b,
+        }
+    }
+}
+
+pub(crate) struct Node<T> {
+    label: Label,
+    pub(crate) parent: u32,
+    /// The child labelled `+` (filters only), which is not in the sibling list.
+    pub(crate) plus: u32,
+    /// The first literal child; the others follow through `next_sibling`.
+    pub(crate) first_child: u32,
+    pub(crate) next_sibling: u32,
+    prev_sibling: u32,
+    pub(crate) payload: T,
+}
+
+impl<T> Node<T> {
+    #[inline]
+    pub(crate) fn label(&self) -> &[u8] {
+        self.label.as_bytes()
+    }
+}
+
+#[derive(Clone, Copy)]
+struct Slot {
+    hash: u32,
+    node: u32,
+}
+
+const EMPTY: Slot = Slot {
+    hash: 0,
+    node: NONE,
+};
+
+/// Open addressing with linear probing and backward-shift deletion (no tombstones), at
+/// most 3/4 full. A slot is 8 bytes: the full 32-bit hash, compared before the node.
+#[derive(Default)]
+struct Edges {
+    slots: Vec<Slot>,
+    len: usize,
+}
+
+impl Edges {
+    #[inline]
+    fn mask(&self) -> usize {
+        self.slots.len().wrapping_sub(1)
+    }
+
+    #[inline]
+    fn find(&self, hash: u32, mut is: impl FnMut(u32) -> bool) -> u32 {
+        let mask = self.mask();
+        if self.slots.is_empty() {
+            return NONE;
+        }
+        let mut i = hash as usize & mask;
+        loop {
+            let Some(slot) = self.slots.get(i) else {
+                return NONE;
+            };
+            if slot.node == NONE {
+                return NONE;
+            }
+            if slot.hash == hash && is(slot.node) {
+                return slot.node;
+            }
+            i = (i + 1) & mask;
+        }
+    }
+
+    fn insert(&mut self, hash: u32, node: u32) {
+        if (self.len + 1) * 4 > self.slots.len() * 3 {
+            self.grow();
+        }
+        self.place(Slot { hash, node });
+        self.len += 1;
+    }
+
+    fn place(&mut self, new: Slot) {
+        let mask = self.mask();
+        let mut i = new.hash as usize & mask;
+        while let Some(slot) = self.slots.get_mut(i) {
+            if slot.node == NONE {
+                *slot = new;
+                return;
+            }
+            i = (i + 1) & mask;
+        }
+    }
+
+    fn grow(&mut self) {
+        let cap = (self.slots.len() * 2).max(16);
+        let old = core::mem::replace(&mut self.slots, alloc::vec![EMPTY; cap]);
+        for slot in old {
+            if slot.node != NONE {
+                self.place(slot);
+            }
+        }
+    }
+
+    fn remove(&mut self, hash: u32, node: u32) {
+        let mask = self.mask();
+        if self.slots.is_empty() {
+            return;
+        }
+        let mut i = hash as usize & mask;
+        loop {
+            match self.slots.get(i) {
+                Some(s) if s.node == node => break,
+                Some(s) if s.node != NONE => i = (i + 1) & mask,
+                _ => return,
+            }
+        }
+        // Backward shift: pull later entries of the same run into the hole.
+        let mut hole = i;
+        let mut j = (i + 1) & mask;
+        while let Some(&slot) = self.slots.get(j) {
+            if slot.node == NONE {
+                break;
+            }
+            let home = slot.hash as usize & mask;
+            // Can `slot` move to `hole`? Only if its home is not in (hole, j].
+            let stays = if hole <= j {
+                hole < home && home <= j
+            } else {
+                hole < home || home <= j
+            };
+            if !stays {
+                if let Some(h) = self.slots.get_mut(hole) {
+                    *h = slot;
+                }
+                hole = j;
+            }
+            j = (j + 1) & mask;
+        }
+        if let Some(h) = self.slots.get_mut(hole) {
+            *h = EMPTY;
+        }
+        self.len -= 1;
+    }
+}
+
+pub(crate) struct Trie<T> {
+    chunks: Vec<Vec<Node<T>>>,
+    free: u32,
+    edges: Edges,
+    seed: u64,
+}
+
+impl<T: Payload> Trie<T> {
+    pub(crate) fn new(seed: u64) -> Self {
+        let mut trie = Self {
+            chunks: Vec::new(),
+            free: NONE,
+            edges: Edges::default(),
+            seed,
+        };
+        trie.alloc(b"", NONE);
+        trie
+    }
+
+    #[inline]
+    pub(crate) fn node(&self, id: u32) -> Option<&Node<T>> {
+        self.chunks
+            .get((id >> CHUNK_BITS) as usize)?
+            .get(id as usize & (CHUNK - 1))
+    }
+
+    #[inline]
+    pub(crate) fn node_mut(&mut self, id: u32) -> Option<&mut Node<T>> {
+        self.chunks
+            .get_mut((id >> CHUNK_BITS) as usize)?
+            .get_mut(id as usize & (CHUNK - 1))
+    }
+
+    /// The payload of node `id`.
+    #[inline]
+    pub(crate) fn payload_mut(&mut self, id: u32) -> Option<&mut T> {
+        self.node_mut(id).map(|n| &mut n.payload)
+    }
+
+    /// The child of `parent` labelled `label` (`+` included), or [`NONE`].
+    #[inline]
+    pub(crate) fn child(&self, parent: u32, label: &[u8]) -> u32 {
+        if label == b"+" {
+            return self.node(parent).map_or(NONE, |n| n.plus);
+        }
+        self.literal_child(parent, label)
+    }
+
+    /// The child of `parent` labelled `label`, which is not `+`, or [`NONE`].
+    #[inline]
+    pub(crate) fn literal_child(&self, parent: u32, label: &[u8]) -> u32 {
+        let hash = edge_hash(self.seed, parent, label);
+        self.edges.find(hash, |id| {
+            self.node(id)
+                .is_some_and(|n| n.parent == parent && n.label() == label)
+        })
+    }
+
+    /// The node reached from the root through `levels`, if it exists.
+    pub(crate) fn find<'l>(&self, levels: impl IntoIterator<Item = &'l str>) -> u32 {
+        let mut id = ROOT;
+        for level in levels {
+            id = self.child(id, level.as_bytes());
+            if id == NONE {
+                break;
+            }
+        }
+        id
+    }
+
+    /// The node reached from the root through `levels`, created as needed.
+    pub(crate) fn find_or_insert<'l>(&mut self, levels: impl IntoIterator<Item = &'l str>) -> u32 {
+        let mut id = ROOT;
+        for level in levels {
+            let label = level.as_bytes();
+            let child = self.child(id, label);
+            id = if child == NONE {
+                self.insert_child(id, label)
+            } else {
+                child
+            };
+        }
+        id
+    }
+
+    fn alloc(&mut self, label: &[u8], parent: u32) -> u32 {
+        let node = Node {
+            label: Label::new(label),
+            parent,
+            plus: NONE,
+            first_child: NONE,
+            next_sibling: NONE,
+            prev_sibling: NONE,
+            payload: T::default(),
+        };
+        if self.free != NONE {
+            let id = self.free;
+            if let Some(slot) = self.node_mut(id) {
+                let next_free = slot.next_sibling;
+                *slot = node;
+                self.free = next_free;
+                return id;
+            }
+        }
+        let needs_chunk = self.chunks.last().is_none_or(|c| c.len() == CHUNK);
+        if needs_chunk {
+            self.chunks.push(Vec::with_capacity(CHUNK));
+        }
+        let chunk = self.chunks.len() - 1;
+        let Some(last) = self.chunks.last_mut() else {
+            return NONE;
+        };
+        let id = ((chunk << CHUNK_BITS) | last.len()) as u32;
+        last.push(node);
+        id
+    }
+
+    fn insert_child(&mut self, parent: u32, label: &[u8]) -> u32 {
+        let id = self.alloc(label, parent);
+        if label == b"+" {
+            // The `+` child is reached through its own field only, so that
+            // `first_child` tells whether a node has literal children to probe for.
+            if let Some(p) = self.node_mut(parent) {
+                p.plus = id;
+            }
+            return id;
+        }
+        let Some(p) = self.node_mut(parent) else {
+            return id;
+        };
+        let old_first = p.first_child;
+        p.first_child = id;
+        if let Some(n) = self.node_mut(old_first) {
+            n.prev_sibling = id;
+        }
+        if let Some(n) = self.node_mut(id) {
+            n.next_sibling = old_first;
+        }
+        self.edges.insert(edge_hash(self.seed, parent, label), id);
+        id
+    }
+
+    /// Frees `id` and then its ancestors, as long as they are empty and childless.
+    pub(crate) fn prune(&mut self, mut id: u32) {
+        while id != ROOT {
+            let Some(n) = self.node(id) else { return };
+            if n.first_child != NONE || n.plus != NONE || !n.payload.is_empty() {
+                return;
+            }
+            let (parent, prev, next) = (n.parent, n.prev_sibling, n.next_sibling);
+            if n.label() == b"+" {
+                if let Some(p) = self.node_mut(parent) {
+                    p.plus = NONE;
+                }
+            } else {
+                let hash = edge_hash(self.seed, parent, n.label());
+                self.edges.remove(hash, id);
+                if let Some(p) = self.node_mut(prev) {
+                    p.next_sibling = next;
+                }
+                if let Some(nx) = self.node_mut(next) {
+                    nx.prev_sibling = prev;
+                }
+                if let Some(p) = self.node_mut(parent) {
+                    if p.first_child == id {
+                        p.first_child = next;
+                    }
+                }
+            }
+            let free = self.free;
+            if let Some(n) = self.node_mut(id) {
+                n.label = Label::new(b"");
+                n.parent = NONE;
+                n.plus = NONE;
+                n.first_child = NONE;
+                n.prev_sibling = NONE;
+                n.next_sibling = free;
+                n.payload = T::default();
+            }
+            self.free = id;
+            id = parent;
+        }
+    }
+
+    /// Writes the path from the root to `id` (its topic), levels joined by `/`.
+    pub(crate) fn write_path(&self, id: u32, out: &mut alloc::string::String) {
+        // Collect the labels backwards, reversed, then reverse the whole.
+        let mut bytes = core::mem::take(out).into_bytes();
+        bytes.clear();
+        let mut cur = id;
+        while cur != ROOT {
+            let Some(n) = self.node(cur) else { break };
+            if cur != id {
+                bytes.push(b'/');
+            }
+            bytes.extend(n.label().iter().rev());
+            cur = n.parent;
+        }
+        bytes.reverse();
+        *out = match alloc::string::String::from_utf8(bytes) {
+            Ok(s) => s,
+            Err(e) => alloc::string::String::from_utf8_lossy(e.as_bytes()).into_owned(),
+        };
+    }
+}
