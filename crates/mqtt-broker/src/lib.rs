@@ -1,4 +1,158 @@
-//! The mqtt-broker server: listeners, routing, retained messages, wills, auth, persistence.
+//! The mqtt-broker server as a library: start a [`Broker`] from a [`Config`], learn its
+//! addresses, shut it down.
 //!
-//! **Not built yet.** This crate is a placeholder so the workspace has its final shape;
-//! the work is tracked in issue 5. It exports nothing.
+//! ```no_run
+//! # async fn example() -> std::io::Result<()> {
+//! use mqtt_broker::{Broker, Config};
+//!
+//! let mut config = Config::default();
+//! config.listeners = vec![mqtt_broker::config::Listener { bind: "127.0.0.1:0".parse().unwrap() }];
+//! let broker = Broker::start(config).await?;
+//! println!("listening on {:?}", broker.local_addrs());
+//! broker.shutdown().await;
+//! # Ok(()) }
+//! ```
+//!
+//! # Architecture
+//! One tokio task per connection drives that client's `mqtt_session::ServerSession`
+//! (the protocol state machine) and does its own routing: a PUBLISH is matched against a
+//! sharded subscription index (`mqtt_topics::ShardedIndex`, read locks per shard) and
+//! queued on each subscriber's session, whose bounded queue is the outbox; the
+//! subscriber's task is woken to write it. See `docs/architecture.md`.
+
+pub mod config;
+
+mod broker;
+mod connection;
+mod sys;
+
+use std::{io, net::SocketAddr, sync::Arc, time::Duration};
+
+use tokio::{net::TcpListener, task::JoinSet};
+use tracing::{info, warn};
+
+use crate::broker::Shared;
+pub use crate::config::Config;
+
+/// A running broker.
+#[derive(Debug)]
+pub struct Broker {
+    shared: Arc<Shared>,
+    tasks: JoinSet<()>,
+    local_addrs: Vec<SocketAddr>,
+}
+
+impl Broker {
+    /// Binds every listener of `config` and starts accepting connections.
+    ///
+    /// # Errors
+    /// If a listener cannot be bound (address in use, permission denied). A listener on
+    /// `[::]` that fails because IPv6 is unavailable is skipped with a warning, as long
+    /// as another listener is bound.
+    pub async fn start(config: Config) -> io::Result<Self> {
+        let shared = Arc::new(Shared::new(config));
+        let mut tasks = JoinSet::new();
+        let mut local_addrs = Vec::new();
+        let mut errors = Vec::new();
+        for listener in &shared.config.listeners {
+            match bind(listener.bind).await {
+                Ok(l) => {
+                    let addr = l.local_addr()?;
+                    info!(%addr, "listening");
+                    local_addrs.push(addr);
+                    tasks.spawn(accept_loop(Arc::clone(&shared), l));
+                }
+                Err(e) if listener.bind.is_ipv6() => {
+                    warn!(addr = %listener.bind, error = %e, "IPv6 listener not started");
+                    errors.push(e);
+                }
+                Err(e) => return Err(io::Error::new(e.kind(), format!("{}: {e}", listener.bind))),
+            }
+        }
+        if local_addrs.is_empty() {
+            return Err(errors
+                .pop()
+                .unwrap_or_else(|| io::Error::other("no listener configured")));
+        }
+        if shared.config.sys.interval > 0 {
+            tasks.spawn(sys::run(
+                Arc::clone(&shared),
+                Duration::from_secs(shared.config.sys.interval),
+            ));
+        }
+        if let Ok(mut addrs) = shared.local_addrs.lock() {
+            addrs.clone_from(&local_addrs);
+        }
+        Ok(Self {
+            shared,
+            tasks,
+            local_addrs,
+        })
+    }
+
+    /// The bound addresses (useful with port 0).
+    pub fn local_addrs(&self) -> &[SocketAddr] {
+        &self.local_addrs
+    }
+
+    /// Stops accepting, sends DISCONNECT 0x8B (Server shutting down) to 5.0 clients,
+    /// flushes, and closes every connection.
+    ///
+    /// # Cancel safety
+    /// Not cancel safe: dropping the future part-way leaves connections closing on
+    /// their own.
+    pub async fn shutdown(mut self) {
+        self.shared
+            .shutting_down
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+        self.shared.shutdown.notify_waiters();
+        let deadline = tokio::time::sleep(Duration::from_secs(5));
+        tokio::pin!(deadline);
+        loop {
+            tokio::select! {
+                next = self.tasks.join_next() => if next.is_none() { break },
+                () = &mut deadline => {
+                    warn!("connections still open after 5 s; closing them");
+                    self.tasks.abort_all();
+                    break;
+                }
+            }
+        }
+    }
+}
+
+/// Binds with `SO_REUSEADDR` and, for `[::]`, IPv6 only, so `0.0.0.0:1883` and
+/// `[::]:1883` can both be bound, as the default configuration does.
+async fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
+    let socket = if addr.is_ipv6() {
+        tokio::net::TcpSocket::new_v6()?
+    } else {
+        tokio::net::TcpSocket::new_v4()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(1024)
+}
+
+async fn accept_loop(shared: Arc<Shared>, listener: TcpListener) {
+    let mut connections = JoinSet::new();
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, peer)) => {
+                    let _ = stream.set_nodelay(true);
+                    connections.spawn(connection::serve(Arc::clone(&shared), stream, peer));
+                }
+                Err(e) => {
+                    // Out of file descriptors and the like: wait a little, go on.
+                    warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            },
+            Some(_) = connections.join_next(), if !connections.is_empty() => {}
+            () = shared.shutdown.notified() => break,
+        }
+    }
+    drop(listener);
+    while connections.join_next().await.is_some() {}
+}

@@ -1252,16 +1252,23 @@ fn disconnect_v5_empty_means_normal_disconnection() {
 
 #[test]
 fn disconnect_v5_one_byte() {
-    // E0 01; 04: disconnect with will message
-    known_answer(
+    // E0 01; 04: disconnect with will message, property length left out (3.14.2.2.1)
+    decodes_to(
         V5,
         "E0 01 04",
         Disconnect::new(ReasonCode::DISCONNECT_WITH_WILL),
     );
     // E0 01; 8E: session taken over
-    known_answer(
+    decodes_to(
         V5,
         "E0 01 8E",
+        Disconnect::new(ReasonCode::SESSION_TAKEN_OVER),
+    );
+    // The encoder always writes the Property Length after a reason code.
+    // E0 02; 8E; 00: session taken over, property length 0
+    known_answer(
+        V5,
+        "E0 02 8E 00",
         Disconnect::new(ReasonCode::SESSION_TAKEN_OVER),
     );
 }

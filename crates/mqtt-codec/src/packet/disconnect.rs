@@ -67,24 +67,20 @@ impl Encode for Disconnect {
         if !version.is_v5() {
             return 0;
         }
-        match (
-            self.reason_code == ReasonCode::SUCCESS,
-            self.properties.is_empty(),
-        ) {
-            (true, true) => 0,
-            (false, true) => 1,
-            _ => 1 + self.properties.wire_len(),
+        // Only the all-default DISCONNECT is shortened. A reason code is always followed
+        // by its Property Length: the one-byte form is legal, but some clients (rumqttc
+        // 0.24) cannot read it, and two bytes cost one more.
+        if self.reason_code == ReasonCode::SUCCESS && self.properties.is_empty() {
+            0
+        } else {
+            1 + self.properties.wire_len()
         }
     }
 
     fn write_body(&self, version: ProtocolVersion, dst: &mut impl BufMut) {
-        match self.body_len(version) {
-            0 => {}
-            1 => dst.put_u8(self.reason_code.0),
-            _ => {
-                dst.put_u8(self.reason_code.0);
-                self.properties.encode(dst);
-            }
+        if self.body_len(version) > 0 {
+            dst.put_u8(self.reason_code.0);
+            self.properties.encode(dst);
         }
     }
 }

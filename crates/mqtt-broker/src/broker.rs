@@ -1,0 +1,333 @@
+//! The broker's shared state: the session registry, the subscription index, retained
+//! messages, statistics, and routing.
+//!
+//! Routing runs in the publishing connection's own task: it matches the topic against
+//! the concurrent index (sharded read locks, never a global lock), and hands the message
+//! (payload shared, not copied) to each subscriber's session, whose queue is the bounded
+//! outbox, then wakes that subscriber's task. No task ever waits on another client.
+
+use std::{
+    collections::HashMap,
+    net::SocketAddr,
+    sync::{
+        Arc, Mutex, MutexGuard, RwLock,
+        atomic::{AtomicU64, AtomicUsize, Ordering},
+    },
+};
+
+use mqtt_codec::{ByteStr, QoS, SubscriptionId, SubscriptionOptions};
+use mqtt_session::{Limits, Message, ServerSession};
+use mqtt_topics::{Filter, Matches, RetainedStore, ShardedIndex, TopicFilter, TopicName};
+use tokio::sync::Notify;
+
+use crate::config::Config;
+
+/// A subscription as the index stores it: whose, and with what options.
+#[derive(Clone, Debug)]
+pub(crate) struct Sub {
+    pub(crate) handle: Arc<SessionHandle>,
+    pub(crate) options: SubscriptionOptions,
+    pub(crate) identifier: Option<SubscriptionId>,
+}
+
+/// One client session, shared by its connection task (if any) and every publisher
+/// routing to it.
+#[derive(Debug)]
+pub(crate) struct SessionHandle {
+    pub(crate) key: u64,
+    pub(crate) client_id: ByteStr,
+    cell: Mutex<SessionCell>,
+    /// Wakes the task that writes this session's packets.
+    pub(crate) notify: Notify,
+}
+
+#[derive(Debug)]
+pub(crate) struct SessionCell {
+    pub(crate) session: ServerSession,
+    /// Which connection owns the session; a takeover bumps it and the old connection
+    /// task, seeing the change, leaves without touching the session.
+    pub(crate) generation: u64,
+    /// The session expired and was removed from the registry.
+    pub(crate) gone: bool,
+}
+
+impl SessionHandle {
+    pub(crate) fn lock(&self) -> MutexGuard<'_, SessionCell> {
+        // A panic while holding the lock is a bug; the session state is still usable.
+        self.cell
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+/// Counters for `$SYS`.
+#[derive(Debug, Default)]
+pub(crate) struct Stats {
+    pub(crate) connected: AtomicUsize,
+    pub(crate) max_connected: AtomicUsize,
+    pub(crate) messages_received: AtomicU64,
+    pub(crate) messages_sent: AtomicU64,
+    pub(crate) bytes_received: AtomicU64,
+    pub(crate) bytes_sent: AtomicU64,
+    pub(crate) publish_received: AtomicU64,
+    pub(crate) publish_sent: AtomicU64,
+    pub(crate) publish_dropped: AtomicU64,
+    pub(crate) connections_total: AtomicU64,
+}
+
+/// Everything the connection tasks share.
+#[derive(Debug)]
+pub(crate) struct Shared {
+    pub(crate) config: Config,
+    pub(crate) limits: Limits,
+    origin: tokio::time::Instant,
+    pub(crate) index: ShardedIndex<u64, Sub>,
+    sessions: Mutex<HashMap<ByteStr, Arc<SessionHandle>>>,
+    pub(crate) retained: RwLock<RetainedStore<Message>>,
+    retained_count: AtomicUsize,
+    pub(crate) stats: Stats,
+    next_key: AtomicU64,
+    next_client: AtomicU64,
+    pub(crate) shutdown: Notify,
+    pub(crate) shutting_down: std::sync::atomic::AtomicBool,
+    pub(crate) local_addrs: Mutex<Vec<SocketAddr>>,
+}
+
+impl Shared {
+    pub(crate) fn new(config: Config) -> Self {
+        let limits = config.session_limits();
+        Self {
+            config,
+            limits,
+            origin: tokio::time::Instant::now(),
+            index: ShardedIndex::new(),
+            sessions: Mutex::new(HashMap::new()),
+            retained: RwLock::new(RetainedStore::new()),
+            retained_count: AtomicUsize::new(0),
+            stats: Stats::default(),
+            next_key: AtomicU64::new(1),
+            next_client: AtomicU64::new(1),
+            shutdown: Notify::new(),
+            shutting_down: std::sync::atomic::AtomicBool::new(false),
+            local_addrs: Mutex::new(Vec::new()),
+        }
+    }
+
+    /// Session time: milliseconds since the broker started.
+    pub(crate) fn now(&self) -> mqtt_session::Instant {
+        mqtt_session::Instant::from_millis(self.origin.elapsed().as_millis() as u64)
+    }
+
+    /// Converts a session deadline back to tokio time.
+    pub(crate) fn deadline(&self, at: mqtt_session::Instant) -> tokio::time::Instant {
+        self.origin + std::time::Duration::from_millis(at.as_millis())
+    }
+
+    pub(crate) fn session_count(&self) -> usize {
+        self.registry().len()
+    }
+
+    pub(crate) fn retained_count(&self) -> usize {
+        self.retained_count.load(Ordering::Relaxed)
+    }
+
+    fn registry(&self) -> MutexGuard<'_, HashMap<ByteStr, Arc<SessionHandle>>> {
+        self.sessions
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// A client identifier for a client that sent none.
+    pub(crate) fn assign_client_id(&self) -> ByteStr {
+        let n = self.next_client.fetch_add(1, Ordering::Relaxed);
+        let nanos = self.origin.elapsed().subsec_nanos();
+        ByteStr::try_from(format!("auto-{n:x}-{nanos:08x}")).unwrap_or_default()
+    }
+
+    /// The session for `client_id`, created if missing.
+    pub(crate) fn session(&self, client_id: &ByteStr) -> Arc<SessionHandle> {
+        let mut registry = self.registry();
+        if let Some(h) = registry.get(client_id) {
+            return Arc::clone(h);
+        }
+        let handle = Arc::new(SessionHandle {
+            key: self.next_key.fetch_add(1, Ordering::Relaxed),
+            client_id: client_id.clone(),
+            cell: Mutex::new(SessionCell {
+                session: ServerSession::new(client_id.clone(), self.limits.clone()),
+                generation: 0,
+                gone: false,
+            }),
+            notify: Notify::new(),
+        });
+        registry.insert(client_id.clone(), Arc::clone(&handle));
+        handle
+    }
+
+    /// Forgets an expired session and its subscriptions.
+    pub(crate) fn remove_session(&self, handle: &Arc<SessionHandle>) {
+        {
+            let mut registry = self.registry();
+            if registry
+                .get(&handle.client_id)
+                .is_some_and(|h| Arc::ptr_eq(h, handle))
+            {
+                registry.remove(&handle.client_id);
+            }
+        }
+        let filters: Vec<ByteStr> = {
+            let mut cell = handle.lock();
+            cell.gone = true;
+            cell.session
+                .subscriptions()
+                .iter()
+                .map(|r| r.filter.clone())
+                .collect()
+        };
+        self.unsubscribe_all(handle, filters.iter(), cell_version(handle));
+    }
+
+    /// Removes `filters` of the session from the index.
+    pub(crate) fn unsubscribe_all<'a>(
+        &self,
+        handle: &SessionHandle,
+        filters: impl Iterator<Item = &'a ByteStr>,
+        version: mqtt_codec::ProtocolVersion,
+    ) {
+        for f in filters {
+            if let Ok(filter) = Filter::parse(f, version) {
+                self.index.unsubscribe(filter, &handle.key);
+            }
+        }
+    }
+
+    /// Stores, replaces or (empty payload) deletes a retained message.
+    pub(crate) fn retain(&self, message: &Message) {
+        if !self.config.retain.enabled {
+            return;
+        }
+        let Ok(topic) = TopicName::new(&message.topic) else {
+            return;
+        };
+        let mut store = self
+            .retained
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if message.payload.is_empty() {
+            if store.remove(topic).is_some() {
+                self.retained_count.fetch_sub(1, Ordering::Relaxed);
+            }
+            return;
+        }
+        let exists = store.get(topic).is_some();
+        if !exists && self.retained_count.load(Ordering::Relaxed) >= self.config.retain.max_messages
+        {
+            return;
+        }
+        let mut stored = message.clone();
+        stored.retain = true;
+        stored.properties.subscription_identifiers.clear();
+        if store.insert(topic, stored).is_none() {
+            self.retained_count.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// The retained messages matching `filter`, for a new subscription. Expired ones
+    /// (5.0 Message Expiry Interval) are skipped.
+    pub(crate) fn retained_matching(&self, filter: &str) -> Vec<Message> {
+        let Ok(filter) = TopicFilter::new(filter) else {
+            return Vec::new();
+        };
+        let store = self
+            .retained
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        store.matching(filter).map(|r| r.value().clone()).collect()
+    }
+
+    /// Routes a message published by session `from` to every matching subscriber.
+    /// `matches` is a reusable buffer, so routing allocates nothing per message in the
+    /// steady state beyond the copies each subscriber gets.
+    pub(crate) fn route(&self, from: u64, message: &Message, matches: &mut Matches<u64, Sub>) {
+        let Ok(topic) = TopicName::new(&message.topic) else {
+            return;
+        };
+        if message.retain {
+            self.retain(message);
+        }
+        matches.clear();
+        self.index.matches(topic, matches);
+        let now = self.now();
+        for subscriber in matches.subscribers() {
+            let key = *subscriber.key();
+            let mut handle = None;
+            let mut qos = None::<QoS>;
+            let mut retain_as_published = false;
+            let mut ids = Vec::new();
+            for sub in subscriber.values() {
+                // [MQTT-3.8.3-3]: No Local keeps a client's own messages from it.
+                if sub.options.no_local && key == from {
+                    continue;
+                }
+                handle = Some(&sub.handle);
+                qos = Some(qos.map_or(sub.options.qos, |q| q.max(sub.options.qos)));
+                retain_as_published |= sub.options.retain_as_published;
+                if let Some(id) = sub.identifier {
+                    ids.push(id);
+                }
+            }
+            let (Some(handle), Some(granted)) = (handle, qos) else {
+                continue;
+            };
+            // [MQTT-3.3.4-2], [MQTT-3.3.4-3]: one copy at the highest granted QoS, with
+            // every matching subscription identifier.
+            let mut out = message.clone();
+            out.qos = message.qos.min(granted);
+            out.retain = message.retain && retain_as_published;
+            out.properties.subscription_identifiers = ids;
+            self.deliver(handle, now, out);
+        }
+        for group in matches.shared() {
+            let members = group.members();
+            if members.is_empty() {
+                continue;
+            }
+            // One member per message, round robin by a per-broker counter.
+            let n = self.stats.publish_received.load(Ordering::Relaxed) as usize;
+            let start = n % members.len();
+            let pick = members
+                .iter()
+                .cycle()
+                .skip(start)
+                .take(members.len())
+                .find(|(_, s)| s.handle.lock().session.is_connected());
+            let Some((_, sub)) = pick.or_else(|| members.get(start)) else {
+                continue;
+            };
+            let mut out = message.clone();
+            out.qos = message.qos.min(sub.options.qos);
+            out.retain = message.retain && sub.options.retain_as_published;
+            out.properties.subscription_identifiers = sub.identifier.into_iter().collect();
+            self.deliver(&sub.handle, now, out);
+        }
+    }
+
+    /// Queues a message on a session and wakes its writer.
+    pub(crate) fn deliver(
+        &self,
+        handle: &SessionHandle,
+        now: mqtt_session::Instant,
+        message: Message,
+    ) {
+        let accepted = handle.lock().session.deliver(now, message).is_ok();
+        if accepted {
+            handle.notify.notify_one();
+        } else {
+            self.stats.publish_dropped.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
+fn cell_version(handle: &SessionHandle) -> mqtt_codec::ProtocolVersion {
+    handle.lock().session.version()
+}

@@ -1,0 +1,297 @@
+//! Broker configuration: a TOML file, every key optional, unknown keys refused.
+//!
+//! Every option, with its default, is documented in `docs/configuration.md`. An invalid
+//! file is refused at start-up with a message naming the file, line, column and key.
+
+use std::{fmt, net::SocketAddr, path::Path, time::Duration};
+
+use serde::Deserialize;
+
+/// The whole configuration.
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Where to accept connections. Default: `0.0.0.0:1883` and `[::]:1883`.
+    pub listeners: Vec<Listener>,
+    /// Limits on clients and what they may make the broker hold.
+    pub limits: LimitsConfig,
+    /// Retained messages.
+    pub retain: RetainConfig,
+    /// `$SYS/broker/...` statistics.
+    pub sys: SysConfig,
+    /// Who may connect.
+    pub auth: AuthConfig,
+}
+
+/// One listener.
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct Listener {
+    /// The address to bind, e.g. `"0.0.0.0:1883"` or `"[::1]:1884"`.
+    pub bind: SocketAddr,
+}
+
+/// Limits.
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct LimitsConfig {
+    /// Connections open at once; more are refused (CONNACK 0x89 Server busy / 3.x 3).
+    pub max_connections: usize,
+    /// The largest packet accepted from a client, in bytes (announced in 5.0 CONNACK).
+    pub max_packet_size: u32,
+    /// QoS 1/2 messages sent to a client before waiting for acknowledgements.
+    pub max_inflight: u16,
+    /// QoS 2 messages a 5.0 client may have unacknowledged towards the broker.
+    pub receive_maximum: u16,
+    /// Messages queued per session beyond the in-flight window.
+    pub max_queued_messages: usize,
+    /// Bytes queued per session.
+    pub max_queued_bytes: usize,
+    /// Queue QoS 0 messages for disconnected persistent sessions.
+    pub queue_qos0_messages: bool,
+    /// Topic aliases a 5.0 client may use towards the broker.
+    pub topic_alias_maximum: u16,
+    /// The longest keep-alive a 5.0 client may use, in seconds (0: no cap).
+    pub max_keep_alive: u16,
+    /// The longest session expiry granted to a 5.0 client, in seconds.
+    pub max_session_expiry: u32,
+    /// Seconds a new connection has to send CONNECT.
+    pub connect_timeout: u64,
+}
+
+/// Retained messages.
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct RetainConfig {
+    /// Whether retained messages are supported (5.0 Retain Available).
+    pub enabled: bool,
+    /// The most retained messages kept; a new topic beyond it is not retained.
+    pub max_messages: usize,
+}
+
+/// `$SYS` topics.
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct SysConfig {
+    /// Seconds between updates; 0 turns `$SYS` off.
+    pub interval: u64,
+}
+
+/// Authentication.
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthConfig {
+    /// Whether clients without a user name may connect.
+    pub allow_anonymous: bool,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            listeners: vec![
+                Listener {
+                    bind: SocketAddr::from(([0, 0, 0, 0], 1883)),
+                },
+                Listener {
+                    bind: SocketAddr::from(([0u16; 8], 1883)),
+                },
+            ],
+            limits: LimitsConfig::default(),
+            retain: RetainConfig::default(),
+            sys: SysConfig::default(),
+            auth: AuthConfig::default(),
+        }
+    }
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        Self {
+            max_connections: 100_000,
+            max_packet_size: 1024 * 1024,
+            max_inflight: 32,
+            receive_maximum: 1024,
+            max_queued_messages: 1000,
+            max_queued_bytes: 16 * 1024 * 1024,
+            queue_qos0_messages: false,
+            topic_alias_maximum: 64,
+            max_keep_alive: 0,
+            max_session_expiry: u32::MAX,
+            connect_timeout: 10,
+        }
+    }
+}
+
+impl Default for RetainConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            max_messages: 1_000_000,
+        }
+    }
+}
+
+impl Default for SysConfig {
+    fn default() -> Self {
+        Self { interval: 10 }
+    }
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        Self {
+            allow_anonymous: true,
+        }
+    }
+}
+
+/// A configuration file that could not be used.
+#[derive(Debug)]
+pub struct ConfigError {
+    message: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+impl Config {
+    /// Reads and checks a configuration file.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+            message: format!("{}: {e}", path.display()),
+        })?;
+        Self::parse(&text, &path.display().to_string())
+    }
+
+    /// Parses configuration text; `origin` names it in errors (a file path).
+    pub fn parse(text: &str, origin: &str) -> Result<Self, ConfigError> {
+        let config: Self = toml::from_str(text).map_err(|e| {
+            let (line, col) = e.span().map_or((0, 0), |span| line_col(text, span.start));
+            ConfigError {
+                message: format!("{origin}:{line}:{col}: {}", e.message()),
+            }
+        })?;
+        config.validate().map_err(|(key, why)| ConfigError {
+            message: format!("{origin}: {key}: {why}"),
+        })?;
+        Ok(config)
+    }
+
+    fn validate(&self) -> Result<(), (&'static str, &'static str)> {
+        let l = &self.limits;
+        if l.max_packet_size < 64 {
+            return Err(("limits.max_packet_size", "must be at least 64 bytes"));
+        }
+        if l.max_inflight == 0 {
+            return Err(("limits.max_inflight", "must be at least 1"));
+        }
+        if l.receive_maximum == 0 {
+            return Err(("limits.receive_maximum", "must be at least 1"));
+        }
+        if l.max_queued_messages == 0 {
+            return Err(("limits.max_queued_messages", "must be at least 1"));
+        }
+        if l.connect_timeout == 0 {
+            return Err(("limits.connect_timeout", "must be at least 1 second"));
+        }
+        Ok(())
+    }
+
+    /// How long a new connection has to send CONNECT.
+    pub fn connect_timeout(&self) -> Duration {
+        Duration::from_secs(self.limits.connect_timeout)
+    }
+
+    /// The session limits for each client session.
+    pub fn session_limits(&self) -> mqtt_session::Limits {
+        let l = &self.limits;
+        mqtt_session::Limits {
+            receive_maximum: l.receive_maximum,
+            max_inflight: l.max_inflight,
+            max_queued_messages: l.max_queued_messages,
+            max_queued_bytes: l.max_queued_bytes,
+            queue_qos0_offline: l.queue_qos0_messages,
+            topic_alias_maximum: l.topic_alias_maximum,
+            send_topic_aliases: true,
+            max_packet_size: l.max_packet_size,
+            ping_timeout: mqtt_session::Duration::from_secs(10),
+            max_keep_alive: l.max_keep_alive,
+            max_session_expiry: l.max_session_expiry,
+        }
+    }
+}
+
+/// 1-based line and column of a byte offset.
+fn line_col(text: &str, offset: usize) -> (usize, usize) {
+    let before = text.get(..offset).unwrap_or(text);
+    let line = before.matches('\n').count() + 1;
+    let col = before
+        .rfind('\n')
+        .map_or(before.len(), |nl| before.len() - nl - 1)
+        + 1;
+    (line, col)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn empty_file_is_the_defaults() {
+        assert_eq!(Config::parse("", "broker.toml").unwrap(), Config::default());
+    }
+
+    #[test]
+    fn values_are_read() {
+        let c = Config::parse(
+            "[[listeners]]\nbind = \"127.0.0.1:1999\"\n[limits]\nmax_inflight = 5\n[sys]\ninterval = 0\n",
+            "b.toml",
+        )
+        .unwrap();
+        assert_eq!(
+            c.listeners,
+            [Listener {
+                bind: "127.0.0.1:1999".parse().unwrap()
+            }]
+        );
+        assert_eq!(c.limits.max_inflight, 5);
+        assert_eq!(c.sys.interval, 0);
+    }
+
+    #[test]
+    fn unknown_key_names_file_line_and_key() {
+        let err = Config::parse(
+            "[limits]\nmax_inflight = 5\nmax_inflite = 6\n",
+            "/etc/broker.toml",
+        )
+        .unwrap_err();
+        let msg = err.to_string();
+        assert!(msg.starts_with("/etc/broker.toml:3:1:"), "{msg}");
+        assert!(msg.contains("max_inflite"), "{msg}");
+    }
+
+    #[test]
+    fn wrong_type_names_file_line_and_key() {
+        let err = Config::parse("[limits]\n\nmax_inflight = \"many\"\n", "b.toml")
+            .unwrap_err()
+            .to_string();
+        assert!(err.starts_with("b.toml:3:"), "{err}");
+        let err = Config::parse("[[listeners]]\nbind = \"nowhere\"\n", "b.toml")
+            .unwrap_err()
+            .to_string();
+        assert!(err.starts_with("b.toml:2:"), "{err}");
+    }
+
+    #[test]
+    fn invalid_value_names_the_key() {
+        let err = Config::parse("[limits]\nmax_inflight = 0\n", "b.toml")
+            .unwrap_err()
+            .to_string();
+        assert_eq!(err, "b.toml: limits.max_inflight: must be at least 1");
+    }
+}

@@ -1,0 +1,563 @@
+//! One client connection: socket ⇄ codec ⇄ the client's `ServerSession`.
+//!
+//! The task reads CONNECT, attaches the session (taking it over from an older
+//! connection if there is one), then loops: flush what the session has to send, act on
+//! its events, and wait for bytes, a wake-up from a publisher, the session's timer or
+//! shutdown. Writes are batched: everything the session yields goes out in one write.
+
+use std::{net::SocketAddr, sync::Arc, sync::atomic::Ordering};
+
+use bytes::BytesMut;
+use mqtt_codec::{
+    ConnAck, ConnAckProperties, Connect, DecodeError, Decoder, Disconnect, ErrorKind, Packet,
+    ProtocolVersion, QoS, ReasonCode, Subscribe, Unsubscribe,
+};
+use mqtt_session::{Event, Message};
+use mqtt_topics::{Filter, Matches};
+use tokio::{
+    io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt},
+    time::{Instant, sleep_until, timeout},
+};
+use tracing::{debug, info, warn};
+
+use crate::broker::{SessionHandle, Shared, Sub};
+
+/// Read buffer size while idle; it grows only for large packets.
+const READ_CHUNK: usize = 512;
+
+/// Why a connection ended.
+#[derive(Debug)]
+enum End {
+    /// The peer closed the socket or the network failed.
+    Lost,
+    /// The session asked to close (DISCONNECT received, protocol error, keep-alive).
+    Closed,
+    /// Another connection took the session over.
+    TakenOver,
+    /// The broker is shutting down.
+    Shutdown,
+}
+
+/// Serves one accepted socket until it closes.
+pub(crate) async fn serve<S>(shared: Arc<Shared>, stream: S, peer: SocketAddr)
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let (mut rd, mut wr) = tokio::io::split(stream);
+    let mut rbuf = BytesMut::with_capacity(READ_CHUNK);
+    let mut decoder = Decoder::new();
+    decoder.set_max_packet_size(shared.config.limits.max_packet_size);
+
+    let connect = match timeout(
+        shared.config.connect_timeout(),
+        read_packet(&mut rd, &mut rbuf, &mut decoder),
+    )
+    .await
+    {
+        Ok(Ok(Some(Packet::Connect(c)))) => c,
+        Ok(Ok(_)) => return debug!(%peer, "connection closed before CONNECT"),
+        Ok(Err(e)) => return refuse_undecodable(&mut wr, &e, peer).await,
+        Err(_) => return debug!(%peer, "no CONNECT within the connect timeout"),
+    };
+
+    let Some((handle, generation, version)) = attach(&shared, &mut wr, *connect, peer).await else {
+        return;
+    };
+    let end = run(
+        &shared,
+        &handle,
+        generation,
+        version,
+        &mut rd,
+        &mut wr,
+        &mut rbuf,
+        &mut decoder,
+    )
+    .await;
+    detach(&shared, &handle, generation, version, end, &mut rd, &mut wr).await;
+}
+
+/// Reads until one packet is decoded; `None` at end of stream.
+async fn read_packet<R: AsyncRead + Unpin>(
+    rd: &mut R,
+    rbuf: &mut BytesMut,
+    decoder: &mut Decoder,
+) -> Result<Option<Packet>, DecodeError> {
+    loop {
+        if let Some(p) = decoder.decode(rbuf)? {
+            return Ok(Some(p));
+        }
+        rbuf.reserve(READ_CHUNK);
+        match rd.read_buf(rbuf).await {
+            Ok(0) | Err(_) => return Ok(None),
+            Ok(_) => {}
+        }
+    }
+}
+
+/// A first packet that does not decode: answer with CONNACK where the spec asks for one.
+async fn refuse_undecodable<W: AsyncWrite + Unpin>(wr: &mut W, e: &DecodeError, peer: SocketAddr) {
+    debug!(%peer, error = %e, "invalid CONNECT");
+    let reply = match e.kind() {
+        // [MQTT-3.1.2-2] in 3.1.1: an unsupported level gets return code 1.
+        ErrorKind::UnsupportedProtocolLevel(level) if level < 5 => Some(ProtocolVersion::V3_1_1),
+        ErrorKind::UnsupportedProtocolLevel(_) => Some(ProtocolVersion::V5),
+        _ => None,
+    };
+    if let Some(version) = reply {
+        let mut out = BytesMut::new();
+        let ack = Packet::from(ConnAck::new(
+            false,
+            ReasonCode::UNSUPPORTED_PROTOCOL_VERSION,
+        ));
+        if ack.encode(version, &mut out).is_ok() {
+            let _ = wr.write_all(&out).await;
+        }
+    }
+    let _ = wr.shutdown().await;
+}
+
+async fn send_connack<W: AsyncWrite + Unpin>(
+    wr: &mut W,
+    version: ProtocolVersion,
+    code: ReasonCode,
+) {
+    let mut out = BytesMut::new();
+    if Packet::from(ConnAck::new(false, code))
+        .encode(version, &mut out)
+        .is_ok()
+    {
+        let _ = wr.write_all(&out).await;
+    }
+    let _ = wr.shutdown().await;
+}
+
+/// Checks CONNECT, finds or creates the session, takes it over, accepts the connection.
+async fn attach<W: AsyncWrite + Unpin>(
+    shared: &Arc<Shared>,
+    wr: &mut W,
+    mut connect: Connect,
+    peer: SocketAddr,
+) -> Option<(Arc<SessionHandle>, u64, ProtocolVersion)> {
+    let version = connect.version;
+    let mut properties = ConnAckProperties::default();
+    if connect.client_id.is_empty() {
+        // [MQTT-3.1.3-8] (3.1.1): an empty id needs Clean Session; 3.1 needs an id.
+        if version == ProtocolVersion::V3_1
+            || (version == ProtocolVersion::V3_1_1 && !connect.clean_start)
+        {
+            send_connack(wr, version, ReasonCode::CLIENT_IDENTIFIER_NOT_VALID).await;
+            return None;
+        }
+        connect.client_id = shared.assign_client_id();
+        if version.is_v5() {
+            // [MQTT-3.2.2-16]
+            properties.assigned_client_identifier = Some(connect.client_id.clone());
+        }
+    }
+    if connect.username.is_none() && !shared.config.auth.allow_anonymous {
+        send_connack(wr, version, ReasonCode::NOT_AUTHORIZED).await;
+        return None;
+    }
+    let connected = shared.stats.connected.fetch_add(1, Ordering::Relaxed) + 1;
+    if connected > shared.config.limits.max_connections {
+        shared.stats.connected.fetch_sub(1, Ordering::Relaxed);
+        send_connack(wr, version, ReasonCode::SERVER_BUSY).await;
+        return None;
+    }
+    shared
+        .stats
+        .max_connected
+        .fetch_max(connected, Ordering::Relaxed);
+    shared
+        .stats
+        .connections_total
+        .fetch_add(1, Ordering::Relaxed);
+    if !shared.config.retain.enabled {
+        properties.retain_available = Some(false);
+    }
+
+    let handle = shared.session(&connect.client_id);
+    let now = shared.now();
+    let (generation, stale_filters, old_version) = {
+        let mut cell = handle.lock();
+        // [MQTT-3.1.4-3]: a second connection with the same id takes the session over.
+        let taking_over = cell.session.is_connected();
+        cell.generation += 1;
+        cell.session.connection_lost(now);
+        let stale: Vec<_> = if connect.clean_start {
+            cell.session
+                .subscriptions()
+                .iter()
+                .map(|r| r.filter.clone())
+                .collect()
+        } else {
+            Vec::new()
+        };
+        let old_version = cell.session.version();
+        cell.session.accept(now, &connect, properties);
+        if taking_over {
+            info!(client = %connect.client_id, %peer, "session taken over");
+        }
+        (cell.generation, stale, old_version)
+    };
+    if !stale_filters.is_empty() {
+        shared.unsubscribe_all(&handle, stale_filters.iter(), old_version);
+    }
+    handle.notify.notify_waiters();
+    debug!(client = %connect.client_id, %peer, %version, "connected");
+    Some((handle, generation, version))
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn run<R, W>(
+    shared: &Arc<Shared>,
+    handle: &Arc<SessionHandle>,
+    generation: u64,
+    version: ProtocolVersion,
+    rd: &mut R,
+    wr: &mut W,
+    rbuf: &mut BytesMut,
+    decoder: &mut Decoder,
+) -> End
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    let mut out = BytesMut::with_capacity(READ_CHUNK);
+    let mut events = Vec::new();
+    let mut matches = Matches::default();
+    loop {
+        // 1. Flush: take what the session has to send and its events, under the lock.
+        let deadline = {
+            let mut cell = handle.lock();
+            if cell.generation != generation {
+                return End::TakenOver;
+            }
+            let now = shared.now();
+            while let Some(p) = cell.session.poll_transmit(now) {
+                if matches!(p, Packet::Publish(_)) {
+                    shared.stats.publish_sent.fetch_add(1, Ordering::Relaxed);
+                }
+                shared.stats.messages_sent.fetch_add(1, Ordering::Relaxed);
+                if p.encode(version, &mut out).is_err() {
+                    warn!(client = %handle.client_id, "a packet did not encode and was dropped");
+                }
+            }
+            while let Some(e) = cell.session.poll_event() {
+                events.push(e);
+            }
+            cell.session.poll_timeout()
+        };
+        if !out.is_empty() {
+            shared
+                .stats
+                .bytes_sent
+                .fetch_add(out.len() as u64, Ordering::Relaxed);
+            if wr.write_all(&out).await.is_err() {
+                return End::Lost;
+            }
+            out.clear();
+            if out.capacity() > 64 * 1024 {
+                out = BytesMut::with_capacity(READ_CHUNK);
+            }
+        }
+        // 2. Act on events outside the session lock.
+        let mut again = false;
+        let mut closed = false;
+        for event in events.drain(..) {
+            match event {
+                Event::Message(m) => {
+                    shared
+                        .stats
+                        .publish_received
+                        .fetch_add(1, Ordering::Relaxed);
+                    shared.route(handle.key, &m, &mut matches);
+                }
+                Event::Subscribe(s) => {
+                    subscribe(shared, handle, version, &s);
+                    again = true;
+                }
+                Event::Unsubscribe(u) => {
+                    unsubscribe(shared, handle, version, &u);
+                    again = true;
+                }
+                Event::PeerDisconnected(_) | Event::Closed { .. } => closed = true,
+                _ => {}
+            }
+        }
+        if closed {
+            // Write the DISCONNECT the session may have queued, then close.
+            if flush_last(shared, handle, version, wr).await {
+                linger(rd).await;
+            }
+            return End::Closed;
+        }
+        if again {
+            continue;
+        }
+        // 3. Wait for input.
+        let sleep = sleep_until(deadline.map_or_else(
+            || Instant::now() + std::time::Duration::from_secs(3600),
+            |d| shared.deadline(d),
+        ));
+        tokio::select! {
+            read = rd.read_buf(rbuf) => {
+                match read {
+                    Ok(0) | Err(_) => return End::Lost,
+                    Ok(n) => {
+                        shared.stats.bytes_received.fetch_add(n as u64, Ordering::Relaxed);
+                    }
+                }
+                let mut cell = handle.lock();
+                if cell.generation != generation {
+                    return End::TakenOver;
+                }
+                let now = shared.now();
+                loop {
+                    match decoder.decode(rbuf) {
+                        Ok(Some(packet)) => {
+                            shared.stats.messages_received.fetch_add(1, Ordering::Relaxed);
+                            if let Err(e) = cell.session.handle_packet(now, packet) {
+                                debug!(client = %handle.client_id, error = %e, "protocol error");
+                                cell.session.disconnect(e.reason);
+                                break;
+                            }
+                        }
+                        Ok(None) => break,
+                        Err(e) => {
+                            debug!(client = %handle.client_id, error = %e, "malformed packet");
+                            // [MQTT-4.13.1-1]: close, with DISCONNECT and the reason in 5.0.
+                            cell.session.disconnect(e.reason_code());
+                            break;
+                        }
+                    }
+                }
+                rbuf.reserve(READ_CHUNK);
+            }
+            () = handle.notify.notified() => {}
+            () = sleep => {
+                let mut cell = handle.lock();
+                let now = shared.now();
+                cell.session.handle_timeout(now);
+            }
+            () = shared.shutdown.notified() => return End::Shutdown,
+        }
+        if shared.shutting_down.load(Ordering::Relaxed) {
+            return End::Shutdown;
+        }
+    }
+}
+
+/// Writes what the session still has to send; true if anything was written.
+async fn flush_last<W: AsyncWrite + Unpin>(
+    shared: &Shared,
+    handle: &SessionHandle,
+    version: ProtocolVersion,
+    wr: &mut W,
+) -> bool {
+    let mut out = BytesMut::new();
+    {
+        let mut cell = handle.lock();
+        let now = shared.now();
+        while let Some(p) = cell.session.poll_transmit(now) {
+            let _ = p.encode(version, &mut out);
+        }
+    }
+    !out.is_empty() && wr.write_all(&out).await.is_ok()
+}
+
+/// The connection is over: release the session, and keep its timers (will delay,
+/// session expiry) running while it has no connection.
+async fn detach<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(
+    shared: &Arc<Shared>,
+    handle: &Arc<SessionHandle>,
+    generation: u64,
+    version: ProtocolVersion,
+    end: End,
+    rd: &mut R,
+    wr: &mut W,
+) {
+    shared.stats.connected.fetch_sub(1, Ordering::Relaxed);
+    let mut out = BytesMut::new();
+    match end {
+        End::TakenOver => {
+            // [MQTT-3.1.4-3]: tell the old client why, in 5.0.
+            if version.is_v5() {
+                let _ = Packet::from(Disconnect::new(ReasonCode::SESSION_TAKEN_OVER))
+                    .encode(version, &mut out);
+            }
+        }
+        End::Shutdown => {
+            let mut cell = handle.lock();
+            if cell.generation == generation {
+                cell.session.disconnect(ReasonCode::SERVER_SHUTTING_DOWN);
+                let now = shared.now();
+                while let Some(p) = cell.session.poll_transmit(now) {
+                    let _ = p.encode(version, &mut out);
+                }
+            }
+        }
+        End::Lost | End::Closed => {}
+    }
+    if !out.is_empty() && wr.write_all(&out).await.is_ok() {
+        // Let the client read the DISCONNECT and close first: some clients drop what
+        // they read when the end of stream arrives with it.
+        linger(rd).await;
+    }
+    let _ = wr.shutdown().await;
+    if matches!(end, End::TakenOver) {
+        return;
+    }
+    {
+        let mut cell = handle.lock();
+        if cell.generation != generation {
+            return;
+        }
+        cell.session.connection_lost(shared.now());
+    }
+    debug!(client = %handle.client_id, ?end, "disconnected");
+    tokio::spawn(idle(Arc::clone(shared), Arc::clone(handle), generation));
+}
+
+/// Waits briefly for the peer to close after a DISCONNECT, discarding what it sends.
+async fn linger<R: AsyncRead + Unpin>(rd: &mut R) {
+    let mut sink = [0u8; 256];
+    let _ = timeout(std::time::Duration::from_millis(100), async {
+        while matches!(rd.read(&mut sink).await, Ok(n) if n > 0) {}
+    })
+    .await;
+}
+
+/// Runs the timers of a session with no connection: publishes the will when due, and
+/// forgets the session when it expires. Stops when a new connection takes the session.
+async fn idle(shared: Arc<Shared>, handle: Arc<SessionHandle>, generation: u64) {
+    let mut matches = Matches::default();
+    loop {
+        let (deadline, events) = {
+            let mut cell = handle.lock();
+            if cell.generation != generation || cell.gone {
+                return;
+            }
+            let events: Vec<Event> = std::iter::from_fn(|| cell.session.poll_event()).collect();
+            (cell.session.poll_timeout(), events)
+        };
+        for event in events {
+            match event {
+                Event::Will(will) => {
+                    let message = Message {
+                        topic: will.topic,
+                        payload: will.payload,
+                        qos: will.qos,
+                        // [MQTT-3.1.2-14], [MQTT-3.1.2-15] (5.0): retained as the will asked.
+                        retain: will.retain,
+                        properties: mqtt_codec::PublishProperties {
+                            payload_format_indicator: will.properties.payload_format_indicator,
+                            message_expiry_interval: will.properties.message_expiry_interval,
+                            content_type: will.properties.content_type,
+                            response_topic: will.properties.response_topic,
+                            correlation_data: will.properties.correlation_data,
+                            user_properties: will.properties.user_properties,
+                            ..Default::default()
+                        },
+                    };
+                    shared.route(handle.key, &message, &mut matches);
+                }
+                Event::SessionExpired => {
+                    shared.remove_session(&handle);
+                    return;
+                }
+                _ => {}
+            }
+        }
+        let Some(deadline) = deadline else { return };
+        tokio::select! {
+            () = sleep_until(shared.deadline(deadline)) => {
+                let mut cell = handle.lock();
+                if cell.generation != generation {
+                    return;
+                }
+                cell.session.handle_timeout(shared.now());
+            }
+            () = handle.notify.notified() => {}
+        }
+    }
+}
+
+/// SUBSCRIBE: checks each filter, updates the index, answers, sends retained messages.
+fn subscribe(
+    shared: &Shared,
+    handle: &Arc<SessionHandle>,
+    version: ProtocolVersion,
+    s: &Subscribe,
+) {
+    let mut codes = Vec::with_capacity(s.subscriptions.len());
+    let mut retained_for = Vec::new();
+    for sub in &s.subscriptions {
+        let Ok(filter) = Filter::parse(&sub.filter, version) else {
+            codes.push(ReasonCode::TOPIC_FILTER_INVALID);
+            continue;
+        };
+        let mut options = sub.options;
+        options.qos = options.qos.min(QoS::ExactlyOnce);
+        let value = Sub {
+            handle: Arc::clone(handle),
+            options,
+            identifier: s.properties.subscription_identifier,
+        };
+        let existed = shared.index.subscribe(filter, handle.key, value).is_some();
+        codes.push(ReasonCode(options.qos as u8));
+        // [MQTT-3.3.1-9] .. [MQTT-3.3.1-11]: retained messages by Retain Handling;
+        // none for shared subscriptions.
+        let shared_sub = matches!(filter, Filter::Shared(_));
+        let send = match options.retain_handling {
+            mqtt_codec::RetainHandling::SendAtSubscribe => true,
+            mqtt_codec::RetainHandling::SendIfNew => !existed,
+            mqtt_codec::RetainHandling::DoNotSend => false,
+        };
+        if send && !shared_sub {
+            retained_for.push((
+                sub.filter.clone(),
+                options,
+                s.properties.subscription_identifier,
+            ));
+        }
+    }
+    let now = shared.now();
+    {
+        let mut cell = handle.lock();
+        cell.session.suback(s, codes);
+        for (filter, options, id) in &retained_for {
+            for mut m in shared.retained_matching(filter) {
+                m.qos = m.qos.min(options.qos);
+                m.retain = true;
+                m.properties.subscription_identifiers = id.iter().copied().collect();
+                if cell.session.deliver(now, m).is_err() {
+                    shared.stats.publish_dropped.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        }
+    }
+}
+
+/// UNSUBSCRIBE: removes the filters and answers.
+fn unsubscribe(
+    shared: &Shared,
+    handle: &Arc<SessionHandle>,
+    version: ProtocolVersion,
+    u: &Unsubscribe,
+) {
+    let codes = u
+        .filters
+        .iter()
+        .map(|f| match Filter::parse(f, version) {
+            Ok(filter) if shared.index.unsubscribe(filter, &handle.key).is_some() => {
+                ReasonCode::SUCCESS
+            }
+            Ok(_) => ReasonCode::NO_SUBSCRIPTION_EXISTED,
+            Err(_) => ReasonCode::TOPIC_FILTER_INVALID,
+        })
+        .collect::<Vec<_>>();
+    let codes = if version.is_v5() { codes } else { Vec::new() };
+    handle.lock().session.unsuback(u, codes);
+}

@@ -1,0 +1,31 @@
+//! Broker integration tests over real sockets on 127.0.0.1, with clients nobody here
+//! wrote: rumqttc (3.1.1 and 5.0) in-process, and Mosquitto's command-line clients.
+
+mod mosquitto_clients;
+mod rumqttc_v4;
+mod rumqttc_v5;
+mod wire;
+
+use std::{net::SocketAddr, time::Duration};
+
+use mqtt_broker::{Broker, Config, config::Listener};
+
+/// A broker on an ephemeral loopback port.
+pub(crate) async fn broker_with(f: impl FnOnce(&mut Config)) -> (Broker, SocketAddr) {
+    let mut config = Config {
+        listeners: vec![Listener { bind: "127.0.0.1:0".parse().unwrap() }],
+        ..Config::default()
+    };
+    config.sys.interval = 1;
+    f(&mut config);
+    let broker = Broker::start(config).await.expect("broker starts");
+    let addr = broker.local_addrs()[0];
+    (broker, addr)
+}
+
+pub(crate) async fn broker() -> (Broker, SocketAddr) {
+    broker_with(|_| {}).await
+}
+
+/// Every test is bounded in time.
+pub(crate) const WAIT: Duration = Duration::from_secs(10);

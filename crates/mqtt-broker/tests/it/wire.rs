@@ -1,0 +1,171 @@
+//! Cases no well-behaved client produces, driven byte by byte: keep-alive silence,
+//! connect timeouts, unsupported protocol levels.
+
+use std::time::Duration;
+
+use bytes::BytesMut;
+use mqtt_codec::{ByteStr, Connect, Decoder, Packet, ProtocolVersion, ReasonCode};
+use tokio::{
+    io::{AsyncReadExt, AsyncWriteExt},
+    net::TcpStream,
+    time::{Instant, timeout},
+};
+
+use crate::{WAIT, broker_with};
+
+async fn send(s: &mut TcpStream, p: Packet, version: ProtocolVersion) {
+    let mut b = BytesMut::new();
+    p.encode(version, &mut b).unwrap();
+    s.write_all(&b).await.unwrap();
+}
+
+/// Reads packets until the broker closes the connection.
+async fn read_until_closed(s: &mut TcpStream, version: ProtocolVersion) -> Vec<Packet> {
+    let mut decoder = Decoder::with_version(version);
+    let mut buf = BytesMut::new();
+    let mut out = Vec::new();
+    loop {
+        while let Ok(Some(p)) = decoder.decode(&mut buf) {
+            out.push(p);
+        }
+        match timeout(WAIT, s.read_buf(&mut buf))
+            .await
+            .expect("closed in time")
+        {
+            Ok(0) | Err(_) => return out,
+            Ok(_) => {}
+        }
+    }
+}
+
+// 3.1.1 MQTT-3.1.2-24, 5.0 MQTT-3.1.2-22: silence for 1.5 × keep-alive closes the
+// connection; 5.0 sends DISCONNECT 0x8D first.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keep_alive_timeout() {
+    let (broker, addr) = broker_with(|_| {}).await;
+    for version in [ProtocolVersion::V3_1_1, ProtocolVersion::V5] {
+        let mut s = TcpStream::connect(addr).await.unwrap();
+        let mut c = Connect::new(version, ByteStr::from_static("silent"));
+        c.keep_alive = 1;
+        send(&mut s, c.into(), version).await;
+        let start = Instant::now();
+        let packets = read_until_closed(&mut s, version).await;
+        let took = start.elapsed();
+        assert!(
+            took >= Duration::from_millis(1400) && took < Duration::from_millis(3000),
+            "{version}: {took:?}"
+        );
+        assert!(matches!(packets.first(), Some(Packet::ConnAck(_))));
+        if version.is_v5() {
+            assert!(
+                matches!(packets.last(), Some(Packet::Disconnect(d)) if d.reason_code == ReasonCode::KEEP_ALIVE_TIMEOUT)
+            );
+        }
+    }
+    broker.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connect_timeout() {
+    let (broker, addr) = broker_with(|c| c.limits.connect_timeout = 1).await;
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    let start = Instant::now();
+    let packets = read_until_closed(&mut s, ProtocolVersion::V3_1_1).await;
+    assert!(packets.is_empty());
+    assert!(start.elapsed() >= Duration::from_millis(900));
+    broker.shutdown().await;
+}
+
+// 3.1.1 MQTT-3.1.2-2: an unsupported protocol level gets CONNACK 0x01, then close.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unsupported_protocol_level() {
+    let (broker, addr) = broker_with(|_| {}).await;
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    // CONNECT "MQTT" level 6.
+    s.write_all(b"\x10\x0d\x00\x04MQTT\x06\x02\x00\x3c\x00\x01c")
+        .await
+        .unwrap();
+    let mut buf = [0u8; 8];
+    let n = timeout(WAIT, s.read(&mut buf)).await.unwrap().unwrap();
+    assert_eq!(&buf[..n], b"\x20\x03\x00\x84\x00");
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    // CONNECT "MQTT" level 4 is fine; level 3 with "MQTT" is not.
+    s.write_all(b"\x10\x0d\x00\x04MQTT\x03\x02\x00\x3c\x00\x01c")
+        .await
+        .unwrap();
+    let n = timeout(WAIT, s.read(&mut buf)).await.unwrap().unwrap();
+    assert_eq!(&buf[..n], b"\x20\x02\x00\x01");
+    broker.shutdown().await;
+}
+
+// 3.1.1 MQTT-3.1.3-8: an empty client id with Clean Session 0 is rejected with 0x02;
+// 5.0 MQTT-3.2.2-16: with 5.0 the broker assigns one and says which.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn empty_client_id() {
+    let (broker, addr) = broker_with(|_| {}).await;
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    let mut c = Connect::new(ProtocolVersion::V3_1_1, ByteStr::new());
+    c.clean_start = false;
+    send(&mut s, c.into(), ProtocolVersion::V3_1_1).await;
+    let packets = read_until_closed(&mut s, ProtocolVersion::V3_1_1).await;
+    assert!(
+        matches!(packets.first(), Some(Packet::ConnAck(a)) if a.reason_code == ReasonCode::CLIENT_IDENTIFIER_NOT_VALID)
+    );
+
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    send(
+        &mut s,
+        Connect::new(ProtocolVersion::V5, ByteStr::new()).into(),
+        ProtocolVersion::V5,
+    )
+    .await;
+    let mut decoder = Decoder::with_version(ProtocolVersion::V5);
+    let mut buf = BytesMut::new();
+    let ack = loop {
+        if let Some(p) = decoder.decode(&mut buf).unwrap() {
+            break p;
+        }
+        timeout(WAIT, s.read_buf(&mut buf)).await.unwrap().unwrap();
+    };
+    let Packet::ConnAck(ack) = ack else {
+        panic!("{ack:?}")
+    };
+    assert_eq!(ack.reason_code, ReasonCode::SUCCESS);
+    assert!(
+        ack.properties
+            .assigned_client_identifier
+            .is_some_and(|id| !id.is_empty())
+    );
+    broker.shutdown().await;
+}
+
+// The broker enforces the Maximum Packet Size it announces: a larger packet closes
+// the connection with 0x95.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn packet_too_large() {
+    let (broker, addr) = broker_with(|c| c.limits.max_packet_size = 128).await;
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    send(
+        &mut s,
+        Connect::new(ProtocolVersion::V5, ByteStr::from_static("big")).into(),
+        ProtocolVersion::V5,
+    )
+    .await;
+    let p = mqtt_codec::Publish::new(
+        ByteStr::from_static("t"),
+        bytes::Bytes::from(vec![0u8; 500]),
+    );
+    send(&mut s, p.into(), ProtocolVersion::V5).await;
+    let packets = read_until_closed(&mut s, ProtocolVersion::V5).await;
+    let Some(Packet::ConnAck(ack)) = packets.first() else {
+        panic!()
+    };
+    assert_eq!(
+        ack.properties.maximum_packet_size.map(|v| v.get()),
+        Some(128)
+    );
+    assert!(
+        matches!(packets.last(), Some(Packet::Disconnect(d)) if d.reason_code == ReasonCode::PACKET_TOO_LARGE)
+    );
+    broker.shutdown().await;
+}
