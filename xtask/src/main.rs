@@ -76,6 +76,7 @@ fn cargo(args: &[&str]) -> Result {
 }
 
 fn ci() -> Result {
+    ensure_peers()?;
     cargo(&["fmt", "--all", "--", "--check"])?;
     cargo(&[
         "clippy",
@@ -93,6 +94,42 @@ fn ci() -> Result {
     no_std()?;
     conformance::run(true)?;
     deny()
+}
+
+/// The test peers nobody here wrote: Debian's Mosquitto (broker and clients) and Python
+/// paho-mqtt. Installed when missing, so the test command works on a fresh machine.
+fn ensure_peers() -> Result {
+    let succeeds = |cmd: &mut Command| cmd.output().is_ok_and(|o| o.status.success());
+    let installed =
+        |bin: &str| succeeds(Command::new("sh").args(["-c", &format!("command -v {bin}")]));
+    if !["mosquitto", "mosquitto_pub", "mosquitto_sub"]
+        .iter()
+        .all(|b| installed(b))
+    {
+        eprintln!("xtask: installing mosquitto and mosquitto-clients (Debian packages)");
+        let root = Command::new("id")
+            .arg("-u")
+            .output()
+            .is_ok_and(|o| o.stdout.starts_with(b"0\n"));
+        let apt = |args: &[&str]| {
+            let mut cmd = if root {
+                Command::new("apt-get")
+            } else {
+                Command::new("sudo")
+            };
+            if !root {
+                cmd.arg("apt-get");
+            }
+            run(cmd.args(args).env("DEBIAN_FRONTEND", "noninteractive"))
+        };
+        apt(&["update", "-qq"])?;
+        apt(&["install", "-y", "-qq", "mosquitto", "mosquitto-clients"])?;
+    }
+    if !succeeds(Command::new("python3").args(["-c", "import paho.mqtt.client"])) {
+        eprintln!("xtask: installing paho-mqtt (PyPI)");
+        run(Command::new("python3").args(["-m", "pip", "install", "--quiet", "paho-mqtt==2.1.0"]))?;
+    }
+    Ok(())
 }
 
 fn no_std() -> Result {

@@ -25,6 +25,10 @@ use crate::broker::{SessionHandle, Shared, Sub};
 /// Read buffer size while idle; it grows only for large packets.
 const READ_CHUNK: usize = 512;
 
+/// Stop taking packets from the session once this much is waiting to be written: the
+/// rest stays in the session's bounded queue until the socket drains.
+const WRITE_HIGH_WATER: usize = 64 * 1024;
+
 /// Why a connection ended.
 #[derive(Debug)]
 enum End {
@@ -229,6 +233,7 @@ where
     let mut matches = Matches::default();
     loop {
         // 1. Flush: take what the session has to send and its events, under the lock.
+        let mut more = false;
         let deadline = {
             let mut cell = handle.lock();
             if cell.generation != generation {
@@ -242,6 +247,10 @@ where
                 shared.stats.messages_sent.fetch_add(1, Ordering::Relaxed);
                 if p.encode(version, &mut out).is_err() {
                     warn!(client = %handle.client_id, "a packet did not encode and was dropped");
+                }
+                if out.len() >= WRITE_HIGH_WATER {
+                    more = true;
+                    break;
                 }
             }
             while let Some(e) = cell.session.poll_event() {
@@ -293,7 +302,7 @@ where
             }
             return End::Closed;
         }
-        if again {
+        if again || more {
             continue;
         }
         // 3. Wait for input.

@@ -111,6 +111,10 @@ fn validate(bytes: &[u8]) -> Result<(), StringError> {
     if bytes.len() > MAX_STRING_LEN {
         return Err(StringError::TooLong);
     }
+    // Most strings are plain ASCII: one pass, eight bytes at a time.
+    if is_plain_ascii(bytes, false) {
+        return Ok(());
+    }
     // `from_utf8` rejects ill-formed sequences, overlong forms and encoded surrogates
     // (U+D800..U+DFFF), as [MQTT-1.5.4-1] requires.
     core::str::from_utf8(bytes).map_err(|_| StringError::InvalidUtf8)?;
@@ -118,6 +122,38 @@ fn validate(bytes: &[u8]) -> Result<(), StringError> {
         return Err(StringError::NullCharacter);
     }
     Ok(())
+}
+
+/// True if every byte is ASCII and none is U+0000 (nor, with `no_wildcards`, `+` or
+/// `#`): a valid UTF-8 Encoded String (and topic name) without further checks. Checks
+/// eight bytes at a time; `false` only means "take the slow path".
+pub(crate) fn is_plain_ascii(bytes: &[u8], no_wildcards: bool) -> bool {
+    const LO: u64 = 0x0101_0101_0101_0101;
+    const HI: u64 = 0x8080_8080_8080_8080;
+    // Non-zero if any byte of `x` equals `b` (exact for "any", per byte it may over-report
+    // above a match, which does not matter here).
+    const fn has(x: u64, b: u8) -> u64 {
+        let y = x ^ (LO * b as u64);
+        y.wrapping_sub(LO) & !y & HI
+    }
+    let mut chunks = bytes.chunks_exact(8);
+    for chunk in &mut chunks {
+        let Ok(word) = <[u8; 8]>::try_from(chunk) else {
+            return false;
+        };
+        let x = u64::from_le_bytes(word);
+        let mut bad = (x & HI) | has(x, 0);
+        if no_wildcards {
+            bad |= has(x, b'+') | has(x, b'#');
+        }
+        if bad != 0 {
+            return false;
+        }
+    }
+    chunks
+        .remainder()
+        .iter()
+        .all(|&b| b != 0 && b < 0x80 && !(no_wildcards && (b == b'+' || b == b'#')))
 }
 
 impl Deref for ByteStr {
@@ -241,7 +277,22 @@ pub(crate) fn read_binary(src: &mut Bytes) -> Result<Bytes, DecodeError> {
     read_slice(src, usize::from(len))
 }
 
+/// Reads a topic name: a UTF-8 Encoded String without `+` or `#` ([MQTT-3.3.2-2]).
+/// It may be empty; the caller decides whether that is allowed.
+pub(crate) fn read_topic_name(src: &mut Bytes) -> Result<ByteStr, DecodeError> {
+    let bytes = read_binary(src)?;
+    if is_plain_ascii(&bytes, true) {
+        return Ok(ByteStr(bytes));
+    }
+    let topic = ByteStr::from_bytes(bytes).map_err(ErrorKind::from)?;
+    if !topic.is_empty() {
+        crate::topic::validate_topic_name(&topic)?;
+    }
+    Ok(topic)
+}
+
 /// Reads a UTF-8 Encoded String.
+#[inline]
 pub(crate) fn read_str(src: &mut Bytes) -> Result<ByteStr, DecodeError> {
     let bytes = read_binary(src)?;
     ByteStr::from_bytes(bytes).map_err(|e| ErrorKind::from(e).into())

@@ -53,6 +53,20 @@ impl Message {
         self.topic.len() + self.payload.len() + self.properties.encoded_len()
     }
 
+    /// A QoS 0 PUBLISH of this message, by move.
+    pub(crate) fn into_publish(self) -> Publish {
+        let mut properties = self.properties;
+        properties.topic_alias = None;
+        Publish {
+            dup: false,
+            qos_pid: QosPid::AtMostOnce,
+            retain: self.retain,
+            topic: self.topic,
+            payload: self.payload,
+            properties,
+        }
+    }
+
     pub(crate) fn to_publish(&self, qos_pid: QosPid, dup: bool) -> Publish {
         Publish {
             dup,

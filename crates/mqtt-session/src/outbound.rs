@@ -186,14 +186,18 @@ impl Outbox {
                     }
                 },
             };
-            let publish = message.to_publish(qos_pid, false);
+            // QoS 0 is not kept: move it into the packet instead of copying.
+            let (publish, message) = match qos_pid {
+                QosPid::AtMostOnce => (message.into_publish(), None),
+                _ => (message.to_publish(qos_pid, false), Some(message)),
+            };
             // A first use of a topic alias adds three bytes.
             if publish.encoded_len(version) + alias_overhead > max_packet_size as usize {
                 // [MQTT-3.1.2-25]: discard it and behave as if it was delivered.
                 dropped.push((queued.id, DropReason::TooLarge));
                 continue;
             }
-            if let Some(packet_id) = qos_pid.packet_id() {
+            if let (Some(packet_id), Some(message)) = (qos_pid.packet_id(), message) {
                 let phase = if message.qos == QoS::AtLeastOnce {
                     Awaiting::PubAck
                 } else {

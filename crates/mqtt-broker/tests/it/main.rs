@@ -2,6 +2,7 @@
 //! wrote: rumqttc (3.1.1 and 5.0) in-process, and Mosquitto's command-line clients.
 
 mod mosquitto_clients;
+mod paho;
 mod rumqttc_v4;
 mod rumqttc_v5;
 mod wire;
@@ -13,7 +14,9 @@ use mqtt_broker::{Broker, Config, config::Listener};
 /// A broker on an ephemeral loopback port.
 pub(crate) async fn broker_with(f: impl FnOnce(&mut Config)) -> (Broker, SocketAddr) {
     let mut config = Config {
-        listeners: vec![Listener { bind: "127.0.0.1:0".parse().unwrap() }],
+        listeners: vec![Listener {
+            bind: "127.0.0.1:0".parse().unwrap(),
+        }],
         ..Config::default()
     };
     config.sys.interval = 1;

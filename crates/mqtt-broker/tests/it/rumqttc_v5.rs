@@ -73,7 +73,11 @@ async fn drive(
 }
 
 async fn recv(rx: &mut mpsc::UnboundedReceiver<Got>) -> Publish {
-    match timeout(WAIT, rx.recv()).await.expect("a message in time").expect("open") {
+    match timeout(WAIT, rx.recv())
+        .await
+        .expect("a message in time")
+        .expect("open")
+    {
         Got::Publish(p) => *p,
         Got::Disconnect(code) => panic!("disconnected with {code:#x}"),
     }

@@ -192,6 +192,7 @@ impl Packet {
     /// bytes). Strings, binary data and the payload share `body`'s buffer.
     ///
     /// CONNECT carries its own version; every other packet is decoded as `version`.
+    #[inline]
     pub fn decode(
         header: &FixedHeader,
         mut body: Bytes,

@@ -6,7 +6,7 @@ use super::{Encode, PacketId, read_packet_id};
 use crate::{
     ByteStr, PacketType, ProtocolVersion, PublishProperties, QoS,
     error::{DecodeError, EncodeError, ErrorKind},
-    primitives::{read_str, write_str},
+    primitives::{read_topic_name, write_str},
     topic::validate_topic_name,
 };
 
@@ -95,6 +95,7 @@ impl Publish {
         self.qos_pid.packet_id()
     }
 
+    #[inline]
     pub(crate) fn decode(
         flags: u8,
         mut src: Bytes,
@@ -108,12 +109,9 @@ impl Publish {
         if dup && qos == QoS::AtMostOnce {
             return Err(ErrorKind::DupOnQos0.into());
         }
-        let topic = read_str(&mut src)?;
         // [MQTT-3.3.2-2]: no wildcards in a topic name. Emptiness is checked below,
         // since 5.0 allows it together with a Topic Alias.
-        if !topic.is_empty() {
-            validate_topic_name(&topic)?;
-        }
+        let topic = read_topic_name(&mut src)?;
         let qos_pid = match qos {
             QoS::AtMostOnce => QosPid::AtMostOnce,
             QoS::AtLeastOnce => QosPid::AtLeastOnce(read_packet_id(&mut src)?),
