@@ -60,6 +60,13 @@ impl SessionHandle {
     }
 }
 
+/// A retained message and when it expires (5.0 Message Expiry Interval).
+#[derive(Clone, Debug)]
+pub(crate) struct RetainedMessage {
+    message: Message,
+    expires_at: Option<mqtt_session::Instant>,
+}
+
 /// Counters for `$SYS`.
 #[derive(Debug, Default)]
 pub(crate) struct Stats {
@@ -83,13 +90,15 @@ pub(crate) struct Shared {
     origin: tokio::time::Instant,
     pub(crate) index: ShardedIndex<u64, Sub>,
     sessions: Mutex<HashMap<ByteStr, Arc<SessionHandle>>>,
-    pub(crate) retained: RwLock<RetainedStore<Message>>,
+    pub(crate) retained: RwLock<RetainedStore<RetainedMessage>>,
     retained_count: AtomicUsize,
+    /// Retained messages with an expiry: the purge runs only while there are some.
+    retained_expiring: AtomicUsize,
     pub(crate) stats: Stats,
     next_key: AtomicU64,
     next_client: AtomicU64,
-    pub(crate) shutdown: Notify,
-    pub(crate) shutting_down: std::sync::atomic::AtomicBool,
+    /// Set to `true` once, at shutdown; every task holds a receiver, so none misses it.
+    pub(crate) shutdown: tokio::sync::watch::Sender<bool>,
     pub(crate) local_addrs: Mutex<Vec<SocketAddr>>,
 }
 
@@ -104,12 +113,20 @@ impl Shared {
             sessions: Mutex::new(HashMap::new()),
             retained: RwLock::new(RetainedStore::new()),
             retained_count: AtomicUsize::new(0),
+            retained_expiring: AtomicUsize::new(0),
             stats: Stats::default(),
             next_key: AtomicU64::new(1),
             next_client: AtomicU64::new(1),
-            shutdown: Notify::new(),
-            shutting_down: std::sync::atomic::AtomicBool::new(false),
+            shutdown: tokio::sync::watch::Sender::new(false),
             local_addrs: Mutex::new(Vec::new()),
+        }
+    }
+
+    /// Resolves once shutdown has begun.
+    pub(crate) fn shutting_down(&self) -> impl Future<Output = ()> + Send + 'static {
+        let mut rx = self.shutdown.subscribe();
+        async move {
+            let _ = rx.wait_for(|&down| down).await;
         }
     }
 
@@ -214,8 +231,11 @@ impl Shared {
             .write()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         if message.payload.is_empty() {
-            if store.remove(topic).is_some() {
+            if let Some(old) = store.remove(topic) {
                 self.retained_count.fetch_sub(1, Ordering::Relaxed);
+                if old.expires_at.is_some() {
+                    self.retained_expiring.fetch_sub(1, Ordering::Relaxed);
+                }
             }
             return;
         }
@@ -227,22 +247,100 @@ impl Shared {
         let mut stored = message.clone();
         stored.retain = true;
         stored.properties.subscription_identifiers.clear();
-        if store.insert(topic, stored).is_none() {
-            self.retained_count.fetch_add(1, Ordering::Relaxed);
+        let expires_at = stored
+            .properties
+            .message_expiry_interval
+            .map(|secs| self.now() + mqtt_session::Duration::from_secs(u64::from(secs)));
+        if expires_at.is_some() {
+            self.retained_expiring.fetch_add(1, Ordering::Relaxed);
+        }
+        match store.insert(
+            topic,
+            RetainedMessage {
+                message: stored,
+                expires_at,
+            },
+        ) {
+            None => {
+                self.retained_count.fetch_add(1, Ordering::Relaxed);
+            }
+            Some(old) if old.expires_at.is_some() => {
+                self.retained_expiring.fetch_sub(1, Ordering::Relaxed);
+            }
+            Some(_) => {}
         }
     }
 
     /// The retained messages matching `filter`, for a new subscription. Expired ones
-    /// (5.0 Message Expiry Interval) are skipped.
+    /// (5.0 Message Expiry Interval) are skipped; the others carry the time they have
+    /// left ([MQTT-3.3.2-6]).
     pub(crate) fn retained_matching(&self, filter: &str) -> Vec<Message> {
         let Ok(filter) = TopicFilter::new(filter) else {
             return Vec::new();
         };
+        let now = self.now();
         let store = self
             .retained
             .read()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        store.matching(filter).map(|r| r.value().clone()).collect()
+        store
+            .matching(filter)
+            .filter_map(|r| {
+                let stored = r.value();
+                let mut m = stored.message.clone();
+                if let Some(at) = stored.expires_at {
+                    if now >= at {
+                        return None;
+                    }
+                    let left = at.saturating_since(now).as_secs_ceil();
+                    m.properties.message_expiry_interval =
+                        Some(u32::try_from(left).unwrap_or(u32::MAX));
+                }
+                Some(m)
+            })
+            .collect()
+    }
+
+    /// Drops expired retained messages (delivery skips them anyway; this bounds memory).
+    /// Scans under the read lock, removes under the write lock; does nothing while no
+    /// retained message has an expiry.
+    pub(crate) fn purge_expired_retained(&self) {
+        if self.retained_expiring.load(Ordering::Relaxed) == 0 {
+            return;
+        }
+        let now = self.now();
+        let expired: Vec<String> = {
+            let store = self
+                .retained
+                .read()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            let (Ok(all), Ok(sys)) = (TopicFilter::new("#"), TopicFilter::new("$SYS/#")) else {
+                return;
+            };
+            store
+                .matching(all)
+                .chain(store.matching(sys))
+                .filter(|r| r.value().expires_at.is_some_and(|at| now >= at))
+                .map(|r| r.topic())
+                .collect()
+        };
+        let mut store = self
+            .retained
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        for topic in expired {
+            let Ok(name) = TopicName::new(&topic) else {
+                continue;
+            };
+            if store
+                .get(name)
+                .is_some_and(|r| r.expires_at.is_some_and(|at| now >= at))
+            {
+                store.remove(name);
+                self.retained_count.fetch_sub(1, Ordering::Relaxed);
+                self.retained_expiring.fetch_sub(1, Ordering::Relaxed);
+            }
+        }
     }
 
     /// Routes a message published by session `from` to every matching subscriber.

@@ -231,6 +231,12 @@ where
     let mut out = BytesMut::with_capacity(READ_CHUNK);
     let mut events = Vec::new();
     let mut matches = Matches::default();
+    let shutdown = shared.shutting_down();
+    tokio::pin!(shutdown);
+    // Packets the client sent right behind CONNECT may already be buffered.
+    if feed(shared, handle, generation, decoder, rbuf) {
+        return End::TakenOver;
+    }
     loop {
         // 1. Flush: take what the session has to send and its events, under the lock.
         let mut more = false;
@@ -318,31 +324,9 @@ where
                         shared.stats.bytes_received.fetch_add(n as u64, Ordering::Relaxed);
                     }
                 }
-                let mut cell = handle.lock();
-                if cell.generation != generation {
+                if feed(shared, handle, generation, decoder, rbuf) {
                     return End::TakenOver;
                 }
-                let now = shared.now();
-                loop {
-                    match decoder.decode(rbuf) {
-                        Ok(Some(packet)) => {
-                            shared.stats.messages_received.fetch_add(1, Ordering::Relaxed);
-                            if let Err(e) = cell.session.handle_packet(now, packet) {
-                                debug!(client = %handle.client_id, error = %e, "protocol error");
-                                cell.session.disconnect(e.reason);
-                                break;
-                            }
-                        }
-                        Ok(None) => break,
-                        Err(e) => {
-                            debug!(client = %handle.client_id, error = %e, "malformed packet");
-                            // [MQTT-4.13.1-1]: close, with DISCONNECT and the reason in 5.0.
-                            cell.session.disconnect(e.reason_code());
-                            break;
-                        }
-                    }
-                }
-                rbuf.reserve(READ_CHUNK);
             }
             () = handle.notify.notified() => {}
             () = sleep => {
@@ -350,15 +334,58 @@ where
                 let now = shared.now();
                 cell.session.handle_timeout(now);
             }
-            () = shared.shutdown.notified() => return End::Shutdown,
-        }
-        if shared.shutting_down.load(Ordering::Relaxed) {
-            return End::Shutdown;
+            () = &mut shutdown => return End::Shutdown,
         }
     }
 }
 
 /// Writes what the session still has to send; true if anything was written.
+/// Decodes every complete packet in `rbuf` into the session. Returns true if the session
+/// was taken over by another connection.
+fn feed(
+    shared: &Shared,
+    handle: &SessionHandle,
+    generation: u64,
+    decoder: &mut Decoder,
+    rbuf: &mut BytesMut,
+) -> bool {
+    let mut cell = handle.lock();
+    if cell.generation != generation {
+        return true;
+    }
+    let now = shared.now();
+    loop {
+        match decoder.decode(rbuf) {
+            Ok(Some(packet)) => {
+                shared
+                    .stats
+                    .messages_received
+                    .fetch_add(1, Ordering::Relaxed);
+                if let Err(e) = cell.session.handle_packet(now, packet) {
+                    debug!(client = %handle.client_id, error = %e, "protocol error");
+                    cell.session.disconnect(e.reason);
+                    break;
+                }
+            }
+            Ok(None) => break,
+            Err(e) => {
+                debug!(client = %handle.client_id, error = %e, "malformed packet");
+                // [MQTT-4.13.1-1]: close, with DISCONNECT and the reason in 5.0.
+                cell.session.disconnect(e.reason_code());
+                break;
+            }
+        }
+    }
+    drop(cell);
+    if rbuf.is_empty() && rbuf.capacity() > 4 * READ_CHUNK {
+        // Idle connections keep a small buffer: a burst's growth is given back.
+        *rbuf = BytesMut::with_capacity(READ_CHUNK);
+    } else {
+        rbuf.reserve(READ_CHUNK);
+    }
+    false
+}
+
 async fn flush_last<W: AsyncWrite + Unpin>(
     shared: &Shared,
     handle: &SessionHandle,

@@ -74,6 +74,7 @@ impl Broker {
                 .pop()
                 .unwrap_or_else(|| io::Error::other("no listener configured")));
         }
+        tasks.spawn(housekeeping(Arc::clone(&shared)));
         if shared.config.sys.interval > 0 {
             tasks.spawn(sys::run(
                 Arc::clone(&shared),
@@ -102,10 +103,7 @@ impl Broker {
     /// Not cancel safe: dropping the future part-way leaves connections closing on
     /// their own.
     pub async fn shutdown(mut self) {
-        self.shared
-            .shutting_down
-            .store(true, std::sync::atomic::Ordering::SeqCst);
-        self.shared.shutdown.notify_waiters();
+        self.shared.shutdown.send_replace(true);
         let deadline = tokio::time::sleep(Duration::from_secs(5));
         tokio::pin!(deadline);
         loop {
@@ -117,6 +115,19 @@ impl Broker {
                     break;
                 }
             }
+        }
+    }
+}
+
+/// Periodic chores that belong to no connection: expiring retained messages.
+async fn housekeeping(shared: Arc<Shared>) {
+    let shutdown = shared.shutting_down();
+    tokio::pin!(shutdown);
+    let mut tick = tokio::time::interval(Duration::from_secs(5));
+    loop {
+        tokio::select! {
+            _ = tick.tick() => shared.purge_expired_retained(),
+            () = &mut shutdown => return,
         }
     }
 }
@@ -136,6 +147,8 @@ async fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
 
 async fn accept_loop(shared: Arc<Shared>, listener: TcpListener) {
     let mut connections = JoinSet::new();
+    let shutdown = shared.shutting_down();
+    tokio::pin!(shutdown);
     loop {
         tokio::select! {
             accepted = listener.accept() => match accepted {
@@ -150,7 +163,7 @@ async fn accept_loop(shared: Arc<Shared>, listener: TcpListener) {
                 }
             },
             Some(_) = connections.join_next(), if !connections.is_empty() => {}
-            () = shared.shutdown.notified() => break,
+            () = &mut shutdown => break,
         }
     }
     drop(listener);

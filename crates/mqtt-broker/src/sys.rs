@@ -19,10 +19,12 @@ pub(crate) async fn run(shared: Arc<Shared>, interval: Duration) {
     let started = tokio::time::Instant::now();
     let mut matches = Matches::default();
     let mut tick = tokio::time::interval(interval);
+    let shutdown = shared.shutting_down();
+    tokio::pin!(shutdown);
     loop {
         tokio::select! {
             _ = tick.tick() => {}
-            () = shared.shutdown.notified() => return,
+            () = &mut shutdown => return,
         }
         let s = &shared.stats;
         let load = |c: &std::sync::atomic::AtomicU64| c.load(Ordering::Relaxed).to_string();

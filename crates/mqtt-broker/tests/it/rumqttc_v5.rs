@@ -269,3 +269,110 @@ async fn shutdown_sends_server_shutting_down() {
     };
     assert_eq!(code, 0x8B);
 }
+
+async fn client_with(
+    opts: MqttOptions,
+) -> (
+    AsyncClient,
+    mpsc::UnboundedReceiver<Got>,
+    tokio::task::JoinHandle<()>,
+) {
+    let (client, eventloop) = AsyncClient::new(opts, 100);
+    let (tx, rx) = mpsc::unbounded_channel();
+    let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
+    let task = tokio::spawn(drive(eventloop, tx, ready_tx));
+    timeout(WAIT, ready_rx)
+        .await
+        .expect("CONNACK in time")
+        .expect("connected");
+    (client, rx, task)
+}
+
+fn will_options(id: &str, port: u16, delay: u32) -> MqttOptions {
+    use rumqttc::v5::mqttbytes::v5::{ConnectProperties, LastWill, LastWillProperties};
+    let mut opts = MqttOptions::new(id, "127.0.0.1", port);
+    opts.set_keep_alive(Duration::from_secs(30));
+    opts.set_clean_start(false);
+    let mut props = ConnectProperties::new();
+    props.session_expiry_interval = Some(60);
+    opts.set_connect_properties(props);
+    let will_props = LastWillProperties {
+        delay_interval: Some(delay),
+        payload_format_indicator: None,
+        message_expiry_interval: None,
+        content_type: None,
+        response_topic: None,
+        correlation_data: None,
+        user_properties: Vec::new(),
+    };
+    opts.set_last_will(LastWill::new(
+        format!("will/{id}"),
+        "gone",
+        QoS::AtLeastOnce,
+        false,
+        Some(will_props),
+    ));
+    opts
+}
+
+// 5.0 MQTT-3.1.3-9: the will waits for its delay, and a reconnection within the delay
+// cancels it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn will_delay_interval() {
+    let (broker, addr) = broker().await;
+    let (watcher, mut rx, _t) = client("watcher", addr.port()).await;
+    watcher.subscribe("will/#", QoS::AtLeastOnce).await.unwrap();
+    settle().await;
+
+    let (_c, _r, task) = client_with(will_options("delayed", addr.port(), 1)).await;
+    let lost = tokio::time::Instant::now();
+    task.abort();
+    let will = recv(&mut rx).await;
+    assert_eq!(will.topic, "will/delayed");
+    assert!(
+        lost.elapsed() >= Duration::from_millis(900),
+        "published before its delay: {:?}",
+        lost.elapsed()
+    );
+
+    let (_c, _r, task) = client_with(will_options("returns", addr.port(), 2)).await;
+    task.abort();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let (_c2, _r2, _t2) = client_with(will_options("returns", addr.port(), 2)).await;
+    nothing(&mut rx, Duration::from_millis(2500)).await;
+    broker.shutdown().await;
+}
+
+// 5.0 MQTT-3.3.2-5, 5.0 MQTT-3.3.2-6 for retained messages: an expired retained message
+// is not delivered; a live one carries the time it has left.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retained_message_expiry() {
+    let (broker, addr) = broker().await;
+    let (publ, _prx, _t) = client("pub", addr.port()).await;
+    let short = PublishProperties {
+        message_expiry_interval: Some(1),
+        ..Default::default()
+    };
+    let long = PublishProperties {
+        message_expiry_interval: Some(100),
+        ..Default::default()
+    };
+    publ.publish_with_properties("exp/short", QoS::AtLeastOnce, true, "s", short)
+        .await
+        .unwrap();
+    publ.publish_with_properties("exp/long", QoS::AtLeastOnce, true, "l", long)
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    let (sub, mut rx, _t2) = client("sub", addr.port()).await;
+    sub.subscribe("exp/#", QoS::AtLeastOnce).await.unwrap();
+    let got = recv(&mut rx).await;
+    assert_eq!(got.topic, "exp/long");
+    let left = got
+        .properties
+        .and_then(|p| p.message_expiry_interval)
+        .unwrap();
+    assert!((97..=99).contains(&left), "{left}");
+    nothing(&mut rx, Duration::from_millis(300)).await;
+    broker.shutdown().await;
+}

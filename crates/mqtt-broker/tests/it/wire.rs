@@ -169,3 +169,146 @@ async fn packet_too_large() {
     );
     broker.shutdown().await;
 }
+
+// A slow subscriber (never reads) does not stall the publisher or a fast subscriber.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_subscriber_does_not_stall_others() {
+    let (broker, addr) = broker_with(|c| c.limits.max_queued_messages = 300).await;
+    let v = ProtocolVersion::V3_1_1;
+    // The slow one subscribes and then never reads.
+    let mut slow = TcpStream::connect(addr).await.unwrap();
+    send(
+        &mut slow,
+        Connect::new(v, ByteStr::from_static("slow")).into(),
+        v,
+    )
+    .await;
+    let sub = mqtt_codec::Subscribe::new(
+        mqtt_codec::PacketId::MIN,
+        ByteStr::from_static("load/#"),
+        mqtt_codec::QoS::AtLeastOnce,
+    );
+    send(&mut slow, sub.into(), v).await;
+    // The fast one reads everything.
+    let mut fast = TcpStream::connect(addr).await.unwrap();
+    send(
+        &mut fast,
+        Connect::new(v, ByteStr::from_static("fast")).into(),
+        v,
+    )
+    .await;
+    send(
+        &mut fast,
+        mqtt_codec::Subscribe::new(
+            mqtt_codec::PacketId::MIN,
+            ByteStr::from_static("load/#"),
+            mqtt_codec::QoS::AtMostOnce,
+        )
+        .into(),
+        v,
+    )
+    .await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let mut publisher = TcpStream::connect(addr).await.unwrap();
+    send(
+        &mut publisher,
+        Connect::new(v, ByteStr::from_static("pub")).into(),
+        v,
+    )
+    .await;
+    let payload = bytes::Bytes::from(vec![7u8; 4096]);
+    // 50 rounds of 100 messages (20 MB in all): each round reaches the fast subscriber
+    // although the slow one's socket filled up in the first rounds.
+    let mut decoder = Decoder::with_version(v);
+    let mut buf = BytesMut::new();
+    let start = Instant::now();
+    for round in 0..50 {
+        let mut out = BytesMut::new();
+        for _ in 0..100 {
+            let p = mqtt_codec::Publish::new(ByteStr::from_static("load/x"), payload.clone());
+            Packet::from(p).encode(v, &mut out).unwrap();
+        }
+        timeout(WAIT, publisher.write_all(&out))
+            .await
+            .expect("publisher stalled")
+            .unwrap();
+        let mut got = 0;
+        while got < 100 {
+            while let Ok(Some(p)) = decoder.decode(&mut buf) {
+                if matches!(p, Packet::Publish(_)) {
+                    got += 1;
+                }
+            }
+            if got < 100 {
+                timeout(WAIT, fast.read_buf(&mut buf))
+                    .await
+                    .unwrap_or_else(|_| panic!("fast subscriber starved in round {round}"))
+                    .unwrap();
+            }
+        }
+    }
+    assert!(start.elapsed() < WAIT * 3);
+    drop(slow);
+    broker.shutdown().await;
+}
+
+// 5.0 MQTT-3.3.2-12: the broker accepts topic aliases up to its maximum and resolves them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn topic_alias_from_client() {
+    let (broker, addr) = broker_with(|c| c.limits.topic_alias_maximum = 4).await;
+    let v = ProtocolVersion::V5;
+    let mut sub = TcpStream::connect(addr).await.unwrap();
+    send(
+        &mut sub,
+        Connect::new(v, ByteStr::from_static("alias-sub")).into(),
+        v,
+    )
+    .await;
+    send(
+        &mut sub,
+        mqtt_codec::Subscribe::new(
+            mqtt_codec::PacketId::MIN,
+            ByteStr::from_static("a/#"),
+            mqtt_codec::QoS::AtMostOnce,
+        )
+        .into(),
+        v,
+    )
+    .await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let mut publ = TcpStream::connect(addr).await.unwrap();
+    send(
+        &mut publ,
+        Connect::new(v, ByteStr::from_static("alias-pub")).into(),
+        v,
+    )
+    .await;
+    let mut first = mqtt_codec::Publish::new(
+        ByteStr::from_static("a/long/topic"),
+        bytes::Bytes::from_static(b"1"),
+    );
+    first.properties.topic_alias = std::num::NonZeroU16::new(3);
+    send(&mut publ, first.into(), v).await;
+    let mut second = mqtt_codec::Publish::new(ByteStr::new(), bytes::Bytes::from_static(b"2"));
+    second.properties.topic_alias = std::num::NonZeroU16::new(3);
+    send(&mut publ, second.into(), v).await;
+    let mut decoder = Decoder::with_version(v);
+    let mut buf = BytesMut::new();
+    let mut topics = Vec::new();
+    while topics.len() < 2 {
+        while let Ok(Some(p)) = decoder.decode(&mut buf) {
+            if let Packet::Publish(p) = p {
+                topics.push((p.topic.to_string(), p.payload));
+            }
+        }
+        if topics.len() < 2 {
+            timeout(WAIT, sub.read_buf(&mut buf))
+                .await
+                .expect("in time")
+                .unwrap();
+        }
+    }
+    assert_eq!(topics[0].0, "a/long/topic");
+    assert_eq!(topics[1].0, "a/long/topic", "the alias was resolved");
+    broker.shutdown().await;
+}
