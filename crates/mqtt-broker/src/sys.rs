@@ -14,10 +14,41 @@ use crate::broker::Shared;
 /// The key `$SYS` messages are routed from (no session has it).
 const BROKER_KEY: u64 = 0;
 
+/// Exponentially-weighted per-minute rates over 1, 5 and 15 minutes, as Mosquitto's
+/// `$SYS/broker/load/...` topics report them.
+#[derive(Debug, Default)]
+struct Load {
+    previous: u64,
+    averages: [f64; 3],
+}
+
+impl Load {
+    const WINDOWS: [(&'static str, f64); 3] = [("1min", 60.0), ("5min", 300.0), ("15min", 900.0)];
+
+    /// Folds in the counter's new value, `interval` seconds after the last.
+    fn update(&mut self, current: u64, interval: f64) {
+        let per_minute = current.saturating_sub(self.previous) as f64 * 60.0 / interval;
+        self.previous = current;
+        for (avg, (_, window)) in self.averages.iter_mut().zip(Self::WINDOWS) {
+            let keep = (-interval / window).exp();
+            *avg = *avg * keep + per_minute * (1.0 - keep);
+        }
+    }
+}
+
 /// Publishes the statistics every `interval` until shutdown.
 pub(crate) async fn run(shared: Arc<Shared>, interval: Duration) {
     let started = tokio::time::Instant::now();
     let mut matches = Matches::default();
+    let mut loads: [(&str, Load); 7] = [
+        ("messages/received", Load::default()),
+        ("messages/sent", Load::default()),
+        ("bytes/received", Load::default()),
+        ("bytes/sent", Load::default()),
+        ("publish/received", Load::default()),
+        ("publish/sent", Load::default()),
+        ("connections", Load::default()),
+    ];
     let mut tick = tokio::time::interval(interval);
     let shutdown = shared.shutting_down();
     tokio::pin!(shutdown);
@@ -72,7 +103,30 @@ pub(crate) async fn run(shared: Arc<Shared>, interval: Duration) {
                 shared.retained_count().to_string(),
             ),
         ];
-        for (topic, value) in values {
+        let counters = [
+            &s.messages_received,
+            &s.messages_sent,
+            &s.bytes_received,
+            &s.bytes_sent,
+            &s.publish_received,
+            &s.publish_sent,
+            &s.connections_total,
+        ];
+        let mut load_values = Vec::with_capacity(loads.len() * 3);
+        for ((name, load), counter) in loads.iter_mut().zip(counters) {
+            load.update(counter.load(Ordering::Relaxed), interval.as_secs_f64());
+            for (avg, (window, _)) in load.averages.iter().zip(Load::WINDOWS) {
+                load_values.push((
+                    format!("$SYS/broker/load/{name}/{window}"),
+                    format!("{avg:.2}"),
+                ));
+            }
+        }
+        let all = values
+            .into_iter()
+            .map(|(t, v)| (t.to_owned(), v))
+            .chain(load_values);
+        for (topic, value) in all {
             let Ok(topic) = ByteStr::try_from(topic) else {
                 continue;
             };

@@ -263,6 +263,17 @@ async fn sys_topics() {
             break;
         }
     }
+    sys.subscribe("$SYS/broker/load/messages/received/1min", QoS::AtMostOnce)
+        .await
+        .unwrap();
+    loop {
+        let got = recv(&mut rx_sys).await;
+        if got.topic.starts_with("$SYS/broker/load/") {
+            let rate: f64 = std::str::from_utf8(&got.payload).unwrap().parse().unwrap();
+            assert!(rate >= 0.0);
+            break;
+        }
+    }
     nothing(&mut rx_all, Duration::from_millis(1500)).await;
     broker.shutdown().await;
 }
