@@ -181,6 +181,9 @@ async fn attach<W: AsyncWrite + Unpin>(
         properties.retain_available = Some(false);
     }
 
+    // What outlives this packet gets its own memory: slices of the read buffer would keep
+    // the whole buffer alive for as long as the session lives.
+    detach_from_read_buffer(&mut connect);
     let handle = shared.session(&connect.client_id);
     let now = shared.now();
     let (generation, stale_filters, old_version) = {
@@ -213,6 +216,32 @@ async fn attach<W: AsyncWrite + Unpin>(
     Some((handle, generation, version))
 }
 
+/// Copies the strings and bytes of CONNECT that the session keeps (client identifier,
+/// will) out of the shared read buffer.
+fn detach_from_read_buffer(connect: &mut Connect) {
+    fn own(s: &mut mqtt_codec::ByteStr) {
+        if let Ok(copy) = mqtt_codec::ByteStr::try_from(s.as_str()) {
+            *s = copy;
+        }
+    }
+    own(&mut connect.client_id);
+    if let Some(will) = &mut connect.will {
+        own(&mut will.topic);
+        will.payload = bytes::Bytes::copy_from_slice(&will.payload);
+        let p = &mut will.properties;
+        for s in [&mut p.content_type, &mut p.response_topic].into_iter().flatten() {
+            own(s);
+        }
+        if let Some(data) = &mut p.correlation_data {
+            *data = bytes::Bytes::copy_from_slice(data);
+        }
+        for (k, v) in &mut p.user_properties {
+            own(k);
+            own(v);
+        }
+    }
+}
+
 #[allow(clippy::too_many_arguments)]
 async fn run<R, W>(
     shared: &Arc<Shared>,
@@ -228,7 +257,7 @@ where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
 {
-    let mut out = BytesMut::with_capacity(READ_CHUNK);
+    let mut out = BytesMut::new();
     let mut events = Vec::new();
     let mut matches = Matches::default();
     let shutdown = shared.shutting_down();
@@ -273,8 +302,9 @@ where
                 return End::Lost;
             }
             out.clear();
-            if out.capacity() > 64 * 1024 {
-                out = BytesMut::with_capacity(READ_CHUNK);
+            if out.capacity() > 4 * READ_CHUNK {
+                // Keep idle connections small: a burst's buffer is given back.
+                out = BytesMut::new();
             }
         }
         // 2. Act on events outside the session lock.
