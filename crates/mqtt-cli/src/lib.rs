@@ -1,4 +1,452 @@
-//! mqtt-pub, mqtt-sub and friends: MQTT command-line tools.
+//! mqtt-pub, mqtt-sub and mqtt-rr: MQTT command-line tools with the flags of
+//! mosquitto_pub, mosquitto_sub and mosquitto_rr.
 //!
-//! **Not built yet.** This crate is a placeholder so the workspace has its final shape;
-//! the work is tracked in issue 6. It exports nothing.
+//! This library holds what the three binaries share: the connection flags, turning
+//! them into [`mqtt_client::ConnectOptions`], MQTT 5.0 properties given with `-D`, the
+//! `-F` output format, and error reporting with exit codes.
+#![allow(clippy::print_stdout, clippy::print_stderr)]
+
+use std::{path::PathBuf, process::ExitCode, time::Duration};
+
+use bytes::Bytes;
+use clap::{ArgAction, Args};
+use mqtt_client::{
+    ByteStr, ConnectOptions, Message, ProtocolVersion, PublishProperties, QoS, ReconnectOptions,
+    SubscribeProperties, TlsOptions, Transport, Will,
+};
+
+pub mod format;
+
+/// Exit code for an error (connection refused, network failure, bad arguments).
+pub const EXIT_ERROR: u8 = 1;
+/// Exit code when `-W` timed out (mosquitto_sub uses 27, ETIMEDOUT).
+pub const EXIT_TIMEOUT: u8 = 27;
+
+/// Connection flags shared by every tool (mosquitto's names and meanings).
+#[derive(Args, Debug, Clone)]
+pub struct ConnectArgs {
+    /// Host to connect to.
+    #[arg(short = 'h', long = "host", default_value = "localhost")]
+    pub host: String,
+    /// Port to connect to (1883, or 8883 with TLS).
+    #[arg(short = 'p', long = "port")]
+    pub port: Option<u16>,
+    /// URL: mqtt(s)://user:password@host:port/topic or ws(s)://...; sets host,
+    /// port, credentials, transport and topic.
+    #[arg(short = 'L', long = "url")]
+    pub url: Option<String>,
+    /// Client identifier (default: a random one, or the prefix and process id with -I).
+    #[arg(short = 'i', long = "id")]
+    pub id: Option<String>,
+    /// Client identifier prefix: the identifier is this plus the process id.
+    #[arg(short = 'I', long = "id-prefix")]
+    pub id_prefix: Option<String>,
+    /// Keep alive in seconds.
+    #[arg(short = 'k', long = "keepalive", default_value_t = 60)]
+    pub keepalive: u16,
+    /// User name.
+    #[arg(short = 'u', long = "username")]
+    pub username: Option<String>,
+    /// Password.
+    #[arg(short = 'P', long = "pw")]
+    pub password: Option<String>,
+    /// Disable clean session / clean start: keep the session on the broker.
+    #[arg(short = 'c', long = "disable-clean-session")]
+    pub no_clean: bool,
+    /// Session expiry interval in seconds (5.0); -1 for never.
+    #[arg(
+        short = 'x',
+        long = "session-expiry-interval",
+        allow_negative_numbers = true
+    )]
+    pub session_expiry: Option<i64>,
+    /// Protocol version: 5, 311, 31 (or mqttv5, mqttv311, mqttv31).
+    #[arg(short = 'V', long = "protocol-version", default_value = "311", value_parser = parse_version)]
+    pub version: ProtocolVersion,
+    /// QoS for messages (and subscriptions).
+    #[arg(short = 'q', long = "qos", default_value_t = 0, value_parser = clap::value_parser!(u8).range(0..=2))]
+    pub qos: u8,
+    /// MQTT 5.0 property: -D COMMAND NAME VALUE (user-property takes NAME and VALUE).
+    #[arg(id = "property", short = 'D', long = "property", num_args = 3..=4, action = ArgAction::Append, value_names = ["COMMAND", "NAME", "VALUE"])]
+    pub properties_raw: Vec<String>,
+    /// The `-D` flags, one group per occurrence (filled by [`parse_args`]).
+    #[arg(skip)]
+    pub properties: Vec<Vec<String>>,
+    /// Topic of the will.
+    #[arg(long = "will-topic")]
+    pub will_topic: Option<String>,
+    /// Payload of the will.
+    #[arg(long = "will-payload")]
+    pub will_payload: Option<String>,
+    /// QoS of the will.
+    #[arg(long = "will-qos", default_value_t = 0, value_parser = clap::value_parser!(u8).range(0..=2))]
+    pub will_qos: u8,
+    /// Retain the will.
+    #[arg(long = "will-retain")]
+    pub will_retain: bool,
+    /// CA certificates (PEM file) to trust; turns TLS on.
+    #[arg(long = "cafile")]
+    pub cafile: Option<PathBuf>,
+    /// Directory of CA certificates (PEM) to trust; turns TLS on.
+    #[arg(long = "capath")]
+    pub capath: Option<PathBuf>,
+    /// Client certificate (PEM), with --key.
+    #[arg(long = "cert")]
+    pub cert: Option<PathBuf>,
+    /// Client private key (PEM), with --cert.
+    #[arg(long = "key")]
+    pub key: Option<PathBuf>,
+    /// Do not check that the server certificate names the host.
+    #[arg(long = "insecure")]
+    pub insecure: bool,
+    /// Trust the operating system's CA certificates; turns TLS on.
+    #[arg(long = "tls-use-os-certs")]
+    pub tls_use_os_certs: bool,
+    /// Print debug messages (connection events) to stderr.
+    #[arg(short = 'd', long = "debug")]
+    pub debug: bool,
+    /// Do not print error messages.
+    #[arg(long = "quiet")]
+    pub quiet: bool,
+    /// Print help.
+    #[arg(long = "help", action = ArgAction::Help)]
+    pub help: Option<bool>,
+}
+
+/// Parses the command line of a tool whose arguments flatten [`ConnectArgs`] as
+/// `conn`; `-D` groups are split per occurrence.
+pub fn parse_args<T: clap::Parser>(conn: impl FnOnce(&mut T) -> &mut ConnectArgs) -> T {
+    let matches = T::command().get_matches();
+    let mut args = match T::from_arg_matches(&matches) {
+        Ok(a) => a,
+        Err(e) => e.exit(),
+    };
+    let groups = matches
+        .get_occurrences::<String>("property")
+        .map(|occ| occ.map(|o| o.cloned().collect()).collect())
+        .unwrap_or_default();
+    conn(&mut args).properties = groups;
+    args
+}
+
+fn parse_version(s: &str) -> Result<ProtocolVersion, String> {
+    match s {
+        "5" | "mqttv5" | "50" => Ok(ProtocolVersion::V5),
+        "311" | "mqttv311" => Ok(ProtocolVersion::V3_1_1),
+        "31" | "mqttv31" => Ok(ProtocolVersion::V3_1),
+        _ => Err(format!(
+            "unknown protocol version {s:?}: use 5, 311 or 31 (or mqttv5, mqttv311, mqttv31)"
+        )),
+    }
+}
+
+/// A user-facing error: printed as `Error: ...`, exits with `code`.
+#[derive(Debug)]
+pub struct Failure {
+    /// The message.
+    pub message: String,
+    /// The exit code.
+    pub code: u8,
+}
+
+impl Failure {
+    /// An error with exit code 1.
+    pub fn new(message: impl Into<String>) -> Self {
+        Self {
+            message: message.into(),
+            code: EXIT_ERROR,
+        }
+    }
+}
+
+impl<E: std::error::Error> From<E> for Failure {
+    fn from(e: E) -> Self {
+        Self::new(e.to_string())
+    }
+}
+
+/// Reports the outcome of a tool's main function.
+pub fn finish(result: Result<(), Failure>, quiet: bool) -> ExitCode {
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(f) => {
+            if !quiet && !f.message.is_empty() {
+                eprintln!("Error: {}", f.message);
+            }
+            ExitCode::from(f.code)
+        }
+    }
+}
+
+/// MQTT 5.0 properties from `-D`, grouped by the packet they go in.
+#[derive(Debug, Default, Clone)]
+pub struct Properties {
+    /// For CONNECT.
+    pub connect: mqtt_client::ConnectProperties,
+    /// For PUBLISH.
+    pub publish: PublishProperties,
+    /// For SUBSCRIBE.
+    pub subscribe: SubscribeProperties,
+    /// For the will.
+    pub will: mqtt_client::WillProperties,
+    /// For DISCONNECT: session expiry interval.
+    pub disconnect_session_expiry: Option<u32>,
+}
+
+fn s(v: &str) -> Result<ByteStr, Failure> {
+    ByteStr::try_from(v).map_err(|e| Failure::new(format!("{v:?}: {e}")))
+}
+
+fn num<T: std::str::FromStr>(name: &str, v: &str) -> Result<T, Failure> {
+    v.parse()
+        .map_err(|_| Failure::new(format!("invalid value {v:?} for property {name}")))
+}
+
+/// Parses the `-D` flags.
+pub fn parse_properties(
+    args: &[Vec<String>],
+    version: ProtocolVersion,
+) -> Result<Properties, Failure> {
+    let mut p = Properties::default();
+    if !args.is_empty() && !version.is_v5() {
+        return Err(Failure::new("-D (properties) needs MQTT 5.0: add -V 5"));
+    }
+    for a in args {
+        let (cmd, name, value, extra) = match a.as_slice() {
+            [c, n, v] => (c.as_str(), n.as_str(), v.as_str(), None),
+            [c, n, k, v] => (c.as_str(), n.as_str(), k.as_str(), Some(v.as_str())),
+            _ => return Err(Failure::new("-D takes COMMAND NAME VALUE")),
+        };
+        let bad = || Failure::new(format!("property {name} is not allowed in {cmd}"));
+        match (cmd, name) {
+            ("connect", "user-property") => p
+                .connect
+                .user_properties
+                .push((s(value)?, s(extra.ok_or_else(bad)?)?)),
+            ("connect", "session-expiry-interval") => {
+                p.connect.session_expiry_interval = Some(num(name, value)?);
+            }
+            ("connect", "receive-maximum") => p.connect.receive_maximum = Some(num(name, value)?),
+            ("connect", "maximum-packet-size") => {
+                p.connect.maximum_packet_size = Some(num(name, value)?);
+            }
+            ("connect", "topic-alias-maximum") => {
+                p.connect.topic_alias_maximum = Some(num(name, value)?);
+            }
+            ("connect", "request-problem-information") => {
+                p.connect.request_problem_information = Some(num::<u8>(name, value)? != 0);
+            }
+            ("connect", "request-response-information") => {
+                p.connect.request_response_information = Some(num::<u8>(name, value)? != 0);
+            }
+            ("connect", "authentication-method") => {
+                p.connect.authentication_method = Some(s(value)?);
+            }
+            ("connect", "authentication-data") => {
+                p.connect.authentication_data = Some(Bytes::copy_from_slice(value.as_bytes()));
+            }
+            ("publish", "user-property") => p
+                .publish
+                .user_properties
+                .push((s(value)?, s(extra.ok_or_else(bad)?)?)),
+            ("publish", "response-topic") => p.publish.response_topic = Some(s(value)?),
+            ("publish", "correlation-data") => {
+                p.publish.correlation_data = Some(Bytes::copy_from_slice(value.as_bytes()));
+            }
+            ("publish", "content-type") => p.publish.content_type = Some(s(value)?),
+            ("publish", "message-expiry-interval") => {
+                p.publish.message_expiry_interval = Some(num(name, value)?);
+            }
+            ("publish", "payload-format-indicator") => {
+                p.publish.payload_format_indicator = Some(if num::<u8>(name, value)? == 1 {
+                    mqtt_client::codec::PayloadFormat::Utf8
+                } else {
+                    mqtt_client::codec::PayloadFormat::Unspecified
+                });
+            }
+            ("publish", "topic-alias") => {}
+            ("subscribe", "user-property") => p
+                .subscribe
+                .user_properties
+                .push((s(value)?, s(extra.ok_or_else(bad)?)?)),
+            ("subscribe", "subscription-identifier") => {
+                p.subscribe.subscription_identifier = Some(
+                    mqtt_client::codec::SubscriptionId::new(num(name, value)?).ok_or_else(
+                        || Failure::new("subscription-identifier must be 1 to 268435455"),
+                    )?,
+                );
+            }
+            ("will", "user-property") => p
+                .will
+                .user_properties
+                .push((s(value)?, s(extra.ok_or_else(bad)?)?)),
+            ("will", "will-delay-interval") => p.will.will_delay_interval = Some(num(name, value)?),
+            ("will", "message-expiry-interval") => {
+                p.will.message_expiry_interval = Some(num(name, value)?);
+            }
+            ("will", "content-type") => p.will.content_type = Some(s(value)?),
+            ("will", "response-topic") => p.will.response_topic = Some(s(value)?),
+            ("will", "correlation-data") => {
+                p.will.correlation_data = Some(Bytes::copy_from_slice(value.as_bytes()));
+            }
+            ("disconnect", "session-expiry-interval") => {
+                p.disconnect_session_expiry = Some(num(name, value)?);
+            }
+            (
+                "connect" | "publish" | "subscribe" | "will" | "disconnect" | "unsubscribe"
+                | "auth",
+                _,
+            ) => return Err(bad()),
+            _ => return Err(Failure::new(format!("unknown command {cmd:?} in -D"))),
+        }
+    }
+    Ok(p)
+}
+
+/// The QoS of `-q`.
+pub fn qos(q: u8) -> QoS {
+    QoS::from_u8(q).unwrap_or(QoS::AtMostOnce)
+}
+
+impl ConnectArgs {
+    /// Builds the connection options; returns them and the topic given in a `-L` URL.
+    pub fn options(
+        &self,
+        tool: &str,
+        properties: &Properties,
+    ) -> Result<(ConnectOptions, Option<String>), Failure> {
+        let mut url_topic = None;
+        let mut o = match &self.url {
+            Some(url) => {
+                // The path of an mqtt(s) URL is the topic, as mosquitto's -L.
+                let (base, topic) = split_url_topic(url);
+                url_topic = topic;
+                ConnectOptions::from_url(&base)?
+            }
+            None => ConnectOptions::new(self.host.clone(), 1883),
+        };
+        let tls = self.cafile.is_some() || self.capath.is_some() || self.tls_use_os_certs;
+        if tls && o.transport_kind() == Transport::Tcp {
+            o = o.transport(Transport::Tls);
+            if self.url.is_none() {
+                o = o.set_port(8883);
+            }
+        }
+        if let Some(port) = self.port {
+            o = o.set_port(port);
+        }
+        o = o.tls(TlsOptions {
+            ca_file: self.cafile.clone(),
+            ca_path: self.capath.clone(),
+            client_cert: match (&self.cert, &self.key) {
+                (Some(c), Some(k)) => Some((c.clone(), k.clone())),
+                (None, None) => None,
+                _ => return Err(Failure::new("--cert and --key must be given together")),
+            },
+            insecure_skip_hostname: self.insecure,
+            ..TlsOptions::default()
+        });
+        let id = match (&self.id, &self.id_prefix) {
+            (Some(id), _) => id.clone(),
+            (None, Some(prefix)) => format!("{prefix}{}", std::process::id()),
+            (None, None) => format!("{tool}-{}", std::process::id()),
+        };
+        if self.no_clean && self.id.is_none() && self.id_prefix.is_none() {
+            return Err(Failure::new(
+                "you must provide a client id (-i) if you are using -c",
+            ));
+        }
+        o = o
+            .version(self.version)
+            .client_id(id)
+            .keep_alive(self.keepalive)
+            .clean_start(!self.no_clean)
+            .properties(properties.connect.clone())
+            .connect_timeout(Duration::from_secs(10))
+            // Command-line tools report a lost connection instead of retrying.
+            .reconnect(ReconnectOptions {
+                enabled: false,
+                ..ReconnectOptions::default()
+            });
+        let expiry = match self.session_expiry {
+            Some(-1) => Some(u32::MAX),
+            Some(x) => Some(
+                u32::try_from(x).map_err(|_| Failure::new("-x must be -1 or 0 to 4294967294"))?,
+            ),
+            None if self.no_clean => Some(u32::MAX),
+            None => properties.connect.session_expiry_interval,
+        };
+        if let Some(x) = expiry {
+            o = o.session_expiry(x);
+        }
+        if let Some(user) = &self.username {
+            o = o.credentials(user, self.password.as_deref().map(str::as_bytes))?;
+        } else if let Some(pw) = &self.password {
+            o = o.password(pw.as_bytes());
+        }
+        if let Some(topic) = &self.will_topic {
+            o = o.will(Will {
+                topic: s(topic)?,
+                payload: Bytes::from(self.will_payload.clone().unwrap_or_default()),
+                qos: qos(self.will_qos),
+                retain: self.will_retain,
+                properties: properties.will.clone(),
+            });
+        } else if self.will_payload.is_some() {
+            return Err(Failure::new("--will-payload needs --will-topic"));
+        }
+        Ok((o, url_topic))
+    }
+}
+
+/// Splits `mqtt://host:port/topic` into the broker URL and the topic (mqtt and mqtts
+/// only: for WebSocket the path is the HTTP path).
+fn split_url_topic(url: &str) -> (String, Option<String>) {
+    let lower = url.to_ascii_lowercase();
+    if !(lower.starts_with("mqtt://") || lower.starts_with("mqtts://")) {
+        return (url.to_owned(), None);
+    }
+    let start = url.find("://").map_or(0, |i| i + 3);
+    match url.get(start..).and_then(|rest| rest.find('/')) {
+        Some(i) => {
+            let cut = start + i;
+            let topic = url.get(cut + 1..).unwrap_or("");
+            (
+                url.get(..cut).unwrap_or(url).to_owned(),
+                (!topic.is_empty()).then(|| topic.to_owned()),
+            )
+        }
+        None => (url.to_owned(), None),
+    }
+}
+
+/// Connects, mapping errors to mosquitto-like messages.
+pub async fn connect(
+    options: ConnectOptions,
+) -> Result<(mqtt_client::Client, mqtt_client::Connection), Failure> {
+    mqtt_client::connect(options).await.map_err(|e| match e {
+        mqtt_client::ConnectError::Refused { .. } => Failure::new(capitalise(&e.to_string())),
+        other => Failure::new(capitalise(&other.to_string())),
+    })
+}
+
+fn capitalise(s: &str) -> String {
+    let mut c = s.chars();
+    match c.next() {
+        Some(f) => f.to_uppercase().chain(c).collect(),
+        None => String::new(),
+    }
+}
+
+/// A message for `topic` with the `-D publish` properties.
+pub fn message(
+    topic: &str,
+    payload: Bytes,
+    qos: QoS,
+    retain: bool,
+    properties: &Properties,
+) -> Result<Message, Failure> {
+    let mut m = mqtt_client::message(topic, payload, qos, retain)?;
+    m.properties = properties.publish.clone();
+    Ok(m)
+}

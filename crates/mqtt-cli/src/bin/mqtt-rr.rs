@@ -1,0 +1,145 @@
+//! mqtt-rr: MQTT 5.0 request/response, like mosquitto_rr: publish a request with a
+//! Response Topic and Correlation Data, and print the matching response.
+#![allow(clippy::print_stdout, clippy::print_stderr)]
+
+use std::{io::Write, path::PathBuf, process::ExitCode, time::Duration};
+
+use bytes::Bytes;
+use mqtt_cli::{
+    ConnectArgs, EXIT_TIMEOUT, Failure, finish, format, message, parse_properties, qos,
+};
+use mqtt_client::{ByteStr, Event, ProtocolVersion};
+
+/// Send a request and wait for its response (the flags of mosquitto_rr).
+#[derive(clap::Parser, Debug)]
+#[command(
+    name = "mqtt-rr",
+    disable_help_flag = true,
+    disable_version_flag = true
+)]
+struct Args {
+    #[command(flatten)]
+    conn: ConnectArgs,
+    /// Topic to send the request to.
+    #[arg(short = 't', long = "topic")]
+    topic: Option<String>,
+    /// Topic to receive the response on.
+    #[arg(short = 'e', long = "response-topic")]
+    response_topic: String,
+    /// Request payload.
+    #[arg(short = 'm', long = "message")]
+    message: Option<String>,
+    /// Send a file as the request.
+    #[arg(short = 'f', long = "file")]
+    file: Option<PathBuf>,
+    /// Send an empty request.
+    #[arg(short = 'n', long = "null-message")]
+    null: bool,
+    /// Print the response topic before the payload.
+    #[arg(short = 'v', long = "verbose")]
+    verbose: bool,
+    /// Do not print a newline after the response.
+    #[arg(short = 'N')]
+    no_eol: bool,
+    /// Output format, as mqtt-sub -F.
+    #[arg(short = 'F', long = "format")]
+    format: Option<String>,
+    /// Seconds to wait for the response (exit code 27 when it fires).
+    #[arg(short = 'W', long = "timeout", default_value_t = 10)]
+    timeout: u64,
+}
+
+#[tokio::main(flavor = "current_thread")]
+async fn main() -> ExitCode {
+    let args: Args = mqtt_cli::parse_args(|a: &mut Args| &mut a.conn);
+    let quiet = args.conn.quiet;
+    finish(run(args).await, quiet)
+}
+
+async fn run(mut args: Args) -> Result<(), Failure> {
+    // Response Topic and Correlation Data exist only in 5.0.
+    args.conn.version = ProtocolVersion::V5;
+    let mut props = parse_properties(&args.conn.properties, args.conn.version)?;
+    let (options, url_topic) = args.conn.options("mqtt-rr", &props)?;
+    let Some(topic) = args.topic.clone().or(url_topic) else {
+        return Err(Failure::new(
+            "a request topic (-t) and a response topic (-e) are needed",
+        ));
+    };
+    let payload = if let Some(m) = &args.message {
+        Bytes::from(m.clone())
+    } else if let Some(f) = &args.file {
+        Bytes::from(
+            std::fs::read(f)
+                .map_err(|e| Failure::new(format!("unable to read file {}: {e}", f.display())))?,
+        )
+    } else if args.null {
+        Bytes::new()
+    } else {
+        return Err(Failure::new("a request payload is needed (-m, -f or -n)"));
+    };
+    let correlation = format!(
+        "mqtt-rr-{}-{}",
+        std::process::id(),
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0)
+    );
+    props.publish.response_topic = Some(
+        ByteStr::try_from(args.response_topic.as_str())
+            .map_err(|e| Failure::new(format!("response topic: {e}")))?,
+    );
+    props.publish.correlation_data = Some(Bytes::from(correlation.clone()));
+    let q = qos(args.conn.qos);
+    let (client, mut conn) = mqtt_cli::connect(options).await?;
+    client.subscribe(&args.response_topic, q).await?;
+    client
+        .publish_message(message(&topic, payload, q, false, &props)?)
+        .await?;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(args.timeout);
+    loop {
+        let Ok(event) = tokio::time::timeout_at(deadline, conn.next_event()).await else {
+            let _ = client.disconnect().await;
+            return Err(Failure {
+                message: "Timed out".into(),
+                code: EXIT_TIMEOUT,
+            });
+        };
+        match event {
+            Some(Event::Message(m)) => {
+                let matching = m
+                    .properties
+                    .correlation_data
+                    .as_ref()
+                    .is_none_or(|c| c.as_ref() == correlation.as_bytes());
+                if !matching {
+                    continue;
+                }
+                let mut out = std::io::stdout().lock();
+                let written = (|| {
+                    if let Some(f) = &args.format {
+                        out.write_all(&format::format(f, &m))?;
+                    } else {
+                        if args.verbose {
+                            out.write_all(m.topic.as_bytes())?;
+                            out.write_all(b" ")?;
+                        }
+                        out.write_all(&m.payload)?;
+                    }
+                    if !args.no_eol {
+                        out.write_all(b"\n")?;
+                    }
+                    out.flush()
+                })();
+                written.map_err(|e| Failure::new(format!("writing output: {e}")))?;
+                break;
+            }
+            Some(Event::Disconnected { reason }) => return Err(Failure::new(reason.to_string())),
+            Some(_) => {}
+            None => return Err(Failure::new("the connection ended")),
+        }
+    }
+    client.disconnect().await?;
+    Ok(())
+}

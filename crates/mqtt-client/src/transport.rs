@@ -1,0 +1,304 @@
+//! Opening the byte stream to the broker: TCP, TLS (rustls), WebSocket and secure
+//! WebSocket (subprotocol `mqtt`). Every transport ends up as one boxed
+//! `AsyncRead + AsyncWrite`, so the driver does not care which it has.
+
+use std::{
+    fs, io,
+    pin::Pin,
+    sync::Arc,
+    task::{Context, Poll, ready},
+};
+
+use bytes::Bytes;
+use futures_util::{Sink, Stream};
+use rustls::{
+    ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme,
+    client::{
+        WebPkiServerVerifier,
+        danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier},
+    },
+    pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime, pem::PemObject},
+};
+use tokio::{
+    io::{AsyncRead, AsyncWrite, ReadBuf},
+    net::TcpStream,
+};
+use tokio_tungstenite::{
+    WebSocketStream,
+    tungstenite::{self, Message as WsMessage, client::IntoClientRequest, http::HeaderValue},
+};
+
+use crate::{
+    error::ConnectError,
+    options::{ConnectOptions, TlsOptions, Transport},
+};
+
+/// A connected byte stream.
+pub(crate) trait Io: AsyncRead + AsyncWrite + Send + Unpin {}
+impl<T: AsyncRead + AsyncWrite + Send + Unpin> Io for T {}
+
+pub(crate) type BoxIo = Box<dyn Io>;
+
+/// Builds the rustls configuration for `tls`.
+pub(crate) fn tls_config(tls: &TlsOptions) -> Result<Arc<ClientConfig>, ConnectError> {
+    if let Some(config) = &tls.config {
+        return Ok(config.clone());
+    }
+    let err = |what: String| ConnectError::TlsConfig(what);
+    let mut roots = RootCertStore::empty();
+    if tls.ca_file.is_none() && tls.ca_path.is_none() {
+        let found = rustls_native_certs::load_native_certs();
+        for cert in found.certs {
+            // Skip system certificates rustls cannot use, as browsers do.
+            let _ = roots.add(cert);
+        }
+        if roots.is_empty() {
+            return Err(err(
+                "no CA certificates found on this system: give a CA file".into(),
+            ));
+        }
+    }
+    if let Some(file) = &tls.ca_file {
+        let certs = read_certs(file)?;
+        if certs.is_empty() {
+            return Err(err(format!("no certificate in CA file {}", file.display())));
+        }
+        for cert in certs {
+            roots
+                .add(cert)
+                .map_err(|e| err(format!("CA file {}: {e}", file.display())))?;
+        }
+    }
+    if let Some(dir) = &tls.ca_path {
+        let entries =
+            fs::read_dir(dir).map_err(|e| err(format!("CA directory {}: {e}", dir.display())))?;
+        for entry in entries.flatten() {
+            let path = entry.path();
+            let ext = path.extension().and_then(|e| e.to_str()).unwrap_or("");
+            if matches!(ext, "pem" | "crt") {
+                for cert in read_certs(&path).unwrap_or_default() {
+                    let _ = roots.add(cert);
+                }
+            }
+        }
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let builder = ClientConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| err(e.to_string()))?;
+    let roots = Arc::new(roots);
+    let builder = if tls.insecure_skip_hostname {
+        let inner = WebPkiServerVerifier::builder_with_provider(roots, provider)
+            .build()
+            .map_err(|e| err(e.to_string()))?;
+        builder
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(NoHostnameVerifier(inner)))
+    } else {
+        builder.with_root_certificates(roots)
+    };
+    let config = match &tls.client_cert {
+        Some((cert, key)) => {
+            let chain = read_certs(cert)?;
+            if chain.is_empty() {
+                return Err(err(format!("no certificate in {}", cert.display())));
+            }
+            let key = PrivateKeyDer::from_pem_file(key)
+                .map_err(|e| err(format!("private key {}: {e}", key.display())))?;
+            builder
+                .with_client_auth_cert(chain, key)
+                .map_err(|e| err(format!("client certificate: {e}")))?
+        }
+        None => builder.with_no_client_auth(),
+    };
+    Ok(Arc::new(config))
+}
+
+fn read_certs(path: &std::path::Path) -> Result<Vec<CertificateDer<'static>>, ConnectError> {
+    CertificateDer::pem_file_iter(path)
+        .and_then(|it| it.collect::<Result<Vec<_>, _>>())
+        .map_err(|e| ConnectError::TlsConfig(format!("{}: {e}", path.display())))
+}
+
+/// Verifies the chain but not the name (`--insecure`).
+#[derive(Debug)]
+struct NoHostnameVerifier(Arc<WebPkiServerVerifier>);
+
+impl ServerCertVerifier for NoHostnameVerifier {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &ServerName<'_>,
+        ocsp: &[u8],
+        now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        match self
+            .0
+            .verify_server_cert(end_entity, intermediates, server_name, ocsp, now)
+        {
+            Err(rustls::Error::InvalidCertificate(
+                rustls::CertificateError::NotValidForName
+                | rustls::CertificateError::NotValidForNameContext { .. },
+            )) => Ok(ServerCertVerified::assertion()),
+            other => other,
+        }
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.0.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.0.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.0.supported_verify_schemes()
+    }
+}
+
+/// Opens the transport `options` describe. `tls` is the prepared configuration for
+/// TLS transports.
+pub(crate) async fn open(
+    options: &ConnectOptions,
+    tls: Option<&Arc<ClientConfig>>,
+) -> Result<BoxIo, ConnectError> {
+    let addr = format!("{}:{}", options.host, options.port);
+    let io_err = |source: io::Error| ConnectError::Io {
+        addr: addr.clone(),
+        source,
+    };
+    let tcp = TcpStream::connect((options.host.as_str(), options.port))
+        .await
+        .map_err(io_err)?;
+    let _ = tcp.set_nodelay(true);
+    let stream: BoxIo = match (options.transport.uses_tls(), tls) {
+        (true, Some(config)) => {
+            let name = options.tls.server_name.as_deref().unwrap_or(&options.host);
+            let name = ServerName::try_from(name.to_owned()).map_err(|e| {
+                ConnectError::TlsConfig(format!("{name:?} is not a valid server name: {e}"))
+            })?;
+            let connector = tokio_rustls::TlsConnector::from(config.clone());
+            Box::new(connector.connect(name, tcp).await.map_err(io_err)?)
+        }
+        (true, None) => {
+            return Err(ConnectError::TlsConfig("no TLS configuration".into()));
+        }
+        (false, _) => Box::new(tcp),
+    };
+    match options.transport {
+        Transport::Tcp | Transport::Tls => Ok(stream),
+        Transport::Ws | Transport::Wss => {
+            let scheme = if options.transport == Transport::Wss {
+                "wss"
+            } else {
+                "ws"
+            };
+            let host = if options.host.contains(':') {
+                format!("[{}]", options.host)
+            } else {
+                options.host.clone()
+            };
+            let path = if options.ws_path.starts_with('/') {
+                options.ws_path.clone()
+            } else {
+                format!("/{}", options.ws_path)
+            };
+            let url = format!("{scheme}://{host}:{}{path}", options.port);
+            let ws_err = |e: tungstenite::Error| {
+                io_err(io::Error::other(format!("WebSocket handshake: {e}")))
+            };
+            let mut request = url.into_client_request().map_err(ws_err)?;
+            request
+                .headers_mut()
+                .insert("Sec-WebSocket-Protocol", HeaderValue::from_static("mqtt"));
+            let (ws, _response) = tokio_tungstenite::client_async(request, stream)
+                .await
+                .map_err(ws_err)?;
+            Ok(Box::new(WsIo {
+                inner: ws,
+                read: Bytes::new(),
+            }))
+        }
+    }
+}
+
+/// A WebSocket as a byte stream: each write is one binary message, reads concatenate
+/// binary messages (MQTT packets may span or share messages).
+struct WsIo {
+    inner: WebSocketStream<BoxIo>,
+    read: Bytes,
+}
+
+fn ws_io_err(e: tungstenite::Error) -> io::Error {
+    match e {
+        tungstenite::Error::Io(e) => e,
+        tungstenite::Error::ConnectionClosed | tungstenite::Error::AlreadyClosed => {
+            io::ErrorKind::BrokenPipe.into()
+        }
+        other => io::Error::other(other),
+    }
+}
+
+impl AsyncRead for WsIo {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        loop {
+            if !self.read.is_empty() {
+                let n = self.read.len().min(buf.remaining());
+                let chunk = self.read.split_to(n);
+                buf.put_slice(&chunk);
+                return Poll::Ready(Ok(()));
+            }
+            match ready!(Pin::new(&mut self.inner).poll_next(cx)) {
+                None | Some(Ok(WsMessage::Close(_))) => return Poll::Ready(Ok(())),
+                Some(Ok(WsMessage::Binary(data))) => self.read = data,
+                Some(Ok(WsMessage::Text(_))) => {
+                    return Poll::Ready(Err(io::Error::new(
+                        io::ErrorKind::InvalidData,
+                        "the server sent a WebSocket text message; MQTT uses binary ones",
+                    )));
+                }
+                // Pings are answered by tungstenite itself.
+                Some(Ok(_)) => {}
+                Some(Err(e)) => return Poll::Ready(Err(ws_io_err(e))),
+            }
+        }
+    }
+}
+
+impl AsyncWrite for WsIo {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        ready!(Pin::new(&mut self.inner).poll_ready(cx)).map_err(ws_io_err)?;
+        Pin::new(&mut self.inner)
+            .start_send(WsMessage::Binary(Bytes::copy_from_slice(buf)))
+            .map_err(ws_io_err)?;
+        Poll::Ready(Ok(buf.len()))
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx).map_err(ws_io_err)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_close(cx).map_err(ws_io_err)
+    }
+}

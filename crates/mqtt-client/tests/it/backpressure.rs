@@ -1,0 +1,123 @@
+//! Back-pressure: bounded queues in both directions, and no deadlock when the task
+//! that reads messages also publishes.
+
+use std::time::Duration;
+
+use mqtt_client::{ProtocolVersion, QoS, TryPublishError, testing::Mosquitto, testing::Proxy};
+
+use crate::{T, connect, next_message, opts};
+
+/// With no acknowledgements coming back, the in-flight window and the request queue
+/// fill: `try_publish` hands the message back and `publish` waits; when the acks flow
+/// again everything completes.
+#[tokio::test]
+async fn full_window_makes_publish_wait_and_try_publish_fail() {
+    let broker = Mosquitto::start();
+    let proxy = Proxy::start(broker.addr()).await;
+    let mut o = opts(&proxy.url(), ProtocolVersion::V5, "bp")
+        .request_capacity(2)
+        .max_pending(4);
+    o.limits_mut().max_inflight = 4;
+    let (c, _conn) = connect(o).await;
+    proxy.stall_downstream(true);
+    let mut deliveries = Vec::new();
+    let mut full = None;
+    for i in 0..100 {
+        let m = mqtt_client::message("bp", format!("{i}"), QoS::AtLeastOnce, false).unwrap();
+        match c.try_publish(m) {
+            Ok(d) => deliveries.push(d),
+            Err(TryPublishError::Full(m)) => {
+                full = Some(*m);
+                break;
+            }
+            Err(e) => panic!("{e}"),
+        }
+        // Let the driver take what it can.
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    let returned = full.expect("the queue never filled");
+    assert!(
+        deliveries.len() <= 4 + 2 + 1,
+        "bounded: {} accepted",
+        deliveries.len()
+    );
+    // publish waits while the window is full.
+    let blocked = tokio::time::timeout(
+        Duration::from_millis(200),
+        c.publish_message(returned.clone()),
+    )
+    .await;
+    assert!(blocked.is_err(), "publish should wait");
+    proxy.stall_downstream(false);
+    for d in deliveries {
+        tokio::time::timeout(T, d).await.unwrap().unwrap();
+    }
+    tokio::time::timeout(T, c.publish_message(returned))
+        .await
+        .unwrap()
+        .unwrap();
+}
+
+/// The rumqttc trap: the task that reads messages publishes (and awaits the PUBACK)
+/// for each one while a flood comes in. It must not deadlock.
+#[tokio::test]
+async fn publishing_from_the_reading_task_does_not_deadlock() {
+    let broker = Mosquitto::start();
+    for version in [ProtocolVersion::V3_1_1, ProtocolVersion::V5] {
+        let (c, mut conn) = connect(
+            opts(&broker.url(), version, "echo")
+                .event_capacity(4)
+                .request_capacity(1),
+        )
+        .await;
+        c.subscribe("in", QoS::AtLeastOnce).await.unwrap();
+        let (flood, _fconn) = connect(opts(&broker.url(), version, "flood")).await;
+        let n = 300;
+        let flooder = tokio::spawn(async move {
+            for i in 0..n {
+                flood
+                    .publish("in", format!("{i}"), QoS::AtLeastOnce, false)
+                    .await
+                    .unwrap();
+            }
+            flood
+        });
+        // Read nothing for a while: the driver must stop reading but keep working.
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let echo = async {
+            for _ in 0..n {
+                let m = next_message(&mut conn).await;
+                c.publish("out", m.payload, QoS::AtLeastOnce, false)
+                    .await
+                    .unwrap();
+            }
+        };
+        tokio::time::timeout(T, echo).await.expect("deadlock");
+        let flood = tokio::time::timeout(T, flooder).await.unwrap().unwrap();
+        flood.disconnect().await.unwrap();
+        c.disconnect().await.unwrap();
+    }
+}
+
+/// A consumer that never reads does not stop the client from publishing (within the
+/// read-ahead bound), and past the bound the driver stops reading instead of buffering.
+#[tokio::test]
+async fn a_consumer_that_never_reads_does_not_stop_publishing() {
+    let broker = Mosquitto::start();
+    let (c, _conn) =
+        connect(opts(&broker.url(), ProtocolVersion::V5, "deaf").event_capacity(2)).await;
+    c.subscribe("noise", QoS::AtMostOnce).await.unwrap();
+    let (flood, _fconn) = connect(opts(&broker.url(), ProtocolVersion::V5, "noisy")).await;
+    for i in 0..2000 {
+        flood
+            .publish("noise", vec![b'x'; 512 + i % 7], QoS::AtMostOnce, false)
+            .await
+            .unwrap();
+    }
+    for _ in 0..20 {
+        tokio::time::timeout(T, c.publish("own", "x", QoS::ExactlyOnce, false))
+            .await
+            .expect("publishing stalled")
+            .unwrap();
+    }
+}
