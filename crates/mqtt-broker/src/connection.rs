@@ -163,6 +163,19 @@ async fn attach<W: AsyncWrite + Unpin>(
         send_connack(wr, version, ReasonCode::NOT_AUTHORIZED).await;
         return None;
     }
+    if version.is_v5() && connect.properties.authentication_method.is_some() {
+        // [MQTT-4.12.0-1] (5.0): no extended authentication method is supported.
+        send_connack(wr, version, ReasonCode::BAD_AUTHENTICATION_METHOD).await;
+        return None;
+    }
+    if version.is_v5()
+        && !shared.config.retain.enabled
+        && connect.will.as_ref().is_some_and(|w| w.retain)
+    {
+        // [MQTT-3.2.2-13] (5.0): a retained will needs retained messages.
+        send_connack(wr, version, ReasonCode::RETAIN_NOT_SUPPORTED).await;
+        return None;
+    }
     let connected = shared.stats.connected.fetch_add(1, Ordering::Relaxed) + 1;
     if connected > shared.config.limits.max_connections {
         shared.stats.connected.fetch_sub(1, Ordering::Relaxed);
@@ -229,7 +242,10 @@ fn detach_from_read_buffer(connect: &mut Connect) {
         own(&mut will.topic);
         will.payload = bytes::Bytes::copy_from_slice(&will.payload);
         let p = &mut will.properties;
-        for s in [&mut p.content_type, &mut p.response_topic].into_iter().flatten() {
+        for s in [&mut p.content_type, &mut p.response_topic]
+            .into_iter()
+            .flatten()
+        {
             own(s);
         }
         if let Some(data) = &mut p.correlation_data {

@@ -7,6 +7,9 @@ mod mosquitto_clients;
 mod paho;
 mod rumqttc_v4;
 mod rumqttc_v5;
+mod spec;
+mod spec_v311;
+mod spec_v5;
 mod wire;
 
 use std::{net::SocketAddr, time::Duration};
