@@ -129,6 +129,43 @@ fn decode(c: &mut Criterion) {
     group.finish();
 }
 
+/// Steady state on a connection: many packets back to back in one read buffer, decoded
+/// one after another, so the buffer's reference count stays in cache. Per packet.
+fn decode_stream(c: &mut Criterion) {
+    const PACKETS: usize = 1000;
+    let mut group = c.benchmark_group("decode_stream");
+    for (name, version, packet) in cases() {
+        if !name.starts_with("publish_16B") {
+            continue;
+        }
+        let one = wire(&packet, version);
+        let mut stream = BytesMut::with_capacity(one.len() * PACKETS);
+        for _ in 0..PACKETS {
+            stream.extend_from_slice(&one);
+        }
+        let stream = stream.freeze();
+        group.throughput(Throughput::Elements(PACKETS as u64));
+        group.bench_function(&name, |b| {
+            b.iter_batched(
+                || {
+                    let mut buf = BytesMut::from(&stream[..]);
+                    drop(buf.split_to(0));
+                    (buf, Vec::with_capacity(PACKETS))
+                },
+                |(mut buf, mut out)| {
+                    let mut decoder = Decoder::with_version(version);
+                    while let Ok(Some(p)) = decoder.decode(&mut buf) {
+                        out.push(p);
+                    }
+                    out
+                },
+                BatchSize::LargeInput,
+            );
+        });
+    }
+    group.finish();
+}
+
 fn encode(c: &mut Criterion) {
     let mut group = c.benchmark_group("encode");
     for (name, version, packet) in cases() {
@@ -146,5 +183,5 @@ fn encode(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, decode, encode);
+criterion_group!(benches, decode, decode_stream, encode);
 criterion_main!(benches);

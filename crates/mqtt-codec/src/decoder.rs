@@ -84,6 +84,7 @@ impl Decoder {
     ///   `src`; a stream cannot be resumed after an error.
     ///
     /// Never panics, whatever `src` holds.
+    #[inline]
     pub fn decode(&mut self, src: &mut BytesMut) -> Result<Option<Packet>, DecodeError> {
         let Some(header) = FixedHeader::parse(src)? else {
             return Ok(None);
@@ -114,6 +115,10 @@ impl Decoder {
         }
         let mut body = src.split_to(size).freeze();
         bytes::Buf::advance(&mut body, usize::from(header.header_len));
+        if header.packet_type == PacketType::Publish {
+            // The common case, built straight into the result (see `decode_with`).
+            return Packet::decode_with(&header, body, version, Some);
+        }
         let packet = Packet::decode(&header, body, version)?;
         if let Packet::Connect(connect) = &packet {
             if self.version.is_none() {

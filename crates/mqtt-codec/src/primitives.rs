@@ -126,34 +126,54 @@ fn validate(bytes: &[u8]) -> Result<(), StringError> {
 
 /// True if every byte is ASCII and none is U+0000 (nor, with `no_wildcards`, `+` or
 /// `#`): a valid UTF-8 Encoded String (and topic name) without further checks. Checks
-/// eight bytes at a time; `false` only means "take the slow path".
+/// eight bytes at a time, without branching per word; `false` only means "take the slow
+/// path".
+#[inline]
 pub(crate) fn is_plain_ascii(bytes: &[u8], no_wildcards: bool) -> bool {
-    const LO: u64 = 0x0101_0101_0101_0101;
     const HI: u64 = 0x8080_8080_8080_8080;
-    // Non-zero if any byte of `x` equals `b` (exact for "any", per byte it may over-report
-    // above a match, which does not matter here).
-    const fn has(x: u64, b: u8) -> u64 {
-        let y = x ^ (LO * b as u64);
-        y.wrapping_sub(LO) & !y & HI
-    }
-    let mut chunks = bytes.chunks_exact(8);
-    for chunk in &mut chunks {
-        let Ok(word) = <[u8; 8]>::try_from(chunk) else {
-            return false;
-        };
-        let x = u64::from_le_bytes(word);
-        let mut bad = (x & HI) | has(x, 0);
+    const LOW7: u64 = 0x7F7F_7F7F_7F7F_7F7F;
+    // The bits set in `HI` are the non-ASCII bytes of `x`, the zero bytes and, with
+    // `no_wildcards`, the `+` and `#`. Adding 0x7F to a byte below 0x80 sets its high
+    // bit exactly when the byte is not 0, and never carries into the next byte. `#`
+    // (0x23) and `+` (0x2B) differ only in bit 3: setting it and xoring with 0x2B turns
+    // both, and only them among ASCII bytes, into 0.
+    let bad = |x: u64| {
+        let mut ok = (x & LOW7).wrapping_add(LOW7);
         if no_wildcards {
-            bad |= has(x, b'+') | has(x, b'#');
+            let y = (x | 0x0808_0808_0808_0808) ^ 0x2B2B_2B2B_2B2B_2B2B;
+            ok &= (y & LOW7).wrapping_add(LOW7);
         }
-        if bad != 0 {
-            return false;
+        (x | !ok) & HI
+    };
+    let word = |chunk: &[u8]| <[u8; 8]>::try_from(chunk).map(u64::from_le_bytes);
+    let mut chunks = bytes.chunks_exact(8);
+    let mut found = 0;
+    for chunk in &mut chunks {
+        match word(chunk) {
+            Ok(x) => found |= bad(x),
+            Err(_) => return false,
         }
     }
-    chunks
-        .remainder()
-        .iter()
-        .all(|&b| b != 0 && b < 0x80 && !(no_wildcards && (b == b'+' || b == b'#')))
+    if chunks.remainder().is_empty() {
+        return found == 0;
+    }
+    // The last bytes: as the (overlapping) last word when there is one.
+    match bytes
+        .len()
+        .checked_sub(8)
+        .and_then(|start| bytes.get(start..))
+    {
+        Some(last) => match word(last) {
+            Ok(x) => found |= bad(x),
+            Err(_) => return false,
+        },
+        None => {
+            return bytes
+                .iter()
+                .all(|&b| b != 0 && b < 0x80 && !(no_wildcards && (b == b'+' || b == b'#')));
+        }
+    }
+    found == 0
 }
 
 impl Deref for ByteStr {
@@ -279,6 +299,7 @@ pub(crate) fn read_binary(src: &mut Bytes) -> Result<Bytes, DecodeError> {
 
 /// Reads a topic name: a UTF-8 Encoded String without `+` or `#` ([MQTT-3.3.2-2]).
 /// It may be empty; the caller decides whether that is allowed.
+#[inline]
 pub(crate) fn read_topic_name(src: &mut Bytes) -> Result<ByteStr, DecodeError> {
     let bytes = read_binary(src)?;
     if is_plain_ascii(&bytes, true) {
@@ -345,4 +366,38 @@ pub(crate) fn check_binary(b: &[u8]) -> Result<(), EncodeError> {
 
 pub(crate) fn binary_len(b: &[u8]) -> usize {
     2 + b.len()
+}
+
+#[cfg(test)]
+mod tests {
+    use alloc::vec;
+
+    use super::is_plain_ascii;
+
+    fn reference(bytes: &[u8], no_wildcards: bool) -> bool {
+        bytes
+            .iter()
+            .all(|&b| b != 0 && b < 0x80 && !(no_wildcards && (b == b'+' || b == b'#')))
+    }
+
+    /// The word-at-a-time check agrees with the byte-at-a-time one for every byte value
+    /// at every position of strings of every length up to three words.
+    #[test]
+    fn plain_ascii_matches_reference() {
+        for len in 0..=24 {
+            for pos in 0..len {
+                for byte in 0..=255u8 {
+                    let mut bytes = vec![b'a'; len];
+                    bytes[pos] = byte;
+                    for no_wildcards in [false, true] {
+                        assert_eq!(
+                            is_plain_ascii(&bytes, no_wildcards),
+                            reference(&bytes, no_wildcards),
+                            "{bytes:?} {no_wildcards}"
+                        );
+                    }
+                }
+            }
+        }
+    }
 }

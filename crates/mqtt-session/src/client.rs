@@ -13,7 +13,7 @@ use mqtt_codec::{
 use crate::{
     error::ProtocolError,
     event::Event,
-    flow::{Flow, PeerLimits},
+    flow::{Flow, PeerLimits, Tx},
     message::{DropReason, Limits, Message, MessageId, Refused},
     outbound::Awaiting,
     time::{Duration, Instant},
@@ -184,7 +184,7 @@ impl ClientSession {
             password: o.password.clone(),
             properties,
         };
-        self.flow.tx.push_back(connect.into());
+        self.flow.send(connect);
         self.flow.last_tx = now;
         self.flow.last_rx = now;
     }
@@ -252,7 +252,7 @@ impl ClientSession {
 
     fn request(&mut self, packet: Packet) {
         if self.state == State::Connected {
-            self.flow.tx.push_back(packet);
+            self.flow.send(packet);
         } else {
             self.pending_requests.push(packet);
         }
@@ -262,7 +262,7 @@ impl ClientSession {
     /// publish the will anyway (5.0).
     pub fn disconnect(&mut self, disconnect: Disconnect) {
         if self.state != State::Idle {
-            self.flow.tx.push_back(disconnect.into());
+            self.flow.send(disconnect);
         }
     }
 
@@ -285,7 +285,7 @@ impl ClientSession {
                     Ok(())
                 }
                 Packet::Auth(a) if self.options.version.is_v5() => {
-                    self.flow.events.push_back(Event::Auth(a));
+                    self.flow.events.push(Event::Auth(a));
                     Ok(())
                 }
                 _ => Err(ProtocolError::new(
@@ -302,25 +302,37 @@ impl ClientSession {
                 "packet while not connected",
             ));
         }
-        let Some(packet) = self.flow.handle_common(packet)? else {
-            return Ok(());
-        };
         match packet {
+            Packet::Publish(p) => return self.flow.handle_publish(p),
+            Packet::PubAck(a) => self
+                .flow
+                .handle_ack(a.packet_id, Awaiting::PubAck, a.reason_code),
+            Packet::PubRec(a) => self
+                .flow
+                .handle_ack(a.packet_id, Awaiting::PubRec, a.reason_code),
+            Packet::PubComp(a) => {
+                self.flow
+                    .handle_ack(a.packet_id, Awaiting::PubComp, a.reason_code);
+            }
+            Packet::PubRel(r) => self.flow.handle_pubrel(r.packet_id),
+            Packet::Auth(a) if self.options.version.is_v5() => {
+                self.flow.events.push(Event::Auth(a));
+            }
             Packet::PingResp => self.ping_sent_at = None,
             Packet::SubAck(ack) => {
                 if self.release_request_id(ack.packet_id) {
-                    self.flow.events.push_back(Event::SubAck(ack));
+                    self.flow.events.push(Event::SubAck(ack));
                 }
             }
             Packet::UnsubAck(ack) => {
                 if self.release_request_id(ack.packet_id) {
-                    self.flow.events.push_back(Event::UnsubAck(ack));
+                    self.flow.events.push(Event::UnsubAck(ack));
                 }
             }
             Packet::Disconnect(d) => {
                 let reason = d.reason_code;
-                self.flow.events.push_back(Event::PeerDisconnected(d));
-                self.flow.events.push_back(Event::Closed { reason });
+                self.flow.events.push(Event::PeerDisconnected(d));
+                self.flow.events.push(Event::Closed { reason });
             }
             _ => {
                 return Err(ProtocolError::new(
@@ -348,8 +360,8 @@ impl ClientSession {
         if ack.reason_code.is_error() {
             let reason = ack.reason_code;
             self.state = State::Idle;
-            self.flow.events.push_back(Event::Refused(ack));
-            self.flow.events.push_back(Event::Closed { reason });
+            self.flow.events.push(Event::Refused(ack));
+            self.flow.events.push(Event::Closed { reason });
             return;
         }
         let v5 = self.options.version.is_v5();
@@ -383,32 +395,26 @@ impl ClientSession {
         self.had_session = true;
         self.flow.resume(now);
         let pending: Vec<Packet> = self.pending_requests.drain(..).collect();
-        self.flow.tx.extend(pending);
-        self.flow.events.push_back(Event::Connected(ack));
+        for packet in pending {
+            self.flow.send(packet);
+        }
+        self.flow.events.push(Event::Connected(ack));
     }
 
     /// Session Present 0: forget what the server would have known ([MQTT-3.2.2-5]), and
     /// send again, as new messages, those it never acknowledged.
     fn discard_sent_state(&mut self) {
-        let inflight: Vec<_> = self.flow.outbox.inflight.drain(..).collect();
-        for f in inflight.into_iter().rev() {
-            match (f.phase, f.message) {
+        let inflight = self.flow.outbox.drain_inflight();
+        for (f, message) in inflight.into_iter().rev() {
+            match (f.phase, message) {
                 (Awaiting::PubComp, _) | (_, None) => {
                     // PUBREC arrived: the server has the message.
-                    self.flow.events.push_back(Event::Delivered {
+                    self.flow.events.push(Event::Delivered {
                         id: f.id,
                         reason_code: ReasonCode::SUCCESS,
                     });
                 }
-                (_, Some(message)) => {
-                    self.flow.outbox.queued_bytes += message.size();
-                    let expires_at = None;
-                    self.flow.outbox.queue.push_front(crate::outbound::Queued {
-                        id: f.id,
-                        message,
-                        expires_at,
-                    });
-                }
+                (_, Some(message)) => self.flow.outbox.push_queued(f.id, message, None, true),
             }
         }
         self.flow.inbox.awaiting_pubrel.clear();
@@ -430,7 +436,7 @@ impl ClientSession {
         }
         if let Some(sent) = self.ping_sent_at {
             if now >= sent + self.ping_timeout() {
-                self.flow.events.push_back(Event::Closed {
+                self.flow.events.push(Event::Closed {
                     reason: ReasonCode::KEEP_ALIVE_TIMEOUT,
                 });
                 self.state = State::Idle;
@@ -439,7 +445,7 @@ impl ClientSession {
         }
         // [MQTT-3.1.2-20]: send PINGREQ when nothing else went out for a keep-alive.
         if self.ping_sent_at.is_none() && now >= self.flow.last_tx + self.keep_alive {
-            self.flow.tx.push_back(Packet::PingReq);
+            self.flow.tx.push_back(Tx::PingReq);
             self.ping_sent_at = Some(now);
         }
     }
@@ -453,7 +459,7 @@ impl ClientSession {
         match self.state {
             State::Idle => None,
             State::Connecting => {
-                let packet = self.flow.tx.pop_front()?;
+                let packet = self.flow.tx.pop_front()?.into_packet();
                 self.flow.last_tx = now;
                 Some(packet)
             }
@@ -463,7 +469,7 @@ impl ClientSession {
 
     /// The next event.
     pub fn poll_event(&mut self) -> Option<Event> {
-        self.flow.events.pop_front()
+        self.flow.events.pop()
     }
 
     /// When to call [`handle_timeout`](Self::handle_timeout) next, if ever.

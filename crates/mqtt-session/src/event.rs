@@ -1,5 +1,7 @@
 //! What a session tells its driver.
 
+use alloc::{boxed::Box, collections::VecDeque};
+
 use mqtt_codec::{
     Auth, ConnAck, Disconnect, PacketId, ReasonCode, SubAck, Subscribe, UnsubAck, Unsubscribe, Will,
 };
@@ -59,4 +61,72 @@ pub enum Event {
     SessionExpired,
     /// Client end: a SUBSCRIBE or UNSUBSCRIBE was lost with the session that carried it.
     RequestLost(PacketId),
+}
+
+/// An event as queued: the frequent ones inline and small, an application message by
+/// its place in [`Events::messages`], the rare large ones boxed. Queue moves then copy
+/// a few words instead of a whole [`Event`].
+#[derive(Debug)]
+enum Queued {
+    Message,
+    Delivered {
+        id: MessageId,
+        reason_code: ReasonCode,
+    },
+    Dropped {
+        id: MessageId,
+        reason: DropReason,
+    },
+    Closed {
+        reason: ReasonCode,
+    },
+    SessionExpired,
+    RequestLost(PacketId),
+    Other(Box<Event>),
+}
+
+/// The event queue of a session, drained by `poll_event` in the order pushed.
+#[derive(Debug, Default)]
+pub(crate) struct Events {
+    order: VecDeque<Queued>,
+    /// The messages of the `Queued::Message` entries, in order.
+    messages: VecDeque<Message>,
+}
+
+impl Events {
+    /// Queues an event.
+    #[inline]
+    pub(crate) fn push(&mut self, event: Event) {
+        let queued = match event {
+            Event::Message(message) => return self.push_message(message),
+            Event::Delivered { id, reason_code } => Queued::Delivered { id, reason_code },
+            Event::Dropped { id, reason } => Queued::Dropped { id, reason },
+            Event::Closed { reason } => Queued::Closed { reason },
+            Event::SessionExpired => Queued::SessionExpired,
+            Event::RequestLost(id) => Queued::RequestLost(id),
+            other => Queued::Other(Box::new(other)),
+        };
+        self.order.push_back(queued);
+    }
+
+    /// Queues [`Event::Message`].
+    #[inline]
+    pub(crate) fn push_message(&mut self, message: Message) {
+        self.messages.push_back(message);
+        self.order.push_back(Queued::Message);
+    }
+
+    /// The next event.
+    #[inline]
+    pub(crate) fn pop(&mut self) -> Option<Event> {
+        Some(match self.order.pop_front()? {
+            Queued::Message => return self.messages.pop_front().map(Event::Message),
+            Queued::Delivered { id, reason_code } => Event::Delivered { id, reason_code },
+            Queued::Dropped { id, reason } => Event::Dropped { id, reason },
+            Queued::Closed { reason } => Event::Closed { reason },
+            Queued::SessionExpired => Event::SessionExpired,
+            Queued::RequestLost(id) => Event::RequestLost(id),
+            Queued::Other(event) => *event,
+        })
+    }
 }

@@ -1,7 +1,7 @@
 //! The half of a session both ends share: publish flows in both directions, the
 //! transmit and event queues, and the peer's limits.
 
-use alloc::{collections::VecDeque, vec::Vec};
+use alloc::{boxed::Box, collections::VecDeque, vec::Vec};
 
 use mqtt_codec::{
     Packet, PacketId, ProtocolVersion, PubAck, PubComp, PubRec, PubRel, Publish, QoS, ReasonCode,
@@ -9,7 +9,7 @@ use mqtt_codec::{
 
 use crate::{
     error::ProtocolError,
-    event::Event,
+    event::{Event, Events},
     inbound::{Inbox, Received},
     message::{DropReason, Limits, Message, MessageId, Refused},
     outbound::{AckOutcome, Awaiting, Outbox},
@@ -34,6 +34,53 @@ impl Default for PeerLimits {
     }
 }
 
+/// A packet waiting in [`Flow::tx`]: acknowledgements and pings inline, anything else
+/// boxed. Acknowledgements are most of the traffic, and a queued [`Packet`] would be
+/// copied whole (the size of a PUBLISH) at each move.
+#[derive(Debug)]
+pub(crate) enum Tx {
+    PubAck(PacketId),
+    PubRec(PacketId),
+    PubRel(PacketId, ReasonCode),
+    PubComp(PacketId, ReasonCode),
+    PingReq,
+    PingResp,
+    Packet(Box<Packet>),
+}
+
+impl Tx {
+    #[inline]
+    pub(crate) fn into_packet(self) -> Packet {
+        match self {
+            Self::PubAck(id) => Packet::PubAck(PubAck::new(id)),
+            Self::PubRec(id) => Packet::PubRec(PubRec::new(id)),
+            Self::PubRel(id, reason_code) => {
+                let mut rel = PubRel::new(id);
+                rel.reason_code = reason_code;
+                Packet::PubRel(rel)
+            }
+            Self::PubComp(id, reason_code) => {
+                let mut comp = PubComp::new(id);
+                comp.reason_code = reason_code;
+                Packet::PubComp(comp)
+            }
+            Self::PingReq => Packet::PingReq,
+            Self::PingResp => Packet::PingResp,
+            Self::Packet(packet) => *packet,
+        }
+    }
+}
+
+impl From<Packet> for Tx {
+    fn from(packet: Packet) -> Self {
+        match packet {
+            Packet::PingReq => Self::PingReq,
+            Packet::PingResp => Self::PingResp,
+            packet => Self::Packet(Box::new(packet)),
+        }
+    }
+}
+
 #[derive(Debug)]
 pub(crate) struct Flow {
     pub(crate) version: ProtocolVersion,
@@ -43,8 +90,8 @@ pub(crate) struct Flow {
     pub(crate) outbox: Outbox,
     pub(crate) inbox: Inbox,
     /// Packets to send before any new PUBLISH: acknowledgements, resends, control.
-    pub(crate) tx: VecDeque<Packet>,
-    pub(crate) events: VecDeque<Event>,
+    pub(crate) tx: VecDeque<Tx>,
+    pub(crate) events: Events,
     pub(crate) last_rx: Instant,
     pub(crate) last_tx: Instant,
     /// A DISCONNECT went out: nothing more may be sent on this connection ([MQTT-3.14.4-1]).
@@ -64,12 +111,17 @@ impl Flow {
             outbox: Outbox::default(),
             inbox: Inbox::default(),
             tx: VecDeque::new(),
-            events: VecDeque::new(),
+            events: Events::default(),
             last_rx: Instant::ZERO,
             last_tx: Instant::ZERO,
             sent_disconnect: false,
             strip_diagnostics: false,
         }
+    }
+
+    /// Queues a control packet.
+    pub(crate) fn send(&mut self, packet: impl Into<Packet>) {
+        self.tx.push_back(packet.into().into());
     }
 
     /// The in-flight window: the peer's Receive Maximum, capped by ours ([MQTT-4.9.0-1]).
@@ -84,6 +136,7 @@ impl Flow {
 
     /// Queues an outgoing message. QoS 0 is refused while disconnected unless
     /// `qos0_offline` or the limits allow it.
+    #[inline]
     pub(crate) fn enqueue(
         &mut self,
         now: Instant,
@@ -97,17 +150,8 @@ impl Flow {
                 reason: DropReason::Offline,
             });
         }
-        let mut evicted = Vec::new();
-        let result = self
-            .outbox
-            .enqueue(now, message, &self.limits, &mut evicted);
-        for id in evicted {
-            self.events.push_back(Event::Dropped {
-                id,
-                reason: DropReason::QueueFull,
-            });
-        }
-        result
+        self.outbox
+            .enqueue(now, message, &self.limits, &mut self.events)
     }
 
     /// The next packet to write, if connected.
@@ -115,31 +159,37 @@ impl Flow {
         if !self.connected || self.sent_disconnect {
             return None;
         }
-        let mut packet = match self.tx.pop_front() {
-            Some(p) => p,
-            None => {
-                let alias_max = if self.version.is_v5() && self.limits.send_topic_aliases {
-                    self.peer.topic_alias_maximum
-                } else {
-                    0
-                };
-                let mut dropped = Vec::new();
-                let next = self.outbox.next_publish(
-                    now,
-                    self.window(),
-                    self.peer.max_packet_size,
-                    if alias_max > 0 { 3 } else { 0 },
-                    self.version,
-                    &mut dropped,
-                );
-                for (id, reason) in dropped {
-                    self.events.push_back(Event::Dropped { id, reason });
-                }
-                let mut publish = next?;
-                self.outbox.apply_alias(&mut publish, alias_max);
-                Packet::Publish(publish)
+        while let Some(tx) = self.tx.pop_front() {
+            if let Some(packet) = self.control(tx) {
+                self.last_tx = now;
+                return Some(packet);
             }
+        }
+        let alias_max = if self.version.is_v5() && self.limits.send_topic_aliases {
+            self.peer.topic_alias_maximum
+        } else {
+            0
         };
+        let window = self.window();
+        // The PUBLISH is checked against the peer's Maximum Packet Size there.
+        let packet = self.outbox.next_publish(
+            now,
+            window,
+            self.peer.max_packet_size,
+            alias_max,
+            self.version,
+            &mut self.events,
+        );
+        if packet.is_some() {
+            self.last_tx = now;
+        }
+        packet
+    }
+
+    /// A queued control packet, ready to write, or `None` if it cannot be sent.
+    #[inline]
+    fn control(&mut self, tx: Tx) -> Option<Packet> {
+        let mut packet = tx.into_packet();
         if self.strip_diagnostics
             && !matches!(
                 packet,
@@ -155,85 +205,72 @@ impl Flow {
                 .fit_to_size(self.version, self.peer.max_packet_size)
                 .is_err()
             {
-                return self.poll_transmit(now);
+                return None;
             }
         }
-        self.last_tx = now;
         if matches!(packet, Packet::Disconnect(_)) {
             self.sent_disconnect = true;
         }
         Some(packet)
     }
 
-    /// Handles the packets both ends treat alike. Returns the packet back if it is not
-    /// one of them.
-    pub(crate) fn handle_common(
-        &mut self,
-        packet: Packet,
-    ) -> Result<Option<Packet>, ProtocolError> {
-        match packet {
-            Packet::Publish(p) => self.handle_publish(p)?,
-            Packet::PubAck(a) => self.handle_ack(a.packet_id, Awaiting::PubAck, a.reason_code),
-            Packet::PubRec(a) => self.handle_ack(a.packet_id, Awaiting::PubRec, a.reason_code),
-            Packet::PubComp(a) => self.handle_ack(a.packet_id, Awaiting::PubComp, a.reason_code),
-            Packet::PubRel(r) => {
-                // [MQTT-4.3.3-11]: answer PUBREL with PUBCOMP, with 0x92 if we had no such id.
-                let known = self.inbox.release(r.packet_id);
-                let mut comp = PubComp::new(r.packet_id);
-                if !known && self.version.is_v5() {
-                    comp.reason_code = ReasonCode::PACKET_IDENTIFIER_NOT_FOUND;
-                }
-                self.tx.push_back(comp.into());
-            }
-            Packet::Auth(a) if self.version.is_v5() => self.events.push_back(Event::Auth(a)),
-            other => return Ok(Some(other)),
-        }
-        Ok(None)
+    /// PUBREL from the peer.
+    pub(crate) fn handle_pubrel(&mut self, packet_id: PacketId) {
+        // [MQTT-4.3.3-11]: answer PUBREL with PUBCOMP, with 0x92 if we had no such id.
+        let known = self.inbox.release(packet_id);
+        let reason_code = if !known && self.version.is_v5() {
+            ReasonCode::PACKET_IDENTIFIER_NOT_FOUND
+        } else {
+            ReasonCode::SUCCESS
+        };
+        self.tx.push_back(Tx::PubComp(packet_id, reason_code));
     }
 
-    fn handle_publish(&mut self, publish: Publish) -> Result<(), ProtocolError> {
+    /// PUBLISH from the peer.
+    #[inline]
+    pub(crate) fn handle_publish(&mut self, mut publish: Publish) -> Result<(), ProtocolError> {
         let v5 = self.version.is_v5();
         match self.inbox.receive(
-            publish,
+            &mut publish,
             v5,
             self.limits.receive_maximum,
             self.limits.topic_alias_maximum,
         )? {
-            Received::Deliver(p) => {
+            Received::Deliver => {
                 // [MQTT-4.3.2-4], [MQTT-4.3.3-8]: acknowledge after taking ownership;
                 // [MQTT-4.6.0-2], [MQTT-4.6.0-3]: in the order received.
-                match p.qos_pid {
+                match publish.qos_pid {
                     mqtt_codec::QosPid::AtMostOnce => {}
-                    mqtt_codec::QosPid::AtLeastOnce(id) => {
-                        self.tx.push_back(PubAck::new(id).into());
-                    }
-                    mqtt_codec::QosPid::ExactlyOnce(id) => {
-                        self.tx.push_back(PubRec::new(id).into());
-                    }
+                    mqtt_codec::QosPid::AtLeastOnce(id) => self.tx.push_back(Tx::PubAck(id)),
+                    mqtt_codec::QosPid::ExactlyOnce(id) => self.tx.push_back(Tx::PubRec(id)),
                 }
-                self.events
-                    .push_back(Event::Message(Message::from_publish(p)));
+                self.events.push_message(Message::from_publish(publish));
             }
-            Received::Duplicate(id) => self.tx.push_back(PubRec::new(id).into()),
+            Received::Duplicate(id) => self.tx.push_back(Tx::PubRec(id)),
         }
         Ok(())
     }
 
-    fn handle_ack(&mut self, packet_id: PacketId, phase: Awaiting, code: ReasonCode) {
+    /// PUBACK, PUBREC or PUBCOMP from the peer.
+    #[inline]
+    pub(crate) fn handle_ack(&mut self, packet_id: PacketId, phase: Awaiting, code: ReasonCode) {
         match self.outbox.acknowledge(packet_id, phase, code) {
-            AckOutcome::Done(id) => self.events.push_back(Event::Delivered {
+            AckOutcome::Done(id) => self.events.push(Event::Delivered {
                 id,
                 reason_code: code,
             }),
             // [MQTT-4.6.0-4]: PUBREL in the order the PUBRECs arrived.
-            AckOutcome::SendPubRel => self.tx.push_back(PubRel::new(packet_id).into()),
+            AckOutcome::SendPubRel => self
+                .tx
+                .push_back(Tx::PubRel(packet_id, ReasonCode::SUCCESS)),
             AckOutcome::Unknown if phase == Awaiting::PubRec => {
                 // Answer a PUBREC we cannot match, so the peer can finish its side.
-                let mut rel = PubRel::new(packet_id);
-                if self.version.is_v5() {
-                    rel.reason_code = ReasonCode::PACKET_IDENTIFIER_NOT_FOUND;
-                }
-                self.tx.push_back(rel.into());
+                let reason_code = if self.version.is_v5() {
+                    ReasonCode::PACKET_IDENTIFIER_NOT_FOUND
+                } else {
+                    ReasonCode::SUCCESS
+                };
+                self.tx.push_back(Tx::PubRel(packet_id, reason_code));
             }
             AckOutcome::Unknown => {}
         }
@@ -256,13 +293,19 @@ impl Flow {
         self.last_rx = now;
         self.last_tx = now;
         let resend: Vec<Packet> = self.outbox.resend().collect();
-        self.tx.extend(resend);
+        for packet in resend {
+            let tx = match packet {
+                Packet::PubRel(rel) => Tx::PubRel(rel.packet_id, rel.reason_code),
+                packet => packet.into(),
+            };
+            self.tx.push_back(tx);
+        }
     }
 
     /// Discards the session state (clean start, or no session on the other side).
     pub(crate) fn discard_state(&mut self) {
         for id in self.outbox.discard() {
-            self.events.push_back(Event::Dropped {
+            self.events.push(Event::Dropped {
                 id,
                 reason: DropReason::SessionDiscarded,
             });
@@ -273,8 +316,7 @@ impl Flow {
     /// Queues a DISCONNECT with `reason` where the version has one to send.
     pub(crate) fn queue_disconnect(&mut self, reason: ReasonCode) {
         if self.version.is_v5() && self.connected {
-            self.tx
-                .push_back(mqtt_codec::Disconnect::new(reason).into());
+            self.send(mqtt_codec::Disconnect::new(reason));
         }
     }
 }

@@ -8,10 +8,9 @@ use mqtt_codec::{ByteStr, PacketId, Publish, QoS, ReasonCode};
 use crate::error::ProtocolError;
 
 /// What to do with a received PUBLISH.
-#[allow(clippy::large_enum_variant)] // short-lived, never stored
 pub(crate) enum Received {
     /// Deliver the message, then acknowledge (QoS 1: PUBACK, QoS 2: PUBREC).
-    Deliver(Publish),
+    Deliver,
     /// A QoS 2 PUBLISH seen before and not yet released: acknowledge again with PUBREC,
     /// do not deliver ([MQTT-4.3.3-10]).
     Duplicate(PacketId),
@@ -28,9 +27,10 @@ pub(crate) struct Inbox {
 impl Inbox {
     /// Checks and resolves a received PUBLISH. `receive_maximum` and `alias_maximum` are
     /// what we announced (enforced for 5.0 only, where the peer knows them).
+    #[inline]
     pub(crate) fn receive(
         &mut self,
-        mut publish: Publish,
+        publish: &mut Publish,
         v5: bool,
         receive_maximum: u16,
         alias_maximum: u16,
@@ -68,7 +68,7 @@ impl Inbox {
         }
         if publish.qos() == QoS::ExactlyOnce {
             let Some(id) = publish.packet_id() else {
-                return Ok(Received::Deliver(publish));
+                return Ok(Received::Deliver);
             };
             if self.awaiting_pubrel.contains(&id) {
                 return Ok(Received::Duplicate(id));
@@ -83,7 +83,7 @@ impl Inbox {
             }
             self.awaiting_pubrel.push(id);
         }
-        Ok(Received::Deliver(publish))
+        Ok(Received::Deliver)
     }
 
     /// Applies PUBREL: true if the identifier was waiting for it.

@@ -1,5 +1,7 @@
 //! Application messages and the limits a session works within.
 
+use core::num::NonZeroU16;
+
 use bytes::Bytes;
 use mqtt_codec::{ByteStr, Publish, PublishProperties, QoS, QosPid};
 
@@ -53,31 +55,37 @@ impl Message {
         self.topic.len() + self.payload.len() + self.properties.encoded_len()
     }
 
-    /// A QoS 0 PUBLISH of this message, by move.
-    pub(crate) fn into_publish(self) -> Publish {
+    /// A QoS 0 PUBLISH of this message, by move, sent as `topic` with `topic_alias`.
+    #[inline]
+    pub(crate) fn into_publish(self, topic: ByteStr, topic_alias: Option<NonZeroU16>) -> Publish {
         let mut properties = self.properties;
-        properties.topic_alias = None;
+        properties.topic_alias = topic_alias;
         Publish {
             dup: false,
             qos_pid: QosPid::AtMostOnce,
             retain: self.retain,
-            topic: self.topic,
+            topic,
             payload: self.payload,
             properties,
         }
     }
 
-    pub(crate) fn to_publish(&self, qos_pid: QosPid, dup: bool) -> Publish {
+    /// A PUBLISH of this message, sent as `topic` with `topic_alias`.
+    #[inline]
+    pub(crate) fn to_publish(
+        &self,
+        qos_pid: QosPid,
+        dup: bool,
+        topic: ByteStr,
+        topic_alias: Option<NonZeroU16>,
+    ) -> Publish {
         Publish {
             dup,
             qos_pid,
             retain: self.retain,
-            topic: self.topic.clone(),
+            topic,
             payload: self.payload.clone(),
-            properties: PublishProperties {
-                topic_alias: None,
-                ..self.properties.clone()
-            },
+            properties: clone_properties(&self.properties, topic_alias),
         }
     }
 
@@ -86,6 +94,41 @@ impl Message {
         self.properties
             .message_expiry_interval
             .map(|secs| now + Duration::from_secs(u64::from(secs)))
+    }
+}
+
+/// A copy of `p` with `topic_alias`. Most messages carry none of the variable-size
+/// properties, and copying the rest is cheaper than a field-by-field clone.
+#[inline]
+fn clone_properties(p: &PublishProperties, topic_alias: Option<NonZeroU16>) -> PublishProperties {
+    // Exhaustive, so that a new property cannot be forgotten here.
+    let PublishProperties {
+        payload_format_indicator,
+        message_expiry_interval,
+        topic_alias: _,
+        response_topic,
+        correlation_data,
+        subscription_identifiers,
+        content_type,
+        user_properties,
+    } = p;
+    if response_topic.is_none()
+        && correlation_data.is_none()
+        && subscription_identifiers.is_empty()
+        && content_type.is_none()
+        && user_properties.is_empty()
+    {
+        PublishProperties {
+            payload_format_indicator: *payload_format_indicator,
+            message_expiry_interval: *message_expiry_interval,
+            topic_alias,
+            ..PublishProperties::default()
+        }
+    } else {
+        PublishProperties {
+            topic_alias,
+            ..p.clone()
+        }
     }
 }
 

@@ -2,10 +2,12 @@
 //! outgoing topic aliases.
 
 use alloc::{collections::VecDeque, vec::Vec};
+use core::num::NonZeroU16;
 
-use mqtt_codec::{ByteStr, PacketId, ProtocolVersion, Publish, QoS, QosPid, ReasonCode};
+use mqtt_codec::{ByteStr, Packet, PacketId, ProtocolVersion, QoS, QosPid, ReasonCode};
 
 use crate::{
+    event::{Event, Events},
     message::{DropReason, Limits, Message, MessageId, Refused},
     time::Instant,
 };
@@ -22,10 +24,17 @@ pub(crate) enum Awaiting {
     PubComp,
 }
 
+/// A message waiting to be sent. The message itself stays in the [`Store`] from
+/// `enqueue` until its exchange ends: queues and the in-flight window move only these
+/// small handles, never the message.
 #[derive(Clone, Debug)]
 pub(crate) struct Queued {
     pub(crate) id: MessageId,
-    pub(crate) message: Message,
+    /// Where the message is in the [`Store`].
+    pub(crate) slot: usize,
+    pub(crate) qos: QoS,
+    /// [`Message::size`], counted against the queue quota.
+    pub(crate) size: usize,
     pub(crate) expires_at: Option<Instant>,
 }
 
@@ -34,8 +43,59 @@ pub(crate) struct InFlight {
     pub(crate) id: MessageId,
     pub(crate) packet_id: PacketId,
     pub(crate) phase: Awaiting,
-    /// `None` once PUBREL was sent.
-    pub(crate) message: Option<Message>,
+    /// Where the message is in the [`Store`]; `None` once PUBREL was sent.
+    pub(crate) slot: Option<usize>,
+}
+
+/// Outgoing messages, queued or in flight, each written once where it stays: a slab
+/// with a free list.
+#[derive(Debug, Default)]
+pub(crate) struct Store {
+    slots: Vec<Option<Message>>,
+    free: Vec<usize>,
+}
+
+impl Store {
+    #[inline(always)]
+    fn insert(&mut self, message: Message) -> usize {
+        if let Some(slot) = self.free.pop() {
+            if let Some(entry) = self.slots.get_mut(slot) {
+                *entry = Some(message);
+                return slot;
+            }
+        }
+        self.slots.push(Some(message));
+        self.slots.len() - 1
+    }
+
+    pub(crate) fn get(&self, slot: usize) -> Option<&Message> {
+        self.slots.get(slot).and_then(Option::as_ref)
+    }
+
+    fn get_mut(&mut self, slot: usize) -> Option<&mut Message> {
+        self.slots.get_mut(slot).and_then(Option::as_mut)
+    }
+
+    /// Takes the message out and frees its slot.
+    fn take(&mut self, slot: usize) -> Option<Message> {
+        let message = self.slots.get_mut(slot)?.take()?;
+        self.free.push(slot);
+        Some(message)
+    }
+
+    /// Drops the message where it is and frees its slot.
+    #[inline]
+    fn remove(&mut self, slot: usize) {
+        if let Some(entry @ Some(_)) = self.slots.get_mut(slot) {
+            *entry = None;
+            self.free.push(slot);
+        }
+    }
+
+    fn clear(&mut self) {
+        self.slots.clear();
+        self.free.clear();
+    }
 }
 
 /// What a peer's acknowledgement meant for our outgoing messages.
@@ -53,6 +113,8 @@ pub(crate) struct Outbox {
     pub(crate) queue: VecDeque<Queued>,
     pub(crate) queued_bytes: usize,
     pub(crate) inflight: VecDeque<InFlight>,
+    /// The messages of `queue` and `inflight`.
+    pub(crate) store: Store,
     /// Packet identifiers in use outside the in-flight window (a client's pending
     /// SUBSCRIBE and UNSUBSCRIBE).
     pub(crate) other_ids: Vec<PacketId>,
@@ -69,14 +131,78 @@ impl Outbox {
         MessageId(self.next_message_id)
     }
 
+    /// Puts a message in the queue, at the back or (to send it again first) the front,
+    /// with no quota check.
+    #[inline]
+    pub(crate) fn push_queued(
+        &mut self,
+        id: MessageId,
+        message: Message,
+        expires_at: Option<Instant>,
+        front: bool,
+    ) {
+        let size = message.size();
+        let qos = message.qos;
+        let slot = self.store.insert(message);
+        self.queued_bytes += size;
+        let queued = Queued {
+            id,
+            slot,
+            qos,
+            size,
+            expires_at,
+        };
+        if front {
+            self.queue.push_front(queued);
+        } else {
+            self.queue.push_back(queued);
+        }
+    }
+
+    /// Puts a message in the in-flight window (restoring a session).
+    pub(crate) fn push_inflight(
+        &mut self,
+        id: MessageId,
+        packet_id: PacketId,
+        phase: Awaiting,
+        message: Option<Message>,
+    ) {
+        let slot = message.map(|m| self.store.insert(m));
+        self.inflight.push_back(InFlight {
+            id,
+            packet_id,
+            phase,
+            slot,
+        });
+    }
+
+    /// The message of a queued or in-flight entry.
+    pub(crate) fn message(&self, slot: Option<usize>) -> Option<&Message> {
+        self.store.get(slot?)
+    }
+
+    /// Empties the in-flight window, handing back its entries with their messages, in
+    /// order.
+    pub(crate) fn drain_inflight(&mut self) -> Vec<(InFlight, Option<Message>)> {
+        let inflight: Vec<InFlight> = self.inflight.drain(..).collect();
+        inflight
+            .into_iter()
+            .map(|f| {
+                let message = f.slot.and_then(|slot| self.store.take(slot));
+                (f, message)
+            })
+            .collect()
+    }
+
     /// Queues a message, applying the overflow policy. Evicted QoS 0 messages are
-    /// returned so the caller can report them.
+    /// reported to `events`.
+    #[inline]
     pub(crate) fn enqueue(
         &mut self,
         now: Instant,
         message: Message,
         limits: &Limits,
-        evicted: &mut Vec<MessageId>,
+        events: &mut Events,
     ) -> Result<MessageId, Refused> {
         let size = message.size();
         let fits = |q: &Self| {
@@ -92,28 +218,32 @@ impl Outbox {
             }
             // Make room by dropping queued QoS 0 messages, oldest first.
             while !fits(self) {
-                let Some(pos) = self
-                    .queue
-                    .iter()
-                    .position(|q| q.message.qos == QoS::AtMostOnce)
-                else {
+                let Some(pos) = self.queue.iter().position(|q| q.qos == QoS::AtMostOnce) else {
                     return Err(Refused {
                         message: message.into(),
                         reason: DropReason::QueueFull,
                     });
                 };
                 if let Some(old) = self.queue.remove(pos) {
-                    self.queued_bytes -= old.message.size();
-                    evicted.push(old.id);
+                    self.queued_bytes -= old.size;
+                    self.store.remove(old.slot);
+                    events.push(Event::Dropped {
+                        id: old.id,
+                        reason: DropReason::QueueFull,
+                    });
                 }
             }
         }
         let id = self.next_id();
-        self.queued_bytes += size;
         let expires_at = message.expires_at(now);
+        let qos = message.qos;
+        let slot = self.store.insert(message);
+        self.queued_bytes += size;
         self.queue.push_back(Queued {
             id,
-            message,
+            slot,
+            qos,
+            size,
             expires_at,
         });
         Ok(id)
@@ -137,84 +267,113 @@ impl Outbox {
         None
     }
 
-    /// Takes the next message that may be sent now, as a PUBLISH, moving QoS 1/2 into
-    /// the in-flight window. Expired and oversized messages are skipped and reported in
-    /// `dropped`.
+    /// Takes the next message that may be sent now, as a PUBLISH packet with its topic
+    /// alias applied (`alias_max` is the peer's Topic Alias Maximum, 0 for none), moving
+    /// QoS 1/2 into the in-flight window. Expired and oversized messages are skipped and
+    /// reported to `events`.
     pub(crate) fn next_publish(
         &mut self,
         now: Instant,
         window: usize,
         max_packet_size: u32,
-        alias_overhead: usize,
+        alias_max: u16,
         version: ProtocolVersion,
-        dropped: &mut Vec<(MessageId, DropReason)>,
-    ) -> Option<Publish> {
+        events: &mut Events,
+    ) -> Option<Packet> {
+        // A first use of a topic alias adds three bytes.
+        let alias_overhead = if alias_max > 0 { 3 } else { 0 };
         loop {
             let front = self.queue.front()?;
-            if front.message.qos != QoS::AtMostOnce && self.inflight.len() >= window {
+            if front.qos != QoS::AtMostOnce && self.inflight.len() >= window {
                 // [MQTT-4.9.0-2]: the send quota is used up. Messages behind wait too,
                 // so order is kept.
                 return None;
             }
-            let queued = self.queue.pop_front()?;
-            self.queued_bytes -= queued.message.size();
-            let mut message = queued.message;
-            if let Some(expires_at) = queued.expires_at {
+            let (id, slot, qos, size, expires_at) = (
+                front.id,
+                front.slot,
+                front.qos,
+                front.size,
+                front.expires_at,
+            );
+            if let Some(expires_at) = expires_at {
                 // [MQTT-3.3.2-5]: expired before onward delivery started: delete it.
                 if now >= expires_at {
-                    dropped.push((queued.id, DropReason::Expired));
+                    self.pop_front_dropped(events, DropReason::Expired);
                     continue;
                 }
                 // [MQTT-3.3.2-6]: send the time that is left.
                 let left = expires_at.saturating_since(now).as_secs_ceil();
-                message.properties.message_expiry_interval =
-                    Some(u32::try_from(left).unwrap_or(u32::MAX));
+                if let Some(message) = self.store.get_mut(slot) {
+                    message.properties.message_expiry_interval =
+                        Some(u32::try_from(left).unwrap_or(u32::MAX));
+                }
             }
-            let qos_pid = match message.qos {
+            let qos_pid = match qos {
                 QoS::AtMostOnce => QosPid::AtMostOnce,
-                qos => match self.allocate_packet_id() {
-                    Some(id) => QosPid::new(qos, id),
-                    None => {
-                        // Every identifier is in flight: wait.
-                        self.queued_bytes += message.size();
-                        self.queue.push_front(Queued {
-                            id: queued.id,
-                            message,
-                            expires_at: queued.expires_at,
-                        });
-                        return None;
-                    }
-                },
+                // Every identifier is in flight: wait.
+                qos => QosPid::new(qos, self.allocate_packet_id()?),
             };
-            // QoS 0 is not kept: move it into the packet instead of copying.
-            let (publish, message) = match qos_pid {
-                QosPid::AtMostOnce => (message.into_publish(), None),
-                _ => (message.to_publish(qos_pid, false), Some(message)),
-            };
-            // A first use of a topic alias adds three bytes.
-            if publish.encoded_len(version) + alias_overhead > max_packet_size as usize {
-                // [MQTT-3.1.2-25]: discard it and behave as if it was delivered.
-                dropped.push((queued.id, DropReason::TooLarge));
-                continue;
-            }
-            if let (Some(packet_id), Some(message)) = (qos_pid.packet_id(), message) {
-                let phase = if message.qos == QoS::AtLeastOnce {
-                    Awaiting::PubAck
-                } else {
-                    Awaiting::PubRec
-                };
-                self.inflight.push_back(InFlight {
-                    id: queued.id,
-                    packet_id,
-                    phase,
-                    message: Some(message),
+            // [MQTT-3.1.2-25]: a message too large for the peer is discarded, as if
+            // delivered. The quick bound (fixed header, topic length, packet identifier,
+            // Property Length: 13 bytes) spares computing the exact size.
+            let limit = max_packet_size as usize;
+            if size + 13 + alias_overhead > limit {
+                let too_large = self.store.get(slot).is_none_or(|m| {
+                    let publish = m.to_publish(qos_pid, false, m.topic.clone(), None);
+                    publish.encoded_len(version) + alias_overhead > limit
                 });
+                if too_large {
+                    self.pop_front_dropped(events, DropReason::TooLarge);
+                    continue;
+                }
             }
-            return Some(publish);
+            self.queue.pop_front();
+            self.queued_bytes -= size;
+            let packet_id = match qos_pid {
+                QosPid::AtMostOnce => {
+                    // QoS 0 is not kept: move it into the packet instead of copying.
+                    let mut message = self.store.take(slot)?;
+                    let topic = core::mem::take(&mut message.topic);
+                    let (topic, topic_alias) = self.alias(topic, alias_max);
+                    return Some(Packet::Publish(message.into_publish(topic, topic_alias)));
+                }
+                QosPid::AtLeastOnce(packet_id) | QosPid::ExactlyOnce(packet_id) => packet_id,
+            };
+            let phase = if qos == QoS::AtLeastOnce {
+                Awaiting::PubAck
+            } else {
+                Awaiting::PubRec
+            };
+            self.inflight.push_back(InFlight {
+                id,
+                packet_id,
+                phase,
+                slot: Some(slot),
+            });
+            let topic = self.store.get(slot)?.topic.clone();
+            let (topic, topic_alias) = self.alias(topic, alias_max);
+            let message = self.store.get(slot)?;
+            return Some(Packet::Publish(message.to_publish(
+                qos_pid,
+                false,
+                topic,
+                topic_alias,
+            )));
+        }
+    }
+
+    /// Drops the front of the queue, reporting it with `reason`.
+    fn pop_front_dropped(&mut self, events: &mut Events, reason: DropReason) {
+        if let Some(q) = self.queue.pop_front() {
+            self.queued_bytes -= q.size;
+            self.store.remove(q.slot);
+            events.push(Event::Dropped { id: q.id, reason });
         }
     }
 
     /// Applies PUBACK, PUBREC or PUBCOMP (`expect` says which phase it ends).
+    #[inline]
     pub(crate) fn acknowledge(
         &mut self,
         packet_id: PacketId,
@@ -232,25 +391,35 @@ impl Outbox {
             // [MQTT-4.3.3-4]: answer with PUBREL; [MQTT-4.3.3-6]: never resend the PUBLISH.
             if let Some(f) = self.inflight.get_mut(pos) {
                 f.phase = Awaiting::PubComp;
-                f.message = None;
+                if let Some(slot) = f.slot.take() {
+                    self.store.remove(slot);
+                }
             }
             return AckOutcome::SendPubRel;
         }
         // [MQTT-4.4.0-2]: an error code also ends the exchange.
         match self.inflight.remove(pos) {
-            Some(f) => AckOutcome::Done(f.id),
+            Some(f) => {
+                if let Some(slot) = f.slot {
+                    self.store.remove(slot);
+                }
+                AckOutcome::Done(f.id)
+            }
             None => AckOutcome::Unknown,
         }
     }
 
     /// The packets to resend on a resumed session, in their original order
     /// ([MQTT-4.4.0-1], [MQTT-4.6.0-1]): PUBLISH with DUP set, or PUBREL.
-    pub(crate) fn resend(&self) -> impl Iterator<Item = mqtt_codec::Packet> + '_ {
+    pub(crate) fn resend(&self) -> impl Iterator<Item = Packet> + '_ {
         self.inflight
             .iter()
-            .filter_map(|f| match (&f.message, f.phase) {
+            .filter_map(|f| match (self.message(f.slot), f.phase) {
                 (_, Awaiting::PubComp) => Some(mqtt_codec::PubRel::new(f.packet_id).into()),
-                (Some(m), _) => Some(m.to_publish(QosPid::new(m.qos, f.packet_id), true).into()),
+                (Some(m), _) => Some(
+                    m.to_publish(QosPid::new(m.qos, f.packet_id), true, m.topic.clone(), None)
+                        .into(),
+                ),
                 (None, _) => None,
             })
     }
@@ -264,6 +433,7 @@ impl Outbox {
             .map(|f| f.id)
             .chain(self.queue.drain(..).map(|q| q.id))
             .collect();
+        self.store.clear();
         self.queued_bytes = 0;
         self.other_ids.clear();
         lost
@@ -275,36 +445,33 @@ impl Outbox {
         self.next_alias_victim = 0;
     }
 
-    /// Replaces the topic of `publish` by an alias where the peer allows them: the
-    /// first use of a topic sends topic and alias, later uses the alias alone.
-    pub(crate) fn apply_alias(&mut self, publish: &mut Publish, peer_max: u16) {
-        if peer_max == 0 || publish.topic.is_empty() {
-            return;
+    /// The topic and Topic Alias to send `topic` with, where the peer allows aliases
+    /// (`peer_max` > 0): the first use of a topic sends topic and alias, later uses the
+    /// alias alone, with an empty topic.
+    fn alias(&mut self, topic: ByteStr, peer_max: u16) -> (ByteStr, Option<NonZeroU16>) {
+        if peer_max == 0 || topic.is_empty() {
+            return (topic, None);
         }
-        if let Some(pos) = self.aliases.iter().position(|t| *t == publish.topic) {
-            publish.properties.topic_alias = alias_number(pos);
-            publish.topic = ByteStr::new();
-            return;
+        if let Some(pos) = self.aliases.iter().position(|t| *t == topic) {
+            return (ByteStr::new(), alias_number(pos));
         }
         let slot = if self.aliases.len() < usize::from(peer_max) {
-            self.aliases.push(publish.topic.clone());
+            self.aliases.push(topic.clone());
             self.aliases.len() - 1
         } else {
             // Reuse aliases round-robin: cheap, and fair to topics seen once.
             let slot = self.next_alias_victim % self.aliases.len().max(1);
             self.next_alias_victim = slot + 1;
             if let Some(t) = self.aliases.get_mut(slot) {
-                *t = publish.topic.clone();
+                *t = topic.clone();
             }
             slot
         };
         // [MQTT-3.1.2-26]: never above the peer's maximum; the slot is below it.
-        publish.properties.topic_alias = alias_number(slot);
+        (topic, alias_number(slot))
     }
 }
 
-fn alias_number(slot: usize) -> Option<core::num::NonZeroU16> {
-    u16::try_from(slot + 1)
-        .ok()
-        .and_then(core::num::NonZeroU16::new)
+fn alias_number(slot: usize) -> Option<NonZeroU16> {
+    u16::try_from(slot + 1).ok().and_then(NonZeroU16::new)
 }

@@ -11,8 +11,9 @@ use mqtt_codec::{
 use crate::{
     error::ProtocolError,
     event::Event,
-    flow::{Flow, PeerLimits},
+    flow::{Flow, PeerLimits, Tx},
     message::{Limits, Message, MessageId, Refused},
+    outbound::Awaiting,
     time::{Duration, Instant},
 };
 
@@ -189,7 +190,7 @@ impl ServerSession {
             properties,
         };
         self.established = true;
-        self.flow.tx.push_back(connack.clone().into());
+        self.flow.send(connack.clone());
         self.flow.resume(now);
         connack
     }
@@ -227,7 +228,7 @@ impl ServerSession {
             reason_codes,
             properties: Default::default(),
         };
-        self.flow.tx.push_back(ack.into());
+        self.flow.send(ack);
     }
 
     /// Answers an UNSUBSCRIBE from [`Event::Unsubscribe`] and forgets the filters. 5.0
@@ -240,14 +241,14 @@ impl ServerSession {
             reason_codes,
             properties: Default::default(),
         };
-        self.flow.tx.push_back(ack.into());
+        self.flow.send(ack);
     }
 
     /// Ends the connection from the server side with `reason` (sent in DISCONNECT for
     /// 5.0; 3.x just closes). [`Event::Closed`] follows.
     pub fn disconnect(&mut self, reason: ReasonCode) {
         self.flow.queue_disconnect(reason);
-        self.flow.events.push_back(Event::Closed { reason });
+        self.flow.events.push(Event::Closed { reason });
     }
 
     /// Handles a packet from the client. On error the connection must close; for 5.0 a
@@ -269,14 +270,26 @@ impl ServerSession {
                 "packet on a session with no connection",
             ));
         }
-        let Some(packet) = self.flow.handle_common(packet)? else {
-            return Ok(());
-        };
         match packet {
+            Packet::Publish(p) => return self.flow.handle_publish(p),
+            Packet::PubAck(a) => self
+                .flow
+                .handle_ack(a.packet_id, Awaiting::PubAck, a.reason_code),
+            Packet::PubRec(a) => self
+                .flow
+                .handle_ack(a.packet_id, Awaiting::PubRec, a.reason_code),
+            Packet::PubComp(a) => {
+                self.flow
+                    .handle_ack(a.packet_id, Awaiting::PubComp, a.reason_code);
+            }
+            Packet::PubRel(r) => self.flow.handle_pubrel(r.packet_id),
+            Packet::Auth(a) if self.flow.version.is_v5() => {
+                self.flow.events.push(Event::Auth(a));
+            }
             // [MQTT-3.12.4-1]
-            Packet::PingReq => self.flow.tx.push_back(Packet::PingResp),
-            Packet::Subscribe(s) => self.flow.events.push_back(Event::Subscribe(s)),
-            Packet::Unsubscribe(u) => self.flow.events.push_back(Event::Unsubscribe(u)),
+            Packet::PingReq => self.flow.tx.push_back(Tx::PingResp),
+            Packet::Subscribe(s) => self.flow.events.push(Event::Subscribe(s)),
+            Packet::Unsubscribe(u) => self.flow.events.push(Event::Unsubscribe(u)),
             Packet::Disconnect(d) => {
                 if let Some(interval) = d.properties.session_expiry_interval {
                     // 3.14.2.2.2: a session that was to end with the connection may not be
@@ -294,7 +307,7 @@ impl ServerSession {
                 if d.reason_code != ReasonCode::DISCONNECT_WITH_WILL {
                     self.will = None;
                 }
-                self.flow.events.push_back(Event::PeerDisconnected(d));
+                self.flow.events.push(Event::PeerDisconnected(d));
             }
             Packet::Connect(_) => {
                 return Err(ProtocolError::new(
@@ -350,12 +363,12 @@ impl ServerSession {
         if self.will_due.is_some_and(|t| now >= t) {
             self.will_due = None;
             if let Some(will) = self.will.take() {
-                self.flow.events.push_back(Event::Will(will));
+                self.flow.events.push(Event::Will(will));
             }
         }
         if self.expires_at.is_some_and(|t| now >= t) {
             self.expires_at = None;
-            self.flow.events.push_back(Event::SessionExpired);
+            self.flow.events.push(Event::SessionExpired);
         }
     }
 
@@ -371,7 +384,7 @@ impl ServerSession {
 
     /// The next event.
     pub fn poll_event(&mut self) -> Option<Event> {
-        self.flow.events.pop_front()
+        self.flow.events.pop()
     }
 
     /// When to call [`handle_timeout`](Self::handle_timeout) next, if ever.

@@ -33,7 +33,7 @@ use crate::{
     client::{ClientOptions, ClientSession},
     flow::Flow,
     message::{Limits, Message, MessageId},
-    outbound::{Awaiting, InFlight, Queued},
+    outbound::Awaiting,
     server::{ServerSession, SubscriptionRecord},
     time::{Duration, Instant},
 };
@@ -86,7 +86,12 @@ fn put_left(out: &mut BytesMut, at: Option<Instant>, now: Instant) {
 }
 
 fn put_message(out: &mut BytesMut, m: &Message) {
-    let publish = m.to_publish(QosPid::new(m.qos, NonZeroU16::MIN), false);
+    let publish = m.to_publish(
+        QosPid::new(m.qos, NonZeroU16::MIN),
+        false,
+        m.topic.clone(),
+        None,
+    );
     let packet = Packet::Publish(publish);
     let len = packet.encoded_len(ProtocolVersion::V5);
     out.put_u32(len as u32);
@@ -115,7 +120,7 @@ fn put_flow(out: &mut BytesMut, flow: &Flow, now: Instant, role: u8) {
             Awaiting::PubComp => 2,
         });
         if f.phase != Awaiting::PubComp {
-            if let Some(m) = &f.message {
+            if let Some(m) = flow.outbox.message(f.slot) {
                 put_message(out, m);
             }
         }
@@ -124,7 +129,9 @@ fn put_flow(out: &mut BytesMut, flow: &Flow, now: Instant, role: u8) {
     for q in &flow.outbox.queue {
         out.put_u64(q.id.0);
         put_left(out, q.expires_at, now);
-        put_message(out, &q.message);
+        if let Some(m) = flow.outbox.message(Some(q.slot)) {
+            put_message(out, m);
+        }
     }
     out.put_u32(flow.inbox.awaiting_pubrel.len() as u32);
     for id in &flow.inbox.awaiting_pubrel {
@@ -396,24 +403,14 @@ fn read_flow(
             2 => (Awaiting::PubComp, None),
             _ => return Err(StateError::Corrupt("in-flight phase")),
         };
-        flow.outbox.inflight.push_back(InFlight {
-            id,
-            packet_id,
-            phase,
-            message,
-        });
+        flow.outbox.push_inflight(id, packet_id, phase, message);
     }
     let count = r.u32()?;
     for _ in 0..count {
         let id = MessageId(r.u64()?);
         let expires_at = r.left(now)?;
         let message = r.message()?;
-        flow.outbox.queued_bytes += message.size();
-        flow.outbox.queue.push_back(Queued {
-            id,
-            message,
-            expires_at,
-        });
+        flow.outbox.push_queued(id, message, expires_at, false);
     }
     let count = r.u32()?;
     for _ in 0..count {

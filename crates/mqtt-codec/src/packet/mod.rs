@@ -192,8 +192,37 @@ impl Packet {
     /// bytes). Strings, binary data and the payload share `body`'s buffer.
     ///
     /// CONNECT carries its own version; every other packet is decoded as `version`.
-    #[inline]
     pub fn decode(
+        header: &FixedHeader,
+        body: Bytes,
+        version: ProtocolVersion,
+    ) -> Result<Self, DecodeError> {
+        Self::decode_with(header, body, version, |p| p)
+    }
+
+    /// [`Packet::decode`], handing the packet to `wrap`: a PUBLISH is built straight
+    /// into `wrap`'s result instead of being copied through each wrapper.
+    #[inline(always)]
+    pub(crate) fn decode_with<R>(
+        header: &FixedHeader,
+        body: Bytes,
+        version: ProtocolVersion,
+        wrap: impl FnOnce(Self) -> R,
+    ) -> Result<R, DecodeError> {
+        if header.packet_type != PacketType::Publish {
+            return Self::decode_other(header, body, version).map(wrap);
+        }
+        if version.is_v5() && !header.minimal_length {
+            return Err(
+                DecodeError::new(ErrorKind::NonMinimalVarInt).within(PacketType::Publish, version)
+            );
+        }
+        Publish::decode_with(header.flags, body, version, |p| wrap(Self::Publish(p)))
+    }
+
+    /// [`Packet::decode`] for every type but PUBLISH.
+    #[inline(never)]
+    fn decode_other(
         header: &FixedHeader,
         mut body: Bytes,
         version: ProtocolVersion,
@@ -230,7 +259,8 @@ impl Packet {
             PacketType::ConnAck => {
                 ConnAck::decode(&mut body, version).map(|c| Self::ConnAck(c.into()))
             }
-            PacketType::Publish => Publish::decode(flags, body, version).map(Self::Publish),
+            // Decoded by `decode_with`, which never comes here with a PUBLISH.
+            PacketType::Publish => Publish::decode_with(flags, body, version, Self::Publish),
             PacketType::PubAck => PubAck::decode(&mut body, version).map(Self::PubAck),
             PacketType::PubRec => PubRec::decode(&mut body, version).map(Self::PubRec),
             PacketType::PubRel => PubRel::decode(&mut body, version).map(Self::PubRel),

@@ -95,50 +95,69 @@ impl Publish {
         self.qos_pid.packet_id()
     }
 
-    #[inline]
-    pub(crate) fn decode(
+    /// Decodes a PUBLISH body and hands the packet to `wrap`, whose result is built in
+    /// place: a PUBLISH is large, and every move through a `Result`, `Option` or `Packet`
+    /// wrapper is a copy of all of it. Errors carry the packet type and `version`.
+    #[inline(always)]
+    pub(crate) fn decode_with<R>(
         flags: u8,
         mut src: Bytes,
         version: ProtocolVersion,
-    ) -> Result<Self, DecodeError> {
+        wrap: impl FnOnce(Self) -> R,
+    ) -> Result<R, DecodeError> {
+        let fail = |kind: ErrorKind| DecodeError::new(kind).within(PacketType::Publish, version);
+        let within = |e: DecodeError| e.within(PacketType::Publish, version);
         let dup = flags & 0b1000 != 0;
         let retain = flags & 0b0001 != 0;
         // [MQTT-3.3.1-4]: both QoS bits set is a Malformed Packet.
-        let qos = QoS::from_u8((flags >> 1) & 0b11).ok_or(ErrorKind::InvalidQos)?;
+        let Some(qos) = QoS::from_u8((flags >> 1) & 0b11) else {
+            return Err(fail(ErrorKind::InvalidQos));
+        };
         // [MQTT-3.3.1-2]: DUP must be 0 on QoS 0.
         if dup && qos == QoS::AtMostOnce {
-            return Err(ErrorKind::DupOnQos0.into());
+            return Err(fail(ErrorKind::DupOnQos0));
         }
         // [MQTT-3.3.2-2]: no wildcards in a topic name. Emptiness is checked below,
         // since 5.0 allows it together with a Topic Alias.
-        let topic = read_topic_name(&mut src)?;
+        let topic = read_topic_name(&mut src).map_err(within)?;
         let qos_pid = match qos {
             QoS::AtMostOnce => QosPid::AtMostOnce,
-            QoS::AtLeastOnce => QosPid::AtLeastOnce(read_packet_id(&mut src)?),
-            QoS::ExactlyOnce => QosPid::ExactlyOnce(read_packet_id(&mut src)?),
+            QoS::AtLeastOnce => QosPid::AtLeastOnce(read_packet_id(&mut src).map_err(within)?),
+            QoS::ExactlyOnce => QosPid::ExactlyOnce(read_packet_id(&mut src).map_err(within)?),
         };
-        let properties = if version.is_v5() {
-            let props = PublishProperties::decode(&mut src)?;
-            if let Some(response_topic) = &props.response_topic {
-                // [MQTT-3.3.2-14]
-                validate_topic_name(response_topic).map_err(|_| ErrorKind::InvalidResponseTopic)?;
+        if !version.is_v5() {
+            // [MQTT-4.7.3-1]
+            if topic.is_empty() {
+                return Err(fail(ErrorKind::EmptyTopicName));
             }
-            props
-        } else {
-            PublishProperties::default()
-        };
-        // [MQTT-4.7.3-1]; in 5.0 "a zero length Topic Name and no Topic Alias" is a Protocol Error.
-        if topic.is_empty() && properties.topic_alias.is_none() {
-            return Err(ErrorKind::EmptyTopicName.into());
+            return Ok(wrap(Self {
+                dup,
+                qos_pid,
+                retain,
+                topic,
+                payload: src,
+                properties: PublishProperties::default(),
+            }));
         }
-        Ok(Self {
+        let properties = PublishProperties::decode(&mut src).map_err(within)?;
+        if let Some(response_topic) = &properties.response_topic {
+            // [MQTT-3.3.2-14]
+            if validate_topic_name(response_topic).is_err() {
+                return Err(fail(ErrorKind::InvalidResponseTopic));
+            }
+        }
+        // In 5.0 "a zero length Topic Name and no Topic Alias" is a Protocol Error.
+        if topic.is_empty() && properties.topic_alias.is_none() {
+            return Err(fail(ErrorKind::EmptyTopicName));
+        }
+        Ok(wrap(Self {
             dup,
             qos_pid,
             retain,
             topic,
             payload: src,
             properties,
-        })
+        }))
     }
 }
 
