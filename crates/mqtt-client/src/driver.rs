@@ -45,11 +45,10 @@ const CLOSE_GRACE: Duration = Duration::from_secs(2);
 
 type FirstResult = oneshot::Sender<Result<Box<ConnAck>, ConnectError>>;
 
+/// A SUBSCRIBE or UNSUBSCRIBE waiting for its answer. The session sends it again on the
+/// next connection if the one it went out on is lost first.
 struct Request<T> {
     done: Responder<T>,
-    /// Issued while connected: the packet was queued on that connection and dies with
-    /// it. Otherwise the session holds it until the next CONNACK.
-    online: bool,
 }
 
 /// Why an accepted connection ended.
@@ -170,7 +169,6 @@ impl Driver {
             };
             let now = self.now();
             self.session.connection_lost(now);
-            self.fail_online_requests();
             self.drain_session_events_offline();
             if let Some(first) = self.first.take() {
                 let err = match result {
@@ -551,24 +549,9 @@ impl Driver {
                     let _ = r.done.send(Ok(ack));
                 }
             }
-            SessionEvent::RequestLost(id) => {
-                if let Some(r) = self.subscribes.remove(&id) {
-                    let _ = r.done.send(Err(ClientError::ConnectionLost));
-                }
-                if let Some(r) = self.unsubscribes.remove(&id) {
-                    let _ = r.done.send(Err(ClientError::ConnectionLost));
-                }
-            }
             SessionEvent::Connected(ack) => {
                 let Some(c) = c else { return };
                 c.connected = true;
-                // Requests queued before CONNACK went out with it: they are online now.
-                for r in self.subscribes.values_mut() {
-                    r.online = true;
-                }
-                for r in self.unsubscribes.values_mut() {
-                    r.online = true;
-                }
                 self.push_state(Event::Connected {
                     session_present: ack.session_present,
                     connack: Box::new(ack.clone()),
@@ -629,7 +612,6 @@ impl Driver {
 
     fn handle_command(&mut self, cmd: Command) {
         let now = self.now();
-        let online = self.session.is_connected();
         match cmd {
             Command::Publish { message, done } => {
                 let qos = message.qos;
@@ -652,7 +634,7 @@ impl Driver {
                 done,
             } => match self.session.subscribe(subscriptions, properties) {
                 Some(id) => {
-                    self.subscribes.insert(id, Request { done, online });
+                    self.subscribes.insert(id, Request { done });
                 }
                 None => {
                     let _ = done.send(Err(ClientError::NoPacketId));
@@ -664,7 +646,7 @@ impl Driver {
                 done,
             } => match self.session.unsubscribe(filters, properties) {
                 Some(id) => {
-                    self.unsubscribes.insert(id, Request { done, online });
+                    self.unsubscribes.insert(id, Request { done });
                 }
                 None => {
                     let _ = done.send(Err(ClientError::NoPacketId));
@@ -675,30 +657,6 @@ impl Driver {
                 self.disconnect_requested.get_or_insert(packet);
             }
         }
-    }
-
-    /// SUBSCRIBE and UNSUBSCRIBE sent on a connection that died get no answer.
-    fn fail_online_requests(&mut self) {
-        self.subscribes.retain(|_, r| {
-            if r.online {
-                let (tx, _) = oneshot::channel();
-                let done = std::mem::replace(&mut r.done, tx);
-                let _ = done.send(Err(ClientError::ConnectionLost));
-                false
-            } else {
-                true
-            }
-        });
-        self.unsubscribes.retain(|_, r| {
-            if r.online {
-                let (tx, _) = oneshot::channel();
-                let done = std::mem::replace(&mut r.done, tx);
-                let _ = done.send(Err(ClientError::ConnectionLost));
-                false
-            } else {
-                true
-            }
-        });
     }
 
     /// The driver stops: fail what is outstanding, hand the remaining events over.

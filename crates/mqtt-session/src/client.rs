@@ -119,6 +119,9 @@ pub struct ClientSession {
     ping_sent_at: Option<Instant>,
     /// SUBSCRIBE / UNSUBSCRIBE asked for before the connection was accepted.
     pending_requests: Vec<Packet>,
+    /// SUBSCRIBE / UNSUBSCRIBE sent and not yet answered: sent again, in order, on the
+    /// next connection if this one is lost first.
+    sent_requests: Vec<Packet>,
     /// Whether a session may exist on the server from an earlier connection.
     had_session: bool,
 }
@@ -138,6 +141,7 @@ impl ClientSession {
             keep_alive: Duration::ZERO,
             ping_sent_at: None,
             pending_requests: Vec::new(),
+            sent_requests: Vec::new(),
             had_session: false,
         }
     }
@@ -176,7 +180,8 @@ impl ClientSession {
         }
         let connect = Connect {
             version: o.version,
-            clean_start: o.clean_start && !self.had_session,
+            // Reconnects resume the session only if it can outlive a connection.
+            clean_start: o.clean_start && !(self.had_session && self.session_persists()),
             keep_alive: o.keep_alive,
             client_id: o.client_id.clone(),
             will: o.will.clone(),
@@ -252,9 +257,20 @@ impl ClientSession {
 
     fn request(&mut self, packet: Packet) {
         if self.state == State::Connected {
+            self.sent_requests.push(packet.clone());
             self.flow.send(packet);
         } else {
             self.pending_requests.push(packet);
+        }
+    }
+
+    /// Whether the session survives the end of a connection: a 5.0 Session Expiry
+    /// Interval above 0, or Clean Session 0 in 3.x.
+    fn session_persists(&self) -> bool {
+        if self.options.version.is_v5() {
+            self.options.session_expiry_interval > 0
+        } else {
+            !self.options.clean_start
         }
     }
 
@@ -346,6 +362,7 @@ impl ClientSession {
     }
 
     fn release_request_id(&mut self, id: PacketId) -> bool {
+        self.sent_requests.retain(|p| request_id(p) != Some(id));
         let ids = &mut self.flow.outbox.other_ids;
         match ids.iter().position(|&p| p == id) {
             Some(pos) => {
@@ -396,7 +413,7 @@ impl ClientSession {
         self.flow.resume(now);
         let pending: Vec<Packet> = self.pending_requests.drain(..).collect();
         for packet in pending {
-            self.flow.send(packet);
+            self.request(packet);
         }
         self.flow.events.push(Event::Connected(ack));
     }
@@ -423,8 +440,10 @@ impl ClientSession {
     /// The connection ended. The session state stays for the next [`connect`](Self::connect).
     pub fn connection_lost(&mut self, _now: Instant) {
         self.flow.connection_lost();
-        // Requests in flight on the dead connection are answered by nobody: re-send
-        // them after the next CONNACK.
+        // Requests in flight on the dead connection are answered by nobody: send them
+        // again, in their order and before newer ones, after the next CONNACK.
+        let unanswered = core::mem::take(&mut self.sent_requests);
+        self.pending_requests.splice(0..0, unanswered);
         self.state = State::Idle;
         self.ping_sent_at = None;
     }
@@ -498,5 +517,14 @@ impl ClientSession {
 
     pub(crate) fn mark_resumable(&mut self) {
         self.had_session = true;
+    }
+}
+
+/// The packet identifier of a SUBSCRIBE or UNSUBSCRIBE.
+fn request_id(packet: &Packet) -> Option<PacketId> {
+    match packet {
+        Packet::Subscribe(s) => Some(s.packet_id),
+        Packet::Unsubscribe(u) => Some(u.packet_id),
+        _ => None,
     }
 }

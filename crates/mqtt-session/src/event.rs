@@ -3,7 +3,7 @@
 use alloc::{boxed::Box, collections::VecDeque};
 
 use mqtt_codec::{
-    Auth, ConnAck, Disconnect, PacketId, ReasonCode, SubAck, Subscribe, UnsubAck, Unsubscribe, Will,
+    Auth, ConnAck, Disconnect, ReasonCode, SubAck, Subscribe, UnsubAck, Unsubscribe, Will,
 };
 
 use crate::message::{DropReason, Message, MessageId};
@@ -59,8 +59,6 @@ pub enum Event {
     /// Server end: the session expired while disconnected: discard it and its
     /// subscriptions.
     SessionExpired,
-    /// Client end: a SUBSCRIBE or UNSUBSCRIBE was lost with the session that carried it.
-    RequestLost(PacketId),
 }
 
 /// An event as queued: the frequent ones inline and small, an application message by
@@ -81,7 +79,6 @@ enum Queued {
         reason: ReasonCode,
     },
     SessionExpired,
-    RequestLost(PacketId),
     Other(Box<Event>),
 }
 
@@ -103,7 +100,6 @@ impl Events {
             Event::Dropped { id, reason } => Queued::Dropped { id, reason },
             Event::Closed { reason } => Queued::Closed { reason },
             Event::SessionExpired => Queued::SessionExpired,
-            Event::RequestLost(id) => Queued::RequestLost(id),
             other => Queued::Other(Box::new(other)),
         };
         self.order.push_back(queued);
@@ -125,7 +121,6 @@ impl Events {
             Queued::Dropped { id, reason } => Event::Dropped { id, reason },
             Queued::Closed { reason } => Event::Closed { reason },
             Queued::SessionExpired => Event::SessionExpired,
-            Queued::RequestLost(id) => Event::RequestLost(id),
             Queued::Other(event) => *event,
         })
     }

@@ -94,15 +94,16 @@ fn session_present_on_resume_and_not_on_clean_start() {
         let mut fresh = Pair::new(o, Limits::default());
         fresh.connect();
         fresh.cut();
-        // A client that asked for a clean start resumes afterwards; a new client
-        // asking for a clean start gets none.
+        // A 5.0 client that started clean with a Session Expiry Interval resumes its
+        // session afterwards; a 3.1.1 Clean Session is clean on every connection.
         fresh.connect();
         let Some(Event::Connected(ack)) = fresh.client_events.last() else {
             panic!()
         };
-        assert!(
+        assert_eq!(
             ack.session_present,
-            "{version}: the client resumes its own session"
+            version == V5,
+            "{version}: resume only a session that outlives the connection"
         );
     }
 }
@@ -895,4 +896,55 @@ fn unknown_pubrel_is_completed_with_0x92() {
     );
     let _ = PubAck::new(PacketId::MIN);
     let _ = PublishProperties::default();
+}
+
+// A SUBSCRIBE whose connection drops before its SUBACK is sent again on the next
+// connection, and answered there.
+#[test]
+fn unanswered_subscribe_is_sent_again_after_a_cut() {
+    for version in [V311, V5] {
+        let mut pair = connected(version);
+        let sub = Subscription {
+            filter: ByteStr::from_static("again/#"),
+            options: SubscriptionOptions::new(QoS::AtLeastOnce),
+        };
+        let id = pair.client.subscribe(vec![sub], Default::default()).unwrap();
+        // The SUBSCRIBE reaches the server; the link dies before the SUBACK.
+        pair.drive_limited(1);
+        pair.cut();
+        pair.connect();
+        let requests: Vec<_> = pair
+            .server_events
+            .iter()
+            .filter_map(|e| match e {
+                Event::Subscribe(s) => Some(s.clone()),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(requests.len(), 2, "{version}: sent on both connections");
+        pair.server.suback(&requests[1], vec![ReasonCode::GRANTED_QOS_1]);
+        pair.drive();
+        assert!(
+            pair.client_events.iter().any(|e| matches!(e, Event::SubAck(a) if a.packet_id == id)),
+            "{version}: answered on the new connection"
+        );
+    }
+}
+
+// A client that asked for a clean session gets one on every connection when its session
+// cannot outlive a connection (3.x Clean Session 1, 5.0 Session Expiry 0).
+#[test]
+fn clean_session_stays_clean_on_reconnect() {
+    for version in [V311, V5] {
+        let mut o = options(version);
+        o.clean_start = true;
+        o.session_expiry_interval = 0;
+        let mut pair = Pair::new(o, Limits::default());
+        pair.connect();
+        pair.cut();
+        pair.client_sent.clear();
+        pair.connect();
+        let Some(Packet::Connect(c)) = pair.client_sent.first() else { panic!() };
+        assert!(c.clean_start, "{version}");
+    }
 }
