@@ -344,6 +344,8 @@ where
                     again = true;
                 }
                 Event::PeerDisconnected(_) | Event::Closed { .. } => closed = true,
+                // The will of a connection this one replaced ([MQTT-3.1.2-8]).
+                Event::Will(will) => shared.route(handle.key, &will_message(will), &mut matches),
                 _ => {}
             }
         }
@@ -526,25 +528,7 @@ async fn idle(shared: Arc<Shared>, handle: Arc<SessionHandle>, generation: u64) 
         };
         for event in events {
             match event {
-                Event::Will(will) => {
-                    let message = Message {
-                        topic: will.topic,
-                        payload: will.payload,
-                        qos: will.qos,
-                        // [MQTT-3.1.2-14], [MQTT-3.1.2-15] (5.0): retained as the will asked.
-                        retain: will.retain,
-                        properties: mqtt_codec::PublishProperties {
-                            payload_format_indicator: will.properties.payload_format_indicator,
-                            message_expiry_interval: will.properties.message_expiry_interval,
-                            content_type: will.properties.content_type,
-                            response_topic: will.properties.response_topic,
-                            correlation_data: will.properties.correlation_data,
-                            user_properties: will.properties.user_properties,
-                            ..Default::default()
-                        },
-                    };
-                    shared.route(handle.key, &message, &mut matches);
-                }
+                Event::Will(will) => shared.route(handle.key, &will_message(will), &mut matches),
                 Event::SessionExpired => {
                     shared.remove_session(&handle);
                     return;
@@ -563,6 +547,27 @@ async fn idle(shared: Arc<Shared>, handle: Arc<SessionHandle>, generation: u64) 
             }
             () = handle.notify.notified() => {}
         }
+    }
+}
+
+/// The application message a will publishes ([MQTT-3.1.2-14], [MQTT-3.1.2-15] in 5.0:
+/// retained as the will asked), with its properties in order ([MQTT-3.1.3-10]).
+fn will_message(will: mqtt_codec::Will) -> Message {
+    let p = will.properties;
+    Message {
+        topic: will.topic,
+        payload: will.payload,
+        qos: will.qos,
+        retain: will.retain,
+        properties: mqtt_codec::PublishProperties {
+            payload_format_indicator: p.payload_format_indicator,
+            message_expiry_interval: p.message_expiry_interval,
+            content_type: p.content_type,
+            response_topic: p.response_topic,
+            correlation_data: p.correlation_data,
+            user_properties: p.user_properties,
+            ..Default::default()
+        },
     }
 }
 

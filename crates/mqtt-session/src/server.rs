@@ -125,6 +125,17 @@ impl ServerSession {
         self.flow.version = version;
         let limits = self.flow.limits.clone();
 
+        // The previous connection's session ends here if it could not outlive that
+        // connection, or the new one starts clean: its will, if still pending, is due now
+        // (3.1.2.5: "... or the Session ends"). Otherwise the new connection cancels it
+        // ([MQTT-3.1.3-9]). Mosquitto behaves the same on takeover.
+        let previous_ends = self.session_expiry == 0 || connect.clean_start;
+        if previous_ends {
+            if let Some(will) = self.will.take().filter(|_| self.will_due.is_some()) {
+                self.flow.events.push(Event::Will(will));
+            }
+        }
+
         // [MQTT-3.1.2-4] / 3.1.2.4: Clean Start discards any existing session;
         // [MQTT-3.2.2-2], [MQTT-3.2.2-3]: Session Present tells the client which happened.
         let session_present = self.established && !connect.clean_start;

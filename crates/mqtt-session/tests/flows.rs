@@ -908,7 +908,10 @@ fn unanswered_subscribe_is_sent_again_after_a_cut() {
             filter: ByteStr::from_static("again/#"),
             options: SubscriptionOptions::new(QoS::AtLeastOnce),
         };
-        let id = pair.client.subscribe(vec![sub], Default::default()).unwrap();
+        let id = pair
+            .client
+            .subscribe(vec![sub], Default::default())
+            .unwrap();
         // The SUBSCRIBE reaches the server; the link dies before the SUBACK.
         pair.drive_limited(1);
         pair.cut();
@@ -922,10 +925,13 @@ fn unanswered_subscribe_is_sent_again_after_a_cut() {
             })
             .collect();
         assert_eq!(requests.len(), 2, "{version}: sent on both connections");
-        pair.server.suback(&requests[1], vec![ReasonCode::GRANTED_QOS_1]);
+        pair.server
+            .suback(&requests[1], vec![ReasonCode::GRANTED_QOS_1]);
         pair.drive();
         assert!(
-            pair.client_events.iter().any(|e| matches!(e, Event::SubAck(a) if a.packet_id == id)),
+            pair.client_events
+                .iter()
+                .any(|e| matches!(e, Event::SubAck(a) if a.packet_id == id)),
             "{version}: answered on the new connection"
         );
     }
@@ -944,7 +950,9 @@ fn clean_session_stays_clean_on_reconnect() {
         pair.cut();
         pair.client_sent.clear();
         pair.connect();
-        let Some(Packet::Connect(c)) = pair.client_sent.first() else { panic!() };
+        let Some(Packet::Connect(c)) = pair.client_sent.first() else {
+            panic!()
+        };
         assert!(c.clean_start, "{version}");
     }
 }

@@ -1,0 +1,1 @@
+//! Tests only: `mqtt-client` against `mqtt-broker` over loopback sockets (see `tests/`).
