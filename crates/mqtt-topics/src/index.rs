@@ -119,10 +119,11 @@ impl<K: fmt::Debug, V: fmt::Debug> fmt::Debug for SharedGroup<'_, K, V> {
 ///
 /// # Costs
 /// A lookup walks the trie along the topic's levels, following at each level the
-/// exact child (one hash probe) and the `+` child (a field), and reading the
-/// subscriptions of every node reached. It allocates nothing and uses no recursion.
-/// Insert and remove cost one probe per level, plus a sorted insert into the node's
-/// list when several subscribers share a filter.
+/// exact child (one hash probe; a chain of literal levels with nothing in between is
+/// one node, so one probe) and the `+` child (a field), and reading the subscriptions
+/// of every node reached. It allocates nothing and uses no recursion. Insert and
+/// remove cost one probe per level, plus a sorted insert into the node's list when
+/// several subscribers share a filter.
 ///
 /// # Example
 /// ```
@@ -194,7 +195,7 @@ impl<K: Ord, V> TopicIndex<K, V> {
 
     pub(crate) fn with_seed_and_groups(seed: u64, first_group: u64) -> Self {
         Self {
-            trie: Trie::new(seed),
+            trie: Trie::new(seed, true),
             len: 0,
             next_group: first_group,
         }
@@ -294,8 +295,51 @@ impl<K: Ord, V> TopicIndex<K, V> {
         let t = topic.as_str().as_bytes();
         let dollar = topic.is_dollar();
         let end = t.len() + 1;
-        let mut node = ROOT;
-        let mut pos = 0;
+        // Breadth-first through a small queue of (node, position) on the stack, so that
+        // the probes of independent branches (the literal child and the `+` child of a
+        // level) follow each other closely and their cache misses can overlap, where a
+        // depth-first walk would start the second only once the first has come back. A
+        // branch that finds the queue full is walked depth-first on the spot.
+        let mut queue = Queue::new(ROOT, 0);
+        while let Some((node, pos)) = queue.pop() {
+            let Some(n) = self.trie.node(node) else {
+                continue;
+            };
+            let hidden = node == ROOT && dollar;
+            if !hidden && !matches!(n.payload, Subs::Empty) {
+                visit(&n.payload, pos == end, &mut f);
+            }
+            if pos == end {
+                continue;
+            }
+            let (_, next) = split_level(t, pos, end);
+            // Topic levels never are `+`. Probe only if there are literal children.
+            // A compressed child consumes several levels.
+            if n.first_child != NONE {
+                let (child, after) = self.trie.literal_step(node, t, pos, next);
+                if child != NONE && !queue.push(child, after) {
+                    self.walk(child, after, t, dollar, &mut f);
+                }
+            }
+            if n.plus != NONE && !hidden && !queue.push(n.plus, next) {
+                self.walk(n.plus, next, t, dollar, &mut f);
+            }
+        }
+    }
+
+    /// Reports the matches of `t` in the subtree of `start`, reached with `t` consumed
+    /// up to `start_pos`: a depth-first walk without a stack.
+    fn walk<'a>(
+        &'a self,
+        start: u32,
+        start_pos: usize,
+        t: &[u8],
+        dollar: bool,
+        f: &mut impl FnMut(Match<'a, K, V>),
+    ) {
+        let end = t.len() + 1;
+        let mut node = start;
+        let mut pos = start_pos;
         // A depth-first walk without a stack: going down consumes a level, going up
         // (through `parent`) gives it back, and whether we come up from the exact child
         // or from the `+` child tells what is left to try at the parent.
@@ -305,19 +349,20 @@ impl<K: Ord, V> TopicIndex<K, V> {
             };
             let root_hidden = node == ROOT && dollar;
             if !root_hidden {
-                visit(&n.payload, pos == end, &mut f);
+                visit(&n.payload, pos == end, f);
             }
             if pos != end {
-                let (level, next) = split_level(t, pos, end);
+                let (_, next) = split_level(t, pos, end);
                 // Topic levels never are `+`. Probe only if there are literal children.
-                let child = if n.first_child == NONE {
-                    NONE
+                // A compressed child consumes several levels.
+                let (child, after) = if n.first_child == NONE {
+                    (NONE, next)
                 } else {
-                    self.trie.literal_child(node, level)
+                    self.trie.literal_step(node, t, pos, next)
                 };
                 if child != NONE {
                     node = child;
-                    pos = next;
+                    pos = after;
                     continue 'enter;
                 }
                 if n.plus != NONE && !root_hidden {
@@ -328,7 +373,7 @@ impl<K: Ord, V> TopicIndex<K, V> {
             }
             // Go up until a parent still has its `+` child to try.
             loop {
-                if node == ROOT {
+                if node == start {
                     return;
                 }
                 let Some(n) = self.trie.node(node) else {
@@ -336,13 +381,18 @@ impl<K: Ord, V> TopicIndex<K, V> {
                 };
                 let (child, child_pos) = (node, pos);
                 node = n.parent;
-                pos = level_start(t, child_pos);
                 let Some(p) = self.trie.node(node) else {
                     return;
                 };
+                // A `+` child consumed one level; a literal child, its label.
+                pos = if p.plus == child {
+                    level_start(t, child_pos)
+                } else {
+                    child_pos.saturating_sub(n.label().len() + 1)
+                };
                 if p.plus != NONE && p.plus != child && !(node == ROOT && dollar) {
                     node = p.plus;
-                    pos = child_pos;
+                    pos = split_level(t, pos, end).1;
                     continue 'enter;
                 }
             }
@@ -370,6 +420,53 @@ impl<K: Ord, V> TopicIndex<K, V> {
         V: Clone,
     {
         self.for_each_match(topic, |m| out.push(m));
+    }
+}
+
+/// The pending branches of a lookup: a ring buffer of (node, position).
+struct Queue {
+    items: [(u32, usize); QUEUE],
+    head: usize,
+    len: usize,
+}
+
+const QUEUE: usize = 16;
+
+impl Queue {
+    fn new(node: u32, pos: usize) -> Self {
+        let mut items = [(NONE, 0); QUEUE];
+        if let Some(first) = items.first_mut() {
+            *first = (node, pos);
+        }
+        Self {
+            items,
+            head: 0,
+            len: 1,
+        }
+    }
+
+    /// Adds a branch, or returns false if the queue is full.
+    #[inline]
+    fn push(&mut self, node: u32, pos: usize) -> bool {
+        if self.len == QUEUE {
+            return false;
+        }
+        if let Some(slot) = self.items.get_mut((self.head + self.len) % QUEUE) {
+            *slot = (node, pos);
+        }
+        self.len += 1;
+        true
+    }
+
+    #[inline]
+    fn pop(&mut self) -> Option<(u32, usize)> {
+        if self.len == 0 {
+            return None;
+        }
+        let item = self.items.get(self.head).copied();
+        self.head = (self.head + 1) % QUEUE;
+        self.len -= 1;
+        item
     }
 }
 

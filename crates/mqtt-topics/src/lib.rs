@@ -29,13 +29,18 @@
 //! (parent, level) for the whole trie, so a level with a million children (device
 //! ids) costs one probe, and a node with none costs nothing; the `+` child has its own
 //! field. Subscriptions sit in the node where their filter ends, with a flag for a
-//! trailing `#`; a node with one subscription keeps it inline.
+//! trailing `#`; a node with one subscription keeps it inline. In a [`TopicIndex`], a
+//! chain of literal levels with nothing in between is one node (path compression), so
+//! an exact topic such as `tenant/t7/device/d42/status` costs one probe below the
+//! tenant's `device` node, not two.
 //!
-//! Lookups walk the trie depth-first *without a stack*: each node links to its parent,
-//! so going up gives back a level and the walk needs no memory of its own. A lookup
-//! therefore allocates nothing and cannot overflow the call stack on a topic of
-//! thousands of levels. [`RetainedStore::matching`] walks the same way, which is why
-//! its iterator is a few words of state.
+//! Lookups walk the trie breadth-first through a small queue on the stack, so that the
+//! cache misses of independent branches overlap, and depth-first *without a stack*
+//! when the queue is full: each node links to its parent, so going up gives back a
+//! level and the walk needs no memory of its own. A lookup therefore allocates nothing
+//! and cannot overflow the call stack on a topic of thousands of levels.
+//! [`RetainedStore::matching`] walks depth-first the same way, which is why its
+//! iterator is a few words of state.
 //!
 //! # Rules
 //! - A filter starting with `+` or `#` never matches a topic starting with `$`

@@ -70,7 +70,7 @@ impl<V> RetainedStore<V> {
     /// An empty store whose edge hash uses `seed`.
     pub fn with_seed(seed: u64) -> Self {
         Self {
-            trie: Trie::new(seed),
+            trie: Trie::new(seed, false),
             len: 0,
         }
     }

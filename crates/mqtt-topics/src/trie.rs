@@ -10,6 +10,10 @@
 //!   keyed by (parent, label): a node with a million children costs the same to search
 //!   as one with two, and a node with none pays nothing. The `+` child of a filter node
 //!   has its own field, since every lookup asks for it.
+//! - Optionally (the subscription index), a chain of literal levels with nothing in
+//!   between is one node labelled with the levels joined by `/` and keyed by its first
+//!   level (path compression); it is split when something must sit inside it and
+//!   merged back when that goes.
 //! - Every node also links to its parent and its siblings, so the trie can be walked in
 //!   any direction without a stack: matching allocates nothing and cannot overflow the
 //!   call stack, however deep the topic.
@@ -159,6 +163,25 @@ impl Edges {
         }
     }
 
+    /// Points the entry (`hash`, `old`) at `new` instead.
+    fn replace(&mut self, hash: u32, old: u32, new: u32) {
+        let mask = self.mask();
+        if self.slots.is_empty() {
+            return;
+        }
+        let mut i = hash as usize & mask;
+        while let Some(slot) = self.slots.get_mut(i) {
+            if slot.node == old {
+                slot.node = new;
+                return;
+            }
+            if slot.node == NONE {
+                return;
+            }
+            i = (i + 1) & mask;
+        }
+    }
+
     fn remove(&mut self, hash: u32, node: u32) {
         let mask = self.mask();
         if self.slots.is_empty() {
@@ -206,15 +229,71 @@ pub(crate) struct Trie<T> {
     free: u32,
     edges: Edges,
     seed: u64,
+    /// Whether chains of literal levels are merged into one node (path compression).
+    compress: bool,
+}
+
+/// The first level of a label (all of it unless the node is compressed).
+#[inline]
+pub(crate) fn first_level(label: &[u8]) -> &[u8] {
+    match label.iter().position(|&b| b == b'/') {
+        Some(i) => label.get(..i).unwrap_or_default(),
+        None => label,
+    }
+}
+
+/// Byte equality, inline: labels are short, and a call to `memcmp` costs more than
+/// comparing them a word at a time.
+#[inline(always)]
+fn same(a: &[u8], b: &[u8]) -> bool {
+    let n = a.len();
+    if n != b.len() {
+        return false;
+    }
+    let w64 = |s: &[u8], i: usize| {
+        s.get(i..i + 8)
+            .and_then(|w| <[u8; 8]>::try_from(w).ok())
+            .map_or(0, u64::from_ne_bytes)
+    };
+    let w32 = |s: &[u8], i: usize| {
+        s.get(i..i + 4)
+            .and_then(|w| <[u8; 4]>::try_from(w).ok())
+            .map_or(0, u32::from_ne_bytes)
+    };
+    if n >= 8 {
+        let mut i = 0;
+        while i + 8 < n {
+            if w64(a, i) != w64(b, i) {
+                return false;
+            }
+            i += 8;
+        }
+        // The last word, overlapping the previous one.
+        w64(a, n - 8) == w64(b, n - 8)
+    } else if n >= 4 {
+        w32(a, 0) == w32(b, 0) && w32(a, n - 4) == w32(b, n - 4)
+    } else {
+        a.iter().zip(b).all(|(x, y)| x == y)
+    }
+}
+
+/// Whether `label`'s first level is `level`.
+#[inline]
+fn starts_with_level(label: &[u8], level: &[u8]) -> bool {
+    label.starts_with(level) && label.get(level.len()).is_none_or(|&b| b == b'/')
 }
 
 impl<T: Payload> Trie<T> {
-    pub(crate) fn new(seed: u64) -> Self {
+    /// An empty trie. With `compress`, a chain of literal levels that lead to nothing
+    /// else (no subscription, no `+` child, one child) is one node whose label holds
+    /// the levels joined by `/`; its edge is keyed by its first level.
+    pub(crate) fn new(seed: u64, compress: bool) -> Self {
         let mut trie = Self {
             chunks: Vec::new(),
             free: NONE,
             edges: Edges::default(),
             seed,
+            compress,
         };
         trie.alloc(b"", NONE);
         trie
@@ -249,23 +328,63 @@ impl<T: Payload> Trie<T> {
         self.literal_child(parent, label)
     }
 
-    /// The child of `parent` labelled `label`, which is not `+`, or [`NONE`].
+    /// The child of `parent` whose (first) level is `level`, which is not `+`, or
+    /// [`NONE`].
     #[inline]
-    pub(crate) fn literal_child(&self, parent: u32, label: &[u8]) -> u32 {
-        let hash = edge_hash(self.seed, parent, label);
+    pub(crate) fn literal_child(&self, parent: u32, level: &[u8]) -> u32 {
+        let hash = edge_hash(self.seed, parent, level);
         self.edges.find(hash, |id| {
             self.node(id)
-                .is_some_and(|n| n.parent == parent && n.label() == label)
+                .is_some_and(|n| n.parent == parent && starts_with_level(n.label(), level))
         })
+    }
+
+    /// Follows the literal edge of `parent` for the level of `t` (a topic) starting at
+    /// `pos`, which ends at `next`: the child and the position after all of its levels,
+    /// or [`NONE`] if there is no such child or the rest of its label does not match.
+    #[inline(always)]
+    pub(crate) fn literal_step(
+        &self,
+        parent: u32,
+        t: &[u8],
+        pos: usize,
+        next: usize,
+    ) -> (u32, usize) {
+        let level = t
+            .get(pos..next.saturating_sub(1).max(pos))
+            .unwrap_or_default();
+        let hash = edge_hash(self.seed, parent, level);
+        let rest = t.get(pos..).unwrap_or_default();
+        let mut len = 0;
+        // A label that matches `rest` up to a level boundary starts with `level`, so it
+        // is the edge; an edge whose other levels differ is not, and the probe ends at
+        // an empty slot without finding anything.
+        let id = self.edges.find(hash, |id| {
+            self.node(id).is_some_and(|n| {
+                let label = n.label();
+                len = label.len();
+                n.parent == parent
+                    && rest.get(len).is_none_or(|&b| b == b'/')
+                    && same(rest.get(..len).unwrap_or_default(), label)
+            })
+        });
+        (id, pos + len + 1)
     }
 
     /// The node reached from the root through `levels`, if it exists.
     pub(crate) fn find<'l>(&self, levels: impl IntoIterator<Item = &'l str>) -> u32 {
+        let mut levels = levels.into_iter();
         let mut id = ROOT;
-        for level in levels {
+        while let Some(level) = levels.next() {
             id = self.child(id, level.as_bytes());
-            if id == NONE {
-                break;
+            let Some(n) = self.node(id) else {
+                return NONE;
+            };
+            // The other levels of a compressed node.
+            for part in n.label().split(|&b| b == b'/').skip(1) {
+                if levels.next().map(str::as_bytes) != Some(part) {
+                    return NONE;
+                }
             }
         }
         id
@@ -273,17 +392,135 @@ impl<T: Payload> Trie<T> {
 
     /// The node reached from the root through `levels`, created as needed.
     pub(crate) fn find_or_insert<'l>(&mut self, levels: impl IntoIterator<Item = &'l str>) -> u32 {
+        let mut levels = levels.into_iter().peekable();
         let mut id = ROOT;
-        for level in levels {
+        while let Some(level) = levels.next() {
             let label = level.as_bytes();
-            let child = self.child(id, label);
-            id = if child == NONE {
-                self.insert_child(id, label)
+            if label == b"+" {
+                let plus = self.node(id).map_or(NONE, |n| n.plus);
+                id = if plus == NONE {
+                    self.insert_child(id, label)
+                } else {
+                    plus
+                };
+                continue;
+            }
+            let child = self.literal_child(id, label);
+            if child == NONE {
+                // A new node takes the literal levels that follow, if compressing.
+                let mut text = Vec::from(label);
+                while let Some(next) = levels.next_if(|l| self.compress && *l != "+") {
+                    text.push(b'/');
+                    text.extend_from_slice(next.as_bytes());
+                }
+                id = self.insert_child(id, &text);
+                continue;
+            }
+            // Follow the child's other levels as far as `levels` agree.
+            let Some(c) = self.node(child) else {
+                return NONE;
+            };
+            let full = c.label();
+            let mut matched = label.len();
+            while matched < full.len() {
+                let rest = full.get(matched + 1..).unwrap_or_default();
+                let part = first_level(rest);
+                if levels.next_if(|l| l.as_bytes() == part).is_none() {
+                    break;
+                }
+                matched += 1 + part.len();
+            }
+            id = if matched < full.len() {
+                self.split(child, matched)
             } else {
                 child
             };
         }
         id
+    }
+
+    /// Splits compressed node `id` after its first `at` bytes (a level boundary): a new
+    /// node takes the first part and `id`'s place, and `id` keeps the rest as its only
+    /// child, so that the ids of `id`'s children stay valid. Returns the new node.
+    fn split(&mut self, id: u32, at: usize) -> u32 {
+        let Some(n) = self.node(id) else { return NONE };
+        let label = n.label();
+        let head = Vec::from(label.get(..at).unwrap_or_default());
+        let tail = Vec::from(label.get(at + 1..).unwrap_or_default());
+        let (parent, prev, next) = (n.parent, n.prev_sibling, n.next_sibling);
+        let head_id = self.alloc(&head, parent);
+        // `head` takes `id`'s edge (same key: parent and first level) and list place.
+        self.edges.replace(
+            edge_hash(self.seed, parent, first_level(&head)),
+            id,
+            head_id,
+        );
+        self.relink(parent, id, head_id, prev, next);
+        if let Some(h) = self.node_mut(head_id) {
+            h.first_child = id;
+        }
+        if let Some(n) = self.node_mut(id) {
+            n.label = Label::new(&tail);
+            n.parent = head_id;
+            n.prev_sibling = NONE;
+            n.next_sibling = NONE;
+        }
+        self.edges
+            .insert(edge_hash(self.seed, head_id, first_level(&tail)), id);
+        head_id
+    }
+
+    /// Puts `new` in `old`'s place in the sibling list of `parent`.
+    fn relink(&mut self, parent: u32, old: u32, new: u32, prev: u32, next: u32) {
+        if let Some(n) = self.node_mut(new) {
+            n.prev_sibling = prev;
+            n.next_sibling = next;
+        }
+        if let Some(p) = self.node_mut(prev) {
+            p.next_sibling = new;
+        }
+        if let Some(nx) = self.node_mut(next) {
+            nx.prev_sibling = new;
+        }
+        if let Some(p) = self.node_mut(parent) {
+            if p.first_child == old {
+                p.first_child = new;
+            }
+        }
+    }
+
+    /// Merges `id` into its only child if nothing else needs `id` (the inverse of
+    /// [`split`](Self::split)), when compressing.
+    fn merge(&mut self, id: u32) {
+        if !self.compress || id == ROOT {
+            return;
+        }
+        let Some(n) = self.node(id) else { return };
+        let child = n.first_child;
+        if n.plus != NONE || !n.payload.is_empty() || n.label() == b"+" || child == NONE {
+            return;
+        }
+        let Some(c) = self.node(child) else { return };
+        if c.next_sibling != NONE {
+            return;
+        }
+        let mut text = Vec::from(n.label());
+        text.push(b'/');
+        text.extend_from_slice(c.label());
+        let (parent, prev, next) = (n.parent, n.prev_sibling, n.next_sibling);
+        let own_hash = edge_hash(self.seed, parent, first_level(n.label()));
+        let child_hash = edge_hash(self.seed, id, first_level(c.label()));
+        self.edges.remove(child_hash, child);
+        self.edges.replace(own_hash, id, child);
+        self.relink(parent, id, child, prev, next);
+        if let Some(c) = self.node_mut(child) {
+            c.label = Label::new(&text);
+            c.parent = parent;
+        }
+        if let Some(n) = self.node_mut(id) {
+            n.first_child = NONE;
+        }
+        self.release(id);
     }
 
     fn alloc(&mut self, label: &[u8], parent: u32) -> u32 {
@@ -339,16 +576,19 @@ impl<T: Payload> Trie<T> {
         if let Some(n) = self.node_mut(id) {
             n.next_sibling = old_first;
         }
-        self.edges.insert(edge_hash(self.seed, parent, label), id);
+        self.edges
+            .insert(edge_hash(self.seed, parent, first_level(label)), id);
         id
     }
 
-    /// Frees `id` and then its ancestors, as long as they are empty and childless.
+    /// Frees `id` and then its ancestors, as long as they are empty and childless;
+    /// then, when compressing, merges the node where that stops into its child if it
+    /// has become a plain link.
     pub(crate) fn prune(&mut self, mut id: u32) {
         while id != ROOT {
             let Some(n) = self.node(id) else { return };
             if n.first_child != NONE || n.plus != NONE || !n.payload.is_empty() {
-                return;
+                break;
             }
             let (parent, prev, next) = (n.parent, n.prev_sibling, n.next_sibling);
             if n.label() == b"+" {
@@ -356,7 +596,7 @@ impl<T: Payload> Trie<T> {
                     p.plus = NONE;
                 }
             } else {
-                let hash = edge_hash(self.seed, parent, n.label());
+                let hash = edge_hash(self.seed, parent, first_level(n.label()));
                 self.edges.remove(hash, id);
                 if let Some(p) = self.node_mut(prev) {
                     p.next_sibling = next;
@@ -370,19 +610,25 @@ impl<T: Payload> Trie<T> {
                     }
                 }
             }
-            let free = self.free;
-            if let Some(n) = self.node_mut(id) {
-                n.label = Label::new(b"");
-                n.parent = NONE;
-                n.plus = NONE;
-                n.first_child = NONE;
-                n.prev_sibling = NONE;
-                n.next_sibling = free;
-                n.payload = T::default();
-            }
-            self.free = id;
+            self.release(id);
             id = parent;
         }
+        self.merge(id);
+    }
+
+    /// Puts node `id`, already unlinked, on the free list.
+    fn release(&mut self, id: u32) {
+        let free = self.free;
+        if let Some(n) = self.node_mut(id) {
+            n.label = Label::new(b"");
+            n.parent = NONE;
+            n.plus = NONE;
+            n.first_child = NONE;
+            n.prev_sibling = NONE;
+            n.next_sibling = free;
+            n.payload = T::default();
+        }
+        self.free = id;
     }
 
     /// Writes the path from the root to `id` (its topic), levels joined by `/`.

@@ -211,4 +211,53 @@ proptest! {
         }
         check(&store, &alive)?;
     }
+
+    /// Long filters over two letters, subscribed and unsubscribed in random order with
+    /// lookups in between: chains of literal levels are merged into one node and split
+    /// again (path compression), which must never change what matches or what `get`
+    /// finds.
+    #[test]
+    fn deep_index_agrees(
+        ops in vec((deep_filter(), 0u8..2, any::<bool>()), 1..60),
+        topics in vec(deep_topic(), 1..10),
+    ) {
+        let mut index = TopicIndex::new();
+        let mut alive = BTreeMap::new();
+        let mut m = Matches::new();
+        for (v, (f, k, add)) in ops.iter().enumerate() {
+            let filter = as_filter(f, None);
+            if *add {
+                prop_assert_eq!(index.subscribe(filter, *k, v), alive.insert((f.clone(), *k, None), v));
+            } else {
+                prop_assert_eq!(index.unsubscribe(filter, k), alive.remove(&(f.clone(), *k, None)));
+            }
+            prop_assert_eq!(index.len(), alive.len());
+            for ((f, k, _), v) in &alive {
+                prop_assert_eq!(index.get(as_filter(f, None), k), Some(v));
+            }
+            for t in &topics {
+                index.matches(TopicName::new(t).unwrap(), &mut m);
+                prop_assert_eq!(&found(&m), &expected(&alive, t), "topic {}", t);
+            }
+        }
+    }
+}
+
+fn deep_topic() -> impl Strategy<Value = String> {
+    vec(select(&["a", "b", ""][..]), 1..8)
+        .prop_map(|levels| levels.join("/"))
+        .prop_filter("a topic name is not empty", |t| !t.is_empty())
+}
+
+fn deep_filter() -> impl Strategy<Value = String> {
+    (
+        vec(select(&["a", "a", "b", "", "+"][..]), 1..7),
+        any::<bool>(),
+    )
+        .prop_map(|(mut levels, hash)| {
+            if hash || levels == [""] {
+                levels.push("#");
+            }
+            levels.join("/")
+        })
 }
