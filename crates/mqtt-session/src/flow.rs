@@ -255,10 +255,18 @@ impl Flow {
     #[inline]
     pub(crate) fn handle_ack(&mut self, packet_id: PacketId, phase: Awaiting, code: ReasonCode) {
         match self.outbox.acknowledge(packet_id, phase, code) {
-            AckOutcome::Done(id) => self.events.push(Event::Delivered {
-                id,
-                reason_code: code,
-            }),
+            AckOutcome::Done(id) => {
+                // PUBCOMP's only failure, 0x92, says the receiver no longer knows the
+                // identifier: it completed the exchange before (its PUBCOMP was lost with a
+                // connection, and our resent PUBREL found nothing). The message was
+                // accepted at PUBREC, so it is delivered.
+                let reason_code = if phase == Awaiting::PubComp {
+                    ReasonCode::SUCCESS
+                } else {
+                    code
+                };
+                self.events.push(Event::Delivered { id, reason_code });
+            }
             // [MQTT-4.6.0-4]: PUBREL in the order the PUBRECs arrived.
             AckOutcome::SendPubRel => self
                 .tx

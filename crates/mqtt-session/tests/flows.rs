@@ -956,3 +956,32 @@ fn clean_session_stays_clean_on_reconnect() {
         assert!(c.clean_start, "{version}");
     }
 }
+
+// The PUBCOMP of a QoS 2 exchange is lost with the connection; the resent PUBREL is
+// answered with 0x92 (the server already completed): the message counts as delivered.
+#[test]
+fn pubcomp_lost_with_the_connection_still_delivers() {
+    let mut pair = connected(V5);
+    let id = pair
+        .client
+        .publish(pair.now, msg("t", "q2", QoS::ExactlyOnce))
+        .unwrap();
+    // PUBLISH, PUBREC, PUBREL cross; the PUBCOMP is written but lost.
+    pair.drive_limited(3);
+    pair.cut();
+    pair.connect();
+    let done: Vec<_> = pair
+        .client_events
+        .iter()
+        .filter_map(|e| match e {
+            Event::Delivered { id: d, reason_code } if *d == id => Some(*reason_code),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(done, [ReasonCode::SUCCESS]);
+    assert_eq!(payloads(&pair.server_events), ["q2"]);
+    // The server did answer the resent PUBREL with 0x92.
+    assert!(pair.server_sent.iter().any(
+        |p| matches!(p, Packet::PubComp(c) if c.reason_code == ReasonCode::PACKET_IDENTIFIER_NOT_FOUND)
+    ));
+}
