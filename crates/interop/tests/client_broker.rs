@@ -99,7 +99,7 @@ async fn persistent_session_and_retained() {
             .await
             .unwrap();
         let (_sub, mut conn) = connect(o).await;
-        let mut got = vec![next(&mut conn).await, next(&mut conn).await];
+        let mut got = [next(&mut conn).await, next(&mut conn).await];
         got.sort_by(|a, b| a.topic.cmp(&b.topic));
         assert_eq!(got[0].payload, b"queued"[..]);
         assert_eq!(got[1].payload, b"kept"[..]);
