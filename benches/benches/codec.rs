@@ -91,6 +91,14 @@ fn cases() -> Vec<(String, ProtocolVersion, Packet)> {
         for (len, lname) in [(16, "16B"), (1024, "1KiB"), (65536, "64KiB")] {
             out.push((format!("publish_{lname}_{vname}"), v, publish(len, v)));
         }
+        if v.is_v5() {
+            // The same 16 B PUBLISH with no properties: what a 5.0 device sends most.
+            out.push((
+                "publish_16B_5.0_no_properties".to_owned(),
+                v,
+                publish(16, ProtocolVersion::V3_1_1),
+            ));
+        }
         out.push((format!("connect_{vname}"), v, connect(v)));
         out.push((format!("subscribe_{vname}"), v, subscribe(v)));
     }

@@ -139,6 +139,21 @@ impl Publish {
                 properties: PublishProperties::default(),
             }));
         }
+        // Most 5.0 PUBLISH packets carry no properties: a Property Length of 0.
+        if src.first() == Some(&0) {
+            bytes::Buf::advance(&mut src, 1);
+            if topic.is_empty() {
+                return Err(fail(ErrorKind::EmptyTopicName));
+            }
+            return Ok(wrap(Self {
+                dup,
+                qos_pid,
+                retain,
+                topic,
+                payload: src,
+                properties: PublishProperties::default(),
+            }));
+        }
         let properties = PublishProperties::decode(&mut src).map_err(within)?;
         if let Some(response_topic) = &properties.response_topic {
             // [MQTT-3.3.2-14]
