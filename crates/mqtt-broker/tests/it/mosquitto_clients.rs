@@ -90,6 +90,26 @@ async fn mosquitto_pub_and_sub_every_version_and_qos() {
     broker.shutdown().await;
 }
 
+/// What `mosquitto_sub --retained-only` prints for `filter`.
+async fn retained_only(port: &str, filter: &str) -> std::process::Output {
+    Command::new("mosquitto_sub")
+        .args([
+            "-h",
+            "127.0.0.1",
+            "-p",
+            port,
+            "-t",
+            filter,
+            "-v",
+            "--retained-only",
+            "-W",
+            "2",
+        ])
+        .output()
+        .await
+        .unwrap()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mosquitto_retained_and_remove_retained() {
     require("mosquitto_pub");
@@ -115,22 +135,7 @@ async fn mosquitto_retained_and_remove_retained() {
             .unwrap()
             .success()
     );
-    let out = Command::new("mosquitto_sub")
-        .args([
-            "-h",
-            "127.0.0.1",
-            "-p",
-            &port,
-            "-t",
-            "keep/#",
-            "-v",
-            "--retained-only",
-            "-W",
-            "2",
-        ])
-        .output()
-        .await
-        .unwrap();
+    let out = retained_only(&port, "keep/#").await;
     let mut lines: Vec<String> = String::from_utf8_lossy(&out.stdout)
         .lines()
         .map(str::to_owned)
@@ -145,22 +150,7 @@ async fn mosquitto_retained_and_remove_retained() {
             .unwrap()
             .success()
     );
-    let out = Command::new("mosquitto_sub")
-        .args([
-            "-h",
-            "127.0.0.1",
-            "-p",
-            &port,
-            "-t",
-            "keep/#",
-            "-v",
-            "--retained-only",
-            "-W",
-            "2",
-        ])
-        .output()
-        .await
-        .unwrap();
+    let out = retained_only(&port, "keep/#").await;
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "keep/b B");
     broker.shutdown().await;
 }

@@ -29,15 +29,7 @@ async fn client(
 ) {
     let mut opts = MqttOptions::new(id, "127.0.0.1", port);
     opts.set_keep_alive(Duration::from_secs(30));
-    let (client, eventloop) = AsyncClient::new(opts, 100);
-    let (tx, rx) = mpsc::unbounded_channel();
-    let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
-    let task = tokio::spawn(drive(eventloop, tx, ready_tx));
-    timeout(WAIT, ready_rx)
-        .await
-        .expect("CONNACK in time")
-        .expect("connected");
-    (client, rx, task)
+    client_with(opts).await
 }
 
 async fn drive(
