@@ -25,6 +25,10 @@ use crate::broker::{SessionHandle, Shared, Sub};
 /// Read buffer size while idle; it grows only for large packets.
 const READ_CHUNK: usize = 512;
 
+/// After this long without traffic a connection gives back the memory of its buffers
+/// and its session's queues.
+const IDLE_SHRINK: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// Stop taking packets from the session once this much is waiting to be written: the
 /// rest stays in the session's bounded queue until the socket drains.
 const WRITE_HIGH_WATER: usize = 64 * 1024;
@@ -278,6 +282,8 @@ where
     let mut matches = Matches::default();
     let shutdown = shared.shutting_down();
     tokio::pin!(shutdown);
+    let mut last_activity = Instant::now();
+    let mut shrunk = false;
     // Packets the client sent right behind CONNECT may already be buffered.
     if feed(shared, handle, generation, decoder, rbuf) {
         return End::TakenOver;
@@ -359,13 +365,20 @@ where
         if again || more {
             continue;
         }
-        // 3. Wait for input.
-        let sleep = sleep_until(deadline.map_or_else(
-            || Instant::now() + std::time::Duration::from_secs(3600),
-            |d| shared.deadline(d),
-        ));
+        // 3. Wait for input. A connection idle for IDLE_SHRINK gives back its buffers'
+        // and queues' memory once.
+        let session_deadline = deadline.map(|d| shared.deadline(d));
+        let shrink_at = (!shrunk).then(|| last_activity + IDLE_SHRINK);
+        let wake = match (session_deadline, shrink_at) {
+            (Some(a), Some(b)) => a.min(b),
+            (a, b) => a
+                .or(b)
+                .unwrap_or_else(|| Instant::now() + std::time::Duration::from_secs(3600)),
+        };
         tokio::select! {
             read = rd.read_buf(rbuf) => {
+                last_activity = Instant::now();
+                shrunk = false;
                 match read {
                     Ok(0) | Err(_) => return End::Lost,
                     Ok(n) => {
@@ -376,18 +389,31 @@ where
                     return End::TakenOver;
                 }
             }
-            () = handle.notify.notified() => {}
-            () = sleep => {
+            () = handle.notify.notified() => {
+                last_activity = Instant::now();
+                shrunk = false;
+            }
+            () = sleep_until(wake) => {
                 let mut cell = handle.lock();
                 let now = shared.now();
                 cell.session.handle_timeout(now);
+                if shrink_at.is_some_and(|at| Instant::now() >= at) {
+                    cell.session.shrink_idle();
+                    drop(cell);
+                    if rbuf.is_empty() {
+                        *rbuf = BytesMut::new();
+                    }
+                    out = BytesMut::new();
+                    events = Vec::new();
+                    matches = Matches::default();
+                    shrunk = true;
+                }
             }
             () = &mut shutdown => return End::Shutdown,
         }
     }
 }
 
-/// Writes what the session still has to send; true if anything was written.
 /// Decodes every complete packet in `rbuf` into the session. Returns true if the session
 /// was taken over by another connection.
 fn feed(
@@ -434,6 +460,7 @@ fn feed(
     false
 }
 
+/// Writes what the session still has to send; true if anything was written.
 async fn flush_last<W: AsyncWrite + Unpin>(
     shared: &Shared,
     handle: &SessionHandle,

@@ -502,6 +502,12 @@ impl ClientSession {
         })
     }
 
+    /// Gives back the memory of queues that are empty. Call it when the connection has
+    /// been idle for a while: busy sessions keep their capacity, idle ones need little.
+    pub fn shrink_idle(&mut self) {
+        self.flow.shrink();
+    }
+
     /// Messages queued or in flight.
     pub fn pending_messages(&self) -> usize {
         self.flow.outbox.queue.len() + self.flow.outbox.inflight.len()

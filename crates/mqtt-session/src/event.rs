@@ -91,6 +91,16 @@ pub(crate) struct Events {
 }
 
 impl Events {
+    /// Gives back the memory of empty queues.
+    pub(crate) fn shrink(&mut self) {
+        if self.order.is_empty() {
+            self.order = VecDeque::new();
+        }
+        if self.messages.is_empty() {
+            self.messages = VecDeque::new();
+        }
+    }
+
     /// Queues an event.
     #[inline]
     pub(crate) fn push(&mut self, event: Event) {

@@ -102,6 +102,17 @@ pub(crate) struct Flow {
 }
 
 impl Flow {
+    /// Gives back the memory of queues that are empty: for idle connections, whose
+    /// queues otherwise keep the capacity of their busiest moment.
+    pub(crate) fn shrink(&mut self) {
+        if self.tx.is_empty() {
+            self.tx = VecDeque::new();
+        }
+        self.events.shrink();
+        self.outbox.shrink();
+        self.inbox.shrink();
+    }
+
     pub(crate) fn new(version: ProtocolVersion, limits: Limits) -> Self {
         Self {
             version,

@@ -25,6 +25,13 @@ pub(crate) struct Inbox {
 }
 
 impl Inbox {
+    /// Gives back the memory of an empty QoS 2 window (aliases stay: they are in use).
+    pub(crate) fn shrink(&mut self) {
+        if self.awaiting_pubrel.is_empty() {
+            self.awaiting_pubrel = Vec::new();
+        }
+    }
+
     /// Checks and resolves a received PUBLISH. `receive_maximum` and `alias_maximum` are
     /// what we announced (enforced for 5.0 only, where the peer knows them).
     #[inline]

@@ -126,6 +126,18 @@ pub(crate) struct Outbox {
 }
 
 impl Outbox {
+    /// Gives back the memory of empty queues and an empty message store.
+    pub(crate) fn shrink(&mut self) {
+        if self.queue.is_empty() && self.inflight.is_empty() {
+            self.queue = VecDeque::new();
+            self.inflight = VecDeque::new();
+            self.store = Store::default();
+        }
+        if self.other_ids.is_empty() {
+            self.other_ids = Vec::new();
+        }
+    }
+
     pub(crate) fn next_id(&mut self) -> MessageId {
         self.next_message_id += 1;
         MessageId(self.next_message_id)

@@ -1,0 +1,95 @@
+//! Memory held per idle connection, counted by a global allocator: live heap bytes
+//! (allocated minus freed) per connection, after the connections settle and after they
+//! have been idle long enough to give back their buffers.
+
+use std::{
+    alloc::{GlobalAlloc, Layout, System},
+    sync::atomic::{AtomicIsize, Ordering},
+    time::Duration,
+};
+
+use mqtt_broker::{Broker, Config, config::Listener};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+struct Counting;
+
+static LIVE: AtomicIsize = AtomicIsize::new(0);
+
+// SAFETY: defers to the system allocator; only counts bytes.
+#[allow(unsafe_code)]
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        LIVE.fetch_add(layout.size() as isize, Ordering::Relaxed);
+        // SAFETY: same contract as the caller's.
+        unsafe { System.alloc(layout) }
+    }
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        LIVE.fetch_sub(layout.size() as isize, Ordering::Relaxed);
+        // SAFETY: same contract as the caller's.
+        unsafe { System.dealloc(ptr, layout) }
+    }
+}
+
+#[global_allocator]
+static GLOBAL: Counting = Counting;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_connection_footprint() {
+    let config = Config {
+        listeners: vec![Listener {
+            bind: "127.0.0.1:0".parse().unwrap(),
+        }],
+        ..Config::default()
+    };
+    let broker = Broker::start(config).await.unwrap();
+    let addr = broker.local_addrs()[0];
+    // The clients' own sockets and buffers are counted too: measure the clients alone
+    // first, then with the broker's side.
+    let n = 500;
+    let before = LIVE.load(Ordering::Relaxed);
+    let mut clients = Vec::with_capacity(n);
+    for i in 0..n {
+        let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let id = format!("idle{i:05}");
+        let mut connect = vec![
+            0x10,
+            (10 + 2 + id.len()) as u8,
+            0,
+            4,
+            b'M',
+            b'Q',
+            b'T',
+            b'T',
+            4,
+            2,
+            0,
+            60,
+        ];
+        connect.extend_from_slice(&(id.len() as u16).to_be_bytes());
+        connect.extend_from_slice(id.as_bytes());
+        s.write_all(&connect).await.unwrap();
+        let mut ack = [0u8; 4];
+        s.read_exact(&mut ack).await.unwrap();
+        assert_eq!(ack, [0x20, 2, 0, 0]);
+        clients.push(s);
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let settled = LIVE.load(Ordering::Relaxed) - before;
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    let idle = LIVE.load(Ordering::Relaxed) - before;
+    let per = |bytes: isize| bytes / n as isize;
+    eprintln!(
+        "live heap per connection (broker side + a tokio TcpStream client side): settled {} B, idle {} B",
+        per(settled),
+        per(idle)
+    );
+    // The client side of each connection (a tokio TcpStream) is in the count too; the
+    // bound is on the sum.
+    assert!(
+        per(idle) <= 4096,
+        "idle connections hold {} bytes each",
+        per(idle)
+    );
+    drop(clients);
+    broker.shutdown().await;
+}
