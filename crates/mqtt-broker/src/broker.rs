@@ -16,8 +16,8 @@ use std::{
 };
 
 use mqtt_codec::{ByteStr, QoS, SubscriptionId, SubscriptionOptions};
-use mqtt_session::{Limits, Message, ServerSession};
-use mqtt_topics::{Filter, Matches, RetainedStore, ShardedIndex, TopicFilter, TopicName};
+use mqtt_session::{Limits, Message, MessageId, ServerSession};
+use mqtt_topics::{Filter, GroupId, Matches, RetainedStore, ShardedIndex, TopicFilter, TopicName};
 use tokio::sync::Notify;
 
 use crate::config::Config;
@@ -49,6 +49,22 @@ pub(crate) struct SessionCell {
     pub(crate) generation: u64,
     /// The session expired and was removed from the registry.
     pub(crate) gone: bool,
+    /// QoS 1 messages this session received through a shared subscription and has not
+    /// acknowledged: if the session ends first, another member of the group gets them
+    /// (5.0 section 4.8.2: "SHOULD send the Application Message to another Client").
+    /// QoS 2 messages are never redistributed ([MQTT-4.8.2-5]).
+    pub(crate) shared_unacked: HashMap<MessageId, (GroupId, Message)>,
+}
+
+impl SessionCell {
+    /// Forgets shared-subscription messages that completed or were dropped.
+    pub(crate) fn settle_shared(&mut self, ids: &[MessageId]) {
+        if !self.shared_unacked.is_empty() {
+            for id in ids {
+                self.shared_unacked.remove(id);
+            }
+        }
+    }
 }
 
 impl SessionHandle {
@@ -174,6 +190,7 @@ impl Shared {
                 session: ServerSession::new(client_id.clone(), self.limits.clone()),
                 generation: 0,
                 gone: false,
+                shared_unacked: HashMap::new(),
             }),
             notify: Notify::new(),
         });
@@ -192,16 +209,20 @@ impl Shared {
                 registry.remove(&handle.client_id);
             }
         }
-        let filters: Vec<ByteStr> = {
+        let (filters, version) = {
             let mut cell = handle.lock();
             cell.gone = true;
-            cell.session
+            let filters: Vec<ByteStr> = cell
+                .session
                 .subscriptions()
                 .iter()
                 .map(|r| r.filter.clone())
-                .collect()
+                .collect();
+            (filters, cell.session.version())
         };
-        self.unsubscribe_all(handle, filters.iter(), cell_version(handle));
+        // Out of the index first, so the ended session is not picked again.
+        self.unsubscribe_all(handle, filters.iter(), version);
+        self.redistribute_shared(handle);
     }
 
     /// Removes `filters` of the session from the index.
@@ -386,27 +407,73 @@ impl Shared {
             self.deliver(handle, now, out);
         }
         for group in matches.shared() {
-            let members = group.members();
-            if members.is_empty() {
-                continue;
+            self.deliver_to_group(group.id(), group.members(), message, now, None);
+        }
+    }
+
+    /// Delivers `message` to one member of a shared subscription group: round robin,
+    /// preferring connected members, never `exclude` (a member whose session ended).
+    fn deliver_to_group(
+        &self,
+        group: GroupId,
+        members: &[(u64, Sub)],
+        message: &Message,
+        now: mqtt_session::Instant,
+        exclude: Option<u64>,
+    ) {
+        let candidates = || members.iter().filter(|(key, _)| Some(*key) != exclude);
+        let count = candidates().count();
+        if count == 0 {
+            return;
+        }
+        let start = self.stats.publish_received.load(Ordering::Relaxed) as usize % count;
+        let pick = candidates()
+            .cycle()
+            .skip(start)
+            .take(count)
+            .find(|(_, s)| s.handle.lock().session.is_connected())
+            .or_else(|| candidates().nth(start));
+        let Some((_, sub)) = pick else { return };
+        let mut out = message.clone();
+        out.qos = message.qos.min(sub.options.qos);
+        out.retain = message.retain && sub.options.retain_as_published;
+        out.properties.subscription_identifiers = sub.identifier.into_iter().collect();
+        let keep = (out.qos == QoS::AtLeastOnce).then(|| out.clone());
+        let mut cell = sub.handle.lock();
+        match cell.session.deliver(now, out) {
+            Ok(id) => {
+                if let Some(copy) = keep {
+                    cell.shared_unacked.insert(id, (group, copy));
+                }
+                drop(cell);
+                sub.handle.notify.notify_one();
             }
-            // One member per message, round robin by a per-broker counter.
-            let n = self.stats.publish_received.load(Ordering::Relaxed) as usize;
-            let start = n % members.len();
-            let pick = members
-                .iter()
-                .cycle()
-                .skip(start)
-                .take(members.len())
-                .find(|(_, s)| s.handle.lock().session.is_connected());
-            let Some((_, sub)) = pick.or_else(|| members.get(start)) else {
+            Err(_) => {
+                self.stats.publish_dropped.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+
+    /// A session ended: its unacknowledged QoS 1 messages from shared subscriptions go to
+    /// other members of their groups.
+    pub(crate) fn redistribute_shared(&self, from: &SessionHandle) {
+        let orphans: Vec<(GroupId, Message)> =
+            from.lock().shared_unacked.drain().map(|(_, v)| v).collect();
+        if orphans.is_empty() {
+            return;
+        }
+        let now = self.now();
+        let mut matches = Matches::default();
+        for (group, mut message) in orphans {
+            message.properties.subscription_identifiers.clear();
+            let Ok(topic) = TopicName::new(&message.topic) else {
                 continue;
             };
-            let mut out = message.clone();
-            out.qos = message.qos.min(sub.options.qos);
-            out.retain = message.retain && sub.options.retain_as_published;
-            out.properties.subscription_identifiers = sub.identifier.into_iter().collect();
-            self.deliver(&sub.handle, now, out);
+            matches.clear();
+            self.index.matches(topic, &mut matches);
+            if let Some(g) = matches.shared().find(|g| g.id() == group) {
+                self.deliver_to_group(group, g.members(), &message, now, Some(from.key));
+            }
         }
     }
 
@@ -424,8 +491,4 @@ impl Shared {
             self.stats.publish_dropped.fetch_add(1, Ordering::Relaxed);
         }
     }
-}
-
-fn cell_version(handle: &SessionHandle) -> mqtt_codec::ProtocolVersion {
-    handle.lock().session.version()
 }

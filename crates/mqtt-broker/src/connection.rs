@@ -284,6 +284,7 @@ where
     tokio::pin!(shutdown);
     let mut last_activity = Instant::now();
     let mut shrunk = false;
+    let mut settled = Vec::new();
     // Packets the client sent right behind CONNECT may already be buffered.
     if feed(shared, handle, generation, decoder, rbuf) {
         return End::TakenOver;
@@ -350,10 +351,15 @@ where
                     again = true;
                 }
                 Event::PeerDisconnected(_) | Event::Closed { .. } => closed = true,
+                Event::Delivered { id, .. } | Event::Dropped { id, .. } => settled.push(id),
                 // The will of a connection this one replaced ([MQTT-3.1.2-8]).
                 Event::Will(will) => shared.route(handle.key, &will_message(will), &mut matches),
                 _ => {}
             }
+        }
+        if !settled.is_empty() {
+            handle.lock().settle_shared(&settled);
+            settled.clear();
         }
         if closed {
             // Write the DISCONNECT the session may have queued, then close.
@@ -560,6 +566,7 @@ async fn idle(shared: Arc<Shared>, handle: Arc<SessionHandle>, generation: u64) 
                     shared.remove_session(&handle);
                     return;
                 }
+                Event::Dropped { id, .. } => handle.lock().settle_shared(&[id]),
                 _ => {}
             }
         }

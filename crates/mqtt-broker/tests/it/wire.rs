@@ -312,3 +312,84 @@ async fn topic_alias_from_client() {
     assert_eq!(topics[1].0, "a/long/topic", "the alias was resolved");
     broker.shutdown().await;
 }
+
+/// Reads packets until one matches `want`, within the test's time bound.
+async fn read_until(
+    s: &mut TcpStream,
+    version: ProtocolVersion,
+    want: impl Fn(&Packet) -> bool,
+) -> Packet {
+    let mut decoder = Decoder::with_version(version);
+    let mut buf = BytesMut::new();
+    loop {
+        while let Ok(Some(p)) = decoder.decode(&mut buf) {
+            if want(&p) {
+                return p;
+            }
+        }
+        let n = timeout(WAIT, s.read_buf(&mut buf))
+            .await
+            .expect("in time")
+            .unwrap();
+        assert!(n > 0, "connection closed while waiting");
+    }
+}
+
+// A shared-subscription member whose session ends with a QoS 1 message unacknowledged:
+// the message goes to another member (5.0 section 4.8.2, "SHOULD send the Application
+// Message to another Client that is subscribed to the same Shared Subscription").
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shared_qos1_of_an_ended_session_goes_to_another_member() {
+    let (broker, addr) = broker_with(|_| {}).await;
+    let v = ProtocolVersion::V5;
+    let sub = |id: u16| {
+        mqtt_codec::Subscribe::new(
+            mqtt_codec::PacketId::new(id).unwrap(),
+            ByteStr::from_static("$share/workers/jobs"),
+            mqtt_codec::QoS::AtLeastOnce,
+        )
+    };
+    // Member A (Session Expiry 0: its session ends with its connection).
+    let mut a = TcpStream::connect(addr).await.unwrap();
+    send(
+        &mut a,
+        Connect::new(v, ByteStr::from_static("member-a")).into(),
+        v,
+    )
+    .await;
+    send(&mut a, sub(1).into(), v).await;
+    read_until(&mut a, v, |p| matches!(p, Packet::SubAck(_))).await;
+    // A publisher sends one QoS 1 job; only A is in the group, so A gets it.
+    let mut publisher = TcpStream::connect(addr).await.unwrap();
+    send(
+        &mut publisher,
+        Connect::new(v, ByteStr::from_static("boss")).into(),
+        v,
+    )
+    .await;
+    let mut job = mqtt_codec::Publish::new(
+        ByteStr::from_static("jobs"),
+        bytes::Bytes::from_static(b"job-1"),
+    );
+    job.qos_pid = mqtt_codec::QosPid::AtLeastOnce(mqtt_codec::PacketId::MIN);
+    send(&mut publisher, job.into(), v).await;
+    let got = read_until(&mut a, v, |p| matches!(p, Packet::Publish(_))).await;
+    assert!(matches!(&got, Packet::Publish(p) if &p.payload[..] == b"job-1"));
+    // Member B joins; A vanishes without acknowledging.
+    let mut b = TcpStream::connect(addr).await.unwrap();
+    send(
+        &mut b,
+        Connect::new(v, ByteStr::from_static("member-b")).into(),
+        v,
+    )
+    .await;
+    send(&mut b, sub(1).into(), v).await;
+    read_until(&mut b, v, |p| matches!(p, Packet::SubAck(_))).await;
+    drop(a);
+    let got = read_until(&mut b, v, |p| matches!(p, Packet::Publish(_))).await;
+    assert!(
+        matches!(&got, Packet::Publish(p) if &p.payload[..] == b"job-1"),
+        "{got:?}"
+    );
+    broker.shutdown().await;
+}
