@@ -470,7 +470,7 @@ impl Queue {
     }
 }
 
-#[inline]
+#[inline(always)]
 fn visit<'a, K, V>(subs: &'a Subs<K, V>, at_end: bool, f: &mut impl FnMut(Match<'a, K, V>)) {
     match subs {
         Subs::Empty => {}
@@ -650,6 +650,9 @@ fn remove_shared<K: Ord, V>(subs: &mut Subs<K, V>, name: &str, kind: Kind, key: 
     Some(v)
 }
 
+/// Up to this many subscriptions, [`Matches::finish`] sorts by insertion.
+const SMALL: usize = 16;
+
 /// Where one shared group's data sits in a [`Matches`].
 #[derive(Clone, Debug)]
 struct GroupSpan {
@@ -732,6 +735,7 @@ impl<K, V> Matches<K, V> {
         })
     }
 
+    #[inline]
     pub(crate) fn push(&mut self, m: Match<'_, K, V>)
     where
         K: Clone,
@@ -753,12 +757,26 @@ impl<K, V> Matches<K, V> {
         }
     }
 
-    /// Groups the subscriptions by subscriber (a sort, which does not allocate).
+    /// Groups the subscriptions by subscriber (a sort, which does not allocate). A
+    /// lookup finds a handful of subscriptions, often already in order: those are
+    /// sorted in place by insertion, without the general sort's set-up.
+    #[inline]
     pub(crate) fn finish(&mut self)
     where
         K: Ord,
     {
-        self.subs.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+        let subs = self.subs.as_mut_slice();
+        if subs.len() > SMALL {
+            subs.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+            return;
+        }
+        for i in 1..subs.len() {
+            let mut j = i;
+            while j > 0 && subs.get(j - 1).map(|a| &a.0) > subs.get(j).map(|b| &b.0) {
+                subs.swap(j - 1, j);
+                j -= 1;
+            }
+        }
     }
 }
 
