@@ -648,8 +648,19 @@ fn subscribe(
     {
         let mut cell = handle.lock();
         cell.session.suback(s, codes);
+        let room = shared.limits.max_queued_messages + usize::from(shared.limits.max_inflight);
         for (filter, options, id) in &retained_for {
-            for mut m in shared.retained_matching(filter) {
+            let (messages, beyond) = shared.retained_matching(filter, room);
+            if beyond > 0 {
+                // Streaming very large retained sets is not built yet: what does not fit in
+                // the session's queue is dropped, and counted.
+                shared
+                    .stats
+                    .publish_dropped
+                    .fetch_add(beyond as u64, Ordering::Relaxed);
+                tracing::warn!(client = %handle.client_id, %filter, beyond, "retained messages beyond the session queue were not sent");
+            }
+            for mut m in messages {
                 m.qos = m.qos.min(options.qos);
                 m.retain = true;
                 m.properties.subscription_identifiers = id.iter().copied().collect();
