@@ -316,20 +316,6 @@ where
             }
             cell.session.poll_timeout()
         };
-        if !out.is_empty() {
-            shared
-                .stats
-                .bytes_sent
-                .fetch_add(out.len() as u64, Ordering::Relaxed);
-            if wr.write_all(&out).await.is_err() {
-                return End::Lost;
-            }
-            out.clear();
-            if out.capacity() > 4 * READ_CHUNK {
-                // Keep idle connections small: a burst's buffer is given back.
-                out = BytesMut::new();
-            }
-        }
         // 2. Act on events outside the session lock.
         let mut again = false;
         let mut closed = false;
@@ -357,9 +343,29 @@ where
                 _ => {}
             }
         }
+        // 3. Write, after the events were acted on: a message is routed (ownership taken,
+        // [MQTT-4.3.2-4], [MQTT-4.3.3-8]) before its acknowledgement goes out, and a write
+        // failing on a dying connection cannot lose messages already taken from the
+        // session.
+        let mut lost = false;
+        if !out.is_empty() {
+            shared
+                .stats
+                .bytes_sent
+                .fetch_add(out.len() as u64, Ordering::Relaxed);
+            lost = wr.write_all(&out).await.is_err();
+            out.clear();
+            if out.capacity() > 4 * READ_CHUNK {
+                // Keep idle connections small: a burst's buffer is given back.
+                out = BytesMut::new();
+            }
+        }
         if !settled.is_empty() {
             handle.lock().settle_shared(&settled);
             settled.clear();
+        }
+        if lost {
+            return End::Lost;
         }
         if closed {
             // Write the DISCONNECT the session may have queued, then close.
@@ -371,7 +377,7 @@ where
         if again || more {
             continue;
         }
-        // 3. Wait for input. A connection idle for IDLE_SHRINK gives back its buffers'
+        // 4. Wait for input. A connection idle for IDLE_SHRINK gives back its buffers'
         // and queues' memory once.
         let session_deadline = deadline.map(|d| shared.deadline(d));
         let shrink_at = (!shrunk).then(|| last_activity + IDLE_SHRINK);
