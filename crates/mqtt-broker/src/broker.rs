@@ -292,41 +292,22 @@ impl Shared {
         }
     }
 
-    /// The retained messages matching `filter`, for a new subscription. Expired ones
-    /// (5.0 Message Expiry Interval) are skipped; the others carry the time they have
-    /// left ([MQTT-3.3.2-6]).
-    ///
-    /// At most `limit` messages are copied out (a session cannot take more than its queue
-    /// holds, so a subscription to `#` over a million retained topics never builds a
-    /// million-message list); how many more matched is returned alongside.
-    pub(crate) fn retained_matching(&self, filter: &str, limit: usize) -> (Vec<Message>, usize) {
-        let Ok(filter) = TopicFilter::new(filter) else {
-            return (Vec::new(), 0);
-        };
-        let now = self.now();
-        let store = self
-            .retained
-            .read()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        let mut matching = store.matching(filter);
-        let taken: Vec<Message> = matching
-            .by_ref()
-            .filter_map(|r| {
-                let stored = r.value();
-                let mut m = stored.message.clone();
-                if let Some(at) = stored.expires_at {
-                    if now >= at {
-                        return None;
-                    }
-                    let left = at.saturating_since(now).as_secs_ceil();
-                    m.properties.message_expiry_interval =
-                        Some(u32::try_from(left).unwrap_or(u32::MAX));
-                }
-                Some(m)
-            })
-            .take(limit)
-            .collect();
-        (taken, matching.count())
+    /// A retained message as a subscriber gets it: `None` once expired (5.0 Message
+    /// Expiry Interval); otherwise with the time it has left ([MQTT-3.3.2-6]).
+    pub(crate) fn retained_copy(
+        &self,
+        stored: &RetainedMessage,
+        now: mqtt_session::Instant,
+    ) -> Option<Message> {
+        let mut m = stored.message.clone();
+        if let Some(at) = stored.expires_at {
+            if now >= at {
+                return None;
+            }
+            let left = at.saturating_since(now).as_secs_ceil();
+            m.properties.message_expiry_interval = Some(u32::try_from(left).unwrap_or(u32::MAX));
+        }
+        Some(m)
     }
 
     /// Drops expired retained messages (delivery skips them anyway; this bounds memory).

@@ -5,7 +5,7 @@
 //! its events, and wait for bytes, a wake-up from a publisher, the session's timer or
 //! shutdown. Writes are batched: everything the session yields goes out in one write.
 
-use std::{net::SocketAddr, sync::Arc, sync::atomic::Ordering};
+use std::{collections::VecDeque, net::SocketAddr, sync::Arc, sync::atomic::Ordering};
 
 use bytes::BytesMut;
 use mqtt_codec::{
@@ -285,6 +285,7 @@ where
     let mut last_activity = Instant::now();
     let mut shrunk = false;
     let mut settled = Vec::new();
+    let mut backlog = VecDeque::new();
     // Packets the client sent right behind CONNECT may already be buffered.
     if feed(shared, handle, generation, decoder, rbuf) {
         return End::TakenOver;
@@ -329,7 +330,7 @@ where
                     shared.route(handle.key, &m, &mut matches);
                 }
                 Event::Subscribe(s) => {
-                    subscribe(shared, handle, version, &s);
+                    subscribe(shared, handle, version, &s, &mut backlog);
                     again = true;
                 }
                 Event::Unsubscribe(u) => {
@@ -342,6 +343,10 @@ where
                 Event::Will(will) => shared.route(handle.key, &will_message(will), &mut matches),
                 _ => {}
             }
+        }
+        // Retained messages of new subscriptions, as the session's queue has room.
+        if !backlog.is_empty() && pump_retained(shared, handle, &mut backlog) {
+            again = true;
         }
         // 3. Write, after the events were acted on: a message is routed (ownership taken,
         // [MQTT-4.3.2-4], [MQTT-4.3.3-8]) before its acknowledgement goes out, and a write
@@ -617,6 +622,7 @@ fn subscribe(
     handle: &Arc<SessionHandle>,
     version: ProtocolVersion,
     s: &Subscribe,
+    backlog: &mut VecDeque<RetainedBacklog>,
 ) {
     let mut codes = Vec::with_capacity(s.subscriptions.len());
     let mut retained_for = Vec::new();
@@ -650,32 +656,103 @@ fn subscribe(
             ));
         }
     }
+    handle.lock().session.suback(s, codes);
+    backlog.extend(
+        retained_for
+            .into_iter()
+            .map(|(filter, options, identifier)| RetainedBacklog {
+                filter,
+                qos: options.qos,
+                identifier,
+                cursor: None,
+                delivered: 0,
+                restarts: 0,
+            }),
+    );
+}
+
+/// A subscription's retained messages still to send: streamed in batches that fit the
+/// session's queue, resuming the store's iteration where the last batch stopped.
+#[derive(Debug)]
+pub(crate) struct RetainedBacklog {
+    filter: mqtt_codec::ByteStr,
+    qos: QoS,
+    identifier: Option<mqtt_codec::SubscriptionId>,
+    cursor: Option<mqtt_topics::Cursor>,
+    /// Sent so far, to skip when the iteration must start over.
+    delivered: usize,
+    restarts: u32,
+}
+
+/// Restarts from scratch (re-sending, never missing) before falling back to skipping by
+/// count under constant churn of the retained store.
+const MAX_RETAINED_RESTARTS: u32 = 8;
+
+/// Sends the next batch of retained messages that fits in the session's queue. Returns
+/// true if it sent any (call again after writing them).
+fn pump_retained(
+    shared: &Shared,
+    handle: &SessionHandle,
+    backlog: &mut VecDeque<RetainedBacklog>,
+) -> bool {
+    let Some(entry) = backlog.front_mut() else {
+        return false;
+    };
+    let mut cell = handle.lock();
+    let room = cell.session.queue_room().min(256);
+    if room == 0 {
+        return false;
+    }
+    let Ok(filter) = mqtt_topics::TopicFilter::new(&entry.filter) else {
+        backlog.pop_front();
+        return true;
+    };
     let now = shared.now();
-    {
-        let mut cell = handle.lock();
-        cell.session.suback(s, codes);
-        let room = shared.limits.max_queued_messages + usize::from(shared.limits.max_inflight);
-        for (filter, options, id) in &retained_for {
-            let (messages, beyond) = shared.retained_matching(filter, room);
-            if beyond > 0 {
-                // Streaming very large retained sets is not built yet: what does not fit in
-                // the session's queue is dropped, and counted.
-                shared
-                    .stats
-                    .publish_dropped
-                    .fetch_add(beyond as u64, Ordering::Relaxed);
-                tracing::warn!(client = %handle.client_id, %filter, beyond, "retained messages beyond the session queue were not sent");
-            }
-            for mut m in messages {
-                m.qos = m.qos.min(options.qos);
-                m.retain = true;
-                m.properties.subscription_identifiers = id.iter().copied().collect();
-                if cell.session.deliver(now, m).is_err() {
-                    shared.stats.publish_dropped.fetch_add(1, Ordering::Relaxed);
+    let store = shared
+        .retained
+        .read()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    let mut iter = match entry.cursor.and_then(|c| store.resume(filter, c)) {
+        Some(it) => it,
+        None => {
+            let mut it = store.matching(filter);
+            if entry.cursor.is_some() {
+                // The store changed shape since the last batch: start again, re-sending
+                // what was sent (a retained message twice is harmless; one missed is not)
+                // unless it keeps changing.
+                entry.restarts += 1;
+                if entry.restarts > MAX_RETAINED_RESTARTS {
+                    it.by_ref().take(entry.delivered).for_each(drop);
+                } else {
+                    entry.delivered = 0;
                 }
             }
+            it
+        }
+    };
+    let mut sent = 0;
+    let mut finished = true;
+    for found in iter.by_ref() {
+        if let Some(mut m) = shared.retained_copy(found.value(), now) {
+            m.qos = m.qos.min(entry.qos);
+            m.retain = true;
+            m.properties.subscription_identifiers = entry.identifier.into_iter().collect();
+            if cell.session.deliver(now, m).is_err() {
+                shared.stats.publish_dropped.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        sent += 1;
+        entry.delivered += 1;
+        if sent == room {
+            finished = false;
+            break;
         }
     }
+    entry.cursor = Some(iter.cursor());
+    if finished || iter.cursor().is_done() {
+        backlog.pop_front();
+    }
+    sent > 0
 }
 
 /// UNSUBSCRIBE: removes the filters and answers.

@@ -409,6 +409,15 @@ impl ServerSession {
         }
     }
 
+    /// How many more messages [`deliver`](Self::deliver) would take now before its queue
+    /// is full (by count; the byte limit may refuse earlier).
+    pub fn queue_room(&self) -> usize {
+        self.flow
+            .limits
+            .max_queued_messages
+            .saturating_sub(self.flow.outbox.queue.len())
+    }
+
     /// Gives back the memory of queues that are empty. Call it when the connection has
     /// been idle for a while: busy sessions keep their capacity, idle ones need little.
     pub fn shrink_idle(&mut self) {

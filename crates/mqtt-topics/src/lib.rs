@@ -105,7 +105,7 @@ mod trie;
 
 pub use crate::{
     index::{GroupId, Match, Matches, SharedGroup, Subscriber, Subscribers, TopicIndex},
-    retained::{Matching, Retained, RetainedStore},
+    retained::{Cursor, Matching, Retained, RetainedStore},
     topic::{Filter, SharedFilter, TopicError, TopicFilter, TopicName},
 };
 

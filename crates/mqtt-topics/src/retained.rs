@@ -45,6 +45,9 @@ impl<V> Payload for Option<V> {
 pub struct RetainedStore<V> {
     trie: Trie<Option<V>>,
     len: usize,
+    /// Bumped whenever the trie's shape changes (a topic added or removed), which is when
+    /// a saved [`Cursor`] may no longer point where it did.
+    shape: u64,
 }
 
 impl<V> Default for RetainedStore<V> {
@@ -72,6 +75,7 @@ impl<V> RetainedStore<V> {
         Self {
             trie: Trie::new(seed, false),
             len: 0,
+            shape: 0,
         }
     }
 
@@ -91,6 +95,7 @@ impl<V> RetainedStore<V> {
         let old = self.trie.payload_mut(id)?.replace(value);
         if old.is_none() {
             self.len += 1;
+            self.shape = self.shape.wrapping_add(1);
         }
         old
     }
@@ -102,6 +107,7 @@ impl<V> RetainedStore<V> {
         if old.is_some() {
             self.len -= 1;
             self.trie.prune(id);
+            self.shape = self.shape.wrapping_add(1);
         }
         old
     }
@@ -125,6 +131,54 @@ impl<V> RetainedStore<V> {
             state: State::Enter,
         }
     }
+
+    /// Continues a [`matching`](Self::matching) iteration from where `cursor` was
+    /// taken, with the same `filter`. `None` when the store gained or lost a topic since
+    /// (a value replaced in place does not count) or the filter differs: the position
+    /// may no longer mean the same thing, so start again with `matching`.
+    ///
+    /// This lets a broker stream a wildcard subscription's retained messages in batches
+    /// sized to the subscriber's flow-control window, without holding a lock or a copy
+    /// of the set in between.
+    pub fn resume<'a, 'f>(
+        &'a self,
+        filter: TopicFilter<'f>,
+        cursor: Cursor,
+    ) -> Option<Matching<'a, 'f, V>> {
+        if cursor.shape != self.shape || cursor.filter != fingerprint(filter.as_str().as_bytes()) {
+            return None;
+        }
+        let mut m = self.matching(filter);
+        m.node = cursor.node;
+        m.pos = cursor.pos;
+        m.state = cursor.state;
+        Some(m)
+    }
+}
+
+/// Where a [`Matching`] iteration stands, detached from the store: save it with
+/// [`Matching::cursor`], continue with [`RetainedStore::resume`]. A few words.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Cursor {
+    node: u32,
+    pos: usize,
+    state: State,
+    shape: u64,
+    filter: u64,
+}
+
+impl Cursor {
+    /// True when the iteration it was taken from had finished.
+    pub const fn is_done(&self) -> bool {
+        matches!(self.state, State::Done)
+    }
+}
+
+/// FNV-1a of the filter, to refuse resuming with another one.
+fn fingerprint(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, &b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    })
 }
 
 /// One retained entry found by [`RetainedStore::matching`].
@@ -163,7 +217,7 @@ impl<V: fmt::Debug> fmt::Debug for Retained<'_, V> {
     }
 }
 
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum State {
     /// At `node` with the filter consumed up to `pos`: decide what to do there.
     Enter,
@@ -198,6 +252,17 @@ impl<V> fmt::Debug for Matching<'_, '_, V> {
 }
 
 impl<'a, V> Matching<'a, '_, V> {
+    /// The iteration's position, to [`resume`](RetainedStore::resume) it later.
+    pub fn cursor(&self) -> Cursor {
+        Cursor {
+            node: self.node,
+            pos: self.pos,
+            state: self.state,
+            shape: self.store.shape,
+            filter: fingerprint(self.filter),
+        }
+    }
+
     fn trie(&self) -> &'a Trie<Option<V>> {
         &self.store.trie
     }

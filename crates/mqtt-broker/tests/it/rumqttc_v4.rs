@@ -329,3 +329,47 @@ async fn max_connections_refuses_with_server_busy() {
     drop(client2);
     broker.shutdown().await;
 }
+
+// A wildcard subscription over far more retained messages than a session's queue holds
+// gets every one of them, streamed as the subscriber acknowledges.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retained_set_larger_than_the_queue_is_streamed_whole() {
+    let (broker, addr) = broker_with(|c| {
+        c.limits.max_queued_messages = 50;
+        c.limits.max_inflight = 10;
+    })
+    .await;
+    let n = 2000;
+    let mut opts = MqttOptions::new("loader", "127.0.0.1", addr.port());
+    opts.set_keep_alive(Duration::from_secs(30));
+    opts.set_inflight(200);
+    let (publ, _prx, _t) = start(opts).await;
+    for i in 0..n {
+        publ.publish(
+            format!("fleet/{i}/state"),
+            QoS::AtLeastOnce,
+            true,
+            format!("{i}"),
+        )
+        .await
+        .unwrap();
+    }
+    // Wait until the last one is stored.
+    let (probe, mut probe_rx, _t2) = client("probe", addr.port(), true).await;
+    probe
+        .subscribe(format!("fleet/{}/state", n - 1), QoS::AtMostOnce)
+        .await
+        .unwrap();
+    recv(&mut probe_rx).await;
+
+    let (sub, mut rx, _t3) = client("fleet-watcher", addr.port(), true).await;
+    sub.subscribe("fleet/#", QoS::AtLeastOnce).await.unwrap();
+    let mut seen = std::collections::HashSet::new();
+    while seen.len() < n {
+        let m = recv(&mut rx).await;
+        assert!(m.retain);
+        seen.insert(m.topic);
+    }
+    assert_eq!(seen.len(), n);
+    broker.shutdown().await;
+}
