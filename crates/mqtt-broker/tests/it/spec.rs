@@ -641,9 +641,9 @@ async fn second_connect_closes_the_connection() {
     broker.shutdown().await;
 }
 
-// 3.1.1 MQTT-3.1.2-3, 3.1.1 MQTT-3.1.4-1, 5.0 MQTT-3.1.2-3, 5.0 MQTT-3.1.4-1,
-// 5.0 MQTT-3.14.0-1: a CONNECT with the reserved flag set is malformed: the connection
-// is closed with no CONNACK and no DISCONNECT.
+// 3.1.1 MQTT-3.1.2-3, 3.1.1 MQTT-3.1.4-1, 3.1.1 MQTT-3.2.2-6, 5.0 MQTT-3.1.2-3,
+// 5.0 MQTT-3.1.4-1, 5.0 MQTT-3.14.0-1: a CONNECT with the reserved flag set is malformed
+// (no return code applies): the connection is closed with no CONNACK and no DISCONNECT.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connect_reserved_flag_closes_without_connack() {
     let (broker, addr) = broker().await;

@@ -393,3 +393,62 @@ async fn shared_qos1_of_an_ended_session_goes_to_another_member() {
     );
     broker.shutdown().await;
 }
+
+// 5.0 MQTT-4.8.2-5: a shared member whose session ends with a QoS 2 message unfinished:
+// the message is NOT sent to another member.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shared_qos2_of_an_ended_session_is_not_redistributed() {
+    let (broker, addr) = broker_with(|_| {}).await;
+    let v = ProtocolVersion::V5;
+    let sub = mqtt_codec::Subscribe::new(
+        mqtt_codec::PacketId::MIN,
+        ByteStr::from_static("$share/workers/jobs2"),
+        mqtt_codec::QoS::ExactlyOnce,
+    );
+    let mut a = TcpStream::connect(addr).await.unwrap();
+    send(
+        &mut a,
+        Connect::new(v, ByteStr::from_static("member-a2")).into(),
+        v,
+    )
+    .await;
+    send(&mut a, sub.clone().into(), v).await;
+    read_until(&mut a, v, |p| matches!(p, Packet::SubAck(_))).await;
+    let mut publisher = TcpStream::connect(addr).await.unwrap();
+    send(
+        &mut publisher,
+        Connect::new(v, ByteStr::from_static("boss2")).into(),
+        v,
+    )
+    .await;
+    let mut job = mqtt_codec::Publish::new(
+        ByteStr::from_static("jobs2"),
+        bytes::Bytes::from_static(b"job-2"),
+    );
+    job.qos_pid = mqtt_codec::QosPid::ExactlyOnce(mqtt_codec::PacketId::MIN);
+    send(&mut publisher, job.into(), v).await;
+    read_until(&mut a, v, |p| matches!(p, Packet::Publish(_))).await;
+    let mut b = TcpStream::connect(addr).await.unwrap();
+    send(
+        &mut b,
+        Connect::new(v, ByteStr::from_static("member-b2")).into(),
+        v,
+    )
+    .await;
+    send(&mut b, sub.into(), v).await;
+    read_until(&mut b, v, |p| matches!(p, Packet::SubAck(_))).await;
+    drop(a);
+    // B gets nothing: a marker published afterwards is the first thing it receives.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let marker = mqtt_codec::Publish::new(
+        ByteStr::from_static("jobs2"),
+        bytes::Bytes::from_static(b"marker"),
+    );
+    send(&mut publisher, marker.into(), v).await;
+    let got = read_until(&mut b, v, |p| matches!(p, Packet::Publish(_))).await;
+    assert!(
+        matches!(&got, Packet::Publish(p) if &p.payload[..] == b"marker"),
+        "{got:?}"
+    );
+    broker.shutdown().await;
+}
