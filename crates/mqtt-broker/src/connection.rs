@@ -462,7 +462,8 @@ fn feed(
             Err(e) => {
                 debug!(client = %handle.client_id, error = %e, "malformed packet");
                 // [MQTT-4.13.1-1]: close, with DISCONNECT and the reason in 5.0.
-                cell.session.disconnect(e.reason_code());
+                cell.session
+                    .disconnect_explained(e.reason_code(), &e.to_string());
                 break;
             }
         }

@@ -334,8 +334,18 @@ impl Flow {
 
     /// Queues a DISCONNECT with `reason` where the version has one to send.
     pub(crate) fn queue_disconnect(&mut self, reason: ReasonCode) {
+        self.queue_disconnect_explained(reason, None);
+    }
+
+    /// Queues a DISCONNECT with `reason` and, in 5.0, a Reason String saying why. The
+    /// Reason String is dropped if it would not fit the peer's Maximum Packet Size
+    /// ([MQTT-3.14.2-3]); DISCONNECT may carry one even when the peer asked for no
+    /// problem information ([MQTT-3.1.2-29]).
+    pub(crate) fn queue_disconnect_explained(&mut self, reason: ReasonCode, why: Option<&str>) {
         if self.version.is_v5() && self.connected {
-            self.send(mqtt_codec::Disconnect::new(reason));
+            let mut d = mqtt_codec::Disconnect::new(reason);
+            d.properties.reason_string = why.and_then(|w| mqtt_codec::ByteStr::try_from(w).ok());
+            self.send(d);
         }
     }
 }

@@ -262,13 +262,20 @@ impl ServerSession {
         self.flow.events.push(Event::Closed { reason });
     }
 
+    /// As [`disconnect`](Self::disconnect), with a Reason String (5.0) saying why, for
+    /// the client's logs: "malformed PUBLISH: topic name contains a wildcard character".
+    pub fn disconnect_explained(&mut self, reason: ReasonCode, why: &str) {
+        self.flow.queue_disconnect_explained(reason, Some(why));
+        self.flow.events.push(Event::Closed { reason });
+    }
+
     /// Handles a packet from the client. On error the connection must close; for 5.0 a
     /// DISCONNECT with the reason is queued first ([MQTT-4.13.1-1]).
     pub fn handle_packet(&mut self, now: Instant, packet: Packet) -> Result<(), ProtocolError> {
         self.flow.last_rx = now;
         let result = self.dispatch(packet);
         if let Err(e) = &result {
-            self.flow.queue_disconnect(e.reason);
+            self.flow.queue_disconnect_explained(e.reason, Some(e.what));
         }
         result
     }

@@ -452,3 +452,56 @@ async fn shared_qos2_of_an_ended_session_is_not_redistributed() {
     );
     broker.shutdown().await;
 }
+
+// A 5.0 client that breaks a rule is told which, in the DISCONNECT's Reason String.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn disconnect_explains_the_error() {
+    let (broker, addr) = broker_with(|_| {}).await;
+    let v = ProtocolVersion::V5;
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    send(
+        &mut s,
+        Connect::new(v, ByteStr::from_static("rude")).into(),
+        v,
+    )
+    .await;
+    // PUBLISH to "a/#": a wildcard in a topic name.
+    s.write_all(b"\x30\x06\x00\x03a/#\x00").await.unwrap();
+    let packets = read_until_closed(&mut s, v).await;
+    let Some(Packet::Disconnect(d)) = packets.last() else {
+        panic!("{packets:?}")
+    };
+    assert_eq!(d.reason_code, ReasonCode::MALFORMED_PACKET);
+    let why = d
+        .properties
+        .reason_string
+        .as_ref()
+        .expect("a reason string");
+    assert!(why.contains("MQTT-3.3.2-2"), "{why}");
+
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    send(
+        &mut s,
+        Connect::new(v, ByteStr::from_static("twice")).into(),
+        v,
+    )
+    .await;
+    send(
+        &mut s,
+        Connect::new(v, ByteStr::from_static("twice")).into(),
+        v,
+    )
+    .await;
+    let packets = read_until_closed(&mut s, v).await;
+    let Some(Packet::Disconnect(d)) = packets.last() else {
+        panic!("{packets:?}")
+    };
+    assert_eq!(d.reason_code, ReasonCode::PROTOCOL_ERROR);
+    assert!(
+        d.properties
+            .reason_string
+            .as_ref()
+            .is_some_and(|w| w.contains("CONNECT"))
+    );
+    broker.shutdown().await;
+}
