@@ -322,6 +322,17 @@ where
         let mut closed = false;
         for event in events.drain(..) {
             match event {
+                Event::Message(m)
+                    if m.retain && !shared.config.retain.enabled && version.is_v5() =>
+                {
+                    // [MQTT-3.2.2-14]: CONNACK said Retain Available 0; a retained PUBLISH
+                    // is answered with DISCONNECT 0x9A (Retain not supported).
+                    handle.lock().session.disconnect_explained(
+                        ReasonCode::RETAIN_NOT_SUPPORTED,
+                        "retained messages are not supported (Retain Available 0)",
+                    );
+                    again = true;
+                }
                 Event::Message(m) => {
                     shared
                         .stats

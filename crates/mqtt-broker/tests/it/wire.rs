@@ -505,3 +505,32 @@ async fn disconnect_explains_the_error() {
     );
     broker.shutdown().await;
 }
+
+// 5.0 MQTT-3.2.2-14 seen from the server: with retained messages disabled, CONNACK says
+// Retain Available 0 and a retained PUBLISH is answered with DISCONNECT 0x9A.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retain_not_available() {
+    let (broker, addr) = broker_with(|c| c.retain.enabled = false).await;
+    let v = ProtocolVersion::V5;
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    send(
+        &mut s,
+        Connect::new(v, ByteStr::from_static("keeper")).into(),
+        v,
+    )
+    .await;
+    let mut p =
+        mqtt_codec::Publish::new(ByteStr::from_static("r"), bytes::Bytes::from_static(b"x"));
+    p.retain = true;
+    send(&mut s, p.into(), v).await;
+    let packets = read_until_closed(&mut s, v).await;
+    let Some(Packet::ConnAck(ack)) = packets.first() else {
+        panic!("{packets:?}")
+    };
+    assert_eq!(ack.properties.retain_available, Some(false));
+    assert!(
+        matches!(packets.last(), Some(Packet::Disconnect(d)) if d.reason_code == ReasonCode::RETAIN_NOT_SUPPORTED),
+        "{packets:?}"
+    );
+    broker.shutdown().await;
+}
