@@ -985,3 +985,39 @@ fn pubcomp_lost_with_the_connection_still_delivers() {
         |p| matches!(p, Packet::PubComp(c) if c.reason_code == ReasonCode::PACKET_IDENTIFIER_NOT_FOUND)
     ));
 }
+
+// The queue is bounded by bytes as well as messages.
+#[test]
+fn queue_limit_by_bytes() {
+    let limits = Limits {
+        max_queued_bytes: 100,
+        queue_qos0_offline: true,
+        ..Limits::default()
+    };
+    let mut pair = Pair::new(options(V5), limits);
+    pair.connect();
+    pair.cut();
+    let payload = Bytes::from(vec![b'x'; 40]);
+    let now = pair.now;
+    pair.server
+        .deliver(
+            now,
+            Message::new(ByteStr::from_static("t"), payload.clone(), QoS::AtLeastOnce),
+        )
+        .unwrap();
+    pair.server
+        .deliver(
+            now,
+            Message::new(ByteStr::from_static("t"), payload.clone(), QoS::AtLeastOnce),
+        )
+        .unwrap();
+    // A third 41-byte message would pass 100 bytes: refused.
+    let refused = pair
+        .server
+        .deliver(
+            now,
+            Message::new(ByteStr::from_static("t"), payload, QoS::AtLeastOnce),
+        )
+        .unwrap_err();
+    assert_eq!(refused.reason, DropReason::QueueFull);
+}

@@ -134,3 +134,51 @@ fn sigterm_disconnects_clients_and_exits_zero() {
         std::thread::sleep(Duration::from_millis(20));
     }
 }
+
+// -p PORT listens on that port (0.0.0.0 and, where IPv6 works, [::]); --log-level debug
+// logs each connection.
+#[test]
+fn port_flag_and_log_level() {
+    let port = free_port();
+    let child = Command::new(BIN)
+        .args(["-p", &port.to_string(), "--log-level", "debug"])
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(
+            Instant::now() < deadline,
+            "broker did not start on -p {port}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    let mut wire = BytesMut::new();
+    Packet::from(Connect::new(
+        ProtocolVersion::V3_1_1,
+        ByteStr::from_static("flagged"),
+    ))
+    .encode(ProtocolVersion::V3_1_1, &mut wire)
+    .unwrap();
+    s.write_all(&wire).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut decoder = Decoder::with_version(ProtocolVersion::V3_1_1);
+    let mut buf = BytesMut::new();
+    assert!(matches!(
+        read_packet(&mut s, &mut decoder, &mut buf),
+        Some(Packet::ConnAck(_))
+    ));
+    drop(s);
+    std::thread::sleep(Duration::from_millis(200));
+    let _ = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status();
+    let out = child.wait_with_output().unwrap();
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        log.contains("connected") && log.contains("flagged"),
+        "{log}"
+    );
+    assert!(log.contains("DEBUG"), "debug level: {log}");
+}

@@ -3,6 +3,7 @@
 
 mod binary;
 mod fuzz;
+mod limits;
 mod mosquitto_clients;
 mod paho;
 mod rumqttc_v4;

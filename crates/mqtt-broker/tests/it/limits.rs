@@ -1,0 +1,186 @@
+//! The configuration's limits, each seen from a client.
+
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use mqtt_codec::{
+    ByteStr, Connect, Decoder, Packet, PacketId, ProtocolVersion, PubAck, Publish, QoS, QosPid,
+    Subscribe,
+};
+use tokio::{
+    io::{AsyncReadExt, AsyncWriteExt},
+    net::TcpStream,
+    time::timeout,
+};
+
+use crate::{WAIT, broker_with};
+
+/// A raw client speaking through our codec, for exact control of what is acknowledged.
+struct Raw {
+    s: TcpStream,
+    v: ProtocolVersion,
+    decoder: Decoder,
+    buf: BytesMut,
+}
+
+impl Raw {
+    async fn connect(addr: std::net::SocketAddr, c: Connect) -> (Self, mqtt_codec::ConnAck) {
+        let v = c.version;
+        let mut raw = Self {
+            s: TcpStream::connect(addr).await.unwrap(),
+            v,
+            decoder: Decoder::with_version(v),
+            buf: BytesMut::new(),
+        };
+        raw.send(c.into()).await;
+        match raw.next().await {
+            Some(Packet::ConnAck(ack)) => (raw, *ack),
+            other => panic!("{other:?}"),
+        }
+    }
+    async fn send(&mut self, p: Packet) {
+        let mut b = BytesMut::new();
+        p.encode(self.v, &mut b).unwrap();
+        self.s.write_all(&b).await.unwrap();
+    }
+    /// The next packet, or `None` when nothing comes within `wait` or the connection closes.
+    async fn next_within(&mut self, wait: Duration) -> Option<Packet> {
+        loop {
+            if let Ok(Some(p)) = self.decoder.decode(&mut self.buf) {
+                return Some(p);
+            }
+            match timeout(wait, self.s.read_buf(&mut self.buf)).await {
+                Ok(Ok(n)) if n > 0 => {}
+                _ => return None,
+            }
+        }
+    }
+    async fn next(&mut self) -> Option<Packet> {
+        self.next_within(WAIT).await
+    }
+}
+
+fn publish(topic: &'static str, qos: QoS, id: u16) -> Packet {
+    let mut p = Publish::new(ByteStr::from_static(topic), Bytes::from_static(b"x"));
+    p.qos_pid = QosPid::new(qos, PacketId::new(id).unwrap());
+    p.into()
+}
+
+// limits.max_inflight: no more unacknowledged QoS 1 messages in flight to a client.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn max_inflight_bounds_unacknowledged_deliveries() {
+    let (broker, addr) = broker_with(|c| c.limits.max_inflight = 3).await;
+    let v = ProtocolVersion::V3_1_1;
+    let (mut sub, _) = Raw::connect(addr, Connect::new(v, ByteStr::from_static("slowpoke"))).await;
+    sub.send(Subscribe::new(PacketId::MIN, ByteStr::from_static("w/#"), QoS::AtLeastOnce).into())
+        .await;
+    assert!(matches!(sub.next().await, Some(Packet::SubAck(_))));
+    let (mut publ, _) = Raw::connect(addr, Connect::new(v, ByteStr::from_static("pusher"))).await;
+    for i in 1..=10 {
+        publ.send(publish("w/x", QoS::AtLeastOnce, i)).await;
+    }
+    // Exactly three arrive while none is acknowledged.
+    let mut ids = Vec::new();
+    while let Some(p) = sub.next_within(Duration::from_millis(500)).await {
+        if let Packet::Publish(p) = p {
+            ids.push(p.packet_id().unwrap());
+        }
+    }
+    assert_eq!(ids.len(), 3, "{ids:?}");
+    // Acknowledging one lets one more through.
+    sub.send(PubAck::new(ids[0]).into()).await;
+    assert!(matches!(sub.next().await, Some(Packet::Publish(_))));
+    broker.shutdown().await;
+}
+
+// limits.queue_qos0_messages: QoS 0 kept for a disconnected persistent session.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn queue_qos0_for_offline_sessions_when_configured() {
+    for queue in [false, true] {
+        let (broker, addr) = broker_with(|c| c.limits.queue_qos0_messages = queue).await;
+        let v = ProtocolVersion::V3_1_1;
+        let mut c = Connect::new(v, ByteStr::from_static("away"));
+        c.clean_start = false;
+        let (mut sub, _) = Raw::connect(addr, c.clone()).await;
+        sub.send(Subscribe::new(PacketId::MIN, ByteStr::from_static("q0"), QoS::AtMostOnce).into())
+            .await;
+        assert!(matches!(sub.next().await, Some(Packet::SubAck(_))));
+        drop(sub);
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let (mut publ, _) = Raw::connect(addr, Connect::new(v, ByteStr::from_static("p"))).await;
+        publ.send(publish("q0", QoS::AtMostOnce, 1)).await;
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let (mut back, ack) = Raw::connect(addr, c).await;
+        assert!(ack.session_present);
+        let got = back.next_within(Duration::from_millis(500)).await;
+        assert_eq!(
+            matches!(got, Some(Packet::Publish(_))),
+            queue,
+            "queue_qos0_messages = {queue}"
+        );
+        broker.shutdown().await;
+    }
+}
+
+// limits.max_keep_alive and limits.max_session_expiry: 5.0 clients are told the caps.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keep_alive_and_session_expiry_caps() {
+    let (broker, addr) = broker_with(|c| {
+        c.limits.max_keep_alive = 20;
+        c.limits.max_session_expiry = 300;
+    })
+    .await;
+    let mut c = Connect::new(ProtocolVersion::V5, ByteStr::from_static("greedy"));
+    c.keep_alive = 600;
+    c.properties.session_expiry_interval = Some(86_400);
+    let (_raw, ack) = Raw::connect(addr, c).await;
+    assert_eq!(ack.properties.server_keep_alive, Some(20));
+    assert_eq!(ack.properties.session_expiry_interval, Some(300));
+    broker.shutdown().await;
+}
+
+// The $SYS topics Mosquitto users look for are all there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sys_topic_names() {
+    let (broker, addr) = broker_with(|_| {}).await;
+    let v = ProtocolVersion::V3_1_1;
+    let (mut sub, _) = Raw::connect(addr, Connect::new(v, ByteStr::from_static("sysreader"))).await;
+    sub.send(
+        Subscribe::new(
+            PacketId::MIN,
+            ByteStr::from_static("$SYS/#"),
+            QoS::AtMostOnce,
+        )
+        .into(),
+    )
+    .await;
+    let expected = [
+        "$SYS/broker/version",
+        "$SYS/broker/uptime",
+        "$SYS/broker/clients/connected",
+        "$SYS/broker/clients/disconnected",
+        "$SYS/broker/clients/total",
+        "$SYS/broker/clients/maximum",
+        "$SYS/broker/messages/received",
+        "$SYS/broker/messages/sent",
+        "$SYS/broker/bytes/received",
+        "$SYS/broker/bytes/sent",
+        "$SYS/broker/publish/messages/received",
+        "$SYS/broker/publish/messages/sent",
+        "$SYS/broker/subscriptions/count",
+        "$SYS/broker/retained messages/count",
+        "$SYS/broker/load/messages/received/1min",
+        "$SYS/broker/load/connections/15min",
+    ];
+    let mut topics = std::collections::BTreeSet::new();
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while !expected.iter().all(|t| topics.contains(*t)) && tokio::time::Instant::now() < deadline {
+        if let Some(Packet::Publish(p)) = sub.next_within(Duration::from_millis(1500)).await {
+            topics.insert(p.topic.to_string());
+        }
+    }
+    for t in expected {
+        assert!(topics.contains(t), "{t} missing from {topics:?}");
+    }
+    broker.shutdown().await;
+}
