@@ -76,6 +76,18 @@ impl SessionHandle {
     }
 }
 
+/// How many retained-store shards there are.
+const RETAINED_SHARDS: usize = 16;
+
+/// The shard of a topic (or literal filter) by its first level (FNV-1a).
+fn retained_shard(topic: &str) -> usize {
+    let first = topic.split('/').next().unwrap_or("");
+    let h = first.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    });
+    (h % RETAINED_SHARDS as u64) as usize
+}
+
 /// A retained message and when it expires (5.0 Message Expiry Interval).
 #[derive(Clone, Debug)]
 pub(crate) struct RetainedMessage {
@@ -106,7 +118,9 @@ pub(crate) struct Shared {
     origin: tokio::time::Instant,
     pub(crate) index: ShardedIndex<u64, Sub>,
     sessions: Mutex<HashMap<ByteStr, Arc<SessionHandle>>>,
-    pub(crate) retained: RwLock<RetainedStore<RetainedMessage>>,
+    /// Retained messages, sharded by the topic's first level so that retained
+    /// publishes on different first levels never wait on one another.
+    retained: Vec<RwLock<RetainedStore<RetainedMessage>>>,
     retained_count: AtomicUsize,
     /// Retained messages with an expiry: the purge runs only while there are some.
     retained_expiring: AtomicUsize,
@@ -127,7 +141,9 @@ impl Shared {
             origin: tokio::time::Instant::now(),
             index: ShardedIndex::new(),
             sessions: Mutex::new(HashMap::new()),
-            retained: RwLock::new(RetainedStore::new()),
+            retained: (0..RETAINED_SHARDS)
+                .map(|_| RwLock::new(RetainedStore::new()))
+                .collect(),
             retained_count: AtomicUsize::new(0),
             retained_expiring: AtomicUsize::new(0),
             stats: Stats::default(),
@@ -247,8 +263,10 @@ impl Shared {
         let Ok(topic) = TopicName::new(&message.topic) else {
             return;
         };
-        let mut store = self
-            .retained
+        let Some(shard) = self.retained.get(retained_shard(&message.topic)) else {
+            return;
+        };
+        let mut store = shard
             .write()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         if message.payload.is_empty() {
@@ -318,38 +336,62 @@ impl Shared {
             return;
         }
         let now = self.now();
-        let expired: Vec<String> = {
-            let store = self
-                .retained
-                .read()
-                .unwrap_or_else(std::sync::PoisonError::into_inner);
-            let (Ok(all), Ok(sys)) = (TopicFilter::new("#"), TopicFilter::new("$SYS/#")) else {
-                return;
-            };
-            store
-                .matching(all)
-                .chain(store.matching(sys))
-                .filter(|r| r.value().expires_at.is_some_and(|at| now >= at))
-                .map(|r| r.topic())
-                .collect()
+        let (Ok(all), Ok(sys)) = (TopicFilter::new("#"), TopicFilter::new("$SYS/#")) else {
+            return;
         };
-        let mut store = self
-            .retained
-            .write()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        for topic in expired {
-            let Ok(name) = TopicName::new(&topic) else {
-                continue;
+        for shard in &self.retained {
+            let expired: Vec<String> = {
+                let store = shard
+                    .read()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner);
+                store
+                    .matching(all)
+                    .chain(store.matching(sys))
+                    .filter(|r| r.value().expires_at.is_some_and(|at| now >= at))
+                    .map(|r| r.topic())
+                    .collect()
             };
-            if store
-                .get(name)
-                .is_some_and(|r| r.expires_at.is_some_and(|at| now >= at))
-            {
-                store.remove(name);
-                self.retained_count.fetch_sub(1, Ordering::Relaxed);
-                self.retained_expiring.fetch_sub(1, Ordering::Relaxed);
+            if expired.is_empty() {
+                continue;
+            }
+            let mut store = shard
+                .write()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            for topic in expired {
+                let Ok(name) = TopicName::new(&topic) else {
+                    continue;
+                };
+                if store
+                    .get(name)
+                    .is_some_and(|r| r.expires_at.is_some_and(|at| now >= at))
+                {
+                    store.remove(name);
+                    self.retained_count.fetch_sub(1, Ordering::Relaxed);
+                    self.retained_expiring.fetch_sub(1, Ordering::Relaxed);
+                }
             }
         }
+    }
+
+    /// The retained-store shards a filter can match, in order: the one of its first
+    /// level when that is literal, every shard when it is a wildcard.
+    pub(crate) fn retained_shards(&self, filter: &str) -> std::ops::Range<usize> {
+        if filter.starts_with('+') || filter.starts_with('#') {
+            0..self.retained.len()
+        } else {
+            let i = retained_shard(filter);
+            i..i + 1
+        }
+    }
+
+    /// One retained-store shard, read-locked.
+    pub(crate) fn retained_shard_read(
+        &self,
+        shard: usize,
+    ) -> Option<std::sync::RwLockReadGuard<'_, RetainedStore<RetainedMessage>>> {
+        self.retained
+            .get(shard)
+            .map(|s| s.read().unwrap_or_else(std::sync::PoisonError::into_inner))
     }
 
     /// Routes a message published by session `from` to every matching subscriber.

@@ -676,6 +676,7 @@ fn subscribe(
                 filter,
                 qos: options.qos,
                 identifier,
+                shard: 0,
                 cursor: None,
                 delivered: 0,
                 restarts: 0,
@@ -690,8 +691,11 @@ pub(crate) struct RetainedBacklog {
     filter: mqtt_codec::ByteStr,
     qos: QoS,
     identifier: Option<mqtt_codec::SubscriptionId>,
+    /// Which of the filter's retained-store shards is being streamed (an index into
+    /// `Shared::retained_shards`).
+    shard: usize,
     cursor: Option<mqtt_topics::Cursor>,
-    /// Sent so far, to skip when the iteration must start over.
+    /// Sent so far from this shard, to skip when the iteration must start over.
     delivered: usize,
     restarts: u32,
 }
@@ -720,10 +724,15 @@ fn pump_retained(
         return true;
     };
     let now = shared.now();
-    let store = shared
-        .retained
-        .read()
-        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    let shards = shared.retained_shards(&entry.filter);
+    let Some(store) = shards
+        .clone()
+        .nth(entry.shard)
+        .and_then(|i| shared.retained_shard_read(i))
+    else {
+        backlog.pop_front();
+        return true;
+    };
     let mut iter = match entry.cursor.and_then(|c| store.resume(filter, c)) {
         Some(it) => it,
         None => {
@@ -762,9 +771,16 @@ fn pump_retained(
     }
     entry.cursor = Some(iter.cursor());
     if finished || iter.cursor().is_done() {
-        backlog.pop_front();
+        // This shard is done: on to the filter's next one, or to the next subscription.
+        entry.shard += 1;
+        entry.cursor = None;
+        entry.delivered = 0;
+        entry.restarts = 0;
+        if entry.shard >= shards.len() {
+            backlog.pop_front();
+        }
     }
-    sent > 0
+    true
 }
 
 /// UNSUBSCRIBE: removes the filters and answers.

@@ -373,3 +373,38 @@ async fn retained_set_larger_than_the_queue_is_streamed_whole() {
     assert_eq!(seen.len(), n);
     broker.shutdown().await;
 }
+
+// The same across every shard of the retained store: a filter starting with a wildcard
+// streams topics of many first levels through a small queue.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retained_wildcard_first_level_streams_every_shard() {
+    let (broker, addr) = broker_with(|c| {
+        c.limits.max_queued_messages = 20;
+        c.limits.max_inflight = 5;
+    })
+    .await;
+    let n = 300;
+    let mut opts = MqttOptions::new("loader2", "127.0.0.1", addr.port());
+    opts.set_keep_alive(Duration::from_secs(30));
+    opts.set_inflight(100);
+    let (publ, _prx, _t) = start(opts).await;
+    for i in 0..n {
+        publ.publish(format!("site{i}/status"), QoS::AtLeastOnce, true, "up")
+            .await
+            .unwrap();
+    }
+    let (probe, mut probe_rx, _t2) = client("probe2", addr.port(), true).await;
+    probe
+        .subscribe(format!("site{}/status", n - 1), QoS::AtMostOnce)
+        .await
+        .unwrap();
+    recv(&mut probe_rx).await;
+    let (sub, mut rx, _t3) = client("all-sites", addr.port(), true).await;
+    sub.subscribe("+/status", QoS::AtLeastOnce).await.unwrap();
+    let mut seen = std::collections::HashSet::new();
+    while seen.len() < n {
+        seen.insert(recv(&mut rx).await.topic);
+    }
+    nothing(&mut rx, Duration::from_millis(200)).await;
+    broker.shutdown().await;
+}
