@@ -122,6 +122,8 @@ pub(crate) struct Shared {
     /// publishes on different first levels never wait on one another.
     retained: Vec<RwLock<RetainedStore<RetainedMessage>>>,
     retained_count: AtomicUsize,
+    /// Of those, the broker's own `$SYS` topics (never removed).
+    retained_sys: AtomicUsize,
     /// Retained messages with an expiry: the purge runs only while there are some.
     retained_expiring: AtomicUsize,
     pub(crate) stats: Stats,
@@ -145,6 +147,7 @@ impl Shared {
                 .map(|_| RwLock::new(RetainedStore::new()))
                 .collect(),
             retained_count: AtomicUsize::new(0),
+            retained_sys: AtomicUsize::new(0),
             retained_expiring: AtomicUsize::new(0),
             stats: Stats::default(),
             next_key: AtomicU64::new(1),
@@ -272,6 +275,9 @@ impl Shared {
         if message.payload.is_empty() {
             if let Some(old) = store.remove(topic) {
                 self.retained_count.fetch_sub(1, Ordering::Relaxed);
+                if message.topic.starts_with("$SYS/") {
+                    self.retained_sys.fetch_sub(1, Ordering::Relaxed);
+                }
                 if old.expires_at.is_some() {
                     self.retained_expiring.fetch_sub(1, Ordering::Relaxed);
                 }
@@ -279,9 +285,17 @@ impl Shared {
             return;
         }
         let exists = store.get(topic).is_some();
-        if !exists && self.retained_count.load(Ordering::Relaxed) >= self.config.retain.max_messages
-        {
+        // The broker's own `$SYS` topics do not use up the clients' retained quota.
+        let is_sys = message.topic.starts_with("$SYS/");
+        let used = self
+            .retained_count
+            .load(Ordering::Relaxed)
+            .saturating_sub(self.retained_sys.load(Ordering::Relaxed));
+        if !exists && !is_sys && used >= self.config.retain.max_messages {
             return;
+        }
+        if !exists && is_sys {
+            self.retained_sys.fetch_add(1, Ordering::Relaxed);
         }
         let mut stored = message.clone();
         stored.retain = true;

@@ -184,3 +184,67 @@ async fn sys_topic_names() {
     }
     broker.shutdown().await;
 }
+
+// retain.max_messages: a new retained topic beyond the maximum is not stored (existing
+// ones can still be replaced).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retained_maximum() {
+    let (broker, addr) = broker_with(|c| c.retain.max_messages = 2).await;
+    let v = ProtocolVersion::V3_1_1;
+    let (mut publ, _) = Raw::connect(addr, Connect::new(v, ByteStr::from_static("r-pub"))).await;
+    for (topic, id) in [("m/1", 1), ("m/2", 2), ("m/3", 3)] {
+        let mut p = Publish::new(ByteStr::from_static(topic), Bytes::from_static(b"v"));
+        p.qos_pid = QosPid::new(QoS::AtLeastOnce, PacketId::new(id).unwrap());
+        p.retain = true;
+        publ.send(p.into()).await;
+        assert!(matches!(publ.next().await, Some(Packet::PubAck(_))));
+    }
+    let (mut sub, _) = Raw::connect(addr, Connect::new(v, ByteStr::from_static("r-sub"))).await;
+    sub.send(Subscribe::new(PacketId::MIN, ByteStr::from_static("m/#"), QoS::AtMostOnce).into())
+        .await;
+    let mut topics = Vec::new();
+    while let Some(p) = sub.next_within(Duration::from_millis(500)).await {
+        if let Packet::Publish(p) = p {
+            topics.push(p.topic.to_string());
+        }
+    }
+    topics.sort();
+    assert_eq!(topics, ["m/1", "m/2"]);
+    broker.shutdown().await;
+}
+
+// 3.1.1 MQTT-3.1.2-8 for a keep-alive timeout: the server closes the silent client's
+// connection and publishes its will.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn will_on_keep_alive_timeout() {
+    let (broker, addr) = broker_with(|_| {}).await;
+    let v = ProtocolVersion::V3_1_1;
+    let (mut watcher, _) = Raw::connect(addr, Connect::new(v, ByteStr::from_static("w8r"))).await;
+    watcher
+        .send(
+            Subscribe::new(
+                PacketId::MIN,
+                ByteStr::from_static("gone/#"),
+                QoS::AtMostOnce,
+            )
+            .into(),
+        )
+        .await;
+    assert!(matches!(watcher.next().await, Some(Packet::SubAck(_))));
+    let mut c = Connect::new(v, ByteStr::from_static("sleepy"));
+    c.keep_alive = 1;
+    c.will = Some(mqtt_codec::Will {
+        topic: ByteStr::from_static("gone/sleepy"),
+        payload: Bytes::from_static(b"timed out"),
+        qos: QoS::AtMostOnce,
+        retain: false,
+        properties: Default::default(),
+    });
+    let (_sleepy, _) = Raw::connect(addr, c).await;
+    // Silent from now on: after 1.5 s the broker gives up on it.
+    match watcher.next().await {
+        Some(Packet::Publish(p)) => assert_eq!(p.topic, "gone/sleepy"),
+        other => panic!("{other:?}"),
+    }
+    broker.shutdown().await;
+}
