@@ -135,14 +135,17 @@ async fn housekeeping(shared: Arc<Shared>) {
 /// Binds with `SO_REUSEADDR` and, for `[::]`, IPv6 only, so `0.0.0.0:1883` and
 /// `[::]:1883` can both be bound, as the default configuration does.
 async fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
-    let socket = if addr.is_ipv6() {
-        tokio::net::TcpSocket::new_v6()?
-    } else {
-        tokio::net::TcpSocket::new_v4()?
-    };
-    socket.set_reuseaddr(true)?;
-    socket.bind(addr)?;
-    socket.listen(1024)
+    use socket2::{Domain, Socket, Type};
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
+    if addr.is_ipv6() {
+        // Without this, `[::]` also claims the IPv4 port and `0.0.0.0` cannot be bound.
+        socket.set_only_v6(true)?;
+    }
+    socket.set_reuse_address(true)?;
+    socket.set_nonblocking(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(1024)?;
+    TcpListener::from_std(socket.into())
 }
 
 async fn accept_loop(shared: Arc<Shared>, listener: TcpListener) {
