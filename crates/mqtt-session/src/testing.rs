@@ -174,27 +174,15 @@ impl Pair {
         if !self.link_up {
             return;
         }
-        let version = self.client.options().version;
-        while let Some(p) = self.client.poll_transmit(self.now) {
-            if p.encode(version, &mut self.c2s).is_err() {
-                self.error = Some(ProtocolError {
-                    reason: ReasonCode::IMPLEMENTATION_SPECIFIC_ERROR,
-                    rule: None,
-                    what: "client packet did not encode",
-                });
-            }
-            self.client_sent.push(p);
+        let (now, version) = (self.now, self.client.options().version);
+        let client = core::iter::from_fn(|| self.client.poll_transmit(now));
+        if !write_all(client, version, &mut self.c2s, &mut self.client_sent) {
+            self.error = Some(encode_failure("client packet did not encode"));
         }
         let version = self.server.version();
-        while let Some(p) = self.server.poll_transmit(self.now) {
-            if p.encode(version, &mut self.s2c).is_err() {
-                self.error = Some(ProtocolError {
-                    reason: ReasonCode::IMPLEMENTATION_SPECIFIC_ERROR,
-                    rule: None,
-                    what: "server packet did not encode",
-                });
-            }
-            self.server_sent.push(p);
+        let server = core::iter::from_fn(|| self.server.poll_transmit(now));
+        if !write_all(server, version, &mut self.s2c, &mut self.server_sent) {
+            self.error = Some(encode_failure("server packet did not encode"));
         }
     }
 
@@ -255,5 +243,28 @@ impl Pair {
             }
             self.server_events.push(e);
         }
+    }
+}
+
+/// Encodes `packets` onto a link direction and records them; false if one did not encode.
+fn write_all(
+    packets: impl Iterator<Item = Packet>,
+    version: mqtt_codec::ProtocolVersion,
+    wire: &mut BytesMut,
+    sent: &mut Vec<Packet>,
+) -> bool {
+    let mut ok = true;
+    for p in packets {
+        ok &= p.encode(version, wire).is_ok();
+        sent.push(p);
+    }
+    ok
+}
+
+fn encode_failure(what: &'static str) -> ProtocolError {
+    ProtocolError {
+        reason: ReasonCode::IMPLEMENTATION_SPECIFIC_ERROR,
+        rule: None,
+        what,
     }
 }
