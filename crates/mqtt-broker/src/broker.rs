@@ -4,19 +4,26 @@
 //! Routing runs in the publishing connection's own task: it matches the topic against
 //! the concurrent index (sharded read locks, never a global lock), and hands the message
 //! (payload shared, not copied) to each subscriber's session, whose queue is the bounded
-//! outbox, then wakes that subscriber's task. No task ever waits on another client.
+//! outbox, then wakes that subscriber's task.
+//!
+//! A connected subscriber whose queue is full pushes back instead of losing messages:
+//! the delivery is handed back as a [`Pending`], and the publishing connection holds it
+//! and reads nothing more until the subscriber's writer makes room (it signals
+//! [`SessionHandle::space`]). A subscriber that makes no room within
+//! `limits.slow_subscriber_ms` is marked stuck, and messages for it are dropped (and
+//! counted) until it has emptied its queue, so one dead reader cannot stall the rest.
 
 use std::{
-    collections::HashMap,
+    collections::{HashMap, VecDeque},
     net::SocketAddr,
     sync::{
         Arc, Mutex, MutexGuard, RwLock,
-        atomic::{AtomicU64, AtomicUsize, Ordering},
+        atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering},
     },
 };
 
 use mqtt_codec::{ByteStr, QoS, SubscriptionId, SubscriptionOptions};
-use mqtt_session::{Limits, Message, MessageId, ServerSession};
+use mqtt_session::{DropReason, Limits, Message, MessageId, ServerSession};
 use mqtt_topics::{Filter, GroupId, Matches, RetainedStore, ShardedIndex, TopicFilter, TopicName};
 use tokio::sync::Notify;
 
@@ -39,6 +46,26 @@ pub(crate) struct SessionHandle {
     cell: Mutex<SessionCell>,
     /// Wakes the task that writes this session's packets.
     pub(crate) notify: Notify,
+    /// Wakes publishers waiting for room in this session's queue.
+    pub(crate) space: Notify,
+    /// Publishers waiting on `space`: the writer signals only when someone waits.
+    pub(crate) waiting: AtomicUsize,
+    /// A publisher waited `slow_subscriber_ms` in vain: drop instead of waiting until the
+    /// queue is empty again.
+    pub(crate) stuck: AtomicBool,
+}
+
+/// A delivery refused for a full queue, held by the publishing connection until the
+/// subscriber makes room.
+#[derive(Debug)]
+pub(crate) struct Pending {
+    pub(crate) handle: Arc<SessionHandle>,
+    message: Message,
+    /// The shared-subscription group it was picked from.
+    group: Option<GroupId>,
+    /// When a publisher began to wait on it (first in line); `slow_subscriber_ms` counts
+    /// from there.
+    pub(crate) waited_since: Option<tokio::time::Instant>,
 }
 
 #[derive(Debug)]
@@ -212,6 +239,9 @@ impl Shared {
                 shared_unacked: HashMap::new(),
             }),
             notify: Notify::new(),
+            space: Notify::new(),
+            waiting: AtomicUsize::new(0),
+            stuck: AtomicBool::new(false),
         });
         registry.insert(client_id.clone(), Arc::clone(&handle));
         handle
@@ -410,8 +440,16 @@ impl Shared {
 
     /// Routes a message published by session `from` to every matching subscriber.
     /// `matches` is a reusable buffer, so routing allocates nothing per message in the
-    /// steady state beyond the copies each subscriber gets.
-    pub(crate) fn route(&self, from: u64, message: &Message, matches: &mut Matches<u64, Sub>) {
+    /// steady state beyond the copies each subscriber gets. Deliveries refused for a
+    /// full queue go to `pending` (the caller waits for room), or are dropped when there
+    /// is nowhere to hold them (wills of ended connections, `$SYS`).
+    pub(crate) fn route(
+        &self,
+        from: u64,
+        message: &Message,
+        matches: &mut Matches<u64, Sub>,
+        mut pending: Option<&mut VecDeque<Pending>>,
+    ) {
         let Ok(topic) = TopicName::new(&message.topic) else {
             return;
         };
@@ -448,15 +486,23 @@ impl Shared {
             out.qos = message.qos.min(granted);
             out.retain = message.retain && retain_as_published;
             out.properties.subscription_identifiers = ids;
-            self.deliver(handle, now, out);
+            self.deliver(handle, now, out, None, pending.as_deref_mut());
         }
         for group in matches.shared() {
-            self.deliver_to_group(group.id(), group.members(), message, now, None);
+            self.deliver_to_group(
+                group.id(),
+                group.members(),
+                message,
+                now,
+                None,
+                pending.as_deref_mut(),
+            );
         }
     }
 
     /// Delivers `message` to one member of a shared subscription group: round robin,
-    /// preferring connected members, never `exclude` (a member whose session ended).
+    /// preferring connected members with room, never `exclude` (a member whose session
+    /// ended).
     fn deliver_to_group(
         &self,
         group: GroupId,
@@ -464,6 +510,7 @@ impl Shared {
         message: &Message,
         now: mqtt_session::Instant,
         exclude: Option<u64>,
+        pending: Option<&mut VecDeque<Pending>>,
     ) {
         let candidates = || members.iter().filter(|(key, _)| Some(*key) != exclude);
         let count = candidates().count();
@@ -471,31 +518,29 @@ impl Shared {
             return;
         }
         let start = self.stats.publish_received.load(Ordering::Relaxed) as usize % count;
+        let ready = |s: &Sub| {
+            let cell = s.handle.lock();
+            cell.session.is_connected() && cell.session.queue_room() > 0
+        };
         let pick = candidates()
             .cycle()
             .skip(start)
             .take(count)
-            .find(|(_, s)| s.handle.lock().session.is_connected())
+            .find(|(_, s)| ready(s))
+            .or_else(|| {
+                candidates()
+                    .cycle()
+                    .skip(start)
+                    .take(count)
+                    .find(|(_, s)| s.handle.lock().session.is_connected())
+            })
             .or_else(|| candidates().nth(start));
         let Some((_, sub)) = pick else { return };
         let mut out = message.clone();
         out.qos = message.qos.min(sub.options.qos);
         out.retain = message.retain && sub.options.retain_as_published;
         out.properties.subscription_identifiers = sub.identifier.into_iter().collect();
-        let keep = (out.qos == QoS::AtLeastOnce).then(|| out.clone());
-        let mut cell = sub.handle.lock();
-        match cell.session.deliver(now, out) {
-            Ok(id) => {
-                if let Some(copy) = keep {
-                    cell.shared_unacked.insert(id, (group, copy));
-                }
-                drop(cell);
-                sub.handle.notify.notify_one();
-            }
-            Err(_) => {
-                self.stats.publish_dropped.fetch_add(1, Ordering::Relaxed);
-            }
-        }
+        self.deliver(&sub.handle, now, out, Some(group), pending);
     }
 
     /// A session ended: its unacknowledged QoS 1 messages from shared subscriptions go to
@@ -516,23 +561,111 @@ impl Shared {
             matches.clear();
             self.index.matches(topic, &mut matches);
             if let Some(g) = matches.shared().find(|g| g.id() == group) {
-                self.deliver_to_group(group, g.members(), &message, now, Some(from.key));
+                self.deliver_to_group(group, g.members(), &message, now, Some(from.key), None);
             }
         }
     }
 
-    /// Queues a message on a session and wakes its writer.
+    /// Queues a message on a session and wakes its writer; a refusal for a full queue
+    /// goes to `pending` if given, else the message is dropped.
     pub(crate) fn deliver(
+        &self,
+        handle: &Arc<SessionHandle>,
+        now: mqtt_session::Instant,
+        message: Message,
+        group: Option<GroupId>,
+        pending: Option<&mut VecDeque<Pending>>,
+    ) {
+        // Behind a held delivery everything waits its turn, or a later message could
+        // overtake it.
+        let held = match pending {
+            Some(ref p) if !p.is_empty() => Err(message),
+            _ => self.offer(handle, now, message, group),
+        };
+        if let Err(message) = held {
+            match pending {
+                Some(pending) => pending.push_back(Pending {
+                    handle: Arc::clone(handle),
+                    message,
+                    group,
+                    waited_since: None,
+                }),
+                None => {
+                    self.stats.publish_dropped.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        }
+    }
+
+    /// Queues a message on a session. `Err` hands it back when the session is connected,
+    /// not stuck, and its queue is full: waiting for room will help. Any other refusal
+    /// drops it (and counts it).
+    fn offer(
         &self,
         handle: &SessionHandle,
         now: mqtt_session::Instant,
         message: Message,
-    ) {
-        let accepted = handle.lock().session.deliver(now, message).is_ok();
-        if accepted {
-            handle.notify.notify_one();
-        } else {
-            self.stats.publish_dropped.fetch_add(1, Ordering::Relaxed);
+        group: Option<GroupId>,
+    ) -> Result<(), Message> {
+        // A QoS 1 message from a shared subscription is kept to hand to another member
+        // should this one leave without acknowledging it.
+        let keep = (group.is_some() && message.qos == QoS::AtLeastOnce).then(|| message.clone());
+        let mut cell = handle.lock();
+        match cell.session.deliver(now, message) {
+            Ok(id) => {
+                if let (Some(group), Some(copy)) = (group, keep) {
+                    cell.shared_unacked.insert(id, (group, copy));
+                }
+                drop(cell);
+                handle.notify.notify_one();
+                Ok(())
+            }
+            Err(refused)
+                if refused.reason == DropReason::QueueFull
+                    && cell.session.is_connected()
+                    && !handle.stuck.load(Ordering::Relaxed) =>
+            {
+                Err(*refused.message)
+            }
+            Err(_) => {
+                self.stats.publish_dropped.fetch_add(1, Ordering::Relaxed);
+                Ok(())
+            }
         }
+    }
+
+    /// Offers a held delivery again; hands it back if the queue is still full.
+    pub(crate) fn retry(&self, pending: Pending) -> Result<(), Pending> {
+        let now = self.now();
+        let Pending {
+            handle,
+            message,
+            group,
+            waited_since,
+        } = pending;
+        self.offer(&handle, now, message, group)
+            .map_err(|message| Pending {
+                handle,
+                message,
+                group,
+                waited_since,
+            })
+    }
+
+    /// A held delivery waited `slow_subscriber_ms` in vain: its subscriber is stuck, and
+    /// the message is dropped.
+    pub(crate) fn give_up(&self, pending: Pending) {
+        if !pending.handle.stuck.swap(true, Ordering::Relaxed) {
+            tracing::warn!(
+                client = %pending.handle.client_id,
+                "subscriber makes no room in its queue: dropping its messages until it catches up"
+            );
+        }
+        self.stats.publish_dropped.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// How long a held delivery may wait.
+    pub(crate) fn slow_subscriber(&self) -> std::time::Duration {
+        std::time::Duration::from_millis(self.config.limits.slow_subscriber_ms)
     }
 }

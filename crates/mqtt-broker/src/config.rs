@@ -57,6 +57,11 @@ pub struct LimitsConfig {
     pub max_session_expiry: u32,
     /// Seconds a new connection has to send CONNECT.
     pub connect_timeout: u64,
+    /// Milliseconds a publisher waits for room in a connected subscriber's full queue.
+    /// While it waits, the publisher's connection reads nothing more (back-pressure
+    /// instead of loss); past this, the subscriber counts as stuck and its messages are
+    /// dropped until it has caught up with its queue.
+    pub slow_subscriber_ms: u64,
 }
 
 /// Retained messages.
@@ -118,6 +123,7 @@ impl Default for LimitsConfig {
             max_keep_alive: 0,
             max_session_expiry: u32::MAX,
             connect_timeout: 10,
+            slow_subscriber_ms: 5000,
         }
     }
 }

@@ -20,7 +20,7 @@ use tokio::{
 };
 use tracing::{debug, info, warn};
 
-use crate::broker::{SessionHandle, Shared, Sub};
+use crate::broker::{Pending, SessionHandle, Shared, Sub};
 
 /// Read buffer size while idle; it grows only for large packets.
 const READ_CHUNK: usize = 512;
@@ -277,6 +277,44 @@ where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
 {
+    // Deliveries waiting for room in a subscriber's queue; while any wait, nothing more
+    // is read from this client (see `broker` on back-pressure).
+    let mut pending = VecDeque::new();
+    let end = run_loop(
+        shared,
+        handle,
+        generation,
+        version,
+        rd,
+        wr,
+        rbuf,
+        decoder,
+        &mut pending,
+    )
+    .await;
+    // Deliveries this connection took (and may have acknowledged) still go out.
+    if !matches!(end, End::Shutdown) {
+        deliver_pending(shared, &mut pending).await;
+    }
+    end
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn run_loop<R, W>(
+    shared: &Arc<Shared>,
+    handle: &Arc<SessionHandle>,
+    generation: u64,
+    version: ProtocolVersion,
+    rd: &mut R,
+    wr: &mut W,
+    rbuf: &mut BytesMut,
+    decoder: &mut Decoder,
+    pending: &mut VecDeque<Pending>,
+) -> End
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
     let mut out = BytesMut::new();
     let mut events = Vec::new();
     let mut matches = Matches::default();
@@ -315,6 +353,15 @@ where
             while let Some(e) = cell.session.poll_event() {
                 events.push(e);
             }
+            if cell.session.queue_room() > 0 {
+                // Room for publishers held up by this session's full queue.
+                if handle.waiting.load(Ordering::SeqCst) > 0 {
+                    handle.space.notify_waiters();
+                }
+                if cell.session.pending_messages() == 0 {
+                    handle.stuck.store(false, Ordering::Relaxed);
+                }
+            }
             cell.session.poll_timeout()
         };
         // 2. Act on events outside the session lock.
@@ -338,7 +385,7 @@ where
                         .stats
                         .publish_received
                         .fetch_add(1, Ordering::Relaxed);
-                    shared.route(handle.key, &m, &mut matches);
+                    shared.route(handle.key, &m, &mut matches, Some(&mut *pending));
                 }
                 Event::Subscribe(s) => {
                     subscribe(shared, handle, version, &s, &mut backlog);
@@ -351,7 +398,12 @@ where
                 Event::PeerDisconnected(_) | Event::Closed { .. } => closed = true,
                 Event::Delivered { id, .. } | Event::Dropped { id, .. } => settled.push(id),
                 // The will of a connection this one replaced ([MQTT-3.1.2-8]).
-                Event::Will(will) => shared.route(handle.key, &will_message(will), &mut matches),
+                Event::Will(will) => shared.route(
+                    handle.key,
+                    &will_message(will),
+                    &mut matches,
+                    Some(&mut *pending),
+                ),
                 _ => {}
             }
         }
@@ -392,6 +444,13 @@ where
         }
         if again || more {
             continue;
+        }
+        if !pending.is_empty() {
+            // 4a. Held deliveries: wait for room, not for input (back-pressure).
+            match wait_for_room(shared, handle, pending, &mut shutdown).await {
+                Some(end) => return end,
+                None => continue,
+            }
         }
         // 4. Wait for input. A connection idle for IDLE_SHRINK gives back its buffers'
         // and queues' memory once.
@@ -439,6 +498,88 @@ where
             }
             () = &mut shutdown => return End::Shutdown,
         }
+    }
+}
+
+/// Offers the held deliveries again, in order, stopping at the first still refused
+/// (messages to one subscriber keep their order). True when none is left.
+fn retry_pending(shared: &Shared, pending: &mut VecDeque<Pending>) -> bool {
+    while let Some(p) = pending.pop_front() {
+        if let Err(p) = shared.retry(p) {
+            pending.push_front(p);
+            return false;
+        }
+    }
+    true
+}
+
+/// Waits until the first held delivery's subscriber has room (or gives up on it after
+/// `slow_subscriber_ms`), while this session's own packets still go out: a wake-up of
+/// its own returns at once so the caller flushes. `Some` when the connection must end.
+async fn wait_for_room(
+    shared: &Shared,
+    handle: &SessionHandle,
+    pending: &mut VecDeque<Pending>,
+    shutdown: &mut std::pin::Pin<&mut impl Future<Output = ()>>,
+) -> Option<End> {
+    let Some(first) = pending.front_mut() else {
+        return None;
+    };
+    let target = Arc::clone(&first.handle);
+    let give_up_at =
+        *first.waited_since.get_or_insert_with(Instant::now) + shared.slow_subscriber();
+    let space = target.space.notified();
+    tokio::pin!(space);
+    // Registered before the last look, so a signal in between is not missed.
+    space.as_mut().enable();
+    target.waiting.fetch_add(1, Ordering::SeqCst);
+    let end = if retry_pending(shared, pending) {
+        None
+    } else {
+        tokio::select! {
+            () = &mut space => None,
+            () = handle.notify.notified() => None,
+            () = sleep_until(give_up_at) => {
+                if let Some(p) = pending.pop_front() {
+                    shared.give_up(p);
+                }
+                None
+            }
+            () = shutdown.as_mut() => Some(End::Shutdown),
+        }
+    };
+    target.waiting.fetch_sub(1, Ordering::SeqCst);
+    if end.is_none() {
+        retry_pending(shared, pending);
+    }
+    end
+}
+
+/// The connection ended with deliveries still held: they were taken from the client
+/// (and maybe acknowledged), so they wait for room as long as a live connection would.
+async fn deliver_pending(shared: &Shared, pending: &mut VecDeque<Pending>) {
+    while !retry_pending(shared, pending) {
+        let Some(first) = pending.front_mut() else {
+            return;
+        };
+        let target = Arc::clone(&first.handle);
+        let give_up_at =
+            *first.waited_since.get_or_insert_with(Instant::now) + shared.slow_subscriber();
+        let space = target.space.notified();
+        tokio::pin!(space);
+        space.as_mut().enable();
+        target.waiting.fetch_add(1, Ordering::SeqCst);
+        if !retry_pending(shared, pending) {
+            tokio::select! {
+                () = &mut space => {}
+                () = sleep_until(give_up_at) => {
+                    if let Some(p) = pending.pop_front() {
+                        shared.give_up(p);
+                    }
+                }
+            }
+        }
+        target.waiting.fetch_sub(1, Ordering::SeqCst);
     }
 }
 
@@ -584,7 +725,9 @@ async fn idle(shared: Arc<Shared>, handle: Arc<SessionHandle>, generation: u64) 
         };
         for event in events {
             match event {
-                Event::Will(will) => shared.route(handle.key, &will_message(will), &mut matches),
+                Event::Will(will) => {
+                    shared.route(handle.key, &will_message(will), &mut matches, None);
+                }
                 Event::SessionExpired => {
                     shared.remove_session(&handle);
                     return;

@@ -248,3 +248,89 @@ async fn will_on_keep_alive_timeout() {
     }
     broker.shutdown().await;
 }
+
+/// Publishes `count` QoS 0 messages on `topic` with payloads "0", "1", ... in one go.
+async fn flood(publ: &mut Raw, topic: &'static str, count: u32) {
+    let mut b = BytesMut::new();
+    for i in 0..count {
+        let p = Publish::new(ByteStr::from_static(topic), Bytes::from(i.to_string()));
+        Packet::from(p).encode(publ.v, &mut b).unwrap();
+    }
+    publ.s.write_all(&b).await.unwrap();
+}
+
+// Back-pressure: a subscriber that reads late gets every message, in order, even when
+// the publisher sent far more than its queue holds (max_queued_messages 50 here): the
+// publisher's connection waits for room instead of dropping.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_queue_pushes_back_on_the_publisher_instead_of_dropping() {
+    let (broker, addr) = broker_with(|c| c.limits.max_queued_messages = 50).await;
+    let v = ProtocolVersion::V3_1_1;
+    let (mut sub, _) = Raw::connect(addr, Connect::new(v, ByteStr::from_static("late"))).await;
+    sub.send(Subscribe::new(PacketId::MIN, ByteStr::from_static("bp"), QoS::AtMostOnce).into())
+        .await;
+    assert!(matches!(sub.next().await, Some(Packet::SubAck(_))));
+    let (mut publ, _) = Raw::connect(addr, Connect::new(v, ByteStr::from_static("fast"))).await;
+    let count = 20_000;
+    let flooding = tokio::spawn(async move {
+        flood(&mut publ, "bp", count).await;
+        publ
+    });
+    // Nothing read for a while: the socket buffers fill, then the queue, then the broker
+    // stops reading from the publisher.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let mut next = 0u32;
+    while next < count {
+        match sub.next().await {
+            Some(Packet::Publish(p)) => {
+                assert_eq!(
+                    p.payload,
+                    Bytes::from(next.to_string()),
+                    "lost or reordered"
+                );
+                next += 1;
+            }
+            other => panic!("after {next} messages: {other:?}"),
+        }
+    }
+    let _publ = flooding.await.unwrap();
+    broker.shutdown().await;
+}
+
+// A subscriber that never reads holds a publisher up for slow_subscriber_ms at most: then
+// it counts as stuck, its messages are dropped, and everyone else gets theirs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stuck_subscriber_stops_holding_publishers_up() {
+    let (broker, addr) = broker_with(|c| {
+        c.limits.max_queued_messages = 20;
+        c.limits.slow_subscriber_ms = 300;
+    })
+    .await;
+    let v = ProtocolVersion::V3_1_1;
+    let (mut stuck, _) = Raw::connect(addr, Connect::new(v, ByteStr::from_static("asleep"))).await;
+    let (mut awake, _) = Raw::connect(addr, Connect::new(v, ByteStr::from_static("awake"))).await;
+    for s in [&mut stuck, &mut awake] {
+        s.send(Subscribe::new(PacketId::MIN, ByteStr::from_static("st"), QoS::AtMostOnce).into())
+            .await;
+        assert!(matches!(s.next().await, Some(Packet::SubAck(_))));
+    }
+    let (mut publ, _) = Raw::connect(addr, Connect::new(v, ByteStr::from_static("pub"))).await;
+    let count = 30_000;
+    let flooding = tokio::spawn(async move {
+        flood(&mut publ, "st", count).await;
+        publ
+    });
+    let mut next = 0u32;
+    while next < count {
+        match awake.next().await {
+            Some(Packet::Publish(p)) => {
+                assert_eq!(p.payload, Bytes::from(next.to_string()));
+                next += 1;
+            }
+            other => panic!("the awake subscriber got {other:?} after {next}"),
+        }
+    }
+    let _publ = flooding.await.unwrap();
+    drop(stuck);
+    broker.shutdown().await;
+}
