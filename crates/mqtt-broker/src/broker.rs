@@ -60,7 +60,7 @@ pub(crate) struct SessionHandle {
 #[derive(Debug)]
 pub(crate) struct Pending {
     pub(crate) handle: Arc<SessionHandle>,
-    message: Message,
+    message: Box<Message>,
     /// The shared-subscription group it was picked from.
     group: Option<GroupId>,
     /// When a publisher began to wait on it (first in line); `slow_subscriber_ms` counts
@@ -579,7 +579,7 @@ impl Shared {
         // Behind a held delivery everything waits its turn, or a later message could
         // overtake it.
         let held = match pending {
-            Some(ref p) if !p.is_empty() => Err(message),
+            Some(ref p) if !p.is_empty() => Err(Box::new(message)),
             _ => self.offer(handle, now, message, group),
         };
         if let Err(message) = held {
@@ -606,7 +606,7 @@ impl Shared {
         now: mqtt_session::Instant,
         message: Message,
         group: Option<GroupId>,
-    ) -> Result<(), Message> {
+    ) -> Result<(), Box<Message>> {
         // A QoS 1 message from a shared subscription is kept to hand to another member
         // should this one leave without acknowledging it.
         let keep = (group.is_some() && message.qos == QoS::AtLeastOnce).then(|| message.clone());
@@ -625,7 +625,7 @@ impl Shared {
                     && cell.session.is_connected()
                     && !handle.stuck.load(Ordering::Relaxed) =>
             {
-                Err(*refused.message)
+                Err(refused.message)
             }
             Err(_) => {
                 self.stats.publish_dropped.fetch_add(1, Ordering::Relaxed);
@@ -643,7 +643,7 @@ impl Shared {
             group,
             waited_since,
         } = pending;
-        self.offer(&handle, now, message, group)
+        self.offer(&handle, now, *message, group)
             .map_err(|message| Pending {
                 handle,
                 message,

@@ -522,9 +522,7 @@ async fn wait_for_room(
     pending: &mut VecDeque<Pending>,
     shutdown: &mut std::pin::Pin<&mut impl Future<Output = ()>>,
 ) -> Option<End> {
-    let Some(first) = pending.front_mut() else {
-        return None;
-    };
+    let first = pending.front_mut()?;
     let target = Arc::clone(&first.handle);
     let give_up_at =
         *first.waited_since.get_or_insert_with(Instant::now) + shared.slow_subscriber();
