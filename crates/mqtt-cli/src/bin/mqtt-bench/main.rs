@@ -1,0 +1,578 @@
+//! `mqtt-bench`: a load generator for MQTT brokers.
+//!
+//! Every scenario checks delivery (counts, order per publisher, duplicates) and fails
+//! on any fault; with `--broker-pid` it also reports the broker's CPU seconds per
+//! million delivered messages and its memory, read from /proc. `cargo xtask bench`
+//! runs the scenarios against our broker and Mosquitto side by side.
+#![allow(clippy::print_stdout, clippy::print_stderr)]
+
+mod idle;
+mod latency;
+mod load;
+mod probe;
+mod wire;
+
+use std::{
+    io::{IsTerminal, Write},
+    net::{IpAddr, SocketAddr, ToSocketAddrs},
+    process::ExitCode,
+    time::{Duration, Instant},
+};
+
+use clap::{Args, Parser, Subcommand};
+use mqtt_codec::QoS;
+
+use crate::{
+    load::{Load, Plan},
+    probe::{Broker, Reading},
+};
+
+/// Load generator for MQTT brokers: throughput, connections and latency, with every
+/// delivery checked.
+#[derive(Debug, Parser)]
+#[command(name = "mqtt-bench", version, about, long_about = None)]
+struct Cli {
+    #[command(subcommand)]
+    scenario: Scenario,
+}
+
+/// Where the broker is and what to report.
+#[derive(Debug, Args, Clone)]
+struct Common {
+    /// Broker host.
+    #[arg(long = "host", default_value = "127.0.0.1", global = true)]
+    host: String,
+    /// Broker port.
+    #[arg(short = 'p', long = "port", default_value_t = 1883, global = true)]
+    port: u16,
+    /// Process id of the broker, for its CPU time and memory (Linux /proc).
+    #[arg(long = "broker-pid", global = true)]
+    broker_pid: Option<u32>,
+    /// Local source address for the connections (repeatable; taken in turn).
+    #[arg(long = "source", global = true)]
+    sources: Vec<IpAddr>,
+    /// Also print one `result key=value ...` line for scripts.
+    #[arg(long = "machine", global = true)]
+    machine: bool,
+    /// No progress bar.
+    #[arg(long = "quiet", global = true)]
+    quiet: bool,
+}
+
+/// How each throughput scenario publishes.
+#[derive(Debug, Args, Clone)]
+struct Traffic {
+    /// QoS of the messages and subscriptions.
+    #[arg(short = 'q', long = "qos", default_value_t = 0, value_parser = clap::value_parser!(u8).range(0..=2))]
+    qos: u8,
+    /// Payload size in bytes (at least 16: the sender, sequence number and send time).
+    #[arg(short = 's', long = "size", default_value_t = 16)]
+    size: usize,
+    /// Unacknowledged QoS 1/2 messages per publisher.
+    #[arg(long = "inflight", default_value_t = 64)]
+    inflight: u16,
+    /// End-to-end limit on messages a publisher may have undelivered (0: none; the
+    /// broker must push back or keep up).
+    #[arg(long = "window", default_value_t = 0)]
+    window: u32,
+    /// Give up (and fail) after this many seconds.
+    #[arg(long = "timeout", default_value_t = 300)]
+    timeout: u64,
+    /// Fail when nothing was delivered for this many seconds.
+    #[arg(long = "stall", default_value_t = 10)]
+    stall: u64,
+}
+
+#[derive(Debug, Subcommand)]
+enum Scenario {
+    /// P publishers on their own topics -> one subscriber on a wildcard.
+    FanIn {
+        /// Publishers.
+        #[arg(short = 'P', long = "publishers", default_value_t = 16)]
+        publishers: u32,
+        /// Messages in all.
+        #[arg(short = 'n', long = "messages", default_value_t = 1_000_000)]
+        messages: u32,
+        #[command(flatten)]
+        traffic: Traffic,
+        #[command(flatten)]
+        common: Common,
+    },
+    /// One publisher -> K subscribers of its topic.
+    FanOut {
+        /// Subscribers.
+        #[arg(short = 'K', long = "subscribers", default_value_t = 100)]
+        subscribers: u32,
+        /// Messages published (each is delivered K times).
+        #[arg(short = 'n', long = "messages", default_value_t = 10_000)]
+        messages: u32,
+        #[command(flatten)]
+        traffic: Traffic,
+        #[command(flatten)]
+        common: Common,
+    },
+    /// P publisher/subscriber pairs, each on its own topic.
+    Pairs {
+        /// Pairs.
+        #[arg(short = 'P', long = "pairs", default_value_t = 1000)]
+        pairs: u32,
+        /// Messages in all.
+        #[arg(short = 'n', long = "messages", default_value_t = 1_000_000)]
+        messages: u32,
+        #[command(flatten)]
+        traffic: Traffic,
+        #[command(flatten)]
+        common: Common,
+    },
+    /// P publishers -> a shared subscription group ($share/bench/...) of M members.
+    Shared {
+        /// Publishers.
+        #[arg(short = 'P', long = "publishers", default_value_t = 16)]
+        publishers: u32,
+        /// Members of the group.
+        #[arg(short = 'M', long = "members", default_value_t = 4)]
+        members: u32,
+        /// Messages in all.
+        #[arg(short = 'n', long = "messages", default_value_t = 1_000_000)]
+        messages: u32,
+        #[command(flatten)]
+        traffic: Traffic,
+        #[command(flatten)]
+        common: Common,
+    },
+    /// N idle clients with keep-alive; the broker's memory per connection.
+    Connections {
+        /// Connections in all.
+        #[arg(short = 'n', long = "count", default_value_t = 19_000)]
+        count: u32,
+        /// Connections per generator process (one process may open only so many files).
+        #[arg(long = "per-process", default_value_t = 9_000)]
+        per_process: u32,
+        /// Keep-alive in seconds.
+        #[arg(short = 'k', long = "keepalive", default_value_t = 60)]
+        keep_alive: u16,
+        /// Seconds to leave the connections idle before reading the broker's memory.
+        #[arg(long = "settle", default_value_t = 7)]
+        settle: u64,
+        #[command(flatten)]
+        common: Common,
+    },
+    /// One publisher at a fixed rate -> one subscriber; delay percentiles.
+    Latency {
+        /// Messages per second.
+        #[arg(short = 'r', long = "rate", default_value_t = 5000)]
+        rate: u32,
+        /// Seconds to run.
+        #[arg(short = 'd', long = "seconds", default_value_t = 10)]
+        seconds: u32,
+        /// QoS of the messages and the subscription.
+        #[arg(short = 'q', long = "qos", default_value_t = 0, value_parser = clap::value_parser!(u8).range(0..=1))]
+        qos: u8,
+        /// Payload size in bytes (at least 16).
+        #[arg(short = 's', long = "size", default_value_t = 16)]
+        size: usize,
+        #[command(flatten)]
+        common: Common,
+    },
+    /// (Used by `connections`.) Hold idle connections until stdin closes.
+    #[command(hide = true)]
+    Hold {
+        #[arg(long = "broker")]
+        broker: SocketAddr,
+        #[arg(long = "source")]
+        source: Option<IpAddr>,
+        #[arg(long = "count")]
+        count: u32,
+        #[arg(long = "keepalive", default_value_t = 60)]
+        keep_alive: u16,
+        #[arg(long = "tag")]
+        tag: String,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli.scenario) {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::from(1),
+        Err(e) => {
+            eprintln!("mqtt-bench: {e}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+/// Runs one scenario; `Ok(false)` when it ran but a check failed.
+fn run(scenario: Scenario) -> Result<bool, String> {
+    match scenario {
+        Scenario::FanIn {
+            publishers,
+            messages,
+            traffic,
+            common,
+        } => {
+            let p = publishers.max(1);
+            let plan = Plan {
+                publishers: (0..p).map(|i| format!("bench/fan-in/{i}")).collect(),
+                per_publisher: messages / p,
+                subscribers: vec!["bench/fan-in/#".to_owned()],
+                shared: false,
+                hears: vec![(0..p as usize).collect()],
+            };
+            throughput("fan-in", plan, &traffic, &common)
+        }
+        Scenario::FanOut {
+            subscribers,
+            messages,
+            traffic,
+            common,
+        } => {
+            let k = subscribers.max(1);
+            let plan = Plan {
+                publishers: vec!["bench/fan-out".to_owned()],
+                per_publisher: messages,
+                subscribers: (0..k).map(|_| "bench/fan-out".to_owned()).collect(),
+                shared: false,
+                hears: (0..k).map(|_| vec![0]).collect(),
+            };
+            throughput("fan-out", plan, &traffic, &common)
+        }
+        Scenario::Pairs {
+            pairs,
+            messages,
+            traffic,
+            common,
+        } => {
+            let p = pairs.max(1);
+            let plan = Plan {
+                publishers: (0..p).map(|i| format!("bench/pairs/{i}")).collect(),
+                per_publisher: messages / p,
+                subscribers: (0..p).map(|i| format!("bench/pairs/{i}")).collect(),
+                shared: false,
+                hears: (0..p as usize).map(|i| vec![i]).collect(),
+            };
+            throughput("pairs", plan, &traffic, &common)
+        }
+        Scenario::Shared {
+            publishers,
+            members,
+            messages,
+            traffic,
+            common,
+        } => {
+            let p = publishers.max(1);
+            let m = members.max(1);
+            let plan = Plan {
+                publishers: (0..p).map(|i| format!("bench/shared/{i}")).collect(),
+                per_publisher: messages / p,
+                subscribers: (0..m)
+                    .map(|_| "$share/bench/bench/shared/#".to_owned())
+                    .collect(),
+                shared: true,
+                hears: Vec::new(),
+            };
+            throughput("shared", plan, &traffic, &common)
+        }
+        Scenario::Connections {
+            count,
+            per_process,
+            keep_alive,
+            settle,
+            common,
+        } => connections(count, per_process, keep_alive, settle, &common),
+        Scenario::Latency {
+            rate,
+            seconds,
+            qos,
+            size,
+            common,
+        } => latency(rate, seconds, qos, size, &common),
+        Scenario::Hold {
+            broker,
+            source,
+            count,
+            keep_alive,
+            tag,
+        } => {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .map_err(|e| format!("cannot start the runtime: {e}"))?;
+            rt.block_on(idle::hold(broker, source, count, keep_alive, &tag))?;
+            Ok(true)
+        }
+    }
+}
+
+fn broker_addr(common: &Common) -> Result<SocketAddr, String> {
+    (common.host.as_str(), common.port)
+        .to_socket_addrs()
+        .map_err(|e| format!("{}:{}: {e}", common.host, common.port))?
+        .next()
+        .ok_or_else(|| format!("{}:{}: no address", common.host, common.port))
+}
+
+fn qos(n: u8) -> QoS {
+    QoS::from_u8(n).unwrap_or(QoS::AtMostOnce)
+}
+
+/// Broker readings around a measured phase.
+#[derive(Debug, Default)]
+struct Measured {
+    before: Option<Reading>,
+    after: Option<Reading>,
+}
+
+impl Measured {
+    fn cpu_seconds(&self) -> Option<f64> {
+        Some(self.after?.cpu_seconds - self.before?.cpu_seconds)
+    }
+}
+
+fn read_broker(broker: Option<Broker>) -> Option<Reading> {
+    match broker?.read() {
+        Ok(r) => Some(r),
+        Err(e) => {
+            eprintln!("mqtt-bench: cannot read the broker's figures: {e}");
+            None
+        }
+    }
+}
+
+fn throughput(name: &str, plan: Plan, traffic: &Traffic, common: &Common) -> Result<bool, String> {
+    if traffic.size < wire::Stamp::LEN {
+        return Err(format!(
+            "--size must be at least {} bytes (the stamp)",
+            wire::Stamp::LEN
+        ));
+    }
+    if plan.per_publisher == 0 {
+        return Err("fewer messages than publishers".to_owned());
+    }
+    let load = Load {
+        broker: broker_addr(common)?,
+        sources: common.sources.clone(),
+        qos: qos(traffic.qos),
+        size: traffic.size,
+        inflight: traffic.inflight,
+        window: traffic.window,
+        timeout: Duration::from_secs(traffic.timeout),
+        stall: Duration::from_secs(traffic.stall),
+        name: format!("bench-{name}"),
+    };
+    let broker = common.broker_pid.map(|pid| Broker { pid });
+    if let Some(b) = broker {
+        b.reset_peak();
+    }
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| format!("cannot start the runtime: {e}"))?;
+    let mut measured = Measured::default();
+    let bar = Progress::new(!common.quiet);
+    let outcome = rt.block_on(load::run(
+        plan.clone(),
+        load,
+        || measured.before = read_broker(broker),
+        || measured.after = read_broker(broker),
+        |done, total| bar.show(done, total),
+    ));
+    bar.finish();
+    let outcome = outcome?;
+    let secs = outcome.elapsed.as_secs_f64().max(1e-9);
+    let rate = outcome.delivered as f64 / secs;
+    let cpu = measured.cpu_seconds();
+    let cpu_per_million = cpu.map(|c| c / (outcome.delivered.max(1) as f64) * 1e6);
+    let peak = measured.after.map(|r| r.peak_rss);
+    println!(
+        "{name}: {} publishers, {} subscribers, QoS {}, {} B: {}/{} delivered in {:.2} s, {:.0} msg/s",
+        plan.publishers.len(),
+        plan.subscribers.len(),
+        traffic.qos,
+        traffic.size,
+        outcome.delivered,
+        outcome.expected,
+        secs,
+        rate
+    );
+    if let (Some(c), Some(per_m)) = (cpu, cpu_per_million) {
+        println!(
+            "  broker: {c:.2} CPU s, {per_m:.3} CPU s per million deliveries, peak RSS {:.1} MiB",
+            peak.unwrap_or(0) as f64 / 1048576.0
+        );
+    }
+    for f in &outcome.faults {
+        println!("  FAULT: {f}");
+    }
+    let ok = outcome.faults.is_empty();
+    if common.machine {
+        println!(
+            "result scenario={name} ok={ok} qos={} size={} expected={} delivered={} seconds={secs:.4} rate={rate:.1} cpu_s={} cpu_s_per_million={} peak_rss={} faults={}",
+            traffic.qos,
+            traffic.size,
+            outcome.expected,
+            outcome.delivered,
+            cpu.map_or("-".to_owned(), |c| format!("{c:.3}")),
+            cpu_per_million.map_or("-".to_owned(), |c| format!("{c:.4}")),
+            peak.map_or("-".to_owned(), |p| p.to_string()),
+            outcome.faults.len(),
+        );
+    }
+    Ok(ok)
+}
+
+fn connections(
+    count: u32,
+    per_process: u32,
+    keep_alive: u16,
+    settle: u64,
+    common: &Common,
+) -> Result<bool, String> {
+    let addr = broker_addr(common)?;
+    let broker = common.broker_pid.map(|pid| Broker { pid });
+    let sources: Vec<IpAddr> =
+        if common.sources.is_empty() && addr.ip().is_loopback() && addr.is_ipv4() {
+            (1..=4).map(|i| IpAddr::from([127, 0, 0, i])).collect()
+        } else {
+            common.sources.clone()
+        };
+    let before = read_broker(broker);
+    let (held, holders) = idle::spread(addr, count, per_process, &sources, keep_alive)?;
+    std::thread::sleep(Duration::from_secs(settle));
+    let after = read_broker(broker);
+    drop(holders);
+    let per_conn = match (before, after) {
+        (Some(b), Some(a)) if held.connected > 0 => {
+            Some((a.rss as f64 - b.rss as f64) / held.connected as f64)
+        }
+        _ => None,
+    };
+    println!(
+        "connections: {} of {count} connected in {:.2} s over {} source addresses",
+        held.connected,
+        held.ramp.as_secs_f64(),
+        sources.len().max(1)
+    );
+    if let (Some(b), Some(a), Some(p)) = (before, after, per_conn) {
+        println!(
+            "  broker RSS {:.1} MiB -> {:.1} MiB: {p:.0} B per connection",
+            b.rss as f64 / 1048576.0,
+            a.rss as f64 / 1048576.0
+        );
+    }
+    for f in &held.faults {
+        println!("  FAULT: {f}");
+    }
+    let ok = held.faults.is_empty();
+    if common.machine {
+        println!(
+            "result scenario=connections ok={ok} count={count} connected={} ramp_s={:.3} rss_before={} rss_after={} bytes_per_connection={} faults={}",
+            held.connected,
+            held.ramp.as_secs_f64(),
+            before.map_or("-".to_owned(), |r| r.rss.to_string()),
+            after.map_or("-".to_owned(), |r| r.rss.to_string()),
+            per_conn.map_or("-".to_owned(), |p| format!("{p:.0}")),
+            held.faults.len()
+        );
+    }
+    Ok(ok)
+}
+
+fn latency(rate: u32, seconds: u32, q: u8, size: usize, common: &Common) -> Result<bool, String> {
+    if size < wire::Stamp::LEN {
+        return Err(format!(
+            "--size must be at least {} bytes (the stamp)",
+            wire::Stamp::LEN
+        ));
+    }
+    let addr = broker_addr(common)?;
+    let broker = common.broker_pid.map(|pid| Broker { pid });
+    let count = rate.saturating_mul(seconds).max(1);
+    let mut measured = Measured::default();
+    let result = latency::run(
+        addr,
+        qos(q),
+        size,
+        rate,
+        count,
+        || measured.before = read_broker(broker),
+        || measured.after = read_broker(broker),
+    )?;
+    let cpu_us = measured
+        .cpu_seconds()
+        .map(|c| c / result.received.max(1) as f64 * 1e6);
+    println!(
+        "latency: {rate} msg/s, QoS {q}, {size} B: {}/{} received; p50 {:.1} us, p99 {:.1} us, p99.9 {:.1} us, max {:.1} us",
+        result.received, result.sent, result.p50_us, result.p99_us, result.p999_us, result.max_us
+    );
+    if let Some(c) = cpu_us {
+        println!("  broker: {c:.2} CPU us per message");
+    }
+    for f in &result.faults {
+        println!("  FAULT: {f}");
+    }
+    let ok = result.faults.is_empty();
+    if common.machine {
+        println!(
+            "result scenario=latency ok={ok} qos={q} size={size} rate={rate} sent={} received={} seconds={:.3} p50_us={:.1} p99_us={:.1} p999_us={:.1} max_us={:.1} cpu_us_per_message={} faults={}",
+            result.sent,
+            result.received,
+            result.elapsed.as_secs_f64(),
+            result.p50_us,
+            result.p99_us,
+            result.p999_us,
+            result.max_us,
+            cpu_us.map_or("-".to_owned(), |c| format!("{c:.2}")),
+            result.faults.len()
+        );
+    }
+    Ok(ok)
+}
+
+/// A one-line progress bar on stderr, drawn only on a terminal and at most ten times a
+/// second.
+#[derive(Debug)]
+struct Progress {
+    enabled: bool,
+    last: std::cell::Cell<Option<Instant>>,
+}
+
+impl Progress {
+    fn new(wanted: bool) -> Self {
+        Self {
+            enabled: wanted && std::io::stderr().is_terminal(),
+            last: std::cell::Cell::new(None),
+        }
+    }
+
+    fn show(&self, done: u64, total: u64) {
+        if !self.enabled {
+            return;
+        }
+        let now = Instant::now();
+        if self
+            .last
+            .get()
+            .is_some_and(|t| now.duration_since(t) < Duration::from_millis(100))
+        {
+            return;
+        }
+        self.last.set(Some(now));
+        let width = 40;
+        let filled = (done.min(total) * width / total.max(1)) as usize;
+        let mut err = std::io::stderr().lock();
+        let _ = write!(
+            err,
+            "\r[{}{}] {done}/{total} ",
+            "=".repeat(filled),
+            " ".repeat(width as usize - filled)
+        );
+        let _ = err.flush();
+    }
+
+    fn finish(&self) {
+        if self.enabled && self.last.get().is_some() {
+            let _ = writeln!(std::io::stderr());
+        }
+    }
+}
