@@ -7,11 +7,14 @@
 //! - `no-std`: builds the `no_std` crates without default features and checks that no
 //!   dependency turns `std` back on.
 //! - `bench --micro`: the criterion micro-benchmarks of every crate.
+//! - `bench [--quick] [--only TEXT] [--install] [--no-record]`: the end-to-end load
+//!   scenarios against our broker and Mosquitto (see `bench.rs`).
 //! - `conformance [--check]`: regenerates `docs/conformance.md` from the statement lists
 //!   in `docs/spec/` and the tests that cite them; `--check` fails if it is stale.
 //! - `fuzz [TARGET] [SECONDS]`: runs a cargo-fuzz target from `fuzz/` with its seed
 //!   corpus (needs cargo-fuzz and a nightly toolchain).
 
+mod bench;
 mod conformance;
 
 use std::{
@@ -32,9 +35,7 @@ fn main() -> ExitCode {
         ["ci"] => ci(),
         ["no-std"] => no_std(),
         ["bench", "--micro"] => cargo(&["bench", "-p", "benches"]),
-        ["bench", ..] => Err("end-to-end load scenarios are not built yet (issue 7); \
-             `cargo xtask bench --micro` runs the criterion micro-benchmarks"
-            .to_owned()),
+        ["bench", rest @ ..] => bench::run(rest),
         ["fuzz", rest @ ..] => fuzz(rest),
         ["conformance"] => conformance::run(false),
         ["conformance", "--check"] => conformance::run(true),
@@ -49,7 +50,7 @@ fn main() -> ExitCode {
     }
 }
 
-const USAGE: &str = "usage: cargo xtask <ci | no-std | bench --micro | conformance [--check] | fuzz [TARGET] [SECONDS]>";
+const USAGE: &str = "usage: cargo xtask <ci | no-std | bench [--micro | --quick | --only TEXT | --install | --no-record] | conformance [--check] | fuzz [TARGET] [SECONDS]>";
 
 pub(crate) fn project_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -93,7 +94,9 @@ fn ci() -> Result {
         .env("RUSTDOCFLAGS", "-D warnings"))?;
     no_std()?;
     conformance::run(true)?;
-    deny()
+    deny()?;
+    // The load scenarios, briefly, against our broker: delivery checks, not timing.
+    bench::run(&["--quick"])
 }
 
 /// The test peers nobody here wrote: Debian's Mosquitto (broker and clients) and Python

@@ -33,7 +33,7 @@ pub(crate) async fn hold(
         let id = format!("idle-{tag}-{i}");
         connecting.spawn(async move {
             let _permit = gate.acquire_owned().await;
-            Conn::connect(broker, source, &id, keep_alive, 64).await
+            Conn::connect(broker, source, &id, keep_alive, 64, crate::wire::VERSION).await
         });
     }
     let mut conns = Vec::with_capacity(count as usize);

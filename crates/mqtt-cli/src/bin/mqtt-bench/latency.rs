@@ -62,7 +62,7 @@ impl Blocking {
 
     fn send(&mut self, packet: &Packet) -> Result<(), String> {
         let mut out = BytesMut::new();
-        wire::encode(packet, &mut out);
+        wire::encode(packet, wire::VERSION, &mut out);
         self.stream
             .write_all(&out)
             .map_err(|e| format!("write: {e}"))
@@ -193,7 +193,7 @@ pub(crate) fn run(
             },
         );
         publish.qos_pid = mqtt_codec::QosPid::new(qos, p);
-        wire::encode(&Packet::Publish(publish), &mut out);
+        wire::encode(&Packet::Publish(publish), wire::VERSION, &mut out);
         publ.stream
             .write_all(&out)
             .map_err(|e| format!("write: {e}"))?;

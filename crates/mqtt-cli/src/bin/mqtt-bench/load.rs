@@ -17,7 +17,7 @@ use std::{
 };
 
 use bytes::{BufMut, BytesMut};
-use mqtt_codec::{Packet, PacketId, PubComp, PubRel, QoS};
+use mqtt_codec::{Packet, PacketId, ProtocolVersion, PubComp, PubRel, QoS};
 use tokio::{sync::Notify, task::JoinSet};
 
 use crate::wire::{self, Conn, Stamp, WireError};
@@ -61,6 +61,7 @@ pub(crate) struct Load {
     pub(crate) broker: SocketAddr,
     pub(crate) sources: Vec<IpAddr>,
     pub(crate) qos: QoS,
+    pub(crate) version: ProtocolVersion,
     pub(crate) size: usize,
     pub(crate) inflight: u16,
     /// End-to-end limit on messages a publisher has out (sent, not yet delivered to every
@@ -291,15 +292,25 @@ async fn connect_spread(load: &Load, n: usize, id: &str) -> Result<Conn, String>
         0 => None,
         len => load.sources.get(n % len).copied(),
     };
-    Conn::connect(load.broker, source, id, 60, wire::READ_BUFFER)
+    Conn::connect(load.broker, source, id, 60, wire::READ_BUFFER, load.version)
         .await
         .map_err(|e| format!("{id}: {e}"))
 }
 
 /// Appends one PUBLISH carrying `stamp`, encoded by hand: the hot path of the generator.
-fn put_publish(out: &mut BytesMut, topic: &[u8], qos: QoS, pid: u16, stamp: Stamp, size: usize) {
+fn put_publish(
+    out: &mut BytesMut,
+    version: ProtocolVersion,
+    topic: &[u8],
+    qos: QoS,
+    pid: u16,
+    stamp: Stamp,
+    size: usize,
+) {
     let id_len = if qos == QoS::AtMostOnce { 0 } else { 2 };
-    let body = 2 + topic.len() + id_len + size.max(Stamp::LEN);
+    // 5.0: an empty property list, its length a single 0.
+    let props_len = usize::from(version.is_v5());
+    let body = 2 + topic.len() + id_len + props_len + size.max(Stamp::LEN);
     out.put_u8(0x30 | ((qos as u8) << 1));
     let mut len = body;
     loop {
@@ -315,6 +326,9 @@ fn put_publish(out: &mut BytesMut, topic: &[u8], qos: QoS, pid: u16, stamp: Stam
     out.put_slice(topic);
     if id_len > 0 {
         out.put_u16(pid);
+    }
+    if props_len > 0 {
+        out.put_u8(0);
     }
     stamp.write(size, out);
 }
@@ -411,6 +425,7 @@ async fn publisher(shared: Arc<Shared>, index: usize, mut conn: Conn) -> Result<
             };
             put_publish(
                 &mut conn.out,
+                shared.load.version,
                 topic.as_bytes(),
                 qos,
                 pid,
@@ -459,7 +474,7 @@ fn acknowledge(slots: &mut Slots, conn: &mut Conn, packet: Packet) -> Result<(),
         Packet::PubRec(rec) => {
             let ok = slots.step(rec.packet_id, Slots::SENT, Slots::RELEASED);
             if ok {
-                wire::encode(&Packet::PubRel(PubRel::new(rec.packet_id)), &mut conn.out);
+                conn.queue(&Packet::PubRel(PubRel::new(rec.packet_id)));
             }
             ok
         }
@@ -536,14 +551,10 @@ async fn subscriber(shared: Arc<Shared>, index: usize, mut conn: Conn) -> SubRep
             match packet {
                 Packet::Publish(p) => {
                     match p.packet_id() {
-                        Some(pid) if p.qos() == QoS::AtLeastOnce => wire::encode(
-                            &Packet::PubAck(mqtt_codec::PubAck::new(pid)),
-                            &mut conn.out,
-                        ),
-                        Some(pid) => wire::encode(
-                            &Packet::PubRec(mqtt_codec::PubRec::new(pid)),
-                            &mut conn.out,
-                        ),
+                        Some(pid) if p.qos() == QoS::AtLeastOnce => {
+                            conn.queue(&Packet::PubAck(mqtt_codec::PubAck::new(pid)));
+                        }
+                        Some(pid) => conn.queue(&Packet::PubRec(mqtt_codec::PubRec::new(pid))),
                         None => {}
                     }
                     let Some(stamp) = Stamp::read(&p.payload) else {
@@ -562,7 +573,7 @@ async fn subscriber(shared: Arc<Shared>, index: usize, mut conn: Conn) -> SubRep
                     batch += 1;
                 }
                 Packet::PubRel(rel) => {
-                    wire::encode(&Packet::PubComp(PubComp::new(rel.packet_id)), &mut conn.out);
+                    conn.queue(&Packet::PubComp(PubComp::new(rel.packet_id)));
                 }
                 Packet::PingResp => {}
                 other => fault(&mut report, format!("unexpected {other:?}")),

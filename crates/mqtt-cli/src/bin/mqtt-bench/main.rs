@@ -20,7 +20,7 @@ use std::{
 };
 
 use clap::{Args, Parser, Subcommand};
-use mqtt_codec::QoS;
+use mqtt_codec::{ProtocolVersion, QoS};
 
 use crate::{
     load::{Load, Plan},
@@ -81,6 +81,17 @@ struct Traffic {
     /// Fail when nothing was delivered for this many seconds.
     #[arg(long = "stall", default_value_t = 10)]
     stall: u64,
+    /// Protocol version: 311 or 5 (the shared scenario always uses 5).
+    #[arg(short = 'V', long = "protocol-version", default_value = "311", value_parser = parse_version)]
+    version: ProtocolVersion,
+}
+
+fn parse_version(s: &str) -> Result<ProtocolVersion, String> {
+    match s {
+        "311" | "mqttv311" => Ok(ProtocolVersion::V3_1_1),
+        "5" | "mqttv5" => Ok(ProtocolVersion::V5),
+        other => Err(format!("{other:?}: use 311 or 5")),
+    }
 }
 
 #[derive(Debug, Subcommand)]
@@ -271,6 +282,9 @@ fn run(scenario: Scenario) -> Result<bool, String> {
                 shared: true,
                 hears: Vec::new(),
             };
+            // Shared subscriptions are MQTT 5.0.
+            let mut traffic = traffic;
+            traffic.version = ProtocolVersion::V5;
             throughput("shared", plan, &traffic, &common)
         }
         Scenario::Connections {
@@ -353,6 +367,7 @@ fn throughput(name: &str, plan: Plan, traffic: &Traffic, common: &Common) -> Res
         broker: broker_addr(common)?,
         sources: common.sources.clone(),
         qos: qos(traffic.qos),
+        version: traffic.version,
         size: traffic.size,
         inflight: traffic.inflight,
         window: traffic.window,

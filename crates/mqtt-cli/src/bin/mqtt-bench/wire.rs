@@ -20,7 +20,7 @@ use tokio::{
     time::timeout,
 };
 
-/// The protocol every generated client speaks.
+/// The protocol the latency scenario speaks (the others choose with `-V`).
 pub(crate) const VERSION: ProtocolVersion = ProtocolVersion::V3_1_1;
 
 /// How long the CONNECT and SUBSCRIBE handshakes may take.
@@ -70,6 +70,7 @@ pub(crate) struct Conn {
     pub(crate) rbuf: BytesMut,
     pub(crate) out: BytesMut,
     pub(crate) decoder: Decoder,
+    pub(crate) version: ProtocolVersion,
     /// How much room a read makes in `rbuf`.
     chunk: usize,
 }
@@ -82,6 +83,7 @@ impl Conn {
         client_id: &str,
         keep_alive: u16,
         read_buffer: usize,
+        version: ProtocolVersion,
     ) -> Result<Self, WireError> {
         let socket = if broker.is_ipv4() {
             TcpSocket::new_v4()
@@ -100,17 +102,18 @@ impl Conn {
             .map_err(WireError::io("connect"))?;
         stream.set_nodelay(true).map_err(WireError::io("nodelay"))?;
         let mut decoder = Decoder::new();
-        decoder.set_version(VERSION);
+        decoder.set_version(version);
         let mut conn = Self {
             stream,
             rbuf: BytesMut::with_capacity(read_buffer),
             out: BytesMut::new(),
             decoder,
+            version,
             chunk: read_buffer.max(64),
         };
         let id = ByteStr::try_from(client_id)
             .map_err(|e| WireError::Refused(format!("client identifier {client_id:?}: {e}")))?;
-        let mut connect = Connect::new(VERSION, id);
+        let mut connect = Connect::new(version, id);
         connect.keep_alive = keep_alive;
         conn.send(&Packet::from(connect)).await?;
         match timeout(HANDSHAKE_TIMEOUT, conn.next_packet())
@@ -149,8 +152,13 @@ impl Conn {
 
     /// Encodes `packet` and writes it at once.
     pub(crate) async fn send(&mut self, packet: &Packet) -> Result<(), WireError> {
-        encode(packet, &mut self.out);
+        self.queue(packet);
         self.flush().await
+    }
+
+    /// Encodes `packet` into the write buffer, for the next flush.
+    pub(crate) fn queue(&mut self, packet: &Packet) {
+        encode(packet, self.version, &mut self.out);
     }
 
     /// Writes what is buffered in `out`.
@@ -213,17 +221,17 @@ impl Conn {
 
     /// Sends DISCONNECT and closes, ignoring errors: the run is over.
     pub(crate) async fn close(mut self) {
-        encode(&Packet::Disconnect(Default::default()), &mut self.out);
+        self.queue(&Packet::Disconnect(Default::default()));
         let _ = self.flush().await;
         let _ = self.stream.shutdown().await;
     }
 }
 
 /// Encodes a packet the generator built itself: those always encode.
-pub(crate) fn encode(packet: &Packet, out: &mut BytesMut) {
+pub(crate) fn encode(packet: &Packet, version: ProtocolVersion, out: &mut BytesMut) {
     // Every packet here is built from validated parts, so this cannot fail; a failure
     // would show as a missing message in the delivery check, not pass silently.
-    let _ = packet.encode(VERSION, out);
+    let _ = packet.encode(version, out);
 }
 
 /// The 16-byte header every generated payload starts with: who sent it, its sequence
