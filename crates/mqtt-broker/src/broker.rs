@@ -192,6 +192,19 @@ impl Shared {
         }
     }
 
+    /// Whether shutdown has begun.
+    pub(crate) fn is_shutting_down(&self) -> bool {
+        *self.shutdown.borrow()
+    }
+
+    /// Wakes every session's connection task (at shutdown: hibernating ones listen for
+    /// nothing else).
+    pub(crate) fn wake_all_sessions(&self) {
+        for handle in self.registry().values() {
+            handle.notify.notify_one();
+        }
+    }
+
     /// Session time: milliseconds since the broker started.
     pub(crate) fn now(&self) -> mqtt_session::Instant {
         mqtt_session::Instant::from_millis(self.origin.elapsed().as_millis() as u64)

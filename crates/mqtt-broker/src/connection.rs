@@ -56,19 +56,24 @@ where
     let mut decoder = Decoder::new();
     decoder.set_max_packet_size(shared.config.limits.max_packet_size);
 
-    let connect = match timeout(
+    // Every stage but hibernation runs boxed, so the task itself stays small: a future
+    // is as large as its largest await point, and the idle one is what most connections
+    // sit in.
+    let connect = match Box::pin(timeout(
         shared.config.connect_timeout(),
         read_packet(&mut rd, &mut rbuf, &mut decoder),
-    )
+    ))
     .await
     {
         Ok(Ok(Some(Packet::Connect(c)))) => c,
         Ok(Ok(_)) => return debug!(%peer, "connection closed before CONNECT"),
-        Ok(Err(e)) => return refuse_undecodable(&mut wr, &e, peer).await,
+        Ok(Err(e)) => return Box::pin(refuse_undecodable(&mut wr, &e, peer)).await,
         Err(_) => return debug!(%peer, "no CONNECT within the connect timeout"),
     };
 
-    let Some((handle, generation, version)) = attach(&shared, &mut wr, *connect, peer).await else {
+    let Some((handle, generation, version)) =
+        Box::pin(attach(&shared, &mut wr, *connect, peer)).await
+    else {
         return;
     };
     let end = run(
@@ -82,7 +87,10 @@ where
         &mut decoder,
     )
     .await;
-    detach(&shared, &handle, generation, version, end, &mut rd, &mut wr).await;
+    Box::pin(detach(
+        &shared, &handle, generation, version, end, &mut rd, &mut wr,
+    ))
+    .await;
 }
 
 /// Reads until one packet is decoded; `None` at end of stream.
@@ -280,23 +288,90 @@ where
     // Deliveries waiting for room in a subscriber's queue; while any wait, nothing more
     // is read from this client (see `broker` on back-pressure).
     let mut pending = VecDeque::new();
-    let end = run_loop(
-        shared,
-        handle,
-        generation,
-        version,
-        rd,
-        wr,
-        rbuf,
-        decoder,
-        &mut pending,
-    )
-    .await;
+    let end = loop {
+        // The active state (buffers, select of several futures: over a kilobyte) lives
+        // on the heap only while the connection is active; an idle connection's task
+        // holds just the small `hibernate` future.
+        let step = Box::pin(run_loop(
+            shared,
+            handle,
+            generation,
+            version,
+            rd,
+            wr,
+            rbuf,
+            decoder,
+            &mut pending,
+        ))
+        .await;
+        match step {
+            Step::Ended(end) => break end,
+            Step::Idle => {
+                if let Some(end) = hibernate(shared, handle, generation, rd, rbuf, decoder).await {
+                    break end;
+                }
+            }
+        }
+    };
     // Deliveries this connection took (and may have acknowledged) still go out.
     if !matches!(end, End::Shutdown) {
-        deliver_pending(shared, &mut pending).await;
+        Box::pin(deliver_pending(shared, &mut pending)).await;
     }
     end
+}
+
+/// How an active stretch of a connection ended.
+#[derive(Debug)]
+enum Step {
+    /// The connection is over.
+    Ended(End),
+    /// Nothing happened for IDLE_SHRINK: hibernate until something does.
+    Idle,
+}
+
+/// Waits, holding no buffer, until the client sends something, the session has
+/// something to send, or its timer fires. `None`: go active. Shutdown wakes it through
+/// the session's signal (`Shared::wake_all_sessions`), which keeps this future, the one
+/// idle connections sit in, small.
+async fn hibernate<R: AsyncRead + Unpin>(
+    shared: &Shared,
+    handle: &SessionHandle,
+    generation: u64,
+    rd: &mut R,
+    rbuf: &mut BytesMut,
+    decoder: &mut Decoder,
+) -> Option<End> {
+    if shared.is_shutting_down() {
+        return Some(End::Shutdown);
+    }
+    if rbuf.is_empty() {
+        *rbuf = BytesMut::new();
+    }
+    let wake = handle
+        .lock()
+        .session
+        .poll_timeout()
+        .map(|d| shared.deadline(d))
+        .unwrap_or_else(|| Instant::now() + std::time::Duration::from_secs(3600));
+    // The first bytes land here; the read buffer is allocated once they have.
+    let mut first = [0u8; 64];
+    tokio::select! {
+        read = rd.read(&mut first) => match read {
+            Ok(0) | Err(_) => Some(End::Lost),
+            Ok(n) => {
+                shared.stats.bytes_received.fetch_add(n as u64, Ordering::Relaxed);
+                rbuf.reserve(READ_CHUNK);
+                rbuf.extend_from_slice(first.get(..n).unwrap_or_default());
+                feed(shared, handle, generation, decoder, rbuf).then_some(End::TakenOver)
+            }
+        },
+        () = handle.notify.notified() => None,
+        () = sleep_until(wake) => {
+            let now = shared.now();
+            handle.lock().session.handle_timeout(now);
+            None
+        }
+    }
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -310,7 +385,7 @@ async fn run_loop<R, W>(
     rbuf: &mut BytesMut,
     decoder: &mut Decoder,
     pending: &mut VecDeque<Pending>,
-) -> End
+) -> Step
 where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
@@ -326,7 +401,7 @@ where
     let mut backlog = VecDeque::new();
     // Packets the client sent right behind CONNECT may already be buffered.
     if feed(shared, handle, generation, decoder, rbuf) {
-        return End::TakenOver;
+        return Step::Ended(End::TakenOver);
     }
     loop {
         // 1. Flush: take what the session has to send and its events, under the lock.
@@ -334,7 +409,7 @@ where
         let deadline = {
             let mut cell = handle.lock();
             if cell.generation != generation {
-                return End::TakenOver;
+                return Step::Ended(End::TakenOver);
             }
             let now = shared.now();
             while let Some(p) = cell.session.poll_transmit(now) {
@@ -433,14 +508,14 @@ where
             settled.clear();
         }
         if lost {
-            return End::Lost;
+            return Step::Ended(End::Lost);
         }
         if closed {
             // Write the DISCONNECT the session may have queued, then close.
             if flush_last(shared, handle, version, wr).await {
                 linger(rd).await;
             }
-            return End::Closed;
+            return Step::Ended(End::Closed);
         }
         if again || more {
             continue;
@@ -448,7 +523,7 @@ where
         if !pending.is_empty() {
             // 4a. Held deliveries: wait for room, not for input (back-pressure).
             match wait_for_room(shared, handle, pending, &mut shutdown).await {
-                Some(end) => return end,
+                Some(end) => return Step::Ended(end),
                 None => continue,
             }
         }
@@ -467,13 +542,13 @@ where
                 last_activity = Instant::now();
                 shrunk = false;
                 match read {
-                    Ok(0) | Err(_) => return End::Lost,
+                    Ok(0) | Err(_) => return Step::Ended(End::Lost),
                     Ok(n) => {
                         shared.stats.bytes_received.fetch_add(n as u64, Ordering::Relaxed);
                     }
                 }
                 if feed(shared, handle, generation, decoder, rbuf) {
-                    return End::TakenOver;
+                    return Step::Ended(End::TakenOver);
                 }
             }
             () = handle.notify.notified() => {
@@ -487,6 +562,9 @@ where
                 if shrink_at.is_some_and(|at| Instant::now() >= at) {
                     cell.session.shrink_idle();
                     drop(cell);
+                    if backlog.is_empty() && rbuf.is_empty() {
+                        return Step::Idle;
+                    }
                     if rbuf.is_empty() {
                         *rbuf = BytesMut::new();
                     }
@@ -496,7 +574,7 @@ where
                     shrunk = true;
                 }
             }
-            () = &mut shutdown => return End::Shutdown,
+            () = &mut shutdown => return Step::Ended(End::Shutdown),
         }
     }
 }
@@ -944,4 +1022,57 @@ fn unsubscribe(
         .collect::<Vec<_>>();
     let codes = if version.is_v5() { codes } else { Vec::new() };
     handle.lock().session.unsuback(u, codes);
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use mqtt_codec::{ByteStr, Decoder, ProtocolVersion};
+
+    use crate::{Config, broker::Shared};
+
+    /// An idle connection costs its task's future (the largest of its await points, so
+    /// every busy stage is boxed and only `hibernate` stays inline) plus its session.
+    /// These bounds keep a change from quietly growing what every idle client costs.
+    #[test]
+    fn what_an_idle_connection_holds_stays_small() {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let shared = Arc::new(Shared::new(Config::default()));
+            let handle = shared.session(&ByteStr::from_static("probe"));
+            let (stream, _peer) = tokio::io::duplex(64);
+            let (mut rd, mut wr) = tokio::io::split(stream);
+            let mut rbuf = bytes::BytesMut::new();
+            let mut decoder = Decoder::new();
+            let hibernating =
+                super::hibernate(&shared, &handle, 0, &mut rd, &mut rbuf, &mut decoder);
+            let hibernate = std::mem::size_of_val(&hibernating);
+            drop(hibernating);
+            let running = super::run(
+                &shared,
+                &handle,
+                0,
+                ProtocolVersion::V5,
+                &mut rd,
+                &mut wr,
+                &mut rbuf,
+                &mut decoder,
+            );
+            let run = std::mem::size_of_val(&running);
+            drop(running);
+            let (stream, _peer) = tokio::io::duplex(64);
+            let serving = super::serve(shared.clone(), stream, "127.0.0.1:1".parse().unwrap());
+            let serve = std::mem::size_of_val(&serving);
+            drop(serving);
+            let session = std::mem::size_of::<mqtt_session::ServerSession>();
+            assert!(hibernate <= 400, "hibernate future: {hibernate} B");
+            assert!(run <= 600, "run future: {run} B");
+            assert!(serve <= 1000, "serve future: {serve} B");
+            assert!(session <= 560, "ServerSession: {session} B");
+        });
+    }
 }

@@ -60,7 +60,8 @@ pub struct ServerSession {
     keep_alive: Duration,
     /// Session Expiry Interval in seconds; [`NEVER`] for never.
     session_expiry: u32,
-    will: Option<Will>,
+    /// Boxed: most sessions have none, and the session is kept per client.
+    will: Option<alloc::boxed::Box<Will>>,
     will_due: Option<Instant>,
     expires_at: Option<Instant>,
     subscriptions: Vec<SubscriptionRecord>,
@@ -132,7 +133,7 @@ impl ServerSession {
         let previous_ends = self.session_expiry == 0 || connect.clean_start;
         if previous_ends {
             if let Some(will) = self.will.take().filter(|_| self.will_due.is_some()) {
-                self.flow.events.push(Event::Will(will));
+                self.flow.events.push(Event::Will(*will));
             }
         }
 
@@ -145,7 +146,7 @@ impl ServerSession {
         }
         // [MQTT-3.1.3-9]: a new connection cancels a will still waiting for its delay.
         self.will_due = None;
-        self.will = connect.will.clone();
+        self.will = connect.will.clone().map(alloc::boxed::Box::new);
         self.expires_at = None;
 
         let cp = &connect.properties;
@@ -381,7 +382,7 @@ impl ServerSession {
         if self.will_due.is_some_and(|t| now >= t) {
             self.will_due = None;
             if let Some(will) = self.will.take() {
-                self.flow.events.push(Event::Will(will));
+                self.flow.events.push(Event::Will(*will));
             }
         }
         if self.expires_at.is_some_and(|t| now >= t) {
@@ -445,7 +446,7 @@ impl ServerSession {
             client_id: &self.client_id,
             established: self.established,
             session_expiry: self.session_expiry,
-            will: self.will.as_ref(),
+            will: self.will.as_deref(),
             will_due: self.will_due,
             expires_at: self.expires_at,
             subscriptions: &self.subscriptions,
@@ -463,7 +464,7 @@ impl ServerSession {
     ) {
         self.established = established;
         self.session_expiry = session_expiry;
-        self.will = will;
+        self.will = will.map(alloc::boxed::Box::new);
         self.will_due = will_due;
         self.expires_at = expires_at;
         self.subscriptions = subscriptions;
