@@ -200,17 +200,24 @@ pub(crate) fn run(args: &[&str]) -> Result {
             "xtask: bench: not pinning (needs taskset and 2 cores): figures are not per core"
         );
     }
-    let mut brokers: Vec<Running> = vec![start_ours(&broker_exe, pin, None)?];
-    if opts.quick {
+    // Which brokers take part; each scenario gets fresh ones, so memory figures (RSS,
+    // peak RSS, bytes per connection) belong to that scenario alone.
+    let mosquitto = if opts.quick {
         eprintln!("xtask: bench --quick: our broker only, delivery checks only");
+        None
     } else {
-        match start_mosquitto(pin, opts.install)? {
-            Some(m) => brokers.push(m),
-            None => eprintln!(
+        let found = mosquitto_exe(opts.install)?;
+        if found.is_none() {
+            eprintln!(
                 "xtask: bench: Mosquitto not found; the comparison is skipped \
                  (install the Debian package `mosquitto`, or pass --install)"
-            ),
+            );
         }
+        found
+    };
+    let mut names = vec!["ours"];
+    if mosquitto.is_some() {
+        names.push("Mosquitto");
     }
 
     let mut rows: Vec<(Scenario, Vec<Option<Figures>>)> = Vec::new();
@@ -224,22 +231,24 @@ pub(crate) fn run(args: &[&str]) -> Result {
             continue;
         }
         let mut per_broker = Vec::new();
-        for b in &brokers {
+        for name in &names {
+            let b = match (*name, &mosquitto) {
+                ("Mosquitto", Some(exe)) => start_mosquitto(exe, pin)?,
+                _ => start_ours(&broker_exe, pin, None)?,
+            };
             eprintln!("xtask: bench: {} on {}", sc.label, b.name);
-            let figures = run_bench(&bench_exe, b, &sc.args, pin)?;
-            if let Some(f) = &figures {
-                if f.get("ok").map(String::as_str) != Some("true") && b.name == "ours" {
-                    our_faults.push(sc.label.clone());
-                }
-            } else if b.name == "ours" {
-                our_faults.push(format!("{} (no result)", sc.label));
+            let figures = run_bench(&bench_exe, &b, &sc.args, pin)?;
+            drop(b);
+            let ok = figures
+                .as_ref()
+                .is_some_and(|f| f.get("ok").map(String::as_str) == Some("true"));
+            if !ok && *name == "ours" {
+                our_faults.push(sc.label.clone());
             }
             per_broker.push(figures);
         }
         rows.push((sc, per_broker));
     }
-    let names: Vec<&str> = brokers.iter().map(|b| b.name).collect();
-    drop(brokers);
 
     // Throughput with one and with two worker threads, unpinned: does the second help?
     let mut scaling = Vec::new();
@@ -345,19 +354,24 @@ fn start_ours(exe: &Path, pin: bool, workers: Option<usize>) -> Result<Running> 
     })
 }
 
-fn start_mosquitto(pin: bool, install: bool) -> Result<Option<Running>> {
-    let exe = ["/usr/sbin/mosquitto", "/usr/bin/mosquitto"]
-        .into_iter()
-        .map(PathBuf::from)
-        .find(|p| p.exists());
-    let exe = match exe {
-        Some(e) => e,
-        None if install => {
-            crate::run(Command::new("apt-get").args(["install", "-y", "-qq", "mosquitto"]))?;
-            PathBuf::from("/usr/sbin/mosquitto")
-        }
-        None => return Ok(None),
+/// Debian's Mosquitto broker, installed with apt-get first if asked to.
+fn mosquitto_exe(install: bool) -> Result<Option<PathBuf>> {
+    let find = || {
+        ["/usr/sbin/mosquitto", "/usr/bin/mosquitto"]
+            .into_iter()
+            .map(PathBuf::from)
+            .find(|p| p.exists())
     };
+    if let Some(exe) = find() {
+        return Ok(Some(exe));
+    }
+    if install {
+        crate::run(Command::new("apt-get").args(["install", "-y", "-qq", "mosquitto"]))?;
+    }
+    Ok(find())
+}
+
+fn start_mosquitto(exe: &Path, pin: bool) -> Result<Running> {
     let port = free_port()?;
     let dir = target_dir().join("bench");
     fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
@@ -368,7 +382,7 @@ fn start_mosquitto(pin: bool, install: bool) -> Result<Option<Running>> {
         format!("listener {port} 127.0.0.1\nallow_anonymous true\n"),
     )
     .map_err(|e| format!("{}: {e}", conf.display()))?;
-    let mut child = pinned(0, &exe, pin)
+    let mut child = pinned(0, exe, pin)
         .arg("-c")
         .arg(&conf)
         .stdin(Stdio::null())
@@ -377,12 +391,12 @@ fn start_mosquitto(pin: bool, install: bool) -> Result<Option<Running>> {
         .spawn()
         .map_err(|e| format!("cannot start {}: {e}", exe.display()))?;
     wait_until_listening(port, &mut child, "mosquitto")?;
-    Ok(Some(Running {
+    Ok(Running {
         name: "Mosquitto",
         port,
         child,
         _dir: Some(dir),
-    }))
+    })
 }
 
 /// Runs mqtt-bench once; `None` if it printed no result line.
