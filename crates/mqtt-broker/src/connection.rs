@@ -1050,7 +1050,7 @@ mod tests {
             let mut decoder = Decoder::new();
             let hibernating =
                 super::hibernate(&shared, &handle, 0, &mut rd, &mut rbuf, &mut decoder);
-            let hibernate = std::mem::size_of_val(&hibernating);
+            let hibernate = size_of_val(&hibernating);
             drop(hibernating);
             let running = super::run(
                 &shared,
@@ -1062,13 +1062,13 @@ mod tests {
                 &mut rbuf,
                 &mut decoder,
             );
-            let run = std::mem::size_of_val(&running);
+            let run = size_of_val(&running);
             drop(running);
             let (stream, _peer) = tokio::io::duplex(64);
             let serving = super::serve(shared.clone(), stream, "127.0.0.1:1".parse().unwrap());
-            let serve = std::mem::size_of_val(&serving);
+            let serve = size_of_val(&serving);
             drop(serving);
-            let session = std::mem::size_of::<mqtt_session::ServerSession>();
+            let session = size_of::<mqtt_session::ServerSession>();
             assert!(hibernate <= 400, "hibernate future: {hibernate} B");
             assert!(run <= 600, "run future: {run} B");
             assert!(serve <= 1000, "serve future: {serve} B");
