@@ -622,8 +622,14 @@ impl Shared {
     ) -> Result<(), Box<Message>> {
         // A QoS 1 message from a shared subscription is kept to hand to another member
         // should this one leave without acknowledging it.
-        let keep = (group.is_some() && message.qos == QoS::AtLeastOnce).then(|| message.clone());
         let mut cell = handle.lock();
+        let waits = cell.session.is_connected() && !handle.stuck.load(Ordering::Relaxed);
+        if waits && cell.session.queue_room() == 0 {
+            // Full: wait for room rather than have the session make some by evicting
+            // (a search of its whole queue for QoS 0 messages, on every retry).
+            return Err(Box::new(message));
+        }
+        let keep = (group.is_some() && message.qos == QoS::AtLeastOnce).then(|| message.clone());
         match cell.session.deliver(now, message) {
             Ok(id) => {
                 if let (Some(group), Some(copy)) = (group, keep) {
@@ -633,11 +639,7 @@ impl Shared {
                 handle.notify.notify_one();
                 Ok(())
             }
-            Err(refused)
-                if refused.reason == DropReason::QueueFull
-                    && cell.session.is_connected()
-                    && !handle.stuck.load(Ordering::Relaxed) =>
-            {
+            Err(refused) if refused.reason == DropReason::QueueFull && waits => {
                 Err(refused.message)
             }
             Err(_) => {
