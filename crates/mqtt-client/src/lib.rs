@@ -67,18 +67,22 @@
     )
 )]
 
+mod auth;
 mod client;
 mod driver;
 mod error;
 mod options;
+mod socks5;
 #[cfg(feature = "testing")]
 pub mod testing;
 mod transport;
 
 pub use crate::{
+    auth::Authenticator,
     client::{Client, Connection, Delivery, DisconnectReason, Event, connect, message},
     error::{ClientError, ConnectError, TryPublishError, refusal_text},
-    options::{ConnectOptions, ReconnectOptions, TlsOptions, Transport},
+    options::{ConnectOptions, ReconnectOptions, TlsOptions, TlsVersion, Transport},
+    socks5::Socks5Proxy,
 };
 pub use mqtt_codec::{
     self as codec, ByteStr, ConnAck, ConnectProperties, Disconnect, ProtocolVersion,
