@@ -37,6 +37,7 @@ pub struct Listener {
     /// Require a client certificate (with `tls`).
     pub require_certificate: bool,
     /// A Unix domain socket at this path instead of a TCP port (`listener 0 path`).
+    /// Mosquitto started as root runs as user `mosquitto`: the directory must let it in.
     pub unix: Option<PathBuf>,
     /// Further configuration lines for this listener (`tls_version tlsv1.2`, ...).
     pub extra: String,
@@ -110,7 +111,10 @@ impl Mosquitto {
     pub fn start_with(extra: &[Listener], global: &str) -> Self {
         require_mosquitto();
         let dir = temp_dir("mosquitto");
+        let mut last_log = String::new();
         for _ in 0..5 {
+            // A failed attempt's drop removed the directory.
+            std::fs::create_dir_all(&dir).unwrap();
             let port = free_port();
             // A Unix socket listener has no port: 0.
             let extra_ports: Vec<u16> = extra
@@ -167,9 +171,9 @@ impl Mosquitto {
             // Port taken meanwhile, most likely: try other ports.
             let _ = m.child.kill();
             let _ = m.child.wait();
+            last_log = m.log();
         }
-        let log = std::fs::read_to_string(dir.join("mosquitto.log")).unwrap_or_default();
-        panic!("mosquitto did not start; its log:\n{log}");
+        panic!("mosquitto did not start; its log:\n{last_log}");
     }
 
     fn wait_ready(&mut self) -> bool {
