@@ -235,8 +235,8 @@ async fn refusals_at_connect_are_typed_errors() {
 }
 
 // 5.0 MQTT-4.12.0-7: without an authentication method the client never sends AUTH,
-// and an AUTH from the server is a protocol error (5.0 MQTT-4.12.0-6 is the server's
-// rule) that fails the connection.
+// and an AUTH from the server is a protocol error (the server broke MQTT-4.12.0-6;
+// the 5.0 rule binds the server) that fails the connection.
 #[tokio::test]
 async fn no_auth_without_a_method() {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
