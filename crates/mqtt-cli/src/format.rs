@@ -142,7 +142,7 @@ fn spec(chars: &mut std::iter::Peekable<std::str::Chars<'_>>) -> Spec {
 /// Field widths beyond this are cut to it, so a format string cannot ask for gigabytes.
 const MAX_WIDTH: usize = 4096;
 
-/// [`format`] at time `now` (for tests).
+/// [`format()`] at time `now` (for tests).
 pub fn format_at(fmt: &str, m: &Message, now: SystemTime) -> Vec<u8> {
     let time = Civil::from(now);
     let mut out = Vec::new();

@@ -123,8 +123,8 @@ pub struct ConnectArgs {
     /// -h and -L).
     #[arg(long = "unix", value_name = "PATH")]
     pub unix: Option<PathBuf>,
-    /// SOCKS5 proxy: socks5h://[user[:password]@]host[:port] (port 1080 by default;
-    /// the proxy resolves the broker's host name).
+    /// SOCKS5 proxy URL: socks5h://user:password@host:port, where user, password and
+    /// port (1080) may be left out; the proxy resolves the broker's host name.
     #[arg(long = "proxy", value_name = "SOCKS_URL")]
     pub proxy: Option<String>,
     /// Maximum QoS 1 and 2 messages in flight (sent, not yet acknowledged); the

@@ -1,7 +1,8 @@
 //! An async MQTT 3.1/3.1.1/5.0 client on tokio.
 //!
 //! This layer owns the network: it opens TCP, TLS, WebSocket or secure WebSocket
-//! connections, runs an [`mqtt_session::ClientSession`] over them in a spawned driver
+//! connections (over TCP from a chosen local address, a Unix domain socket, or a
+//! SOCKS5 proxy), runs an [`mqtt_session::ClientSession`] over them in a spawned driver
 //! task, reconnects with backoff, and hands the application a [`Client`] handle for
 //! requests and a [`Connection`] stream of [`Event`]s. The protocol itself (QoS flows,
 //! resends, keep-alive, session resumption) lives in `mqtt-session`; this crate never
@@ -52,6 +53,11 @@
 //! [`Event::Connected`]. Messages published while disconnected are queued (QoS 1 and
 //! 2) and sent after reconnection. For a session that survives reconnection, use
 //! `clean_start(false)` (3.1.1) or a `session_expiry` above 0 (5.0).
+//!
+//! # Enhanced authentication (5.0)
+//! An [`Authenticator`] given to [`ConnectOptions::authenticator`] supplies the
+//! Authentication Method and the data of each step: CONNECT, answers to the server's
+//! AUTH challenges, and [`Client::reauthenticate`]. See [`Authenticator`].
 //!
 //! # Cancel safety
 //! Every `async fn` documents its cancel safety. State lives in the driver, never in
