@@ -570,6 +570,8 @@ fn bind_address() {
                 panic!("expected PUBLISH")
             };
             assert_eq!(&p.payload[..], b"bound");
+            // Let the client say DISCONNECT and close first.
+            assert!(peer.closed_within(Duration::from_secs(5)).await);
         });
         let port = port.to_string();
         let o = run(
