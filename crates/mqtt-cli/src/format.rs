@@ -4,94 +4,407 @@ use std::{fmt::Write as _, time::SystemTime};
 
 use mqtt_client::Message;
 
-/// Formats `m` with a mosquitto_sub `-F` format string: `%t` topic, `%p` payload,
-/// `%q` QoS, `%r` retain flag, `%l` payload length, `%m` message id (always 0: the
-/// client does not expose packet identifiers), `%x`/`%X` payload in hex, `%I` ISO-8601
-/// time, `%U` Unix time with nanoseconds, `%j`/`%J` JSON (ISO-8601 / Unix time),
-/// `%C` content type, `%D` correlation data, `%E` message expiry, `%F` payload format,
-/// `%P` user properties, `%R` response topic, `%S` subscription identifier, `%%`, and
-/// the escapes `\n`, `\t`, `\\`, `\0`, `\e`, `\a`.
+/// Formats `m` with a mosquitto_sub `-F` format string, at the current time.
+///
+/// `%` codes: `%t` topic, `%p` payload, `%q` QoS, `%r` retain flag, `%l` payload
+/// length, `%m` message id (always 0: the client does not expose packet identifiers),
+/// `%x`/`%X` payload in hex, `%I` ISO-8601 time, `%U` Unix time with nanoseconds,
+/// `%j`/`%J` JSON (ISO-8601 / Unix time), `%A` topic alias (never set: aliases are
+/// resolved before delivery), `%C` content type, `%D` correlation data, `%E` message
+/// expiry, `%F` payload format, `%P` user properties, `%R` response topic, `%S`
+/// subscription identifier, `%%`. As in mosquitto_sub, `%` may be followed by `-`
+/// (left-align), `0` (zero-pad numbers), a field width and `.precision` (maximum
+/// width of `%C %I %R %t`), e.g. `%-10t`, `%05l`, `%10.10t`.
+///
+/// `@` codes are strftime's `%` codes (`@Y-@m-@dT@H:@M:@S`, `@s`, `@z`, ...), plus
+/// `@N` for nanoseconds and `@@` for `@`. Times are UTC: mosquitto_sub prints local
+/// time, which is the same on a machine set to UTC.
+///
+/// Escapes: `\n`, `\t`, `\r`, `\v`, `\\`, `\0`, `\e`, `\a`.
 pub fn format(fmt: &str, m: &Message) -> Vec<u8> {
-    let now = SystemTime::now();
+    format_at(fmt, m, SystemTime::now())
+}
+
+/// The width and flags of a `%` code.
+#[derive(Clone, Copy, Debug)]
+struct Spec {
+    left: bool,
+    zero: bool,
+    width: usize,
+    precision: Option<usize>,
+}
+
+impl Spec {
+    fn pad_char(self) -> u8 {
+        if self.zero && !self.left { b'0' } else { b' ' }
+    }
+
+    /// A number, as printf's `%d`, `%-*d` and `%0*d`.
+    fn int(self, out: &mut Vec<u8>, v: impl std::fmt::Display) {
+        let s = v.to_string();
+        let w = self.width;
+        let text = if self.left {
+            format!("{s:<w$}")
+        } else if self.zero {
+            format!("{s:0>w$}")
+        } else {
+            format!("{s:>w$}")
+        };
+        out.extend_from_slice(text.as_bytes());
+    }
+
+    /// A string, as printf's `%*.*s` (the precision cuts bytes, as C does).
+    fn str(self, out: &mut Vec<u8>, s: &[u8]) {
+        let s = match self.precision {
+            Some(p) => s.get(..p.min(s.len())).unwrap_or(s),
+            None => s,
+        };
+        let pad = self.width.saturating_sub(s.len());
+        if !self.left {
+            out.extend(std::iter::repeat_n(b' ', pad));
+        }
+        out.extend_from_slice(s);
+        if self.left {
+            out.extend(std::iter::repeat_n(b' ', pad));
+        }
+    }
+
+    /// Nothing to print (an absent property): the field's width in padding.
+    fn blank(self, out: &mut Vec<u8>, pad: u8) {
+        out.extend(std::iter::repeat_n(pad, self.width));
+    }
+
+    /// The payload, raw or in hex, as mosquitto_sub's `write_payload`: a width also
+    /// caps what is printed (for hex, at half the width in bytes).
+    fn payload(self, out: &mut Vec<u8>, data: &[u8], hex_case: Option<bool>) {
+        let (shown, padlen) = if self.width > 0 {
+            let n = data.len().min(self.width);
+            match hex_case {
+                Some(_) => (n / 2, self.width - (n / 2) * 2),
+                None => (n, self.width - n),
+            }
+        } else {
+            (data.len(), 0)
+        };
+        let data = data.get(..shown).unwrap_or(data);
+        if !self.left {
+            out.extend(std::iter::repeat_n(self.pad_char_payload(), padlen));
+        }
+        match hex_case {
+            None => out.extend_from_slice(data),
+            Some(upper) => out.extend(hex(data, upper).bytes()),
+        }
+        if self.left {
+            out.extend(std::iter::repeat_n(b' ', padlen));
+        }
+    }
+
+    /// mosquitto pads the payload with `0` when asked, even raw.
+    fn pad_char_payload(self) -> u8 {
+        if self.zero { b'0' } else { b' ' }
+    }
+}
+
+/// Parses the flags, width and precision after `%`.
+fn spec(chars: &mut std::iter::Peekable<std::str::Chars<'_>>) -> Spec {
+    let mut s = Spec {
+        left: false,
+        zero: false,
+        width: 0,
+        precision: None,
+    };
+    if chars.next_if_eq(&'-').is_some() {
+        s.left = true;
+    }
+    if chars.next_if_eq(&'0').is_some() {
+        s.zero = true;
+    }
+    while let Some(d) = chars.next_if(char::is_ascii_digit) {
+        s.width = s
+            .width
+            .saturating_mul(10)
+            .saturating_add(d as usize - '0' as usize)
+            .min(MAX_WIDTH);
+    }
+    if chars.next_if_eq(&'.').is_some() {
+        let mut p = 0usize;
+        while let Some(d) = chars.next_if(char::is_ascii_digit) {
+            p = p
+                .saturating_mul(10)
+                .saturating_add(d as usize - '0' as usize)
+                .min(MAX_WIDTH);
+        }
+        s.precision = Some(p);
+    }
+    s
+}
+
+/// Field widths beyond this are cut to it, so a format string cannot ask for gigabytes.
+const MAX_WIDTH: usize = 4096;
+
+/// [`format()`] at time `now` (for tests).
+pub fn format_at(fmt: &str, m: &Message, now: SystemTime) -> Vec<u8> {
+    let time = Civil::from(now);
     let mut out = Vec::new();
-    let mut chars = fmt.chars();
+    let mut chars = fmt.chars().peekable();
     while let Some(c) = chars.next() {
         match c {
-            '%' => match chars.next() {
-                Some('t') => out.extend_from_slice(m.topic.as_bytes()),
-                Some('p') => out.extend_from_slice(&m.payload),
-                Some('q') => push(&mut out, m.qos as u8),
-                Some('r') => push(&mut out, u8::from(m.retain)),
-                Some('l') => push(&mut out, m.payload.len()),
-                Some('m') => push(&mut out, 0),
-                Some('x') => out.extend(hex(&m.payload, false).bytes()),
-                Some('X') => out.extend(hex(&m.payload, true).bytes()),
-                Some('I') => out.extend(iso8601(now).bytes()),
-                Some('U') => out.extend(unix(now).bytes()),
-                Some('j') => out.extend(json(m, Some(now), false).bytes()),
-                Some('J') => out.extend(json(m, Some(now), true).bytes()),
-                Some('C') => out.extend(m.properties.content_type.as_deref().unwrap_or("").bytes()),
-                Some('D') => {
-                    out.extend_from_slice(m.properties.correlation_data.as_deref().unwrap_or(&[]));
-                }
-                Some('E') => {
-                    if let Some(e) = m.properties.message_expiry_interval {
-                        push(&mut out, e);
-                    }
-                }
-                Some('F') => {
-                    if let Some(f) = m.properties.payload_format_indicator {
-                        push(
-                            &mut out,
-                            u8::from(matches!(f, mqtt_client::codec::PayloadFormat::Utf8)),
+            '%' => {
+                let sp = spec(&mut chars);
+                match chars.next() {
+                    Some('t') => sp.str(&mut out, m.topic.as_bytes()),
+                    Some('p') => sp.payload(&mut out, &m.payload, None),
+                    Some('x') => sp.payload(&mut out, &m.payload, Some(false)),
+                    Some('X') => sp.payload(&mut out, &m.payload, Some(true)),
+                    Some('q') => push(&mut out, m.qos as u8),
+                    Some('r') => push(&mut out, u8::from(m.retain)),
+                    Some('l') => sp.int(&mut out, m.payload.len()),
+                    Some('m') => sp.int(&mut out, 0),
+                    Some('I') => sp.str(&mut out, time.iso8601().as_bytes()),
+                    Some('U') => out.extend(unix(now).bytes()),
+                    Some('j') => out.extend(json(m, Some(now), false).bytes()),
+                    Some('J') => out.extend(json(m, Some(now), true).bytes()),
+                    // Topic aliases are resolved before the application sees a message.
+                    Some('A') => sp.blank(&mut out, sp.pad_char()),
+                    Some('C') => match m.properties.content_type.as_deref() {
+                        Some(ct) => sp.str(&mut out, ct.as_bytes()),
+                        None => sp.blank(&mut out, b' '),
+                    },
+                    Some('D') => {
+                        out.extend_from_slice(
+                            m.properties.correlation_data.as_deref().unwrap_or(&[]),
                         );
                     }
+                    Some('E') => match m.properties.message_expiry_interval {
+                        Some(e) => sp.int(&mut out, e),
+                        None => sp.blank(&mut out, sp.pad_char()),
+                    },
+                    Some('F') => match m.properties.payload_format_indicator {
+                        Some(f) => sp.int(
+                            &mut out,
+                            u8::from(matches!(f, mqtt_client::codec::PayloadFormat::Utf8)),
+                        ),
+                        None => sp.blank(&mut out, sp.pad_char()),
+                    },
+                    Some('P') => {
+                        let props: Vec<String> = m
+                            .properties
+                            .user_properties
+                            .iter()
+                            .map(|(k, v)| format!("{k}:{v}"))
+                            .collect();
+                        out.extend(props.join(" ").bytes());
+                    }
+                    Some('R') => {
+                        if let Some(rt) = m.properties.response_topic.as_deref() {
+                            sp.str(&mut out, rt.as_bytes());
+                        }
+                    }
+                    Some('S') => match m.properties.subscription_identifiers.first() {
+                        Some(id) => sp.int(&mut out, id.get()),
+                        None => sp.blank(&mut out, sp.pad_char()),
+                    },
+                    Some('%') => out.push(b'%'),
+                    // mosquitto_sub prints nothing for an unknown code.
+                    Some(_) | None => {}
                 }
-                Some('P') => {
-                    let props: Vec<String> = m
-                        .properties
-                        .user_properties
-                        .iter()
-                        .map(|(k, v)| format!("{k}:{v}"))
-                        .collect();
-                    out.extend(props.join(" ").bytes());
-                }
-                Some('R') => {
-                    out.extend(m.properties.response_topic.as_deref().unwrap_or("").bytes());
-                }
-                Some('S') => {
-                    let ids: Vec<String> = m
-                        .properties
-                        .subscription_identifiers
-                        .iter()
-                        .map(|i| i.get().to_string())
-                        .collect();
-                    out.extend(ids.join(",").bytes());
-                }
-                Some('%') => out.push(b'%'),
-                Some(other) => {
-                    out.push(b'%');
-                    out.extend(other.to_string().bytes());
-                }
-                None => out.push(b'%'),
+            }
+            '@' => match chars.next() {
+                Some('@') => out.push(b'@'),
+                Some('N') => out.extend(format!("{:09}", time.nanos).bytes()),
+                Some(code) => time.strftime(code, &mut out),
+                None => {}
             },
             '\\' => match chars.next() {
                 Some('n') => out.push(b'\n'),
                 Some('t') => out.push(b'\t'),
+                Some('r') => out.push(b'\r'),
+                Some('v') => out.push(0x0b),
                 Some('\\') => out.push(b'\\'),
                 Some('0') => out.push(0),
                 Some('e') => out.push(0x1b),
                 Some('a') => out.push(0x07),
-                Some(other) => {
-                    out.push(b'\\');
-                    out.extend(other.to_string().bytes());
-                }
-                None => out.push(b'\\'),
+                // mosquitto_sub drops an unknown escape.
+                Some(_) | None => {}
             },
-            c => out.extend(c.to_string().bytes()),
+            c => {
+                let mut b = [0u8; 4];
+                out.extend_from_slice(c.encode_utf8(&mut b).as_bytes());
+            }
         }
     }
     out
+}
+
+/// A UTC time broken down, for `@` codes and ISO-8601.
+#[derive(Clone, Copy, Debug)]
+struct Civil {
+    secs: u64,
+    nanos: u32,
+    year: i64,
+    month: u32,
+    day: u32,
+    hour: u32,
+    minute: u32,
+    second: u32,
+    /// 0 = Sunday.
+    weekday: u32,
+    /// 0-based day of the year.
+    yday: u32,
+}
+
+const DAYS: [&str; 7] = [
+    "Sunday",
+    "Monday",
+    "Tuesday",
+    "Wednesday",
+    "Thursday",
+    "Friday",
+    "Saturday",
+];
+const MONTHS: [&str; 12] = [
+    "January",
+    "February",
+    "March",
+    "April",
+    "May",
+    "June",
+    "July",
+    "August",
+    "September",
+    "October",
+    "November",
+    "December",
+];
+
+impl From<SystemTime> for Civil {
+    fn from(t: SystemTime) -> Self {
+        let d = t.duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default();
+        let secs = d.as_secs();
+        let days = i64::try_from(secs / 86_400).unwrap_or(0);
+        let rem = secs % 86_400;
+        // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
+        let z = days + 719_468;
+        let era = z.div_euclid(146_097);
+        let doe = z.rem_euclid(146_097);
+        let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+        let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+        let mp = (5 * doy + 2) / 153;
+        let day = doy - (153 * mp + 2) / 5 + 1;
+        let month = if mp < 10 { mp + 3 } else { mp - 9 };
+        let year = yoe + era * 400 + i64::from(month <= 2);
+        let leap = (year % 4 == 0 && year % 100 != 0) || year % 400 == 0;
+        // Day of the year from the month (March-based `doy` shifted to January).
+        let yday = if month >= 3 {
+            doy - 306 + 365 + i64::from(leap)
+        } else {
+            doy - 306
+        };
+        let small = |v: i64| u32::try_from(v).unwrap_or(0);
+        Self {
+            secs,
+            nanos: d.subsec_nanos(),
+            year,
+            month: small(month),
+            day: small(day),
+            hour: small(i64::try_from(rem / 3600).unwrap_or(0)),
+            minute: small(i64::try_from(rem % 3600 / 60).unwrap_or(0)),
+            second: small(i64::try_from(rem % 60).unwrap_or(0)),
+            // 1970-01-01 was a Thursday.
+            weekday: small((days + 4).rem_euclid(7)),
+            yday: small(yday),
+        }
+    }
+}
+
+impl Civil {
+    /// `%FT%T%z`, as mosquitto_sub's `%I`.
+    fn iso8601(&self) -> String {
+        format!(
+            "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}+0000",
+            self.year, self.month, self.day, self.hour, self.minute, self.second
+        )
+    }
+
+    fn day_name(&self) -> &'static str {
+        DAYS.get(self.weekday as usize).copied().unwrap_or("")
+    }
+
+    fn month_name(&self) -> &'static str {
+        MONTHS
+            .get(self.month.saturating_sub(1) as usize)
+            .copied()
+            .unwrap_or("")
+    }
+
+    fn hour12(&self) -> u32 {
+        match self.hour % 12 {
+            0 => 12,
+            h => h,
+        }
+    }
+
+    /// One strftime conversion (C/POSIX locale, UTC). Unknown codes print as `%c`,
+    /// as glibc's strftime does.
+    fn strftime(&self, code: char, out: &mut Vec<u8>) {
+        let s = match code {
+            'a' => self.day_name().get(..3).unwrap_or("").to_owned(),
+            'A' => self.day_name().to_owned(),
+            'b' | 'h' => self.month_name().get(..3).unwrap_or("").to_owned(),
+            'B' => self.month_name().to_owned(),
+            'c' => {
+                let mut v = Vec::new();
+                for (i, c) in ['a', 'b', 'e', 'T', 'Y'].into_iter().enumerate() {
+                    if i > 0 {
+                        v.push(b' ');
+                    }
+                    self.strftime(c, &mut v);
+                }
+                String::from_utf8_lossy(&v).into_owned()
+            }
+            'C' => format!("{:02}", self.year.div_euclid(100)),
+            'd' => format!("{:02}", self.day),
+            'D' => format!(
+                "{:02}/{:02}/{:02}",
+                self.month,
+                self.day,
+                self.year.rem_euclid(100)
+            ),
+            'e' => format!("{:2}", self.day),
+            'F' => format!("{:04}-{:02}-{:02}", self.year, self.month, self.day),
+            'H' => format!("{:02}", self.hour),
+            'I' => format!("{:02}", self.hour12()),
+            'j' => format!("{:03}", self.yday + 1),
+            'k' => format!("{:2}", self.hour),
+            'l' => format!("{:2}", self.hour12()),
+            'm' => format!("{:02}", self.month),
+            'M' => format!("{:02}", self.minute),
+            'n' => "\n".into(),
+            'p' => if self.hour < 12 { "AM" } else { "PM" }.into(),
+            'P' => if self.hour < 12 { "am" } else { "pm" }.into(),
+            'r' => format!(
+                "{:02}:{:02}:{:02} {}",
+                self.hour12(),
+                self.minute,
+                self.second,
+                if self.hour < 12 { "AM" } else { "PM" }
+            ),
+            'R' => format!("{:02}:{:02}", self.hour, self.minute),
+            's' => self.secs.to_string(),
+            'S' => format!("{:02}", self.second),
+            't' => "\t".into(),
+            'T' => format!("{:02}:{:02}:{:02}", self.hour, self.minute, self.second),
+            'u' => (if self.weekday == 0 { 7 } else { self.weekday }).to_string(),
+            'w' => self.weekday.to_string(),
+            'y' => format!("{:02}", self.year.rem_euclid(100)),
+            'Y' => self.year.to_string(),
+            'z' => "+0000".into(),
+            'Z' => "UTC".into(),
+            '%' => "%".into(),
+            other => format!("%{other}"),
+        };
+        out.extend_from_slice(s.as_bytes());
+    }
 }
 
 fn push(out: &mut Vec<u8>, v: impl std::fmt::Display) {
@@ -115,28 +428,18 @@ fn unix(t: SystemTime) -> String {
     format!("{}.{:09}", d.as_secs(), d.subsec_nanos())
 }
 
-/// `2024-05-01T12:00:00.123456Z+0000`, as mosquitto_sub prints it.
+/// `2024-05-01T12:00:00.123456Z+0000`, as mosquitto_sub prints `tst` in JSON.
 fn iso8601(t: SystemTime) -> String {
-    let d = t.duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default();
-    let secs = d.as_secs();
-    let days = i64::try_from(secs / 86_400).unwrap_or(0);
-    let rem = secs % 86_400;
-    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
+    let c = Civil::from(t);
     format!(
-        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:06}Z+0000",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60,
-        d.subsec_micros()
+        "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{:06}Z+0000",
+        c.year,
+        c.month,
+        c.day,
+        c.hour,
+        c.minute,
+        c.second,
+        c.nanos / 1000
     )
 }
 
@@ -248,5 +551,50 @@ mod tests {
     fn dates() {
         let t = SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(1_700_000_000);
         assert_eq!(iso8601(t), "2023-11-14T22:13:20.000000Z+0000");
+    }
+}
+
+#[cfg(test)]
+mod widths_and_dates {
+    use super::*;
+    use mqtt_client::{ByteStr, QoS};
+
+    fn at(fmt: &str, payload: &'static str, secs: u64, nanos: u32) -> String {
+        let m = Message::new(ByteStr::from_static("a/b"), payload.into(), QoS::AtMostOnce);
+        let t = SystemTime::UNIX_EPOCH + std::time::Duration::new(secs, nanos);
+        String::from_utf8(format_at(fmt, &m, t)).unwrap()
+    }
+
+    #[test]
+    fn strftime_codes() {
+        // 2024-02-29 (a leap day, a Thursday) 13:05:09.000000042 UTC.
+        let t = 1_709_211_909;
+        assert_eq!(
+            at(
+                "@Y-@m-@dT@H:@M:@S.@N @s @@ @j @a @b @A @B @e @I@p @y @u @w @F @T @z @Z",
+                "",
+                t,
+                42
+            ),
+            "2024-02-29T13:05:09.000000042 1709211909 @ 060 Thu Feb Thursday February 29 01PM 24 4 4 2024-02-29 13:05:09 +0000 UTC"
+        );
+        // 2024-12-31, the last day of a leap year.
+        assert_eq!(at("@j", "", 1_735_603_200, 0), "366");
+    }
+
+    #[test]
+    fn flags_and_widths() {
+        assert_eq!(at("[%10t]", "", 0, 0), "[       a/b]");
+        assert_eq!(at("[%-10t]", "", 0, 0), "[a/b       ]");
+        assert_eq!(at("[%.1t]", "", 0, 0), "[a]");
+        assert_eq!(at("[%5.2t]", "", 0, 0), "[   a/]");
+        assert_eq!(at("[%05l]", "hello", 0, 0), "[00005]");
+        assert_eq!(at("[%-5l]", "hello", 0, 0), "[5    ]");
+        assert_eq!(at("[%3p]", "hello", 0, 0), "[hel]");
+        assert_eq!(at("[%8p]", "hello", 0, 0), "[   hello]");
+        assert_eq!(at("[%-8p]", "hello", 0, 0), "[hello   ]");
+        assert_eq!(at("[%4E]", "", 0, 0), "[    ]");
+        assert_eq!(at("[%04E]", "", 0, 0), "[0000]");
+        assert_eq!(at("[%I]", "", 0, 0), "[1970-01-01T00:00:00+0000]");
     }
 }

@@ -12,7 +12,7 @@ use bytes::Bytes;
 use clap::{ArgAction, Args};
 use mqtt_client::{
     ByteStr, ConnectOptions, Message, ProtocolVersion, PublishProperties, QoS, ReconnectOptions,
-    SubscribeProperties, TlsOptions, Transport, Will,
+    Socks5Proxy, SubscribeProperties, TlsOptions, TlsVersion, Transport, Will,
 };
 
 pub mod format;
@@ -102,6 +102,35 @@ pub struct ConnectArgs {
     /// Trust the operating system's CA certificates; turns TLS on.
     #[arg(long = "tls-use-os-certs")]
     pub tls_use_os_certs: bool,
+    /// Speak only this TLS version: tlsv1.3 or tlsv1.2 (tlsv1.1 is not supported by
+    /// rustls).
+    #[arg(long = "tls-version", value_parser = parse_tls_version)]
+    pub tls_version: Option<TlsVersion>,
+    /// TLS cipher suites to offer, an OpenSSL-style list separated by ':' (OpenSSL or
+    /// IANA names, e.g. ECDHE-ECDSA-AES128-GCM-SHA256:TLS_AES_256_GCM_SHA384).
+    #[arg(long = "ciphers")]
+    pub ciphers: Option<String>,
+    /// TLS pre-shared key in hex (not supported by this build: rustls has no TLS-PSK).
+    #[arg(long = "psk")]
+    pub psk: Option<String>,
+    /// TLS-PSK client identity (not supported by this build, as --psk).
+    #[arg(long = "psk-identity")]
+    pub psk_identity: Option<String>,
+    /// Bind the outgoing connection to this local IP address or host name.
+    #[arg(short = 'A', value_name = "BIND_ADDRESS")]
+    pub bind_address: Option<String>,
+    /// Connect through the Unix domain socket at this path instead of TCP (replaces
+    /// -h and -L).
+    #[arg(long = "unix", value_name = "PATH")]
+    pub unix: Option<PathBuf>,
+    /// SOCKS5 proxy URL: socks5h://user:password@host:port, where user, password and
+    /// port (1080) may be left out; the proxy resolves the broker's host name.
+    #[arg(long = "proxy", value_name = "SOCKS_URL")]
+    pub proxy: Option<String>,
+    /// Maximum QoS 1 and 2 messages in flight (sent, not yet acknowledged); the
+    /// broker's Receive Maximum (5.0) caps it further. Default 20, as mosquitto.
+    #[arg(short = 'M', value_name = "MAX_INFLIGHT", default_value_t = 20, value_parser = clap::value_parser!(u16).range(1..))]
+    pub max_inflight: u16,
     /// Print debug messages (connection events) to stderr.
     #[arg(short = 'd', long = "debug")]
     pub debug: bool,
@@ -127,6 +156,17 @@ pub fn parse_args<T: clap::Parser>(conn: impl FnOnce(&mut T) -> &mut ConnectArgs
         .unwrap_or_default();
     conn(&mut args).properties = groups;
     args
+}
+
+fn parse_tls_version(s: &str) -> Result<TlsVersion, String> {
+    match s {
+        "tlsv1.3" => Ok(TlsVersion::Tls13),
+        "tlsv1.2" => Ok(TlsVersion::Tls12),
+        "tlsv1.1" | "tlsv1" => Err(format!(
+            "{s} is not supported: rustls speaks TLS 1.2 and 1.3 only (use tlsv1.2 or tlsv1.3)"
+        )),
+        _ => Err(format!("unknown TLS version {s:?}: use tlsv1.3 or tlsv1.2")),
+    }
 }
 
 fn parse_version(s: &str) -> Result<ProtocolVersion, String> {
@@ -315,6 +355,12 @@ impl ConnectArgs {
         tool: &str,
         properties: &Properties,
     ) -> Result<(ConnectOptions, Option<String>), Failure> {
+        if self.psk.is_some() || self.psk_identity.is_some() {
+            return Err(Failure::new(PSK_UNSUPPORTED));
+        }
+        if self.unix.is_some() && self.url.is_some() {
+            return Err(Failure::new("--unix replaces -L: give only one of them"));
+        }
         let mut url_topic = None;
         let mut o = match &self.url {
             Some(url) => {
@@ -344,8 +390,23 @@ impl ConnectArgs {
                 _ => return Err(Failure::new("--cert and --key must be given together")),
             },
             insecure_skip_hostname: self.insecure,
+            version: self.tls_version,
+            ciphers: self.ciphers.clone(),
             ..TlsOptions::default()
         });
+        if let Some(local) = &self.bind_address {
+            o = o.bind_address(local.clone());
+        }
+        if let Some(proxy) = &self.proxy {
+            o = o.proxy(Socks5Proxy::from_url(proxy)?);
+        }
+        if let Some(path) = &self.unix {
+            o = unix_socket(o, path)?;
+        }
+        // -M: the outgoing window; the session may hold that many in flight, and the
+        // driver takes new messages while fewer are pending.
+        o.limits_mut().max_inflight = self.max_inflight;
+        o = o.max_pending(usize::from(self.max_inflight).max(64));
         let id = match (&self.id, &self.id_prefix) {
             (Some(id), _) => id.clone(),
             (None, Some(prefix)) => format!("{prefix}{}", std::process::id()),
@@ -397,6 +458,22 @@ impl ConnectArgs {
         }
         Ok((o, url_topic))
     }
+}
+
+/// What `--psk` and `--psk-identity` answer.
+pub const PSK_UNSUPPORTED: &str = "TLS-PSK (--psk, --psk-identity) is not supported by this build: \
+its TLS library, rustls, has no external pre-shared keys. Use certificates (--cafile, --cert, --key) instead.";
+
+#[cfg(unix)]
+fn unix_socket(o: ConnectOptions, path: &std::path::Path) -> Result<ConnectOptions, Failure> {
+    Ok(o.unix_socket(path))
+}
+
+#[cfg(not(unix))]
+fn unix_socket(_: ConnectOptions, _: &std::path::Path) -> Result<ConnectOptions, Failure> {
+    Err(Failure::new(
+        "--unix needs a system with Unix domain sockets",
+    ))
 }
 
 /// Splits `mqtt://host:port/topic` into the broker URL and the topic (mqtt and mqtts

@@ -49,6 +49,9 @@ pub(crate) enum Command {
         packet: Disconnect,
         done: oneshot::Sender<()>,
     },
+    Reauthenticate {
+        done: Responder<()>,
+    },
 }
 
 /// Something that happened on the connection: a message, or a change of state.
@@ -418,6 +421,26 @@ impl Client {
                 properties,
                 done,
             })
+            .await
+            .map_err(|_| ClientError::Closed)?;
+        rx.await.unwrap_or(Err(ClientError::Closed))
+    }
+
+    /// Re-authenticates (5.0 enhanced authentication, [MQTT-4.12.1-1]): sends AUTH 0x19
+    /// with the [`crate::Authenticator`]'s first data, answers the server's challenges,
+    /// and completes when the server's AUTH 0x00 (Success) is accepted by the
+    /// authenticator. When the server or the authenticator refuses, the connection is
+    /// closed ([MQTT-4.12.1-2]) and this fails with [`ClientError::Auth`].
+    ///
+    /// Fails with [`ClientError::Auth`] at once without an authenticator, while not
+    /// connected, or while another re-authentication runs.
+    ///
+    /// # Cancel safety
+    /// Cancelling does not withdraw the AUTH once queued; only the outcome is lost.
+    pub async fn reauthenticate(&self) -> Result<(), ClientError> {
+        let (done, rx) = oneshot::channel();
+        self.tx
+            .send(Command::Reauthenticate { done })
             .await
             .map_err(|_| ClientError::Closed)?;
         rx.await.unwrap_or(Err(ClientError::Closed))

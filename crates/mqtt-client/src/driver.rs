@@ -17,7 +17,7 @@ use std::{
 };
 
 use bytes::{Buf, BytesMut};
-use mqtt_codec::{ConnAck, Decoder, Disconnect, Packet, PacketId, ReasonCode};
+use mqtt_codec::{Auth, ByteStr, ConnAck, Decoder, Disconnect, Packet, PacketId, ReasonCode};
 use mqtt_session::{ClientSession, Event as SessionEvent, MessageId};
 use tokio::{
     io::{AsyncReadExt, AsyncWriteExt, ReadHalf, WriteHalf},
@@ -26,6 +26,7 @@ use tokio::{
 };
 
 use crate::{
+    auth::Authenticator,
     client::{Command, DisconnectReason, Event, Responder},
     error::{ClientError, ConnectError},
     options::ConnectOptions,
@@ -104,6 +105,8 @@ pub(crate) struct Driver {
     disconnect_waiters: Vec<oneshot::Sender<()>>,
     disconnect_requested: Option<Disconnect>,
     first: Option<FirstResult>,
+    /// The caller of a re-authentication in progress.
+    reauth: Option<Responder<()>>,
     rng: u64,
 }
 
@@ -115,6 +118,12 @@ impl Driver {
         events_tx: mpsc::Sender<Event>,
         first: FirstResult,
     ) -> Self {
+        let mut options = options;
+        if let Some(a) = &options.authenticator {
+            // Whatever `properties` said, the authenticator's method goes in CONNECT.
+            options.session.properties.authentication_method =
+                ByteStr::try_from(a.method.as_str()).ok();
+        }
         let session = ClientSession::new(options.session.clone());
         let seed = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
@@ -136,6 +145,7 @@ impl Driver {
             disconnect_waiters: Vec::new(),
             disconnect_requested: None,
             first: Some(first),
+            reauth: None,
             rng: seed | 1,
         }
     }
@@ -169,6 +179,13 @@ impl Driver {
             };
             let now = self.now();
             self.session.connection_lost(now);
+            if let Some(done) = self.reauth.take() {
+                let why = match &result {
+                    Ok(Ended::Lost(reason)) => format!("the connection ended: {reason}"),
+                    _ => "the connection ended".to_owned(),
+                };
+                let _ = done.send(Err(ClientError::Auth(why)));
+            }
             self.drain_session_events_offline();
             if let Some(first) = self.first.take() {
                 let err = match result {
@@ -313,6 +330,12 @@ impl Driver {
             close_deadline: None,
         };
         let connack_deadline = TokioInstant::now() + self.options.connect_timeout;
+        if self.options.authenticator.is_some() {
+            let data = self
+                .with_authenticator(|a| a.start())
+                .map_err(ConnectError::Auth)?;
+            self.session.set_authentication_data(data);
+        }
         self.session.connect(self.now());
         loop {
             let now = self.now();
@@ -502,13 +525,90 @@ impl Driver {
     /// Drains the session: packets into the write buffer, events to their owners.
     fn flush_session(&mut self, c: &mut Conn, now: mqtt_session::Instant) {
         let version = self.options.session.version;
-        while let Some(packet) = self.session.poll_transmit(now) {
-            if let Err(e) = packet.encode(version, &mut c.wbuf) {
-                tracing::error!(error = %e, packet = ?packet.packet_type(), "cannot encode a packet; not sent");
+        // Events may queue packets (AUTH answers), so go round until both are drained.
+        loop {
+            let mut busy = false;
+            while let Some(packet) = self.session.poll_transmit(now) {
+                busy = true;
+                if let Err(e) = packet.encode(version, &mut c.wbuf) {
+                    tracing::error!(error = %e, packet = ?packet.packet_type(), "cannot encode a packet; not sent");
+                }
+            }
+            while let Some(ev) = self.session.poll_event() {
+                busy = true;
+                self.on_session_event(Some(c), ev);
+            }
+            if !busy {
+                return;
             }
         }
-        while let Some(ev) = self.session.poll_event() {
-            self.on_session_event(Some(c), ev);
+    }
+
+    /// Runs a step of the application's authenticator.
+    fn with_authenticator<T>(
+        &self,
+        step: impl FnOnce(&mut dyn Authenticator) -> Result<T, String>,
+    ) -> Result<T, String> {
+        let Some(a) = &self.options.authenticator else {
+            return Err(
+                "the server asked for enhanced authentication, but no authenticator is set".into(),
+            );
+        };
+        let mut guard = a
+            .inner
+            .lock()
+            .map_err(|_| "the authenticator panicked in an earlier step".to_owned())?;
+        step(&mut *guard)
+    }
+
+    /// Authentication failed on a connection: before CONNACK the attempt fails; after
+    /// it (re-authentication), DISCONNECT 0x87 and the connection closes
+    /// ([MQTT-4.12.1-2]).
+    fn auth_failed(&mut self, c: &mut Conn, why: String) {
+        tracing::warn!(%why, "enhanced authentication failed");
+        if let Some(done) = self.reauth.take() {
+            let _ = done.send(Err(ClientError::Auth(why.clone())));
+        }
+        if c.end.is_some() {
+            return;
+        }
+        if c.connected {
+            self.session
+                .disconnect(Disconnect::new(ReasonCode::NOT_AUTHORIZED));
+            c.end = Some(Ok(Ended::Lost(DisconnectReason::Protocol(format!(
+                "re-authentication failed: {why}"
+            )))));
+        } else {
+            c.end = Some(Err(ConnectError::Auth(why)));
+        }
+    }
+
+    /// A server AUTH: answer a challenge (0x18), or finish a re-authentication (0x00).
+    fn on_auth(&mut self, c: &mut Conn, auth: Auth) {
+        let data = auth.properties.authentication_data.as_deref();
+        if auth.reason_code == ReasonCode::CONTINUE_AUTHENTICATION {
+            // [MQTT-4.12.0-3]: the answer is AUTH 0x18 with the next data.
+            let answer = self
+                .with_authenticator(|a| a.challenge(data))
+                .and_then(|next| {
+                    self.session
+                        .auth(ReasonCode::CONTINUE_AUTHENTICATION, next)
+                        .map_err(|e| e.to_string())
+                });
+            if let Err(why) = answer {
+                self.auth_failed(c, why);
+            }
+        } else if self.reauth.is_some() {
+            match self.with_authenticator(|a| a.success(data)) {
+                Ok(()) => {
+                    if let Some(done) = self.reauth.take() {
+                        let _ = done.send(Ok(()));
+                    }
+                }
+                Err(why) => self.auth_failed(c, why),
+            }
+        } else {
+            tracing::warn!(reason = %auth.reason_code, "AUTH from the server outside an exchange; ignored");
         }
     }
 
@@ -551,6 +651,16 @@ impl Driver {
             }
             SessionEvent::Connected(ack) => {
                 let Some(c) = c else { return };
+                if self.options.authenticator.is_some() {
+                    let data = ack.properties.authentication_data.as_deref();
+                    if let Err(why) = self.with_authenticator(|a| a.success(data)) {
+                        // Accepted by the server but not by us: leave at once.
+                        c.connected = true;
+                        self.auth_failed(c, why.clone());
+                        c.end = Some(Err(ConnectError::Auth(why)));
+                        return;
+                    }
+                }
                 c.connected = true;
                 self.push_state(Event::Connected {
                     session_present: ack.session_present,
@@ -603,8 +713,10 @@ impl Driver {
                     }
                 });
             }
-            SessionEvent::Auth(_) => {
-                tracing::warn!("the server sent AUTH: enhanced authentication is not supported");
+            SessionEvent::Auth(auth) => {
+                if let Some(c) = c {
+                    self.on_auth(c, auth);
+                }
             }
             other => tracing::debug!(?other, "unexpected session event"),
         }
@@ -656,6 +768,38 @@ impl Driver {
                 self.disconnect_waiters.push(done);
                 self.disconnect_requested.get_or_insert(packet);
             }
+            Command::Reauthenticate { done } => {
+                if self.reauth.is_some() {
+                    let _ = done.send(Err(ClientError::Auth(
+                        "a re-authentication is already running".into(),
+                    )));
+                    return;
+                }
+                if !self.session.is_connected() {
+                    let _ = done.send(Err(ClientError::Auth("not connected".into())));
+                    return;
+                }
+                let started = self
+                    .with_authenticator(|a| a.start())
+                    .map_err(|e| {
+                        if self.options.authenticator.is_none() {
+                            "no authenticator is set".to_owned()
+                        } else {
+                            e
+                        }
+                    })
+                    .and_then(|data| {
+                        self.session
+                            .auth(ReasonCode::REAUTHENTICATE, data)
+                            .map_err(|e| e.to_string())
+                    });
+                match started {
+                    Ok(()) => self.reauth = Some(done),
+                    Err(why) => {
+                        let _ = done.send(Err(ClientError::Auth(why)));
+                    }
+                }
+            }
         }
     }
 
@@ -673,6 +817,9 @@ impl Driver {
         for done in self.disconnect_waiters.drain(..) {
             let _ = done.send(());
         }
+        if let Some(done) = self.reauth.take() {
+            let _ = done.send(Err(ClientError::Closed));
+        }
         // Refuse requests from now on, but answer those already queued.
         self.cmd_rx.close();
         while let Ok(cmd) = self.cmd_rx.try_recv() {
@@ -688,6 +835,9 @@ impl Driver {
                 }
                 Command::Disconnect { done, .. } => {
                     let _ = done.send(());
+                }
+                Command::Reauthenticate { done } => {
+                    let _ = done.send(Err(ClientError::Closed));
                 }
             }
         }

@@ -41,6 +41,11 @@ pub enum ConnectError {
         /// The server's Reason String (5.0), if it sent one.
         reason_string: Option<String>,
     },
+    /// Enhanced authentication (5.0) failed on our side: the
+    /// [`crate::Authenticator`] rejected a challenge or the server's final data. (A
+    /// server that refuses sends CONNACK with a reason: [`ConnectError::Refused`].)
+    #[error("authentication failed: {0}")]
+    Auth(String),
     /// The server did not answer in time.
     #[error("timed out after {0:?} waiting for the server")]
     Timeout(Duration),
@@ -92,6 +97,9 @@ pub enum ClientError {
         /// What is wrong with it.
         reason: String,
     },
+    /// Re-authentication (5.0) failed or could not start.
+    #[error("re-authentication failed: {0}")]
+    Auth(String),
     /// Every packet identifier is in use.
     #[error("too many requests in flight: every packet identifier is in use")]
     NoPacketId,

@@ -1,7 +1,8 @@
 //! An async MQTT 3.1/3.1.1/5.0 client on tokio.
 //!
 //! This layer owns the network: it opens TCP, TLS, WebSocket or secure WebSocket
-//! connections, runs an [`mqtt_session::ClientSession`] over them in a spawned driver
+//! connections (over TCP from a chosen local address, a Unix domain socket, or a
+//! SOCKS5 proxy), runs an [`mqtt_session::ClientSession`] over them in a spawned driver
 //! task, reconnects with backoff, and hands the application a [`Client`] handle for
 //! requests and a [`Connection`] stream of [`Event`]s. The protocol itself (QoS flows,
 //! resends, keep-alive, session resumption) lives in `mqtt-session`; this crate never
@@ -53,6 +54,11 @@
 //! 2) and sent after reconnection. For a session that survives reconnection, use
 //! `clean_start(false)` (3.1.1) or a `session_expiry` above 0 (5.0).
 //!
+//! # Enhanced authentication (5.0)
+//! An [`Authenticator`] given to [`ConnectOptions::authenticator`] supplies the
+//! Authentication Method and the data of each step: CONNECT, answers to the server's
+//! AUTH challenges, and [`Client::reauthenticate`]. See [`Authenticator`].
+//!
 //! # Cancel safety
 //! Every `async fn` documents its cancel safety. State lives in the driver, never in
 //! a future the application holds, so cancelling a call never corrupts the session;
@@ -67,18 +73,22 @@
     )
 )]
 
+mod auth;
 mod client;
 mod driver;
 mod error;
 mod options;
+mod socks5;
 #[cfg(feature = "testing")]
 pub mod testing;
 mod transport;
 
 pub use crate::{
+    auth::Authenticator,
     client::{Client, Connection, Delivery, DisconnectReason, Event, connect, message},
     error::{ClientError, ConnectError, TryPublishError, refusal_text},
-    options::{ConnectOptions, ReconnectOptions, TlsOptions, Transport},
+    options::{ConnectOptions, ReconnectOptions, TlsOptions, TlsVersion, Transport},
+    socks5::Socks5Proxy,
 };
 pub use mqtt_codec::{
     self as codec, ByteStr, ConnAck, ConnectProperties, Disconnect, ProtocolVersion,

@@ -1,12 +1,17 @@
 //! How to connect: broker address, transport, CONNECT fields, limits and reconnection.
 
-use std::{path::PathBuf, sync::Arc, time::Duration};
+use std::{
+    fmt,
+    path::PathBuf,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
 
 use bytes::Bytes;
 use mqtt_codec::{ByteStr, ConnectProperties, ProtocolVersion, Will};
 use mqtt_session::{ClientOptions, Limits};
 
-use crate::error::ConnectError;
+use crate::{auth::Authenticator, error::ConnectError, socks5::Socks5Proxy};
 
 /// The network transport to the broker.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -37,6 +42,15 @@ impl Transport {
     }
 }
 
+/// A TLS protocol version (rustls speaks 1.2 and 1.3 only).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TlsVersion {
+    /// TLS 1.2 only.
+    Tls12,
+    /// TLS 1.3 only.
+    Tls13,
+}
+
 /// TLS settings (for [`Transport::Tls`] and [`Transport::Wss`]).
 #[derive(Clone, Debug, Default)]
 pub struct TlsOptions {
@@ -52,6 +66,14 @@ pub struct TlsOptions {
     pub insecure_skip_hostname: bool,
     /// The name to verify the certificate against, when not the host connected to.
     pub server_name: Option<String>,
+    /// Speak only this TLS version (mosquitto's `--tls-version`); `None`: 1.2 or 1.3.
+    pub version: Option<TlsVersion>,
+    /// The cipher suites to offer, as OpenSSL's cipher list (mosquitto's `--ciphers`):
+    /// names separated by `:`, `,` or spaces, in OpenSSL's spelling
+    /// (`ECDHE-RSA-AES128-GCM-SHA256`) or IANA's (`TLS_AES_128_GCM_SHA256`). As in
+    /// OpenSSL, naming only TLS 1.2 suites leaves the TLS 1.3 ones at their default.
+    /// A name rustls does not implement is an error naming it.
+    pub ciphers: Option<String>,
     /// A ready-made rustls configuration; when set, the fields above are ignored
     /// (except `server_name`).
     pub config: Option<Arc<rustls::ClientConfig>>,
@@ -109,6 +131,30 @@ pub struct ConnectOptions {
     pub(crate) max_held_bytes: usize,
     /// An option that could not be set, reported by `connect`.
     pub(crate) invalid: Option<String>,
+    /// The local address to bind outgoing TCP connections to.
+    pub(crate) bind_address: Option<String>,
+    /// Connect over this Unix domain socket instead of TCP.
+    pub(crate) unix_path: Option<PathBuf>,
+    /// Connect through this SOCKS5 proxy.
+    pub(crate) proxy: Option<Socks5Proxy>,
+    /// The enhanced-authentication exchange (5.0).
+    pub(crate) authenticator: Option<SharedAuthenticator>,
+}
+
+/// An [`Authenticator`] shared by the clones of [`ConnectOptions`]; the driver locks
+/// it only between awaits.
+#[derive(Clone)]
+pub(crate) struct SharedAuthenticator {
+    pub(crate) method: String,
+    pub(crate) inner: Arc<Mutex<dyn Authenticator>>,
+}
+
+impl fmt::Debug for SharedAuthenticator {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Authenticator")
+            .field("method", &self.method)
+            .finish_non_exhaustive()
+    }
 }
 
 impl ConnectOptions {
@@ -138,6 +184,10 @@ impl ConnectOptions {
             max_held_messages: 4096,
             max_held_bytes: 8 * 1024 * 1024,
             invalid: None,
+            bind_address: None,
+            unix_path: None,
+            proxy: None,
+            authenticator: None,
         }
     }
 
@@ -379,6 +429,48 @@ impl ConnectOptions {
     pub fn read_ahead(mut self, messages: usize, bytes: usize) -> Self {
         self.max_held_messages = messages.max(1);
         self.max_held_bytes = bytes.max(1);
+        self
+    }
+
+    /// Binds outgoing TCP connections to this local IP address or host name
+    /// (mosquitto's `-A`), to choose the interface they leave by. With a proxy, the
+    /// connection to the proxy is bound.
+    pub fn bind_address(mut self, local: impl Into<String>) -> Self {
+        self.bind_address = Some(local.into());
+        self
+    }
+
+    /// Connects over the Unix domain socket at `path` instead of TCP (mosquitto's
+    /// `--unix`). The transport still says what runs over it: [`Transport::Tcp`] for
+    /// plain MQTT; TLS and WebSocket work over it too, with [`host`](Self::host) as the
+    /// TLS server name.
+    #[cfg(unix)]
+    pub fn unix_socket(mut self, path: impl Into<PathBuf>) -> Self {
+        self.unix_path = Some(path.into());
+        self
+    }
+
+    /// Connects through a SOCKS5 proxy (mosquitto's `--proxy`); the proxy resolves the
+    /// broker's host name.
+    pub fn proxy(mut self, proxy: Socks5Proxy) -> Self {
+        self.proxy = Some(proxy);
+        self
+    }
+
+    /// MQTT 5.0 enhanced authentication: CONNECT carries `authenticator`'s method and
+    /// first data, and the driver answers the server's AUTH challenges with it. See
+    /// [`Authenticator`]. Any Authentication Method set with
+    /// [`properties`](Self::properties) is replaced.
+    pub fn authenticator(mut self, authenticator: impl Authenticator) -> Self {
+        let method = authenticator.method().to_owned();
+        match ByteStr::try_from(method.as_str()) {
+            Ok(m) => self.session.properties.authentication_method = Some(m),
+            Err(e) => self.invalid = Some(format!("authentication method {method:?}: {e}")),
+        }
+        self.authenticator = Some(SharedAuthenticator {
+            method,
+            inner: Arc::new(Mutex::new(authenticator)),
+        });
         self
     }
 

@@ -36,6 +36,11 @@ pub struct Listener {
     pub tls: Option<(PathBuf, PathBuf, PathBuf)>,
     /// Require a client certificate (with `tls`).
     pub require_certificate: bool,
+    /// A Unix domain socket at this path instead of a TCP port (`listener 0 path`).
+    /// Mosquitto started as root runs as user `mosquitto`: the directory must let it in.
+    pub unix: Option<PathBuf>,
+    /// Further configuration lines for this listener (`tls_version tlsv1.2`, ...).
+    pub extra: String,
 }
 
 /// A running `mosquitto`, killed on drop.
@@ -45,7 +50,7 @@ pub struct Mosquitto {
     dir: PathBuf,
     /// The plain MQTT port.
     pub port: u16,
-    /// Ports of the extra listeners, in the order given.
+    /// Ports of the extra listeners, in the order given (0 for a Unix socket).
     pub extra_ports: Vec<u16>,
 }
 
@@ -106,9 +111,16 @@ impl Mosquitto {
     pub fn start_with(extra: &[Listener], global: &str) -> Self {
         require_mosquitto();
         let dir = temp_dir("mosquitto");
+        let mut last_log = String::new();
         for _ in 0..5 {
+            // A failed attempt's drop removed the directory.
+            std::fs::create_dir_all(&dir).unwrap();
             let port = free_port();
-            let extra_ports: Vec<u16> = extra.iter().map(|_| free_port()).collect();
+            // A Unix socket listener has no port: 0.
+            let extra_ports: Vec<u16> = extra
+                .iter()
+                .map(|l| if l.unix.is_some() { 0 } else { free_port() })
+                .collect();
             let mut conf = String::new();
             writeln!(conf, "per_listener_settings false").unwrap();
             writeln!(conf, "allow_anonymous true").unwrap();
@@ -118,7 +130,10 @@ impl Mosquitto {
             conf.push('\n');
             writeln!(conf, "listener {port} 127.0.0.1").unwrap();
             for (l, p) in extra.iter().zip(&extra_ports) {
-                writeln!(conf, "listener {p} 127.0.0.1").unwrap();
+                match &l.unix {
+                    Some(path) => writeln!(conf, "listener 0 {}", path.display()).unwrap(),
+                    None => writeln!(conf, "listener {p} 127.0.0.1").unwrap(),
+                }
                 if l.websockets {
                     writeln!(conf, "protocol websockets").unwrap();
                 }
@@ -130,6 +145,8 @@ impl Mosquitto {
                         writeln!(conf, "require_certificate true").unwrap();
                     }
                 }
+                conf.push_str(&l.extra);
+                conf.push('\n');
             }
             let conf_path = dir.join("mosquitto.conf");
             std::fs::write(&conf_path, conf).unwrap();
@@ -154,9 +171,9 @@ impl Mosquitto {
             // Port taken meanwhile, most likely: try other ports.
             let _ = m.child.kill();
             let _ = m.child.wait();
+            last_log = m.log();
         }
-        let log = std::fs::read_to_string(dir.join("mosquitto.log")).unwrap_or_default();
-        panic!("mosquitto did not start; its log:\n{log}");
+        panic!("mosquitto did not start; its log:\n{last_log}");
     }
 
     fn wait_ready(&mut self) -> bool {
@@ -170,6 +187,7 @@ impl Mosquitto {
             }
             if ports
                 .iter()
+                .filter(|p| **p != 0)
                 .all(|p| std::net::TcpStream::connect(("127.0.0.1", *p)).is_ok())
             {
                 return true;
@@ -350,5 +368,288 @@ async fn pipe(
         () = up => {}
         () = down => {}
         _ = generation.changed() => {}
+    }
+}
+
+/// One end of a raw MQTT connection, for tests that play the server by hand (an
+/// exchange no broker at hand speaks, such as enhanced authentication). Every wait is
+/// bounded; failures panic, as in a test.
+#[derive(Debug)]
+pub struct RawPeer<S> {
+    stream: S,
+    buf: bytes::BytesMut,
+    decoder: mqtt_codec::Decoder,
+    version: mqtt_codec::ProtocolVersion,
+}
+
+impl<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin> RawPeer<S> {
+    /// A peer speaking `version` on `stream`.
+    pub fn new(stream: S, version: mqtt_codec::ProtocolVersion) -> Self {
+        Self {
+            stream,
+            buf: bytes::BytesMut::new(),
+            decoder: mqtt_codec::Decoder::with_version(version),
+            version,
+        }
+    }
+
+    /// The next packet; panics if none comes within 10 s or the connection closes.
+    pub async fn recv(&mut self) -> mqtt_codec::Packet {
+        self.try_recv(Duration::from_secs(10))
+            .await
+            .expect("no packet in time, or the connection closed")
+    }
+
+    /// The next packet within `within`; `None` on timeout or when the connection closes.
+    pub async fn try_recv(&mut self, within: Duration) -> Option<mqtt_codec::Packet> {
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            if let Some(p) = self
+                .decoder
+                .decode(&mut self.buf)
+                .expect("undecodable packet")
+            {
+                return Some(p);
+            }
+            match tokio::time::timeout_at(deadline, self.stream.read_buf(&mut self.buf)).await {
+                Ok(Ok(0)) | Ok(Err(_)) | Err(_) => return None,
+                Ok(Ok(_)) => {}
+            }
+        }
+    }
+
+    /// Whether the other end closed the connection within `within` (packets that
+    /// arrive before are skipped).
+    pub async fn closed_within(&mut self, within: Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            self.buf.clear();
+            match tokio::time::timeout_at(deadline, self.stream.read_buf(&mut self.buf)).await {
+                Ok(Ok(0)) | Ok(Err(_)) => return true,
+                Ok(Ok(_)) => {}
+                Err(_) => return false,
+            }
+        }
+    }
+
+    /// Sends `packet`.
+    pub async fn send(&mut self, packet: impl Into<mqtt_codec::Packet>) {
+        let mut out = bytes::BytesMut::new();
+        packet
+            .into()
+            .encode(self.version, &mut out)
+            .expect("cannot encode");
+        self.stream.write_all(&out).await.expect("cannot write");
+    }
+
+    /// The stream, to drop or inspect.
+    pub fn into_inner(self) -> S {
+        self.stream
+    }
+}
+
+/// What a [`Socks5Server`] saw of one client.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Socks5Request {
+    /// User name and password, if the client authenticated.
+    pub credentials: Option<(String, String)>,
+    /// The host as the client sent it (a name, unresolved, or an IP address).
+    pub host: String,
+    /// The port.
+    pub port: u16,
+}
+
+/// A minimal SOCKS5 proxy (RFC 1928 CONNECT, RFC 1929 user name and password) on a
+/// free loopback port. It resolves `localhost` and IP addresses only, records each
+/// request, and with `require` set refuses clients without those credentials.
+#[derive(Debug)]
+pub struct Socks5Server {
+    /// Where it listens.
+    pub addr: SocketAddr,
+    requests: Arc<std::sync::Mutex<Vec<Socks5Request>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Socks5Server {
+    /// Starts the proxy.
+    pub async fn start(require: Option<(String, String)>) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let requests = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let seen = requests.clone();
+        let task = tokio::spawn(async move {
+            while let Ok((client, _)) = listener.accept().await {
+                let seen = seen.clone();
+                let require = require.clone();
+                tokio::spawn(async move {
+                    let _ = socks5_serve(client, require, seen).await;
+                });
+            }
+        });
+        Self {
+            addr,
+            requests,
+            task,
+        }
+    }
+
+    /// The proxy URL, with credentials when given.
+    pub fn url(&self, credentials: Option<(&str, &str)>) -> String {
+        match credentials {
+            Some((u, p)) => format!("socks5h://{u}:{p}@{}", self.addr),
+            None => format!("socks5h://{}", self.addr),
+        }
+    }
+
+    /// The requests so far.
+    pub fn requests(&self) -> Vec<Socks5Request> {
+        self.requests.lock().unwrap().clone()
+    }
+}
+
+impl Drop for Socks5Server {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+async fn socks5_serve(
+    mut client: TcpStream,
+    require: Option<(String, String)>,
+    seen: Arc<std::sync::Mutex<Vec<Socks5Request>>>,
+) -> std::io::Result<()> {
+    let mut head = [0u8; 2];
+    client.read_exact(&mut head).await?;
+    let mut methods = vec![0u8; usize::from(head[1])];
+    client.read_exact(&mut methods).await?;
+    let want = if require.is_some() { 2 } else { 0 };
+    if !methods.contains(&want) {
+        client.write_all(&[5, 0xFF]).await?;
+        return Ok(());
+    }
+    client.write_all(&[5, want]).await?;
+    let mut credentials = None;
+    if want == 2 {
+        let mut b = [0u8; 2];
+        client.read_exact(&mut b).await?;
+        let mut user = vec![0u8; usize::from(b[1])];
+        client.read_exact(&mut user).await?;
+        client.read_exact(&mut b[..1]).await?;
+        let mut pass = vec![0u8; usize::from(b[0])];
+        client.read_exact(&mut pass).await?;
+        let got = (
+            String::from_utf8_lossy(&user).into_owned(),
+            String::from_utf8_lossy(&pass).into_owned(),
+        );
+        let ok = require.as_ref() == Some(&got);
+        client.write_all(&[1, if ok { 0 } else { 1 }]).await?;
+        if !ok {
+            return Ok(());
+        }
+        credentials = Some(got);
+    }
+    let mut req = [0u8; 4];
+    client.read_exact(&mut req).await?;
+    let host = match req[3] {
+        1 => {
+            let mut a = [0u8; 4];
+            client.read_exact(&mut a).await?;
+            std::net::Ipv4Addr::from(a).to_string()
+        }
+        4 => {
+            let mut a = [0u8; 16];
+            client.read_exact(&mut a).await?;
+            std::net::Ipv6Addr::from(a).to_string()
+        }
+        _ => {
+            let mut n = [0u8; 1];
+            client.read_exact(&mut n).await?;
+            let mut name = vec![0u8; usize::from(n[0])];
+            client.read_exact(&mut name).await?;
+            String::from_utf8_lossy(&name).into_owned()
+        }
+    };
+    let mut port = [0u8; 2];
+    client.read_exact(&mut port).await?;
+    let port = u16::from_be_bytes(port);
+    seen.lock().unwrap().push(Socks5Request {
+        credentials,
+        host: host.clone(),
+        port,
+    });
+    let target = if host == "localhost" {
+        "127.0.0.1"
+    } else {
+        host.as_str()
+    };
+    match TcpStream::connect((target, port)).await {
+        Ok(mut upstream) => {
+            client.write_all(&[5, 0, 0, 1, 0, 0, 0, 0, 0, 0]).await?;
+            let _ = tokio::io::copy_bidirectional(&mut client, &mut upstream).await;
+        }
+        Err(_) => client.write_all(&[5, 5, 0, 1, 0, 0, 0, 0, 0, 0]).await?,
+    }
+    Ok(())
+}
+
+/// A test CA with a server certificate for `localhost` and `127.0.0.1` and a client
+/// certificate, as PEM files in a temporary directory removed on drop.
+#[derive(Debug)]
+pub struct Pki {
+    dir: PathBuf,
+    /// The CA certificate.
+    pub ca: PathBuf,
+    /// The server certificate.
+    pub server_cert: PathBuf,
+    /// The server key.
+    pub server_key: PathBuf,
+    /// The client certificate.
+    pub client_cert: PathBuf,
+    /// The client key.
+    pub client_key: PathBuf,
+}
+
+fn write(dir: &Path, name: &str, data: &str) -> PathBuf {
+    let p = dir.join(name);
+    std::fs::write(&p, data).unwrap();
+    p
+}
+
+impl Pki {
+    /// Generates the CA and certificates.
+    pub fn generate() -> Self {
+        let dir = temp_dir("pki");
+        let ca_key = rcgen::KeyPair::generate().unwrap();
+        let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        ca_params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, "mqtt-rs test CA");
+        let ca = ca_params.self_signed(&ca_key).unwrap();
+        let server_key = rcgen::KeyPair::generate().unwrap();
+        let server = rcgen::CertificateParams::new(vec!["localhost".into(), "127.0.0.1".into()])
+            .unwrap()
+            .signed_by(&server_key, &ca, &ca_key)
+            .unwrap();
+        let client_key = rcgen::KeyPair::generate().unwrap();
+        let mut client_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        client_params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, "client");
+        let client = client_params.signed_by(&client_key, &ca, &ca_key).unwrap();
+        Self {
+            dir: dir.clone(),
+            ca: write(&dir, "ca.pem", &ca.pem()),
+            server_cert: write(&dir, "server.pem", &server.pem()),
+            server_key: write(&dir, "server.key", &server_key.serialize_pem()),
+            client_cert: write(&dir, "client.pem", &client.pem()),
+            client_key: write(&dir, "client.key", &client_key.serialize_pem()),
+        }
+    }
+}
+
+impl Drop for Pki {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
     }
 }

@@ -4,6 +4,7 @@
 
 use std::{
     fs, io,
+    net::SocketAddr,
     pin::Pin,
     sync::Arc,
     task::{Context, Poll, ready},
@@ -12,7 +13,7 @@ use std::{
 use bytes::Bytes;
 use futures_util::{Sink, Stream};
 use rustls::{
-    ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme,
+    ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme, SupportedCipherSuite,
     client::{
         WebPkiServerVerifier,
         danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier},
@@ -21,7 +22,7 @@ use rustls::{
 };
 use tokio::{
     io::{AsyncRead, AsyncWrite, ReadBuf},
-    net::TcpStream,
+    net::{TcpSocket, TcpStream, lookup_host},
 };
 use tokio_tungstenite::{
     WebSocketStream,
@@ -30,7 +31,7 @@ use tokio_tungstenite::{
 
 use crate::{
     error::ConnectError,
-    options::{ConnectOptions, TlsOptions, Transport},
+    options::{ConnectOptions, TlsOptions, TlsVersion, Transport},
 };
 
 /// A connected byte stream.
@@ -82,10 +83,19 @@ pub(crate) fn tls_config(tls: &TlsOptions) -> Result<Arc<ClientConfig>, ConnectE
             }
         }
     }
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut provider = rustls::crypto::ring::default_provider();
+    if let Some(list) = &tls.ciphers {
+        provider.cipher_suites = cipher_suites(list)?;
+    }
+    let provider = Arc::new(provider);
+    let versions: &[&rustls::SupportedProtocolVersion] = match tls.version {
+        None => rustls::DEFAULT_VERSIONS,
+        Some(TlsVersion::Tls12) => &[&rustls::version::TLS12],
+        Some(TlsVersion::Tls13) => &[&rustls::version::TLS13],
+    };
     let builder = ClientConfig::builder_with_provider(provider.clone())
-        .with_safe_default_protocol_versions()
-        .map_err(|e| err(e.to_string()))?;
+        .with_protocol_versions(versions)
+        .map_err(|e| err(format!("{e}: the cipher suites do not fit the TLS version")))?;
     let roots = Arc::new(roots);
     let builder = if tls.insecure_skip_hostname {
         let inner = WebPkiServerVerifier::builder_with_provider(roots, provider)
@@ -112,6 +122,86 @@ pub(crate) fn tls_config(tls: &TlsOptions) -> Result<Arc<ClientConfig>, ConnectE
         None => builder.with_no_client_auth(),
     };
     Ok(Arc::new(config))
+}
+
+/// The cipher suites ring implements, by OpenSSL name and IANA name.
+const CIPHERS: &[(&str, &str, SupportedCipherSuite)] = {
+    use rustls::crypto::ring::cipher_suite as cs;
+    &[
+        (
+            "TLS_AES_128_GCM_SHA256",
+            "TLS13_AES_128_GCM_SHA256",
+            cs::TLS13_AES_128_GCM_SHA256,
+        ),
+        (
+            "TLS_AES_256_GCM_SHA384",
+            "TLS13_AES_256_GCM_SHA384",
+            cs::TLS13_AES_256_GCM_SHA384,
+        ),
+        (
+            "TLS_CHACHA20_POLY1305_SHA256",
+            "TLS13_CHACHA20_POLY1305_SHA256",
+            cs::TLS13_CHACHA20_POLY1305_SHA256,
+        ),
+        (
+            "ECDHE-ECDSA-AES128-GCM-SHA256",
+            "TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256",
+            cs::TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256,
+        ),
+        (
+            "ECDHE-ECDSA-AES256-GCM-SHA384",
+            "TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384",
+            cs::TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384,
+        ),
+        (
+            "ECDHE-ECDSA-CHACHA20-POLY1305",
+            "TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256",
+            cs::TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256,
+        ),
+        (
+            "ECDHE-RSA-AES128-GCM-SHA256",
+            "TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256",
+            cs::TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256,
+        ),
+        (
+            "ECDHE-RSA-AES256-GCM-SHA384",
+            "TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384",
+            cs::TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384,
+        ),
+        (
+            "ECDHE-RSA-CHACHA20-POLY1305",
+            "TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305_SHA256",
+            cs::TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305_SHA256,
+        ),
+    ]
+};
+
+/// The suites of an OpenSSL-style cipher list. As OpenSSL's `--ciphers`, a list that
+/// names no TLS 1.3 suite keeps the default TLS 1.3 suites.
+fn cipher_suites(list: &str) -> Result<Vec<SupportedCipherSuite>, ConnectError> {
+    let mut suites: Vec<SupportedCipherSuite> = Vec::new();
+    for name in list.split([':', ',', ' ']).filter(|n| !n.is_empty()) {
+        let found = CIPHERS.iter().find(|(openssl, iana, _)| {
+            name.eq_ignore_ascii_case(openssl) || name.eq_ignore_ascii_case(iana)
+        });
+        let Some(&(_, _, suite)) = found else {
+            let known: Vec<&str> = CIPHERS.iter().map(|(o, _, _)| *o).collect();
+            return Err(ConnectError::TlsConfig(format!(
+                "unknown or unsupported cipher {name:?}: this build supports {}",
+                known.join(", ")
+            )));
+        };
+        if !suites.iter().any(|s| s.suite() == suite.suite()) {
+            suites.push(suite);
+        }
+    }
+    if suites.is_empty() {
+        return Err(ConnectError::TlsConfig("the cipher list is empty".into()));
+    }
+    if !suites.iter().any(|s| s.tls13().is_some()) {
+        suites.extend(CIPHERS.iter().filter_map(|(_, _, s)| s.tls13().map(|_| *s)));
+    }
+    Ok(suites)
 }
 
 fn read_certs(path: &std::path::Path) -> Result<Vec<CertificateDer<'static>>, ConnectError> {
@@ -168,21 +258,102 @@ impl ServerCertVerifier for NoHostnameVerifier {
     }
 }
 
+/// Where the connection goes, for error messages.
+fn describe(options: &ConnectOptions) -> String {
+    #[cfg(unix)]
+    if let Some(path) = &options.unix_path {
+        return path.display().to_string();
+    }
+    let addr = if options.host.contains(':') {
+        format!("[{}]:{}", options.host, options.port)
+    } else {
+        format!("{}:{}", options.host, options.port)
+    };
+    match &options.proxy {
+        Some(p) => format!("{addr} through the SOCKS5 proxy {}:{}", p.host, p.port),
+        None => addr,
+    }
+}
+
+/// The byte stream under TLS and WebSocket: a Unix socket, TCP through a SOCKS5
+/// proxy, or TCP, bound to the local address asked for.
+async fn connect_stream(options: &ConnectOptions) -> io::Result<BoxIo> {
+    #[cfg(unix)]
+    if let Some(path) = &options.unix_path {
+        return Ok(Box::new(tokio::net::UnixStream::connect(path).await?));
+    }
+    let bind = options.bind_address.as_deref();
+    match &options.proxy {
+        Some(proxy) => {
+            let mut tcp = tcp_connect(&proxy.host, proxy.port, bind).await?;
+            crate::socks5::connect(&mut tcp, proxy, &options.host, options.port).await?;
+            Ok(Box::new(tcp))
+        }
+        None => Ok(Box::new(
+            tcp_connect(&options.host, options.port, bind).await?,
+        )),
+    }
+}
+
+/// TCP to `host:port`, from `bind` (an IP address or a name) when given: each address
+/// of the host is tried from a local address of the same family.
+async fn tcp_connect(host: &str, port: u16, bind: Option<&str>) -> io::Result<TcpStream> {
+    let tcp = match bind {
+        None => TcpStream::connect((host, port)).await?,
+        Some(bind) => {
+            let bind_err =
+                |e: io::Error| io::Error::new(e.kind(), format!("cannot bind to {bind}: {e}"));
+            let locals: Vec<SocketAddr> = lookup_host((bind, 0)).await.map_err(bind_err)?.collect();
+            let mut last = None;
+            let mut found = None;
+            for remote in lookup_host((host, port)).await? {
+                let Some(local) = locals.iter().find(|l| l.is_ipv4() == remote.is_ipv4()) else {
+                    last = Some(io::Error::new(
+                        io::ErrorKind::AddrNotAvailable,
+                        format!("{bind} has no address of the family of {remote}"),
+                    ));
+                    continue;
+                };
+                let socket = if remote.is_ipv4() {
+                    TcpSocket::new_v4()?
+                } else {
+                    TcpSocket::new_v6()?
+                };
+                socket.bind(*local).map_err(bind_err)?;
+                match socket.connect(remote).await {
+                    Ok(s) => {
+                        found = Some(s);
+                        break;
+                    }
+                    Err(e) => last = Some(e),
+                }
+            }
+            match found {
+                Some(s) => s,
+                None => {
+                    return Err(last.unwrap_or_else(|| {
+                        io::Error::new(io::ErrorKind::NotFound, "the host has no address")
+                    }));
+                }
+            }
+        }
+    };
+    let _ = tcp.set_nodelay(true);
+    Ok(tcp)
+}
+
 /// Opens the transport `options` describe. `tls` is the prepared configuration for
 /// TLS transports.
 pub(crate) async fn open(
     options: &ConnectOptions,
     tls: Option<&Arc<ClientConfig>>,
 ) -> Result<BoxIo, ConnectError> {
-    let addr = format!("{}:{}", options.host, options.port);
+    let addr = describe(options);
     let io_err = |source: io::Error| ConnectError::Io {
         addr: addr.clone(),
         source,
     };
-    let tcp = TcpStream::connect((options.host.as_str(), options.port))
-        .await
-        .map_err(io_err)?;
-    let _ = tcp.set_nodelay(true);
+    let tcp = connect_stream(options).await.map_err(io_err)?;
     let stream: BoxIo = match (options.transport.uses_tls(), tls) {
         (true, Some(config)) => {
             let name = options.tls.server_name.as_deref().unwrap_or(&options.host);

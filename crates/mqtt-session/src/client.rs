@@ -5,8 +5,8 @@ use core::num::{NonZeroU16, NonZeroU32};
 
 use bytes::Bytes;
 use mqtt_codec::{
-    ByteStr, ConnAck, Connect, ConnectProperties, Disconnect, Packet, PacketId, ProtocolVersion,
-    QoS, ReasonCode, Subscribe, SubscribeProperties, Subscription, Unsubscribe,
+    Auth, ByteStr, ConnAck, Connect, ConnectProperties, Disconnect, Packet, PacketId,
+    ProtocolVersion, QoS, ReasonCode, Subscribe, SubscribeProperties, Subscription, Unsubscribe,
     UnsubscribeProperties, Will,
 };
 
@@ -274,6 +274,67 @@ impl ClientSession {
         }
     }
 
+    /// Sets the Authentication Data for the next CONNECT (5.0 enhanced authentication,
+    /// whose first step usually differs on every connection). `None` leaves it out.
+    pub fn set_authentication_data(&mut self, data: Option<Bytes>) {
+        self.options.properties.authentication_data = data;
+    }
+
+    /// Queues AUTH (5.0 enhanced authentication): reason 0x18 (Continue authentication)
+    /// to answer the server's AUTH, or 0x19 (Re-authenticate) once connected. The
+    /// Authentication Method is filled in from CONNECT.
+    ///
+    /// Refused when CONNECT carried no Authentication Method ([MQTT-4.12.0-7]), for a
+    /// 3.x session, for a reason code other than 0x18 and 0x19, and for 0x19 before
+    /// the connection is accepted; nothing is queued then.
+    pub fn auth(&mut self, reason: ReasonCode, data: Option<Bytes>) -> Result<(), ProtocolError> {
+        let refuse = |rule, what| Err(ProtocolError::new(ReasonCode::PROTOCOL_ERROR, rule, what));
+        let Some(method) = self.options.properties.authentication_method.clone() else {
+            return refuse(
+                Some("MQTT-4.12.0-7"),
+                "AUTH without an Authentication Method in CONNECT",
+            );
+        };
+        if !self.options.version.is_v5() {
+            return refuse(None, "AUTH exists only in MQTT 5.0");
+        }
+        match (reason, self.state) {
+            (ReasonCode::CONTINUE_AUTHENTICATION, State::Connecting | State::Connected)
+            | (ReasonCode::REAUTHENTICATE, State::Connected) => {}
+            _ => return refuse(None, "AUTH with this reason code is not allowed now"),
+        }
+        let mut auth = Auth {
+            reason_code: reason,
+            ..Auth::default()
+        };
+        // [MQTT-4.12.1-1]: re-authentication uses the method of CONNECT.
+        auth.properties.authentication_method = Some(method);
+        auth.properties.authentication_data = data;
+        self.flow.send(auth);
+        Ok(())
+    }
+
+    /// A server AUTH: it needs an Authentication Method in CONNECT ([MQTT-4.12.0-6])
+    /// and must carry the same one ([MQTT-4.12.0-5]); 0x19 is the client's to send.
+    fn check_server_auth(&self, auth: &Auth) -> Result<(), ProtocolError> {
+        let ours = self.options.properties.authentication_method.as_ref();
+        let error = |rule, what| Err(ProtocolError::new(ReasonCode::PROTOCOL_ERROR, rule, what));
+        match ours {
+            None => error(
+                Some("MQTT-4.12.0-6"),
+                "AUTH from the server although CONNECT had no Authentication Method",
+            ),
+            Some(m) if auth.properties.authentication_method.as_ref() != Some(m) => error(
+                Some("MQTT-4.12.0-5"),
+                "AUTH with an Authentication Method other than CONNECT's",
+            ),
+            Some(_) if auth.reason_code == ReasonCode::REAUTHENTICATE => {
+                error(None, "a server may not send AUTH 0x19 (Re-authenticate)")
+            }
+            Some(_) => Ok(()),
+        }
+    }
+
     /// Queues DISCONNECT; nothing is sent after it. `reason` 0x04 asks the server to
     /// publish the will anyway (5.0).
     pub fn disconnect(&mut self, disconnect: Disconnect) {
@@ -297,10 +358,31 @@ impl ClientSession {
         if self.state == State::Connecting {
             return match packet {
                 Packet::ConnAck(ack) => {
+                    let ours = self.options.properties.authentication_method.as_ref();
+                    if self.options.version.is_v5()
+                        && ours.is_some()
+                        && !ack.reason_code.is_error()
+                        && ack.properties.authentication_method.as_ref() != ours
+                    {
+                        return Err(ProtocolError::new(
+                            ReasonCode::PROTOCOL_ERROR,
+                            Some("MQTT-4.12.0-5"),
+                            "CONNACK without CONNECT's Authentication Method",
+                        ));
+                    }
                     self.handle_connack(now, *ack);
                     Ok(())
                 }
                 Packet::Auth(a) if self.options.version.is_v5() => {
+                    self.check_server_auth(&a)?;
+                    if a.reason_code != ReasonCode::CONTINUE_AUTHENTICATION {
+                        // Success comes as CONNACK while connecting.
+                        return Err(ProtocolError::new(
+                            ReasonCode::PROTOCOL_ERROR,
+                            None,
+                            "AUTH other than 0x18 (Continue authentication) before CONNACK",
+                        ));
+                    }
                     self.flow.events.push(Event::Auth(a));
                     Ok(())
                 }
@@ -332,6 +414,7 @@ impl ClientSession {
             }
             Packet::PubRel(r) => self.flow.handle_pubrel(r.packet_id),
             Packet::Auth(a) if self.options.version.is_v5() => {
+                self.check_server_auth(&a)?;
                 self.flow.events.push(Event::Auth(a));
             }
             Packet::PingResp => self.ping_sent_at = None,

@@ -2,6 +2,7 @@
 //! its own broker on a free port (and fails, telling how to install it, when mosquitto
 //! is missing).
 
+mod auth;
 mod backpressure;
 mod basics;
 mod reconnect;

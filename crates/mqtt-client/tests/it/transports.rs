@@ -1,67 +1,13 @@
 //! TLS, WebSocket and secure WebSocket against Mosquitto, with certificates made here.
 
-use std::path::{Path, PathBuf};
-
 use mqtt_client::{
     ConnectError, ConnectOptions, ProtocolVersion, QoS, TlsOptions, Transport,
-    testing::{Listener, Mosquitto, temp_dir},
+    testing::{Listener, Mosquitto, Pki},
 };
-use rcgen::{BasicConstraints, CertificateParams, IsCa, KeyPair};
 
 use crate::{connect, next_message, opts};
 
 const ALL: &[QoS] = &[QoS::AtMostOnce, QoS::AtLeastOnce, QoS::ExactlyOnce];
-
-pub(crate) struct Pki {
-    dir: PathBuf,
-    pub(crate) ca: PathBuf,
-    pub(crate) server_cert: PathBuf,
-    pub(crate) server_key: PathBuf,
-    pub(crate) client_cert: PathBuf,
-    pub(crate) client_key: PathBuf,
-}
-
-fn write(dir: &Path, name: &str, data: &str) -> PathBuf {
-    let p = dir.join(name);
-    std::fs::write(&p, data).unwrap();
-    p
-}
-
-pub(crate) fn pki() -> Pki {
-    let dir = temp_dir("pki");
-    let ca_key = KeyPair::generate().unwrap();
-    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
-    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    ca_params
-        .distinguished_name
-        .push(rcgen::DnType::CommonName, "mqtt-rs test CA");
-    let ca = ca_params.self_signed(&ca_key).unwrap();
-    let server_key = KeyPair::generate().unwrap();
-    let server = CertificateParams::new(vec!["localhost".into(), "127.0.0.1".into()])
-        .unwrap()
-        .signed_by(&server_key, &ca, &ca_key)
-        .unwrap();
-    let client_key = KeyPair::generate().unwrap();
-    let mut client_params = CertificateParams::new(Vec::<String>::new()).unwrap();
-    client_params
-        .distinguished_name
-        .push(rcgen::DnType::CommonName, "client");
-    let client = client_params.signed_by(&client_key, &ca, &ca_key).unwrap();
-    Pki {
-        dir: dir.clone(),
-        ca: write(&dir, "ca.pem", &ca.pem()),
-        server_cert: write(&dir, "server.pem", &server.pem()),
-        server_key: write(&dir, "server.key", &server_key.serialize_pem()),
-        client_cert: write(&dir, "client.pem", &client.pem()),
-        client_key: write(&dir, "client.key", &client_key.serialize_pem()),
-    }
-}
-
-impl Drop for Pki {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
 
 fn tls_listener(pki: &Pki, websockets: bool, require_certificate: bool) -> Listener {
     Listener {
@@ -72,6 +18,7 @@ fn tls_listener(pki: &Pki, websockets: bool, require_certificate: bool) -> Liste
             pki.server_key.clone(),
         )),
         require_certificate,
+        ..Listener::default()
     }
 }
 
@@ -90,7 +37,7 @@ async fn round_trip(options: ConnectOptions, size: usize, qoss: &[QoS]) {
 
 #[tokio::test]
 async fn tls_with_ca_file_and_client_certificate() {
-    let pki = pki();
+    let pki = Pki::generate();
     let broker = Mosquitto::start_with(
         &[
             tls_listener(&pki, false, false),
@@ -136,7 +83,7 @@ async fn tls_with_ca_file_and_client_certificate() {
     .await;
 
     // An untrusted server is refused with a message that says so.
-    let other = self::pki();
+    let other = Pki::generate();
     let wrong = TlsOptions {
         ca_file: Some(other.ca.clone()),
         ..Default::default()
@@ -161,7 +108,7 @@ async fn tls_with_ca_file_and_client_certificate() {
 // "mqtt", and MQTT flows over it (plain and TLS) with Mosquitto.
 #[tokio::test]
 async fn websocket_and_secure_websocket() {
-    let pki = pki();
+    let pki = Pki::generate();
     let broker = Mosquitto::start_with(
         &[
             Listener {
