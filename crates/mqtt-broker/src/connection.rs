@@ -412,17 +412,23 @@ where
                 return Step::Ended(End::TakenOver);
             }
             let now = shared.now();
+            // Counted here and added once: the counters are shared by every connection.
+            let (mut publishes, mut packets) = (0, 0);
             while let Some(p) = cell.session.poll_transmit(now) {
-                if matches!(p, Packet::Publish(_)) {
-                    shared.stats.publish_sent.fetch_add(1, Ordering::Relaxed);
-                }
-                shared.stats.messages_sent.fetch_add(1, Ordering::Relaxed);
+                publishes += u64::from(matches!(p, Packet::Publish(_)));
+                packets += 1;
                 if p.encode(version, &mut out).is_err() {
                     warn!(client = %handle.client_id, "a packet did not encode and was dropped");
                 }
                 if out.len() >= WRITE_HIGH_WATER {
                     more = true;
                     break;
+                }
+            }
+            if packets > 0 {
+                shared.stats.messages_sent.fetch_add(packets, Ordering::Relaxed);
+                if publishes > 0 {
+                    shared.stats.publish_sent.fetch_add(publishes, Ordering::Relaxed);
                 }
             }
             while let Some(e) = cell.session.poll_event() {
@@ -442,6 +448,7 @@ where
         // 2. Act on events outside the session lock.
         let mut again = false;
         let mut closed = false;
+        let mut received = 0;
         for event in events.drain(..) {
             match event {
                 Event::Message(m)
@@ -456,10 +463,7 @@ where
                     again = true;
                 }
                 Event::Message(m) => {
-                    shared
-                        .stats
-                        .publish_received
-                        .fetch_add(1, Ordering::Relaxed);
+                    received += 1;
                     shared.route(handle.key, &m, &mut matches, Some(&mut *pending));
                 }
                 Event::Subscribe(s) => {
@@ -481,6 +485,12 @@ where
                 ),
                 _ => {}
             }
+        }
+        if received > 0 {
+            shared
+                .stats
+                .publish_received
+                .fetch_add(received, Ordering::Relaxed);
         }
         // Retained messages of new subscriptions, as the session's queue has room.
         if !backlog.is_empty() && pump_retained(shared, handle, &mut backlog) {
@@ -673,13 +683,11 @@ fn feed(
         return true;
     }
     let now = shared.now();
+    let mut received = 0;
     loop {
         match decoder.decode(rbuf) {
             Ok(Some(packet)) => {
-                shared
-                    .stats
-                    .messages_received
-                    .fetch_add(1, Ordering::Relaxed);
+                received += 1;
                 if let Err(e) = cell.session.handle_packet(now, packet) {
                     debug!(client = %handle.client_id, error = %e, "protocol error");
                     cell.session.disconnect(e.reason);
@@ -697,6 +705,12 @@ fn feed(
         }
     }
     drop(cell);
+    if received > 0 {
+        shared
+            .stats
+            .messages_received
+            .fetch_add(received, Ordering::Relaxed);
+    }
     if rbuf.is_empty() && rbuf.capacity() > 4 * READ_CHUNK {
         // Idle connections keep a small buffer: a burst's growth is given back.
         *rbuf = BytesMut::with_capacity(READ_CHUNK);
