@@ -462,6 +462,7 @@ impl Shared {
         message: &Message,
         matches: &mut Matches<u64, Sub>,
         mut pending: Option<&mut VecDeque<Pending>>,
+        now: mqtt_session::Instant,
     ) {
         let Ok(topic) = TopicName::new(&message.topic) else {
             return;
@@ -471,7 +472,6 @@ impl Shared {
         }
         matches.clear();
         self.index.matches(topic, matches);
-        let now = self.now();
         for subscriber in matches.subscribers() {
             let key = *subscriber.key();
             let mut handle = None;
@@ -650,8 +650,11 @@ impl Shared {
     }
 
     /// Offers a held delivery again; hands it back if the queue is still full.
-    pub(crate) fn retry(&self, pending: Pending) -> Result<(), Pending> {
-        let now = self.now();
+    pub(crate) fn retry(
+        &self,
+        pending: Pending,
+        now: mqtt_session::Instant,
+    ) -> Result<(), Pending> {
         let Pending {
             handle,
             message,

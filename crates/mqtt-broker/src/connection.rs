@@ -426,9 +426,15 @@ where
                 }
             }
             if packets > 0 {
-                shared.stats.messages_sent.fetch_add(packets, Ordering::Relaxed);
+                shared
+                    .stats
+                    .messages_sent
+                    .fetch_add(packets, Ordering::Relaxed);
                 if publishes > 0 {
-                    shared.stats.publish_sent.fetch_add(publishes, Ordering::Relaxed);
+                    shared
+                        .stats
+                        .publish_sent
+                        .fetch_add(publishes, Ordering::Relaxed);
                 }
             }
             while let Some(e) = cell.session.poll_event() {
@@ -449,6 +455,8 @@ where
         let mut again = false;
         let mut closed = false;
         let mut received = 0;
+        // One clock reading for the batch: routing reads it for every message otherwise.
+        let now = shared.now();
         for event in events.drain(..) {
             match event {
                 Event::Message(m)
@@ -464,7 +472,7 @@ where
                 }
                 Event::Message(m) => {
                     received += 1;
-                    shared.route(handle.key, &m, &mut matches, Some(&mut *pending));
+                    shared.route(handle.key, &m, &mut matches, Some(&mut *pending), now);
                 }
                 Event::Subscribe(s) => {
                     subscribe(shared, handle, version, &s, &mut backlog);
@@ -482,6 +490,7 @@ where
                     &will_message(will),
                     &mut matches,
                     Some(&mut *pending),
+                    now,
                 ),
                 _ => {}
             }
@@ -592,8 +601,9 @@ where
 /// Offers the held deliveries again, in order, stopping at the first still refused
 /// (messages to one subscriber keep their order). True when none is left.
 fn retry_pending(shared: &Shared, pending: &mut VecDeque<Pending>) -> bool {
+    let now = shared.now();
     while let Some(p) = pending.pop_front() {
-        if let Err(p) = shared.retry(p) {
+        if let Err(p) = shared.retry(p, now) {
             pending.push_front(p);
             return false;
         }
@@ -816,7 +826,8 @@ async fn idle(shared: Arc<Shared>, handle: Arc<SessionHandle>, generation: u64) 
         for event in events {
             match event {
                 Event::Will(will) => {
-                    shared.route(handle.key, &will_message(will), &mut matches, None);
+                    let now = shared.now();
+                    shared.route(handle.key, &will_message(will), &mut matches, None, now);
                 }
                 Event::SessionExpired => {
                     shared.remove_session(&handle);
