@@ -103,6 +103,16 @@ impl SessionHandle {
     }
 }
 
+/// Messages a connected subscriber's session holds (queued and in flight) before
+/// publishers wait: enough for a few full writes; more would only hold memory, as the
+/// socket's buffers already keep the writer busy.
+const ONLINE_QUEUE: usize = 256;
+
+/// Whether a connected session takes another message now, or its publishers wait.
+pub(crate) fn has_room(session: &ServerSession) -> bool {
+    session.pending_messages() < ONLINE_QUEUE && session.queue_room() > 0
+}
+
 /// How many retained-store shards there are.
 const RETAINED_SHARDS: usize = 16;
 
@@ -624,7 +634,7 @@ impl Shared {
         // should this one leave without acknowledging it.
         let mut cell = handle.lock();
         let waits = cell.session.is_connected() && !handle.stuck.load(Ordering::Relaxed);
-        if waits && cell.session.queue_room() == 0 {
+        if waits && !has_room(&cell.session) {
             // Full: wait for room rather than have the session make some by evicting
             // (a search of its whole queue for QoS 0 messages, on every retry).
             return Err(Box::new(message));

@@ -20,7 +20,7 @@ use tokio::{
 };
 use tracing::{debug, info, warn};
 
-use crate::broker::{Pending, SessionHandle, Shared, Sub};
+use crate::broker::{Pending, SessionHandle, Shared, Sub, has_room};
 
 /// Read buffer size while idle; it grows only for large packets.
 const READ_CHUNK: usize = 512;
@@ -440,7 +440,7 @@ where
             while let Some(e) = cell.session.poll_event() {
                 events.push(e);
             }
-            if cell.session.queue_room() > 0 {
+            if has_room(&cell.session) {
                 // Room for publishers held up by this session's full queue.
                 if handle.waiting.load(Ordering::SeqCst) > 0 {
                     handle.space.notify_waiters();
