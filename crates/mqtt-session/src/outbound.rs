@@ -47,40 +47,222 @@ pub(crate) struct InFlight {
     pub(crate) slot: Option<usize>,
 }
 
+/// A message as the [`Store`] keeps it. Most messages carry no properties beyond the
+/// two scalar ones; they take 80 bytes here instead of the 232 of a [`Message`], which
+/// keeps a full queue's working set small. A message with other properties (strings,
+/// binary data, lists) is boxed whole.
+#[derive(Debug)]
+enum Stored {
+    Plain {
+        topic: ByteStr,
+        payload: bytes::Bytes,
+        qos: QoS,
+        retain: bool,
+        payload_format: Option<mqtt_codec::PayloadFormat>,
+        expiry: Option<u32>,
+    },
+    Full(alloc::boxed::Box<Message>),
+}
+
+impl Stored {
+    #[inline]
+    fn new(message: Message) -> Self {
+        // Exhaustive, so that a new property cannot be forgotten here.
+        let mqtt_codec::PublishProperties {
+            payload_format_indicator,
+            message_expiry_interval,
+            topic_alias: _,
+            response_topic,
+            correlation_data,
+            subscription_identifiers,
+            content_type,
+            user_properties,
+        } = &message.properties;
+        let (payload_format, expiry) = (*payload_format_indicator, *message_expiry_interval);
+        let plain = response_topic.is_none()
+            && correlation_data.is_none()
+            && subscription_identifiers.is_empty()
+            && content_type.is_none()
+            && user_properties.is_empty();
+        if plain {
+            let Message {
+                topic,
+                payload,
+                qos,
+                retain,
+                properties: _,
+            } = message;
+            Self::Plain {
+                topic,
+                payload,
+                qos,
+                retain,
+                payload_format,
+                expiry,
+            }
+        } else {
+            Self::Full(alloc::boxed::Box::new(message))
+        }
+    }
+
+    fn topic(&self) -> &ByteStr {
+        match self {
+            Self::Plain { topic, .. } => topic,
+            Self::Full(m) => &m.topic,
+        }
+    }
+
+    /// Moves the topic out (leaving an empty one), for a PUBLISH built from the rest.
+    fn take_topic(&mut self) -> ByteStr {
+        match self {
+            Self::Plain { topic, .. } => core::mem::take(topic),
+            Self::Full(m) => core::mem::take(&mut m.topic),
+        }
+    }
+
+    fn into_message(self) -> Message {
+        match self {
+            Self::Plain {
+                topic,
+                payload,
+                qos,
+                retain,
+                payload_format,
+                expiry,
+            } => Message {
+                topic,
+                payload,
+                qos,
+                retain,
+                properties: scalar_properties(payload_format, expiry, None),
+            },
+            Self::Full(m) => *m,
+        }
+    }
+
+    /// Sets the Message Expiry Interval to send (the time left).
+    fn set_expiry(&mut self, secs: u32) {
+        match self {
+            Self::Plain { expiry, .. } => *expiry = Some(secs),
+            Self::Full(m) => m.properties.message_expiry_interval = Some(secs),
+        }
+    }
+
+    /// A PUBLISH of this message, sent as `topic` with `topic_alias`.
+    fn to_publish(
+        &self,
+        qos_pid: QosPid,
+        dup: bool,
+        topic: ByteStr,
+        topic_alias: Option<NonZeroU16>,
+    ) -> mqtt_codec::Publish {
+        match self {
+            Self::Plain {
+                payload,
+                retain,
+                payload_format,
+                expiry,
+                ..
+            } => plain_publish(
+                qos_pid,
+                dup,
+                *retain,
+                topic,
+                payload.clone(),
+                scalar_properties(*payload_format, *expiry, topic_alias),
+            ),
+            Self::Full(m) => m.to_publish(qos_pid, dup, topic, topic_alias),
+        }
+    }
+
+    /// The QoS 0 PUBLISH of this message, moving the payload out.
+    fn into_publish(self, topic: ByteStr, topic_alias: Option<NonZeroU16>) -> mqtt_codec::Publish {
+        match self {
+            Self::Plain {
+                payload,
+                retain,
+                payload_format,
+                expiry,
+                ..
+            } => plain_publish(
+                QosPid::AtMostOnce,
+                false,
+                retain,
+                topic,
+                payload,
+                scalar_properties(payload_format, expiry, topic_alias),
+            ),
+            Self::Full(m) => m.into_publish(topic, topic_alias),
+        }
+    }
+}
+
+fn scalar_properties(
+    payload_format: Option<mqtt_codec::PayloadFormat>,
+    expiry: Option<u32>,
+    topic_alias: Option<NonZeroU16>,
+) -> mqtt_codec::PublishProperties {
+    mqtt_codec::PublishProperties {
+        payload_format_indicator: payload_format,
+        message_expiry_interval: expiry,
+        topic_alias,
+        ..mqtt_codec::PublishProperties::default()
+    }
+}
+
+fn plain_publish(
+    qos_pid: QosPid,
+    dup: bool,
+    retain: bool,
+    topic: ByteStr,
+    payload: bytes::Bytes,
+    properties: mqtt_codec::PublishProperties,
+) -> mqtt_codec::Publish {
+    mqtt_codec::Publish {
+        dup,
+        qos_pid,
+        retain,
+        topic,
+        payload,
+        properties,
+    }
+}
+
 /// Outgoing messages, queued or in flight, each written once where it stays: a slab
 /// with a free list.
 #[derive(Debug, Default)]
 pub(crate) struct Store {
-    slots: Vec<Option<Message>>,
+    slots: Vec<Option<Stored>>,
     free: Vec<usize>,
 }
 
 impl Store {
     #[inline(always)]
     fn insert(&mut self, message: Message) -> usize {
+        let stored = Stored::new(message);
         if let Some(slot) = self.free.pop() {
             if let Some(entry) = self.slots.get_mut(slot) {
-                *entry = Some(message);
+                *entry = Some(stored);
                 return slot;
             }
         }
-        self.slots.push(Some(message));
+        self.slots.push(Some(stored));
         self.slots.len() - 1
     }
 
-    pub(crate) fn get(&self, slot: usize) -> Option<&Message> {
+    fn get(&self, slot: usize) -> Option<&Stored> {
         self.slots.get(slot).and_then(Option::as_ref)
     }
 
-    fn get_mut(&mut self, slot: usize) -> Option<&mut Message> {
+    fn get_mut(&mut self, slot: usize) -> Option<&mut Stored> {
         self.slots.get_mut(slot).and_then(Option::as_mut)
     }
 
     /// Takes the message out and frees its slot.
-    fn take(&mut self, slot: usize) -> Option<Message> {
-        let message = self.slots.get_mut(slot)?.take()?;
+    fn take(&mut self, slot: usize) -> Option<Stored> {
+        let stored = self.slots.get_mut(slot)?.take()?;
         self.free.push(slot);
-        Some(message)
+        Some(stored)
     }
 
     /// Drops the message where it is and frees its slot.
@@ -188,9 +370,25 @@ impl Outbox {
         });
     }
 
-    /// The message of a queued or in-flight entry.
-    pub(crate) fn message(&self, slot: Option<usize>) -> Option<&Message> {
-        self.store.get(slot?)
+    /// The message of a queued or in-flight entry (rebuilt: for saving the session).
+    pub(crate) fn message(&self, slot: Option<usize>) -> Option<Message> {
+        self.store.get(slot?).map(|s| match s {
+            Stored::Plain {
+                topic,
+                payload,
+                qos,
+                retain,
+                payload_format,
+                expiry,
+            } => Message {
+                topic: topic.clone(),
+                payload: payload.clone(),
+                qos: *qos,
+                retain: *retain,
+                properties: scalar_properties(*payload_format, *expiry, None),
+            },
+            Stored::Full(m) => Message::clone(m),
+        })
     }
 
     /// Empties the in-flight window, handing back its entries with their messages, in
@@ -200,7 +398,10 @@ impl Outbox {
         inflight
             .into_iter()
             .map(|f| {
-                let message = f.slot.and_then(|slot| self.store.take(slot));
+                let message = f
+                    .slot
+                    .and_then(|slot| self.store.take(slot))
+                    .map(Stored::into_message);
                 (f, message)
             })
             .collect()
@@ -317,8 +518,7 @@ impl Outbox {
                 // [MQTT-3.3.2-6]: send the time that is left.
                 let left = expires_at.saturating_since(now).as_secs_ceil();
                 if let Some(message) = self.store.get_mut(slot) {
-                    message.properties.message_expiry_interval =
-                        Some(u32::try_from(left).unwrap_or(u32::MAX));
+                    message.set_expiry(u32::try_from(left).unwrap_or(u32::MAX));
                 }
             }
             let qos_pid = match qos {
@@ -332,7 +532,7 @@ impl Outbox {
             let limit = max_packet_size as usize;
             if size + 13 + alias_overhead > limit {
                 let too_large = self.store.get(slot).is_none_or(|m| {
-                    let publish = m.to_publish(qos_pid, false, m.topic.clone(), None);
+                    let publish = m.to_publish(qos_pid, false, m.topic().clone(), None);
                     publish.encoded_len(version) + alias_overhead > limit
                 });
                 if too_large {
@@ -346,7 +546,7 @@ impl Outbox {
                 QosPid::AtMostOnce => {
                     // QoS 0 is not kept: move it into the packet instead of copying.
                     let mut message = self.store.take(slot)?;
-                    let topic = core::mem::take(&mut message.topic);
+                    let topic = message.take_topic();
                     let (topic, topic_alias) = self.alias(topic, alias_max);
                     return Some(Packet::Publish(message.into_publish(topic, topic_alias)));
                 }
@@ -363,7 +563,7 @@ impl Outbox {
                 phase,
                 slot: Some(slot),
             });
-            let topic = self.store.get(slot)?.topic.clone();
+            let topic = self.store.get(slot)?.topic().clone();
             let (topic, topic_alias) = self.alias(topic, alias_max);
             let message = self.store.get(slot)?;
             return Some(Packet::Publish(message.to_publish(

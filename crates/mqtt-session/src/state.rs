@@ -121,7 +121,7 @@ fn put_flow(out: &mut BytesMut, flow: &Flow, now: Instant, role: u8) {
         });
         if f.phase != Awaiting::PubComp {
             if let Some(m) = flow.outbox.message(f.slot) {
-                put_message(out, m);
+                put_message(out, &m);
             }
         }
     }
@@ -130,7 +130,7 @@ fn put_flow(out: &mut BytesMut, flow: &Flow, now: Instant, role: u8) {
         out.put_u64(q.id.0);
         put_left(out, q.expires_at, now);
         if let Some(m) = flow.outbox.message(Some(q.slot)) {
-            put_message(out, m);
+            put_message(out, &m);
         }
     }
     out.put_u32(flow.inbox.awaiting_pubrel.len() as u32);
