@@ -59,21 +59,79 @@ fn invalid_configuration_names_file_line_and_key() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("/nonexistent/broker.toml"));
 }
 
+/// The binary, running, with its log collected as it comes.
+struct Running {
+    child: std::process::Child,
+    port: u16,
+    log: std::sync::Arc<std::sync::Mutex<String>>,
+    reader: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Running {
+    /// Everything the broker logged, once it has exited.
+    fn wait_for_log(mut self) -> (std::process::ExitStatus, String) {
+        let status = self.child.wait().unwrap();
+        if let Some(r) = self.reader.take() {
+            let _ = r.join();
+        }
+        let log = self.log.lock().unwrap().clone();
+        (status, log)
+    }
+}
+
+/// Starts the binary with the arguments `args(port)` for a free port, and waits until it
+/// logs that it listens there. A port found free can be taken by another test before
+/// the broker binds it (and a probe connection would then reach that test's listener),
+/// so the broker's own word is awaited, and another port tried if it cannot bind.
+fn spawn_listening(args: impl Fn(u16) -> Vec<String>) -> Running {
+    use std::io::{BufRead, BufReader};
+    for _ in 0..5 {
+        let port = free_port();
+        let mut child = Command::new(BIN)
+            .args(args(port))
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let stderr = child.stderr.take().unwrap();
+        let log = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+        let (tx, rx) = std::sync::mpsc::channel();
+        let sink = log.clone();
+        let reader = std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines() {
+                let Ok(line) = line else { break };
+                if line.contains("listening") && line.contains(&format!(":{port}")) {
+                    let _ = tx.send(());
+                }
+                let mut log = sink.lock().unwrap();
+                log.push_str(&line);
+                log.push('\n');
+            }
+        });
+        if rx.recv_timeout(Duration::from_secs(10)).is_ok() {
+            return Running {
+                child,
+                port,
+                log,
+                reader: Some(reader),
+            };
+        }
+        // It could not bind (or never said so): another port.
+        let _ = child.kill();
+        let _ = child.wait();
+        let _ = reader.join();
+    }
+    panic!("the broker did not start on any of five free ports");
+}
+
 /// Starts the binary on a free port and waits until it accepts connections.
 fn start(extra: &[&str]) -> (std::process::Child, u16) {
-    let port = free_port();
-    let child = Command::new(BIN)
-        .args(["--listen", &format!("127.0.0.1:{port}")])
-        .args(extra)
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(Instant::now() < deadline, "broker did not start");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    (child, port)
+    let running = spawn_listening(|port| {
+        let mut args = vec!["--listen".to_owned(), format!("127.0.0.1:{port}")];
+        args.extend(extra.iter().map(|a| (*a).to_owned()));
+        args
+    });
+    // The log is not needed here; the reader thread drains it until the broker exits.
+    (running.child, running.port)
 }
 
 fn read_packet(
@@ -139,20 +197,15 @@ fn sigterm_disconnects_clients_and_exits_zero() {
 // logs each connection.
 #[test]
 fn port_flag_and_log_level() {
-    let port = free_port();
-    let child = Command::new(BIN)
-        .args(["-p", &port.to_string(), "--log-level", "debug"])
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(
-            Instant::now() < deadline,
-            "broker did not start on -p {port}"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    let running = spawn_listening(|port| {
+        vec![
+            "-p".to_owned(),
+            port.to_string(),
+            "--log-level".to_owned(),
+            "debug".to_owned(),
+        ]
+    });
+    let port = running.port;
     let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
     let mut wire = BytesMut::new();
     Packet::from(Connect::new(
@@ -172,10 +225,9 @@ fn port_flag_and_log_level() {
     drop(s);
     std::thread::sleep(Duration::from_millis(200));
     let _ = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
+        .args(["-TERM", &running.child.id().to_string()])
         .status();
-    let out = child.wait_with_output().unwrap();
-    let log = String::from_utf8_lossy(&out.stderr);
+    let (_, log) = running.wait_for_log();
     assert!(
         log.contains("connected") && log.contains("flagged"),
         "{log}"
