@@ -288,6 +288,7 @@ where
     // Deliveries waiting for room in a subscriber's queue; while any wait, nothing more
     // is read from this client (see `broker` on back-pressure).
     let mut pending = VecDeque::new();
+    let mut first_stretch = true;
     let end = loop {
         // The active state (buffers, select of several futures: over a kilobyte) lives
         // on the heap only while the connection is active; an idle connection's task
@@ -302,6 +303,7 @@ where
             rbuf,
             decoder,
             &mut pending,
+            std::mem::take(&mut first_stretch),
         ))
         .await;
         match step {
@@ -385,6 +387,7 @@ async fn run_loop<R, W>(
     rbuf: &mut BytesMut,
     decoder: &mut Decoder,
     pending: &mut VecDeque<Pending>,
+    first_stretch: bool,
 ) -> Step
 where
     R: AsyncRead + Unpin,
@@ -397,6 +400,8 @@ where
     tokio::pin!(shutdown);
     let mut last_activity = Instant::now();
     let mut shrunk = false;
+    // Nothing has happened since CONNECT (true only on the first stretch).
+    let mut fresh = first_stretch;
     let mut settled = Vec::new();
     let mut backlog = VecDeque::new();
     // Packets the client sent right behind CONNECT may already be buffered.
@@ -546,6 +551,12 @@ where
                 None => continue,
             }
         }
+        if fresh && backlog.is_empty() && rbuf.is_empty() {
+            // A new connection with nothing more to do after CONNACK hibernates at once:
+            // clients that connect and wait (most, on a broker with many) never hold the
+            // active state, and a burst of connections does not leave its peak behind.
+            return Step::Idle;
+        }
         // 4. Wait for input. A connection idle for IDLE_SHRINK gives back its buffers'
         // and queues' memory once.
         let session_deadline = deadline.map(|d| shared.deadline(d));
@@ -560,6 +571,7 @@ where
             read = rd.read_buf(rbuf) => {
                 last_activity = Instant::now();
                 shrunk = false;
+                fresh = false;
                 match read {
                     Ok(0) | Err(_) => return Step::Ended(End::Lost),
                     Ok(n) => {
@@ -573,6 +585,7 @@ where
             () = handle.notify.notified() => {
                 last_activity = Instant::now();
                 shrunk = false;
+                fresh = false;
             }
             () = sleep_until(wake) => {
                 let mut cell = handle.lock();
