@@ -59,38 +59,101 @@ where
     // Every stage but hibernation runs boxed, so the task itself stays small: a future
     // is as large as its largest await point, and the idle one is what most connections
     // sit in.
-    let connect = match Box::pin(timeout(
-        shared.config.connect_timeout(),
-        read_packet(&mut rd, &mut rbuf, &mut decoder),
-    ))
-    .await
-    {
-        Ok(Ok(Some(Packet::Connect(c)))) => c,
-        Ok(Ok(_)) => return debug!(%peer, "connection closed before CONNECT"),
-        Ok(Err(e)) => return Box::pin(refuse_undecodable(&mut wr, &e, peer)).await,
-        Err(_) => return debug!(%peer, "no CONNECT within the connect timeout"),
-    };
-
-    let Some((handle, generation, version)) =
-        Box::pin(attach(&shared, &mut wr, *connect, peer)).await
-    else {
-        return;
-    };
-    let end = run(
+    let Some((handle, generation, version)) = Box::pin(open(
         &shared,
-        &handle,
-        generation,
-        version,
         &mut rd,
         &mut wr,
         &mut rbuf,
         &mut decoder,
-    )
-    .await;
+        peer,
+    ))
+    .await
+    else {
+        return;
+    };
+    // Deliveries waiting for room in a subscriber's queue; while any wait, nothing more
+    // is read from this client (see `broker` on back-pressure).
+    let mut pending = VecDeque::new();
+    let mut first_stretch = true;
+    let end = loop {
+        // The active state (buffers, a select over several futures: over a kilobyte)
+        // lives on the heap only while the connection is active; an idle connection's
+        // task holds just the small `hibernate` future.
+        let step = Box::pin(run_loop(
+            &shared,
+            &handle,
+            generation,
+            version,
+            &mut rd,
+            &mut wr,
+            &mut rbuf,
+            &mut decoder,
+            &mut pending,
+            std::mem::take(&mut first_stretch),
+        ))
+        .await;
+        match step {
+            Step::Ended(end) => break end,
+            Step::Idle => {
+                let hibernating = hibernate(
+                    &shared,
+                    &handle,
+                    generation,
+                    &mut rd,
+                    &mut rbuf,
+                    &mut decoder,
+                );
+                if let Some(end) = hibernating.await {
+                    break end;
+                }
+            }
+        }
+    };
+    // Deliveries this connection took (and may have acknowledged) still go out.
+    if !matches!(end, End::Shutdown) {
+        Box::pin(deliver_pending(&shared, &mut pending)).await;
+    }
     Box::pin(detach(
         &shared, &handle, generation, version, end, &mut rd, &mut wr,
     ))
     .await;
+}
+
+/// Reads CONNECT (refusing what does not decode) and attaches the session; `None` if the
+/// connection ends here.
+async fn open<R, W>(
+    shared: &Arc<Shared>,
+    rd: &mut R,
+    wr: &mut W,
+    rbuf: &mut BytesMut,
+    decoder: &mut Decoder,
+    peer: SocketAddr,
+) -> Option<(Arc<SessionHandle>, u64, ProtocolVersion)>
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    let connect = match timeout(
+        shared.config.connect_timeout(),
+        read_packet(rd, rbuf, decoder),
+    )
+    .await
+    {
+        Ok(Ok(Some(Packet::Connect(c)))) => c,
+        Ok(Ok(_)) => {
+            debug!(%peer, "connection closed before CONNECT");
+            return None;
+        }
+        Ok(Err(e)) => {
+            refuse_undecodable(wr, &e, peer).await;
+            return None;
+        }
+        Err(_) => {
+            debug!(%peer, "no CONNECT within the connect timeout");
+            return None;
+        }
+    };
+    attach(shared, wr, *connect, peer).await
 }
 
 /// Reads until one packet is decoded; `None` at end of stream.
@@ -268,58 +331,6 @@ fn detach_from_read_buffer(connect: &mut Connect) {
             own(v);
         }
     }
-}
-
-#[allow(clippy::too_many_arguments)]
-async fn run<R, W>(
-    shared: &Arc<Shared>,
-    handle: &Arc<SessionHandle>,
-    generation: u64,
-    version: ProtocolVersion,
-    rd: &mut R,
-    wr: &mut W,
-    rbuf: &mut BytesMut,
-    decoder: &mut Decoder,
-) -> End
-where
-    R: AsyncRead + Unpin,
-    W: AsyncWrite + Unpin,
-{
-    // Deliveries waiting for room in a subscriber's queue; while any wait, nothing more
-    // is read from this client (see `broker` on back-pressure).
-    let mut pending = VecDeque::new();
-    let mut first_stretch = true;
-    let end = loop {
-        // The active state (buffers, select of several futures: over a kilobyte) lives
-        // on the heap only while the connection is active; an idle connection's task
-        // holds just the small `hibernate` future.
-        let step = Box::pin(run_loop(
-            shared,
-            handle,
-            generation,
-            version,
-            rd,
-            wr,
-            rbuf,
-            decoder,
-            &mut pending,
-            std::mem::take(&mut first_stretch),
-        ))
-        .await;
-        match step {
-            Step::Ended(end) => break end,
-            Step::Idle => {
-                if let Some(end) = hibernate(shared, handle, generation, rd, rbuf, decoder).await {
-                    break end;
-                }
-            }
-        }
-    };
-    // Deliveries this connection took (and may have acknowledged) still go out.
-    if !matches!(end, End::Shutdown) {
-        Box::pin(deliver_pending(shared, &mut pending)).await;
-    }
-    end
 }
 
 /// How an active stretch of a connection ended.
@@ -1066,7 +1077,7 @@ fn unsubscribe(
 mod tests {
     use std::sync::Arc;
 
-    use mqtt_codec::{ByteStr, Decoder, ProtocolVersion};
+    use mqtt_codec::{ByteStr, Decoder};
 
     use crate::{Config, broker::Shared};
 
@@ -1083,33 +1094,20 @@ mod tests {
             let shared = Arc::new(Shared::new(Config::default()));
             let handle = shared.session(&ByteStr::from_static("probe"));
             let (stream, _peer) = tokio::io::duplex(64);
-            let (mut rd, mut wr) = tokio::io::split(stream);
+            let (mut rd, _wr) = tokio::io::split(stream);
             let mut rbuf = bytes::BytesMut::new();
             let mut decoder = Decoder::new();
             let hibernating =
                 super::hibernate(&shared, &handle, 0, &mut rd, &mut rbuf, &mut decoder);
             let hibernate = size_of_val(&hibernating);
             drop(hibernating);
-            let running = super::run(
-                &shared,
-                &handle,
-                0,
-                ProtocolVersion::V5,
-                &mut rd,
-                &mut wr,
-                &mut rbuf,
-                &mut decoder,
-            );
-            let run = size_of_val(&running);
-            drop(running);
             let (stream, _peer) = tokio::io::duplex(64);
             let serving = super::serve(shared.clone(), stream, "127.0.0.1:1".parse().unwrap());
             let serve = size_of_val(&serving);
             drop(serving);
             let session = size_of::<mqtt_session::ServerSession>();
             assert!(hibernate <= 400, "hibernate future: {hibernate} B");
-            assert!(run <= 600, "run future: {run} B");
-            assert!(serve <= 1000, "serve future: {serve} B");
+            assert!(serve <= 600, "serve future: {serve} B");
             assert!(session <= 560, "ServerSession: {session} B");
         });
     }

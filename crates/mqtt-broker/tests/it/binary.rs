@@ -82,10 +82,12 @@ impl Running {
 /// Starts the binary with the arguments `args(port)` for a free port, and waits until it
 /// logs that it listens there. A port found free can be taken by another test before
 /// the broker binds it (and a probe connection would then reach that test's listener),
-/// so the broker's own word is awaited, and another port tried if it cannot bind.
+/// so the broker's own word is awaited, and another port tried if it cannot bind (the
+/// fuzz test's thousands of client connections keep the ephemeral ports busy).
 fn spawn_listening(args: impl Fn(u16) -> Vec<String>) -> Running {
     use std::io::{BufRead, BufReader};
-    for _ in 0..5 {
+    let mut last_log = String::new();
+    for _ in 0..20 {
         let port = free_port();
         let mut child = Command::new(BIN)
             .args(args(port))
@@ -119,8 +121,9 @@ fn spawn_listening(args: impl Fn(u16) -> Vec<String>) -> Running {
         let _ = child.kill();
         let _ = child.wait();
         let _ = reader.join();
+        last_log = log.lock().unwrap().clone();
     }
-    panic!("the broker did not start on any of five free ports");
+    panic!("the broker did not start on any of twenty free ports; last log:\n{last_log}");
 }
 
 /// Starts the binary on a free port and waits until it accepts connections.
