@@ -111,7 +111,7 @@ where
     };
     // Deliveries this connection took (and may have acknowledged) still go out.
     if !matches!(end, End::Shutdown) {
-        Box::pin(deliver_pending(&shared, &mut pending)).await;
+        Box::pin(deliver_pending(&shared, &handle, &mut pending)).await;
     }
     Box::pin(detach(
         &shared, &handle, generation, version, end, &mut rd, &mut wr,
@@ -677,29 +677,12 @@ async fn wait_for_room(
 
 /// The connection ended with deliveries still held: they were taken from the client
 /// (and maybe acknowledged), so they wait for room as long as a live connection would.
-async fn deliver_pending(shared: &Shared, pending: &mut VecDeque<Pending>) {
+async fn deliver_pending(shared: &Shared, handle: &SessionHandle, pending: &mut VecDeque<Pending>) {
+    // Shutdown does not apply here: the caller skips this when shutting down.
+    let never = std::future::pending::<()>();
+    tokio::pin!(never);
     while !retry_pending(shared, pending) {
-        let Some(first) = pending.front_mut() else {
-            return;
-        };
-        let target = Arc::clone(&first.handle);
-        let give_up_at =
-            *first.waited_since.get_or_insert_with(Instant::now) + shared.slow_subscriber();
-        let space = target.space.notified();
-        tokio::pin!(space);
-        space.as_mut().enable();
-        target.waiting.fetch_add(1, Ordering::SeqCst);
-        if !retry_pending(shared, pending) {
-            tokio::select! {
-                () = &mut space => {}
-                () = sleep_until(give_up_at) => {
-                    if let Some(p) = pending.pop_front() {
-                        shared.give_up(p);
-                    }
-                }
-            }
-        }
-        target.waiting.fetch_sub(1, Ordering::SeqCst);
+        wait_for_room(shared, handle, pending, &mut never).await;
     }
 }
 

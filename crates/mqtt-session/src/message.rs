@@ -97,14 +97,15 @@ impl Message {
     }
 }
 
-/// A copy of `p` with `topic_alias`. Most messages carry none of the variable-size
-/// properties, and copying the rest is cheaper than a field-by-field clone.
+/// Whether `p` carries none of the variable-size properties (strings, binary data,
+/// lists): only the Payload Format Indicator, Message Expiry Interval and Topic Alias,
+/// which copy as plain values. Most messages are like this.
 #[inline]
-fn clone_properties(p: &PublishProperties, topic_alias: Option<NonZeroU16>) -> PublishProperties {
+pub(crate) fn only_scalar_properties(p: &PublishProperties) -> bool {
     // Exhaustive, so that a new property cannot be forgotten here.
     let PublishProperties {
-        payload_format_indicator,
-        message_expiry_interval,
+        payload_format_indicator: _,
+        message_expiry_interval: _,
         topic_alias: _,
         response_topic,
         correlation_data,
@@ -112,15 +113,21 @@ fn clone_properties(p: &PublishProperties, topic_alias: Option<NonZeroU16>) -> P
         content_type,
         user_properties,
     } = p;
-    if response_topic.is_none()
+    response_topic.is_none()
         && correlation_data.is_none()
         && subscription_identifiers.is_empty()
         && content_type.is_none()
         && user_properties.is_empty()
-    {
+}
+
+/// A copy of `p` with `topic_alias`. Most messages carry none of the variable-size
+/// properties, and copying the rest is cheaper than a field-by-field clone.
+#[inline]
+fn clone_properties(p: &PublishProperties, topic_alias: Option<NonZeroU16>) -> PublishProperties {
+    if only_scalar_properties(p) {
         PublishProperties {
-            payload_format_indicator: *payload_format_indicator,
-            message_expiry_interval: *message_expiry_interval,
+            payload_format_indicator: p.payload_format_indicator,
+            message_expiry_interval: p.message_expiry_interval,
             topic_alias,
             ..PublishProperties::default()
         }

@@ -67,23 +67,11 @@ enum Stored {
 impl Stored {
     #[inline]
     fn new(message: Message) -> Self {
-        // Exhaustive, so that a new property cannot be forgotten here.
-        let mqtt_codec::PublishProperties {
-            payload_format_indicator,
-            message_expiry_interval,
-            topic_alias: _,
-            response_topic,
-            correlation_data,
-            subscription_identifiers,
-            content_type,
-            user_properties,
-        } = &message.properties;
-        let (payload_format, expiry) = (*payload_format_indicator, *message_expiry_interval);
-        let plain = response_topic.is_none()
-            && correlation_data.is_none()
-            && subscription_identifiers.is_empty()
-            && content_type.is_none()
-            && user_properties.is_empty();
+        let plain = crate::message::only_scalar_properties(&message.properties);
+        let (payload_format, expiry) = (
+            message.properties.payload_format_indicator,
+            message.properties.message_expiry_interval,
+        );
         if plain {
             let Message {
                 topic,

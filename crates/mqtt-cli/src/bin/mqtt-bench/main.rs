@@ -416,23 +416,19 @@ fn throughput(name: &str, plan: Plan, traffic: &Traffic, common: &Common) -> Res
             peak.unwrap_or(0) as f64 / 1048576.0
         );
     }
-    for f in &outcome.faults {
-        println!("  FAULT: {f}");
-    }
-    let ok = outcome.faults.is_empty();
-    if common.machine {
-        println!(
-            "result scenario={name} ok={ok} qos={} size={} expected={} delivered={} seconds={secs:.4} rate={rate:.1} cpu_s={} cpu_s_per_million={} peak_rss={} faults={}",
+    let ok = report(&outcome.faults, common.machine, |ok| {
+        format!(
+            "scenario={name} ok={ok} qos={} size={} expected={} delivered={} seconds={secs:.4} rate={rate:.1} cpu_s={} cpu_s_per_million={} peak_rss={} faults={}",
             traffic.qos,
             traffic.size,
             outcome.expected,
             outcome.delivered,
-            cpu.map_or("-".to_owned(), |c| format!("{c:.3}")),
-            cpu_per_million.map_or("-".to_owned(), |c| format!("{c:.4}")),
+            figure(cpu, 3),
+            figure(cpu_per_million, 4),
             peak.map_or("-".to_owned(), |p| p.to_string()),
             outcome.faults.len(),
-        );
-    }
+        )
+    });
     Ok(ok)
 }
 
@@ -475,21 +471,17 @@ fn connections(
             a.rss as f64 / 1048576.0
         );
     }
-    for f in &held.faults {
-        println!("  FAULT: {f}");
-    }
-    let ok = held.faults.is_empty();
-    if common.machine {
-        println!(
-            "result scenario=connections ok={ok} count={count} connected={} ramp_s={:.3} rss_before={} rss_after={} bytes_per_connection={} faults={}",
+    let ok = report(&held.faults, common.machine, |ok| {
+        format!(
+            "scenario=connections ok={ok} count={count} connected={} ramp_s={:.3} rss_before={} rss_after={} bytes_per_connection={} faults={}",
             held.connected,
             held.ramp.as_secs_f64(),
             before.map_or("-".to_owned(), |r| r.rss.to_string()),
             after.map_or("-".to_owned(), |r| r.rss.to_string()),
-            per_conn.map_or("-".to_owned(), |p| format!("{p:.0}")),
+            figure(per_conn, 0),
             held.faults.len()
-        );
-    }
+        )
+    });
     Ok(ok)
 }
 
@@ -523,13 +515,9 @@ fn latency(rate: u32, seconds: u32, q: u8, size: usize, common: &Common) -> Resu
     if let Some(c) = cpu_us {
         println!("  broker: {c:.2} CPU us per message");
     }
-    for f in &result.faults {
-        println!("  FAULT: {f}");
-    }
-    let ok = result.faults.is_empty();
-    if common.machine {
-        println!(
-            "result scenario=latency ok={ok} qos={q} size={size} rate={rate} sent={} received={} seconds={:.3} p50_us={:.1} p99_us={:.1} p999_us={:.1} max_us={:.1} cpu_us_per_message={} faults={}",
+    let ok = report(&result.faults, common.machine, |ok| {
+        format!(
+            "scenario=latency ok={ok} qos={q} size={size} rate={rate} sent={} received={} seconds={:.3} p50_us={:.1} p99_us={:.1} p999_us={:.1} max_us={:.1} cpu_us_per_message={} faults={}",
             result.sent,
             result.received,
             result.elapsed.as_secs_f64(),
@@ -537,11 +525,29 @@ fn latency(rate: u32, seconds: u32, q: u8, size: usize, common: &Common) -> Resu
             result.p99_us,
             result.p999_us,
             result.max_us,
-            cpu_us.map_or("-".to_owned(), |c| format!("{c:.2}")),
+            figure(cpu_us, 2),
             result.faults.len()
-        );
-    }
+        )
+    });
     Ok(ok)
+}
+
+/// Prints a run's faults and, for `--machine`, its `result` line (given whether the run
+/// was clean); true if it was.
+fn report(faults: &[String], machine: bool, result: impl FnOnce(bool) -> String) -> bool {
+    for f in faults {
+        println!("  FAULT: {f}");
+    }
+    let ok = faults.is_empty();
+    if machine {
+        println!("result {}", result(ok));
+    }
+    ok
+}
+
+/// A figure for the `result` line: `-` when it was not measured.
+fn figure(v: Option<f64>, digits: usize) -> String {
+    v.map_or_else(|| "-".to_owned(), |v| format!("{v:.digits$}"))
 }
 
 /// A one-line progress bar on stderr, drawn only on a terminal and at most ten times a
