@@ -107,7 +107,7 @@ async fn run(mut args: Args) -> Result<(), Failure> {
             });
         };
         match event {
-            Some(Event::Message(m)) => {
+            Some(Event::Message(m, _)) => {
                 let matching = m
                     .properties
                     .correlation_data

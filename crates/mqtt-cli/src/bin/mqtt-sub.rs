@@ -183,7 +183,7 @@ async fn run(args: Args) -> Result<(), Failure> {
             return Err(Failure::new("the connection ended"));
         };
         let m = match event {
-            Event::Message(m) => m,
+            Event::Message(m, _) => m,
             Event::Disconnected { reason } => {
                 return Err(Failure::new(reason.to_string()));
             }
