@@ -475,7 +475,7 @@ where
         let now = shared.now();
         for event in events.drain(..) {
             match event {
-                Event::Message(m)
+                Event::Message(m, _)
                     if m.retain && !shared.config.retain.enabled && version.is_v5() =>
                 {
                     // [MQTT-3.2.2-14]: CONNACK said Retain Available 0; a retained PUBLISH
@@ -486,7 +486,7 @@ where
                     );
                     again = true;
                 }
-                Event::Message(m) => {
+                Event::Message(m, _) => {
                     received += 1;
                     shared.route(handle.key, &m, &mut matches, Some(&mut *pending), now);
                 }

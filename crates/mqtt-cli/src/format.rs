@@ -2,15 +2,16 @@
 
 use std::{fmt::Write as _, time::SystemTime};
 
-use mqtt_client::Message;
+use mqtt_client::{Arrival, Message};
 
-/// Formats `m` with a mosquitto_sub `-F` format string, at the current time.
+/// Formats `m`, which arrived as `arrival` says, with a mosquitto_sub `-F` format
+/// string, at the current time; `pretty` is `--pretty` (for `%j` and `%J`).
 ///
 /// `%` codes: `%t` topic, `%p` payload, `%q` QoS, `%r` retain flag, `%l` payload
-/// length, `%m` message id (always 0: the client does not expose packet identifiers),
-/// `%x`/`%X` payload in hex, `%I` ISO-8601 time, `%U` Unix time with nanoseconds,
-/// `%j`/`%J` JSON (ISO-8601 / Unix time), `%A` topic alias (never set: aliases are
-/// resolved before delivery), `%C` content type, `%D` correlation data, `%E` message
+/// length, `%m` message id (the packet identifier of a QoS 1 or 2 message, 0 for
+/// QoS 0), `%x`/`%X` payload in hex, `%I` ISO-8601 time, `%U` Unix time with
+/// nanoseconds, `%j`/`%J` JSON (see [`json`]; ISO-8601 / Unix time), `%A` the topic
+/// alias the message arrived with (5.0; blank when none), `%C` content type, `%D` correlation data, `%E` message
 /// expiry, `%F` payload format, `%P` user properties, `%R` response topic, `%S`
 /// subscription identifier, `%%`. As in mosquitto_sub, `%` may be followed by `-`
 /// (left-align), `0` (zero-pad numbers), a field width and `.precision` (maximum
@@ -21,8 +22,8 @@ use mqtt_client::Message;
 /// time, which is the same on a machine set to UTC.
 ///
 /// Escapes: `\n`, `\t`, `\r`, `\v`, `\\`, `\0`, `\e`, `\a`.
-pub fn format(fmt: &str, m: &Message) -> Vec<u8> {
-    format_at(fmt, m, SystemTime::now())
+pub fn format(fmt: &str, m: &Message, arrival: Arrival, pretty: bool) -> Vec<u8> {
+    format_at(fmt, m, arrival, pretty, SystemTime::now())
 }
 
 /// The width and flags of a `%` code.
@@ -143,7 +144,13 @@ fn spec(chars: &mut std::iter::Peekable<std::str::Chars<'_>>) -> Spec {
 const MAX_WIDTH: usize = 4096;
 
 /// [`format()`] at time `now` (for tests).
-pub fn format_at(fmt: &str, m: &Message, now: SystemTime) -> Vec<u8> {
+pub fn format_at(
+    fmt: &str,
+    m: &Message,
+    arrival: Arrival,
+    pretty: bool,
+    now: SystemTime,
+) -> Vec<u8> {
     let time = Civil::from(now);
     let mut out = Vec::new();
     let mut chars = fmt.chars().peekable();
@@ -159,13 +166,15 @@ pub fn format_at(fmt: &str, m: &Message, now: SystemTime) -> Vec<u8> {
                     Some('q') => push(&mut out, m.qos as u8),
                     Some('r') => push(&mut out, u8::from(m.retain)),
                     Some('l') => sp.int(&mut out, m.payload.len()),
-                    Some('m') => sp.int(&mut out, 0),
+                    Some('m') => sp.int(&mut out, arrival.packet_id.map_or(0, |id| id.get())),
                     Some('I') => sp.str(&mut out, time.iso8601().as_bytes()),
                     Some('U') => out.extend(unix(now).bytes()),
-                    Some('j') => out.extend(json(m, Some(now), false).bytes()),
-                    Some('J') => out.extend(json(m, Some(now), true).bytes()),
-                    // Topic aliases are resolved before the application sees a message.
-                    Some('A') => sp.blank(&mut out, sp.pad_char()),
+                    Some('j') => out.extend(json(m, arrival, Some(now), false, pretty).bytes()),
+                    Some('J') => out.extend(json(m, arrival, Some(now), true, pretty).bytes()),
+                    Some('A') => match arrival.topic_alias {
+                        Some(a) => sp.int(&mut out, a.get()),
+                        None => sp.blank(&mut out, sp.pad_char()),
+                    },
                     Some('C') => match m.properties.content_type.as_deref() {
                         Some(ct) => sp.str(&mut out, ct.as_bytes()),
                         None => sp.blank(&mut out, b' '),
@@ -443,13 +452,27 @@ fn iso8601(t: SystemTime) -> String {
     )
 }
 
-fn json_str(s: &str) -> String {
-    let mut out = String::with_capacity(s.len() + 2);
+/// A JSON value, as mosquitto_sub builds it with cJSON before printing.
+#[derive(Clone, Debug)]
+enum Json {
+    Str(String),
+    Num(u64),
+    Raw(String),
+    Obj(Vec<(&'static str, Self)>),
+    /// User properties: an object whose keys come from the message.
+    Pairs(Vec<(String, String)>),
+}
+
+/// A string as cJSON escapes it: `"`, `\\`, `\b \f \n \r \t` by name, other control
+/// characters as `\u00xx`; everything else as is.
+fn json_str(out: &mut String, s: &str) {
     out.push('"');
     for c in s.chars() {
         match c {
             '"' => out.push_str("\\\""),
             '\\' => out.push_str("\\\\"),
+            '\u{8}' => out.push_str("\\b"),
+            '\u{c}' => out.push_str("\\f"),
             '\n' => out.push_str("\\n"),
             '\r' => out.push_str("\\r"),
             '\t' => out.push_str("\\t"),
@@ -460,63 +483,145 @@ fn json_str(s: &str) -> String {
         }
     }
     out.push('"');
-    out
 }
 
-/// The message as one JSON object, with mosquitto_sub's field names: `tst` (when
-/// `time` is given), `topic`, `qos`, `retain`, `payloadlen`, `payload` (a string when
-/// the payload is UTF-8, else hex in `payload_hex`), and 5.0 properties when present.
-pub fn json(m: &Message, time: Option<SystemTime>, unix_time: bool) -> String {
-    let mut s = String::from("{");
-    if let Some(t) = time {
-        if unix_time {
-            let _ = write!(s, "\"tst\":{},", unix(t));
-        } else {
-            let _ = write!(s, "\"tst\":{},", json_str(&iso8601(t)));
+impl Json {
+    /// Prints as cJSON does: `cJSON_PrintUnformatted`, or with `pretty`, `cJSON_Print`
+    /// (a member per line, tab-indented, a tab after the colon).
+    fn print(&self, out: &mut String, pretty: bool, depth: usize) {
+        match self {
+            Self::Str(s) => json_str(out, s),
+            Self::Num(n) => {
+                let _ = write!(out, "{n}");
+            }
+            Self::Raw(r) => out.push_str(r),
+            Self::Obj(members) => {
+                let members = members.iter().map(|(k, v)| (*k, v));
+                print_object(out, members, pretty, depth);
+            }
+            Self::Pairs(pairs) => {
+                let values: Vec<Self> = pairs.iter().map(|(_, v)| Self::Str(v.clone())).collect();
+                let members = pairs.iter().map(|(k, _)| k.as_str()).zip(values.iter());
+                print_object(out, members, pretty, depth);
+            }
         }
     }
-    let _ = write!(
-        s,
-        "\"topic\":{},\"qos\":{},\"retain\":{},\"payloadlen\":{}",
-        json_str(&m.topic),
-        m.qos as u8,
-        u8::from(m.retain),
-        m.payload.len()
-    );
+}
+
+fn print_object<'a>(
+    out: &mut String,
+    members: impl ExactSizeIterator<Item = (&'a str, &'a Json)>,
+    pretty: bool,
+    depth: usize,
+) {
+    let n = members.len();
+    out.push('{');
+    if pretty {
+        out.push('\n');
+    }
+    for (i, (k, v)) in members.enumerate() {
+        if pretty {
+            out.extend(std::iter::repeat_n('\t', depth + 1));
+        }
+        json_str(out, k);
+        out.push(':');
+        if pretty {
+            out.push('\t');
+        }
+        v.print(out, pretty, depth + 1);
+        if i + 1 < n {
+            out.push(',');
+        }
+        if pretty {
+            out.push('\n');
+        }
+    }
+    if pretty {
+        out.extend(std::iter::repeat_n('\t', depth));
+    }
+    out.push('}');
+}
+
+/// The message as one JSON object, with mosquitto_sub's fields in its order: `tst`
+/// (when `time` is given), `topic`, `qos`, `retain`, `payloadlen`, `mid` (QoS 1 and 2:
+/// the packet identifier it arrived with), `properties` (5.0, when there are any:
+/// `payload-format-indicator`, `message-expiry-interval`, `topic-alias`,
+/// `response-topic`, `correlation-data`, `subscription-identifier`, `content-type`,
+/// then `user-properties` as an object) and `payload`: a string when the payload is
+/// UTF-8, else its bytes in hex in `payload_hex`. `pretty` prints it as mosquitto_sub
+/// `--pretty` does.
+///
+/// mosquitto_sub lists properties in the order the PUBLISH carried them; ours are
+/// decoded into fields, so they come in the order above (the order our encoder writes
+/// them). mosquitto_sub writes a payload that is not UTF-8 as raw bytes, which is not
+/// valid JSON; `payload_hex` is. With `unix_time`, `tst` is Unix time in seconds.
+pub fn json(
+    m: &Message,
+    arrival: Arrival,
+    time: Option<SystemTime>,
+    unix_time: bool,
+    pretty: bool,
+) -> String {
+    let mut root: Vec<(&'static str, Json)> = Vec::new();
+    if let Some(t) = time {
+        root.push((
+            "tst",
+            if unix_time {
+                Json::Raw(unix(t))
+            } else {
+                Json::Str(iso8601(t))
+            },
+        ));
+    }
+    root.push(("topic", Json::Str(m.topic.to_string())));
+    root.push(("qos", Json::Num(m.qos as u64)));
+    root.push(("retain", Json::Num(u64::from(m.retain))));
+    root.push(("payloadlen", Json::Num(m.payload.len() as u64)));
+    if let Some(id) = arrival.packet_id {
+        root.push(("mid", Json::Num(u64::from(id.get()))));
+    }
     let p = &m.properties;
-    if let Some(ct) = &p.content_type {
-        let _ = write!(s, ",\"content-type\":{}", json_str(ct));
-    }
-    if let Some(rt) = &p.response_topic {
-        let _ = write!(s, ",\"response-topic\":{}", json_str(rt));
-    }
-    if let Some(cd) = &p.correlation_data {
-        let _ = write!(
-            s,
-            ",\"correlation-data\":{}",
-            json_str(&String::from_utf8_lossy(cd))
-        );
+    let mut props: Vec<(&'static str, Json)> = Vec::new();
+    if let Some(f) = p.payload_format_indicator {
+        let utf8 = matches!(f, mqtt_client::codec::PayloadFormat::Utf8);
+        props.push(("payload-format-indicator", Json::Num(u64::from(utf8))));
     }
     if let Some(e) = p.message_expiry_interval {
-        let _ = write!(s, ",\"message-expiry-interval\":{e}");
+        props.push(("message-expiry-interval", Json::Num(u64::from(e))));
+    }
+    if let Some(a) = arrival.topic_alias {
+        props.push(("topic-alias", Json::Num(u64::from(a.get()))));
+    }
+    if let Some(rt) = &p.response_topic {
+        props.push(("response-topic", Json::Str(rt.to_string())));
+    }
+    if let Some(cd) = &p.correlation_data {
+        let text = String::from_utf8_lossy(cd).into_owned();
+        props.push(("correlation-data", Json::Str(text)));
+    }
+    for id in &p.subscription_identifiers {
+        props.push(("subscription-identifier", Json::Num(u64::from(id.get()))));
+    }
+    if let Some(ct) = &p.content_type {
+        props.push(("content-type", Json::Str(ct.to_string())));
     }
     if !p.user_properties.is_empty() {
-        let props: Vec<String> = p
+        let pairs = p
             .user_properties
             .iter()
-            .map(|(k, v)| format!("{{{}:{}}}", json_str(k), json_str(v)))
+            .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect();
-        let _ = write!(s, ",\"user-properties\":[{}]", props.join(","));
+        props.push(("user-properties", Json::Pairs(pairs)));
+    }
+    if !props.is_empty() {
+        root.push(("properties", Json::Obj(props)));
     }
     match std::str::from_utf8(&m.payload) {
-        Ok(text) => {
-            let _ = write!(s, ",\"payload\":{}", json_str(text));
-        }
-        Err(_) => {
-            let _ = write!(s, ",\"payload_hex\":\"{}\"", hex(&m.payload, false));
-        }
+        Ok(text) => root.push(("payload", Json::Str(text.to_owned()))),
+        Err(_) => root.push(("payload_hex", Json::Str(hex(&m.payload, false)))),
     }
-    s.push('}');
+    let mut s = String::new();
+    Json::Obj(root).print(&mut s, pretty, 0);
     s
 }
 
@@ -535,15 +640,54 @@ mod tests {
         m
     }
 
+    fn arrival(packet_id: u16, alias: u16) -> Arrival {
+        Arrival {
+            packet_id: std::num::NonZeroU16::new(packet_id),
+            topic_alias: std::num::NonZeroU16::new(alias),
+        }
+    }
+
     #[test]
     fn format_codes() {
-        let out = format("%t|%p|%q|%r|%l|%m|%%|%x|\\t", &msg());
-        assert_eq!(out, b"a/b|hi\"x|1|1|4|0|%|68692278|\t".as_slice());
-        let j = String::from_utf8(format("%j", &msg())).unwrap();
+        let out = format(
+            "%t|%p|%q|%r|%l|%m|%%|%x|%A|%03A|\\t",
+            &msg(),
+            arrival(0, 0),
+            false,
+        );
+        assert_eq!(out, b"a/b|hi\"x|1|1|4|0|%|68692278||000|\t".as_slice());
+        let out = format("%m|%05m|%A|%-3A|", &msg(), arrival(513, 7), false);
+        assert_eq!(out, b"513|00513|7|7  |".as_slice());
+        let j = String::from_utf8(format("%j", &msg(), arrival(9, 0), false)).unwrap();
         assert!(j.starts_with("{\"tst\":\""), "{j}");
         assert!(
-            j.ends_with(r#""topic":"a/b","qos":1,"retain":1,"payloadlen":4,"payload":"hi\"x"}"#),
+            j.ends_with(
+                r#""topic":"a/b","qos":1,"retain":1,"payloadlen":4,"mid":9,"payload":"hi\"x"}"#
+            ),
             "{j}"
+        );
+    }
+
+    // cJSON_Print's layout, as mosquitto_sub --pretty prints it.
+    #[test]
+    fn pretty_json() {
+        let mut m = msg();
+        m.properties.content_type = Some(ByteStr::from_static("text"));
+        m.properties
+            .user_properties
+            .push((ByteStr::from_static("k"), ByteStr::from_static("v\u{8}")));
+        let j = json(&m, arrival(2, 3), None, false, true);
+        assert_eq!(
+            j,
+            "{\n\t\"topic\":\t\"a/b\",\n\t\"qos\":\t1,\n\t\"retain\":\t1,\n\t\"payloadlen\":\t4,\n\
+             \t\"mid\":\t2,\n\t\"properties\":\t{\n\t\t\"topic-alias\":\t3,\n\
+             \t\t\"content-type\":\t\"text\",\n\t\t\"user-properties\":\t{\n\
+             \t\t\t\"k\":\t\"v\\b\"\n\t\t}\n\t},\n\t\"payload\":\t\"hi\\\"x\"\n}"
+        );
+        let flat = json(&m, arrival(2, 3), None, false, false);
+        assert_eq!(
+            flat,
+            r#"{"topic":"a/b","qos":1,"retain":1,"payloadlen":4,"mid":2,"properties":{"topic-alias":3,"content-type":"text","user-properties":{"k":"v\b"}},"payload":"hi\"x"}"#
         );
     }
 
@@ -562,7 +706,7 @@ mod widths_and_dates {
     fn at(fmt: &str, payload: &'static str, secs: u64, nanos: u32) -> String {
         let m = Message::new(ByteStr::from_static("a/b"), payload.into(), QoS::AtMostOnce);
         let t = SystemTime::UNIX_EPOCH + std::time::Duration::new(secs, nanos);
-        String::from_utf8(format_at(fmt, &m, t)).unwrap()
+        String::from_utf8(format_at(fmt, &m, Arrival::default(), false, t)).unwrap()
     }
 
     #[test]

@@ -16,6 +16,9 @@ use mqtt_client::{
 };
 
 pub mod format;
+mod random_filter;
+
+pub use random_filter::RandomFilter;
 
 /// Exit code for an error (connection refused, network failure, bad arguments).
 pub const EXIT_ERROR: u8 = 1;
@@ -110,6 +113,26 @@ pub struct ConnectArgs {
     /// IANA names, e.g. ECDHE-ECDSA-AES128-GCM-SHA256:TLS_AES_256_GCM_SHA384).
     #[arg(long = "ciphers")]
     pub ciphers: Option<String>,
+    /// ALPN protocol to offer in the TLS handshake, for brokers serving several
+    /// protocols on one port.
+    #[arg(long = "tls-alpn", value_name = "PROTOCOL")]
+    pub tls_alpn: Option<String>,
+    /// OpenSSL engine for the private key (not supported by this build: rustls has no
+    /// OpenSSL engines).
+    #[arg(long = "tls-engine", value_name = "ENGINE")]
+    pub tls_engine: Option<String>,
+    /// SHA-1 of the key password for the OpenSSL engine (not supported, as
+    /// --tls-engine).
+    #[arg(long = "tls-engine-kpass-sha1", value_name = "KPASS_SHA1")]
+    pub tls_engine_kpass_sha1: Option<String>,
+    /// Private key type: pem (the default and the only one supported) or engine (not
+    /// supported, as --tls-engine).
+    #[arg(long = "keyform", value_name = "pem|engine")]
+    pub keyform: Option<String>,
+    /// Disable Nagle's algorithm. Always the case: every TCP connection is made with
+    /// TCP_NODELAY; accepted for mosquitto compatibility.
+    #[arg(long = "nodelay")]
+    pub nodelay: bool,
     /// TLS pre-shared key in hex (not supported by this build: rustls has no TLS-PSK).
     #[arg(long = "psk")]
     pub psk: Option<String>,
@@ -358,6 +381,19 @@ impl ConnectArgs {
         if self.psk.is_some() || self.psk_identity.is_some() {
             return Err(Failure::new(PSK_UNSUPPORTED));
         }
+        let engine_key = self.keyform.as_deref().is_some_and(|k| k != "pem");
+        if self.tls_engine.is_some() || self.tls_engine_kpass_sha1.is_some() || engine_key {
+            if let Some(k) = self
+                .keyform
+                .as_deref()
+                .filter(|k| *k != "engine" && *k != "pem")
+            {
+                return Err(Failure::new(format!(
+                    "Invalid keyform \"{k}\". Must be pem or engine."
+                )));
+            }
+            return Err(Failure::new(ENGINE_UNSUPPORTED));
+        }
         if self.unix.is_some() && self.url.is_some() {
             return Err(Failure::new("--unix replaces -L: give only one of them"));
         }
@@ -392,6 +428,11 @@ impl ConnectArgs {
             insecure_skip_hostname: self.insecure,
             version: self.tls_version,
             ciphers: self.ciphers.clone(),
+            alpn_protocols: self
+                .tls_alpn
+                .iter()
+                .map(|p| p.as_bytes().to_vec())
+                .collect(),
             ..TlsOptions::default()
         });
         if let Some(local) = &self.bind_address {
@@ -406,6 +447,19 @@ impl ConnectArgs {
         // -M: the outgoing window; the session may hold that many in flight, and the
         // driver takes new messages while fewer are pending.
         o.limits_mut().max_inflight = self.max_inflight;
+        // -D connect limits: the session announces its own limits in CONNECT, so
+        // they go there (a topic alias maximum is what lets a broker send aliases).
+        let announced = &properties.connect;
+        let limits = o.limits_mut();
+        if let Some(n) = announced.topic_alias_maximum {
+            limits.topic_alias_maximum = n;
+        }
+        if let Some(n) = announced.receive_maximum {
+            limits.receive_maximum = n.get();
+        }
+        if let Some(n) = announced.maximum_packet_size {
+            limits.max_packet_size = n.get();
+        }
         o = o.max_pending(usize::from(self.max_inflight).max(64));
         let id = match (&self.id, &self.id_prefix) {
             (Some(id), _) => id.clone(),
@@ -463,6 +517,11 @@ impl ConnectArgs {
 /// What `--psk` and `--psk-identity` answer.
 pub const PSK_UNSUPPORTED: &str = "TLS-PSK (--psk, --psk-identity) is not supported by this build: \
 its TLS library, rustls, has no external pre-shared keys. Use certificates (--cafile, --cert, --key) instead.";
+
+/// What `--tls-engine`, `--tls-engine-kpass-sha1` and `--keyform engine` answer.
+pub const ENGINE_UNSUPPORTED: &str = "OpenSSL engines (--tls-engine, --tls-engine-kpass-sha1, \
+--keyform engine) are not supported by this build: its TLS library is rustls, not OpenSSL. \
+Use a PEM private key file (--key) instead.";
 
 #[cfg(unix)]
 fn unix_socket(o: ConnectOptions, path: &std::path::Path) -> Result<ConnectOptions, Failure> {

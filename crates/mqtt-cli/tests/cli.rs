@@ -193,6 +193,11 @@ fn help_is_covered() {
                 "--ciphers",
                 "--psk",
                 "--psk-identity",
+                "--tls-alpn",
+                "--tls-engine",
+                "--tls-engine-kpass-sha1",
+                "--keyform",
+                "--nodelay",
             ][..],
         ),
         (
@@ -212,9 +217,11 @@ fn help_is_covered() {
                 "--remove-retained",
                 "--unsubscribe",
                 "--json",
+                "--pretty",
+                "--random-filter",
             ][..],
         ),
-        (RR, &["-t", "-e", "-m", "-W"][..]),
+        (RR, &["-t", "-e", "-m", "-W", "--pretty", "--nodelay"][..]),
     ] {
         let o = run(bin, &["--help"]);
         assert!(o.status.success(), "{bin}");
@@ -878,4 +885,333 @@ fn format_widths_and_dates_like_mosquitto_sub() {
         "{}",
         stdout(&ours)
     );
+}
+
+/// `s` with the value of every JSON `tst` field replaced by `T`: the one part of
+/// mosquitto_sub's JSON that differs between two subscribers.
+fn mask_tst(s: &str) -> String {
+    let mut out = String::new();
+    let mut rest = s;
+    while let Some(i) = rest.find("\"tst\":") {
+        let (head, tail) = rest.split_at(i + 6);
+        out.push_str(head);
+        let value_start = tail.find('"').unwrap();
+        let value_end = value_start + 1 + tail[value_start + 1..].find('"').unwrap();
+        out.push_str(&tail[..value_start]);
+        out.push_str("\"T\"");
+        rest = &tail[value_end + 1..];
+    }
+    out.push_str(rest);
+    out
+}
+
+// %m (packet identifier, 0 for QoS 0), -F %j with "mid" and 5.0 properties, and
+// --pretty, byte for byte as mosquitto_sub prints them (the time stamps masked).
+#[test]
+fn message_ids_json_and_pretty_like_mosquitto_sub() {
+    for broker in both() {
+        let port = broker.port().to_string();
+        let p = port.as_str();
+        let publish = || {
+            for (qos, payload) in [("1", "one \"q\" \\ é"), ("0", "zero"), ("2", "two\ttab")] {
+                let o = run(
+                    PUB,
+                    &[
+                        "-p",
+                        p,
+                        "-t",
+                        "pj",
+                        "-q",
+                        qos,
+                        "-m",
+                        payload,
+                        "-V",
+                        "5",
+                        "-D",
+                        "publish",
+                        "payload-format-indicator",
+                        "1",
+                        "-D",
+                        "publish",
+                        "response-topic",
+                        "rt",
+                        "-D",
+                        "publish",
+                        "correlation-data",
+                        "cd",
+                        "-D",
+                        "publish",
+                        "content-type",
+                        "text/plain",
+                        "-D",
+                        "publish",
+                        "user-property",
+                        "k",
+                        "v",
+                    ],
+                );
+                assert!(o.status.success(), "{}", stderr(&o));
+            }
+        };
+        let flags = ["-t", "pj", "-q", "2", "-V", "5", "-C", "3"];
+        let with = |extra: &[&str]| {
+            let mut f = flags.to_vec();
+            f.extend_from_slice(extra);
+            let (ours, theirs) = both_subscribers(p, &f, publish);
+            assert!(ours.status.success(), "{}", stderr(&ours));
+            (mask_tst(&stdout(&ours)), mask_tst(&stdout(&theirs)))
+        };
+        let (ours, theirs) = with(&["-F", "%m|%05m|%-3m|%q"]);
+        assert_eq!(ours, "1|00001|1  |1\n0|00000|0  |0\n2|00002|2  |2\n");
+        assert_eq!(ours, theirs);
+        let (ours, theirs) = with(&["-F", "%j"]);
+        assert!(ours.contains("\"mid\":1,\"properties\":{"), "{ours}");
+        assert_eq!(ours, theirs);
+        let (ours, theirs) = with(&["-F", "%j", "--pretty"]);
+        assert!(
+            ours.starts_with("{\n\t\"tst\":\t\"T\",\n\t\"topic\":\t\"pj\",\n"),
+            "{ours}"
+        );
+        assert_eq!(ours, theirs);
+    }
+}
+
+// %A: the topic alias a message arrived with, blank without one, as mosquitto_sub
+// prints it; a server played by hand sends the aliases (Mosquitto never does).
+#[test]
+fn topic_alias_like_mosquitto_sub() {
+    use mqtt_client::{
+        ByteStr, ConnAck, ProtocolVersion, ReasonCode,
+        codec::{Packet, Publish, QosPid},
+        testing::RawPeer,
+    };
+    let fmt = "%t|%A|%03A|%-3A|%m";
+    let mut outputs = Vec::new();
+    // libmosquitto cannot resolve an alias sent without its topic (a protocol error
+    // for mosquitto_sub 2.0.11), so it gets the topic every time; ours gets both.
+    for (bin, resolve) in [(SUB, false), ("mosquitto_sub", false), (SUB, true)] {
+        let (port, server) = fake_server(move |listener| async move {
+            let (s, _) = tokio::time::timeout(Duration::from_secs(10), listener.accept())
+                .await
+                .unwrap()
+                .unwrap();
+            let mut peer = RawPeer::new(s, ProtocolVersion::V5);
+            let Packet::Connect(c) = peer.recv().await else {
+                panic!("expected CONNECT")
+            };
+            assert_eq!(c.properties.topic_alias_maximum, Some(10));
+            peer.send(ConnAck::new(false, ReasonCode::SUCCESS)).await;
+            let Packet::Subscribe(sub) = peer.recv().await else {
+                panic!("expected SUBSCRIBE")
+            };
+            peer.send(mqtt_client::SubAck {
+                packet_id: sub.packet_id,
+                reason_codes: vec![ReasonCode::GRANTED_QOS_1],
+                properties: Default::default(),
+            })
+            .await;
+            let alias = std::num::NonZeroU16::new(3);
+            let id = mqtt_client::codec::PacketId::new(7).unwrap();
+            for (topic, alias, qos_pid) in [
+                ("al/x", alias, QosPid::AtMostOnce),
+                (
+                    if resolve { "" } else { "al/x" },
+                    alias,
+                    QosPid::AtLeastOnce(id),
+                ),
+                ("al/y", None, QosPid::AtMostOnce),
+            ] {
+                let mut p = Publish::new(ByteStr::from_static(topic), "x".into());
+                p.qos_pid = qos_pid;
+                p.properties.topic_alias = alias;
+                peer.send(p).await;
+            }
+            // The PUBACK, then DISCONNECT when -C is reached.
+            assert!(matches!(peer.recv().await, Packet::PubAck(_)));
+            assert!(peer.closed_within(Duration::from_secs(5)).await);
+        });
+        let port = port.to_string();
+        let o = run(
+            bin,
+            &[
+                "-p",
+                &port,
+                "-t",
+                "al/#",
+                "-q",
+                "1",
+                "-V",
+                "5",
+                "-C",
+                "3",
+                "-F",
+                fmt,
+                "-D",
+                "connect",
+                "topic-alias-maximum",
+                "10",
+            ],
+        );
+        assert!(o.status.success(), "{bin}: {}", stderr(&o));
+        server.join().unwrap();
+        outputs.push(stdout(&o));
+    }
+    assert_eq!(
+        outputs[0],
+        "al/x|3|003|3  |0\nal/x|3|003|3  |7\nal/y||000|   |0\n"
+    );
+    assert_eq!(outputs[0], outputs[1]);
+    assert_eq!(outputs[0], outputs[2]);
+}
+
+// --random-filter: 100 prints everything, a middle value some but not all, 0 and
+// values above 100 are refused (mosquitto_sub refuses 0 the same way). -C counts every message.
+#[test]
+fn random_filter() {
+    let broker = Mosquitto::start();
+    let port = broker.port.to_string();
+    let p = port.as_str();
+    let lines: String = (0..200).map(|i| format!("{i}\n")).collect();
+    let printed = |chance: &str| {
+        let mut sub = spawn(
+            SUB,
+            &[
+                "-p",
+                p,
+                "-t",
+                "rf",
+                "-C",
+                "200",
+                "-W",
+                "20",
+                "-d",
+                "--random-filter",
+                chance,
+            ],
+        );
+        // -d says on stderr when the subscription is in place.
+        let mut err = std::io::BufReader::new(sub.stderr.take().unwrap());
+        let mut line = String::new();
+        while !line.starts_with("Subscribed to") {
+            line.clear();
+            assert!(std::io::BufRead::read_line(&mut err, &mut line).unwrap() > 0);
+        }
+        let mut publisher = spawn(PUB, &["-p", p, "-t", "rf", "-l", "-q", "1"]);
+        publisher
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(lines.as_bytes())
+            .unwrap();
+        let po = wait(publisher, Duration::from_secs(10));
+        assert!(po.status.success(), "publisher: {}", stderr(&po));
+        let o = wait(sub, Duration::from_secs(20));
+        assert!(o.status.success(), "subscriber with {chance}");
+        stdout(&o).lines().count()
+    };
+    assert_eq!(printed("100"), 200);
+    // Each of 200 messages kept with chance 1/2: all or none is a 2^-199 event.
+    let half = printed("50");
+    assert!(0 < half && half < 200, "{half}");
+    // mosquitto_sub 2.0.11 takes up to 1000 (it scales the chance wrongly, see
+    // RandomFilter::parse), so only 0 is compared with it.
+    for (bad, bins) in [("0", &[SUB, "mosquitto_sub"][..]), ("100.5", &[SUB][..])] {
+        for &bin in bins {
+            let o = run(bin, &["-p", p, "-t", "rf", "--random-filter", bad]);
+            assert_eq!(o.status.code(), Some(1), "{bin} {bad}");
+            assert!(
+                stderr(&o).contains("--random-filter chance must be between 0.1-100.0"),
+                "{bin}: {}",
+                stderr(&o)
+            );
+        }
+    }
+}
+
+// --tls-alpn: the protocol is offered and agreed, by our mqtt-pub as by mosquitto_pub,
+// with a rustls server that records it (Mosquitto 2.0.11 cannot be set to check ALPN).
+#[test]
+fn tls_alpn() {
+    use mqtt_client::{ConnAck, ProtocolVersion, ReasonCode, codec::Packet, testing::RawPeer};
+    let pki = std::sync::Arc::new(mqtt_client::testing::Pki::generate());
+    for bin in [PUB, "mosquitto_pub"] {
+        for (flags, agreed) in [
+            (&["--tls-alpn", "mqtt"][..], Some(b"mqtt".to_vec())),
+            (&[][..], None),
+        ] {
+            let acceptor = pki.acceptor(&[b"x-other", b"mqtt"]);
+            let (port, server) = fake_server(move |listener| async move {
+                let (tcp, _) = tokio::time::timeout(Duration::from_secs(10), listener.accept())
+                    .await
+                    .unwrap()
+                    .unwrap();
+                let tls = acceptor.accept(tcp).await.unwrap();
+                assert_eq!(tls.get_ref().1.alpn_protocol(), agreed.as_deref());
+                let mut peer = RawPeer::new(tls, ProtocolVersion::V3_1_1);
+                assert!(matches!(peer.recv().await, Packet::Connect(_)));
+                peer.send(ConnAck::new(false, ReasonCode::SUCCESS)).await;
+                let Packet::Publish(p) = peer.recv().await else {
+                    panic!("expected PUBLISH")
+                };
+                assert_eq!(&p.payload[..], b"alpn");
+                assert!(peer.closed_within(Duration::from_secs(5)).await);
+            });
+            let port = port.to_string();
+            let mut args = vec![
+                "--cafile",
+                pki.ca.to_str().unwrap(),
+                "-h",
+                "localhost",
+                "-p",
+                &port,
+                "-t",
+                "a",
+                "-m",
+                "alpn",
+            ];
+            args.extend_from_slice(flags);
+            let o = run(bin, &args);
+            assert!(o.status.success(), "{bin} {flags:?}: {}", stderr(&o));
+            server.join().unwrap();
+        }
+    }
+}
+
+// --nodelay is accepted (TCP_NODELAY is always on); OpenSSL engine flags are refused
+// with a reason, exit code 1.
+#[test]
+fn nodelay_and_openssl_engines() {
+    let broker = Mosquitto::start();
+    let port = broker.port.to_string();
+    let p = port.as_str();
+    let (ours, _) = both_subscribers(p, &["-t", "nd", "-C", "1", "--nodelay"], || {
+        let o = run(PUB, &["-p", p, "-t", "nd", "-m", "fast", "--nodelay"]);
+        assert!(o.status.success(), "{}", stderr(&o));
+    });
+    assert_eq!(stdout(&ours), "fast\n");
+    for flags in [
+        &["--tls-engine", "pkcs11"][..],
+        &["--tls-engine-kpass-sha1", "00"],
+        &["--keyform", "engine"],
+    ] {
+        for (bin, tool_flags) in [
+            (PUB, &["-m", "x"][..]),
+            (SUB, &[][..]),
+            (RR, &["-e", "r", "-m", "x"][..]),
+        ] {
+            let mut args = vec!["-p", p, "-t", "e"];
+            args.extend_from_slice(tool_flags);
+            args.extend_from_slice(flags);
+            let o = run(bin, &args);
+            assert_eq!(o.status.code(), Some(1), "{bin} {flags:?}");
+            assert!(
+                stderr(&o).contains("OpenSSL engines") && stderr(&o).contains("not supported"),
+                "{bin} {flags:?}: {}",
+                stderr(&o)
+            );
+        }
+    }
+    // The default key form is what we read anyway.
+    let o = run(PUB, &["-p", p, "-t", "e", "-m", "x", "--keyform", "pem"]);
+    assert!(o.status.success(), "{}", stderr(&o));
 }

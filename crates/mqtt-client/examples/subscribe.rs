@@ -23,7 +23,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!("subscribed to {filter} with {granted}");
     while let Some(event) = connection.next_event().await {
         match event {
-            Event::Message(m) => {
+            Event::Message(m, _) => {
                 println!("{} {}", m.topic, String::from_utf8_lossy(&m.payload));
             }
             other => println!("-- {other:?}"),

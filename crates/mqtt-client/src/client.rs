@@ -16,7 +16,7 @@ use mqtt_codec::{
     Subscription, SubscriptionOptions, UnsubAck, UnsubscribeProperties,
     topic::{validate_topic_filter, validate_topic_name},
 };
-use mqtt_session::Message;
+use mqtt_session::{Arrival, Message};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::{
@@ -57,10 +57,16 @@ pub(crate) enum Command {
 /// Something that happened on the connection: a message, or a change of state.
 #[derive(Clone, Debug, PartialEq, Eq)]
 #[non_exhaustive]
+#[allow(
+    clippy::large_enum_variant,
+    reason = "messages are nearly every event: boxing them would allocate once per message \
+              to save space in the rare state events"
+)]
 pub enum Event {
     /// An application message arrived (already acknowledged as its QoS requires; a
-    /// QoS 2 message is reported once).
-    Message(Message),
+    /// QoS 2 message is reported once), and how it arrived: the packet identifier and
+    /// the topic alias (5.0) its PUBLISH carried. The topic is already resolved.
+    Message(Message, Arrival),
     /// A connection was accepted (the first one, and every reconnection).
     Connected {
         /// Whether the server resumed the session.
@@ -501,7 +507,7 @@ impl Connection {
     /// (skipped state events are gone, though).
     pub async fn next_message(&mut self) -> Option<Message> {
         loop {
-            if let Event::Message(m) = self.rx.recv().await? {
+            if let Event::Message(m, _) = self.rx.recv().await? {
                 return Some(m);
             }
         }

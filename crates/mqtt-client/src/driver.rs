@@ -620,9 +620,9 @@ impl Driver {
 
     fn on_session_event(&mut self, c: Option<&mut Conn>, ev: SessionEvent) {
         match ev {
-            SessionEvent::Message(m) => {
+            SessionEvent::Message(m, arrival) => {
                 if self.events_open {
-                    self.events_out.push_back(Event::Message(m));
+                    self.events_out.push_back(Event::Message(m, arrival));
                 }
             }
             SessionEvent::Delivered { id, reason_code } => {

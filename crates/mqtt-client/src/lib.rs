@@ -17,7 +17,7 @@
 //! client.subscribe("sensors/#", QoS::AtLeastOnce).await?;
 //! client.publish("sensors/temp", "21.5", QoS::ExactlyOnce, false).await?;
 //! while let Some(event) = connection.next_event().await {
-//!     if let Event::Message(m) = event {
+//!     if let Event::Message(m, _) = event {
 //!         println!("{}: {:?}", m.topic, m.payload);
 //!     }
 //! }
@@ -95,4 +95,4 @@ pub use mqtt_codec::{
     PublishProperties, QoS, ReasonCode, RetainHandling, SubAck, SubscribeProperties, Subscription,
     SubscriptionOptions, UnsubAck, UnsubscribeProperties, Will, WillProperties,
 };
-pub use mqtt_session::{DropReason, Limits, Message};
+pub use mqtt_session::{Arrival, DropReason, Limits, Message};

@@ -74,6 +74,9 @@ pub struct TlsOptions {
     /// OpenSSL, naming only TLS 1.2 suites leaves the TLS 1.3 ones at their default.
     /// A name rustls does not implement is an error naming it.
     pub ciphers: Option<String>,
+    /// The ALPN protocols to offer, most preferred first (mosquitto's `--tls-alpn`),
+    /// for servers that serve several protocols on one port. Empty: no ALPN.
+    pub alpn_protocols: Vec<Vec<u8>>,
     /// A ready-made rustls configuration; when set, the fields above are ignored
     /// (except `server_name`).
     pub config: Option<Arc<rustls::ClientConfig>>,

@@ -107,7 +107,7 @@ pub(crate) fn tls_config(tls: &TlsOptions) -> Result<Arc<ClientConfig>, ConnectE
     } else {
         builder.with_root_certificates(roots)
     };
-    let config = match &tls.client_cert {
+    let mut config = match &tls.client_cert {
         Some((cert, key)) => {
             let chain = read_certs(cert)?;
             if chain.is_empty() {
@@ -121,6 +121,7 @@ pub(crate) fn tls_config(tls: &TlsOptions) -> Result<Arc<ClientConfig>, ConnectE
         }
         None => builder.with_no_client_auth(),
     };
+    config.alpn_protocols.clone_from(&tls.alpn_protocols);
     Ok(Arc::new(config))
 }
 

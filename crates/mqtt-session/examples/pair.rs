@@ -34,14 +34,14 @@ fn main() {
     pair.connect();
     println!("resumed; the client sent: {:?}", kinds(&pair.client_sent));
     for event in &pair.server_events {
-        if let Event::Message(m) = event {
+        if let Event::Message(m, _) = event {
             println!("server received {} = {:?}", m.topic, m.payload);
         }
     }
     let received = pair
         .server_events
         .iter()
-        .filter(|e| matches!(e, Event::Message(_)))
+        .filter(|e| matches!(e, Event::Message(..)))
         .count();
     println!("delivered {received} time(s)");
 }

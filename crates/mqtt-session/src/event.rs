@@ -6,7 +6,7 @@ use mqtt_codec::{
     Auth, ConnAck, Disconnect, ReasonCode, SubAck, Subscribe, UnsubAck, Unsubscribe, Will,
 };
 
-use crate::message::{DropReason, Message, MessageId};
+use crate::message::{Arrival, DropReason, Message, MessageId};
 
 /// Something the application (client end) or the router (server end) must act on.
 /// Drain with `poll_event` after every call into the session.
@@ -14,8 +14,10 @@ use crate::message::{DropReason, Message, MessageId};
 pub enum Event {
     /// An application message arrived: hand it to the application (client) or route it
     /// (server). Already acknowledged as its QoS requires; a QoS 2 duplicate is never
-    /// reported twice.
-    Message(Message),
+    /// reported twice. The [`Arrival`] tells how this copy arrived (packet identifier,
+    /// topic alias as received); the message itself is free of those per-connection
+    /// parts.
+    Message(Message, Arrival),
     /// One of our messages completed: PUBACK (QoS 1), PUBCOMP (QoS 2), or a PUBACK /
     /// PUBREC with an error code, which also ends the exchange ([MQTT-4.4.0-2]). A QoS 0
     /// message completes when it is handed to `poll_transmit`, without an event.
@@ -62,11 +64,12 @@ pub enum Event {
 }
 
 /// An event as queued: the frequent ones inline and small, an application message by
-/// its place in [`Events::messages`], the rare large ones boxed. Queue moves then copy
+/// its place in [`Events::messages`] (its 4-byte [`Arrival`] inline, which fits in the
+/// space the other variants take anyway), the rare large ones boxed. Queue moves then copy
 /// a few words instead of a whole [`Event`].
 #[derive(Debug)]
 enum Queued {
-    Message,
+    Message(Arrival),
     Delivered {
         id: MessageId,
         reason_code: ReasonCode,
@@ -105,7 +108,7 @@ impl Events {
     #[inline]
     pub(crate) fn push(&mut self, event: Event) {
         let queued = match event {
-            Event::Message(message) => return self.push_message(message),
+            Event::Message(message, arrival) => return self.push_message(message, arrival),
             Event::Delivered { id, reason_code } => Queued::Delivered { id, reason_code },
             Event::Dropped { id, reason } => Queued::Dropped { id, reason },
             Event::Closed { reason } => Queued::Closed { reason },
@@ -117,21 +120,38 @@ impl Events {
 
     /// Queues [`Event::Message`].
     #[inline]
-    pub(crate) fn push_message(&mut self, message: Message) {
+    pub(crate) fn push_message(&mut self, message: Message, arrival: Arrival) {
         self.messages.push_back(message);
-        self.order.push_back(Queued::Message);
+        self.order.push_back(Queued::Message(arrival));
     }
 
     /// The next event.
     #[inline]
     pub(crate) fn pop(&mut self) -> Option<Event> {
         Some(match self.order.pop_front()? {
-            Queued::Message => return self.messages.pop_front().map(Event::Message),
+            Queued::Message(arrival) => {
+                return self
+                    .messages
+                    .pop_front()
+                    .map(|message| Event::Message(message, arrival));
+            }
             Queued::Delivered { id, reason_code } => Event::Delivered { id, reason_code },
             Queued::Dropped { id, reason } => Event::Dropped { id, reason },
             Queued::Closed { reason } => Event::Closed { reason },
             Queued::SessionExpired => Event::SessionExpired,
             Queued::Other(event) => *event,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    // The arrival rides inline in the queue entry without making entries larger: the
+    // `Delivered` entry (a u64 id and a reason code) already sets the size.
+    #[test]
+    fn a_queued_message_costs_no_more_than_a_delivery() {
+        assert!(size_of::<Queued>() <= 16);
     }
 }

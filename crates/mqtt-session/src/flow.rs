@@ -11,7 +11,7 @@ use crate::{
     error::ProtocolError,
     event::{Event, Events},
     inbound::{Inbox, Received},
-    message::{DropReason, Limits, Message, MessageId, Refused},
+    message::{Arrival, DropReason, Limits, Message, MessageId, Refused},
     outbound::{AckOutcome, Awaiting, Outbox},
     time::Instant,
 };
@@ -241,6 +241,8 @@ impl Flow {
     #[inline]
     pub(crate) fn handle_publish(&mut self, mut publish: Publish) -> Result<(), ProtocolError> {
         let v5 = self.version.is_v5();
+        // Before `receive` resolves (and clears) the topic alias.
+        let arrival = Arrival::of(&publish);
         match self.inbox.receive(
             &mut publish,
             v5,
@@ -255,7 +257,8 @@ impl Flow {
                     mqtt_codec::QosPid::AtLeastOnce(id) => self.tx.push_back(Tx::PubAck(id)),
                     mqtt_codec::QosPid::ExactlyOnce(id) => self.tx.push_back(Tx::PubRec(id)),
                 }
-                self.events.push_message(Message::from_publish(publish));
+                self.events
+                    .push_message(Message::from_publish(publish), arrival);
             }
             Received::Duplicate(id) => self.tx.push_back(Tx::PubRec(id)),
         }

@@ -56,7 +56,7 @@ pub use crate::{
     client::{ClientOptions, ClientSession},
     error::ProtocolError,
     event::Event,
-    message::{DropReason, Limits, Message, MessageId, Refused},
+    message::{Arrival, DropReason, Limits, Message, MessageId, Refused},
     server::{ServerSession, SubscriptionRecord},
     state::StateError,
     time::{Duration, Instant},

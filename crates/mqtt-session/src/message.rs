@@ -3,7 +3,7 @@
 use core::num::NonZeroU16;
 
 use bytes::Bytes;
-use mqtt_codec::{ByteStr, Publish, PublishProperties, QoS, QosPid};
+use mqtt_codec::{ByteStr, PacketId, Publish, PublishProperties, QoS, QosPid};
 
 use crate::time::{Duration, Instant};
 
@@ -23,6 +23,32 @@ pub struct Message {
     /// the session assigns them. `message_expiry_interval` counts down while the message
     /// waits in the session.
     pub properties: PublishProperties,
+}
+
+/// The per-connection parts of a received PUBLISH, which [`Message`] leaves out: how
+/// this copy of the message arrived, not what it says. Reported beside the message in
+/// [`Event::Message`](crate::Event::Message), for tools that show them (mosquitto_sub's
+/// `%m` and `%A`); forwarding and storing need only the message.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Arrival {
+    /// The packet identifier the PUBLISH carried: `Some` for QoS 1 and 2, `None` for
+    /// QoS 0.
+    pub packet_id: Option<PacketId>,
+    /// The topic alias the PUBLISH carried (5.0), as received: the message's topic is
+    /// already resolved from it. `None` when the PUBLISH had none.
+    pub topic_alias: Option<NonZeroU16>,
+}
+
+impl Arrival {
+    /// The per-connection parts of `publish`; read before the session resolves its
+    /// topic alias.
+    #[inline]
+    pub fn of(publish: &Publish) -> Self {
+        Self {
+            packet_id: publish.packet_id(),
+            topic_alias: publish.properties.topic_alias,
+        }
+    }
 }
 
 impl Message {

@@ -64,7 +64,7 @@ fn exchange(client: &mut ClientSession, server: &mut ServerSession, message: &Me
             moved = true;
         }
         while let Some(e) = server.poll_event() {
-            assert!(matches!(e, Event::Message(_)));
+            assert!(matches!(e, Event::Message(..)));
         }
         while let Some(e) = client.poll_event() {
             if matches!(e, Event::Delivered { .. }) {

@@ -43,7 +43,7 @@ fn payloads(events: &[Event]) -> Vec<String> {
     events
         .iter()
         .filter_map(|e| match e {
-            Event::Message(m) => Some(String::from_utf8_lossy(&m.payload).into_owned()),
+            Event::Message(m, _) => Some(String::from_utf8_lossy(&m.payload).into_owned()),
             _ => None,
         })
         .collect()
@@ -449,7 +449,7 @@ fn message_expiry_counts_down_while_queued() {
         reason: DropReason::Expired
     }));
     let got = pair.client_events.iter().find_map(|e| match e {
-        Event::Message(m) => m.properties.message_expiry_interval,
+        Event::Message(m, _) => m.properties.message_expiry_interval,
         _ => None,
     });
     assert_eq!(got, Some(4));
@@ -497,11 +497,26 @@ fn topic_aliases_server_to_client() {
         .client_events
         .iter()
         .filter_map(|e| match e {
-            Event::Message(m) => Some(m.topic.to_string()),
+            Event::Message(m, _) => Some(m.topic.to_string()),
             _ => None,
         })
         .collect();
     assert_eq!(topics, ["a/1", "a/1", "a/2", "a/3", "a/1"]);
+    // Each message reports the alias it arrived with, as on the wire; QoS 0 has no
+    // packet identifier.
+    let arrivals: Vec<(Option<u16>, Option<u16>)> = pair
+        .client_events
+        .iter()
+        .filter_map(|e| match e {
+            Event::Message(_, a) => {
+                Some((a.packet_id.map(|p| p.get()), a.topic_alias.map(|a| a.get())))
+            }
+            _ => None,
+        })
+        .collect();
+    let wire_aliases: Vec<(Option<u16>, Option<u16>)> =
+        wire.iter().map(|&(_, alias)| (None, alias)).collect();
+    assert_eq!(arrivals, wire_aliases);
     // A new connection starts without aliases.
     pair.cut();
     pair.server_sent.clear();
@@ -517,6 +532,53 @@ fn topic_aliases_server_to_client() {
         panic!()
     };
     assert_eq!(p.topic, "a/3");
+}
+
+// The packet identifier a QoS 1 or 2 message arrived with is reported beside it, and a
+// QoS 2 resend with DUP is still reported once, with its first arrival.
+#[test]
+fn arrival_reports_the_packet_identifier() {
+    let mut pair = connected(V5);
+    pair.server
+        .deliver(pair.now, msg("t", "one", QoS::AtLeastOnce))
+        .unwrap();
+    pair.server
+        .deliver(pair.now, msg("t", "two", QoS::ExactlyOnce))
+        .unwrap();
+    pair.server
+        .deliver(pair.now, msg("t", "zero", QoS::AtMostOnce))
+        .unwrap();
+    pair.drive();
+    let wire: Vec<Option<u16>> = pair
+        .server_sent
+        .iter()
+        .filter_map(|p| match p {
+            Packet::Publish(p) => Some(p.packet_id().map(PacketId::get)),
+            _ => None,
+        })
+        .collect();
+    let arrived: Vec<(String, Option<u16>, Option<u16>)> = pair
+        .client_events
+        .iter()
+        .filter_map(|e| match e {
+            Event::Message(m, a) => Some((
+                String::from_utf8_lossy(&m.payload).into_owned(),
+                a.packet_id.map(PacketId::get),
+                a.topic_alias.map(|a| a.get()),
+            )),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(wire.len(), 3);
+    assert!(wire[0].is_some() && wire[1].is_some() && wire[0] != wire[1]);
+    assert_eq!(
+        arrived,
+        [
+            ("one".into(), wire[0], None),
+            ("two".into(), wire[1], None),
+            ("zero".into(), None, None),
+        ]
+    );
 }
 
 #[test]

@@ -43,7 +43,7 @@ fn received(events: &[Event]) -> Vec<u32> {
     events
         .iter()
         .filter_map(|e| match e {
-            Event::Message(m) => std::str::from_utf8(&m.payload).ok()?.parse().ok(),
+            Event::Message(m, _) => std::str::from_utf8(&m.payload).ok()?.parse().ok(),
             _ => None,
         })
         .collect()

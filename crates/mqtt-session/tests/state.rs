@@ -32,7 +32,7 @@ fn payloads(events: &[Event]) -> Vec<String> {
     events
         .iter()
         .filter_map(|e| match e {
-            Event::Message(m) => Some(String::from_utf8_lossy(&m.payload).into_owned()),
+            Event::Message(m, _) => Some(String::from_utf8_lossy(&m.payload).into_owned()),
             _ => None,
         })
         .collect()

@@ -44,6 +44,9 @@ struct Args {
     /// Output format, as mqtt-sub -F.
     #[arg(short = 'F', long = "format")]
     format: Option<String>,
+    /// Pretty-print JSON output (-F %j, -F %J) over several indented lines.
+    #[arg(long = "pretty")]
+    pretty: bool,
     /// Seconds to wait for the response (exit code 27 when it fires).
     #[arg(short = 'W', long = "timeout", default_value_t = 10)]
     timeout: u64,
@@ -107,7 +110,7 @@ async fn run(mut args: Args) -> Result<(), Failure> {
             });
         };
         match event {
-            Some(Event::Message(m)) => {
+            Some(Event::Message(m, arrival)) => {
                 let matching = m
                     .properties
                     .correlation_data
@@ -119,7 +122,7 @@ async fn run(mut args: Args) -> Result<(), Failure> {
                 let mut out = std::io::stdout().lock();
                 let written = (|| {
                     if let Some(f) = &args.format {
-                        out.write_all(&format::format(f, &m))?;
+                        out.write_all(&format::format(f, &m, arrival, args.pretty))?;
                     } else {
                         if args.verbose {
                             out.write_all(m.topic.as_bytes())?;

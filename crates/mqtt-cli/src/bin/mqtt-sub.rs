@@ -4,9 +4,11 @@
 use std::{io::Write, process::ExitCode, time::Duration};
 
 use bytes::Bytes;
-use mqtt_cli::{ConnectArgs, EXIT_TIMEOUT, Failure, finish, format, parse_properties, qos};
+use mqtt_cli::{
+    ConnectArgs, EXIT_TIMEOUT, Failure, RandomFilter, finish, format, parse_properties, qos,
+};
 use mqtt_client::{
-    ByteStr, Event, Message, QoS, RetainHandling, Subscription, SubscriptionOptions,
+    Arrival, ByteStr, Event, Message, QoS, RetainHandling, Subscription, SubscriptionOptions,
     UnsubscribeProperties,
 };
 
@@ -50,6 +52,13 @@ struct Args {
     /// Print each message as a JSON object (like -F %j without the time).
     #[arg(long = "json")]
     json: bool,
+    /// Pretty-print JSON output (--json, -F %j, -F %J) over several indented lines.
+    #[arg(long = "pretty")]
+    pretty: bool,
+    /// Print only this percentage of the messages received, chosen at random
+    /// (0.1 to 100.0); -C still counts every message.
+    #[arg(long = "random-filter", value_name = "CHANCE")]
+    random_filter: Option<String>,
     /// Print only retained messages; exit at the first non-retained one.
     #[arg(long = "retained-only")]
     retained_only: bool,
@@ -97,6 +106,10 @@ fn matches(filter: &str, topic: &str) -> bool {
 }
 
 async fn run(args: Args) -> Result<(), Failure> {
+    let mut sample = match &args.random_filter {
+        Some(chance) => RandomFilter::parse(chance)?,
+        None => RandomFilter::all(),
+    };
     let props = parse_properties(&args.conn.properties, args.conn.version)?;
     let (options, url_topic) = args.conn.options("mqtt-sub", &props)?;
     let mut topics = args.topics.clone();
@@ -163,7 +176,7 @@ async fn run(args: Args) -> Result<(), Failure> {
     let deadline = args
         .timeout
         .map(|s| tokio::time::Instant::now() + Duration::from_secs(s));
-    let mut printed = 0u64;
+    let mut received = 0u64;
     let mut stdout = std::io::stdout().lock();
     loop {
         let next = async {
@@ -182,8 +195,8 @@ async fn run(args: Args) -> Result<(), Failure> {
         let Some(event) = event else {
             return Err(Failure::new("the connection ended"));
         };
-        let m = match event {
-            Event::Message(m) => m,
+        let (m, arrival) = match event {
+            Event::Message(m, arrival) => (m, arrival),
             Event::Disconnected { reason } => {
                 return Err(Failure::new(reason.to_string()));
             }
@@ -207,9 +220,13 @@ async fn run(args: Args) -> Result<(), Failure> {
         if args.filter_out.iter().any(|f| matches(f, &m.topic)) {
             continue;
         }
-        print(&mut stdout, &args, &m).map_err(|e| Failure::new(format!("writing output: {e}")))?;
-        printed += 1;
-        if args.count.is_some_and(|c| printed >= c) {
+        if sample.keep() {
+            print(&mut stdout, &args, &m, arrival)
+                .map_err(|e| Failure::new(format!("writing output: {e}")))?;
+        }
+        // As mosquitto_sub: -C counts the messages --random-filter does not print.
+        received += 1;
+        if args.count.is_some_and(|c| received >= c) {
             break;
         }
     }
@@ -217,11 +234,11 @@ async fn run(args: Args) -> Result<(), Failure> {
     Ok(())
 }
 
-fn print(out: &mut impl Write, args: &Args, m: &Message) -> std::io::Result<()> {
+fn print(out: &mut impl Write, args: &Args, m: &Message, arrival: Arrival) -> std::io::Result<()> {
     if let Some(f) = &args.format {
-        out.write_all(&format::format(f, m))?;
+        out.write_all(&format::format(f, m, arrival, args.pretty))?;
     } else if args.json {
-        out.write_all(format::json(m, None, false).as_bytes())?;
+        out.write_all(format::json(m, arrival, None, false, args.pretty).as_bytes())?;
     } else if args.verbose {
         out.write_all(m.topic.as_bytes())?;
         out.write_all(b" ")?;

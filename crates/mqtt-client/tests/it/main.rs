@@ -58,7 +58,7 @@ pub(crate) async fn next_state(conn: &mut Connection) -> Event {
             .await
             .expect("no event in time")
             .expect("connection ended");
-        if !matches!(ev, Event::Message(_)) {
+        if !matches!(ev, Event::Message(..)) {
             return ev;
         }
     }

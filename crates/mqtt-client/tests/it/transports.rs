@@ -139,3 +139,44 @@ async fn websocket_and_secure_websocket() {
         .await;
     }
 }
+
+// ALPN: the protocols in `TlsOptions::alpn_protocols` are offered, and the server's
+// choice is made (Mosquitto 2.0.11 has no ALPN setting, so a rustls server plays it,
+// recording what was agreed).
+#[tokio::test]
+async fn tls_alpn_is_offered() {
+    use mqtt_client::{ConnAck, ReasonCode, codec::Packet, testing::RawPeer};
+    let pki = Pki::generate();
+    let acceptor = pki.acceptor(&[b"x-other", b"mqtt"]);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let server = tokio::spawn(async move {
+        let mut agreed = Vec::new();
+        for _ in 0..2 {
+            let (tcp, _) = listener.accept().await.unwrap();
+            let tls = acceptor.accept(tcp).await.unwrap();
+            agreed.push(tls.get_ref().1.alpn_protocol().map(<[u8]>::to_vec));
+            let mut peer = RawPeer::new(tls, ProtocolVersion::V3_1_1);
+            assert!(matches!(peer.recv().await, Packet::Connect(_)));
+            peer.send(ConnAck::new(false, ReasonCode::SUCCESS)).await;
+            assert!(matches!(peer.recv().await, Packet::Disconnect(_)));
+        }
+        agreed
+    });
+    for alpn in [vec![b"mqtt".to_vec()], vec![]] {
+        let options = ConnectOptions::new("localhost", port)
+            .transport(Transport::Tls)
+            .tls(TlsOptions {
+                ca_file: Some(pki.ca.clone()),
+                alpn_protocols: alpn,
+                ..TlsOptions::default()
+            });
+        let (c, _conn) = connect(options).await;
+        c.disconnect().await.unwrap();
+    }
+    let agreed = tokio::time::timeout(crate::T, server)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(agreed, [Some(b"mqtt".to_vec()), None]);
+}
