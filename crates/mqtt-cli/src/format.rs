@@ -10,7 +10,7 @@ use mqtt_client::{Arrival, Message};
 /// `%` codes: `%t` topic, `%p` payload, `%q` QoS, `%r` retain flag, `%l` payload
 /// length, `%m` message id (the packet identifier of a QoS 1 or 2 message, 0 for
 /// QoS 0), `%x`/`%X` payload in hex, `%I` ISO-8601 time, `%U` Unix time with
-/// nanoseconds, `%j`/`%J` JSON (see [`json`]; ISO-8601 / Unix time), `%A` the topic
+/// nanoseconds, `%j`/`%J` JSON (see [`json`]; `%J` embeds a JSON payload), `%A` the topic
 /// alias the message arrived with (5.0; blank when none), `%C` content type, `%D` correlation data, `%E` message
 /// expiry, `%F` payload format, `%P` user properties, `%R` response topic, `%S`
 /// subscription identifier, `%%`. As in mosquitto_sub, `%` may be followed by `-`
@@ -22,8 +22,17 @@ use mqtt_client::{Arrival, Message};
 /// time, which is the same on a machine set to UTC.
 ///
 /// Escapes: `\n`, `\t`, `\r`, `\v`, `\\`, `\0`, `\e`, `\a`.
-pub fn format(fmt: &str, m: &Message, arrival: Arrival, pretty: bool) -> Vec<u8> {
+pub fn format(fmt: &str, m: &Message, arrival: Arrival, pretty: bool) -> Result<Vec<u8>, NotJson> {
     format_at(fmt, m, arrival, pretty, SystemTime::now())
+}
+
+/// `%J` met a payload that is not JSON: mosquitto_sub prints this (after `Error: `) and
+/// skips the message.
+#[derive(Debug, thiserror::Error)]
+#[error("Message payload is not valid JSON on topic {topic}.")]
+pub struct NotJson {
+    /// The message's topic.
+    pub topic: String,
 }
 
 /// The width and flags of a `%` code.
@@ -150,7 +159,7 @@ pub fn format_at(
     arrival: Arrival,
     pretty: bool,
     now: SystemTime,
-) -> Vec<u8> {
+) -> Result<Vec<u8>, NotJson> {
     let time = Civil::from(now);
     let mut out = Vec::new();
     let mut chars = fmt.chars().peekable();
@@ -169,8 +178,8 @@ pub fn format_at(
                     Some('m') => sp.int(&mut out, arrival.packet_id.map_or(0, |id| id.get())),
                     Some('I') => sp.str(&mut out, time.iso8601().as_bytes()),
                     Some('U') => out.extend(unix(now).bytes()),
-                    Some('j') => out.extend(json(m, arrival, Some(now), false, pretty).bytes()),
-                    Some('J') => out.extend(json(m, arrival, Some(now), true, pretty).bytes()),
+                    Some('j') => out.extend(json(m, arrival, Some(now), false, pretty)?.bytes()),
+                    Some('J') => out.extend(json(m, arrival, Some(now), true, pretty)?.bytes()),
                     Some('A') => match arrival.topic_alias {
                         Some(a) => sp.int(&mut out, a.get()),
                         None => sp.blank(&mut out, sp.pad_char()),
@@ -242,7 +251,7 @@ pub fn format_at(
             }
         }
     }
-    out
+    Ok(out)
 }
 
 /// A UTC time broken down, for `@` codes and ISO-8601.
@@ -457,7 +466,8 @@ fn iso8601(t: SystemTime) -> String {
 enum Json {
     Str(String),
     Num(u64),
-    Raw(String),
+    /// A payload that is JSON itself (`%J`).
+    Value(serde_json::Value),
     Obj(Vec<(&'static str, Self)>),
     /// User properties: an object whose keys come from the message.
     Pairs(Vec<(String, String)>),
@@ -494,7 +504,7 @@ impl Json {
             Self::Num(n) => {
                 let _ = write!(out, "{n}");
             }
-            Self::Raw(r) => out.push_str(r),
+            Self::Value(v) => print_value(out, v, pretty, depth),
             Self::Obj(members) => {
                 let members = members.iter().map(|(k, v)| (*k, v));
                 print_object(out, members, pretty, depth);
@@ -554,24 +564,18 @@ fn print_object<'a>(
 /// mosquitto_sub lists properties in the order the PUBLISH carried them; ours are
 /// decoded into fields, so they come in the order above (the order our encoder writes
 /// them). mosquitto_sub writes a payload that is not UTF-8 as raw bytes, which is not
-/// valid JSON; `payload_hex` is. With `unix_time`, `tst` is Unix time in seconds.
+/// valid JSON; `payload_hex` is. With `json_payload` (`%J`) the payload must be JSON
+/// and is embedded as a value, re-printed as cJSON prints it; [`NotJson`] otherwise.
 pub fn json(
     m: &Message,
     arrival: Arrival,
     time: Option<SystemTime>,
-    unix_time: bool,
+    json_payload: bool,
     pretty: bool,
-) -> String {
+) -> Result<String, NotJson> {
     let mut root: Vec<(&'static str, Json)> = Vec::new();
     if let Some(t) = time {
-        root.push((
-            "tst",
-            if unix_time {
-                Json::Raw(unix(t))
-            } else {
-                Json::Str(iso8601(t))
-            },
-        ));
+        root.push(("tst", Json::Str(iso8601(t))));
     }
     root.push(("topic", Json::Str(m.topic.to_string())));
     root.push(("qos", Json::Num(m.qos as u64)));
@@ -616,13 +620,94 @@ pub fn json(
     if !props.is_empty() {
         root.push(("properties", Json::Obj(props)));
     }
-    match std::str::from_utf8(&m.payload) {
-        Ok(text) => root.push(("payload", Json::Str(text.to_owned()))),
-        Err(_) => root.push(("payload_hex", Json::Str(hex(&m.payload, false)))),
+    if json_payload {
+        let value = serde_json::from_slice(&m.payload).map_err(|_| NotJson {
+            topic: m.topic.to_string(),
+        })?;
+        root.push(("payload", Json::Value(value)));
+    } else {
+        match std::str::from_utf8(&m.payload) {
+            Ok(text) => root.push(("payload", Json::Str(text.to_owned()))),
+            Err(_) => root.push(("payload_hex", Json::Str(hex(&m.payload, false)))),
+        }
     }
     let mut s = String::new();
     Json::Obj(root).print(&mut s, pretty, 0);
-    s
+    Ok(s)
+}
+
+/// A parsed JSON value as cJSON prints it: objects as [`print_object`], arrays on one
+/// line (`[1, 2]` when pretty, `[1,2]` when not), numbers as [`cjson_number`].
+fn print_value(out: &mut String, v: &serde_json::Value, pretty: bool, depth: usize) {
+    use serde_json::Value;
+    match v {
+        Value::Null => out.push_str("null"),
+        Value::Bool(b) => out.push_str(if *b { "true" } else { "false" }),
+        Value::Number(n) => cjson_number(out, n.as_f64().unwrap_or(f64::NAN)),
+        Value::String(s) => json_str(out, s),
+        Value::Array(items) => {
+            out.push('[');
+            for (i, item) in items.iter().enumerate() {
+                if i > 0 {
+                    out.push_str(if pretty { ", " } else { "," });
+                }
+                // cJSON counts an array as a level, for the objects inside it.
+                print_value(out, item, pretty, depth + 1);
+            }
+            out.push(']');
+        }
+        Value::Object(members) => {
+            let members: Vec<(&str, Json)> = members
+                .iter()
+                .map(|(k, v)| (k.as_str(), Json::Value(v.clone())))
+                .collect();
+            print_object(out, members.iter().map(|(k, v)| (*k, v)), pretty, depth);
+        }
+    }
+}
+
+/// A number as cJSON prints it (every JSON number is a double there): an integer that
+/// fits an `int` as one, otherwise `%1.15g`, or `%1.17g` when 15 digits do not give
+/// the same double back.
+fn cjson_number(out: &mut String, d: f64) {
+    if !d.is_finite() {
+        out.push_str("null");
+    } else if d.fract() == 0.0 && d >= f64::from(i32::MIN) && d <= f64::from(i32::MAX) {
+        let _ = write!(out, "{}", d as i64);
+    } else {
+        let short = format_g(d, 15);
+        if short.parse::<f64>().ok() == Some(d) {
+            out.push_str(&short);
+        } else {
+            out.push_str(&format_g(d, 17));
+        }
+    }
+}
+
+/// C's `%1.<precision>g`: fixed or scientific notation by the exponent, trailing zeros
+/// removed, a signed exponent of at least two digits.
+fn format_g(d: f64, precision: usize) -> String {
+    if d == 0.0 {
+        return if d.is_sign_negative() { "-0" } else { "0" }.to_owned();
+    }
+    // The exponent after rounding to `precision` significant digits.
+    let sci = format!("{:.*e}", precision.saturating_sub(1), d);
+    let (mantissa, exp) = sci.split_once('e').unwrap_or((sci.as_str(), "0"));
+    let exp: i32 = exp.parse().unwrap_or(0);
+    let trim = |s: &str| -> String {
+        if s.contains('.') {
+            s.trim_end_matches('0').trim_end_matches('.').to_owned()
+        } else {
+            s.to_owned()
+        }
+    };
+    if exp < -4 || exp >= precision as i32 {
+        let sign = if exp < 0 { '-' } else { '+' };
+        format!("{}e{sign}{:02}", trim(mantissa), exp.abs())
+    } else {
+        let decimals = (precision as i32 - 1 - exp).max(0) as usize;
+        trim(&format!("{d:.decimals$}"))
+    }
 }
 
 #[cfg(test)]
@@ -640,7 +725,7 @@ mod tests {
         m
     }
 
-    fn arrival(packet_id: u16, alias: u16) -> Arrival {
+    pub(super) fn arrival(packet_id: u16, alias: u16) -> Arrival {
         Arrival {
             packet_id: std::num::NonZeroU16::new(packet_id),
             topic_alias: std::num::NonZeroU16::new(alias),
@@ -654,11 +739,12 @@ mod tests {
             &msg(),
             arrival(0, 0),
             false,
-        );
+        )
+        .unwrap();
         assert_eq!(out, b"a/b|hi\"x|1|1|4|0|%|68692278||000|\t".as_slice());
-        let out = format("%m|%05m|%A|%-3A|", &msg(), arrival(513, 7), false);
+        let out = format("%m|%05m|%A|%-3A|", &msg(), arrival(513, 7), false).unwrap();
         assert_eq!(out, b"513|00513|7|7  |".as_slice());
-        let j = String::from_utf8(format("%j", &msg(), arrival(9, 0), false)).unwrap();
+        let j = String::from_utf8(format("%j", &msg(), arrival(9, 0), false).unwrap()).unwrap();
         assert!(j.starts_with("{\"tst\":\""), "{j}");
         assert!(
             j.ends_with(
@@ -676,7 +762,7 @@ mod tests {
         m.properties
             .user_properties
             .push((ByteStr::from_static("k"), ByteStr::from_static("v\u{8}")));
-        let j = json(&m, arrival(2, 3), None, false, true);
+        let j = json(&m, arrival(2, 3), None, false, true).unwrap();
         assert_eq!(
             j,
             "{\n\t\"topic\":\t\"a/b\",\n\t\"qos\":\t1,\n\t\"retain\":\t1,\n\t\"payloadlen\":\t4,\n\
@@ -684,7 +770,7 @@ mod tests {
              \t\t\"content-type\":\t\"text\",\n\t\t\"user-properties\":\t{\n\
              \t\t\t\"k\":\t\"v\\b\"\n\t\t}\n\t},\n\t\"payload\":\t\"hi\\\"x\"\n}"
         );
-        let flat = json(&m, arrival(2, 3), None, false, false);
+        let flat = json(&m, arrival(2, 3), None, false, false).unwrap();
         assert_eq!(
             flat,
             r#"{"topic":"a/b","qos":1,"retain":1,"payloadlen":4,"mid":2,"properties":{"topic-alias":3,"content-type":"text","user-properties":{"k":"v\b"}},"payload":"hi\"x"}"#
@@ -700,13 +786,14 @@ mod tests {
 
 #[cfg(test)]
 mod widths_and_dates {
+    use super::tests::arrival;
     use super::*;
     use mqtt_client::{ByteStr, QoS};
 
     fn at(fmt: &str, payload: &'static str, secs: u64, nanos: u32) -> String {
         let m = Message::new(ByteStr::from_static("a/b"), payload.into(), QoS::AtMostOnce);
         let t = SystemTime::UNIX_EPOCH + std::time::Duration::new(secs, nanos);
-        String::from_utf8(format_at(fmt, &m, Arrival::default(), false, t)).unwrap()
+        String::from_utf8(format_at(fmt, &m, Arrival::default(), false, t).unwrap()).unwrap()
     }
 
     #[test]
@@ -740,5 +827,48 @@ mod widths_and_dates {
         assert_eq!(at("[%4E]", "", 0, 0), "[    ]");
         assert_eq!(at("[%04E]", "", 0, 0), "[0000]");
         assert_eq!(at("[%I]", "", 0, 0), "[1970-01-01T00:00:00+0000]");
+    }
+
+    // %J embeds a JSON payload as cJSON re-prints it (numbers as doubles, keys in
+    // order), and refuses one that is not JSON, as mosquitto_sub does.
+    #[test]
+    fn json_payload() {
+        let mut m = Message::new(ByteStr::from_static("a/b"), "hi".into(), QoS::AtMostOnce);
+        m.payload = r#"{"b": [1, 2.5, 1e21, 0.1, -3, 12345678901, {"z": []}], "a": {}}"#.into();
+        let flat = json(&m, arrival(0, 0), None, true, false).unwrap();
+        assert!(
+            flat.ends_with(r#""payload":{"b":[1,2.5,1e+21,0.1,-3,12345678901,{"z":[]}],"a":{}}}"#),
+            "{flat}"
+        );
+        let pretty = json(&m, arrival(0, 0), None, true, true).unwrap();
+        assert!(
+            pretty.ends_with(
+                "\t\"payload\":\t{\n\t\t\"b\":\t[1, 2.5, 1e+21, 0.1, -3, 12345678901, {\n\
+                 \t\t\t\t\"z\":\t[]\n\t\t\t}],\n\t\t\"a\":\t{\n\t\t}\n\t}\n}"
+            ),
+            "{pretty}"
+        );
+        m.payload = "not json".into();
+        let err = json(&m, arrival(0, 0), None, true, false).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "Message payload is not valid JSON on topic a/b."
+        );
+    }
+
+    #[test]
+    fn numbers_as_c_prints_them() {
+        let g = |d: f64| {
+            let mut s = String::new();
+            cjson_number(&mut s, d);
+            s
+        };
+        assert_eq!(g(3.0), "3");
+        assert_eq!(g(0.1), "0.1");
+        assert_eq!(g(1e21), "1e+21");
+        assert_eq!(g(1.5e-7), "1.5e-07");
+        assert_eq!(g(12345678901.0), "12345678901");
+        assert_eq!(g(2f64.powi(53)), "9007199254740992");
+        assert_eq!(g(1.0 / 3.0), "0.33333333333333331");
     }
 }

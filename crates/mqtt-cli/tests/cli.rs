@@ -976,6 +976,40 @@ fn message_ids_json_and_pretty_like_mosquitto_sub() {
     }
 }
 
+// -F %J: a JSON payload embedded as JSON (re-printed as cJSON does), with and without
+// --pretty, and a payload that is not JSON skipped with mosquitto_sub's error: byte for
+// byte as mosquitto_sub, the time stamps masked.
+#[test]
+fn json_payload_like_mosquitto_sub() {
+    for broker in both() {
+        let port = broker.port().to_string();
+        let p = port.as_str();
+        let publish = || {
+            for payload in [
+                r#"{"b": [1, 2.5, 1e21, {"z": []}], "a": {"c": null, "d": true}, "e": {}}"#,
+                "not json",
+                "[1,2]",
+            ] {
+                let o = run(PUB, &["-p", p, "-t", "pJ", "-m", payload]);
+                assert!(o.status.success(), "{}", stderr(&o));
+            }
+        };
+        for extra in [&["-F", "%J"][..], &["-F", "%J", "--pretty"][..]] {
+            let mut flags = vec!["-t", "pJ", "-C", "3"];
+            flags.extend_from_slice(extra);
+            let (ours, theirs) = both_subscribers(p, &flags, publish);
+            assert!(ours.status.success(), "{}", stderr(&ours));
+            assert_eq!(mask_tst(&stdout(&ours)), mask_tst(&stdout(&theirs)));
+            assert!(stdout(&ours).contains("[1,2]") || extra.len() == 3);
+            assert_eq!(
+                stderr(&ours).trim(),
+                "Error: Message payload is not valid JSON on topic pJ."
+            );
+            assert_eq!(stderr(&ours), stderr(&theirs));
+        }
+    }
+}
+
 // %A: the topic alias a message arrived with, blank without one, as mosquitto_sub
 // prints it; a server played by hand sends the aliases (Mosquitto never does).
 #[test]

@@ -122,7 +122,10 @@ async fn run(mut args: Args) -> Result<(), Failure> {
                 let mut out = std::io::stdout().lock();
                 let written = (|| {
                     if let Some(f) = &args.format {
-                        out.write_all(&format::format(f, &m, arrival, args.pretty))?;
+                        match format::format(f, &m, arrival, args.pretty) {
+                            Ok(text) => out.write_all(&text)?,
+                            Err(e) => eprintln!("Error: {e}"),
+                        }
                     } else {
                         if args.verbose {
                             out.write_all(m.topic.as_bytes())?;

@@ -236,9 +236,16 @@ async fn run(args: Args) -> Result<(), Failure> {
 
 fn print(out: &mut impl Write, args: &Args, m: &Message, arrival: Arrival) -> std::io::Result<()> {
     if let Some(f) = &args.format {
-        out.write_all(&format::format(f, m, arrival, args.pretty))?;
+        match format::format(f, m, arrival, args.pretty) {
+            Ok(text) => out.write_all(&text)?,
+            // As mosquitto_sub: the message is skipped, and the subscription goes on.
+            Err(e) => eprintln!("Error: {e}"),
+        }
     } else if args.json {
-        out.write_all(format::json(m, arrival, None, false, args.pretty).as_bytes())?;
+        match format::json(m, arrival, None, false, args.pretty) {
+            Ok(text) => out.write_all(text.as_bytes())?,
+            Err(e) => eprintln!("Error: {e}"),
+        }
     } else if args.verbose {
         out.write_all(m.topic.as_bytes())?;
         out.write_all(b" ")?;
