@@ -11,7 +11,8 @@
 //! and reads nothing more until the subscriber's writer makes room (it signals
 //! [`SessionHandle::space`]). A subscriber that makes no room within
 //! `limits.slow_subscriber_ms` is marked stuck, and messages for it are dropped (and
-//! counted) until it has emptied its queue, so one dead reader cannot stall the rest.
+//! counted) until it has emptied its queue or reconnected, so one dead reader cannot
+//! stall the rest.
 
 use std::{
     collections::{BTreeMap, HashMap, VecDeque},
@@ -545,7 +546,7 @@ impl Shared {
         let start = self.stats.publish_received.load(Ordering::Relaxed) as usize % count;
         let ready = |s: &Sub| {
             let cell = s.handle.lock();
-            cell.session.is_connected() && cell.session.queue_room() > 0
+            cell.session.is_connected() && has_room(&cell.session)
         };
         let pick = candidates()
             .cycle()
@@ -633,8 +634,6 @@ impl Shared {
         message: Message,
         group: Option<GroupId>,
     ) -> Result<(), Box<Message>> {
-        // A QoS 1 message from a shared subscription is kept to hand to another member
-        // should this one leave without acknowledging it.
         let mut cell = handle.lock();
         let waits = cell.session.is_connected() && !handle.stuck.load(Ordering::Relaxed);
         if waits && !has_room(&cell.session) {
@@ -642,6 +641,8 @@ impl Shared {
             // (a search of its whole queue for QoS 0 messages, on every retry).
             return Err(Box::new(message));
         }
+        // A QoS 1 message from a shared subscription is kept to hand to another member
+        // should this one leave without acknowledging it.
         let keep = (group.is_some() && message.qos == QoS::AtLeastOnce).then(|| message.clone());
         match cell.session.deliver(now, message) {
             Ok(id) => {

@@ -109,8 +109,11 @@ where
             }
         }
     };
-    // Deliveries this connection took (and may have acknowledged) still go out.
-    if !matches!(end, End::Shutdown) {
+    // Deliveries this connection took (and may have acknowledged) still go out. Nobody
+    // waits for room in this session meanwhile: its writer is gone.
+    if !matches!(end, End::Shutdown) && !pending.is_empty() {
+        handle.stuck.store(true, Ordering::Relaxed);
+        handle.space.notify_waiters();
         Box::pin(deliver_pending(&shared, &handle, &mut pending)).await;
     }
     Box::pin(detach(
@@ -291,6 +294,8 @@ async fn attach<W: AsyncWrite + Unpin>(
         };
         let old_version = cell.session.version();
         cell.session.accept(now, &connect, properties);
+        // A new writer: publishers may wait for room again.
+        handle.stuck.store(false, Ordering::Relaxed);
         if taking_over {
             info!(client = %connect.client_id, %peer, "session taken over");
         }
@@ -338,7 +343,8 @@ fn detach_from_read_buffer(connect: &mut Connect) {
 enum Step {
     /// The connection is over.
     Ended(End),
-    /// Nothing happened for IDLE_SHRINK: hibernate until something does.
+    /// Nothing happened for IDLE_SHRINK, or nothing after CONNACK: hibernate until
+    /// something does.
     Idle,
 }
 

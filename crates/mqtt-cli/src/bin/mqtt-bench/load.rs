@@ -399,7 +399,8 @@ async fn publisher(shared: Arc<Shared>, index: usize, mut conn: Conn) -> Result<
         let mut blocked_on_window = false;
         while sent < count && conn.out.len() < 32 * 1024 {
             if window > 0 {
-                let out = u64::from(sent) * fan - progress.delivered.load(Ordering::Acquire);
+                let out = (u64::from(sent) * fan)
+                    .saturating_sub(progress.delivered.load(Ordering::Acquire));
                 if out >= window {
                     blocked_on_window = true;
                     break;
