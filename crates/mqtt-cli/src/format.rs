@@ -18,8 +18,8 @@ use mqtt_client::{Arrival, Message};
 /// width of `%C %I %R %t`), e.g. `%-10t`, `%05l`, `%10.10t`.
 ///
 /// `@` codes are strftime's `%` codes (`@Y-@m-@dT@H:@M:@S`, `@s`, `@z`, ...), plus
-/// `@N` for nanoseconds and `@@` for `@`. Times are UTC: mosquitto_sub prints local
-/// time, which is the same on a machine set to UTC.
+/// `@N` for nanoseconds and `@@` for `@`. Times are local (the zone of `TZ` or
+/// `/etc/localtime`), as mosquitto_sub prints them.
 ///
 /// Escapes: `\n`, `\t`, `\r`, `\v`, `\\`, `\0`, `\e`, `\a`.
 pub fn format(fmt: &str, m: &Message, arrival: Arrival, pretty: bool) -> Result<Vec<u8>, NotJson> {
@@ -152,7 +152,7 @@ fn spec(chars: &mut std::iter::Peekable<std::str::Chars<'_>>) -> Spec {
 /// Field widths beyond this are cut to it, so a format string cannot ask for gigabytes.
 const MAX_WIDTH: usize = 4096;
 
-/// [`format()`] at time `now` (for tests).
+/// [`format()`] at time `now`, in the local time zone.
 pub fn format_at(
     fmt: &str,
     m: &Message,
@@ -160,7 +160,19 @@ pub fn format_at(
     pretty: bool,
     now: SystemTime,
 ) -> Result<Vec<u8>, NotJson> {
-    let time = Civil::from(now);
+    format_in(fmt, m, arrival, pretty, now, &Zone::local(now))
+}
+
+/// [`format()`] at time `now` in `zone`.
+fn format_in(
+    fmt: &str,
+    m: &Message,
+    arrival: Arrival,
+    pretty: bool,
+    now: SystemTime,
+    zone: &Zone,
+) -> Result<Vec<u8>, NotJson> {
+    let time = Civil::new(now, zone);
     let mut out = Vec::new();
     let mut chars = fmt.chars().peekable();
     while let Some(c) = chars.next() {
@@ -178,8 +190,12 @@ pub fn format_at(
                     Some('m') => sp.int(&mut out, arrival.packet_id.map_or(0, |id| id.get())),
                     Some('I') => sp.str(&mut out, time.iso8601().as_bytes()),
                     Some('U') => out.extend(unix(now).bytes()),
-                    Some('j') => out.extend(json(m, arrival, Some(now), false, pretty)?.bytes()),
-                    Some('J') => out.extend(json(m, arrival, Some(now), true, pretty)?.bytes()),
+                    Some('j') => {
+                        out.extend(json_in(m, arrival, Some((now, zone)), false, pretty)?.bytes());
+                    }
+                    Some('J') => {
+                        out.extend(json_in(m, arrival, Some((now, zone)), true, pretty)?.bytes());
+                    }
                     Some('A') => match arrival.topic_alias {
                         Some(a) => sp.int(&mut out, a.get()),
                         None => sp.blank(&mut out, sp.pad_char()),
@@ -254,11 +270,15 @@ pub fn format_at(
     Ok(out)
 }
 
-/// A UTC time broken down, for `@` codes and ISO-8601.
-#[derive(Clone, Copy, Debug)]
+/// A time broken down in a zone, for `@` codes and ISO-8601.
+#[derive(Clone, Debug)]
 struct Civil {
+    /// Seconds since the Unix epoch (UTC, as `@s` prints them).
     secs: u64,
     nanos: u32,
+    /// The zone's offset from UTC in seconds, and its abbreviation (`@z`, `@Z`).
+    offset: i32,
+    abbreviation: String,
     year: i64,
     month: u32,
     day: u32,
@@ -295,12 +315,50 @@ const MONTHS: [&str; 12] = [
     "December",
 ];
 
-impl From<SystemTime> for Civil {
-    fn from(t: SystemTime) -> Self {
+/// A time zone at one instant: its offset from UTC and abbreviation.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct Zone {
+    offset: i32,
+    abbreviation: String,
+}
+
+impl Zone {
+    fn utc() -> Self {
+        Self {
+            offset: 0,
+            abbreviation: "UTC".to_owned(),
+        }
+    }
+
+    /// The system's zone (`TZ`, else `/etc/localtime`) at `t`, as mosquitto_sub's
+    /// `localtime()`; UTC if it cannot be read.
+    fn local(t: SystemTime) -> Self {
+        let Ok(ts) = jiff::Timestamp::try_from(t) else {
+            return Self::utc();
+        };
+        let tz = jiff::tz::TimeZone::system();
+        let info = tz.to_offset_info(ts);
+        Self {
+            offset: info.offset().seconds(),
+            abbreviation: info.abbreviation().to_owned(),
+        }
+    }
+
+    /// `+hhmm`, as strftime's `%z`.
+    fn numeric(&self) -> String {
+        let sign = if self.offset < 0 { '-' } else { '+' };
+        let a = self.offset.unsigned_abs();
+        format!("{sign}{:02}{:02}", a / 3600, a % 3600 / 60)
+    }
+}
+
+impl Civil {
+    fn new(t: SystemTime, zone: &Zone) -> Self {
         let d = t.duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default();
         let secs = d.as_secs();
-        let days = i64::try_from(secs / 86_400).unwrap_or(0);
-        let rem = secs % 86_400;
+        let local = i64::try_from(secs).unwrap_or(0) + i64::from(zone.offset);
+        let days = local.div_euclid(86_400);
+        let rem = local.rem_euclid(86_400);
         // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
         let z = days + 719_468;
         let era = z.div_euclid(146_097);
@@ -322,12 +380,14 @@ impl From<SystemTime> for Civil {
         Self {
             secs,
             nanos: d.subsec_nanos(),
+            offset: zone.offset,
+            abbreviation: zone.abbreviation.clone(),
             year,
             month: small(month),
             day: small(day),
-            hour: small(i64::try_from(rem / 3600).unwrap_or(0)),
-            minute: small(i64::try_from(rem % 3600 / 60).unwrap_or(0)),
-            second: small(i64::try_from(rem % 60).unwrap_or(0)),
+            hour: small(rem / 3600),
+            minute: small(rem % 3600 / 60),
+            second: small(rem % 60),
             // 1970-01-01 was a Thursday.
             weekday: small((days + 4).rem_euclid(7)),
             yday: small(yday),
@@ -339,9 +399,22 @@ impl Civil {
     /// `%FT%T%z`, as mosquitto_sub's `%I`.
     fn iso8601(&self) -> String {
         format!(
-            "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}+0000",
-            self.year, self.month, self.day, self.hour, self.minute, self.second
+            "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}{}",
+            self.year,
+            self.month,
+            self.day,
+            self.hour,
+            self.minute,
+            self.second,
+            self.zone().numeric()
         )
+    }
+
+    fn zone(&self) -> Zone {
+        Zone {
+            offset: self.offset,
+            abbreviation: self.abbreviation.clone(),
+        }
     }
 
     fn day_name(&self) -> &'static str {
@@ -416,8 +489,8 @@ impl Civil {
             'w' => self.weekday.to_string(),
             'y' => format!("{:02}", self.year.rem_euclid(100)),
             'Y' => self.year.to_string(),
-            'z' => "+0000".into(),
-            'Z' => "UTC".into(),
+            'z' => self.zone().numeric(),
+            'Z' => self.abbreviation.clone(),
             '%' => "%".into(),
             other => format!("%{other}"),
         };
@@ -446,18 +519,20 @@ fn unix(t: SystemTime) -> String {
     format!("{}.{:09}", d.as_secs(), d.subsec_nanos())
 }
 
-/// `2024-05-01T12:00:00.123456Z+0000`, as mosquitto_sub prints `tst` in JSON.
-fn iso8601(t: SystemTime) -> String {
-    let c = Civil::from(t);
+/// `2024-05-01T12:00:00.123456Z+0000`, as mosquitto_sub prints `tst` in JSON: local
+/// time, a `Z` and then the offset (sic).
+fn iso8601(t: SystemTime, zone: &Zone) -> String {
+    let c = Civil::new(t, zone);
     format!(
-        "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{:06}Z+0000",
+        "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{:06}Z{}",
         c.year,
         c.month,
         c.day,
         c.hour,
         c.minute,
         c.second,
-        c.nanos / 1000
+        c.nanos / 1000,
+        zone.numeric()
     )
 }
 
@@ -573,9 +648,27 @@ pub fn json(
     json_payload: bool,
     pretty: bool,
 ) -> Result<String, NotJson> {
+    let zoned = time.map(|t| (t, Zone::local(t)));
+    json_in(
+        m,
+        arrival,
+        zoned.as_ref().map(|(t, z)| (*t, z)),
+        json_payload,
+        pretty,
+    )
+}
+
+/// [`json`] with the time in a given zone.
+fn json_in(
+    m: &Message,
+    arrival: Arrival,
+    time: Option<(SystemTime, &Zone)>,
+    json_payload: bool,
+    pretty: bool,
+) -> Result<String, NotJson> {
     let mut root: Vec<(&'static str, Json)> = Vec::new();
-    if let Some(t) = time {
-        root.push(("tst", Json::Str(iso8601(t))));
+    if let Some((t, zone)) = time {
+        root.push(("tst", Json::Str(iso8601(t, zone))));
     }
     root.push(("topic", Json::Str(m.topic.to_string())));
     root.push(("qos", Json::Num(m.qos as u64)));
@@ -780,7 +873,7 @@ mod tests {
     #[test]
     fn dates() {
         let t = SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(1_700_000_000);
-        assert_eq!(iso8601(t), "2023-11-14T22:13:20.000000Z+0000");
+        assert_eq!(iso8601(t, &Zone::utc()), "2023-11-14T22:13:20.000000Z+0000");
     }
 }
 
@@ -793,7 +886,8 @@ mod widths_and_dates {
     fn at(fmt: &str, payload: &'static str, secs: u64, nanos: u32) -> String {
         let m = Message::new(ByteStr::from_static("a/b"), payload.into(), QoS::AtMostOnce);
         let t = SystemTime::UNIX_EPOCH + std::time::Duration::new(secs, nanos);
-        String::from_utf8(format_at(fmt, &m, Arrival::default(), false, t).unwrap()).unwrap()
+        String::from_utf8(format_in(fmt, &m, Arrival::default(), false, t, &Zone::utc()).unwrap())
+            .unwrap()
     }
 
     #[test]

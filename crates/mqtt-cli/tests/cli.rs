@@ -1010,6 +1010,54 @@ fn json_payload_like_mosquitto_sub() {
     }
 }
 
+// -F times are local, as mosquitto_sub's: the zone comes from TZ (Asia/Kolkata: +0530,
+// no daylight saving time, so the answer does not depend on the date).
+#[test]
+fn local_time_like_mosquitto_sub() {
+    let broker = TestBroker::ours();
+    let port = broker.port().to_string();
+    let args = [
+        "-p",
+        port.as_str(),
+        "-t",
+        "tz",
+        "-C",
+        "1",
+        "-F",
+        "@z @Z|%I|%j",
+    ];
+    let with_tz = |bin: &str| {
+        Command::new(bin)
+            .args(args)
+            .env("TZ", "Asia/Kolkata")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    let (ours, theirs) = (with_tz(SUB), with_tz("mosquitto_sub"));
+    sleep(Duration::from_millis(400));
+    let o = run(PUB, &["-p", port.as_str(), "-t", "tz", "-m", "x"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let ours = wait(ours, Duration::from_secs(10));
+    let theirs = wait(theirs, Duration::from_secs(10));
+    let (ours, theirs) = (stdout(&ours), stdout(&theirs));
+    assert!(ours.starts_with("+0530 IST|"), "{ours}");
+    assert!(ours.contains("+0530|{\"tst\":\""), "{ours}");
+    assert!(ours.contains("Z+0530\""), "{ours}");
+    // The same but for the instants, which differ by the two programs' timing.
+    let zone_parts = |s: &str| {
+        let (zone, rest) = s.split_once('|').unwrap_or_default();
+        (
+            zone.to_owned(),
+            rest.get(19..24).unwrap_or_default().to_owned(),
+            mask_tst(rest.split_once('|').map_or("", |(_, j)| j)),
+        )
+    };
+    assert_eq!(zone_parts(&ours), zone_parts(&theirs));
+}
+
 // %A: the topic alias a message arrived with, blank without one, as mosquitto_sub
 // prints it; a server played by hand sends the aliases (Mosquitto never does).
 #[test]
