@@ -472,7 +472,7 @@ impl Shared {
     pub(crate) fn route(
         &self,
         from: u64,
-        message: &Message,
+        message: Message,
         matches: &mut Matches<u64, Sub>,
         mut pending: Option<&mut VecDeque<Pending>>,
         now: mqtt_session::Instant,
@@ -481,14 +481,26 @@ impl Shared {
             return;
         };
         if message.retain {
-            self.retain(message);
+            self.retain(&message);
         }
         matches.clear();
         self.index.matches(topic, matches);
+        let (qos, retain) = (message.qos, message.retain);
+        // [MQTT-3.3.4-2], [MQTT-3.3.4-3]: one copy per subscriber at the highest granted
+        // QoS, with every matching subscription identifier.
+        let shape = |mut out: Message, granted: QoS, retain_as_published: bool, ids| {
+            out.qos = qos.min(granted);
+            out.retain = retain && retain_as_published;
+            out.properties.subscription_identifiers = ids;
+            out
+        };
+        // Each recipient is delivered once the next is found, so the last one can take
+        // the message itself instead of a copy (with one subscriber: no copy at all).
+        let mut previous = None;
         for subscriber in matches.subscribers() {
             let key = *subscriber.key();
             let mut handle = None;
-            let mut qos = None::<QoS>;
+            let mut granted = None::<QoS>;
             let mut retain_as_published = false;
             let mut ids = Vec::new();
             for sub in subscriber.values() {
@@ -497,28 +509,37 @@ impl Shared {
                     continue;
                 }
                 handle = Some(&sub.handle);
-                qos = Some(qos.map_or(sub.options.qos, |q| q.max(sub.options.qos)));
+                granted = Some(granted.map_or(sub.options.qos, |q| q.max(sub.options.qos)));
                 retain_as_published |= sub.options.retain_as_published;
                 if let Some(id) = sub.identifier {
                     ids.push(id);
                 }
             }
-            let (Some(handle), Some(granted)) = (handle, qos) else {
+            let (Some(handle), Some(granted)) = (handle, granted) else {
                 continue;
             };
-            // [MQTT-3.3.4-2], [MQTT-3.3.4-3]: one copy at the highest granted QoS, with
-            // every matching subscription identifier.
-            let mut out = message.clone();
-            out.qos = message.qos.min(granted);
-            out.retain = message.retain && retain_as_published;
-            out.properties.subscription_identifiers = ids;
-            self.deliver(handle, now, out, None, pending.as_deref_mut());
+            if let Some((h, g, r, ids)) =
+                previous.replace((handle, granted, retain_as_published, ids))
+            {
+                let out = shape(message.clone(), g, r, ids);
+                self.deliver(h, now, out, None, pending.as_deref_mut());
+            }
         }
-        for group in matches.shared() {
+        let mut groups = matches.shared().peekable();
+        if let Some((h, g, r, ids)) = previous {
+            if groups.peek().is_none() {
+                // The last recipient takes the message itself.
+                self.deliver(h, now, shape(message, g, r, ids), None, pending);
+                return;
+            }
+            let out = shape(message.clone(), g, r, ids);
+            self.deliver(h, now, out, None, pending.as_deref_mut());
+        }
+        for group in groups {
             self.deliver_to_group(
                 group.id(),
                 group.members(),
-                message,
+                &message,
                 now,
                 None,
                 pending.as_deref_mut(),

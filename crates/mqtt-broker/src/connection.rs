@@ -494,7 +494,7 @@ where
                 }
                 Event::Message(m, _) => {
                     received += 1;
-                    shared.route(handle.key, &m, &mut matches, Some(&mut *pending), now);
+                    shared.route(handle.key, m, &mut matches, Some(&mut *pending), now);
                 }
                 Event::Subscribe(s) => {
                     subscribe(shared, handle, version, &s, &mut backlog);
@@ -509,7 +509,7 @@ where
                 // The will of a connection this one replaced ([MQTT-3.1.2-8]).
                 Event::Will(will) => shared.route(
                     handle.key,
-                    &will_message(will),
+                    will_message(will),
                     &mut matches,
                     Some(&mut *pending),
                     now,
@@ -840,7 +840,7 @@ async fn idle(shared: Arc<Shared>, handle: Arc<SessionHandle>, generation: u64) 
             match event {
                 Event::Will(will) => {
                     let now = shared.now();
-                    shared.route(handle.key, &will_message(will), &mut matches, None, now);
+                    shared.route(handle.key, will_message(will), &mut matches, None, now);
                 }
                 Event::SessionExpired => {
                     shared.remove_session(&handle);

@@ -132,7 +132,7 @@ pub(crate) async fn run(shared: Arc<Shared>, interval: Duration) {
             };
             let mut m = Message::new(topic, Bytes::from(value), QoS::AtMostOnce);
             m.retain = true;
-            shared.route(BROKER_KEY, &m, &mut matches, None, shared.now());
+            shared.route(BROKER_KEY, m, &mut matches, None, shared.now());
         }
     }
 }
