@@ -171,6 +171,9 @@ pub(crate) struct Shared {
     next_client: AtomicU64,
     /// Set to `true` once, at shutdown; every task holds a receiver, so none misses it.
     pub(crate) shutdown: tokio::sync::watch::Sender<bool>,
+    /// The same, for connection tasks: they check it when woken, and shutdown wakes them
+    /// through their sessions, which spares every wait a watch receiver.
+    stopping: AtomicBool,
     pub(crate) local_addrs: Mutex<Vec<SocketAddr>>,
 }
 
@@ -193,6 +196,7 @@ impl Shared {
             next_key: AtomicU64::new(1),
             next_client: AtomicU64::new(1),
             shutdown: tokio::sync::watch::Sender::new(false),
+            stopping: AtomicBool::new(false),
             local_addrs: Mutex::new(Vec::new()),
         }
     }
@@ -207,12 +211,14 @@ impl Shared {
 
     /// Whether shutdown has begun.
     pub(crate) fn is_shutting_down(&self) -> bool {
-        *self.shutdown.borrow()
+        self.stopping.load(Ordering::Acquire)
     }
 
-    /// Wakes every session's connection task (at shutdown: hibernating ones listen for
+    /// Begins shutdown for the connection tasks: sets the flag, then wakes every
+    /// session's task (each checks the flag when woken; hibernating ones listen for
     /// nothing else).
-    pub(crate) fn wake_all_sessions(&self) {
+    pub(crate) fn stop_connections(&self) {
+        self.stopping.store(true, Ordering::Release);
         for handle in self.registry().values() {
             handle.notify.notify_one();
         }

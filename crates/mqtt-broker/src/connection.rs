@@ -350,7 +350,7 @@ enum Step {
 
 /// Waits, holding no buffer, until the client sends something, the session has
 /// something to send, or its timer fires. `None`: go active. Shutdown wakes it through
-/// the session's signal (`Shared::wake_all_sessions`), which keeps this future, the one
+/// the session's signal (`Shared::stop_connections`), which keeps this future, the one
 /// idle connections sit in, small.
 async fn hibernate<R: AsyncRead + Unpin>(
     shared: &Shared,
@@ -413,8 +413,11 @@ where
     let mut out = BytesMut::new();
     let mut events = Vec::new();
     let mut matches = Matches::default();
-    let shutdown = shared.shutting_down();
-    tokio::pin!(shutdown);
+    // One timer for the whole active stretch, moved only when it must fire earlier: a
+    // new timer per wait costs a registration and a removal in the timer wheel each time
+    // the loop waits. Firing early is harmless: the session finds nothing due.
+    let timer = sleep_until(Instant::now() + std::time::Duration::from_secs(3600));
+    tokio::pin!(timer);
     let mut last_activity = Instant::now();
     let mut shrunk = false;
     // Nothing has happened since CONNECT (true only on the first stretch).
@@ -426,6 +429,9 @@ where
         return Step::Ended(End::TakenOver);
     }
     loop {
+        if shared.is_shutting_down() {
+            return Step::Ended(End::Shutdown);
+        }
         // 1. Flush: take what the session has to send and its events, under the lock.
         let mut more = false;
         let deadline = {
@@ -563,10 +569,8 @@ where
         }
         if !pending.is_empty() {
             // 4a. Held deliveries: wait for room, not for input (back-pressure).
-            match wait_for_room(shared, handle, pending, &mut shutdown).await {
-                Some(end) => return Step::Ended(end),
-                None => continue,
-            }
+            wait_for_room(shared, handle, pending).await;
+            continue;
         }
         if fresh && backlog.is_empty() && rbuf.is_empty() {
             // A new connection with nothing more to do after CONNACK hibernates at once:
@@ -584,6 +588,9 @@ where
                 .or(b)
                 .unwrap_or_else(|| Instant::now() + std::time::Duration::from_secs(3600)),
         };
+        if timer.is_elapsed() || wake < timer.deadline() {
+            timer.as_mut().reset(wake);
+        }
         tokio::select! {
             read = rd.read_buf(rbuf) => {
                 last_activity = Instant::now();
@@ -604,7 +611,7 @@ where
                 shrunk = false;
                 fresh = false;
             }
-            () = sleep_until(wake) => {
+            () = &mut timer => {
                 let mut cell = handle.lock();
                 let now = shared.now();
                 cell.session.handle_timeout(now);
@@ -623,7 +630,6 @@ where
                     shrunk = true;
                 }
             }
-            () = &mut shutdown => return Step::Ended(End::Shutdown),
         }
     }
 }
@@ -643,14 +649,11 @@ fn retry_pending(shared: &Shared, pending: &mut VecDeque<Pending>) -> bool {
 
 /// Waits until the first held delivery's subscriber has room (or gives up on it after
 /// `slow_subscriber_ms`), while this session's own packets still go out: a wake-up of
-/// its own returns at once so the caller flushes. `Some` when the connection must end.
-async fn wait_for_room(
-    shared: &Shared,
-    handle: &SessionHandle,
-    pending: &mut VecDeque<Pending>,
-    shutdown: &mut std::pin::Pin<&mut impl Future<Output = ()>>,
-) -> Option<End> {
-    let first = pending.front_mut()?;
+/// its own (shutdown included) returns at once so the caller flushes and looks.
+async fn wait_for_room(shared: &Shared, handle: &SessionHandle, pending: &mut VecDeque<Pending>) {
+    let Some(first) = pending.front_mut() else {
+        return;
+    };
     let target = Arc::clone(&first.handle);
     let give_up_at =
         *first.waited_since.get_or_insert_with(Instant::now) + shared.slow_subscriber();
@@ -659,36 +662,26 @@ async fn wait_for_room(
     // Registered before the last look, so a signal in between is not missed.
     space.as_mut().enable();
     target.waiting.fetch_add(1, Ordering::SeqCst);
-    let end = if retry_pending(shared, pending) {
-        None
-    } else {
+    if !retry_pending(shared, pending) {
         tokio::select! {
-            () = &mut space => None,
-            () = handle.notify.notified() => None,
+            () = &mut space => {}
+            () = handle.notify.notified() => {}
             () = sleep_until(give_up_at) => {
                 if let Some(p) = pending.pop_front() {
                     shared.give_up(p);
                 }
-                None
             }
-            () = shutdown.as_mut() => Some(End::Shutdown),
         }
-    };
-    target.waiting.fetch_sub(1, Ordering::SeqCst);
-    if end.is_none() {
         retry_pending(shared, pending);
     }
-    end
+    target.waiting.fetch_sub(1, Ordering::SeqCst);
 }
 
 /// The connection ended with deliveries still held: they were taken from the client
 /// (and maybe acknowledged), so they wait for room as long as a live connection would.
 async fn deliver_pending(shared: &Shared, handle: &SessionHandle, pending: &mut VecDeque<Pending>) {
-    // Shutdown does not apply here: the caller skips this when shutting down.
-    let never = std::future::pending::<()>();
-    tokio::pin!(never);
     while !retry_pending(shared, pending) {
-        wait_for_room(shared, handle, pending, &mut never).await;
+        wait_for_room(shared, handle, pending).await;
     }
 }
 

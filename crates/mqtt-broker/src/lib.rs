@@ -104,8 +104,8 @@ impl Broker {
     /// their own.
     pub async fn shutdown(mut self) {
         self.shared.shutdown.send_replace(true);
-        // Hibernating connections wait on their session's signal, not on shutdown.
-        self.shared.wake_all_sessions();
+        // Connections wait on their session's signal, not on the shutdown watch.
+        self.shared.stop_connections();
         let deadline = tokio::time::sleep(Duration::from_secs(5));
         tokio::pin!(deadline);
         loop {
