@@ -47,11 +47,15 @@ enum End {
 }
 
 /// Serves one accepted socket until it closes.
-pub(crate) async fn serve<S>(shared: Arc<Shared>, stream: S, peer: SocketAddr)
+///
+/// Takes the stream as its two halves: a TCP stream splits into owned halves with no lock
+/// (`TcpStream::into_split`), where `tokio::io::split`, for other streams (TLS), locks
+/// on every read and write.
+pub(crate) async fn serve<R, W>(shared: Arc<Shared>, (mut rd, mut wr): (R, W), peer: SocketAddr)
 where
-    S: AsyncRead + AsyncWrite + Unpin,
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
 {
-    let (mut rd, mut wr) = tokio::io::split(stream);
     let mut rbuf = BytesMut::with_capacity(READ_CHUNK);
     let mut decoder = Decoder::new();
     decoder.set_max_packet_size(shared.config.limits.max_packet_size);
@@ -1084,7 +1088,11 @@ mod tests {
             let hibernate = size_of_val(&hibernating);
             drop(hibernating);
             let (stream, _peer) = tokio::io::duplex(64);
-            let serving = super::serve(shared.clone(), stream, "127.0.0.1:1".parse().unwrap());
+            let serving = super::serve(
+                shared.clone(),
+                tokio::io::split(stream),
+                "127.0.0.1:1".parse().unwrap(),
+            );
             let serve = size_of_val(&serving);
             drop(serving);
             let session = size_of::<mqtt_session::ServerSession>();
