@@ -426,7 +426,6 @@ where
     let mut shrunk = false;
     // Nothing has happened since CONNECT (true only on the first stretch).
     let mut fresh = first_stretch;
-    let mut settled = Vec::new();
     let mut backlog = VecDeque::new();
     // Packets the client sent right behind CONNECT may already be buffered.
     if feed(shared, handle, generation, decoder, rbuf) {
@@ -470,7 +469,14 @@ where
                 }
             }
             while let Some(e) = cell.session.poll_event() {
-                events.push(e);
+                match e {
+                    // Settled here, under the lock already held: a shared-subscription
+                    // message acknowledged or dropped needs no redelivery.
+                    Event::Delivered { id, .. } | Event::Dropped { id, .. } => {
+                        cell.settle_shared(&[id]);
+                    }
+                    e => events.push(e),
+                }
             }
             if has_room(&cell.session) {
                 // Room for publishers held up by this session's full queue.
@@ -515,7 +521,6 @@ where
                     again = true;
                 }
                 Event::PeerDisconnected(_) | Event::Closed { .. } => closed = true,
-                Event::Delivered { id, .. } | Event::Dropped { id, .. } => settled.push(id),
                 // The will of a connection this one replaced ([MQTT-3.1.2-8]).
                 Event::Will(will) => shared.route(
                     handle.key,
@@ -553,10 +558,6 @@ where
                 // Keep idle connections small: a burst's buffer is given back.
                 out = BytesMut::new();
             }
-        }
-        if !settled.is_empty() {
-            handle.lock().settle_shared(&settled);
-            settled.clear();
         }
         if lost {
             return Step::Ended(End::Lost);
