@@ -258,17 +258,7 @@ impl Driver {
             let wake = tokio::select! {
                 () = sleep_until(deadline) => return true,
                 permit = self.events_tx.reserve(), if !self.events_out.is_empty() => {
-                    match permit {
-                        Ok(p) => {
-                            if let Some(ev) = self.events_out.pop_front() {
-                                p.send(ev);
-                            }
-                        }
-                        Err(_) => {
-                            self.events_open = false;
-                            self.events_out.clear();
-                        }
-                    }
+                    forward_event(permit, &mut self.events_out, &mut self.events_open);
                     Wake::Nothing
                 }
                 cmd = self.cmd_rx.recv(), if accept => Wake::Command(cmd.map(Box::new)),
@@ -390,17 +380,7 @@ impl Driver {
                 r = reader.read_buf(rbuf), if can_read => Wake::Read(r),
                 w = write_some(writer, wbuf), if has_write => Wake::Write(w),
                 permit = self.events_tx.reserve(), if !self.events_out.is_empty() => {
-                    match permit {
-                        Ok(p) => {
-                            if let Some(ev) = self.events_out.pop_front() {
-                                p.send(ev);
-                            }
-                        }
-                        Err(_) => {
-                            self.events_open = false;
-                            self.events_out.clear();
-                        }
-                    }
+                    forward_event(permit, &mut self.events_out, &mut self.events_open);
                     Wake::Nothing
                 }
                 cmd = self.cmd_rx.recv(), if accept => Wake::Command(cmd.map(Box::new)),
@@ -888,5 +868,25 @@ fn clone_connect_error(e: &ConnectError) -> ConnectError {
         },
         ConnectError::Timeout(d) => ConnectError::Timeout(*d),
         other => ConnectError::Closed(other.to_string()),
+    }
+}
+
+/// Hands the oldest queued event to the application through a reserved channel slot; a
+/// closed channel means nobody listens any more, so the queue is dropped.
+fn forward_event(
+    permit: Result<mpsc::Permit<'_, Event>, mpsc::error::SendError<()>>,
+    events_out: &mut VecDeque<Event>,
+    events_open: &mut bool,
+) {
+    match permit {
+        Ok(p) => {
+            if let Some(ev) = events_out.pop_front() {
+                p.send(ev);
+            }
+        }
+        Err(_) => {
+            *events_open = false;
+            events_out.clear();
+        }
     }
 }
