@@ -56,6 +56,33 @@ pub(crate) struct SessionHandle {
     pub(crate) stuck: AtomicBool,
 }
 
+/// A message offered to a session: new from routing, or held and offered again. A held
+/// one is already boxed, so handing it back once more allocates nothing.
+#[derive(Debug)]
+// Passed once by value and taken apart at once: boxing the new message would add the
+// very allocation this type exists to avoid.
+#[allow(clippy::large_enum_variant)]
+enum Offered {
+    New(Message),
+    Held(Box<Message>),
+}
+
+impl Offered {
+    fn into_box(self) -> Box<Message> {
+        match self {
+            Self::New(m) => Box::new(m),
+            Self::Held(b) => b,
+        }
+    }
+
+    fn into_message(self) -> Message {
+        match self {
+            Self::New(m) => m,
+            Self::Held(b) => *b,
+        }
+    }
+}
+
 /// A delivery refused for a full queue, held by the publishing connection until the
 /// subscriber makes room.
 #[derive(Debug)]
@@ -634,7 +661,7 @@ impl Shared {
         // overtake it.
         let held = match pending {
             Some(ref p) if !p.is_empty() => Err(Box::new(message)),
-            _ => self.offer(handle, now, message, group),
+            _ => self.offer(handle, now, Offered::New(message), group),
         };
         if let Err(message) = held {
             match pending {
@@ -658,7 +685,7 @@ impl Shared {
         &self,
         handle: &SessionHandle,
         now: mqtt_session::Instant,
-        message: Message,
+        message: Offered,
         group: Option<GroupId>,
     ) -> Result<(), Box<Message>> {
         let mut cell = handle.lock();
@@ -666,8 +693,9 @@ impl Shared {
         if waits && !has_room(&cell.session) {
             // Full: wait for room rather than have the session make some by evicting
             // (a search of its whole queue for QoS 0 messages, on every retry).
-            return Err(Box::new(message));
+            return Err(message.into_box());
         }
+        let message = message.into_message();
         // A QoS 1 message from a shared subscription is kept to hand to another member
         // should this one leave without acknowledging it.
         let keep = (group.is_some() && message.qos == QoS::AtLeastOnce).then(|| message.clone());
@@ -702,7 +730,7 @@ impl Shared {
             group,
             waited_since,
         } = pending;
-        self.offer(&handle, now, *message, group)
+        self.offer(&handle, now, Offered::Held(message), group)
             .map_err(|message| Pending {
                 handle,
                 message,
