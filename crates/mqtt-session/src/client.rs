@@ -223,8 +223,9 @@ impl ClientSession {
         subscriptions: Vec<Subscription>,
         properties: SubscribeProperties,
     ) -> Option<PacketId> {
-        let packet_id = self.flow.outbox.allocate_packet_id()?;
-        self.flow.outbox.other_ids.push(packet_id);
+        let outbox = &mut self.flow.traffic_mut().outbox;
+        let packet_id = outbox.allocate_packet_id()?;
+        outbox.other_ids.push(packet_id);
         self.request(
             Subscribe {
                 packet_id,
@@ -242,8 +243,9 @@ impl ClientSession {
         filters: Vec<ByteStr>,
         properties: UnsubscribeProperties,
     ) -> Option<PacketId> {
-        let packet_id = self.flow.outbox.allocate_packet_id()?;
-        self.flow.outbox.other_ids.push(packet_id);
+        let outbox = &mut self.flow.traffic_mut().outbox;
+        let packet_id = outbox.allocate_packet_id()?;
+        outbox.other_ids.push(packet_id);
         self.request(
             Unsubscribe {
                 packet_id,
@@ -383,7 +385,7 @@ impl ClientSession {
                             "AUTH other than 0x18 (Continue authentication) before CONNACK",
                         ));
                     }
-                    self.flow.events.push(Event::Auth(a));
+                    self.flow.push_event(Event::Auth(a));
                     Ok(())
                 }
                 _ => Err(ProtocolError::new(
@@ -415,23 +417,23 @@ impl ClientSession {
             Packet::PubRel(r) => self.flow.handle_pubrel(r.packet_id),
             Packet::Auth(a) if self.options.version.is_v5() => {
                 self.check_server_auth(&a)?;
-                self.flow.events.push(Event::Auth(a));
+                self.flow.push_event(Event::Auth(a));
             }
             Packet::PingResp => self.ping_sent_at = None,
             Packet::SubAck(ack) => {
                 if self.release_request_id(ack.packet_id) {
-                    self.flow.events.push(Event::SubAck(ack));
+                    self.flow.push_event(Event::SubAck(ack));
                 }
             }
             Packet::UnsubAck(ack) => {
                 if self.release_request_id(ack.packet_id) {
-                    self.flow.events.push(Event::UnsubAck(ack));
+                    self.flow.push_event(Event::UnsubAck(ack));
                 }
             }
             Packet::Disconnect(d) => {
                 let reason = d.reason_code;
-                self.flow.events.push(Event::PeerDisconnected(d));
-                self.flow.events.push(Event::Closed { reason });
+                self.flow.push_event(Event::PeerDisconnected(d));
+                self.flow.push_event(Event::Closed { reason });
             }
             _ => {
                 return Err(ProtocolError::new(
@@ -446,7 +448,7 @@ impl ClientSession {
 
     fn release_request_id(&mut self, id: PacketId) -> bool {
         self.sent_requests.retain(|p| request_id(p) != Some(id));
-        let ids = &mut self.flow.outbox.other_ids;
+        let ids = &mut self.flow.traffic_mut().outbox.other_ids;
         match ids.iter().position(|&p| p == id) {
             Some(pos) => {
                 ids.remove(pos);
@@ -460,8 +462,8 @@ impl ClientSession {
         if ack.reason_code.is_error() {
             let reason = ack.reason_code;
             self.state = State::Idle;
-            self.flow.events.push(Event::Refused(ack));
-            self.flow.events.push(Event::Closed { reason });
+            self.flow.push_event(Event::Refused(ack));
+            self.flow.push_event(Event::Closed { reason });
             return;
         }
         let v5 = self.options.version.is_v5();
@@ -498,26 +500,29 @@ impl ClientSession {
         for packet in pending {
             self.request(packet);
         }
-        self.flow.events.push(Event::Connected(ack));
+        self.flow.push_event(Event::Connected(ack));
     }
 
     /// Session Present 0: forget what the server would have known ([MQTT-3.2.2-5]), and
     /// send again, as new messages, those it never acknowledged.
     fn discard_sent_state(&mut self) {
-        let inflight = self.flow.outbox.drain_inflight();
+        let Some(t) = self.flow.traffic_mut_if_any() else {
+            return;
+        };
+        let inflight = t.outbox.drain_inflight();
         for (f, message) in inflight.into_iter().rev() {
             match (f.phase, message) {
                 (Awaiting::PubComp, _) | (_, None) => {
                     // PUBREC arrived: the server has the message.
-                    self.flow.events.push(Event::Delivered {
+                    t.events.push(Event::Delivered {
                         id: f.id,
                         reason_code: ReasonCode::SUCCESS,
                     });
                 }
-                (_, Some(message)) => self.flow.outbox.push_queued(f.id, message, None, true),
+                (_, Some(message)) => t.outbox.push_queued(f.id, message, None, true),
             }
         }
-        self.flow.inbox.awaiting_pubrel.clear();
+        t.inbox.awaiting_pubrel.clear();
     }
 
     /// The connection ended. The session state stays for the next [`connect`](Self::connect).
@@ -538,7 +543,7 @@ impl ClientSession {
         }
         if let Some(sent) = self.ping_sent_at {
             if now >= sent + self.ping_timeout() {
-                self.flow.events.push(Event::Closed {
+                self.flow.push_event(Event::Closed {
                     reason: ReasonCode::KEEP_ALIVE_TIMEOUT,
                 });
                 self.state = State::Idle;
@@ -547,7 +552,7 @@ impl ClientSession {
         }
         // [MQTT-3.1.2-20]: send PINGREQ when nothing else went out for a keep-alive.
         if self.ping_sent_at.is_none() && now >= self.flow.last_tx + self.keep_alive {
-            self.flow.tx.push_back(Tx::PingReq);
+            self.flow.traffic_mut().tx.push_back(Tx::PingReq);
             self.ping_sent_at = Some(now);
         }
     }
@@ -561,7 +566,12 @@ impl ClientSession {
         match self.state {
             State::Idle => None,
             State::Connecting => {
-                let packet = self.flow.tx.pop_front()?.into_packet();
+                let packet = self
+                    .flow
+                    .traffic_mut_if_any()?
+                    .tx
+                    .pop_front()?
+                    .into_packet();
                 self.flow.last_tx = now;
                 Some(packet)
             }
@@ -571,7 +581,7 @@ impl ClientSession {
 
     /// The next event.
     pub fn poll_event(&mut self) -> Option<Event> {
-        self.flow.events.pop()
+        self.flow.pop_event()
     }
 
     /// When to call [`handle_timeout`](Self::handle_timeout) next, if ever.
@@ -593,7 +603,7 @@ impl ClientSession {
 
     /// Messages queued or in flight.
     pub fn pending_messages(&self) -> usize {
-        self.flow.outbox.queue.len() + self.flow.outbox.inflight.len()
+        self.flow.pending_messages()
     }
 
     pub(crate) fn flow(&self) -> &Flow {

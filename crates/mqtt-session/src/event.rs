@@ -94,6 +94,11 @@ pub(crate) struct Events {
 }
 
 impl Events {
+    /// Whether no event is queued.
+    pub(crate) fn is_empty(&self) -> bool {
+        self.order.is_empty()
+    }
+
     /// Gives back the memory of empty queues.
     pub(crate) fn shrink(&mut self) {
         if self.order.is_empty() {

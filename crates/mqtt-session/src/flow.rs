@@ -81,17 +81,61 @@ impl From<Packet> for Tx {
     }
 }
 
+/// The part of a session that is empty while nothing moves: the queues, windows and
+/// topic aliases. Boxed in [`Flow`], allocated on first use and dropped again by
+/// [`Flow::shrink`] once everything in it is empty, so an idle session costs one pointer
+/// for all of it instead of a few hundred bytes of empty containers.
+#[derive(Debug, Default)]
+pub(crate) struct Traffic {
+    pub(crate) outbox: Outbox,
+    pub(crate) inbox: Inbox,
+    /// Packets to send before any new PUBLISH: acknowledgements, resends, control.
+    pub(crate) tx: VecDeque<Tx>,
+    pub(crate) events: Events,
+}
+
+impl Traffic {
+    /// Whether nothing in it holds state (capacity aside): dropping it loses nothing
+    /// but the packet and message counters, which [`Flow`] keeps.
+    fn is_empty(&self) -> bool {
+        self.tx.is_empty()
+            && self.events.is_empty()
+            && self.outbox.is_empty()
+            && self.inbox.is_empty()
+    }
+}
+
+/// The counters that outlive the [`Traffic`] part: the next packet identifier and
+/// message identifier, kept in its [`Outbox`] while it exists and here while it does not.
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct Counters {
+    pub(crate) next_packet_id: u16,
+    pub(crate) next_message_id: u64,
+}
+
+/// The traffic part of `slot`, allocated (with the counters `saved`) if there is none.
+/// A function of the two fields rather than a method, so the rest of the [`Flow`] can be
+/// borrowed alongside.
+#[inline]
+fn traffic(slot: &mut Option<Box<Traffic>>, saved: Counters) -> &mut Traffic {
+    slot.get_or_insert_with(|| {
+        let mut traffic = Box::<Traffic>::default();
+        traffic.outbox.next_packet_id = saved.next_packet_id;
+        traffic.outbox.next_message_id = saved.next_message_id;
+        traffic
+    })
+}
+
 #[derive(Debug)]
 pub(crate) struct Flow {
     pub(crate) version: ProtocolVersion,
     pub(crate) limits: Limits,
     pub(crate) peer: PeerLimits,
     pub(crate) connected: bool,
-    pub(crate) outbox: Outbox,
-    pub(crate) inbox: Inbox,
-    /// Packets to send before any new PUBLISH: acknowledgements, resends, control.
-    pub(crate) tx: VecDeque<Tx>,
-    pub(crate) events: Events,
+    /// Queues, windows and aliases: `None` while all of them are empty and shrunk.
+    traffic: Option<Box<Traffic>>,
+    /// The counters while `traffic` is `None` (its outbox holds them otherwise).
+    saved: Counters,
     pub(crate) last_rx: Instant,
     pub(crate) last_tx: Instant,
     /// A DISCONNECT went out: nothing more may be sent on this connection ([MQTT-3.14.4-1]).
@@ -103,14 +147,26 @@ pub(crate) struct Flow {
 
 impl Flow {
     /// Gives back the memory of queues that are empty: for idle connections, whose
-    /// queues otherwise keep the capacity of their busiest moment.
+    /// queues otherwise keep the capacity of their busiest moment. With nothing left in
+    /// any of them, the whole traffic part goes.
     pub(crate) fn shrink(&mut self) {
-        if self.tx.is_empty() {
-            self.tx = VecDeque::new();
+        let Some(t) = self.traffic.as_deref_mut() else {
+            return;
+        };
+        if t.is_empty() {
+            self.saved = Counters {
+                next_packet_id: t.outbox.next_packet_id,
+                next_message_id: t.outbox.next_message_id,
+            };
+            self.traffic = None;
+            return;
         }
-        self.events.shrink();
-        self.outbox.shrink();
-        self.inbox.shrink();
+        if t.tx.is_empty() {
+            t.tx = VecDeque::new();
+        }
+        t.events.shrink();
+        t.outbox.shrink();
+        t.inbox.shrink();
     }
 
     pub(crate) fn new(version: ProtocolVersion, limits: Limits) -> Self {
@@ -119,10 +175,8 @@ impl Flow {
             limits,
             peer: PeerLimits::default(),
             connected: false,
-            outbox: Outbox::default(),
-            inbox: Inbox::default(),
-            tx: VecDeque::new(),
-            events: Events::default(),
+            traffic: None,
+            saved: Counters::default(),
             last_rx: Instant::ZERO,
             last_tx: Instant::ZERO,
             sent_disconnect: false,
@@ -130,9 +184,70 @@ impl Flow {
         }
     }
 
+    /// The traffic part, allocated on first use.
+    #[inline]
+    pub(crate) fn traffic_mut(&mut self) -> &mut Traffic {
+        traffic(&mut self.traffic, self.saved)
+    }
+
+    /// The traffic part, if allocated (when not, every queue in it is empty).
+    #[inline]
+    pub(crate) fn traffic(&self) -> Option<&Traffic> {
+        self.traffic.as_deref()
+    }
+
+    /// The traffic part, if allocated, to change.
+    #[inline]
+    pub(crate) fn traffic_mut_if_any(&mut self) -> Option<&mut Traffic> {
+        self.traffic.as_deref_mut()
+    }
+
+    /// The packet and message counters.
+    pub(crate) fn counters(&self) -> Counters {
+        match self.traffic() {
+            Some(t) => Counters {
+                next_packet_id: t.outbox.next_packet_id,
+                next_message_id: t.outbox.next_message_id,
+            },
+            None => self.saved,
+        }
+    }
+
+    /// Sets the packet and message counters (restoring a session).
+    pub(crate) fn set_counters(&mut self, counters: Counters) {
+        self.saved = counters;
+        if let Some(t) = self.traffic.as_deref_mut() {
+            t.outbox.next_packet_id = counters.next_packet_id;
+            t.outbox.next_message_id = counters.next_message_id;
+        }
+    }
+
+    /// Queues an event.
+    #[inline]
+    pub(crate) fn push_event(&mut self, event: Event) {
+        self.traffic_mut().events.push(event);
+    }
+
+    /// The next event.
+    #[inline]
+    pub(crate) fn pop_event(&mut self) -> Option<Event> {
+        self.traffic.as_deref_mut()?.events.pop()
+    }
+
+    /// Messages queued (not yet sent).
+    pub(crate) fn queued_messages(&self) -> usize {
+        self.traffic().map_or(0, |t| t.outbox.queue.len())
+    }
+
+    /// Messages queued or in flight.
+    pub(crate) fn pending_messages(&self) -> usize {
+        self.traffic()
+            .map_or(0, |t| t.outbox.queue.len() + t.outbox.inflight.len())
+    }
+
     /// Queues a control packet.
     pub(crate) fn send(&mut self, packet: impl Into<Packet>) {
-        self.tx.push_back(packet.into().into());
+        self.traffic_mut().tx.push_back(packet.into().into());
     }
 
     /// The in-flight window: the peer's Receive Maximum, capped by ours ([MQTT-4.9.0-1]).
@@ -161,8 +276,8 @@ impl Flow {
                 reason: DropReason::Offline,
             });
         }
-        self.outbox
-            .enqueue(now, message, &self.limits, &mut self.events)
+        let t = traffic(&mut self.traffic, self.saved);
+        t.outbox.enqueue(now, message, &self.limits, &mut t.events)
     }
 
     /// The next packet to write, if connected.
@@ -170,7 +285,7 @@ impl Flow {
         if !self.connected || self.sent_disconnect {
             return None;
         }
-        while let Some(tx) = self.tx.pop_front() {
+        while let Some(tx) = self.traffic.as_deref_mut()?.tx.pop_front() {
             if let Some(packet) = self.control(tx) {
                 self.last_tx = now;
                 return Some(packet);
@@ -182,14 +297,15 @@ impl Flow {
             0
         };
         let window = self.window();
+        let t = self.traffic.as_deref_mut()?;
         // The PUBLISH is checked against the peer's Maximum Packet Size there.
-        let packet = self.outbox.next_publish(
+        let packet = t.outbox.next_publish(
             now,
             window,
             self.peer.max_packet_size,
             alias_max,
             self.version,
-            &mut self.events,
+            &mut t.events,
         );
         if packet.is_some() {
             self.last_tx = now;
@@ -228,13 +344,15 @@ impl Flow {
     /// PUBREL from the peer.
     pub(crate) fn handle_pubrel(&mut self, packet_id: PacketId) {
         // [MQTT-4.3.3-11]: answer PUBREL with PUBCOMP, with 0x92 if we had no such id.
-        let known = self.inbox.release(packet_id);
-        let reason_code = if !known && self.version.is_v5() {
+        let v5 = self.version.is_v5();
+        let t = self.traffic_mut();
+        let known = t.inbox.release(packet_id);
+        let reason_code = if !known && v5 {
             ReasonCode::PACKET_IDENTIFIER_NOT_FOUND
         } else {
             ReasonCode::SUCCESS
         };
-        self.tx.push_back(Tx::PubComp(packet_id, reason_code));
+        t.tx.push_back(Tx::PubComp(packet_id, reason_code));
     }
 
     /// PUBLISH from the peer.
@@ -243,7 +361,8 @@ impl Flow {
         let v5 = self.version.is_v5();
         // Before `receive` resolves (and clears) the topic alias.
         let arrival = Arrival::of(&publish);
-        match self.inbox.receive(
+        let t = traffic(&mut self.traffic, self.saved);
+        match t.inbox.receive(
             &mut publish,
             v5,
             self.limits.receive_maximum,
@@ -254,13 +373,13 @@ impl Flow {
                 // [MQTT-4.6.0-2], [MQTT-4.6.0-3]: in the order received.
                 match publish.qos_pid {
                     mqtt_codec::QosPid::AtMostOnce => {}
-                    mqtt_codec::QosPid::AtLeastOnce(id) => self.tx.push_back(Tx::PubAck(id)),
-                    mqtt_codec::QosPid::ExactlyOnce(id) => self.tx.push_back(Tx::PubRec(id)),
+                    mqtt_codec::QosPid::AtLeastOnce(id) => t.tx.push_back(Tx::PubAck(id)),
+                    mqtt_codec::QosPid::ExactlyOnce(id) => t.tx.push_back(Tx::PubRec(id)),
                 }
-                self.events
+                t.events
                     .push_message(Message::from_publish(publish), arrival);
             }
-            Received::Duplicate(id) => self.tx.push_back(Tx::PubRec(id)),
+            Received::Duplicate(id) => t.tx.push_back(Tx::PubRec(id)),
         }
         Ok(())
     }
@@ -268,7 +387,9 @@ impl Flow {
     /// PUBACK, PUBREC or PUBCOMP from the peer.
     #[inline]
     pub(crate) fn handle_ack(&mut self, packet_id: PacketId, phase: Awaiting, code: ReasonCode) {
-        match self.outbox.acknowledge(packet_id, phase, code) {
+        let v5 = self.version.is_v5();
+        let t = self.traffic_mut();
+        match t.outbox.acknowledge(packet_id, phase, code) {
             AckOutcome::Done(id) => {
                 // PUBCOMP's only failure, 0x92, says the receiver no longer knows the
                 // identifier: it completed the exchange before (its PUBCOMP was lost with a
@@ -279,20 +400,18 @@ impl Flow {
                 } else {
                     code
                 };
-                self.events.push(Event::Delivered { id, reason_code });
+                t.events.push(Event::Delivered { id, reason_code });
             }
             // [MQTT-4.6.0-4]: PUBREL in the order the PUBRECs arrived.
-            AckOutcome::SendPubRel => self
-                .tx
-                .push_back(Tx::PubRel(packet_id, ReasonCode::SUCCESS)),
+            AckOutcome::SendPubRel => t.tx.push_back(Tx::PubRel(packet_id, ReasonCode::SUCCESS)),
             AckOutcome::Unknown if phase == Awaiting::PubRec => {
                 // Answer a PUBREC we cannot match, so the peer can finish its side.
-                let reason_code = if self.version.is_v5() {
+                let reason_code = if v5 {
                     ReasonCode::PACKET_IDENTIFIER_NOT_FOUND
                 } else {
                     ReasonCode::SUCCESS
                 };
-                self.tx.push_back(Tx::PubRel(packet_id, reason_code));
+                t.tx.push_back(Tx::PubRel(packet_id, reason_code));
             }
             AckOutcome::Unknown => {}
         }
@@ -303,9 +422,11 @@ impl Flow {
     pub(crate) fn connection_lost(&mut self) {
         self.connected = false;
         self.sent_disconnect = false;
-        self.tx.clear();
-        self.outbox.reset_aliases();
-        self.inbox.reset_aliases();
+        if let Some(t) = self.traffic.as_deref_mut() {
+            t.tx.clear();
+            t.outbox.reset_aliases();
+            t.inbox.reset_aliases();
+        }
     }
 
     /// A new connection resumes the session: resend what is unacknowledged, in order.
@@ -314,25 +435,31 @@ impl Flow {
         self.sent_disconnect = false;
         self.last_rx = now;
         self.last_tx = now;
-        let resend: Vec<Packet> = self.outbox.resend().collect();
+        let Some(t) = self.traffic.as_deref_mut() else {
+            return;
+        };
+        let resend: Vec<Packet> = t.outbox.resend().collect();
         for packet in resend {
             let tx = match packet {
                 Packet::PubRel(rel) => Tx::PubRel(rel.packet_id, rel.reason_code),
                 packet => packet.into(),
             };
-            self.tx.push_back(tx);
+            t.tx.push_back(tx);
         }
     }
 
     /// Discards the session state (clean start, or no session on the other side).
     pub(crate) fn discard_state(&mut self) {
-        for id in self.outbox.discard() {
-            self.events.push(Event::Dropped {
+        let Some(t) = self.traffic.as_deref_mut() else {
+            return;
+        };
+        for id in t.outbox.discard() {
+            t.events.push(Event::Dropped {
                 id,
                 reason: DropReason::SessionDiscarded,
             });
         }
-        self.inbox.awaiting_pubrel.clear();
+        t.inbox.awaiting_pubrel.clear();
     }
 
     /// Queues a DISCONNECT with `reason` where the version has one to send.

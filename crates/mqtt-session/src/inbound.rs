@@ -25,6 +25,11 @@ pub(crate) struct Inbox {
 }
 
 impl Inbox {
+    /// Whether no QoS 2 message waits for PUBREL and no topic alias is mapped.
+    pub(crate) fn is_empty(&self) -> bool {
+        self.awaiting_pubrel.is_empty() && self.aliases.is_empty()
+    }
+
     /// Gives back the memory of an empty QoS 2 window (aliases stay: they are in use).
     pub(crate) fn shrink(&mut self) {
         if self.awaiting_pubrel.is_empty() {

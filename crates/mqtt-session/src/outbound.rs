@@ -296,6 +296,15 @@ pub(crate) struct Outbox {
 }
 
 impl Outbox {
+    /// Whether it holds nothing but its counters: no message, no packet identifier in
+    /// use, no topic alias.
+    pub(crate) fn is_empty(&self) -> bool {
+        self.queue.is_empty()
+            && self.inflight.is_empty()
+            && self.other_ids.is_empty()
+            && self.aliases.is_empty()
+    }
+
     /// Gives back the memory of empty queues and an empty message store.
     pub(crate) fn shrink(&mut self) {
         if self.queue.is_empty() && self.inflight.is_empty() {

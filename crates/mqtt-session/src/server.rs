@@ -133,7 +133,7 @@ impl ServerSession {
         let previous_ends = self.session_expiry == 0 || connect.clean_start;
         if previous_ends {
             if let Some(will) = self.will.take().filter(|_| self.will_due.is_some()) {
-                self.flow.events.push(Event::Will(*will));
+                self.flow.push_event(Event::Will(*will));
             }
         }
 
@@ -260,14 +260,14 @@ impl ServerSession {
     /// 5.0; 3.x just closes). [`Event::Closed`] follows.
     pub fn disconnect(&mut self, reason: ReasonCode) {
         self.flow.queue_disconnect(reason);
-        self.flow.events.push(Event::Closed { reason });
+        self.flow.push_event(Event::Closed { reason });
     }
 
     /// As [`disconnect`](Self::disconnect), with a Reason String (5.0) saying why, for
     /// the client's logs: "malformed PUBLISH: topic name contains a wildcard character".
     pub fn disconnect_explained(&mut self, reason: ReasonCode, why: &str) {
         self.flow.queue_disconnect_explained(reason, Some(why));
-        self.flow.events.push(Event::Closed { reason });
+        self.flow.push_event(Event::Closed { reason });
     }
 
     /// Handles a packet from the client. On error the connection must close; for 5.0 a
@@ -303,12 +303,12 @@ impl ServerSession {
             }
             Packet::PubRel(r) => self.flow.handle_pubrel(r.packet_id),
             Packet::Auth(a) if self.flow.version.is_v5() => {
-                self.flow.events.push(Event::Auth(a));
+                self.flow.push_event(Event::Auth(a));
             }
             // [MQTT-3.12.4-1]
-            Packet::PingReq => self.flow.tx.push_back(Tx::PingResp),
-            Packet::Subscribe(s) => self.flow.events.push(Event::Subscribe(s)),
-            Packet::Unsubscribe(u) => self.flow.events.push(Event::Unsubscribe(u)),
+            Packet::PingReq => self.flow.traffic_mut().tx.push_back(Tx::PingResp),
+            Packet::Subscribe(s) => self.flow.push_event(Event::Subscribe(s)),
+            Packet::Unsubscribe(u) => self.flow.push_event(Event::Unsubscribe(u)),
             Packet::Disconnect(d) => {
                 if let Some(interval) = d.properties.session_expiry_interval {
                     // 3.14.2.2.2: a session that was to end with the connection may not be
@@ -326,7 +326,7 @@ impl ServerSession {
                 if d.reason_code != ReasonCode::DISCONNECT_WITH_WILL {
                     self.will = None;
                 }
-                self.flow.events.push(Event::PeerDisconnected(d));
+                self.flow.push_event(Event::PeerDisconnected(d));
             }
             Packet::Connect(_) => {
                 return Err(ProtocolError::new(
@@ -382,12 +382,12 @@ impl ServerSession {
         if self.will_due.is_some_and(|t| now >= t) {
             self.will_due = None;
             if let Some(will) = self.will.take() {
-                self.flow.events.push(Event::Will(*will));
+                self.flow.push_event(Event::Will(*will));
             }
         }
         if self.expires_at.is_some_and(|t| now >= t) {
             self.expires_at = None;
-            self.flow.events.push(Event::SessionExpired);
+            self.flow.push_event(Event::SessionExpired);
         }
     }
 
@@ -403,7 +403,7 @@ impl ServerSession {
 
     /// The next event.
     pub fn poll_event(&mut self) -> Option<Event> {
-        self.flow.events.pop()
+        self.flow.pop_event()
     }
 
     /// When to call [`handle_timeout`](Self::handle_timeout) next, if ever.
@@ -423,7 +423,7 @@ impl ServerSession {
         self.flow
             .limits
             .max_queued_messages
-            .saturating_sub(self.flow.outbox.queue.len())
+            .saturating_sub(self.flow.queued_messages())
     }
 
     /// Gives back the memory of queues that are empty. Call it when the connection has
@@ -434,7 +434,7 @@ impl ServerSession {
 
     /// Messages queued or in flight.
     pub fn pending_messages(&self) -> usize {
-        self.flow.outbox.queue.len() + self.flow.outbox.inflight.len()
+        self.flow.pending_messages()
     }
 
     pub(crate) fn flow(&self) -> &Flow {

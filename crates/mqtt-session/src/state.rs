@@ -31,7 +31,7 @@ use mqtt_codec::{
 
 use crate::{
     client::{ClientOptions, ClientSession},
-    flow::Flow,
+    flow::{Counters, Flow},
     message::{Limits, Message, MessageId},
     outbound::Awaiting,
     server::{ServerSession, SubscriptionRecord},
@@ -108,10 +108,19 @@ fn put_flow(out: &mut BytesMut, flow: &Flow, now: Instant, role: u8) {
     out.put_u8(FORMAT);
     out.put_u8(role);
     out.put_u8(flow.version.level());
-    out.put_u16(flow.outbox.next_packet_id);
-    out.put_u64(flow.outbox.next_message_id);
-    out.put_u32(flow.outbox.inflight.len() as u32);
-    for f in &flow.outbox.inflight {
+    let counters = flow.counters();
+    out.put_u16(counters.next_packet_id);
+    out.put_u64(counters.next_message_id);
+    let (inflight, queue, awaiting_pubrel) = match flow.traffic() {
+        Some(t) => (
+            t.outbox.inflight.iter(),
+            t.outbox.queue.iter(),
+            t.inbox.awaiting_pubrel.as_slice(),
+        ),
+        None => (Default::default(), Default::default(), &[][..]),
+    };
+    out.put_u32(inflight.len() as u32);
+    for f in inflight {
         out.put_u64(f.id.0);
         out.put_u16(f.packet_id.get());
         out.put_u8(match f.phase {
@@ -120,21 +129,21 @@ fn put_flow(out: &mut BytesMut, flow: &Flow, now: Instant, role: u8) {
             Awaiting::PubComp => 2,
         });
         if f.phase != Awaiting::PubComp {
-            if let Some(m) = flow.outbox.message(f.slot) {
+            if let Some(m) = flow.traffic().and_then(|t| t.outbox.message(f.slot)) {
                 put_message(out, &m);
             }
         }
     }
-    out.put_u32(flow.outbox.queue.len() as u32);
-    for q in &flow.outbox.queue {
+    out.put_u32(queue.len() as u32);
+    for q in queue {
         out.put_u64(q.id.0);
         put_left(out, q.expires_at, now);
-        if let Some(m) = flow.outbox.message(Some(q.slot)) {
+        if let Some(m) = flow.traffic().and_then(|t| t.outbox.message(Some(q.slot))) {
             put_message(out, &m);
         }
     }
-    out.put_u32(flow.inbox.awaiting_pubrel.len() as u32);
-    for id in &flow.inbox.awaiting_pubrel {
+    out.put_u32(awaiting_pubrel.len() as u32);
+    for id in awaiting_pubrel {
         out.put_u16(id.get());
     }
 }
@@ -391,8 +400,10 @@ fn read_flow(
         _ => return Err(StateError::Corrupt("protocol level")),
     };
     let mut flow = Flow::new(version, limits);
-    flow.outbox.next_packet_id = r.u16()?;
-    flow.outbox.next_message_id = r.u64()?;
+    flow.set_counters(Counters {
+        next_packet_id: r.u16()?,
+        next_message_id: r.u64()?,
+    });
     let count = r.u32()?;
     for _ in 0..count {
         let id = MessageId(r.u64()?);
@@ -403,19 +414,23 @@ fn read_flow(
             2 => (Awaiting::PubComp, None),
             _ => return Err(StateError::Corrupt("in-flight phase")),
         };
-        flow.outbox.push_inflight(id, packet_id, phase, message);
+        flow.traffic_mut()
+            .outbox
+            .push_inflight(id, packet_id, phase, message);
     }
     let count = r.u32()?;
     for _ in 0..count {
         let id = MessageId(r.u64()?);
         let expires_at = r.left(now)?;
         let message = r.message()?;
-        flow.outbox.push_queued(id, message, expires_at, false);
+        flow.traffic_mut()
+            .outbox
+            .push_queued(id, message, expires_at, false);
     }
     let count = r.u32()?;
     for _ in 0..count {
         let id = r.packet_id()?;
-        flow.inbox.awaiting_pubrel.push(id);
+        flow.traffic_mut().inbox.awaiting_pubrel.push(id);
     }
     Ok((version, flow))
 }

@@ -1083,3 +1083,44 @@ fn queue_limit_by_bytes() {
         .unwrap_err();
     assert_eq!(refused.reason, DropReason::QueueFull);
 }
+
+// ---- idle sessions -------------------------------------------------------------------
+
+// An idle session gives back its queues whole; message and packet identifiers carry on
+// from where they were, so no identifier is handed out twice in the session's life.
+#[test]
+fn shrinking_an_idle_session_keeps_its_identifiers() {
+    let mut pair = connected(V5);
+    let first = pair
+        .server
+        .deliver(pair.now, msg("t", "1", QoS::AtLeastOnce))
+        .unwrap();
+    pair.drive();
+    assert_eq!(payloads(&pair.take_client_events()), ["1"]);
+    let first_pid = pair.server_sent.iter().find_map(|p| match p {
+        Packet::Publish(p) => p.packet_id(),
+        _ => None,
+    });
+    pair.server.shrink_idle();
+    pair.client.shrink_idle();
+    let exported = pair.server.export(pair.now);
+    pair.server_sent.clear();
+    let second = pair
+        .server
+        .deliver(pair.now, msg("t", "2", QoS::AtLeastOnce))
+        .unwrap();
+    pair.drive();
+    assert_eq!(payloads(&pair.take_client_events()), ["2"]);
+    assert!(second > first);
+    let second_pid = pair.server_sent.iter().find_map(|p| match p {
+        Packet::Publish(p) => p.packet_id(),
+        _ => None,
+    });
+    assert_ne!(first_pid, second_pid);
+    // The shrunk session exports the identifiers it would use next.
+    let mut restored = ServerSession::restore(Limits::default(), &exported, pair.now).unwrap();
+    let third = restored
+        .deliver(pair.now, msg("t", "3", QoS::AtLeastOnce))
+        .unwrap();
+    assert_eq!(third, second);
+}
