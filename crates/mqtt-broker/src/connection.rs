@@ -25,6 +25,9 @@ use crate::broker::{Pending, SessionHandle, Shared, Sub, has_room};
 /// Read buffer size while idle; it grows only for large packets.
 const READ_CHUNK: usize = 512;
 
+/// What a hibernating connection reads before it has a read buffer.
+const FIRST_READ: usize = 16;
+
 /// After this long without traffic a connection gives back the memory of its buffers
 /// and its session's queues.
 const IDLE_SHRINK: std::time::Duration = std::time::Duration::from_secs(5);
@@ -56,74 +59,96 @@ where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
 {
-    let mut rbuf = BytesMut::with_capacity(READ_CHUNK);
     let mut decoder = Decoder::new();
     decoder.set_max_packet_size(shared.config.limits.max_packet_size);
 
-    // Every stage but hibernation runs boxed, so the task itself stays small: a future
-    // is as large as its largest await point, and the idle one is what most connections
-    // sit in.
-    let Some((handle, generation, version)) = Box::pin(open(
-        &shared,
-        &mut rd,
-        &mut wr,
-        &mut rbuf,
-        &mut decoder,
-        peer,
-    ))
-    .await
+    // Every stage but hibernation runs boxed and owns what it needs (read buffer, held
+    // deliveries), so the task itself stays small: a future is as large as its largest
+    // await point plus what lives across all of them, and the idle one is what most
+    // connections sit in.
+    let Some((handle, generation, version, mut rbuf)) =
+        Box::pin(open(&shared, &mut rd, &mut wr, &mut decoder, peer)).await
     else {
         return;
     };
-    // Deliveries waiting for room in a subscriber's queue; while any wait, nothing more
-    // is read from this client (see `broker` on back-pressure).
-    let mut pending = VecDeque::new();
     let mut first_stretch = true;
     let end = loop {
         // The active state (buffers, a select over several futures: over a kilobyte)
         // lives on the heap only while the connection is active; an idle connection's
         // task holds just the small `hibernate` future.
-        let step = Box::pin(run_loop(
+        let active = Box::pin(active(
             &shared,
             &handle,
             generation,
             version,
             &mut rd,
             &mut wr,
-            &mut rbuf,
             &mut decoder,
-            &mut pending,
+            rbuf,
             std::mem::take(&mut first_stretch),
-        ))
-        .await;
-        match step {
-            Step::Ended(end) => break end,
-            Step::Idle => {
-                let hibernating = hibernate(
-                    &shared,
-                    &handle,
-                    generation,
-                    &mut rd,
-                    &mut rbuf,
-                    &mut decoder,
-                );
-                if let Some(end) = hibernating.await {
-                    break end;
-                }
-            }
+        ));
+        if !active.await {
+            return;
         }
+        match hibernate(&shared, &handle, generation, &mut rd, &mut decoder).await {
+            Ok(read) => rbuf = read,
+            Err(end) => break end,
+        }
+    };
+    Box::pin(detach(
+        &shared, &handle, generation, version, end, &mut rd, &mut wr,
+    ))
+    .await;
+}
+
+/// One active stretch of a connection, from `rbuf` (bytes read and not yet decoded) on:
+/// true when it goes idle (holding nothing: no bytes, no held delivery), false when the
+/// connection is over and has been detached.
+#[allow(clippy::too_many_arguments)]
+async fn active<R, W>(
+    shared: &Arc<Shared>,
+    handle: &Arc<SessionHandle>,
+    generation: u64,
+    version: ProtocolVersion,
+    rd: &mut R,
+    wr: &mut W,
+    decoder: &mut Decoder,
+    mut rbuf: BytesMut,
+    first_stretch: bool,
+) -> bool
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    // Deliveries waiting for room in a subscriber's queue; while any wait, nothing more
+    // is read from this client (see `broker` on back-pressure).
+    let mut pending = VecDeque::new();
+    let step = run_loop(
+        shared,
+        handle,
+        generation,
+        version,
+        rd,
+        wr,
+        &mut rbuf,
+        decoder,
+        &mut pending,
+        first_stretch,
+    )
+    .await;
+    let end = match step {
+        Step::Idle => return true,
+        Step::Ended(end) => end,
     };
     // Deliveries this connection took (and may have acknowledged) still go out. Nobody
     // waits for room in this session meanwhile: its writer is gone.
     if !matches!(end, End::Shutdown) && !pending.is_empty() {
         handle.stuck.store(true, Ordering::Relaxed);
         handle.space.notify_waiters();
-        Box::pin(deliver_pending(&shared, &handle, &mut pending)).await;
+        deliver_pending(shared, handle, &mut pending).await;
     }
-    Box::pin(detach(
-        &shared, &handle, generation, version, end, &mut rd, &mut wr,
-    ))
-    .await;
+    detach(shared, handle, generation, version, end, rd, wr).await;
+    false
 }
 
 /// Reads CONNECT (refusing what does not decode) and attaches the session; `None` if the
@@ -132,17 +157,17 @@ async fn open<R, W>(
     shared: &Arc<Shared>,
     rd: &mut R,
     wr: &mut W,
-    rbuf: &mut BytesMut,
     decoder: &mut Decoder,
     peer: SocketAddr,
-) -> Option<(Arc<SessionHandle>, u64, ProtocolVersion)>
+) -> Option<(Arc<SessionHandle>, u64, ProtocolVersion, BytesMut)>
 where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
 {
+    let mut rbuf = BytesMut::with_capacity(READ_CHUNK);
     let connect = match timeout(
         shared.config.connect_timeout(),
-        read_packet(rd, rbuf, decoder),
+        read_packet(rd, &mut rbuf, decoder),
     )
     .await
     {
@@ -160,7 +185,9 @@ where
             return None;
         }
     };
-    attach(shared, wr, *connect, peer).await
+    let (handle, generation, version) = attach(shared, wr, *connect, peer).await?;
+    // Packets the client sent right behind CONNECT may already be in `rbuf`.
+    Some((handle, generation, version, rbuf))
 }
 
 /// Reads until one packet is decoded; `None` at end of stream.
@@ -353,22 +380,18 @@ enum Step {
 }
 
 /// Waits, holding no buffer, until the client sends something, the session has
-/// something to send, or its timer fires. `None`: go active. Shutdown wakes it through
-/// the session's signal (`Shared::stop_connections`), which keeps this future, the one
-/// idle connections sit in, small.
+/// something to send, or its timer fires. `Ok` with the bytes read (perhaps none): go
+/// active. Shutdown wakes it through the session's signal (`Shared::stop_connections`),
+/// which keeps this future, the one idle connections sit in, small.
 async fn hibernate<R: AsyncRead + Unpin>(
     shared: &Shared,
     handle: &SessionHandle,
     generation: u64,
     rd: &mut R,
-    rbuf: &mut BytesMut,
     decoder: &mut Decoder,
-) -> Option<End> {
+) -> Result<BytesMut, End> {
     if shared.is_shutting_down() {
-        return Some(End::Shutdown);
-    }
-    if rbuf.is_empty() {
-        *rbuf = BytesMut::new();
+        return Err(End::Shutdown);
     }
     let wake = {
         let mut cell = handle.lock();
@@ -379,23 +402,28 @@ async fn hibernate<R: AsyncRead + Unpin>(
     }
     .map(|d| shared.deadline(d))
     .unwrap_or_else(|| Instant::now() + std::time::Duration::from_secs(3600));
-    // The first bytes land here; the read buffer is allocated once they have.
-    let mut first = [0u8; 64];
+    // The first bytes land here, and the read buffer is allocated once they have. Small:
+    // a PINGREQ fits, and the active stage reads whatever follows.
+    let mut first = [0u8; FIRST_READ];
     tokio::select! {
         read = rd.read(&mut first) => match read {
-            Ok(0) | Err(_) => Some(End::Lost),
+            Ok(0) | Err(_) => Err(End::Lost),
             Ok(n) => {
                 shared.stats.bytes_received.fetch_add(n as u64, Ordering::Relaxed);
-                rbuf.reserve(READ_CHUNK);
+                let mut rbuf = BytesMut::with_capacity(READ_CHUNK);
                 rbuf.extend_from_slice(first.get(..n).unwrap_or_default());
-                feed(shared, handle, generation, decoder, rbuf).then_some(End::TakenOver)
+                if feed(shared, handle, generation, decoder, &mut rbuf) {
+                    Err(End::TakenOver)
+                } else {
+                    Ok(rbuf)
+                }
             }
         },
-        () = handle.notify.notified() => None,
+        () = handle.notify.notified() => Ok(BytesMut::new()),
         () = sleep_until(wake) => {
             let now = shared.now();
             handle.lock().session.handle_timeout(now);
-            None
+            Ok(BytesMut::new())
         }
     }
 }
@@ -430,7 +458,7 @@ where
     // Nothing has happened since CONNECT (true only on the first stretch).
     let mut fresh = first_stretch;
     let mut backlog = VecDeque::new();
-    // Packets the client sent right behind CONNECT may already be buffered.
+    // Bytes already read (behind CONNECT, or on waking) may hold more packets.
     if feed(shared, handle, generation, decoder, rbuf) {
         return Step::Ended(End::TakenOver);
     }
@@ -1085,10 +1113,8 @@ mod tests {
             let handle = shared.session(&ByteStr::from_static("probe"));
             let (stream, _peer) = tokio::io::duplex(64);
             let (mut rd, _wr) = tokio::io::split(stream);
-            let mut rbuf = bytes::BytesMut::new();
             let mut decoder = Decoder::new();
-            let hibernating =
-                super::hibernate(&shared, &handle, 0, &mut rd, &mut rbuf, &mut decoder);
+            let hibernating = super::hibernate(&shared, &handle, 0, &mut rd, &mut decoder);
             let hibernate = size_of_val(&hibernating);
             drop(hibernating);
             let (stream, _peer) = tokio::io::duplex(64);
@@ -1100,8 +1126,8 @@ mod tests {
             let serve = size_of_val(&serving);
             drop(serving);
             let session = size_of::<mqtt_session::ServerSession>();
-            assert!(hibernate <= 400, "hibernate future: {hibernate} B");
-            assert!(serve <= 600, "serve future: {serve} B");
+            assert!(hibernate <= 312, "hibernate future: {hibernate} B");
+            assert!(serve <= 424, "serve future: {serve} B");
             assert!(session <= 216, "ServerSession: {session} B");
         });
     }
