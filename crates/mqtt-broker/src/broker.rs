@@ -28,7 +28,7 @@ use mqtt_session::{DropReason, Limits, Message, MessageId, ServerSession};
 use mqtt_topics::{Filter, GroupId, Matches, RetainedStore, ShardedIndex, TopicFilter, TopicName};
 use tokio::sync::Notify;
 
-use crate::config::Config;
+use crate::{alarms::Alarms, config::Config};
 
 /// A subscription as the index stores it: whose, and with what options.
 #[derive(Clone, Debug)]
@@ -202,6 +202,8 @@ pub(crate) struct Shared {
     /// through their sessions, which spares every wait a watch receiver.
     stopping: AtomicBool,
     pub(crate) local_addrs: Mutex<Vec<SocketAddr>>,
+    /// Keep-alive deadlines of hibernating connections.
+    pub(crate) alarms: Alarms,
 }
 
 impl Shared {
@@ -225,6 +227,7 @@ impl Shared {
             shutdown: tokio::sync::watch::Sender::new(false),
             stopping: AtomicBool::new(false),
             local_addrs: Mutex::new(Vec::new()),
+            alarms: Alarms::default(),
         }
     }
 

@@ -5,7 +5,13 @@
 //! its events, and wait for bytes, a wake-up from a publisher, the session's timer or
 //! shutdown. Writes are batched: everything the session yields goes out in one write.
 
-use std::{collections::VecDeque, net::SocketAddr, sync::Arc, sync::atomic::Ordering};
+use std::{
+    collections::VecDeque,
+    net::SocketAddr,
+    pin::Pin,
+    sync::{Arc, atomic::Ordering},
+    task::Poll,
+};
 
 use bytes::BytesMut;
 use mqtt_codec::{
@@ -15,7 +21,7 @@ use mqtt_codec::{
 use mqtt_session::{Event, Message};
 use mqtt_topics::{Filter, Matches};
 use tokio::{
-    io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt},
+    io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf},
     time::{Instant, sleep_until, timeout},
 };
 use tracing::{debug, info, warn};
@@ -49,77 +55,80 @@ enum End {
     Shutdown,
 }
 
+/// What a connection keeps for its whole life once CONNECT is accepted. The task holds
+/// it as one value, and the hibernate stage takes it by one reference: an `async fn`
+/// stores each of its arguments twice, for as long as it runs.
+struct Conn<R, W> {
+    shared: Arc<Shared>,
+    handle: Arc<SessionHandle>,
+    generation: u64,
+    version: ProtocolVersion,
+    rd: R,
+    wr: W,
+    decoder: Decoder,
+}
+
 /// Serves one accepted socket until it closes.
 ///
 /// Takes the stream as its two halves: a TCP stream splits into owned halves with no lock
 /// (`TcpStream::into_split`), where `tokio::io::split`, for other streams (TLS), locks
 /// on every read and write.
-pub(crate) async fn serve<R, W>(shared: Arc<Shared>, (mut rd, mut wr): (R, W), peer: SocketAddr)
+///
+/// Every stage but hibernation runs boxed and owns what it needs (read buffer, held
+/// deliveries), so the task itself stays small: a future is as large as its largest
+/// await point plus what lives across all of them, and the idle one is what most
+/// connections sit in. The arguments go straight into the boxed CONNECT stage, so the
+/// task keeps a pointer to it rather than the arguments themselves.
+pub(crate) fn serve<R, W>(
+    shared: Arc<Shared>,
+    (rd, wr): (R, W),
+    peer: SocketAddr,
+) -> impl Future<Output = ()>
 where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
 {
-    let mut decoder = Decoder::new();
-    decoder.set_max_packet_size(shared.config.limits.max_packet_size);
-
-    // Every stage but hibernation runs boxed and owns what it needs (read buffer, held
-    // deliveries), so the task itself stays small: a future is as large as its largest
-    // await point plus what lives across all of them, and the idle one is what most
-    // connections sit in.
-    let Some((handle, generation, version, mut rbuf)) =
-        Box::pin(open(&shared, &mut rd, &mut wr, &mut decoder, peer)).await
-    else {
-        return;
-    };
-    let mut first_stretch = true;
-    let end = loop {
-        // The active state (buffers, a select over several futures: over a kilobyte)
-        // lives on the heap only while the connection is active; an idle connection's
-        // task holds just the small `hibernate` future.
-        let active = Box::pin(active(
-            &shared,
-            &handle,
-            generation,
-            version,
-            &mut rd,
-            &mut wr,
-            &mut decoder,
-            rbuf,
-            std::mem::take(&mut first_stretch),
-        ));
-        if !active.await {
+    let open = Box::pin(open(shared, rd, wr, peer));
+    async move {
+        let Some((mut conn, mut rbuf)) = open.await else {
             return;
-        }
-        match hibernate(&shared, &handle, generation, &mut rd, &mut decoder).await {
-            Ok(read) => rbuf = read,
-            Err(end) => break end,
-        }
-    };
-    Box::pin(detach(
-        &shared, &handle, generation, version, end, &mut rd, &mut wr,
-    ))
-    .await;
+        };
+        let mut first_stretch = true;
+        let end = loop {
+            // The active state (buffers, a select over several futures: over a kilobyte)
+            // lives on the heap only while the connection is active; an idle connection's
+            // task holds just the small `hibernate` future.
+            let active = Box::pin(active(&mut conn, rbuf, std::mem::take(&mut first_stretch)));
+            if !active.await {
+                return;
+            }
+            match hibernate(&mut conn).await {
+                Ok(read) => rbuf = read,
+                Err(end) => break end,
+            }
+        };
+        Box::pin(detach(&mut conn, end)).await;
+    }
 }
 
 /// One active stretch of a connection, from `rbuf` (bytes read and not yet decoded) on:
 /// true when it goes idle (holding nothing: no bytes, no held delivery), false when the
 /// connection is over and has been detached.
-#[allow(clippy::too_many_arguments)]
-async fn active<R, W>(
-    shared: &Arc<Shared>,
-    handle: &Arc<SessionHandle>,
-    generation: u64,
-    version: ProtocolVersion,
-    rd: &mut R,
-    wr: &mut W,
-    decoder: &mut Decoder,
-    mut rbuf: BytesMut,
-    first_stretch: bool,
-) -> bool
+async fn active<R, W>(conn: &mut Conn<R, W>, mut rbuf: BytesMut, first_stretch: bool) -> bool
 where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
 {
+    let Conn {
+        shared,
+        handle,
+        generation,
+        version,
+        rd,
+        wr,
+        decoder,
+    } = conn;
+    let (generation, version) = (*generation, *version);
     // Deliveries waiting for room in a subscriber's queue; while any wait, nothing more
     // is read from this client (see `broker` on back-pressure).
     let mut pending = VecDeque::new();
@@ -147,27 +156,28 @@ where
         handle.space.notify_waiters();
         deliver_pending(shared, handle, &mut pending).await;
     }
-    detach(shared, handle, generation, version, end, rd, wr).await;
+    detach(conn, end).await;
     false
 }
 
 /// Reads CONNECT (refusing what does not decode) and attaches the session; `None` if the
-/// connection ends here.
+/// connection ends here. Also returns the bytes read behind CONNECT.
 async fn open<R, W>(
-    shared: &Arc<Shared>,
-    rd: &mut R,
-    wr: &mut W,
-    decoder: &mut Decoder,
+    shared: Arc<Shared>,
+    mut rd: R,
+    mut wr: W,
     peer: SocketAddr,
-) -> Option<(Arc<SessionHandle>, u64, ProtocolVersion, BytesMut)>
+) -> Option<(Conn<R, W>, BytesMut)>
 where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
 {
+    let mut decoder = Decoder::new();
+    decoder.set_max_packet_size(shared.config.limits.max_packet_size);
     let mut rbuf = BytesMut::with_capacity(READ_CHUNK);
     let connect = match timeout(
         shared.config.connect_timeout(),
-        read_packet(rd, &mut rbuf, decoder),
+        read_packet(&mut rd, &mut rbuf, &mut decoder),
     )
     .await
     {
@@ -177,7 +187,7 @@ where
             return None;
         }
         Ok(Err(e)) => {
-            refuse_undecodable(wr, &e, peer).await;
+            refuse_undecodable(&mut wr, &e, peer).await;
             return None;
         }
         Err(_) => {
@@ -185,9 +195,18 @@ where
             return None;
         }
     };
-    let (handle, generation, version) = attach(shared, wr, *connect, peer).await?;
+    let (handle, generation, version) = attach(&shared, &mut wr, *connect, peer).await?;
+    let conn = Conn {
+        shared,
+        handle,
+        generation,
+        version,
+        rd,
+        wr,
+        decoder,
+    };
     // Packets the client sent right behind CONNECT may already be in `rbuf`.
-    Some((handle, generation, version, rbuf))
+    Some((conn, rbuf))
 }
 
 /// Reads until one packet is decoded; `None` at end of stream.
@@ -381,49 +400,74 @@ enum Step {
 
 /// Waits, holding no buffer, until the client sends something, the session has
 /// something to send, or its timer fires. `Ok` with the bytes read (perhaps none): go
-/// active. Shutdown wakes it through the session's signal (`Shared::stop_connections`),
-/// which keeps this future, the one idle connections sit in, small.
-async fn hibernate<R: AsyncRead + Unpin>(
-    shared: &Shared,
-    handle: &SessionHandle,
-    generation: u64,
-    rd: &mut R,
-    decoder: &mut Decoder,
-) -> Result<BytesMut, End> {
+/// active. A single signal wakes it for everything but the socket: a publisher, the
+/// session's keep-alive deadline (through `Shared::alarms`), and shutdown
+/// (`Shared::stop_connections`); this keeps the future idle connections sit in small:
+/// no select, no timer of its own.
+async fn hibernate<R: AsyncRead + Unpin, W>(conn: &mut Conn<R, W>) -> Result<BytesMut, End> {
+    let shared = &*conn.shared;
     if shared.is_shutting_down() {
         return Err(End::Shutdown);
     }
-    let wake = {
-        let mut cell = handle.lock();
+    let alarm = {
+        let mut cell = conn.handle.lock();
         // Whatever the session still holds in its empty queues goes: a connection that
         // hibernates right after CONNACK has not been through the idle shrink.
         cell.session.shrink_idle();
         cell.session.poll_timeout()
+    };
+    if let Some(at) = alarm {
+        shared.alarms.set(at, &conn.handle);
     }
-    .map(|d| shared.deadline(d))
-    .unwrap_or_else(|| Instant::now() + std::time::Duration::from_secs(3600));
     // The first bytes land here, and the read buffer is allocated once they have. Small:
     // a PINGREQ fits, and the active stage reads whatever follows.
     let mut first = [0u8; FIRST_READ];
-    tokio::select! {
-        read = rd.read(&mut first) => match read {
-            Ok(0) | Err(_) => Err(End::Lost),
-            Ok(n) => {
-                shared.stats.bytes_received.fetch_add(n as u64, Ordering::Relaxed);
-                let mut rbuf = BytesMut::with_capacity(READ_CHUNK);
-                rbuf.extend_from_slice(first.get(..n).unwrap_or_default());
-                if feed(shared, handle, generation, decoder, &mut rbuf) {
-                    Err(End::TakenOver)
-                } else {
-                    Ok(rbuf)
-                }
+    let woke = {
+        let notified = conn.handle.notify.notified();
+        tokio::pin!(notified);
+        let rd = &mut conn.rd;
+        std::future::poll_fn(|cx| {
+            if notified.as_mut().poll(cx).is_ready() {
+                return Poll::Ready(None);
             }
-        },
-        () = handle.notify.notified() => Ok(BytesMut::new()),
-        () = sleep_until(wake) => {
+            let mut buf = ReadBuf::new(&mut first);
+            match Pin::new(&mut *rd).poll_read(cx, &mut buf) {
+                Poll::Ready(read) => Poll::Ready(Some(read.map(|()| buf.filled().len()))),
+                Poll::Pending => Poll::Pending,
+            }
+        })
+        .await
+    };
+    if let Some(at) = alarm {
+        shared.alarms.cancel(at, &conn.handle);
+    }
+    match woke {
+        None => {
             let now = shared.now();
-            handle.lock().session.handle_timeout(now);
+            if alarm.is_some_and(|at| now >= at) {
+                conn.handle.lock().session.handle_timeout(now);
+            }
             Ok(BytesMut::new())
+        }
+        Some(Ok(0) | Err(_)) => Err(End::Lost),
+        Some(Ok(n)) => {
+            shared
+                .stats
+                .bytes_received
+                .fetch_add(n as u64, Ordering::Relaxed);
+            let mut rbuf = BytesMut::with_capacity(READ_CHUNK);
+            rbuf.extend_from_slice(first.get(..n).unwrap_or_default());
+            if feed(
+                shared,
+                &conn.handle,
+                conn.generation,
+                &mut conn.decoder,
+                &mut rbuf,
+            ) {
+                Err(End::TakenOver)
+            } else {
+                Ok(rbuf)
+            }
         }
     }
 }
@@ -792,15 +836,17 @@ async fn flush_last<W: AsyncWrite + Unpin>(
 
 /// The connection is over: release the session, and keep its timers (will delay,
 /// session expiry) running while it has no connection.
-async fn detach<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(
-    shared: &Arc<Shared>,
-    handle: &Arc<SessionHandle>,
-    generation: u64,
-    version: ProtocolVersion,
-    end: End,
-    rd: &mut R,
-    wr: &mut W,
-) {
+async fn detach<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(conn: &mut Conn<R, W>, end: End) {
+    let Conn {
+        shared,
+        handle,
+        generation,
+        version,
+        rd,
+        wr,
+        ..
+    } = conn;
+    let (generation, version) = (*generation, *version);
     shared.stats.connected.fetch_sub(1, Ordering::Relaxed);
     let mut out = BytesMut::new();
     match end {
@@ -1095,13 +1141,16 @@ fn unsubscribe(
 mod tests {
     use std::sync::Arc;
 
-    use mqtt_codec::{ByteStr, Decoder};
+    use mqtt_codec::{ByteStr, Decoder, ProtocolVersion};
 
     use crate::{Config, broker::Shared};
 
-    /// An idle connection costs its task's future (the largest of its await points, so
-    /// every busy stage is boxed and only `hibernate` stays inline) plus its session.
-    /// These bounds keep a change from quietly growing what every idle client costs.
+    /// An idle connection costs its task (tokio's header and trailer, about 100 bytes,
+    /// plus the future, padded to a multiple of 128 bytes: the future is the largest of
+    /// its await points plus what lives across them all, so every busy stage is boxed and
+    /// only `hibernate` stays inline) and its session. These bounds, taken on the types
+    /// the broker spawns (TCP halves), keep a change from quietly growing what every
+    /// idle client costs.
     #[test]
     fn what_an_idle_connection_holds_stays_small() {
         let rt = tokio::runtime::Builder::new_current_thread()
@@ -1110,24 +1159,28 @@ mod tests {
             .unwrap();
         rt.block_on(async {
             let shared = Arc::new(Shared::new(Config::default()));
-            let handle = shared.session(&ByteStr::from_static("probe"));
-            let (stream, _peer) = tokio::io::duplex(64);
-            let (mut rd, _wr) = tokio::io::split(stream);
-            let mut decoder = Decoder::new();
-            let hibernating = super::hibernate(&shared, &handle, 0, &mut rd, &mut decoder);
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let addr = listener.local_addr().unwrap();
+            let stream = || async { tokio::net::TcpStream::connect(addr).await.unwrap() };
+            let (rd, wr) = stream().await.into_split();
+            let mut conn = super::Conn {
+                shared: shared.clone(),
+                handle: shared.session(&ByteStr::from_static("probe")),
+                generation: 0,
+                version: ProtocolVersion::V3_1_1,
+                rd,
+                wr,
+                decoder: Decoder::new(),
+            };
+            let hibernating = super::hibernate(&mut conn);
             let hibernate = size_of_val(&hibernating);
             drop(hibernating);
-            let (stream, _peer) = tokio::io::duplex(64);
-            let serving = super::serve(
-                shared.clone(),
-                tokio::io::split(stream),
-                "127.0.0.1:1".parse().unwrap(),
-            );
+            let serving = super::serve(shared.clone(), stream().await.into_split(), addr);
             let serve = size_of_val(&serving);
             drop(serving);
             let session = size_of::<mqtt_session::ServerSession>();
-            assert!(hibernate <= 312, "hibernate future: {hibernate} B");
-            assert!(serve <= 424, "serve future: {serve} B");
+            assert!(hibernate <= 160, "hibernate future: {hibernate} B");
+            assert!(serve <= 240, "serve future: {serve} B");
             assert!(session <= 216, "ServerSession: {session} B");
         });
     }

@@ -22,6 +22,7 @@
 
 pub mod config;
 
+mod alarms;
 mod broker;
 mod connection;
 mod sys;
@@ -75,6 +76,7 @@ impl Broker {
                 .unwrap_or_else(|| io::Error::other("no listener configured")));
         }
         tasks.spawn(housekeeping(Arc::clone(&shared)));
+        tasks.spawn(alarms::run(Arc::clone(&shared)));
         if shared.config.sys.interval > 0 {
             tasks.spawn(sys::run(
                 Arc::clone(&shared),
