@@ -15,7 +15,9 @@
 //! stall the rest.
 
 use std::{
-    collections::{BTreeMap, HashMap, VecDeque},
+    borrow::Borrow,
+    collections::{BTreeMap, HashSet, VecDeque},
+    hash::{Hash, Hasher},
     net::SocketAddr,
     sync::{
         Arc, Mutex, MutexGuard, RwLock,
@@ -54,6 +56,33 @@ pub(crate) struct SessionHandle {
     /// A publisher waited `slow_subscriber_ms` in vain: drop instead of waiting until the
     /// queue is empty again.
     pub(crate) stuck: AtomicBool,
+}
+
+/// A session in the registry, found by its client identifier: the handle holds the
+/// identifier already, so the registry's table holds one pointer per session rather than
+/// a copy of the key beside it.
+#[derive(Debug)]
+struct Registered(Arc<SessionHandle>);
+
+impl Borrow<str> for Registered {
+    fn borrow(&self) -> &str {
+        self.0.client_id.as_str()
+    }
+}
+
+impl PartialEq for Registered {
+    fn eq(&self, other: &Self) -> bool {
+        self.0.client_id == other.0.client_id
+    }
+}
+
+impl Eq for Registered {}
+
+impl Hash for Registered {
+    // As `str` hashes, so lookups by `&str` find it (`Borrow` requires it).
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        self.0.client_id.as_str().hash(state);
+    }
 }
 
 /// A message offered to a session: new from routing, or held and offered again. A held
@@ -184,7 +213,7 @@ pub(crate) struct Shared {
     pub(crate) limits: Limits,
     origin: tokio::time::Instant,
     pub(crate) index: ShardedIndex<u64, Sub>,
-    sessions: Mutex<HashMap<ByteStr, Arc<SessionHandle>>>,
+    sessions: Mutex<HashSet<Registered>>,
     /// Retained messages, sharded by the topic's first level so that retained
     /// publishes on different first levels never wait on one another.
     retained: Vec<RwLock<RetainedStore<RetainedMessage>>>,
@@ -214,7 +243,7 @@ impl Shared {
             limits,
             origin: tokio::time::Instant::now(),
             index: ShardedIndex::new(),
-            sessions: Mutex::new(HashMap::new()),
+            sessions: Mutex::new(HashSet::new()),
             retained: (0..RETAINED_SHARDS)
                 .map(|_| RwLock::new(RetainedStore::new()))
                 .collect(),
@@ -249,7 +278,7 @@ impl Shared {
     /// nothing else).
     pub(crate) fn stop_connections(&self) {
         self.stopping.store(true, Ordering::Release);
-        for handle in self.registry().values() {
+        for Registered(handle) in self.registry().iter() {
             handle.notify.notify_one();
         }
     }
@@ -272,7 +301,7 @@ impl Shared {
         self.retained_count.load(Ordering::Relaxed)
     }
 
-    fn registry(&self) -> MutexGuard<'_, HashMap<ByteStr, Arc<SessionHandle>>> {
+    fn registry(&self) -> MutexGuard<'_, HashSet<Registered>> {
         self.sessions
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
@@ -288,7 +317,7 @@ impl Shared {
     /// The session for `client_id`, created if missing.
     pub(crate) fn session(&self, client_id: &ByteStr) -> Arc<SessionHandle> {
         let mut registry = self.registry();
-        if let Some(h) = registry.get(client_id) {
+        if let Some(Registered(h)) = registry.get(client_id.as_str()) {
             return Arc::clone(h);
         }
         let handle = Arc::new(SessionHandle {
@@ -305,7 +334,7 @@ impl Shared {
             waiting: AtomicUsize::new(0),
             stuck: AtomicBool::new(false),
         });
-        registry.insert(client_id.clone(), Arc::clone(&handle));
+        registry.insert(Registered(Arc::clone(&handle)));
         handle
     }
 
@@ -314,10 +343,10 @@ impl Shared {
         {
             let mut registry = self.registry();
             if registry
-                .get(&handle.client_id)
-                .is_some_and(|h| Arc::ptr_eq(h, handle))
+                .get(handle.client_id.as_str())
+                .is_some_and(|Registered(h)| Arc::ptr_eq(h, handle))
             {
-                registry.remove(&handle.client_id);
+                registry.remove(handle.client_id.as_str());
             }
         }
         let (filters, version) = {
