@@ -210,7 +210,8 @@ pub(crate) struct Stats {
 #[derive(Debug)]
 pub(crate) struct Shared {
     pub(crate) config: Config,
-    pub(crate) limits: Limits,
+    /// Every session's limits, shared by all of them.
+    pub(crate) limits: Arc<Limits>,
     origin: tokio::time::Instant,
     pub(crate) index: ShardedIndex<u64, Sub>,
     sessions: Mutex<HashSet<Registered>>,
@@ -237,7 +238,7 @@ pub(crate) struct Shared {
 
 impl Shared {
     pub(crate) fn new(config: Config) -> Self {
-        let limits = config.session_limits();
+        let limits = Arc::new(config.session_limits());
         Self {
             config,
             limits,
@@ -324,7 +325,7 @@ impl Shared {
             key: self.next_key.fetch_add(1, Ordering::Relaxed),
             client_id: client_id.clone(),
             cell: Mutex::new(SessionCell {
-                session: ServerSession::new(client_id.clone(), self.limits.clone()),
+                session: ServerSession::new(client_id.clone(), Arc::clone(&self.limits)),
                 generation: 0,
                 gone: false,
                 shared_unacked: BTreeMap::new(),

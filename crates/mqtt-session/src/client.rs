@@ -1,6 +1,6 @@
 //! The client end of a session.
 
-use alloc::vec::Vec;
+use alloc::{sync::Arc, vec::Vec};
 use core::num::{NonZeroU16, NonZeroU32};
 
 use bytes::Bytes;
@@ -129,7 +129,7 @@ pub struct ClientSession {
 impl ClientSession {
     /// A session that has not connected yet.
     pub fn new(options: ClientOptions) -> Self {
-        let flow = Flow::new(options.version, options.limits.clone());
+        let flow = Flow::new(options.version, Arc::new(options.limits.clone()));
         Self {
             options,
             flow,

@@ -1,7 +1,7 @@
 //! The half of a session both ends share: publish flows in both directions, the
 //! transmit and event queues, and the peer's limits.
 
-use alloc::{boxed::Box, collections::VecDeque, vec::Vec};
+use alloc::{boxed::Box, collections::VecDeque, sync::Arc, vec::Vec};
 
 use mqtt_codec::{
     Packet, PacketId, ProtocolVersion, PubAck, PubComp, PubRec, PubRel, Publish, QoS, ReasonCode,
@@ -129,7 +129,8 @@ fn traffic(slot: &mut Option<Box<Traffic>>, saved: Counters) -> &mut Traffic {
 #[derive(Debug)]
 pub(crate) struct Flow {
     pub(crate) version: ProtocolVersion,
-    pub(crate) limits: Limits,
+    /// Shared: a broker gives the same limits to every session.
+    pub(crate) limits: Arc<Limits>,
     pub(crate) peer: PeerLimits,
     pub(crate) connected: bool,
     /// Queues, windows and aliases: `None` while all of them are empty and shrunk.
@@ -169,7 +170,7 @@ impl Flow {
         t.inbox.shrink();
     }
 
-    pub(crate) fn new(version: ProtocolVersion, limits: Limits) -> Self {
+    pub(crate) fn new(version: ProtocolVersion, limits: Arc<Limits>) -> Self {
         Self {
             version,
             limits,

@@ -1,6 +1,6 @@
 //! The server end of a session.
 
-use alloc::vec::Vec;
+use alloc::{sync::Arc, vec::Vec};
 use core::num::{NonZeroU16, NonZeroU32};
 
 use mqtt_codec::{
@@ -68,10 +68,12 @@ pub struct ServerSession {
 }
 
 impl ServerSession {
-    /// A new, empty session for `client_id`.
-    pub fn new(client_id: ByteStr, limits: Limits) -> Self {
+    /// A new, empty session for `client_id`. `limits` may be shared (an
+    /// `Arc<Limits>`): a server gives the same limits to every session, and each session
+    /// then keeps a pointer instead of a copy.
+    pub fn new(client_id: ByteStr, limits: impl Into<Arc<Limits>>) -> Self {
         Self {
-            flow: Flow::new(ProtocolVersion::V5, limits),
+            flow: Flow::new(ProtocolVersion::V5, limits.into()),
             client_id,
             established: false,
             keep_alive: Duration::ZERO,
@@ -124,7 +126,7 @@ impl ServerSession {
         let version = connect.version;
         let v5 = version.is_v5();
         self.flow.version = version;
-        let limits = self.flow.limits.clone();
+        let limits = Arc::clone(&self.flow.limits);
 
         // The previous connection's session ends here if it could not outlive that
         // connection, or the new one starts clean: its will, if still pending, is due now

@@ -20,7 +20,7 @@
 //! `now` given to `export`, and rebased on the `now` given to `restore`, so a session
 //! can move between processes whose clocks have different origins.
 
-use alloc::vec::Vec;
+use alloc::{sync::Arc, vec::Vec};
 use core::{fmt, num::NonZeroU16};
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
@@ -166,7 +166,7 @@ impl ClientSession {
         now: Instant,
     ) -> Result<Self, StateError> {
         let mut r = Reader(Bytes::copy_from_slice(state));
-        let (version, flow) = read_flow(&mut r, 0, options.limits.clone(), now)?;
+        let (version, flow) = read_flow(&mut r, 0, Arc::new(options.limits.clone()), now)?;
         options.version = version;
         options.client_id = r.string()?;
         let _had_session = r.u8()?;
@@ -212,13 +212,19 @@ impl ServerSession {
         out.freeze()
     }
 
-    /// A session from exported state, with `limits` for its future connections. A
+    /// A session from exported state, with `limits` (which may be shared, as for
+    /// [`ServerSession::new`]) for its future connections. A
     /// session exported while connected comes back disconnected; call
     /// [`ServerSession::connection_lost`] semantics are not re-applied (its timers are
     /// those stored).
-    pub fn restore(limits: Limits, state: &[u8], now: Instant) -> Result<Self, StateError> {
+    pub fn restore(
+        limits: impl Into<Arc<Limits>>,
+        state: &[u8],
+        now: Instant,
+    ) -> Result<Self, StateError> {
+        let limits = limits.into();
         let mut r = Reader(Bytes::copy_from_slice(state));
-        let (_version, flow) = read_flow(&mut r, 1, limits.clone(), now)?;
+        let (_version, flow) = read_flow(&mut r, 1, Arc::clone(&limits), now)?;
         let client_id = r.string()?;
         let established = r.u8()? != 0;
         let session_expiry = r.u32()?;
@@ -380,7 +386,7 @@ impl Reader {
 fn read_flow(
     r: &mut Reader,
     role: u8,
-    limits: Limits,
+    limits: Arc<Limits>,
     now: Instant,
 ) -> Result<(ProtocolVersion, Flow), StateError> {
     if &r.bytes(4)?[..] != MAGIC {
