@@ -1189,7 +1189,7 @@ mod tests {
             let session = size_of::<mqtt_session::ServerSession>();
             assert!(hibernate <= 160, "hibernate future: {hibernate} B");
             assert!(serve <= 256, "serve future: {serve} B");
-            assert!(session <= 176, "ServerSession: {session} B");
+            assert!(session <= 144, "ServerSession: {session} B");
         });
     }
 }

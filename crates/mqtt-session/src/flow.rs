@@ -135,8 +135,10 @@ pub(crate) struct Flow {
     pub(crate) connected: bool,
     /// Queues, windows and aliases: `None` while all of them are empty and shrunk.
     traffic: Option<Box<Traffic>>,
-    /// The counters while `traffic` is `None` (its outbox holds them otherwise).
-    saved: Counters,
+    /// The counters while `traffic` is `None` (its outbox holds them otherwise), as two
+    /// fields rather than a [`Counters`], which would pad the packet identifier to 8 bytes.
+    saved_packet_id: u16,
+    saved_message_id: u64,
     pub(crate) last_rx: Instant,
     pub(crate) last_tx: Instant,
     /// A DISCONNECT went out: nothing more may be sent on this connection ([MQTT-3.14.4-1]).
@@ -155,10 +157,8 @@ impl Flow {
             return;
         };
         if t.is_empty() {
-            self.saved = Counters {
-                next_packet_id: t.outbox.next_packet_id,
-                next_message_id: t.outbox.next_message_id,
-            };
+            self.saved_packet_id = t.outbox.next_packet_id;
+            self.saved_message_id = t.outbox.next_message_id;
             self.traffic = None;
             return;
         }
@@ -177,7 +177,8 @@ impl Flow {
             peer: PeerLimits::default(),
             connected: false,
             traffic: None,
-            saved: Counters::default(),
+            saved_packet_id: 0,
+            saved_message_id: 0,
             last_rx: Instant::ZERO,
             last_tx: Instant::ZERO,
             sent_disconnect: false,
@@ -188,7 +189,16 @@ impl Flow {
     /// The traffic part, allocated on first use.
     #[inline]
     pub(crate) fn traffic_mut(&mut self) -> &mut Traffic {
-        traffic(&mut self.traffic, self.saved)
+        let saved = self.saved();
+        traffic(&mut self.traffic, saved)
+    }
+
+    /// The counters kept while the traffic part is dropped.
+    fn saved(&self) -> Counters {
+        Counters {
+            next_packet_id: self.saved_packet_id,
+            next_message_id: self.saved_message_id,
+        }
     }
 
     /// The traffic part, if allocated (when not, every queue in it is empty).
@@ -210,13 +220,14 @@ impl Flow {
                 next_packet_id: t.outbox.next_packet_id,
                 next_message_id: t.outbox.next_message_id,
             },
-            None => self.saved,
+            None => self.saved(),
         }
     }
 
     /// Sets the packet and message counters (restoring a session).
     pub(crate) fn set_counters(&mut self, counters: Counters) {
-        self.saved = counters;
+        self.saved_packet_id = counters.next_packet_id;
+        self.saved_message_id = counters.next_message_id;
         if let Some(t) = self.traffic.as_deref_mut() {
             t.outbox.next_packet_id = counters.next_packet_id;
             t.outbox.next_message_id = counters.next_message_id;
@@ -277,7 +288,8 @@ impl Flow {
                 reason: DropReason::Offline,
             });
         }
-        let t = traffic(&mut self.traffic, self.saved);
+        let saved = self.saved();
+        let t = traffic(&mut self.traffic, saved);
         t.outbox.enqueue(now, message, &self.limits, &mut t.events)
     }
 
@@ -362,7 +374,8 @@ impl Flow {
         let v5 = self.version.is_v5();
         // Before `receive` resolves (and clears) the topic alias.
         let arrival = Arrival::of(&publish);
-        let t = traffic(&mut self.traffic, self.saved);
+        let saved = self.saved();
+        let t = traffic(&mut self.traffic, saved);
         match t.inbox.receive(
             &mut publish,
             v5,

@@ -31,6 +31,24 @@ pub struct SubscriptionRecord {
 /// "Never" for a Session Expiry Interval.
 const NEVER: u32 = u32::MAX;
 
+/// An optional deadline in 8 bytes instead of an `Option<Instant>`'s 16: `u64::MAX`
+/// milliseconds (half a billion years) stands for none.
+#[derive(Clone, Copy, Debug)]
+struct Deadline(u64);
+
+impl Deadline {
+    const NONE: Self = Self(u64::MAX);
+
+    /// `at`, a time past the largest one kept being kept as the largest.
+    fn new(at: Option<Instant>) -> Self {
+        at.map_or(Self::NONE, |t| Self(t.as_millis().min(u64::MAX - 1)))
+    }
+
+    fn get(self) -> Option<Instant> {
+        (self.0 != u64::MAX).then(|| Instant::from_millis(self.0))
+    }
+}
+
 /// The server end of an MQTT session: one per client session, living across the
 /// connections that resume it, with no I/O, no clock and no randomness.
 ///
@@ -57,13 +75,14 @@ pub struct ServerSession {
     flow: Flow,
     client_id: ByteStr,
     established: bool,
-    keep_alive: Duration,
+    /// Keep Alive in seconds (0: none).
+    keep_alive: u16,
     /// Session Expiry Interval in seconds; [`NEVER`] for never.
     session_expiry: u32,
     /// Boxed: most sessions have none, and the session is kept per client.
     will: Option<alloc::boxed::Box<Will>>,
-    will_due: Option<Instant>,
-    expires_at: Option<Instant>,
+    will_due: Deadline,
+    expires_at: Deadline,
     subscriptions: Vec<SubscriptionRecord>,
 }
 
@@ -76,11 +95,11 @@ impl ServerSession {
             flow: Flow::new(ProtocolVersion::V5, limits.into()),
             client_id,
             established: false,
-            keep_alive: Duration::ZERO,
+            keep_alive: 0,
             session_expiry: 0,
             will: None,
-            will_due: None,
-            expires_at: None,
+            will_due: Deadline::NONE,
+            expires_at: Deadline::NONE,
             subscriptions: Vec::new(),
         }
     }
@@ -134,7 +153,7 @@ impl ServerSession {
         // ([MQTT-3.1.3-9]). Mosquitto behaves the same on takeover.
         let previous_ends = self.session_expiry == 0 || connect.clean_start;
         if previous_ends {
-            if let Some(will) = self.will.take().filter(|_| self.will_due.is_some()) {
+            if let Some(will) = self.will.take().filter(|_| self.will_due.get().is_some()) {
                 self.flow.push_event(Event::Will(*will));
             }
         }
@@ -147,9 +166,9 @@ impl ServerSession {
             self.subscriptions.clear();
         }
         // [MQTT-3.1.3-9]: a new connection cancels a will still waiting for its delay.
-        self.will_due = None;
+        self.will_due = Deadline::NONE;
         self.will = connect.will.clone().map(alloc::boxed::Box::new);
-        self.expires_at = None;
+        self.expires_at = Deadline::NONE;
 
         let cp = &connect.properties;
         self.session_expiry = if v5 {
@@ -173,7 +192,7 @@ impl ServerSession {
             keep_alive = limits.max_keep_alive;
             properties.server_keep_alive = Some(keep_alive);
         }
-        self.keep_alive = Duration::from_secs(u64::from(keep_alive));
+        self.keep_alive = keep_alive;
 
         if v5 {
             self.flow.peer = PeerLimits {
@@ -360,13 +379,13 @@ impl ServerSession {
             NEVER => None,
             secs => Some(Duration::from_secs(u64::from(secs))),
         };
-        self.expires_at = expiry.map(|d| now + d);
+        self.expires_at = Deadline::new(expiry.map(|d| now + d));
         if let Some(will) = &self.will {
             // The will waits for its delay, but never outlives the session.
             let delay =
                 Duration::from_secs(u64::from(will.properties.will_delay_interval.unwrap_or(0)));
             let delay = expiry.map_or(delay, |e| delay.min(e));
-            self.will_due = Some(now + delay);
+            self.will_due = Deadline::new(Some(now + delay));
         }
     }
 
@@ -381,21 +400,21 @@ impl ServerSession {
             }
             return;
         }
-        if self.will_due.is_some_and(|t| now >= t) {
-            self.will_due = None;
+        if self.will_due.get().is_some_and(|t| now >= t) {
+            self.will_due = Deadline::NONE;
             if let Some(will) = self.will.take() {
                 self.flow.push_event(Event::Will(*will));
             }
         }
-        if self.expires_at.is_some_and(|t| now >= t) {
-            self.expires_at = None;
+        if self.expires_at.get().is_some_and(|t| now >= t) {
+            self.expires_at = Deadline::NONE;
             self.flow.push_event(Event::SessionExpired);
         }
     }
 
     fn keep_alive_deadline(&self) -> Option<Instant> {
-        (self.keep_alive > Duration::ZERO)
-            .then(|| self.flow.last_rx + Duration::from_millis(self.keep_alive.as_millis() * 3 / 2))
+        (self.keep_alive > 0)
+            .then(|| self.flow.last_rx + Duration::from_millis(u64::from(self.keep_alive) * 1500))
     }
 
     /// The next packet to write.
@@ -413,7 +432,7 @@ impl ServerSession {
         if self.flow.connected {
             return self.keep_alive_deadline();
         }
-        match (self.will_due, self.expires_at) {
+        match (self.will_due.get(), self.expires_at.get()) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
         }
@@ -449,8 +468,8 @@ impl ServerSession {
             established: self.established,
             session_expiry: self.session_expiry,
             will: self.will.as_deref(),
-            will_due: self.will_due,
-            expires_at: self.expires_at,
+            will_due: self.will_due.get(),
+            expires_at: self.expires_at.get(),
             subscriptions: &self.subscriptions,
         }
     }
@@ -467,8 +486,8 @@ impl ServerSession {
         self.established = established;
         self.session_expiry = session_expiry;
         self.will = will.map(alloc::boxed::Box::new);
-        self.will_due = will_due;
-        self.expires_at = expires_at;
+        self.will_due = Deadline::new(will_due);
+        self.expires_at = Deadline::new(expires_at);
         self.subscriptions = subscriptions;
     }
 
