@@ -41,7 +41,14 @@ fn tail(bytes: &[u8]) -> u64 {
 /// The hash of the edge from `parent` labelled `label`.
 #[inline]
 pub(crate) fn edge_hash(seed: u64, parent: u32, label: &[u8]) -> u32 {
-    let mut h = fold_mul(seed ^ K0 ^ u64::from(parent), K1 ^ label.len() as u64);
+    edge_of(level_hash(seed, label), parent)
+}
+
+/// The seeded hash of a level's bytes, before its parent is mixed in: a lookup reaches
+/// the same level of a topic through several branches and hashes it once.
+#[inline]
+pub(crate) fn level_hash(seed: u64, label: &[u8]) -> u64 {
+    let mut h = fold_mul(seed ^ K0, K1 ^ label.len() as u64);
     let mut chunks = label.chunks_exact(8);
     for chunk in &mut chunks {
         let w = <[u8; 8]>::try_from(chunk).map_or(0, u64::from_le_bytes);
@@ -51,7 +58,14 @@ pub(crate) fn edge_hash(seed: u64, parent: u32, label: &[u8]) -> u32 {
     if !rest.is_empty() {
         h = fold_mul(h ^ tail(rest), K3);
     }
-    (fold_mul(h, K0) >> 32) as u32
+    h
+}
+
+/// The hash of the edge from `parent` labelled with a level whose
+/// [`level_hash`] is `level`.
+#[inline(always)]
+pub(crate) fn edge_of(level: u64, parent: u32) -> u32 {
+    (fold_mul(level ^ u64::from(parent), K0) >> 32) as u32
 }
 
 /// A seed for a new index: random with `std`, fixed without (pass your own entropy to

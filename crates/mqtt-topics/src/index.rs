@@ -5,7 +5,7 @@ use core::{fmt, ops::Range};
 
 use crate::{
     Filter, TopicFilter, TopicName,
-    hash::default_seed,
+    hash::{default_seed, level_hash},
     trie::{NONE, Payload, ROOT, Trie},
 };
 
@@ -165,9 +165,69 @@ impl<K, V> fmt::Debug for TopicIndex<K, V> {
 #[inline]
 pub(crate) fn split_level(t: &[u8], pos: usize, end: usize) -> (&[u8], usize) {
     let rest = t.get(pos..).unwrap_or_default();
-    match rest.iter().position(|&b| b == b'/') {
+    match find_slash(rest) {
         Some(i) => (rest.get(..i).unwrap_or_default(), pos + i + 1),
         None => (rest, end),
+    }
+}
+
+/// The position of the first `/` in `s`, eight bytes at a time: a lookup splits the
+/// topic level by level, once per branch.
+#[inline]
+pub(crate) fn find_slash(s: &[u8]) -> Option<usize> {
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    const HIGHS: u64 = 0x8080_8080_8080_8080;
+    const SLASHES: u64 = ONES * b'/' as u64;
+    let mut words = s.chunks_exact(8);
+    let mut at = 0;
+    for word in &mut words {
+        let w = <[u8; 8]>::try_from(word).map_or(0, u64::from_le_bytes) ^ SLASHES;
+        // The lowest zero byte of `w` sets the lowest bit here (a borrow can only mark
+        // bytes above a zero one).
+        let zero = w.wrapping_sub(ONES) & !w & HIGHS;
+        if zero != 0 {
+            return Some(at + (zero.trailing_zeros() / 8) as usize);
+        }
+        at += 8;
+    }
+    words
+        .remainder()
+        .iter()
+        .position(|&b| b == b'/')
+        .map(|i| at + i)
+}
+
+/// The level hashes of one topic during a lookup, remembering the last: the branches
+/// of a lookup that probe the same level come one after the other.
+struct LevelHasher<'t> {
+    seed: u64,
+    topic: &'t [u8],
+    pos: usize,
+    hash: u64,
+}
+
+impl<'t> LevelHasher<'t> {
+    const fn new(seed: u64, topic: &'t [u8]) -> Self {
+        Self {
+            seed,
+            topic,
+            pos: usize::MAX,
+            hash: 0,
+        }
+    }
+
+    /// The hash of the level from `pos` to `next` (as [`split_level`] returns it).
+    #[inline]
+    fn at(&mut self, pos: usize, next: usize) -> u64 {
+        if pos != self.pos {
+            let level = self
+                .topic
+                .get(pos..next.saturating_sub(1).max(pos))
+                .unwrap_or_default();
+            self.hash = level_hash(self.seed, level);
+            self.pos = pos;
+        }
+        self.hash
     }
 }
 
@@ -301,6 +361,7 @@ impl<K: Ord, V> TopicIndex<K, V> {
         // depth-first walk would start the second only once the first has come back. A
         // branch that finds the queue full is walked depth-first on the spot.
         let mut queue = Queue::new(ROOT, 0);
+        let mut levels = LevelHasher::new(self.trie.seed(), t);
         while let Some((node, pos)) = queue.pop() {
             let Some(n) = self.trie.node(node) else {
                 continue;
@@ -316,7 +377,8 @@ impl<K: Ord, V> TopicIndex<K, V> {
             // Topic levels never are `+`. Probe only if there are literal children.
             // A compressed child consumes several levels.
             if n.first_child != NONE {
-                let (child, after) = self.trie.literal_step(node, t, pos, next);
+                let level = levels.at(pos, next);
+                let (child, after) = self.trie.literal_step(node, level, t, pos);
                 if child != NONE && !queue.push(child, after) {
                     self.walk(child, after, t, dollar, &mut f);
                 }
@@ -340,6 +402,7 @@ impl<K: Ord, V> TopicIndex<K, V> {
         let end = t.len() + 1;
         let mut node = start;
         let mut pos = start_pos;
+        let mut levels = LevelHasher::new(self.trie.seed(), t);
         // A depth-first walk without a stack: going down consumes a level, going up
         // (through `parent`) gives it back, and whether we come up from the exact child
         // or from the `+` child tells what is left to try at the parent.
@@ -358,7 +421,7 @@ impl<K: Ord, V> TopicIndex<K, V> {
                 let (child, after) = if n.first_child == NONE {
                     (NONE, next)
                 } else {
-                    self.trie.literal_step(node, t, pos, next)
+                    self.trie.literal_step(node, levels.at(pos, next), t, pos)
                 };
                 if child != NONE {
                     node = child;

@@ -20,7 +20,7 @@
 
 use alloc::{boxed::Box, vec::Vec};
 
-use crate::hash::edge_hash;
+use crate::hash::{edge_hash, edge_of};
 
 /// "No node": the end of a list, a missing child.
 pub(crate) const NONE: u32 = u32::MAX;
@@ -299,6 +299,11 @@ impl<T: Payload> Trie<T> {
         trie
     }
 
+    /// The seed of the edge hash.
+    pub(crate) const fn seed(&self) -> u64 {
+        self.seed
+    }
+
     #[inline]
     pub(crate) fn node(&self, id: u32) -> Option<&Node<T>> {
         self.chunks
@@ -340,20 +345,18 @@ impl<T: Payload> Trie<T> {
     }
 
     /// Follows the literal edge of `parent` for the level of `t` (a topic) starting at
-    /// `pos`, which ends at `next`: the child and the position after all of its levels,
-    /// or [`NONE`] if there is no such child or the rest of its label does not match.
+    /// `pos`, whose [`level_hash`](crate::hash::level_hash) is `level`: the child and
+    /// the position after all of its levels, or [`NONE`] if there is no such child or
+    /// the rest of its label does not match.
     #[inline(always)]
     pub(crate) fn literal_step(
         &self,
         parent: u32,
+        level: u64,
         t: &[u8],
         pos: usize,
-        next: usize,
     ) -> (u32, usize) {
-        let level = t
-            .get(pos..next.saturating_sub(1).max(pos))
-            .unwrap_or_default();
-        let hash = edge_hash(self.seed, parent, level);
+        let hash = edge_of(level, parent);
         let rest = t.get(pos..).unwrap_or_default();
         let mut len = 0;
         // A label that matches `rest` up to a level boundary starts with `level`, so it
