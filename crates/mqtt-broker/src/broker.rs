@@ -25,7 +25,11 @@ use std::{
     },
 };
 
-use mqtt_codec::{ByteStr, QoS, SubscriptionId, SubscriptionOptions};
+use bytes::{Bytes, BytesMut};
+use mqtt_codec::{
+    ByteStr, Packet, ProtocolVersion, Publish, PublishProperties, QoS, QosPid, SubscriptionId,
+    SubscriptionOptions,
+};
 use mqtt_session::{DropReason, Limits, Message, MessageId, ServerSession};
 use mqtt_topics::{Filter, GroupId, Matches, RetainedStore, ShardedIndex, TopicFilter, TopicName};
 use tokio::sync::Notify;
@@ -140,9 +144,39 @@ pub(crate) struct SessionCell {
     /// A `BTreeMap`: 24 bytes and no allocation while empty, which it is for every
     /// session outside shared subscriptions.
     pub(crate) shared_unacked: BTreeMap<MessageId, (GroupId, Message)>,
+    /// QoS 0 PUBLISH packets encoded once for all their subscribers (see
+    /// [`Shared::route`]), for this connection to write ahead of what the session
+    /// sends next. They belong to the connection they were encoded for: a takeover or
+    /// a lost connection discards them.
+    pub(crate) encoded: BytesMut,
+    /// How many packets `encoded` holds.
+    pub(crate) encoded_count: u32,
 }
 
 impl SessionCell {
+    /// Messages waiting to go out: queued or in flight in the session, and encoded.
+    pub(crate) fn waiting_messages(&self) -> usize {
+        self.session.pending_messages() + self.encoded_count as usize
+    }
+
+    /// Takes the encoded packets, to be written before anything the session sends
+    /// next; how many there were.
+    pub(crate) fn take_encoded(&mut self, out: &mut BytesMut) -> u32 {
+        let count = std::mem::take(&mut self.encoded_count);
+        if count > 0 {
+            out.extend_from_slice(&self.encoded);
+            self.encoded.clear();
+        }
+        count
+    }
+
+    /// Drops the encoded packets and their buffer: the connection they were for is
+    /// gone (they are QoS 0).
+    pub(crate) fn forget_encoded(&mut self) {
+        self.encoded = BytesMut::new();
+        self.encoded_count = 0;
+    }
+
     /// Forgets shared-subscription messages that completed or were dropped.
     pub(crate) fn settle_shared(&mut self, ids: &[MessageId]) {
         if !self.shared_unacked.is_empty() {
@@ -168,8 +202,61 @@ impl SessionHandle {
 const ONLINE_QUEUE: usize = 256;
 
 /// Whether a connected session takes another message now, or its publishers wait.
-pub(crate) fn has_room(session: &ServerSession) -> bool {
-    session.pending_messages() < ONLINE_QUEUE && session.queue_room() > 0
+pub(crate) fn has_room(cell: &SessionCell) -> bool {
+    cell.waiting_messages() < ONLINE_QUEUE && cell.session.queue_room() > 0
+}
+
+/// The most bytes of encoded packets a session holds; beyond, messages go through its
+/// queue (and its byte quota) as usual.
+const ENCODED_BYTES: usize = 64 * 1024;
+
+/// A QoS 0 message encoded once for every subscriber that takes it as it is (see
+/// `ServerSession::takes_encoded_publish`): one PUBLISH per protocol family (3.1 and
+/// 3.1.1 encode alike) and RETAIN flag, encoded on first use. Fan-out to many
+/// subscribers then costs a copy of the packet's bytes per subscriber instead of a copy
+/// of the message, a trip through its session and an encoding.
+#[derive(Default)]
+struct Encoded {
+    packets: [Option<Bytes>; 4],
+}
+
+impl Encoded {
+    /// Whether `message` can go out as the same bytes to every subscriber: QoS 0 and no
+    /// Message Expiry Interval, which a session counts down while the message waits.
+    fn suits(message: &Message, granted: QoS) -> bool {
+        message.qos.min(granted) == QoS::AtMostOnce
+            && message.properties.message_expiry_interval.is_none()
+    }
+
+    /// The PUBLISH of `message` for `version` with RETAIN `retain`.
+    fn get(&mut self, message: &Message, version: ProtocolVersion, retain: bool) -> Option<&Bytes> {
+        let slot = self
+            .packets
+            .get_mut(usize::from(version.is_v5()) * 2 + usize::from(retain))?;
+        if slot.is_none() {
+            let properties = if version.is_v5() {
+                PublishProperties {
+                    topic_alias: None,
+                    subscription_identifiers: Vec::new(),
+                    ..message.properties.clone()
+                }
+            } else {
+                PublishProperties::default()
+            };
+            let publish = Publish {
+                dup: false,
+                qos_pid: QosPid::AtMostOnce,
+                retain,
+                topic: message.topic.clone(),
+                payload: message.payload.clone(),
+                properties,
+            };
+            let mut bytes = BytesMut::new();
+            Packet::Publish(publish).encode(version, &mut bytes).ok()?;
+            *slot = Some(bytes.freeze());
+        }
+        slot.as_ref()
+    }
 }
 
 /// How many retained-store shards there are.
@@ -329,6 +416,8 @@ impl Shared {
                 generation: 0,
                 gone: false,
                 shared_unacked: BTreeMap::new(),
+                encoded: BytesMut::new(),
+                encoded_count: 0,
             }),
             notify: Notify::new(),
             space: Notify::new(),
@@ -371,7 +460,7 @@ impl Shared {
         &self,
         handle: &SessionHandle,
         filters: impl Iterator<Item = &'a ByteStr>,
-        version: mqtt_codec::ProtocolVersion,
+        version: ProtocolVersion,
     ) {
         for f in filters {
             if let Ok(filter) = Filter::parse(f, version) {
@@ -562,6 +651,8 @@ impl Shared {
         };
         // Each recipient is delivered once the next is found, so the last one can take
         // the message itself instead of a copy (with one subscriber: no copy at all).
+        // Recipients that take the message as encoded bytes need no copy of it at all.
+        let mut encoded = Encoded::default();
         let mut previous = None;
         for subscriber in matches.subscribers() {
             let key = *subscriber.key();
@@ -587,19 +678,25 @@ impl Shared {
             if let Some((h, g, r, ids)) =
                 previous.replace((handle, granted, retain_as_published, ids))
             {
-                let out = shape(message.clone(), g, r, ids);
-                self.deliver(h, now, out, None, pending.as_deref_mut());
+                if !self.deliver_encoded(h, &mut encoded, &message, g, r, &ids, pending.as_deref())
+                {
+                    let out = shape(message.clone(), g, r, ids);
+                    self.deliver(h, now, out, None, pending.as_deref_mut());
+                }
             }
         }
         let mut groups = matches.shared().peekable();
         if let Some((h, g, r, ids)) = previous {
-            if groups.peek().is_none() {
+            if self.deliver_encoded(h, &mut encoded, &message, g, r, &ids, pending.as_deref()) {
+                // Delivered; the groups, if any, follow.
+            } else if groups.peek().is_none() {
                 // The last recipient takes the message itself.
                 self.deliver(h, now, shape(message, g, r, ids), None, pending);
                 return;
+            } else {
+                let out = shape(message.clone(), g, r, ids);
+                self.deliver(h, now, out, None, pending.as_deref_mut());
             }
-            let out = shape(message.clone(), g, r, ids);
-            self.deliver(h, now, out, None, pending.as_deref_mut());
         }
         for group in groups {
             self.deliver_to_group(
@@ -611,6 +708,46 @@ impl Shared {
                 pending.as_deref_mut(),
             );
         }
+    }
+
+    /// Queues `message` on a connection as encoded bytes shared with its other
+    /// subscribers, if it and the session allow it (see [`Encoded`]) and the session
+    /// has room; false if it must go the usual way. Never while `pending` holds
+    /// deliveries: they go first.
+    #[allow(clippy::too_many_arguments)]
+    fn deliver_encoded(
+        &self,
+        handle: &SessionHandle,
+        encoded: &mut Encoded,
+        message: &Message,
+        granted: QoS,
+        retain_as_published: bool,
+        ids: &[SubscriptionId],
+        pending: Option<&VecDeque<Pending>>,
+    ) -> bool {
+        if !ids.is_empty()
+            || !Encoded::suits(message, granted)
+            || pending.is_some_and(|p| !p.is_empty())
+        {
+            return false;
+        }
+        let mut cell = handle.lock();
+        let version = cell.session.version();
+        let Some(packet) = encoded.get(message, version, message.retain && retain_as_published)
+        else {
+            return false;
+        };
+        if !has_room(&cell)
+            || cell.encoded.len() + packet.len() > ENCODED_BYTES
+            || !cell.session.takes_encoded_publish(packet.len())
+        {
+            return false;
+        }
+        cell.encoded.extend_from_slice(packet);
+        cell.encoded_count += 1;
+        drop(cell);
+        handle.notify.notify_one();
+        true
     }
 
     /// Delivers `message` to one member of a shared subscription group: round robin,
@@ -633,7 +770,7 @@ impl Shared {
         let start = self.stats.publish_received.load(Ordering::Relaxed) as usize % count;
         let ready = |s: &Sub| {
             let cell = s.handle.lock();
-            cell.session.is_connected() && has_room(&cell.session)
+            cell.session.is_connected() && has_room(&cell)
         };
         let pick = candidates()
             .cycle()
@@ -723,7 +860,7 @@ impl Shared {
     ) -> Result<(), Box<Message>> {
         let mut cell = handle.lock();
         let waits = cell.session.is_connected() && !handle.stuck.load(Ordering::Relaxed);
-        if waits && !has_room(&cell.session) {
+        if waits && !has_room(&cell) {
             // Full: wait for room rather than have the session make some by evicting
             // (a search of its whole queue for QoS 0 messages, on every retry).
             return Err(message.into_box());
@@ -763,6 +900,20 @@ impl Shared {
             group,
             waited_since,
         } = pending;
+        // Already shaped for its subscriber: its QoS, RETAIN and identifiers are final.
+        if group.is_none()
+            && self.deliver_encoded(
+                &handle,
+                &mut Encoded::default(),
+                &message,
+                message.qos,
+                true,
+                &message.properties.subscription_identifiers,
+                None,
+            )
+        {
+            return Ok(());
+        }
         self.offer(&handle, now, Offered::Held(message), group)
             .map_err(|message| Pending {
                 handle,

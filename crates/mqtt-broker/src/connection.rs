@@ -343,6 +343,7 @@ async fn attach<W: AsyncWrite + Unpin>(
         let taking_over = cell.session.is_connected();
         cell.generation += 1;
         cell.session.connection_lost(now);
+        cell.forget_encoded();
         let stale: Vec<_> = if connect.clean_start {
             cell.session
                 .subscriptions()
@@ -424,6 +425,9 @@ async fn hibernate<S: Duplex>(conn: &mut Conn<S>) -> Result<BytesMut, End> {
         // Whatever the session still holds in its empty queues goes: a connection that
         // hibernates right after CONNACK has not been through the idle shrink.
         cell.session.shrink_idle();
+        if cell.encoded_count == 0 {
+            cell.encoded = BytesMut::new();
+        }
         cell.session.poll_timeout()
     };
     if let Some(at) = alarm {
@@ -529,7 +533,10 @@ where
             }
             let now = shared.now();
             // Counted here and added once: the counters are shared by every connection.
-            let (mut publishes, mut packets) = (0, 0);
+            // Packets encoded for many subscribers go first: the session had nothing
+            // queued when they came (see `Shared::route`).
+            let encoded = u64::from(cell.take_encoded(&mut out));
+            let (mut publishes, mut packets) = (encoded, encoded);
             while let Some(p) = cell.session.poll_transmit(now) {
                 publishes += u64::from(matches!(p, Packet::Publish(_)));
                 packets += 1;
@@ -563,12 +570,12 @@ where
                     e => events.push(e),
                 }
             }
-            if has_room(&cell.session) {
+            if has_room(&cell) {
                 // Room for publishers held up by this session's full queue.
                 if handle.waiting.load(Ordering::SeqCst) > 0 {
                     handle.space.notify_waiters();
                 }
-                if cell.session.pending_messages() == 0 {
+                if cell.waiting_messages() == 0 {
                     handle.stuck.store(false, Ordering::Relaxed);
                 }
             }
@@ -707,6 +714,9 @@ where
                 cell.session.handle_timeout(now);
                 if shrink_at.is_some_and(|at| Instant::now() >= at) {
                     cell.session.shrink_idle();
+                    if cell.encoded_count == 0 {
+                        cell.encoded = BytesMut::new();
+                    }
                     drop(cell);
                     if backlog.is_empty() && rbuf.is_empty() {
                         return Step::Idle;
@@ -837,6 +847,7 @@ async fn flush_last<W: AsyncWrite + Unpin>(
     {
         let mut cell = handle.lock();
         let now = shared.now();
+        cell.take_encoded(&mut out);
         while let Some(p) = cell.session.poll_transmit(now) {
             let _ = p.encode(version, &mut out);
         }
@@ -871,6 +882,7 @@ async fn detach<S: Duplex>(conn: &mut Conn<S>, end: End) {
             let mut cell = handle.lock();
             if cell.generation == generation {
                 cell.session.disconnect(ReasonCode::SERVER_SHUTTING_DOWN);
+                cell.take_encoded(&mut out);
                 let now = shared.now();
                 while let Some(p) = cell.session.poll_transmit(now) {
                     let _ = p.encode(version, &mut out);
@@ -894,6 +906,7 @@ async fn detach<S: Duplex>(conn: &mut Conn<S>, end: End) {
             return;
         }
         cell.session.connection_lost(shared.now());
+        cell.forget_encoded();
     }
     debug!(client = %handle.client_id, ?end, "disconnected");
     tokio::spawn(idle(Arc::clone(shared), Arc::clone(handle), generation));

@@ -251,6 +251,11 @@ impl Flow {
         self.traffic().map_or(0, |t| t.outbox.queue.len())
     }
 
+    /// QoS 0 messages queued.
+    pub(crate) fn queued_qos0(&self) -> usize {
+        self.traffic().map_or(0, |t| t.outbox.queued_qos0)
+    }
+
     /// Messages queued or in flight.
     pub(crate) fn pending_messages(&self) -> usize {
         self.traffic()

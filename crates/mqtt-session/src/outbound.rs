@@ -282,6 +282,8 @@ pub(crate) enum AckOutcome {
 pub(crate) struct Outbox {
     pub(crate) queue: VecDeque<Queued>,
     pub(crate) queued_bytes: usize,
+    /// How many messages of `queue` are QoS 0.
+    pub(crate) queued_qos0: usize,
     pub(crate) inflight: VecDeque<InFlight>,
     /// The messages of `queue` and `inflight`.
     pub(crate) store: Store,
@@ -336,6 +338,7 @@ impl Outbox {
         let qos = message.qos;
         let slot = self.store.insert(message);
         self.queued_bytes += size;
+        self.queued_qos0 += usize::from(qos == QoS::AtMostOnce);
         let queued = Queued {
             id,
             slot,
@@ -436,6 +439,7 @@ impl Outbox {
                 };
                 if let Some(old) = self.queue.remove(pos) {
                     self.queued_bytes -= old.size;
+                    self.queued_qos0 -= 1;
                     self.store.remove(old.slot);
                     events.push(Event::Dropped {
                         id: old.id,
@@ -449,6 +453,7 @@ impl Outbox {
         let qos = message.qos;
         let slot = self.store.insert(message);
         self.queued_bytes += size;
+        self.queued_qos0 += usize::from(qos == QoS::AtMostOnce);
         self.queue.push_back(Queued {
             id,
             slot,
@@ -539,6 +544,7 @@ impl Outbox {
             }
             self.queue.pop_front();
             self.queued_bytes -= size;
+            self.queued_qos0 -= usize::from(qos == QoS::AtMostOnce);
             let packet_id = match qos_pid {
                 QosPid::AtMostOnce => {
                     // QoS 0 is not kept: move it into the packet instead of copying.
@@ -576,6 +582,7 @@ impl Outbox {
     fn pop_front_dropped(&mut self, events: &mut Events, reason: DropReason) {
         if let Some(q) = self.queue.pop_front() {
             self.queued_bytes -= q.size;
+            self.queued_qos0 -= usize::from(q.qos == QoS::AtMostOnce);
             self.store.remove(q.slot);
             events.push(Event::Dropped { id: q.id, reason });
         }
@@ -644,6 +651,7 @@ impl Outbox {
             .collect();
         self.store.clear();
         self.queued_bytes = 0;
+        self.queued_qos0 = 0;
         self.other_ids.clear();
         lost
     }

@@ -453,6 +453,28 @@ impl ServerSession {
         self.flow.shrink();
     }
 
+    /// Whether the connection may be sent a QoS 0 PUBLISH of `len` bytes that the
+    /// caller encoded itself, bypassing [`deliver`](Self::deliver): what a server does
+    /// to encode a message once for many subscribers. True when a connection is up and
+    /// was not sent DISCONNECT; no QoS 0 message is queued, which it would overtake
+    /// (order is kept per QoS, [MQTT-4.6.0-6]: it may go ahead of QoS 1 and 2 messages
+    /// waiting for the client's Receive Maximum); the session assigns no topic aliases,
+    /// which would make the packet differ per connection; and `len` fits the client's
+    /// Maximum Packet Size (5.0 [MQTT-3.1.2-24]).
+    ///
+    /// The packet must carry nothing that belongs to one session (packet identifier,
+    /// topic alias, subscription identifiers) and no Message Expiry Interval, which
+    /// [`deliver`](Self::deliver) counts down. The caller writes it before anything
+    /// [`poll_transmit`](Self::poll_transmit) returns afterwards.
+    pub fn takes_encoded_publish(&self, len: usize) -> bool {
+        let f = &self.flow;
+        f.connected
+            && !f.sent_disconnect
+            && f.queued_qos0() == 0
+            && !(f.version.is_v5() && f.limits.send_topic_aliases && f.peer.topic_alias_maximum > 0)
+            && u32::try_from(len).is_ok_and(|len| len <= f.peer.max_packet_size)
+    }
+
     /// Messages queued or in flight.
     pub fn pending_messages(&self) -> usize {
         self.flow.pending_messages()

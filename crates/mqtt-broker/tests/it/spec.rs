@@ -930,6 +930,9 @@ async fn identical_filter_replaces_subscription() {
         let topic = format!("same{}", v as u8);
         let mut p = Client::connect(addr, v, "same-pub").await;
         p.publish0(&topic, b"retained", true).await;
+        // The broker has stored it once it answers a later packet; otherwise the
+        // subscription below could come first and see the message live, not retained.
+        p.ping().await;
         let mut c = Client::connect(addr, v, "same").await;
         c.sub(&topic, QoS::AtLeastOnce).await;
         let got = c.recv_publish().await;

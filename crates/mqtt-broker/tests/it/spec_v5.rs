@@ -546,3 +546,90 @@ async fn unsupported_authentication_method_is_refused() {
     assert!(!ack.session_present);
     broker.shutdown().await;
 }
+
+// 5.0 MQTT-3.3.1-12, 5.0 MQTT-3.3.1-13, 5.0 MQTT-3.3.2-17, 5.0 MQTT-3.1.2-24,
+// 5.0 MQTT-4.6.0-6: a QoS 0 message fanned out to many subscribers is encoded once per
+// protocol version and RETAIN flag; each subscriber still gets what its subscription
+// says: 3.1.1 or 5.0 encoding, RETAIN kept only with Retain As Published, the
+// publisher's properties, its own subscription identifier, nothing above its Maximum
+// Packet Size, and every message in publish order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fan_out_of_one_encoding_keeps_each_subscription_s_terms() {
+    let (broker, addr) = broker().await;
+    let qos0 = SubscriptionOptions::new(QoS::AtMostOnce);
+    let mut v3 = Client::connect(addr, crate::spec::V3, "enc-v3").await;
+    v3.sub("enc/#", QoS::AtMostOnce).await;
+    let mut plain = Client::connect(addr, V5, "enc-plain").await;
+    plain.sub("enc/#", QoS::AtMostOnce).await;
+    let mut rap = Client::connect(addr, V5, "enc-rap").await;
+    let mut keep = qos0;
+    keep.retain_as_published = true;
+    rap.subscribe(subscribe(1, &[("enc/#", keep)])).await;
+    let mut with_id = Client::connect(addr, V5, "enc-id").await;
+    let mut sub = subscribe(1, &[("enc/#", qos0)]);
+    sub.properties.subscription_identifier = SubscriptionId::new(9);
+    with_id.subscribe(sub).await;
+    let (mut small, _) = Client::connect_with(addr, V5, "enc-small", |c| {
+        c.properties.maximum_packet_size = std::num::NonZeroU32::new(64);
+    })
+    .await;
+    small.sub("enc/#", QoS::AtMostOnce).await;
+
+    let mut p = Client::connect(addr, V5, "enc-pub").await;
+    let big = [b'x'; 100];
+    let mut sent = Vec::new();
+    for i in 0..40u8 {
+        let payload: Vec<u8> = if i % 10 == 9 { big.to_vec() } else { vec![i] };
+        let mut m = publish("enc/t", &payload, QoS::AtMostOnce, i % 3 == 0);
+        m.properties.user_properties = vec![(s("n"), s(&i.to_string()))];
+        p.send(m).await;
+        sent.push((payload, i % 3 == 0, i));
+    }
+    p.ping().await;
+    for (name, c) in [
+        ("3.1.1", &mut v3),
+        ("5.0", &mut plain),
+        ("retain as published", &mut rap),
+        ("subscription identifier", &mut with_id),
+        ("maximum packet size 64", &mut small),
+    ] {
+        for (payload, retain, i) in &sent {
+            if name == "maximum packet size 64" && payload.len() > 64 {
+                continue; // [MQTT-3.1.2-24]: too large for it, never sent.
+            }
+            let got = c.recv_publish().await;
+            assert_eq!(
+                &got.payload[..],
+                &payload[..],
+                "{name}: message {i} in order"
+            );
+            assert_eq!(got.topic.as_str(), "enc/t", "{name}");
+            assert_eq!(got.qos_pid.qos(), QoS::AtMostOnce, "{name}");
+            let retained = name == "retain as published" && *retain;
+            assert_eq!(got.retain, retained, "{name}: RETAIN of message {i}");
+            let props = &got.properties;
+            if name == "3.1.1" {
+                assert!(props.user_properties.is_empty(), "{name}");
+            } else {
+                assert_eq!(
+                    props.user_properties,
+                    [(s("n"), s(&i.to_string()))],
+                    "{name}"
+                );
+            }
+            let ids: Vec<u32> = props
+                .subscription_identifiers
+                .iter()
+                .map(|i| i.get())
+                .collect();
+            let expected: &[u32] = if name == "subscription identifier" {
+                &[9]
+            } else {
+                &[]
+            };
+            assert_eq!(ids, expected, "{name}");
+        }
+        c.quiet().await;
+    }
+    broker.shutdown().await;
+}
