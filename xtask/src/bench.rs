@@ -78,7 +78,7 @@ fn scenarios(quick: bool) -> Vec<Scenario> {
         (
             "fan-out 1→100",
             "fan-out --subscribers 100",
-            [10_000, 10_000, 5_000],
+            [100_000, 10_000, 5_000],
             [Some(0.2), None, None],
         ),
         (
