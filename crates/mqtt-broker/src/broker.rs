@@ -137,17 +137,18 @@ pub(crate) struct SessionCell {
     /// acknowledged: if the session ends first, another member of the group gets them
     /// (5.0 section 4.8.2: "SHOULD send the Application Message to another Client").
     /// QoS 2 messages are never redistributed ([MQTT-4.8.2-5]).
-    /// A `BTreeMap`: 24 bytes and no allocation while empty, which it is for every
-    /// session outside shared subscriptions.
-    pub(crate) shared_unacked: BTreeMap<MessageId, (GroupId, Message)>,
+    /// Boxed on first use: 8 bytes instead of a map's 24 for every session outside
+    /// shared subscriptions.
+    #[allow(clippy::box_collection)] // the box is the point: the map's own size
+    pub(crate) shared_unacked: Option<Box<BTreeMap<MessageId, (GroupId, Message)>>>,
 }
 
 impl SessionCell {
     /// Forgets shared-subscription messages that completed or were dropped.
     pub(crate) fn settle_shared(&mut self, ids: &[MessageId]) {
-        if !self.shared_unacked.is_empty() {
+        if let Some(unacked) = self.shared_unacked.as_deref_mut() {
             for id in ids {
-                self.shared_unacked.remove(id);
+                unacked.remove(id);
             }
         }
     }
@@ -328,7 +329,7 @@ impl Shared {
                 session: ServerSession::new(client_id.clone(), Arc::clone(&self.limits)),
                 generation: 0,
                 gone: false,
-                shared_unacked: BTreeMap::new(),
+                shared_unacked: None,
             }),
             notify: Notify::new(),
             space: Notify::new(),
@@ -659,9 +660,12 @@ impl Shared {
     /// A session ended: its unacknowledged QoS 1 messages from shared subscriptions go to
     /// other members of their groups.
     pub(crate) fn redistribute_shared(&self, from: &SessionHandle) {
-        let orphans: Vec<(GroupId, Message)> = std::mem::take(&mut from.lock().shared_unacked)
-            .into_values()
-            .collect();
+        let orphans: Vec<(GroupId, Message)> = from
+            .lock()
+            .shared_unacked
+            .take()
+            .map(|unacked| unacked.into_values().collect())
+            .unwrap_or_default();
         if orphans.is_empty() {
             return;
         }
@@ -735,7 +739,9 @@ impl Shared {
         match cell.session.deliver(now, message) {
             Ok(id) => {
                 if let (Some(group), Some(copy)) = (group, keep) {
-                    cell.shared_unacked.insert(id, (group, copy));
+                    cell.shared_unacked
+                        .get_or_insert_default()
+                        .insert(id, (group, copy));
                 }
                 drop(cell);
                 handle.notify.notify_one();

@@ -1188,6 +1188,8 @@ mod tests {
             assert!(hibernate <= 168, "hibernate future: {hibernate} B");
             assert!(serve <= 264, "serve future: {serve} B");
             assert!(session <= 144, "ServerSession: {session} B");
+            let handle = size_of::<crate::broker::SessionHandle>();
+            assert!(handle <= 296, "SessionHandle: {handle} B");
         });
     }
 }
