@@ -892,6 +892,9 @@ async fn detach<S: Duplex>(conn: &mut Conn<S>, end: End) {
             return;
         }
         cell.session.connection_lost(shared.now());
+        // A session that outlives its connection keeps what it holds, not the capacity
+        // of the queues it used: an offline session with nothing queued keeps no queues.
+        cell.session.shrink_idle();
     }
     debug!(client = %handle.client_id, ?end, "disconnected");
     tokio::spawn(idle(Arc::clone(shared), Arc::clone(handle), generation));
