@@ -10,7 +10,10 @@
 
 use std::{
     collections::BTreeMap,
-    sync::{Arc, Mutex, MutexGuard, Weak},
+    sync::{
+        Arc, Mutex, MutexGuard, Weak,
+        atomic::{AtomicU64, Ordering},
+    },
 };
 
 use mqtt_session::Instant;
@@ -18,10 +21,13 @@ use tokio::sync::Notify;
 
 use crate::broker::{SessionHandle, Shared};
 
-/// Deadlines, by time and then session key, with the session to wake.
+/// Deadlines, by time and then a number unique to each alarm, with the session to wake.
+/// (The session's key would not do: during a takeover two connections of one session
+/// may hibernate at once, and one must not cancel the other's alarm.)
 #[derive(Debug, Default)]
 pub(crate) struct Alarms {
     due: Mutex<BTreeMap<(Instant, u64), Weak<SessionHandle>>>,
+    next: AtomicU64,
     /// A deadline earlier than all others was set: the task sleeps too long.
     earlier: Notify,
 }
@@ -34,20 +40,23 @@ impl Alarms {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    /// Wakes `handle`'s connection task at `at` (session time), unless cancelled first.
-    pub(crate) fn set(&self, at: Instant, handle: &Arc<SessionHandle>) {
+    /// Wakes `handle`'s connection task at `at` (session time), unless cancelled first
+    /// with the number returned.
+    pub(crate) fn set(&self, at: Instant, handle: &Arc<SessionHandle>) -> u64 {
+        let id = self.next.fetch_add(1, Ordering::Relaxed);
         let mut due = self.due();
-        due.insert((at, handle.key), Arc::downgrade(handle));
+        due.insert((at, id), Arc::downgrade(handle));
         let first = due.first_key_value().map(|(&(t, _), _)| t);
         drop(due);
         if first == Some(at) {
             self.earlier.notify_one();
         }
+        id
     }
 
-    /// Forgets the alarm set for `handle` at `at`, if it has not gone off.
-    pub(crate) fn cancel(&self, at: Instant, handle: &SessionHandle) {
-        self.due().remove(&(at, handle.key));
+    /// Forgets alarm `id`, set for `at`, if it has not gone off.
+    pub(crate) fn cancel(&self, at: Instant, id: u64) {
+        self.due().remove(&(at, id));
     }
 
     /// Takes the alarms due at `now` and wakes their sessions; returns when the next one
@@ -126,9 +135,12 @@ mod tests {
             let c = shared.session(&ByteStr::from_static("c"));
             let alarms = &shared.alarms;
             alarms.set(Instant::from_millis(100), &a);
-            alarms.set(Instant::from_millis(100), &b);
+            let of_b = alarms.set(Instant::from_millis(100), &b);
             alarms.set(Instant::from_millis(300), &c);
-            alarms.cancel(Instant::from_millis(100), &b);
+            // Two alarms of one session at one time (a takeover) are two alarms.
+            let other_of_c = alarms.set(Instant::from_millis(300), &c);
+            alarms.cancel(Instant::from_millis(300), other_of_c);
+            alarms.cancel(Instant::from_millis(100), of_b);
             assert_eq!(
                 alarms.fire(Instant::from_millis(99)),
                 Some(Instant::from_millis(100))

@@ -137,51 +137,116 @@ pub(crate) struct SessionCell {
     pub(crate) generation: u64,
     /// The session expired and was removed from the registry.
     pub(crate) gone: bool,
+    /// What only some sessions hold, boxed on first use: 8 bytes for the others.
+    extra: Option<Box<CellExtra>>,
+}
+
+/// The parts of a [`SessionCell`] most sessions never use, or use only while busy.
+#[derive(Debug, Default)]
+struct CellExtra {
     /// QoS 1 messages this session received through a shared subscription and has not
     /// acknowledged: if the session ends first, another member of the group gets them
     /// (5.0 section 4.8.2: "SHOULD send the Application Message to another Client").
     /// QoS 2 messages are never redistributed ([MQTT-4.8.2-5]).
-    /// A `BTreeMap`: 24 bytes and no allocation while empty, which it is for every
-    /// session outside shared subscriptions.
-    pub(crate) shared_unacked: BTreeMap<MessageId, (GroupId, Message)>,
+    shared_unacked: BTreeMap<MessageId, (GroupId, Message)>,
     /// QoS 0 PUBLISH packets encoded once for all their subscribers (see
     /// [`Shared::route`]), for this connection to write ahead of what the session
     /// sends next. They belong to the connection they were encoded for: a takeover or
     /// a lost connection discards them.
-    pub(crate) encoded: BytesMut,
+    encoded: BytesMut,
     /// How many packets `encoded` holds.
-    pub(crate) encoded_count: u32,
+    encoded_count: u32,
 }
 
 impl SessionCell {
+    fn extra_mut(&mut self) -> &mut CellExtra {
+        self.extra.get_or_insert_with(Box::default)
+    }
+
+    /// Drops the extra part if nothing in it is in use.
+    fn shrink_extra(&mut self) {
+        if self
+            .extra
+            .as_ref()
+            .is_some_and(|x| x.encoded_count == 0 && x.shared_unacked.is_empty())
+        {
+            self.extra = None;
+        }
+    }
+
     /// Messages waiting to go out: queued or in flight in the session, and encoded.
     pub(crate) fn waiting_messages(&self) -> usize {
-        self.session.pending_messages() + self.encoded_count as usize
+        self.session.pending_messages()
+            + self.extra.as_ref().map_or(0, |x| x.encoded_count as usize)
+    }
+
+    /// Bytes of encoded packets waiting.
+    fn encoded_len(&self) -> usize {
+        self.extra.as_ref().map_or(0, |x| x.encoded.len())
+    }
+
+    /// Adds an encoded packet to write.
+    fn push_encoded(&mut self, packet: &[u8]) {
+        let x = self.extra_mut();
+        x.encoded.extend_from_slice(packet);
+        x.encoded_count += 1;
     }
 
     /// Takes the encoded packets, to be written before anything the session sends
     /// next; how many there were.
     pub(crate) fn take_encoded(&mut self, out: &mut BytesMut) -> u32 {
-        let count = std::mem::take(&mut self.encoded_count);
-        if count > 0 {
-            out.extend_from_slice(&self.encoded);
-            self.encoded.clear();
-        }
-        count
+        let Some(x) = self.extra.as_deref_mut() else {
+            return 0;
+        };
+        out.extend_from_slice(&x.encoded);
+        x.encoded.clear();
+        std::mem::take(&mut x.encoded_count)
     }
 
-    /// Drops the encoded packets and their buffer: the connection they were for is
-    /// gone (they are QoS 0).
+    /// Gives back the encoded packets' buffer if it is empty (the connection idles).
+    pub(crate) fn shrink_encoded(&mut self) {
+        if let Some(x) = self.extra.as_deref_mut() {
+            if x.encoded_count == 0 {
+                x.encoded = BytesMut::new();
+            }
+        }
+        self.shrink_extra();
+    }
+
+    /// Drops the encoded packets: the connection they were for is gone (they are
+    /// QoS 0).
     pub(crate) fn forget_encoded(&mut self) {
-        self.encoded = BytesMut::new();
-        self.encoded_count = 0;
+        if let Some(x) = self.extra.as_deref_mut() {
+            x.encoded = BytesMut::new();
+            x.encoded_count = 0;
+        }
+        self.shrink_extra();
+    }
+
+    /// Keeps a QoS 1 message delivered through shared subscription `group` until it is
+    /// acknowledged.
+    fn keep_shared(&mut self, id: MessageId, group: GroupId, message: Message) {
+        self.extra_mut().shared_unacked.insert(id, (group, message));
+    }
+
+    /// Takes the shared-subscription messages still unacknowledged.
+    fn take_shared(&mut self) -> BTreeMap<MessageId, (GroupId, Message)> {
+        let taken = self
+            .extra
+            .as_deref_mut()
+            .map(|x| std::mem::take(&mut x.shared_unacked))
+            .unwrap_or_default();
+        self.shrink_extra();
+        taken
     }
 
     /// Forgets shared-subscription messages that completed or were dropped.
     pub(crate) fn settle_shared(&mut self, ids: &[MessageId]) {
-        if !self.shared_unacked.is_empty() {
-            for id in ids {
-                self.shared_unacked.remove(id);
+        if let Some(x) = self.extra.as_deref_mut() {
+            if !x.shared_unacked.is_empty() {
+                for id in ids {
+                    x.shared_unacked.remove(id);
+                }
             }
         }
     }
@@ -207,7 +272,7 @@ const ONLINE_QUEUE: usize = 256;
 /// wake-up finds, the fewer writes it takes).
 pub(crate) fn has_room(cell: &SessionCell) -> bool {
     cell.session.pending_messages() < ONLINE_QUEUE
-        && cell.encoded.len() < ENCODED_BYTES
+        && cell.encoded_len() < ENCODED_BYTES
         && cell.session.queue_room() > 0
 }
 
@@ -421,9 +486,7 @@ impl Shared {
                 session: ServerSession::new(client_id.clone(), Arc::clone(&self.limits)),
                 generation: 0,
                 gone: false,
-                shared_unacked: BTreeMap::new(),
-                encoded: BytesMut::new(),
-                encoded_count: 0,
+                extra: None,
             }),
             notify: Notify::new(),
             space: Notify::new(),
@@ -744,13 +807,12 @@ impl Shared {
             return false;
         };
         if !has_room(&cell)
-            || cell.encoded.len() + packet.len() > ENCODED_BYTES
+            || cell.encoded_len() + packet.len() > ENCODED_BYTES
             || !cell.session.takes_encoded_publish(packet.len())
         {
             return false;
         }
-        cell.encoded.extend_from_slice(packet);
-        cell.encoded_count += 1;
+        cell.push_encoded(packet);
         drop(cell);
         handle.notify.notify_one();
         true
@@ -802,9 +864,7 @@ impl Shared {
     /// A session ended: its unacknowledged QoS 1 messages from shared subscriptions go to
     /// other members of their groups.
     pub(crate) fn redistribute_shared(&self, from: &SessionHandle) {
-        let orphans: Vec<(GroupId, Message)> = std::mem::take(&mut from.lock().shared_unacked)
-            .into_values()
-            .collect();
+        let orphans: Vec<(GroupId, Message)> = from.lock().take_shared().into_values().collect();
         if orphans.is_empty() {
             return;
         }
@@ -878,7 +938,7 @@ impl Shared {
         match cell.session.deliver(now, message) {
             Ok(id) => {
                 if let (Some(group), Some(copy)) = (group, keep) {
-                    cell.shared_unacked.insert(id, (group, copy));
+                    cell.keep_shared(id, group, copy);
                 }
                 drop(cell);
                 handle.notify.notify_one();

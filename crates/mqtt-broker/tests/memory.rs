@@ -1,6 +1,7 @@
 //! Memory held per idle connection, counted by a global allocator: live heap bytes
 //! (allocated minus freed) per connection, after the connections settle and after they
-//! have been idle long enough to give back their buffers.
+//! have been idle long enough to give back their buffers; then per session once the
+//! clients, active a moment before, are gone and their sessions stay (Clean Session 0).
 
 use std::{
     alloc::{GlobalAlloc, Layout, System},
@@ -61,7 +62,7 @@ async fn idle_connection_footprint() {
             b'T',
             b'T',
             4,
-            2,
+            0, // Clean Session 0: the session outlives the connection
             0,
             60,
         ];
@@ -90,6 +91,20 @@ async fn idle_connection_footprint() {
         "idle connections hold {} bytes each",
         per(idle)
     );
+    // Each client wakes its connection (PINGREQ) and leaves while it is active.
+    for c in &mut clients {
+        c.write_all(&[0xC0, 0]).await.unwrap();
+        let mut pong = [0u8; 2];
+        c.read_exact(&mut pong).await.unwrap();
+        assert_eq!(pong, [0xD0, 0]);
+    }
     drop(clients);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let offline = per(LIVE.load(Ordering::Relaxed) - before);
+    eprintln!("live heap per session left without its connection: {offline} B");
+    assert!(
+        offline <= 512,
+        "sessions without a connection hold {offline} bytes each"
+    );
     broker.shutdown().await;
 }
