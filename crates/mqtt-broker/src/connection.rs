@@ -40,7 +40,7 @@ const IDLE_SHRINK: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// Stop taking packets from the session once this much is waiting to be written: the
 /// rest stays in the session's bounded queue until the socket drains.
-const WRITE_HIGH_WATER: usize = 64 * 1024;
+pub(crate) const WRITE_HIGH_WATER: usize = 64 * 1024;
 
 /// Why a connection ended.
 #[derive(Debug)]
@@ -342,8 +342,8 @@ async fn attach<W: AsyncWrite + Unpin>(
         // [MQTT-3.1.4-3]: a second connection with the same id takes the session over.
         let taking_over = cell.session.is_connected();
         cell.generation += 1;
+        cell.restore_encoded(now);
         cell.session.connection_lost(now);
-        cell.forget_encoded();
         let stale: Vec<_> = if connect.clean_start {
             cell.session
                 .subscriptions()
@@ -529,8 +529,9 @@ where
             }
             let now = shared.now();
             // Counted here and added once: the counters are shared by every connection.
-            // Packets encoded for many subscribers go first: the session had nothing
-            // queued when they came (see `Shared::route`).
+            // Packets encoded for many subscribers go first: the session had no QoS 0
+            // message queued and no control packet waiting when they came (see
+            // `ServerSession::takes_encoded_publish`).
             let encoded = u64::from(cell.take_encoded(&mut out));
             let (mut publishes, mut packets) = (encoded, encoded);
             while let Some(p) = cell.session.poll_transmit(now) {
@@ -652,7 +653,7 @@ where
         }
         if closed {
             // Write the DISCONNECT the session may have queued, then close.
-            if flush_last(shared, handle, version, wr).await {
+            if flush_last(shared, handle, generation, version, wr).await {
                 linger(rd).await;
             }
             return Step::Ended(End::Closed);
@@ -834,12 +835,17 @@ fn feed(
 async fn flush_last<W: AsyncWrite + Unpin>(
     shared: &Shared,
     handle: &SessionHandle,
+    generation: u64,
     version: ProtocolVersion,
     wr: &mut W,
 ) -> bool {
     let mut out = BytesMut::new();
     {
         let mut cell = handle.lock();
+        if cell.generation != generation {
+            // Taken over meanwhile: what the session has is the new connection's.
+            return false;
+        }
         let now = shared.now();
         cell.take_encoded(&mut out);
         while let Some(p) = cell.session.poll_transmit(now) {
@@ -899,8 +905,9 @@ async fn detach<S: Duplex>(conn: &mut Conn<S>, end: End) {
         if cell.generation != generation {
             return;
         }
-        cell.session.connection_lost(shared.now());
-        cell.forget_encoded();
+        let now = shared.now();
+        cell.restore_encoded(now);
+        cell.session.connection_lost(now);
         // A session that outlives its connection keeps what it holds, not the capacity
         // of the queues it used: an offline session with nothing queued keeps no queues.
         cell.session.shrink_idle();

@@ -456,7 +456,8 @@ impl ServerSession {
     /// Whether the connection may be sent a QoS 0 PUBLISH of `len` bytes that the
     /// caller encoded itself, bypassing [`deliver`](Self::deliver): what a server does
     /// to encode a message once for many subscribers. True when a connection is up and
-    /// was not sent DISCONNECT; no QoS 0 message is queued, which it would overtake
+    /// was not sent DISCONNECT; no control packet waits to go out, so CONNACK is always
+    /// first ([MQTT-3.2.0-1]); no QoS 0 message is queued, which it would overtake
     /// (order is kept per QoS, [MQTT-4.6.0-6]: it may go ahead of QoS 1 and 2 messages
     /// waiting for the client's Receive Maximum); the session assigns no topic aliases,
     /// which would make the packet differ per connection; and `len` fits the client's
@@ -465,14 +466,30 @@ impl ServerSession {
     /// The packet must carry nothing that belongs to one session (packet identifier,
     /// topic alias, subscription identifiers) and no Message Expiry Interval, which
     /// [`deliver`](Self::deliver) counts down. The caller writes it before anything
-    /// [`poll_transmit`](Self::poll_transmit) returns afterwards.
+    /// [`poll_transmit`](Self::poll_transmit) returns afterwards; if the connection
+    /// ends first, it gives the messages back with [`restore_unsent`](Self::restore_unsent).
     pub fn takes_encoded_publish(&self, len: usize) -> bool {
         let f = &self.flow;
         f.connected
             && !f.sent_disconnect
+            && f.traffic().is_none_or(|t| t.tx.is_empty())
             && f.queued_qos0() == 0
             && !(f.version.is_v5() && f.limits.send_topic_aliases && f.peer.topic_alias_maximum > 0)
             && u32::try_from(len).is_ok_and(|len| len <= f.peer.max_packet_size)
+    }
+
+    /// Queues again, in their order and ahead of every message queued since, messages
+    /// that [`takes_encoded_publish`](Self::takes_encoded_publish) let the caller send
+    /// itself and that never went out: call it before
+    /// [`connection_lost`](Self::connection_lost), so that the session keeps them as it
+    /// keeps the messages it queued. No quota applies (the caller bounds them).
+    pub fn restore_unsent(&mut self, now: Instant, messages: Vec<Message>) {
+        let outbox = &mut self.flow.traffic_mut().outbox;
+        for message in messages.into_iter().rev() {
+            let id = outbox.next_id();
+            let expires_at = message.expires_at(now);
+            outbox.push_queued(id, message, expires_at, true);
+        }
     }
 
     /// Messages queued or in flight.

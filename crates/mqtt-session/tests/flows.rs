@@ -1124,3 +1124,48 @@ fn shrinking_an_idle_session_keeps_its_identifiers() {
         .unwrap();
     assert_eq!(third, second);
 }
+
+// 3.1.1 MQTT-3.2.0-1, 5.0 MQTT-3.2.0-1, 3.1.1 MQTT-4.6.0-6, 5.0 MQTT-4.6.0-6: a server
+// may write QoS 0 packets it encoded itself only once CONNACK is out and while no QoS 0
+// message of the session's own is queued; messages it could not write go back ahead of
+// those queued since, and stay with the session across a reconnection.
+#[test]
+fn encoded_publishes_come_after_connack_and_before_later_qos0() {
+    let now = Instant::ZERO;
+    let mut server = ServerSession::new(ByteStr::from_static("c1"), Limits::default());
+    let mut connect = mqtt_codec::Connect::new(V311, ByteStr::from_static("c1"));
+    connect.clean_start = false;
+    server.accept(now, &connect, Default::default());
+    assert!(!server.takes_encoded_publish(10), "CONNACK waits to go out");
+    assert!(matches!(
+        server.poll_transmit(now),
+        Some(Packet::ConnAck(_))
+    ));
+    assert!(server.takes_encoded_publish(10));
+    assert!(
+        !server.takes_encoded_publish(usize::MAX),
+        "larger than any packet"
+    );
+
+    server
+        .deliver(now, msg("t", "queued later", QoS::AtMostOnce))
+        .unwrap();
+    assert!(!server.takes_encoded_publish(10), "it would overtake");
+    server.restore_unsent(
+        now,
+        vec![
+            msg("t", "encoded 1", QoS::AtMostOnce),
+            msg("t", "encoded 2", QoS::AtMostOnce),
+        ],
+    );
+    server.connection_lost(now);
+    server.accept(now, &connect, Default::default());
+    let sent: Vec<String> = core::iter::from_fn(|| server.poll_transmit(now))
+        .filter_map(|p| match p {
+            Packet::Publish(p) => Some(String::from_utf8_lossy(&p.payload).into_owned()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(sent, ["encoded 1", "encoded 2", "queued later"]);
+    assert!(server.takes_encoded_publish(10));
+}

@@ -554,7 +554,7 @@ async fn unsupported_authentication_method_is_refused() {
 // publisher's properties, its own subscription identifier, nothing above its Maximum
 // Packet Size, and every message in publish order.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn fan_out_of_one_encoding_keeps_each_subscription_s_terms() {
+async fn fan_out_of_one_encoding_keeps_each_subscriptions_terms() {
     let (broker, addr) = broker().await;
     let qos0 = SubscriptionOptions::new(QoS::AtMostOnce);
     let mut v3 = Client::connect(addr, crate::spec::V3, "enc-v3").await;
