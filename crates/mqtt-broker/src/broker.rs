@@ -1035,3 +1035,71 @@ impl Shared {
         std::time::Duration::from_millis(self.config.limits.slow_subscriber_ms)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use mqtt_codec::Connect;
+
+    fn message(payload: &'static str) -> Message {
+        Message::new(
+            ByteStr::from_static("t"),
+            Bytes::from_static(payload.as_bytes()),
+            QoS::AtMostOnce,
+        )
+    }
+
+    // Packets encoded for a connection that ended unwritten go back to the session as
+    // the messages they were, ahead of what it queued since, in both protocol families.
+    #[test]
+    fn unwritten_encoded_packets_return_to_the_session() {
+        for version in [ProtocolVersion::V3_1_1, ProtocolVersion::V5] {
+            let now = mqtt_session::Instant::ZERO;
+            let id = ByteStr::from_static("c");
+            let mut cell = SessionCell {
+                session: ServerSession::new(id.clone(), Limits::default()),
+                generation: 0,
+                gone: false,
+                extra: None,
+            };
+            let mut connect = Connect::new(version, id);
+            connect.clean_start = false;
+            connect.properties.session_expiry_interval = Some(60);
+            cell.session.accept(now, &connect, Default::default());
+            assert!(cell.session.poll_transmit(now).is_some(), "CONNACK");
+            let mut retained = message("encoded 2");
+            retained.retain = true;
+            for m in [message("encoded 1"), retained] {
+                let mut encoded = Encoded::default();
+                let packet = encoded.get(&m, version, m.retain).unwrap().clone();
+                assert!(cell.session.takes_encoded_publish(packet.len()));
+                cell.push_encoded(&packet);
+            }
+            cell.session.deliver(now, message("queued")).unwrap();
+            assert_eq!(cell.waiting_messages(), 3);
+
+            cell.restore_encoded(now);
+            cell.session.connection_lost(now);
+            assert_eq!(cell.encoded_len(), 0);
+            assert!(cell.extra.is_none(), "nothing left in the extra part");
+            cell.session.accept(now, &connect, Default::default());
+            let sent: Vec<(String, bool)> = std::iter::from_fn(|| cell.session.poll_transmit(now))
+                .filter_map(|p| match p {
+                    Packet::Publish(p) => {
+                        Some((String::from_utf8_lossy(&p.payload).into_owned(), p.retain))
+                    }
+                    _ => None,
+                })
+                .collect();
+            assert_eq!(
+                sent,
+                [
+                    ("encoded 1".to_owned(), false),
+                    ("encoded 2".to_owned(), true),
+                    ("queued".to_owned(), false)
+                ],
+                "{version:?}"
+            );
+        }
+    }
+}

@@ -170,7 +170,7 @@ async fn active<S: Duplex>(conn: &mut Conn<S>, mut rbuf: BytesMut, first_stretch
         let (shared, handle) = (&conn.shared, &conn.handle);
         handle.stuck.store(true, Ordering::Relaxed);
         handle.space.notify_waiters();
-        deliver_pending(shared, handle, &mut pending).await;
+        deliver_pending(shared, &mut pending).await;
     }
     detach(conn, end).await;
     false
@@ -663,7 +663,7 @@ where
         }
         if !pending.is_empty() {
             // 4a. Held deliveries: wait for room, not for input (back-pressure).
-            wait_for_room(shared, handle, pending).await;
+            wait_for_room(shared, Some(handle), pending).await;
             continue;
         }
         if fresh && backlog.is_empty() && rbuf.is_empty() {
@@ -744,8 +744,14 @@ fn retry_pending(shared: &Shared, pending: &mut VecDeque<Pending>) -> bool {
 
 /// Waits until the first held delivery's subscriber has room (or gives up on it after
 /// `slow_subscriber_ms`), while this session's own packets still go out: a wake-up of
-/// its own (shutdown included) returns at once so the caller flushes and looks.
-async fn wait_for_room(shared: &Shared, handle: &SessionHandle, pending: &mut VecDeque<Pending>) {
+/// `own` session (shutdown included) returns at once so the caller flushes and looks.
+/// A connection that has ended passes no session: its wake-ups are a later
+/// connection's, which must not lose them.
+async fn wait_for_room(
+    shared: &Shared,
+    own: Option<&SessionHandle>,
+    pending: &mut VecDeque<Pending>,
+) {
     let Some(first) = pending.front_mut() else {
         return;
     };
@@ -760,7 +766,12 @@ async fn wait_for_room(shared: &Shared, handle: &SessionHandle, pending: &mut Ve
     if !retry_pending(shared, pending) {
         tokio::select! {
             () = &mut space => {}
-            () = handle.notify.notified() => {}
+            () = async {
+                match own {
+                    Some(handle) => handle.notify.notified().await,
+                    None => std::future::pending().await,
+                }
+            } => {}
             () = sleep_until(give_up_at) => {
                 if let Some(p) = pending.pop_front() {
                     shared.give_up(p);
@@ -774,9 +785,9 @@ async fn wait_for_room(shared: &Shared, handle: &SessionHandle, pending: &mut Ve
 
 /// The connection ended with deliveries still held: they were taken from the client
 /// (and maybe acknowledged), so they wait for room as long as a live connection would.
-async fn deliver_pending(shared: &Shared, handle: &SessionHandle, pending: &mut VecDeque<Pending>) {
+async fn deliver_pending(shared: &Shared, pending: &mut VecDeque<Pending>) {
     while !retry_pending(shared, pending) {
-        wait_for_room(shared, handle, pending).await;
+        wait_for_room(shared, None, pending).await;
     }
 }
 
@@ -847,10 +858,16 @@ async fn flush_last<W: AsyncWrite + Unpin>(
             return false;
         }
         let now = shared.now();
-        cell.take_encoded(&mut out);
+        let encoded = u64::from(cell.take_encoded(&mut out));
+        let (mut publishes, mut packets) = (encoded, encoded);
         while let Some(p) = cell.session.poll_transmit(now) {
+            publishes += u64::from(matches!(p, Packet::Publish(_)));
+            packets += 1;
             let _ = p.encode(version, &mut out);
         }
+        let stats = &shared.stats;
+        stats.messages_sent.fetch_add(packets, Ordering::Relaxed);
+        stats.publish_sent.fetch_add(publishes, Ordering::Relaxed);
     }
     !out.is_empty() && wr.write_all(&out).await.is_ok()
 }
@@ -932,7 +949,14 @@ async fn idle(shared: Arc<Shared>, handle: Arc<SessionHandle>, generation: u64) 
     loop {
         let (deadline, events) = {
             let mut cell = handle.lock();
-            if cell.generation != generation || cell.gone {
+            if cell.generation != generation {
+                // A new connection has the session, and the wake-up that brought us
+                // here may have been meant for it.
+                drop(cell);
+                handle.notify.notify_one();
+                return;
+            }
+            if cell.gone {
                 return;
             }
             let events: Vec<Event> = std::iter::from_fn(|| cell.session.poll_event()).collect();
