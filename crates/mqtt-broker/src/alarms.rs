@@ -156,7 +156,7 @@ mod tests {
             assert_eq!(alarms.len(), 1);
             // A session gone before its alarm is simply skipped.
             drop(c);
-            shared.remove_session(&shared.session(&ByteStr::from_static("c")));
+            shared.remove_session(&shared.session(&ByteStr::from_static("c")), 0);
             assert_eq!(alarms.fire(Instant::from_millis(400)), None);
             assert_eq!(alarms.len(), 0);
         });

@@ -519,19 +519,25 @@ impl Shared {
         handle
     }
 
-    /// Forgets an expired session and its subscriptions.
-    pub(crate) fn remove_session(&self, handle: &Arc<SessionHandle>) {
-        {
+    /// Forgets an expired session and its subscriptions, unless a connection (of a
+    /// later `generation` than the expiry was seen at) has taken it back meanwhile.
+    pub(crate) fn remove_session(&self, handle: &Arc<SessionHandle>, generation: u64) {
+        let (filters, version) = {
+            // The registry first, then the session (the order `attach` never nests the
+            // other way): a client that connected again since the session expired keeps
+            // it.
             let mut registry = self.registry();
+            let mut cell = handle.lock();
+            if cell.gone || cell.generation != generation || cell.session.is_connected() {
+                return;
+            }
             if registry
                 .get(handle.client_id.as_str())
                 .is_some_and(|Registered(h)| Arc::ptr_eq(h, handle))
             {
                 registry.remove(handle.client_id.as_str());
             }
-        }
-        let (filters, version) = {
-            let mut cell = handle.lock();
+            drop(registry);
             cell.gone = true;
             let filters: Vec<ByteStr> = cell
                 .session

@@ -335,10 +335,15 @@ async fn attach<W: AsyncWrite + Unpin>(
     // What outlives this packet gets its own memory: slices of the read buffer would keep
     // the whole buffer alive for as long as the session lives.
     detach_from_read_buffer(&mut connect);
-    let handle = shared.session(&connect.client_id);
     let now = shared.now();
-    let (generation, stale_filters, old_version) = {
+    let (handle, generation, stale_filters, old_version) = loop {
+        let handle = shared.session(&connect.client_id);
         let mut cell = handle.lock();
+        if cell.gone {
+            // It expired and left the registry since the lookup: the next one makes a
+            // new session.
+            continue;
+        }
         // [MQTT-3.1.4-3]: a second connection with the same id takes the session over.
         let taking_over = cell.session.is_connected();
         cell.generation += 1;
@@ -360,7 +365,9 @@ async fn attach<W: AsyncWrite + Unpin>(
         if taking_over {
             info!(client = %connect.client_id, %peer, "session taken over");
         }
-        (cell.generation, stale, old_version)
+        let generation = cell.generation;
+        drop(cell);
+        break (handle, generation, stale, old_version);
     };
     if !stale_filters.is_empty() {
         shared.unsubscribe_all(&handle, stale_filters.iter(), old_version);
@@ -420,8 +427,16 @@ async fn hibernate<S: Duplex>(conn: &mut Conn<S>) -> Result<BytesMut, End> {
     if shared.is_shutting_down() {
         return Err(End::Shutdown);
     }
+    // Registered before the last look at the session, so that a signal in between (a
+    // takeover's included) is not missed.
+    let notified = conn.handle.notify.notified();
+    tokio::pin!(notified);
+    notified.as_mut().enable();
     let alarm = {
         let mut cell = conn.handle.lock();
+        if cell.generation != conn.generation {
+            return Err(End::TakenOver);
+        }
         // Whatever the session still holds in its empty queues goes: a connection that
         // hibernates right after CONNACK has not been through the idle shrink.
         cell.session.shrink_idle();
@@ -433,8 +448,6 @@ async fn hibernate<S: Duplex>(conn: &mut Conn<S>) -> Result<BytesMut, End> {
     // a PINGREQ fits, and the active stage reads whatever follows.
     let mut first = [0u8; FIRST_READ];
     let woke = {
-        let notified = conn.handle.notify.notified();
-        tokio::pin!(notified);
         let stream = &mut conn.stream;
         std::future::poll_fn(|cx| {
             if notified.as_mut().poll(cx).is_ready() {
@@ -453,9 +466,16 @@ async fn hibernate<S: Duplex>(conn: &mut Conn<S>) -> Result<BytesMut, End> {
     }
     match woke {
         None => {
+            let mut cell = conn.handle.lock();
+            if cell.generation != conn.generation {
+                // Taken over: the signal may have been meant for the new connection.
+                drop(cell);
+                conn.handle.notify.notify_one();
+                return Err(End::TakenOver);
+            }
             let now = shared.now();
             if alarm.is_some_and(|(at, _)| now >= at) {
-                conn.handle.lock().session.handle_timeout(now);
+                cell.session.handle_timeout(now);
             }
             Ok(BytesMut::new())
         }
@@ -525,6 +545,10 @@ where
         let deadline = {
             let mut cell = handle.lock();
             if cell.generation != generation {
+                // The signal that woke this loop may have been meant for the connection
+                // that took over: pass it on.
+                drop(cell);
+                handle.notify.notify_one();
                 return Step::Ended(End::TakenOver);
             }
             let now = shared.now();
@@ -969,7 +993,7 @@ async fn idle(shared: Arc<Shared>, handle: Arc<SessionHandle>, generation: u64) 
                     shared.route(handle.key, will_message(will), &mut matches, None, now);
                 }
                 Event::SessionExpired => {
-                    shared.remove_session(&handle);
+                    shared.remove_session(&handle, generation);
                     return;
                 }
                 Event::Dropped { id, .. } => handle.lock().settle_shared(&[id]),
