@@ -732,8 +732,11 @@ where
             () = &mut timer => {
                 let mut cell = handle.lock();
                 let now = shared.now();
+                // A deadline that passed (the keep-alive) leaves a DISCONNECT and an event
+                // to act on before any shrinking.
+                let due = cell.session.poll_timeout().is_some_and(|at| now >= at);
                 cell.session.handle_timeout(now);
-                if shrink_at.is_some_and(|at| Instant::now() >= at) {
+                if !due && shrink_at.is_some_and(|at| Instant::now() >= at) {
                     cell.session.shrink_idle();
                     cell.shrink_encoded();
                     drop(cell);
