@@ -303,6 +303,16 @@ pub(crate) fn has_room(cell: &SessionCell) -> bool {
 /// 0.151 CPU s per million deliveries, 6.6 -> 15.5 MiB peak.
 const ENCODED_BYTES: usize = crate::connection::WRITE_HIGH_WATER;
 
+/// One subscriber's terms for a routed message: its session, the highest QoS its
+/// matching subscriptions granted, whether any keeps RETAIN as published, and their
+/// subscription identifiers ([MQTT-3.3.4-2], [MQTT-3.3.4-3]).
+struct Recipient<'a> {
+    handle: &'a Arc<SessionHandle>,
+    granted: QoS,
+    retain_as_published: bool,
+    ids: Vec<SubscriptionId>,
+}
+
 /// A QoS 0 message encoded once for every subscriber that takes it as it is (see
 /// `ServerSession::takes_encoded_publish`): one PUBLISH per protocol family (3.1 and
 /// 3.1.1 encode alike) and RETAIN flag, encoded on first use. Fan-out to many
@@ -740,10 +750,10 @@ impl Shared {
         let (qos, retain) = (message.qos, message.retain);
         // [MQTT-3.3.4-2], [MQTT-3.3.4-3]: one copy per subscriber at the highest granted
         // QoS, with every matching subscription identifier.
-        let shape = |mut out: Message, granted: QoS, retain_as_published: bool, ids| {
-            out.qos = qos.min(granted);
-            out.retain = retain && retain_as_published;
-            out.properties.subscription_identifiers = ids;
+        let shape = |mut out: Message, to: Recipient<'_>| {
+            out.qos = qos.min(to.granted);
+            out.retain = retain && to.retain_as_published;
+            out.properties.subscription_identifiers = to.ids;
             out
         };
         // Each recipient is delivered once the next is found, so the last one can take
@@ -772,27 +782,43 @@ impl Shared {
             let (Some(handle), Some(granted)) = (handle, granted) else {
                 continue;
             };
-            if let Some((h, g, r, ids)) =
-                previous.replace((handle, granted, retain_as_published, ids))
-            {
-                if !self.deliver_encoded(h, &mut encoded, &message, g, r, &ids, pending.as_deref())
-                {
-                    let out = shape(message.clone(), g, r, ids);
-                    self.deliver(h, now, out, None, pending.as_deref_mut());
+            let next = Recipient {
+                handle,
+                granted,
+                retain_as_published,
+                ids,
+            };
+            if let Some(to) = previous.replace(next) {
+                if !self.deliver_encoded(&to, &mut encoded, &message, pending.as_deref()) {
+                    let h = to.handle;
+                    self.deliver(
+                        h,
+                        now,
+                        shape(message.clone(), to),
+                        None,
+                        pending.as_deref_mut(),
+                    );
                 }
             }
         }
         let mut groups = matches.shared().peekable();
-        if let Some((h, g, r, ids)) = previous {
-            if self.deliver_encoded(h, &mut encoded, &message, g, r, &ids, pending.as_deref()) {
+        if let Some(to) = previous {
+            if self.deliver_encoded(&to, &mut encoded, &message, pending.as_deref()) {
                 // Delivered; the groups, if any, follow.
             } else if groups.peek().is_none() {
                 // The last recipient takes the message itself.
-                self.deliver(h, now, shape(message, g, r, ids), None, pending);
+                let h = to.handle;
+                self.deliver(h, now, shape(message, to), None, pending);
                 return;
             } else {
-                let out = shape(message.clone(), g, r, ids);
-                self.deliver(h, now, out, None, pending.as_deref_mut());
+                let h = to.handle;
+                self.deliver(
+                    h,
+                    now,
+                    shape(message.clone(), to),
+                    None,
+                    pending.as_deref_mut(),
+                );
             }
         }
         for group in groups {
@@ -811,19 +837,15 @@ impl Shared {
     /// subscribers, if it and the session allow it (see [`Encoded`]) and the session
     /// has room; false if it must go the usual way. Never while `pending` holds
     /// deliveries: they go first.
-    #[allow(clippy::too_many_arguments)]
     fn deliver_encoded(
         &self,
-        handle: &SessionHandle,
+        to: &Recipient<'_>,
         encoded: &mut Encoded,
         message: &Message,
-        granted: QoS,
-        retain_as_published: bool,
-        ids: &[SubscriptionId],
         pending: Option<&VecDeque<Pending>>,
     ) -> bool {
-        if !ids.is_empty()
-            || !Encoded::suits(message, granted)
+        if !to.ids.is_empty()
+            || !Encoded::suits(message, to.granted)
             || pending.is_some_and(|p| !p.is_empty())
         {
             return false;
@@ -833,12 +855,13 @@ impl Shared {
         if message.size() >= ENCODED_BYTES {
             return false;
         }
+        let handle = to.handle;
         let mut cell = handle.lock();
         if !has_room(&cell) || !cell.session.takes_encoded_publish(0) {
             return false;
         }
         let version = cell.session.version();
-        let Some(packet) = encoded.get(message, version, message.retain && retain_as_published)
+        let Some(packet) = encoded.get(message, version, message.retain && to.retain_as_published)
         else {
             return false;
         };
@@ -1002,16 +1025,15 @@ impl Shared {
             waited_since,
         } = pending;
         // Already shaped for its subscriber: its QoS, RETAIN and identifiers are final.
+        let to = Recipient {
+            handle: &handle,
+            granted: message.qos,
+            retain_as_published: true,
+            ids: Vec::new(),
+        };
         if group.is_none()
-            && self.deliver_encoded(
-                &handle,
-                &mut Encoded::default(),
-                &message,
-                message.qos,
-                true,
-                &message.properties.subscription_identifiers,
-                None,
-            )
+            && message.properties.subscription_identifiers.is_empty()
+            && self.deliver_encoded(&to, &mut Encoded::default(), &message, None)
         {
             return Ok(());
         }
