@@ -492,6 +492,16 @@ impl ServerSession {
         }
     }
 
+    /// Whether anything waits to be sent: a control packet, or a queued message that
+    /// [`poll_transmit`](Self::poll_transmit) sends as the in-flight window allows. A
+    /// connection with nothing to send and nothing read may sleep until something
+    /// changes that ([`deliver`](Self::deliver), a packet, a timeout).
+    pub fn has_outgoing(&self) -> bool {
+        self.flow
+            .traffic()
+            .is_some_and(|t| !t.tx.is_empty() || !t.outbox.queue.is_empty())
+    }
+
     /// Messages queued or in flight.
     pub fn pending_messages(&self) -> usize {
         self.flow.pending_messages()

@@ -1169,3 +1169,34 @@ fn encoded_publishes_come_after_connack_and_before_later_qos0() {
     assert_eq!(sent, ["encoded 1", "encoded 2", "queued later"]);
     assert!(server.takes_encoded_publish(10));
 }
+
+/// `has_outgoing` says whether the connection has anything to write: what a server asks
+/// before it lets an idle connection sleep without waiting for the session's signal.
+#[test]
+fn has_outgoing_tracks_control_packets_and_queued_messages() {
+    let now = Instant::ZERO;
+    let mut server = ServerSession::new(ByteStr::from_static("c1"), Limits::default());
+    assert!(!server.has_outgoing(), "a new session");
+    let connect = mqtt_codec::Connect::new(V311, ByteStr::from_static("c1"));
+    server.accept(now, &connect, Default::default());
+    assert!(server.has_outgoing(), "CONNACK");
+    assert!(matches!(
+        server.poll_transmit(now),
+        Some(Packet::ConnAck(_))
+    ));
+    assert!(!server.has_outgoing());
+    server
+        .deliver(now, msg("t", "one", QoS::AtLeastOnce))
+        .unwrap();
+    assert!(server.has_outgoing(), "a queued message");
+    assert!(matches!(
+        server.poll_transmit(now),
+        Some(Packet::Publish(_))
+    ));
+    assert!(
+        !server.has_outgoing(),
+        "in flight, waiting for the client's PUBACK: nothing to write"
+    );
+    server.shrink_idle();
+    assert!(!server.has_outgoing());
+}
