@@ -4,9 +4,10 @@
 //! A tokio timer in every hibernating connection's task costs that task 112 bytes, and
 //! the task allocation comes in steps of 128 bytes; an entry here costs about 40 bytes
 //! (a B-tree slot) and only while the connection hibernates with a deadline. When a
-//! deadline passes, the task [`run`] wakes the session's connection task through
-//! [`SessionHandle::notify`]: the same signal a publisher or shutdown sends, so a
-//! hibernating connection listens for its socket and that one signal only.
+//! deadline passes, the task [`run`] wakes the session's connection through
+//! [`Shared::wake`]: the same signal a publisher or shutdown sends, so a hibernating
+//! connection listens for its socket and that one signal only, and a parked one is
+//! revived.
 
 use std::{
     collections::BTreeMap,
@@ -59,9 +60,9 @@ impl Alarms {
         self.due().remove(&(at, id));
     }
 
-    /// Takes the alarms due at `now` and wakes their sessions; returns when the next one
-    /// is due.
-    fn fire(&self, now: Instant) -> Option<Instant> {
+    /// Takes the alarms due at `now` and wakes their sessions' connections with `wake`;
+    /// returns when the next one is due.
+    fn fire(&self, now: Instant, wake: impl Fn(&Arc<SessionHandle>)) -> Option<Instant> {
         let mut woken = Vec::new();
         let next = {
             let mut due = self.due();
@@ -75,8 +76,8 @@ impl Alarms {
         };
         for handle in woken.iter().filter_map(Weak::upgrade) {
             // A permit, if the task is between two waits: it finds the deadline passed
-            // when it looks next.
-            handle.notify.notify_one();
+            // when it looks next. A parked connection is revived.
+            wake(&handle);
         }
         next
     }
@@ -94,7 +95,7 @@ pub(crate) async fn run(shared: Arc<Shared>) {
     tokio::pin!(shutdown);
     let alarms = &shared.alarms;
     loop {
-        let wake = match alarms.fire(shared.now()) {
+        let wake = match alarms.fire(shared.now(), |h| shared.wake(h)) {
             Some(at) => shared.deadline(at),
             None => tokio::time::Instant::now() + std::time::Duration::from_secs(3600),
         };
@@ -134,6 +135,7 @@ mod tests {
             let b = shared.session(&ByteStr::from_static("b"));
             let c = shared.session(&ByteStr::from_static("c"));
             let alarms = &shared.alarms;
+            let wake = |h: &Arc<crate::broker::SessionHandle>| shared.wake(h);
             alarms.set(Instant::from_millis(100), &a);
             let of_b = alarms.set(Instant::from_millis(100), &b);
             alarms.set(Instant::from_millis(300), &c);
@@ -142,12 +144,12 @@ mod tests {
             alarms.cancel(Instant::from_millis(300), other_of_c);
             alarms.cancel(Instant::from_millis(100), of_b);
             assert_eq!(
-                alarms.fire(Instant::from_millis(99)),
+                alarms.fire(Instant::from_millis(99), wake),
                 Some(Instant::from_millis(100))
             );
             assert!(!woken(&a).await);
             assert_eq!(
-                alarms.fire(Instant::from_millis(100)),
+                alarms.fire(Instant::from_millis(100), wake),
                 Some(Instant::from_millis(300))
             );
             assert!(woken(&a).await);
@@ -157,7 +159,7 @@ mod tests {
             // A session gone before its alarm is simply skipped.
             drop(c);
             shared.remove_session(&shared.session(&ByteStr::from_static("c")), 0);
-            assert_eq!(alarms.fire(Instant::from_millis(400)), None);
+            assert_eq!(alarms.fire(Instant::from_millis(400), wake), None);
             assert_eq!(alarms.len(), 0);
         });
     }

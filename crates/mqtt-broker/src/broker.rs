@@ -34,6 +34,8 @@ use mqtt_session::{DropReason, Limits, Message, MessageId, ServerSession};
 use mqtt_topics::{Filter, GroupId, Matches, RetainedStore, ShardedIndex, TopicFilter, TopicName};
 use tokio::sync::Notify;
 
+#[cfg(unix)]
+use crate::parking::{Parked, Parking};
 use crate::{alarms::Alarms, config::Config};
 
 /// A subscription as the index stores it: whose, and with what options.
@@ -139,6 +141,9 @@ pub(crate) struct SessionCell {
     pub(crate) gone: bool,
     /// What only some sessions hold, boxed on first use: 8 bytes for the others.
     extra: Option<Box<CellExtra>>,
+    /// The session's connection, parked without a task while idle (see `parking`).
+    #[cfg(unix)]
+    parked: Option<Box<Parked>>,
 }
 
 /// The parts of a [`SessionCell`] most sessions never use, or use only while busy.
@@ -159,6 +164,30 @@ struct CellExtra {
 }
 
 impl SessionCell {
+    /// Takes the parked connection, if any, to revive it.
+    #[cfg(unix)]
+    pub(crate) fn take_parked(&mut self) -> Option<Box<Parked>> {
+        self.parked.take()
+    }
+
+    /// Takes the parked connection if it is the one registered as `token`.
+    #[cfg(unix)]
+    pub(crate) fn unpark(&mut self, token: usize) -> Option<Box<Parked>> {
+        self.parked.take_if(|p| p.token() == token)
+    }
+
+    /// Whether the session's connection is parked.
+    #[cfg(all(test, unix))]
+    pub(crate) fn is_parked(&self) -> bool {
+        self.parked.is_some()
+    }
+
+    /// Keeps a connection parked here (the session's connection, idle).
+    #[cfg(unix)]
+    pub(crate) fn park(&mut self, parked: Box<Parked>) {
+        self.parked = Some(parked);
+    }
+
     fn extra_mut(&mut self) -> &mut CellExtra {
         self.extra.get_or_insert_with(Box::default)
     }
@@ -182,7 +211,7 @@ impl SessionCell {
     }
 
     /// Bytes of encoded packets waiting.
-    fn encoded_len(&self) -> usize {
+    pub(crate) fn encoded_len(&self) -> usize {
         self.extra.as_ref().map_or(0, |x| x.encoded.len())
     }
 
@@ -424,6 +453,10 @@ pub(crate) struct Shared {
     pub(crate) local_addrs: Mutex<Vec<SocketAddr>>,
     /// Keep-alive deadlines of hibernating connections.
     pub(crate) alarms: Alarms,
+    /// Idle connections parked without a task: started with the first one to park;
+    /// `None` inside if it could not be (they hibernate in their tasks then).
+    #[cfg(unix)]
+    parking: std::sync::OnceLock<Option<Parking>>,
 }
 
 impl Shared {
@@ -448,6 +481,63 @@ impl Shared {
             stopping: AtomicBool::new(false),
             local_addrs: Mutex::new(Vec::new()),
             alarms: Alarms::default(),
+            #[cfg(unix)]
+            parking: std::sync::OnceLock::new(),
+        }
+    }
+
+    /// Where idle connections park, if it has been started.
+    #[cfg(unix)]
+    pub(crate) fn parking(&self) -> Option<&Parking> {
+        self.parking.get().and_then(Option::as_ref)
+    }
+
+    /// Where idle connections park, started if this is the first; `None` if it cannot
+    /// start (a warning says why, once).
+    #[cfg(unix)]
+    pub(crate) fn start_parking(self: &Arc<Self>) -> Option<&Parking> {
+        self.parking
+            .get_or_init(|| {
+                Parking::start(self)
+                    .inspect_err(|e| {
+                        tracing::warn!(error = %e, "idle connections cannot park; they hibernate in their tasks");
+                    })
+                    .ok()
+            })
+            .as_ref()
+    }
+
+    /// Wakes the connection of `handle`'s session: its task, through the session's
+    /// signal, or a new task if the connection is parked.
+    pub(crate) fn wake(&self, handle: &Arc<SessionHandle>) {
+        self.wake_locked(handle, handle.lock());
+    }
+
+    /// [`Shared::wake`] with the session already locked, as routing has it; the lock is
+    /// released first.
+    #[cfg_attr(not(unix), allow(unused_mut))]
+    pub(crate) fn wake_locked(
+        &self,
+        handle: &Arc<SessionHandle>,
+        mut cell: MutexGuard<'_, SessionCell>,
+    ) {
+        #[cfg(unix)]
+        let parked = cell.take_parked();
+        drop(cell);
+        handle.notify.notify_one();
+        #[cfg(unix)]
+        if let Some(parked) = parked {
+            self.revive(handle, parked);
+        }
+    }
+
+    /// Serves a connection just taken out of its session (`SessionCell::take_parked`)
+    /// in a new task.
+    #[cfg(unix)]
+    pub(crate) fn revive(&self, handle: &Arc<SessionHandle>, parked: Box<Parked>) {
+        // A connection parks only once parking has started, so it is there.
+        if let Some(parking) = self.parking() {
+            parking.revive(Arc::clone(handle), parked);
         }
     }
 
@@ -469,8 +559,10 @@ impl Shared {
     /// nothing else).
     pub(crate) fn stop_connections(&self) {
         self.stopping.store(true, Ordering::Release);
-        for Registered(handle) in self.registry().iter() {
-            handle.notify.notify_one();
+        // Not under the registry's lock: waking takes each session's.
+        let handles: Vec<_> = self.registry().iter().map(|r| Arc::clone(&r.0)).collect();
+        for handle in &handles {
+            self.wake(handle);
         }
     }
 
@@ -519,6 +611,8 @@ impl Shared {
                 generation: 0,
                 gone: false,
                 extra: None,
+                #[cfg(unix)]
+                parked: None,
             }),
             notify: Notify::new(),
             space: Notify::new(),
@@ -871,8 +965,7 @@ impl Shared {
             return false;
         }
         cell.push_encoded(packet);
-        drop(cell);
-        handle.notify.notify_one();
+        self.wake_locked(handle, cell);
         true
     }
 
@@ -977,7 +1070,7 @@ impl Shared {
     /// drops it (and counts it).
     fn offer(
         &self,
-        handle: &SessionHandle,
+        handle: &Arc<SessionHandle>,
         now: mqtt_session::Instant,
         message: Offered,
         group: Option<GroupId>,
@@ -998,8 +1091,7 @@ impl Shared {
                 if let (Some(group), Some(copy)) = (group, keep) {
                     cell.keep_shared(id, group, copy);
                 }
-                drop(cell);
-                handle.notify.notify_one();
+                self.wake_locked(handle, cell);
                 Ok(())
             }
             Err(refused) if refused.reason == DropReason::QueueFull && waits => {
@@ -1089,6 +1181,8 @@ mod tests {
                 generation: 0,
                 gone: false,
                 extra: None,
+                #[cfg(unix)]
+                parked: None,
             };
             let mut connect = Connect::new(version, id);
             connect.clean_start = false;

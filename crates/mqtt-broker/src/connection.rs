@@ -72,6 +72,15 @@ pub(crate) trait Duplex: AsyncRead + AsyncWrite + Unpin {
         Self: 'a;
     /// Both sides, usable together.
     fn halves(&mut self) -> (Self::Read<'_>, Self::Write<'_>);
+
+    /// Parks an idle connection without a task (see `parking`). Streams that cannot
+    /// park hibernate in their task.
+    fn park(conn: Conn<Self>) -> Park<Self>
+    where
+        Self: Sized,
+    {
+        Park::Hibernate(conn)
+    }
 }
 
 impl Duplex for tokio::net::TcpStream {
@@ -80,12 +89,28 @@ impl Duplex for tokio::net::TcpStream {
     fn halves(&mut self) -> (Self::Read<'_>, Self::Write<'_>) {
         self.split()
     }
+
+    #[cfg(unix)]
+    fn park(conn: Conn<Self>) -> Park<Self> {
+        park_tcp(conn)
+    }
+}
+
+/// What became of a connection asked to park.
+pub(crate) enum Park<S> {
+    /// Parked, or lost on the way: its task has nothing left to do.
+    Done,
+    /// The session had something to send after all: back to work.
+    Busy(Conn<S>),
+    /// It cannot park (taken over, shutting down, this stream, no parking): it
+    /// hibernates in its task, which finds out why.
+    Hibernate(Conn<S>),
 }
 
 /// What a connection keeps for its whole life once CONNECT is accepted. The task holds
 /// it as one value, and the hibernate stage takes it by one reference: an `async fn`
 /// stores each of its arguments twice, for as long as it runs.
-struct Conn<S> {
+pub(crate) struct Conn<S> {
     shared: Arc<Shared>,
     handle: Arc<SessionHandle>,
     generation: u64,
@@ -108,17 +133,82 @@ pub(crate) fn serve<S: Duplex>(
 ) -> impl Future<Output = ()> {
     let open = Box::pin(open(shared, stream, peer));
     async move {
-        let Some((mut conn, mut rbuf)) = open.await else {
-            return;
+        // The connection moves into `live` in a scope of its own, so that the future
+        // does not keep it twice.
+        let living = match open.await {
+            Some((conn, rbuf)) => live(conn, rbuf, true),
+            None => return,
         };
-        let mut first_stretch = true;
+        living.await;
+    }
+}
+
+/// Serves a connection parked without a task (see `parking`), woken by its socket or
+/// its session's signal, from where `hibernate` would have gone on.
+#[cfg(unix)]
+pub(crate) async fn resume(
+    shared: Arc<Shared>,
+    handle: Arc<SessionHandle>,
+    parked: Box<crate::parking::Parked>,
+) {
+    let crate::parking::Parked {
+        stream,
+        generation,
+        version,
+        decoder,
+        alarm,
+        ..
+    } = *parked;
+    let stream = match tokio::net::TcpStream::from_std(stream) {
+        Ok(stream) => stream,
+        Err(e) => {
+            debug!(client = %handle.client_id, error = %e, "a parked connection could not resume");
+            shared.stats.connected.fetch_sub(1, Ordering::Relaxed);
+            release(&shared, &handle, generation, &End::Lost);
+            return;
+        }
+    };
+    let mut conn = Conn {
+        shared,
+        handle,
+        generation,
+        version,
+        stream,
+        decoder,
+    };
+    match woken(&conn, alarm.map(|(at, _)| at)) {
+        Ok(()) => live(conn, BytesMut::new(), false).await,
+        Err(end) => Box::pin(detach(&mut conn, end)).await,
+    }
+}
+
+/// A connection's life after CONNECT: active stretches, and idle ones parked (when the
+/// stream can park) or hibernating in the task, until it ends. (Not an `async fn`, which
+/// would keep its arguments twice.)
+#[allow(clippy::manual_async_fn)]
+fn live<S: Duplex>(
+    mut conn: Conn<S>,
+    mut rbuf: BytesMut,
+    mut first_stretch: bool,
+) -> impl Future<Output = ()> {
+    async move {
         let end = loop {
             // The active state (buffers, a select over several futures: over a kilobyte)
             // lives on the heap only while the connection is active; an idle connection's
-            // task holds just the small `hibernate` future.
+            // task holds just the small `hibernate` future, or is gone, parked.
             let active = Box::pin(active(&mut conn, rbuf, std::mem::take(&mut first_stretch)));
             if !active.await {
                 return;
+            }
+            let busy;
+            (conn, busy) = match S::park(conn) {
+                Park::Done => return,
+                Park::Busy(back) => (back, true),
+                Park::Hibernate(back) => (back, false),
+            };
+            if busy {
+                rbuf = BytesMut::new();
+                continue;
             }
             match hibernate(&mut conn).await {
                 Ok(read) => rbuf = read,
@@ -127,6 +217,70 @@ pub(crate) fn serve<S: Duplex>(
         };
         Box::pin(detach(&mut conn, end)).await;
     }
+}
+
+/// Parks an idle TCP connection (see `parking`): its socket leaves tokio for the
+/// parking poll, and what the task held goes into the session.
+///
+/// Parking and reviving happen under the session's lock, and whatever gives the
+/// session something to do wakes it through [`Shared::wake`], which revives a parked
+/// connection. So a connection parks only if the session has nothing to send at that
+/// moment; it does not rely on the session's signal, which may have been taken by the
+/// task of a connection taken over or gone (they pass it on, but perhaps too late).
+#[cfg(unix)]
+fn park_tcp(conn: Conn<tokio::net::TcpStream>) -> Park<tokio::net::TcpStream> {
+    let (shared, handle) = (Arc::clone(&conn.shared), Arc::clone(&conn.handle));
+    let Some(parking) = shared.start_parking() else {
+        return Park::Hibernate(conn);
+    };
+    let mut cell = handle.lock();
+    if shared.is_shutting_down() || cell.generation != conn.generation {
+        return Park::Hibernate(conn);
+    }
+    if cell.session.has_outgoing() || cell.encoded_len() > 0 {
+        // Something came while the task decided to go idle.
+        return Park::Busy(conn);
+    }
+    let token = match parking.register(&conn.stream, &handle) {
+        Ok(token) => token,
+        Err(e) => {
+            debug!(client = %handle.client_id, error = %e, "a connection could not park");
+            return Park::Hibernate(conn);
+        }
+    };
+    // As `hibernate` does: what the session holds in its empty queues goes.
+    cell.session.shrink_idle();
+    cell.shrink_encoded();
+    let Conn {
+        generation,
+        version,
+        stream,
+        decoder,
+        ..
+    } = conn;
+    let alarm = cell
+        .session
+        .poll_timeout()
+        .map(|at| (at, shared.alarms.set(at, &handle)));
+    match stream.into_std() {
+        Ok(stream) => {
+            cell.park(crate::parking::Parking::parked(
+                token, stream, generation, version, decoder, alarm,
+            ));
+        }
+        Err(e) => {
+            // The socket is closed (and out of the poll with it).
+            drop(cell);
+            parking.unregister(token);
+            if let Some((at, id)) = alarm {
+                shared.alarms.cancel(at, id);
+            }
+            debug!(client = %handle.client_id, error = %e, "a connection was lost parking");
+            shared.stats.connected.fetch_sub(1, Ordering::Relaxed);
+            release(&shared, &handle, generation, &End::Lost);
+        }
+    }
+    Park::Done
 }
 
 /// One active stretch of a connection, from `rbuf` (bytes read and not yet decoded) on:
@@ -174,6 +328,23 @@ async fn active<S: Duplex>(conn: &mut Conn<S>, mut rbuf: BytesMut, first_stretch
     }
     detach(conn, end).await;
     false
+}
+
+/// A hibernating or parked connection was signalled: `Err` if it was taken over (the
+/// signal, perhaps meant for the new connection, is passed on); otherwise its keep-alive
+/// deadline (`alarm`), if passed, is handled and it goes active.
+fn woken<S>(conn: &Conn<S>, alarm: Option<mqtt_session::Instant>) -> Result<(), End> {
+    let mut cell = conn.handle.lock();
+    if cell.generation != conn.generation {
+        drop(cell);
+        conn.handle.notify.notify_one();
+        return Err(End::TakenOver);
+    }
+    let now = conn.shared.now();
+    if alarm.is_some_and(|at| now >= at) {
+        cell.session.handle_timeout(now);
+    }
+    Ok(())
 }
 
 /// Reads CONNECT (refusing what does not decode) and attaches the session; `None` if the
@@ -347,6 +518,9 @@ async fn attach<W: AsyncWrite + Unpin>(
         // [MQTT-3.1.4-3]: a second connection with the same id takes the session over.
         let taking_over = cell.session.is_connected();
         cell.generation += 1;
+        // The old connection, if parked, is revived to say goodbye.
+        #[cfg(unix)]
+        let old = cell.take_parked();
         cell.restore_encoded(now);
         cell.session.connection_lost(now);
         let stale: Vec<_> = if connect.clean_start {
@@ -367,6 +541,10 @@ async fn attach<W: AsyncWrite + Unpin>(
         }
         let generation = cell.generation;
         drop(cell);
+        #[cfg(unix)]
+        if let Some(old) = old {
+            shared.revive(&handle, old);
+        }
         break (handle, generation, stale, old_version);
     };
     if !stale_filters.is_empty() {
@@ -465,20 +643,7 @@ async fn hibernate<S: Duplex>(conn: &mut Conn<S>) -> Result<BytesMut, End> {
         shared.alarms.cancel(at, id);
     }
     match woke {
-        None => {
-            let mut cell = conn.handle.lock();
-            if cell.generation != conn.generation {
-                // Taken over: the signal may have been meant for the new connection.
-                drop(cell);
-                conn.handle.notify.notify_one();
-                return Err(End::TakenOver);
-            }
-            let now = shared.now();
-            if alarm.is_some_and(|(at, _)| now >= at) {
-                cell.session.handle_timeout(now);
-            }
-            Ok(BytesMut::new())
-        }
+        None => woken(conn, alarm.map(|(at, _)| at)).map(|()| BytesMut::new()),
         Some(Ok(0) | Err(_)) => Err(End::Lost),
         Some(Ok(n)) => {
             shared
@@ -941,9 +1106,14 @@ async fn detach<S: Duplex>(conn: &mut Conn<S>, end: End) {
         linger(&mut rd).await;
     }
     let _ = wr.shutdown().await;
-    if matches!(end, End::TakenOver) {
-        return;
+    if !matches!(end, End::TakenOver) {
+        release(shared, handle, generation, &end);
     }
+}
+
+/// Tells the session its connection `generation` is gone (unless taken over
+/// meanwhile), and runs its timers without one.
+fn release(shared: &Arc<Shared>, handle: &Arc<SessionHandle>, generation: u64, end: &End) {
     {
         let mut cell = handle.lock();
         if cell.generation != generation {
@@ -1219,16 +1389,17 @@ fn unsubscribe(
 mod tests {
     use std::sync::Arc;
 
-    use mqtt_codec::{ByteStr, Decoder, ProtocolVersion};
+    use mqtt_codec::{ByteStr, Decoder, Packet, ProtocolVersion};
 
     use crate::{Config, broker::Shared};
 
-    /// An idle connection costs its task (tokio's header and trailer, about 100 bytes,
-    /// plus the future, padded to a multiple of 128 bytes: the future is the largest of
-    /// its await points plus what lives across them all, so every busy stage is boxed and
-    /// only `hibernate` stays inline) and its session. These bounds, taken on the types
-    /// the broker spawns (a TCP stream), keep a change from quietly growing what every
-    /// idle client costs. A future above about 280 bytes makes the task 512.
+    /// A connection costs its task (tokio's header and trailer, about 100 bytes, plus the
+    /// future, padded to a multiple of 128 bytes: the future is the largest of its await
+    /// points plus what lives across them all, so every busy stage is boxed and only
+    /// `hibernate` stays inline) and its session. An idle TCP connection parks and has no
+    /// task; other streams hibernate in theirs. These bounds, taken on a TCP stream, keep
+    /// a change from quietly growing what every client costs. A future above about 408
+    /// bytes makes the task 640.
     #[test]
     fn what_an_idle_connection_holds_stays_small() {
         let rt = tokio::runtime::Builder::new_current_thread()
@@ -1254,12 +1425,166 @@ mod tests {
             let serving = super::serve(shared.clone(), stream().await, addr);
             let serve = size_of_val(&serving);
             drop(serving);
+            #[cfg(unix)]
+            {
+                let socket = std::net::TcpStream::connect(addr).unwrap();
+                let parked = crate::parking::Parking::parked(
+                    1,
+                    socket,
+                    0,
+                    ProtocolVersion::V3_1_1,
+                    Decoder::new(),
+                    None,
+                );
+                let resuming = super::resume(shared.clone(), conn.handle.clone(), parked);
+                let resume = size_of_val(&resuming);
+                assert!(resume <= 408, "resume future: {resume} B");
+            }
             let session = size_of::<mqtt_session::ServerSession>();
             assert!(hibernate <= 168, "hibernate future: {hibernate} B");
-            assert!(serve <= 264, "serve future: {serve} B");
+            assert!(serve <= 304, "serve future: {serve} B");
             assert!(session <= 144, "ServerSession: {session} B");
             let handle = size_of::<crate::broker::SessionHandle>();
-            assert!(handle <= 296, "SessionHandle: {handle} B");
+            assert!(handle <= 304, "SessionHandle: {handle} B");
+        });
+    }
+
+    /// A connected client, speaking raw packets.
+    #[cfg(unix)]
+    struct Client {
+        stream: tokio::net::TcpStream,
+        decoder: Decoder,
+        buf: bytes::BytesMut,
+        version: ProtocolVersion,
+    }
+
+    #[cfg(unix)]
+    impl Client {
+        /// Connects as `id` (Clean Session 0, keep-alive 60 s) and reads CONNACK.
+        async fn connect(addr: std::net::SocketAddr, version: ProtocolVersion, id: &str) -> Self {
+            let mut connect =
+                mqtt_codec::Connect::new(version, ByteStr::try_from(id.to_owned()).unwrap());
+            connect.clean_start = false;
+            connect.keep_alive = 60;
+            connect.properties.session_expiry_interval = Some(60);
+            let mut client = Self {
+                stream: tokio::net::TcpStream::connect(addr).await.unwrap(),
+                decoder: Decoder::with_version(version),
+                buf: bytes::BytesMut::new(),
+                version,
+            };
+            client.send(connect.into()).await;
+            assert!(matches!(client.next().await, Some(Packet::ConnAck(_))));
+            client
+        }
+
+        async fn send(&mut self, packet: Packet) {
+            use tokio::io::AsyncWriteExt;
+            let mut out = bytes::BytesMut::new();
+            packet.encode(self.version, &mut out).unwrap();
+            self.stream.write_all(&out).await.unwrap();
+        }
+
+        /// The next packet; `None` once the broker closes the connection.
+        async fn next(&mut self) -> Option<Packet> {
+            use tokio::io::AsyncReadExt;
+            tokio::time::timeout(std::time::Duration::from_secs(5), async {
+                loop {
+                    if let Some(p) = self.decoder.decode(&mut self.buf).unwrap() {
+                        return Some(p);
+                    }
+                    if self.stream.read_buf(&mut self.buf).await.unwrap_or(0) == 0 {
+                        return None;
+                    }
+                }
+            })
+            .await
+            .expect("a packet or the end in time")
+        }
+    }
+
+    /// Waits until `id`'s connection is parked (or fails after 2 s).
+    #[cfg(unix)]
+    async fn parked(shared: &Shared, id: &'static str) {
+        let handle = shared.session(&ByteStr::from_static(id));
+        for _ in 0..200 {
+            if handle.lock().is_parked() {
+                return;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        panic!("{id} did not park");
+    }
+
+    /// An idle connection parks without a task right after CONNACK and comes back for
+    /// each thing that would have woken its task: a packet from its client, a message
+    /// routed to its session, a takeover, and shutdown.
+    #[cfg(unix)]
+    #[test]
+    fn a_parked_connection_wakes_for_its_socket_and_its_session() {
+        use bytes::Bytes;
+        use mqtt_codec::{Disconnect, PacketId, Publish, QoS, ReasonCode, Subscribe};
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let shared = Arc::new(Shared::new(Config::default()));
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let addr = listener.local_addr().unwrap();
+            let serving = Arc::clone(&shared);
+            tokio::spawn(async move {
+                while let Ok((stream, peer)) = listener.accept().await {
+                    tokio::spawn(super::serve(Arc::clone(&serving), stream, peer));
+                }
+            });
+            let v5 = ProtocolVersion::V5;
+
+            // Its own socket: SUBSCRIBE is read and answered.
+            let mut sub = Client::connect(addr, v5, "sub").await;
+            parked(&shared, "sub").await;
+            sub.send(
+                Subscribe::new(PacketId::MIN, ByteStr::from_static("t"), QoS::AtMostOnce).into(),
+            )
+            .await;
+            assert!(matches!(sub.next().await, Some(Packet::SubAck(_))));
+            // Back with the subscription kept, parked again at once.
+            sub.send(Disconnect::new(ReasonCode::SUCCESS).into()).await;
+            assert!(sub.next().await.is_none());
+            let mut sub = Client::connect(addr, v5, "sub").await;
+            parked(&shared, "sub").await;
+
+            // Its session: a message routed to it is written.
+            let mut publ = Client::connect(addr, ProtocolVersion::V3_1_1, "pub").await;
+            publ.send(Publish::new(ByteStr::from_static("t"), Bytes::from_static(b"hi")).into())
+                .await;
+            match sub.next().await {
+                Some(Packet::Publish(p)) => assert_eq!(&p.payload[..], b"hi"),
+                other => panic!("expected the PUBLISH, got {other:?}"),
+            }
+
+            // A takeover: the parked connection says goodbye with 0x8E.
+            let mut old = Client::connect(addr, v5, "twice").await;
+            parked(&shared, "twice").await;
+            let mut new = Client::connect(addr, v5, "twice").await;
+            match old.next().await {
+                Some(Packet::Disconnect(d)) => {
+                    assert_eq!(d.reason_code, ReasonCode::SESSION_TAKEN_OVER);
+                }
+                other => panic!("expected DISCONNECT 0x8E, got {other:?}"),
+            }
+            assert!(old.next().await.is_none());
+
+            // Shutdown: the parked connection says goodbye with 0x8B.
+            parked(&shared, "twice").await;
+            shared.stop_connections();
+            match new.next().await {
+                Some(Packet::Disconnect(d)) => {
+                    assert_eq!(d.reason_code, ReasonCode::SERVER_SHUTTING_DOWN);
+                }
+                other => panic!("expected DISCONNECT 0x8B, got {other:?}"),
+            }
         });
     }
 }

@@ -25,6 +25,8 @@ pub mod config;
 mod alarms;
 mod broker;
 mod connection;
+#[cfg(unix)]
+mod parking;
 mod sys;
 
 use std::{io, net::SocketAddr, sync::Arc, time::Duration};
@@ -110,12 +112,28 @@ impl Broker {
         self.shared.stop_connections();
         let deadline = tokio::time::sleep(Duration::from_secs(5));
         tokio::pin!(deadline);
+        // The accept loops end once their connections have; connections revived from
+        // parking have tasks of their own, taken until none is left.
+        let mut tasks = std::mem::take(&mut self.tasks);
         loop {
             tokio::select! {
-                next = self.tasks.join_next() => if next.is_none() { break },
+                next = tasks.join_next() => if next.is_none() {
+                    #[cfg(unix)]
+                    if let Some(parking) = self.shared.parking() {
+                        tasks = parking.take_tasks();
+                        if !tasks.is_empty() {
+                            continue;
+                        }
+                    }
+                    break;
+                },
                 () = &mut deadline => {
                     warn!("connections still open after 5 s; closing them");
-                    self.tasks.abort_all();
+                    tasks.abort_all();
+                    #[cfg(unix)]
+                    if let Some(parking) = self.shared.parking() {
+                        parking.take_tasks().abort_all();
+                    }
                     break;
                 }
             }

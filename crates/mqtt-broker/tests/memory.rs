@@ -87,7 +87,7 @@ async fn idle_connection_footprint() {
     // The client side of each connection (a tokio TcpStream) is in the count too; the
     // bound is on the sum.
     assert!(
-        per(idle) <= 4096,
+        per(idle) <= 1024,
         "idle connections hold {} bytes each",
         per(idle)
     );
