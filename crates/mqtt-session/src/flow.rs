@@ -268,6 +268,22 @@ impl Flow {
     }
 
     /// The in-flight window: the peer's Receive Maximum, capped by ours ([MQTT-4.9.0-1]).
+    /// Whether [`poll_transmit`](Self::poll_transmit) would return a packet now (or
+    /// drop an expired message on the way).
+    pub(crate) fn has_outgoing(&self) -> bool {
+        if !self.connected || self.sent_disconnect {
+            return false;
+        }
+        let window = self.window();
+        self.traffic().is_some_and(|t| {
+            !t.tx.is_empty()
+                || t.outbox
+                    .queue
+                    .front()
+                    .is_some_and(|m| m.qos == QoS::AtMostOnce || t.outbox.inflight.len() < window)
+        })
+    }
+
     fn window(&self) -> usize {
         let peer = if self.version.is_v5() {
             self.peer.receive_maximum

@@ -492,14 +492,14 @@ impl ServerSession {
         }
     }
 
-    /// Whether anything waits to be sent: a control packet, or a queued message that
-    /// [`poll_transmit`](Self::poll_transmit) sends as the in-flight window allows. A
-    /// connection with nothing to send and nothing read may sleep until something
-    /// changes that ([`deliver`](Self::deliver), a packet, a timeout).
+    /// Whether [`poll_transmit`](Self::poll_transmit) has something to send now: a
+    /// control packet, or a queued message the in-flight window lets out. A connection
+    /// with nothing to send and nothing read may sleep until something changes that
+    /// ([`deliver`](Self::deliver), a packet from the peer, a timeout). Messages queued
+    /// behind a full window are not outgoing: only the peer's acknowledgement lets them
+    /// out.
     pub fn has_outgoing(&self) -> bool {
-        self.flow
-            .traffic()
-            .is_some_and(|t| !t.tx.is_empty() || !t.outbox.queue.is_empty())
+        self.flow.has_outgoing()
     }
 
     /// Messages queued or in flight.

@@ -1199,4 +1199,36 @@ fn has_outgoing_tracks_control_packets_and_queued_messages() {
     );
     server.shrink_idle();
     assert!(!server.has_outgoing());
+
+    // Behind a full in-flight window a queued message waits for the client's PUBACK:
+    // `has_outgoing` agrees with `poll_transmit` at every step.
+    let limits = Limits {
+        max_inflight: 1,
+        ..Limits::default()
+    };
+    let mut server = ServerSession::new(ByteStr::from_static("c2"), limits);
+    let connect = mqtt_codec::Connect::new(V311, ByteStr::from_static("c2"));
+    server.accept(now, &connect, Default::default());
+    assert!(server.poll_transmit(now).is_some(), "CONNACK");
+    for payload in ["first", "second"] {
+        server
+            .deliver(now, msg("t", payload, QoS::AtLeastOnce))
+            .unwrap();
+    }
+    assert!(server.has_outgoing());
+    let Some(Packet::Publish(first)) = server.poll_transmit(now) else {
+        panic!("the first PUBLISH");
+    };
+    assert!(!server.has_outgoing(), "the window is full");
+    assert!(server.poll_transmit(now).is_none());
+    let id = first.qos_pid.packet_id().unwrap();
+    server
+        .handle_packet(now, Packet::PubAck(PubAck::new(id)))
+        .unwrap();
+    assert!(server.has_outgoing(), "the PUBACK opened the window");
+    assert!(matches!(
+        server.poll_transmit(now),
+        Some(Packet::Publish(_))
+    ));
+    assert!(!server.has_outgoing());
 }
