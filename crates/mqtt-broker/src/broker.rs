@@ -185,6 +185,7 @@ impl SessionCell {
     /// Keeps a connection parked here (the session's connection, idle).
     #[cfg(unix)]
     pub(crate) fn park(&mut self, parked: Box<Parked>) {
+        debug_assert!(self.parked.is_none(), "a session has one connection");
         self.parked = Some(parked);
     }
 
@@ -522,13 +523,14 @@ impl Shared {
         mut cell: MutexGuard<'_, SessionCell>,
     ) {
         #[cfg(unix)]
-        let parked = cell.take_parked();
+        if let Some(parked) = cell.take_parked() {
+            // A new task: nobody waits on the signal.
+            drop(cell);
+            self.revive(handle, parked);
+            return;
+        }
         drop(cell);
         handle.notify.notify_one();
-        #[cfg(unix)]
-        if let Some(parked) = parked {
-            self.revive(handle, parked);
-        }
     }
 
     /// Serves a connection just taken out of its session (`SessionCell::take_parked`)

@@ -1503,6 +1503,21 @@ mod tests {
         }
     }
 
+    /// Connections served on a loopback port, as the broker's accept loop serves them.
+    #[cfg(unix)]
+    async fn serving(config: Config) -> (Arc<Shared>, std::net::SocketAddr) {
+        let shared = Arc::new(Shared::new(config));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let serving = Arc::clone(&shared);
+        tokio::spawn(async move {
+            while let Ok((stream, peer)) = listener.accept().await {
+                tokio::spawn(super::serve(Arc::clone(&serving), stream, peer));
+            }
+        });
+        (shared, addr)
+    }
+
     /// Waits until `id`'s connection is parked (or fails after 2 s).
     #[cfg(unix)]
     async fn parked(shared: &Shared, id: &'static str) {
@@ -1530,15 +1545,7 @@ mod tests {
             .build()
             .unwrap();
         rt.block_on(async {
-            let shared = Arc::new(Shared::new(Config::default()));
-            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-            let addr = listener.local_addr().unwrap();
-            let serving = Arc::clone(&shared);
-            tokio::spawn(async move {
-                while let Ok((stream, peer)) = listener.accept().await {
-                    tokio::spawn(super::serve(Arc::clone(&serving), stream, peer));
-                }
-            });
+            let (shared, addr) = serving(Config::default()).await;
             let v5 = ProtocolVersion::V5;
 
             // Its own socket: SUBSCRIBE is read and answered.
@@ -1564,6 +1571,19 @@ mod tests {
                 other => panic!("expected the PUBLISH, got {other:?}"),
             }
 
+            // Its peer closing: the session learns that its connection is gone.
+            let gone = Client::connect(addr, v5, "gone").await;
+            parked(&shared, "gone").await;
+            drop(gone);
+            let handle = shared.session(&ByteStr::from_static("gone"));
+            for _ in 0..200 {
+                if !handle.lock().session.is_connected() {
+                    break;
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+            }
+            assert!(!handle.lock().session.is_connected(), "still connected");
+
             // A takeover: the parked connection says goodbye with 0x8E.
             let mut old = Client::connect(addr, v5, "twice").await;
             parked(&shared, "twice").await;
@@ -1584,6 +1604,62 @@ mod tests {
                     assert_eq!(d.reason_code, ReasonCode::SERVER_SHUTTING_DOWN);
                 }
                 other => panic!("expected DISCONNECT 0x8B, got {other:?}"),
+            }
+        });
+    }
+
+    /// A subscriber that has not acknowledged a full in-flight window has nothing to
+    /// send until it does: it parks, and its acknowledgement revives it for the next
+    /// message.
+    #[cfg(unix)]
+    #[test]
+    fn a_connection_parks_behind_a_full_window() {
+        use bytes::Bytes;
+        use mqtt_codec::{
+            Disconnect, PacketId, PubAck, Publish, QoS, QosPid, ReasonCode, Subscribe,
+        };
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let mut config = Config::default();
+            config.limits.max_inflight = 1;
+            let (shared, addr) = serving(config).await;
+            let v311 = ProtocolVersion::V3_1_1;
+            let mut sub = Client::connect(addr, v311, "slow").await;
+            sub.send(
+                Subscribe::new(PacketId::MIN, ByteStr::from_static("w"), QoS::AtLeastOnce).into(),
+            )
+            .await;
+            assert!(matches!(sub.next().await, Some(Packet::SubAck(_))));
+            sub.send(Disconnect::new(ReasonCode::SUCCESS).into()).await;
+            assert!(sub.next().await.is_none());
+            // Two messages wait in the offline session.
+            let mut publ = Client::connect(addr, v311, "pub").await;
+            for (n, payload) in [(1, "one"), (2, "two")] {
+                let mut p = Publish::new(
+                    ByteStr::from_static("w"),
+                    Bytes::from_static(payload.as_bytes()),
+                );
+                p.qos_pid = QosPid::new(QoS::AtLeastOnce, PacketId::new(n).unwrap());
+                publ.send(p.into()).await;
+                assert!(matches!(publ.next().await, Some(Packet::PubAck(_))));
+            }
+            // Back: the first is sent, the second waits behind the window of one.
+            let mut sub = Client::connect(addr, v311, "slow").await;
+            let Some(Packet::Publish(first)) = sub.next().await else {
+                panic!("the first message");
+            };
+            assert_eq!(&first.payload[..], b"one");
+            parked(&shared, "slow").await;
+            // The acknowledgement revives it, and the second message follows.
+            sub.send(PubAck::new(first.qos_pid.packet_id().unwrap()).into())
+                .await;
+            match sub.next().await {
+                Some(Packet::Publish(p)) => assert_eq!(&p.payload[..], b"two"),
+                other => panic!("expected the second message, got {other:?}"),
             }
         });
     }

@@ -130,13 +130,26 @@ impl Broker {
                 () = &mut deadline => {
                     warn!("connections still open after 5 s; closing them");
                     tasks.abort_all();
-                    #[cfg(unix)]
-                    if let Some(parking) = self.shared.parking() {
-                        parking.take_tasks().abort_all();
-                    }
                     break;
                 }
             }
+        }
+        // Nothing parks or revives any more, and the parking thread ends.
+        #[cfg(unix)]
+        if let Some(parking) = self.shared.parking() {
+            parking.close();
+        }
+    }
+}
+
+impl Drop for Broker {
+    /// A broker dropped without [`Broker::shutdown`] closes its connections at once: the
+    /// accept loops' tasks go with it, and so do the tasks of connections revived from
+    /// parking (which hold the shared state, so nothing else would end them).
+    fn drop(&mut self) {
+        #[cfg(unix)]
+        if let Some(parking) = self.shared.parking() {
+            parking.close();
         }
     }
 }

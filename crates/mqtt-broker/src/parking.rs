@@ -64,7 +64,10 @@ impl Parked {
 pub(crate) struct Parking {
     registry: Registry,
     waker: Waker,
+    /// Set by [`Parking::close`]: the thread stops, and nothing parks or revives.
     stopped: Arc<AtomicBool>,
+    /// The poll failed: its thread is gone and connections hibernate in their tasks.
+    deaf: Arc<AtomicBool>,
     /// The session of each registered socket, by token.
     sockets: Mutex<HashMap<usize, Weak<SessionHandle>>>,
     next: AtomicUsize,
@@ -86,16 +89,18 @@ impl Parking {
         let registry = poll.registry().try_clone()?;
         let waker = Waker::new(poll.registry(), STOP)?;
         let stopped = Arc::new(AtomicBool::new(false));
+        let deaf = Arc::new(AtomicBool::new(false));
         let runtime = tokio::runtime::Handle::try_current().map_err(io::Error::other)?;
         let weak = Arc::downgrade(shared);
-        let thread_stopped = Arc::clone(&stopped);
+        let (thread_stopped, thread_deaf) = (Arc::clone(&stopped), Arc::clone(&deaf));
         std::thread::Builder::new()
             .name("mqtt-parking".into())
-            .spawn(move || watch(poll, &weak, &thread_stopped))?;
+            .spawn(move || watch(poll, &weak, &thread_stopped, &thread_deaf))?;
         Ok(Self {
             registry,
             waker,
             stopped,
+            deaf,
             sockets: Mutex::new(HashMap::new()),
             // Token 0 is the waker's.
             next: AtomicUsize::new(1),
@@ -127,8 +132,20 @@ impl Parking {
         stream: &tokio::net::TcpStream,
         handle: &Arc<SessionHandle>,
     ) -> io::Result<usize> {
-        let token = self.next.fetch_add(1, Ordering::Relaxed);
-        self.sockets().insert(token, Arc::downgrade(handle));
+        // Token 0 is the waker's (a 32-bit counter can wrap).
+        let token = match self.next.fetch_add(1, Ordering::Relaxed) {
+            0 => self.next.fetch_add(1, Ordering::Relaxed),
+            token => token,
+        };
+        {
+            // Under the map's lock, so that a poll failing meanwhile finds this socket
+            // when it revives the parked ones.
+            let mut sockets = self.sockets();
+            if self.deaf.load(Ordering::Acquire) || self.stopped.load(Ordering::Acquire) {
+                return Err(io::Error::other("the poll of parked connections is gone"));
+            }
+            sockets.insert(token, Arc::downgrade(handle));
+        }
         let fd = stream.as_raw_fd();
         match self
             .registry
@@ -180,6 +197,11 @@ impl Parking {
         if let Some((at, id)) = parked.alarm {
             shared.alarms.cancel(at, id);
         }
+        if self.stopped.load(Ordering::Acquire) {
+            // Closed (the broker was dropped, or shutdown gave up waiting): dropping
+            // the socket closes it.
+            return;
+        }
         let mut tasks = self.tasks();
         Self::reap(&mut tasks);
         tasks.spawn_on(
@@ -216,6 +238,33 @@ impl Parking {
     pub(crate) fn take_tasks(&self) -> JoinSet<()> {
         std::mem::take(&mut *self.tasks())
     }
+
+    /// Revives every parked connection (the poll failed, and they would not hear their
+    /// sockets).
+    fn revive_all(&self) {
+        let tokens: Vec<usize> = self.sockets().keys().copied().collect();
+        for token in tokens {
+            self.ready(token);
+        }
+    }
+
+    /// Stops for good: the thread ends, revived connections' tasks are aborted, parked
+    /// connections are closed, and nothing parks or revives any more. For a broker
+    /// dropped without shutdown, or whose shutdown gave up waiting.
+    pub(crate) fn close(&self) {
+        self.stopped.store(true, Ordering::Release);
+        let _ = self.waker.wake();
+        self.take_tasks().abort_all();
+        let handles: Vec<_> = self
+            .sockets()
+            .drain()
+            .filter_map(|(_, h)| h.upgrade())
+            .collect();
+        for handle in handles {
+            // Dropping the socket closes it.
+            drop(handle.lock().take_parked());
+        }
+    }
 }
 
 impl Drop for Parking {
@@ -227,14 +276,24 @@ impl Drop for Parking {
 
 /// The poll's thread: revives the connections whose sockets become readable, until the
 /// broker is gone.
-fn watch(mut poll: Poll, shared: &Weak<Shared>, stopped: &AtomicBool) {
+fn watch(mut poll: Poll, shared: &Weak<Shared>, stopped: &AtomicBool, deaf: &AtomicBool) {
     let mut events = Events::with_capacity(256);
     loop {
         if let Err(e) = poll.poll(&mut events, None) {
             if e.kind() == io::ErrorKind::Interrupted {
                 continue;
             }
-            warn!(error = %e, "the poll of parked connections failed; they stay parked");
+            warn!(error = %e, "the poll of parked connections failed; they hibernate in their tasks from now on");
+            if let Some(shared) = shared.upgrade() {
+                if let Some(parking) = shared.parking() {
+                    // Under the map's lock: a connection parking now either sees the
+                    // flag or is in the map for the sweep below.
+                    let sockets = parking.sockets();
+                    deaf.store(true, Ordering::Release);
+                    drop(sockets);
+                    parking.revive_all();
+                }
+            }
             return;
         }
         if stopped.load(Ordering::Acquire) {

@@ -534,3 +534,34 @@ async fn retain_not_available() {
     );
     broker.shutdown().await;
 }
+
+/// A broker dropped without `shutdown` closes its connections, including one that went
+/// idle, parked without a task, and was revived into a task of its own by a packet.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dropping_the_broker_closes_revived_connections() {
+    let (broker, addr) = broker_with(|_| {}).await;
+    let version = ProtocolVersion::V3_1_1;
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    send(
+        &mut s,
+        Connect::new(version, ByteStr::from_static("dropped")).into(),
+        version,
+    )
+    .await;
+    let mut ack = [0u8; 4];
+    s.read_exact(&mut ack).await.unwrap();
+    assert_eq!(ack, [0x20, 2, 0, 0]);
+    // Idle after CONNACK: it parks. The PINGREQ revives it.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    s.write_all(&[0xC0, 0]).await.unwrap();
+    let mut pong = [0u8; 2];
+    s.read_exact(&mut pong).await.unwrap();
+    assert_eq!(pong, [0xD0, 0]);
+    drop(broker);
+    let start = Instant::now();
+    let packets = read_until_closed(&mut s, version).await;
+    assert!(packets.is_empty(), "{packets:?}");
+    // Not after the 5 s it takes the connection to go idle and park again.
+    let took = start.elapsed();
+    assert!(took < Duration::from_secs(2), "closed after {took:?}");
+}
