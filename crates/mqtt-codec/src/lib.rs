@@ -86,8 +86,8 @@ pub use crate::{
     primitives::{ByteStr, MAX_STRING_LEN, StringError},
     properties::{
         AckProperties, AuthProperties, ConnAckProperties, ConnectProperties, DisconnectProperties,
-        PayloadFormat, PropertyId, PublishProperties, SubscribeProperties, SubscriptionId,
-        UnsubscribeProperties, UserProperties, WillProperties,
+        PayloadFormat, PropertyBox, PropertyId, PropertySet, PublishProperties,
+        SubscribeProperties, SubscriptionId, UnsubscribeProperties, UserProperties, WillProperties,
     },
     reason::ReasonCode,
     version::{ProtocolVersion, QoS},
