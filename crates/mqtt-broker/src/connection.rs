@@ -1034,7 +1034,8 @@ fn will_message(will: mqtt_codec::Will) -> Message {
             correlation_data: p.correlation_data,
             user_properties: p.user_properties,
             ..Default::default()
-        },
+        }
+        .into(),
     }
 }
 
@@ -1167,7 +1168,8 @@ fn pump_retained(
         if let Some(mut m) = shared.retained_copy(found.value(), now) {
             m.qos = m.qos.min(entry.qos);
             m.retain = true;
-            m.properties.subscription_identifiers = entry.identifier.into_iter().collect();
+            m.properties
+                .set_subscription_identifiers(entry.identifier.into_iter().collect());
             if cell.session.deliver(now, m).is_err() {
                 shared.stats.publish_dropped.fetch_add(1, Ordering::Relaxed);
             }

@@ -4,7 +4,8 @@
 //! packets into bytes, and checks every rule of the specs that can be checked on a
 //! single packet. It does no I/O, keeps no connection state beyond the protocol version
 //! a [`Decoder`] has seen in CONNECT, and never allocates on decode beyond reference
-//! counts, except for lists (subscriptions, reason codes, user properties).
+//! counts, except for lists (subscriptions, reason codes, user properties) and the box
+//! a PUBLISH's properties live in when it has any ([`PropertyBox`]).
 //!
 //! It is `#![no_std]` with `alloc`; the `std` feature (on by default) adds only
 //! conveniences.
