@@ -637,7 +637,7 @@ where
                 // The will of a connection this one replaced ([MQTT-3.1.2-8]).
                 Event::Will(will) => shared.route(
                     handle.key,
-                    will_message(will),
+                    will_message(*will),
                     &mut matches,
                     Some(&mut *pending),
                     now,
@@ -993,7 +993,7 @@ async fn idle(shared: Arc<Shared>, handle: Arc<SessionHandle>, generation: u64) 
             match event {
                 Event::Will(will) => {
                     let now = shared.now();
-                    shared.route(handle.key, will_message(will), &mut matches, None, now);
+                    shared.route(handle.key, will_message(*will), &mut matches, None, now);
                 }
                 Event::SessionExpired => {
                     shared.remove_session(&handle, generation);
