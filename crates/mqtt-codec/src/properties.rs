@@ -490,26 +490,40 @@ impl<T: PropertySet> fmt::Debug for PropertyBox<T> {
 }
 
 impl PropertyBox<PublishProperties> {
-    /// Sets the Topic Alias; allocates only to store an alias in an empty box.
+    /// Sets the Topic Alias. Allocates only to store an alias in an empty box; clearing
+    /// the last property frees the box, so that a message received with only an alias
+    /// is as cheap to keep and copy as one without.
     #[inline]
     pub fn set_topic_alias(&mut self, alias: Option<NonZeroU16>) {
         match (&mut self.0, alias) {
-            (Some(set), alias) => set.topic_alias = alias,
+            (Some(set), Some(alias)) => set.topic_alias = Some(alias),
+            (Some(set), None) => {
+                set.topic_alias = None;
+                self.free_if_empty();
+            }
             (None, None) => {}
-            (None, alias) => self.make_mut().topic_alias = alias,
+            (None, Some(alias)) => self.make_mut().topic_alias = Some(alias),
         }
     }
 
-    /// Sets the Subscription Identifiers; allocates only to store identifiers in an
-    /// empty box.
+    /// Sets the Subscription Identifiers. Allocates only to store identifiers in an
+    /// empty box; clearing the last property frees the box.
     #[inline]
     pub fn set_subscription_identifiers(&mut self, ids: Vec<SubscriptionId>) {
-        if ids.is_empty() {
-            if let Some(set) = &mut self.0 {
-                set.subscription_identifiers = ids;
-            }
-        } else {
+        if !ids.is_empty() {
             self.make_mut().subscription_identifiers = ids;
+        } else if let Some(set) = &mut self.0 {
+            set.subscription_identifiers = ids;
+            self.free_if_empty();
+        }
+    }
+}
+
+impl<T: PropertySet> PropertyBox<T> {
+    /// Frees the set if it holds no property.
+    fn free_if_empty(&mut self) {
+        if self.0.as_deref().is_some_and(|set| set.encoded_len() == 0) {
+            self.0 = None;
         }
     }
 }
@@ -793,13 +807,21 @@ mod tests {
         b.set_topic_alias(NonZeroU16::new(3));
         assert_eq!(b.topic_alias, NonZeroU16::new(3));
         b.set_topic_alias(None);
-        assert!(b.is_empty());
+        assert!(
+            b.get().is_none(),
+            "clearing the only property frees the box"
+        );
         let ids: Vec<_> = SubscriptionId::new(7).into_iter().collect();
         let mut b = PropertyBox::<PublishProperties>::new();
         b.set_subscription_identifiers(ids.clone());
         assert_eq!(b.subscription_identifiers, ids);
+        b.message_expiry_interval = Some(9);
         b.set_subscription_identifiers(Vec::new());
-        assert!(b.is_empty());
+        assert!(b.subscription_identifiers.is_empty());
+        assert!(b.get().is_some(), "the expiry interval is still set");
+        b.message_expiry_interval = None;
+        b.set_subscription_identifiers(Vec::new());
+        assert!(b.get().is_none());
         assert_eq!(b.into_inner(), PublishProperties::default());
     }
 }

@@ -220,3 +220,21 @@ pub struct Refused {
     /// Why.
     pub reason: DropReason,
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    // A PUBLISH whose only property is a topic alias gives a message without a
+    // properties box, which then costs nothing to copy for each delivery.
+    #[test]
+    fn a_message_received_with_only_an_alias_holds_no_properties() {
+        let mut p = Publish::new(ByteStr::from_static("a/b"), Bytes::from_static(b"x"));
+        p.properties.set_topic_alias(NonZeroU16::new(1));
+        assert!(p.properties.get().is_some());
+        let m = Message::from_publish(p);
+        assert!(m.properties.get().is_none());
+        let resent = m.to_publish(QosPid::AtMostOnce, false, m.topic.clone(), None);
+        assert!(resent.properties.get().is_none());
+    }
+}
