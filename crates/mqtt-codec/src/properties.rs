@@ -495,14 +495,18 @@ impl PropertyBox<PublishProperties> {
     /// is as cheap to keep and copy as one without.
     #[inline]
     pub fn set_topic_alias(&mut self, alias: Option<NonZeroU16>) {
-        match (&mut self.0, alias) {
-            (Some(set), Some(alias)) => set.topic_alias = Some(alias),
-            (Some(set), None) => {
-                set.topic_alias = None;
-                self.free_if_empty();
-            }
-            (None, None) => {}
-            (None, Some(alias)) => self.make_mut().topic_alias = Some(alias),
+        // The common case, inline: nothing to store and nothing stored.
+        if self.0.is_some() || alias.is_some() {
+            self.store_topic_alias(alias);
+        }
+    }
+
+    fn store_topic_alias(&mut self, alias: Option<NonZeroU16>) {
+        if alias.is_some() {
+            self.make_mut().topic_alias = alias;
+        } else if let Some(set) = &mut self.0 {
+            set.topic_alias = None;
+            self.free_if_empty();
         }
     }
 
@@ -510,6 +514,13 @@ impl PropertyBox<PublishProperties> {
     /// empty box; clearing the last property frees the box.
     #[inline]
     pub fn set_subscription_identifiers(&mut self, ids: Vec<SubscriptionId>) {
+        // The common case, inline: nothing to store and nothing stored.
+        if self.0.is_some() || !ids.is_empty() {
+            self.store_subscription_identifiers(ids);
+        }
+    }
+
+    fn store_subscription_identifiers(&mut self, ids: Vec<SubscriptionId>) {
         if !ids.is_empty() {
             self.make_mut().subscription_identifiers = ids;
         } else if let Some(set) = &mut self.0 {

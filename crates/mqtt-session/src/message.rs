@@ -66,6 +66,7 @@ impl Message {
     }
 
     /// The message a received PUBLISH carries (its topic already resolved from an alias).
+    #[inline]
     pub fn from_publish(p: Publish) -> Self {
         let mut properties = p.properties;
         properties.set_topic_alias(None);
