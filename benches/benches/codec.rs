@@ -31,7 +31,8 @@ fn publish(payload_len: usize, version: ProtocolVersion) -> Packet {
                 ByteStr::from_static("abc123"),
             )],
             ..PublishProperties::default()
-        };
+        }
+        .into();
     }
     p.into()
 }

@@ -371,7 +371,7 @@ impl Encoded {
                 PublishProperties {
                     topic_alias: None,
                     subscription_identifiers: Vec::new(),
-                    ..message.properties.clone()
+                    ..(*message.properties).clone()
                 }
             } else {
                 PublishProperties::default()
@@ -382,7 +382,7 @@ impl Encoded {
                 retain,
                 topic: message.topic.clone(),
                 payload: message.payload.clone(),
-                properties,
+                properties: properties.into(),
             };
             let mut bytes = BytesMut::new();
             Packet::Publish(publish).encode(version, &mut bytes).ok()?;
@@ -713,7 +713,7 @@ impl Shared {
         }
         let mut stored = message.clone();
         stored.retain = true;
-        stored.properties.subscription_identifiers.clear();
+        stored.properties.set_subscription_identifiers(Vec::new());
         let expires_at = stored
             .properties
             .message_expiry_interval
@@ -849,7 +849,7 @@ impl Shared {
         let shape = |mut out: Message, to: Recipient<'_>| {
             out.qos = qos.min(to.granted);
             out.retain = retain && to.retain_as_published;
-            out.properties.subscription_identifiers = to.ids;
+            out.properties.set_subscription_identifiers(to.ids);
             out
         };
         // Each recipient is delivered once the next is found, so the last one can take
@@ -1010,7 +1010,8 @@ impl Shared {
         let mut out = message.clone();
         out.qos = message.qos.min(sub.options.qos);
         out.retain = message.retain && sub.options.retain_as_published;
-        out.properties.subscription_identifiers = sub.identifier.into_iter().collect();
+        out.properties
+            .set_subscription_identifiers(sub.identifier.into_iter().collect());
         self.deliver(&sub.handle, now, out, Some(group), pending);
     }
 
@@ -1024,7 +1025,7 @@ impl Shared {
         let now = self.now();
         let mut matches = Matches::default();
         for (group, mut message) in orphans {
-            message.properties.subscription_identifiers.clear();
+            message.properties.set_subscription_identifiers(Vec::new());
             let Ok(topic) = TopicName::new(&message.topic) else {
                 continue;
             };

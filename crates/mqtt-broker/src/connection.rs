@@ -802,7 +802,7 @@ where
                 // The will of a connection this one replaced ([MQTT-3.1.2-8]).
                 Event::Will(will) => shared.route(
                     handle.key,
-                    will_message(will),
+                    will_message(*will),
                     &mut matches,
                     Some(&mut *pending),
                     now,
@@ -1163,7 +1163,7 @@ async fn idle(shared: Arc<Shared>, handle: Arc<SessionHandle>, generation: u64) 
             match event {
                 Event::Will(will) => {
                     let now = shared.now();
-                    shared.route(handle.key, will_message(will), &mut matches, None, now);
+                    shared.route(handle.key, will_message(*will), &mut matches, None, now);
                 }
                 Event::SessionExpired => {
                     shared.remove_session(&handle, generation);
@@ -1204,7 +1204,8 @@ fn will_message(will: mqtt_codec::Will) -> Message {
             correlation_data: p.correlation_data,
             user_properties: p.user_properties,
             ..Default::default()
-        },
+        }
+        .into(),
     }
 }
 
@@ -1337,7 +1338,8 @@ fn pump_retained(
         if let Some(mut m) = shared.retained_copy(found.value(), now) {
             m.qos = m.qos.min(entry.qos);
             m.retain = true;
-            m.properties.subscription_identifiers = entry.identifier.into_iter().collect();
+            m.properties
+                .set_subscription_identifiers(entry.identifier.into_iter().collect());
             if cell.session.deliver(now, m).is_err() {
                 shared.stats.publish_dropped.fetch_add(1, Ordering::Relaxed);
             }

@@ -583,6 +583,6 @@ pub fn message(
     properties: &Properties,
 ) -> Result<Message, Failure> {
     let mut m = mqtt_client::message(topic, payload, qos, retain)?;
-    m.properties = properties.publish.clone();
+    m.properties = properties.publish.clone().into();
     Ok(m)
 }

@@ -644,10 +644,10 @@ impl Driver {
                 c.connected = true;
                 self.push_state(Event::Connected {
                     session_present: ack.session_present,
-                    connack: Box::new(ack.clone()),
+                    connack: ack.clone(),
                 });
                 if let Some(first) = self.first.take() {
-                    if first.send(Ok(Box::new(ack))).is_err() {
+                    if first.send(Ok(ack)).is_err() {
                         // `connect` was cancelled: nobody will ever use this client.
                         self.cmd_open = false;
                         self.events_open = false;
@@ -657,12 +657,12 @@ impl Driver {
             }
             SessionEvent::Refused(ack) => {
                 if let Some(c) = c {
-                    c.refused = Some(Box::new(ack));
+                    c.refused = Some(ack);
                 }
             }
             SessionEvent::PeerDisconnected(d) => {
                 if let Some(c) = c {
-                    c.peer_disconnect = Some(d);
+                    c.peer_disconnect = Some(*d);
                 }
             }
             SessionEvent::Closed { reason } => {
@@ -695,7 +695,7 @@ impl Driver {
             }
             SessionEvent::Auth(auth) => {
                 if let Some(c) = c {
-                    self.on_auth(c, auth);
+                    self.on_auth(c, *auth);
                 }
             }
             other => tracing::debug!(?other, "unexpected session event"),

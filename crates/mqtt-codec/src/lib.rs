@@ -4,7 +4,8 @@
 //! packets into bytes, and checks every rule of the specs that can be checked on a
 //! single packet. It does no I/O, keeps no connection state beyond the protocol version
 //! a [`Decoder`] has seen in CONNECT, and never allocates on decode beyond reference
-//! counts, except for lists (subscriptions, reason codes, user properties).
+//! counts, except for lists (subscriptions, reason codes, user properties) and the box
+//! a PUBLISH's properties live in when it has any ([`PropertyBox`]).
 //!
 //! It is `#![no_std]` with `alloc`; the `std` feature (on by default) adds only
 //! conveniences.
@@ -86,8 +87,8 @@ pub use crate::{
     primitives::{ByteStr, MAX_STRING_LEN, StringError},
     properties::{
         AckProperties, AuthProperties, ConnAckProperties, ConnectProperties, DisconnectProperties,
-        PayloadFormat, PropertyId, PublishProperties, SubscribeProperties, SubscriptionId,
-        UnsubscribeProperties, UserProperties, WillProperties,
+        PayloadFormat, PropertyBox, PropertyId, PropertySet, PublishProperties,
+        SubscribeProperties, SubscriptionId, UnsubscribeProperties, UserProperties, WillProperties,
     },
     reason::ReasonCode,
     version::{ProtocolVersion, QoS},

@@ -654,7 +654,7 @@ fn publish_qos1_retain_v3_1_1() {
         retain: true,
         topic: s("t"),
         payload: b(b"hi"),
-        properties: PublishProperties::default(),
+        properties: Default::default(),
     };
     known_answer(V3_1_1, "33 07  00 01 74  00 0A  68 69", packet);
 }
@@ -669,7 +669,7 @@ fn publish_qos2_dup_empty_payload_v3_1_1() {
         retain: false,
         topic: s("t"),
         payload: Bytes::new(),
-        properties: PublishProperties::default(),
+        properties: Default::default(),
     };
     known_answer(V3_1_1, "3C 05  00 01 74  FF FF", packet);
 }
@@ -718,7 +718,8 @@ fn publish_v5_topic_alias_with_empty_topic() {
         properties: PublishProperties {
             topic_alias: NonZeroU16::new(2),
             ..PublishProperties::default()
-        },
+        }
+        .into(),
     };
     known_answer(V5, "32 0A  00 00  00 07  03  23 00 02  70 6C", packet);
 }
@@ -758,7 +759,8 @@ fn publish_v5_with_every_property() {
             subscription_identifiers: vec![sub_id(1), sub_id(128), sub_id(268_435_455)],
             content_type: Some(s("application/json")),
             user_properties: user(&[("a", "1"), ("a", "2")]),
-        },
+        }
+        .into(),
     };
     known_answer(V5, wire, packet);
 }

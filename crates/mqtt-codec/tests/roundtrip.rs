@@ -342,7 +342,7 @@ fn publish(version: ProtocolVersion) -> impl Strategy<Value = Packet> {
                     retain,
                     topic,
                     payload,
-                    properties,
+                    properties: properties.into(),
                 })
             },
         )

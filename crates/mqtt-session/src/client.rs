@@ -1,6 +1,6 @@
 //! The client end of a session.
 
-use alloc::{sync::Arc, vec::Vec};
+use alloc::{boxed::Box, sync::Arc, vec::Vec};
 use core::num::{NonZeroU16, NonZeroU32};
 
 use bytes::Bytes;
@@ -372,7 +372,7 @@ impl ClientSession {
                             "CONNACK without CONNECT's Authentication Method",
                         ));
                     }
-                    self.handle_connack(now, *ack);
+                    self.handle_connack(now, ack);
                     Ok(())
                 }
                 Packet::Auth(a) if self.options.version.is_v5() => {
@@ -385,7 +385,7 @@ impl ClientSession {
                             "AUTH other than 0x18 (Continue authentication) before CONNACK",
                         ));
                     }
-                    self.flow.push_event(Event::Auth(a));
+                    self.flow.push_event(Event::Auth(Box::new(a)));
                     Ok(())
                 }
                 _ => Err(ProtocolError::new(
@@ -417,7 +417,7 @@ impl ClientSession {
             Packet::PubRel(r) => self.flow.handle_pubrel(r.packet_id),
             Packet::Auth(a) if self.options.version.is_v5() => {
                 self.check_server_auth(&a)?;
-                self.flow.push_event(Event::Auth(a));
+                self.flow.push_event(Event::Auth(Box::new(a)));
             }
             Packet::PingResp => self.ping_sent_at = None,
             Packet::SubAck(ack) => {
@@ -432,7 +432,7 @@ impl ClientSession {
             }
             Packet::Disconnect(d) => {
                 let reason = d.reason_code;
-                self.flow.push_event(Event::PeerDisconnected(d));
+                self.flow.push_event(Event::PeerDisconnected(Box::new(d)));
                 self.flow.push_event(Event::Closed { reason });
             }
             _ => {
@@ -458,7 +458,7 @@ impl ClientSession {
         }
     }
 
-    fn handle_connack(&mut self, now: Instant, ack: ConnAck) {
+    fn handle_connack(&mut self, now: Instant, ack: Box<ConnAck>) {
         if ack.reason_code.is_error() {
             let reason = ack.reason_code;
             self.state = State::Idle;

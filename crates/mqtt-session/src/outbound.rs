@@ -47,207 +47,37 @@ pub(crate) struct InFlight {
     pub(crate) slot: Option<usize>,
 }
 
-/// A message as the [`Store`] keeps it. Most messages carry no properties beyond the
-/// two scalar ones; they take 80 bytes here instead of the 232 of a [`Message`], which
-/// keeps a full queue's working set small. A message with other properties (strings,
-/// binary data, lists) is boxed whole.
-#[derive(Debug)]
-enum Stored {
-    Plain {
-        topic: ByteStr,
-        payload: bytes::Bytes,
-        qos: QoS,
-        retain: bool,
-        payload_format: Option<mqtt_codec::PayloadFormat>,
-        expiry: Option<u32>,
-    },
-    Full(alloc::boxed::Box<Message>),
-}
-
-impl Stored {
-    #[inline]
-    fn new(message: Message) -> Self {
-        let plain = crate::message::only_scalar_properties(&message.properties);
-        let (payload_format, expiry) = (
-            message.properties.payload_format_indicator,
-            message.properties.message_expiry_interval,
-        );
-        if plain {
-            let Message {
-                topic,
-                payload,
-                qos,
-                retain,
-                properties: _,
-            } = message;
-            Self::Plain {
-                topic,
-                payload,
-                qos,
-                retain,
-                payload_format,
-                expiry,
-            }
-        } else {
-            Self::Full(alloc::boxed::Box::new(message))
-        }
-    }
-
-    fn topic(&self) -> &ByteStr {
-        match self {
-            Self::Plain { topic, .. } => topic,
-            Self::Full(m) => &m.topic,
-        }
-    }
-
-    /// Moves the topic out (leaving an empty one), for a PUBLISH built from the rest.
-    fn take_topic(&mut self) -> ByteStr {
-        match self {
-            Self::Plain { topic, .. } => core::mem::take(topic),
-            Self::Full(m) => core::mem::take(&mut m.topic),
-        }
-    }
-
-    fn into_message(self) -> Message {
-        match self {
-            Self::Plain {
-                topic,
-                payload,
-                qos,
-                retain,
-                payload_format,
-                expiry,
-            } => Message {
-                topic,
-                payload,
-                qos,
-                retain,
-                properties: scalar_properties(payload_format, expiry, None),
-            },
-            Self::Full(m) => *m,
-        }
-    }
-
-    /// Sets the Message Expiry Interval to send (the time left).
-    fn set_expiry(&mut self, secs: u32) {
-        match self {
-            Self::Plain { expiry, .. } => *expiry = Some(secs),
-            Self::Full(m) => m.properties.message_expiry_interval = Some(secs),
-        }
-    }
-
-    /// A PUBLISH of this message, sent as `topic` with `topic_alias`.
-    fn to_publish(
-        &self,
-        qos_pid: QosPid,
-        dup: bool,
-        topic: ByteStr,
-        topic_alias: Option<NonZeroU16>,
-    ) -> mqtt_codec::Publish {
-        match self {
-            Self::Plain {
-                payload,
-                retain,
-                payload_format,
-                expiry,
-                ..
-            } => plain_publish(
-                qos_pid,
-                dup,
-                *retain,
-                topic,
-                payload.clone(),
-                scalar_properties(*payload_format, *expiry, topic_alias),
-            ),
-            Self::Full(m) => m.to_publish(qos_pid, dup, topic, topic_alias),
-        }
-    }
-
-    /// The QoS 0 PUBLISH of this message, moving the payload out.
-    fn into_publish(self, topic: ByteStr, topic_alias: Option<NonZeroU16>) -> mqtt_codec::Publish {
-        match self {
-            Self::Plain {
-                payload,
-                retain,
-                payload_format,
-                expiry,
-                ..
-            } => plain_publish(
-                QosPid::AtMostOnce,
-                false,
-                retain,
-                topic,
-                payload,
-                scalar_properties(payload_format, expiry, topic_alias),
-            ),
-            Self::Full(m) => m.into_publish(topic, topic_alias),
-        }
-    }
-}
-
-fn scalar_properties(
-    payload_format: Option<mqtt_codec::PayloadFormat>,
-    expiry: Option<u32>,
-    topic_alias: Option<NonZeroU16>,
-) -> mqtt_codec::PublishProperties {
-    mqtt_codec::PublishProperties {
-        payload_format_indicator: payload_format,
-        message_expiry_interval: expiry,
-        topic_alias,
-        ..mqtt_codec::PublishProperties::default()
-    }
-}
-
-fn plain_publish(
-    qos_pid: QosPid,
-    dup: bool,
-    retain: bool,
-    topic: ByteStr,
-    payload: bytes::Bytes,
-    properties: mqtt_codec::PublishProperties,
-) -> mqtt_codec::Publish {
-    mqtt_codec::Publish {
-        dup,
-        qos_pid,
-        retain,
-        topic,
-        payload,
-        properties,
-    }
-}
-
 /// Outgoing messages, queued or in flight, each written once where it stays: a slab
 /// with a free list.
 #[derive(Debug, Default)]
 pub(crate) struct Store {
-    slots: Vec<Option<Stored>>,
+    slots: Vec<Option<Message>>,
     free: Vec<usize>,
 }
 
 impl Store {
     #[inline(always)]
     fn insert(&mut self, message: Message) -> usize {
-        let stored = Stored::new(message);
         if let Some(slot) = self.free.pop() {
             if let Some(entry) = self.slots.get_mut(slot) {
-                *entry = Some(stored);
+                *entry = Some(message);
                 return slot;
             }
         }
-        self.slots.push(Some(stored));
+        self.slots.push(Some(message));
         self.slots.len() - 1
     }
 
-    fn get(&self, slot: usize) -> Option<&Stored> {
+    fn get(&self, slot: usize) -> Option<&Message> {
         self.slots.get(slot).and_then(Option::as_ref)
     }
 
-    fn get_mut(&mut self, slot: usize) -> Option<&mut Stored> {
+    fn get_mut(&mut self, slot: usize) -> Option<&mut Message> {
         self.slots.get_mut(slot).and_then(Option::as_mut)
     }
 
     /// Takes the message out and frees its slot.
-    fn take(&mut self, slot: usize) -> Option<Stored> {
+    fn take(&mut self, slot: usize) -> Option<Message> {
         let stored = self.slots.get_mut(slot)?.take()?;
         self.free.push(slot);
         Some(stored)
@@ -372,23 +202,7 @@ impl Outbox {
 
     /// The message of a queued or in-flight entry (rebuilt: for saving the session).
     pub(crate) fn message(&self, slot: Option<usize>) -> Option<Message> {
-        self.store.get(slot?).map(|s| match s {
-            Stored::Plain {
-                topic,
-                payload,
-                qos,
-                retain,
-                payload_format,
-                expiry,
-            } => Message {
-                topic: topic.clone(),
-                payload: payload.clone(),
-                qos: *qos,
-                retain: *retain,
-                properties: scalar_properties(*payload_format, *expiry, None),
-            },
-            Stored::Full(m) => Message::clone(m),
-        })
+        self.store.get(slot?).cloned()
     }
 
     /// Empties the in-flight window, handing back its entries with their messages, in
@@ -398,10 +212,7 @@ impl Outbox {
         inflight
             .into_iter()
             .map(|f| {
-                let message = f
-                    .slot
-                    .and_then(|slot| self.store.take(slot))
-                    .map(Stored::into_message);
+                let message = f.slot.and_then(|slot| self.store.take(slot));
                 (f, message)
             })
             .collect()
@@ -520,7 +331,8 @@ impl Outbox {
                 // [MQTT-3.3.2-6]: send the time that is left.
                 let left = expires_at.saturating_since(now).as_secs_ceil();
                 if let Some(message) = self.store.get_mut(slot) {
-                    message.set_expiry(u32::try_from(left).unwrap_or(u32::MAX));
+                    message.properties.message_expiry_interval =
+                        Some(u32::try_from(left).unwrap_or(u32::MAX));
                 }
             }
             let qos_pid = match qos {
@@ -534,7 +346,7 @@ impl Outbox {
             let limit = max_packet_size as usize;
             if size + 13 + alias_overhead > limit {
                 let too_large = self.store.get(slot).is_none_or(|m| {
-                    let publish = m.to_publish(qos_pid, false, m.topic().clone(), None);
+                    let publish = m.to_publish(qos_pid, false, m.topic.clone(), None);
                     publish.encoded_len(version) + alias_overhead > limit
                 });
                 if too_large {
@@ -549,7 +361,7 @@ impl Outbox {
                 QosPid::AtMostOnce => {
                     // QoS 0 is not kept: move it into the packet instead of copying.
                     let mut message = self.store.take(slot)?;
-                    let topic = message.take_topic();
+                    let topic = core::mem::take(&mut message.topic);
                     let (topic, topic_alias) = self.alias(topic, alias_max);
                     return Some(Packet::Publish(message.into_publish(topic, topic_alias)));
                 }
@@ -566,7 +378,7 @@ impl Outbox {
                 phase,
                 slot: Some(slot),
             });
-            let topic = self.store.get(slot)?.topic().clone();
+            let topic = self.store.get(slot)?.topic.clone();
             let (topic, topic_alias) = self.alias(topic, alias_max);
             let message = self.store.get(slot)?;
             return Some(Packet::Publish(message.to_publish(

@@ -1,6 +1,6 @@
 //! The server end of a session.
 
-use alloc::{sync::Arc, vec::Vec};
+use alloc::{boxed::Box, sync::Arc, vec::Vec};
 use core::num::{NonZeroU16, NonZeroU32};
 
 use mqtt_codec::{
@@ -80,7 +80,7 @@ pub struct ServerSession {
     /// Session Expiry Interval in seconds; [`NEVER`] for never.
     session_expiry: u32,
     /// Boxed: most sessions have none, and the session is kept per client.
-    will: Option<alloc::boxed::Box<Will>>,
+    will: Option<Box<Will>>,
     will_due: Deadline,
     expires_at: Deadline,
     subscriptions: Vec<SubscriptionRecord>,
@@ -154,7 +154,7 @@ impl ServerSession {
         let previous_ends = self.session_expiry == 0 || connect.clean_start;
         if previous_ends {
             if let Some(will) = self.will.take().filter(|_| self.will_due.get().is_some()) {
-                self.flow.push_event(Event::Will(*will));
+                self.flow.push_event(Event::Will(will));
             }
         }
 
@@ -167,7 +167,7 @@ impl ServerSession {
         }
         // [MQTT-3.1.3-9]: a new connection cancels a will still waiting for its delay.
         self.will_due = Deadline::NONE;
-        self.will = connect.will.clone().map(alloc::boxed::Box::new);
+        self.will = connect.will.clone().map(Box::new);
         self.expires_at = Deadline::NONE;
 
         let cp = &connect.properties;
@@ -324,7 +324,7 @@ impl ServerSession {
             }
             Packet::PubRel(r) => self.flow.handle_pubrel(r.packet_id),
             Packet::Auth(a) if self.flow.version.is_v5() => {
-                self.flow.push_event(Event::Auth(a));
+                self.flow.push_event(Event::Auth(Box::new(a)));
             }
             // [MQTT-3.12.4-1]
             Packet::PingReq => self.flow.traffic_mut().tx.push_back(Tx::PingResp),
@@ -347,7 +347,7 @@ impl ServerSession {
                 if d.reason_code != ReasonCode::DISCONNECT_WITH_WILL {
                     self.will = None;
                 }
-                self.flow.push_event(Event::PeerDisconnected(d));
+                self.flow.push_event(Event::PeerDisconnected(Box::new(d)));
             }
             Packet::Connect(_) => {
                 return Err(ProtocolError::new(
@@ -403,7 +403,7 @@ impl ServerSession {
         if self.will_due.get().is_some_and(|t| now >= t) {
             self.will_due = Deadline::NONE;
             if let Some(will) = self.will.take() {
-                self.flow.push_event(Event::Will(*will));
+                self.flow.push_event(Event::Will(will));
             }
         }
         if self.expires_at.get().is_some_and(|t| now >= t) {
@@ -534,7 +534,7 @@ impl ServerSession {
     ) {
         self.established = established;
         self.session_expiry = session_expiry;
-        self.will = will.map(alloc::boxed::Box::new);
+        self.will = will.map(Box::new);
         self.will_due = Deadline::new(will_due);
         self.expires_at = Deadline::new(expires_at);
         self.subscriptions = subscriptions;

@@ -231,6 +231,7 @@ impl ServerSession {
         let will = if r.u8()? != 0 {
             let delay = r.u32()?;
             let m = r.message()?;
+            let p = m.properties.into_inner();
             Some(Will {
                 topic: m.topic,
                 payload: m.payload,
@@ -238,12 +239,12 @@ impl ServerSession {
                 retain: m.retain,
                 properties: WillProperties {
                     will_delay_interval: Some(delay),
-                    payload_format_indicator: m.properties.payload_format_indicator,
-                    message_expiry_interval: m.properties.message_expiry_interval,
-                    content_type: m.properties.content_type,
-                    response_topic: m.properties.response_topic,
-                    correlation_data: m.properties.correlation_data,
-                    user_properties: m.properties.user_properties,
+                    payload_format_indicator: p.payload_format_indicator,
+                    message_expiry_interval: p.message_expiry_interval,
+                    content_type: p.content_type,
+                    response_topic: p.response_topic,
+                    correlation_data: p.correlation_data,
+                    user_properties: p.user_properties,
                 },
             })
         } else {
@@ -306,7 +307,8 @@ fn will_message(will: &Will) -> Message {
             correlation_data: p.correlation_data.clone(),
             user_properties: p.user_properties.clone(),
             ..Default::default()
-        },
+        }
+        .into(),
     }
 }
 

@@ -138,6 +138,11 @@ fn validation() {
         TopicName::new("a#"),
         Err(ErrorKind::WildcardInTopicName.into())
     );
+    // U+0000 is reported before a wildcard, wherever each is.
+    assert_eq!(
+        TopicName::new("a+\0"),
+        Err(TopicError::Invalid(ErrorKind::NullCharacter))
+    );
     assert!(TopicName::new("/").is_ok());
     assert!(TopicName::new(" ").is_ok());
 }

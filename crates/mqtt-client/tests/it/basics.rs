@@ -245,7 +245,8 @@ async fn v5_properties_travel() {
         user_properties: vec![(ByteStr::from_static("k"), ByteStr::from_static("v"))],
         message_expiry_interval: Some(60),
         ..Default::default()
-    };
+    }
+    .into();
     c.publish_message(m).await.unwrap();
     let got = next_message(&mut conn).await;
     assert_eq!(got.properties.response_topic.as_deref(), Some("resp/1"));

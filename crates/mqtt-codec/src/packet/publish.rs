@@ -4,7 +4,7 @@ use bytes::{BufMut, Bytes};
 
 use super::{Encode, PacketId, read_packet_id};
 use crate::{
-    ByteStr, PacketType, ProtocolVersion, PublishProperties, QoS,
+    ByteStr, PacketType, PropertyBox, ProtocolVersion, PublishProperties, QoS,
     error::{DecodeError, EncodeError, ErrorKind},
     primitives::{read_topic_name, write_str},
     topic::validate_topic_name,
@@ -63,8 +63,9 @@ pub struct Publish {
     pub topic: ByteStr,
     /// The payload: the rest of the packet, shared with the input buffer.
     pub payload: Bytes,
-    /// PUBLISH properties (5.0).
-    pub properties: PublishProperties,
+    /// PUBLISH properties (5.0), boxed: nearly every PUBLISH carries none, and an empty
+    /// [`PropertyBox`] is one pointer where the set itself is 160 bytes.
+    pub properties: PropertyBox<PublishProperties>,
 }
 
 impl Publish {
@@ -76,7 +77,7 @@ impl Publish {
             retain: false,
             topic,
             payload,
-            properties: PublishProperties::default(),
+            properties: PropertyBox::new(),
         }
     }
 
@@ -136,7 +137,7 @@ impl Publish {
                 retain,
                 topic,
                 payload: src,
-                properties: PublishProperties::default(),
+                properties: PropertyBox::new(),
             }));
         }
         // Most 5.0 PUBLISH packets carry no properties: a Property Length of 0.
@@ -151,7 +152,7 @@ impl Publish {
                 retain,
                 topic,
                 payload: src,
-                properties: PublishProperties::default(),
+                properties: PropertyBox::new(),
             }));
         }
         let properties = PublishProperties::decode(&mut src).map_err(within)?;
@@ -171,7 +172,7 @@ impl Publish {
             retain,
             topic,
             payload: src,
-            properties,
+            properties: properties.into(),
         }))
     }
 }
@@ -214,7 +215,10 @@ impl Encode for Publish {
             dst.put_u16(id.get());
         }
         if version.is_v5() {
-            self.properties.encode(dst);
+            match self.properties.get() {
+                Some(properties) => properties.encode(dst),
+                None => dst.put_u8(0),
+            }
         }
         dst.put_slice(&self.payload);
     }
