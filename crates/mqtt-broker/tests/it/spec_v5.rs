@@ -94,6 +94,9 @@ async fn retain_handling_and_retain_as_published() {
     let (broker, addr) = broker().await;
     let mut p = Client::connect(addr, V5, "rh-pub").await;
     p.publish0("rh/a", b"kept", true).await;
+    // Stored once the broker answers a later packet: otherwise the subscriptions below
+    // could see it both retained and live.
+    p.ping().await;
     let mut c = Client::connect(addr, V5, "rh").await;
     let opts = |rh: RetainHandling| SubscriptionOptions {
         retain_handling: rh,
