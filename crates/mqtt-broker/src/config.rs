@@ -114,7 +114,7 @@ impl Default for LimitsConfig {
         Self {
             max_connections: 100_000,
             max_packet_size: 1024 * 1024,
-            max_inflight: 32,
+            max_inflight: 100,
             receive_maximum: 1024,
             max_queued_messages: 1000,
             max_queued_bytes: 16 * 1024 * 1024,
