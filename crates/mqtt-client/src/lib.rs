@@ -91,7 +91,7 @@ pub use crate::{
     socks5::Socks5Proxy,
 };
 pub use mqtt_codec::{
-    self as codec, ByteStr, ConnAck, ConnectProperties, Disconnect, ProtocolVersion,
+    self as codec, ByteStr, ConnAck, ConnectProperties, Disconnect, PropertyBox, ProtocolVersion,
     PublishProperties, QoS, ReasonCode, RetainHandling, SubAck, SubscribeProperties, Subscription,
     SubscriptionOptions, UnsubAck, UnsubscribeProperties, Will, WillProperties,
 };

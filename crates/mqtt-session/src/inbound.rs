@@ -76,7 +76,7 @@ impl Inbox {
                     *entry = Some(publish.topic.clone());
                 }
             }
-            publish.properties.topic_alias = None;
+            publish.properties.set_topic_alias(None);
         }
         if publish.qos() == QoS::ExactlyOnce {
             let Some(id) = publish.packet_id() else {

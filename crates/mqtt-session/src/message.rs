@@ -99,7 +99,9 @@ impl Message {
         }
     }
 
-    /// A PUBLISH of this message, sent as `topic` with `topic_alias`.
+    /// A PUBLISH of this message, sent as `topic` with `topic_alias`; without its
+    /// properties unless `v5` (3.1 and 3.1.1 have none, and copying a boxed set costs
+    /// an allocation).
     #[inline]
     pub(crate) fn to_publish(
         &self,
@@ -107,6 +109,7 @@ impl Message {
         dup: bool,
         topic: ByteStr,
         topic_alias: Option<NonZeroU16>,
+        v5: bool,
     ) -> Publish {
         Publish {
             dup,
@@ -114,7 +117,11 @@ impl Message {
             retain: self.retain,
             topic,
             payload: self.payload.clone(),
-            properties: clone_properties(&self.properties, topic_alias),
+            properties: if v5 {
+                clone_properties(&self.properties, topic_alias)
+            } else {
+                PropertyBox::new()
+            },
         }
     }
 
@@ -235,7 +242,7 @@ mod tests {
         assert!(p.properties.get().is_some());
         let m = Message::from_publish(p);
         assert!(m.properties.get().is_none());
-        let resent = m.to_publish(QosPid::AtMostOnce, false, m.topic.clone(), None);
+        let resent = m.to_publish(QosPid::AtMostOnce, false, m.topic.clone(), None, true);
         assert!(resent.properties.get().is_none());
     }
 }

@@ -346,7 +346,8 @@ impl Outbox {
             let limit = max_packet_size as usize;
             if size + 13 + alias_overhead > limit {
                 let too_large = self.store.get(slot).is_none_or(|m| {
-                    let publish = m.to_publish(qos_pid, false, m.topic.clone(), None);
+                    let publish =
+                        m.to_publish(qos_pid, false, m.topic.clone(), None, version.is_v5());
                     publish.encoded_len(version) + alias_overhead > limit
                 });
                 if too_large {
@@ -386,6 +387,7 @@ impl Outbox {
                 false,
                 topic,
                 topic_alias,
+                version.is_v5(),
             )));
         }
     }
@@ -445,8 +447,15 @@ impl Outbox {
             .filter_map(|f| match (self.message(f.slot), f.phase) {
                 (_, Awaiting::PubComp) => Some(mqtt_codec::PubRel::new(f.packet_id).into()),
                 (Some(m), _) => Some(
-                    m.to_publish(QosPid::new(m.qos, f.packet_id), true, m.topic.clone(), None)
-                        .into(),
+                    // The version is not known here; a 3.1.1 encoder leaves them out.
+                    m.to_publish(
+                        QosPid::new(m.qos, f.packet_id),
+                        true,
+                        m.topic.clone(),
+                        None,
+                        true,
+                    )
+                    .into(),
                 ),
                 (None, _) => None,
             })

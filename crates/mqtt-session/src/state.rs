@@ -91,6 +91,7 @@ fn put_message(out: &mut BytesMut, m: &Message) {
         false,
         m.topic.clone(),
         None,
+        true,
     );
     let packet = Packet::Publish(publish);
     let len = packet.encoded_len(ProtocolVersion::V5);

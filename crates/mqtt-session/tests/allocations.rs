@@ -100,3 +100,25 @@ fn qos1_and_qos2_exchanges_allocate_nothing() {
         }
     }
 }
+
+/// A message with 5.0 properties sent to a 3.1.1 peer, which has none: its property
+/// set is not copied into each PUBLISH.
+#[test]
+fn properties_are_not_copied_for_a_3_1_1_peer() {
+    for qos in [QoS::AtLeastOnce, QoS::ExactlyOnce] {
+        let (mut client, mut server) = connected(ProtocolVersion::V3_1_1);
+        let mut message =
+            Message::new(ByteStr::from_static("a/b"), Bytes::from(vec![1u8; 16]), qos);
+        message.properties.content_type = Some(ByteStr::from_static("text/plain"));
+        for _ in 0..16 {
+            assert_eq!(exchange(&mut client, &mut server, &message), 1);
+        }
+        let before = ALLOCATIONS.with(Cell::get);
+        for _ in 0..1000 {
+            assert_eq!(exchange(&mut client, &mut server, &message), 1);
+        }
+        let allocations = ALLOCATIONS.with(Cell::get) - before;
+        // `exchange` clones the message for `publish`: one box per exchange, no more.
+        assert_eq!(allocations, 1000, "{qos}: allocations in 1000 exchanges");
+    }
+}
