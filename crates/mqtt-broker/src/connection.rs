@@ -1487,6 +1487,17 @@ mod tests {
             self.stream.write_all(&out).await.unwrap();
         }
 
+        /// Subscribes to `filter` (SUBACK read), then disconnects: the session keeps
+        /// the subscription.
+        async fn subscribe_and_leave(mut self, filter: &'static str, qos: mqtt_codec::QoS) {
+            use mqtt_codec::{Disconnect, PacketId, ReasonCode, Subscribe};
+            let subscribe = Subscribe::new(PacketId::MIN, ByteStr::from_static(filter), qos);
+            self.send(subscribe.into()).await;
+            assert!(matches!(self.next().await, Some(Packet::SubAck(_))));
+            self.send(Disconnect::new(ReasonCode::SUCCESS).into()).await;
+            assert!(self.next().await.is_none());
+        }
+
         /// The next packet; `None` once the broker closes the connection.
         async fn next(&mut self) -> Option<Packet> {
             use tokio::io::AsyncReadExt;
@@ -1540,7 +1551,7 @@ mod tests {
     #[test]
     fn a_parked_connection_wakes_for_its_socket_and_its_session() {
         use bytes::Bytes;
-        use mqtt_codec::{Disconnect, PacketId, Publish, QoS, ReasonCode, Subscribe};
+        use mqtt_codec::{Publish, QoS, ReasonCode};
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .enable_all()
@@ -1551,16 +1562,10 @@ mod tests {
             let v5 = ProtocolVersion::V5;
 
             // Its own socket: SUBSCRIBE is read and answered.
-            let mut sub = Client::connect(addr, v5, "sub").await;
+            let sub = Client::connect(addr, v5, "sub").await;
             parked(&shared, "sub").await;
-            sub.send(
-                Subscribe::new(PacketId::MIN, ByteStr::from_static("t"), QoS::AtMostOnce).into(),
-            )
-            .await;
-            assert!(matches!(sub.next().await, Some(Packet::SubAck(_))));
+            sub.subscribe_and_leave("t", QoS::AtMostOnce).await;
             // Back with the subscription kept, parked again at once.
-            sub.send(Disconnect::new(ReasonCode::SUCCESS).into()).await;
-            assert!(sub.next().await.is_none());
             let mut sub = Client::connect(addr, v5, "sub").await;
             parked(&shared, "sub").await;
 
@@ -1617,9 +1622,7 @@ mod tests {
     #[test]
     fn a_connection_parks_behind_a_full_window() {
         use bytes::Bytes;
-        use mqtt_codec::{
-            Disconnect, PacketId, PubAck, Publish, QoS, QosPid, ReasonCode, Subscribe,
-        };
+        use mqtt_codec::{PacketId, PubAck, Publish, QoS, QosPid};
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .enable_all()
@@ -1630,14 +1633,8 @@ mod tests {
             config.limits.max_inflight = 1;
             let (shared, addr) = serving(config).await;
             let v311 = ProtocolVersion::V3_1_1;
-            let mut sub = Client::connect(addr, v311, "slow").await;
-            sub.send(
-                Subscribe::new(PacketId::MIN, ByteStr::from_static("w"), QoS::AtLeastOnce).into(),
-            )
-            .await;
-            assert!(matches!(sub.next().await, Some(Packet::SubAck(_))));
-            sub.send(Disconnect::new(ReasonCode::SUCCESS).into()).await;
-            assert!(sub.next().await.is_none());
+            let sub = Client::connect(addr, v311, "slow").await;
+            sub.subscribe_and_leave("w", QoS::AtLeastOnce).await;
             // Two messages wait in the offline session.
             let mut publ = Client::connect(addr, v311, "pub").await;
             for (n, payload) in [(1, "one"), (2, "two")] {
