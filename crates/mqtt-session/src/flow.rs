@@ -267,7 +267,6 @@ impl Flow {
         self.traffic_mut().tx.push_back(packet.into().into());
     }
 
-    /// The in-flight window: the peer's Receive Maximum, capped by ours ([MQTT-4.9.0-1]).
     /// Whether [`poll_transmit`](Self::poll_transmit) would return a packet now (or
     /// drop an expired message on the way).
     pub(crate) fn has_outgoing(&self) -> bool {
@@ -284,6 +283,7 @@ impl Flow {
         })
     }
 
+    /// The in-flight window: the peer's Receive Maximum, capped by ours ([MQTT-4.9.0-1]).
     fn window(&self) -> usize {
         let peer = if self.version.is_v5() {
             self.peer.receive_maximum
@@ -473,7 +473,7 @@ impl Flow {
         let Some(t) = self.traffic.as_deref_mut() else {
             return;
         };
-        let resend: Vec<Packet> = t.outbox.resend().collect();
+        let resend: Vec<Packet> = t.outbox.resend(self.version).collect();
         for packet in resend {
             let tx = match packet {
                 Packet::PubRel(rel) => Tx::PubRel(rel.packet_id, rel.reason_code),

@@ -441,19 +441,18 @@ impl Outbox {
 
     /// The packets to resend on a resumed session, in their original order
     /// ([MQTT-4.4.0-1], [MQTT-4.6.0-1]): PUBLISH with DUP set, or PUBREL.
-    pub(crate) fn resend(&self) -> impl Iterator<Item = Packet> + '_ {
+    pub(crate) fn resend(&self, version: ProtocolVersion) -> impl Iterator<Item = Packet> + '_ {
         self.inflight
             .iter()
-            .filter_map(|f| match (self.message(f.slot), f.phase) {
+            .filter_map(move |f| match (self.message(f.slot), f.phase) {
                 (_, Awaiting::PubComp) => Some(mqtt_codec::PubRel::new(f.packet_id).into()),
                 (Some(m), _) => Some(
-                    // The version is not known here; a 3.1.1 encoder leaves them out.
                     m.to_publish(
                         QosPid::new(m.qos, f.packet_id),
                         true,
                         m.topic.clone(),
                         None,
-                        true,
+                        version.is_v5(),
                     )
                     .into(),
                 ),
