@@ -197,12 +197,14 @@ impl Parking {
         if let Some((at, id)) = parked.alarm {
             shared.alarms.cancel(at, id);
         }
+        let mut tasks = self.tasks();
+        // Under the set's lock: `close` sets the flag before it takes the set, so a task
+        // is either refused here or in the set it aborts.
         if self.stopped.load(Ordering::Acquire) {
             // Closed (the broker was dropped, or shutdown gave up waiting): dropping
             // the socket closes it.
             return;
         }
-        let mut tasks = self.tasks();
         Self::reap(&mut tasks);
         tasks.spawn_on(
             async move {
@@ -284,13 +286,14 @@ fn watch(mut poll: Poll, shared: &Weak<Shared>, stopped: &AtomicBool, deaf: &Ato
                 continue;
             }
             warn!(error = %e, "the poll of parked connections failed; they hibernate in their tasks from now on");
+            // Set even if the parking cannot be reached (not yet published, or the
+            // broker going): no connection parks from here on.
+            deaf.store(true, Ordering::Release);
             if let Some(shared) = shared.upgrade() {
                 if let Some(parking) = shared.parking() {
-                    // Under the map's lock: a connection parking now either sees the
-                    // flag or is in the map for the sweep below.
-                    let sockets = parking.sockets();
-                    deaf.store(true, Ordering::Release);
-                    drop(sockets);
+                    // Taking the map's lock waits out any park that checked the flag
+                    // before it was set: those are in the map for the sweep.
+                    drop(parking.sockets());
                     parking.revive_all();
                 }
             }
