@@ -120,7 +120,7 @@ impl Client {
     }
 
     /// `Some(next packet or None if closed)`, or `None` if nothing came within `d`.
-    async fn next_within(&mut self, d: Duration) -> Option<Option<Packet>> {
+    pub(crate) async fn next_within(&mut self, d: Duration) -> Option<Option<Packet>> {
         if let Some(p) = self.pending.pop_front() {
             return Some(Some(p));
         }
@@ -1019,6 +1019,115 @@ async fn will_retain_flag() {
         assert_eq!(got.topic.as_str(), t("kept"), "{v}");
         assert!(got.retain);
         late.quiet().await;
+    }
+    broker.shutdown().await;
+}
+
+/// Subscribers that keep coming back lose no QoS 1 message of a stream published
+/// meanwhile. Each connection parks right after its CONNACK and is revived by the
+/// deliveries or its client's acknowledgements, and each leaves in turn by DISCONNECT,
+/// by a dropped socket, or by being taken over by its successor: the paths where a
+/// wake-up could fall between parking and reviving. The second half of the stream goes
+/// to connections that stay, parked with nothing owed until a delivery revives them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reconnecting_subscribers_lose_no_message() {
+    const SUBSCRIBERS: usize = 12;
+    const CHURN: usize = 8;
+    const MESSAGES: u16 = 300;
+    const HALF: usize = MESSAGES as usize / 2;
+    let (broker, addr) = broker().await;
+    let persistent = |c: &mut Connect| c.clean_start = false;
+    let leave = |c: Client| async move {
+        let mut c = c;
+        c.send(mqtt_codec::Disconnect::new(mqtt_codec::ReasonCode::SUCCESS))
+            .await;
+    };
+    for i in 0..SUBSCRIBERS {
+        let (mut c, _) = Client::connect_with(addr, V3, &format!("churn{i}"), persistent).await;
+        c.sub("churn/t", QoS::AtLeastOnce).await;
+        leave(c).await;
+    }
+    let staying = std::sync::Arc::new(tokio::sync::Barrier::new(SUBSCRIBERS + 1));
+    let subscribers: Vec<_> = (0..SUBSCRIBERS)
+        .map(|i| {
+            let staying = std::sync::Arc::clone(&staying);
+            tokio::spawn(async move {
+                let id = format!("churn{i}");
+                let mut seen = std::collections::BTreeSet::new();
+                let mut old: Option<Client> = None;
+                // Coming and going until the first half is in and acknowledged.
+                let mut round = 0;
+                while round < CHURN || seen.len() < HALF {
+                    assert!(
+                        round < 500,
+                        "{id}: {} of {HALF} after 500 connections",
+                        seen.len()
+                    );
+                    let (mut c, _) = Client::connect_with(addr, V3, &id, persistent).await;
+                    // The one kept open is taken over by the CONNECT just sent.
+                    drop(old.take());
+                    let quota = 5 + 7 * (round + i) % 30;
+                    let mut got = 0;
+                    while got < quota {
+                        match c.next_within(Duration::from_millis(50)).await {
+                            Some(Some(Packet::Publish(p))) => {
+                                seen.insert(u16::from_be_bytes([p.payload[0], p.payload[1]]));
+                                c.ack(&p).await;
+                                got += 1;
+                            }
+                            Some(Some(_)) => {}
+                            Some(None) | None => break,
+                        }
+                    }
+                    round += 1;
+                    if round >= CHURN && seen.len() == HALF {
+                        // Its acknowledgements are handled before it: nothing is owed.
+                        leave(c).await;
+                        break;
+                    }
+                    match round % 3 {
+                        0 => leave(c).await,
+                        1 => c.drop_connection(),
+                        _ => old = Some(c),
+                    }
+                }
+                // Connected for good, parked at once: the rest must wake it.
+                drop(old.take());
+                let (mut c, _) = Client::connect_with(addr, V3, &id, persistent).await;
+                staying.wait().await;
+                while seen.len() < usize::from(MESSAGES) {
+                    match c.next_within(Duration::from_secs(3)).await {
+                        Some(Some(Packet::Publish(p))) => {
+                            seen.insert(u16::from_be_bytes([p.payload[0], p.payload[1]]));
+                            c.ack(&p).await;
+                        }
+                        Some(Some(_)) => {}
+                        Some(None) | None => break,
+                    }
+                }
+                seen.len()
+            })
+        })
+        .collect();
+    let mut p = Client::connect(addr, V3, "churn-pub").await;
+    for n in 1..=MESSAGES {
+        if usize::from(n) == HALF + 1 {
+            staying.wait().await;
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        let mut m = publish("churn/t", &n.to_be_bytes(), QoS::AtLeastOnce, false);
+        m.qos_pid = QosPid::new(QoS::AtLeastOnce, pid(n));
+        p.publish(m).await;
+        if n % 10 == 0 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+    for (i, s) in subscribers.into_iter().enumerate() {
+        let seen = timeout(Duration::from_secs(60), s)
+            .await
+            .expect("subscribers end in time")
+            .unwrap();
+        assert_eq!(seen, usize::from(MESSAGES), "churn{i}");
     }
     broker.shutdown().await;
 }
