@@ -369,7 +369,6 @@ impl Encoded {
         if slot.is_none() {
             let properties = if version.is_v5() {
                 PublishProperties {
-                    topic_alias: None,
                     subscription_identifiers: Vec::new(),
                     ..(*message.properties).clone()
                 }
@@ -382,6 +381,7 @@ impl Encoded {
                 retain,
                 topic: message.topic.clone(),
                 payload: message.payload.clone(),
+                topic_alias: None,
                 properties: properties.into(),
             };
             let mut bytes = BytesMut::new();

@@ -1105,7 +1105,7 @@ fn topic_alias_like_mosquitto_sub() {
             ] {
                 let mut p = Publish::new(ByteStr::from_static(topic), "x".into());
                 p.qos_pid = qos_pid;
-                p.properties.topic_alias = alias;
+                p.topic_alias = alias;
                 peer.send(p).await;
             }
             // The PUBACK, then DISCONNECT when -C is reached.

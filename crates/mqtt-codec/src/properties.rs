@@ -358,12 +358,13 @@ pub trait PropertySet: Clone + Default + PartialEq + fmt::Debug + 'static {
 /// A property set kept out of line, for packets that usually carry none: an empty box
 /// is one null pointer and allocates nothing; a set with any property lives on the heap.
 ///
-/// Reads go through [`Deref`](core::ops::Deref), so `publish.properties.topic_alias`
-/// reads as it would on the set itself, and an empty box reads as the empty set.
-/// Writes through [`DerefMut`](core::ops::DerefMut) (or [`PropertyBox::make_mut`])
-/// allocate the set first if the box is empty; to store a value that may be empty
-/// without allocating, use a setter such as [`PropertyBox::set_topic_alias`], or build
-/// the set and convert it with [`From`], which keeps an empty set unallocated.
+/// Reads go through [`Deref`](core::ops::Deref), so
+/// `publish.properties.message_expiry_interval` reads as it would on the set itself, and
+/// an empty box reads as the empty set. Writes through
+/// [`DerefMut`](core::ops::DerefMut) (or [`PropertyBox::make_mut`]) allocate the set
+/// first if the box is empty; to store a value that may be empty without allocating,
+/// use a setter such as [`PropertyBox::set_subscription_identifiers`], or build the set
+/// and convert it with [`From`], which keeps an empty set unallocated.
 ///
 /// Equality compares the properties, not the representation: an empty box equals a box
 /// holding an empty set.
@@ -490,26 +491,6 @@ impl<T: PropertySet> fmt::Debug for PropertyBox<T> {
 }
 
 impl PropertyBox<PublishProperties> {
-    /// Sets the Topic Alias. Allocates only to store an alias in an empty box; clearing
-    /// the last property frees the box, so that a message received with only an alias
-    /// is as cheap to keep and copy as one without.
-    #[inline]
-    pub fn set_topic_alias(&mut self, alias: Option<NonZeroU16>) {
-        // The common case, inline: nothing to store and nothing stored.
-        if self.0.is_some() || alias.is_some() {
-            self.store_topic_alias(alias);
-        }
-    }
-
-    fn store_topic_alias(&mut self, alias: Option<NonZeroU16>) {
-        if alias.is_some() {
-            self.make_mut().topic_alias = alias;
-        } else if let Some(set) = &mut self.0 {
-            set.topic_alias = None;
-            self.free_if_empty();
-        }
-    }
-
     /// Sets the Subscription Identifiers. Allocates only to store identifiers in an
     /// empty box; clearing the last property frees the box.
     #[inline]
@@ -557,7 +538,18 @@ macro_rules! property_set {
 
         impl $name {
             /// Reads a Property Length and the properties it covers.
+            #[allow(dead_code)]
             pub(crate) fn decode(src: &mut Bytes) -> Result<Self, DecodeError> {
+                Self::decode_with(src, |_, _| Ok(false))
+            }
+
+            /// [`decode`](Self::decode), handing a property the set does not hold to
+            /// `extra`, which reads it and returns true if the packet allows it.
+            #[inline]
+            pub(crate) fn decode_with(
+                src: &mut Bytes,
+                mut extra: impl FnMut(PropertyId, &mut Bytes) -> Result<bool, DecodeError>,
+            ) -> Result<Self, DecodeError> {
                 let len = read_var_int(src)?;
                 let mut props = read_slice(src, len as usize)?;
                 let mut out = Self::default();
@@ -570,7 +562,11 @@ macro_rules! property_set {
                         Some(PropertyId::UserProperty) => {
                             Slot::read(&mut out.user_properties, PropertyId::UserProperty, &mut props)?
                         }
-                        Some(other) => return Err(ErrorKind::PropertyNotAllowed(other).into()),
+                        Some(other) => {
+                            if !extra(other, &mut props)? {
+                                return Err(ErrorKind::PropertyNotAllowed(other).into());
+                            }
+                        }
                         None => return Err(ErrorKind::UnknownProperty(raw).into()),
                     }
                 }
@@ -599,8 +595,14 @@ macro_rules! property_set {
             }
 
             /// Writes the Property Length and the properties.
+            #[allow(dead_code)]
             pub(crate) fn encode(&self, dst: &mut impl BufMut) {
                 write_var_int(dst, self.encoded_len() as u32);
+                self.write_properties(dst);
+            }
+
+            /// Writes the properties without their Property Length.
+            pub(crate) fn write_properties(&self, dst: &mut impl BufMut) {
                 $( Slot::write(&self.$field, PropertyId::$id, dst); )*
                 Slot::write(&self.user_properties, PropertyId::UserProperty, dst);
             }
@@ -707,8 +709,6 @@ property_set! {
         payload_format_indicator: Option<PayloadFormat> = PayloadFormatIndicator,
         /// The message's remaining lifetime in seconds.
         message_expiry_interval: Option<u32> = MessageExpiryInterval,
-        /// A number standing for the topic name on this connection.
-        topic_alias: Option<NonZeroU16> = TopicAlias,
         /// The topic for a response (request/response).
         response_topic: Option<ByteStr> = ResponseTopic,
         /// Data to correlate a response with its request.
@@ -778,7 +778,7 @@ mod tests {
         let empty = PropertyBox::<PublishProperties>::new();
         assert!(empty.is_empty());
         assert_eq!(*empty, PublishProperties::default());
-        assert_eq!(empty.topic_alias, None);
+        assert_eq!(empty.message_expiry_interval, None);
         assert_eq!(empty.wire_len(), 1);
     }
 
@@ -812,16 +812,8 @@ mod tests {
     #[test]
     fn publish_setters_allocate_only_for_a_value() {
         let mut b = PropertyBox::<PublishProperties>::new();
-        b.set_topic_alias(None);
         b.set_subscription_identifiers(Vec::new());
         assert!(b.get_mut().is_none());
-        b.set_topic_alias(NonZeroU16::new(3));
-        assert_eq!(b.topic_alias, NonZeroU16::new(3));
-        b.set_topic_alias(None);
-        assert!(
-            b.get().is_none(),
-            "clearing the only property frees the box"
-        );
         let ids: Vec<_> = SubscriptionId::new(7).into_iter().collect();
         let mut b = PropertyBox::<PublishProperties>::new();
         b.set_subscription_identifiers(ids.clone());

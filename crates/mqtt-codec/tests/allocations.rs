@@ -46,9 +46,12 @@ fn allocations_during<T>(f: impl FnOnce() -> T) -> (usize, T) {
     (ALLOCATIONS.with(Cell::get) - before, out)
 }
 
-fn publish(with_properties: bool) -> Packet {
+fn publish(with_properties: bool, with_alias: bool) -> Packet {
     let mut p = Publish::new(ByteStr::from_static("a/b/c"), Bytes::from_static(&[7; 16]));
     p.qos_pid = QosPid::new(QoS::AtLeastOnce, NonZeroU16::MIN);
+    if with_alias {
+        p.topic_alias = NonZeroU16::new(3);
+    }
     if with_properties {
         p.properties = PublishProperties {
             payload_format_indicator: Some(PayloadFormat::Utf8),
@@ -65,14 +68,17 @@ fn publish(with_properties: bool) -> Packet {
 
 #[test]
 fn decoding_a_stream_of_publishes_allocates_only_their_properties() {
-    // (version, with properties, allocations per packet: the properties' box)
-    for (version, with_properties, per_packet) in [
-        (ProtocolVersion::V3_1, false, 0),
-        (ProtocolVersion::V3_1_1, false, 0),
-        (ProtocolVersion::V5, false, 0),
-        (ProtocolVersion::V5, true, 1),
+    // (version, with properties, with a topic alias, allocations per packet: the
+    // properties' box; the alias is kept beside it and needs none)
+    for (version, with_properties, with_alias, per_packet) in [
+        (ProtocolVersion::V3_1, false, false, 0),
+        (ProtocolVersion::V3_1_1, false, false, 0),
+        (ProtocolVersion::V5, false, false, 0),
+        (ProtocolVersion::V5, false, true, 0),
+        (ProtocolVersion::V5, true, false, 1),
+        (ProtocolVersion::V5, true, true, 1),
     ] {
-        let packet = publish(with_properties);
+        let packet = publish(with_properties, with_alias);
         let mut stream = BytesMut::new();
         for _ in 0..100 {
             packet.encode(version, &mut stream).unwrap();
@@ -103,7 +109,7 @@ fn decoding_a_stream_of_publishes_allocates_only_their_properties() {
 fn encoding_into_a_buffer_with_room_allocates_nothing() {
     for version in [ProtocolVersion::V3_1_1, ProtocolVersion::V5] {
         let packets = [
-            publish(version.is_v5()),
+            publish(version.is_v5(), version.is_v5()),
             PubAck::new(NonZeroU16::MIN).into(),
             Packet::PingReq,
         ];

@@ -654,6 +654,7 @@ fn publish_qos1_retain_v3_1_1() {
         retain: true,
         topic: s("t"),
         payload: b(b"hi"),
+        topic_alias: None,
         properties: Default::default(),
     };
     known_answer(V3_1_1, "33 07  00 01 74  00 0A  68 69", packet);
@@ -669,6 +670,7 @@ fn publish_qos2_dup_empty_payload_v3_1_1() {
         retain: false,
         topic: s("t"),
         payload: Bytes::new(),
+        topic_alias: None,
         properties: Default::default(),
     };
     known_answer(V3_1_1, "3C 05  00 01 74  FF FF", packet);
@@ -715,11 +717,8 @@ fn publish_v5_topic_alias_with_empty_topic() {
         retain: false,
         topic: ByteStr::new(),
         payload: b(b"pl"),
-        properties: PublishProperties {
-            topic_alias: NonZeroU16::new(2),
-            ..PublishProperties::default()
-        }
-        .into(),
+        topic_alias: NonZeroU16::new(2),
+        properties: Default::default(),
     };
     known_answer(V5, "32 0A  00 00  00 07  03  23 00 02  70 6C", packet);
 }
@@ -729,9 +728,9 @@ fn publish_v5_with_every_property() {
     // 35: QoS 2 (04) | retain (01); 4D: remaining length 77
     // 00 03 "t/1": topic; 00 2A: packet id 42
     // 43: property length 67
+    //   23 00 01: topic alias 1 (written first: it is kept apart from the others)
     //   01 01: payload format indicator UTF-8
     //   02 00 00 00 3C: message expiry interval 60
-    //   23 00 01: topic alias 1
     //   08 00 05 "reply": response topic
     //   09 00 03 01 02 03: correlation data
     //   0B 01 / 0B 80 01 / 0B FF FF FF 7F: subscription identifiers 1, 128, 268435455
@@ -739,7 +738,7 @@ fn publish_v5_with_every_property() {
     //   26 00 01 "a" 00 01 "1" / 26 "a" "2": user properties, same name twice, in order
     // "{}": payload
     let wire = "35 4D  00 03 74 2F 31  00 2A
-                43  01 01  02 00 00 00 3C  23 00 01  08 00 05 72 65 70 6C 79
+                43  23 00 01  01 01  02 00 00 00 3C  08 00 05 72 65 70 6C 79
                     09 00 03 01 02 03  0B 01  0B 80 01  0B FF FF FF 7F
                     03 00 10 61 70 70 6C 69 63 61 74 69 6F 6E 2F 6A 73 6F 6E
                     26 00 01 61 00 01 31  26 00 01 61 00 01 32
@@ -750,10 +749,10 @@ fn publish_v5_with_every_property() {
         retain: true,
         topic: s("t/1"),
         payload: b(b"{}"),
+        topic_alias: NonZeroU16::new(1),
         properties: PublishProperties {
             payload_format_indicator: Some(PayloadFormat::Utf8),
             message_expiry_interval: Some(60),
-            topic_alias: NonZeroU16::new(1),
             response_topic: Some(s("reply")),
             correlation_data: Some(b(&[1, 2, 3])),
             subscription_identifiers: vec![sub_id(1), sub_id(128), sub_id(268_435_455)],

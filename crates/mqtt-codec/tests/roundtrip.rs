@@ -289,25 +289,21 @@ fn publish_properties() -> impl Strategy<Value = PublishProperties> {
     (
         option::of(payload_format()),
         option::of(any::<u32>()),
-        option::of(nz16()),
         option::of(topic_name()),
         option::of(binary()),
         vec(sub_id(), 0..3),
         option::of(string()),
         user_properties(),
     )
-        .prop_map(
-            |(pfi, mei, alias, rt, cd, ids, ct, user)| PublishProperties {
-                payload_format_indicator: pfi,
-                message_expiry_interval: mei,
-                topic_alias: alias,
-                response_topic: rt,
-                correlation_data: cd,
-                subscription_identifiers: ids,
-                content_type: ct,
-                user_properties: user,
-            },
-        )
+        .prop_map(|(pfi, mei, rt, cd, ids, ct, user)| PublishProperties {
+            payload_format_indicator: pfi,
+            message_expiry_interval: mei,
+            response_topic: rt,
+            correlation_data: cd,
+            subscription_identifiers: ids,
+            content_type: ct,
+            user_properties: user,
+        })
 }
 
 fn publish(version: ProtocolVersion) -> impl Strategy<Value = Packet> {
@@ -320,18 +316,18 @@ fn publish(version: ProtocolVersion) -> impl Strategy<Value = Packet> {
         topic_name(),
         any::<bool>(),
         binary(),
-        publish_properties(),
+        (option::of(nz16()), publish_properties()),
     )
         .prop_map(
-            move |(qos, pid, dup, retain, topic, drop_topic, payload, props)| {
+            move |(qos, pid, dup, retain, topic, drop_topic, payload, (alias, props))| {
                 let qos_pid = QosPid::new(qos, pid);
-                let properties = if v5 {
-                    props
+                let (topic_alias, properties) = if v5 {
+                    (alias, props)
                 } else {
-                    PublishProperties::default()
+                    (None, PublishProperties::default())
                 };
                 // 5.0 may leave the topic empty when a Topic Alias stands for it.
-                let topic = if drop_topic && properties.topic_alias.is_some() {
+                let topic = if drop_topic && topic_alias.is_some() {
                     ByteStr::new()
                 } else {
                     topic
@@ -342,6 +338,7 @@ fn publish(version: ProtocolVersion) -> impl Strategy<Value = Packet> {
                     retain,
                     topic,
                     payload,
+                    topic_alias,
                     properties: properties.into(),
                 })
             },

@@ -47,7 +47,7 @@ impl Inbox {
         receive_maximum: u16,
         alias_maximum: u16,
     ) -> Result<Received, ProtocolError> {
-        if let Some(alias) = publish.properties.topic_alias {
+        if let Some(alias) = publish.topic_alias {
             let slot = usize::from(alias.get()) - 1;
             if !v5 || alias.get() > alias_maximum {
                 // [MQTT-3.3.2-12] in reverse: above the maximum we announced.
@@ -76,7 +76,7 @@ impl Inbox {
                     *entry = Some(publish.topic.clone());
                 }
             }
-            publish.properties.set_topic_alias(None);
+            publish.topic_alias = None;
         }
         if publish.qos() == QoS::ExactlyOnce {
             let Some(id) = publish.packet_id() else {

@@ -19,8 +19,8 @@ pub struct Message {
     pub qos: QoS,
     /// The RETAIN flag to send with.
     pub retain: bool,
-    /// MQTT 5.0 properties. `topic_alias` is ignored: aliases belong to a connection and
-    /// the session assigns them. `message_expiry_interval` counts down while the message
+    /// MQTT 5.0 properties (the Topic Alias is not one of them: aliases belong to a
+    /// connection, and the session assigns them). `message_expiry_interval` counts down while the message
     /// waits in the session. Boxed, and nothing when there are none (most messages): a
     /// message is moved through several queues on its way, and an empty [`PropertyBox`]
     /// is one pointer where the set itself is 160 bytes.
@@ -48,7 +48,7 @@ impl Arrival {
     pub fn of(publish: &Publish) -> Self {
         Self {
             packet_id: publish.packet_id(),
-            topic_alias: publish.properties.topic_alias,
+            topic_alias: publish.topic_alias,
         }
     }
 }
@@ -68,14 +68,12 @@ impl Message {
     /// The message a received PUBLISH carries (its topic already resolved from an alias).
     #[inline]
     pub fn from_publish(p: Publish) -> Self {
-        let mut properties = p.properties;
-        properties.set_topic_alias(None);
         Self {
             topic: p.topic,
             payload: p.payload,
             qos: p.qos_pid.qos(),
             retain: p.retain,
-            properties,
+            properties: p.properties,
         }
     }
 
@@ -87,15 +85,14 @@ impl Message {
     /// A QoS 0 PUBLISH of this message, by move, sent as `topic` with `topic_alias`.
     #[inline]
     pub(crate) fn into_publish(self, topic: ByteStr, topic_alias: Option<NonZeroU16>) -> Publish {
-        let mut properties = self.properties;
-        properties.set_topic_alias(topic_alias);
         Publish {
             dup: false,
             qos_pid: QosPid::AtMostOnce,
             retain: self.retain,
             topic,
             payload: self.payload,
-            properties,
+            topic_alias,
+            properties: self.properties,
         }
     }
 
@@ -117,8 +114,10 @@ impl Message {
             retain: self.retain,
             topic,
             payload: self.payload.clone(),
+            topic_alias,
+            // Copying an empty box is copying a null pointer.
             properties: if v5 {
-                clone_properties(&self.properties, topic_alias)
+                self.properties.clone()
             } else {
                 PropertyBox::new()
             },
@@ -131,17 +130,6 @@ impl Message {
             .message_expiry_interval
             .map(|secs| now + Duration::from_secs(u64::from(secs)))
     }
-}
-
-/// A copy of `p` with `topic_alias`; copying an empty box is copying a null pointer.
-#[inline]
-fn clone_properties(
-    p: &PropertyBox<PublishProperties>,
-    topic_alias: Option<NonZeroU16>,
-) -> PropertyBox<PublishProperties> {
-    let mut out = p.clone();
-    out.set_topic_alias(topic_alias);
-    out
 }
 
 /// Identifies one outgoing message for the life of the session: the application learns
@@ -238,8 +226,8 @@ mod tests {
     #[test]
     fn a_message_received_with_only_an_alias_holds_no_properties() {
         let mut p = Publish::new(ByteStr::from_static("a/b"), Bytes::from_static(b"x"));
-        p.properties.set_topic_alias(NonZeroU16::new(1));
-        assert!(p.properties.get().is_some());
+        p.topic_alias = NonZeroU16::new(1);
+        assert!(p.properties.get().is_none());
         let m = Message::from_publish(p);
         assert!(m.properties.get().is_none());
         let resent = m.to_publish(QosPid::AtMostOnce, false, m.topic.clone(), None, true);

@@ -34,9 +34,13 @@ unsafe impl GlobalAlloc for Counting {
 static GLOBAL: Counting = Counting;
 
 fn connected(version: ProtocolVersion) -> (ClientSession, ServerSession) {
+    connected_with(version, Limits::default())
+}
+
+fn connected_with(version: ProtocolVersion, limits: Limits) -> (ClientSession, ServerSession) {
     let now = Instant::ZERO;
     let mut client = ClientSession::new(ClientOptions::new(version, ByteStr::from_static("c")));
-    let mut server = ServerSession::new(ByteStr::from_static("c"), Limits::default());
+    let mut server = ServerSession::new(ByteStr::from_static("c"), limits);
     client.connect(now);
     let Some(Packet::Connect(connect)) = client.poll_transmit(now) else {
         panic!()
@@ -120,5 +124,34 @@ fn properties_are_not_copied_for_a_3_1_1_peer() {
         let allocations = ALLOCATIONS.with(Cell::get) - before;
         // `exchange` clones the message for `publish`: one box per exchange, no more.
         assert_eq!(allocations, 1000, "{qos}: allocations in 1000 exchanges");
+    }
+}
+
+/// A 5.0 client that sends topic aliases (the server allows them): the alias travels
+/// beside the properties, so a PUBLISH with no other property allocates nothing to
+/// send or to decode.
+#[test]
+fn exchanges_with_topic_aliases_allocate_nothing() {
+    for qos in [QoS::AtLeastOnce, QoS::ExactlyOnce] {
+        let limits = Limits {
+            topic_alias_maximum: 10,
+            ..Limits::default()
+        };
+        let (mut client, mut server) = connected_with(ProtocolVersion::V5, limits);
+        let message = Message::new(ByteStr::from_static("a/b"), Bytes::from(vec![1u8; 16]), qos);
+        for _ in 0..16 {
+            assert_eq!(exchange(&mut client, &mut server, &message), 1);
+        }
+        let before = ALLOCATIONS.with(Cell::get);
+        for _ in 0..1000 {
+            assert_eq!(exchange(&mut client, &mut server, &message), 1);
+        }
+        let allocations = ALLOCATIONS.with(Cell::get) - before;
+        assert_eq!(allocations, 0, "{qos}: allocations in 1000 exchanges");
+        client.publish(Instant::ZERO, message.clone()).unwrap();
+        let Some(Packet::Publish(p)) = client.poll_transmit(Instant::ZERO) else {
+            panic!("a PUBLISH");
+        };
+        assert!(p.topic_alias.is_some(), "the client sends an alias");
     }
 }

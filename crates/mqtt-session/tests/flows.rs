@@ -476,10 +476,7 @@ fn topic_aliases_server_to_client() {
         .server_sent
         .iter()
         .filter_map(|p| match p {
-            Packet::Publish(p) => Some((
-                p.topic.to_string(),
-                p.properties.topic_alias.map(|a| a.get()),
-            )),
+            Packet::Publish(p) => Some((p.topic.to_string(), p.topic_alias.map(|a| a.get()))),
             _ => None,
         })
         .collect();
@@ -591,7 +588,7 @@ fn no_topic_aliases_unless_the_peer_allows_them() {
     }
     pair.drive();
     assert!(pair.server_sent.iter().all(|p| match p {
-        Packet::Publish(p) => p.properties.topic_alias.is_none() && p.topic == "a/1",
+        Packet::Publish(p) => p.topic_alias.is_none() && p.topic == "a/1",
         _ => true,
     }));
 }
@@ -610,12 +607,12 @@ fn unknown_or_out_of_range_alias_is_an_error() {
         Default::default(),
     );
     let mut p = Publish::new(ByteStr::new(), Bytes::new());
-    p.properties.topic_alias = std::num::NonZeroU16::new(1);
+    p.topic_alias = std::num::NonZeroU16::new(1);
     let err = server
         .handle_packet(Instant::ZERO, p.clone().into())
         .unwrap_err();
     assert_eq!(err.reason, ReasonCode::PROTOCOL_ERROR, "alias never set");
-    p.properties.topic_alias = std::num::NonZeroU16::new(2);
+    p.topic_alias = std::num::NonZeroU16::new(2);
     p.topic = ByteStr::from_static("x");
     let err = server.handle_packet(Instant::ZERO, p.into()).unwrap_err();
     assert_eq!(err.reason, ReasonCode::TOPIC_ALIAS_INVALID);

@@ -215,7 +215,7 @@ async fn outgoing_topic_aliases_respect_client_maximum() {
     let mut used = 0;
     for t in topics {
         let got = two.recv_publish().await;
-        let topic = match got.properties.topic_alias.map(NonZeroU16::get) {
+        let topic = match got.topic_alias.map(NonZeroU16::get) {
             Some(alias) => {
                 assert!(alias <= 2, "alias {alias} above the client's maximum");
                 used += 1;
@@ -230,7 +230,7 @@ async fn outgoing_topic_aliases_respect_client_maximum() {
         assert_eq!(&got.payload[..], t.as_bytes());
 
         let got = none.recv_publish().await;
-        assert_eq!(got.properties.topic_alias, None);
+        assert_eq!(got.topic_alias, None);
         assert_eq!(got.topic.as_str(), t);
     }
     assert!(used > 0, "aliases are in use, so their bound was tested");

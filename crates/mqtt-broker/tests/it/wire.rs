@@ -287,10 +287,10 @@ async fn topic_alias_from_client() {
         ByteStr::from_static("a/long/topic"),
         bytes::Bytes::from_static(b"1"),
     );
-    first.properties.topic_alias = std::num::NonZeroU16::new(3);
+    first.topic_alias = std::num::NonZeroU16::new(3);
     send(&mut publ, first.into(), v).await;
     let mut second = mqtt_codec::Publish::new(ByteStr::new(), bytes::Bytes::from_static(b"2"));
-    second.properties.topic_alias = std::num::NonZeroU16::new(3);
+    second.topic_alias = std::num::NonZeroU16::new(3);
     send(&mut publ, second.into(), v).await;
     let mut decoder = Decoder::with_version(v);
     let mut buf = BytesMut::new();

@@ -1,12 +1,16 @@
 //! PUBLISH (section 3.3).
 
+use core::num::NonZeroU16;
+
 use bytes::{BufMut, Bytes};
 
 use super::{Encode, PacketId, read_packet_id};
 use crate::{
-    ByteStr, PacketType, PropertyBox, ProtocolVersion, PublishProperties, QoS,
+    ByteStr, PacketType, PropertyBox, PropertyId, ProtocolVersion, PublishProperties, QoS,
     error::{DecodeError, EncodeError, ErrorKind},
-    primitives::{read_topic_name, write_str},
+    fixed_header::var_int_len,
+    primitives::{read_topic_name, write_str, write_var_int},
+    properties::Slot,
     topic::validate_topic_name,
 };
 
@@ -59,12 +63,17 @@ pub struct Publish {
     pub qos_pid: QosPid,
     /// RETAIN.
     pub retain: bool,
-    /// The topic name. Empty only in 5.0, when `properties.topic_alias` stands for it.
+    /// The topic name. Empty only in 5.0, when `topic_alias` stands for it.
     pub topic: ByteStr,
     /// The payload: the rest of the packet, shared with the input buffer.
     pub payload: Bytes,
-    /// PUBLISH properties (5.0), boxed: nearly every PUBLISH carries none, and an empty
-    /// [`PropertyBox`] is one pointer where the set itself is 160 bytes.
+    /// The Topic Alias property (5.0): a number standing for the topic name on this
+    /// connection. It is a property on the wire, but it belongs to the connection, not
+    /// to the message, and a connection that uses aliases sets it on most PUBLISH
+    /// packets: kept here, it costs no allocation.
+    pub topic_alias: Option<NonZeroU16>,
+    /// The other PUBLISH properties (5.0), boxed: nearly every PUBLISH carries none, and
+    /// an empty [`PropertyBox`] is one pointer where the set itself is 152 bytes.
     pub properties: PropertyBox<PublishProperties>,
 }
 
@@ -77,6 +86,7 @@ impl Publish {
             retain: false,
             topic,
             payload,
+            topic_alias: None,
             properties: PropertyBox::new(),
         }
     }
@@ -137,6 +147,7 @@ impl Publish {
                 retain,
                 topic,
                 payload: src,
+                topic_alias: None,
                 properties: PropertyBox::new(),
             }));
         }
@@ -152,10 +163,19 @@ impl Publish {
                 retain,
                 topic,
                 payload: src,
+                topic_alias: None,
                 properties: PropertyBox::new(),
             }));
         }
-        let properties = PublishProperties::decode(&mut src).map_err(within)?;
+        let mut topic_alias = None;
+        let properties = PublishProperties::decode_with(&mut src, |id, props| {
+            if id != PropertyId::TopicAlias {
+                return Ok(false);
+            }
+            Slot::read(&mut topic_alias, id, props)?;
+            Ok(true)
+        })
+        .map_err(within)?;
         if let Some(response_topic) = &properties.response_topic {
             // [MQTT-3.3.2-14]
             if validate_topic_name(response_topic).is_err() {
@@ -163,7 +183,7 @@ impl Publish {
             }
         }
         // In 5.0 "a zero length Topic Name and no Topic Alias" is a Protocol Error.
-        if topic.is_empty() && properties.topic_alias.is_none() {
+        if topic.is_empty() && topic_alias.is_none() {
             return Err(fail(ErrorKind::EmptyTopicName));
         }
         Ok(wrap(Self {
@@ -172,6 +192,8 @@ impl Publish {
             retain,
             topic,
             payload: src,
+            topic_alias,
+            // A PUBLISH whose only property was its alias keeps no box.
             properties: properties.into(),
         }))
     }
@@ -188,7 +210,7 @@ impl Encode for Publish {
         if self.dup && self.qos() == QoS::AtMostOnce {
             return Err(EncodeError::Invalid(ErrorKind::DupOnQos0));
         }
-        if !(self.topic.is_empty() && version.is_v5() && self.properties.topic_alias.is_some()) {
+        if !(self.topic.is_empty() && version.is_v5() && self.topic_alias.is_some()) {
             validate_topic_name(&self.topic).map_err(EncodeError::Invalid)?;
         }
         if version.is_v5() {
@@ -204,7 +226,8 @@ impl Encode for Publish {
             len += 2;
         }
         if version.is_v5() {
-            len += self.properties.wire_len();
+            let properties = self.properties_len();
+            len += var_int_len(properties as u32) + properties;
         }
         len
     }
@@ -215,11 +238,20 @@ impl Encode for Publish {
             dst.put_u16(id.get());
         }
         if version.is_v5() {
-            match self.properties.get() {
-                Some(properties) => properties.encode(dst),
-                None => dst.put_u8(0),
+            write_var_int(dst, self.properties_len() as u32);
+            Slot::write(&self.topic_alias, PropertyId::TopicAlias, dst);
+            if let Some(properties) = self.properties.get() {
+                properties.write_properties(dst);
             }
         }
         dst.put_slice(&self.payload);
+    }
+}
+
+impl Publish {
+    /// The size of the properties (5.0), the Topic Alias included, without their
+    /// Property Length.
+    fn properties_len(&self) -> usize {
+        Slot::len(&self.topic_alias) + self.properties.encoded_len()
     }
 }
