@@ -208,9 +208,9 @@ impl Parking {
         Self::reap(&mut tasks);
         tasks.spawn_on(
             async move {
-                let parking = Arc::clone(&shared);
+                let after = Arc::clone(&shared);
                 crate::connection::resume(shared, handle, parked).await;
-                if let Some(parking) = parking.parking() {
+                if let Some(parking) = after.parking() {
                     Self::reap(&mut parking.tasks());
                 }
             },
@@ -251,8 +251,10 @@ impl Parking {
     }
 
     /// Stops for good: the thread ends, revived connections' tasks are aborted, parked
-    /// connections are closed, and nothing parks or revives any more. For a broker
-    /// dropped without shutdown, or whose shutdown gave up waiting.
+    /// connections are closed, and nothing parks or revives any more. At the end of
+    /// shutdown (when nothing is left to abort, unless it gave up waiting), and for a
+    /// broker dropped without it. A connection closed here is not released: its session
+    /// keeps saying it is connected, which matters to nobody once the broker is gone.
     pub(crate) fn close(&self) {
         self.stopped.store(true, Ordering::Release);
         let _ = self.waker.wake();

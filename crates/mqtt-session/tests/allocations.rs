@@ -81,6 +81,23 @@ fn exchange(client: &mut ClientSession, server: &mut ServerSession, message: &Me
     }
 }
 
+/// Allocations in 1,000 exchanges of `message`, after a warm-up that lets every queue
+/// reach its working capacity.
+fn allocations_in_1000_exchanges(
+    client: &mut ClientSession,
+    server: &mut ServerSession,
+    message: &Message,
+) -> usize {
+    for _ in 0..16 {
+        assert_eq!(exchange(client, server, message), 1);
+    }
+    let before = ALLOCATIONS.with(Cell::get);
+    for _ in 0..1000 {
+        assert_eq!(exchange(client, server, message), 1);
+    }
+    ALLOCATIONS.with(Cell::get) - before
+}
+
 #[test]
 fn qos1_and_qos2_exchanges_allocate_nothing() {
     for version in [ProtocolVersion::V3_1_1, ProtocolVersion::V5] {
@@ -88,15 +105,7 @@ fn qos1_and_qos2_exchanges_allocate_nothing() {
             let (mut client, mut server) = connected(version);
             let message =
                 Message::new(ByteStr::from_static("a/b"), Bytes::from(vec![1u8; 16]), qos);
-            // Warm up: let every queue reach its working capacity.
-            for _ in 0..16 {
-                assert_eq!(exchange(&mut client, &mut server, &message), 1);
-            }
-            let before = ALLOCATIONS.with(Cell::get);
-            for _ in 0..1000 {
-                assert_eq!(exchange(&mut client, &mut server, &message), 1);
-            }
-            let allocations = ALLOCATIONS.with(Cell::get) - before;
+            let allocations = allocations_in_1000_exchanges(&mut client, &mut server, &message);
             assert_eq!(
                 allocations, 0,
                 "{version} {qos}: allocations in 1000 exchanges"
@@ -114,14 +123,7 @@ fn properties_are_not_copied_for_a_3_1_1_peer() {
         let mut message =
             Message::new(ByteStr::from_static("a/b"), Bytes::from(vec![1u8; 16]), qos);
         message.properties.content_type = Some(ByteStr::from_static("text/plain"));
-        for _ in 0..16 {
-            assert_eq!(exchange(&mut client, &mut server, &message), 1);
-        }
-        let before = ALLOCATIONS.with(Cell::get);
-        for _ in 0..1000 {
-            assert_eq!(exchange(&mut client, &mut server, &message), 1);
-        }
-        let allocations = ALLOCATIONS.with(Cell::get) - before;
+        let allocations = allocations_in_1000_exchanges(&mut client, &mut server, &message);
         // `exchange` clones the message for `publish`: one box per exchange, no more.
         assert_eq!(allocations, 1000, "{qos}: allocations in 1000 exchanges");
     }
@@ -139,14 +141,7 @@ fn exchanges_with_topic_aliases_allocate_nothing() {
         };
         let (mut client, mut server) = connected_with(ProtocolVersion::V5, limits);
         let message = Message::new(ByteStr::from_static("a/b"), Bytes::from(vec![1u8; 16]), qos);
-        for _ in 0..16 {
-            assert_eq!(exchange(&mut client, &mut server, &message), 1);
-        }
-        let before = ALLOCATIONS.with(Cell::get);
-        for _ in 0..1000 {
-            assert_eq!(exchange(&mut client, &mut server, &message), 1);
-        }
-        let allocations = ALLOCATIONS.with(Cell::get) - before;
+        let allocations = allocations_in_1000_exchanges(&mut client, &mut server, &message);
         assert_eq!(allocations, 0, "{qos}: allocations in 1000 exchanges");
         client.publish(Instant::ZERO, message.clone()).unwrap();
         let Some(Packet::Publish(p)) = client.poll_transmit(Instant::ZERO) else {
