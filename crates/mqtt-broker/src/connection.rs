@@ -696,6 +696,12 @@ where
     let mut shrunk = false;
     // Nothing has happened since CONNECT (true only on the first stretch).
     let mut fresh = first_stretch;
+    // A woken connection goes back to sleep as soon as what woke it was input that asks
+    // for nothing more (a PINGREQ, an acknowledgement): an idle client's ping then costs
+    // a wake-up, not IDLE_SHRINK of the active state. A delivery written, or a packet
+    // that does something (an event), keeps it awake as before.
+    let mut settle = !first_stretch;
+    let mut input = !rbuf.is_empty();
     let mut backlog = VecDeque::new();
     // Bytes already read (behind CONNECT, or on waking) may hold more packets.
     if feed(shared, handle, generation, decoder, rbuf) {
@@ -734,6 +740,9 @@ where
                     break;
                 }
             }
+            if publishes > 0 {
+                settle = false;
+            }
             if packets > 0 {
                 shared
                     .stats
@@ -767,6 +776,9 @@ where
             }
             cell.session.poll_timeout()
         };
+        if !events.is_empty() {
+            settle = false;
+        }
         // 2. Act on events outside the session lock.
         let mut again = false;
         let mut closed = false;
@@ -855,10 +867,11 @@ where
             wait_for_room(shared, Some(handle), pending).await;
             continue;
         }
-        if fresh && backlog.is_empty() && rbuf.is_empty() {
+        if (fresh || (settle && input)) && backlog.is_empty() && rbuf.is_empty() {
             // A new connection with nothing more to do after CONNACK hibernates at once:
             // clients that connect and wait (most, on a broker with many) never hold the
             // active state, and a burst of connections does not leave its peak behind.
+            // So does a woken one whose input needed only an answer (`settle`).
             return Step::Idle;
         }
         // 4. Wait for input. A connection idle for IDLE_SHRINK gives back its buffers'
@@ -879,6 +892,7 @@ where
                 last_activity = Instant::now();
                 shrunk = false;
                 fresh = false;
+                input = true;
                 match read {
                     Ok(0) | Err(_) => return Step::Ended(End::Lost),
                     Ok(n) => {

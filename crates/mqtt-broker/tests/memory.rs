@@ -1,7 +1,7 @@
 //! Memory held per idle connection, counted by a global allocator: live heap bytes
 //! (allocated minus freed) per connection, after the connections settle and after they
-//! have been idle long enough to give back their buffers; then per session once the
-//! clients, active a moment before, are gone and their sessions stay (Clean Session 0).
+//! have been idle long enough to give back their buffers, and again after each pinged;
+//! then per session once the clients are gone and their sessions stay (Clean Session 0).
 
 use std::{
     alloc::{GlobalAlloc, Layout, System},
@@ -91,13 +91,23 @@ async fn idle_connection_footprint() {
         "idle connections hold {} bytes each",
         per(idle)
     );
-    // Each client wakes its connection (PINGREQ) and leaves while it is active.
+    // Each client wakes its connection (PINGREQ): answered, it goes back to sleep at
+    // once rather than after IDLE_SHRINK.
     for c in &mut clients {
         c.write_all(&[0xC0, 0]).await.unwrap();
         let mut pong = [0u8; 2];
         c.read_exact(&mut pong).await.unwrap();
         assert_eq!(pong, [0xD0, 0]);
     }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let pinged = per(LIVE.load(Ordering::Relaxed) - before);
+    eprintln!("live heap per connection half a second after a ping: {pinged} B");
+    assert!(
+        pinged <= per(idle) + 64,
+        "a ping leaves {pinged} bytes per connection against {} idle",
+        per(idle)
+    );
+    // Then each leaves.
     drop(clients);
     tokio::time::sleep(Duration::from_secs(1)).await;
     let offline = per(LIVE.load(Ordering::Relaxed) - before);
