@@ -343,6 +343,17 @@ struct Recipient<'a> {
     ids: Vec<SubscriptionId>,
 }
 
+impl Recipient<'_> {
+    /// `message` (the routed one, or a copy) on this recipient's terms: at most the
+    /// granted QoS, RETAIN kept only if asked, its own subscription identifiers.
+    fn shape(self, mut message: Message) -> Message {
+        message.qos = message.qos.min(self.granted);
+        message.retain = message.retain && self.retain_as_published;
+        message.properties.set_subscription_identifiers(self.ids);
+        message
+    }
+}
+
 /// A QoS 0 message encoded once for every subscriber that takes it as it is (see
 /// `ServerSession::takes_encoded_publish`): one PUBLISH per protocol family (3.1 and
 /// 3.1.1 encode alike) and RETAIN flag, encoded on first use. Fan-out to many
@@ -843,15 +854,8 @@ impl Shared {
         }
         matches.clear();
         self.index.matches(topic, matches);
-        let (qos, retain) = (message.qos, message.retain);
         // [MQTT-3.3.4-2], [MQTT-3.3.4-3]: one copy per subscriber at the highest granted
-        // QoS, with every matching subscription identifier.
-        let shape = |mut out: Message, to: Recipient<'_>| {
-            out.qos = qos.min(to.granted);
-            out.retain = retain && to.retain_as_published;
-            out.properties.set_subscription_identifiers(to.ids);
-            out
-        };
+        // QoS, with every matching subscription identifier (`Recipient::shape`).
         // Each recipient is delivered once the next is found, so the last one can take
         // the message itself instead of a copy (with one subscriber: no copy at all).
         // Recipients that take the message as encoded bytes need no copy of it at all.
@@ -885,36 +889,18 @@ impl Shared {
                 ids,
             };
             if let Some(to) = previous.replace(next) {
-                if !self.deliver_encoded(&to, &mut encoded, &message, pending.as_deref()) {
-                    let h = to.handle;
-                    self.deliver(
-                        h,
-                        now,
-                        shape(message.clone(), to),
-                        None,
-                        pending.as_deref_mut(),
-                    );
-                }
+                self.deliver_copy(to, &mut encoded, &message, now, pending.as_deref_mut());
             }
         }
         let mut groups = matches.shared().peekable();
         if let Some(to) = previous {
-            if self.deliver_encoded(&to, &mut encoded, &message, pending.as_deref()) {
-                // Delivered; the groups, if any, follow.
-            } else if groups.peek().is_none() {
+            if groups.peek().is_some() {
+                self.deliver_copy(to, &mut encoded, &message, now, pending.as_deref_mut());
+            } else if !self.deliver_encoded(&to, &mut encoded, &message, pending.as_deref()) {
                 // The last recipient takes the message itself.
                 let h = to.handle;
-                self.deliver(h, now, shape(message, to), None, pending);
+                self.deliver(h, now, to.shape(message), None, pending);
                 return;
-            } else {
-                let h = to.handle;
-                self.deliver(
-                    h,
-                    now,
-                    shape(message.clone(), to),
-                    None,
-                    pending.as_deref_mut(),
-                );
             }
         }
         for group in groups {
@@ -926,6 +912,22 @@ impl Shared {
                 None,
                 pending.as_deref_mut(),
             );
+        }
+    }
+
+    /// Delivers `message` to `to`: as encoded bytes if it can take them, else as a copy
+    /// on its terms.
+    fn deliver_copy(
+        &self,
+        to: Recipient<'_>,
+        encoded: &mut Encoded,
+        message: &Message,
+        now: mqtt_session::Instant,
+        pending: Option<&mut VecDeque<Pending>>,
+    ) {
+        if !self.deliver_encoded(&to, encoded, message, pending.as_deref()) {
+            let h = to.handle;
+            self.deliver(h, now, to.shape(message.clone()), None, pending);
         }
     }
 
