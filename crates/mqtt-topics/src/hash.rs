@@ -1,4 +1,5 @@
-//! The hash of a trie edge: (parent node, level bytes) → 32 bits.
+//! The hashes of the trie: a level's bytes → 64 bits, and a path (the hash of the path
+//! before a level, and that level's hash) → 32 bits, which keys the edge to the level.
 //!
 //! Folded multiplication (the construction of foldhash and wyhash): each 8-byte word is
 //! mixed with the state and multiplied by a constant into 128 bits whose halves are
@@ -38,14 +39,14 @@ fn tail(bytes: &[u8]) -> u64 {
     }
 }
 
-/// The hash of the edge from `parent` labelled `label`.
+/// A 32-bit seeded hash of `bytes`.
 #[inline]
-pub(crate) fn edge_hash(seed: u64, parent: u32, label: &[u8]) -> u32 {
-    edge_of(level_hash(seed, label), parent)
+pub(crate) fn short_hash(seed: u64, bytes: &[u8]) -> u32 {
+    edge_of(level_hash(seed, bytes), 0)
 }
 
-/// The seeded hash of a level's bytes, before its parent is mixed in: a lookup reaches
-/// the same level of a topic through several branches and hashes it once.
+/// The seeded hash of a level's bytes, before the path to it is mixed in: a lookup
+/// reaches the same level of a topic through several branches and hashes it once.
 #[inline]
 pub(crate) fn level_hash(seed: u64, label: &[u8]) -> u64 {
     let mut h = fold_mul(seed ^ K0, K1 ^ label.len() as u64);
@@ -61,11 +62,12 @@ pub(crate) fn level_hash(seed: u64, label: &[u8]) -> u64 {
     h
 }
 
-/// The hash of the edge from `parent` labelled with a level whose
-/// [`level_hash`] is `level`.
+/// The hash of a path continued by one level: `path` is the hash of the path before
+/// the level (0 for the root), `level` the level's [`level_hash`]. It keys the edge to
+/// that level, and the next level continues from it.
 #[inline(always)]
-pub(crate) fn edge_of(level: u64, parent: u32) -> u32 {
-    (fold_mul(level ^ u64::from(parent), K0) >> 32) as u32
+pub(crate) fn edge_of(level: u64, path: u32) -> u32 {
+    (fold_mul(level ^ u64::from(path), K0) >> 32) as u32
 }
 
 /// A seed for a new index: random with `std`, fixed without (pass your own entropy to

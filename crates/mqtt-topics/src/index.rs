@@ -5,7 +5,7 @@ use core::{fmt, ops::Range};
 
 use crate::{
     Filter, TopicFilter, TopicName,
-    hash::{default_seed, level_hash},
+    hash::{default_seed, edge_of, level_hash},
     trie::{NONE, Payload, ROOT, Trie},
 };
 
@@ -197,28 +197,78 @@ pub(crate) fn find_slash(s: &[u8]) -> Option<usize> {
         .map(|i| at + i)
 }
 
-/// The level hashes of one topic during a lookup, remembering the last: the branches
-/// of a lookup that probe the same level come one after the other.
-struct LevelHasher<'t> {
+/// How many of a topic's first levels a lookup hashes up front, and so can prefetch.
+const KNOWN_LEVELS: usize = 8;
+
+/// How many literal levels below a `+` child a lookup prefetches. Two reach the level
+/// that fans out in the usual shapes (`tenant/+/device/{id}`); deeper guesses mostly
+/// name edges that do not exist, and each costs a memory access.
+const PLUS_AHEAD: usize = 2;
+
+/// The level hashes of one topic during a lookup: the first [`KNOWN_LEVELS`] hashed up
+/// front, the others as branches reach them, remembering the last (the branches of a
+/// lookup that probe the same level come one after the other).
+struct Levels<'t> {
     seed: u64,
     topic: &'t [u8],
+    /// The start and hash of each of the first `count` levels.
+    known: [(usize, u64); KNOWN_LEVELS],
+    count: usize,
     pos: usize,
     hash: u64,
 }
 
-impl<'t> LevelHasher<'t> {
-    const fn new(seed: u64, topic: &'t [u8]) -> Self {
+impl<'t> Levels<'t> {
+    /// Hashes the first levels of `topic`. With `prefetch`, also starts fetching the
+    /// edge of each level for a literal descent from the root (`trie`'s), as soon as
+    /// its hash is known.
+    #[inline]
+    fn new<T: Payload>(trie: &Trie<T>, topic: &'t [u8], prefetch: bool) -> Self {
+        let seed = trie.seed();
+        let mut known = [(usize::MAX, 0); KNOWN_LEVELS];
+        let end = topic.len() + 1;
+        let mut pos = 0;
+        let mut count = 0;
+        let mut path = trie.root_path();
+        for slot in &mut known {
+            if pos == end {
+                break;
+            }
+            let (level, next) = split_level(topic, pos, end);
+            let hash = level_hash(seed, level);
+            *slot = (pos, hash);
+            if prefetch {
+                path = edge_of(hash, path);
+                trie.prefetch(path);
+            }
+            count += 1;
+            pos = next;
+        }
         Self {
             seed,
             topic,
+            known,
+            count,
             pos: usize::MAX,
             hash: 0,
         }
     }
 
+    /// The index among the known levels of the level starting at `pos`.
+    #[inline]
+    fn index_of(&self, pos: usize) -> Option<usize> {
+        self.known
+            .get(..self.count)?
+            .iter()
+            .position(|&(start, _)| start == pos)
+    }
+
     /// The hash of the level from `pos` to `next` (as [`split_level`] returns it).
     #[inline]
     fn at(&mut self, pos: usize, next: usize) -> u64 {
+        if let Some(&(_, hash)) = self.index_of(pos).and_then(|i| self.known.get(i)) {
+            return hash;
+        }
         if pos != self.pos {
             let level = self
                 .topic
@@ -228,6 +278,20 @@ impl<'t> LevelHasher<'t> {
             self.pos = pos;
         }
         self.hash
+    }
+
+    /// Prefetches the edges of the literal levels that would follow a node whose path
+    /// hash is `path`, starting with the level at `pos`, as far as the known levels go.
+    #[inline]
+    fn prefetch<T: Payload>(&self, trie: &Trie<T>, mut path: u32, pos: usize, ahead: usize) {
+        let Some(first) = self.index_of(pos) else {
+            return;
+        };
+        let known = self.known.get(..self.count).unwrap_or_default();
+        for &(_, hash) in known.iter().skip(first).take(ahead) {
+            path = edge_of(hash, path);
+            trie.prefetch(path);
+        }
     }
 }
 
@@ -361,7 +425,11 @@ impl<K: Ord, V> TopicIndex<K, V> {
         // depth-first walk would start the second only once the first has come back. A
         // branch that finds the queue full is walked depth-first on the spot.
         let mut queue = Queue::new(ROOT, 0);
-        let mut levels = LevelHasher::new(self.trie.seed(), t);
+        // In an index too large for the caches, the edges that a literal descent from
+        // the root would probe: most of a lookup's cache misses, started now rather
+        // than level by level.
+        let prefetch = self.trie.is_large();
+        let levels = &mut Levels::new(&self.trie, t, prefetch);
         while let Some((node, pos)) = queue.pop() {
             let Some(n) = self.trie.node(node) else {
                 continue;
@@ -378,13 +446,24 @@ impl<K: Ord, V> TopicIndex<K, V> {
             // A compressed child consumes several levels.
             if n.first_child != NONE {
                 let level = levels.at(pos, next);
-                let (child, after) = self.trie.literal_step(node, level, t, pos);
+                let (child, after) = self.trie.literal_step(node, n.path, level, t, pos);
                 if child != NONE && !queue.push(child, after) {
                     self.walk(child, after, t, dollar, &mut f);
                 }
             }
-            if n.plus != NONE && !hidden && !queue.push(n.plus, next) {
-                self.walk(n.plus, next, t, dollar, &mut f);
+            if n.plus != NONE && !hidden {
+                // The same for the literal levels just below the `+` child, if it has
+                // any.
+                if let Some(plus) = self
+                    .trie
+                    .node(n.plus)
+                    .filter(|p| prefetch && p.first_child != NONE)
+                {
+                    levels.prefetch(&self.trie, plus.path, next, PLUS_AHEAD);
+                }
+                if !queue.push(n.plus, next) {
+                    self.walk(n.plus, next, t, dollar, &mut f);
+                }
             }
         }
     }
@@ -402,7 +481,7 @@ impl<K: Ord, V> TopicIndex<K, V> {
         let end = t.len() + 1;
         let mut node = start;
         let mut pos = start_pos;
-        let mut levels = LevelHasher::new(self.trie.seed(), t);
+        let mut levels = Levels::new(&self.trie, t, false);
         // A depth-first walk without a stack: going down consumes a level, going up
         // (through `parent`) gives it back, and whether we come up from the exact child
         // or from the `+` child tells what is left to try at the parent.
@@ -421,7 +500,8 @@ impl<K: Ord, V> TopicIndex<K, V> {
                 let (child, after) = if n.first_child == NONE {
                     (NONE, next)
                 } else {
-                    self.trie.literal_step(node, levels.at(pos, next), t, pos)
+                    self.trie
+                        .literal_step(node, n.path, levels.at(pos, next), t, pos)
                 };
                 if child != NONE {
                     node = child;

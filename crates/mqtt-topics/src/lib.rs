@@ -97,6 +97,7 @@ extern crate std;
 
 mod hash;
 mod index;
+mod prefetch;
 mod retained;
 #[cfg(feature = "std")]
 mod sharded;

@@ -353,7 +353,14 @@ impl<'a, V> Iterator for Matching<'a, '_, V> {
                             }
                         }
                         _ => {
-                            let child = self.trie().child(self.node, level);
+                            let trie = self.trie();
+                            // The probe needs this node's path hash, which is in the
+                            // node; below a `+` its next sibling is the next node
+                            // probed from, so start fetching that one now.
+                            if let Some(n) = trie.node(self.node) {
+                                trie.prefetch_node(n.next_sibling);
+                            }
+                            let child = trie.child(self.node, level);
                             if child == NONE {
                                 self.state = State::Ascend;
                             } else {

@@ -9,7 +9,7 @@ use std::{
     vec::Vec,
 };
 
-use crate::{Filter, Match, Matches, TopicIndex, TopicName, hash::edge_hash, index::find_slash};
+use crate::{Filter, Match, Matches, TopicIndex, TopicName, hash::short_hash, index::find_slash};
 
 /// At most this many levels form a shard key.
 const MAX_KEY_LEVELS: usize = 6;
@@ -131,7 +131,7 @@ impl<K: Ord, V> ShardedIndex<K, V> {
             return 0;
         }
         let hashed = self.shards.len() - 1;
-        1 + edge_hash(self.seed, 0, key) as usize % hashed
+        1 + short_hash(self.seed, key) as usize % hashed
     }
 
     fn shard(&self, filter: Filter<'_>) -> Option<&Shard<K, V>> {

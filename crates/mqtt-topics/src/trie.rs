@@ -7,9 +7,14 @@
 //! - A node stores its own level (its label) inline when it is at most 22 bytes long,
 //!   which covers most levels, so comparing it costs no extra memory access.
 //! - Children are found through one open-addressing hash table for the whole trie,
-//!   keyed by (parent, label): a node with a million children costs the same to search
-//!   as one with two, and a node with none pays nothing. The `+` child of a filter node
-//!   has its own field, since every lookup asks for it.
+//!   keyed by the hash of the child's path from the root: a node with a million
+//!   children costs the same to search as one with two, and a node with none pays
+//!   nothing. The `+` child of a filter node has its own field, since every lookup asks
+//!   for it.
+//! - Keys hash the path, not the parent's id, so that a lookup can compute where a
+//!   deep level's edge is from the topic alone and fetch it from memory early, while
+//!   it is still walking the levels above (see [`Trie::prefetch`]). Each node keeps the
+//!   hash of its own path, which its children's keys continue.
 //! - Optionally (the subscription index), a chain of literal levels with nothing in
 //!   between is one node labelled with the levels joined by `/` and keyed by its first
 //!   level (path compression); it is split when something must sit inside it and
@@ -20,7 +25,7 @@
 
 use alloc::{boxed::Box, vec::Vec};
 
-use crate::hash::{edge_hash, edge_of};
+use crate::hash::{edge_of, level_hash};
 
 /// "No node": the end of a list, a missing child.
 pub(crate) const NONE: u32 = u32::MAX;
@@ -30,6 +35,9 @@ pub(crate) const ROOT: u32 = 0;
 const CHUNK_BITS: u32 = 10;
 const CHUNK: usize = 1 << CHUNK_BITS;
 const INLINE: usize = 22;
+/// The number of edge slots (8 bytes each) from which lookups prefetch: the edges and
+/// their nodes then take more than a core's 1 or 2 MiB of L2.
+const PREFETCH_ABOVE: usize = 1 << 14;
 
 /// What a node holds; the trie frees a node whose payload is empty and that has no
 /// children.
@@ -70,6 +78,9 @@ impl Label {
 
 pub(crate) struct Node<T> {
     label: Label,
+    /// The hash of the path from the root to the end of this node's label: the state
+    /// from which its children's edge keys continue (see [`Trie::key`]).
+    pub(crate) path: u32,
     pub(crate) parent: u32,
     /// The child labelled `+` (filters only), which is not in the sibling list.
     pub(crate) plus: u32,
@@ -130,6 +141,14 @@ impl Edges {
                 return slot.node;
             }
             i = (i + 1) & mask;
+        }
+    }
+
+    /// Starts fetching the slot where a search for `hash` begins, without waiting.
+    #[inline(always)]
+    fn prefetch(&self, hash: u32) {
+        if let Some(slot) = self.slots.get(hash as usize & self.mask()) {
+            crate::prefetch::read(slot);
         }
     }
 
@@ -295,8 +314,62 @@ impl<T: Payload> Trie<T> {
             seed,
             compress,
         };
-        trie.alloc(b"", NONE);
+        trie.alloc(b"", NONE, 0);
         trie
+    }
+
+    /// The key of the edge to a child labelled `label` from a node whose
+    /// [`path`](Node::path) is `path`: the path hash continued by the label's first level.
+    #[inline]
+    fn key(&self, path: u32, label: &[u8]) -> u32 {
+        edge_of(level_hash(self.seed, first_level(label)), path)
+    }
+
+    /// The path hash continued from `path` through `label`: after its first level (the
+    /// key of its edge, as [`key`](Self::key) computes it) and after all of them (the
+    /// path of a node so labelled).
+    fn path_through(&self, path: u32, label: &[u8]) -> (u32, u32) {
+        let mut levels = label.split(|&b| b == b'/');
+        let first = levels.next().unwrap_or_default();
+        let key = edge_of(level_hash(self.seed, first), path);
+        let end = levels.fold(key, |state, level| {
+            edge_of(level_hash(self.seed, level), state)
+        });
+        (key, end)
+    }
+
+    /// Starts fetching the edge slot for `key` (a path hash, as [`key`](Self::key)
+    /// computes it), so that a probe for it shortly after finds it in the cache.
+    #[inline(always)]
+    pub(crate) fn prefetch(&self, key: u32) {
+        self.edges.prefetch(key);
+    }
+
+    /// Starts fetching node `id`, if there is one.
+    #[inline(always)]
+    pub(crate) fn prefetch_node(&self, id: u32) {
+        if let Some(n) = self.node(id) {
+            crate::prefetch::read(n);
+        }
+    }
+
+    /// Whether the edge table is too large to stay in a core's caches, so that a
+    /// lookup gains by prefetching it (below that, prefetches only add instructions).
+    #[inline]
+    pub(crate) fn is_large(&self) -> bool {
+        self.edges.slots.len() >= PREFETCH_ABOVE
+    }
+
+    /// The path hash of the root.
+    #[inline]
+    pub(crate) fn root_path(&self) -> u32 {
+        self.node(ROOT).map_or(0, |n| n.path)
+    }
+
+    /// The path hash of `id`, or 0 if there is no such node.
+    #[inline]
+    fn path_of(&self, id: u32) -> u32 {
+        self.node(id).map_or(0, |n| n.path)
     }
 
     /// The seed of the edge hash.
@@ -337,26 +410,27 @@ impl<T: Payload> Trie<T> {
     /// [`NONE`].
     #[inline]
     pub(crate) fn literal_child(&self, parent: u32, level: &[u8]) -> u32 {
-        let hash = edge_hash(self.seed, parent, level);
+        let hash = self.key(self.path_of(parent), level);
         self.edges.find(hash, |id| {
             self.node(id)
                 .is_some_and(|n| n.parent == parent && starts_with_level(n.label(), level))
         })
     }
 
-    /// Follows the literal edge of `parent` for the level of `t` (a topic) starting at
-    /// `pos`, whose [`level_hash`](crate::hash::level_hash) is `level`: the child and
-    /// the position after all of its levels, or [`NONE`] if there is no such child or
-    /// the rest of its label does not match.
+    /// Follows the literal edge of `parent`, whose path hash is `path`, for the level
+    /// of `t` (a topic) starting at `pos`, whose [`level_hash`] is `level`: the child
+    /// and the position after all of its levels, or [`NONE`] if there is no such child
+    /// or the rest of its label does not match.
     #[inline(always)]
     pub(crate) fn literal_step(
         &self,
         parent: u32,
+        path: u32,
         level: u64,
         t: &[u8],
         pos: usize,
     ) -> (u32, usize) {
-        let hash = edge_of(level, parent);
+        let hash = edge_of(level, path);
         let rest = t.get(pos..).unwrap_or_default();
         let mut len = 0;
         // A label that matches `rest` up to a level boundary starts with `level`, so it
@@ -451,13 +525,12 @@ impl<T: Payload> Trie<T> {
         let head = Vec::from(label.get(..at).unwrap_or_default());
         let tail = Vec::from(label.get(at + 1..).unwrap_or_default());
         let (parent, prev, next) = (n.parent, n.prev_sibling, n.next_sibling);
-        let head_id = self.alloc(&head, parent);
-        // `head` takes `id`'s edge (same key: parent and first level) and list place.
-        self.edges.replace(
-            edge_hash(self.seed, parent, first_level(&head)),
-            id,
-            head_id,
-        );
+        let parent_path = self.path_of(parent);
+        let (head_key, head_path) = self.path_through(parent_path, &head);
+        let head_id = self.alloc(&head, parent, head_path);
+        // `head` takes `id`'s edge (same key: same path to the first level) and list
+        // place; `id`'s own path, and so its children's keys, do not change.
+        self.edges.replace(head_key, id, head_id);
         self.relink(parent, id, head_id, prev, next);
         if let Some(h) = self.node_mut(head_id) {
             h.first_child = id;
@@ -468,8 +541,7 @@ impl<T: Payload> Trie<T> {
             n.prev_sibling = NONE;
             n.next_sibling = NONE;
         }
-        self.edges
-            .insert(edge_hash(self.seed, head_id, first_level(&tail)), id);
+        self.edges.insert(self.key(head_path, &tail), id);
         head_id
     }
 
@@ -511,8 +583,8 @@ impl<T: Payload> Trie<T> {
         text.push(b'/');
         text.extend_from_slice(c.label());
         let (parent, prev, next) = (n.parent, n.prev_sibling, n.next_sibling);
-        let own_hash = edge_hash(self.seed, parent, first_level(n.label()));
-        let child_hash = edge_hash(self.seed, id, first_level(c.label()));
+        let own_hash = self.key(self.path_of(parent), n.label());
+        let child_hash = self.key(n.path, c.label());
         self.edges.remove(child_hash, child);
         self.edges.replace(own_hash, id, child);
         self.relink(parent, id, child, prev, next);
@@ -526,9 +598,10 @@ impl<T: Payload> Trie<T> {
         self.release(id);
     }
 
-    fn alloc(&mut self, label: &[u8], parent: u32) -> u32 {
+    fn alloc(&mut self, label: &[u8], parent: u32, path: u32) -> u32 {
         let node = Node {
             label: Label::new(label),
+            path,
             parent,
             plus: NONE,
             first_child: NONE,
@@ -559,7 +632,8 @@ impl<T: Payload> Trie<T> {
     }
 
     fn insert_child(&mut self, parent: u32, label: &[u8]) -> u32 {
-        let id = self.alloc(label, parent);
+        let (key, path) = self.path_through(self.path_of(parent), label);
+        let id = self.alloc(label, parent, path);
         if label == b"+" {
             // The `+` child is reached through its own field only, so that
             // `first_child` tells whether a node has literal children to probe for.
@@ -579,8 +653,7 @@ impl<T: Payload> Trie<T> {
         if let Some(n) = self.node_mut(id) {
             n.next_sibling = old_first;
         }
-        self.edges
-            .insert(edge_hash(self.seed, parent, first_level(label)), id);
+        self.edges.insert(key, id);
         id
     }
 
@@ -599,7 +672,7 @@ impl<T: Payload> Trie<T> {
                     p.plus = NONE;
                 }
             } else {
-                let hash = edge_hash(self.seed, parent, first_level(n.label()));
+                let hash = self.key(self.path_of(parent), n.label());
                 self.edges.remove(hash, id);
                 if let Some(p) = self.node_mut(prev) {
                     p.next_sibling = next;
@@ -624,6 +697,7 @@ impl<T: Payload> Trie<T> {
         let free = self.free;
         if let Some(n) = self.node_mut(id) {
             n.label = Label::new(b"");
+            n.path = 0;
             n.parent = NONE;
             n.plus = NONE;
             n.first_child = NONE;
@@ -653,5 +727,81 @@ impl<T: Payload> Trie<T> {
             Ok(s) => s,
             Err(e) => alloc::string::String::from_utf8_lossy(e.as_bytes()).into_owned(),
         };
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use alloc::{string::String, vec::Vec};
+
+    use super::*;
+
+    #[derive(Default)]
+    struct Mark(bool);
+
+    impl Payload for Mark {
+        fn is_empty(&self) -> bool {
+            !self.0
+        }
+    }
+
+    /// Paths over a small alphabet, so that chains split, merge and share prefixes.
+    fn paths(mut x: u64, n: usize) -> Vec<String> {
+        let mut next = move || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x
+        };
+        (0..n)
+            .map(|_| {
+                let depth = 1 + next() % 5;
+                let levels: Vec<&str> = (0..depth)
+                    .map(|_| ["a", "b", "+", "", "long-level-name"][(next() % 5) as usize])
+                    .collect();
+                levels.join("/")
+            })
+            .collect()
+    }
+
+    /// Edge keys are path hashes that splits and merges must keep right: after every
+    /// insertion and removal, each present path is found again (by the probe a lookup
+    /// makes), and removing them all leaves no edge and no node but the root.
+    #[test]
+    fn edges_follow_splits_and_merges() {
+        for (seed, compress) in [(1, true), (2, true), (3, false), (4, true)] {
+            let mut trie: Trie<Mark> = Trie::new(seed, compress);
+            let all = paths(seed * 7919 + 1, 60);
+            let mut present: Vec<&String> = Vec::new();
+            let check = |trie: &Trie<Mark>, present: &[&String]| {
+                for p in present {
+                    let id = trie.find(p.split('/'));
+                    assert!(trie.node(id).is_some_and(|n| n.payload.0), "{p} is lost");
+                }
+            };
+            for p in &all {
+                let id = trie.find_or_insert(p.split('/'));
+                if let Some(m) = trie.payload_mut(id) {
+                    m.0 = true;
+                }
+                if !present.contains(&p) {
+                    present.push(p);
+                }
+                check(&trie, &present);
+            }
+            // Remove in an order unlike the insertion's.
+            present.sort_by_key(|p| p.len());
+            while let Some(p) = present.pop() {
+                let id = trie.find(p.split('/'));
+                if let Some(m) = trie.payload_mut(id) {
+                    m.0 = false;
+                }
+                trie.prune(id);
+                check(&trie, &present);
+            }
+            assert_eq!(trie.edges.len, 0, "seed {seed}: edges left behind");
+            let root = trie.node(ROOT);
+            assert!(root.is_some_and(|r| r.first_child == NONE && r.plus == NONE));
+        }
     }
 }
