@@ -39,7 +39,8 @@ fn tail(bytes: &[u8]) -> u64 {
     }
 }
 
-/// A 32-bit seeded hash of `bytes`.
+/// A 32-bit seeded hash of `bytes` (for picking a shard).
+#[cfg(feature = "std")]
 #[inline]
 pub(crate) fn short_hash(seed: u64, bytes: &[u8]) -> u32 {
     edge_of(level_hash(seed, bytes), 0)
