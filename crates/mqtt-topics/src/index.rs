@@ -448,40 +448,38 @@ impl<K: Ord, V> TopicIndex<K, V> {
                 let level = levels.at(pos, next);
                 let (child, after) = self.trie.literal_step(node, n.path, level, t, pos);
                 if child != NONE && !queue.push(child, after) {
-                    self.walk(child, after, t, dollar, &mut f);
+                    self.walk(child, after, t, dollar, levels, &mut f);
                 }
             }
             if n.plus != NONE && !hidden {
                 // The same for the literal levels just below the `+` child, if it has
                 // any.
-                if let Some(plus) = self
-                    .trie
-                    .node(n.plus)
-                    .filter(|p| prefetch && p.first_child != NONE)
-                {
-                    levels.prefetch(&self.trie, plus.path, next, PLUS_AHEAD);
+                if prefetch {
+                    if let Some(plus) = self.trie.node(n.plus).filter(|p| p.first_child != NONE) {
+                        levels.prefetch(&self.trie, plus.path, next, PLUS_AHEAD);
+                    }
                 }
                 if !queue.push(n.plus, next) {
-                    self.walk(n.plus, next, t, dollar, &mut f);
+                    self.walk(n.plus, next, t, dollar, levels, &mut f);
                 }
             }
         }
     }
 
     /// Reports the matches of `t` in the subtree of `start`, reached with `t` consumed
-    /// up to `start_pos`: a depth-first walk without a stack.
+    /// up to `start_pos`: a depth-first walk without a stack. `levels` are `t`'s.
     fn walk<'a>(
         &'a self,
         start: u32,
         start_pos: usize,
         t: &[u8],
         dollar: bool,
+        levels: &mut Levels<'_>,
         f: &mut impl FnMut(Match<'a, K, V>),
     ) {
         let end = t.len() + 1;
         let mut node = start;
         let mut pos = start_pos;
-        let mut levels = Levels::new(&self.trie, t, false);
         // A depth-first walk without a stack: going down consumes a level, going up
         // (through `parent`) gives it back, and whether we come up from the exact child
         // or from the `+` child tells what is left to try at the parent.

@@ -25,10 +25,11 @@
 //! # Data structure
 //! One trie per index, with a node per filter (or topic) level, in an arena of
 //! fixed-size chunks addressed by `u32`. A level of up to 22 bytes is stored inline in
-//! its node. Children are found through one open-addressing hash table keyed by
-//! (parent, level) for the whole trie, so a level with a million children (device
-//! ids) costs one probe, and a node with none costs nothing; the `+` child has its own
-//! field. Subscriptions sit in the node where their filter ends, with a flag for a
+//! its node. Children are found through one open-addressing hash table for the whole
+//! trie, keyed by the hash of the child's path from the root, so a level with a million
+//! children (device ids) costs one probe, a node with none costs nothing, and a lookup
+//! can prefetch the edges of a topic's deeper levels before it walks to them; the `+`
+//! child has its own field. Subscriptions sit in the node where their filter ends, with a flag for a
 //! trailing `#`; a node with one subscription keeps it inline. In a [`TopicIndex`], a
 //! chain of literal levels with nothing in between is one node (path compression), so
 //! an exact topic such as `tenant/t7/device/d42/status` costs one probe below the

@@ -279,6 +279,14 @@ impl<'a, V> Matching<'a, '_, V> {
         NONE
     }
 
+    /// Whether the current node was reached through a `+` level of the filter.
+    fn below_plus(&self) -> bool {
+        self.pos > 0 && {
+            let start = level_start(self.filter, self.pos);
+            split_level(self.filter, start, self.filter.len() + 1).0 == b"+"
+        }
+    }
+
     fn found(&self, id: u32) -> Option<Retained<'a, V>> {
         if id == ROOT {
             return None;
@@ -355,10 +363,13 @@ impl<'a, V> Iterator for Matching<'a, '_, V> {
                         _ => {
                             let trie = self.trie();
                             // The probe needs this node's path hash, which is in the
-                            // node; below a `+` its next sibling is the next node
-                            // probed from, so start fetching that one now.
-                            if let Some(n) = trie.node(self.node) {
-                                trie.prefetch_node(n.next_sibling);
+                            // node. Below a `+` level, its next sibling is the next
+                            // node probed from: in a store too large for the caches,
+                            // start fetching that one now.
+                            if trie.is_large() && self.below_plus() {
+                                if let Some(n) = trie.node(self.node) {
+                                    trie.prefetch_node(n.next_sibling);
+                                }
                             }
                             let child = trie.child(self.node, level);
                             if child == NONE {
