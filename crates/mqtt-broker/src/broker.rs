@@ -319,13 +319,20 @@ impl SessionHandle {
 const ONLINE_QUEUE: usize = 256;
 
 /// Whether a connected session takes another message now, or its publishers wait:
-/// fewer than `ONLINE_QUEUE` messages in the session, and less than `ENCODED_BYTES` of
-/// encoded packets (small QoS 0 packets of a fan-out are cheap to hold, and the more a
-/// wake-up finds, the fewer writes it takes).
+/// fewer than [`online_limit`] messages in the session, and less than `ENCODED_BYTES`
+/// of encoded packets (small QoS 0 packets of a fan-out are cheap to hold, and the more
+/// a wake-up finds, the fewer writes it takes).
 pub(crate) fn has_room(cell: &SessionCell) -> bool {
-    cell.session.pending_messages() < ONLINE_QUEUE
+    cell.session.pending_messages() < online_limit(&cell.session)
         && cell.encoded_len() < ENCODED_BYTES
         && cell.session.queue_room() > 0
+}
+
+/// The messages a connected session holds before publishers wait: `ONLINE_QUEUE`, or
+/// for an in-flight window configured larger than that, the window and a quarter of
+/// `ONLINE_QUEUE` more, so that the window can fill (`limits.max_inflight`).
+fn online_limit(session: &ServerSession) -> usize {
+    ONLINE_QUEUE.max(session.inflight_window() + ONLINE_QUEUE / 4)
 }
 
 /// The most bytes of encoded packets a session holds before publishers wait: one full

@@ -284,7 +284,7 @@ impl Flow {
     }
 
     /// The in-flight window: the peer's Receive Maximum, capped by ours ([MQTT-4.9.0-1]).
-    fn window(&self) -> usize {
+    pub(crate) fn window(&self) -> usize {
         let peer = if self.version.is_v5() {
             self.peer.receive_maximum
         } else {

@@ -502,6 +502,13 @@ impl ServerSession {
         self.flow.has_outgoing()
     }
 
+    /// The most QoS 1 and 2 messages in flight to the client at once: its Receive
+    /// Maximum (5.0), capped by [`Limits::max_inflight`](crate::Limits::max_inflight)
+    /// ([MQTT-4.9.0-1]).
+    pub fn inflight_window(&self) -> usize {
+        self.flow.window()
+    }
+
     /// Messages queued or in flight.
     pub fn pending_messages(&self) -> usize {
         self.flow.pending_messages()

@@ -66,31 +66,39 @@ fn publish(topic: &'static str, qos: QoS, id: u16) -> Packet {
     p.into()
 }
 
-// limits.max_inflight: no more unacknowledged QoS 1 messages in flight to a client.
+// limits.max_inflight: no more unacknowledged QoS 1 messages in flight to a client, and
+// as many as that: a window larger than what a connected session otherwise holds before
+// publishers wait (256 messages) is filled too.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn max_inflight_bounds_unacknowledged_deliveries() {
-    let (broker, addr) = broker_with(|c| c.limits.max_inflight = 3).await;
-    let v = ProtocolVersion::V3_1_1;
-    let (mut sub, _) = Raw::connect(addr, Connect::new(v, ByteStr::from_static("slowpoke"))).await;
-    sub.send(Subscribe::new(PacketId::MIN, ByteStr::from_static("w/#"), QoS::AtLeastOnce).into())
+    for (window, sent) in [(3u16, 10u16), (400, 500)] {
+        let (broker, addr) = broker_with(|c| c.limits.max_inflight = window).await;
+        let v = ProtocolVersion::V3_1_1;
+        let (mut sub, _) =
+            Raw::connect(addr, Connect::new(v, ByteStr::from_static("slowpoke"))).await;
+        sub.send(
+            Subscribe::new(PacketId::MIN, ByteStr::from_static("w/#"), QoS::AtLeastOnce).into(),
+        )
         .await;
-    assert!(matches!(sub.next().await, Some(Packet::SubAck(_))));
-    let (mut publ, _) = Raw::connect(addr, Connect::new(v, ByteStr::from_static("pusher"))).await;
-    for i in 1..=10 {
-        publ.send(publish("w/x", QoS::AtLeastOnce, i)).await;
-    }
-    // Exactly three arrive while none is acknowledged.
-    let mut ids = Vec::new();
-    while let Some(p) = sub.next_within(Duration::from_millis(500)).await {
-        if let Packet::Publish(p) = p {
-            ids.push(p.packet_id().unwrap());
+        assert!(matches!(sub.next().await, Some(Packet::SubAck(_))));
+        let (mut publ, _) =
+            Raw::connect(addr, Connect::new(v, ByteStr::from_static("pusher"))).await;
+        for i in 1..=sent {
+            publ.send(publish("w/x", QoS::AtLeastOnce, i)).await;
         }
+        // Exactly a window's worth arrives while none is acknowledged.
+        let mut ids = Vec::new();
+        while let Some(p) = sub.next_within(Duration::from_millis(500)).await {
+            if let Packet::Publish(p) = p {
+                ids.push(p.packet_id().unwrap());
+            }
+        }
+        assert_eq!(ids.len(), usize::from(window), "max_inflight = {window}");
+        // Acknowledging one lets one more through.
+        sub.send(PubAck::new(ids[0]).into()).await;
+        assert!(matches!(sub.next().await, Some(Packet::Publish(_))));
+        broker.shutdown().await;
     }
-    assert_eq!(ids.len(), 3, "{ids:?}");
-    // Acknowledging one lets one more through.
-    sub.send(PubAck::new(ids[0]).into()).await;
-    assert!(matches!(sub.next().await, Some(Packet::Publish(_))));
-    broker.shutdown().await;
 }
 
 // limits.queue_qos0_messages: QoS 0 kept for a disconnected persistent session.
