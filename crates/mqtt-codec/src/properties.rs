@@ -346,13 +346,18 @@ impl<T> EmptySlot for Vec<T> {
 }
 
 /// A property set that a [`PropertyBox`] can hold. Every property set of this crate
-/// implements it.
-pub trait PropertySet: Clone + Default + PartialEq + fmt::Debug + 'static {
+/// implements it, and only those: the trait is sealed, so that the crate can add to it.
+pub trait PropertySet: sealed::Sealed + Clone + Default + PartialEq + fmt::Debug + 'static {
     /// The set with no property, shared: what an empty [`PropertyBox`] reads as.
     fn empty() -> &'static Self;
 
     /// The size of the properties, without the Property Length in front.
     fn encoded_len(&self) -> usize;
+}
+
+mod sealed {
+    /// Keeps [`PropertySet`](super::PropertySet) to this crate's property sets.
+    pub trait Sealed {}
 }
 
 /// A property set kept out of line, for packets that usually carry none: an empty box
@@ -607,6 +612,8 @@ macro_rules! property_set {
                 Slot::write(&self.user_properties, PropertyId::UserProperty, dst);
             }
         }
+
+        impl sealed::Sealed for $name {}
 
         impl PropertySet for $name {
             fn empty() -> &'static Self {
