@@ -112,6 +112,18 @@ impl Events {
         }
     }
 
+    /// Forgets the events that only the connection just lost could act on: the peer's
+    /// DISCONNECT, an order to close, an AUTH exchange. Left queued, the next connection
+    /// would take them for its own. Messages, acknowledgements and the rest stay: they
+    /// belong to the session.
+    pub(crate) fn forget_connection(&mut self) {
+        self.order.retain(|q| match q {
+            Queued::Closed { .. } => false,
+            Queued::Other(e) => !matches!(**e, Event::PeerDisconnected(_) | Event::Auth(_)),
+            _ => true,
+        });
+    }
+
     /// Queues an event.
     #[inline]
     pub(crate) fn push(&mut self, event: Event) {

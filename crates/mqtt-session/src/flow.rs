@@ -459,6 +459,7 @@ impl Flow {
         self.sent_disconnect = false;
         if let Some(t) = self.traffic.as_deref_mut() {
             t.tx.clear();
+            t.events.forget_connection();
             t.outbox.reset_aliases();
             t.inbox.reset_aliases();
         }

@@ -365,6 +365,39 @@ fn exceeding_our_receive_maximum_is_a_protocol_error() {
     );
 }
 
+/// A connection taken over between reading a packet and acting on its events must not
+/// hand its DISCONNECT to the connection that took over: the broker would close the new
+/// one at once. What the old connection published is still delivered.
+#[test]
+fn a_new_connection_does_not_inherit_the_old_ones_disconnect() {
+    for version in [V311, V5] {
+        let mut server = ServerSession::new(ByteStr::from_static("c"), Limits::default());
+        let mut connect = mqtt_codec::Connect::new(version, ByteStr::from_static("c"));
+        connect.clean_start = false;
+        server.accept(Instant::ZERO, &connect, Default::default());
+        let mut p = Publish::new(ByteStr::from_static("t"), Bytes::from_static(b"last"));
+        p.qos_pid = QosPid::AtLeastOnce(PacketId::new(1).unwrap());
+        server
+            .handle_packet(Instant::ZERO, Packet::Publish(p))
+            .unwrap();
+        server
+            .handle_packet(Instant::ZERO, Packet::Disconnect(Disconnect::default()))
+            .unwrap();
+        // Taken over before the old connection polled its events.
+        server.connection_lost(Instant::ZERO);
+        server.accept(Instant::ZERO, &connect, Default::default());
+        let events: Vec<_> = std::iter::from_fn(|| server.poll_event()).collect();
+        assert!(
+            events
+                .iter()
+                .all(|e| !matches!(e, Event::PeerDisconnected(_) | Event::Closed { .. })),
+            "{version}: {events:?}"
+        );
+        assert_eq!(payloads(&events), ["last"], "{version}");
+        assert!(server.is_connected());
+    }
+}
+
 // ---- bounded queues ------------------------------------------------------------------
 
 #[test]
