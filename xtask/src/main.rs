@@ -1,11 +1,14 @@
 //! Project chores, run as `cargo xtask <command>`.
 //!
 //! - `ci`: everything CI checks, in the order that fails fastest: formatting, clippy,
-//!   the tests, the docs, the no_std build, and `cargo deny` (installed when missing;
+//!   the tests, the docs, the no_std build, a check with the declared minimum Rust
+//!   (installed with rustup when missing), and `cargo deny` (installed when missing;
 //!   bans, licenses and sources: the advisory database lives on GitHub, out of reach here).
 //!   This is the README's test command.
-//! - `no-std`: builds the `no_std` crates without default features and checks that no
-//!   dependency turns `std` back on.
+//! - `no-std`: builds the `no_std` crates without default features, checks that no
+//!   dependency turns `std` back on, and builds them for a target without `std`
+//!   (`thumbv7em-none-eabihf`, added with rustup when missing).
+//! - `msrv`: checks the workspace with its `rust-version`.
 //! - `bench --micro`: the criterion micro-benchmarks of every crate.
 //! - `bench [--quick] [--only TEXT] [--install] [--no-record]`: the end-to-end load
 //!   scenarios against our broker and Mosquitto (see `bench.rs`).
@@ -34,6 +37,7 @@ fn main() -> ExitCode {
     let result = match args.as_slice() {
         ["ci"] => ci(),
         ["no-std"] => no_std(),
+        ["msrv"] => msrv(),
         ["bench", "--micro"] => cargo(&["bench", "-p", "benches"]),
         ["bench", rest @ ..] => bench::run(rest),
         ["fuzz", rest @ ..] => fuzz(rest),
@@ -50,7 +54,7 @@ fn main() -> ExitCode {
     }
 }
 
-const USAGE: &str = "usage: cargo xtask <ci | no-std | bench [--micro | --quick | --only TEXT | --install | --no-record] | conformance [--check] | fuzz [TARGET] [SECONDS]>";
+const USAGE: &str = "usage: cargo xtask <ci | no-std | msrv | bench [--micro | --quick | --only TEXT | --install | --no-record] | conformance [--check] | fuzz [TARGET] [SECONDS]>";
 
 pub(crate) fn project_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -93,10 +97,61 @@ fn ci() -> Result {
         .args(["doc", "--workspace", "--no-deps", "--locked"])
         .env("RUSTDOCFLAGS", "-D warnings"))?;
     no_std()?;
+    msrv()?;
     conformance::run(true)?;
     deny()?;
     // The load scenarios, briefly, against our broker: delivery checks, not timing.
     bench::run(&["--quick"])
+}
+
+/// Checks the workspace with the oldest Rust it declares (`rust-version`), installed with
+/// rustup when missing, so that a dependency or a language feature that needs a newer
+/// one is caught here rather than by a user. Skipped, saying so, where rustup cannot
+/// install that toolchain.
+fn msrv() -> Result {
+    let manifest = project_root().join("Cargo.toml");
+    let text =
+        std::fs::read_to_string(&manifest).map_err(|e| format!("{}: {e}", manifest.display()))?;
+    let version = text
+        .lines()
+        .find_map(|line| {
+            let value = line.trim().strip_prefix("rust-version")?.trim();
+            Some(value.strip_prefix('=')?.trim().trim_matches('"').to_owned())
+        })
+        .ok_or_else(|| format!("{}: no rust-version", manifest.display()))?;
+    let rustup = |args: &[&str]| {
+        let mut cmd = Command::new("rustup");
+        cmd.args(args);
+        // What the outer cargo set would pick its toolchain over the one asked for.
+        for var in ["CARGO", "RUSTC", "RUSTDOC", "RUSTUP_TOOLCHAIN"] {
+            cmd.env_remove(var);
+        }
+        cmd
+    };
+    let installed = rustup(&["run", &version, "rustc", "--version"])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !installed
+        && run(&mut rustup(&[
+            "toolchain",
+            "install",
+            &version,
+            "--profile",
+            "minimal",
+        ]))
+        .is_err()
+    {
+        eprintln!("xtask: SKIPPED the MSRV check: rustup could not install Rust {version}");
+        return Ok(());
+    }
+    run(
+        rustup(&["run", &version, "cargo", "check", "--workspace", "--locked"]).env(
+            "CARGO_TARGET_DIR",
+            project_root().join("target").join("msrv"),
+        ),
+    )?;
+    eprintln!("xtask: the workspace builds with Rust {version}, its rust-version");
+    Ok(())
 }
 
 /// The test peers nobody here wrote: Debian's Mosquitto (broker and clients) and Python
@@ -181,6 +236,36 @@ fn no_std() -> Result {
         }
         eprintln!("xtask: {krate} builds as no_std and no dependency enables std");
     }
+    embedded()
+}
+
+/// A target with no standard library at all, where a stray `std` cannot even link: the
+/// Cortex-M4F of many devices.
+const EMBEDDED_TARGET: &str = "thumbv7em-none-eabihf";
+
+/// Builds the `no_std` crates for [`EMBEDDED_TARGET`], added with rustup when missing.
+/// Skipped, saying so, where rustup cannot add it.
+fn embedded() -> Result {
+    let added = Command::new("rustup")
+        .args(["target", "add", EMBEDDED_TARGET])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !added {
+        eprintln!("xtask: SKIPPED the {EMBEDDED_TARGET} build: rustup could not add the target");
+        return Ok(());
+    }
+    for krate in NO_STD_CRATES {
+        cargo(&[
+            "build",
+            "-p",
+            krate,
+            "--no-default-features",
+            "--locked",
+            "--target",
+            EMBEDDED_TARGET,
+        ])?;
+    }
+    eprintln!("xtask: the no_std crates build for {EMBEDDED_TARGET}");
     Ok(())
 }
 
