@@ -113,13 +113,22 @@ impl Events {
     }
 
     /// Forgets the events that only the connection just lost could act on: the peer's
-    /// DISCONNECT, an order to close, an AUTH exchange. Left queued, the next connection
-    /// would take them for its own. Messages, acknowledgements and the rest stay: they
-    /// belong to the session.
+    /// DISCONNECT, an order to close, an AUTH exchange, and SUBSCRIBE and UNSUBSCRIBE
+    /// requests, whose answer can only go back on the connection that asked (the client
+    /// saw no SUBACK or UNSUBACK, so for it they did not happen, as if lost on the way).
+    /// Left queued, the next connection would take them for its own: close at once, or
+    /// get an acknowledgement for a packet identifier it never used. Messages, their
+    /// acknowledgements and the rest stay: they belong to the session.
     pub(crate) fn forget_connection(&mut self) {
         self.order.retain(|q| match q {
             Queued::Closed { .. } => false,
-            Queued::Other(e) => !matches!(**e, Event::PeerDisconnected(_) | Event::Auth(_)),
+            Queued::Other(e) => !matches!(
+                **e,
+                Event::PeerDisconnected(_)
+                    | Event::Auth(_)
+                    | Event::Subscribe(_)
+                    | Event::Unsubscribe(_)
+            ),
             _ => true,
         });
     }
