@@ -322,7 +322,14 @@ async fn active<S: Duplex>(conn: &mut Conn<S>, mut rbuf: BytesMut, first_stretch
     // waits for room in this session meanwhile: its writer is gone.
     if !matches!(end, End::Shutdown) && !pending.is_empty() {
         let (shared, handle) = (&conn.shared, &conn.handle);
-        handle.stuck.store(true, Ordering::Relaxed);
+        // Unless another connection has taken the session over: that one writes (and
+        // clears the flag under the lock as it takes over).
+        {
+            let cell = handle.lock();
+            if cell.generation == conn.generation {
+                handle.stuck.store(true, Ordering::Relaxed);
+            }
+        }
         handle.space.notify_waiters();
         deliver_pending(shared, &mut pending).await;
     }
@@ -787,27 +794,16 @@ where
         let now = shared.now();
         for event in events.drain(..) {
             match event {
-                Event::Message(m, _)
-                    if m.retain && !shared.config.retain.enabled && version.is_v5() =>
-                {
-                    // [MQTT-3.2.2-14]: CONNACK said Retain Available 0; a retained PUBLISH
-                    // is answered with DISCONNECT 0x9A (Retain not supported).
-                    handle.lock().session.disconnect_explained(
-                        ReasonCode::RETAIN_NOT_SUPPORTED,
-                        "retained messages are not supported (Retain Available 0)",
-                    );
-                    again = true;
-                }
                 Event::Message(m, _) => {
                     received += 1;
                     shared.route(handle.key, m, &mut matches, Some(&mut *pending), now);
                 }
                 Event::Subscribe(s) => {
-                    subscribe(shared, handle, version, &s, &mut backlog);
+                    subscribe(shared, handle, generation, version, &s, &mut backlog);
                     again = true;
                 }
                 Event::Unsubscribe(u) => {
-                    unsubscribe(shared, handle, version, &u);
+                    unsubscribe(shared, handle, generation, version, &u);
                     again = true;
                 }
                 Event::PeerDisconnected(_) | Event::Closed { .. } => closed = true,
@@ -1016,6 +1012,19 @@ fn feed(
         match decoder.decode(rbuf) {
             Ok(Some(packet)) => {
                 received += 1;
+                if matches!(&packet, Packet::Publish(p) if p.retain)
+                    && !shared.config.retain.enabled
+                    && cell.session.version().is_v5()
+                {
+                    // [MQTT-3.2.2-14]: CONNACK said Retain Available 0; a retained
+                    // PUBLISH is answered with DISCONNECT 0x9A (Retain not supported),
+                    // here, where it is known to come from this connection.
+                    cell.session.disconnect_explained(
+                        ReasonCode::RETAIN_NOT_SUPPORTED,
+                        "retained messages are not supported (Retain Available 0)",
+                    );
+                    break;
+                }
                 if let Err(e) = cell.session.handle_packet(now, packet) {
                     debug!(client = %handle.client_id, error = %e, "protocol error");
                     cell.session.disconnect(e.reason);
@@ -1227,10 +1236,20 @@ fn will_message(will: mqtt_codec::Will) -> Message {
 fn subscribe(
     shared: &Shared,
     handle: &Arc<SessionHandle>,
+    generation: u64,
     version: ProtocolVersion,
     s: &Subscribe,
     backlog: &mut VecDeque<RetainedBacklog>,
 ) {
+    // Under the session's lock, so that a takeover cannot fall between the index and
+    // the session: the index takes no session lock, so the order is safe.
+    let mut cell = handle.lock();
+    if cell.generation != generation {
+        // Polled just before another connection took the session over: its SUBACK
+        // could only go to that one, so it goes with this connection, as the session
+        // does with the requests it still held (`connection_lost`).
+        return;
+    }
     let mut codes = Vec::with_capacity(s.subscriptions.len());
     let mut retained_for = Vec::new();
     for sub in &s.subscriptions {
@@ -1263,7 +1282,8 @@ fn subscribe(
             ));
         }
     }
-    handle.lock().session.suback(s, codes);
+    cell.session.suback(s, codes);
+    drop(cell);
     backlog.extend(
         retained_for
             .into_iter()
@@ -1383,9 +1403,15 @@ fn pump_retained(
 fn unsubscribe(
     shared: &Shared,
     handle: &Arc<SessionHandle>,
+    generation: u64,
     version: ProtocolVersion,
     u: &Unsubscribe,
 ) {
+    // As in `subscribe`: under the lock, and only for the session's own connection.
+    let mut cell = handle.lock();
+    if cell.generation != generation {
+        return;
+    }
     let codes = u
         .filters
         .iter()
@@ -1398,7 +1424,7 @@ fn unsubscribe(
         })
         .collect::<Vec<_>>();
     let codes = if version.is_v5() { codes } else { Vec::new() };
-    handle.lock().session.unsuback(u, codes);
+    cell.session.unsuback(u, codes);
 }
 
 #[cfg(test)]

@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use bytes::BytesMut;
-use mqtt_codec::{ByteStr, Connect, Decoder, Packet, ProtocolVersion, ReasonCode};
+use mqtt_codec::{ByteStr, Connect, Decoder, Packet, ProtocolVersion, QoS, ReasonCode};
 use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},
     net::TcpStream,
@@ -186,7 +186,7 @@ async fn slow_subscriber_does_not_stall_others() {
     let sub = mqtt_codec::Subscribe::new(
         mqtt_codec::PacketId::MIN,
         ByteStr::from_static("load/#"),
-        mqtt_codec::QoS::AtLeastOnce,
+        QoS::AtLeastOnce,
     );
     send(&mut slow, sub.into(), v).await;
     // The fast one reads everything.
@@ -202,7 +202,7 @@ async fn slow_subscriber_does_not_stall_others() {
         mqtt_codec::Subscribe::new(
             mqtt_codec::PacketId::MIN,
             ByteStr::from_static("load/#"),
-            mqtt_codec::QoS::AtMostOnce,
+            QoS::AtMostOnce,
         )
         .into(),
         v,
@@ -269,7 +269,7 @@ async fn topic_alias_from_client() {
         mqtt_codec::Subscribe::new(
             mqtt_codec::PacketId::MIN,
             ByteStr::from_static("a/#"),
-            mqtt_codec::QoS::AtMostOnce,
+            QoS::AtMostOnce,
         )
         .into(),
         v,
@@ -346,7 +346,7 @@ async fn shared_qos1_of_an_ended_session_goes_to_another_member() {
         mqtt_codec::Subscribe::new(
             mqtt_codec::PacketId::new(id).unwrap(),
             ByteStr::from_static("$share/workers/jobs"),
-            mqtt_codec::QoS::AtLeastOnce,
+            QoS::AtLeastOnce,
         )
     };
     // Member A (Session Expiry 0: its session ends with its connection).
@@ -403,7 +403,7 @@ async fn shared_qos2_of_an_ended_session_is_not_redistributed() {
     let sub = mqtt_codec::Subscribe::new(
         mqtt_codec::PacketId::MIN,
         ByteStr::from_static("$share/workers/jobs2"),
-        mqtt_codec::QoS::ExactlyOnce,
+        QoS::ExactlyOnce,
     );
     let mut a = TcpStream::connect(addr).await.unwrap();
     send(
@@ -507,31 +507,35 @@ async fn disconnect_explains_the_error() {
 }
 
 // 5.0 MQTT-3.2.2-14 seen from the server: with retained messages disabled, CONNACK says
-// Retain Available 0 and a retained PUBLISH is answered with DISCONNECT 0x9A.
+// Retain Available 0 and a retained PUBLISH is answered with DISCONNECT 0x9A, not
+// acknowledged first.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn retain_not_available() {
     let (broker, addr) = broker_with(|c| c.retain.enabled = false).await;
     let v = ProtocolVersion::V5;
-    let mut s = TcpStream::connect(addr).await.unwrap();
-    send(
-        &mut s,
-        Connect::new(v, ByteStr::from_static("keeper")).into(),
-        v,
-    )
-    .await;
-    let mut p =
-        mqtt_codec::Publish::new(ByteStr::from_static("r"), bytes::Bytes::from_static(b"x"));
-    p.retain = true;
-    send(&mut s, p.into(), v).await;
-    let packets = read_until_closed(&mut s, v).await;
-    let Some(Packet::ConnAck(ack)) = packets.first() else {
-        panic!("{packets:?}")
-    };
-    assert_eq!(ack.properties.retain_available, Some(false));
-    assert!(
-        matches!(packets.last(), Some(Packet::Disconnect(d)) if d.reason_code == ReasonCode::RETAIN_NOT_SUPPORTED),
-        "{packets:?}"
-    );
+    for qos in [QoS::AtMostOnce, QoS::AtLeastOnce] {
+        let mut s = TcpStream::connect(addr).await.unwrap();
+        send(
+            &mut s,
+            Connect::new(v, ByteStr::from_static("keeper")).into(),
+            v,
+        )
+        .await;
+        let mut p =
+            mqtt_codec::Publish::new(ByteStr::from_static("r"), bytes::Bytes::from_static(b"x"));
+        p.retain = true;
+        p.qos_pid = mqtt_codec::QosPid::new(qos, mqtt_codec::PacketId::MIN);
+        send(&mut s, p.into(), v).await;
+        let packets = read_until_closed(&mut s, v).await;
+        let Some(Packet::ConnAck(ack)) = packets.first() else {
+            panic!("{packets:?}")
+        };
+        assert_eq!(ack.properties.retain_available, Some(false));
+        assert!(
+            matches!(packets.get(1..), Some([Packet::Disconnect(d)]) if d.reason_code == ReasonCode::RETAIN_NOT_SUPPORTED),
+            "{qos:?}: {packets:?}"
+        );
+    }
     broker.shutdown().await;
 }
 
