@@ -112,13 +112,16 @@ fn msrv() -> Result {
     let manifest = project_root().join("Cargo.toml");
     let text =
         std::fs::read_to_string(&manifest).map_err(|e| format!("{}: {e}", manifest.display()))?;
+    // `rust-version = "1.85"`, perhaps with a comment after it.
     let version = text
         .lines()
         .find_map(|line| {
             let value = line.trim().strip_prefix("rust-version")?.trim();
-            Some(value.strip_prefix('=')?.trim().trim_matches('"').to_owned())
+            let quoted = value.strip_prefix('=')?.trim().strip_prefix('"')?;
+            quoted.split_once('"').map(|(v, _)| v.to_owned())
         })
-        .ok_or_else(|| format!("{}: no rust-version", manifest.display()))?;
+        .filter(|v| !v.is_empty() && v.chars().all(|c| c.is_ascii_digit() || c == '.'))
+        .ok_or_else(|| format!("{}: no rust-version = \"x.y\"", manifest.display()))?;
     let rustup = |args: &[&str]| {
         let mut cmd = Command::new("rustup");
         cmd.args(args);
@@ -246,12 +249,27 @@ const EMBEDDED_TARGET: &str = "thumbv7em-none-eabihf";
 /// Builds the `no_std` crates for [`EMBEDDED_TARGET`], added with rustup when missing.
 /// Skipped, saying so, where rustup cannot add it.
 fn embedded() -> Result {
-    let added = Command::new("rustup")
+    // Added with rustup if it can; what counts is whether the compiler has it then.
+    let _ = Command::new("rustup")
         .args(["target", "add", EMBEDDED_TARGET])
+        .output();
+    // The compiler cargo uses may not be rustup's (a distribution's cargo first in PATH).
+    let rustc = env::var_os("CARGO").map_or_else(
+        || PathBuf::from("rustc"),
+        |cargo| PathBuf::from(cargo).with_file_name("rustc"),
+    );
+    let has_target = Command::new(&rustc)
+        .args(["--print", "target-libdir", "--target", EMBEDDED_TARGET])
         .output()
-        .is_ok_and(|o| o.status.success());
-    if !added {
-        eprintln!("xtask: SKIPPED the {EMBEDDED_TARGET} build: rustup could not add the target");
+        .ok()
+        .filter(|o| o.status.success())
+        .is_some_and(|o| Path::new(String::from_utf8_lossy(&o.stdout).trim()).is_dir());
+    if !has_target {
+        eprintln!(
+            "xtask: SKIPPED the {EMBEDDED_TARGET} build: the target is not installed for {} \
+             and rustup could not add it",
+            rustc.display()
+        );
         return Ok(());
     }
     for krate in NO_STD_CRATES {
