@@ -113,12 +113,13 @@ impl Events {
     }
 
     /// Forgets the events that only the connection just lost could act on: the peer's
-    /// DISCONNECT, an order to close, an AUTH exchange, and SUBSCRIBE and UNSUBSCRIBE
-    /// requests, whose answer can only go back on the connection that asked (the client
-    /// saw no SUBACK or UNSUBACK, so for it they did not happen, as if lost on the way).
-    /// Left queued, the next connection would take them for its own: close at once, or
-    /// get an acknowledgement for a packet identifier it never used. Messages, their
-    /// acknowledgements and the rest stay: they belong to the session.
+    /// DISCONNECT, an order to close, an AUTH exchange, the CONNACK's verdict (client
+    /// end), and SUBSCRIBE and UNSUBSCRIBE requests (server end), whose answer can only
+    /// go back on the connection that asked (the client saw no SUBACK or UNSUBACK, so
+    /// for it they did not happen, as if lost on the way). Left queued, the next
+    /// connection would take them for its own: close at once, believe itself connected,
+    /// or get an acknowledgement for a packet identifier it never used. Messages, their
+    /// acknowledgements, SUBACKs received and the rest stay: they belong to the session.
     pub(crate) fn forget_connection(&mut self) {
         self.order.retain(|q| match q {
             Queued::Closed { .. } => false,
@@ -126,6 +127,8 @@ impl Events {
                 **e,
                 Event::PeerDisconnected(_)
                     | Event::Auth(_)
+                    | Event::Connected(_)
+                    | Event::Refused(_)
                     | Event::Subscribe(_)
                     | Event::Unsubscribe(_)
             ),

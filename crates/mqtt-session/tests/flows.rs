@@ -408,6 +408,25 @@ fn a_new_connection_does_not_inherit_the_old_ones_requests() {
     }
 }
 
+/// The client end likewise: a CONNACK read on a connection lost before its events were
+/// polled does not make the session look connected to whoever polls next.
+#[test]
+fn a_lost_connections_connack_is_not_reported_after_it() {
+    let mut client = ClientSession::new(options(V311));
+    client.connect(Instant::ZERO);
+    let ack = mqtt_codec::ConnAck::new(false, ReasonCode::SUCCESS);
+    client
+        .handle_packet(Instant::ZERO, Packet::ConnAck(Box::new(ack)))
+        .unwrap();
+    client.connection_lost(Instant::ZERO);
+    let events: Vec<_> = std::iter::from_fn(|| client.poll_event()).collect();
+    assert!(
+        events.iter().all(|e| !matches!(e, Event::Connected(_))),
+        "{events:?}"
+    );
+    assert!(!client.is_connected());
+}
+
 // ---- bounded queues ------------------------------------------------------------------
 
 #[test]
