@@ -1702,4 +1702,62 @@ mod tests {
             }
         });
     }
+
+    /// A SUBSCRIBE or UNSUBSCRIBE that a connection polled just before another one took
+    /// its session over changes nothing: not the index, not the session, and no
+    /// acknowledgement is queued for the new connection. The same requests from the
+    /// session's own connection do.
+    #[test]
+    fn requests_polled_before_a_takeover_change_nothing() {
+        use mqtt_codec::{Connect, PacketId, QoS, Subscribe, Unsubscribe};
+        use mqtt_topics::{Matches, TopicName};
+
+        let v = ProtocolVersion::V3_1_1;
+        let shared = Arc::new(Shared::new(Config::default()));
+        let handle = shared.session(&ByteStr::from_static("c"));
+        let now = shared.now();
+        let current = {
+            let mut cell = handle.lock();
+            cell.generation += 2;
+            let connect = Connect::new(v, ByteStr::from_static("c"));
+            cell.session.accept(now, &connect, Default::default());
+            cell.generation
+        };
+        let stale = current - 1;
+        let subscribed = || {
+            let mut m = Matches::new();
+            shared.index.matches(TopicName::new("t/x").unwrap(), &mut m);
+            m.subscription_count()
+        };
+        let acks = || {
+            let mut cell = handle.lock();
+            std::iter::from_fn(|| cell.session.poll_transmit(now))
+                .filter(|p| matches!(p, Packet::SubAck(_) | Packet::UnsubAck(_)))
+                .count()
+        };
+        let sub = Subscribe::new(PacketId::MIN, ByteStr::from_static("t/#"), QoS::AtLeastOnce);
+        let unsub = Unsubscribe {
+            packet_id: PacketId::MIN,
+            filters: vec![ByteStr::from_static("t/#")],
+            properties: Default::default(),
+        };
+        let mut backlog = std::collections::VecDeque::new();
+
+        super::subscribe(&shared, &handle, stale, v, &sub, &mut backlog);
+        assert_eq!((subscribed(), acks()), (0, 0), "a stale SUBSCRIBE");
+        super::subscribe(&shared, &handle, current, v, &sub, &mut backlog);
+        assert_eq!(
+            (subscribed(), acks()),
+            (1, 1),
+            "the connection's own SUBSCRIBE"
+        );
+        super::unsubscribe(&shared, &handle, stale, v, &unsub);
+        assert_eq!((subscribed(), acks()), (1, 0), "a stale UNSUBSCRIBE");
+        super::unsubscribe(&shared, &handle, current, v, &unsub);
+        assert_eq!(
+            (subscribed(), acks()),
+            (0, 1),
+            "the connection's own UNSUBSCRIBE"
+        );
+    }
 }
