@@ -6,7 +6,7 @@ use core::{fmt, ops::Range};
 use crate::{
     Filter, TopicFilter, TopicName,
     hash::{default_seed, edge_of, level_hash},
-    trie::{NONE, Payload, ROOT, Trie},
+    trie::{NONE, Payload, ROOT, ROOT_PATH, Trie},
 };
 
 /// Whether a subscription's filter ends at its node or continues with `/#`.
@@ -229,7 +229,7 @@ impl<'t> Levels<'t> {
         let end = topic.len() + 1;
         let mut pos = 0;
         let mut count = 0;
-        let mut path = trie.root_path();
+        let mut path = ROOT_PATH;
         for slot in &mut known {
             if pos == end {
                 break;

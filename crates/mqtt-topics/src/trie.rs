@@ -31,6 +31,8 @@ use crate::hash::{edge_of, level_hash};
 pub(crate) const NONE: u32 = u32::MAX;
 /// The root: the node before the first level.
 pub(crate) const ROOT: u32 = 0;
+/// The path hash of the root, from which every edge key continues.
+pub(crate) const ROOT_PATH: u32 = 0;
 
 const CHUNK_BITS: u32 = 10;
 const CHUNK: usize = 1 << CHUNK_BITS;
@@ -314,7 +316,7 @@ impl<T: Payload> Trie<T> {
             seed,
             compress,
         };
-        trie.alloc(b"", NONE, 0);
+        trie.alloc(b"", NONE, ROOT_PATH);
         trie
     }
 
@@ -358,12 +360,6 @@ impl<T: Payload> Trie<T> {
     #[inline]
     pub(crate) fn is_large(&self) -> bool {
         self.edges.slots.len() >= PREFETCH_ABOVE
-    }
-
-    /// The path hash of the root.
-    #[inline]
-    pub(crate) fn root_path(&self) -> u32 {
-        self.node(ROOT).map_or(0, |n| n.path)
     }
 
     /// The path hash of `id`, or 0 if there is no such node.
