@@ -6,17 +6,17 @@
 //! (payload shared, not copied) to each subscriber's session, whose queue is the bounded
 //! outbox, then wakes that subscriber's task.
 //!
-//! A connected subscriber whose queue is full pushes back instead of losing messages:
-//! the delivery is handed back as a [`Pending`], and the publishing connection holds it
-//! and reads nothing more until the subscriber's writer makes room (it signals
-//! [`SessionHandle::space`]). A subscriber that makes no room within
-//! `limits.slow_subscriber_ms` is marked stuck, and messages for it are dropped (and
-//! counted) until it has emptied its queue or reconnected, so one dead reader cannot
-//! stall the rest.
+//! A publisher never waits on a subscriber. Each session's queue is bounded (messages
+//! and bytes, `limits.max_queued_messages` / `max_queued_bytes`); when a subscriber's
+//! queue is full, the overflow policy applies to that subscriber alone (QoS 0 first,
+//! then the new message is dropped) and the drop is counted and logged at a rate limit
+//! ([`Shared::overflow`]). A global budget of queued bytes
+//! (`limits.max_queued_bytes_total`) protects the process from many slow subscribers
+//! at once: past it, only subscribers with an empty queue take new messages.
 
 use std::{
     borrow::Borrow,
-    collections::{BTreeMap, HashSet, VecDeque},
+    collections::{BTreeMap, HashSet},
     hash::{Hash, Hasher},
     net::SocketAddr,
     sync::{
@@ -55,13 +55,6 @@ pub(crate) struct SessionHandle {
     cell: Mutex<SessionCell>,
     /// Wakes the task that writes this session's packets.
     pub(crate) notify: Notify,
-    /// Wakes publishers waiting for room in this session's queue.
-    pub(crate) space: Notify,
-    /// Publishers waiting on `space`: the writer signals only when someone waits.
-    pub(crate) waiting: AtomicUsize,
-    /// A publisher waited `slow_subscriber_ms` in vain: drop instead of waiting until the
-    /// queue is empty again.
-    pub(crate) stuck: AtomicBool,
 }
 
 /// A session in the registry, found by its client identifier: the handle holds the
@@ -91,46 +84,6 @@ impl Hash for Registered {
     }
 }
 
-/// A message offered to a session: new from routing, or held and offered again. A held
-/// one is already boxed, so handing it back once more allocates nothing.
-#[derive(Debug)]
-// Passed once by value and taken apart at once: boxing the new message would add the
-// very allocation this type exists to avoid.
-#[allow(clippy::large_enum_variant)]
-enum Offered {
-    New(Message),
-    Held(Box<Message>),
-}
-
-impl Offered {
-    fn into_box(self) -> Box<Message> {
-        match self {
-            Self::New(m) => Box::new(m),
-            Self::Held(b) => b,
-        }
-    }
-
-    fn into_message(self) -> Message {
-        match self {
-            Self::New(m) => m,
-            Self::Held(b) => *b,
-        }
-    }
-}
-
-/// A delivery refused for a full queue, held by the publishing connection until the
-/// subscriber makes room.
-#[derive(Debug)]
-pub(crate) struct Pending {
-    pub(crate) handle: Arc<SessionHandle>,
-    message: Box<Message>,
-    /// The shared-subscription group it was picked from.
-    group: Option<GroupId>,
-    /// When a publisher began to wait on it (first in line); `slow_subscriber_ms` counts
-    /// from there.
-    pub(crate) waited_since: Option<tokio::time::Instant>,
-}
-
 #[derive(Debug)]
 pub(crate) struct SessionCell {
     pub(crate) session: ServerSession,
@@ -139,6 +92,9 @@ pub(crate) struct SessionCell {
     pub(crate) generation: u64,
     /// The session expired and was removed from the registry.
     pub(crate) gone: bool,
+    /// Bytes of this session's queues counted in [`Shared::queued_total`] (see
+    /// [`Shared::account`]).
+    charged: usize,
     /// What only some sessions hold, boxed on first use: 8 bytes for the others.
     extra: Option<Box<CellExtra>>,
     /// The session's connection, parked without a task while idle (see `parking`).
@@ -202,13 +158,6 @@ impl SessionCell {
         {
             self.extra = None;
         }
-    }
-
-    /// Messages waiting to go out: queued or in flight in the session, and encoded;
-    /// none means a stuck subscriber has caught up.
-    pub(crate) fn waiting_messages(&self) -> usize {
-        self.session.pending_messages()
-            + self.extra.as_ref().map_or(0, |x| x.encoded_count as usize)
     }
 
     /// Bytes of encoded packets waiting.
@@ -313,32 +262,14 @@ impl SessionHandle {
     }
 }
 
-/// Messages a connected subscriber's session holds (queued and in flight) before
-/// publishers wait: enough for a few full writes; more would only hold memory, as the
-/// socket's buffers already keep the writer busy.
-const ONLINE_QUEUE: usize = 256;
-
-/// Whether a connected session takes another message now, or its publishers wait:
-/// fewer than [`online_limit`] messages in the session, and less than `ENCODED_BYTES`
-/// of encoded packets (small QoS 0 packets of a fan-out are cheap to hold, and the more
-/// a wake-up finds, the fewer writes it takes).
-pub(crate) fn has_room(cell: &SessionCell) -> bool {
-    cell.session.pending_messages() < online_limit(&cell.session)
-        && cell.encoded_len() < ENCODED_BYTES
-        && cell.session.queue_room() > 0
-}
-
-/// The messages a connected session holds before publishers wait: `ONLINE_QUEUE`, or
-/// for an in-flight window configured larger than that, the window and a quarter of
-/// `ONLINE_QUEUE` more, so that the window can fill (`limits.max_inflight`).
-fn online_limit(session: &ServerSession) -> usize {
-    ONLINE_QUEUE.max(session.inflight_window() + ONLINE_QUEUE / 4)
-}
-
-/// The most bytes of encoded packets a session holds before publishers wait: one full
-/// write. Measured on fan-out 1 -> 100 at QoS 0 against holding 256 packets: 0.185 ->
-/// 0.151 CPU s per million deliveries, 6.6 -> 15.5 MiB peak.
+/// The most bytes of encoded packets a session holds before its messages go the usual
+/// way, through its queue: one full write. Measured on fan-out 1 -> 100 at QoS 0
+/// against holding 256 packets: 0.185 -> 0.151 CPU s per million deliveries, 6.6 ->
+/// 15.5 MiB peak.
 const ENCODED_BYTES: usize = crate::connection::WRITE_HIGH_WATER;
+
+/// At most one log line about dropped messages per this many milliseconds.
+const DROP_LOG_INTERVAL_MS: u64 = 10_000;
 
 /// One subscriber's terms for a routed message: its session, the highest QoS its
 /// matching subscriptions granted, whether any keeps RETAIN as published, and their
@@ -440,7 +371,17 @@ pub(crate) struct Stats {
     pub(crate) bytes_sent: AtomicU64,
     pub(crate) publish_received: AtomicU64,
     pub(crate) publish_sent: AtomicU64,
+    /// Messages not delivered to a subscriber, for any reason (the sum of the
+    /// reasons below and of messages expired in a queue).
     pub(crate) publish_dropped: AtomicU64,
+    /// Of those: the subscriber's queue was full.
+    pub(crate) dropped_queue_full: AtomicU64,
+    /// Of those: the global budget of queued bytes was spent.
+    pub(crate) dropped_memory_budget: AtomicU64,
+    /// Of those: a QoS 0 message for a disconnected session.
+    pub(crate) dropped_offline: AtomicU64,
+    /// PUBLISH packets refused to their sender (for example to `$SYS/`).
+    pub(crate) publish_refused: AtomicU64,
     pub(crate) connections_total: AtomicU64,
 }
 
@@ -459,6 +400,11 @@ pub(crate) struct Shared {
     retained_count: AtomicUsize,
     /// Of those, the broker's own `$SYS` topics (never removed).
     retained_sys: AtomicUsize,
+    /// Bytes queued in all sessions (queues and encoded packets), against
+    /// `limits.max_queued_bytes_total`.
+    pub(crate) queued_total: AtomicUsize,
+    /// When the last line about dropped messages was logged (session time, ms).
+    last_drop_log: AtomicU64,
     /// Retained messages with an expiry: the purge runs only while there are some.
     retained_expiring: AtomicUsize,
     pub(crate) stats: Stats,
@@ -492,6 +438,8 @@ impl Shared {
                 .collect(),
             retained_count: AtomicUsize::new(0),
             retained_sys: AtomicUsize::new(0),
+            queued_total: AtomicUsize::new(0),
+            last_drop_log: AtomicU64::new(0),
             retained_expiring: AtomicUsize::new(0),
             stats: Stats::default(),
             next_key: AtomicU64::new(1),
@@ -630,14 +578,12 @@ impl Shared {
                 session: ServerSession::new(client_id.clone(), Arc::clone(&self.limits)),
                 generation: 0,
                 gone: false,
+                charged: 0,
                 extra: None,
                 #[cfg(unix)]
                 parked: None,
             }),
             notify: Notify::new(),
-            space: Notify::new(),
-            waiting: AtomicUsize::new(0),
-            stuck: AtomicBool::new(false),
         });
         registry.insert(Registered(Arc::clone(&handle)));
         handle
@@ -663,6 +609,7 @@ impl Shared {
             }
             drop(registry);
             cell.gone = true;
+            self.uncharge(&mut cell);
             let filters: Vec<ByteStr> = cell
                 .session
                 .subscriptions()
@@ -840,21 +787,21 @@ impl Shared {
             .map(|s| s.read().unwrap_or_else(std::sync::PoisonError::into_inner))
     }
 
-    /// Routes a message published by session `from` to every matching subscriber.
-    /// `matches` is a reusable buffer, so routing allocates nothing per message in the
-    /// steady state beyond the copies each subscriber gets. Deliveries refused for a
-    /// full queue go to `pending` (the caller waits for room), or are dropped when there
-    /// is nowhere to hold them (wills of ended connections, `$SYS`).
+    /// Routes a message published by session `from` to every matching subscriber, and
+    /// says to how many sessions it went (shared-subscription groups count once):
+    /// none is 5.0's "No matching subscribers". `matches` is a reusable buffer, so
+    /// routing allocates nothing per message in the steady state beyond the copies each
+    /// subscriber gets. Nothing here waits: a subscriber that cannot take the message
+    /// loses it ([`Shared::overflow`]).
     pub(crate) fn route(
         &self,
         from: u64,
         message: Message,
         matches: &mut Matches<u64, Sub>,
-        mut pending: Option<&mut VecDeque<Pending>>,
         now: mqtt_session::Instant,
-    ) {
+    ) -> usize {
         let Ok(topic) = TopicName::new(&message.topic) else {
-            return;
+            return 0;
         };
         if message.retain {
             self.retain(&message);
@@ -868,6 +815,7 @@ impl Shared {
         // Recipients that take the message as encoded bytes need no copy of it at all.
         let mut encoded = Encoded::default();
         let mut previous = None;
+        let mut recipients = 0;
         for subscriber in matches.subscribers() {
             let key = *subscriber.key();
             let mut handle = None;
@@ -889,6 +837,7 @@ impl Shared {
             let (Some(handle), Some(granted)) = (handle, granted) else {
                 continue;
             };
+            recipients += 1;
             let next = Recipient {
                 handle,
                 granted,
@@ -896,30 +845,25 @@ impl Shared {
                 ids,
             };
             if let Some(to) = previous.replace(next) {
-                self.deliver_copy(to, &mut encoded, &message, now, pending.as_deref_mut());
+                self.deliver_copy(to, &mut encoded, &message, now);
             }
         }
         let mut groups = matches.shared().peekable();
         if let Some(to) = previous {
             if groups.peek().is_some() {
-                self.deliver_copy(to, &mut encoded, &message, now, pending.as_deref_mut());
-            } else if !self.deliver_encoded(&to, &mut encoded, &message, pending.as_deref()) {
+                self.deliver_copy(to, &mut encoded, &message, now);
+            } else if !self.deliver_encoded(&to, &mut encoded, &message) {
                 // The last recipient takes the message itself.
                 let h = to.handle;
-                self.deliver(h, now, to.shape(message), None, pending);
-                return;
+                self.deliver(h, now, to.shape(message), None);
+                return recipients;
             }
         }
         for group in groups {
-            self.deliver_to_group(
-                group.id(),
-                group.members(),
-                &message,
-                now,
-                None,
-                pending.as_deref_mut(),
-            );
+            recipients += 1;
+            self.deliver_to_group(group.id(), group.members(), &message, now, None);
         }
+        recipients
     }
 
     /// Delivers `message` to `to`: as encoded bytes if it can take them, else as a copy
@@ -930,29 +874,18 @@ impl Shared {
         encoded: &mut Encoded,
         message: &Message,
         now: mqtt_session::Instant,
-        pending: Option<&mut VecDeque<Pending>>,
     ) {
-        if !self.deliver_encoded(&to, encoded, message, pending.as_deref()) {
+        if !self.deliver_encoded(&to, encoded, message) {
             let h = to.handle;
-            self.deliver(h, now, to.shape(message.clone()), None, pending);
+            self.deliver(h, now, to.shape(message.clone()), None);
         }
     }
 
     /// Queues `message` on a connection as encoded bytes shared with its other
     /// subscribers, if it and the session allow it (see [`Encoded`]) and the session
-    /// has room; false if it must go the usual way. Never while `pending` holds
-    /// deliveries: they go first.
-    fn deliver_encoded(
-        &self,
-        to: &Recipient<'_>,
-        encoded: &mut Encoded,
-        message: &Message,
-        pending: Option<&VecDeque<Pending>>,
-    ) -> bool {
-        if !to.ids.is_empty()
-            || !Encoded::suits(message, to.granted)
-            || pending.is_some_and(|p| !p.is_empty())
-        {
+    /// holds less than `ENCODED_BYTES` of them; false if it must go the usual way.
+    fn deliver_encoded(&self, to: &Recipient<'_>, encoded: &mut Encoded, message: &Message) -> bool {
+        if !to.ids.is_empty() || !Encoded::suits(message, to.granted) {
             return false;
         }
         // A packet is longer than its message's topic and payload: one that cannot fit
@@ -962,7 +895,8 @@ impl Shared {
         }
         let handle = to.handle;
         let mut cell = handle.lock();
-        if !has_room(&cell) || !cell.session.takes_encoded_publish(0) {
+        if !cell.session.takes_encoded_publish(0) || (cell.encoded_len() > 0 && self.over_budget())
+        {
             return false;
         }
         let version = cell.session.version();
@@ -976,6 +910,7 @@ impl Shared {
             return false;
         }
         cell.push_encoded(packet);
+        self.account(&mut cell);
         self.wake_locked(handle, cell);
         true
     }
@@ -990,7 +925,6 @@ impl Shared {
         message: &Message,
         now: mqtt_session::Instant,
         exclude: Option<u64>,
-        pending: Option<&mut VecDeque<Pending>>,
     ) {
         let candidates = || members.iter().filter(|(key, _)| Some(*key) != exclude);
         let count = candidates().count();
@@ -1000,7 +934,7 @@ impl Shared {
         let start = self.stats.publish_received.load(Ordering::Relaxed) as usize % count;
         let ready = |s: &Sub| {
             let cell = s.handle.lock();
-            cell.session.is_connected() && has_room(&cell)
+            cell.session.is_connected() && cell.session.queued_messages() == 0
         };
         let pick = candidates()
             .cycle()
@@ -1008,11 +942,10 @@ impl Shared {
             .take(count)
             .find(|(_, s)| ready(s))
             .or_else(|| {
-                candidates()
-                    .cycle()
-                    .skip(start)
-                    .take(count)
-                    .find(|(_, s)| s.handle.lock().session.is_connected())
+                candidates().cycle().skip(start).take(count).find(|(_, s)| {
+                    let cell = s.handle.lock();
+                    cell.session.is_connected() && cell.session.queue_room() > 0
+                })
             })
             .or_else(|| candidates().nth(start));
         let Some((_, sub)) = pick else { return };
@@ -1021,7 +954,7 @@ impl Shared {
         out.retain = message.retain && sub.options.retain_as_published;
         out.properties
             .set_subscription_identifiers(sub.identifier.into_iter().collect());
-        self.deliver(&sub.handle, now, out, Some(group), pending);
+        self.deliver(&sub.handle, now, out, Some(group));
     }
 
     /// A session ended: its unacknowledged QoS 1 messages from shared subscriptions go to
@@ -1041,60 +974,29 @@ impl Shared {
             matches.clear();
             self.index.matches(topic, &mut matches);
             if let Some(g) = matches.shared().find(|g| g.id() == group) {
-                self.deliver_to_group(group, g.members(), &message, now, Some(from.key), None);
+                self.deliver_to_group(group, g.members(), &message, now, Some(from.key));
             }
         }
     }
 
-    /// Queues a message on a session and wakes its writer; a refusal for a full queue
-    /// goes to `pending` if given, else the message is dropped.
+    /// Queues a message on a session and wakes its writer. A session that cannot take
+    /// it (its queue is full, the global budget is spent, QoS 0 while it is offline)
+    /// loses it, and only it: see [`Shared::overflow`].
     pub(crate) fn deliver(
         &self,
         handle: &Arc<SessionHandle>,
         now: mqtt_session::Instant,
         message: Message,
         group: Option<GroupId>,
-        pending: Option<&mut VecDeque<Pending>>,
     ) {
-        // Behind a held delivery everything waits its turn, or a later message could
-        // overtake it.
-        let held = match pending {
-            Some(ref p) if !p.is_empty() => Err(Box::new(message)),
-            _ => self.offer(handle, now, Offered::New(message), group),
-        };
-        if let Err(message) = held {
-            match pending {
-                Some(pending) => pending.push_back(Pending {
-                    handle: Arc::clone(handle),
-                    message,
-                    group,
-                    waited_since: None,
-                }),
-                None => {
-                    self.stats.publish_dropped.fetch_add(1, Ordering::Relaxed);
-                }
-            }
-        }
-    }
-
-    /// Queues a message on a session. `Err` hands it back when the session is connected,
-    /// not stuck, and its queue is full: waiting for room will help. Any other refusal
-    /// drops it (and counts it).
-    fn offer(
-        &self,
-        handle: &Arc<SessionHandle>,
-        now: mqtt_session::Instant,
-        message: Offered,
-        group: Option<GroupId>,
-    ) -> Result<(), Box<Message>> {
         let mut cell = handle.lock();
-        let waits = cell.session.is_connected() && !handle.stuck.load(Ordering::Relaxed);
-        if waits && !has_room(&cell) {
-            // Full: wait for room rather than have the session make some by evicting
-            // (a search of its whole queue for QoS 0 messages, on every retry).
-            return Err(message.into_box());
+        // Past the global budget only a session with nothing queued takes more: each
+        // subscriber keeps moving, and the slow ones stop growing.
+        if cell.session.queued_messages() > 0 && self.over_budget() {
+            drop(cell);
+            self.overflow(handle, DropReason::QueueFull, true);
+            return;
         }
-        let message = message.into_message();
         // A QoS 1 message from a shared subscription is kept to hand to another member
         // should this one leave without acknowledging it.
         let keep = (group.is_some() && message.qos == QoS::AtLeastOnce).then(|| message.clone());
@@ -1103,68 +1005,76 @@ impl Shared {
                 if let (Some(group), Some(copy)) = (group, keep) {
                     cell.keep_shared(id, group, copy);
                 }
+                self.account(&mut cell);
                 self.wake_locked(handle, cell);
-                Ok(())
             }
-            Err(refused) if refused.reason == DropReason::QueueFull && waits => {
-                Err(refused.message)
-            }
-            Err(_) => {
-                self.stats.publish_dropped.fetch_add(1, Ordering::Relaxed);
-                Ok(())
+            Err(refused) => {
+                drop(cell);
+                self.overflow(handle, refused.reason, false);
             }
         }
     }
 
-    /// Offers a held delivery again; hands it back if the queue is still full.
-    pub(crate) fn retry(
-        &self,
-        pending: Pending,
-        now: mqtt_session::Instant,
-    ) -> Result<(), Pending> {
-        let Pending {
-            handle,
-            message,
-            group,
-            waited_since,
-        } = pending;
-        // Already shaped for its subscriber: its QoS, RETAIN and identifiers are final.
-        let to = Recipient {
-            handle: &handle,
-            granted: message.qos,
-            retain_as_published: true,
-            ids: Vec::new(),
-        };
-        if group.is_none()
-            && message.properties.subscription_identifiers.is_empty()
-            && self.deliver_encoded(&to, &mut Encoded::default(), &message, None)
+    /// The overflow policy's last step: a message `handle`'s session could not take is
+    /// dropped, counted by reason for `$SYS`, and logged at most once per
+    /// `DROP_LOG_INTERVAL_MS`. This is where a durable store would take an overflowing
+    /// persistent session's message to disk instead.
+    pub(crate) fn overflow(&self, handle: &SessionHandle, reason: DropReason, budget: bool) {
+        let stats = &self.stats;
+        stats.publish_dropped.fetch_add(1, Ordering::Relaxed);
+        if budget {
+            stats.dropped_memory_budget.fetch_add(1, Ordering::Relaxed);
+        } else if reason == DropReason::QueueFull {
+            stats.dropped_queue_full.fetch_add(1, Ordering::Relaxed);
+        } else {
+            // QoS 0 for a session without a connection, which does not queue it: what
+            // such a client expects, not news for the log.
+            if reason == DropReason::Offline {
+                stats.dropped_offline.fetch_add(1, Ordering::Relaxed);
+            }
+            return;
+        }
+        let now = self.now().as_millis().max(1);
+        let last = self.last_drop_log.load(Ordering::Relaxed);
+        if (last == 0 || now.saturating_sub(last) >= DROP_LOG_INTERVAL_MS)
+            && self
+                .last_drop_log
+                .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
         {
-            return Ok(());
-        }
-        self.offer(&handle, now, Offered::Held(message), group)
-            .map_err(|message| Pending {
-                handle,
-                message,
-                group,
-                waited_since,
-            })
-    }
-
-    /// A held delivery waited `slow_subscriber_ms` in vain: its subscriber is stuck, and
-    /// the message is dropped.
-    pub(crate) fn give_up(&self, pending: Pending) {
-        if !pending.handle.stuck.swap(true, Ordering::Relaxed) {
             tracing::warn!(
-                client = %pending.handle.client_id,
-                "subscriber makes no room in its queue: dropping its messages until it catches up"
+                client = %handle.client_id,
+                reason = if budget { "memory budget (limits.max_queued_bytes_total)" } else { "queue full" },
+                dropped_queue_full = stats.dropped_queue_full.load(Ordering::Relaxed),
+                dropped_memory_budget = stats.dropped_memory_budget.load(Ordering::Relaxed),
+                "a slow subscriber is losing messages (at most one such line per 10 s)"
             );
         }
-        self.stats.publish_dropped.fetch_add(1, Ordering::Relaxed);
     }
 
-    /// How long a held delivery may wait.
-    pub(crate) fn slow_subscriber(&self) -> std::time::Duration {
-        std::time::Duration::from_millis(self.config.limits.slow_subscriber_ms)
+    /// Whether the queued bytes of all sessions are past `limits.max_queued_bytes_total`.
+    fn over_budget(&self) -> bool {
+        self.queued_total.load(Ordering::Relaxed) > self.config.limits.max_queued_bytes_total
+    }
+
+    /// Brings the session's share of [`Shared::queued_total`] up to date: what its
+    /// queue and encoded packets hold now. Called under the session's lock wherever the
+    /// queue grows (delivery) and where its writer drains it, so the total is exact
+    /// whenever no session is between the two.
+    pub(crate) fn account(&self, cell: &mut SessionCell) {
+        let now = cell.session.queued_bytes() + cell.encoded_len();
+        let before = std::mem::replace(&mut cell.charged, now);
+        if now > before {
+            self.queued_total.fetch_add(now - before, Ordering::Relaxed);
+        } else if before > now {
+            self.queued_total.fetch_sub(before - now, Ordering::Relaxed);
+        }
+    }
+
+    /// Takes the session's share out of [`Shared::queued_total`]: it is gone.
+    fn uncharge(&self, cell: &mut SessionCell) {
+        let before = std::mem::take(&mut cell.charged);
+        self.queued_total.fetch_sub(before, Ordering::Relaxed);
     }
 }
 
@@ -1192,6 +1102,7 @@ mod tests {
                 session: ServerSession::new(id.clone(), Limits::default()),
                 generation: 0,
                 gone: false,
+                charged: 0,
                 extra: None,
                 #[cfg(unix)]
                 parked: None,
@@ -1210,7 +1121,7 @@ mod tests {
                 cell.push_encoded(&packet);
             }
             cell.session.deliver(now, message("queued")).unwrap();
-            assert_eq!(cell.waiting_messages(), 3);
+            assert_eq!(cell.session.pending_messages() + cell.extra.as_ref().map_or(0, |x| x.encoded_count as usize), 3);
 
             cell.restore_encoded(now);
             cell.session.connection_lost(now);

@@ -57,11 +57,9 @@ pub struct LimitsConfig {
     pub max_session_expiry: u32,
     /// Seconds a new connection has to send CONNECT.
     pub connect_timeout: u64,
-    /// Milliseconds a publisher waits for room in a connected subscriber's full queue.
-    /// While it waits, the publisher's connection reads nothing more (back-pressure
-    /// instead of loss); past this, the subscriber counts as stuck and its messages are
-    /// dropped until it has caught up with its queue.
-    pub slow_subscriber_ms: u64,
+    /// Bytes queued in all sessions together; past it, only sessions with an empty
+    /// queue take new messages, so many slow subscribers cannot exhaust memory.
+    pub max_queued_bytes_total: usize,
 }
 
 /// Retained messages.
@@ -123,7 +121,7 @@ impl Default for LimitsConfig {
             max_keep_alive: 0,
             max_session_expiry: u32::MAX,
             connect_timeout: 10,
-            slow_subscriber_ms: 5000,
+            max_queued_bytes_total: 1024 * 1024 * 1024,
         }
     }
 }
@@ -228,6 +226,8 @@ impl Config {
             ping_timeout: mqtt_session::Duration::from_secs(10),
             max_keep_alive: l.max_keep_alive,
             max_session_expiry: l.max_session_expiry,
+            // The broker decides each acknowledgement after authorization and routing.
+            defer_publish_acks: true,
         }
     }
 }

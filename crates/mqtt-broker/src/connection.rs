@@ -18,7 +18,7 @@ use mqtt_codec::{
     ConnAck, ConnAckProperties, Connect, DecodeError, Decoder, Disconnect, ErrorKind, Packet,
     ProtocolVersion, QoS, ReasonCode, Subscribe, Unsubscribe,
 };
-use mqtt_session::{Event, Message};
+use mqtt_session::{DropReason, Event, Message};
 use mqtt_topics::{Filter, Matches};
 use tokio::{
     io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf},
@@ -26,7 +26,7 @@ use tokio::{
 };
 use tracing::{debug, info, warn};
 
-use crate::broker::{Pending, SessionHandle, Shared, Sub, has_room};
+use crate::broker::{SessionHandle, Shared, Sub};
 
 /// Read buffer size while idle; it grows only for large packets.
 const READ_CHUNK: usize = 512;
@@ -287,9 +287,6 @@ fn park_tcp(conn: Conn<tokio::net::TcpStream>) -> Park<tokio::net::TcpStream> {
 /// true when it goes idle (holding nothing: no bytes, no held delivery), false when the
 /// connection is over and has been detached.
 async fn active<S: Duplex>(conn: &mut Conn<S>, mut rbuf: BytesMut, first_stretch: bool) -> bool {
-    // Deliveries waiting for room in a subscriber's queue; while any wait, nothing more
-    // is read from this client (see `broker` on back-pressure).
-    let mut pending = VecDeque::new();
     let step = {
         let Conn {
             shared,
@@ -309,7 +306,6 @@ async fn active<S: Duplex>(conn: &mut Conn<S>, mut rbuf: BytesMut, first_stretch
             &mut wr,
             &mut rbuf,
             decoder,
-            &mut pending,
             first_stretch,
         )
         .await
@@ -318,21 +314,6 @@ async fn active<S: Duplex>(conn: &mut Conn<S>, mut rbuf: BytesMut, first_stretch
         Step::Idle => return true,
         Step::Ended(end) => end,
     };
-    // Deliveries this connection took (and may have acknowledged) still go out. Nobody
-    // waits for room in this session meanwhile: its writer is gone.
-    if !matches!(end, End::Shutdown) && !pending.is_empty() {
-        let (shared, handle) = (&conn.shared, &conn.handle);
-        // Unless another connection has taken the session over: that one writes (and
-        // clears the flag under the lock as it takes over).
-        {
-            let cell = handle.lock();
-            if cell.generation == conn.generation {
-                handle.stuck.store(true, Ordering::Relaxed);
-            }
-        }
-        handle.space.notify_waiters();
-        deliver_pending(shared, &mut pending).await;
-    }
     detach(conn, end).await;
     false
 }
@@ -541,8 +522,7 @@ async fn attach<W: AsyncWrite + Unpin>(
         };
         let old_version = cell.session.version();
         cell.session.accept(now, &connect, properties);
-        // A new writer: publishers may wait for room again.
-        handle.stuck.store(false, Ordering::Relaxed);
+        shared.account(&mut cell);
         if taking_over {
             info!(client = %connect.client_id, %peer, "session taken over");
         }
@@ -684,7 +664,6 @@ async fn run_loop<R, W>(
     wr: &mut W,
     rbuf: &mut BytesMut,
     decoder: &mut Decoder,
-    pending: &mut VecDeque<Pending>,
     first_stretch: bool,
 ) -> Step
 where
@@ -710,6 +689,8 @@ where
     let mut settle = !first_stretch;
     let mut input = !rbuf.is_empty();
     let mut backlog = VecDeque::new();
+    // The acknowledgements of the PUBLISH packets of a batch, decided as they are routed.
+    let mut verdicts = Vec::new();
     // Bytes already read (behind CONNECT, or on waking) may hold more packets.
     if feed(shared, handle, generation, decoder, rbuf) {
         return Step::Ended(End::TakenOver);
@@ -766,21 +747,18 @@ where
                 match e {
                     // Settled here, under the lock already held: a shared-subscription
                     // message acknowledged or dropped needs no redelivery.
-                    Event::Delivered { id, .. } | Event::Dropped { id, .. } => {
+                    Event::Delivered { id, .. } => cell.settle_shared(&[id]),
+                    Event::Dropped { id, reason } => {
                         cell.settle_shared(&[id]);
+                        if reason == DropReason::QueueFull {
+                            // A queued QoS 0 message made room for a QoS 1/2 one.
+                            shared.overflow(handle, reason, false);
+                        }
                     }
                     e => events.push(e),
                 }
             }
-            if has_room(&cell) {
-                // Room for publishers held up by this session's full queue.
-                if handle.waiting.load(Ordering::SeqCst) > 0 {
-                    handle.space.notify_waiters();
-                }
-                if cell.waiting_messages() == 0 {
-                    handle.stuck.store(false, Ordering::Relaxed);
-                }
-            }
+            shared.account(&mut cell);
             cell.session.poll_timeout()
         };
         if !events.is_empty() {
@@ -794,9 +772,13 @@ where
         let now = shared.now();
         for event in events.drain(..) {
             match event {
-                Event::Message(m, _) => {
+                Event::Message(m, arrival) => {
                     received += 1;
-                    shared.route(handle.key, m, &mut matches, Some(&mut *pending), now);
+                    let qos = m.qos;
+                    let verdict = publish(shared, handle.key, m, &mut matches, now);
+                    if qos != QoS::AtMostOnce {
+                        verdicts.push((qos, arrival.packet_id, verdict));
+                    }
                 }
                 Event::Subscribe(s) => {
                     subscribe(shared, handle, generation, version, &s, &mut backlog);
@@ -808,15 +790,23 @@ where
                 }
                 Event::PeerDisconnected(_) | Event::Closed { .. } => closed = true,
                 // The will of a connection this one replaced ([MQTT-3.1.2-8]).
-                Event::Will(will) => shared.route(
-                    handle.key,
-                    will_message(*will),
-                    &mut matches,
-                    Some(&mut *pending),
-                    now,
-                ),
+                Event::Will(will) => {
+                    shared.route(handle.key, will_message(*will), &mut matches, now);
+                }
                 _ => {}
             }
+        }
+        if !verdicts.is_empty() {
+            // The acknowledgements, in the order the messages came ([MQTT-4.6.0-2]), and
+            // only for the connection they came on.
+            let mut cell = handle.lock();
+            if cell.generation == generation {
+                for (qos, packet_id, reason) in verdicts.drain(..) {
+                    cell.session.settle_publish(qos, packet_id, reason);
+                }
+            }
+            verdicts.clear();
+            again = true;
         }
         if received > 0 {
             shared
@@ -856,11 +846,6 @@ where
             return Step::Ended(End::Closed);
         }
         if again || more {
-            continue;
-        }
-        if !pending.is_empty() {
-            // 4a. Held deliveries: wait for room, not for input (back-pressure).
-            wait_for_room(shared, Some(handle), pending).await;
             continue;
         }
         if (fresh || (settle && input)) && backlog.is_empty() && rbuf.is_empty() {
@@ -928,68 +913,6 @@ where
                 }
             }
         }
-    }
-}
-
-/// Offers the held deliveries again, in order, stopping at the first still refused
-/// (messages to one subscriber keep their order). True when none is left.
-fn retry_pending(shared: &Shared, pending: &mut VecDeque<Pending>) -> bool {
-    let now = shared.now();
-    while let Some(p) = pending.pop_front() {
-        if let Err(p) = shared.retry(p, now) {
-            pending.push_front(p);
-            return false;
-        }
-    }
-    true
-}
-
-/// Waits until the first held delivery's subscriber has room (or gives up on it after
-/// `slow_subscriber_ms`), while this session's own packets still go out: a wake-up of
-/// `own` session (shutdown included) returns at once so the caller flushes and looks.
-/// A connection that has ended passes no session: its wake-ups are a later
-/// connection's, which must not lose them.
-async fn wait_for_room(
-    shared: &Shared,
-    own: Option<&SessionHandle>,
-    pending: &mut VecDeque<Pending>,
-) {
-    let Some(first) = pending.front_mut() else {
-        return;
-    };
-    let target = Arc::clone(&first.handle);
-    let give_up_at =
-        *first.waited_since.get_or_insert_with(Instant::now) + shared.slow_subscriber();
-    let space = target.space.notified();
-    tokio::pin!(space);
-    // Registered before the last look, so a signal in between is not missed.
-    space.as_mut().enable();
-    target.waiting.fetch_add(1, Ordering::SeqCst);
-    if !retry_pending(shared, pending) {
-        tokio::select! {
-            () = &mut space => {}
-            () = async {
-                match own {
-                    Some(handle) => handle.notify.notified().await,
-                    None => std::future::pending().await,
-                }
-            } => {}
-            () = sleep_until(give_up_at) => {
-                if let Some(p) = pending.pop_front() {
-                    shared.give_up(p);
-                }
-            }
-        }
-        retry_pending(shared, pending);
-    }
-    target.waiting.fetch_sub(1, Ordering::SeqCst);
-}
-
-/// The connection ended with deliveries still held: they were taken from the client
-/// (and maybe acknowledged), so they wait for room as long as a live connection would.
-async fn deliver_pending(shared: &Shared, pending: &mut VecDeque<Pending>) {
-    while !retry_pending(shared, pending) {
-        wait_for_room(shared, None, pending).await;
     }
 }
 
@@ -1080,6 +1003,7 @@ async fn flush_last<W: AsyncWrite + Unpin>(
             packets += 1;
             let _ = p.encode(version, &mut out);
         }
+        shared.account(&mut cell);
         let stats = &shared.stats;
         stats.messages_sent.fetch_add(packets, Ordering::Relaxed);
         stats.publish_sent.fetch_add(publishes, Ordering::Relaxed);
@@ -1148,6 +1072,7 @@ fn release(shared: &Arc<Shared>, handle: &Arc<SessionHandle>, generation: u64, e
         // A session that outlives its connection keeps what it holds, not the capacity
         // of the queues it used: an offline session with nothing queued keeps no queues.
         cell.session.shrink_idle();
+        shared.account(&mut cell);
     }
     debug!(client = %handle.client_id, ?end, "disconnected");
     tokio::spawn(idle(Arc::clone(shared), Arc::clone(handle), generation));
@@ -1186,7 +1111,7 @@ async fn idle(shared: Arc<Shared>, handle: Arc<SessionHandle>, generation: u64) 
             match event {
                 Event::Will(will) => {
                     let now = shared.now();
-                    shared.route(handle.key, will_message(*will), &mut matches, None, now);
+                    shared.route(handle.key, will_message(*will), &mut matches, now);
                 }
                 Event::SessionExpired => {
                     shared.remove_session(&handle, generation);
@@ -1207,6 +1132,30 @@ async fn idle(shared: Arc<Shared>, handle: Arc<SessionHandle>, generation: u64) 
             }
             () = handle.notify.notified() => {}
         }
+    }
+}
+
+/// A PUBLISH from the client, taken by its session: checked, retained and routed here.
+/// Returns the reason code of its acknowledgement (5.0 PUBACK / PUBREC; 3.x clients are
+/// acknowledged regardless, see `ServerSession::settle_publish`).
+fn publish(
+    shared: &Shared,
+    from: u64,
+    message: Message,
+    matches: &mut Matches<u64, Sub>,
+    now: mqtt_session::Instant,
+) -> ReasonCode {
+    // [MQTT-4.7.2-1]: `$SYS/` is the broker's own. A client may not publish there (nor
+    // forge its statistics for other subscribers).
+    if crate::sys::is_sys_topic(&message.topic) {
+        shared.stats.publish_refused.fetch_add(1, Ordering::Relaxed);
+        debug!(topic = %message.topic, "PUBLISH to $SYS refused");
+        return ReasonCode::NOT_AUTHORIZED;
+    }
+    if shared.route(from, message, matches, now) == 0 {
+        ReasonCode::NO_MATCHING_SUBSCRIBERS
+    } else {
+        ReasonCode::SUCCESS
     }
 }
 

@@ -36,6 +36,12 @@ impl Load {
     }
 }
 
+/// Whether `topic` is in the broker's own `$SYS` tree, where clients may neither
+/// publish nor leave a will.
+pub(crate) fn is_sys_topic(topic: &str) -> bool {
+    topic == "$SYS" || topic.starts_with("$SYS/")
+}
+
 /// Publishes the statistics every `interval` until shutdown.
 pub(crate) async fn run(shared: Arc<Shared>, interval: Duration) {
     let started = tokio::time::Instant::now();
@@ -61,7 +67,7 @@ pub(crate) async fn run(shared: Arc<Shared>, interval: Duration) {
         let load = |c: &std::sync::atomic::AtomicU64| c.load(Ordering::Relaxed).to_string();
         let connected = s.connected.load(Ordering::Relaxed);
         let sessions = shared.session_count();
-        let values: [(&str, String); 16] = [
+        let values: [(&str, String); 21] = [
             (
                 "$SYS/broker/version",
                 format!("mqtt-rs mqtt-broker {}", env!("CARGO_PKG_VERSION")),
@@ -93,6 +99,26 @@ pub(crate) async fn run(shared: Arc<Shared>, interval: Duration) {
             (
                 "$SYS/broker/publish/messages/dropped",
                 load(&s.publish_dropped),
+            ),
+            (
+                "$SYS/broker/publish/messages/dropped/queue full",
+                load(&s.dropped_queue_full),
+            ),
+            (
+                "$SYS/broker/publish/messages/dropped/memory budget",
+                load(&s.dropped_memory_budget),
+            ),
+            (
+                "$SYS/broker/publish/messages/dropped/offline",
+                load(&s.dropped_offline),
+            ),
+            (
+                "$SYS/broker/publish/messages/refused",
+                load(&s.publish_refused),
+            ),
+            (
+                "$SYS/broker/store/queued bytes",
+                shared.queued_total.load(Ordering::Relaxed).to_string(),
             ),
             (
                 "$SYS/broker/subscriptions/count",
@@ -132,7 +158,7 @@ pub(crate) async fn run(shared: Arc<Shared>, interval: Duration) {
             };
             let mut m = Message::new(topic, Bytes::from(value), QoS::AtMostOnce);
             m.retain = true;
-            shared.route(BROKER_KEY, m, &mut matches, None, shared.now());
+            shared.route(BROKER_KEY, m, &mut matches, shared.now());
         }
     }
 }

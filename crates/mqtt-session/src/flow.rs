@@ -39,8 +39,8 @@ impl Default for PeerLimits {
 /// copied whole (the size of a PUBLISH) at each move.
 #[derive(Debug)]
 pub(crate) enum Tx {
-    PubAck(PacketId),
-    PubRec(PacketId),
+    PubAck(PacketId, ReasonCode),
+    PubRec(PacketId, ReasonCode),
     PubRel(PacketId, ReasonCode),
     PubComp(PacketId, ReasonCode),
     PingReq,
@@ -52,8 +52,16 @@ impl Tx {
     #[inline]
     pub(crate) fn into_packet(self) -> Packet {
         match self {
-            Self::PubAck(id) => Packet::PubAck(PubAck::new(id)),
-            Self::PubRec(id) => Packet::PubRec(PubRec::new(id)),
+            Self::PubAck(id, reason_code) => {
+                let mut ack = PubAck::new(id);
+                ack.reason_code = reason_code;
+                Packet::PubAck(ack)
+            }
+            Self::PubRec(id, reason_code) => {
+                let mut rec = PubRec::new(id);
+                rec.reason_code = reason_code;
+                Packet::PubRec(rec)
+            }
             Self::PubRel(id, reason_code) => {
                 let mut rel = PubRel::new(id);
                 rel.reason_code = reason_code;
@@ -246,6 +254,11 @@ impl Flow {
         self.traffic.as_deref_mut()?.events.pop()
     }
 
+    /// Bytes of messages queued (not yet sent), as [`Message::size`] counts them.
+    pub(crate) fn queued_bytes(&self) -> usize {
+        self.traffic().map_or(0, |t| t.outbox.queued_bytes)
+    }
+
     /// Messages queued (not yet sent).
     pub(crate) fn queued_messages(&self) -> usize {
         self.traffic().map_or(0, |t| t.outbox.queue.len())
@@ -405,18 +418,55 @@ impl Flow {
         )? {
             Received::Deliver => {
                 // [MQTT-4.3.2-4], [MQTT-4.3.3-8]: acknowledge after taking ownership;
-                // [MQTT-4.6.0-2], [MQTT-4.6.0-3]: in the order received.
-                match publish.qos_pid {
-                    mqtt_codec::QosPid::AtMostOnce => {}
-                    mqtt_codec::QosPid::AtLeastOnce(id) => t.tx.push_back(Tx::PubAck(id)),
-                    mqtt_codec::QosPid::ExactlyOnce(id) => t.tx.push_back(Tx::PubRec(id)),
+                // [MQTT-4.6.0-2], [MQTT-4.6.0-3]: in the order received. A server that
+                // decides the acknowledgement itself (after authorization and routing)
+                // sends it with `settle_publish`, in the order of the events.
+                if !self.limits.defer_publish_acks {
+                    match publish.qos_pid {
+                        mqtt_codec::QosPid::AtMostOnce => {}
+                        mqtt_codec::QosPid::AtLeastOnce(id) => {
+                            t.tx.push_back(Tx::PubAck(id, ReasonCode::SUCCESS));
+                        }
+                        mqtt_codec::QosPid::ExactlyOnce(id) => {
+                            t.tx.push_back(Tx::PubRec(id, ReasonCode::SUCCESS));
+                        }
+                    }
                 }
                 t.events
                     .push_message(Message::from_publish(publish), arrival);
             }
-            Received::Duplicate(id) => t.tx.push_back(Tx::PubRec(id)),
+            Received::Duplicate(id) => t.tx.push_back(Tx::PubRec(id, ReasonCode::SUCCESS)),
         }
         Ok(())
+    }
+
+    /// Sends the acknowledgement of a PUBLISH taken with `defer_publish_acks`: PUBACK
+    /// (QoS 1) or PUBREC (QoS 2) with `reason` in 5.0. An error code ends a QoS 2 flow
+    /// at PUBREC, so its packet identifier is free again ([MQTT-4.3.3-9]: a PUBREC with
+    /// a code of 0x80 or above ends the exchange). 3.1 and 3.1.1 have no codes: the
+    /// message is acknowledged as usual, whatever became of it ([MQTT-3.3.5-2]).
+    pub(crate) fn settle_publish(
+        &mut self,
+        qos: QoS,
+        packet_id: Option<PacketId>,
+        reason: ReasonCode,
+    ) {
+        let Some(id) = packet_id else {
+            return;
+        };
+        let v5 = self.version.is_v5();
+        let reason = if v5 { reason } else { ReasonCode::SUCCESS };
+        let t = self.traffic_mut();
+        match qos {
+            QoS::AtMostOnce => {}
+            QoS::AtLeastOnce => t.tx.push_back(Tx::PubAck(id, reason)),
+            QoS::ExactlyOnce => {
+                if reason.is_error() {
+                    t.inbox.release(id);
+                }
+                t.tx.push_back(Tx::PubRec(id, reason));
+            }
+        }
     }
 
     /// PUBACK, PUBREC or PUBCOMP from the peer.

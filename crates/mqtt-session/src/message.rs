@@ -167,6 +167,12 @@ pub struct Limits {
     pub max_keep_alive: u16,
     /// For a server: the longest Session Expiry Interval granted, in seconds.
     pub max_session_expiry: u32,
+    /// For a server: leave the acknowledgement of each received QoS 1/2 PUBLISH to the
+    /// caller, who decides it after authorization and routing and sends it with
+    /// [`ServerSession::settle_publish`](crate::ServerSession::settle_publish). When
+    /// false (the default) the session acknowledges with success as it takes the
+    /// message.
+    pub defer_publish_acks: bool,
 }
 
 impl Default for Limits {
@@ -183,6 +189,7 @@ impl Default for Limits {
             ping_timeout: Duration::from_secs(10),
             max_keep_alive: 0,
             max_session_expiry: u32::MAX,
+            defer_publish_acks: false,
         }
     }
 }

@@ -235,6 +235,23 @@ impl ServerSession {
         self.flow.enqueue(now, message, false)
     }
 
+    /// Acknowledges a PUBLISH that [`Event::Message`] reported, when
+    /// [`Limits::defer_publish_acks`] leaves the verdict to the server: call it once per
+    /// QoS 1 or 2 message, in the order of the events ([MQTT-4.6.0-2]), after the
+    /// message was authorized and routed. `reason` is what 5.0 PUBACK / PUBREC carry:
+    /// 0x00 Success, 0x10 No matching subscribers, 0x87 Not authorized, 0x97 Quota
+    /// exceeded, 0x80 Unspecified error; 3.1 and 3.1.1 acknowledge regardless, as
+    /// [MQTT-3.3.5-2] allows. `qos` and `packet_id` are the message's and its
+    /// [`Arrival`](crate::Arrival)'s.
+    pub fn settle_publish(
+        &mut self,
+        qos: mqtt_codec::QoS,
+        packet_id: Option<mqtt_codec::PacketId>,
+        reason: ReasonCode,
+    ) {
+        self.flow.settle_publish(qos, packet_id, reason);
+    }
+
     /// Answers a SUBSCRIBE from [`Event::Subscribe`] with one reason code per filter, in
     /// order ([MQTT-3.9.3-1]), and records the granted subscriptions.
     pub fn suback(&mut self, subscribe: &Subscribe, reason_codes: Vec<ReasonCode>) {
@@ -507,6 +524,17 @@ impl ServerSession {
     /// ([MQTT-4.9.0-1]).
     pub fn inflight_window(&self) -> usize {
         self.flow.window()
+    }
+
+    /// Bytes of the messages queued (not yet sent), as the queue quota counts them
+    /// ([`Message::size`]).
+    pub fn queued_bytes(&self) -> usize {
+        self.flow.queued_bytes()
+    }
+
+    /// Messages queued (not yet sent): in flight ones are not counted.
+    pub fn queued_messages(&self) -> usize {
+        self.flow.queued_messages()
     }
 
     /// Messages queued or in flight.
