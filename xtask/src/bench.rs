@@ -63,6 +63,12 @@ fn scenario(label: &str, args: &str, bar: Option<f64>, kind: Kind) -> Scenario {
 
 /// A throughput shape: name, mqtt-bench arguments, messages at QoS 0/1/2 with 16 B
 /// payloads (1 KiB runs send a fifth), and the bars at QoS 0/1/2 with 16 B.
+///
+/// Every shape runs closed loop (`--window`: messages a publisher may have out before
+/// its subscribers have them), as independent load generators do: a broker drops for a
+/// subscriber that cannot keep up rather than slow its publishers (decision 0014), and a
+/// drop fails the run. Each subscriber has at most about 800 messages outstanding, within
+/// its queue of 1,000.
 type Shape = (&'static str, &'static str, [u32; 3], [Option<f64>; 3]);
 
 fn scenarios(quick: bool) -> Vec<Scenario> {
@@ -71,25 +77,25 @@ fn scenarios(quick: bool) -> Vec<Scenario> {
     let shapes: [Shape; 4] = [
         (
             "fan-in 16→1",
-            "fan-in --publishers 16",
+            "fan-in --publishers 16 --window 50",
             [1_000_000, 1_000_000, 500_000],
             [Some(0.5), Some(1.5), Some(3.0)],
         ),
         (
             "fan-out 1→100",
-            "fan-out --subscribers 100",
+            "fan-out --subscribers 100 --window 500",
             [100_000, 10_000, 5_000],
             [Some(0.2), None, None],
         ),
         (
             "1000 pairs",
-            "pairs --pairs 1000",
+            "pairs --pairs 1000 --window 500",
             [1_000_000, 500_000, 250_000],
             [Some(0.5), None, None],
         ),
         (
             "shared 16→4",
-            "shared --publishers 16 --members 4",
+            "shared --publishers 16 --members 4 --window 100",
             [1_000_000, 500_000, 250_000],
             [None, None, None],
         ),
@@ -255,7 +261,7 @@ pub(crate) fn run(args: &[&str]) -> Result {
     if !opts.quick && cores >= 2 && opts.only.is_none() {
         for workers in [1, 2] {
             let b = start_ours(&broker_exe, false, Some(workers))?;
-            let args: Vec<String> = "pairs --pairs 1000 -q 0 -s 16 -n 1000000"
+            let args: Vec<String> = "pairs --pairs 1000 --window 500 -q 0 -s 16 -n 1000000"
                 .split_whitespace()
                 .map(str::to_owned)
                 .collect();
