@@ -884,7 +884,12 @@ impl Shared {
     /// Queues `message` on a connection as encoded bytes shared with its other
     /// subscribers, if it and the session allow it (see [`Encoded`]) and the session
     /// holds less than `ENCODED_BYTES` of them; false if it must go the usual way.
-    fn deliver_encoded(&self, to: &Recipient<'_>, encoded: &mut Encoded, message: &Message) -> bool {
+    fn deliver_encoded(
+        &self,
+        to: &Recipient<'_>,
+        encoded: &mut Encoded,
+        message: &Message,
+    ) -> bool {
         if !to.ids.is_empty() || !Encoded::suits(message, to.granted) {
             return false;
         }
@@ -1121,7 +1126,11 @@ mod tests {
                 cell.push_encoded(&packet);
             }
             cell.session.deliver(now, message("queued")).unwrap();
-            assert_eq!(cell.session.pending_messages() + cell.extra.as_ref().map_or(0, |x| x.encoded_count as usize), 3);
+            assert_eq!(
+                cell.session.pending_messages()
+                    + cell.extra.as_ref().map_or(0, |x| x.encoded_count as usize),
+                3
+            );
 
             cell.restore_encoded(now);
             cell.session.connection_lost(now);

@@ -326,7 +326,10 @@ async fn a_full_queue_drops_for_its_subscriber_and_never_holds_the_publisher() {
             Some(Packet::Publish(p)) => {
                 let dropped: u64 = String::from_utf8_lossy(&p.payload).parse().unwrap();
                 if dropped > 0 {
-                    assert!(dropped <= u64::from(count - got), "{dropped} dropped, {got} got");
+                    assert!(
+                        dropped <= u64::from(count - got),
+                        "{dropped} dropped, {got} got"
+                    );
                     break;
                 }
             }

@@ -3,6 +3,7 @@
 
 mod binary;
 mod fuzz;
+mod isolation;
 mod limits;
 mod mosquitto_clients;
 mod paho;
