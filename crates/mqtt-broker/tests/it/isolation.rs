@@ -56,14 +56,17 @@ impl Broker {
             .stderr(Stdio::null())
             .spawn()
             .expect("the broker binary starts");
-        let addr: SocketAddr = ([127, 0, 0, 1], port).into();
+        let broker = Self {
+            child,
+            addr: ([127, 0, 0, 1], port).into(),
+        };
         for _ in 0..100 {
-            if TcpStream::connect(addr).await.is_ok() {
-                return Self { child, addr };
+            if TcpStream::connect(broker.addr).await.is_ok() {
+                return broker;
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        panic!("the broker did not listen on {addr}");
+        panic!("the broker did not listen on {}", broker.addr);
     }
 
     /// Resident memory in KiB.
