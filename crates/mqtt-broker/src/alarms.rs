@@ -130,7 +130,7 @@ mod tests {
             .build()
             .unwrap();
         rt.block_on(async {
-            let shared = Arc::new(Shared::new(Config::default()));
+            let shared = Arc::new(Shared::new(Config::default(), Default::default()));
             let a = shared.session(&ByteStr::from_static("a"));
             let b = shared.session(&ByteStr::from_static("b"));
             let c = shared.session(&ByteStr::from_static("c"));

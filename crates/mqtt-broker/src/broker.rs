@@ -36,7 +36,7 @@ use tokio::sync::Notify;
 
 #[cfg(unix)]
 use crate::parking::{Parked, Parking};
-use crate::{alarms::Alarms, config::Config};
+use crate::{alarms::Alarms, auth::Auth, config::Config};
 
 /// A subscription as the index stores it: whose, and with what options.
 #[derive(Clone, Debug)]
@@ -389,6 +389,8 @@ pub(crate) struct Stats {
 #[derive(Debug)]
 pub(crate) struct Shared {
     pub(crate) config: Config,
+    /// Authentication and authorization backends.
+    pub(crate) auth: Auth,
     /// Every session's limits, shared by all of them.
     pub(crate) limits: Arc<Limits>,
     origin: tokio::time::Instant,
@@ -425,10 +427,11 @@ pub(crate) struct Shared {
 }
 
 impl Shared {
-    pub(crate) fn new(config: Config) -> Self {
+    pub(crate) fn new(config: Config, auth: Auth) -> Self {
         let limits = Arc::new(config.session_limits());
         Self {
             config,
+            auth,
             limits,
             origin: tokio::time::Instant::now(),
             index: ShardedIndex::new(),

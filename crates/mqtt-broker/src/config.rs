@@ -149,6 +149,13 @@ impl Default for AuthConfig {
     }
 }
 
+/// Why `auth.allow_anonymous = false` is refused: honest, rather than letting in anyone
+/// who names a user.
+pub(crate) const NO_PASSWORD_BACKEND: &str = "false needs a password backend (a password \
+     file), which this version does not have yet; without one any password would be \
+     accepted, so the broker refuses to start. Remove the key (or set it to true) and \
+     keep the broker on a trusted network";
+
 /// A configuration file that could not be used.
 #[derive(Debug)]
 pub struct ConfigError {
@@ -187,6 +194,9 @@ impl Config {
     }
 
     fn validate(&self) -> Result<(), (&'static str, &'static str)> {
+        if !self.auth.allow_anonymous {
+            return Err(("auth.allow_anonymous", NO_PASSWORD_BACKEND));
+        }
         let l = &self.limits;
         if l.max_packet_size < 64 {
             return Err(("limits.max_packet_size", "must be at least 64 bytes"));

@@ -460,6 +460,31 @@ async fn attach<W: AsyncWrite + Unpin>(
         send_connack(wr, version, ReasonCode::NOT_AUTHORIZED).await;
         return None;
     }
+    if let Some(will) = &connect.will {
+        // [MQTT-4.7.2-1]: a will may not publish to `$SYS/` either, nor anywhere the
+        // client may not publish; refused as a PUBLISH there would be.
+        if crate::sys::is_sys_topic(&will.topic)
+            || !shared
+                .auth
+                .authorizer
+                .may_publish(&connect.client_id, &will.topic)
+        {
+            debug!(%peer, topic = %will.topic, "will topic not authorized");
+            send_connack(wr, version, ReasonCode::NOT_AUTHORIZED).await;
+            return None;
+        }
+    }
+    let credentials = crate::auth::Credentials {
+        client_id: &connect.client_id,
+        username: connect.username.as_deref(),
+        password: connect.password.as_deref(),
+        peer,
+    };
+    if let Err(code) = shared.auth.authenticator.authenticate(&credentials).await {
+        info!(client = %connect.client_id, %peer, reason = %code, "connection refused");
+        send_connack(wr, version, code).await;
+        return None;
+    }
     if version.is_v5() && connect.properties.authentication_method.is_some() {
         // [MQTT-4.12.0-1] (5.0): no extended authentication method is supported.
         send_connack(wr, version, ReasonCode::BAD_AUTHENTICATION_METHOD).await;
@@ -775,7 +800,7 @@ where
                 Event::Message(m, arrival) => {
                     received += 1;
                     let qos = m.qos;
-                    let verdict = publish(shared, handle.key, m, &mut matches, now);
+                    let verdict = publish(shared, handle, m, &mut matches, now);
                     if qos != QoS::AtMostOnce {
                         verdicts.push((qos, arrival.packet_id, verdict));
                     }
@@ -1135,24 +1160,29 @@ async fn idle(shared: Arc<Shared>, handle: Arc<SessionHandle>, generation: u64) 
     }
 }
 
-/// A PUBLISH from the client, taken by its session: checked, retained and routed here.
-/// Returns the reason code of its acknowledgement (5.0 PUBACK / PUBREC; 3.x clients are
-/// acknowledged regardless, see `ServerSession::settle_publish`).
+/// A PUBLISH from the client, taken by its session: authorized, retained and routed
+/// here. Returns the reason code of its acknowledgement (5.0 PUBACK / PUBREC; 3.x
+/// clients are acknowledged regardless, see `ServerSession::settle_publish`).
 fn publish(
     shared: &Shared,
-    from: u64,
+    from: &SessionHandle,
     message: Message,
     matches: &mut Matches<u64, Sub>,
     now: mqtt_session::Instant,
 ) -> ReasonCode {
     // [MQTT-4.7.2-1]: `$SYS/` is the broker's own. A client may not publish there (nor
     // forge its statistics for other subscribers).
-    if crate::sys::is_sys_topic(&message.topic) {
+    if crate::sys::is_sys_topic(&message.topic)
+        || !shared
+            .auth
+            .authorizer
+            .may_publish(&from.client_id, &message.topic)
+    {
         shared.stats.publish_refused.fetch_add(1, Ordering::Relaxed);
-        debug!(topic = %message.topic, "PUBLISH to $SYS refused");
+        debug!(client = %from.client_id, topic = %message.topic, "PUBLISH not authorized");
         return ReasonCode::NOT_AUTHORIZED;
     }
-    if shared.route(from, message, matches, now) == 0 {
+    if shared.route(from.key, message, matches, now) == 0 {
         ReasonCode::NO_MATCHING_SUBSCRIBERS
     } else {
         ReasonCode::SUCCESS
@@ -1206,6 +1236,15 @@ fn subscribe(
             codes.push(ReasonCode::TOPIC_FILTER_INVALID);
             continue;
         };
+        if !shared
+            .auth
+            .authorizer
+            .may_subscribe(&handle.client_id, &sub.filter)
+        {
+            // 3.x has one failure code, 0x80, which the codec writes for any error.
+            codes.push(ReasonCode::NOT_AUTHORIZED);
+            continue;
+        }
         let mut options = sub.options;
         options.qos = options.qos.min(QoS::ExactlyOnce);
         let value = Sub {
@@ -1398,7 +1437,7 @@ mod tests {
             .build()
             .unwrap();
         rt.block_on(async {
-            let shared = Arc::new(Shared::new(Config::default()));
+            let shared = Arc::new(Shared::new(Config::default(), Default::default()));
             let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
             let addr = listener.local_addr().unwrap();
             let stream = || async { tokio::net::TcpStream::connect(addr).await.unwrap() };
@@ -1508,7 +1547,7 @@ mod tests {
     /// Connections served on a loopback port, as the broker's accept loop serves them.
     #[cfg(unix)]
     async fn serving(config: Config) -> (Arc<Shared>, std::net::SocketAddr) {
-        let shared = Arc::new(Shared::new(config));
+        let shared = Arc::new(Shared::new(config, Default::default()));
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let serving = Arc::clone(&shared);
@@ -1662,7 +1701,7 @@ mod tests {
         use mqtt_topics::{Matches, TopicName};
 
         let v = ProtocolVersion::V3_1_1;
-        let shared = Arc::new(Shared::new(Config::default()));
+        let shared = Arc::new(Shared::new(Config::default(), Default::default()));
         let handle = shared.session(&ByteStr::from_static("c"));
         let now = shared.now();
         let current = {

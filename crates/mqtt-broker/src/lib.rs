@@ -20,6 +20,7 @@
 //! queued on each subscriber's session, whose bounded queue is the outbox; the
 //! subscriber's task is woken to write it. See `docs/architecture.md`.
 
+pub mod auth;
 pub mod config;
 
 mod alarms;
@@ -35,7 +36,7 @@ use tokio::{net::TcpListener, task::JoinSet};
 use tracing::{info, warn};
 
 use crate::broker::Shared;
-pub use crate::config::Config;
+pub use crate::{auth::Auth, config::Config};
 
 /// A running broker.
 #[derive(Debug)]
@@ -52,8 +53,26 @@ impl Broker {
     /// If a listener cannot be bound (address in use, permission denied). A listener on
     /// `[::]` that fails because IPv6 is unavailable is skipped with a warning, as long
     /// as another listener is bound.
+    /// `config.auth.allow_anonymous = false` is refused: this build has no password
+    /// backend to check passwords with (see [`auth`]); [`Broker::start_with`] takes one.
     pub async fn start(config: Config) -> io::Result<Self> {
-        let shared = Arc::new(Shared::new(config));
+        if !config.auth.allow_anonymous {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                config::NO_PASSWORD_BACKEND,
+            ));
+        }
+        Self::start_with(config, Auth::default()).await
+    }
+
+    /// As [`Broker::start`], with authentication and authorization backends of the
+    /// caller's. With `config.auth.allow_anonymous = false`, a CONNECT without a user
+    /// name is refused before `auth` is asked.
+    ///
+    /// # Errors
+    /// As [`Broker::start`].
+    pub async fn start_with(config: Config, auth: Auth) -> io::Result<Self> {
+        let shared = Arc::new(Shared::new(config, auth));
         let mut tasks = JoinSet::new();
         let mut local_addrs = Vec::new();
         let mut errors = Vec::new();

@@ -16,7 +16,7 @@ use tokio::{
     time::timeout,
 };
 
-use crate::{WAIT, broker, broker_with};
+use crate::{WAIT, broker};
 
 pub(crate) const V3: ProtocolVersion = ProtocolVersion::V3_1_1;
 pub(crate) const V5: ProtocolVersion = ProtocolVersion::V5;
@@ -762,7 +762,11 @@ async fn session_present_and_clean_start() {
 // then the connection closes, and what the client sent after CONNECT is not processed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn refused_connect_closes_and_processes_nothing_more() {
-    let (broker, addr) = broker_with(|c| c.auth.allow_anonymous = false).await;
+    let (broker, addr) = crate::authorization::broker_with_auth(mqtt_broker::Auth {
+        authenticator: Box::new(crate::authorization::NamedUsers),
+        ..Default::default()
+    })
+    .await;
     for v in [V3, V5] {
         let id = format!("refused-{v}");
         let with_user = |c: &mut Connect| {
