@@ -19,6 +19,7 @@ use mqtt_client::{
 
 pub mod format;
 mod random_filter;
+pub mod trace;
 
 pub use random_filter::RandomFilter;
 
@@ -159,7 +160,8 @@ pub struct ConnectArgs {
     /// broker's Receive Maximum (5.0) caps it further. Default 20, as mosquitto.
     #[arg(short = 'M', value_name = "MAX_INFLIGHT", default_value_t = 20, value_parser = clap::value_parser!(u16).range(1..))]
     pub max_inflight: u16,
-    /// Print debug messages (connection events) to stderr.
+    /// Print a packet trace (every packet sent and received) on stdout, in the words of
+    /// mosquitto's tools.
     #[arg(short = 'd', long = "debug")]
     pub debug: bool,
     /// Do not print error messages.
@@ -690,6 +692,9 @@ impl ConnectArgs {
             return Err(Failure::new(
                 "you must provide a client id (-i) if you are using -c",
             ));
+        }
+        if self.debug {
+            o = trace::enable(o, &id, self.version);
         }
         o = o
             .version(self.version)

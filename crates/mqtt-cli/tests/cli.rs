@@ -1953,3 +1953,69 @@ fn properties_where_mqtt5_allows_them() {
         assert!(stderr(&o).contains(says), "{d:?}: {}", stderr(&o));
     }
 }
+
+// -d: a packet trace on stdout in libmosquitto's words, line for line what
+// mosquitto_sub -d and mosquitto_pub -d print for the same exchange (QoS 0 and 1, 3.1.1
+// and 5.0). The identifiers differ, so each tool's is replaced by ID.
+#[test]
+fn debug_trace_like_mosquitto() {
+    for broker in both() {
+        let port = broker.port().to_string();
+        let p = port.as_str();
+        for (v, q) in [("311", "1"), ("5", "1"), ("311", "0")] {
+            let trace = |o: &Output, id: &str| stdout(o).replace(id, "ID");
+            let sub_args = |id: &'static str| {
+                vec![
+                    "-p", p, "-t", "dbg/#", "-q", q, "-V", v, "-C", "1", "-d", "-i", id,
+                ]
+            };
+            let ours = spawn(SUB, &sub_args("our-sub"));
+            let theirs = spawn("mosquitto_sub", &sub_args("their-sub"));
+            // Still there for the second publisher (a 5.0 PUBACK says whether anyone was).
+            let watcher = spawn("mosquitto_sub", &["-p", p, "-t", "dbg/#", "-C", "2"]);
+            sleep(Duration::from_millis(400));
+            let pub_args = |id: &'static str| {
+                vec![
+                    "-p", p, "-t", "dbg/x", "-m", "hello", "-q", q, "-V", v, "-d", "-i", id,
+                ]
+            };
+            let our_pub = run(PUB, &pub_args("our-pub"));
+            assert!(our_pub.status.success(), "{}", stderr(&our_pub));
+            let their_pub = run("mosquitto_pub", &pub_args("their-pub"));
+            // One difference: a QoS 0 PUBLISH has no packet identifier, and we print
+            // m0 where libmosquitto prints its internal message counter (m1).
+            let their_trace = trace(&their_pub, "their-pub");
+            let their_trace = if q == "0" {
+                their_trace.replace("r0, m1,", "r0, m0,")
+            } else {
+                their_trace
+            };
+            assert_eq!(trace(&our_pub, "our-pub"), their_trace, "-V {v} -q {q}");
+            assert!(wait(watcher, Duration::from_secs(10)).status.success());
+            let ours = wait(ours, Duration::from_secs(10));
+            let theirs = wait(theirs, Duration::from_secs(10));
+            let expected = format!(
+                "Client ID sending CONNECT\n\
+                 Client ID received CONNACK (0)\n\
+                 Client ID sending SUBSCRIBE (Mid: 1, Topic: dbg/#, QoS: {q}, Options: 0x00)\n\
+                 Client ID received SUBACK\n\
+                 Subscribed (mid: 1): {q}\n\
+                 Client ID received PUBLISH (d0, q{q}, r0, m{m}, 'dbg/x', ... (5 bytes))\n\
+                 {ack}hello\n\
+                 Client ID sending DISCONNECT\n",
+                m = if q == "0" { "0" } else { "1" },
+                ack = if q == "0" {
+                    ""
+                } else {
+                    "Client ID sending PUBACK (m1, rc0)\n"
+                },
+            );
+            assert_eq!(trace(&ours, "our-sub"), expected, "-V {v} -q {q}");
+            assert_eq!(
+                trace(&theirs, "their-sub"),
+                expected,
+                "mosquitto_sub -V {v} -q {q}"
+            );
+        }
+    }
+}

@@ -114,17 +114,10 @@ async fn run(args: Args) -> Result<(), Failure> {
         None
     };
     let q = qos(args.conn.qos);
-    let debug = args.conn.debug;
     let (client, mut conn) = tokio::select! {
         c = mqtt_cli::connect(options) => c?,
         () = signals.recv() => return Ok(()),
     };
-    if debug {
-        eprintln!(
-            "Connected (session present {})",
-            u8::from(conn.connack().session_present)
-        );
-    }
     // Report connection losses while publishing.
     let watcher = tokio::spawn(async move {
         while let Some(ev) = conn.next_event().await {
@@ -138,13 +131,10 @@ async fn run(args: Args) -> Result<(), Failure> {
         let client = client.clone();
         let m = message(&topic, payload, q, args.retain, &props);
         async move {
-            let code = client
+            client
                 .publish_message(m?)
                 .await
                 .map_err(|e| Failure::new(e.to_string()))?;
-            if debug {
-                eprintln!("Published ({code})");
-            }
             Ok::<(), Failure>(())
         }
     };

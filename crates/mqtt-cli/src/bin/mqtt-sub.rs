@@ -153,21 +153,22 @@ async fn run(args: Args) -> Result<(), Failure> {
         c = mqtt_cli::connect(options) => c?,
         () = signals.recv() => return Ok(()),
     };
-    if debug {
-        eprintln!(
-            "Connected (session present {})",
-            u8::from(conn.connack().session_present)
-        );
-    }
     if !subscriptions.is_empty() {
         let ack = client
             .subscribe_many(subscriptions.clone(), props.subscribe.clone())
             .await?;
+        if debug {
+            // As mosquitto_sub -d, on stdout with the trace.
+            let granted: Vec<String> = ack.reason_codes.iter().map(|c| c.0.to_string()).collect();
+            println!(
+                "Subscribed (mid: {}): {}",
+                ack.packet_id.get(),
+                granted.join(", ")
+            );
+        }
         for (t, code) in topics.iter().zip(&ack.reason_codes) {
             if code.is_error() {
                 eprintln!("Warning: subscription to {t} refused: {code}");
-            } else if debug {
-                eprintln!("Subscribed to {t} (granted QoS {})", code.0);
             }
         }
         if ack.reason_codes.iter().all(|c| c.is_error()) {
@@ -271,12 +272,7 @@ async fn run(args: Args) -> Result<(), Failure> {
                 }
                 continue;
             }
-            other => {
-                if debug {
-                    eprintln!("{other:?}");
-                }
-                continue;
-            }
+            _ => continue,
         };
         if args.retained_only && !m.retain {
             break Ok(());
