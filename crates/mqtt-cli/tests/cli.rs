@@ -2023,3 +2023,58 @@ fn debug_trace_like_mosquitto() {
         }
     }
 }
+
+// mqtt-bench: -h is the host, as in every other tool; --help is help. The flags
+// `cargo xtask bench` passes (-p, --broker-pid, --machine, --quiet) still work.
+#[test]
+fn bench_host_flag_like_the_other_tools() {
+    const BENCH: &str = env!("CARGO_BIN_EXE_mqtt-bench");
+    let broker = Mosquitto::start();
+    let port = broker.port.to_string();
+    let o = run(
+        BENCH,
+        &[
+            "fan-in",
+            "-P",
+            "2",
+            "-n",
+            "2000",
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &port,
+            "--machine",
+            "--quiet",
+        ],
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(
+        stdout(&o).contains("result scenario=fan-in ok=true")
+            && stdout(&o).contains("delivered=2000"),
+        "{}",
+        stdout(&o)
+    );
+    for args in [&["--help"][..], &["fan-in", "--help"]] {
+        let o = run(BENCH, args);
+        assert!(o.status.success(), "{args:?}");
+        assert!(
+            stdout(&o).contains("-h, --host <HOST>") || args.len() == 1,
+            "{}",
+            stdout(&o)
+        );
+    }
+    // An unknown host is an error, not help.
+    let o = run(
+        BENCH,
+        &[
+            "fan-in",
+            "-h",
+            "no-such-host.invalid",
+            "-p",
+            &port,
+            "--quiet",
+        ],
+    );
+    assert!(!o.status.success());
+    assert!(!stdout(&o).contains("Usage:"), "{}", stdout(&o));
+}
