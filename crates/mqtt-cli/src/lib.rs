@@ -11,12 +11,15 @@ use std::{path::PathBuf, process::ExitCode, time::Duration};
 use bytes::Bytes;
 use clap::{ArgAction, Args};
 use mqtt_client::{
-    ByteStr, ConnectOptions, Message, ProtocolVersion, PublishProperties, QoS, ReconnectOptions,
-    Socks5Proxy, SubscribeProperties, TlsOptions, TlsVersion, Transport, Will,
+    ByteStr, ConnectOptions, Disconnect, Message, ProtocolVersion, PublishProperties, QoS,
+    ReasonCode, ReconnectOptions, Socks5Proxy, SubscribeProperties, TlsOptions, TlsVersion,
+    Transport, UnsubscribeProperties, Will,
+    codec::{DisconnectProperties, PayloadFormat},
 };
 
 pub mod format;
 mod random_filter;
+pub mod trace;
 
 pub use random_filter::RandomFilter;
 
@@ -75,6 +78,9 @@ pub struct ConnectArgs {
     /// The `-D` flags, one group per occurrence (filled by [`parse_args`]).
     #[arg(skip)]
     pub properties: Vec<Vec<String>>,
+    /// Whether `-V` was given (filled by [`parse_args`]): mqtt-rr defaults to 5.0.
+    #[arg(skip)]
+    pub version_given: bool,
     /// Topic of the will.
     #[arg(long = "will-topic")]
     pub will_topic: Option<String>,
@@ -154,7 +160,8 @@ pub struct ConnectArgs {
     /// broker's Receive Maximum (5.0) caps it further. Default 20, as mosquitto.
     #[arg(short = 'M', value_name = "MAX_INFLIGHT", default_value_t = 20, value_parser = clap::value_parser!(u16).range(1..))]
     pub max_inflight: u16,
-    /// Print debug messages (connection events) to stderr.
+    /// Print a packet trace (every packet sent and received) on stdout, in the words of
+    /// mosquitto's tools.
     #[arg(short = 'd', long = "debug")]
     pub debug: bool,
     /// Do not print error messages.
@@ -163,22 +170,57 @@ pub struct ConnectArgs {
     /// Print help.
     #[arg(long = "help", action = ArgAction::Help)]
     pub help: Option<bool>,
+    /// Print the version.
+    #[arg(long = "version", action = ArgAction::Version)]
+    pub print_version: Option<bool>,
 }
 
 /// Parses the command line of a tool whose arguments flatten [`ConnectArgs`] as
 /// `conn`; `-D` groups are split per occurrence.
 pub fn parse_args<T: clap::Parser>(conn: impl FnOnce(&mut T) -> &mut ConnectArgs) -> T {
-    let matches = T::command().get_matches();
+    let matches = match T::command().try_get_matches() {
+        Ok(m) => m,
+        Err(e) => usage_exit(&e),
+    };
     let mut args = match T::from_arg_matches(&matches) {
         Ok(a) => a,
-        Err(e) => e.exit(),
+        Err(e) => usage_exit(&e),
     };
     let groups = matches
         .get_occurrences::<String>("property")
         .map(|occ| occ.map(|o| o.cloned().collect()).collect())
         .unwrap_or_default();
-    conn(&mut args).properties = groups;
+    let c = conn(&mut args);
+    c.properties = groups;
+    c.version_given =
+        matches.value_source("version") == Some(clap::parser::ValueSource::CommandLine);
     args
+}
+
+/// Prints a clap outcome and exits: 0 for `--help` and `--version`, 1 for a usage error
+/// (as mosquitto's tools; clap's own code is 2).
+fn usage_exit(e: &clap::Error) -> ! {
+    let _ = e.print();
+    let code = if e.use_stderr() { EXIT_ERROR } else { 0 };
+    std::process::exit(i32::from(code))
+}
+
+/// A client identifier for a tool that was given none: `tool-` and 12 random hex
+/// digits (21 bytes for the longest tool name, within the 23 every 3.1.1 broker must
+/// accept), so two processes never share one, even with the same process id in two
+/// containers.
+pub fn random_client_id(tool: &str) -> String {
+    use std::hash::{BuildHasher, Hasher};
+    // RandomState is seeded from the operating system's random source once per
+    // process; the time and the process id make two calls in one process differ too.
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0);
+    h.write_u128(now);
+    h.write_u32(std::process::id());
+    format!("{tool}-{:012x}", h.finish() & 0xFFFF_FFFF_FFFF)
 }
 
 fn parse_tls_version(s: &str) -> Result<TlsVersion, String> {
@@ -200,6 +242,58 @@ fn parse_version(s: &str) -> Result<ProtocolVersion, String> {
         _ => Err(format!(
             "unknown protocol version {s:?}: use 5, 311 or 31 (or mqttv5, mqttv311, mqttv31)"
         )),
+    }
+}
+
+/// The version's name as people write it: 3.1, 3.1.1 or 5.0.
+fn version_name(v: ProtocolVersion) -> &'static str {
+    match v {
+        ProtocolVersion::V3_1 => "3.1",
+        ProtocolVersion::V3_1_1 => "3.1.1",
+        ProtocolVersion::V5 => "5.0",
+    }
+}
+
+/// SIGINT and SIGTERM (Ctrl-C elsewhere), caught from the moment this is made, so a
+/// tool can disconnect cleanly (no will) and exit 0, as mosquitto's tools do.
+#[derive(Debug)]
+pub struct Signals {
+    #[cfg(unix)]
+    int: tokio::signal::unix::Signal,
+    #[cfg(unix)]
+    term: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    /// Installs the handlers (on the current tokio runtime).
+    pub fn new() -> Result<Self, Failure> {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{SignalKind, signal};
+            let f = |e: std::io::Error| Failure::new(format!("cannot handle signals: {e}"));
+            Ok(Self {
+                int: signal(SignalKind::interrupt()).map_err(f)?,
+                term: signal(SignalKind::terminate()).map_err(f)?,
+            })
+        }
+        #[cfg(not(unix))]
+        Ok(Self {})
+    }
+
+    /// Resolves at the next signal.
+    ///
+    /// # Cancel safety
+    /// Cancel safe: a signal that arrives while nobody waits is kept for the next call.
+    pub async fn recv(&mut self) {
+        #[cfg(unix)]
+        tokio::select! {
+            _ = self.int.recv() => {}
+            _ = self.term.recv() => {}
+        }
+        #[cfg(not(unix))]
+        {
+            let _ = tokio::signal::ctrl_c().await;
+        }
     }
 }
 
@@ -250,22 +344,95 @@ pub struct Properties {
     pub publish: PublishProperties,
     /// For SUBSCRIBE.
     pub subscribe: SubscribeProperties,
+    /// For UNSUBSCRIBE.
+    pub unsubscribe: UnsubscribeProperties,
     /// For the will.
     pub will: mqtt_client::WillProperties,
-    /// For DISCONNECT: session expiry interval.
-    pub disconnect_session_expiry: Option<u32>,
+    /// For DISCONNECT.
+    pub disconnect: DisconnectProperties,
 }
 
-fn s(v: &str) -> Result<ByteStr, Failure> {
-    ByteStr::try_from(v).map_err(|e| Failure::new(format!("{v:?}: {e}")))
+impl Properties {
+    /// The DISCONNECT to end a connection normally with, carrying the `-D disconnect`
+    /// properties.
+    pub fn disconnect_packet(&self) -> Disconnect {
+        let mut d = Disconnect::new(ReasonCode::NORMAL_DISCONNECTION);
+        d.properties = self.disconnect.clone();
+        d
+    }
 }
 
-fn num<T: std::str::FromStr>(name: &str, v: &str) -> Result<T, Failure> {
-    v.parse()
-        .map_err(|_| Failure::new(format!("invalid value {v:?} for property {name}")))
+/// The property names `-D` knows (mosquitto's spelling), and the commands (packets)
+/// MQTT 5.0 allows each in, as the client sends them.
+const PROPERTY_PLACES: &[(&str, &[&str])] = &[
+    ("payload-format-indicator", &["publish", "will"]),
+    ("message-expiry-interval", &["publish", "will"]),
+    ("content-type", &["publish", "will"]),
+    ("response-topic", &["publish", "will"]),
+    ("correlation-data", &["publish", "will"]),
+    ("subscription-identifier", &["subscribe"]),
+    ("session-expiry-interval", &["connect", "disconnect"]),
+    ("authentication-method", &["connect", "auth"]),
+    ("authentication-data", &["connect", "auth"]),
+    ("request-problem-information", &["connect"]),
+    ("will-delay-interval", &["will"]),
+    ("request-response-information", &["connect"]),
+    ("reason-string", &["disconnect", "auth"]),
+    ("receive-maximum", &["connect"]),
+    ("topic-alias-maximum", &["connect"]),
+    ("topic-alias", &["publish"]),
+    (
+        "user-property",
+        &[
+            "connect",
+            "publish",
+            "subscribe",
+            "unsubscribe",
+            "disconnect",
+            "will",
+            "auth",
+        ],
+    ),
+    ("maximum-packet-size", &["connect"]),
+];
+
+/// The commands `-D` knows.
+const PROPERTY_COMMANDS: &[&str] = &[
+    "connect",
+    "publish",
+    "subscribe",
+    "unsubscribe",
+    "disconnect",
+    "will",
+    "auth",
+];
+
+fn s(name: &str, v: &str) -> Result<ByteStr, Failure> {
+    ByteStr::try_from(v)
+        .map_err(|e| Failure::new(format!("invalid value {v:?} for property {name}: {e}")))
 }
 
-/// Parses the `-D` flags.
+fn num<T: std::str::FromStr>(name: &str, v: &str, range: &str) -> Result<T, Failure> {
+    v.parse().map_err(|_| {
+        Failure::new(format!(
+            "invalid value {v:?} for property {name}: expected {range}"
+        ))
+    })
+}
+
+fn flag(name: &str, v: &str) -> Result<bool, Failure> {
+    match v {
+        "0" => Ok(false),
+        "1" => Ok(true),
+        _ => Err(Failure::new(format!(
+            "invalid value {v:?} for property {name}: expected 0 or 1"
+        ))),
+    }
+}
+
+/// Parses the `-D` flags: `COMMAND NAME VALUE`, or `COMMAND user-property KEY VALUE`.
+/// A property is accepted in the packets MQTT 5.0 allows it in (as a client sends
+/// them); an error names the command, the property or the value that is wrong.
 pub fn parse_properties(
     args: &[Vec<String>],
     version: ProtocolVersion,
@@ -280,91 +447,146 @@ pub fn parse_properties(
             [c, n, k, v] => (c.as_str(), n.as_str(), k.as_str(), Some(v.as_str())),
             _ => return Err(Failure::new("-D takes COMMAND NAME VALUE")),
         };
-        let bad = || Failure::new(format!("property {name} is not allowed in {cmd}"));
-        match (cmd, name) {
-            ("connect", "user-property") => p
-                .connect
-                .user_properties
-                .push((s(value)?, s(extra.ok_or_else(bad)?)?)),
-            ("connect", "session-expiry-interval") => {
-                p.connect.session_expiry_interval = Some(num(name, value)?);
+        if !PROPERTY_COMMANDS.contains(&cmd) {
+            return Err(Failure::new(format!(
+                "-D: unknown command {cmd:?}: use one of {}",
+                PROPERTY_COMMANDS.join(", ")
+            )));
+        }
+        let Some((_, places)) = PROPERTY_PLACES.iter().find(|(n, _)| *n == name) else {
+            return Err(Failure::new(format!("-D {cmd}: unknown property {name:?}")));
+        };
+        if !places.contains(&cmd) {
+            return Err(Failure::new(format!(
+                "-D {cmd}: property {name} is not allowed in {} (only in {})",
+                cmd.to_uppercase(),
+                places
+                    .iter()
+                    .map(|c| c.to_uppercase())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )));
+        }
+        if name == "user-property" {
+            let Some(v) = extra else {
+                return Err(Failure::new(format!(
+                    "-D {cmd} user-property takes a name and a value"
+                )));
+            };
+            let pair = (s(name, value)?, s(name, v)?);
+            match cmd {
+                "connect" => p.connect.user_properties.push(pair),
+                "publish" => p.publish.user_properties.push(pair),
+                "subscribe" => p.subscribe.user_properties.push(pair),
+                "unsubscribe" => p.unsubscribe.user_properties.push(pair),
+                "disconnect" => p.disconnect.user_properties.push(pair),
+                "will" => p.will.user_properties.push(pair),
+                _ => return Err(Failure::new(AUTH_UNSUPPORTED)),
             }
-            ("connect", "receive-maximum") => p.connect.receive_maximum = Some(num(name, value)?),
+            continue;
+        }
+        if extra.is_some() {
+            return Err(Failure::new(format!(
+                "-D {cmd} {name} takes one value, not two"
+            )));
+        }
+        const U32: &str = "a number from 0 to 4294967295";
+        const U16: &str = "a number from 0 to 65535";
+        const NZ16: &str = "a number from 1 to 65535";
+        const NZ32: &str = "a number from 1 to 4294967295";
+        let format = |v: &str| -> Result<PayloadFormat, Failure> {
+            match v {
+                "0" => Ok(PayloadFormat::Unspecified),
+                "1" => Ok(PayloadFormat::Utf8),
+                _ => Err(Failure::new(format!(
+                    "invalid value {v:?} for property {name}: expected 0 or 1"
+                ))),
+            }
+        };
+        let bytes = |v: &str| Bytes::copy_from_slice(v.as_bytes());
+        match (cmd, name) {
+            ("connect", "session-expiry-interval") => {
+                p.connect.session_expiry_interval = Some(num(name, value, U32)?);
+            }
+            ("connect", "receive-maximum") => {
+                p.connect.receive_maximum = Some(num(name, value, NZ16)?);
+            }
             ("connect", "maximum-packet-size") => {
-                p.connect.maximum_packet_size = Some(num(name, value)?);
+                p.connect.maximum_packet_size = Some(num(name, value, NZ32)?);
             }
             ("connect", "topic-alias-maximum") => {
-                p.connect.topic_alias_maximum = Some(num(name, value)?);
+                p.connect.topic_alias_maximum = Some(num(name, value, U16)?);
             }
             ("connect", "request-problem-information") => {
-                p.connect.request_problem_information = Some(num::<u8>(name, value)? != 0);
+                p.connect.request_problem_information = Some(flag(name, value)?);
             }
             ("connect", "request-response-information") => {
-                p.connect.request_response_information = Some(num::<u8>(name, value)? != 0);
+                p.connect.request_response_information = Some(flag(name, value)?);
             }
             ("connect", "authentication-method") => {
-                p.connect.authentication_method = Some(s(value)?);
+                p.connect.authentication_method = Some(s(name, value)?);
             }
             ("connect", "authentication-data") => {
-                p.connect.authentication_data = Some(Bytes::copy_from_slice(value.as_bytes()));
+                p.connect.authentication_data = Some(bytes(value));
             }
-            ("publish", "user-property") => p
-                .publish
-                .user_properties
-                .push((s(value)?, s(extra.ok_or_else(bad)?)?)),
-            ("publish", "response-topic") => p.publish.response_topic = Some(s(value)?),
-            ("publish", "correlation-data") => {
-                p.publish.correlation_data = Some(Bytes::copy_from_slice(value.as_bytes()));
+            ("publish", "response-topic") => {
+                let topic = s(name, value)?;
+                mqtt_client::codec::topic::validate_topic_name(&topic).map_err(|e| {
+                    Failure::new(format!("invalid value {value:?} for property {name}: {e}"))
+                })?;
+                p.publish.response_topic = Some(topic);
             }
-            ("publish", "content-type") => p.publish.content_type = Some(s(value)?),
+            ("publish", "correlation-data") => p.publish.correlation_data = Some(bytes(value)),
+            ("publish", "content-type") => p.publish.content_type = Some(s(name, value)?),
             ("publish", "message-expiry-interval") => {
-                p.publish.message_expiry_interval = Some(num(name, value)?);
+                p.publish.message_expiry_interval = Some(num(name, value, U32)?);
             }
             ("publish", "payload-format-indicator") => {
-                p.publish.payload_format_indicator = Some(if num::<u8>(name, value)? == 1 {
-                    mqtt_client::codec::PayloadFormat::Utf8
-                } else {
-                    mqtt_client::codec::PayloadFormat::Unspecified
-                });
+                p.publish.payload_format_indicator = Some(format(value)?);
             }
-            ("publish", "topic-alias") => {}
-            ("subscribe", "user-property") => p
-                .subscribe
-                .user_properties
-                .push((s(value)?, s(extra.ok_or_else(bad)?)?)),
+            // The session chooses topic aliases itself: check the value, use none.
+            ("publish", "topic-alias") => {
+                num::<std::num::NonZeroU16>(name, value, NZ16)?;
+            }
             ("subscribe", "subscription-identifier") => {
                 p.subscribe.subscription_identifier = Some(
-                    mqtt_client::codec::SubscriptionId::new(num(name, value)?).ok_or_else(
-                        || Failure::new("subscription-identifier must be 1 to 268435455"),
-                    )?,
+                    mqtt_client::codec::SubscriptionId::new(num(
+                        name,
+                        value,
+                        "a number from 1 to 268435455",
+                    )?)
+                    .ok_or_else(|| {
+                        Failure::new(format!(
+                            "invalid value {value:?} for property {name}: expected a number from 1 to 268435455"
+                        ))
+                    })?,
                 );
             }
-            ("will", "user-property") => p
-                .will
-                .user_properties
-                .push((s(value)?, s(extra.ok_or_else(bad)?)?)),
-            ("will", "will-delay-interval") => p.will.will_delay_interval = Some(num(name, value)?),
+            ("will", "will-delay-interval") => {
+                p.will.will_delay_interval = Some(num(name, value, U32)?);
+            }
             ("will", "message-expiry-interval") => {
-                p.will.message_expiry_interval = Some(num(name, value)?);
+                p.will.message_expiry_interval = Some(num(name, value, U32)?);
             }
-            ("will", "content-type") => p.will.content_type = Some(s(value)?),
-            ("will", "response-topic") => p.will.response_topic = Some(s(value)?),
-            ("will", "correlation-data") => {
-                p.will.correlation_data = Some(Bytes::copy_from_slice(value.as_bytes()));
+            ("will", "payload-format-indicator") => {
+                p.will.payload_format_indicator = Some(format(value)?);
             }
+            ("will", "content-type") => p.will.content_type = Some(s(name, value)?),
+            ("will", "response-topic") => p.will.response_topic = Some(s(name, value)?),
+            ("will", "correlation-data") => p.will.correlation_data = Some(bytes(value)),
             ("disconnect", "session-expiry-interval") => {
-                p.disconnect_session_expiry = Some(num(name, value)?);
+                p.disconnect.session_expiry_interval = Some(num(name, value, U32)?);
             }
-            (
-                "connect" | "publish" | "subscribe" | "will" | "disconnect" | "unsubscribe"
-                | "auth",
-                _,
-            ) => return Err(bad()),
-            _ => return Err(Failure::new(format!("unknown command {cmd:?} in -D"))),
+            ("disconnect", "reason-string") => p.disconnect.reason_string = Some(s(name, value)?),
+            _ => return Err(Failure::new(AUTH_UNSUPPORTED)),
         }
     }
     Ok(p)
 }
+
+/// What `-D auth ...` answers: the property is valid MQTT, but these tools send no AUTH.
+const AUTH_UNSUPPORTED: &str = "-D auth: these tools send no AUTH packet (enhanced authentication \
+takes -D connect authentication-method and authentication-data)";
 
 /// The QoS of `-q`.
 pub fn qos(q: u8) -> QoS {
@@ -464,12 +686,15 @@ impl ConnectArgs {
         let id = match (&self.id, &self.id_prefix) {
             (Some(id), _) => id.clone(),
             (None, Some(prefix)) => format!("{prefix}{}", std::process::id()),
-            (None, None) => format!("{tool}-{}", std::process::id()),
+            (None, None) => random_client_id(tool),
         };
         if self.no_clean && self.id.is_none() && self.id_prefix.is_none() {
             return Err(Failure::new(
                 "you must provide a client id (-i) if you are using -c",
             ));
+        }
+        if self.debug {
+            o = trace::enable(o, &id, self.version);
         }
         o = o
             .version(self.version)
@@ -497,11 +722,21 @@ impl ConnectArgs {
         if let Some(user) = &self.username {
             o = o.credentials(user, self.password.as_deref().map(str::as_bytes))?;
         } else if let Some(pw) = &self.password {
+            if !self.version.is_v5() {
+                // Caught here, before connecting: the codec cannot encode this CONNECT.
+                let kind = mqtt_client::codec::ErrorKind::PasswordWithoutUsername;
+                let rule = kind.rule(self.version).unwrap_or("MQTT-3.1.2-22");
+                return Err(Failure::new(format!(
+                    "{kind} is not allowed in MQTT {} [{rule}]: give a user name (-u) too, or use -V 5",
+                    version_name(self.version)
+                )));
+            }
             o = o.password(pw.as_bytes());
         }
         if let Some(topic) = &self.will_topic {
             o = o.will(Will {
-                topic: s(topic)?,
+                topic: ByteStr::try_from(topic.as_str())
+                    .map_err(|e| Failure::new(format!("will topic {topic:?}: {e}")))?,
                 payload: Bytes::from(self.will_payload.clone().unwrap_or_default()),
                 qos: qos(self.will_qos),
                 retain: self.will_retain,
@@ -557,13 +792,32 @@ fn split_url_topic(url: &str) -> (String, Option<String>) {
 }
 
 /// Connects, mapping errors to mosquitto-like messages.
+///
+/// A refused connection exits with the broker's code, as mosquitto's tools do: the
+/// CONNACK return code in 3.1 and 3.1.1 (5 for not authorised), the reason code in 5.0
+/// (135).
 pub async fn connect(
     options: ConnectOptions,
 ) -> Result<(mqtt_client::Client, mqtt_client::Connection), Failure> {
-    mqtt_client::connect(options).await.map_err(|e| match e {
-        mqtt_client::ConnectError::Refused { .. } => Failure::new(capitalise(&e.to_string())),
-        other => Failure::new(capitalise(&other.to_string())),
+    let version = options.protocol_version();
+    mqtt_client::connect(options).await.map_err(|e| {
+        let mut f = Failure::new(capitalise(&e.to_string()));
+        if let mqtt_client::ConnectError::Refused { reason, .. } = &e {
+            f.code = refused_exit_code(*reason, version);
+        }
+        f
     })
+}
+
+/// The exit code for a refused connection: the code the broker sent, in its version.
+pub fn refused_exit_code(reason: ReasonCode, version: ProtocolVersion) -> u8 {
+    let code = if version.is_v5() {
+        reason.0
+    } else {
+        mqtt_client::ConnAck::v3_return_code(reason)
+    };
+    // A refusal is never a success.
+    if code == 0 { EXIT_ERROR } else { code }
 }
 
 fn capitalise(s: &str) -> String {

@@ -27,6 +27,11 @@ enum TestBroker {
 
 impl TestBroker {
     fn ours() -> Self {
+        Self::ours_on(0)
+    }
+
+    /// Our broker on 127.0.0.1:`port` (0: any free port).
+    fn ours_on(port: u16) -> Self {
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
             .enable_all()
@@ -34,7 +39,7 @@ impl TestBroker {
             .unwrap();
         let config = mqtt_broker::Config {
             listeners: vec![mqtt_broker::config::Listener {
-                bind: "127.0.0.1:0".parse().unwrap(),
+                bind: std::net::SocketAddr::from(([127, 0, 0, 1], port)),
             }],
             ..mqtt_broker::Config::default()
         };
@@ -221,14 +226,25 @@ fn help_is_covered() {
                 "--random-filter",
             ][..],
         ),
-        (RR, &["-t", "-e", "-m", "-W", "--pretty", "--nodelay"][..]),
+        (
+            RR,
+            &["-t", "-e", "-m", "-s", "-R", "-W", "--pretty", "--nodelay"][..],
+        ),
     ] {
         let o = run(bin, &["--help"]);
         assert!(o.status.success(), "{bin}");
         let help = stdout(&o);
-        for f in flags {
+        for f in flags.iter().chain(&["--version"]) {
             assert!(help.contains(f), "{bin} --help lacks {f}:\n{help}");
         }
+        // --version: the tool and its version, exit 0 (-V is the protocol version).
+        let o = run(bin, &["--version"]);
+        assert!(o.status.success(), "{bin}");
+        let name = bin.rsplit('/').next().unwrap_or(bin);
+        assert_eq!(
+            stdout(&o),
+            format!("{name} {}\n", env!("CARGO_PKG_VERSION"))
+        );
     }
 }
 
@@ -362,21 +378,70 @@ fn exit_codes_and_errors_a_person_understands() {
             "same message as mosquitto_pub"
         );
     }
-    // A bad flag value is a usage error.
-    let o = run(PUB, &["-p", p, "-t", "a", "-m", "x", "-q", "3"]);
-    assert_eq!(o.status.code(), Some(2));
-    // Refused: the reason in words.
+    // A bad flag value is a usage error: exit 1, as mosquitto's tools (clap says 2).
+    for bin in [PUB, "mosquitto_pub"] {
+        let o = run(bin, &["-p", p, "-t", "a", "-m", "x", "-q", "3"]);
+        assert_eq!(o.status.code(), Some(1), "{bin}");
+    }
+    for bin in [SUB, RR] {
+        let o = run(bin, &["-p", p, "-t", "a", "--no-such-flag"]);
+        assert_eq!(o.status.code(), Some(1), "{bin}");
+    }
+    // A password without a user name cannot be sent in 3.1.1: said at once, exit 1,
+    // with the rule broken, where mosquitto_pub says "Problem setting username and/or
+    // password" and exits 1.
+    for (bin, args) in [(PUB, &["-m", "x"][..]), (SUB, &["-E"])] {
+        let started = Instant::now();
+        let mut a = vec!["-p", p, "-t", "a", "-P", "secret"];
+        a.extend_from_slice(args);
+        let o = run(bin, &a);
+        assert!(started.elapsed() < Duration::from_secs(2), "{bin} hung");
+        assert_eq!(o.status.code(), Some(1), "{bin}");
+        assert!(
+            stderr(&o).contains(
+                "password without user name is not allowed in MQTT 3.1.1 [MQTT-3.1.2-22]"
+            ),
+            "{bin}: {}",
+            stderr(&o)
+        );
+    }
+    let theirs = run(
+        "mosquitto_pub",
+        &["-p", p, "-t", "a", "-m", "x", "-P", "secret"],
+    );
+    assert_eq!(theirs.status.code(), Some(1));
+    // ... but 5.0 allows it.
+    let o = run(SUB, &["-p", p, "-t", "a", "-P", "secret", "-V", "5", "-E"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    // Refused: the reason in words, and the broker's code as the exit code, as
+    // mosquitto's tools: the 3.x return code (5), the 5.0 reason code (135).
     let closed = Mosquitto::start_with(&[], "allow_anonymous false\n");
     let cp = closed.port.to_string();
-    for v in ["31", "311", "5"] {
+    for (v, code) in [("31", 5), ("311", 5), ("5", 135)] {
         let o = run(PUB, &["-p", &cp, "-t", "a", "-m", "x", "-V", v]);
-        assert_eq!(o.status.code(), Some(1));
+        assert_eq!(o.status.code(), Some(code), "-V {v}");
         assert_eq!(
             stderr(&o).trim(),
             "Error: Connection refused: not authorised",
             "-V {v}"
         );
+        for (ours, theirs) in [(PUB, "mosquitto_pub"), (SUB, "mosquitto_sub")] {
+            let args = ["-p", &cp, "-t", "a", "-m", "x", "-V", v];
+            let args = if ours == SUB {
+                &["-p", &cp, "-t", "a", "-V", v][..]
+            } else {
+                &args[..]
+            };
+            assert_eq!(
+                run(ours, args).status.code(),
+                run(theirs, args).status.code(),
+                "{ours} -V {v}"
+            );
+        }
     }
+    let args = ["-p", &cp, "-t", "a", "-e", "b", "-m", "x"];
+    assert_eq!(run(RR, &args).status.code(), Some(135));
+    assert_eq!(run("mosquitto_rr", &args).status.code(), Some(135));
     // Nobody listening.
     let o = run(PUB, &["-p", "1", "-t", "a", "-m", "x"]);
     assert_eq!(o.status.code(), Some(1));
@@ -844,7 +909,7 @@ fn tls_version_ciphers_and_psk() {
         stderr(&o)
     );
     let o = publish(PUB, v13, &["--tls-version", "tlsv1.1"]);
-    assert_eq!(o.status.code(), Some(2), "a usage error");
+    assert_eq!(o.status.code(), Some(1), "a usage error, as mosquitto_pub");
     let o = run(
         PUB,
         &[
@@ -1171,12 +1236,13 @@ fn random_filter() {
                 chance,
             ],
         );
-        // -d says on stderr when the subscription is in place.
-        let mut err = std::io::BufReader::new(sub.stderr.take().unwrap());
+        // -d says when the subscription is in place ("Subscribed (mid: 1): 0", on
+        // stdout with the packet trace, as mosquitto_sub -d).
+        let mut out = std::io::BufReader::new(sub.stdout.take().unwrap());
         let mut line = String::new();
-        while !line.starts_with("Subscribed to") {
+        while !line.starts_with("Subscribed (mid: ") {
             line.clear();
-            assert!(std::io::BufRead::read_line(&mut err, &mut line).unwrap() > 0);
+            assert!(std::io::BufRead::read_line(&mut out, &mut line).unwrap() > 0);
         }
         let mut publisher = spawn(PUB, &["-p", p, "-t", "rf", "-l", "-q", "1"]);
         publisher
@@ -1187,9 +1253,12 @@ fn random_filter() {
             .unwrap();
         let po = wait(publisher, Duration::from_secs(10));
         assert!(po.status.success(), "publisher: {}", stderr(&po));
+        let mut rest = String::new();
+        out.read_to_string(&mut rest).unwrap();
         let o = wait(sub, Duration::from_secs(20));
         assert!(o.status.success(), "subscriber with {chance}");
-        stdout(&o).lines().count()
+        // The payloads, without the trace.
+        rest.lines().filter(|l| !l.starts_with("Client ")).count()
     };
     assert_eq!(printed("100"), 200);
     // Each of 200 messages kept with chance 1/2: all or none is a 2^-199 event.
@@ -1296,4 +1365,716 @@ fn nodelay_and_openssl_engines() {
     // The default key form is what we read anyway.
     let o = run(PUB, &["-p", p, "-t", "e", "-m", "x", "--keyform", "pem"]);
     assert!(o.status.success(), "{}", stderr(&o));
+}
+
+/// Sends signal `sig` (`INT`, `TERM`) to a child.
+fn signal(child: &Child, sig: &str) {
+    let ok = Command::new("kill")
+        .args(["-s", sig, &child.id().to_string()])
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok, "kill -s {sig} failed");
+}
+
+/// Reads a child's stdout until `n` lines came (or it closed).
+fn read_lines(out: &mut impl Read, n: usize) -> String {
+    let mut got = Vec::new();
+    let mut byte = [0u8; 1];
+    while got.iter().filter(|&&b| b == b'\n').count() < n {
+        match out.read(&mut byte) {
+            Ok(1) => got.push(byte[0]),
+            _ => break,
+        }
+    }
+    String::from_utf8_lossy(&got).into_owned()
+}
+
+// SIGINT and SIGTERM: the tools disconnect cleanly, so the will is not published,
+// and exit 0, as mosquitto_sub does.
+#[test]
+fn signals_disconnect_cleanly_without_the_will() {
+    for broker in both() {
+        let port = broker.port().to_string();
+        let p = port.as_str();
+        for (bin, sig) in [
+            (SUB, "INT"),
+            (SUB, "TERM"),
+            ("mosquitto_sub", "INT"),
+            ("mosquitto_sub", "TERM"),
+        ] {
+            let watcher = spawn(SUB, &["-p", p, "-t", "will/#", "-v", "-W", "2"]);
+            sleep(Duration::from_millis(300));
+            let mortal = spawn(
+                bin,
+                &[
+                    "-p",
+                    p,
+                    "-t",
+                    "x",
+                    "--will-topic",
+                    "will/x",
+                    "--will-payload",
+                    "bye",
+                ],
+            );
+            sleep(Duration::from_millis(400));
+            signal(&mortal, sig);
+            let o = wait(mortal, Duration::from_secs(5));
+            assert_eq!(o.status.code(), Some(0), "{bin} {sig}: {}", stderr(&o));
+            assert_eq!(stderr(&o), "", "{bin} {sig}");
+            let w = wait(watcher, Duration::from_secs(10));
+            assert_eq!(stdout(&w), "", "{bin} {sig}: the will was published");
+            assert_eq!(w.status.code(), Some(27));
+        }
+        // mqtt-pub reading lines from stdin, and mqtt-rr waiting for its answer.
+        for (bin, args) in [
+            (PUB, &["-t", "x", "-l"][..]),
+            (RR, &["-t", "x", "-e", "y", "-m", "z", "-W", "30"]),
+        ] {
+            let mut a = vec!["-p", p];
+            a.extend_from_slice(args);
+            let mut c = spawn(bin, &a);
+            sleep(Duration::from_millis(400));
+            signal(&c, "INT");
+            let stdin = c.stdin.take();
+            let o = wait(c, Duration::from_secs(5));
+            drop(stdin);
+            assert_eq!(o.status.code(), Some(0), "{bin}: {}", stderr(&o));
+        }
+    }
+}
+
+/// Mosquitto listening on 127.0.0.1:`port`, killed on drop.
+struct MosquittoOn(Child, std::path::PathBuf);
+
+impl MosquittoOn {
+    fn start(port: u16) -> Self {
+        let dir = mqtt_client::testing::temp_dir("restart");
+        let conf = dir.join("mosquitto.conf");
+        std::fs::write(
+            &conf,
+            format!("listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n"),
+        )
+        .unwrap();
+        let child = Command::new("mosquitto")
+            .arg("-c")
+            .arg(&conf)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(Instant::now() < deadline, "mosquitto did not start");
+            sleep(Duration::from_millis(20));
+        }
+        Self(child, dir)
+    }
+}
+
+impl Drop for MosquittoOn {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+        let _ = std::fs::remove_dir_all(&self.1);
+    }
+}
+
+// A broker restart: mqtt-sub reconnects, says so on stderr, subscribes again (a new
+// session) and goes on printing, as mosquitto_sub does.
+#[test]
+fn sub_survives_a_broker_restart() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let p = port.to_string();
+    let p = p.as_str();
+    for mosquitto in [true, false] {
+        let start = || {
+            if mosquitto {
+                (Some(MosquittoOn::start(port)), None)
+            } else {
+                (None, Some(TestBroker::ours_on(port)))
+            }
+        };
+        let broker = start();
+        let args = ["-p", p, "-t", "restart/#", "-v", "-C", "2"];
+        let mut ours = spawn(SUB, &args);
+        let theirs = spawn("mosquitto_sub", &args);
+        sleep(Duration::from_millis(400));
+        assert!(
+            run(PUB, &["-p", p, "-t", "restart/a", "-m", "before"])
+                .status
+                .success()
+        );
+        let mut out = ours.stdout.take().unwrap();
+        assert_eq!(read_lines(&mut out, 1), "restart/a before\n");
+        drop(broker);
+        sleep(Duration::from_millis(700));
+        let _broker = start();
+        // Reconnection backoff: publish until the subscriber has it.
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while ours.try_wait().unwrap().is_none() {
+            assert!(Instant::now() < deadline, "mqtt-sub did not come back");
+            let o = run(PUB, &["-p", p, "-t", "restart/a", "-m", "after", "-q", "1"]);
+            assert!(o.status.success(), "{}", stderr(&o));
+            sleep(Duration::from_millis(300));
+        }
+        let theirs = wait(theirs, Duration::from_secs(10));
+        assert_eq!(stdout(&theirs), "restart/a before\nrestart/a after\n");
+        let status = ours.wait().unwrap();
+        assert!(status.success(), "mosquitto {mosquitto}");
+        let mut rest = String::new();
+        out.read_to_string(&mut rest).unwrap();
+        assert_eq!(rest, "restart/a after\n", "mosquitto {mosquitto}");
+        let mut err = String::new();
+        ours.stderr
+            .take()
+            .unwrap()
+            .read_to_string(&mut err)
+            .unwrap();
+        assert!(
+            err.contains("Connection lost") && err.contains("Reconnected (session present 0)"),
+            "{err}"
+        );
+    }
+}
+
+// --remove-retained clears only what it would print: -T and -R keep messages from
+// being cleared, as in mosquitto_sub.
+#[test]
+fn remove_retained_respects_filter_out_and_no_stale() {
+    for broker in both() {
+        let port = broker.port().to_string();
+        let p = port.as_str();
+        for (tool, prefix) in [(SUB, "ours"), ("mosquitto_sub", "theirs")] {
+            let retain = |t: &str| {
+                let o = run(PUB, &["-p", p, "-t", t, "-m", t, "-r", "-q", "1"]);
+                assert!(o.status.success(), "{}", stderr(&o));
+            };
+            let left = || {
+                let o = run(
+                    "mosquitto_sub",
+                    &[
+                        "-p",
+                        p,
+                        "-t",
+                        &format!("{prefix}/#"),
+                        "-v",
+                        "--retained-only",
+                        "-W",
+                        "1",
+                    ],
+                );
+                let mut l: Vec<String> = stdout(&o).lines().map(str::to_owned).collect();
+                l.sort();
+                l
+            };
+            let (a, b) = (format!("{prefix}/a"), format!("{prefix}/b"));
+            retain(&a);
+            retain(&b);
+            let filter = format!("{prefix}/#");
+            // -T: the filtered-out topic keeps its retained message.
+            let o = run(
+                tool,
+                &[
+                    "-p",
+                    p,
+                    "-t",
+                    &filter,
+                    "-T",
+                    &b,
+                    "--remove-retained",
+                    "-W",
+                    "1",
+                ],
+            );
+            assert_eq!(o.status.code(), Some(27), "{tool}: {}", stderr(&o));
+            assert_eq!(left(), [format!("{b} {b}")], "{tool} -T");
+            // -R: nothing is printed, so nothing is cleared.
+            retain(&a);
+            let o = run(
+                tool,
+                &["-p", p, "-t", &filter, "-R", "--remove-retained", "-W", "1"],
+            );
+            assert_eq!(o.status.code(), Some(27), "{tool}");
+            assert_eq!(left().len(), 2, "{tool} -R");
+            // Neither: all cleared.
+            let o = run(
+                tool,
+                &["-p", p, "-t", &filter, "--remove-retained", "-W", "1"],
+            );
+            assert_eq!(o.status.code(), Some(27), "{tool}");
+            assert!(left().is_empty(), "{tool}");
+        }
+    }
+}
+
+// `mqtt-sub | head -1`: when the reader goes, mqtt-sub ends quietly with 0.
+#[test]
+fn a_closed_pipe_ends_the_subscriber_quietly() {
+    let broker = Mosquitto::start();
+    let port = broker.port.to_string();
+    let p = port.as_str();
+    let mut c = spawn(SUB, &["-p", p, "-t", "pipe"]);
+    sleep(Duration::from_millis(300));
+    assert!(
+        run(PUB, &["-p", p, "-t", "pipe", "-m", "one"])
+            .status
+            .success()
+    );
+    let mut out = c.stdout.take().unwrap();
+    assert_eq!(read_lines(&mut out, 1), "one\n");
+    drop(out);
+    // The next write fails with EPIPE.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while c.try_wait().unwrap().is_none() {
+        assert!(Instant::now() < deadline, "mqtt-sub did not end");
+        assert!(
+            run(PUB, &["-p", p, "-t", "pipe", "-m", "two"])
+                .status
+                .success()
+        );
+        sleep(Duration::from_millis(100));
+    }
+    let o = wait(c, Duration::from_secs(5));
+    assert_eq!(o.status.code(), Some(0));
+    assert_eq!(stderr(&o), "");
+}
+
+// No -i: a random identifier, so two subscribers started with the same process id
+// (in two containers) do not take each other's session; every tool's differs.
+#[test]
+fn default_client_ids_are_random() {
+    let broker = Mosquitto::start();
+    let port = broker.port.to_string();
+    let p = port.as_str();
+    for _ in 0..2 {
+        assert!(run(SUB, &["-p", p, "-t", "a", "-E"]).status.success());
+        assert!(run(PUB, &["-p", p, "-t", "a", "-m", "x"]).status.success());
+    }
+    let log = broker.log();
+    let mut ids: Vec<&str> = log
+        .lines()
+        .filter_map(|l| l.split(" as ").nth(1))
+        .filter_map(|rest| rest.split(' ').next())
+        .collect();
+    assert_eq!(ids.len(), 4, "{log}");
+    for id in &ids {
+        let (tool, suffix) = id.rsplit_once('-').unwrap();
+        assert!(tool == "mqtt-sub" || tool == "mqtt-pub", "{id}");
+        assert_eq!(suffix.len(), 12, "{id}");
+        assert!(suffix.chars().all(|c| c.is_ascii_hexdigit()), "{id}");
+        assert!(
+            id.len() <= 23,
+            "{id}: longer than 3.1.1 servers must accept"
+        );
+    }
+    ids.sort_unstable();
+    ids.dedup();
+    assert_eq!(ids.len(), 4, "identifiers repeat");
+}
+
+/// Answers `n` requests on `req`: on the Response Topic, or `fallback` when the
+/// request has none (3.1.1), with `pong:PAYLOAD:CORRELATION` and the Correlation Data.
+fn responder(
+    url: String,
+    req: &'static str,
+    fallback: &'static str,
+    n: usize,
+) -> std::thread::JoinHandle<()> {
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+    let h = std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async move {
+            let o = mqtt_client::ConnectOptions::from_url(&url)
+                .unwrap()
+                .version(mqtt_client::ProtocolVersion::V5);
+            let (c, mut conn) = mqtt_client::connect(o).await.unwrap();
+            c.subscribe(req, mqtt_client::QoS::AtLeastOnce)
+                .await
+                .unwrap();
+            ready_tx.send(()).unwrap();
+            for _ in 0..n {
+                let m = tokio::time::timeout(Duration::from_secs(10), conn.next_message())
+                    .await
+                    .unwrap()
+                    .unwrap();
+                let corr = m.properties.correlation_data.clone();
+                let mut reply = mqtt_client::message(
+                    m.properties.response_topic.as_deref().unwrap_or(fallback),
+                    format!(
+                        "pong:{}:{}",
+                        String::from_utf8_lossy(&m.payload),
+                        String::from_utf8_lossy(corr.as_deref().unwrap_or(b"-"))
+                    ),
+                    mqtt_client::QoS::AtLeastOnce,
+                    false,
+                )
+                .unwrap();
+                reply.properties.correlation_data = corr;
+                c.publish_message(reply).await.unwrap();
+            }
+        });
+    });
+    ready_rx.recv_timeout(Duration::from_secs(10)).unwrap();
+    h
+}
+
+// mqtt-rr as mosquitto_rr: -V 311 speaks 3.1.1 (no properties: the first message on
+// the response topic is the answer), -D publish correlation-data is sent as given,
+// -s reads the request from stdin, -R skips a retained message on the response topic.
+#[test]
+fn request_response_versions_stdin_and_stale() {
+    for broker in both() {
+        let port = broker.port().to_string();
+        let p = port.as_str();
+        for bin in [RR, "mosquitto_rr"] {
+            // -V 311: no Correlation Data goes out (the responder says "-"), and the
+            // first message on the response topic is the answer.
+            let h = responder(broker.url(), "rr/req", "rr/resp311", 1);
+            let o = run(
+                bin,
+                &[
+                    "-p",
+                    p,
+                    "-t",
+                    "rr/req",
+                    "-e",
+                    "rr/resp311",
+                    "-m",
+                    "old",
+                    "-V",
+                    "311",
+                ],
+            );
+            assert!(o.status.success(), "{bin}: {}", stderr(&o));
+            assert_eq!(stdout(&o), "pong:old:-\n", "{bin}");
+            h.join().unwrap();
+            // -D publish correlation-data, -s. (mosquitto_rr 2.0.11 takes -s but sends
+            // an empty request: it gets -m instead.)
+            let h = responder(broker.url(), "rr/req", "-", 1);
+            let source: &[&str] = if bin == RR {
+                &["-s"]
+            } else {
+                &["-m", "from stdin"]
+            };
+            let mut a = vec![
+                "-p",
+                p,
+                "-t",
+                "rr/req",
+                "-e",
+                "rr/resp",
+                "-D",
+                "publish",
+                "correlation-data",
+                "abc",
+            ];
+            a.extend_from_slice(source);
+            let mut c = spawn(bin, &a);
+            c.stdin.take().unwrap().write_all(b"from stdin").unwrap();
+            let o = wait(c, Duration::from_secs(10));
+            assert!(o.status.success(), "{bin}: {}", stderr(&o));
+            assert_eq!(stdout(&o), "pong:from stdin:abc\n", "{bin}");
+            h.join().unwrap();
+            // -R: a retained message waits on the response topic; it is not the answer.
+            // (mosquitto_rr 2.0.11 accepts -R but prints the retained message.)
+            if bin != RR {
+                continue;
+            }
+            let o = run(
+                PUB,
+                &["-p", p, "-t", "rr/stale", "-m", "stale", "-r", "-q", "1"],
+            );
+            assert!(o.status.success());
+            let h = responder(broker.url(), "rr/req", "-", 1);
+            let o = run(
+                bin,
+                &[
+                    "-p", p, "-t", "rr/req", "-e", "rr/stale", "-m", "x", "-R", "-V", "5",
+                ],
+            );
+            assert!(o.status.success(), "{bin}: {}", stderr(&o));
+            assert!(stdout(&o).starts_with("pong:x:"), "{bin}: {}", stdout(&o));
+            h.join().unwrap();
+            let o = run(PUB, &["-p", p, "-t", "rr/stale", "-n", "-r", "-q", "1"]);
+            assert!(o.status.success());
+        }
+    }
+    // The broker saw 3.1.1: a 5.0 property in -D is refused before connecting.
+    let o = run(
+        RR,
+        &[
+            "-p",
+            "1",
+            "-t",
+            "a",
+            "-e",
+            "b",
+            "-m",
+            "x",
+            "-V",
+            "311",
+            "-D",
+            "publish",
+            "content-type",
+            "t",
+        ],
+    );
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stderr(&o).contains("needs MQTT 5.0"), "{}", stderr(&o));
+}
+
+// -D takes every property MQTT 5.0 allows a client to send (DISCONNECT reason-string,
+// UNSUBSCRIBE user-property, ...), puts it in its packet, and says which command,
+// property or value is wrong.
+#[test]
+fn properties_where_mqtt5_allows_them() {
+    use mqtt_client::codec::{Packet, SubAck, UnsubAck};
+    let (port, server) = fake_server(|listener| async move {
+        let (s, _) = tokio::time::timeout(Duration::from_secs(10), listener.accept())
+            .await
+            .unwrap()
+            .unwrap();
+        let mut peer = mqtt_client::testing::RawPeer::new(s, mqtt_client::ProtocolVersion::V5);
+        let Packet::Connect(c) = peer.recv().await else {
+            panic!("expected CONNECT")
+        };
+        assert_eq!(c.properties.user_properties[0].0.as_str(), "ck");
+        peer.send(mqtt_client::ConnAck::new(
+            false,
+            mqtt_client::ReasonCode::SUCCESS,
+        ))
+        .await;
+        let Packet::Subscribe(sub) = peer.recv().await else {
+            panic!("expected SUBSCRIBE")
+        };
+        peer.send(SubAck {
+            packet_id: sub.packet_id,
+            reason_codes: vec![mqtt_client::ReasonCode::SUCCESS],
+            properties: Default::default(),
+        })
+        .await;
+        let Packet::Unsubscribe(u) = peer.recv().await else {
+            panic!("expected UNSUBSCRIBE")
+        };
+        assert_eq!(u.properties.user_properties[0].0.as_str(), "uk");
+        assert_eq!(u.properties.user_properties[0].1.as_str(), "uv");
+        peer.send(UnsubAck {
+            packet_id: u.packet_id,
+            reason_codes: vec![mqtt_client::ReasonCode::SUCCESS],
+            properties: Default::default(),
+        })
+        .await;
+        let Packet::Disconnect(d) = peer.recv().await else {
+            panic!("expected DISCONNECT")
+        };
+        assert_eq!(d.properties.reason_string.as_deref(), Some("bye now"));
+        assert_eq!(d.properties.user_properties[0].0.as_str(), "dk");
+    });
+    let port = port.to_string();
+    let o = run(
+        SUB,
+        &[
+            "-p",
+            &port,
+            "-V",
+            "5",
+            "-t",
+            "a",
+            "-U",
+            "b",
+            "-E",
+            "-D",
+            "connect",
+            "user-property",
+            "ck",
+            "cv",
+            "-D",
+            "unsubscribe",
+            "user-property",
+            "uk",
+            "uv",
+            "-D",
+            "disconnect",
+            "reason-string",
+            "bye now",
+            "-D",
+            "disconnect",
+            "user-property",
+            "dk",
+            "dv",
+        ],
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    server.join().unwrap();
+    // What is wrong, said so.
+    for (d, says) in [
+        (
+            &["publish", "reason-string", "x"][..],
+            "-D publish: property reason-string is not allowed in PUBLISH (only in DISCONNECT, AUTH)",
+        ),
+        (
+            &["connect", "no-such", "x"],
+            "-D connect: unknown property \"no-such\"",
+        ),
+        (
+            &["connack", "user-property", "a", "b"],
+            "-D: unknown command \"connack\"",
+        ),
+        (
+            &["connect", "receive-maximum", "0"],
+            "invalid value \"0\" for property receive-maximum: expected a number from 1 to 65535",
+        ),
+        (
+            &["publish", "message-expiry-interval", "soon"],
+            "invalid value \"soon\" for property message-expiry-interval: expected a number from 0 to 4294967295",
+        ),
+        (
+            &["publish", "payload-format-indicator", "2"],
+            "invalid value \"2\" for property payload-format-indicator: expected 0 or 1",
+        ),
+        (
+            &["subscribe", "subscription-identifier", "0"],
+            "invalid value \"0\" for property subscription-identifier: expected a number from 1 to 268435455",
+        ),
+        (
+            &["publish", "response-topic", "a/#"],
+            "invalid value \"a/#\" for property response-topic",
+        ),
+    ] {
+        let mut a = vec!["-p", "1", "-V", "5", "-t", "a", "-D"];
+        a.extend_from_slice(d);
+        let o = run(SUB, &a);
+        assert_eq!(o.status.code(), Some(1), "{d:?}");
+        assert!(stderr(&o).contains(says), "{d:?}: {}", stderr(&o));
+    }
+}
+
+// -d: a packet trace on stdout in libmosquitto's words, line for line what
+// mosquitto_sub -d and mosquitto_pub -d print for the same exchange (QoS 0 and 1, 3.1.1
+// and 5.0). The identifiers differ, so each tool's is replaced by ID.
+#[test]
+fn debug_trace_like_mosquitto() {
+    for broker in both() {
+        let port = broker.port().to_string();
+        let p = port.as_str();
+        for (v, q) in [("311", "1"), ("5", "1"), ("311", "0")] {
+            let trace = |o: &Output, id: &str| stdout(o).replace(id, "ID");
+            let sub_args = |id: &'static str| {
+                vec![
+                    "-p", p, "-t", "dbg/#", "-q", q, "-V", v, "-C", "1", "-d", "-i", id,
+                ]
+            };
+            let ours = spawn(SUB, &sub_args("our-sub"));
+            let theirs = spawn("mosquitto_sub", &sub_args("their-sub"));
+            // Still there for the second publisher (a 5.0 PUBACK says whether anyone was).
+            let watcher = spawn("mosquitto_sub", &["-p", p, "-t", "dbg/#", "-C", "2"]);
+            sleep(Duration::from_millis(400));
+            let pub_args = |id: &'static str| {
+                vec![
+                    "-p", p, "-t", "dbg/x", "-m", "hello", "-q", q, "-V", v, "-d", "-i", id,
+                ]
+            };
+            let our_pub = run(PUB, &pub_args("our-pub"));
+            assert!(our_pub.status.success(), "{}", stderr(&our_pub));
+            let their_pub = run("mosquitto_pub", &pub_args("their-pub"));
+            // One difference: a QoS 0 PUBLISH has no packet identifier, and we print
+            // m0 where libmosquitto prints its internal message counter (m1).
+            let their_trace = trace(&their_pub, "their-pub");
+            let their_trace = if q == "0" {
+                their_trace.replace("r0, m1,", "r0, m0,")
+            } else {
+                their_trace
+            };
+            assert_eq!(trace(&our_pub, "our-pub"), their_trace, "-V {v} -q {q}");
+            assert!(wait(watcher, Duration::from_secs(10)).status.success());
+            let ours = wait(ours, Duration::from_secs(10));
+            let theirs = wait(theirs, Duration::from_secs(10));
+            let expected = format!(
+                "Client ID sending CONNECT\n\
+                 Client ID received CONNACK (0)\n\
+                 Client ID sending SUBSCRIBE (Mid: 1, Topic: dbg/#, QoS: {q}, Options: 0x00)\n\
+                 Client ID received SUBACK\n\
+                 Subscribed (mid: 1): {q}\n\
+                 Client ID received PUBLISH (d0, q{q}, r0, m{m}, 'dbg/x', ... (5 bytes))\n\
+                 {ack}hello\n\
+                 Client ID sending DISCONNECT\n",
+                m = if q == "0" { "0" } else { "1" },
+                ack = if q == "0" {
+                    ""
+                } else {
+                    "Client ID sending PUBACK (m1, rc0)\n"
+                },
+            );
+            assert_eq!(trace(&ours, "our-sub"), expected, "-V {v} -q {q}");
+            assert_eq!(
+                trace(&theirs, "their-sub"),
+                expected,
+                "mosquitto_sub -V {v} -q {q}"
+            );
+        }
+    }
+}
+
+// mqtt-bench: -h is the host, as in every other tool; --help is help. The flags
+// `cargo xtask bench` passes (-p, --broker-pid, --machine, --quiet) still work.
+#[test]
+fn bench_host_flag_like_the_other_tools() {
+    const BENCH: &str = env!("CARGO_BIN_EXE_mqtt-bench");
+    let broker = Mosquitto::start();
+    let port = broker.port.to_string();
+    let o = run(
+        BENCH,
+        &[
+            "fan-in",
+            "-P",
+            "2",
+            "-n",
+            "2000",
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &port,
+            "--machine",
+            "--quiet",
+        ],
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(
+        stdout(&o).contains("result scenario=fan-in ok=true")
+            && stdout(&o).contains("delivered=2000"),
+        "{}",
+        stdout(&o)
+    );
+    for args in [&["--help"][..], &["fan-in", "--help"]] {
+        let o = run(BENCH, args);
+        assert!(o.status.success(), "{args:?}");
+        assert!(
+            stdout(&o).contains("-h, --host <HOST>") || args.len() == 1,
+            "{}",
+            stdout(&o)
+        );
+    }
+    // An unknown host is an error, not help.
+    let o = run(
+        BENCH,
+        &[
+            "fan-in",
+            "-h",
+            "no-such-host.invalid",
+            "-p",
+            &port,
+            "--quiet",
+        ],
+    );
+    assert!(!o.status.success());
+    assert!(!stdout(&o).contains("Usage:"), "{}", stdout(&o));
 }

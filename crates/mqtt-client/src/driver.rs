@@ -29,7 +29,7 @@ use crate::{
     auth::Authenticator,
     client::{Command, DisconnectReason, Event, Responder},
     error::{ClientError, ConnectError},
-    options::ConnectOptions,
+    options::{ConnectOptions, PacketDirection},
     transport::{self, BoxIo},
 };
 
@@ -457,7 +457,11 @@ impl Driver {
             if self.held_full(c) {
                 return;
             }
-            match c.decoder.decode(&mut c.rbuf) {
+            let decoded = c.decoder.decode(&mut c.rbuf);
+            if let (Ok(Some(p)), Some(observer)) = (&decoded, &self.options.packet_observer) {
+                (observer.0)(PacketDirection::Received, p);
+            }
+            match decoded {
                 Ok(Some(p @ Packet::Publish(_)))
                     if !self.room_for_messages() || !c.held.is_empty() =>
                 {
@@ -512,6 +516,8 @@ impl Driver {
                 busy = true;
                 if let Err(e) = packet.encode(version, &mut c.wbuf) {
                     tracing::error!(error = %e, packet = ?packet.packet_type(), "cannot encode a packet; not sent");
+                } else if let Some(observer) = &self.options.packet_observer {
+                    (observer.0)(PacketDirection::Sent, &packet);
                 }
             }
             while let Some(ev) = self.session.poll_event() {

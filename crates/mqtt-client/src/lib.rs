@@ -87,7 +87,9 @@ pub use crate::{
     auth::Authenticator,
     client::{Client, Connection, Delivery, DisconnectReason, Event, connect, message},
     error::{ClientError, ConnectError, TryPublishError, refusal_text},
-    options::{ConnectOptions, ReconnectOptions, TlsOptions, TlsVersion, Transport},
+    options::{
+        ConnectOptions, PacketDirection, ReconnectOptions, TlsOptions, TlsVersion, Transport,
+    },
     socks5::Socks5Proxy,
 };
 pub use mqtt_codec::{

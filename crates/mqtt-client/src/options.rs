@@ -8,7 +8,7 @@ use std::{
 };
 
 use bytes::Bytes;
-use mqtt_codec::{ByteStr, ConnectProperties, ProtocolVersion, Will};
+use mqtt_codec::{ByteStr, ConnectProperties, Packet, ProtocolVersion, Will};
 use mqtt_session::{ClientOptions, Limits};
 
 use crate::{auth::Authenticator, error::ConnectError, socks5::Socks5Proxy};
@@ -142,6 +142,30 @@ pub struct ConnectOptions {
     pub(crate) proxy: Option<Socks5Proxy>,
     /// The enhanced-authentication exchange (5.0).
     pub(crate) authenticator: Option<SharedAuthenticator>,
+    /// Told of every packet sent and received.
+    pub(crate) packet_observer: Option<PacketObserver>,
+}
+
+/// Which way a packet went, for [`ConnectOptions::on_packet`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PacketDirection {
+    /// To the server: encoded into the write buffer.
+    Sent,
+    /// From the server: decoded.
+    Received,
+}
+
+/// The function [`ConnectOptions::on_packet`] takes.
+type ObserverFn = dyn Fn(PacketDirection, &Packet) + Send + Sync;
+
+/// A function told of every packet, shared by the clones of [`ConnectOptions`].
+#[derive(Clone)]
+pub(crate) struct PacketObserver(pub(crate) Arc<ObserverFn>);
+
+impl fmt::Debug for PacketObserver {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("PacketObserver")
+    }
 }
 
 /// An [`Authenticator`] shared by the clones of [`ConnectOptions`]; the driver locks
@@ -191,6 +215,7 @@ impl ConnectOptions {
             unix_path: None,
             proxy: None,
             authenticator: None,
+            packet_observer: None,
         }
     }
 
@@ -474,6 +499,18 @@ impl ConnectOptions {
             method,
             inner: Arc::new(Mutex::new(authenticator)),
         });
+        self
+    }
+
+    /// Calls `observer` with every packet the driver sends (as it is queued for writing)
+    /// and receives (as it is decoded), on every connection: a packet trace, such as
+    /// the `-d` output of command-line tools. It runs on the driver task, so it must
+    /// be quick and must not block.
+    pub fn on_packet(
+        mut self,
+        observer: impl Fn(PacketDirection, &Packet) + Send + Sync + 'static,
+    ) -> Self {
+        self.packet_observer = Some(PacketObserver(Arc::new(observer)));
         self
     }
 

@@ -5,13 +5,14 @@
 use std::{path::PathBuf, process::ExitCode, time::Duration};
 
 use bytes::Bytes;
-use mqtt_cli::{ConnectArgs, Failure, finish, message, parse_properties, qos};
+use mqtt_cli::{ConnectArgs, Failure, Signals, finish, message, parse_properties, qos};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, BufReader};
 
 /// Publish MQTT messages (the flags of mosquitto_pub).
 #[derive(clap::Parser, Debug)]
 #[command(
     name = "mqtt-pub",
+    version,
     disable_help_flag = true,
     disable_version_flag = true
 )]
@@ -47,14 +48,25 @@ struct Args {
     repeat_delay: f64,
 }
 
-#[tokio::main(flavor = "current_thread")]
-async fn main() -> ExitCode {
+fn main() -> ExitCode {
     let args: Args = mqtt_cli::parse_args(|a: &mut Args| &mut a.conn);
     let quiet = args.conn.quiet;
-    finish(run(args).await, quiet)
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => return finish(Err(Failure::new(format!("cannot start: {e}"))), quiet),
+    };
+    let code = finish(runtime.block_on(run(args)), quiet);
+    // A read of stdin (-l) may still block in its thread after a signal: do not wait
+    // for it.
+    runtime.shutdown_background();
+    code
 }
 
 async fn run(args: Args) -> Result<(), Failure> {
+    let mut signals = Signals::new()?;
     let sources = [
         args.message.is_some(),
         args.file.is_some(),
@@ -102,14 +114,10 @@ async fn run(args: Args) -> Result<(), Failure> {
         None
     };
     let q = qos(args.conn.qos);
-    let debug = args.conn.debug;
-    let (client, mut conn) = mqtt_cli::connect(options).await?;
-    if debug {
-        eprintln!(
-            "Connected (session present {})",
-            u8::from(conn.connack().session_present)
-        );
-    }
+    let (client, mut conn) = tokio::select! {
+        c = mqtt_cli::connect(options) => c?,
+        () = signals.recv() => return Ok(()),
+    };
     // Report connection losses while publishing.
     let watcher = tokio::spawn(async move {
         while let Some(ev) = conn.next_event().await {
@@ -123,40 +131,42 @@ async fn run(args: Args) -> Result<(), Failure> {
         let client = client.clone();
         let m = message(&topic, payload, q, args.retain, &props);
         async move {
-            let code = client
+            client
                 .publish_message(m?)
                 .await
                 .map_err(|e| Failure::new(e.to_string()))?;
-            if debug {
-                eprintln!("Published ({code})");
-            }
             Ok::<(), Failure>(())
         }
     };
-    match payload {
-        Some(p) => {
-            for i in 0..args.repeat.max(1) {
-                if i > 0 && args.repeat_delay > 0.0 {
-                    tokio::time::sleep(Duration::from_secs_f64(args.repeat_delay)).await;
+    let work = async {
+        match payload {
+            Some(p) => {
+                for i in 0..args.repeat.max(1) {
+                    if i > 0 && args.repeat_delay > 0.0 {
+                        tokio::time::sleep(Duration::from_secs_f64(args.repeat_delay)).await;
+                    }
+                    publish(p.clone()).await?;
                 }
-                publish(p.clone()).await?;
+            }
+            None => {
+                let mut lines = BufReader::new(tokio::io::stdin()).lines();
+                while let Some(line) = lines
+                    .next_line()
+                    .await
+                    .map_err(|e| Failure::new(format!("reading stdin: {e}")))?
+                {
+                    publish(Bytes::from(line)).await?;
+                }
             }
         }
-        None => {
-            let mut lines = BufReader::new(tokio::io::stdin()).lines();
-            while let Some(line) = lines
-                .next_line()
-                .await
-                .map_err(|e| Failure::new(format!("reading stdin: {e}")))?
-            {
-                publish(Bytes::from(line)).await?;
-            }
-        }
+        Ok::<(), Failure>(())
+    };
+    // SIGINT or SIGTERM: stop publishing, disconnect cleanly (no will), exit 0.
+    tokio::select! {
+        r = work => r?,
+        () = signals.recv() => {}
     }
-    let mut disconnect =
-        mqtt_client::Disconnect::new(mqtt_client::ReasonCode::NORMAL_DISCONNECTION);
-    disconnect.properties.session_expiry_interval = props.disconnect_session_expiry;
-    client.disconnect_with(disconnect).await?;
+    client.disconnect_with(props.disconnect_packet()).await?;
     match watcher.await {
         Ok(Some(mqtt_client::DisconnectReason::Requested) | None) | Err(_) => Ok(()),
         Ok(Some(reason)) => Err(Failure::new(reason.to_string())),

@@ -1,19 +1,22 @@
 //! mqtt-rr: MQTT 5.0 request/response, like mosquitto_rr: publish a request with a
-//! Response Topic and Correlation Data, and print the matching response.
+//! Response Topic and Correlation Data, and print the matching response (with 3.1.1,
+//! `-V 311`, the first message on the response topic).
 #![allow(clippy::print_stdout, clippy::print_stderr)]
 
 use std::{io::Write, path::PathBuf, process::ExitCode, time::Duration};
 
 use bytes::Bytes;
 use mqtt_cli::{
-    ConnectArgs, EXIT_TIMEOUT, Failure, finish, format, message, parse_properties, qos,
+    ConnectArgs, EXIT_TIMEOUT, Failure, Signals, finish, format, message, parse_properties, qos,
 };
 use mqtt_client::{ByteStr, Event, ProtocolVersion};
+use tokio::io::AsyncReadExt;
 
 /// Send a request and wait for its response (the flags of mosquitto_rr).
 #[derive(clap::Parser, Debug)]
 #[command(
     name = "mqtt-rr",
+    version,
     disable_help_flag = true,
     disable_version_flag = true
 )]
@@ -35,6 +38,12 @@ struct Args {
     /// Send an empty request.
     #[arg(short = 'n', long = "null-message")]
     null: bool,
+    /// Read stdin, sending it whole as the request.
+    #[arg(short = 's', long = "stdin-file")]
+    stdin: bool,
+    /// Do not print stale (retained) responses.
+    #[arg(short = 'R')]
+    no_stale: bool,
     /// Print the response topic before the payload.
     #[arg(short = 'v', long = "verbose")]
     verbose: bool,
@@ -60,8 +69,14 @@ async fn main() -> ExitCode {
 }
 
 async fn run(mut args: Args) -> Result<(), Failure> {
-    // Response Topic and Correlation Data exist only in 5.0.
-    args.conn.version = ProtocolVersion::V5;
+    let mut signals = Signals::new()?;
+    // As mosquitto_rr: 5.0 unless -V says otherwise. With 3.1 and 3.1.1 there is no
+    // Response Topic or Correlation Data: the request goes out plain, and the first
+    // message on the response topic is the response.
+    if !args.conn.version_given {
+        args.conn.version = ProtocolVersion::V5;
+    }
+    let v5 = args.conn.version.is_v5();
     let mut props = parse_properties(&args.conn.properties, args.conn.version)?;
     let (options, url_topic) = args.conn.options("mqtt-rr", &props)?;
     let Some(topic) = args.topic.clone().or(url_topic) else {
@@ -69,6 +84,15 @@ async fn run(mut args: Args) -> Result<(), Failure> {
             "a request topic (-t) and a response topic (-e) are needed",
         ));
     };
+    let sources = [
+        args.message.is_some(),
+        args.file.is_some(),
+        args.null,
+        args.stdin,
+    ];
+    if sources.iter().filter(|&&b| b).count() > 1 {
+        return Err(Failure::new("only one of -m, -f, -n and -s may be given"));
+    }
     let payload = if let Some(m) = &args.message {
         Bytes::from(m.clone())
     } else if let Some(f) = &args.file {
@@ -78,32 +102,54 @@ async fn run(mut args: Args) -> Result<(), Failure> {
         )
     } else if args.null {
         Bytes::new()
+    } else if args.stdin {
+        let mut buf = Vec::new();
+        tokio::io::stdin()
+            .read_to_end(&mut buf)
+            .await
+            .map_err(|e| Failure::new(format!("reading stdin: {e}")))?;
+        Bytes::from(buf)
     } else {
-        return Err(Failure::new("a request payload is needed (-m, -f or -n)"));
+        return Err(Failure::new(
+            "a request payload is needed (-m, -f, -n or -s)",
+        ));
     };
-    let correlation = format!(
-        "mqtt-rr-{}-{}",
-        std::process::id(),
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_nanos())
-            .unwrap_or(0)
-    );
-    props.publish.response_topic = Some(
-        ByteStr::try_from(args.response_topic.as_str())
-            .map_err(|e| Failure::new(format!("response topic: {e}")))?,
-    );
-    props.publish.correlation_data = Some(Bytes::from(correlation.clone()));
+    // The Correlation Data given with -D publish is used as given; otherwise one that
+    // no other request carries.
+    let correlation = if v5 {
+        let c = props.publish.correlation_data.clone().unwrap_or_else(|| {
+            Bytes::from(format!(
+                "{}-{}",
+                mqtt_cli::random_client_id("mqtt-rr"),
+                std::process::id()
+            ))
+        });
+        props.publish.response_topic = Some(
+            ByteStr::try_from(args.response_topic.as_str())
+                .map_err(|e| Failure::new(format!("response topic: {e}")))?,
+        );
+        props.publish.correlation_data = Some(c.clone());
+        Some(c)
+    } else {
+        None
+    };
     let q = qos(args.conn.qos);
-    let (client, mut conn) = mqtt_cli::connect(options).await?;
+    let (client, mut conn) = tokio::select! {
+        c = mqtt_cli::connect(options) => c?,
+        () = signals.recv() => return Ok(()),
+    };
     client.subscribe(&args.response_topic, q).await?;
     client
         .publish_message(message(&topic, payload, q, false, &props)?)
         .await?;
     let deadline = tokio::time::Instant::now() + Duration::from_secs(args.timeout);
     loop {
-        let Ok(event) = tokio::time::timeout_at(deadline, conn.next_event()).await else {
-            let _ = client.disconnect().await;
+        let next = tokio::select! {
+            e = tokio::time::timeout_at(deadline, conn.next_event()) => e,
+            () = signals.recv() => break,
+        };
+        let Ok(event) = next else {
+            let _ = client.disconnect_with(props.disconnect_packet()).await;
             return Err(Failure {
                 message: "Timed out".into(),
                 code: EXIT_TIMEOUT,
@@ -111,12 +157,13 @@ async fn run(mut args: Args) -> Result<(), Failure> {
         };
         match event {
             Some(Event::Message(m, arrival)) => {
-                let matching = m
-                    .properties
-                    .correlation_data
-                    .as_ref()
-                    .is_none_or(|c| c.as_ref() == correlation.as_bytes());
-                if !matching {
+                // A response carries our Correlation Data back (a responder that
+                // drops it is taken at its word).
+                let matching = match (&correlation, &m.properties.correlation_data) {
+                    (Some(ours), Some(theirs)) => ours == theirs,
+                    _ => true,
+                };
+                if !matching || (args.no_stale && m.retain) {
                     continue;
                 }
                 let mut out = std::io::stdout().lock();
@@ -138,7 +185,12 @@ async fn run(mut args: Args) -> Result<(), Failure> {
                     }
                     out.flush()
                 })();
-                written.map_err(|e| Failure::new(format!("writing output: {e}")))?;
+                match written {
+                    Ok(()) => {}
+                    // The reader went away (`| head -c1`): nothing more to say.
+                    Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => {}
+                    Err(e) => return Err(Failure::new(format!("writing output: {e}"))),
+                }
                 break;
             }
             Some(Event::Disconnected { reason }) => return Err(Failure::new(reason.to_string())),
@@ -146,6 +198,6 @@ async fn run(mut args: Args) -> Result<(), Failure> {
             None => return Err(Failure::new("the connection ended")),
         }
     }
-    client.disconnect().await?;
+    client.disconnect_with(props.disconnect_packet()).await?;
     Ok(())
 }

@@ -5,17 +5,19 @@ use std::{io::Write, process::ExitCode, time::Duration};
 
 use bytes::Bytes;
 use mqtt_cli::{
-    ConnectArgs, EXIT_TIMEOUT, Failure, RandomFilter, finish, format, parse_properties, qos,
+    ConnectArgs, EXIT_TIMEOUT, Failure, RandomFilter, Signals, finish, format, parse_properties,
+    qos,
 };
 use mqtt_client::{
-    Arrival, ByteStr, Event, Message, QoS, RetainHandling, Subscription, SubscriptionOptions,
-    UnsubscribeProperties,
+    Arrival, ByteStr, DisconnectReason, Event, Message, QoS, ReasonCode, ReconnectOptions,
+    RetainHandling, Subscription, SubscriptionOptions,
 };
 
 /// Subscribe to MQTT topics and print the messages (the flags of mosquitto_sub).
 #[derive(clap::Parser, Debug)]
 #[command(
     name = "mqtt-sub",
+    version,
     disable_help_flag = true,
     disable_version_flag = true
 )]
@@ -62,7 +64,8 @@ struct Args {
     /// Print only retained messages; exit at the first non-retained one.
     #[arg(long = "retained-only")]
     retained_only: bool,
-    /// Clear every retained message received (publish an empty retained message).
+    /// Clear the retained messages received (publish an empty retained message); those
+    /// -R or -T keep from being printed are left alone.
     #[arg(long = "remove-retained")]
     remove_retained: bool,
     /// Exit once subscribed.
@@ -106,12 +109,20 @@ fn matches(filter: &str, topic: &str) -> bool {
 }
 
 async fn run(args: Args) -> Result<(), Failure> {
+    let mut signals = Signals::new()?;
     let mut sample = match &args.random_filter {
         Some(chance) => RandomFilter::parse(chance)?,
         None => RandomFilter::all(),
     };
+    if args.no_stale && args.retained_only {
+        return Err(Failure::new(
+            "Combining '-R' and '--retained-only' makes no sense.",
+        ));
+    }
     let props = parse_properties(&args.conn.properties, args.conn.version)?;
     let (options, url_topic) = args.conn.options("mqtt-sub", &props)?;
+    // A long-running subscriber outlives broker restarts, as mosquitto_sub does.
+    let options = options.reconnect(ReconnectOptions::default());
     let mut topics = args.topics.clone();
     topics.extend(url_topic);
     if topics.is_empty() && args.unsubscribe.is_empty() {
@@ -121,6 +132,7 @@ async fn run(args: Args) -> Result<(), Failure> {
     }
     let sub_qos = qos(args.conn.qos);
     let debug = args.conn.debug;
+    let quiet = args.conn.quiet;
     let mut subscriptions = Vec::new();
     for t in &topics {
         let filter =
@@ -137,22 +149,26 @@ async fn run(args: Args) -> Result<(), Failure> {
         };
         subscriptions.push(Subscription { filter, options: o });
     }
-    let (client, mut conn) = mqtt_cli::connect(options).await?;
-    if debug {
-        eprintln!(
-            "Connected (session present {})",
-            u8::from(conn.connack().session_present)
-        );
-    }
+    let (client, mut conn) = tokio::select! {
+        c = mqtt_cli::connect(options) => c?,
+        () = signals.recv() => return Ok(()),
+    };
     if !subscriptions.is_empty() {
         let ack = client
-            .subscribe_many(subscriptions, props.subscribe.clone())
+            .subscribe_many(subscriptions.clone(), props.subscribe.clone())
             .await?;
+        if debug {
+            // As mosquitto_sub -d, on stdout with the trace.
+            let granted: Vec<String> = ack.reason_codes.iter().map(|c| c.0.to_string()).collect();
+            println!(
+                "Subscribed (mid: {}): {}",
+                ack.packet_id.get(),
+                granted.join(", ")
+            );
+        }
         for (t, code) in topics.iter().zip(&ack.reason_codes) {
             if code.is_error() {
                 eprintln!("Warning: subscription to {t} refused: {code}");
-            } else if debug {
-                eprintln!("Subscribed to {t} (granted QoS {})", code.0);
             }
         }
         if ack.reason_codes.iter().all(|c| c.is_error()) {
@@ -166,11 +182,11 @@ async fn run(args: Args) -> Result<(), Failure> {
             .map(|t| ByteStr::try_from(t.as_str()).map_err(|e| Failure::new(format!("{t:?}: {e}"))))
             .collect::<Result<Vec<_>, _>>()?;
         client
-            .unsubscribe_many(filters, UnsubscribeProperties::default())
+            .unsubscribe_many(filters, props.unsubscribe.clone())
             .await?;
     }
     if args.exit_after_sub {
-        client.disconnect().await?;
+        client.disconnect_with(props.disconnect_packet()).await?;
         return Ok(());
     }
     let deadline = args
@@ -178,16 +194,22 @@ async fn run(args: Args) -> Result<(), Failure> {
         .map(|s| tokio::time::Instant::now() + Duration::from_secs(s));
     let mut received = 0u64;
     let mut stdout = std::io::stdout().lock();
-    loop {
+    // Removals of retained messages not yet acknowledged: awaited before disconnecting.
+    let mut removals = Vec::new();
+    let mut reconnected = false;
+    let outcome = loop {
         let next = async {
             match deadline {
                 Some(d) => tokio::time::timeout_at(d, conn.next_event()).await.ok(),
                 None => Some(conn.next_event().await),
             }
         };
-        let Some(event) = next.await else {
-            let _ = client.disconnect().await;
-            return Err(Failure {
+        let event = tokio::select! {
+            e = next => e,
+            () = signals.recv() => break Ok(()),
+        };
+        let Some(event) = event else {
+            break Err(Failure {
                 message: "Timed out".into(),
                 code: EXIT_TIMEOUT,
             });
@@ -198,40 +220,96 @@ async fn run(args: Args) -> Result<(), Failure> {
         let (m, arrival) = match event {
             Event::Message(m, arrival) => (m, arrival),
             Event::Disconnected { reason } => {
-                return Err(Failure::new(reason.to_string()));
-            }
-            other => {
-                if debug {
-                    eprintln!("{other:?}");
+                if let DisconnectReason::Server { reason: code, .. } = &reason {
+                    if *code == ReasonCode::SESSION_TAKEN_OVER {
+                        // Another client took our identifier: fighting over it helps nobody.
+                        let _ = client.disconnect().await;
+                        return Err(Failure::new(reason.to_string()));
+                    }
+                }
+                if !quiet {
+                    eprintln!("Connection lost ({reason}); reconnecting");
                 }
                 continue;
             }
+            Event::ConnectFailed { error } => {
+                if !quiet {
+                    eprintln!("Reconnection failed: {error}");
+                }
+                continue;
+            }
+            Event::Connected {
+                session_present, ..
+            } => {
+                // The first connection's event: subscribed above already.
+                if !reconnected {
+                    reconnected = true;
+                    continue;
+                }
+                if !quiet {
+                    eprintln!(
+                        "Reconnected (session present {})",
+                        u8::from(session_present)
+                    );
+                }
+                if !session_present && !subscriptions.is_empty() {
+                    // A new session: subscribe again, as mosquitto_sub does on every
+                    // connection; the messages keep flowing while the answer comes.
+                    let (c, subs, p) = (
+                        client.clone(),
+                        subscriptions.clone(),
+                        props.subscribe.clone(),
+                    );
+                    tokio::spawn(async move {
+                        match c.subscribe_many(subs, p).await {
+                            Ok(ack) if ack.reason_codes.iter().any(|c| c.is_error()) => {
+                                eprintln!("Warning: a subscription was refused on reconnection");
+                            }
+                            Ok(_) => {}
+                            Err(e) => eprintln!("Warning: subscribing again failed: {e}"),
+                        }
+                    });
+                }
+                continue;
+            }
+            _ => continue,
         };
         if args.retained_only && !m.retain {
-            break;
+            break Ok(());
         }
-        if args.remove_retained && m.retain && !m.payload.is_empty() {
-            let clear = mqtt_client::message(&m.topic, Bytes::new(), QoS::AtMostOnce, true)?;
-            client.publish_message(clear).await?;
-        }
+        // mosquitto_sub's order: a message -R or -T hides is neither printed nor
+        // cleared by --remove-retained.
         if args.no_stale && m.retain {
             continue;
         }
         if args.filter_out.iter().any(|f| matches(f, &m.topic)) {
             continue;
         }
+        if args.remove_retained && m.retain && !m.payload.is_empty() {
+            let clear = mqtt_client::message(&m.topic, Bytes::new(), QoS::AtLeastOnce, true)?;
+            removals.push(client.enqueue(clear).await?);
+        }
         if sample.keep() {
-            print(&mut stdout, &args, &m, arrival)
-                .map_err(|e| Failure::new(format!("writing output: {e}")))?;
+            match print(&mut stdout, &args, &m, arrival) {
+                Ok(()) => {}
+                // The reader went away (`| head -1`): done, as a pipeline expects.
+                Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => break Ok(()),
+                Err(e) => return Err(Failure::new(format!("writing output: {e}"))),
+            }
         }
         // As mosquitto_sub: -C counts the messages --random-filter does not print.
         received += 1;
         if args.count.is_some_and(|c| received >= c) {
-            break;
+            break Ok(());
+        }
+    };
+    for r in removals {
+        if let Err(e) = r.await {
+            eprintln!("Warning: removing a retained message failed: {e}");
         }
     }
-    client.disconnect().await?;
-    Ok(())
+    let _ = client.disconnect_with(props.disconnect_packet()).await;
+    outcome
 }
 
 fn print(out: &mut impl Write, args: &Args, m: &Message, arrival: Arrival) -> std::io::Result<()> {

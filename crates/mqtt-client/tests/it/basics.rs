@@ -306,3 +306,41 @@ async fn keep_alive_detects_a_silent_server() {
         }
     }
 }
+
+// `on_packet` sees every packet the driver writes and reads, in order, including the
+// ones the application never asks for (PUBACK, DISCONNECT).
+#[tokio::test]
+async fn on_packet_sees_every_packet_both_ways() {
+    use std::sync::{Arc, Mutex};
+
+    use mqtt_client::{PacketDirection, codec::PacketType};
+
+    let broker = Mosquitto::start();
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let log = seen.clone();
+    let o = opts(&broker.url(), ProtocolVersion::V3_1_1, "traced").on_packet(move |d, p| {
+        log.lock().unwrap().push((d, p.packet_type()));
+    });
+    let (c, mut conn) = connect(o).await;
+    c.subscribe("traced", QoS::AtLeastOnce).await.unwrap();
+    c.publish("traced", "x", QoS::AtLeastOnce, false)
+        .await
+        .unwrap();
+    next_message(&mut conn).await;
+    c.disconnect().await.unwrap();
+    use PacketDirection::{Received as R, Sent as S};
+    use PacketType::*;
+    let seen = seen.lock().unwrap().clone();
+    // Our PUBACK to the broker's PUBLISH and its PUBACK to ours may come in either order.
+    let mut middle = seen.get(4..8).unwrap().to_vec();
+    middle.sort_by_key(|(d, t)| (*d == R, *t as u8));
+    assert_eq!(
+        seen.get(..4).unwrap(),
+        [(S, Connect), (R, ConnAck), (S, Subscribe), (R, SubAck)]
+    );
+    assert_eq!(
+        middle,
+        [(S, Publish), (S, PubAck), (R, Publish), (R, PubAck)]
+    );
+    assert_eq!(seen.get(8..).unwrap(), [(S, Disconnect)]);
+}

@@ -30,18 +30,30 @@ use crate::{
 /// Load generator for MQTT brokers: throughput, connections and latency, with every
 /// delivery checked.
 #[derive(Debug, Parser)]
-#[command(name = "mqtt-bench", version, about, long_about = None)]
+#[command(
+    name = "mqtt-bench",
+    version,
+    about,
+    long_about = None,
+    disable_help_flag = true
+)]
 struct Cli {
     #[command(subcommand)]
     scenario: Scenario,
+    /// Print help (-h is the host, as in every other tool).
+    #[arg(long = "help", action = clap::ArgAction::Help)]
+    help: Option<bool>,
 }
 
 /// Where the broker is and what to report.
 #[derive(Debug, Args, Clone)]
 struct Common {
     /// Broker host.
-    #[arg(long = "host", default_value = "127.0.0.1", global = true)]
+    #[arg(short = 'h', long = "host", default_value = "127.0.0.1", global = true)]
     host: String,
+    /// Print help (-h is the host, as in every other tool).
+    #[arg(long = "help", action = clap::ArgAction::Help, global = true)]
+    help: Option<bool>,
     /// Broker port.
     #[arg(short = 'p', long = "port", default_value_t = 1883, global = true)]
     port: u16,
@@ -97,6 +109,7 @@ fn parse_version(s: &str) -> Result<ProtocolVersion, String> {
 #[derive(Debug, Subcommand)]
 enum Scenario {
     /// P publishers on their own topics -> one subscriber on a wildcard.
+    #[command(disable_help_flag = true)]
     FanIn {
         /// Publishers.
         #[arg(short = 'P', long = "publishers", default_value_t = 16)]
@@ -110,6 +123,7 @@ enum Scenario {
         common: Common,
     },
     /// One publisher -> K subscribers of its topic.
+    #[command(disable_help_flag = true)]
     FanOut {
         /// Subscribers.
         #[arg(short = 'K', long = "subscribers", default_value_t = 100)]
@@ -123,6 +137,7 @@ enum Scenario {
         common: Common,
     },
     /// P publisher/subscriber pairs, each on its own topic.
+    #[command(disable_help_flag = true)]
     Pairs {
         /// Pairs.
         #[arg(short = 'P', long = "pairs", default_value_t = 1000)]
@@ -136,6 +151,7 @@ enum Scenario {
         common: Common,
     },
     /// P publishers -> a shared subscription group ($share/bench/...) of M members.
+    #[command(disable_help_flag = true)]
     Shared {
         /// Publishers.
         #[arg(short = 'P', long = "publishers", default_value_t = 16)]
@@ -152,6 +168,7 @@ enum Scenario {
         common: Common,
     },
     /// N idle clients with keep-alive; the broker's memory per connection.
+    #[command(disable_help_flag = true)]
     Connections {
         /// Connections in all.
         #[arg(short = 'n', long = "count", default_value_t = 19_000)]
@@ -169,6 +186,7 @@ enum Scenario {
         common: Common,
     },
     /// One publisher at a fixed rate -> one subscriber; delay percentiles.
+    #[command(disable_help_flag = true)]
     Latency {
         /// Messages per second.
         #[arg(short = 'r', long = "rate", default_value_t = 5000)]
