@@ -321,7 +321,7 @@ pub(crate) struct ServerFields<'a> {
     pub(crate) will: Option<&'a Will>,
     pub(crate) will_due: Option<Instant>,
     pub(crate) expires_at: Option<Instant>,
-    pub(crate) subscriptions: &'a [SubscriptionRecord],
+    pub(crate) subscriptions: crate::server::Subscriptions<'a>,
 }
 
 // ---- reading ---------------------------------------------------------------------------

@@ -954,6 +954,76 @@ fn subscribe_round_trip_and_records() {
     let _ = Subscribe::new(id, ByteStr::from_static("x"), QoS::AtMostOnce);
 }
 
+/// 100,000 distinct filters in one SUBSCRIBE (about 1 MB), then all of them in one
+/// UNSUBSCRIBE: every filter is recorded once and every one is forgotten. The session
+/// finds subscriptions by filter, so each packet costs O(n log n), not O(n²) (which
+/// took 12 s for this packet); this checks the result, not the time.
+#[test]
+fn subscribe_and_unsubscribe_100_000_filters() {
+    const N: usize = 100_000;
+    let mut pair = connected(V5);
+    let filters: Vec<ByteStr> = (0..N)
+        .map(|i| ByteStr::try_from(format!("f/{i}/#")).unwrap())
+        .collect();
+    let subs = filters
+        .iter()
+        .map(|f| Subscription {
+            filter: f.clone(),
+            options: SubscriptionOptions::new(QoS::AtLeastOnce),
+        })
+        .collect();
+    pair.client.subscribe(subs, Default::default()).unwrap();
+    pair.drive();
+    let Some(Event::Subscribe(request)) = pair.take_server_events().pop() else {
+        panic!("the server sees the SUBSCRIBE")
+    };
+    assert_eq!(request.subscriptions.len(), N);
+    // One filter twice more, with other options: it replaces the first, adds nothing.
+    let mut again = request.clone();
+    again.subscriptions.truncate(1);
+    again.subscriptions[0].options = SubscriptionOptions::new(QoS::ExactlyOnce);
+    pair.server
+        .suback(&request, vec![ReasonCode::GRANTED_QOS_1; N]);
+    pair.server.suback(&again, vec![ReasonCode::GRANTED_QOS_2]);
+    pair.drive();
+    assert_eq!(pair.server.subscriptions().len(), N);
+    assert_eq!(pair.server.subscription_count(), N);
+    assert!(
+        filters
+            .iter()
+            .all(|f| pair.server.subscriptions().contains(f))
+    );
+    let first = pair.server.subscriptions().get(&filters[0]).unwrap();
+    assert_eq!(first.options.qos, QoS::ExactlyOnce);
+    let acks: Vec<_> = pair
+        .take_client_events()
+        .into_iter()
+        .filter_map(|e| match e {
+            Event::SubAck(a) => Some(a.reason_codes.len()),
+            _ => None,
+        })
+        .collect();
+    // The second SUBACK reuses an identifier the client no longer waits for: ignored.
+    assert_eq!(acks, [N]);
+
+    pair.client
+        .unsubscribe(filters.clone(), Default::default())
+        .unwrap();
+    pair.drive();
+    let Some(Event::Unsubscribe(request)) = pair.take_server_events().pop() else {
+        panic!("the server sees the UNSUBSCRIBE")
+    };
+    assert_eq!(request.filters.len(), N);
+    pair.server.unsuback(&request, vec![ReasonCode::SUCCESS; N]);
+    pair.drive();
+    assert!(pair.server.subscriptions().is_empty());
+    assert!(
+        pair.take_client_events()
+            .iter()
+            .any(|e| matches!(e, Event::UnsubAck(a) if a.reason_codes.len() == N))
+    );
+}
+
 // 5.0 MQTT-3.1.0-2 seen by the server: a second CONNECT is a protocol error.
 #[test]
 fn second_connect_is_a_protocol_error() {
