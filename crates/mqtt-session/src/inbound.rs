@@ -20,7 +20,9 @@ pub(crate) enum Received {
 pub(crate) struct Inbox {
     /// QoS 2 packet identifiers delivered and waiting for PUBREL, in arrival order.
     pub(crate) awaiting_pubrel: Vec<PacketId>,
-    /// Incoming topic aliases of this connection: alias `i + 1` is `aliases[i]`.
+    /// Incoming topic aliases of this connection: alias `i + 1` is `aliases[i]`, found
+    /// by index in O(1). Grown as the peer uses higher aliases, never beyond the Topic
+    /// Alias Maximum we announced (checked before any growth).
     aliases: Vec<Option<ByteStr>>,
 }
 
@@ -70,6 +72,12 @@ impl Inbox {
                 }
             } else {
                 if self.aliases.len() <= slot {
+                    // Amortized doubling, but capped at the maximum: the capacity never
+                    // exceeds `alias_maximum` entries.
+                    let want = (self.aliases.capacity() * 2)
+                        .clamp(slot + 1, usize::from(alias_maximum).max(slot + 1));
+                    self.aliases
+                        .reserve_exact(want.saturating_sub(self.aliases.len()));
                     self.aliases.resize(slot + 1, None);
                 }
                 if let Some(entry) = self.aliases.get_mut(slot) {

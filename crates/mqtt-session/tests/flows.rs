@@ -517,6 +517,53 @@ fn message_expiry_counts_down_while_queued() {
     assert_eq!(got, Some(4));
 }
 
+// 5.0 MQTT-3.1.2-26: with many topics cycling through a full alias table, every alias
+// stays within the client's maximum and the client resolves every topic it is sent.
+#[test]
+fn topic_aliases_with_more_topics_than_aliases() {
+    const MAX: u16 = 100;
+    let mut o = options(V5);
+    o.limits.topic_alias_maximum = MAX;
+    let limits = Limits {
+        max_queued_messages: 10_000,
+        ..Limits::default()
+    };
+    let mut pair = Pair::new(o, limits);
+    pair.connect();
+    let topics: Vec<String> = (0..3 * usize::from(MAX))
+        .chain(0..50)
+        .chain(250..300)
+        .map(|i| format!("t/{i}"))
+        .collect();
+    for t in &topics {
+        let topic = ByteStr::try_from(t.as_str()).unwrap();
+        pair.server
+            .deliver(pair.now, Message::new(topic, Bytes::new(), QoS::AtMostOnce))
+            .unwrap();
+    }
+    pair.drive();
+    assert!(pair.server_sent.iter().all(|p| match p {
+        Packet::Publish(p) => p.topic_alias.is_some_and(|a| a.get() <= MAX),
+        _ => true,
+    }));
+    // The last 50 topics were just aliased: each goes as the alias alone.
+    let reused = pair
+        .server_sent
+        .iter()
+        .filter(|p| matches!(p, Packet::Publish(p) if p.topic.is_empty()))
+        .count();
+    assert_eq!(reused, 50);
+    let received: Vec<String> = pair
+        .client_events
+        .iter()
+        .filter_map(|e| match e {
+            Event::Message(m, _) => Some(m.topic.to_string()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(received, topics);
+}
+
 // 5.0 MQTT-3.1.2-26, 5.0 MQTT-3.1.2-27, 5.0 MQTT-3.3.2-10: aliases within the client's
 // maximum, resolved by the client; 5.0 MQTT-3.3.2-7: not carried to a new connection.
 #[test]
