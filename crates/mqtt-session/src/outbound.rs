@@ -370,9 +370,13 @@ impl Outbox {
                 }
                 // [MQTT-3.3.2-6]: send the time that is left.
                 let left = expires_at.saturating_since(now).as_secs_ceil();
+                let left = Some(u32::try_from(left).unwrap_or(u32::MAX));
                 if let Some(message) = self.store.get_mut(slot) {
-                    message.properties.message_expiry_interval =
-                        Some(u32::try_from(left).unwrap_or(u32::MAX));
+                    // Written only when it changed: the set may be shared with other
+                    // sessions' copies, and writing copies it.
+                    if message.properties.message_expiry_interval != left {
+                        message.properties.message_expiry_interval = left;
+                    }
                 }
             }
             let qos_pid = match qos {
