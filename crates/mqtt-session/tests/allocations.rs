@@ -186,6 +186,8 @@ fn fan_out_shares_user_properties_and_charges_their_memory() {
 
     let before = live_bytes();
     let mut decoder = mqtt_codec::Decoder::with_version(ProtocolVersion::V5);
+    // Far over the decoder's default cap: lifted, to see what such a message costs.
+    decoder.set_max_user_properties(usize::MAX);
     let Some(Packet::Publish(p)) = decoder.decode(&mut wire).unwrap() else {
         panic!("a PUBLISH")
     };
