@@ -161,7 +161,10 @@ pub struct MessageId(pub u64);
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Limits {
     /// How many QoS 1 and 2 PUBLISH packets we accept unacknowledged from the peer:
-    /// announced as Receive Maximum (5.0); exceeding it is Protocol Error 0x93.
+    /// announced as Receive Maximum (5.0); exceeding it is Protocol Error 0x93. A
+    /// server also holds 3.1 and 3.1.1 clients, which are told nothing, to it for QoS 2
+    /// messages awaiting PUBREL, and closes the connection beyond it: otherwise such a
+    /// client could make it keep all 65,535 packet identifiers.
     pub receive_maximum: u16,
     /// How many QoS 1 and 2 PUBLISH packets we send before waiting for acknowledgements,
     /// when the peer sets no Receive Maximum (3.1, 3.1.1) or a larger one.

@@ -416,7 +416,8 @@ impl ServerSession {
             ));
         }
         match packet {
-            Packet::Publish(p) => return self.flow.handle_publish(p),
+            // Our Receive Maximum bounds a 3.x client's unreleased QoS 2 messages too.
+            Packet::Publish(p) => return self.flow.handle_publish(p, true),
             Packet::PubAck(a) => self
                 .flow
                 .handle_ack(a.packet_id, Awaiting::PubAck, a.reason_code),

@@ -365,6 +365,42 @@ fn exceeding_our_receive_maximum_is_a_protocol_error() {
     );
 }
 
+/// A 3.1.1 client is told no Receive Maximum, yet the server keeps one entry per QoS 2
+/// message awaiting PUBREL: our Receive Maximum caps them too, and beyond it the
+/// connection is closed (3.1.1 has no DISCONNECT from the server). A PUBREL makes room.
+#[test]
+fn qos2_awaiting_pubrel_is_capped_for_3_1_1_clients_too() {
+    for v in [ProtocolVersion::V3_1, V311] {
+        let limits = Limits {
+            receive_maximum: 3,
+            ..Limits::default()
+        };
+        let mut server = ServerSession::new(ByteStr::from_static("c"), limits);
+        let connect = mqtt_codec::Connect::new(v, ByteStr::from_static("c"));
+        server.accept(Instant::ZERO, &connect, Default::default());
+        let publish = |id: u16| {
+            let mut p = Publish::new(ByteStr::from_static("t"), Bytes::new());
+            p.qos_pid = QosPid::ExactlyOnce(PacketId::new(id).unwrap());
+            Packet::Publish(p)
+        };
+        for id in 1..=3 {
+            server.handle_packet(Instant::ZERO, publish(id)).unwrap();
+        }
+        // A duplicate of one awaiting PUBREL is answered again, not counted.
+        server.handle_packet(Instant::ZERO, publish(2)).unwrap();
+        let rel = mqtt_codec::PubRel::new(PacketId::new(1).unwrap());
+        server.handle_packet(Instant::ZERO, rel.into()).unwrap();
+        server.handle_packet(Instant::ZERO, publish(4)).unwrap();
+        let err = server.handle_packet(Instant::ZERO, publish(5)).unwrap_err();
+        assert_eq!(err.reason, ReasonCode::RECEIVE_MAXIMUM_EXCEEDED, "{v}");
+        let sent: Vec<_> = std::iter::from_fn(|| server.poll_transmit(Instant::ZERO)).collect();
+        assert!(
+            !sent.iter().any(|p| matches!(p, Packet::Disconnect(_))),
+            "{v}: no DISCONNECT before 5.0"
+        );
+    }
+}
+
 /// A connection taken over between reading a packet and acting on its events must not
 /// hand its DISCONNECT to the connection that took over (the broker would close the new
 /// one at once), nor its SUBSCRIBE (the new one would get a SUBACK for a packet
