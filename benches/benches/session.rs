@@ -16,9 +16,13 @@ use mqtt_codec::{
 use mqtt_session::{ClientOptions, ClientSession, Event, Instant, Limits, Message, ServerSession};
 
 fn connected(version: ProtocolVersion) -> (ClientSession, ServerSession) {
+    connected_with(version, Limits::default())
+}
+
+fn connected_with(version: ProtocolVersion, limits: Limits) -> (ClientSession, ServerSession) {
     let now = Instant::ZERO;
     let mut client = ClientSession::new(ClientOptions::new(version, ByteStr::from_static("bench")));
-    let mut server = ServerSession::new(ByteStr::from_static("bench"), Limits::default());
+    let mut server = ServerSession::new(ByteStr::from_static("bench"), limits);
     client.connect(now);
     let Some(Packet::Connect(connect)) = client.poll_transmit(now) else {
         unreachable!("a new session sends CONNECT first")
@@ -111,10 +115,14 @@ fn subscriptions(c: &mut Criterion) {
             properties: Default::default(),
         };
         let codes = vec![ReasonCode::GRANTED_QOS_1; n];
+        let limits = Limits {
+            max_subscriptions: n,
+            ..Limits::default()
+        };
         group.throughput(Throughput::Elements(n as u64));
         group.bench_function(format!("suback_{n}"), |b| {
             b.iter_batched(
-                || connected(ProtocolVersion::V5).1,
+                || connected_with(ProtocolVersion::V5, limits.clone()).1,
                 |mut server| {
                     server.suback(black_box(&subscribe), codes.clone());
                     server
@@ -125,7 +133,7 @@ fn subscriptions(c: &mut Criterion) {
         group.bench_function(format!("unsuback_{n}"), |b| {
             b.iter_batched(
                 || {
-                    let mut server = connected(ProtocolVersion::V5).1;
+                    let mut server = connected_with(ProtocolVersion::V5, limits.clone()).1;
                     server.suback(&subscribe, codes.clone());
                     while server.poll_transmit(Instant::ZERO).is_some() {}
                     server

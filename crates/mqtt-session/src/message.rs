@@ -188,6 +188,11 @@ pub struct Limits {
     pub max_keep_alive: u16,
     /// For a server: the longest Session Expiry Interval granted, in seconds.
     pub max_session_expiry: u32,
+    /// For a server: the most subscriptions one session holds. A SUBSCRIBE's new
+    /// filters beyond it are refused with 0x97 Quota exceeded (5.0) or 0x80 Failure
+    /// (3.1.1) by [`ServerSession::suback`](crate::ServerSession::suback); replacing a
+    /// filter the session holds is always allowed.
+    pub max_subscriptions: usize,
 }
 
 impl Default for Limits {
@@ -204,6 +209,9 @@ impl Default for Limits {
             ping_timeout: Duration::from_secs(10),
             max_keep_alive: 0,
             max_session_expiry: u32::MAX,
+            // Far more than a device uses (AWS IoT allows 50 per connection); a bridge
+            // that mirrors many topics may need it raised.
+            max_subscriptions: 10_000,
         }
     }
 }

@@ -2,7 +2,7 @@
 
 use alloc::{
     boxed::Box,
-    collections::{BTreeMap, btree_map},
+    collections::{BTreeMap, BTreeSet, btree_map},
     sync::Arc,
     vec::Vec,
 };
@@ -340,9 +340,54 @@ impl ServerSession {
         self.flow.enqueue(now, message, false)
     }
 
+    /// Applies [`Limits::max_subscriptions`] to the reason codes of `subscribe`:
+    /// success codes of filters the session does not hold yet (nor granted earlier in
+    /// this packet) beyond the limit become 0x97 Quota exceeded (5.0) or 0x80 Failure
+    /// (3.x). Replacing a filter the session holds is always allowed. Returns how many
+    /// it refused. [`suback`](Self::suback) applies it itself; a broker calls it first
+    /// to learn which filters to leave out of its own index. O(n log n) in the packet.
+    pub fn limit_subscriptions(
+        &self,
+        subscribe: &Subscribe,
+        reason_codes: &mut [ReasonCode],
+    ) -> usize {
+        let max = self.flow.limits.max_subscriptions;
+        let held = self.subscriptions.len();
+        // The common case: everything fits even if every filter is new.
+        if held.saturating_add(subscribe.subscriptions.len()) <= max {
+            return 0;
+        }
+        let refusal = if self.flow.version.is_v5() {
+            ReasonCode::QUOTA_EXCEEDED
+        } else {
+            ReasonCode::UNSPECIFIED_ERROR
+        };
+        let mut room = max.saturating_sub(held);
+        let mut added = BTreeSet::new();
+        let mut refused = 0;
+        for (sub, code) in subscribe.subscriptions.iter().zip(reason_codes.iter_mut()) {
+            let filter = sub.filter.as_str();
+            if code.is_error() || self.subscriptions.contains_key(filter) || added.contains(filter)
+            {
+                continue;
+            }
+            if room == 0 {
+                *code = refusal;
+                refused += 1;
+            } else {
+                room -= 1;
+                added.insert(filter);
+            }
+        }
+        refused
+    }
+
     /// Answers a SUBSCRIBE from [`Event::Subscribe`] with one reason code per filter, in
-    /// order ([MQTT-3.9.3-1]), and records the granted subscriptions.
-    pub fn suback(&mut self, subscribe: &Subscribe, reason_codes: Vec<ReasonCode>) {
+    /// order ([MQTT-3.9.3-1]), and records the granted subscriptions. New filters beyond
+    /// [`Limits::max_subscriptions`] are refused whatever `reason_codes` says (see
+    /// [`limit_subscriptions`](Self::limit_subscriptions)).
+    pub fn suback(&mut self, subscribe: &Subscribe, mut reason_codes: Vec<ReasonCode>) {
+        self.limit_subscriptions(subscribe, &mut reason_codes);
         let identifier = subscribe.properties.subscription_identifier;
         for (sub, code) in subscribe.subscriptions.iter().zip(&reason_codes) {
             if code.is_error() {

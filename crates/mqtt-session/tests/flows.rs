@@ -1044,7 +1044,14 @@ fn subscribe_round_trip_and_records() {
 #[test]
 fn subscribe_and_unsubscribe_100_000_filters() {
     const N: usize = 100_000;
-    let mut pair = connected(V5);
+    let limits = Limits {
+        max_subscriptions: N,
+        ..Limits::default()
+    };
+    let mut pair = Pair::new(options(V5), limits);
+    pair.connect();
+    pair.take_client_events();
+    pair.take_server_events();
     let filters: Vec<ByteStr> = (0..N)
         .map(|i| ByteStr::try_from(format!("f/{i}/#")).unwrap())
         .collect();
@@ -1105,6 +1112,67 @@ fn subscribe_and_unsubscribe_100_000_filters() {
             .iter()
             .any(|e| matches!(e, Event::UnsubAck(a) if a.reason_codes.len() == N))
     );
+}
+
+/// `Limits::max_subscriptions` holds whatever reason codes the broker passes: new
+/// filters beyond it are refused (0x97 in 5.0, 0x80 in 3.1.1), replacing a held filter
+/// is always allowed, and a filter repeated in one packet counts once.
+#[test]
+fn subscriptions_beyond_the_limit_are_refused() {
+    for (version, refusal) in [
+        (V5, ReasonCode::QUOTA_EXCEEDED),
+        (V311, ReasonCode::UNSPECIFIED_ERROR),
+    ] {
+        let limits = Limits {
+            max_subscriptions: 3,
+            ..Limits::default()
+        };
+        let mut server = ServerSession::new(ByteStr::from_static("c"), limits);
+        let connect = mqtt_codec::Connect::new(version, ByteStr::from_static("c"));
+        server.accept(Instant::ZERO, &connect, Default::default());
+        let subscribe = |id: u16, filters: &[&'static str]| Subscribe {
+            packet_id: PacketId::new(id).unwrap(),
+            subscriptions: filters
+                .iter()
+                .map(|f| Subscription {
+                    filter: ByteStr::from_static(f),
+                    options: SubscriptionOptions::new(QoS::AtLeastOnce),
+                })
+                .collect(),
+            properties: Default::default(),
+        };
+        let first = subscribe(1, &["a", "b"]);
+        server.suback(&first, vec![ReasonCode::GRANTED_QOS_1; 2]);
+        assert_eq!(server.subscription_count(), 2);
+
+        let second = subscribe(2, &["a", "c", "d", "c", "e"]);
+        let mut codes = vec![ReasonCode::GRANTED_QOS_1; 5];
+        assert_eq!(server.limit_subscriptions(&second, &mut codes), 2);
+        let g = ReasonCode::GRANTED_QOS_1;
+        assert_eq!(codes, [g, g, refusal, g, refusal]);
+        // The session applies the limit itself, even to codes that ignore it.
+        server.suback(&second, vec![ReasonCode::GRANTED_QOS_1; 5]);
+        assert_eq!(server.subscription_count(), 3);
+        let filters: Vec<_> = server.subscriptions().filters().cloned().collect();
+        assert_eq!(filters, ["a", "b", "c"]);
+        let acks: Vec<_> = std::iter::from_fn(|| server.poll_transmit(Instant::ZERO))
+            .filter_map(|p| match p {
+                Packet::SubAck(a) => Some(a.reason_codes),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(
+            acks.last().unwrap(),
+            &[g, g, refusal, g, refusal],
+            "{version}"
+        );
+
+        // Full: replacing still works, anything new is refused.
+        let third = subscribe(3, &["b", "f"]);
+        server.suback(&third, vec![ReasonCode::GRANTED_QOS_1; 2]);
+        assert_eq!(server.subscription_count(), 3);
+        assert!(!server.subscriptions().contains("f"));
+    }
 }
 
 // 5.0 MQTT-3.1.0-2 seen by the server: a second CONNECT is a protocol error.
