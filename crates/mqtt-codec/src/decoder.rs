@@ -33,14 +33,19 @@ use crate::{
 #[derive(Clone, Debug)]
 pub struct Decoder {
     version: Option<ProtocolVersion>,
+    /// A `u16` so the decoder stays 8 bytes (connection futures hold one); `u16::MAX`
+    /// for no limit.
+    max_user_properties: u16,
     max_packet_size: u32,
-    max_user_properties: usize,
 }
 
 /// The most User Properties a [`Decoder`] accepts in one packet unless told otherwise:
 /// far more than real clients send (a handful of tracing or routing tags), and few
 /// enough that a message keeps at most about 64 KB of property headers.
 pub const DEFAULT_MAX_USER_PROPERTIES: usize = 1_000;
+
+/// [`DEFAULT_MAX_USER_PROPERTIES`] as stored.
+const DEFAULT_MAX_USER_PROPERTIES_U16: u16 = 1_000;
 
 impl Default for Decoder {
     fn default() -> Self {
@@ -56,7 +61,7 @@ impl Decoder {
         Self {
             version: None,
             max_packet_size: MAX_PACKET_SIZE,
-            max_user_properties: DEFAULT_MAX_USER_PROPERTIES,
+            max_user_properties: DEFAULT_MAX_USER_PROPERTIES_U16,
         }
     }
 
@@ -65,7 +70,7 @@ impl Decoder {
         Self {
             version: Some(version),
             max_packet_size: MAX_PACKET_SIZE,
-            max_user_properties: DEFAULT_MAX_USER_PROPERTIES,
+            max_user_properties: DEFAULT_MAX_USER_PROPERTIES_U16,
         }
     }
 
@@ -91,14 +96,18 @@ impl Decoder {
     }
 
     /// The most User Properties accepted in one packet (a CONNECT's will properties
-    /// included).
+    /// included); `usize::MAX` for no limit.
     pub const fn max_user_properties(&self) -> usize {
-        self.max_user_properties
+        match self.max_user_properties {
+            u16::MAX => usize::MAX,
+            max => max as usize,
+        }
     }
 
-    /// Sets the most User Properties accepted in one packet; `usize::MAX` for no limit.
+    /// Sets the most User Properties accepted in one packet. 65,535 or more means no
+    /// limit (`usize::MAX` says so plainly): a cap is meant to be far below that.
     pub fn set_max_user_properties(&mut self, max: usize) {
-        self.max_user_properties = max;
+        self.max_user_properties = u16::try_from(max).unwrap_or(u16::MAX);
     }
 
     /// Decodes the next packet at the front of `src`.
@@ -180,12 +189,12 @@ impl Decoder {
             return Ok(packet);
         }
         let count = p.user_property_count();
-        if count > self.max_user_properties {
-            return Err(DecodeError::new(ErrorKind::TooManyUserProperties {
-                count,
-                max: self.max_user_properties,
-            })
-            .within(p.packet_type(), version));
+        let max = self.max_user_properties();
+        if count > max {
+            return Err(
+                DecodeError::new(ErrorKind::TooManyUserProperties { count, max })
+                    .within(p.packet_type(), version),
+            );
         }
         Ok(packet)
     }
@@ -206,6 +215,16 @@ mod tests {
             .encode(ProtocolVersion::V5, &mut wire)
             .unwrap();
         wire
+    }
+
+    #[test]
+    fn the_decoder_stays_eight_bytes() {
+        assert_eq!(size_of::<Decoder>(), 8);
+        let mut d = Decoder::new();
+        d.set_max_user_properties(70_000);
+        assert_eq!(d.max_user_properties(), usize::MAX);
+        d.set_max_user_properties(65_534);
+        assert_eq!(d.max_user_properties(), 65_534);
     }
 
     #[test]
