@@ -57,6 +57,9 @@ pub struct LimitsConfig {
     pub max_session_expiry: u32,
     /// Seconds a new connection has to send CONNECT.
     pub connect_timeout: u64,
+    /// Subscriptions one session may hold; new filters beyond it are refused (SUBACK
+    /// 0x97 Quota exceeded in 5.0, 0x80 in 3.1.1).
+    pub max_subscriptions: usize,
     /// Bytes queued in all sessions together; past it, only sessions with an empty
     /// queue take new messages, so many slow subscribers cannot exhaust memory.
     pub max_queued_bytes_total: usize,
@@ -121,6 +124,7 @@ impl Default for LimitsConfig {
             max_keep_alive: 0,
             max_session_expiry: u32::MAX,
             connect_timeout: 10,
+            max_subscriptions: 10_000,
             max_queued_bytes_total: 1024 * 1024 * 1024,
         }
     }
@@ -238,6 +242,7 @@ impl Config {
             max_session_expiry: l.max_session_expiry,
             // The broker decides each acknowledgement after authorization and routing.
             defer_publish_acks: true,
+            max_subscriptions: l.max_subscriptions,
         }
     }
 }

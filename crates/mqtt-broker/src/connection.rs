@@ -1229,11 +1229,14 @@ fn subscribe(
         // does with the requests it still held (`connection_lost`).
         return;
     }
+    // First the verdict on every filter (syntax, authorization, then the session's
+    // quota), then the index for those granted: a refused filter never reaches it.
     let mut codes = Vec::with_capacity(s.subscriptions.len());
-    let mut retained_for = Vec::new();
+    let mut filters = Vec::with_capacity(s.subscriptions.len());
     for sub in &s.subscriptions {
         let Ok(filter) = Filter::parse(&sub.filter, version) else {
             codes.push(ReasonCode::TOPIC_FILTER_INVALID);
+            filters.push(None);
             continue;
         };
         if !shared
@@ -1243,8 +1246,18 @@ fn subscribe(
         {
             // 3.x has one failure code, 0x80, which the codec writes for any error.
             codes.push(ReasonCode::NOT_AUTHORIZED);
+            filters.push(None);
             continue;
         }
+        codes.push(ReasonCode(sub.options.qos.min(QoS::ExactlyOnce) as u8));
+        filters.push(Some(filter));
+    }
+    cell.session.limit_subscriptions(s, &mut codes);
+    let mut retained_for = Vec::new();
+    for ((sub, filter), code) in s.subscriptions.iter().zip(filters).zip(&codes) {
+        let Some(filter) = filter.filter(|_| !code.is_error()) else {
+            continue;
+        };
         let mut options = sub.options;
         options.qos = options.qos.min(QoS::ExactlyOnce);
         let value = Sub {
@@ -1253,7 +1266,6 @@ fn subscribe(
             identifier: s.properties.subscription_identifier,
         };
         let existed = shared.index.subscribe(filter, handle.key, value).is_some();
-        codes.push(ReasonCode(options.qos as u8));
         // [MQTT-3.3.1-9] .. [MQTT-3.3.1-11]: retained messages by Retain Handling;
         // none for shared subscriptions.
         let shared_sub = matches!(filter, Filter::Shared(_));

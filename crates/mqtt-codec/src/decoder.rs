@@ -22,11 +22,30 @@ use crate::{
 /// The size limit is enforced from the fixed header, before the body is buffered: a
 /// packet announcing more than [`Decoder::max_packet_size`] bytes fails as soon as its
 /// Remaining Length has been read, after at most five bytes.
+///
+/// User Properties (5.0) are capped by count, [`Decoder::max_user_properties`]
+/// ([`DEFAULT_MAX_USER_PROPERTIES`] unless set): each costs two 32-byte string headers
+/// in memory for as little as 5 bytes on the wire, so a 1 MB packet of empty ones
+/// decodes into about 16 MB, kept for as long as the message is. A packet over the cap
+/// fails with [`ErrorKind::TooManyUserProperties`] (Quota exceeded, 0x97); it is
+/// checked once the packet is decoded, so decoding one packet still takes memory in
+/// proportion to its size (bounded by the packet size limit).
 #[derive(Clone, Debug)]
 pub struct Decoder {
     version: Option<ProtocolVersion>,
+    /// A `u16` so the decoder stays 8 bytes (connection futures hold one); `u16::MAX`
+    /// for no limit.
+    max_user_properties: u16,
     max_packet_size: u32,
 }
+
+/// The most User Properties a [`Decoder`] accepts in one packet unless told otherwise:
+/// far more than real clients send (a handful of tracing or routing tags), and few
+/// enough that a message keeps at most about 64 KB of property headers.
+pub const DEFAULT_MAX_USER_PROPERTIES: usize = 1_000;
+
+/// [`DEFAULT_MAX_USER_PROPERTIES`] as stored.
+const DEFAULT_MAX_USER_PROPERTIES_U16: u16 = 1_000;
 
 impl Default for Decoder {
     fn default() -> Self {
@@ -42,6 +61,7 @@ impl Decoder {
         Self {
             version: None,
             max_packet_size: MAX_PACKET_SIZE,
+            max_user_properties: DEFAULT_MAX_USER_PROPERTIES_U16,
         }
     }
 
@@ -50,6 +70,7 @@ impl Decoder {
         Self {
             version: Some(version),
             max_packet_size: MAX_PACKET_SIZE,
+            max_user_properties: DEFAULT_MAX_USER_PROPERTIES_U16,
         }
     }
 
@@ -72,6 +93,21 @@ impl Decoder {
     /// in CONNECT or CONNACK applies to the other direction: this is our own limit).
     pub fn set_max_packet_size(&mut self, max: u32) {
         self.max_packet_size = max;
+    }
+
+    /// The most User Properties accepted in one packet (a CONNECT's will properties
+    /// included); `usize::MAX` for no limit.
+    pub const fn max_user_properties(&self) -> usize {
+        match self.max_user_properties {
+            u16::MAX => usize::MAX,
+            max => max as usize,
+        }
+    }
+
+    /// Sets the most User Properties accepted in one packet. 65,535 or more means no
+    /// limit (`usize::MAX` says so plainly): a cap is meant to be far below that.
+    pub fn set_max_user_properties(&mut self, max: usize) {
+        self.max_user_properties = u16::try_from(max).unwrap_or(u16::MAX);
     }
 
     /// Decodes the next packet at the front of `src`.
@@ -117,14 +153,125 @@ impl Decoder {
         bytes::Buf::advance(&mut body, usize::from(header.header_len));
         if header.packet_type == PacketType::Publish {
             // The common case, built straight into the result (see `decode_with`).
-            return Packet::decode_with(&header, body, version, Some);
+            let packet = Packet::decode_with(&header, body, version, Some)?;
+            return match &packet {
+                Some(Packet::Publish(p)) if p.properties.get().is_some() => {
+                    self.check_user_properties(packet, version)
+                }
+                _ => Ok(packet),
+            };
         }
         let packet = Packet::decode(&header, body, version)?;
+        let packet = self.check_user_properties(Some(packet), version)?;
+        let Some(packet) = packet else {
+            return Ok(None);
+        };
         if let Packet::Connect(connect) = &packet {
             if self.version.is_none() {
                 self.version = Some(connect.version);
             }
         }
         Ok(Some(packet))
+    }
+
+    /// `packet`, or [`ErrorKind::TooManyUserProperties`] if it carries more User
+    /// Properties than allowed.
+    #[inline]
+    fn check_user_properties(
+        &self,
+        packet: Option<Packet>,
+        version: ProtocolVersion,
+    ) -> Result<Option<Packet>, DecodeError> {
+        let Some(p) = &packet else {
+            return Ok(packet);
+        };
+        if !version.is_v5() {
+            return Ok(packet);
+        }
+        let count = p.user_property_count();
+        let max = self.max_user_properties();
+        if count > max {
+            return Err(
+                DecodeError::new(ErrorKind::TooManyUserProperties { count, max })
+                    .within(p.packet_type(), version),
+            );
+        }
+        Ok(packet)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use alloc::vec;
+
+    use super::*;
+    use crate::{ByteStr, Connect, Publish, ReasonCode};
+
+    fn publish_with(pairs: usize) -> BytesMut {
+        let mut p = Publish::new(ByteStr::from_static("t"), bytes::Bytes::new());
+        p.properties.user_properties = vec![(ByteStr::new(), ByteStr::new()); pairs];
+        let mut wire = BytesMut::new();
+        Packet::Publish(p)
+            .encode(ProtocolVersion::V5, &mut wire)
+            .unwrap();
+        wire
+    }
+
+    #[test]
+    fn the_decoder_stays_eight_bytes() {
+        assert_eq!(size_of::<Decoder>(), 8);
+        let mut d = Decoder::new();
+        d.set_max_user_properties(70_000);
+        assert_eq!(d.max_user_properties(), usize::MAX);
+        d.set_max_user_properties(65_534);
+        assert_eq!(d.max_user_properties(), 65_534);
+    }
+
+    #[test]
+    fn user_properties_are_capped_with_quota_exceeded() {
+        let mut d = Decoder::with_version(ProtocolVersion::V5);
+        assert_eq!(d.max_user_properties(), DEFAULT_MAX_USER_PROPERTIES);
+        let mut wire = publish_with(DEFAULT_MAX_USER_PROPERTIES);
+        assert!(matches!(d.decode(&mut wire), Ok(Some(Packet::Publish(_)))));
+        let mut wire = publish_with(DEFAULT_MAX_USER_PROPERTIES + 1);
+        let e = d.decode(&mut wire).unwrap_err();
+        assert_eq!(
+            e.kind(),
+            ErrorKind::TooManyUserProperties {
+                count: DEFAULT_MAX_USER_PROPERTIES + 1,
+                max: DEFAULT_MAX_USER_PROPERTIES
+            }
+        );
+        assert_eq!(e.reason_code(), ReasonCode::QUOTA_EXCEEDED);
+        d.set_max_user_properties(usize::MAX);
+        let mut wire = publish_with(DEFAULT_MAX_USER_PROPERTIES + 1);
+        assert!(d.decode(&mut wire).is_ok());
+    }
+
+    #[test]
+    fn a_connect_counts_its_will_user_properties_too() {
+        let mut c = Connect::new(ProtocolVersion::V5, ByteStr::from_static("c"));
+        c.properties.user_properties = vec![(ByteStr::new(), ByteStr::new()); 2];
+        c.will = Some(crate::Will {
+            topic: ByteStr::from_static("w"),
+            payload: bytes::Bytes::new(),
+            qos: crate::QoS::AtMostOnce,
+            retain: false,
+            properties: crate::WillProperties {
+                user_properties: vec![(ByteStr::new(), ByteStr::new()); 2],
+                ..Default::default()
+            },
+        });
+        let mut wire = BytesMut::new();
+        Packet::Connect(c.into())
+            .encode(ProtocolVersion::V5, &mut wire)
+            .unwrap();
+        let mut d = Decoder::new();
+        d.set_max_user_properties(3);
+        let e = d.decode(&mut wire).unwrap_err();
+        assert!(matches!(
+            e.kind(),
+            ErrorKind::TooManyUserProperties { count: 4, max: 3 }
+        ));
     }
 }

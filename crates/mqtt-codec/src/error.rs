@@ -155,6 +155,16 @@ pub enum ErrorKind {
     /// A packet other than CONNECT arrived before the protocol version was known.
     #[error("first packet is not CONNECT")]
     NotConnect,
+    /// The packet carries more User Properties than the receiver accepts
+    /// ([`crate::Decoder::set_max_user_properties`]): a limit of this implementation,
+    /// not of the spec, so it is Quota exceeded (0x97).
+    #[error("{count} user properties exceed the limit of {max}")]
+    TooManyUserProperties {
+        /// How many the packet carries.
+        count: usize,
+        /// The limit in force.
+        max: usize,
+    },
 }
 
 impl ErrorKind {
@@ -214,6 +224,8 @@ impl ErrorKind {
     pub const fn reason_code(&self) -> ReasonCode {
         match self {
             Self::PacketTooLarge { .. } => ReasonCode::PACKET_TOO_LARGE,
+            // Within the Maximum Packet Size, so not 0x95: a limit of ours.
+            Self::TooManyUserProperties { .. } => ReasonCode::QUOTA_EXCEEDED,
             Self::InvalidProtocolName | Self::UnsupportedProtocolLevel(_) => {
                 ReasonCode::UNSUPPORTED_PROTOCOL_VERSION
             }

@@ -76,7 +76,7 @@ pub mod topic;
 mod version;
 
 pub use crate::{
-    decoder::Decoder,
+    decoder::{DEFAULT_MAX_USER_PROPERTIES, Decoder},
     error::{DecodeError, EncodeError, ErrorKind},
     fixed_header::{FixedHeader, MAX_PACKET_SIZE, MAX_REMAINING_LENGTH, PacketType},
     packet::{

@@ -403,7 +403,8 @@ impl ClientSession {
             ));
         }
         match packet {
-            Packet::Publish(p) => return self.flow.handle_publish(p),
+            // A 3.x server does not know our Receive Maximum; its own window bounds it.
+            Packet::Publish(p) => return self.flow.handle_publish(p, false),
             Packet::PubAck(a) => self
                 .flow
                 .handle_ack(a.packet_id, Awaiting::PubAck, a.reason_code),

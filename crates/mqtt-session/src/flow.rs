@@ -402,9 +402,15 @@ impl Flow {
         t.tx.push_back(Tx::PubComp(packet_id, reason_code));
     }
 
-    /// PUBLISH from the peer.
+    /// PUBLISH from the peer. `cap_v3`: hold a 3.1 / 3.1.1 peer, which was told no
+    /// Receive Maximum, to ours for QoS 2 messages awaiting PUBREL (a server does; see
+    /// [`Inbox::receive`]).
     #[inline]
-    pub(crate) fn handle_publish(&mut self, mut publish: Publish) -> Result<(), ProtocolError> {
+    pub(crate) fn handle_publish(
+        &mut self,
+        mut publish: Publish,
+        cap_v3: bool,
+    ) -> Result<(), ProtocolError> {
         let v5 = self.version.is_v5();
         // Before `receive` resolves (and clears) the topic alias.
         let arrival = Arrival::of(&publish);
@@ -413,7 +419,7 @@ impl Flow {
         match t.inbox.receive(
             &mut publish,
             v5,
-            self.limits.receive_maximum,
+            (v5 || cap_v3).then_some(self.limits.receive_maximum),
             self.limits.topic_alias_maximum,
         )? {
             Received::Deliver => {

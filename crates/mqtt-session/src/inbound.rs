@@ -1,7 +1,7 @@
 //! Messages we receive: QoS 2 duplicate suppression, the Receive Maximum we announced,
 //! and incoming topic aliases.
 
-use alloc::vec::Vec;
+use alloc::{collections::BTreeSet, vec::Vec};
 
 use mqtt_codec::{ByteStr, PacketId, Publish, QoS, ReasonCode};
 
@@ -18,9 +18,12 @@ pub(crate) enum Received {
 
 #[derive(Debug, Default)]
 pub(crate) struct Inbox {
-    /// QoS 2 packet identifiers delivered and waiting for PUBREL, in arrival order.
-    pub(crate) awaiting_pubrel: Vec<PacketId>,
-    /// Incoming topic aliases of this connection: alias `i + 1` is `aliases[i]`.
+    /// QoS 2 packet identifiers delivered and waiting for PUBREL: found, added and
+    /// removed in O(log n), at most our Receive Maximum of them.
+    pub(crate) awaiting_pubrel: BTreeSet<PacketId>,
+    /// Incoming topic aliases of this connection: alias `i + 1` is `aliases[i]`, found
+    /// by index in O(1). Grown as the peer uses higher aliases, never beyond the Topic
+    /// Alias Maximum we announced (checked before any growth).
     aliases: Vec<Option<ByteStr>>,
 }
 
@@ -33,18 +36,24 @@ impl Inbox {
     /// Gives back the memory of an empty QoS 2 window (aliases stay: they are in use).
     pub(crate) fn shrink(&mut self) {
         if self.awaiting_pubrel.is_empty() {
-            self.awaiting_pubrel = Vec::new();
+            self.awaiting_pubrel = BTreeSet::new();
         }
     }
 
-    /// Checks and resolves a received PUBLISH. `receive_maximum` and `alias_maximum` are
-    /// what we announced (enforced for 5.0 only, where the peer knows them).
+    /// Checks and resolves a received PUBLISH. `alias_maximum` is what we announced;
+    /// topic aliases exist in 5.0 only. `receive_maximum`, when given, bounds the QoS 2
+    /// identifiers awaiting PUBREL: a 5.0 peer knows it (exceeding it is 0x93); a 3.1
+    /// or 3.1.1 client does not, but a server given one per unreleased QoS 2 message
+    /// with no bound could be made to hold 65,535 of them per session, so the server
+    /// applies the same cap and closes the connection beyond it (3.x has no reason
+    /// code to send). A 3.1.1 client that waits for PUBREL before sending more needs
+    /// no more than its own in-flight window.
     #[inline]
     pub(crate) fn receive(
         &mut self,
         publish: &mut Publish,
         v5: bool,
-        receive_maximum: u16,
+        receive_maximum: Option<u16>,
         alias_maximum: u16,
     ) -> Result<Received, ProtocolError> {
         if let Some(alias) = publish.topic_alias {
@@ -70,6 +79,12 @@ impl Inbox {
                 }
             } else {
                 if self.aliases.len() <= slot {
+                    // Amortized doubling, but capped at the maximum: the capacity never
+                    // exceeds `alias_maximum` entries.
+                    let want = (self.aliases.capacity() * 2)
+                        .clamp(slot + 1, usize::from(alias_maximum).max(slot + 1));
+                    self.aliases
+                        .reserve_exact(want.saturating_sub(self.aliases.len()));
                     self.aliases.resize(slot + 1, None);
                 }
                 if let Some(entry) = self.aliases.get_mut(slot) {
@@ -85,28 +100,30 @@ impl Inbox {
             if self.awaiting_pubrel.contains(&id) {
                 return Ok(Received::Duplicate(id));
             }
-            if v5 && self.awaiting_pubrel.len() >= usize::from(receive_maximum) {
-                // [MQTT-3.3.4-9] seen from the receiving side.
-                return Err(ProtocolError::new(
-                    ReasonCode::RECEIVE_MAXIMUM_EXCEEDED,
-                    Some("MQTT-3.3.4-9"),
-                    "more unacknowledged QoS 2 PUBLISH packets than Receive Maximum",
-                ));
+            if receive_maximum.is_some_and(|max| self.awaiting_pubrel.len() >= usize::from(max)) {
+                // [MQTT-3.3.4-9] seen from the receiving side (5.0); our own bound (3.x).
+                return Err(if v5 {
+                    ProtocolError::new(
+                        ReasonCode::RECEIVE_MAXIMUM_EXCEEDED,
+                        Some("MQTT-3.3.4-9"),
+                        "more unacknowledged QoS 2 PUBLISH packets than Receive Maximum",
+                    )
+                } else {
+                    ProtocolError::new(
+                        ReasonCode::RECEIVE_MAXIMUM_EXCEEDED,
+                        None,
+                        "more QoS 2 PUBLISH packets awaiting PUBREL than the server keeps",
+                    )
+                });
             }
-            self.awaiting_pubrel.push(id);
+            self.awaiting_pubrel.insert(id);
         }
         Ok(Received::Deliver)
     }
 
     /// Applies PUBREL: true if the identifier was waiting for it.
     pub(crate) fn release(&mut self, id: PacketId) -> bool {
-        match self.awaiting_pubrel.iter().position(|&p| p == id) {
-            Some(pos) => {
-                self.awaiting_pubrel.remove(pos);
-                true
-            }
-            None => false,
-        }
+        self.awaiting_pubrel.remove(&id)
     }
 
     /// Forgets the aliases of the connection that ended ([MQTT-3.3.2-7]).

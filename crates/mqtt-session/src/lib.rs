@@ -57,7 +57,7 @@ pub use crate::{
     error::ProtocolError,
     event::Event,
     message::{Arrival, DropReason, Limits, Message, MessageId, Refused},
-    server::{ServerSession, SubscriptionRecord},
+    server::{ServerSession, SubscriptionIter, SubscriptionRecord, Subscriptions},
     state::StateError,
     time::{Duration, Instant},
 };

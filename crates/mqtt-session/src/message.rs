@@ -23,7 +23,8 @@ pub struct Message {
     /// connection, and the session assigns them). `message_expiry_interval` counts down while the message
     /// waits in the session. Boxed, and nothing when there are none (most messages): a
     /// message is moved through several queues on its way, and an empty [`PropertyBox`]
-    /// is one pointer where the set itself is 160 bytes.
+    /// is one pointer where the set itself is 160 bytes. Copies of a message share
+    /// the set (copy on write), so fan-out to many sessions holds it once.
     pub properties: PropertyBox<PublishProperties>,
 }
 
@@ -77,9 +78,26 @@ impl Message {
         }
     }
 
-    /// The bytes this message holds, as counted against a session's queue quota.
+    /// The bytes this message holds, as counted against a session's queue quota
+    /// ([`Limits::max_queued_bytes`]): the topic's and the payload's bytes, the memory
+    /// of its property set ([`PropertyBox::memory_size`]: the set itself and, per User
+    /// Property, two string headers and their bytes, with the vector's spare capacity),
+    /// and the properties' wire size ([`PropertyBox::wire_len`]): a decoded message's
+    /// strings are slices of the packet's buffer, which stays alive whole, property
+    /// bytes included. So it is at least what the message keeps on the heap, not just
+    /// its wire size: 200,000 empty User Properties are 1 MB on the wire and 17 MB in
+    /// memory, and are charged 18 MB.
+    ///
+    /// A set shared by several sessions' copies is charged to each of them in full:
+    /// each copy keeps it alive. A message with no properties costs its topic and
+    /// payload, as before. O(number of User Properties).
     pub fn size(&self) -> usize {
-        self.topic.len() + self.payload.len() + self.properties.encoded_len()
+        let properties = if self.properties.get().is_some() {
+            self.properties.memory_size() + self.properties.wire_len()
+        } else {
+            0
+        };
+        self.topic.len() + self.payload.len() + properties
     }
 
     /// A QoS 0 PUBLISH of this message, by move, sent as `topic` with `topic_alias`.
@@ -97,8 +115,8 @@ impl Message {
     }
 
     /// A PUBLISH of this message, sent as `topic` with `topic_alias`; without its
-    /// properties unless `v5` (3.1 and 3.1.1 have none, and copying a boxed set costs
-    /// an allocation).
+    /// properties unless `v5` (3.1 and 3.1.1 have none). A copy of the set is shared,
+    /// not allocated.
     #[inline]
     pub(crate) fn to_publish(
         &self,
@@ -115,7 +133,7 @@ impl Message {
             topic,
             payload: self.payload.clone(),
             topic_alias,
-            // Copying an empty box is copying a null pointer.
+            // Copying a box is a reference count (or a null pointer when empty).
             properties: if v5 {
                 self.properties.clone()
             } else {
@@ -143,7 +161,10 @@ pub struct MessageId(pub u64);
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Limits {
     /// How many QoS 1 and 2 PUBLISH packets we accept unacknowledged from the peer:
-    /// announced as Receive Maximum (5.0); exceeding it is Protocol Error 0x93.
+    /// announced as Receive Maximum (5.0); exceeding it is Protocol Error 0x93. A
+    /// server also holds 3.1 and 3.1.1 clients, which are told nothing, to it for QoS 2
+    /// messages awaiting PUBREL, and closes the connection beyond it: otherwise such a
+    /// client could make it keep all 65,535 packet identifiers.
     pub receive_maximum: u16,
     /// How many QoS 1 and 2 PUBLISH packets we send before waiting for acknowledgements,
     /// when the peer sets no Receive Maximum (3.1, 3.1.1) or a larger one.
@@ -173,6 +194,11 @@ pub struct Limits {
     /// false (the default) the session acknowledges with success as it takes the
     /// message.
     pub defer_publish_acks: bool,
+    /// For a server: the most subscriptions one session holds. A SUBSCRIBE's new
+    /// filters beyond it are refused with 0x97 Quota exceeded (5.0) or 0x80 Failure
+    /// (3.1.1) by [`ServerSession::suback`](crate::ServerSession::suback); replacing a
+    /// filter the session holds is always allowed.
+    pub max_subscriptions: usize,
 }
 
 impl Default for Limits {
@@ -190,6 +216,9 @@ impl Default for Limits {
             max_keep_alive: 0,
             max_session_expiry: u32::MAX,
             defer_publish_acks: false,
+            // Far more than a device uses (AWS IoT allows 50 per connection); a bridge
+            // that mirrors many topics may need it raised.
+            max_subscriptions: 10_000,
         }
     }
 }

@@ -1,7 +1,11 @@
 //! Messages we send: the bounded queue, the in-flight window, packet identifiers and
 //! outgoing topic aliases.
 
-use alloc::{collections::VecDeque, vec::Vec};
+use alloc::{
+    boxed::Box,
+    collections::{BTreeMap, VecDeque},
+    vec::Vec,
+};
 use core::num::NonZeroU16;
 
 use mqtt_codec::{ByteStr, Packet, PacketId, ProtocolVersion, QoS, QosPid, ReasonCode};
@@ -122,9 +126,45 @@ pub(crate) struct Outbox {
     pub(crate) other_ids: Vec<PacketId>,
     pub(crate) next_packet_id: u16,
     pub(crate) next_message_id: u64,
-    /// Outgoing topic aliases of this connection: alias `i + 1` stands for `aliases[i]`.
-    aliases: Vec<ByteStr>,
-    next_alias_victim: usize,
+    /// Outgoing topic aliases of this connection; `None` until the first is assigned
+    /// (most connections never use any).
+    aliases: Option<Box<Aliases>>,
+}
+
+/// Outgoing topic aliases, found both ways in O(log n) at most: alias to topic by
+/// index, topic to alias through an ordered map. Both hold at most the peer's Topic
+/// Alias Maximum entries; a topic's bytes are shared between them, not copied.
+#[derive(Debug, Default)]
+struct Aliases {
+    /// Alias `i + 1` stands for `topics[i]`.
+    topics: Vec<ByteStr>,
+    /// The alias slot (index in `topics`) of each topic.
+    slots: BTreeMap<ByteStr, u16>,
+    /// The slot to reassign next once every alias is taken.
+    next_victim: usize,
+}
+
+impl Aliases {
+    /// The alias slot for `topic` and whether it is new to the peer (send the topic
+    /// with it), assigning one below `max` (> 0) if `topic` has none: a free one while
+    /// any is left, then round-robin, which is cheap and fair to topics seen once.
+    fn slot_for(&mut self, topic: &ByteStr, max: u16) -> Option<(usize, bool)> {
+        if let Some(&slot) = self.slots.get(topic.as_str()) {
+            return Some((usize::from(slot), false));
+        }
+        let slot = if self.topics.len() < usize::from(max) {
+            self.topics.push(topic.clone());
+            self.topics.len() - 1
+        } else {
+            let slot = self.next_victim % self.topics.len().max(1);
+            self.next_victim = slot + 1;
+            let old = core::mem::replace(self.topics.get_mut(slot)?, topic.clone());
+            self.slots.remove(old.as_str());
+            slot
+        };
+        self.slots.insert(topic.clone(), u16::try_from(slot).ok()?);
+        Some((slot, true))
+    }
 }
 
 impl Outbox {
@@ -134,7 +174,7 @@ impl Outbox {
         self.queue.is_empty()
             && self.inflight.is_empty()
             && self.other_ids.is_empty()
-            && self.aliases.is_empty()
+            && self.aliases.is_none()
     }
 
     /// Gives back the memory of empty queues and an empty message store.
@@ -330,9 +370,13 @@ impl Outbox {
                 }
                 // [MQTT-3.3.2-6]: send the time that is left.
                 let left = expires_at.saturating_since(now).as_secs_ceil();
+                let left = Some(u32::try_from(left).unwrap_or(u32::MAX));
                 if let Some(message) = self.store.get_mut(slot) {
-                    message.properties.message_expiry_interval =
-                        Some(u32::try_from(left).unwrap_or(u32::MAX));
+                    // Written only when it changed: the set may be shared with other
+                    // sessions' copies, and writing copies it.
+                    if message.properties.message_expiry_interval != left {
+                        message.properties.message_expiry_interval = left;
+                    }
                 }
             }
             let qos_pid = match qos {
@@ -478,8 +522,7 @@ impl Outbox {
 
     /// Forgets the aliases of the connection that ended ([MQTT-3.3.2-7]).
     pub(crate) fn reset_aliases(&mut self) {
-        self.aliases.clear();
-        self.next_alias_victim = 0;
+        self.aliases = None;
     }
 
     /// The topic and Topic Alias to send `topic` with, where the peer allows aliases
@@ -489,23 +532,14 @@ impl Outbox {
         if peer_max == 0 || topic.is_empty() {
             return (topic, None);
         }
-        if let Some(pos) = self.aliases.iter().position(|t| *t == topic) {
-            return (ByteStr::new(), alias_number(pos));
+        let aliases = self.aliases.get_or_insert_with(Box::default);
+        match aliases.slot_for(&topic, peer_max) {
+            // Known to the peer: the alias alone, with an empty topic.
+            Some((slot, false)) => (ByteStr::new(), alias_number(slot)),
+            // [MQTT-3.1.2-26]: never above the peer's maximum; the slot is below it.
+            Some((slot, true)) => (topic, alias_number(slot)),
+            None => (topic, None),
         }
-        let slot = if self.aliases.len() < usize::from(peer_max) {
-            self.aliases.push(topic.clone());
-            self.aliases.len() - 1
-        } else {
-            // Reuse aliases round-robin: cheap, and fair to topics seen once.
-            let slot = self.next_alias_victim % self.aliases.len().max(1);
-            self.next_alias_victim = slot + 1;
-            if let Some(t) = self.aliases.get_mut(slot) {
-                *t = topic.clone();
-            }
-            slot
-        };
-        // [MQTT-3.1.2-26]: never above the peer's maximum; the slot is below it.
-        (topic, alias_number(slot))
     }
 }
 

@@ -1,6 +1,11 @@
 //! The server end of a session.
 
-use alloc::{boxed::Box, sync::Arc, vec::Vec};
+use alloc::{
+    boxed::Box,
+    collections::{BTreeMap, BTreeSet, btree_map},
+    sync::Arc,
+    vec::Vec,
+};
 use core::num::{NonZeroU16, NonZeroU32};
 
 use mqtt_codec::{
@@ -27,6 +32,99 @@ pub struct SubscriptionRecord {
     /// Its Subscription Identifier (5.0).
     pub identifier: Option<SubscriptionId>,
 }
+
+/// What a session keeps of one subscription beside its filter, which is the key it is
+/// found by.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Granted {
+    pub(crate) options: SubscriptionOptions,
+    pub(crate) identifier: Option<SubscriptionId>,
+}
+
+/// The subscriptions a session holds, ordered by filter (byte order), found by filter
+/// in O(log n): what [`ServerSession::subscriptions`] returns.
+///
+/// Iterating yields [`SubscriptionRecord`]s by value; their filters share the session's
+/// bytes (a reference count, no copy).
+#[derive(Clone, Copy, Debug)]
+pub struct Subscriptions<'a>(&'a BTreeMap<ByteStr, Granted>);
+
+impl<'a> Subscriptions<'a> {
+    /// How many subscriptions the session holds.
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    /// Whether the session holds none.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// The subscriptions, ordered by filter.
+    pub fn iter(&self) -> SubscriptionIter<'a> {
+        SubscriptionIter(self.0.iter())
+    }
+
+    /// The filters alone, ordered, borrowed.
+    pub fn filters(&self) -> impl Iterator<Item = &'a ByteStr> + 'a {
+        self.0.keys()
+    }
+
+    /// The subscription with exactly this filter (`$share/` prefix included), if held.
+    pub fn get(&self, filter: &str) -> Option<SubscriptionRecord> {
+        self.0
+            .get_key_value(filter)
+            .map(|(filter, g)| SubscriptionRecord {
+                filter: filter.clone(),
+                options: g.options,
+                identifier: g.identifier,
+            })
+    }
+
+    /// Whether a subscription with exactly this filter is held.
+    pub fn contains(&self, filter: &str) -> bool {
+        self.0.contains_key(filter)
+    }
+}
+
+impl PartialEq for Subscriptions<'_> {
+    fn eq(&self, other: &Self) -> bool {
+        self.0 == other.0
+    }
+}
+
+impl Eq for Subscriptions<'_> {}
+
+impl<'a> IntoIterator for Subscriptions<'a> {
+    type Item = SubscriptionRecord;
+    type IntoIter = SubscriptionIter<'a>;
+
+    fn into_iter(self) -> Self::IntoIter {
+        self.iter()
+    }
+}
+
+/// The subscriptions of a session, ordered by filter: from [`Subscriptions::iter`].
+#[derive(Clone, Debug)]
+pub struct SubscriptionIter<'a>(btree_map::Iter<'a, ByteStr, Granted>);
+
+impl Iterator for SubscriptionIter<'_> {
+    type Item = SubscriptionRecord;
+
+    fn next(&mut self) -> Option<SubscriptionRecord> {
+        self.0.next().map(|(filter, g)| SubscriptionRecord {
+            filter: filter.clone(),
+            options: g.options,
+            identifier: g.identifier,
+        })
+    }
+
+    fn size_hint(&self) -> (usize, Option<usize>) {
+        self.0.size_hint()
+    }
+}
+
+impl ExactSizeIterator for SubscriptionIter<'_> {}
 
 /// "Never" for a Session Expiry Interval.
 const NEVER: u32 = u32::MAX;
@@ -83,7 +181,9 @@ pub struct ServerSession {
     will: Option<Box<Will>>,
     will_due: Deadline,
     expires_at: Deadline,
-    subscriptions: Vec<SubscriptionRecord>,
+    /// By filter, so that SUBSCRIBE and UNSUBSCRIBE cost O(log n) per filter: a packet
+    /// of 100,000 filters is O(n log n), not quadratic.
+    subscriptions: BTreeMap<ByteStr, Granted>,
 }
 
 impl ServerSession {
@@ -100,7 +200,7 @@ impl ServerSession {
             will: None,
             will_due: Deadline::NONE,
             expires_at: Deadline::NONE,
-            subscriptions: Vec::new(),
+            subscriptions: BTreeMap::new(),
         }
     }
 
@@ -119,9 +219,14 @@ impl ServerSession {
         self.flow.connected
     }
 
-    /// The subscriptions the session holds.
-    pub fn subscriptions(&self) -> &[SubscriptionRecord] {
-        &self.subscriptions
+    /// The subscriptions the session holds, ordered by filter.
+    pub fn subscriptions(&self) -> Subscriptions<'_> {
+        Subscriptions(&self.subscriptions)
+    }
+
+    /// How many subscriptions the session holds; O(1).
+    pub fn subscription_count(&self) -> usize {
+        self.subscriptions.len()
     }
 
     /// Accepts a connection for this session: applies Clean Start, takes the client's
@@ -252,25 +357,69 @@ impl ServerSession {
         self.flow.settle_publish(qos, packet_id, reason);
     }
 
+    /// Applies [`Limits::max_subscriptions`] to the reason codes of `subscribe`:
+    /// success codes of filters the session does not hold yet (nor granted earlier in
+    /// this packet) beyond the limit become 0x97 Quota exceeded (5.0) or 0x80 Failure
+    /// (3.x). Replacing a filter the session holds is always allowed. Returns how many
+    /// it refused. [`suback`](Self::suback) applies it itself; a broker calls it first
+    /// to learn which filters to leave out of its own index. O(n log n) in the packet.
+    pub fn limit_subscriptions(
+        &self,
+        subscribe: &Subscribe,
+        reason_codes: &mut [ReasonCode],
+    ) -> usize {
+        let max = self.flow.limits.max_subscriptions;
+        let held = self.subscriptions.len();
+        // The common case: everything fits even if every filter is new.
+        if held.saturating_add(subscribe.subscriptions.len()) <= max {
+            return 0;
+        }
+        let refusal = if self.flow.version.is_v5() {
+            ReasonCode::QUOTA_EXCEEDED
+        } else {
+            ReasonCode::UNSPECIFIED_ERROR
+        };
+        let mut room = max.saturating_sub(held);
+        let mut added = BTreeSet::new();
+        let mut refused = 0;
+        for (sub, code) in subscribe.subscriptions.iter().zip(reason_codes.iter_mut()) {
+            let filter = sub.filter.as_str();
+            if code.is_error() || self.subscriptions.contains_key(filter) || added.contains(filter)
+            {
+                continue;
+            }
+            if room == 0 {
+                *code = refusal;
+                refused += 1;
+            } else {
+                room -= 1;
+                added.insert(filter);
+            }
+        }
+        refused
+    }
+
     /// Answers a SUBSCRIBE from [`Event::Subscribe`] with one reason code per filter, in
-    /// order ([MQTT-3.9.3-1]), and records the granted subscriptions.
-    pub fn suback(&mut self, subscribe: &Subscribe, reason_codes: Vec<ReasonCode>) {
+    /// order ([MQTT-3.9.3-1]), and records the granted subscriptions. New filters beyond
+    /// [`Limits::max_subscriptions`] are refused whatever `reason_codes` says (see
+    /// [`limit_subscriptions`](Self::limit_subscriptions)).
+    pub fn suback(&mut self, subscribe: &Subscribe, mut reason_codes: Vec<ReasonCode>) {
+        self.limit_subscriptions(subscribe, &mut reason_codes);
+        let identifier = subscribe.properties.subscription_identifier;
         for (sub, code) in subscribe.subscriptions.iter().zip(&reason_codes) {
             if code.is_error() {
                 continue;
             }
-            let record = SubscriptionRecord {
-                filter: sub.filter.clone(),
+            let granted = Granted {
                 options: sub.options,
-                identifier: subscribe.properties.subscription_identifier,
+                identifier,
             };
-            match self
-                .subscriptions
-                .iter_mut()
-                .find(|r| r.filter == sub.filter)
-            {
-                Some(existing) => *existing = record,
-                None => self.subscriptions.push(record),
+            // [MQTT-3.8.4-3]: a filter already held is replaced, not added.
+            match self.subscriptions.get_mut(sub.filter.as_str()) {
+                Some(existing) => *existing = granted,
+                None => {
+                    self.subscriptions.insert(sub.filter.clone(), granted);
+                }
             }
         }
         let ack = SubAck {
@@ -284,8 +433,9 @@ impl ServerSession {
     /// Answers an UNSUBSCRIBE from [`Event::Unsubscribe`] and forgets the filters. 5.0
     /// sends `reason_codes`, one per filter; 3.x sends none.
     pub fn unsuback(&mut self, unsubscribe: &Unsubscribe, reason_codes: Vec<ReasonCode>) {
-        self.subscriptions
-            .retain(|r| !unsubscribe.filters.contains(&r.filter));
+        for filter in &unsubscribe.filters {
+            self.subscriptions.remove(filter.as_str());
+        }
         let ack = UnsubAck {
             packet_id: unsubscribe.packet_id,
             reason_codes,
@@ -328,7 +478,8 @@ impl ServerSession {
             ));
         }
         match packet {
-            Packet::Publish(p) => return self.flow.handle_publish(p),
+            // Our Receive Maximum bounds a 3.x client's unreleased QoS 2 messages too.
+            Packet::Publish(p) => return self.flow.handle_publish(p, true),
             Packet::PubAck(a) => self
                 .flow
                 .handle_ack(a.packet_id, Awaiting::PubAck, a.reason_code),
@@ -554,7 +705,7 @@ impl ServerSession {
             will: self.will.as_deref(),
             will_due: self.will_due.get(),
             expires_at: self.expires_at.get(),
-            subscriptions: &self.subscriptions,
+            subscriptions: self.subscriptions(),
         }
     }
 
@@ -572,7 +723,16 @@ impl ServerSession {
         self.will = will.map(Box::new);
         self.will_due = Deadline::new(will_due);
         self.expires_at = Deadline::new(expires_at);
-        self.subscriptions = subscriptions;
+        self.subscriptions = subscriptions
+            .into_iter()
+            .map(|r| {
+                let granted = Granted {
+                    options: r.options,
+                    identifier: r.identifier,
+                };
+                (r.filter, granted)
+            })
+            .collect();
     }
 
     pub(crate) fn flow_mut(&mut self) -> &mut Flow {

@@ -116,9 +116,9 @@ fn put_flow(out: &mut BytesMut, flow: &Flow, now: Instant, role: u8) {
         Some(t) => (
             t.outbox.inflight.iter(),
             t.outbox.queue.iter(),
-            t.inbox.awaiting_pubrel.as_slice(),
+            t.inbox.awaiting_pubrel.iter(),
         ),
-        None => (Default::default(), Default::default(), &[][..]),
+        None => (Default::default(), Default::default(), Default::default()),
     };
     out.put_u32(inflight.len() as u32);
     for f in inflight {
@@ -321,7 +321,7 @@ pub(crate) struct ServerFields<'a> {
     pub(crate) will: Option<&'a Will>,
     pub(crate) will_due: Option<Instant>,
     pub(crate) expires_at: Option<Instant>,
-    pub(crate) subscriptions: &'a [SubscriptionRecord],
+    pub(crate) subscriptions: crate::server::Subscriptions<'a>,
 }
 
 // ---- reading ---------------------------------------------------------------------------
@@ -439,7 +439,7 @@ fn read_flow(
     let count = r.u32()?;
     for _ in 0..count {
         let id = r.packet_id()?;
-        flow.traffic_mut().inbox.awaiting_pubrel.push(id);
+        flow.traffic_mut().inbox.awaiting_pubrel.insert(id);
     }
     Ok((version, flow))
 }

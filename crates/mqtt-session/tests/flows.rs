@@ -365,6 +365,42 @@ fn exceeding_our_receive_maximum_is_a_protocol_error() {
     );
 }
 
+/// A 3.1.1 client is told no Receive Maximum, yet the server keeps one entry per QoS 2
+/// message awaiting PUBREL: our Receive Maximum caps them too, and beyond it the
+/// connection is closed (3.1.1 has no DISCONNECT from the server). A PUBREL makes room.
+#[test]
+fn qos2_awaiting_pubrel_is_capped_for_3_1_1_clients_too() {
+    for v in [ProtocolVersion::V3_1, V311] {
+        let limits = Limits {
+            receive_maximum: 3,
+            ..Limits::default()
+        };
+        let mut server = ServerSession::new(ByteStr::from_static("c"), limits);
+        let connect = mqtt_codec::Connect::new(v, ByteStr::from_static("c"));
+        server.accept(Instant::ZERO, &connect, Default::default());
+        let publish = |id: u16| {
+            let mut p = Publish::new(ByteStr::from_static("t"), Bytes::new());
+            p.qos_pid = QosPid::ExactlyOnce(PacketId::new(id).unwrap());
+            Packet::Publish(p)
+        };
+        for id in 1..=3 {
+            server.handle_packet(Instant::ZERO, publish(id)).unwrap();
+        }
+        // A duplicate of one awaiting PUBREL is answered again, not counted.
+        server.handle_packet(Instant::ZERO, publish(2)).unwrap();
+        let rel = mqtt_codec::PubRel::new(PacketId::new(1).unwrap());
+        server.handle_packet(Instant::ZERO, rel.into()).unwrap();
+        server.handle_packet(Instant::ZERO, publish(4)).unwrap();
+        let err = server.handle_packet(Instant::ZERO, publish(5)).unwrap_err();
+        assert_eq!(err.reason, ReasonCode::RECEIVE_MAXIMUM_EXCEEDED, "{v}");
+        let sent: Vec<_> = std::iter::from_fn(|| server.poll_transmit(Instant::ZERO)).collect();
+        assert!(
+            !sent.iter().any(|p| matches!(p, Packet::Disconnect(_))),
+            "{v}: no DISCONNECT before 5.0"
+        );
+    }
+}
+
 /// A connection taken over between reading a packet and acting on its events must not
 /// hand its DISCONNECT to the connection that took over (the broker would close the new
 /// one at once), nor its SUBSCRIBE (the new one would get a SUBACK for a packet
@@ -515,6 +551,53 @@ fn message_expiry_counts_down_while_queued() {
         _ => None,
     });
     assert_eq!(got, Some(4));
+}
+
+// 5.0 MQTT-3.1.2-26: with many topics cycling through a full alias table, every alias
+// stays within the client's maximum and the client resolves every topic it is sent.
+#[test]
+fn topic_aliases_with_more_topics_than_aliases() {
+    const MAX: u16 = 100;
+    let mut o = options(V5);
+    o.limits.topic_alias_maximum = MAX;
+    let limits = Limits {
+        max_queued_messages: 10_000,
+        ..Limits::default()
+    };
+    let mut pair = Pair::new(o, limits);
+    pair.connect();
+    let topics: Vec<String> = (0..3 * usize::from(MAX))
+        .chain(0..50)
+        .chain(250..300)
+        .map(|i| format!("t/{i}"))
+        .collect();
+    for t in &topics {
+        let topic = ByteStr::try_from(t.as_str()).unwrap();
+        pair.server
+            .deliver(pair.now, Message::new(topic, Bytes::new(), QoS::AtMostOnce))
+            .unwrap();
+    }
+    pair.drive();
+    assert!(pair.server_sent.iter().all(|p| match p {
+        Packet::Publish(p) => p.topic_alias.is_some_and(|a| a.get() <= MAX),
+        _ => true,
+    }));
+    // The last 50 topics were just aliased: each goes as the alias alone.
+    let reused = pair
+        .server_sent
+        .iter()
+        .filter(|p| matches!(p, Packet::Publish(p) if p.topic.is_empty()))
+        .count();
+    assert_eq!(reused, 50);
+    let received: Vec<String> = pair
+        .client_events
+        .iter()
+        .filter_map(|e| match e {
+            Event::Message(m, _) => Some(m.topic.to_string()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(received, topics);
 }
 
 // 5.0 MQTT-3.1.2-26, 5.0 MQTT-3.1.2-27, 5.0 MQTT-3.3.2-10: aliases within the client's
@@ -952,6 +1035,144 @@ fn subscribe_round_trip_and_records() {
     let mut o = options(V5);
     o.clean_start = true;
     let _ = Subscribe::new(id, ByteStr::from_static("x"), QoS::AtMostOnce);
+}
+
+/// 100,000 distinct filters in one SUBSCRIBE (about 1 MB), then all of them in one
+/// UNSUBSCRIBE: every filter is recorded once and every one is forgotten. The session
+/// finds subscriptions by filter, so each packet costs O(n log n), not O(n²) (which
+/// took 12 s for this packet); this checks the result, not the time.
+#[test]
+fn subscribe_and_unsubscribe_100_000_filters() {
+    const N: usize = 100_000;
+    let limits = Limits {
+        max_subscriptions: N,
+        ..Limits::default()
+    };
+    let mut pair = Pair::new(options(V5), limits);
+    pair.connect();
+    pair.take_client_events();
+    pair.take_server_events();
+    let filters: Vec<ByteStr> = (0..N)
+        .map(|i| ByteStr::try_from(format!("f/{i}/#")).unwrap())
+        .collect();
+    let subs = filters
+        .iter()
+        .map(|f| Subscription {
+            filter: f.clone(),
+            options: SubscriptionOptions::new(QoS::AtLeastOnce),
+        })
+        .collect();
+    pair.client.subscribe(subs, Default::default()).unwrap();
+    pair.drive();
+    let Some(Event::Subscribe(request)) = pair.take_server_events().pop() else {
+        panic!("the server sees the SUBSCRIBE")
+    };
+    assert_eq!(request.subscriptions.len(), N);
+    // One filter twice more, with other options: it replaces the first, adds nothing.
+    let mut again = request.clone();
+    again.subscriptions.truncate(1);
+    again.subscriptions[0].options = SubscriptionOptions::new(QoS::ExactlyOnce);
+    pair.server
+        .suback(&request, vec![ReasonCode::GRANTED_QOS_1; N]);
+    pair.server.suback(&again, vec![ReasonCode::GRANTED_QOS_2]);
+    pair.drive();
+    assert_eq!(pair.server.subscriptions().len(), N);
+    assert_eq!(pair.server.subscription_count(), N);
+    assert!(
+        filters
+            .iter()
+            .all(|f| pair.server.subscriptions().contains(f))
+    );
+    let first = pair.server.subscriptions().get(&filters[0]).unwrap();
+    assert_eq!(first.options.qos, QoS::ExactlyOnce);
+    let acks: Vec<_> = pair
+        .take_client_events()
+        .into_iter()
+        .filter_map(|e| match e {
+            Event::SubAck(a) => Some(a.reason_codes.len()),
+            _ => None,
+        })
+        .collect();
+    // The second SUBACK reuses an identifier the client no longer waits for: ignored.
+    assert_eq!(acks, [N]);
+
+    pair.client
+        .unsubscribe(filters.clone(), Default::default())
+        .unwrap();
+    pair.drive();
+    let Some(Event::Unsubscribe(request)) = pair.take_server_events().pop() else {
+        panic!("the server sees the UNSUBSCRIBE")
+    };
+    assert_eq!(request.filters.len(), N);
+    pair.server.unsuback(&request, vec![ReasonCode::SUCCESS; N]);
+    pair.drive();
+    assert!(pair.server.subscriptions().is_empty());
+    assert!(
+        pair.take_client_events()
+            .iter()
+            .any(|e| matches!(e, Event::UnsubAck(a) if a.reason_codes.len() == N))
+    );
+}
+
+/// `Limits::max_subscriptions` holds whatever reason codes the broker passes: new
+/// filters beyond it are refused (0x97 in 5.0, 0x80 in 3.1.1), replacing a held filter
+/// is always allowed, and a filter repeated in one packet counts once.
+#[test]
+fn subscriptions_beyond_the_limit_are_refused() {
+    for (version, refusal) in [
+        (V5, ReasonCode::QUOTA_EXCEEDED),
+        (V311, ReasonCode::UNSPECIFIED_ERROR),
+    ] {
+        let limits = Limits {
+            max_subscriptions: 3,
+            ..Limits::default()
+        };
+        let mut server = ServerSession::new(ByteStr::from_static("c"), limits);
+        let connect = mqtt_codec::Connect::new(version, ByteStr::from_static("c"));
+        server.accept(Instant::ZERO, &connect, Default::default());
+        let subscribe = |id: u16, filters: &[&'static str]| Subscribe {
+            packet_id: PacketId::new(id).unwrap(),
+            subscriptions: filters
+                .iter()
+                .map(|f| Subscription {
+                    filter: ByteStr::from_static(f),
+                    options: SubscriptionOptions::new(QoS::AtLeastOnce),
+                })
+                .collect(),
+            properties: Default::default(),
+        };
+        let first = subscribe(1, &["a", "b"]);
+        server.suback(&first, vec![ReasonCode::GRANTED_QOS_1; 2]);
+        assert_eq!(server.subscription_count(), 2);
+
+        let second = subscribe(2, &["a", "c", "d", "c", "e"]);
+        let mut codes = vec![ReasonCode::GRANTED_QOS_1; 5];
+        assert_eq!(server.limit_subscriptions(&second, &mut codes), 2);
+        let g = ReasonCode::GRANTED_QOS_1;
+        assert_eq!(codes, [g, g, refusal, g, refusal]);
+        // The session applies the limit itself, even to codes that ignore it.
+        server.suback(&second, vec![ReasonCode::GRANTED_QOS_1; 5]);
+        assert_eq!(server.subscription_count(), 3);
+        let filters: Vec<_> = server.subscriptions().filters().cloned().collect();
+        assert_eq!(filters, ["a", "b", "c"]);
+        let acks: Vec<_> = std::iter::from_fn(|| server.poll_transmit(Instant::ZERO))
+            .filter_map(|p| match p {
+                Packet::SubAck(a) => Some(a.reason_codes),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(
+            acks.last().unwrap(),
+            &[g, g, refusal, g, refusal],
+            "{version}"
+        );
+
+        // Full: replacing still works, anything new is refused.
+        let third = subscribe(3, &["b", "f"]);
+        server.suback(&third, vec![ReasonCode::GRANTED_QOS_1; 2]);
+        assert_eq!(server.subscription_count(), 3);
+        assert!(!server.subscriptions().contains("f"));
+    }
 }
 
 // 5.0 MQTT-3.1.0-2 seen by the server: a second CONNECT is a protocol error.

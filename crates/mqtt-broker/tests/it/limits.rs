@@ -372,3 +372,69 @@ async fn a_stuck_subscriber_never_holds_publishers_up() {
     drop(stuck);
     broker.shutdown().await;
 }
+
+// limits.max_subscriptions: new filters beyond it are refused (5.0 0x97, 3.1.1 0x80),
+// stay out of the index, and replacing a held filter is always allowed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn subscriptions_per_session_are_capped() {
+    let (broker, addr) = broker_with(|c| c.limits.max_subscriptions = 2).await;
+    for v in [ProtocolVersion::V3_1_1, ProtocolVersion::V5] {
+        let id = format!("capped-{}", v.is_v5());
+        let (mut c, _) = Raw::connect(addr, Connect::new(v, ByteStr::try_from(id).unwrap())).await;
+        let mut sub = Subscribe::new(PacketId::MIN, ByteStr::from_static("a"), QoS::AtMostOnce);
+        for f in ["b", "c", "a"] {
+            sub.subscriptions.push(mqtt_codec::Subscription {
+                filter: ByteStr::from_static(f),
+                options: mqtt_codec::SubscriptionOptions::new(QoS::AtMostOnce),
+            });
+        }
+        c.send(sub.into()).await;
+        let Some(Packet::SubAck(ack)) = c.next().await else {
+            panic!("no SUBACK")
+        };
+        let refused = if v.is_v5() { 0x97 } else { 0x80 };
+        assert_eq!(
+            ack.reason_codes.iter().map(|r| r.0).collect::<Vec<_>>(),
+            [0, 0, refused, 0],
+            "{v:?}"
+        );
+        // "c" was refused: a message there does not arrive, one on "b" does.
+        for topic in ["c", "b"] {
+            let p = Publish::new(ByteStr::from_static(topic), Bytes::from_static(b"x"));
+            c.send(p.into()).await;
+        }
+        match c.next().await {
+            Some(Packet::Publish(p)) => assert_eq!(p.topic, "b", "{v:?}"),
+            other => panic!("{other:?}"),
+        }
+    }
+    broker.shutdown().await;
+}
+
+// One SUBSCRIBE of 100,000 filters (1 MB) is handled in time linear in its size, and
+// meanwhile the broker goes on serving everyone else.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_huge_subscribe_is_linear_and_stalls_no_one() {
+    let (broker, addr) = broker_with(|c| c.limits.max_subscriptions = 100_000).await;
+    let v = ProtocolVersion::V5;
+    let (mut big, _) = Raw::connect(addr, Connect::new(v, ByteStr::from_static("big"))).await;
+    let mut sub = Subscribe::new(PacketId::MIN, ByteStr::from_static("f/0"), QoS::AtMostOnce);
+    for i in 1..100_000 {
+        sub.subscriptions.push(mqtt_codec::Subscription {
+            filter: ByteStr::try_from(format!("f/{i}")).unwrap(),
+            options: mqtt_codec::SubscriptionOptions::new(QoS::AtMostOnce),
+        });
+    }
+    let (mut other, _) = Raw::connect(addr, Connect::new(v, ByteStr::from_static("other"))).await;
+    big.send(sub.into()).await;
+    other.send(Packet::PingReq).await;
+    assert!(matches!(other.next().await, Some(Packet::PingResp)));
+    match big.next().await {
+        Some(Packet::SubAck(ack)) => {
+            assert_eq!(ack.reason_codes.len(), 100_000);
+            assert!(ack.reason_codes.iter().all(|r| r.0 == 0));
+        }
+        other => panic!("{other:?}"),
+    }
+    broker.shutdown().await;
+}

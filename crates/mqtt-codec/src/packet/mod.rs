@@ -188,6 +188,32 @@ impl Packet {
         with_packet!(self, p => ty(p))
     }
 
+    /// How many User Properties (5.0) the packet carries; for CONNECT, its will's
+    /// included. 0 for a packet without properties.
+    pub fn user_property_count(&self) -> usize {
+        match self {
+            Self::Connect(c) => {
+                c.properties.user_properties.len()
+                    + c.will
+                        .as_ref()
+                        .map_or(0, |w| w.properties.user_properties.len())
+            }
+            Self::ConnAck(c) => c.properties.user_properties.len(),
+            Self::Publish(p) => p.properties.user_properties.len(),
+            Self::PubAck(a) => a.properties.user_properties.len(),
+            Self::PubRec(a) => a.properties.user_properties.len(),
+            Self::PubRel(a) => a.properties.user_properties.len(),
+            Self::PubComp(a) => a.properties.user_properties.len(),
+            Self::Subscribe(s) => s.properties.user_properties.len(),
+            Self::SubAck(a) => a.properties.user_properties.len(),
+            Self::Unsubscribe(u) => u.properties.user_properties.len(),
+            Self::UnsubAck(a) => a.properties.user_properties.len(),
+            Self::Disconnect(d) => d.properties.user_properties.len(),
+            Self::Auth(a) => a.properties.user_properties.len(),
+            Self::PingReq | Self::PingResp => 0,
+        }
+    }
+
     /// Decodes one packet from its fixed header and exactly its body (`remaining_length`
     /// bytes). Strings, binary data and the payload share `body`'s buffer.
     ///
