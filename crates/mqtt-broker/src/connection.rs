@@ -461,8 +461,9 @@ async fn attach<W: AsyncWrite + Unpin>(
         return None;
     }
     if let Some(will) = &connect.will {
-        // [MQTT-4.7.2-1]: a will may not publish to `$SYS/` either, nor anywhere the
-        // client may not publish; refused as a PUBLISH there would be.
+        // A will may not publish to `$SYS/` either (topics beginning with `$` are the
+        // server's, section 4.7.2), nor anywhere the client may not publish: refused as
+        // a PUBLISH there would be.
         if crate::sys::is_sys_topic(&will.topic)
             || !shared
                 .auth
@@ -1170,8 +1171,8 @@ fn publish(
     matches: &mut Matches<u64, Sub>,
     now: mqtt_session::Instant,
 ) -> ReasonCode {
-    // [MQTT-4.7.2-1]: `$SYS/` is the broker's own. A client may not publish there (nor
-    // forge its statistics for other subscribers).
+    // `$SYS/` is the broker's own (topics beginning with `$` are the server's, section
+    // 4.7.2): a client may not publish there, nor forge its statistics for others.
     if crate::sys::is_sys_topic(&message.topic)
         || !shared
             .auth

@@ -77,8 +77,8 @@ pub(crate) async fn broker_with_auth(auth: Auth) -> (Broker, std::net::SocketAdd
     (broker, addr)
 }
 
-// A client may not publish to `$SYS/`: 5.0 gets PUBACK / PUBREC 0x87, 3.1.1 an
-// acknowledgement as usual, and no subscriber ever sees the forged value, retained or not.
+// 3.1.1 MQTT-3.3.5-2: a client may not publish to `$SYS/`: 5.0 gets PUBACK / PUBREC
+// 0x87, 3.1.1 an acknowledgement as usual, and no subscriber ever sees the forged value, retained or not.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sys_topics_cannot_be_forged() {
     let (broker, addr) = broker().await;
