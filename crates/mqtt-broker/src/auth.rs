@@ -5,7 +5,7 @@
 //! password on a blocking thread, or ask a service): it answers with a CONNACK reason
 //! code. An [`Authorizer`] decides each PUBLISH and each subscription, synchronously, as
 //! it is on the message path. The broker's own rules come first whatever the backends
-//! say: `$SYS/` belongs to the broker ([`crate::sys`]).
+//! say: `$SYS/` belongs to the broker.
 //!
 //! Today's backends: [`Anonymous`] (every client is let in) and [`AllowAll`]. A
 //! configuration asking for `allow_anonymous = false` has no password backend to check

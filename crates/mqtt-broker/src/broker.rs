@@ -364,6 +364,8 @@ pub(crate) struct RetainedMessage {
 #[derive(Debug, Default)]
 pub(crate) struct Stats {
     pub(crate) connected: AtomicUsize,
+    /// Sockets accepted that have not been through CONNECT yet.
+    pub(crate) handshaking: AtomicUsize,
     pub(crate) max_connected: AtomicUsize,
     pub(crate) messages_received: AtomicU64,
     pub(crate) messages_sent: AtomicU64,
@@ -1058,6 +1060,12 @@ impl Shared {
                 "a slow subscriber is losing messages (at most one such line per 10 s)"
             );
         }
+    }
+
+    /// How long a write may make no progress before the connection is closed
+    /// (`limits.write_timeout`).
+    pub(crate) fn write_timeout(&self) -> std::time::Duration {
+        std::time::Duration::from_secs(self.config.limits.write_timeout)
     }
 
     /// Whether the queued bytes of all sessions are past `limits.max_queued_bytes_total`.

@@ -57,6 +57,13 @@ pub struct LimitsConfig {
     pub max_session_expiry: u32,
     /// Seconds a new connection has to send CONNECT.
     pub connect_timeout: u64,
+    /// Seconds a write to a client may make no progress (the client reads nothing)
+    /// before its connection is closed; keep-alive cannot see this, as the client may
+    /// still be sending.
+    pub write_timeout: u64,
+    /// Seconds of silence before TCP keep-alive probes a connection (0: off). Probes
+    /// find half-open connections whose client set MQTT keep-alive 0.
+    pub tcp_keepalive: u64,
     /// Subscriptions one session may hold; new filters beyond it are refused (SUBACK
     /// 0x97 Quota exceeded in 5.0, 0x80 in 3.1.1).
     pub max_subscriptions: usize,
@@ -125,6 +132,8 @@ impl Default for LimitsConfig {
             max_session_expiry: u32::MAX,
             connect_timeout: 10,
             max_subscriptions: 10_000,
+            write_timeout: 60,
+            tcp_keepalive: 300,
             max_queued_bytes_total: 1024 * 1024 * 1024,
         }
     }
@@ -213,6 +222,9 @@ impl Config {
         }
         if l.max_queued_messages == 0 {
             return Err(("limits.max_queued_messages", "must be at least 1"));
+        }
+        if l.write_timeout == 0 {
+            return Err(("limits.write_timeout", "must be at least 1 second"));
         }
         if l.connect_timeout == 0 {
             return Err(("limits.connect_timeout", "must be at least 1 second"));

@@ -342,6 +342,16 @@ async fn open<S: Duplex>(
     mut stream: S,
     peer: SocketAddr,
 ) -> Option<(Conn<S>, BytesMut)> {
+    /// Counts the socket in `Stats::handshaking` until CONNECT is through, however
+    /// `open` ends.
+    struct Handshaking<'a>(&'a Shared);
+    impl Drop for Handshaking<'_> {
+        fn drop(&mut self) {
+            self.0.stats.handshaking.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+    shared.stats.handshaking.fetch_add(1, Ordering::Relaxed);
+    let counted = Handshaking(&shared);
     let mut decoder = Decoder::new();
     decoder.set_max_packet_size(shared.config.limits.max_packet_size);
     let mut rbuf = BytesMut::with_capacity(READ_CHUNK);
@@ -366,6 +376,7 @@ async fn open<S: Duplex>(
         }
     };
     let (handle, generation, version) = attach(&shared, &mut stream, *connect, peer).await?;
+    drop(counted);
     let conn = Conn {
         shared,
         handle,
@@ -854,7 +865,13 @@ where
                 .stats
                 .bytes_sent
                 .fetch_add(out.len() as u64, Ordering::Relaxed);
-            lost = wr.write_all(&out).await.is_err();
+            lost = match write_or_stall(wr, &out, shared.write_timeout()).await {
+                Ok(()) => false,
+                Err(e) => {
+                    debug!(client = %handle.client_id, error = %e, "write failed");
+                    true
+                }
+            };
             out.clear();
             if out.capacity() > 4 * READ_CHUNK {
                 // Keep idle connections small: a burst's buffer is given back.
@@ -865,10 +882,10 @@ where
             return Step::Ended(End::Lost);
         }
         if closed {
-            // Write the DISCONNECT the session may have queued, then close.
-            if flush_last(shared, handle, generation, version, wr).await {
-                linger(rd).await;
-            }
+            // Write the DISCONNECT the session may have queued, then close so that the
+            // client gets to read it.
+            flush_last(shared, handle, generation, version, wr).await;
+            last_words(rd, wr).await;
             return Step::Ended(End::Closed);
         }
         if again || more {
@@ -1034,7 +1051,10 @@ async fn flush_last<W: AsyncWrite + Unpin>(
         stats.messages_sent.fetch_add(packets, Ordering::Relaxed);
         stats.publish_sent.fetch_add(publishes, Ordering::Relaxed);
     }
-    !out.is_empty() && wr.write_all(&out).await.is_ok()
+    !out.is_empty()
+        && write_or_stall(wr, &out, shared.write_timeout())
+            .await
+            .is_ok()
 }
 
 /// The connection is over: release the session, and keep its timers (will delay,
@@ -1073,10 +1093,12 @@ async fn detach<S: Duplex>(conn: &mut Conn<S>, end: End) {
         }
         End::Lost | End::Closed => {}
     }
-    if !out.is_empty() && wr.write_all(&out).await.is_ok() {
-        // Let the client read the DISCONNECT and close first: some clients drop what
-        // they read when the end of stream arrives with it.
-        linger(&mut rd).await;
+    if !out.is_empty()
+        && write_or_stall(&mut wr, &out, shared.write_timeout())
+            .await
+            .is_ok()
+    {
+        last_words(&mut rd, &mut wr).await;
     }
     let _ = wr.shutdown().await;
     if !matches!(end, End::TakenOver) {
@@ -1104,13 +1126,49 @@ fn release(shared: &Arc<Shared>, handle: &Arc<SessionHandle>, generation: u64, e
     tokio::spawn(idle(Arc::clone(shared), Arc::clone(handle), generation));
 }
 
-/// Waits briefly for the peer to close after a DISCONNECT, discarding what it sends.
-async fn linger<R: AsyncRead + Unpin>(rd: &mut R) {
-    let mut sink = [0u8; 256];
-    let _ = timeout(std::time::Duration::from_millis(100), async {
+/// How long a closing connection reads (and discards) what the client still sends, so
+/// that it gets to read our last packet.
+const DRAIN: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Closes like a server that wants its last words read: after the DISCONNECT (or
+/// whatever was written last), the write side is shut down (FIN), and what the client
+/// still sends is read and discarded until it closes too or [`DRAIN`] passes. Closing
+/// with unread input would send a reset instead, and a client writing at that moment
+/// could lose the reason code before reading it.
+async fn last_words<R, W>(rd: &mut R, wr: &mut W)
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    let _ = timeout(DRAIN, wr.shutdown()).await;
+    let mut sink = [0u8; 512];
+    let _ = timeout(DRAIN, async {
         while matches!(rd.read(&mut sink).await, Ok(n) if n > 0) {}
     })
     .await;
+}
+
+/// Writes all of `buf`, or fails when the client takes nothing of it for `stall`: a
+/// client that stops reading cannot pin its connection (task, socket, queue) for ever.
+async fn write_or_stall<W: AsyncWrite + Unpin>(
+    wr: &mut W,
+    mut buf: &[u8],
+    stall: std::time::Duration,
+) -> std::io::Result<()> {
+    while !buf.is_empty() {
+        match timeout(stall, wr.write(buf)).await {
+            Ok(Ok(0)) => return Err(std::io::ErrorKind::WriteZero.into()),
+            Ok(Ok(n)) => buf = buf.get(n..).unwrap_or_default(),
+            Ok(Err(e)) => return Err(e),
+            Err(_) => {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    format!("the client read nothing for {} s", stall.as_secs()),
+                ));
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Runs the timers of a session with no connection: publishes the will when due, and

@@ -30,10 +30,15 @@ mod connection;
 mod parking;
 mod sys;
 
-use std::{io, net::SocketAddr, sync::Arc, time::Duration};
+use std::{
+    io,
+    net::SocketAddr,
+    sync::{Arc, atomic::Ordering},
+    time::Duration,
+};
 
 use tokio::{net::TcpListener, task::JoinSet};
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use crate::broker::Shared;
 pub use crate::{auth::Auth, config::Config};
@@ -202,6 +207,27 @@ async fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
     TcpListener::from_std(socket.into())
 }
 
+/// Sockets accepted beyond `max_connections` (counting those that have not sent CONNECT
+/// yet), so that a client arriving at a full broker reads CONNACK Server busy rather than
+/// a closed socket. Past these, a new socket is closed at once.
+const BUSY_SLACK: usize = 16;
+
+/// Turns on TCP keep-alive probes after `idle_secs` of silence (0: off): they find
+/// half-open connections whose client set no MQTT keep-alive.
+fn set_tcp_keepalive(stream: &tokio::net::TcpStream, idle_secs: u64) {
+    if idle_secs == 0 {
+        return;
+    }
+    let keepalive = socket2::TcpKeepalive::new()
+        .with_time(Duration::from_secs(idle_secs))
+        .with_interval(Duration::from_secs(30));
+    #[cfg(any(target_os = "linux", target_os = "macos", target_os = "freebsd"))]
+    let keepalive = keepalive.with_retries(4);
+    if let Err(e) = socket2::SockRef::from(stream).set_tcp_keepalive(&keepalive) {
+        debug!(error = %e, "TCP keep-alive not set");
+    }
+}
+
 async fn accept_loop(shared: Arc<Shared>, listener: TcpListener) {
     let mut connections = JoinSet::new();
     let shutdown = shared.shutting_down();
@@ -210,7 +236,17 @@ async fn accept_loop(shared: Arc<Shared>, listener: TcpListener) {
         tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok((stream, peer)) => {
+                    // Sockets that have not sent CONNECT yet count against
+                    // max_connections too: past it (and a few more, kept to be told
+                    // CONNACK Server busy), a new socket is closed at once.
+                    let open = shared.stats.connected.load(Ordering::Relaxed)
+                        + shared.stats.handshaking.load(Ordering::Relaxed);
+                    if open >= shared.config.limits.max_connections + BUSY_SLACK {
+                        debug!(%peer, "max_connections reached: closed before CONNECT");
+                        continue;
+                    }
                     let _ = stream.set_nodelay(true);
+                    set_tcp_keepalive(&stream, shared.config.limits.tcp_keepalive);
                     connections.spawn(connection::serve(Arc::clone(&shared), stream, peer));
                 }
                 Err(e) => {

@@ -438,3 +438,133 @@ async fn a_huge_subscribe_is_linear_and_stalls_no_one() {
     }
     broker.shutdown().await;
 }
+
+// A server DISCONNECT is read even by a client still writing: the broker shuts its write
+// side down after the DISCONNECT and drains the client's input before closing, so no
+// reset destroys the reason code (here 0x93, Receive Maximum exceeded).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_still_writing_reads_the_reason_it_was_closed_for() {
+    let (broker, addr) = broker_with(|c| c.limits.receive_maximum = 5).await;
+    for round in 0..20 {
+        let v = ProtocolVersion::V5;
+        let (mut c, _) = Raw::connect(addr, Connect::new(v, ByteStr::from_static("eager"))).await;
+        let mut out = BytesMut::new();
+        for id in 1..=20u16 {
+            let mut p = Publish::new(ByteStr::from_static("rm"), Bytes::from_static(b"x"));
+            p.qos_pid = QosPid::new(QoS::ExactlyOnce, PacketId::new(id).unwrap());
+            Packet::from(p).encode(v, &mut out).unwrap();
+        }
+        let _ = c.s.write_all(&out).await;
+        // The client goes on writing for a while, as a busy one would.
+        let mut pings = BytesMut::new();
+        for _ in 0..200 {
+            Packet::PingReq.encode(v, &mut pings).unwrap();
+        }
+        for _ in 0..20 {
+            if c.s.write_all(&pings).await.is_err() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        let mut reason = None;
+        while let Some(p) = c.next().await {
+            if let Packet::Disconnect(d) = p {
+                reason = Some(d.reason_code);
+            }
+        }
+        assert_eq!(
+            reason,
+            Some(mqtt_codec::ReasonCode::RECEIVE_MAXIMUM_EXCEEDED),
+            "round {round}"
+        );
+    }
+    broker.shutdown().await;
+}
+
+// limits.write_timeout: a subscriber that reads nothing while messages wait for it is
+// closed once the broker has written nothing to it for that long (its will then tells).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_reads_nothing_is_closed_after_the_write_timeout() {
+    let (broker, addr) = broker_with(|c| c.limits.write_timeout = 1).await;
+    let v = ProtocolVersion::V3_1_1;
+    let (mut watcher, _) = Raw::connect(addr, Connect::new(v, ByteStr::from_static("wt-w"))).await;
+    watcher
+        .send(
+            Subscribe::new(
+                PacketId::MIN,
+                ByteStr::from_static("wt/will"),
+                QoS::AtMostOnce,
+            )
+            .into(),
+        )
+        .await;
+    assert!(matches!(watcher.next().await, Some(Packet::SubAck(_))));
+    let mut c = Connect::new(v, ByteStr::from_static("wt-deaf"));
+    c.will = Some(mqtt_codec::Will {
+        topic: ByteStr::from_static("wt/will"),
+        payload: Bytes::from_static(b"closed"),
+        qos: QoS::AtMostOnce,
+        retain: false,
+        properties: Default::default(),
+    });
+    let (mut deaf, _) = Raw::connect(addr, c).await;
+    deaf.send(
+        Subscribe::new(
+            PacketId::MIN,
+            ByteStr::from_static("wt/data"),
+            QoS::AtMostOnce,
+        )
+        .into(),
+    )
+    .await;
+    assert!(matches!(deaf.next().await, Some(Packet::SubAck(_))));
+    let (mut publ, _) = Raw::connect(addr, Connect::new(v, ByteStr::from_static("wt-p"))).await;
+    // 64 MB over time: far more than the socket buffers hold.
+    let publishing = tokio::spawn(async move {
+        for _ in 0..64 {
+            flood_sized(&mut publ, "wt/data", 1000, 1024).await;
+        }
+        publ
+    });
+    match timeout(Duration::from_secs(20), watcher.next()).await {
+        Ok(Some(Packet::Publish(p))) => assert_eq!(&p.payload[..], b"closed"),
+        other => panic!("no will: {other:?}"),
+    }
+    let _ = publishing.await;
+    drop(deaf);
+    broker.shutdown().await;
+}
+
+// Sockets that have not sent CONNECT count against max_connections: past it and the 16
+// more kept to be told CONNACK Server busy, a new socket is closed at once, and the ones
+// already open still get in.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sockets_before_connect_count_against_max_connections() {
+    let (broker, addr) = broker_with(|c| c.limits.max_connections = 2).await;
+    let mut silent = Vec::new();
+    for _ in 0..2 + 16 {
+        silent.push(TcpStream::connect(addr).await.unwrap());
+    }
+    // Let the broker's tasks count them.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let mut third = TcpStream::connect(addr).await.unwrap();
+    let mut buf = [0u8; 8];
+    let n = timeout(WAIT, third.read(&mut buf))
+        .await
+        .expect("closed in time");
+    assert!(matches!(n, Ok(0) | Err(_)), "{n:?}");
+    // The first two complete their CONNECT.
+    let v = ProtocolVersion::V3_1_1;
+    for (i, s) in silent.into_iter().take(2).enumerate() {
+        let mut raw = Raw {
+            s,
+            v,
+            decoder: Decoder::with_version(v),
+            buf: BytesMut::new(),
+        };
+        raw.send(Connect::new(v, ByteStr::try_from(format!("early-{i}")).unwrap()).into())
+            .await;
+        assert!(matches!(raw.next().await, Some(Packet::ConnAck(a)) if a.reason_code.0 == 0));
+    }
+    broker.shutdown().await;
+}
