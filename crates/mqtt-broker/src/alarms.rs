@@ -20,7 +20,7 @@ use std::{
 use mqtt_session::Instant;
 use tokio::sync::Notify;
 
-use crate::broker::{SessionHandle, Shared};
+use crate::{sessions::SessionHandle, shared::Shared};
 
 /// Deadlines, by time and then a number unique to each alarm, with the session to wake.
 /// (The session's key would not do: during a takeover two connections of one session
@@ -114,10 +114,10 @@ mod tests {
     use mqtt_codec::ByteStr;
     use mqtt_session::Instant;
 
-    use crate::{Config, broker::Shared};
+    use crate::{Config, shared::Shared};
 
     /// Whether `handle`'s task would be woken (a permit is waiting).
-    async fn woken(handle: &crate::broker::SessionHandle) -> bool {
+    async fn woken(handle: &crate::sessions::SessionHandle) -> bool {
         tokio::time::timeout(Duration::ZERO, handle.notify.notified())
             .await
             .is_ok()
@@ -135,7 +135,7 @@ mod tests {
             let b = shared.session(&ByteStr::from_static("b"));
             let c = shared.session(&ByteStr::from_static("c"));
             let alarms = &shared.alarms;
-            let wake = |h: &Arc<crate::broker::SessionHandle>| shared.wake(h);
+            let wake = |h: &Arc<crate::sessions::SessionHandle>| shared.wake(h);
             alarms.set(Instant::from_millis(100), &a);
             let of_b = alarms.set(Instant::from_millis(100), &b);
             alarms.set(Instant::from_millis(300), &c);

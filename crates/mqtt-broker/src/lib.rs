@@ -19,28 +19,38 @@
 //! sharded subscription index (`mqtt_topics::ShardedIndex`, read locks per shard) and
 //! queued on each subscriber's session, whose bounded queue is the outbox; the
 //! subscriber's task is woken to write it. See `docs/architecture.md`.
+//!
+//! # Where each concern lives
+//! - `listener`: binding and accepting; TCP options; sockets before CONNECT.
+//! - `connection/`: one client connection, a file per concern: `handshake` (CONNECT),
+//!   `active_loop`, `publish`, `subscribe`, `hibernate` (idle connections), `close`.
+//! - `parking`: idle TCP connections held without a task; `alarms`: their keep-alive.
+//! - `sessions`: the registry and what a session shares with the tasks routing to it.
+//! - `router`: matching, fan-out, the overflow policy and the global memory budget.
+//! - `retained`: retained messages and their streaming to new subscriptions.
+//! - `shared`: the state all of the above share, statistics, time and wake-ups.
+//! - [`auth`]: the authentication and authorization seams; [`config`]; `sys` (`$SYS`).
 
 pub mod auth;
 pub mod config;
 
 mod alarms;
-mod broker;
 mod connection;
+mod listener;
 #[cfg(unix)]
 mod parking;
+mod retained;
+mod router;
+mod sessions;
+mod shared;
 mod sys;
 
-use std::{
-    io,
-    net::SocketAddr,
-    sync::{Arc, atomic::Ordering},
-    time::Duration,
-};
+use std::{io, net::SocketAddr, sync::Arc, time::Duration};
 
-use tokio::{net::TcpListener, task::JoinSet};
-use tracing::{debug, info, warn};
+use tokio::task::JoinSet;
+use tracing::{info, warn};
 
-use crate::broker::Shared;
+use crate::shared::Shared;
 pub use crate::{auth::Auth, config::Config};
 
 /// A running broker.
@@ -82,12 +92,12 @@ impl Broker {
         let mut local_addrs = Vec::new();
         let mut errors = Vec::new();
         for listener in &shared.config.listeners {
-            match bind(listener.bind).await {
+            match listener::bind(listener.bind).await {
                 Ok(l) => {
                     let addr = l.local_addr()?;
                     info!(%addr, "listening");
                     local_addrs.push(addr);
-                    tasks.spawn(accept_loop(Arc::clone(&shared), l));
+                    tasks.spawn(listener::accept_loop(Arc::clone(&shared), l));
                 }
                 Err(e) if listener.bind.is_ipv6() => {
                     warn!(addr = %listener.bind, error = %e, "IPv6 listener not started");
@@ -189,76 +199,4 @@ async fn housekeeping(shared: Arc<Shared>) {
             () = &mut shutdown => return,
         }
     }
-}
-
-/// Binds with `SO_REUSEADDR` and, for `[::]`, IPv6 only, so `0.0.0.0:1883` and
-/// `[::]:1883` can both be bound, as the default configuration does.
-async fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
-    use socket2::{Domain, Socket, Type};
-    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
-    if addr.is_ipv6() {
-        // Without this, `[::]` also claims the IPv4 port and `0.0.0.0` cannot be bound.
-        socket.set_only_v6(true)?;
-    }
-    socket.set_reuse_address(true)?;
-    socket.set_nonblocking(true)?;
-    socket.bind(&addr.into())?;
-    socket.listen(1024)?;
-    TcpListener::from_std(socket.into())
-}
-
-/// Sockets accepted beyond `max_connections` (counting those that have not sent CONNECT
-/// yet), so that a client arriving at a full broker reads CONNACK Server busy rather than
-/// a closed socket. Past these, a new socket is closed at once.
-const BUSY_SLACK: usize = 16;
-
-/// Turns on TCP keep-alive probes after `idle_secs` of silence (0: off): they find
-/// half-open connections whose client set no MQTT keep-alive.
-fn set_tcp_keepalive(stream: &tokio::net::TcpStream, idle_secs: u64) {
-    if idle_secs == 0 {
-        return;
-    }
-    let keepalive = socket2::TcpKeepalive::new()
-        .with_time(Duration::from_secs(idle_secs))
-        .with_interval(Duration::from_secs(30));
-    #[cfg(any(target_os = "linux", target_os = "macos", target_os = "freebsd"))]
-    let keepalive = keepalive.with_retries(4);
-    if let Err(e) = socket2::SockRef::from(stream).set_tcp_keepalive(&keepalive) {
-        debug!(error = %e, "TCP keep-alive not set");
-    }
-}
-
-async fn accept_loop(shared: Arc<Shared>, listener: TcpListener) {
-    let mut connections = JoinSet::new();
-    let shutdown = shared.shutting_down();
-    tokio::pin!(shutdown);
-    loop {
-        tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok((stream, peer)) => {
-                    // Sockets that have not sent CONNECT yet count against
-                    // max_connections too: past it (and a few more, kept to be told
-                    // CONNACK Server busy), a new socket is closed at once.
-                    let open = shared.stats.connected.load(Ordering::Relaxed)
-                        + shared.stats.handshaking.load(Ordering::Relaxed);
-                    if open >= shared.config.limits.max_connections + BUSY_SLACK {
-                        debug!(%peer, "max_connections reached: closed before CONNECT");
-                        continue;
-                    }
-                    let _ = stream.set_nodelay(true);
-                    set_tcp_keepalive(&stream, shared.config.limits.tcp_keepalive);
-                    connections.spawn(connection::serve(Arc::clone(&shared), stream, peer));
-                }
-                Err(e) => {
-                    // Out of file descriptors and the like: wait a little, go on.
-                    warn!(error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                }
-            },
-            Some(_) = connections.join_next(), if !connections.is_empty() => {}
-            () = &mut shutdown => break,
-        }
-    }
-    drop(listener);
-    while connections.join_next().await.is_some() {}
 }

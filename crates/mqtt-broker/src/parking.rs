@@ -10,7 +10,7 @@
 //! Whatever would have woken the task revives the connection instead, in a new task:
 //! bytes from the client or the socket closing (this thread), and the session's signal
 //! (a publisher, a takeover, shutdown, the keep-alive alarm), which goes through
-//! [`Shared::wake`](crate::broker::Shared::wake) or the guard-holding variant used on
+//! [`Shared::wake`](crate::shared::Shared::wake) or the guard-holding variant used on
 //! the routing path. The session's lock decides who revives: parking puts the
 //! [`Parked`] into the session under that lock, and reviving takes it out under it.
 //!
@@ -32,13 +32,13 @@ use mqtt_codec::{Decoder, ProtocolVersion};
 use tokio::task::JoinSet;
 use tracing::warn;
 
-use crate::broker::{SessionHandle, Shared};
+use crate::{sessions::SessionHandle, shared::Shared};
 
 /// The token of the waker that stops the thread.
 const STOP: Token = Token(0);
 
 /// What a parked connection keeps: its socket and what its task held besides the
-/// session and the broker. Kept in the session ([`SessionCell`](crate::broker::SessionCell)).
+/// session and the broker. Kept in the session ([`SessionCell`](crate::sessions::SessionCell)).
 #[derive(Debug)]
 pub(crate) struct Parked {
     pub(crate) stream: TcpStream,

@@ -9,7 +9,7 @@ use mqtt_codec::{ByteStr, QoS};
 use mqtt_session::Message;
 use mqtt_topics::Matches;
 
-use crate::broker::Shared;
+use crate::shared::Shared;
 
 /// The key `$SYS` messages are routed from (no session has it).
 const BROKER_KEY: u64 = 0;

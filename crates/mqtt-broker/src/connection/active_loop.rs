@@ -1,0 +1,353 @@
+//! The active loop: flush what the session sends, act on its events, write, then wait
+//! for input, a wake-up or the timer.
+
+use std::{
+    collections::VecDeque,
+    sync::{Arc, atomic::Ordering},
+};
+
+use bytes::BytesMut;
+use mqtt_codec::{Decoder, Packet, ProtocolVersion, QoS, ReasonCode};
+use mqtt_session::{DropReason, Event};
+use mqtt_topics::Matches;
+use tokio::{
+    io::{AsyncRead, AsyncReadExt, AsyncWrite},
+    time::{Instant, sleep_until},
+};
+use tracing::{debug, warn};
+
+use crate::{retained::pump_retained, sessions::SessionHandle, shared::Shared};
+
+use super::*;
+
+#[allow(clippy::too_many_arguments)]
+pub(crate) async fn run_loop<R, W>(
+    shared: &Arc<Shared>,
+    handle: &Arc<SessionHandle>,
+    generation: u64,
+    version: ProtocolVersion,
+    rd: &mut R,
+    wr: &mut W,
+    rbuf: &mut BytesMut,
+    decoder: &mut Decoder,
+    first_stretch: bool,
+) -> Step
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    let mut out = BytesMut::new();
+    let mut events = Vec::new();
+    let mut matches = Matches::default();
+    // One timer for the whole active stretch, moved only when it must fire earlier: a
+    // new timer per wait costs a registration and a removal in the timer wheel each time
+    // the loop waits. Firing early is harmless: the session finds nothing due.
+    let timer = sleep_until(Instant::now() + std::time::Duration::from_secs(3600));
+    tokio::pin!(timer);
+    let mut last_activity = Instant::now();
+    let mut shrunk = false;
+    // Nothing has happened since CONNECT (true only on the first stretch).
+    let mut fresh = first_stretch;
+    // A woken connection goes back to sleep as soon as what woke it was input that asks
+    // for nothing more (a PINGREQ, an acknowledgement): an idle client's ping then costs
+    // a wake-up, not IDLE_SHRINK of the active state. A delivery written, or a packet
+    // that does something (an event), keeps it awake as before.
+    let mut settle = !first_stretch;
+    let mut input = !rbuf.is_empty();
+    let mut backlog = VecDeque::new();
+    // The acknowledgements of the PUBLISH packets of a batch, decided as they are routed.
+    let mut verdicts = Vec::new();
+    // Bytes already read (behind CONNECT, or on waking) may hold more packets.
+    if feed(shared, handle, generation, decoder, rbuf) {
+        return Step::Ended(End::TakenOver);
+    }
+    loop {
+        if shared.is_shutting_down() {
+            return Step::Ended(End::Shutdown);
+        }
+        // 1. Flush: take what the session has to send and its events, under the lock.
+        let mut more = false;
+        let deadline = {
+            let mut cell = handle.lock();
+            if cell.generation != generation {
+                // The signal that woke this loop may have been meant for the connection
+                // that took over: pass it on.
+                drop(cell);
+                handle.notify.notify_one();
+                return Step::Ended(End::TakenOver);
+            }
+            let now = shared.now();
+            // Counted here and added once: the counters are shared by every connection.
+            // Packets encoded for many subscribers go first: the session had no QoS 0
+            // message queued and no control packet waiting when they came (see
+            // `ServerSession::takes_encoded_publish`).
+            let encoded = u64::from(cell.take_encoded(&mut out));
+            let (mut publishes, mut packets) = (encoded, encoded);
+            while let Some(p) = cell.session.poll_transmit(now) {
+                publishes += u64::from(matches!(p, Packet::Publish(_)));
+                packets += 1;
+                if p.encode(version, &mut out).is_err() {
+                    warn!(client = %handle.client_id, "a packet did not encode and was dropped");
+                }
+                if out.len() >= WRITE_HIGH_WATER {
+                    more = true;
+                    break;
+                }
+            }
+            if publishes > 0 {
+                settle = false;
+            }
+            if packets > 0 {
+                shared
+                    .stats
+                    .messages_sent
+                    .fetch_add(packets, Ordering::Relaxed);
+                if publishes > 0 {
+                    shared
+                        .stats
+                        .publish_sent
+                        .fetch_add(publishes, Ordering::Relaxed);
+                }
+            }
+            while let Some(e) = cell.session.poll_event() {
+                match e {
+                    // Settled here, under the lock already held: a shared-subscription
+                    // message acknowledged or dropped needs no redelivery.
+                    Event::Delivered { id, .. } => cell.settle_shared(&[id]),
+                    Event::Dropped { id, reason } => {
+                        cell.settle_shared(&[id]);
+                        if reason == DropReason::QueueFull {
+                            // A queued QoS 0 message made room for a QoS 1/2 one.
+                            shared.overflow(handle, reason, false);
+                        }
+                    }
+                    e => events.push(e),
+                }
+            }
+            shared.account(&mut cell);
+            cell.session.poll_timeout()
+        };
+        if !events.is_empty() {
+            settle = false;
+        }
+        // 2. Act on events outside the session lock.
+        let mut again = false;
+        let mut closed = false;
+        let mut received = 0;
+        // One clock reading for the batch: routing reads it for every message otherwise.
+        let now = shared.now();
+        for event in events.drain(..) {
+            match event {
+                Event::Message(m, arrival) => {
+                    received += 1;
+                    let qos = m.qos;
+                    let verdict = publish(shared, handle, m, &mut matches, now);
+                    if qos != QoS::AtMostOnce {
+                        verdicts.push((qos, arrival.packet_id, verdict));
+                    }
+                }
+                Event::Subscribe(s) => {
+                    subscribe(shared, handle, generation, version, &s, &mut backlog);
+                    again = true;
+                }
+                Event::Unsubscribe(u) => {
+                    unsubscribe(shared, handle, generation, version, &u);
+                    again = true;
+                }
+                Event::PeerDisconnected(_) | Event::Closed { .. } => closed = true,
+                // The will of a connection this one replaced ([MQTT-3.1.2-8]).
+                Event::Will(will) => {
+                    shared.route(handle.key, will_message(*will), &mut matches, now);
+                }
+                _ => {}
+            }
+        }
+        if !verdicts.is_empty() {
+            // The acknowledgements, in the order the messages came ([MQTT-4.6.0-2]), and
+            // only for the connection they came on.
+            let mut cell = handle.lock();
+            if cell.generation == generation {
+                for (qos, packet_id, reason) in verdicts.drain(..) {
+                    cell.session.settle_publish(qos, packet_id, reason);
+                }
+            }
+            verdicts.clear();
+            again = true;
+        }
+        if received > 0 {
+            shared
+                .stats
+                .publish_received
+                .fetch_add(received, Ordering::Relaxed);
+        }
+        // Retained messages of new subscriptions, as the session's queue has room.
+        if !backlog.is_empty() && pump_retained(shared, handle, &mut backlog) {
+            again = true;
+        }
+        // 3. Write, after the events were acted on: a message is routed (ownership taken,
+        // [MQTT-4.3.2-4], [MQTT-4.3.3-8]) before its acknowledgement goes out, and a write
+        // failing on a dying connection cannot lose messages already taken from the
+        // session.
+        let mut lost = false;
+        if !out.is_empty() {
+            shared
+                .stats
+                .bytes_sent
+                .fetch_add(out.len() as u64, Ordering::Relaxed);
+            lost = match write_or_stall(wr, &out, shared.write_timeout()).await {
+                Ok(()) => false,
+                Err(e) => {
+                    debug!(client = %handle.client_id, error = %e, "write failed");
+                    true
+                }
+            };
+            out.clear();
+            if out.capacity() > 4 * READ_CHUNK {
+                // Keep idle connections small: a burst's buffer is given back.
+                out = BytesMut::new();
+            }
+        }
+        if lost {
+            return Step::Ended(End::Lost);
+        }
+        if closed {
+            // Write the DISCONNECT the session may have queued, then close so that the
+            // client gets to read it.
+            flush_last(shared, handle, generation, version, wr).await;
+            last_words(rd, wr).await;
+            return Step::Ended(End::Closed);
+        }
+        if again || more {
+            continue;
+        }
+        if (fresh || (settle && input)) && backlog.is_empty() && rbuf.is_empty() {
+            // A new connection with nothing more to do after CONNACK hibernates at once:
+            // clients that connect and wait (most, on a broker with many) never hold the
+            // active state, and a burst of connections does not leave its peak behind.
+            // So does a woken one whose input needed only an answer (`settle`).
+            return Step::Idle;
+        }
+        // 4. Wait for input. A connection idle for IDLE_SHRINK gives back its buffers'
+        // and queues' memory once.
+        let session_deadline = deadline.map(|d| shared.deadline(d));
+        let shrink_at = (!shrunk).then(|| last_activity + IDLE_SHRINK);
+        let wake = match (session_deadline, shrink_at) {
+            (Some(a), Some(b)) => a.min(b),
+            (a, b) => a
+                .or(b)
+                .unwrap_or_else(|| Instant::now() + std::time::Duration::from_secs(3600)),
+        };
+        if timer.is_elapsed() || wake < timer.deadline() {
+            timer.as_mut().reset(wake);
+        }
+        tokio::select! {
+            read = rd.read_buf(rbuf) => {
+                last_activity = Instant::now();
+                shrunk = false;
+                fresh = false;
+                input = true;
+                match read {
+                    Ok(0) | Err(_) => return Step::Ended(End::Lost),
+                    Ok(n) => {
+                        shared.stats.bytes_received.fetch_add(n as u64, Ordering::Relaxed);
+                    }
+                }
+                if feed(shared, handle, generation, decoder, rbuf) {
+                    return Step::Ended(End::TakenOver);
+                }
+            }
+            () = handle.notify.notified() => {
+                last_activity = Instant::now();
+                shrunk = false;
+                fresh = false;
+            }
+            () = &mut timer => {
+                let mut cell = handle.lock();
+                let now = shared.now();
+                // A deadline that passed (the keep-alive) leaves a DISCONNECT and an event
+                // to act on before any shrinking.
+                let due = cell.session.poll_timeout().is_some_and(|at| now >= at);
+                cell.session.handle_timeout(now);
+                if !due && shrink_at.is_some_and(|at| Instant::now() >= at) {
+                    cell.session.shrink_idle();
+                    cell.shrink_encoded();
+                    drop(cell);
+                    if backlog.is_empty() && rbuf.is_empty() {
+                        return Step::Idle;
+                    }
+                    if rbuf.is_empty() {
+                        *rbuf = BytesMut::new();
+                    }
+                    out = BytesMut::new();
+                    events = Vec::new();
+                    matches = Matches::default();
+                    shrunk = true;
+                }
+            }
+        }
+    }
+}
+
+/// Decodes every complete packet in `rbuf` into the session. Returns true if the session
+/// was taken over by another connection.
+pub(crate) fn feed(
+    shared: &Shared,
+    handle: &SessionHandle,
+    generation: u64,
+    decoder: &mut Decoder,
+    rbuf: &mut BytesMut,
+) -> bool {
+    let mut cell = handle.lock();
+    if cell.generation != generation {
+        return true;
+    }
+    let now = shared.now();
+    let mut received = 0;
+    loop {
+        match decoder.decode(rbuf) {
+            Ok(Some(packet)) => {
+                received += 1;
+                if matches!(&packet, Packet::Publish(p) if p.retain)
+                    && !shared.config.retain.enabled
+                    && cell.session.version().is_v5()
+                {
+                    // [MQTT-3.2.2-14]: CONNACK said Retain Available 0; a retained
+                    // PUBLISH is answered with DISCONNECT 0x9A (Retain not supported),
+                    // here, where it is known to come from this connection.
+                    cell.session.disconnect_explained(
+                        ReasonCode::RETAIN_NOT_SUPPORTED,
+                        "retained messages are not supported (Retain Available 0)",
+                    );
+                    break;
+                }
+                if let Err(e) = cell.session.handle_packet(now, packet) {
+                    debug!(client = %handle.client_id, error = %e, "protocol error");
+                    cell.session.disconnect(e.reason);
+                    break;
+                }
+            }
+            Ok(None) => break,
+            Err(e) => {
+                debug!(client = %handle.client_id, error = %e, "malformed packet");
+                // [MQTT-4.13.1-1]: close, with DISCONNECT and the reason in 5.0.
+                cell.session
+                    .disconnect_explained(e.reason_code(), &e.to_string());
+                break;
+            }
+        }
+    }
+    drop(cell);
+    if received > 0 {
+        shared
+            .stats
+            .messages_received
+            .fetch_add(received, Ordering::Relaxed);
+    }
+    if rbuf.is_empty() && rbuf.capacity() > 4 * READ_CHUNK {
+        // Idle connections keep a small buffer: a burst's growth is given back.
+        *rbuf = BytesMut::with_capacity(READ_CHUNK);
+    } else {
+        rbuf.reserve(READ_CHUNK);
+    }
+    false
+}

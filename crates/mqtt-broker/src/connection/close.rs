@@ -1,0 +1,219 @@
+//! The end of a connection: last words read by the client, write deadlines, releasing
+//! the session, and the timers of a session left without a connection.
+
+use std::sync::{Arc, atomic::Ordering};
+
+use bytes::BytesMut;
+use mqtt_codec::{Disconnect, Packet, ProtocolVersion, ReasonCode};
+use mqtt_session::Event;
+use mqtt_topics::Matches;
+use tokio::{
+    io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt},
+    time::{sleep_until, timeout},
+};
+use tracing::debug;
+
+use crate::{sessions::SessionHandle, shared::Shared};
+
+use super::*;
+
+/// Writes what the session still has to send; true if anything was written.
+pub(crate) async fn flush_last<W: AsyncWrite + Unpin>(
+    shared: &Shared,
+    handle: &SessionHandle,
+    generation: u64,
+    version: ProtocolVersion,
+    wr: &mut W,
+) -> bool {
+    let mut out = BytesMut::new();
+    {
+        let mut cell = handle.lock();
+        if cell.generation != generation {
+            // Taken over meanwhile: what the session has is the new connection's.
+            return false;
+        }
+        let now = shared.now();
+        let encoded = u64::from(cell.take_encoded(&mut out));
+        let (mut publishes, mut packets) = (encoded, encoded);
+        while let Some(p) = cell.session.poll_transmit(now) {
+            publishes += u64::from(matches!(p, Packet::Publish(_)));
+            packets += 1;
+            let _ = p.encode(version, &mut out);
+        }
+        shared.account(&mut cell);
+        let stats = &shared.stats;
+        stats.messages_sent.fetch_add(packets, Ordering::Relaxed);
+        stats.publish_sent.fetch_add(publishes, Ordering::Relaxed);
+    }
+    !out.is_empty()
+        && write_or_stall(wr, &out, shared.write_timeout())
+            .await
+            .is_ok()
+}
+
+/// The connection is over: release the session, and keep its timers (will delay,
+/// session expiry) running while it has no connection.
+pub(crate) async fn detach<S: Duplex>(conn: &mut Conn<S>, end: End) {
+    let Conn {
+        shared,
+        handle,
+        generation,
+        version,
+        stream,
+        ..
+    } = conn;
+    let (generation, version) = (*generation, *version);
+    let (mut rd, mut wr) = stream.halves();
+    shared.stats.connected.fetch_sub(1, Ordering::Relaxed);
+    let mut out = BytesMut::new();
+    match end {
+        End::TakenOver => {
+            // [MQTT-3.1.4-3]: tell the old client why, in 5.0.
+            if version.is_v5() {
+                let _ = Packet::from(Disconnect::new(ReasonCode::SESSION_TAKEN_OVER))
+                    .encode(version, &mut out);
+            }
+        }
+        End::Shutdown => {
+            let mut cell = handle.lock();
+            if cell.generation == generation {
+                cell.session.disconnect(ReasonCode::SERVER_SHUTTING_DOWN);
+                cell.take_encoded(&mut out);
+                let now = shared.now();
+                while let Some(p) = cell.session.poll_transmit(now) {
+                    let _ = p.encode(version, &mut out);
+                }
+            }
+        }
+        End::Lost | End::Closed => {}
+    }
+    if !out.is_empty()
+        && write_or_stall(&mut wr, &out, shared.write_timeout())
+            .await
+            .is_ok()
+    {
+        last_words(&mut rd, &mut wr).await;
+    }
+    let _ = wr.shutdown().await;
+    if !matches!(end, End::TakenOver) {
+        release(shared, handle, generation, &end);
+    }
+}
+
+/// Tells the session its connection `generation` is gone (unless taken over
+/// meanwhile), and runs its timers without one.
+pub(crate) fn release(
+    shared: &Arc<Shared>,
+    handle: &Arc<SessionHandle>,
+    generation: u64,
+    end: &End,
+) {
+    {
+        let mut cell = handle.lock();
+        if cell.generation != generation {
+            return;
+        }
+        let now = shared.now();
+        cell.restore_encoded(now);
+        cell.session.connection_lost(now);
+        // A session that outlives its connection keeps what it holds, not the capacity
+        // of the queues it used: an offline session with nothing queued keeps no queues.
+        cell.session.shrink_idle();
+        shared.account(&mut cell);
+    }
+    debug!(client = %handle.client_id, ?end, "disconnected");
+    tokio::spawn(idle(Arc::clone(shared), Arc::clone(handle), generation));
+}
+
+/// How long a closing connection reads (and discards) what the client still sends, so
+/// that it gets to read our last packet.
+pub(crate) const DRAIN: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Closes like a server that wants its last words read: after the DISCONNECT (or
+/// whatever was written last), the write side is shut down (FIN), and what the client
+/// still sends is read and discarded until it closes too or [`DRAIN`] passes. Closing
+/// with unread input would send a reset instead, and a client writing at that moment
+/// could lose the reason code before reading it.
+pub(crate) async fn last_words<R, W>(rd: &mut R, wr: &mut W)
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    let _ = timeout(DRAIN, wr.shutdown()).await;
+    let mut sink = [0u8; 512];
+    let _ = timeout(DRAIN, async {
+        while matches!(rd.read(&mut sink).await, Ok(n) if n > 0) {}
+    })
+    .await;
+}
+
+/// Writes all of `buf`, or fails when the client takes nothing of it for `stall`: a
+/// client that stops reading cannot pin its connection (task, socket, queue) for ever.
+pub(crate) async fn write_or_stall<W: AsyncWrite + Unpin>(
+    wr: &mut W,
+    mut buf: &[u8],
+    stall: std::time::Duration,
+) -> std::io::Result<()> {
+    while !buf.is_empty() {
+        match timeout(stall, wr.write(buf)).await {
+            Ok(Ok(0)) => return Err(std::io::ErrorKind::WriteZero.into()),
+            Ok(Ok(n)) => buf = buf.get(n..).unwrap_or_default(),
+            Ok(Err(e)) => return Err(e),
+            Err(_) => {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    format!("the client read nothing for {} s", stall.as_secs()),
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Runs the timers of a session with no connection: publishes the will when due, and
+/// forgets the session when it expires. Stops when a new connection takes the session.
+pub(crate) async fn idle(shared: Arc<Shared>, handle: Arc<SessionHandle>, generation: u64) {
+    let mut matches = Matches::default();
+    loop {
+        let (deadline, events) = {
+            let mut cell = handle.lock();
+            if cell.generation != generation {
+                // A new connection has the session, and the wake-up that brought us
+                // here may have been meant for it.
+                drop(cell);
+                handle.notify.notify_one();
+                return;
+            }
+            if cell.gone {
+                return;
+            }
+            let events: Vec<Event> = std::iter::from_fn(|| cell.session.poll_event()).collect();
+            (cell.session.poll_timeout(), events)
+        };
+        for event in events {
+            match event {
+                Event::Will(will) => {
+                    let now = shared.now();
+                    shared.route(handle.key, will_message(*will), &mut matches, now);
+                }
+                Event::SessionExpired => {
+                    shared.remove_session(&handle, generation);
+                    return;
+                }
+                Event::Dropped { id, .. } => handle.lock().settle_shared(&[id]),
+                _ => {}
+            }
+        }
+        let Some(deadline) = deadline else { return };
+        tokio::select! {
+            () = sleep_until(shared.deadline(deadline)) => {
+                let mut cell = handle.lock();
+                if cell.generation != generation {
+                    return;
+                }
+                cell.session.handle_timeout(shared.now());
+            }
+            () = handle.notify.notified() => {}
+        }
+    }
+}

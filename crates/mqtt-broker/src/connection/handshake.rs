@@ -1,0 +1,299 @@
+//! CONNECT: read it, refuse what does not decode or is not allowed, authenticate, and
+//! attach the session (taking it over from an older connection).
+
+use std::{
+    net::SocketAddr,
+    sync::{Arc, atomic::Ordering},
+};
+
+use bytes::BytesMut;
+use mqtt_codec::{
+    ConnAck, ConnAckProperties, Connect, DecodeError, Decoder, ErrorKind, Packet, ProtocolVersion,
+    ReasonCode,
+};
+use tokio::{
+    io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt},
+    time::timeout,
+};
+use tracing::{debug, info};
+
+use crate::{sessions::SessionHandle, shared::Shared};
+
+use super::*;
+
+/// Reads CONNECT (refusing what does not decode) and attaches the session; `None` if the
+/// connection ends here. Also returns the bytes read behind CONNECT.
+pub(crate) async fn open<S: Duplex>(
+    shared: Arc<Shared>,
+    mut stream: S,
+    peer: SocketAddr,
+) -> Option<(Conn<S>, BytesMut)> {
+    /// Counts the socket in `Stats::handshaking` until CONNECT is through, however
+    /// `open` ends.
+    struct Handshaking<'a>(&'a Shared);
+    impl Drop for Handshaking<'_> {
+        fn drop(&mut self) {
+            self.0.stats.handshaking.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+    shared.stats.handshaking.fetch_add(1, Ordering::Relaxed);
+    let counted = Handshaking(&shared);
+    let mut decoder = Decoder::new();
+    decoder.set_max_packet_size(shared.config.limits.max_packet_size);
+    let mut rbuf = BytesMut::with_capacity(READ_CHUNK);
+    let connect = match timeout(
+        shared.config.connect_timeout(),
+        read_packet(&mut stream, &mut rbuf, &mut decoder),
+    )
+    .await
+    {
+        Ok(Ok(Some(Packet::Connect(c)))) => c,
+        Ok(Ok(_)) => {
+            debug!(%peer, "connection closed before CONNECT");
+            return None;
+        }
+        Ok(Err(e)) => {
+            refuse_undecodable(&mut stream, &e, peer).await;
+            return None;
+        }
+        Err(_) => {
+            debug!(%peer, "no CONNECT within the connect timeout");
+            return None;
+        }
+    };
+    let (handle, generation, version) = attach(&shared, &mut stream, *connect, peer).await?;
+    drop(counted);
+    let conn = Conn {
+        shared,
+        handle,
+        generation,
+        version,
+        stream,
+        decoder,
+    };
+    // Packets the client sent right behind CONNECT may already be in `rbuf`.
+    Some((conn, rbuf))
+}
+
+/// Reads until one packet is decoded; `None` at end of stream.
+pub(crate) async fn read_packet<R: AsyncRead + Unpin>(
+    rd: &mut R,
+    rbuf: &mut BytesMut,
+    decoder: &mut Decoder,
+) -> Result<Option<Packet>, DecodeError> {
+    loop {
+        if let Some(p) = decoder.decode(rbuf)? {
+            return Ok(Some(p));
+        }
+        rbuf.reserve(READ_CHUNK);
+        match rd.read_buf(rbuf).await {
+            Ok(0) | Err(_) => return Ok(None),
+            Ok(_) => {}
+        }
+    }
+}
+
+/// A first packet that does not decode: answer with CONNACK where the spec asks for one.
+pub(crate) async fn refuse_undecodable<W: AsyncWrite + Unpin>(
+    wr: &mut W,
+    e: &DecodeError,
+    peer: SocketAddr,
+) {
+    debug!(%peer, error = %e, "invalid CONNECT");
+    let reply = match e.kind() {
+        // [MQTT-3.1.2-2] in 3.1.1: an unsupported level gets return code 1.
+        ErrorKind::UnsupportedProtocolLevel(level) if level < 5 => Some(ProtocolVersion::V3_1_1),
+        ErrorKind::UnsupportedProtocolLevel(_) => Some(ProtocolVersion::V5),
+        _ => None,
+    };
+    if let Some(version) = reply {
+        let mut out = BytesMut::new();
+        let ack = Packet::from(ConnAck::new(
+            false,
+            ReasonCode::UNSUPPORTED_PROTOCOL_VERSION,
+        ));
+        if ack.encode(version, &mut out).is_ok() {
+            let _ = wr.write_all(&out).await;
+        }
+    }
+    let _ = wr.shutdown().await;
+}
+
+pub(crate) async fn send_connack<W: AsyncWrite + Unpin>(
+    wr: &mut W,
+    version: ProtocolVersion,
+    code: ReasonCode,
+) {
+    let mut out = BytesMut::new();
+    if Packet::from(ConnAck::new(false, code))
+        .encode(version, &mut out)
+        .is_ok()
+    {
+        let _ = wr.write_all(&out).await;
+    }
+    let _ = wr.shutdown().await;
+}
+
+/// Checks CONNECT, finds or creates the session, takes it over, accepts the connection.
+pub(crate) async fn attach<W: AsyncWrite + Unpin>(
+    shared: &Arc<Shared>,
+    wr: &mut W,
+    mut connect: Connect,
+    peer: SocketAddr,
+) -> Option<(Arc<SessionHandle>, u64, ProtocolVersion)> {
+    let version = connect.version;
+    let mut properties = ConnAckProperties::default();
+    if connect.client_id.is_empty() {
+        // [MQTT-3.1.3-8] (3.1.1): an empty id needs Clean Session; 3.1 needs an id.
+        if version == ProtocolVersion::V3_1
+            || (version == ProtocolVersion::V3_1_1 && !connect.clean_start)
+        {
+            send_connack(wr, version, ReasonCode::CLIENT_IDENTIFIER_NOT_VALID).await;
+            return None;
+        }
+        connect.client_id = shared.assign_client_id();
+        if version.is_v5() {
+            // [MQTT-3.2.2-16]
+            properties.assigned_client_identifier = Some(connect.client_id.clone());
+        }
+    }
+    if connect.username.is_none() && !shared.config.auth.allow_anonymous {
+        send_connack(wr, version, ReasonCode::NOT_AUTHORIZED).await;
+        return None;
+    }
+    if let Some(will) = &connect.will {
+        // A will may not publish to `$SYS/` either (topics beginning with `$` are the
+        // server's, section 4.7.2), nor anywhere the client may not publish: refused as
+        // a PUBLISH there would be.
+        if crate::sys::is_sys_topic(&will.topic)
+            || !shared
+                .auth
+                .authorizer
+                .may_publish(&connect.client_id, &will.topic)
+        {
+            debug!(%peer, topic = %will.topic, "will topic not authorized");
+            send_connack(wr, version, ReasonCode::NOT_AUTHORIZED).await;
+            return None;
+        }
+    }
+    let credentials = crate::auth::Credentials {
+        client_id: &connect.client_id,
+        username: connect.username.as_deref(),
+        password: connect.password.as_deref(),
+        peer,
+    };
+    if let Err(code) = shared.auth.authenticator.authenticate(&credentials).await {
+        info!(client = %connect.client_id, %peer, reason = %code, "connection refused");
+        send_connack(wr, version, code).await;
+        return None;
+    }
+    if version.is_v5() && connect.properties.authentication_method.is_some() {
+        // [MQTT-4.12.0-1] (5.0): no extended authentication method is supported.
+        send_connack(wr, version, ReasonCode::BAD_AUTHENTICATION_METHOD).await;
+        return None;
+    }
+    if version.is_v5()
+        && !shared.config.retain.enabled
+        && connect.will.as_ref().is_some_and(|w| w.retain)
+    {
+        // [MQTT-3.2.2-13] (5.0): a retained will needs retained messages.
+        send_connack(wr, version, ReasonCode::RETAIN_NOT_SUPPORTED).await;
+        return None;
+    }
+    let connected = shared.stats.connected.fetch_add(1, Ordering::Relaxed) + 1;
+    if connected > shared.config.limits.max_connections {
+        shared.stats.connected.fetch_sub(1, Ordering::Relaxed);
+        send_connack(wr, version, ReasonCode::SERVER_BUSY).await;
+        return None;
+    }
+    shared
+        .stats
+        .max_connected
+        .fetch_max(connected, Ordering::Relaxed);
+    shared
+        .stats
+        .connections_total
+        .fetch_add(1, Ordering::Relaxed);
+    if !shared.config.retain.enabled {
+        properties.retain_available = Some(false);
+    }
+
+    // What outlives this packet gets its own memory: slices of the read buffer would keep
+    // the whole buffer alive for as long as the session lives.
+    detach_from_read_buffer(&mut connect);
+    let now = shared.now();
+    let (handle, generation, stale_filters, old_version) = loop {
+        let handle = shared.session(&connect.client_id);
+        let mut cell = handle.lock();
+        if cell.gone {
+            // It expired and left the registry since the lookup: the next one makes a
+            // new session.
+            continue;
+        }
+        // [MQTT-3.1.4-3]: a second connection with the same id takes the session over.
+        let taking_over = cell.session.is_connected();
+        cell.generation += 1;
+        // The old connection, if parked, is revived to say goodbye.
+        #[cfg(unix)]
+        let old = cell.take_parked();
+        cell.restore_encoded(now);
+        cell.session.connection_lost(now);
+        let stale: Vec<_> = if connect.clean_start {
+            cell.session
+                .subscriptions()
+                .iter()
+                .map(|r| r.filter.clone())
+                .collect()
+        } else {
+            Vec::new()
+        };
+        let old_version = cell.session.version();
+        cell.session.accept(now, &connect, properties);
+        shared.account(&mut cell);
+        if taking_over {
+            info!(client = %connect.client_id, %peer, "session taken over");
+        }
+        let generation = cell.generation;
+        drop(cell);
+        #[cfg(unix)]
+        if let Some(old) = old {
+            shared.revive(&handle, old);
+        }
+        break (handle, generation, stale, old_version);
+    };
+    if !stale_filters.is_empty() {
+        shared.unsubscribe_all(&handle, stale_filters.iter(), old_version);
+    }
+    handle.notify.notify_waiters();
+    debug!(client = %connect.client_id, %peer, %version, "connected");
+    Some((handle, generation, version))
+}
+
+/// Copies the strings and bytes of CONNECT that the session keeps (client identifier,
+/// will) out of the shared read buffer.
+pub(crate) fn detach_from_read_buffer(connect: &mut Connect) {
+    pub(crate) fn own(s: &mut mqtt_codec::ByteStr) {
+        if let Ok(copy) = mqtt_codec::ByteStr::try_from(s.as_str()) {
+            *s = copy;
+        }
+    }
+    own(&mut connect.client_id);
+    if let Some(will) = &mut connect.will {
+        own(&mut will.topic);
+        will.payload = bytes::Bytes::copy_from_slice(&will.payload);
+        let p = &mut will.properties;
+        for s in [&mut p.content_type, &mut p.response_topic]
+            .into_iter()
+            .flatten()
+        {
+            own(s);
+        }
+        if let Some(data) = &mut p.correlation_data {
+            *data = bytes::Bytes::copy_from_slice(data);
+        }
+        for (k, v) in &mut p.user_properties {
+            own(k);
+            own(v);
+        }
+    }
+}

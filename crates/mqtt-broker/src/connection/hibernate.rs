@@ -1,0 +1,151 @@
+//! Idle connections: parked without a task (TCP, see `parking`), or hibernating in
+//! their task with no buffer, until something wakes them.
+
+use std::{
+    pin::Pin,
+    sync::{Arc, atomic::Ordering},
+    task::Poll,
+};
+
+use bytes::BytesMut;
+use tokio::io::ReadBuf;
+use tracing::debug;
+
+use super::*;
+
+/// Parks an idle TCP connection (see `parking`): its socket leaves tokio for the
+/// parking poll, and what the task held goes into the session.
+///
+/// Parking and reviving happen under the session's lock, and whatever gives the
+/// session something to do wakes it through [`Shared::wake`], which revives a parked
+/// connection. So a connection parks only if the session has nothing to send at that
+/// moment; it does not rely on the session's signal, which may have been taken by the
+/// task of a connection taken over or gone (they pass it on, but perhaps too late).
+#[cfg(unix)]
+pub(crate) fn park_tcp(conn: Conn<tokio::net::TcpStream>) -> Park<tokio::net::TcpStream> {
+    let (shared, handle) = (Arc::clone(&conn.shared), Arc::clone(&conn.handle));
+    let Some(parking) = shared.start_parking() else {
+        return Park::Hibernate(conn);
+    };
+    let mut cell = handle.lock();
+    if shared.is_shutting_down() || cell.generation != conn.generation {
+        return Park::Hibernate(conn);
+    }
+    if cell.session.has_outgoing() || cell.encoded_len() > 0 {
+        // Something came while the task decided to go idle.
+        return Park::Busy(conn);
+    }
+    let token = match parking.register(&conn.stream, &handle) {
+        Ok(token) => token,
+        Err(e) => {
+            debug!(client = %handle.client_id, error = %e, "a connection could not park");
+            return Park::Hibernate(conn);
+        }
+    };
+    // As `hibernate` does: what the session holds in its empty queues goes.
+    cell.session.shrink_idle();
+    cell.shrink_encoded();
+    let Conn {
+        generation,
+        version,
+        stream,
+        decoder,
+        ..
+    } = conn;
+    let alarm = cell
+        .session
+        .poll_timeout()
+        .map(|at| (at, shared.alarms.set(at, &handle)));
+    match stream.into_std() {
+        Ok(stream) => {
+            cell.park(crate::parking::Parking::parked(
+                token, stream, generation, version, decoder, alarm,
+            ));
+        }
+        Err(e) => {
+            // The socket is closed (and out of the poll with it).
+            drop(cell);
+            parking.unregister(token);
+            if let Some((at, id)) = alarm {
+                shared.alarms.cancel(at, id);
+            }
+            debug!(client = %handle.client_id, error = %e, "a connection was lost parking");
+            shared.stats.connected.fetch_sub(1, Ordering::Relaxed);
+            release(&shared, &handle, generation, &End::Lost);
+        }
+    }
+    Park::Done
+}
+
+/// Waits, holding no buffer, until the client sends something, the session has
+/// something to send, or its timer fires. `Ok` with the bytes read (perhaps none): go
+/// active. A single signal wakes it for everything but the socket: a publisher, the
+/// session's keep-alive deadline (through `Shared::alarms`), and shutdown
+/// (`Shared::stop_connections`); this keeps the future idle connections sit in small:
+/// no select, no timer of its own.
+pub(crate) async fn hibernate<S: Duplex>(conn: &mut Conn<S>) -> Result<BytesMut, End> {
+    let shared = &*conn.shared;
+    if shared.is_shutting_down() {
+        return Err(End::Shutdown);
+    }
+    // Registered before the last look at the session, so that a signal in between (a
+    // takeover's included) is not missed.
+    let notified = conn.handle.notify.notified();
+    tokio::pin!(notified);
+    notified.as_mut().enable();
+    let alarm = {
+        let mut cell = conn.handle.lock();
+        if cell.generation != conn.generation {
+            return Err(End::TakenOver);
+        }
+        // Whatever the session still holds in its empty queues goes: a connection that
+        // hibernates right after CONNACK has not been through the idle shrink.
+        cell.session.shrink_idle();
+        cell.shrink_encoded();
+        cell.session.poll_timeout()
+    };
+    let alarm = alarm.map(|at| (at, shared.alarms.set(at, &conn.handle)));
+    // The first bytes land here, and the read buffer is allocated once they have. Small:
+    // a PINGREQ fits, and the active stage reads whatever follows.
+    let mut first = [0u8; FIRST_READ];
+    let woke = {
+        let stream = &mut conn.stream;
+        std::future::poll_fn(|cx| {
+            if notified.as_mut().poll(cx).is_ready() {
+                return Poll::Ready(None);
+            }
+            let mut buf = ReadBuf::new(&mut first);
+            match Pin::new(&mut *stream).poll_read(cx, &mut buf) {
+                Poll::Ready(read) => Poll::Ready(Some(read.map(|()| buf.filled().len()))),
+                Poll::Pending => Poll::Pending,
+            }
+        })
+        .await
+    };
+    if let Some((at, id)) = alarm {
+        shared.alarms.cancel(at, id);
+    }
+    match woke {
+        None => woken(conn, alarm.map(|(at, _)| at)).map(|()| BytesMut::new()),
+        Some(Ok(0) | Err(_)) => Err(End::Lost),
+        Some(Ok(n)) => {
+            shared
+                .stats
+                .bytes_received
+                .fetch_add(n as u64, Ordering::Relaxed);
+            let mut rbuf = BytesMut::with_capacity(READ_CHUNK);
+            rbuf.extend_from_slice(first.get(..n).unwrap_or_default());
+            if feed(
+                shared,
+                &conn.handle,
+                conn.generation,
+                &mut conn.decoder,
+                &mut rbuf,
+            ) {
+                Err(End::TakenOver)
+            } else {
+                Ok(rbuf)
+            }
+        }
+    }
+}

@@ -1,0 +1,303 @@
+//! One client connection: socket ⇄ codec ⇄ the client's `ServerSession`.
+//!
+//! The task reads CONNECT, attaches the session (taking it over from an older
+//! connection if there is one), then loops: flush what the session has to send, act on
+//! its events, and wait for bytes, a wake-up from a publisher, the session's timer or
+//! shutdown. Writes are batched: everything the session yields goes out in one write.
+
+//!
+//! A connection's concerns, one file each: `handshake` (CONNECT: checks,
+//! authentication, attaching the session), `active_loop` (flush, act on events, write,
+//! read), `publish` and `subscribe` (the packets that change the broker's state),
+//! `hibernate` (idle connections: parking without a task, or hibernating in it) and
+//! `close` (last words, write deadlines, releasing the session).
+
+use std::{
+    net::SocketAddr,
+    sync::{Arc, atomic::Ordering},
+};
+
+use bytes::BytesMut;
+use mqtt_codec::{Decoder, ProtocolVersion};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tracing::debug;
+
+use crate::{sessions::SessionHandle, shared::Shared};
+
+mod active_loop;
+mod close;
+mod handshake;
+mod hibernate;
+mod publish;
+mod subscribe;
+
+#[cfg(unix)]
+use hibernate::park_tcp;
+pub(crate) use subscribe::{subscribe, unsubscribe};
+use {
+    active_loop::{feed, run_loop},
+    close::{detach, flush_last, last_words, release, write_or_stall},
+    handshake::open,
+    hibernate::hibernate,
+    publish::{publish, will_message},
+};
+
+/// Read buffer size while idle; it grows only for large packets.
+pub(crate) const READ_CHUNK: usize = 512;
+
+/// What a hibernating connection reads before it has a read buffer.
+pub(crate) const FIRST_READ: usize = 16;
+
+/// After this long without traffic a connection gives back the memory of its buffers
+/// and its session's queues.
+pub(crate) const IDLE_SHRINK: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Stop taking packets from the session once this much is waiting to be written: the
+/// rest stays in the session's bounded queue until the socket drains.
+pub(crate) const WRITE_HIGH_WATER: usize = 64 * 1024;
+
+/// Why a connection ended.
+#[derive(Debug)]
+pub(crate) enum End {
+    /// The peer closed the socket or the network failed.
+    Lost,
+    /// The session asked to close (DISCONNECT received, protocol error, keep-alive).
+    Closed,
+    /// Another connection took the session over.
+    TakenOver,
+    /// The broker is shutting down.
+    Shutdown,
+}
+
+/// A connection's byte stream, whose read and write sides each stage borrows at once.
+///
+/// A TCP stream splits into borrowed halves for free (`TcpStream::split`); its owned
+/// halves (`into_split`) would cost every connection a 56-byte shared allocation, and
+/// `tokio::io::split`, for streams that cannot split (TLS), a lock on every read and
+/// write as well.
+pub(crate) trait Duplex: AsyncRead + AsyncWrite + Unpin {
+    /// The read side.
+    type Read<'a>: AsyncRead + Unpin
+    where
+        Self: 'a;
+    /// The write side.
+    type Write<'a>: AsyncWrite + Unpin
+    where
+        Self: 'a;
+    /// Both sides, usable together.
+    fn halves(&mut self) -> (Self::Read<'_>, Self::Write<'_>);
+
+    /// Parks an idle connection without a task (see `parking`). Streams that cannot
+    /// park hibernate in their task.
+    fn park(conn: Conn<Self>) -> Park<Self>
+    where
+        Self: Sized,
+    {
+        Park::Hibernate(conn)
+    }
+}
+
+impl Duplex for tokio::net::TcpStream {
+    type Read<'a> = tokio::net::tcp::ReadHalf<'a>;
+    type Write<'a> = tokio::net::tcp::WriteHalf<'a>;
+    fn halves(&mut self) -> (Self::Read<'_>, Self::Write<'_>) {
+        self.split()
+    }
+
+    #[cfg(unix)]
+    fn park(conn: Conn<Self>) -> Park<Self> {
+        park_tcp(conn)
+    }
+}
+
+/// What became of a connection asked to park.
+pub(crate) enum Park<S> {
+    /// Parked, or lost on the way: its task has nothing left to do.
+    Done,
+    /// The session had something to send after all: back to work.
+    Busy(Conn<S>),
+    /// It cannot park (taken over, shutting down, this stream, no parking): it
+    /// hibernates in its task, which finds out why.
+    Hibernate(Conn<S>),
+}
+
+/// What a connection keeps for its whole life once CONNECT is accepted. The task holds
+/// it as one value, and the hibernate stage takes it by one reference: an `async fn`
+/// stores each of its arguments twice, for as long as it runs.
+pub(crate) struct Conn<S> {
+    pub(crate) shared: Arc<Shared>,
+    pub(crate) handle: Arc<SessionHandle>,
+    pub(crate) generation: u64,
+    pub(crate) version: ProtocolVersion,
+    pub(crate) stream: S,
+    pub(crate) decoder: Decoder,
+}
+
+/// Serves one accepted socket until it closes.
+///
+/// Every stage but hibernation runs boxed and owns what it needs (read buffer, held
+/// deliveries), so the task itself stays small: a future is as large as its largest
+/// await point plus what lives across all of them, and the idle one is what most
+/// connections sit in. The arguments go straight into the boxed CONNECT stage, so the
+/// task keeps a pointer to it rather than the arguments themselves.
+pub(crate) fn serve<S: Duplex>(
+    shared: Arc<Shared>,
+    stream: S,
+    peer: SocketAddr,
+) -> impl Future<Output = ()> {
+    let open = Box::pin(open(shared, stream, peer));
+    async move {
+        // The connection moves into `live` in a scope of its own, so that the future
+        // does not keep it twice.
+        let living = match open.await {
+            Some((conn, rbuf)) => live(conn, rbuf, true),
+            None => return,
+        };
+        living.await;
+    }
+}
+
+/// Serves a connection parked without a task (see `parking`), woken by its socket or
+/// its session's signal, from where `hibernate` would have gone on.
+#[cfg(unix)]
+pub(crate) async fn resume(
+    shared: Arc<Shared>,
+    handle: Arc<SessionHandle>,
+    parked: Box<crate::parking::Parked>,
+) {
+    let crate::parking::Parked {
+        stream,
+        generation,
+        version,
+        decoder,
+        alarm,
+        ..
+    } = *parked;
+    let stream = match tokio::net::TcpStream::from_std(stream) {
+        Ok(stream) => stream,
+        Err(e) => {
+            debug!(client = %handle.client_id, error = %e, "a parked connection could not resume");
+            shared.stats.connected.fetch_sub(1, Ordering::Relaxed);
+            release(&shared, &handle, generation, &End::Lost);
+            return;
+        }
+    };
+    let mut conn = Conn {
+        shared,
+        handle,
+        generation,
+        version,
+        stream,
+        decoder,
+    };
+    match woken(&conn, alarm.map(|(at, _)| at)) {
+        Ok(()) => live(conn, BytesMut::new(), false).await,
+        Err(end) => Box::pin(detach(&mut conn, end)).await,
+    }
+}
+
+/// A connection's life after CONNECT: active stretches, and idle ones parked (when the
+/// stream can park) or hibernating in the task, until it ends. (Not an `async fn`, which
+/// would keep its arguments twice.)
+#[allow(clippy::manual_async_fn)]
+pub(crate) fn live<S: Duplex>(
+    mut conn: Conn<S>,
+    mut rbuf: BytesMut,
+    mut first_stretch: bool,
+) -> impl Future<Output = ()> {
+    async move {
+        let end = loop {
+            // The active state (buffers, a select over several futures: over a kilobyte)
+            // lives on the heap only while the connection is active; an idle connection's
+            // task holds just the small `hibernate` future, or is gone, parked.
+            let active = Box::pin(active(&mut conn, rbuf, std::mem::take(&mut first_stretch)));
+            if !active.await {
+                return;
+            }
+            let busy;
+            (conn, busy) = match S::park(conn) {
+                Park::Done => return,
+                Park::Busy(back) => (back, true),
+                Park::Hibernate(back) => (back, false),
+            };
+            if busy {
+                rbuf = BytesMut::new();
+                continue;
+            }
+            match hibernate(&mut conn).await {
+                Ok(read) => rbuf = read,
+                Err(end) => break end,
+            }
+        };
+        Box::pin(detach(&mut conn, end)).await;
+    }
+}
+
+/// One active stretch of a connection, from `rbuf` (bytes read and not yet decoded) on:
+/// true when it goes idle (holding nothing: no bytes, no held delivery), false when the
+/// connection is over and has been detached.
+pub(crate) async fn active<S: Duplex>(
+    conn: &mut Conn<S>,
+    mut rbuf: BytesMut,
+    first_stretch: bool,
+) -> bool {
+    let step = {
+        let Conn {
+            shared,
+            handle,
+            generation,
+            version,
+            stream,
+            decoder,
+        } = &mut *conn;
+        let (mut rd, mut wr) = stream.halves();
+        run_loop(
+            shared,
+            handle,
+            *generation,
+            *version,
+            &mut rd,
+            &mut wr,
+            &mut rbuf,
+            decoder,
+            first_stretch,
+        )
+        .await
+    };
+    let end = match step {
+        Step::Idle => return true,
+        Step::Ended(end) => end,
+    };
+    detach(conn, end).await;
+    false
+}
+
+/// A hibernating or parked connection was signalled: `Err` if it was taken over (the
+/// signal, perhaps meant for the new connection, is passed on); otherwise its keep-alive
+/// deadline (`alarm`), if passed, is handled and it goes active.
+pub(crate) fn woken<S>(conn: &Conn<S>, alarm: Option<mqtt_session::Instant>) -> Result<(), End> {
+    let mut cell = conn.handle.lock();
+    if cell.generation != conn.generation {
+        drop(cell);
+        conn.handle.notify.notify_one();
+        return Err(End::TakenOver);
+    }
+    let now = conn.shared.now();
+    if alarm.is_some_and(|at| now >= at) {
+        cell.session.handle_timeout(now);
+    }
+    Ok(())
+}
+
+/// How an active stretch of a connection ended.
+#[derive(Debug)]
+pub(crate) enum Step {
+    /// The connection is over.
+    Ended(End),
+    /// Nothing happened for IDLE_SHRINK, or nothing after CONNACK: hibernate until
+    /// something does.
+    Idle,
+}
+
+#[cfg(test)]
+mod tests;

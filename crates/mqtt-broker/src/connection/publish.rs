@@ -1,0 +1,65 @@
+//! PUBLISH and wills: authorized, retained and routed; the acknowledgement says what
+//! became of the message.
+
+use std::sync::atomic::Ordering;
+
+use mqtt_codec::ReasonCode;
+use mqtt_session::Message;
+use mqtt_topics::Matches;
+use tracing::debug;
+
+use crate::{
+    sessions::{SessionHandle, Sub},
+    shared::Shared,
+};
+
+/// A PUBLISH from the client, taken by its session: authorized, retained and routed
+/// here. Returns the reason code of its acknowledgement (5.0 PUBACK / PUBREC; 3.x
+/// clients are acknowledged regardless, see `ServerSession::settle_publish`).
+pub(crate) fn publish(
+    shared: &Shared,
+    from: &SessionHandle,
+    message: Message,
+    matches: &mut Matches<u64, Sub>,
+    now: mqtt_session::Instant,
+) -> ReasonCode {
+    // `$SYS/` is the broker's own (topics beginning with `$` are the server's, section
+    // 4.7.2): a client may not publish there, nor forge its statistics for others.
+    if crate::sys::is_sys_topic(&message.topic)
+        || !shared
+            .auth
+            .authorizer
+            .may_publish(&from.client_id, &message.topic)
+    {
+        shared.stats.publish_refused.fetch_add(1, Ordering::Relaxed);
+        debug!(client = %from.client_id, topic = %message.topic, "PUBLISH not authorized");
+        return ReasonCode::NOT_AUTHORIZED;
+    }
+    if shared.route(from.key, message, matches, now) == 0 {
+        ReasonCode::NO_MATCHING_SUBSCRIBERS
+    } else {
+        ReasonCode::SUCCESS
+    }
+}
+
+/// The application message a will publishes ([MQTT-3.1.2-14], [MQTT-3.1.2-15] in 5.0:
+/// retained as the will asked), with its properties in order ([MQTT-3.1.3-10]).
+pub(crate) fn will_message(will: mqtt_codec::Will) -> Message {
+    let p = will.properties;
+    Message {
+        topic: will.topic,
+        payload: will.payload,
+        qos: will.qos,
+        retain: will.retain,
+        properties: mqtt_codec::PublishProperties {
+            payload_format_indicator: p.payload_format_indicator,
+            message_expiry_interval: p.message_expiry_interval,
+            content_type: p.content_type,
+            response_topic: p.response_topic,
+            correlation_data: p.correlation_data,
+            user_properties: p.user_properties,
+            ..Default::default()
+        }
+        .into(),
+    }
+}

@@ -1,0 +1,334 @@
+//! The connection stages: what an idle connection holds, parking and waking, and the
+//! requests a takeover makes stale.
+
+use std::sync::Arc;
+
+use mqtt_codec::{ByteStr, Decoder, Packet, ProtocolVersion};
+
+use crate::{Config, shared::Shared};
+
+/// A connection costs its task (tokio's header and trailer, about 100 bytes, plus the
+/// future, padded to a multiple of 128 bytes: the future is the largest of its await
+/// points plus what lives across them all, so every busy stage is boxed and only
+/// `hibernate` stays inline) and its session. An idle TCP connection parks and has no
+/// task; other streams hibernate in theirs. These bounds, taken on a TCP stream, keep
+/// a change from quietly growing what every client costs. A future above about 408
+/// bytes makes the task 640.
+#[test]
+fn what_an_idle_connection_holds_stays_small() {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let shared = Arc::new(Shared::new(Config::default(), Default::default()));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let stream = || async { tokio::net::TcpStream::connect(addr).await.unwrap() };
+        let mut conn = super::Conn {
+            shared: shared.clone(),
+            handle: shared.session(&ByteStr::from_static("probe")),
+            generation: 0,
+            version: ProtocolVersion::V3_1_1,
+            stream: stream().await,
+            decoder: Decoder::new(),
+        };
+        let hibernating = super::hibernate(&mut conn);
+        let hibernate = size_of_val(&hibernating);
+        drop(hibernating);
+        let serving = super::serve(shared.clone(), stream().await, addr);
+        let serve = size_of_val(&serving);
+        drop(serving);
+        #[cfg(unix)]
+        {
+            let socket = std::net::TcpStream::connect(addr).unwrap();
+            let parked = crate::parking::Parking::parked(
+                1,
+                socket,
+                0,
+                ProtocolVersion::V3_1_1,
+                Decoder::new(),
+                None,
+            );
+            let resuming = super::resume(shared.clone(), conn.handle.clone(), parked);
+            let resume = size_of_val(&resuming);
+            assert!(resume <= 408, "resume future: {resume} B");
+        }
+        let session = size_of::<mqtt_session::ServerSession>();
+        assert!(hibernate <= 168, "hibernate future: {hibernate} B");
+        assert!(serve <= 304, "serve future: {serve} B");
+        assert!(session <= 144, "ServerSession: {session} B");
+        let handle = size_of::<crate::sessions::SessionHandle>();
+        assert!(handle <= 304, "SessionHandle: {handle} B");
+    });
+}
+
+/// A connected client, speaking raw packets.
+#[cfg(unix)]
+struct Client {
+    stream: tokio::net::TcpStream,
+    decoder: Decoder,
+    buf: bytes::BytesMut,
+    version: ProtocolVersion,
+}
+
+#[cfg(unix)]
+impl Client {
+    /// Connects as `id` (Clean Session 0, keep-alive 60 s) and reads CONNACK.
+    async fn connect(addr: std::net::SocketAddr, version: ProtocolVersion, id: &str) -> Self {
+        let mut connect =
+            mqtt_codec::Connect::new(version, ByteStr::try_from(id.to_owned()).unwrap());
+        connect.clean_start = false;
+        connect.keep_alive = 60;
+        connect.properties.session_expiry_interval = Some(60);
+        let mut client = Self {
+            stream: tokio::net::TcpStream::connect(addr).await.unwrap(),
+            decoder: Decoder::with_version(version),
+            buf: bytes::BytesMut::new(),
+            version,
+        };
+        client.send(connect.into()).await;
+        assert!(matches!(client.next().await, Some(Packet::ConnAck(_))));
+        client
+    }
+
+    async fn send(&mut self, packet: Packet) {
+        use tokio::io::AsyncWriteExt;
+        let mut out = bytes::BytesMut::new();
+        packet.encode(self.version, &mut out).unwrap();
+        self.stream.write_all(&out).await.unwrap();
+    }
+
+    /// Subscribes to `filter` (SUBACK read), then disconnects: the session keeps
+    /// the subscription.
+    async fn subscribe_and_leave(mut self, filter: &'static str, qos: mqtt_codec::QoS) {
+        use mqtt_codec::{Disconnect, PacketId, ReasonCode, Subscribe};
+        let subscribe = Subscribe::new(PacketId::MIN, ByteStr::from_static(filter), qos);
+        self.send(subscribe.into()).await;
+        assert!(matches!(self.next().await, Some(Packet::SubAck(_))));
+        self.send(Disconnect::new(ReasonCode::SUCCESS).into()).await;
+        assert!(self.next().await.is_none());
+    }
+
+    /// The next packet; `None` once the broker closes the connection.
+    async fn next(&mut self) -> Option<Packet> {
+        use tokio::io::AsyncReadExt;
+        tokio::time::timeout(std::time::Duration::from_secs(5), async {
+            loop {
+                if let Some(p) = self.decoder.decode(&mut self.buf).unwrap() {
+                    return Some(p);
+                }
+                if self.stream.read_buf(&mut self.buf).await.unwrap_or(0) == 0 {
+                    return None;
+                }
+            }
+        })
+        .await
+        .expect("a packet or the end in time")
+    }
+}
+
+/// Connections served on a loopback port, as the broker's accept loop serves them.
+#[cfg(unix)]
+async fn serving(config: Config) -> (Arc<Shared>, std::net::SocketAddr) {
+    let shared = Arc::new(Shared::new(config, Default::default()));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let serving = Arc::clone(&shared);
+    tokio::spawn(async move {
+        while let Ok((stream, peer)) = listener.accept().await {
+            tokio::spawn(super::serve(Arc::clone(&serving), stream, peer));
+        }
+    });
+    (shared, addr)
+}
+
+/// Waits until `id`'s connection is parked (or fails after 2 s).
+#[cfg(unix)]
+async fn parked(shared: &Shared, id: &'static str) {
+    let handle = shared.session(&ByteStr::from_static(id));
+    for _ in 0..200 {
+        if handle.lock().is_parked() {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    panic!("{id} did not park");
+}
+
+/// An idle connection parks without a task right after CONNACK and comes back for
+/// each thing that would have woken its task: a packet from its client, a message
+/// routed to its session, a takeover, and shutdown.
+#[cfg(unix)]
+#[test]
+fn a_parked_connection_wakes_for_its_socket_and_its_session() {
+    use bytes::Bytes;
+    use mqtt_codec::{Publish, QoS, ReasonCode};
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let (shared, addr) = serving(Config::default()).await;
+        let v5 = ProtocolVersion::V5;
+
+        // Its own socket: SUBSCRIBE is read and answered.
+        let sub = Client::connect(addr, v5, "sub").await;
+        parked(&shared, "sub").await;
+        sub.subscribe_and_leave("t", QoS::AtMostOnce).await;
+        // Back with the subscription kept, parked again at once.
+        let mut sub = Client::connect(addr, v5, "sub").await;
+        parked(&shared, "sub").await;
+
+        // Its session: a message routed to it is written.
+        let mut publ = Client::connect(addr, ProtocolVersion::V3_1_1, "pub").await;
+        publ.send(Publish::new(ByteStr::from_static("t"), Bytes::from_static(b"hi")).into())
+            .await;
+        match sub.next().await {
+            Some(Packet::Publish(p)) => assert_eq!(&p.payload[..], b"hi"),
+            other => panic!("expected the PUBLISH, got {other:?}"),
+        }
+
+        // Its peer closing: the session learns that its connection is gone.
+        let gone = Client::connect(addr, v5, "gone").await;
+        parked(&shared, "gone").await;
+        drop(gone);
+        let handle = shared.session(&ByteStr::from_static("gone"));
+        for _ in 0..200 {
+            if !handle.lock().session.is_connected() {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        assert!(!handle.lock().session.is_connected(), "still connected");
+
+        // A takeover: the parked connection says goodbye with 0x8E.
+        let mut old = Client::connect(addr, v5, "twice").await;
+        parked(&shared, "twice").await;
+        let mut new = Client::connect(addr, v5, "twice").await;
+        match old.next().await {
+            Some(Packet::Disconnect(d)) => {
+                assert_eq!(d.reason_code, ReasonCode::SESSION_TAKEN_OVER);
+            }
+            other => panic!("expected DISCONNECT 0x8E, got {other:?}"),
+        }
+        assert!(old.next().await.is_none());
+
+        // Shutdown: the parked connection says goodbye with 0x8B.
+        parked(&shared, "twice").await;
+        shared.stop_connections();
+        match new.next().await {
+            Some(Packet::Disconnect(d)) => {
+                assert_eq!(d.reason_code, ReasonCode::SERVER_SHUTTING_DOWN);
+            }
+            other => panic!("expected DISCONNECT 0x8B, got {other:?}"),
+        }
+    });
+}
+
+/// A subscriber that has not acknowledged a full in-flight window has nothing to
+/// send until it does: it parks, and its acknowledgement revives it for the next
+/// message.
+#[cfg(unix)]
+#[test]
+fn a_connection_parks_behind_a_full_window() {
+    use bytes::Bytes;
+    use mqtt_codec::{PacketId, PubAck, Publish, QoS, QosPid};
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let mut config = Config::default();
+        config.limits.max_inflight = 1;
+        let (shared, addr) = serving(config).await;
+        let v311 = ProtocolVersion::V3_1_1;
+        let sub = Client::connect(addr, v311, "slow").await;
+        sub.subscribe_and_leave("w", QoS::AtLeastOnce).await;
+        // Two messages wait in the offline session.
+        let mut publ = Client::connect(addr, v311, "pub").await;
+        for (n, payload) in [(1, "one"), (2, "two")] {
+            let mut p = Publish::new(
+                ByteStr::from_static("w"),
+                Bytes::from_static(payload.as_bytes()),
+            );
+            p.qos_pid = QosPid::new(QoS::AtLeastOnce, PacketId::new(n).unwrap());
+            publ.send(p.into()).await;
+            assert!(matches!(publ.next().await, Some(Packet::PubAck(_))));
+        }
+        // Back: the first is sent, the second waits behind the window of one.
+        let mut sub = Client::connect(addr, v311, "slow").await;
+        let Some(Packet::Publish(first)) = sub.next().await else {
+            panic!("the first message");
+        };
+        assert_eq!(&first.payload[..], b"one");
+        parked(&shared, "slow").await;
+        // The acknowledgement revives it, and the second message follows.
+        sub.send(PubAck::new(first.qos_pid.packet_id().unwrap()).into())
+            .await;
+        match sub.next().await {
+            Some(Packet::Publish(p)) => assert_eq!(&p.payload[..], b"two"),
+            other => panic!("expected the second message, got {other:?}"),
+        }
+    });
+}
+
+/// A SUBSCRIBE or UNSUBSCRIBE that a connection polled just before another one took
+/// its session over changes nothing: not the index, not the session, and no
+/// acknowledgement is queued for the new connection. The same requests from the
+/// session's own connection do.
+#[test]
+fn requests_polled_before_a_takeover_change_nothing() {
+    use mqtt_codec::{Connect, PacketId, QoS, Subscribe, Unsubscribe};
+    use mqtt_topics::{Matches, TopicName};
+
+    let v = ProtocolVersion::V3_1_1;
+    let shared = Arc::new(Shared::new(Config::default(), Default::default()));
+    let handle = shared.session(&ByteStr::from_static("c"));
+    let now = shared.now();
+    let current = {
+        let mut cell = handle.lock();
+        cell.generation += 2;
+        let connect = Connect::new(v, ByteStr::from_static("c"));
+        cell.session.accept(now, &connect, Default::default());
+        cell.generation
+    };
+    let stale = current - 1;
+    let subscribed = || {
+        let mut m = Matches::new();
+        shared.index.matches(TopicName::new("t/x").unwrap(), &mut m);
+        m.subscription_count()
+    };
+    let acks = || {
+        let mut cell = handle.lock();
+        std::iter::from_fn(|| cell.session.poll_transmit(now))
+            .filter(|p| matches!(p, Packet::SubAck(_) | Packet::UnsubAck(_)))
+            .count()
+    };
+    let sub = Subscribe::new(PacketId::MIN, ByteStr::from_static("t/#"), QoS::AtLeastOnce);
+    let unsub = Unsubscribe {
+        packet_id: PacketId::MIN,
+        filters: vec![ByteStr::from_static("t/#")],
+        properties: Default::default(),
+    };
+    let mut backlog = std::collections::VecDeque::new();
+
+    super::subscribe(&shared, &handle, stale, v, &sub, &mut backlog);
+    assert_eq!((subscribed(), acks()), (0, 0), "a stale SUBSCRIBE");
+    super::subscribe(&shared, &handle, current, v, &sub, &mut backlog);
+    assert_eq!(
+        (subscribed(), acks()),
+        (1, 1),
+        "the connection's own SUBSCRIBE"
+    );
+    super::unsubscribe(&shared, &handle, stale, v, &unsub);
+    assert_eq!((subscribed(), acks()), (1, 0), "a stale UNSUBSCRIBE");
+    super::unsubscribe(&shared, &handle, current, v, &unsub);
+    assert_eq!(
+        (subscribed(), acks()),
+        (0, 1),
+        "the connection's own UNSUBSCRIBE"
+    );
+}

@@ -1,0 +1,286 @@
+//! Retained messages: the store, sharded by the topic's first level so that retained
+//! publishes on different first levels never wait on one another, their expiry, and the
+//! streaming of a new subscription's retained messages in batches that fit its queue.
+
+use std::{collections::VecDeque, sync::atomic::Ordering};
+
+use mqtt_codec::QoS;
+use mqtt_session::Message;
+use mqtt_topics::{RetainedStore, TopicFilter, TopicName};
+
+use crate::{sessions::SessionHandle, shared::Shared};
+
+/// How many retained-store shards there are.
+pub(crate) const RETAINED_SHARDS: usize = 16;
+
+/// The shard of a topic (or literal filter) by its first level (FNV-1a).
+pub(crate) fn retained_shard(topic: &str) -> usize {
+    let first = topic.split('/').next().unwrap_or("");
+    let h = first.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    });
+    (h % RETAINED_SHARDS as u64) as usize
+}
+
+/// A retained message and when it expires (5.0 Message Expiry Interval).
+#[derive(Clone, Debug)]
+pub(crate) struct RetainedMessage {
+    pub(crate) message: Message,
+    pub(crate) expires_at: Option<mqtt_session::Instant>,
+}
+
+impl Shared {
+    /// Stores, replaces or (empty payload) deletes a retained message.
+    pub(crate) fn retain(&self, message: &Message) {
+        if !self.config.retain.enabled {
+            return;
+        }
+        let Ok(topic) = TopicName::new(&message.topic) else {
+            return;
+        };
+        let Some(shard) = self.retained.get(retained_shard(&message.topic)) else {
+            return;
+        };
+        let mut store = shard
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if message.payload.is_empty() {
+            if let Some(old) = store.remove(topic) {
+                self.retained_count.fetch_sub(1, Ordering::Relaxed);
+                if message.topic.starts_with("$SYS/") {
+                    self.retained_sys.fetch_sub(1, Ordering::Relaxed);
+                }
+                if old.expires_at.is_some() {
+                    self.retained_expiring.fetch_sub(1, Ordering::Relaxed);
+                }
+            }
+            return;
+        }
+        let exists = store.get(topic).is_some();
+        // The broker's own `$SYS` topics do not use up the clients' retained quota.
+        let is_sys = message.topic.starts_with("$SYS/");
+        let used = self
+            .retained_count
+            .load(Ordering::Relaxed)
+            .saturating_sub(self.retained_sys.load(Ordering::Relaxed));
+        if !exists && !is_sys && used >= self.config.retain.max_messages {
+            return;
+        }
+        if !exists && is_sys {
+            self.retained_sys.fetch_add(1, Ordering::Relaxed);
+        }
+        let mut stored = message.clone();
+        stored.retain = true;
+        stored.properties.set_subscription_identifiers(Vec::new());
+        let expires_at = stored
+            .properties
+            .message_expiry_interval
+            .map(|secs| self.now() + mqtt_session::Duration::from_secs(u64::from(secs)));
+        if expires_at.is_some() {
+            self.retained_expiring.fetch_add(1, Ordering::Relaxed);
+        }
+        match store.insert(
+            topic,
+            RetainedMessage {
+                message: stored,
+                expires_at,
+            },
+        ) {
+            None => {
+                self.retained_count.fetch_add(1, Ordering::Relaxed);
+            }
+            Some(old) if old.expires_at.is_some() => {
+                self.retained_expiring.fetch_sub(1, Ordering::Relaxed);
+            }
+            Some(_) => {}
+        }
+    }
+
+    /// A retained message as a subscriber gets it: `None` once expired (5.0 Message
+    /// Expiry Interval); otherwise with the time it has left ([MQTT-3.3.2-6]).
+    pub(crate) fn retained_copy(
+        &self,
+        stored: &RetainedMessage,
+        now: mqtt_session::Instant,
+    ) -> Option<Message> {
+        let mut m = stored.message.clone();
+        if let Some(at) = stored.expires_at {
+            if now >= at {
+                return None;
+            }
+            let left = at.saturating_since(now).as_secs_ceil();
+            m.properties.message_expiry_interval = Some(u32::try_from(left).unwrap_or(u32::MAX));
+        }
+        Some(m)
+    }
+
+    /// Drops expired retained messages (delivery skips them anyway; this bounds memory).
+    /// Scans under the read lock, removes under the write lock; does nothing while no
+    /// retained message has an expiry.
+    pub(crate) fn purge_expired_retained(&self) {
+        if self.retained_expiring.load(Ordering::Relaxed) == 0 {
+            return;
+        }
+        let now = self.now();
+        let (Ok(all), Ok(sys)) = (TopicFilter::new("#"), TopicFilter::new("$SYS/#")) else {
+            return;
+        };
+        for shard in &self.retained {
+            let expired: Vec<String> = {
+                let store = shard
+                    .read()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner);
+                store
+                    .matching(all)
+                    .chain(store.matching(sys))
+                    .filter(|r| r.value().expires_at.is_some_and(|at| now >= at))
+                    .map(|r| r.topic())
+                    .collect()
+            };
+            if expired.is_empty() {
+                continue;
+            }
+            let mut store = shard
+                .write()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            for topic in expired {
+                let Ok(name) = TopicName::new(&topic) else {
+                    continue;
+                };
+                if store
+                    .get(name)
+                    .is_some_and(|r| r.expires_at.is_some_and(|at| now >= at))
+                {
+                    store.remove(name);
+                    self.retained_count.fetch_sub(1, Ordering::Relaxed);
+                    self.retained_expiring.fetch_sub(1, Ordering::Relaxed);
+                }
+            }
+        }
+    }
+
+    /// The retained-store shards a filter can match, in order: the one of its first
+    /// level when that is literal, every shard when it is a wildcard.
+    pub(crate) fn retained_shards(&self, filter: &str) -> std::ops::Range<usize> {
+        if filter.starts_with('+') || filter.starts_with('#') {
+            0..self.retained.len()
+        } else {
+            let i = retained_shard(filter);
+            i..i + 1
+        }
+    }
+
+    /// One retained-store shard, read-locked.
+    pub(crate) fn retained_shard_read(
+        &self,
+        shard: usize,
+    ) -> Option<std::sync::RwLockReadGuard<'_, RetainedStore<RetainedMessage>>> {
+        self.retained
+            .get(shard)
+            .map(|s| s.read().unwrap_or_else(std::sync::PoisonError::into_inner))
+    }
+
+    pub(crate) fn retained_count(&self) -> usize {
+        self.retained_count.load(Ordering::Relaxed)
+    }
+}
+
+/// A subscription's retained messages still to send: streamed in batches that fit the
+/// session's queue, resuming the store's iteration where the last batch stopped.
+#[derive(Debug)]
+pub(crate) struct RetainedBacklog {
+    pub(crate) filter: mqtt_codec::ByteStr,
+    pub(crate) qos: QoS,
+    pub(crate) identifier: Option<mqtt_codec::SubscriptionId>,
+    /// Which of the filter's retained-store shards is being streamed (an index into
+    /// `Shared::retained_shards`).
+    pub(crate) shard: usize,
+    pub(crate) cursor: Option<mqtt_topics::Cursor>,
+    /// Sent so far from this shard, to skip when the iteration must start over.
+    pub(crate) delivered: usize,
+    pub(crate) restarts: u32,
+}
+
+/// Restarts from scratch (re-sending, never missing) before falling back to skipping by
+/// count under constant churn of the retained store.
+pub(crate) const MAX_RETAINED_RESTARTS: u32 = 8;
+
+/// Sends the next batch of retained messages that fits in the session's queue. Returns
+/// true if it sent any (call again after writing them).
+pub(crate) fn pump_retained(
+    shared: &Shared,
+    handle: &SessionHandle,
+    backlog: &mut VecDeque<RetainedBacklog>,
+) -> bool {
+    let Some(entry) = backlog.front_mut() else {
+        return false;
+    };
+    let mut cell = handle.lock();
+    let room = cell.session.queue_room().min(256);
+    if room == 0 {
+        return false;
+    }
+    let Ok(filter) = TopicFilter::new(&entry.filter) else {
+        backlog.pop_front();
+        return true;
+    };
+    let now = shared.now();
+    let shards = shared.retained_shards(&entry.filter);
+    let Some(store) = shards
+        .clone()
+        .nth(entry.shard)
+        .and_then(|i| shared.retained_shard_read(i))
+    else {
+        backlog.pop_front();
+        return true;
+    };
+    let mut iter = match entry.cursor.and_then(|c| store.resume(filter, c)) {
+        Some(it) => it,
+        None => {
+            let mut it = store.matching(filter);
+            if entry.cursor.is_some() {
+                // The store changed shape since the last batch: start again, re-sending
+                // what was sent (a retained message twice is harmless; one missed is not)
+                // unless it keeps changing.
+                entry.restarts += 1;
+                if entry.restarts > MAX_RETAINED_RESTARTS {
+                    it.by_ref().take(entry.delivered).for_each(drop);
+                } else {
+                    entry.delivered = 0;
+                }
+            }
+            it
+        }
+    };
+    let mut sent = 0;
+    let mut finished = true;
+    for found in iter.by_ref() {
+        if let Some(mut m) = shared.retained_copy(found.value(), now) {
+            m.qos = m.qos.min(entry.qos);
+            m.retain = true;
+            m.properties
+                .set_subscription_identifiers(entry.identifier.into_iter().collect());
+            if cell.session.deliver(now, m).is_err() {
+                shared.stats.publish_dropped.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        sent += 1;
+        entry.delivered += 1;
+        if sent == room {
+            finished = false;
+            break;
+        }
+    }
+    entry.cursor = Some(iter.cursor());
+    if finished || iter.cursor().is_done() {
+        // This shard is done: on to the filter's next one, or to the next subscription.
+        entry.shard += 1;
+        entry.cursor = None;
+        entry.delivered = 0;
+        entry.restarts = 0;
+        if entry.shard >= shards.len() {
+            backlog.pop_front();
+        }
+    }
+    true
+}

@@ -1,0 +1,224 @@
+//! The broker's shared state: the session registry, the subscription index, retained
+//! messages, statistics, and routing.
+//!
+//!
+//! What lives where: the registry in `sessions`, routing in `router`, retained messages
+//! in `retained`; this file holds the state itself, statistics, time and wake-ups.
+
+use std::{
+    collections::HashSet,
+    net::SocketAddr,
+    sync::{
+        Arc, Mutex, MutexGuard, RwLock,
+        atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering},
+    },
+};
+
+use mqtt_session::Limits;
+use mqtt_topics::{RetainedStore, ShardedIndex};
+
+#[cfg(unix)]
+use crate::parking::{Parked, Parking};
+use crate::{
+    alarms::Alarms,
+    auth::Auth,
+    config::Config,
+    retained::{RETAINED_SHARDS, RetainedMessage},
+    sessions::{Registered, SessionCell, SessionHandle, Sub},
+};
+
+/// Counters for `$SYS`.
+#[derive(Debug, Default)]
+pub(crate) struct Stats {
+    pub(crate) connected: AtomicUsize,
+    /// Sockets accepted that have not been through CONNECT yet.
+    pub(crate) handshaking: AtomicUsize,
+    pub(crate) max_connected: AtomicUsize,
+    pub(crate) messages_received: AtomicU64,
+    pub(crate) messages_sent: AtomicU64,
+    pub(crate) bytes_received: AtomicU64,
+    pub(crate) bytes_sent: AtomicU64,
+    pub(crate) publish_received: AtomicU64,
+    pub(crate) publish_sent: AtomicU64,
+    /// Messages not delivered to a subscriber, for any reason (the sum of the
+    /// reasons below and of messages expired in a queue).
+    pub(crate) publish_dropped: AtomicU64,
+    /// Of those: the subscriber's queue was full.
+    pub(crate) dropped_queue_full: AtomicU64,
+    /// Of those: the global budget of queued bytes was spent.
+    pub(crate) dropped_memory_budget: AtomicU64,
+    /// Of those: a QoS 0 message for a disconnected session.
+    pub(crate) dropped_offline: AtomicU64,
+    /// PUBLISH packets refused to their sender (for example to `$SYS/`).
+    pub(crate) publish_refused: AtomicU64,
+    pub(crate) connections_total: AtomicU64,
+}
+
+/// Everything the connection tasks share.
+#[derive(Debug)]
+pub(crate) struct Shared {
+    pub(crate) config: Config,
+    /// Authentication and authorization backends.
+    pub(crate) auth: Auth,
+    /// Every session's limits, shared by all of them.
+    pub(crate) limits: Arc<Limits>,
+    pub(crate) origin: tokio::time::Instant,
+    pub(crate) index: ShardedIndex<u64, Sub>,
+    pub(crate) sessions: Mutex<HashSet<Registered>>,
+    /// Retained messages, sharded by the topic's first level so that retained
+    /// publishes on different first levels never wait on one another.
+    pub(crate) retained: Vec<RwLock<RetainedStore<RetainedMessage>>>,
+    pub(crate) retained_count: AtomicUsize,
+    /// Of those, the broker's own `$SYS` topics (never removed).
+    pub(crate) retained_sys: AtomicUsize,
+    /// Bytes queued in all sessions (queues and encoded packets), against
+    /// `limits.max_queued_bytes_total`.
+    pub(crate) queued_total: AtomicUsize,
+    /// When the last line about dropped messages was logged (session time, ms).
+    pub(crate) last_drop_log: AtomicU64,
+    /// Retained messages with an expiry: the purge runs only while there are some.
+    pub(crate) retained_expiring: AtomicUsize,
+    pub(crate) stats: Stats,
+    pub(crate) next_key: AtomicU64,
+    pub(crate) next_client: AtomicU64,
+    /// Set to `true` once, at shutdown; every task holds a receiver, so none misses it.
+    pub(crate) shutdown: tokio::sync::watch::Sender<bool>,
+    /// The same, for connection tasks: they check it when woken, and shutdown wakes them
+    /// through their sessions, which spares every wait a watch receiver.
+    pub(crate) stopping: AtomicBool,
+    pub(crate) local_addrs: Mutex<Vec<SocketAddr>>,
+    /// Keep-alive deadlines of hibernating connections.
+    pub(crate) alarms: Alarms,
+    /// Idle connections parked without a task: started with the first one to park;
+    /// `None` inside if it could not be (they hibernate in their tasks then).
+    #[cfg(unix)]
+    pub(crate) parking: std::sync::OnceLock<Option<Parking>>,
+}
+
+impl Shared {
+    pub(crate) fn new(config: Config, auth: Auth) -> Self {
+        let limits = Arc::new(config.session_limits());
+        Self {
+            config,
+            auth,
+            limits,
+            origin: tokio::time::Instant::now(),
+            index: ShardedIndex::new(),
+            sessions: Mutex::new(HashSet::new()),
+            retained: (0..RETAINED_SHARDS)
+                .map(|_| RwLock::new(RetainedStore::new()))
+                .collect(),
+            retained_count: AtomicUsize::new(0),
+            retained_sys: AtomicUsize::new(0),
+            queued_total: AtomicUsize::new(0),
+            last_drop_log: AtomicU64::new(0),
+            retained_expiring: AtomicUsize::new(0),
+            stats: Stats::default(),
+            next_key: AtomicU64::new(1),
+            next_client: AtomicU64::new(1),
+            shutdown: tokio::sync::watch::Sender::new(false),
+            stopping: AtomicBool::new(false),
+            local_addrs: Mutex::new(Vec::new()),
+            alarms: Alarms::default(),
+            #[cfg(unix)]
+            parking: std::sync::OnceLock::new(),
+        }
+    }
+
+    /// Where idle connections park, if it has been started.
+    #[cfg(unix)]
+    pub(crate) fn parking(&self) -> Option<&Parking> {
+        self.parking.get().and_then(Option::as_ref)
+    }
+
+    /// Where idle connections park, started if this is the first; `None` if it cannot
+    /// start (a warning says why, once).
+    #[cfg(unix)]
+    pub(crate) fn start_parking(self: &Arc<Self>) -> Option<&Parking> {
+        self.parking
+            .get_or_init(|| {
+                Parking::start(self)
+                    .inspect_err(|e| {
+                        tracing::warn!(error = %e, "idle connections cannot park; they hibernate in their tasks");
+                    })
+                    .ok()
+            })
+            .as_ref()
+    }
+
+    /// Wakes the connection of `handle`'s session: its task, through the session's
+    /// signal, or a new task if the connection is parked.
+    pub(crate) fn wake(&self, handle: &Arc<SessionHandle>) {
+        self.wake_locked(handle, handle.lock());
+    }
+
+    /// [`Shared::wake`] with the session already locked, as routing has it; the lock is
+    /// released first.
+    #[cfg_attr(not(unix), allow(unused_mut))]
+    pub(crate) fn wake_locked(
+        &self,
+        handle: &Arc<SessionHandle>,
+        mut cell: MutexGuard<'_, SessionCell>,
+    ) {
+        #[cfg(unix)]
+        if let Some(parked) = cell.take_parked() {
+            // A new task: nobody waits on the signal.
+            drop(cell);
+            self.revive(handle, parked);
+            return;
+        }
+        drop(cell);
+        handle.notify.notify_one();
+    }
+
+    /// Serves a connection just taken out of its session (`SessionCell::take_parked`)
+    /// in a new task.
+    #[cfg(unix)]
+    pub(crate) fn revive(&self, handle: &Arc<SessionHandle>, parked: Box<Parked>) {
+        // A connection parks only once parking has started, so it is there.
+        if let Some(parking) = self.parking() {
+            parking.revive(Arc::clone(handle), parked);
+        }
+    }
+
+    /// Resolves once shutdown has begun.
+    pub(crate) fn shutting_down(&self) -> impl Future<Output = ()> + Send + 'static {
+        let mut rx = self.shutdown.subscribe();
+        async move {
+            let _ = rx.wait_for(|&down| down).await;
+        }
+    }
+
+    /// Whether shutdown has begun.
+    pub(crate) fn is_shutting_down(&self) -> bool {
+        self.stopping.load(Ordering::Acquire)
+    }
+
+    /// Begins shutdown for the connection tasks: sets the flag, then wakes every
+    /// session's task (each checks the flag when woken; hibernating ones listen for
+    /// nothing else).
+    pub(crate) fn stop_connections(&self) {
+        self.stopping.store(true, Ordering::Release);
+        // Not under the registry's lock: waking takes each session's.
+        let handles: Vec<_> = self.registry().iter().map(|r| Arc::clone(&r.0)).collect();
+        for handle in &handles {
+            self.wake(handle);
+        }
+    }
+
+    /// Session time: milliseconds since the broker started.
+    pub(crate) fn now(&self) -> mqtt_session::Instant {
+        mqtt_session::Instant::from_millis(self.origin.elapsed().as_millis() as u64)
+    }
+
+    /// Converts a session deadline back to tokio time.
+    pub(crate) fn deadline(&self, at: mqtt_session::Instant) -> tokio::time::Instant {
+        self.origin + std::time::Duration::from_millis(at.as_millis())
+    }
+
+    /// How long a write may make no progress before the connection is closed
+    /// (`limits.write_timeout`).
+    pub(crate) fn write_timeout(&self) -> std::time::Duration {
+        std::time::Duration::from_secs(self.config.limits.write_timeout)
+    }
+}
