@@ -48,6 +48,10 @@ pub(crate) const READ_CHUNK: usize = 512;
 /// What a hibernating connection reads before it has a read buffer.
 pub(crate) const FIRST_READ: usize = 16;
 
+/// How long a new connection stays active after CONNACK waiting for its client's first
+/// packets, before it goes idle (parks or hibernates).
+const FIRST_INPUT_GRACE: std::time::Duration = std::time::Duration::from_millis(500);
+
 /// After this long without traffic a connection gives back the memory of its buffers
 /// and its session's queues.
 pub(crate) const IDLE_SHRINK: std::time::Duration = std::time::Duration::from_secs(5);
