@@ -554,6 +554,33 @@ fn connack_v3_1_ignores_the_unused_first_byte() {
         "20 02 02 00",
         ConnAck::new(false, ReasonCode::SUCCESS),
     );
+    // Nor is its bit 0 a Session Present: 20 02; 01: unused byte; 00: accepted
+    decodes_to(
+        V3_1,
+        "20 02 01 00",
+        ConnAck::new(false, ReasonCode::SUCCESS),
+    );
+}
+
+// 3.1 has no Session Present: the first byte of its CONNACK variable header is unused
+// and sent as 0, whatever the session holds (the flag exists from 3.1.1 on, 3.1.1
+// MQTT-3.2.2-1 reserving only bits 7-1).
+#[test]
+fn connack_v3_1_sends_0_in_the_unused_first_byte() {
+    // 20 02; 00: unused byte; 00: accepted
+    encodes_to(V3_1, ConnAck::new(true, ReasonCode::SUCCESS), "20 02 00 00");
+    // 20 02; 00: unused byte; 05: not authorized
+    encodes_to(
+        V3_1,
+        ConnAck::new(true, ReasonCode::NOT_AUTHORIZED),
+        "20 02 00 05",
+    );
+    // 3.1.1 does send it: 20 02; 01: session present; 00: accepted
+    encodes_to(
+        V3_1_1,
+        ConnAck::new(true, ReasonCode::SUCCESS),
+        "20 02 01 00",
+    );
 }
 
 #[test]

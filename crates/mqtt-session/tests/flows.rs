@@ -108,6 +108,36 @@ fn session_present_on_resume_and_not_on_clean_start() {
     }
 }
 
+// 3.1 has no Session Present (its CONNACK's first byte is unused and 0): a 3.1 client
+// that asked for Clean Session 0 keeps its session state and resends what was not
+// acknowledged, as a duplicate, rather than taking the 0 for "no session".
+#[test]
+fn v3_1_clean_session_0_keeps_the_session_without_session_present() {
+    let mut pair = connected(ProtocolVersion::V3_1);
+    pair.client
+        .publish(pair.now, msg("t", "again", QoS::AtLeastOnce))
+        .unwrap();
+    // The PUBLISH reaches the server; its PUBACK is lost with the connection.
+    pair.drive_limited(1);
+    pair.cut();
+    pair.client_sent.clear();
+    pair.connect();
+    let Some(Event::Connected(ack)) = pair.client_events.first() else {
+        panic!("{:?}", pair.client_events)
+    };
+    assert!(!ack.session_present, "3.1 says nothing of a session");
+    let dups: Vec<bool> = pair
+        .client_sent
+        .iter()
+        .filter_map(|p| match p {
+            Packet::Publish(p) => Some(p.dup),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(dups, [true], "resent in the kept session, DUP set");
+    assert_eq!(delivered(&pair.client_events), 1);
+}
+
 // ---- QoS flows, client to server ----------------------------------------------------
 
 // 5.0 MQTT-4.3.1-1, 5.0 MQTT-4.3.2-1, 5.0 MQTT-4.3.2-2, 5.0 MQTT-4.3.2-4,
