@@ -563,8 +563,8 @@ fn connack_v3_1_ignores_the_unused_first_byte() {
 }
 
 // 3.1 has no Session Present: the first byte of its CONNACK variable header is unused
-// and sent as 0, whatever the session holds (the flag exists from 3.1.1 on, 3.1.1
-// MQTT-3.2.2-1 reserving only bits 7-1).
+// and sent as 0, whatever the session holds (the flag exists from 3.1.1 on, section
+// 3.2.2.2 there).
 #[test]
 fn connack_v3_1_sends_0_in_the_unused_first_byte() {
     // 20 02; 00: unused byte; 00: accepted

@@ -108,8 +108,8 @@ impl Encode for ConnAck {
     }
 
     fn write_body(&self, version: ProtocolVersion, dst: &mut impl BufMut) {
-        // Session Present exists from 3.1.1 on ([MQTT-3.2.2-1] there reserves bits 7-1
-        // only); 3.1 leaves the whole byte unused, so it goes out as 0.
+        // Session Present exists from 3.1.1 on (its section 3.2.2.2); 3.1 leaves the
+        // whole byte unused, so it goes out as 0.
         let session_present = self.session_present && version != ProtocolVersion::V3_1;
         dst.put_u8(u8::from(session_present));
         if version.is_v5() {
