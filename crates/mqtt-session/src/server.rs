@@ -281,8 +281,15 @@ impl ServerSession {
     /// drained is withdrawn: the session it spoke of is the one being replaced.
     ///
     /// # The will of the previous connection
-    /// If the old session ends here, its will, still pending, is reported as
-    /// [`Event::Will`]; otherwise the new connection cancels it ([MQTT-3.1.3-9]).
+    /// It is reported as [`Event::Will`] if it was due by `now`: its Will Delay Interval
+    /// had passed, or its session had ended (expired, or could not outlive its
+    /// connection), "whichever happens first" (5.0 §3.1.3.2.2). A will without a delay
+    /// (every 3.1.1 will) is due when its connection closes, so a takeover publishes it
+    /// (3.1.1 [MQTT-3.1.2-8]; 5.0 §3.1.4 step 3: "that Will Message is published as
+    /// described in section 3.1.2.5"), whether the session resumes or not. A will still
+    /// waiting for its delay is cancelled by this connection, Clean Start 1 included
+    /// (5.0 [MQTT-3.1.2-8]: "... unless ... a new Network Connection for the ClientID is
+    /// opened before the Will Delay Interval has elapsed"; [MQTT-3.1.3-9]).
     ///
     /// A connection already attached may be ended with
     /// [`connection_lost`](Self::connection_lost) first or left to `accept`: the same
@@ -300,16 +307,11 @@ impl ServerSession {
         self.flow.version = version;
         let limits = Arc::clone(&self.flow.limits);
 
-        // The previous connection's session ends here if it could not outlive that
-        // connection, or the new one starts clean: its will, if still pending, is due now
-        // (3.1.2.5: "... or the Session ends"). Otherwise the new connection cancels it
-        // ([MQTT-3.1.3-9]). Mosquitto behaves the same on takeover.
-        if !session_present {
-            if let Some(will) = self.will.take().filter(|_| self.will_due.get().is_some()) {
+        if let Some(will) = self.will.take() {
+            if self.will_due.get().is_some_and(|t| t <= now) {
                 self.flow.push_event(Event::Will(will));
             }
         }
-        // [MQTT-3.1.3-9]: a new connection cancels a will still waiting for its delay.
         self.will_due = Deadline::NONE;
         self.will = connect.will.clone().map(Box::new);
         self.expires_at = Deadline::NONE;

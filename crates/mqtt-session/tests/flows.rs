@@ -1777,3 +1777,72 @@ fn an_expired_session_is_not_resumed_before_or_after_its_timer() {
         );
     }
 }
+
+// 5.0 MQTT-3.1.3-9, 5.0 MQTT-3.1.2-8: a will waiting for its delay is cancelled by any
+// new connection for the ClientID before the delay ends, one with Clean Start 1
+// included, whether the old connection was closed first or is taken over.
+#[test]
+fn a_delayed_will_is_cancelled_by_any_new_connection() {
+    for clean_start in [false, true] {
+        for takeover in [false, true] {
+            let what = format!("clean start: {clean_start}, takeover: {takeover}");
+            let mut server = ServerSession::new(ByteStr::from_static("c1"), Limits::default());
+            let first = connect_packet(V5, false, Some(3600), Some(Some(10)));
+            server.accept(Instant::ZERO, &first, Default::default());
+            let _ = drain(&mut server, Instant::ZERO);
+            let mut now = Instant::ZERO;
+            if !takeover {
+                server.connection_lost(now);
+                now = now + Duration::from_secs(5);
+                server.handle_timeout(now);
+            }
+            let second = connect_packet(V5, clean_start, Some(3600), None);
+            server.accept(now, &second, Default::default());
+            server.connection_lost(now);
+            // Long past the old delay, and past the new connection's end.
+            server.handle_timeout(now + Duration::from_secs(60));
+            let (_, events) = drain(&mut server, now);
+            assert_eq!(wills(&events), 0, "{what}: {events:?}");
+        }
+    }
+}
+
+// 3.1.1 MQTT-3.1.2-8, 3.1.1 MQTT-3.1.4-2, 5.0 MQTT-3.1.2-8, 5.0 MQTT-3.1.4-3: a
+// connection taken over is closed by the server without DISCONNECT from its client, so
+// its will is published (5.0 §3.1.4 step 3: "as described in section 3.1.2.5"), when it
+// has no Will Delay (3.1.1 has none), whether the session resumes or not. With a Will
+// Delay the new connection comes before the delay ends and cancels it ([MQTT-3.1.3-9]),
+// unless the old session could not outlive its connection: then it ended when the
+// connection did, and the will is due with it ("Will Delay Interval has passed or the
+// Session ends, whichever happens first", §3.1.3.2.2).
+#[test]
+fn a_takeover_publishes_the_will_of_the_old_connection_when_it_is_due() {
+    let cases = [
+        // (version, old session expiry, will delay, new Clean Start, will published)
+        (V311, Some(3600), None, false, true),
+        (V311, Some(3600), None, true, true),
+        (V5, Some(3600), None, false, true),
+        (V5, Some(3600), Some(0), true, true),
+        (V5, Some(3600), Some(10), false, false),
+        (V5, Some(3600), Some(10), true, false),
+        (V5, Some(0), Some(10), false, true),
+    ];
+    for (version, expiry, delay, clean_start, published) in cases {
+        let what = format!("{version}, expiry {expiry:?}, delay {delay:?}, clean {clean_start}");
+        let mut server = ServerSession::new(ByteStr::from_static("c1"), Limits::default());
+        let now = Instant::ZERO;
+        let first = connect_packet(version, false, expiry, Some(delay));
+        server.accept(now, &first, Default::default());
+        let _ = drain(&mut server, now);
+        let second = connect_packet(version, clean_start, Some(3600), None);
+        server.connection_lost(now);
+        server.accept(now, &second, Default::default());
+        let (_, events) = drain(&mut server, now);
+        assert_eq!(wills(&events), usize::from(published), "{what}: {events:?}");
+        // Published once or cancelled: never again later.
+        server.connection_lost(now);
+        server.handle_timeout(now + Duration::from_secs(3600));
+        let (_, events) = drain(&mut server, now);
+        assert_eq!(wills(&events), 0, "{what}: later {events:?}");
+    }
+}
