@@ -1334,7 +1334,7 @@ fn clean_session_stays_clean_on_reconnect() {
     }
 }
 
-// 5.0 MQTT-4.3.3-11, 5.0 MQTT-4.3.3-12: the PUBCOMP of a QoS 2 exchange is lost with
+// 5.0 MQTT-4.3.3-11: the PUBCOMP of a QoS 2 exchange is lost with
 // the connection; the resent PUBREL finds the exchange completed and is answered with
 // Success, and the message counts as delivered, once.
 #[test]
@@ -1807,8 +1807,9 @@ fn a_delayed_will_is_cancelled_by_any_new_connection() {
     }
 }
 
-// 3.1.1 MQTT-3.1.2-8, 3.1.1 MQTT-3.1.4-2, 5.0 MQTT-3.1.2-8, 5.0 MQTT-3.1.4-3: a
-// connection taken over is closed by the server without DISCONNECT from its client, so
+// 3.1.1 MQTT-3.1.2-8, 5.0 MQTT-3.1.2-8, 5.0 MQTT-3.1.3-9: a connection taken over
+// (closed by the server, 3.1.1 [MQTT-3.1.4-2], 5.0 [MQTT-3.1.4-3]) ends without a
+// DISCONNECT from its client, so
 // its will is published (5.0 §3.1.4 step 3: "as described in section 3.1.2.5"), when it
 // has no Will Delay (3.1.1 has none), whether the session resumes or not. With a Will
 // Delay the new connection comes before the delay ends and cancels it ([MQTT-3.1.3-9]),
