@@ -217,6 +217,26 @@ impl ErrorKind {
         })
     }
 
+    /// The version in whose form to answer this error with a CONNACK, when the spec
+    /// asks for one: only for [`ErrorKind::UnsupportedProtocolLevel`] (3.1.1
+    /// [MQTT-3.1.2-2]: return code 0x01; 5.0 [MQTT-3.1.2-2]: 0x84 may be sent). A client
+    /// that sent a level below 5 expects the two-byte CONNACK of 3.1 and 3.1.1 (the
+    /// same bytes for a refusal, Session Present being 0), which carries
+    /// [`reason_code`](Self::reason_code) as return code 0x01; 5 and above gets the 5.0
+    /// form, with Reason Code 0x84. Bit 7 of the level is ignored: some brokers set it
+    /// in the CONNECT of a bridge (level 0x83 or 0x84), which then speaks 3.1 or 3.1.1.
+    /// Any other error of a CONNECT is answered by closing the connection (an unknown
+    /// protocol name included, [MQTT-3.1.2-1]).
+    pub const fn connack_version(&self) -> Option<ProtocolVersion> {
+        match self {
+            Self::UnsupportedProtocolLevel(level) if *level & 0x7F < 5 => {
+                Some(ProtocolVersion::V3_1_1)
+            }
+            Self::UnsupportedProtocolLevel(_) => Some(ProtocolVersion::V5),
+            _ => None,
+        }
+    }
+
     /// The MQTT 5.0 reason code a receiver closes the connection with (in DISCONNECT,
     /// or in CONNACK when the error is in CONNECT). 3.1 and 3.1.1 just close the
     /// connection, except that an unsupported protocol level is answered with CONNACK
@@ -300,6 +320,14 @@ impl DecodeError {
             (ErrorKind::ReservedReturnCode(_), Some(PacketType::SubAck)) => Some("MQTT-3.9.3-2"),
             _ => self.kind.rule(version),
         }
+    }
+
+    /// The version in whose form to answer with a CONNACK, if the spec asks for one;
+    /// see [`ErrorKind::connack_version`]. A server reading its client's first packet
+    /// encodes `ConnAck::new(false, self.reason_code())` in this version, sends it and
+    /// closes; with `None` it just closes.
+    pub const fn connack_version(&self) -> Option<ProtocolVersion> {
+        self.kind.connack_version()
     }
 
     /// The MQTT 5.0 reason code to close the connection with; see [`ErrorKind::reason_code`].

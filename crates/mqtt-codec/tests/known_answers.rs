@@ -554,6 +554,33 @@ fn connack_v3_1_ignores_the_unused_first_byte() {
         "20 02 02 00",
         ConnAck::new(false, ReasonCode::SUCCESS),
     );
+    // Nor is its bit 0 a Session Present: 20 02; 01: unused byte; 00: accepted
+    decodes_to(
+        V3_1,
+        "20 02 01 00",
+        ConnAck::new(false, ReasonCode::SUCCESS),
+    );
+}
+
+// 3.1 has no Session Present: the first byte of its CONNACK variable header is unused
+// and sent as 0, whatever the session holds (the flag exists from 3.1.1 on, section
+// 3.2.2.2 there).
+#[test]
+fn connack_v3_1_sends_0_in_the_unused_first_byte() {
+    // 20 02; 00: unused byte; 00: accepted
+    encodes_to(V3_1, ConnAck::new(true, ReasonCode::SUCCESS), "20 02 00 00");
+    // 20 02; 00: unused byte; 05: not authorized
+    encodes_to(
+        V3_1,
+        ConnAck::new(true, ReasonCode::NOT_AUTHORIZED),
+        "20 02 00 05",
+    );
+    // 3.1.1 does send it: 20 02; 01: session present; 00: accepted
+    encodes_to(
+        V3_1_1,
+        ConnAck::new(true, ReasonCode::SUCCESS),
+        "20 02 01 00",
+    );
 }
 
 #[test]
@@ -2543,6 +2570,44 @@ fn unsupported_protocol_level() {
         unsupported,
         Some("MQTT-3.1.2-2"),
     );
+}
+
+// 3.1.1 MQTT-3.1.2-2, 5.0 MQTT-3.1.2-2: a server answers an unsupported protocol level
+// with a CONNACK the client can read: return code 1 in the two-byte 3.1 / 3.1.1 form
+// for the levels of those versions and below, 0x84 in the 5.0 form from 5 on. Bit 7 of
+// the level is the bridge flag some brokers set (0x83, 0x84): a 3.x bridge.
+#[test]
+fn unsupported_protocol_level_is_refused_in_a_form_the_client_reads() {
+    let refusal = |wire: &str| {
+        let err = decode_err(V5, wire);
+        let version = err.connack_version();
+        let ack = ConnAck::new(false, err.reason_code());
+        let bytes = version.map(|v| hex_string(&encode(v, &ack.into()).unwrap()));
+        (version, bytes)
+    };
+    let v3 = (Some(V3_1_1), Some("20 02 00 01".to_owned()));
+    let v5 = (Some(V5), Some("20 03 00 84 00".to_owned()));
+    for level in [0x00, 0x01, 0x02, 0x03, 0x83, 0x84] {
+        // 10 0D; 00 04 "MQTT"; level; 02: clean session; 00 3C; 00 01 "a"
+        let wire = format!("10 0D  00 04 4D 51 54 54  {level:02X}  02  00 3C  00 01 61");
+        assert_eq!(refusal(&wire), v3, "MQTT level {level:#04x}");
+    }
+    // 10 0F; 00 06 "MQIsdp" 04: 3.1's name with 3.1.1's level
+    let wire = "10 0F  00 06 4D 51 49 73 64 70  04  02  00 3C  00 01 61";
+    assert_eq!(refusal(wire), v3, "MQIsdp level 4");
+    for level in [0x06, 0x07, 0x85, 0xFF] {
+        // 10 0E; 00 04 "MQTT"; level; 02; 00 3C; 00: no properties; 00 01 "a"
+        let wire = format!("10 0E  00 04 4D 51 54 54  {level:02X}  02  00 3C  00  00 01 61");
+        assert_eq!(refusal(&wire), v5, "MQTT level {level:#04x}");
+    }
+    // An unknown protocol name gets no CONNACK ([MQTT-3.1.2-1]: the server MAY close):
+    // 10 0D; 00 04 "MQTX"; 04; ...
+    let wire = "10 0D  00 04 4D 51 54 58  04  02  00 3C  00 01 61";
+    assert_eq!(refusal(wire), (None, None), "unknown protocol name");
+    // Nor does any other error of a CONNECT (3.1.1 [MQTT-3.2.2-6]): 10 0D ... 03: the
+    // reserved flag set
+    let wire = "10 0D  00 04 4D 51 54 54  04  03  00 3C  00 01 61";
+    assert_eq!(refusal(wire), (None, None), "reserved flag");
 }
 
 fn connect_with_flags(version: ProtocolVersion, flags: u8, tail: &str) -> String {

@@ -279,8 +279,10 @@ fn connack(version: ProtocolVersion) -> BoxedStrategy<Packet> {
     } else {
         // The 5.0 codes with an exact 3.1.1 return code.
         let codes = [0x00, 0x84, 0x85, 0x88, 0x86, 0x87].map(ReasonCode);
+        // 3.1 has no Session Present (the byte is unused and sent as 0).
+        let v3_1 = version == ProtocolVersion::V3_1;
         (any::<bool>(), proptest::sample::select(codes.to_vec()))
-            .prop_map(|(sp, code)| Packet::from(ConnAck::new(sp, code)))
+            .prop_map(move |(sp, code)| Packet::from(ConnAck::new(sp && !v3_1, code)))
             .boxed()
     }
 }

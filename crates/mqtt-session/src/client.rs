@@ -491,7 +491,10 @@ impl ClientSession {
             .filter(|_| v5)
             .unwrap_or(self.options.keep_alive);
         self.keep_alive = Duration::from_secs(u64::from(keep_alive));
-        if !ack.session_present {
+        // 3.1 has no Session Present (the byte is unused): a client that asked for Clean
+        // Session 0 there can only assume the server kept the session.
+        let v3_1_kept = self.options.version == ProtocolVersion::V3_1 && !self.options.clean_start;
+        if !ack.session_present && !v3_1_kept {
             self.discard_sent_state();
         }
         self.state = State::Connected;

@@ -136,6 +136,12 @@ impl Events {
         });
     }
 
+    /// Forgets a [`Event::SessionExpired`] not yet drained: a new connection replaced
+    /// the session it reported.
+    pub(crate) fn forget_expiry(&mut self) {
+        self.order.retain(|q| !matches!(q, Queued::SessionExpired));
+    }
+
     /// Queues an event.
     #[inline]
     pub(crate) fn push(&mut self, event: Event) {

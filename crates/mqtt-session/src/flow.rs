@@ -388,18 +388,27 @@ impl Flow {
         Some(packet)
     }
 
-    /// PUBREL from the peer.
+    /// PUBREL from the peer: always answered with PUBCOMP Success.
+    ///
+    /// [MQTT-4.3.3-11]: a PUBREL gets a PUBCOMP with the same packet identifier;
+    /// [MQTT-4.3.3-12]: after it the identifier is free, and a PUBLISH with it is a new
+    /// message. An identifier we do not hold is answered with Success too, not 0x92
+    /// (Packet Identifier not found). Its usual cause is recovery: the exchange completed,
+    /// its PUBCOMP was lost with the connection, and the peer resent PUBREL on the resumed
+    /// session ([MQTT-4.4.0-1]). 5.0 §3.7.2.1 says 0x92 "is not an error during
+    /// recovery", yet clients take it for one (MQTT.js fails a message that was
+    /// delivered). Telling that case from a peer's mismatched state would need a record
+    /// of every identifier ever completed (8 KB a session for a bitmap), and the answer
+    /// would change nothing: either way no message is waiting, the identifier is free,
+    /// and Success is the true state of it ("Packet Identifier released"). A session
+    /// discarded by Clean Start or expiry leaves no PUBREL behind, since a peer told
+    /// Session Present 0 discards its state (5.0 [MQTT-3.2.2-5]). Mosquitto answers
+    /// every unknown PUBREL this way. [MQTT-4.3.3-13] holds as well: an expired message
+    /// still completes its exchange.
     pub(crate) fn handle_pubrel(&mut self, packet_id: PacketId) {
-        // [MQTT-4.3.3-11]: answer PUBREL with PUBCOMP, with 0x92 if we had no such id.
-        let v5 = self.version.is_v5();
         let t = self.traffic_mut();
-        let known = t.inbox.release(packet_id);
-        let reason_code = if !known && v5 {
-            ReasonCode::PACKET_IDENTIFIER_NOT_FOUND
-        } else {
-            ReasonCode::SUCCESS
-        };
-        t.tx.push_back(Tx::PubComp(packet_id, reason_code));
+        t.inbox.release(packet_id);
+        t.tx.push_back(Tx::PubComp(packet_id, ReasonCode::SUCCESS));
     }
 
     /// PUBLISH from the peer. `cap_v3`: hold a 3.1 / 3.1.1 peer, which was told no

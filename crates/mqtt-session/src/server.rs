@@ -229,51 +229,102 @@ impl ServerSession {
         self.subscriptions.len()
     }
 
-    /// Accepts a connection for this session: applies Clean Start, takes the client's
-    /// limits, queues CONNACK (Reason Code 0x00, [MQTT-3.1.4-5]) and then the resends of
-    /// a resumed session. Returns the CONNACK queued.
+    /// Whether [`accept`](Self::accept) of `connect` at `now` would resume this session
+    /// (Session Present 1) instead of starting a new, empty one. Call it with the old
+    /// connection attached (a takeover) or after
+    /// [`connection_lost`](Self::connection_lost): the answer is the same.
+    ///
+    /// It resumes only when `connect` has Clean Start (Clean Session) 0 and the session
+    /// is still alive: it was established, it could outlive its connection (not 3.x
+    /// Clean Session 1, not a 5.0 Session Expiry Interval of 0, whether CONNECT or the
+    /// client's DISCONNECT set it), and its expiry has not passed, whether or not
+    /// [`handle_timeout`](Self::handle_timeout) has reported it yet (3.1.1
+    /// [MQTT-3.1.2-6], [MQTT-3.2.2-3]; 5.0 [MQTT-3.1.2-6], [MQTT-3.2.2-3], §3.1.2.11.2).
+    ///
+    /// When it would not, `accept` discards every subscription the session holds: a
+    /// broker that keeps them in an index of its own reads
+    /// [`subscriptions`](Self::subscriptions) first and takes them out.
+    pub fn would_resume(&self, now: Instant, connect: &Connect) -> bool {
+        !connect.clean_start && self.is_alive(now)
+    }
+
+    /// Whether a session exists to be resumed at `now` (see
+    /// [`would_resume`](Self::would_resume)).
+    fn is_alive(&self, now: Instant) -> bool {
+        if !self.established {
+            return false;
+        }
+        if self.flow.connected {
+            // It ends when this connection does if its expiry is 0.
+            self.session_expiry != 0
+        } else {
+            self.expires_at.get().is_none_or(|t| now < t)
+        }
+    }
+
+    /// Accepts a connection for this session: ends the one attached, if any (session
+    /// takeover); resumes the session or starts a new one, as
+    /// [`would_resume`](Self::would_resume) says; takes the client's limits; queues
+    /// CONNACK (Reason Code 0x00, [MQTT-3.1.4-5]) and then the resends of a resumed
+    /// session. Returns the CONNACK queued: its Session Present tells which happened.
     ///
     /// `properties` holds what the broker announces of itself (Maximum QoS, Retain
     /// Available, wildcard / shared / identifier support, Assigned Client Identifier,
     /// ...); the session adds Receive Maximum, Maximum Packet Size, Topic Alias Maximum,
     /// Server Keep Alive and Session Expiry Interval where they differ from the defaults.
     ///
-    /// A connection already attached must have been ended with
-    /// [`connection_lost`](Self::connection_lost) first (session takeover).
+    /// # The session it starts
+    /// A new session keeps nothing of the old one: subscriptions, queued and in-flight
+    /// messages (each reported as [`Event::Dropped`] with
+    /// [`DropReason::SessionDiscarded`](crate::DropReason::SessionDiscarded)), and QoS 2
+    /// messages from the client awaiting PUBREL. An [`Event::SessionExpired`] not yet
+    /// drained is withdrawn: the session it spoke of is the one being replaced.
+    ///
+    /// # The will of the previous connection
+    /// It is reported as [`Event::Will`] if it was due by `now`: its Will Delay Interval
+    /// had passed, or its session had ended (expired, or could not outlive its
+    /// connection), "whichever happens first" (5.0 §3.1.3.2.2). A will without a delay
+    /// (every 3.1.1 will) is due when its connection closes, so a takeover publishes it
+    /// (3.1.1 [MQTT-3.1.2-8]; 5.0 §3.1.4 step 3: "that Will Message is published as
+    /// described in section 3.1.2.5"), whether the session resumes or not. A will still
+    /// waiting for its delay is cancelled by this connection, Clean Start 1 included
+    /// (5.0 [MQTT-3.1.2-8]: "... unless ... a new Network Connection for the ClientID is
+    /// opened before the Will Delay Interval has elapsed"; [MQTT-3.1.3-9]).
+    ///
+    /// A connection already attached may be ended with
+    /// [`connection_lost`](Self::connection_lost) first or left to `accept`: the same
+    /// happens, at the same `now`.
     pub fn accept(
         &mut self,
         now: Instant,
         connect: &Connect,
         mut properties: ConnAckProperties,
     ) -> ConnAck {
+        let session_present = self.would_resume(now, connect);
         self.connection_lost(now);
         let version = connect.version;
         let v5 = version.is_v5();
         self.flow.version = version;
         let limits = Arc::clone(&self.flow.limits);
 
-        // The previous connection's session ends here if it could not outlive that
-        // connection, or the new one starts clean: its will, if still pending, is due now
-        // (3.1.2.5: "... or the Session ends"). Otherwise the new connection cancels it
-        // ([MQTT-3.1.3-9]). Mosquitto behaves the same on takeover.
-        let previous_ends = self.session_expiry == 0 || connect.clean_start;
-        if previous_ends {
-            if let Some(will) = self.will.take().filter(|_| self.will_due.get().is_some()) {
+        if let Some(will) = self.will.take() {
+            if self.will_due.get().is_some_and(|t| t <= now) {
                 self.flow.push_event(Event::Will(will));
             }
         }
+        self.will_due = Deadline::NONE;
+        self.will = connect.will.clone().map(Box::new);
+        self.expires_at = Deadline::NONE;
+        if let Some(t) = self.flow.traffic_mut_if_any() {
+            t.events.forget_expiry();
+        }
 
-        // [MQTT-3.1.2-4] / 3.1.2.4: Clean Start discards any existing session;
+        // 3.1.2.4: Clean Start (and a session that did not survive) starts a new one;
         // [MQTT-3.2.2-2], [MQTT-3.2.2-3]: Session Present tells the client which happened.
-        let session_present = self.established && !connect.clean_start;
         if !session_present {
             self.flow.discard_state();
             self.subscriptions.clear();
         }
-        // [MQTT-3.1.3-9]: a new connection cancels a will still waiting for its delay.
-        self.will_due = Deadline::NONE;
-        self.will = connect.will.clone().map(Box::new);
-        self.expires_at = Deadline::NONE;
 
         let cp = &connect.properties;
         self.session_expiry = if v5 {
@@ -576,6 +627,8 @@ impl ServerSession {
         }
         if self.expires_at.get().is_some_and(|t| now >= t) {
             self.expires_at = Deadline::NONE;
+            // Gone: a CONNECT that comes before the driver acts on the event starts anew.
+            self.established = false;
             self.flow.push_event(Event::SessionExpired);
         }
     }

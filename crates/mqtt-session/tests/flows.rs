@@ -108,6 +108,36 @@ fn session_present_on_resume_and_not_on_clean_start() {
     }
 }
 
+// 3.1 has no Session Present (its CONNACK's first byte is unused and 0): a 3.1 client
+// that asked for Clean Session 0 keeps its session state and resends what was not
+// acknowledged, as a duplicate, rather than taking the 0 for "no session".
+#[test]
+fn v3_1_clean_session_0_keeps_the_session_without_session_present() {
+    let mut pair = connected(ProtocolVersion::V3_1);
+    pair.client
+        .publish(pair.now, msg("t", "again", QoS::AtLeastOnce))
+        .unwrap();
+    // The PUBLISH reaches the server; its PUBACK is lost with the connection.
+    pair.drive_limited(1);
+    pair.cut();
+    pair.client_sent.clear();
+    pair.connect();
+    let Some(Event::Connected(ack)) = pair.client_events.first() else {
+        panic!("{:?}", pair.client_events)
+    };
+    assert!(!ack.session_present, "3.1 says nothing of a session");
+    let dups: Vec<bool> = pair
+        .client_sent
+        .iter()
+        .filter_map(|p| match p {
+            Packet::Publish(p) => Some(p.dup),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(dups, [true], "resent in the kept session, DUP set");
+    assert_eq!(delivered(&pair.client_events), 1);
+}
+
 // ---- QoS flows, client to server ----------------------------------------------------
 
 // 5.0 MQTT-4.3.1-1, 5.0 MQTT-4.3.2-1, 5.0 MQTT-4.3.2-2, 5.0 MQTT-4.3.2-4,
@@ -1217,9 +1247,12 @@ fn session_lost_on_the_server_resends_unacknowledged_as_new() {
     assert_eq!(dups.last(), Some(&false), "sent as a new message");
 }
 
-// 5.0 MQTT-4.3.2-5 and the acknowledgement of an unknown PUBREL.
+// 5.0 MQTT-4.3.3-11: every PUBREL gets a PUBCOMP with its packet identifier. One we no
+// longer hold is answered with Success, as Mosquitto does: the usual reason is that the
+// exchange completed and its PUBCOMP was lost with a connection, and clients such as
+// MQTT.js take 0x92 for a failed delivery of a message that was delivered.
 #[test]
-fn unknown_pubrel_is_completed_with_0x92() {
+fn unknown_pubrel_is_completed_with_success() {
     let mut server = ServerSession::new(ByteStr::from_static("c"), Limits::default());
     server.accept(
         Instant::ZERO,
@@ -1234,7 +1267,9 @@ fn unknown_pubrel_is_completed_with_0x92() {
         .unwrap();
     let sent: Vec<_> = std::iter::from_fn(|| server.poll_transmit(Instant::ZERO)).collect();
     assert!(
-        matches!(sent.last(), Some(Packet::PubComp(c)) if c.reason_code == ReasonCode::PACKET_IDENTIFIER_NOT_FOUND)
+        matches!(sent.last(), Some(Packet::PubComp(c))
+            if c.reason_code == ReasonCode::SUCCESS && c.packet_id.get() == 9),
+        "{sent:?}"
     );
     let _ = PubAck::new(PacketId::MIN);
     let _ = PublishProperties::default();
@@ -1299,8 +1334,9 @@ fn clean_session_stays_clean_on_reconnect() {
     }
 }
 
-// The PUBCOMP of a QoS 2 exchange is lost with the connection; the resent PUBREL is
-// answered with 0x92 (the server already completed): the message counts as delivered.
+// 5.0 MQTT-4.3.3-11: the PUBCOMP of a QoS 2 exchange is lost with
+// the connection; the resent PUBREL finds the exchange completed and is answered with
+// Success, and the message counts as delivered, once.
 #[test]
 fn pubcomp_lost_with_the_connection_still_delivers() {
     let mut pair = connected(V5);
@@ -1322,10 +1358,16 @@ fn pubcomp_lost_with_the_connection_still_delivers() {
         .collect();
     assert_eq!(done, [ReasonCode::SUCCESS]);
     assert_eq!(payloads(&pair.server_events), ["q2"]);
-    // The server did answer the resent PUBREL with 0x92.
-    assert!(pair.server_sent.iter().any(
-        |p| matches!(p, Packet::PubComp(c) if c.reason_code == ReasonCode::PACKET_IDENTIFIER_NOT_FOUND)
-    ));
+    // The server answered both PUBRELs (the lost one and the resent one) with Success.
+    let comps: Vec<ReasonCode> = pair
+        .server_sent
+        .iter()
+        .filter_map(|p| match p {
+            Packet::PubComp(c) => Some(c.reason_code),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(comps, [ReasonCode::SUCCESS, ReasonCode::SUCCESS]);
 }
 
 // The queue is bounded by bytes as well as messages.
@@ -1511,4 +1553,297 @@ fn has_outgoing_tracks_control_packets_and_queued_messages() {
         Some(Packet::Publish(_))
     ));
     assert!(!server.has_outgoing());
+}
+
+// ---- session lifecycle: what ends, what resumes, and the will of the old connection -------
+
+/// A CONNECT from "c1", with Session Expiry Interval `expiry` (5.0) and, for the will
+/// tests, a will whose delay is `will_delay` (5.0).
+fn connect_packet(
+    version: ProtocolVersion,
+    clean_start: bool,
+    expiry: Option<u32>,
+    will_delay: Option<Option<u32>>,
+) -> mqtt_codec::Connect {
+    let mut c = mqtt_codec::Connect::new(version, ByteStr::from_static("c1"));
+    c.clean_start = clean_start;
+    if version == V5 {
+        c.properties.session_expiry_interval = expiry;
+    }
+    c.will = will_delay.map(|delay| Will {
+        topic: ByteStr::from_static("status/c1"),
+        payload: Bytes::from_static(b"gone"),
+        qos: QoS::AtLeastOnce,
+        retain: false,
+        properties: WillProperties {
+            will_delay_interval: delay.filter(|_| version == V5),
+            ..WillProperties::default()
+        },
+    });
+    c
+}
+
+/// What the server session sent and reported, drained.
+fn drain(server: &mut ServerSession, now: Instant) -> (Vec<Packet>, Vec<Event>) {
+    let sent = std::iter::from_fn(|| server.poll_transmit(now)).collect();
+    let events = std::iter::from_fn(|| server.poll_event()).collect();
+    (sent, events)
+}
+
+/// A server session accepted with `first` at time 0 that holds everything a session can
+/// carry over: a subscription, a QoS 1 message in flight to the client and one queued
+/// behind it (window of 1), and a QoS 2 message from the client awaiting PUBREL.
+fn busy_server(first: &mqtt_codec::Connect) -> ServerSession {
+    let limits = Limits {
+        max_inflight: 1,
+        ..Limits::default()
+    };
+    let mut server = ServerSession::new(ByteStr::from_static("c1"), limits);
+    let now = Instant::ZERO;
+    server.accept(now, first, Default::default());
+    let sub = Subscribe::new(
+        PacketId::new(1).unwrap(),
+        ByteStr::from_static("a/#"),
+        QoS::AtLeastOnce,
+    );
+    server.suback(&sub, vec![ReasonCode::GRANTED_QOS_1]);
+    server
+        .deliver(now, msg("a/1", "in flight", QoS::AtLeastOnce))
+        .unwrap();
+    server
+        .deliver(now, msg("a/2", "queued", QoS::AtLeastOnce))
+        .unwrap();
+    server.handle_packet(now, qos2_publish(7).into()).unwrap();
+    let (sent, events) = drain(&mut server, now);
+    assert_eq!(sent.len(), 4, "CONNACK, SUBACK, PUBLISH, PUBREC: {sent:?}");
+    assert_eq!(payloads(&events), ["from the client"]);
+    assert_eq!(server.subscription_count(), 1);
+    assert_eq!(server.pending_messages(), 2);
+    server
+}
+
+fn qos2_publish(id: u16) -> Publish {
+    let mut p = Publish::new(
+        ByteStr::from_static("up"),
+        Bytes::from_static(b"from the client"),
+    );
+    p.qos_pid = QosPid::ExactlyOnce(PacketId::new(id).unwrap());
+    p
+}
+
+/// After `server` accepted `second` at `now`: nothing of the old session is left.
+fn assert_fresh(
+    server: &mut ServerSession,
+    second: &mqtt_codec::Connect,
+    now: Instant,
+    what: &str,
+) {
+    assert!(!server.would_resume(now, second), "{what}: would resume");
+    let ack = server.accept(now, second, Default::default());
+    assert!(!ack.session_present, "{what}: Session Present 1");
+    assert_eq!(server.subscription_count(), 0, "{what}: subscriptions kept");
+    assert_eq!(server.pending_messages(), 0, "{what}: messages kept");
+    let (sent, events) = drain(server, now);
+    assert!(
+        !sent.iter().any(|p| matches!(p, Packet::Publish(_))),
+        "{what}: old messages resent: {sent:?}"
+    );
+    // The old messages are reported dropped, so their publishers' accounting settles.
+    let dropped = events
+        .iter()
+        .filter(|e| {
+            matches!(
+                e,
+                Event::Dropped {
+                    reason: DropReason::SessionDiscarded,
+                    ..
+                }
+            )
+        })
+        .count();
+    assert_eq!(dropped, 2, "{what}: {events:?}");
+    // The client's QoS 2 message awaiting PUBREL is gone too: the same packet
+    // identifier is a new message.
+    server.handle_packet(now, qos2_publish(7).into()).unwrap();
+    let (_, events) = drain(server, now);
+    assert_eq!(
+        payloads(&events),
+        ["from the client"],
+        "{what}: taken as a duplicate"
+    );
+}
+
+// 3.1.1 MQTT-3.1.2-6, 3.1.1 MQTT-3.2.2-3, 5.0 MQTT-3.1.2-6, 5.0 MQTT-3.2.2-3: a session
+// that could not outlive its connection (3.1.1 Clean Session 1; 5.0 Session Expiry 0,
+// from CONNECT or from DISCONNECT) is gone when the connection is: a later CONNECT with
+// Clean Session / Clean Start 0 gets Session Present 0 and a new, empty session, whether
+// the old connection was closed first or is taken over.
+#[test]
+fn a_session_that_ends_with_its_connection_is_never_resumed() {
+    let resume = |version| connect_packet(version, false, Some(3600), None);
+    let cases = [
+        (
+            "3.1.1 Clean Session 1",
+            connect_packet(V311, true, None, None),
+            false,
+        ),
+        (
+            "5.0 Session Expiry 0",
+            connect_packet(V5, true, Some(0), None),
+            false,
+        ),
+        (
+            "5.0 no Session Expiry",
+            connect_packet(V5, false, None, None),
+            false,
+        ),
+        (
+            "5.0 DISCONNECT sets 0",
+            connect_packet(V5, false, Some(3600), None),
+            true,
+        ),
+    ];
+    for (what, first, disconnect_0) in cases {
+        for takeover in [false, true] {
+            let what = format!("{what}, takeover: {takeover}");
+            let mut server = busy_server(&first);
+            let mut now = Instant::ZERO;
+            if disconnect_0 {
+                let mut d = Disconnect::default();
+                d.properties.session_expiry_interval = Some(0);
+                server.handle_packet(now, d.into()).unwrap();
+                let _ = drain(&mut server, now);
+            }
+            if !takeover {
+                server.connection_lost(now);
+                now = now + Duration::from_millis(1);
+            }
+            // A takeover: the broker ends the old connection and accepts the new one at
+            // once, or calls `accept` with the old one still attached.
+            assert_fresh(&mut server, &resume(first.version), now, &what);
+        }
+    }
+}
+
+// The control: a session that outlives its connection is resumed, with everything it
+// held, on a takeover as after a close.
+#[test]
+fn a_session_that_outlives_its_connection_is_resumed() {
+    for version in [V311, V5] {
+        for takeover in [false, true] {
+            let second = connect_packet(version, false, Some(3600), None);
+            let mut server = busy_server(&second);
+            let mut now = Instant::ZERO;
+            if !takeover {
+                server.connection_lost(now);
+                now = now + Duration::from_secs(60);
+            }
+            assert!(server.would_resume(now, &second), "{version}");
+            let ack = server.accept(now, &second, Default::default());
+            assert!(ack.session_present, "{version}, takeover: {takeover}");
+            assert_eq!(server.subscription_count(), 1);
+            assert_eq!(server.pending_messages(), 2);
+            // The QoS 2 message from the client still awaits its PUBREL: the same
+            // identifier is a duplicate, acknowledged and not delivered again.
+            let _ = drain(&mut server, now);
+            server.handle_packet(now, qos2_publish(7).into()).unwrap();
+            let (_, events) = drain(&mut server, now);
+            assert!(
+                payloads(&events).is_empty(),
+                "{version}, takeover: {takeover}"
+            );
+        }
+    }
+}
+
+// 5.0 MQTT-3.1.2-6: a session whose expiry has passed is gone, even if the driver has not
+// yet run the timer that reports it (or has, and has not yet acted on the event).
+#[test]
+fn an_expired_session_is_not_resumed_before_or_after_its_timer() {
+    let first = connect_packet(V5, false, Some(10), None);
+    for timer_ran in [false, true] {
+        let mut server = busy_server(&first);
+        server.connection_lost(Instant::ZERO);
+        let now = Instant::ZERO + Duration::from_secs(10);
+        if timer_ran {
+            server.handle_timeout(now);
+        }
+        let what = format!("timer ran: {timer_ran}");
+        assert_fresh(&mut server, &first, now, &what);
+        // The expiry belonged to the old session: the new one does not hear of it.
+        assert!(
+            std::iter::from_fn(|| server.poll_event()).all(|e| !matches!(e, Event::SessionExpired)),
+            "{what}"
+        );
+    }
+}
+
+// 5.0 MQTT-3.1.3-9, 5.0 MQTT-3.1.2-8: a will waiting for its delay is cancelled by any
+// new connection for the ClientID before the delay ends, one with Clean Start 1
+// included, whether the old connection was closed first or is taken over.
+#[test]
+fn a_delayed_will_is_cancelled_by_any_new_connection() {
+    for clean_start in [false, true] {
+        for takeover in [false, true] {
+            let what = format!("clean start: {clean_start}, takeover: {takeover}");
+            let mut server = ServerSession::new(ByteStr::from_static("c1"), Limits::default());
+            let first = connect_packet(V5, false, Some(3600), Some(Some(10)));
+            server.accept(Instant::ZERO, &first, Default::default());
+            let _ = drain(&mut server, Instant::ZERO);
+            let mut now = Instant::ZERO;
+            if !takeover {
+                server.connection_lost(now);
+                now = now + Duration::from_secs(5);
+                server.handle_timeout(now);
+            }
+            let second = connect_packet(V5, clean_start, Some(3600), None);
+            server.accept(now, &second, Default::default());
+            server.connection_lost(now);
+            // Long past the old delay, and past the new connection's end.
+            server.handle_timeout(now + Duration::from_secs(60));
+            let (_, events) = drain(&mut server, now);
+            assert_eq!(wills(&events), 0, "{what}: {events:?}");
+        }
+    }
+}
+
+// 3.1.1 MQTT-3.1.2-8, 5.0 MQTT-3.1.2-8, 5.0 MQTT-3.1.3-9: a connection taken over
+// (closed by the server, 3.1.1 [MQTT-3.1.4-2], 5.0 [MQTT-3.1.4-3]) ends without a
+// DISCONNECT from its client, so
+// its will is published (5.0 §3.1.4 step 3: "as described in section 3.1.2.5"), when it
+// has no Will Delay (3.1.1 has none), whether the session resumes or not. With a Will
+// Delay the new connection comes before the delay ends and cancels it ([MQTT-3.1.3-9]),
+// unless the old session could not outlive its connection: then it ended when the
+// connection did, and the will is due with it ("Will Delay Interval has passed or the
+// Session ends, whichever happens first", §3.1.3.2.2).
+#[test]
+fn a_takeover_publishes_the_will_of_the_old_connection_when_it_is_due() {
+    let cases = [
+        // (version, old session expiry, will delay, new Clean Start, will published)
+        (V311, Some(3600), None, false, true),
+        (V311, Some(3600), None, true, true),
+        (V5, Some(3600), None, false, true),
+        (V5, Some(3600), Some(0), true, true),
+        (V5, Some(3600), Some(10), false, false),
+        (V5, Some(3600), Some(10), true, false),
+        (V5, Some(0), Some(10), false, true),
+    ];
+    for (version, expiry, delay, clean_start, published) in cases {
+        let what = format!("{version}, expiry {expiry:?}, delay {delay:?}, clean {clean_start}");
+        let mut server = ServerSession::new(ByteStr::from_static("c1"), Limits::default());
+        let now = Instant::ZERO;
+        let first = connect_packet(version, false, expiry, Some(delay));
+        server.accept(now, &first, Default::default());
+        let _ = drain(&mut server, now);
+        let second = connect_packet(version, clean_start, Some(3600), None);
+        server.connection_lost(now);
+        server.accept(now, &second, Default::default());
+        let (_, events) = drain(&mut server, now);
+        assert_eq!(wills(&events), usize::from(published), "{what}: {events:?}");
+        // Published once or cancelled: never again later.
+        server.connection_lost(now);
+        server.handle_timeout(now + Duration::from_secs(3600));
+        let (_, events) = drain(&mut server, now);
+        assert_eq!(wills(&events), 0, "{what}: later {events:?}");
+    }
 }

@@ -16,7 +16,8 @@ use crate::{
 /// decoder maps return codes back.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ConnAck {
-    /// Session Present: the server resumed a stored session.
+    /// Session Present: the server resumed a stored session. 3.1 has no such flag:
+    /// its CONNACK is encoded with the byte that carries it in later versions set to 0.
     pub session_present: bool,
     /// The result of the connection attempt.
     pub reason_code: ReasonCode,
@@ -79,7 +80,8 @@ impl ConnAck {
         };
         expect_end(src)?;
         Ok(Self {
-            session_present: flags & 1 != 0,
+            // 3.1 has no Session Present: whatever its unused byte holds, nothing is said.
+            session_present: version != ProtocolVersion::V3_1 && flags & 1 != 0,
             reason_code,
             properties,
         })
@@ -106,7 +108,10 @@ impl Encode for ConnAck {
     }
 
     fn write_body(&self, version: ProtocolVersion, dst: &mut impl BufMut) {
-        dst.put_u8(u8::from(self.session_present));
+        // Session Present exists from 3.1.1 on (its section 3.2.2.2); 3.1 leaves the
+        // whole byte unused, so it goes out as 0.
+        let session_present = self.session_present && version != ProtocolVersion::V3_1;
+        dst.put_u8(u8::from(session_present));
         if version.is_v5() {
             dst.put_u8(self.reason_code.0);
             self.properties.encode(dst);
