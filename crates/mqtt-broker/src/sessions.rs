@@ -260,6 +260,13 @@ impl Shared {
         ByteStr::try_from(format!("auto-{n:x}-{nanos:08x}")).unwrap_or_default()
     }
 
+    /// The session for `client_id`, if there is one.
+    pub(crate) fn existing_session(&self, client_id: &str) -> Option<Arc<SessionHandle>> {
+        self.registry()
+            .get(client_id)
+            .map(|Registered(h)| Arc::clone(h))
+    }
+
     /// The session for `client_id`, created if missing.
     pub(crate) fn session(&self, client_id: &ByteStr) -> Arc<SessionHandle> {
         let mut registry = self.registry();

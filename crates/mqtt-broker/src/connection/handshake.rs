@@ -8,8 +8,7 @@ use std::{
 
 use bytes::BytesMut;
 use mqtt_codec::{
-    ConnAck, ConnAckProperties, Connect, DecodeError, Decoder, ErrorKind, Packet, ProtocolVersion,
-    ReasonCode,
+    ConnAck, ConnAckProperties, Connect, DecodeError, Decoder, Packet, ProtocolVersion, ReasonCode,
 };
 use tokio::{
     io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt},
@@ -100,18 +99,12 @@ pub(crate) async fn refuse_undecodable<W: AsyncWrite + Unpin>(
     peer: SocketAddr,
 ) {
     debug!(%peer, error = %e, "invalid CONNECT");
-    let reply = match e.kind() {
-        // [MQTT-3.1.2-2] in 3.1.1: an unsupported level gets return code 1.
-        ErrorKind::UnsupportedProtocolLevel(level) if level < 5 => Some(ProtocolVersion::V3_1_1),
-        ErrorKind::UnsupportedProtocolLevel(_) => Some(ProtocolVersion::V5),
-        _ => None,
-    };
+    // [MQTT-3.1.2-2] in 3.1.1: an unsupported level gets return code 1, in the form
+    // the client's own version reads (the codec knows which).
+    let reply = e.connack_version();
     if let Some(version) = reply {
         let mut out = BytesMut::new();
-        let ack = Packet::from(ConnAck::new(
-            false,
-            ReasonCode::UNSUPPORTED_PROTOCOL_VERSION,
-        ));
+        let ack = Packet::from(ConnAck::new(false, e.reason_code()));
         if ack.encode(version, &mut out).is_ok() {
             let _ = wr.write_all(&out).await;
         }
@@ -221,6 +214,7 @@ pub(crate) async fn attach<W: AsyncWrite + Unpin>(
     // What outlives this packet gets its own memory: slices of the read buffer would keep
     // the whole buffer alive for as long as the session lives.
     detach_from_read_buffer(&mut connect);
+    let_the_old_connection_finish(shared, &connect.client_id).await;
     let now = shared.now();
     let (handle, generation, stale_filters, old_version) = loop {
         let handle = shared.session(&connect.client_id);
@@ -238,7 +232,10 @@ pub(crate) async fn attach<W: AsyncWrite + Unpin>(
         let old = cell.take_parked();
         cell.restore_encoded(now);
         cell.session.connection_lost(now);
-        let stale: Vec<_> = if connect.clean_start {
+        // A session that is not resumed (Clean Start, or one that could not outlive its
+        // connection: [MQTT-3.1.2-6], 5.0 section 3.1.2.11.2) starts empty: its old
+        // filters leave the index.
+        let stale: Vec<_> = if !cell.session.would_resume(now, &connect) {
             cell.session
                 .subscriptions()
                 .iter()
@@ -267,6 +264,28 @@ pub(crate) async fn attach<W: AsyncWrite + Unpin>(
     handle.notify.notify_waiters();
     debug!(client = %connect.client_id, %peer, %version, "connected");
     Some((handle, generation, version))
+}
+
+/// How long a new connection waits, at most, for the old connection of its Client
+/// Identifier to act on what it has already received, and in what steps.
+const OLD_CONNECTION_GRACE: std::time::Duration = std::time::Duration::from_millis(50);
+const OLD_CONNECTION_STEP: std::time::Duration = std::time::Duration::from_millis(1);
+
+/// What the old connection of a Client Identifier already received takes effect before a
+/// new connection takes the session: a client that sends DISCONNECT (perhaps with a
+/// Session Expiry of 0, [MQTT-3.14.4-3]), closes and reconnects at once must find its
+/// old connection gone, its will discarded and its session ended as it asked, not taken
+/// over. The old connection's task reads those bytes as soon as it runs; this gives it
+/// up to `OLD_CONNECTION_GRACE` to do so. A live old client (a real takeover) delays
+/// the new one by that much.
+async fn let_the_old_connection_finish(shared: &Shared, client_id: &str) {
+    let Some(handle) = shared.existing_session(client_id) else {
+        return;
+    };
+    let deadline = tokio::time::Instant::now() + OLD_CONNECTION_GRACE;
+    while handle.lock().session.is_connected() && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(OLD_CONNECTION_STEP).await;
+    }
 }
 
 /// Copies the strings and bytes of CONNECT that the session keeps (client identifier,

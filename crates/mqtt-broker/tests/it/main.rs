@@ -5,6 +5,7 @@ mod authorization;
 mod binary;
 mod fuzz;
 mod isolation;
+mod lifecycle;
 mod limits;
 mod mosquitto_clients;
 mod paho;
