@@ -8,7 +8,7 @@
 //! keep up must push back or drop, and a drop fails the run.
 
 use std::{
-    net::{IpAddr, SocketAddr},
+    net::IpAddr,
     sync::{
         Arc,
         atomic::{AtomicBool, AtomicU64, Ordering},
@@ -20,7 +20,10 @@ use bytes::{BufMut, BytesMut};
 use mqtt_codec::{Packet, PacketId, ProtocolVersion, PubComp, PubRel, QoS};
 use tokio::{sync::Notify, task::JoinSet};
 
-use crate::wire::{self, Conn, Stamp, WireError};
+use crate::{
+    target::Dialer,
+    wire::{self, Conn, Stamp, WireError},
+};
 
 /// Who publishes what and who listens.
 #[derive(Clone, Debug)]
@@ -58,7 +61,7 @@ impl Plan {
 /// How the load is applied.
 #[derive(Clone, Debug)]
 pub(crate) struct Load {
-    pub(crate) broker: SocketAddr,
+    pub(crate) dialer: Arc<Dialer>,
     pub(crate) sources: Vec<IpAddr>,
     pub(crate) qos: QoS,
     pub(crate) version: ProtocolVersion,
@@ -292,9 +295,16 @@ async fn connect_spread(load: &Load, n: usize, id: &str) -> Result<Conn, String>
         0 => None,
         len => load.sources.get(n % len).copied(),
     };
-    Conn::connect(load.broker, source, id, 60, wire::READ_BUFFER, load.version)
-        .await
-        .map_err(|e| format!("{id}: {e}"))
+    Conn::connect(
+        &load.dialer,
+        source,
+        id,
+        60,
+        wire::READ_BUFFER,
+        load.version,
+    )
+    .await
+    .map_err(|e| format!("{id}: {e}"))
 }
 
 /// Appends one PUBLISH carrying `stamp`, encoded by hand: the hot path of the generator.

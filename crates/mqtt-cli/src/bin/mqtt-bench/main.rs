@@ -10,11 +10,12 @@ mod idle;
 mod latency;
 mod load;
 mod probe;
+mod target;
 mod wire;
 
 use std::{
     io::{IsTerminal, Write},
-    net::{IpAddr, SocketAddr, ToSocketAddrs},
+    net::IpAddr,
     process::ExitCode,
     time::{Duration, Instant},
 };
@@ -25,6 +26,7 @@ use mqtt_codec::{ProtocolVersion, QoS};
 use crate::{
     load::{Load, Plan},
     probe::{Broker, Reading},
+    target::Target,
 };
 
 /// Load generator for MQTT brokers: throughput, connections and latency, with every
@@ -45,18 +47,14 @@ struct Cli {
     help: Option<bool>,
 }
 
-/// Where the broker is and what to report.
+/// Where the broker is, how to reach it, and what to report.
 #[derive(Debug, Args, Clone)]
 struct Common {
-    /// Broker host.
-    #[arg(short = 'h', long = "host", default_value = "127.0.0.1", global = true)]
-    host: String,
+    #[command(flatten)]
+    target: Target,
     /// Print help (-h is the host, as in every other tool).
     #[arg(long = "help", action = clap::ArgAction::Help, global = true)]
     help: Option<bool>,
-    /// Broker port.
-    #[arg(short = 'p', long = "port", default_value_t = 1883, global = true)]
-    port: u16,
     /// Process id of the broker, for its CPU time and memory (Linux /proc).
     #[arg(long = "broker-pid", global = true)]
     broker_pid: Option<u32>,
@@ -112,7 +110,7 @@ enum Scenario {
     #[command(disable_help_flag = true)]
     FanIn {
         /// Publishers.
-        #[arg(short = 'P', long = "publishers", default_value_t = 16)]
+        #[arg(long = "publishers", default_value_t = 16)]
         publishers: u32,
         /// Messages in all.
         #[arg(short = 'n', long = "messages", default_value_t = 1_000_000)]
@@ -140,7 +138,7 @@ enum Scenario {
     #[command(disable_help_flag = true)]
     Pairs {
         /// Pairs.
-        #[arg(short = 'P', long = "pairs", default_value_t = 1000)]
+        #[arg(long = "pairs", default_value_t = 1000)]
         pairs: u32,
         /// Messages in all.
         #[arg(short = 'n', long = "messages", default_value_t = 1_000_000)]
@@ -154,7 +152,7 @@ enum Scenario {
     #[command(disable_help_flag = true)]
     Shared {
         /// Publishers.
-        #[arg(short = 'P', long = "publishers", default_value_t = 16)]
+        #[arg(long = "publishers", default_value_t = 16)]
         publishers: u32,
         /// Members of the group.
         #[arg(short = 'M', long = "members", default_value_t = 4)]
@@ -204,10 +202,10 @@ enum Scenario {
         common: Common,
     },
     /// (Used by `connections`.) Hold idle connections until stdin closes.
-    #[command(hide = true)]
+    #[command(hide = true, disable_help_flag = true)]
     Hold {
-        #[arg(long = "broker")]
-        broker: SocketAddr,
+        #[command(flatten)]
+        target: Target,
         #[arg(long = "source")]
         source: Option<IpAddr>,
         #[arg(long = "count")]
@@ -320,7 +318,7 @@ fn run(scenario: Scenario) -> Result<bool, String> {
             common,
         } => latency(rate, seconds, qos, size, &common),
         Scenario::Hold {
-            broker,
+            target,
             source,
             count,
             keep_alive,
@@ -330,18 +328,11 @@ fn run(scenario: Scenario) -> Result<bool, String> {
                 .enable_all()
                 .build()
                 .map_err(|e| format!("cannot start the runtime: {e}"))?;
-            rt.block_on(idle::hold(broker, source, count, keep_alive, &tag))?;
+            let dialer = target.dialer(wire::VERSION)?;
+            rt.block_on(idle::hold(dialer, source, count, keep_alive, &tag))?;
             Ok(true)
         }
     }
-}
-
-fn broker_addr(common: &Common) -> Result<SocketAddr, String> {
-    (common.host.as_str(), common.port)
-        .to_socket_addrs()
-        .map_err(|e| format!("{}:{}: {e}", common.host, common.port))?
-        .next()
-        .ok_or_else(|| format!("{}:{}: no address", common.host, common.port))
 }
 
 fn qos(n: u8) -> QoS {
@@ -382,7 +373,7 @@ fn throughput(name: &str, plan: Plan, traffic: &Traffic, common: &Common) -> Res
         return Err("fewer messages than publishers".to_owned());
     }
     let load = Load {
-        broker: broker_addr(common)?,
+        dialer: std::sync::Arc::new(common.target.dialer(traffic.version)?),
         sources: common.sources.clone(),
         qos: qos(traffic.qos),
         version: traffic.version,
@@ -457,7 +448,8 @@ fn connections(
     settle: u64,
     common: &Common,
 ) -> Result<bool, String> {
-    let addr = broker_addr(common)?;
+    // Checks the flags (and the TLS files) once, here, rather than in every process.
+    let addr = common.target.dialer(wire::VERSION)?.addr;
     let broker = common.broker_pid.map(|pid| Broker { pid });
     let sources: Vec<IpAddr> =
         if common.sources.is_empty() && addr.ip().is_loopback() && addr.is_ipv4() {
@@ -466,7 +458,7 @@ fn connections(
             common.sources.clone()
         };
     let before = read_broker(broker);
-    let (held, holders) = idle::spread(addr, count, per_process, &sources, keep_alive)?;
+    let (held, holders) = idle::spread(&common.target, count, per_process, &sources, keep_alive)?;
     std::thread::sleep(Duration::from_secs(settle));
     let after = read_broker(broker);
     drop(holders);
@@ -510,12 +502,12 @@ fn latency(rate: u32, seconds: u32, q: u8, size: usize, common: &Common) -> Resu
             wire::Stamp::LEN
         ));
     }
-    let addr = broker_addr(common)?;
+    let dialer = common.target.dialer(wire::VERSION)?;
     let broker = common.broker_pid.map(|pid| Broker { pid });
     let count = rate.saturating_mul(seconds).max(1);
     let mut measured = Measured::default();
     let result = latency::run(
-        addr,
+        &dialer,
         qos(q),
         size,
         rate,
