@@ -32,10 +32,13 @@ use crate::{
 /// Load generator for MQTT brokers: throughput, connections and latency, with every
 /// delivery checked.
 #[derive(Debug, Parser)]
+// `about` is given, not taken from Cargo.toml: the package's description is that of
+// the whole crate ("mqtt-pub, mqtt-sub and friends").
 #[command(
     name = "mqtt-bench",
     version,
-    about,
+    about = "Load generator for MQTT brokers: throughput, connections and latency, with \
+             every delivery checked.",
     long_about = None,
     disable_help_flag = true
 )]
