@@ -88,15 +88,33 @@ struct Traffic {
     /// broker must push back or keep up).
     #[arg(long = "window", default_value_t = 0)]
     window: u32,
-    /// Give up (and fail) after this many seconds.
+    /// Give up (and fail) after this many seconds (counted after --duration, if given).
     #[arg(long = "timeout", default_value_t = 300)]
     timeout: u64,
+    /// Publish for this many seconds, then stop and check and report what was sent and
+    /// delivered. Without -n, publishers send for all that time.
+    #[arg(long = "duration", value_name = "SECS", value_parser = parse_seconds)]
+    duration: Option<Duration>,
+    /// Publish this many messages per second in all, split evenly between the
+    /// publishers and spread evenly over time (default: as fast as the broker takes
+    /// them).
+    #[arg(long = "rate", value_name = "MSG_PER_SEC", value_parser = clap::value_parser!(u32).range(1..))]
+    rate: Option<u32>,
     /// Fail when nothing was delivered for this many seconds.
     #[arg(long = "stall", default_value_t = 10)]
     stall: u64,
     /// Protocol version: 311 or 5 (the shared scenario always uses 5).
     #[arg(short = 'V', long = "protocol-version", default_value = "311", value_parser = parse_version)]
     version: ProtocolVersion,
+}
+
+fn parse_seconds(s: &str) -> Result<Duration, String> {
+    match s.parse::<f64>() {
+        Ok(secs) if secs > 0.0 && secs.is_finite() && secs < 1e9 => {
+            Ok(Duration::from_secs_f64(secs))
+        }
+        _ => Err(format!("{s:?}: expected a number of seconds above 0")),
+    }
 }
 
 fn parse_version(s: &str) -> Result<ProtocolVersion, String> {
@@ -115,9 +133,9 @@ enum Scenario {
         /// Publishers.
         #[arg(long = "publishers", default_value_t = 16)]
         publishers: u32,
-        /// Messages in all.
-        #[arg(short = 'n', long = "messages", default_value_t = 1_000_000)]
-        messages: u32,
+        /// Messages in all [default: 1000000, or no limit with --duration].
+        #[arg(short = 'n', long = "messages")]
+        messages: Option<u32>,
         #[command(flatten)]
         traffic: Traffic,
         #[command(flatten)]
@@ -129,9 +147,10 @@ enum Scenario {
         /// Subscribers.
         #[arg(short = 'K', long = "subscribers", default_value_t = 100)]
         subscribers: u32,
-        /// Messages published (each is delivered K times).
-        #[arg(short = 'n', long = "messages", default_value_t = 10_000)]
-        messages: u32,
+        /// Messages published (each is delivered K times) [default: 10000, or no limit
+        /// with --duration].
+        #[arg(short = 'n', long = "messages")]
+        messages: Option<u32>,
         #[command(flatten)]
         traffic: Traffic,
         #[command(flatten)]
@@ -143,9 +162,9 @@ enum Scenario {
         /// Pairs.
         #[arg(long = "pairs", default_value_t = 1000)]
         pairs: u32,
-        /// Messages in all.
-        #[arg(short = 'n', long = "messages", default_value_t = 1_000_000)]
-        messages: u32,
+        /// Messages in all [default: 1000000, or no limit with --duration].
+        #[arg(short = 'n', long = "messages")]
+        messages: Option<u32>,
         #[command(flatten)]
         traffic: Traffic,
         #[command(flatten)]
@@ -160,9 +179,9 @@ enum Scenario {
         /// Members of the group.
         #[arg(short = 'M', long = "members", default_value_t = 4)]
         members: u32,
-        /// Messages in all.
-        #[arg(short = 'n', long = "messages", default_value_t = 1_000_000)]
-        messages: u32,
+        /// Messages in all [default: 1000000, or no limit with --duration].
+        #[arg(short = 'n', long = "messages")]
+        messages: Option<u32>,
         #[command(flatten)]
         traffic: Traffic,
         #[command(flatten)]
@@ -193,7 +212,12 @@ enum Scenario {
         #[arg(short = 'r', long = "rate", default_value_t = 5000)]
         rate: u32,
         /// Seconds to run.
-        #[arg(short = 'd', long = "seconds", default_value_t = 10)]
+        #[arg(
+            short = 'd',
+            long = "seconds",
+            visible_alias = "duration",
+            default_value_t = 10
+        )]
         seconds: u32,
         /// QoS of the messages and the subscription.
         #[arg(short = 'q', long = "qos", default_value_t = 0, value_parser = clap::value_parser!(u8).range(0..=1))]
@@ -244,7 +268,7 @@ fn run(scenario: Scenario) -> Result<bool, String> {
             let p = publishers.max(1);
             let plan = Plan {
                 publishers: (0..p).map(|i| format!("bench/fan-in/{i}")).collect(),
-                per_publisher: messages / p,
+                per_publisher: per_publisher(messages, 1_000_000, p, &traffic),
                 subscribers: vec!["bench/fan-in/#".to_owned()],
                 shared: false,
                 hears: vec![(0..p as usize).collect()],
@@ -260,7 +284,7 @@ fn run(scenario: Scenario) -> Result<bool, String> {
             let k = subscribers.max(1);
             let plan = Plan {
                 publishers: vec!["bench/fan-out".to_owned()],
-                per_publisher: messages,
+                per_publisher: per_publisher(messages, 10_000, 1, &traffic),
                 subscribers: (0..k).map(|_| "bench/fan-out".to_owned()).collect(),
                 shared: false,
                 hears: (0..k).map(|_| vec![0]).collect(),
@@ -276,7 +300,7 @@ fn run(scenario: Scenario) -> Result<bool, String> {
             let p = pairs.max(1);
             let plan = Plan {
                 publishers: (0..p).map(|i| format!("bench/pairs/{i}")).collect(),
-                per_publisher: messages / p,
+                per_publisher: per_publisher(messages, 1_000_000, p, &traffic),
                 subscribers: (0..p).map(|i| format!("bench/pairs/{i}")).collect(),
                 shared: false,
                 hears: (0..p as usize).map(|i| vec![i]).collect(),
@@ -294,7 +318,7 @@ fn run(scenario: Scenario) -> Result<bool, String> {
             let m = members.max(1);
             let plan = Plan {
                 publishers: (0..p).map(|i| format!("bench/shared/{i}")).collect(),
-                per_publisher: messages / p,
+                per_publisher: per_publisher(messages, 1_000_000, p, &traffic),
                 subscribers: (0..m)
                     .map(|_| "$share/bench/bench/shared/#".to_owned())
                     .collect(),
@@ -338,6 +362,21 @@ fn run(scenario: Scenario) -> Result<bool, String> {
     }
 }
 
+/// Messages each of `publishers` sends: `messages` (or `default`) shared out; with a
+/// duration, no limit unless `-n` sets one, and never more than the rate allows.
+fn per_publisher(messages: Option<u32>, default: u32, publishers: u32, t: &Traffic) -> u32 {
+    let Some(duration) = t.duration else {
+        return messages.unwrap_or(default) / publishers.max(1);
+    };
+    let mut n = messages.map_or(u32::MAX, |m| m / publishers.max(1));
+    if let Some(rate) = t.rate {
+        // Paced, a publisher sends at most one message per period, plus the first.
+        let paced = duration.as_secs_f64() * f64::from(rate) / f64::from(publishers.max(1));
+        n = n.min((paced.ceil() as u32).saturating_add(1));
+    }
+    n
+}
+
 fn qos(n: u8) -> QoS {
     QoS::from_u8(n).unwrap_or(QoS::AtMostOnce)
 }
@@ -375,6 +414,12 @@ fn throughput(name: &str, plan: Plan, traffic: &Traffic, common: &Common) -> Res
     if plan.per_publisher == 0 {
         return Err("fewer messages than publishers".to_owned());
     }
+    if plan.shared && plan.per_publisher == u32::MAX {
+        // One bit per message and publisher records which arrived.
+        return Err(
+            "shared with --duration needs -n or --rate: they bound the delivery check".to_owned(),
+        );
+    }
     let load = Load {
         dialer: std::sync::Arc::new(common.target.dialer(traffic.version)?),
         sources: common.sources.clone(),
@@ -386,6 +431,8 @@ fn throughput(name: &str, plan: Plan, traffic: &Traffic, common: &Common) -> Res
         timeout: Duration::from_secs(traffic.timeout),
         stall: Duration::from_secs(traffic.stall),
         name: format!("bench-{name}"),
+        duration: traffic.duration,
+        rate: traffic.rate,
     };
     let broker = common.broker_pid.map(|pid| Broker { pid });
     if let Some(b) = broker {
