@@ -10,6 +10,7 @@ mod idle;
 mod latency;
 mod load;
 mod probe;
+mod report;
 mod target;
 mod wire;
 
@@ -26,6 +27,7 @@ use mqtt_codec::{ProtocolVersion, QoS};
 use crate::{
     load::{Load, Plan},
     probe::{Broker, Reading},
+    report::{Output, Report},
     target::Target,
 };
 
@@ -67,6 +69,10 @@ struct Common {
     /// Also print one `result key=value ...` line for scripts.
     #[arg(long = "machine", global = true)]
     machine: bool,
+    /// Print the figures (the result line's and the summary's) as one JSON object on
+    /// stdout, and nothing else there.
+    #[arg(long = "json", global = true, conflicts_with = "machine")]
+    json: bool,
     /// No progress bar.
     #[arg(long = "quiet", global = true)]
     quiet: bool,
@@ -246,12 +252,57 @@ enum Scenario {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    let json = cli.scenario.common().is_some_and(|c| c.json);
+    let name = cli.scenario.name();
     match run(cli.scenario) {
         Ok(true) => ExitCode::SUCCESS,
         Ok(false) => ExitCode::from(1),
         Err(e) => {
             eprintln!("mqtt-bench: {e}");
+            if json {
+                println!("{}", report::json_error(name, &e));
+            }
             ExitCode::from(2)
+        }
+    }
+}
+
+impl Scenario {
+    /// The scenario's name, as on the command line.
+    fn name(&self) -> &'static str {
+        match self {
+            Self::FanIn { .. } => "fan-in",
+            Self::FanOut { .. } => "fan-out",
+            Self::Pairs { .. } => "pairs",
+            Self::Shared { .. } => "shared",
+            Self::Connections { .. } => "connections",
+            Self::Latency { .. } => "latency",
+            Self::Hold { .. } => "hold",
+        }
+    }
+
+    /// The common flags, for the scenarios that have them.
+    fn common(&self) -> Option<&Common> {
+        match self {
+            Self::FanIn { common, .. }
+            | Self::FanOut { common, .. }
+            | Self::Pairs { common, .. }
+            | Self::Shared { common, .. }
+            | Self::Connections { common, .. }
+            | Self::Latency { common, .. } => Some(common),
+            Self::Hold { .. } => None,
+        }
+    }
+}
+
+impl Common {
+    fn output(&self) -> Output {
+        if self.json {
+            Output::Json
+        } else if self.machine {
+            Output::Machine
+        } else {
+            Output::Human
         }
     }
 }
@@ -420,8 +471,10 @@ fn throughput(name: &str, plan: Plan, traffic: &Traffic, common: &Common) -> Res
             "shared with --duration needs -n or --rate: they bound the delivery check".to_owned(),
         );
     }
+    let dialer = common.target.dialer(traffic.version)?;
+    let transport = dialer.transport();
     let load = Load {
-        dialer: std::sync::Arc::new(common.target.dialer(traffic.version)?),
+        dialer: std::sync::Arc::new(dialer),
         sources: common.sources.clone(),
         qos: qos(traffic.qos),
         version: traffic.version,
@@ -458,7 +511,8 @@ fn throughput(name: &str, plan: Plan, traffic: &Traffic, common: &Common) -> Res
     let cpu = measured.cpu_seconds();
     let cpu_per_million = cpu.map(|c| c / (outcome.delivered.max(1) as f64) * 1e6);
     let peak = measured.after.map(|r| r.peak_rss);
-    println!(
+    let mut r = Report::new(name);
+    r.line(format!(
         "{name}: {} publishers, {} subscribers, QoS {}, {} B: {}/{} delivered in {:.2} s, {:.0} msg/s",
         plan.publishers.len(),
         plan.subscribers.len(),
@@ -468,27 +522,28 @@ fn throughput(name: &str, plan: Plan, traffic: &Traffic, common: &Common) -> Res
         outcome.expected,
         secs,
         rate
-    );
+    ));
     if let (Some(c), Some(per_m)) = (cpu, cpu_per_million) {
-        println!(
+        r.line(format!(
             "  broker: {c:.2} CPU s, {per_m:.3} CPU s per million deliveries, peak RSS {:.1} MiB",
             peak.unwrap_or(0) as f64 / 1048576.0
-        );
+        ));
     }
-    let ok = report(&outcome.faults, common.machine, |ok| {
-        format!(
-            "scenario={name} ok={ok} qos={} size={} expected={} delivered={} seconds={secs:.4} rate={rate:.1} cpu_s={} cpu_s_per_million={} peak_rss={} faults={}",
-            traffic.qos,
-            traffic.size,
-            outcome.expected,
-            outcome.delivered,
-            figure(cpu, 3),
-            figure(cpu_per_million, 4),
-            peak.map_or("-".to_owned(), |p| p.to_string()),
-            outcome.faults.len(),
-        )
-    });
-    Ok(ok)
+    r.count("qos", u64::from(traffic.qos));
+    r.count("size", traffic.size as u64);
+    r.count("expected", outcome.expected);
+    r.count("delivered", outcome.delivered);
+    r.measure("seconds", secs, 4);
+    r.measure("rate", rate, 1);
+    r.measure("cpu_s", cpu, 3);
+    r.measure("cpu_s_per_million", cpu_per_million, 4);
+    r.count("peak_rss", peak);
+    r.count("publishers", plan.publishers.len() as u64);
+    r.count("subscribers", plan.subscribers.len() as u64);
+    r.measure("duration_s", traffic.duration.map(|d| d.as_secs_f64()), 3);
+    r.count("rate_limit", traffic.rate.map(u64::from));
+    r.word("transport", transport);
+    Ok(r.print(&outcome.faults, common.output()))
 }
 
 fn connections(
@@ -499,7 +554,8 @@ fn connections(
     common: &Common,
 ) -> Result<bool, String> {
     // Checks the flags (and the TLS files) once, here, rather than in every process.
-    let addr = common.target.dialer(wire::VERSION)?.addr;
+    let dialer = common.target.dialer(wire::VERSION)?;
+    let addr = dialer.addr;
     let broker = common.broker_pid.map(|pid| Broker { pid });
     let sources: Vec<IpAddr> =
         if common.sources.is_empty() && addr.ip().is_loopback() && addr.is_ipv4() {
@@ -518,31 +574,29 @@ fn connections(
         }
         _ => None,
     };
-    println!(
+    let mut r = Report::new("connections");
+    r.line(format!(
         "connections: {} of {count} connected in {:.2} s over {} source addresses",
         held.connected,
         held.ramp.as_secs_f64(),
         sources.len().max(1)
-    );
+    ));
     if let (Some(b), Some(a), Some(p)) = (before, after, per_conn) {
-        println!(
+        r.line(format!(
             "  broker RSS {:.1} MiB -> {:.1} MiB: {p:.0} B per connection",
             b.rss as f64 / 1048576.0,
             a.rss as f64 / 1048576.0
-        );
+        ));
     }
-    let ok = report(&held.faults, common.machine, |ok| {
-        format!(
-            "scenario=connections ok={ok} count={count} connected={} ramp_s={:.3} rss_before={} rss_after={} bytes_per_connection={} faults={}",
-            held.connected,
-            held.ramp.as_secs_f64(),
-            before.map_or("-".to_owned(), |r| r.rss.to_string()),
-            after.map_or("-".to_owned(), |r| r.rss.to_string()),
-            figure(per_conn, 0),
-            held.faults.len()
-        )
-    });
-    Ok(ok)
+    r.count("count", u64::from(count));
+    r.count("connected", held.connected);
+    r.measure("ramp_s", held.ramp.as_secs_f64(), 3);
+    r.count("rss_before", before.map(|b| b.rss));
+    r.count("rss_after", after.map(|a| a.rss));
+    r.measure("bytes_per_connection", per_conn, 0);
+    r.count("sources", sources.len().max(1) as u64);
+    r.word("transport", dialer.transport());
+    Ok(r.print(&held.faults, common.output()))
 }
 
 fn latency(rate: u32, seconds: u32, q: u8, size: usize, common: &Common) -> Result<bool, String> {
@@ -568,46 +622,27 @@ fn latency(rate: u32, seconds: u32, q: u8, size: usize, common: &Common) -> Resu
     let cpu_us = measured
         .cpu_seconds()
         .map(|c| c / result.received.max(1) as f64 * 1e6);
-    println!(
+    let mut r = Report::new("latency");
+    r.line(format!(
         "latency: {rate} msg/s, QoS {q}, {size} B: {}/{} received; p50 {:.1} us, p99 {:.1} us, p99.9 {:.1} us, max {:.1} us",
         result.received, result.sent, result.p50_us, result.p99_us, result.p999_us, result.max_us
-    );
+    ));
     if let Some(c) = cpu_us {
-        println!("  broker: {c:.2} CPU us per message");
+        r.line(format!("  broker: {c:.2} CPU us per message"));
     }
-    let ok = report(&result.faults, common.machine, |ok| {
-        format!(
-            "scenario=latency ok={ok} qos={q} size={size} rate={rate} sent={} received={} seconds={:.3} p50_us={:.1} p99_us={:.1} p999_us={:.1} max_us={:.1} cpu_us_per_message={} faults={}",
-            result.sent,
-            result.received,
-            result.elapsed.as_secs_f64(),
-            result.p50_us,
-            result.p99_us,
-            result.p999_us,
-            result.max_us,
-            figure(cpu_us, 2),
-            result.faults.len()
-        )
-    });
-    Ok(ok)
-}
-
-/// Prints a run's faults and, for `--machine`, its `result` line (given whether the run
-/// was clean); true if it was.
-fn report(faults: &[String], machine: bool, result: impl FnOnce(bool) -> String) -> bool {
-    for f in faults {
-        println!("  FAULT: {f}");
-    }
-    let ok = faults.is_empty();
-    if machine {
-        println!("result {}", result(ok));
-    }
-    ok
-}
-
-/// A figure for the `result` line: `-` when it was not measured.
-fn figure(v: Option<f64>, digits: usize) -> String {
-    v.map_or_else(|| "-".to_owned(), |v| format!("{v:.digits$}"))
+    r.count("qos", u64::from(q));
+    r.count("size", size as u64);
+    r.count("rate", u64::from(rate));
+    r.count("sent", result.sent);
+    r.count("received", result.received);
+    r.measure("seconds", result.elapsed.as_secs_f64(), 3);
+    r.measure("p50_us", result.p50_us, 1);
+    r.measure("p99_us", result.p99_us, 1);
+    r.measure("p999_us", result.p999_us, 1);
+    r.measure("max_us", result.max_us, 1);
+    r.measure("cpu_us_per_message", cpu_us, 2);
+    r.word("transport", dialer.transport());
+    Ok(r.print(&result.faults, common.output()))
 }
 
 /// A one-line progress bar on stderr, drawn only on a terminal and at most ten times a

@@ -154,6 +154,16 @@ pub(crate) struct Dialer {
 }
 
 impl Dialer {
+    /// The transport's name: tcp, tls, ws or wss.
+    pub(crate) fn transport(&self) -> &'static str {
+        match self.layers.as_ref().map(TransportLayers::transport) {
+            None | Some(Transport::Tcp) => "tcp",
+            Some(Transport::Tls) => "tls",
+            Some(Transport::Ws) => "ws",
+            Some(Transport::Wss) => "wss",
+        }
+    }
+
     /// Opens a stream to the broker from `source` (if given): TCP with Nagle off, then
     /// TLS and WebSocket when asked for.
     pub(crate) async fn open(&self, source: Option<IpAddr>) -> Result<Stream, WireError> {
