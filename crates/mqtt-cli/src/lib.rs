@@ -50,12 +50,9 @@ pub struct ConnectArgs {
     /// Keep alive in seconds.
     #[arg(short = 'k', long = "keepalive", default_value_t = 60)]
     pub keepalive: u16,
-    /// User name.
-    #[arg(short = 'u', long = "username")]
-    pub username: Option<String>,
-    /// Password.
-    #[arg(short = 'P', long = "pw")]
-    pub password: Option<String>,
+    /// User name and password.
+    #[command(flatten)]
+    pub credentials: CredentialArgs,
     /// Disable clean session / clean start: keep the session on the broker.
     #[arg(short = 'c', long = "disable-clean-session")]
     pub no_clean: bool,
@@ -93,36 +90,9 @@ pub struct ConnectArgs {
     /// Retain the will.
     #[arg(long = "will-retain")]
     pub will_retain: bool,
-    /// CA certificates (PEM file) to trust; turns TLS on.
-    #[arg(long = "cafile")]
-    pub cafile: Option<PathBuf>,
-    /// Directory of CA certificates (PEM) to trust; turns TLS on.
-    #[arg(long = "capath")]
-    pub capath: Option<PathBuf>,
-    /// Client certificate (PEM), with --key.
-    #[arg(long = "cert")]
-    pub cert: Option<PathBuf>,
-    /// Client private key (PEM), with --cert.
-    #[arg(long = "key")]
-    pub key: Option<PathBuf>,
-    /// Do not check that the server certificate names the host.
-    #[arg(long = "insecure")]
-    pub insecure: bool,
-    /// Trust the operating system's CA certificates; turns TLS on.
-    #[arg(long = "tls-use-os-certs")]
-    pub tls_use_os_certs: bool,
-    /// Speak only this TLS version: tlsv1.3 or tlsv1.2 (tlsv1.1 is not supported by
-    /// rustls).
-    #[arg(long = "tls-version", value_parser = parse_tls_version)]
-    pub tls_version: Option<TlsVersion>,
-    /// TLS cipher suites to offer, an OpenSSL-style list separated by ':' (OpenSSL or
-    /// IANA names, e.g. ECDHE-ECDSA-AES128-GCM-SHA256:TLS_AES_256_GCM_SHA384).
-    #[arg(long = "ciphers")]
-    pub ciphers: Option<String>,
-    /// ALPN protocol to offer in the TLS handshake, for brokers serving several
-    /// protocols on one port.
-    #[arg(long = "tls-alpn", value_name = "PROTOCOL")]
-    pub tls_alpn: Option<String>,
+    /// TLS: CA certificates, client certificate, versions, ciphers, ALPN.
+    #[command(flatten)]
+    pub tls: TlsArgs,
     /// OpenSSL engine for the private key (not supported by this build: rustls has no
     /// OpenSSL engines).
     #[arg(long = "tls-engine", value_name = "ENGINE")]
@@ -173,6 +143,148 @@ pub struct ConnectArgs {
     /// Print the version.
     #[arg(long = "version", action = ArgAction::Version)]
     pub print_version: Option<bool>,
+}
+
+/// User name and password (`-u`, `-P`), shared by every tool that connects,
+/// mqtt-bench included.
+#[derive(Args, Debug, Clone, Default)]
+pub struct CredentialArgs {
+    /// User name.
+    #[arg(short = 'u', long = "username")]
+    pub username: Option<String>,
+    /// Password.
+    #[arg(short = 'P', long = "pw")]
+    pub password: Option<String>,
+}
+
+impl CredentialArgs {
+    /// The user name and password for a CONNECT of `version`: an error, before
+    /// connecting, for a password without a user name where the version forbids it.
+    pub fn for_version(
+        &self,
+        version: ProtocolVersion,
+    ) -> Result<(Option<&str>, Option<&[u8]>), Failure> {
+        let password = self.password.as_deref().map(str::as_bytes);
+        if self.username.is_none() && password.is_some() && !version.is_v5() {
+            // Caught here, before connecting: the codec cannot encode this CONNECT.
+            let kind = mqtt_client::codec::ErrorKind::PasswordWithoutUsername;
+            let rule = kind.rule(version).unwrap_or("MQTT-3.1.2-22");
+            return Err(Failure::new(format!(
+                "{kind} is not allowed in MQTT {} [{rule}]: give a user name (-u) too, or use -V 5",
+                version_name(version)
+            )));
+        }
+        Ok((self.username.as_deref(), password))
+    }
+}
+
+/// TLS flags (mosquitto's names), shared by every tool that connects, mqtt-bench
+/// included.
+#[derive(Args, Debug, Clone, Default)]
+pub struct TlsArgs {
+    /// CA certificates (PEM file) to trust; turns TLS on.
+    #[arg(long = "cafile")]
+    pub cafile: Option<PathBuf>,
+    /// Directory of CA certificates (PEM) to trust; turns TLS on.
+    #[arg(long = "capath")]
+    pub capath: Option<PathBuf>,
+    /// Client certificate (PEM), with --key.
+    #[arg(long = "cert")]
+    pub cert: Option<PathBuf>,
+    /// Client private key (PEM), with --cert.
+    #[arg(long = "key")]
+    pub key: Option<PathBuf>,
+    /// Do not check that the server certificate names the host.
+    #[arg(long = "insecure")]
+    pub insecure: bool,
+    /// Trust the operating system's CA certificates; turns TLS on.
+    #[arg(long = "tls-use-os-certs")]
+    pub tls_use_os_certs: bool,
+    /// Speak only this TLS version: tlsv1.3 or tlsv1.2 (tlsv1.1 is not supported by
+    /// rustls).
+    #[arg(long = "tls-version", value_parser = parse_tls_version)]
+    pub tls_version: Option<TlsVersion>,
+    /// TLS cipher suites to offer, an OpenSSL-style list separated by ':' (OpenSSL or
+    /// IANA names, e.g. ECDHE-ECDSA-AES128-GCM-SHA256:TLS_AES_256_GCM_SHA384).
+    #[arg(long = "ciphers")]
+    pub ciphers: Option<String>,
+    /// ALPN protocol to offer in the TLS handshake, for brokers serving several
+    /// protocols on one port.
+    #[arg(long = "tls-alpn", value_name = "PROTOCOL")]
+    pub tls_alpn: Option<String>,
+}
+
+impl TlsArgs {
+    /// Whether these flags turn TLS on (a CA file, a CA directory or the system's
+    /// CA certificates).
+    pub fn enabled(&self) -> bool {
+        self.cafile.is_some() || self.capath.is_some() || self.tls_use_os_certs
+    }
+
+    /// The TLS settings these flags describe.
+    pub fn options(&self) -> Result<TlsOptions, Failure> {
+        Ok(TlsOptions {
+            ca_file: self.cafile.clone(),
+            ca_path: self.capath.clone(),
+            client_cert: match (&self.cert, &self.key) {
+                (Some(c), Some(k)) => Some((c.clone(), k.clone())),
+                (None, None) => None,
+                _ => return Err(Failure::new("--cert and --key must be given together")),
+            },
+            insecure_skip_hostname: self.insecure,
+            version: self.tls_version,
+            ciphers: self.ciphers.clone(),
+            alpn_protocols: self
+                .tls_alpn
+                .iter()
+                .map(|p| p.as_bytes().to_vec())
+                .collect(),
+            ..TlsOptions::default()
+        })
+    }
+
+    /// The flags again, as command-line arguments (for a tool that starts helper
+    /// processes of itself).
+    pub fn to_args(&self) -> Vec<std::ffi::OsString> {
+        let mut a: Vec<std::ffi::OsString> = Vec::new();
+        let paths = [
+            ("--cafile", &self.cafile),
+            ("--capath", &self.capath),
+            ("--cert", &self.cert),
+            ("--key", &self.key),
+        ];
+        for (flag, path) in paths {
+            if let Some(p) = path {
+                a.push(flag.into());
+                a.push(p.clone().into_os_string());
+            }
+        }
+        if self.insecure {
+            a.push("--insecure".into());
+        }
+        if self.tls_use_os_certs {
+            a.push("--tls-use-os-certs".into());
+        }
+        if let Some(v) = self.tls_version {
+            a.push("--tls-version".into());
+            a.push(
+                match v {
+                    TlsVersion::Tls13 => "tlsv1.3",
+                    TlsVersion::Tls12 => "tlsv1.2",
+                }
+                .into(),
+            );
+        }
+        if let Some(c) = &self.ciphers {
+            a.push("--ciphers".into());
+            a.push(c.into());
+        }
+        if let Some(p) = &self.tls_alpn {
+            a.push("--tls-alpn".into());
+            a.push(p.into());
+        }
+        a
+    }
 }
 
 /// Parses the command line of a tool whose arguments flatten [`ConnectArgs`] as
@@ -629,8 +741,7 @@ impl ConnectArgs {
             }
             None => ConnectOptions::new(self.host.clone(), 1883),
         };
-        let tls = self.cafile.is_some() || self.capath.is_some() || self.tls_use_os_certs;
-        if tls && o.transport_kind() == Transport::Tcp {
+        if self.tls.enabled() && o.transport_kind() == Transport::Tcp {
             o = o.transport(Transport::Tls);
             if self.url.is_none() {
                 o = o.set_port(8883);
@@ -639,24 +750,7 @@ impl ConnectArgs {
         if let Some(port) = self.port {
             o = o.set_port(port);
         }
-        o = o.tls(TlsOptions {
-            ca_file: self.cafile.clone(),
-            ca_path: self.capath.clone(),
-            client_cert: match (&self.cert, &self.key) {
-                (Some(c), Some(k)) => Some((c.clone(), k.clone())),
-                (None, None) => None,
-                _ => return Err(Failure::new("--cert and --key must be given together")),
-            },
-            insecure_skip_hostname: self.insecure,
-            version: self.tls_version,
-            ciphers: self.ciphers.clone(),
-            alpn_protocols: self
-                .tls_alpn
-                .iter()
-                .map(|p| p.as_bytes().to_vec())
-                .collect(),
-            ..TlsOptions::default()
-        });
+        o = o.tls(self.tls.options()?);
         if let Some(local) = &self.bind_address {
             o = o.bind_address(local.clone());
         }
@@ -719,19 +813,10 @@ impl ConnectArgs {
         if let Some(x) = expiry {
             o = o.session_expiry(x);
         }
-        if let Some(user) = &self.username {
-            o = o.credentials(user, self.password.as_deref().map(str::as_bytes))?;
-        } else if let Some(pw) = &self.password {
-            if !self.version.is_v5() {
-                // Caught here, before connecting: the codec cannot encode this CONNECT.
-                let kind = mqtt_client::codec::ErrorKind::PasswordWithoutUsername;
-                let rule = kind.rule(self.version).unwrap_or("MQTT-3.1.2-22");
-                return Err(Failure::new(format!(
-                    "{kind} is not allowed in MQTT {} [{rule}]: give a user name (-u) too, or use -V 5",
-                    version_name(self.version)
-                )));
-            }
-            o = o.password(pw.as_bytes());
+        match self.credentials.for_version(self.version)? {
+            (Some(user), password) => o = o.credentials(user, password)?,
+            (None, Some(password)) => o = o.password(password),
+            (None, None) => {}
         }
         if let Some(topic) = &self.will_topic {
             o = o.will(Will {

@@ -2024,8 +2024,9 @@ fn debug_trace_like_mosquitto() {
     }
 }
 
-// mqtt-bench: -h is the host, as in every other tool; --help is help. The flags
-// `cargo xtask bench` passes (-p, --broker-pid, --machine, --quiet) still work.
+// mqtt-bench: -h is the host, as in every other tool; --help is help (and -P the
+// password: publishers are --publishers). The flags `cargo xtask bench` passes (-p,
+// --broker-pid, --machine, --quiet) still work.
 #[test]
 fn bench_host_flag_like_the_other_tools() {
     const BENCH: &str = env!("CARGO_BIN_EXE_mqtt-bench");
@@ -2035,7 +2036,7 @@ fn bench_host_flag_like_the_other_tools() {
         BENCH,
         &[
             "fan-in",
-            "-P",
+            "--publishers",
             "2",
             "-n",
             "2000",

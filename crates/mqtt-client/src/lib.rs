@@ -6,7 +6,8 @@
 //! task, reconnects with backoff, and hands the application a [`Client`] handle for
 //! requests and a [`Connection`] stream of [`Event`]s. The protocol itself (QoS flows,
 //! resends, keep-alive, session resumption) lives in `mqtt-session`; this crate never
-//! decides anything the protocol decides.
+//! decides anything the protocol decides. A program that speaks MQTT itself on its
+//! own sockets can still borrow the TLS and WebSocket layers: [`TransportLayers`].
 //!
 //! ```no_run
 //! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
@@ -91,6 +92,7 @@ pub use crate::{
         ConnectOptions, PacketDirection, ReconnectOptions, TlsOptions, TlsVersion, Transport,
     },
     socks5::Socks5Proxy,
+    transport::{BoxIo, Io, TransportLayers},
 };
 pub use mqtt_codec::{
     self as codec, ByteStr, ConnAck, ConnectProperties, Disconnect, PropertyBox, ProtocolVersion,

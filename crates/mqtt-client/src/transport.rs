@@ -34,11 +34,59 @@ use crate::{
     options::{ConnectOptions, TlsOptions, TlsVersion, Transport},
 };
 
-/// A connected byte stream.
-pub(crate) trait Io: AsyncRead + AsyncWrite + Send + Unpin {}
+/// A connected byte stream: what every transport is once opened.
+pub trait Io: AsyncRead + AsyncWrite + Send + Unpin {}
 impl<T: AsyncRead + AsyncWrite + Send + Unpin> Io for T {}
 
-pub(crate) type BoxIo = Box<dyn Io>;
+/// A boxed [`Io`]: one allocation per connection, whatever the transport.
+pub type BoxIo = Box<dyn Io>;
+
+/// The TLS and WebSocket layers of a transport, prepared once, to put over byte
+/// streams the caller opens itself.
+///
+/// [`connect`](crate::connect) opens the socket and these layers in one go. A program
+/// that speaks MQTT itself on many connections (a load generator, which binds each
+/// socket to its own source address) opens the sockets and calls [`wrap`](Self::wrap)
+/// on each: the TLS configuration (CA files, client certificate, cipher suites) is
+/// read and built once, in [`new`](Self::new).
+#[derive(Clone, Debug)]
+pub struct TransportLayers {
+    options: ConnectOptions,
+    tls: Option<Arc<ClientConfig>>,
+}
+
+impl TransportLayers {
+    /// Prepares the layers `options` describe: its transport, host (the TLS server
+    /// name and the WebSocket `Host`), port, WebSocket path and TLS settings. Every
+    /// other option is ignored.
+    pub fn new(options: &ConnectOptions) -> Result<Self, ConnectError> {
+        let tls = if options.transport.uses_tls() {
+            Some(tls_config(&options.tls)?)
+        } else {
+            None
+        };
+        Ok(Self {
+            options: options.clone(),
+            tls,
+        })
+    }
+
+    /// The transport these layers make.
+    pub fn transport(&self) -> Transport {
+        self.options.transport
+    }
+
+    /// Puts the layers over `stream`, a byte stream already connected to the broker:
+    /// the TLS handshake (TLS, secure WebSocket), then the WebSocket handshake
+    /// (WebSocket, secure WebSocket). For plain TCP it returns the stream boxed.
+    ///
+    /// # Cancel safety
+    /// Not resumable: dropping the future drops the stream, half-way through a
+    /// handshake.
+    pub async fn wrap(&self, stream: BoxIo) -> Result<BoxIo, ConnectError> {
+        layer(&self.options, self.tls.as_ref(), stream).await
+    }
+}
 
 /// Builds the rustls configuration for `tls`.
 pub(crate) fn tls_config(tls: &TlsOptions) -> Result<Arc<ClientConfig>, ConnectError> {
@@ -355,6 +403,20 @@ pub(crate) async fn open(
         source,
     };
     let tcp = connect_stream(options).await.map_err(io_err)?;
+    layer(options, tls, tcp).await
+}
+
+/// Puts TLS and WebSocket over `tcp`, as `options` say.
+async fn layer(
+    options: &ConnectOptions,
+    tls: Option<&Arc<ClientConfig>>,
+    tcp: BoxIo,
+) -> Result<BoxIo, ConnectError> {
+    let addr = describe(options);
+    let io_err = |source: io::Error| ConnectError::Io {
+        addr: addr.clone(),
+        source,
+    };
     let stream: BoxIo = match (options.transport.uses_tls(), tls) {
         (true, Some(config)) => {
             let name = options.tls.server_name.as_deref().unwrap_or(&options.host);

@@ -4,7 +4,7 @@
 
 use std::{
     io::{BufRead, BufReader, Write},
-    net::{IpAddr, SocketAddr},
+    net::IpAddr,
     process::{Child, Command, Stdio},
     sync::Arc,
     time::{Duration, Instant},
@@ -12,7 +12,10 @@ use std::{
 
 use tokio::{io::AsyncReadExt, sync::Semaphore, task::JoinSet};
 
-use crate::wire::Conn;
+use crate::{
+    target::{Dialer, Target},
+    wire::Conn,
+};
 
 /// Connections opened at once while ramping up.
 const CONNECT_CONCURRENCY: usize = 256;
@@ -20,20 +23,22 @@ const CONNECT_CONCURRENCY: usize = 256;
 /// Holds `count` idle connections from `source` until stdin closes; prints
 /// `ready N` once they are all up (N connected), or `failed: why`.
 pub(crate) async fn hold(
-    broker: SocketAddr,
+    dialer: Dialer,
     source: Option<IpAddr>,
     count: u32,
     keep_alive: u16,
     tag: &str,
 ) -> Result<(), String> {
     let gate = Arc::new(Semaphore::new(CONNECT_CONCURRENCY));
+    let dialer = Arc::new(dialer);
     let mut connecting = JoinSet::new();
     for i in 0..count {
         let gate = gate.clone();
+        let dialer = dialer.clone();
         let id = format!("idle-{tag}-{i}");
         connecting.spawn(async move {
             let _permit = gate.acquire_owned().await;
-            Conn::connect(broker, source, &id, keep_alive, 64, crate::wire::VERSION).await
+            Conn::connect(&dialer, source, &id, keep_alive, 64, crate::wire::VERSION).await
         });
     }
     let mut conns = Vec::with_capacity(count as usize);
@@ -95,11 +100,11 @@ pub(crate) struct Held {
     pub(crate) faults: Vec<String>,
 }
 
-/// Starts helper processes holding `count` connections in all, at most `per_process`
-/// each, source addresses taken in turn; waits until all report. The processes live
-/// until the returned guard is dropped.
+/// Starts helper processes holding `count` connections in all to `target`, at most
+/// `per_process` each, source addresses taken in turn; waits until all report. The
+/// processes live until the returned guard is dropped.
 pub(crate) fn spread(
-    broker: SocketAddr,
+    target: &Target,
     count: u32,
     per_process: u32,
     sources: &[IpAddr],
@@ -115,8 +120,7 @@ pub(crate) fn spread(
         left -= take;
         let mut cmd = Command::new(&exe);
         cmd.arg("hold")
-            .arg("--broker")
-            .arg(broker.to_string())
+            .args(target.to_args())
             .arg("--count")
             .arg(take.to_string())
             .arg("--keepalive")

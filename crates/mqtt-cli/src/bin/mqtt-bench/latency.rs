@@ -1,10 +1,13 @@
 //! The latency scenario: one publisher at a fixed rate, one subscriber, the send time in
 //! every payload. Plain threads and blocking sockets: an async runtime's timer (1 ms
 //! granularity) would send in bursts and its scheduling would add to what is measured.
+//!
+//! The connections are opened and set up (CONNECT, SUBSCRIBE) like every other, by
+//! [`Conn::connect`]; then plain TCP becomes a blocking `std` socket again. TLS and
+//! WebSocket streams stay async, driven from the threads through a small runtime.
 
 use std::{
-    io::{Read, Write},
-    net::{SocketAddr, TcpStream},
+    io::{self, Read, Write},
     sync::{
         Arc,
         atomic::{AtomicBool, Ordering},
@@ -14,9 +17,20 @@ use std::{
 };
 
 use bytes::BytesMut;
-use mqtt_codec::{ByteStr, Connect, Decoder, Packet, PacketId, PubAck, QoS, ReasonCode, Subscribe};
+use mqtt_client::BoxIo;
+use mqtt_codec::{ByteStr, Decoder, Packet, PacketId, PubAck, QoS};
+use tokio::{
+    io::{AsyncReadExt, AsyncWriteExt, ReadHalf, WriteHalf},
+    runtime::Handle,
+};
 
-use crate::wire::{self, Stamp};
+use crate::{
+    target::Dialer,
+    wire::{self, Conn, Stamp, Stream},
+};
+
+/// How long a read may wait before the run is deemed stuck.
+const READ_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Latency figures of one run.
 #[derive(Debug, Default)]
@@ -31,43 +45,84 @@ pub(crate) struct Latencies {
     pub(crate) faults: Vec<String>,
 }
 
-/// A blocking MQTT connection.
-struct Blocking {
-    stream: TcpStream,
-    rbuf: BytesMut,
-    decoder: Decoder,
+/// The reading side of a connection, used from a plain thread.
+enum Reader {
+    Std(std::net::TcpStream),
+    Async(Handle, ReadHalf<BoxIo>),
 }
 
-impl Blocking {
-    fn connect(broker: SocketAddr, id: &str) -> Result<Self, String> {
-        let stream = TcpStream::connect(broker).map_err(|e| format!("connect {broker}: {e}"))?;
-        stream.set_nodelay(true).map_err(|e| e.to_string())?;
-        stream
-            .set_read_timeout(Some(Duration::from_secs(10)))
-            .map_err(|e| e.to_string())?;
-        let mut decoder = Decoder::new();
-        decoder.set_version(wire::VERSION);
-        let mut conn = Self {
-            stream,
-            rbuf: BytesMut::with_capacity(wire::READ_BUFFER),
-            decoder,
-        };
-        let id = ByteStr::try_from(id).map_err(|e| e.to_string())?;
-        conn.send(&Packet::from(Connect::new(wire::VERSION, id)))?;
-        match conn.next()? {
-            Packet::ConnAck(a) if a.reason_code == ReasonCode::SUCCESS => Ok(conn),
-            other => Err(format!("connection refused: {other:?}")),
+/// The writing side of a connection, used from a plain thread.
+enum Writer {
+    Std(std::net::TcpStream),
+    Async(Handle, WriteHalf<BoxIo>),
+}
+
+/// Splits a connected stream into sides for blocking use: a plain TCP socket becomes
+/// blocking again (two handles on one socket); a layered stream is split and driven
+/// on `handle`'s runtime.
+fn split(stream: Stream, handle: &Handle) -> Result<(Reader, Writer), String> {
+    match stream {
+        Stream::Tcp(tcp) => {
+            let err = |e: io::Error| format!("cannot make the socket blocking: {e}");
+            let std = {
+                let _entered = handle.enter();
+                tcp.into_std().map_err(err)?
+            };
+            std.set_nonblocking(false).map_err(err)?;
+            std.set_read_timeout(Some(READ_TIMEOUT)).map_err(err)?;
+            let reader = std.try_clone().map_err(err)?;
+            Ok((Reader::Std(reader), Writer::Std(std)))
         }
+        Stream::Layered(io) => {
+            let (r, w) = tokio::io::split(io);
+            Ok((
+                Reader::Async(handle.clone(), r),
+                Writer::Async(handle.clone(), w),
+            ))
+        }
+    }
+}
+
+impl Reader {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        match self {
+            Self::Std(s) => s.read(buf),
+            Self::Async(handle, r) => handle.block_on(async {
+                tokio::time::timeout(READ_TIMEOUT, r.read(buf))
+                    .await
+                    .map_err(|_| io::Error::from(io::ErrorKind::TimedOut))?
+            }),
+        }
+    }
+}
+
+impl Writer {
+    fn write_all(&mut self, data: &[u8]) -> Result<(), String> {
+        match self {
+            Self::Std(s) => s.write_all(data),
+            Self::Async(handle, w) => handle.block_on(async {
+                w.write_all(data).await?;
+                w.flush().await
+            }),
+        }
+        .map_err(|e| format!("write: {e}"))
     }
 
     fn send(&mut self, packet: &Packet) -> Result<(), String> {
         let mut out = BytesMut::new();
         wire::encode(packet, wire::VERSION, &mut out);
-        self.stream
-            .write_all(&out)
-            .map_err(|e| format!("write: {e}"))
+        self.write_all(&out)
     }
+}
 
+/// Packets in from a blocking reader.
+struct Incoming {
+    reader: Reader,
+    rbuf: BytesMut,
+    decoder: Decoder,
+}
+
+impl Incoming {
     fn next(&mut self) -> Result<Packet, String> {
         loop {
             if let Some(p) = self
@@ -78,7 +133,7 @@ impl Blocking {
                 return Ok(p);
             }
             let mut chunk = [0u8; 16 * 1024];
-            match self.stream.read(&mut chunk) {
+            match self.reader.read(&mut chunk) {
                 Ok(0) => return Err("the broker closed the connection".to_owned()),
                 Ok(n) => self
                     .rbuf
@@ -89,9 +144,39 @@ impl Blocking {
     }
 }
 
+/// Connects (and subscribes to `filter`, if given) on `rt`, then hands the connection
+/// over for blocking use.
+fn connect(
+    rt: &tokio::runtime::Runtime,
+    dialer: &Dialer,
+    id: &str,
+    filter: Option<(&str, QoS)>,
+) -> Result<(Incoming, Writer), String> {
+    let conn = rt
+        .block_on(async {
+            let mut conn =
+                Conn::connect(dialer, None, id, 60, wire::READ_BUFFER, wire::VERSION).await?;
+            if let Some((filter, qos)) = filter {
+                conn.subscribe(filter, qos).await?;
+            }
+            Ok::<_, wire::WireError>(conn)
+        })
+        .map_err(|e| format!("{id}: {e}"))?;
+    let (stream, rbuf, decoder) = conn.into_parts();
+    let (reader, writer) = split(stream, rt.handle())?;
+    Ok((
+        Incoming {
+            reader,
+            rbuf,
+            decoder,
+        },
+        writer,
+    ))
+}
+
 /// Publishes `count` messages at `rate` per second and measures each one's delay.
 pub(crate) fn run(
-    broker: SocketAddr,
+    dialer: &Dialer,
     qos: QoS,
     size: usize,
     rate: u32,
@@ -99,16 +184,21 @@ pub(crate) fn run(
     measure_start: impl FnOnce(),
     measure_end: impl FnOnce(),
 ) -> Result<Latencies, String> {
+    // Drives the TLS and WebSocket streams; idle for plain TCP.
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .map_err(|e| format!("cannot start the runtime: {e}"))?;
     let pid = std::process::id();
     let topic = format!("bench/latency/{pid}");
-    let mut sub = Blocking::connect(broker, &format!("bench-lat-sub-{pid}"))?;
-    let filter = ByteStr::try_from(topic.as_str()).map_err(|e| e.to_string())?;
-    sub.send(&Packet::from(Subscribe::new(PacketId::MIN, filter, qos)))?;
-    match sub.next()? {
-        Packet::SubAck(_) => {}
-        other => return Err(format!("unexpected {other:?} before SUBACK")),
-    }
-    let mut publ = Blocking::connect(broker, &format!("bench-lat-pub-{pid}"))?;
+    let (mut sub, mut sub_out) = connect(
+        &rt,
+        dialer,
+        &format!("bench-lat-sub-{pid}"),
+        Some((&topic, qos)),
+    )?;
+    let (mut acks, mut publ) = connect(&rt, dialer, &format!("bench-lat-pub-{pid}"), None)?;
     let epoch = Instant::now();
     let done = Arc::new(AtomicBool::new(false));
 
@@ -135,7 +225,7 @@ pub(crate) fn run(
                 next_seq += 1;
                 delays.push(now.saturating_sub(stamp.sent_ns));
                 if let Some(pid) = p.packet_id() {
-                    sub.send(&Packet::PubAck(PubAck::new(pid)))?;
+                    sub_out.send(&Packet::PubAck(PubAck::new(pid)))?;
                 }
             }
         }
@@ -143,15 +233,6 @@ pub(crate) fn run(
     });
 
     // The publisher's acknowledgements, read on their own thread.
-    let mut acks = Blocking {
-        stream: publ.stream.try_clone().map_err(|e| e.to_string())?,
-        rbuf: BytesMut::new(),
-        decoder: {
-            let mut d = Decoder::new();
-            d.set_version(wire::VERSION);
-            d
-        },
-    };
     let ack_done = done.clone();
     let ack_reader = thread::spawn(move || {
         let mut acked = 0u32;
@@ -194,9 +275,7 @@ pub(crate) fn run(
         );
         publish.qos_pid = mqtt_codec::QosPid::new(qos, p);
         wire::encode(&Packet::Publish(publish), wire::VERSION, &mut out);
-        publ.stream
-            .write_all(&out)
-            .map_err(|e| format!("write: {e}"))?;
+        publ.write_all(&out)?;
         pid = pid.checked_add(1).unwrap_or(1);
     }
     let delays = subscriber

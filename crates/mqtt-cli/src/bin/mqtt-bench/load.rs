@@ -6,12 +6,17 @@
 //! as fast as TCP takes them. An optional end-to-end window (`--window`) also limits how
 //! far a publisher may run ahead of its subscribers; without it, a broker that cannot
 //! keep up must push back or drop, and a drop fails the run.
+//!
+//! Two limits bound a run further: `--rate` paces the publishers (the total rate split
+//! evenly between them, each one's messages spread evenly over time, the publishers
+//! offset from one another), and `--duration` stops them after that long; the run then
+//! checks and reports what was sent.
 
 use std::{
-    net::{IpAddr, SocketAddr},
+    net::IpAddr,
     sync::{
         Arc,
-        atomic::{AtomicBool, AtomicU64, Ordering},
+        atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering},
     },
     time::{Duration, Instant},
 };
@@ -20,7 +25,10 @@ use bytes::{BufMut, BytesMut};
 use mqtt_codec::{Packet, PacketId, ProtocolVersion, PubComp, PubRel, QoS};
 use tokio::{sync::Notify, task::JoinSet};
 
-use crate::wire::{self, Conn, Stamp, WireError};
+use crate::{
+    target::Dialer,
+    wire::{self, Conn, Stamp, WireError},
+};
 
 /// Who publishes what and who listens.
 #[derive(Clone, Debug)]
@@ -58,7 +66,7 @@ impl Plan {
 /// How the load is applied.
 #[derive(Clone, Debug)]
 pub(crate) struct Load {
-    pub(crate) broker: SocketAddr,
+    pub(crate) dialer: Arc<Dialer>,
     pub(crate) sources: Vec<IpAddr>,
     pub(crate) qos: QoS,
     pub(crate) version: ProtocolVersion,
@@ -71,6 +79,10 @@ pub(crate) struct Load {
     /// Fail when no delivery happened for this long.
     pub(crate) stall: Duration,
     pub(crate) name: String,
+    /// Publishers stop after this long (the plan's count, if reached first, too).
+    pub(crate) duration: Option<Duration>,
+    /// Messages per second, all publishers together.
+    pub(crate) rate: Option<u32>,
 }
 
 /// What a run measured and found.
@@ -88,6 +100,8 @@ pub(crate) struct Outcome {
 struct Progress {
     /// Deliveries of this publisher's messages so far (all subscribers).
     delivered: AtomicU64,
+    /// Messages this publisher has sent so far.
+    sent: AtomicU64,
     /// Woken when deliveries move on, for a publisher waiting on its window.
     moved: Notify,
 }
@@ -98,6 +112,10 @@ struct Shared {
     plan: Plan,
     load: Load,
     progress: Vec<Progress>,
+    /// Deliveries each message of each publisher makes.
+    fans: Vec<u64>,
+    /// Publishers that have sent all they will send, every message acknowledged.
+    finished: AtomicUsize,
     delivered: AtomicU64,
     /// For a shared group: which messages of each publisher arrived anywhere.
     seen: Vec<Vec<AtomicU64>>,
@@ -115,7 +133,9 @@ struct SubReport {
 }
 
 /// Connects everyone, calls `measure_start` once all are ready, runs the load until every
-/// delivery is in (or the run fails), calls `measure_end`, and reports.
+/// delivery is in (or the run fails), calls `measure_end`, and reports. `progress` is
+/// called with deliveries so far and expected, or in a run with a duration, with
+/// milliseconds so far and the duration's.
 pub(crate) async fn run(
     plan: Plan,
     load: Load,
@@ -139,6 +159,8 @@ pub(crate) async fn run(
         progress: (0..plan.publishers.len())
             .map(|_| Progress::default())
             .collect(),
+        fans: (0..plan.publishers.len()).map(|p| plan.fan(p)).collect(),
+        finished: AtomicUsize::new(0),
         plan,
         load,
         delivered: AtomicU64::new(0),
@@ -187,13 +209,32 @@ pub(crate) async fn run(
     let mut faults = Vec::new();
     let mut last = 0;
     let mut last_move = Instant::now();
+    let timed = shared.load.duration;
+    let timeout = shared.load.timeout + timed.unwrap_or_default();
     loop {
         tokio::time::sleep(Duration::from_millis(10)).await;
         let delivered = shared.delivered.load(Ordering::Acquire);
-        progress(delivered, expected);
-        if delivered >= expected {
-            break;
+        // With a duration, what is expected is known once every publisher is done.
+        let expected = match timed {
+            None => Some(expected),
+            Some(d) => {
+                progress(
+                    began.elapsed().min(d).as_millis() as u64,
+                    d.as_millis() as u64,
+                );
+                let done = shared.finished.load(Ordering::Acquire) == shared.progress.len();
+                done.then(|| sent_deliveries(&shared))
+            }
+        };
+        if let Some(expected) = expected {
+            if timed.is_none() {
+                progress(delivered, expected);
+            }
+            if delivered >= expected {
+                break;
+            }
         }
+        let expected = expected.map_or_else(|| "?".to_owned(), |e| e.to_string());
         if delivered != last {
             last = delivered;
             last_move = Instant::now();
@@ -205,10 +246,9 @@ pub(crate) async fn run(
             ));
             break;
         }
-        if began.elapsed() >= shared.load.timeout {
+        if began.elapsed() >= timeout {
             faults.push(format!(
-                "timed out after {:?} at {delivered} of {expected}",
-                shared.load.timeout
+                "timed out after {timeout:?} at {delivered} of {expected}"
             ));
             break;
         }
@@ -244,6 +284,11 @@ pub(crate) async fn run(
         }
     }
     let delivered = shared.delivered.load(Ordering::Acquire);
+    let expected = if timed.is_some() {
+        sent_deliveries(&shared)
+    } else {
+        expected
+    };
     if delivered < expected && faults.is_empty() {
         faults.push(format!(
             "{} of {expected} deliveries missing",
@@ -257,12 +302,13 @@ pub(crate) async fn run(
         let missing: u64 = shared
             .seen
             .iter()
-            .map(|bits| {
+            .zip(&shared.progress)
+            .map(|(bits, progress)| {
                 let got: u64 = bits
                     .iter()
                     .map(|b| u64::from(b.load(Ordering::Relaxed).count_ones()))
                     .sum();
-                u64::from(shared.plan.per_publisher) - got
+                progress.sent.load(Ordering::Acquire).saturating_sub(got)
             })
             .sum();
         if missing > 0 {
@@ -275,6 +321,44 @@ pub(crate) async fn run(
         elapsed,
         faults,
     })
+}
+
+/// Deliveries the messages sent so far make.
+fn sent_deliveries(shared: &Shared) -> u64 {
+    shared
+        .progress
+        .iter()
+        .zip(&shared.fans)
+        .map(|(p, fan)| p.sent.load(Ordering::Acquire) * fan)
+        .sum()
+}
+
+/// When each message of one publisher is due, under `--rate`.
+#[derive(Debug)]
+struct Pace {
+    start: Instant,
+    /// Seconds between two messages of this publisher.
+    period: f64,
+    /// Where this publisher's first message falls within the first period, so the
+    /// publishers take turns.
+    offset: f64,
+}
+
+impl Pace {
+    fn new(start: Instant, rate: u32, publishers: usize, index: usize) -> Self {
+        let n = publishers.max(1) as f64;
+        let period = n / f64::from(rate.max(1));
+        Self {
+            start,
+            period,
+            offset: period * index as f64 / n,
+        }
+    }
+
+    /// When message `seq` is due.
+    fn due(&self, seq: u32) -> Instant {
+        self.start + Duration::from_secs_f64(self.offset + self.period * f64::from(seq))
+    }
 }
 
 /// A publisher task that ended with an error, if one did.
@@ -292,9 +376,16 @@ async fn connect_spread(load: &Load, n: usize, id: &str) -> Result<Conn, String>
         0 => None,
         len => load.sources.get(n % len).copied(),
     };
-    Conn::connect(load.broker, source, id, 60, wire::READ_BUFFER, load.version)
-        .await
-        .map_err(|e| format!("{id}: {e}"))
+    Conn::connect(
+        &load.dialer,
+        source,
+        id,
+        60,
+        wire::READ_BUFFER,
+        load.version,
+    )
+    .await
+    .map_err(|e| format!("{id}: {e}"))
 }
 
 /// Appends one PUBLISH carrying `stamp`, encoded by hand: the hot path of the generator.
@@ -388,21 +479,41 @@ async fn publisher(shared: Arc<Shared>, index: usize, mut conn: Conn) -> Result<
     let qos = shared.load.qos;
     let fan = shared.plan.fan(index);
     let window = u64::from(shared.load.window) * fan;
-    let count = shared.plan.per_publisher;
+    let mut count = shared.plan.per_publisher;
+    let start = Instant::now();
+    let deadline = shared.load.duration.map(|d| start + d);
+    let pace = shared
+        .load
+        .rate
+        .map(|r| Pace::new(start, r, shared.plan.publishers.len(), index));
     let mut slots = Slots::new(shared.load.inflight.max(1));
     let mut sent = 0u32;
     loop {
         if shared.stop.load(Ordering::Acquire) {
             break;
         }
-        // Send what the window and the slots allow, in one write.
+        // Send what the window, the slots and the pace allow, in one write.
         let mut blocked_on_window = false;
+        let mut next_due = None;
         while sent < count && conn.out.len() < 32 * 1024 {
+            let now = Instant::now();
+            if deadline.is_some_and(|d| now >= d) {
+                // Time is up: what was sent is all there is.
+                count = sent;
+                break;
+            }
             if window > 0 {
                 let out = (u64::from(sent) * fan)
                     .saturating_sub(progress.delivered.load(Ordering::Acquire));
                 if out >= window {
                     blocked_on_window = true;
+                    break;
+                }
+            }
+            if let Some(pace) = &pace {
+                let due = pace.due(sent);
+                if due > now {
+                    next_due = Some(due);
                     break;
                 }
             }
@@ -422,7 +533,7 @@ async fn publisher(shared: Arc<Shared>, index: usize, mut conn: Conn) -> Result<
             let stamp = Stamp {
                 publisher: index as u32,
                 seq: sent,
-                sent_ns: shared.epoch.elapsed().as_nanos() as u64,
+                sent_ns: now.saturating_duration_since(shared.epoch).as_nanos() as u64,
             };
             put_publish(
                 &mut conn.out,
@@ -437,6 +548,7 @@ async fn publisher(shared: Arc<Shared>, index: usize, mut conn: Conn) -> Result<
         }
         let wrote = !conn.out.is_empty();
         conn.flush().await.map_err(fail)?;
+        progress.sent.store(u64::from(sent), Ordering::Release);
         if sent == count && slots.in_use() == 0 {
             break;
         }
@@ -448,10 +560,17 @@ async fn publisher(shared: Arc<Shared>, index: usize, mut conn: Conn) -> Result<
         if wrote || read {
             continue;
         }
-        // Nothing moved: wait for acknowledgements or for the window to open.
+        // Nothing moved: wait for acknowledgements, the window, the next message's
+        // turn or the end of the run's time.
+        let wake = match (next_due, deadline.filter(|_| sent < count)) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        let wake_at = tokio::time::Instant::from_std(wake.unwrap_or(start));
         tokio::select! {
             r = conn.read() => { r.map_err(fail)?; read = true; }
             () = progress.moved.notified(), if blocked_on_window => {}
+            () = tokio::time::sleep_until(wake_at), if wake.is_some() => {}
             () = shared.stopped.notified() => {}
         }
         if read {
@@ -459,6 +578,9 @@ async fn publisher(shared: Arc<Shared>, index: usize, mut conn: Conn) -> Result<
                 acknowledge(&mut slots, &mut conn, packet).map_err(fail)?;
             }
         }
+    }
+    if sent == count && slots.in_use() == 0 {
+        shared.finished.fetch_add(1, Ordering::AcqRel);
     }
     // Wait for the stop signal so the subscribers' duplicate check still has a sender.
     while !shared.stop.load(Ordering::Acquire) {

@@ -10,11 +10,13 @@ mod idle;
 mod latency;
 mod load;
 mod probe;
+mod report;
+mod target;
 mod wire;
 
 use std::{
     io::{IsTerminal, Write},
-    net::{IpAddr, SocketAddr, ToSocketAddrs},
+    net::IpAddr,
     process::ExitCode,
     time::{Duration, Instant},
 };
@@ -25,15 +27,20 @@ use mqtt_codec::{ProtocolVersion, QoS};
 use crate::{
     load::{Load, Plan},
     probe::{Broker, Reading},
+    report::{Output, Report},
+    target::Target,
 };
 
 /// Load generator for MQTT brokers: throughput, connections and latency, with every
 /// delivery checked.
 #[derive(Debug, Parser)]
+// `about` is given, not taken from Cargo.toml: the package's description is that of
+// the whole crate ("mqtt-pub, mqtt-sub and friends").
 #[command(
     name = "mqtt-bench",
     version,
-    about,
+    about = "Load generator for MQTT brokers: throughput, connections and latency, with \
+             every delivery checked.",
     long_about = None,
     disable_help_flag = true
 )]
@@ -45,18 +52,14 @@ struct Cli {
     help: Option<bool>,
 }
 
-/// Where the broker is and what to report.
+/// Where the broker is, how to reach it, and what to report.
 #[derive(Debug, Args, Clone)]
 struct Common {
-    /// Broker host.
-    #[arg(short = 'h', long = "host", default_value = "127.0.0.1", global = true)]
-    host: String,
+    #[command(flatten)]
+    target: Target,
     /// Print help (-h is the host, as in every other tool).
     #[arg(long = "help", action = clap::ArgAction::Help, global = true)]
     help: Option<bool>,
-    /// Broker port.
-    #[arg(short = 'p', long = "port", default_value_t = 1883, global = true)]
-    port: u16,
     /// Process id of the broker, for its CPU time and memory (Linux /proc).
     #[arg(long = "broker-pid", global = true)]
     broker_pid: Option<u32>,
@@ -66,6 +69,10 @@ struct Common {
     /// Also print one `result key=value ...` line for scripts.
     #[arg(long = "machine", global = true)]
     machine: bool,
+    /// Print the figures (the result line's and the summary's) as one JSON object on
+    /// stdout, and nothing else there.
+    #[arg(long = "json", global = true, conflicts_with = "machine")]
+    json: bool,
     /// No progress bar.
     #[arg(long = "quiet", global = true)]
     quiet: bool,
@@ -87,15 +94,33 @@ struct Traffic {
     /// broker must push back or keep up).
     #[arg(long = "window", default_value_t = 0)]
     window: u32,
-    /// Give up (and fail) after this many seconds.
+    /// Give up (and fail) after this many seconds (counted after --duration, if given).
     #[arg(long = "timeout", default_value_t = 300)]
     timeout: u64,
+    /// Publish for this many seconds, then stop and check and report what was sent and
+    /// delivered. Without -n, publishers send for all that time.
+    #[arg(long = "duration", value_name = "SECS", value_parser = parse_seconds)]
+    duration: Option<Duration>,
+    /// Publish this many messages per second in all, split evenly between the
+    /// publishers and spread evenly over time (default: as fast as the broker takes
+    /// them).
+    #[arg(long = "rate", value_name = "MSG_PER_SEC", value_parser = clap::value_parser!(u32).range(1..))]
+    rate: Option<u32>,
     /// Fail when nothing was delivered for this many seconds.
     #[arg(long = "stall", default_value_t = 10)]
     stall: u64,
     /// Protocol version: 311 or 5 (the shared scenario always uses 5).
     #[arg(short = 'V', long = "protocol-version", default_value = "311", value_parser = parse_version)]
     version: ProtocolVersion,
+}
+
+fn parse_seconds(s: &str) -> Result<Duration, String> {
+    match s.parse::<f64>() {
+        Ok(secs) if secs > 0.0 && secs.is_finite() && secs < 1e9 => {
+            Ok(Duration::from_secs_f64(secs))
+        }
+        _ => Err(format!("{s:?}: expected a number of seconds above 0")),
+    }
 }
 
 fn parse_version(s: &str) -> Result<ProtocolVersion, String> {
@@ -112,11 +137,11 @@ enum Scenario {
     #[command(disable_help_flag = true)]
     FanIn {
         /// Publishers.
-        #[arg(short = 'P', long = "publishers", default_value_t = 16)]
+        #[arg(long = "publishers", default_value_t = 16)]
         publishers: u32,
-        /// Messages in all.
-        #[arg(short = 'n', long = "messages", default_value_t = 1_000_000)]
-        messages: u32,
+        /// Messages in all [default: 1000000, or no limit with --duration].
+        #[arg(short = 'n', long = "messages")]
+        messages: Option<u32>,
         #[command(flatten)]
         traffic: Traffic,
         #[command(flatten)]
@@ -128,9 +153,10 @@ enum Scenario {
         /// Subscribers.
         #[arg(short = 'K', long = "subscribers", default_value_t = 100)]
         subscribers: u32,
-        /// Messages published (each is delivered K times).
-        #[arg(short = 'n', long = "messages", default_value_t = 10_000)]
-        messages: u32,
+        /// Messages published (each is delivered K times) [default: 10000, or no limit
+        /// with --duration].
+        #[arg(short = 'n', long = "messages")]
+        messages: Option<u32>,
         #[command(flatten)]
         traffic: Traffic,
         #[command(flatten)]
@@ -140,11 +166,11 @@ enum Scenario {
     #[command(disable_help_flag = true)]
     Pairs {
         /// Pairs.
-        #[arg(short = 'P', long = "pairs", default_value_t = 1000)]
+        #[arg(long = "pairs", default_value_t = 1000)]
         pairs: u32,
-        /// Messages in all.
-        #[arg(short = 'n', long = "messages", default_value_t = 1_000_000)]
-        messages: u32,
+        /// Messages in all [default: 1000000, or no limit with --duration].
+        #[arg(short = 'n', long = "messages")]
+        messages: Option<u32>,
         #[command(flatten)]
         traffic: Traffic,
         #[command(flatten)]
@@ -154,14 +180,14 @@ enum Scenario {
     #[command(disable_help_flag = true)]
     Shared {
         /// Publishers.
-        #[arg(short = 'P', long = "publishers", default_value_t = 16)]
+        #[arg(long = "publishers", default_value_t = 16)]
         publishers: u32,
         /// Members of the group.
         #[arg(short = 'M', long = "members", default_value_t = 4)]
         members: u32,
-        /// Messages in all.
-        #[arg(short = 'n', long = "messages", default_value_t = 1_000_000)]
-        messages: u32,
+        /// Messages in all [default: 1000000, or no limit with --duration].
+        #[arg(short = 'n', long = "messages")]
+        messages: Option<u32>,
         #[command(flatten)]
         traffic: Traffic,
         #[command(flatten)]
@@ -192,7 +218,12 @@ enum Scenario {
         #[arg(short = 'r', long = "rate", default_value_t = 5000)]
         rate: u32,
         /// Seconds to run.
-        #[arg(short = 'd', long = "seconds", default_value_t = 10)]
+        #[arg(
+            short = 'd',
+            long = "seconds",
+            visible_alias = "duration",
+            default_value_t = 10
+        )]
         seconds: u32,
         /// QoS of the messages and the subscription.
         #[arg(short = 'q', long = "qos", default_value_t = 0, value_parser = clap::value_parser!(u8).range(0..=1))]
@@ -204,10 +235,10 @@ enum Scenario {
         common: Common,
     },
     /// (Used by `connections`.) Hold idle connections until stdin closes.
-    #[command(hide = true)]
+    #[command(hide = true, disable_help_flag = true)]
     Hold {
-        #[arg(long = "broker")]
-        broker: SocketAddr,
+        #[command(flatten)]
+        target: Target,
         #[arg(long = "source")]
         source: Option<IpAddr>,
         #[arg(long = "count")]
@@ -221,12 +252,57 @@ enum Scenario {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    let json = cli.scenario.common().is_some_and(|c| c.json);
+    let name = cli.scenario.name();
     match run(cli.scenario) {
         Ok(true) => ExitCode::SUCCESS,
         Ok(false) => ExitCode::from(1),
         Err(e) => {
             eprintln!("mqtt-bench: {e}");
+            if json {
+                println!("{}", report::json_error(name, &e));
+            }
             ExitCode::from(2)
+        }
+    }
+}
+
+impl Scenario {
+    /// The scenario's name, as on the command line.
+    fn name(&self) -> &'static str {
+        match self {
+            Self::FanIn { .. } => "fan-in",
+            Self::FanOut { .. } => "fan-out",
+            Self::Pairs { .. } => "pairs",
+            Self::Shared { .. } => "shared",
+            Self::Connections { .. } => "connections",
+            Self::Latency { .. } => "latency",
+            Self::Hold { .. } => "hold",
+        }
+    }
+
+    /// The common flags, for the scenarios that have them.
+    fn common(&self) -> Option<&Common> {
+        match self {
+            Self::FanIn { common, .. }
+            | Self::FanOut { common, .. }
+            | Self::Pairs { common, .. }
+            | Self::Shared { common, .. }
+            | Self::Connections { common, .. }
+            | Self::Latency { common, .. } => Some(common),
+            Self::Hold { .. } => None,
+        }
+    }
+}
+
+impl Common {
+    fn output(&self) -> Output {
+        if self.json {
+            Output::Json
+        } else if self.machine {
+            Output::Machine
+        } else {
+            Output::Human
         }
     }
 }
@@ -243,7 +319,7 @@ fn run(scenario: Scenario) -> Result<bool, String> {
             let p = publishers.max(1);
             let plan = Plan {
                 publishers: (0..p).map(|i| format!("bench/fan-in/{i}")).collect(),
-                per_publisher: messages / p,
+                per_publisher: per_publisher(messages, 1_000_000, p, &traffic),
                 subscribers: vec!["bench/fan-in/#".to_owned()],
                 shared: false,
                 hears: vec![(0..p as usize).collect()],
@@ -259,7 +335,7 @@ fn run(scenario: Scenario) -> Result<bool, String> {
             let k = subscribers.max(1);
             let plan = Plan {
                 publishers: vec!["bench/fan-out".to_owned()],
-                per_publisher: messages,
+                per_publisher: per_publisher(messages, 10_000, 1, &traffic),
                 subscribers: (0..k).map(|_| "bench/fan-out".to_owned()).collect(),
                 shared: false,
                 hears: (0..k).map(|_| vec![0]).collect(),
@@ -275,7 +351,7 @@ fn run(scenario: Scenario) -> Result<bool, String> {
             let p = pairs.max(1);
             let plan = Plan {
                 publishers: (0..p).map(|i| format!("bench/pairs/{i}")).collect(),
-                per_publisher: messages / p,
+                per_publisher: per_publisher(messages, 1_000_000, p, &traffic),
                 subscribers: (0..p).map(|i| format!("bench/pairs/{i}")).collect(),
                 shared: false,
                 hears: (0..p as usize).map(|i| vec![i]).collect(),
@@ -293,7 +369,7 @@ fn run(scenario: Scenario) -> Result<bool, String> {
             let m = members.max(1);
             let plan = Plan {
                 publishers: (0..p).map(|i| format!("bench/shared/{i}")).collect(),
-                per_publisher: messages / p,
+                per_publisher: per_publisher(messages, 1_000_000, p, &traffic),
                 subscribers: (0..m)
                     .map(|_| "$share/bench/bench/shared/#".to_owned())
                     .collect(),
@@ -320,7 +396,7 @@ fn run(scenario: Scenario) -> Result<bool, String> {
             common,
         } => latency(rate, seconds, qos, size, &common),
         Scenario::Hold {
-            broker,
+            target,
             source,
             count,
             keep_alive,
@@ -330,18 +406,26 @@ fn run(scenario: Scenario) -> Result<bool, String> {
                 .enable_all()
                 .build()
                 .map_err(|e| format!("cannot start the runtime: {e}"))?;
-            rt.block_on(idle::hold(broker, source, count, keep_alive, &tag))?;
+            let dialer = target.dialer(wire::VERSION)?;
+            rt.block_on(idle::hold(dialer, source, count, keep_alive, &tag))?;
             Ok(true)
         }
     }
 }
 
-fn broker_addr(common: &Common) -> Result<SocketAddr, String> {
-    (common.host.as_str(), common.port)
-        .to_socket_addrs()
-        .map_err(|e| format!("{}:{}: {e}", common.host, common.port))?
-        .next()
-        .ok_or_else(|| format!("{}:{}: no address", common.host, common.port))
+/// Messages each of `publishers` sends: `messages` (or `default`) shared out; with a
+/// duration, no limit unless `-n` sets one, and never more than the rate allows.
+fn per_publisher(messages: Option<u32>, default: u32, publishers: u32, t: &Traffic) -> u32 {
+    let Some(duration) = t.duration else {
+        return messages.unwrap_or(default) / publishers.max(1);
+    };
+    let mut n = messages.map_or(u32::MAX, |m| m / publishers.max(1));
+    if let Some(rate) = t.rate {
+        // Paced, a publisher sends at most one message per period, plus the first.
+        let paced = duration.as_secs_f64() * f64::from(rate) / f64::from(publishers.max(1));
+        n = n.min((paced.ceil() as u32).saturating_add(1));
+    }
+    n
 }
 
 fn qos(n: u8) -> QoS {
@@ -381,8 +465,16 @@ fn throughput(name: &str, plan: Plan, traffic: &Traffic, common: &Common) -> Res
     if plan.per_publisher == 0 {
         return Err("fewer messages than publishers".to_owned());
     }
+    if plan.shared && plan.per_publisher == u32::MAX {
+        // One bit per message and publisher records which arrived.
+        return Err(
+            "shared with --duration needs -n or --rate: they bound the delivery check".to_owned(),
+        );
+    }
+    let dialer = common.target.dialer(traffic.version)?;
+    let transport = dialer.transport();
     let load = Load {
-        broker: broker_addr(common)?,
+        dialer: std::sync::Arc::new(dialer),
         sources: common.sources.clone(),
         qos: qos(traffic.qos),
         version: traffic.version,
@@ -392,6 +484,8 @@ fn throughput(name: &str, plan: Plan, traffic: &Traffic, common: &Common) -> Res
         timeout: Duration::from_secs(traffic.timeout),
         stall: Duration::from_secs(traffic.stall),
         name: format!("bench-{name}"),
+        duration: traffic.duration,
+        rate: traffic.rate,
     };
     let broker = common.broker_pid.map(|pid| Broker { pid });
     if let Some(b) = broker {
@@ -417,7 +511,8 @@ fn throughput(name: &str, plan: Plan, traffic: &Traffic, common: &Common) -> Res
     let cpu = measured.cpu_seconds();
     let cpu_per_million = cpu.map(|c| c / (outcome.delivered.max(1) as f64) * 1e6);
     let peak = measured.after.map(|r| r.peak_rss);
-    println!(
+    let mut r = Report::new(name);
+    r.line(format!(
         "{name}: {} publishers, {} subscribers, QoS {}, {} B: {}/{} delivered in {:.2} s, {:.0} msg/s",
         plan.publishers.len(),
         plan.subscribers.len(),
@@ -427,27 +522,28 @@ fn throughput(name: &str, plan: Plan, traffic: &Traffic, common: &Common) -> Res
         outcome.expected,
         secs,
         rate
-    );
+    ));
     if let (Some(c), Some(per_m)) = (cpu, cpu_per_million) {
-        println!(
+        r.line(format!(
             "  broker: {c:.2} CPU s, {per_m:.3} CPU s per million deliveries, peak RSS {:.1} MiB",
             peak.unwrap_or(0) as f64 / 1048576.0
-        );
+        ));
     }
-    let ok = report(&outcome.faults, common.machine, |ok| {
-        format!(
-            "scenario={name} ok={ok} qos={} size={} expected={} delivered={} seconds={secs:.4} rate={rate:.1} cpu_s={} cpu_s_per_million={} peak_rss={} faults={}",
-            traffic.qos,
-            traffic.size,
-            outcome.expected,
-            outcome.delivered,
-            figure(cpu, 3),
-            figure(cpu_per_million, 4),
-            peak.map_or("-".to_owned(), |p| p.to_string()),
-            outcome.faults.len(),
-        )
-    });
-    Ok(ok)
+    r.count("qos", u64::from(traffic.qos));
+    r.count("size", traffic.size as u64);
+    r.count("expected", outcome.expected);
+    r.count("delivered", outcome.delivered);
+    r.measure("seconds", secs, 4);
+    r.measure("rate", rate, 1);
+    r.measure("cpu_s", cpu, 3);
+    r.measure("cpu_s_per_million", cpu_per_million, 4);
+    r.count("peak_rss", peak);
+    r.count("publishers", plan.publishers.len() as u64);
+    r.count("subscribers", plan.subscribers.len() as u64);
+    r.measure("duration_s", traffic.duration.map(|d| d.as_secs_f64()), 3);
+    r.count("rate_limit", traffic.rate.map(u64::from));
+    r.word("transport", transport);
+    Ok(r.print(&outcome.faults, common.output()))
 }
 
 fn connections(
@@ -457,7 +553,9 @@ fn connections(
     settle: u64,
     common: &Common,
 ) -> Result<bool, String> {
-    let addr = broker_addr(common)?;
+    // Checks the flags (and the TLS files) once, here, rather than in every process.
+    let dialer = common.target.dialer(wire::VERSION)?;
+    let addr = dialer.addr;
     let broker = common.broker_pid.map(|pid| Broker { pid });
     let sources: Vec<IpAddr> =
         if common.sources.is_empty() && addr.ip().is_loopback() && addr.is_ipv4() {
@@ -466,7 +564,7 @@ fn connections(
             common.sources.clone()
         };
     let before = read_broker(broker);
-    let (held, holders) = idle::spread(addr, count, per_process, &sources, keep_alive)?;
+    let (held, holders) = idle::spread(&common.target, count, per_process, &sources, keep_alive)?;
     std::thread::sleep(Duration::from_secs(settle));
     let after = read_broker(broker);
     drop(holders);
@@ -476,31 +574,29 @@ fn connections(
         }
         _ => None,
     };
-    println!(
+    let mut r = Report::new("connections");
+    r.line(format!(
         "connections: {} of {count} connected in {:.2} s over {} source addresses",
         held.connected,
         held.ramp.as_secs_f64(),
         sources.len().max(1)
-    );
+    ));
     if let (Some(b), Some(a), Some(p)) = (before, after, per_conn) {
-        println!(
+        r.line(format!(
             "  broker RSS {:.1} MiB -> {:.1} MiB: {p:.0} B per connection",
             b.rss as f64 / 1048576.0,
             a.rss as f64 / 1048576.0
-        );
+        ));
     }
-    let ok = report(&held.faults, common.machine, |ok| {
-        format!(
-            "scenario=connections ok={ok} count={count} connected={} ramp_s={:.3} rss_before={} rss_after={} bytes_per_connection={} faults={}",
-            held.connected,
-            held.ramp.as_secs_f64(),
-            before.map_or("-".to_owned(), |r| r.rss.to_string()),
-            after.map_or("-".to_owned(), |r| r.rss.to_string()),
-            figure(per_conn, 0),
-            held.faults.len()
-        )
-    });
-    Ok(ok)
+    r.count("count", u64::from(count));
+    r.count("connected", held.connected);
+    r.measure("ramp_s", held.ramp.as_secs_f64(), 3);
+    r.count("rss_before", before.map(|b| b.rss));
+    r.count("rss_after", after.map(|a| a.rss));
+    r.measure("bytes_per_connection", per_conn, 0);
+    r.count("sources", sources.len().max(1) as u64);
+    r.word("transport", dialer.transport());
+    Ok(r.print(&held.faults, common.output()))
 }
 
 fn latency(rate: u32, seconds: u32, q: u8, size: usize, common: &Common) -> Result<bool, String> {
@@ -510,12 +606,12 @@ fn latency(rate: u32, seconds: u32, q: u8, size: usize, common: &Common) -> Resu
             wire::Stamp::LEN
         ));
     }
-    let addr = broker_addr(common)?;
+    let dialer = common.target.dialer(wire::VERSION)?;
     let broker = common.broker_pid.map(|pid| Broker { pid });
     let count = rate.saturating_mul(seconds).max(1);
     let mut measured = Measured::default();
     let result = latency::run(
-        addr,
+        &dialer,
         qos(q),
         size,
         rate,
@@ -526,46 +622,27 @@ fn latency(rate: u32, seconds: u32, q: u8, size: usize, common: &Common) -> Resu
     let cpu_us = measured
         .cpu_seconds()
         .map(|c| c / result.received.max(1) as f64 * 1e6);
-    println!(
+    let mut r = Report::new("latency");
+    r.line(format!(
         "latency: {rate} msg/s, QoS {q}, {size} B: {}/{} received; p50 {:.1} us, p99 {:.1} us, p99.9 {:.1} us, max {:.1} us",
         result.received, result.sent, result.p50_us, result.p99_us, result.p999_us, result.max_us
-    );
+    ));
     if let Some(c) = cpu_us {
-        println!("  broker: {c:.2} CPU us per message");
+        r.line(format!("  broker: {c:.2} CPU us per message"));
     }
-    let ok = report(&result.faults, common.machine, |ok| {
-        format!(
-            "scenario=latency ok={ok} qos={q} size={size} rate={rate} sent={} received={} seconds={:.3} p50_us={:.1} p99_us={:.1} p999_us={:.1} max_us={:.1} cpu_us_per_message={} faults={}",
-            result.sent,
-            result.received,
-            result.elapsed.as_secs_f64(),
-            result.p50_us,
-            result.p99_us,
-            result.p999_us,
-            result.max_us,
-            figure(cpu_us, 2),
-            result.faults.len()
-        )
-    });
-    Ok(ok)
-}
-
-/// Prints a run's faults and, for `--machine`, its `result` line (given whether the run
-/// was clean); true if it was.
-fn report(faults: &[String], machine: bool, result: impl FnOnce(bool) -> String) -> bool {
-    for f in faults {
-        println!("  FAULT: {f}");
-    }
-    let ok = faults.is_empty();
-    if machine {
-        println!("result {}", result(ok));
-    }
-    ok
-}
-
-/// A figure for the `result` line: `-` when it was not measured.
-fn figure(v: Option<f64>, digits: usize) -> String {
-    v.map_or_else(|| "-".to_owned(), |v| format!("{v:.digits$}"))
+    r.count("qos", u64::from(q));
+    r.count("size", size as u64);
+    r.count("rate", u64::from(rate));
+    r.count("sent", result.sent);
+    r.count("received", result.received);
+    r.measure("seconds", result.elapsed.as_secs_f64(), 3);
+    r.measure("p50_us", result.p50_us, 1);
+    r.measure("p99_us", result.p99_us, 1);
+    r.measure("p999_us", result.p999_us, 1);
+    r.measure("max_us", result.max_us, 1);
+    r.measure("cpu_us_per_message", cpu_us, 2);
+    r.word("transport", dialer.transport());
+    Ok(r.print(&result.faults, common.output()))
 }
 
 /// A one-line progress bar on stderr, drawn only on a terminal and at most ten times a

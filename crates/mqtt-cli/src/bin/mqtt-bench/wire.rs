@@ -1,24 +1,31 @@
-//! The generator's side of the wire: MQTT 3.1.1 over a plain TCP socket, straight on
-//! mqtt-codec, with batched reads and writes. The client library would measure itself
+//! The generator's side of the wire: MQTT straight on mqtt-codec, over the stream
+//! [`Dialer::open`] opens (TCP, TLS or WebSocket), with batched reads and writes. The client library would measure itself
 //! (a channel hop and a task per message); a load generator must cost the broker's
 //! peer as little as possible.
 
 use std::{
+    fmt,
+    future::Future,
     io,
-    net::{IpAddr, SocketAddr},
+    net::IpAddr,
+    pin::pin,
+    task::{Context, Poll, Waker},
     time::Duration,
 };
 
 use bytes::{Buf, BufMut, BytesMut};
+use mqtt_client::BoxIo;
 use mqtt_codec::{
     ByteStr, Connect, DecodeError, Decoder, Packet, PacketId, ProtocolVersion, QoS, ReasonCode,
     Subscribe,
 };
 use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},
-    net::{TcpSocket, TcpStream},
+    net::TcpStream,
     time::timeout,
 };
+
+use crate::target::Dialer;
 
 /// The protocol the latency scenario speaks (the others choose with `-V`).
 pub(crate) const VERSION: ProtocolVersion = ProtocolVersion::V3_1_1;
@@ -49,6 +56,9 @@ pub(crate) enum WireError {
     /// The broker refused the connection or the subscription.
     #[error("{0}")]
     Refused(String),
+    /// The TLS or WebSocket layer could not be set up.
+    #[error("{0}")]
+    Transport(String),
     /// The broker closed the connection.
     #[error("the broker closed the connection")]
     Closed,
@@ -63,10 +73,27 @@ impl WireError {
     }
 }
 
+/// The byte stream of one generated connection.
+pub(crate) enum Stream {
+    /// Plain TCP: the concrete type, for reads that do not wait.
+    Tcp(TcpStream),
+    /// TLS and/or WebSocket, boxed once per connection.
+    Layered(BoxIo),
+}
+
+impl fmt::Debug for Stream {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Tcp(s) => f.debug_tuple("Tcp").field(s).finish(),
+            Self::Layered(_) => f.write_str("Layered"),
+        }
+    }
+}
+
 /// One generated MQTT connection.
 #[derive(Debug)]
 pub(crate) struct Conn {
-    pub(crate) stream: TcpStream,
+    pub(crate) stream: Stream,
     pub(crate) rbuf: BytesMut,
     pub(crate) out: BytesMut,
     pub(crate) decoder: Decoder,
@@ -76,31 +103,20 @@ pub(crate) struct Conn {
 }
 
 impl Conn {
-    /// Connects (from `source` if given), sends CONNECT and waits for a successful CONNACK.
+    /// Opens a stream (from `source` if given), sends CONNECT with the dialer's user
+    /// name and password, and waits for a successful CONNACK.
     pub(crate) async fn connect(
-        broker: SocketAddr,
+        dialer: &Dialer,
         source: Option<IpAddr>,
         client_id: &str,
         keep_alive: u16,
         read_buffer: usize,
         version: ProtocolVersion,
     ) -> Result<Self, WireError> {
-        let socket = if broker.is_ipv4() {
-            TcpSocket::new_v4()
-        } else {
-            TcpSocket::new_v6()
-        }
-        .map_err(WireError::io("socket"))?;
-        if let Some(ip) = source {
-            socket
-                .bind(SocketAddr::new(ip, 0))
-                .map_err(WireError::io("bind to the source address"))?;
-        }
-        let stream = socket
-            .connect(broker)
-            .await
-            .map_err(WireError::io("connect"))?;
-        stream.set_nodelay(true).map_err(WireError::io("nodelay"))?;
+        let stream = match timeout(HANDSHAKE_TIMEOUT, dialer.open(source)).await {
+            Ok(r) => r?,
+            Err(_) => return Err(WireError::Timeout("connecting")),
+        };
         let mut decoder = Decoder::new();
         decoder.set_version(version);
         let mut conn = Self {
@@ -115,18 +131,23 @@ impl Conn {
             .map_err(|e| WireError::Refused(format!("client identifier {client_id:?}: {e}")))?;
         let mut connect = Connect::new(version, id);
         connect.keep_alive = keep_alive;
+        connect.username.clone_from(&dialer.username);
+        connect.password.clone_from(&dialer.password);
         conn.send(&Packet::from(connect)).await?;
         match timeout(HANDSHAKE_TIMEOUT, conn.next_packet())
             .await
             .map_err(|_| WireError::Timeout("CONNECT"))??
         {
             Packet::ConnAck(ack) if ack.reason_code == ReasonCode::SUCCESS => Ok(conn),
-            Packet::ConnAck(ack) => Err(WireError::Refused(format!(
-                "connection refused: {}",
-                ack.reason_code
-            ))),
+            Packet::ConnAck(ack) => Err(refused(ack.reason_code, dialer)),
             other => Err(WireError::Unexpected(format!("{other:?} before CONNACK"))),
         }
+    }
+
+    /// The stream, what was read and not decoded yet, and the decoder: for a caller
+    /// that goes on with the connection its own way (the latency scenario).
+    pub(crate) fn into_parts(self) -> (Stream, BytesMut, Decoder) {
+        (self.stream, self.rbuf, self.decoder)
     }
 
     /// Subscribes to `filter` at `qos` and waits for the SUBACK granting it.
@@ -164,10 +185,15 @@ impl Conn {
     /// Writes what is buffered in `out`.
     pub(crate) async fn flush(&mut self) -> Result<(), WireError> {
         if !self.out.is_empty() {
-            self.stream
-                .write_all(&self.out)
-                .await
-                .map_err(WireError::io("write"))?;
+            match &mut self.stream {
+                Stream::Tcp(s) => s.write_all(&self.out).await,
+                // TLS and WebSocket buffer: flush, or the bytes may not leave.
+                Stream::Layered(s) => match s.write_all(&self.out).await {
+                    Ok(()) => s.flush().await,
+                    Err(e) => Err(e),
+                },
+            }
+            .map_err(WireError::io("write"))?;
             self.out.clear();
         }
         Ok(())
@@ -188,7 +214,11 @@ impl Conn {
         if self.rbuf.capacity() - self.rbuf.len() < self.chunk / 4 {
             self.rbuf.reserve(self.chunk);
         }
-        match self.stream.read_buf(&mut self.rbuf).await {
+        let read = match &mut self.stream {
+            Stream::Tcp(s) => s.read_buf(&mut self.rbuf).await,
+            Stream::Layered(s) => s.read_buf(&mut self.rbuf).await,
+        };
+        match read {
             Ok(0) => Err(WireError::Closed),
             Ok(n) => Ok(n),
             Err(e) => Err(WireError::Io {
@@ -198,12 +228,25 @@ impl Conn {
         }
     }
 
-    /// Reads what the socket has without waiting: `Ok(0)` when nothing is there.
+    /// Reads what the stream has without waiting: `Ok(0)` when nothing is there.
     pub(crate) fn try_read(&mut self) -> Result<usize, WireError> {
         if self.rbuf.capacity() - self.rbuf.len() < self.chunk / 4 {
             self.rbuf.reserve(self.chunk);
         }
-        match self.stream.try_read_buf(&mut self.rbuf) {
+        let read = match &mut self.stream {
+            Stream::Tcp(s) => s.try_read_buf(&mut self.rbuf),
+            // One poll of a read, with a waker that does nothing: whoever waits on the
+            // stream next polls it again with its own. Dropping a pending `read_buf`
+            // loses nothing.
+            Stream::Layered(s) => {
+                let read = pin!(s.read_buf(&mut self.rbuf));
+                match read.poll(&mut Context::from_waker(Waker::noop())) {
+                    Poll::Ready(r) => r,
+                    Poll::Pending => Err(io::ErrorKind::WouldBlock.into()),
+                }
+            }
+        };
+        match read {
             Ok(0) => Err(WireError::Closed),
             Ok(n) => Ok(n),
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(0),
@@ -223,8 +266,28 @@ impl Conn {
     pub(crate) async fn close(mut self) {
         self.queue(&Packet::Disconnect(Default::default()));
         let _ = self.flush().await;
-        let _ = self.stream.shutdown().await;
+        let _ = match &mut self.stream {
+            Stream::Tcp(s) => s.shutdown().await,
+            Stream::Layered(s) => s.shutdown().await,
+        };
     }
+}
+
+/// The error for a refused CONNECT, in mosquitto's words, with a hint when the
+/// credentials are the likely cause.
+fn refused(code: ReasonCode, dialer: &Dialer) -> WireError {
+    let text = mqtt_client::refusal_text(code);
+    let hint = match code {
+        ReasonCode::BAD_USER_NAME_OR_PASSWORD | ReasonCode::NOT_AUTHORIZED => {
+            if dialer.username.is_some() || dialer.password.is_some() {
+                " (check the user name and password, -u and -P)"
+            } else {
+                " (the broker may want a user name and password: -u and -P)"
+            }
+        }
+        _ => "",
+    };
+    WireError::Refused(format!("the broker refused the connection: {text}{hint}"))
 }
 
 /// Encodes a packet the generator built itself: those always encode.
