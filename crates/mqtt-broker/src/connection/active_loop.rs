@@ -4,6 +4,7 @@
 use std::{
     collections::VecDeque,
     sync::{Arc, atomic::Ordering},
+    task::Poll,
 };
 
 use bytes::BytesMut;
@@ -60,6 +61,9 @@ where
     let mut settle = !first_stretch;
     let mut input = !rbuf.is_empty();
     let mut backlog = VecDeque::new();
+    // The input of this batch came with a wake-up from the I/O driver (as what a
+    // hibernating or parked connection read before going active did).
+    let mut yield_before_routing = !rbuf.is_empty();
     // The acknowledgements of the PUBLISH packets of a batch, decided as they are routed.
     let mut verdicts = Vec::new();
     // Bytes already read (behind CONNECT, or on waking) may hold more packets.
@@ -135,7 +139,13 @@ where
         if !events.is_empty() {
             settle = false;
         }
-        // 2. Act on events outside the session lock.
+        // 2. Act on events outside the session lock (after a yield if the input came
+        // with a wake-up: see the read below).
+        if std::mem::take(&mut yield_before_routing)
+            && events.iter().any(|e| matches!(e, Event::Message(..)))
+        {
+            tokio::task::yield_now().await;
+        }
         let mut again = false;
         let mut closed = false;
         let mut received = 0;
@@ -250,51 +260,79 @@ where
         if timer.is_elapsed() || wake < timer.deadline() {
             timer.as_mut().reset(wake);
         }
-        tokio::select! {
-            read = rd.read_buf(rbuf) => {
-                last_activity = Instant::now();
-                shrunk = false;
-                fresh = false;
-                input = true;
-                match read {
-                    Ok(0) | Err(_) => return Step::Ended(End::Lost),
-                    Ok(n) => {
-                        shared.stats.bytes_received.fetch_add(n as u64, Ordering::Relaxed);
-                    }
+        // Input already waiting is taken without suspending. Input that comes while this
+        // task waits arrives with a wake-up from the I/O driver, which may have readied
+        // other connections in the same poll, whose packets were as likely sent first
+        // (a new subscriber's SUBSCRIBE, ahead of this client's PUBLISH): before routing
+        // what it read, this task then yields once, so that they are taken first, as a
+        // single-threaded broker would.
+        let ready = {
+            let mut read = std::pin::pin!(rd.read_buf(rbuf));
+            std::future::poll_fn(|cx| {
+                Poll::Ready(match read.as_mut().poll(cx) {
+                    Poll::Ready(r) => Some(r),
+                    Poll::Pending => None,
+                })
+            })
+            .await
+        };
+        let read = match ready {
+            Some(read) => Some(read),
+            None => tokio::select! {
+                read = rd.read_buf(rbuf) => {
+                    yield_before_routing = true;
+                    Some(read)
                 }
-                if feed(shared, handle, generation, decoder, rbuf) {
-                    return Step::Ended(End::TakenOver);
+                () = handle.notify.notified() => {
+                    // Not the client's input: a fresh connection still goes idle once
+                    // its grace has passed (a stray permit left by the connection it
+                    // replaced would otherwise keep it active for IDLE_SHRINK).
+                    last_activity = Instant::now();
+                    shrunk = false;
+                    None
+                }
+                () = &mut timer => {
+                    let mut cell = handle.lock();
+                    let now = shared.now();
+                    // A deadline that passed (the keep-alive) leaves a DISCONNECT and an
+                    // event to act on before any shrinking.
+                    let due = cell.session.poll_timeout().is_some_and(|at| now >= at);
+                    cell.session.handle_timeout(now);
+                    if !due && shrink_at.is_some_and(|at| Instant::now() >= at) {
+                        cell.session.shrink_idle();
+                        cell.shrink_encoded();
+                        drop(cell);
+                        if backlog.is_empty() && rbuf.is_empty() {
+                            return Step::Idle;
+                        }
+                        if rbuf.is_empty() {
+                            *rbuf = BytesMut::new();
+                        }
+                        out = BytesMut::new();
+                        events = Vec::new();
+                        matches = Matches::default();
+                        shrunk = true;
+                    }
+                    None
+                }
+            },
+        };
+        if let Some(read) = read {
+            last_activity = Instant::now();
+            shrunk = false;
+            fresh = false;
+            input = true;
+            match read {
+                Ok(0) | Err(_) => return Step::Ended(End::Lost),
+                Ok(n) => {
+                    shared
+                        .stats
+                        .bytes_received
+                        .fetch_add(n as u64, Ordering::Relaxed);
                 }
             }
-            () = handle.notify.notified() => {
-                // Not the client's input: a fresh connection still goes idle once its
-                // grace has passed (a stray permit left by the connection it replaced
-                // would otherwise keep it active for IDLE_SHRINK).
-                last_activity = Instant::now();
-                shrunk = false;
-            }
-            () = &mut timer => {
-                let mut cell = handle.lock();
-                let now = shared.now();
-                // A deadline that passed (the keep-alive) leaves a DISCONNECT and an event
-                // to act on before any shrinking.
-                let due = cell.session.poll_timeout().is_some_and(|at| now >= at);
-                cell.session.handle_timeout(now);
-                if !due && shrink_at.is_some_and(|at| Instant::now() >= at) {
-                    cell.session.shrink_idle();
-                    cell.shrink_encoded();
-                    drop(cell);
-                    if backlog.is_empty() && rbuf.is_empty() {
-                        return Step::Idle;
-                    }
-                    if rbuf.is_empty() {
-                        *rbuf = BytesMut::new();
-                    }
-                    out = BytesMut::new();
-                    events = Vec::new();
-                    matches = Matches::default();
-                    shrunk = true;
-                }
+            if feed(shared, handle, generation, decoder, rbuf) {
+                return Step::Ended(End::TakenOver);
             }
         }
     }

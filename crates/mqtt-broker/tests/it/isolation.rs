@@ -37,14 +37,14 @@ const TOTAL: usize = RATE * SECONDS;
 /// The broker's resident memory may not pass this at any moment of a run.
 const RSS_BOUND_KIB: u64 = 96 * 1024;
 
-/// The broker binary on a free loopback port, killed when dropped.
-struct Broker {
+/// The broker binary (its defaults) on a free loopback port, killed when dropped.
+pub(crate) struct Broker {
     child: Child,
-    addr: SocketAddr,
+    pub(crate) addr: SocketAddr,
 }
 
 impl Broker {
-    async fn start() -> Self {
+    pub(crate) async fn start() -> Self {
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .unwrap()
             .local_addr()
