@@ -64,6 +64,16 @@ pub struct LimitsConfig {
     /// Seconds of silence before TCP keep-alive probes a connection (0: off). Probes
     /// find half-open connections whose client set MQTT keep-alive 0.
     pub tcp_keepalive: u64,
+    /// Sessions the broker keeps, connected or not; a CONNECT that would create one more
+    /// is refused (CONNACK 0x97 Quota exceeded; 3.x: 3, server unavailable).
+    pub max_sessions: usize,
+    /// The longest Client Identifier accepted, in bytes (the protocol allows 65,535); a
+    /// longer one is refused (CONNACK 0x85; 3.x: 2, identifier rejected).
+    pub max_client_id_len: usize,
+    /// Seconds a 3.1 / 3.1.1 persistent session (Clean Session 0) outlives its
+    /// connection; 0 for never (Mosquitto's `persistent_client_expiration`). 5.0
+    /// clients say it themselves, capped by `max_session_expiry`.
+    pub persistent_client_expiration: u32,
     /// Subscriptions one session may hold; new filters beyond it are refused (SUBACK
     /// 0x97 Quota exceeded in 5.0, 0x80 in 3.1.1).
     pub max_subscriptions: usize,
@@ -128,10 +138,13 @@ impl Default for LimitsConfig {
             max_queued_bytes: 16 * 1024 * 1024,
             queue_qos0_messages: false,
             topic_alias_maximum: 64,
-            max_keep_alive: 0,
+            max_keep_alive: 65_535,
             max_session_expiry: u32::MAX,
             connect_timeout: 10,
             max_subscriptions: 10_000,
+            max_sessions: 1_000_000,
+            max_client_id_len: 256,
+            persistent_client_expiration: 0,
             write_timeout: 60,
             tcp_keepalive: 300,
             max_queued_bytes_total: 1024 * 1024 * 1024,
@@ -255,6 +268,10 @@ impl Config {
             // The broker decides each acknowledgement after authorization and routing.
             defer_publish_acks: true,
             max_subscriptions: l.max_subscriptions,
+            persistent_session_expiry: match l.persistent_client_expiration {
+                0 => u32::MAX,
+                secs => secs,
+            },
         }
     }
 }

@@ -216,7 +216,13 @@ impl Shared {
         }
         let handle = to.handle;
         let mut cell = handle.lock();
-        if !cell.session.takes_encoded_publish(0) || (cell.encoded_len() > 0 && self.over_budget())
+        // Nothing queued at all, of any QoS: the spec lets a QoS 0 message go ahead of
+        // QoS 1/2 ones waiting ([MQTT-4.6.0-6] orders a topic per QoS), but clients
+        // read a session's messages in the order they were routed to it, as a broker
+        // with one queue per client sends them.
+        if cell.session.queued_messages() > 0
+            || !cell.session.takes_encoded_publish(0)
+            || (cell.encoded_len() > 0 && self.over_budget())
         {
             return false;
         }

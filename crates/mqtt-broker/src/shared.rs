@@ -51,6 +51,12 @@ pub(crate) struct Stats {
     pub(crate) dropped_offline: AtomicU64,
     /// PUBLISH packets refused to their sender (for example to `$SYS/`).
     pub(crate) publish_refused: AtomicU64,
+    /// CONNECTs refused for a limit (connections, sessions, client identifier length).
+    pub(crate) connections_refused: AtomicU64,
+    /// Filters refused for `limits.max_subscriptions` or by the authorizer.
+    pub(crate) subscriptions_refused: AtomicU64,
+    /// Connections closed because the client read nothing for `limits.write_timeout`.
+    pub(crate) write_timeouts: AtomicU64,
     pub(crate) connections_total: AtomicU64,
 }
 

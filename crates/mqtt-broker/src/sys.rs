@@ -67,7 +67,7 @@ pub(crate) async fn run(shared: Arc<Shared>, interval: Duration) {
         let load = |c: &std::sync::atomic::AtomicU64| c.load(Ordering::Relaxed).to_string();
         let connected = s.connected.load(Ordering::Relaxed);
         let sessions = shared.session_count();
-        let values: [(&str, String); 21] = [
+        let values: [(&str, String); 24] = [
             (
                 "$SYS/broker/version",
                 format!("mqtt-rs mqtt-broker {}", env!("CARGO_PKG_VERSION")),
@@ -115,6 +115,15 @@ pub(crate) async fn run(shared: Arc<Shared>, interval: Duration) {
             (
                 "$SYS/broker/publish/messages/refused",
                 load(&s.publish_refused),
+            ),
+            ("$SYS/broker/clients/refused", load(&s.connections_refused)),
+            (
+                "$SYS/broker/clients/write timeouts",
+                load(&s.write_timeouts),
+            ),
+            (
+                "$SYS/broker/subscriptions/refused",
+                load(&s.subscriptions_refused),
             ),
             (
                 "$SYS/broker/store/queued bytes",

@@ -188,6 +188,10 @@ pub struct Limits {
     pub max_keep_alive: u16,
     /// For a server: the longest Session Expiry Interval granted, in seconds.
     pub max_session_expiry: u32,
+    /// For a server: how long, in seconds, the session of a 3.1 / 3.1.1 client with
+    /// Clean Session 0 outlives its connection (those versions have no Session Expiry
+    /// Interval); `u32::MAX` for never, the default.
+    pub persistent_session_expiry: u32,
     /// For a server: leave the acknowledgement of each received QoS 1/2 PUBLISH to the
     /// caller, who decides it after authorization and routing and sends it with
     /// [`ServerSession::settle_publish`](crate::ServerSession::settle_publish). When
@@ -215,6 +219,7 @@ impl Default for Limits {
             ping_timeout: Duration::from_secs(10),
             max_keep_alive: 0,
             max_session_expiry: u32::MAX,
+            persistent_session_expiry: u32::MAX,
             defer_publish_acks: false,
             // Far more than a device uses (AWS IoT allows 50 per connection); a bridge
             // that mirrors many topics may need it raised.

@@ -337,7 +337,9 @@ impl ServerSession {
         } else if connect.clean_start {
             0
         } else {
-            NEVER
+            // 3.x has no Session Expiry: a persistent session lives until the server
+            // ends it (Mosquitto's `persistent_client_expiration`).
+            limits.persistent_session_expiry
         };
 
         let mut keep_alive = connect.keep_alive;

@@ -15,7 +15,7 @@ use tokio::{
     io::{AsyncRead, AsyncReadExt, AsyncWrite},
     time::{Instant, sleep_until},
 };
-use tracing::{debug, warn};
+use tracing::{debug, info, warn};
 
 use crate::{retained::pump_retained, sessions::SessionHandle, shared::Shared};
 
@@ -212,7 +212,12 @@ where
             lost = match write_or_stall(wr, &out, shared.write_timeout()).await {
                 Ok(()) => false,
                 Err(e) => {
-                    debug!(client = %handle.client_id, error = %e, "write failed");
+                    if e.kind() == std::io::ErrorKind::TimedOut {
+                        shared.stats.write_timeouts.fetch_add(1, Ordering::Relaxed);
+                        info!(client = %handle.client_id, "closed: {e} (limits.write_timeout)");
+                    } else {
+                        debug!(client = %handle.client_id, error = %e, "write failed");
+                    }
                     true
                 }
             };

@@ -14,7 +14,7 @@ use tokio::{
     io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt},
     time::timeout,
 };
-use tracing::{debug, info};
+use tracing::{debug, info, warn};
 
 use crate::{sessions::SessionHandle, shared::Shared};
 
@@ -193,9 +193,34 @@ pub(crate) async fn attach<W: AsyncWrite + Unpin>(
         send_connack(wr, version, ReasonCode::RETAIN_NOT_SUPPORTED).await;
         return None;
     }
+    let limits = &shared.config.limits;
+    if connect.client_id.len() > limits.max_client_id_len {
+        debug!(%peer, len = connect.client_id.len(), "client identifier too long (limits.max_client_id_len)");
+        shared
+            .stats
+            .connections_refused
+            .fetch_add(1, Ordering::Relaxed);
+        send_connack(wr, version, ReasonCode::CLIENT_IDENTIFIER_NOT_VALID).await;
+        return None;
+    }
+    if shared.session_count() >= limits.max_sessions
+        && shared.existing_session(&connect.client_id).is_none()
+    {
+        warn!(%peer, client = %connect.client_id, "limits.max_sessions reached: connection refused");
+        shared
+            .stats
+            .connections_refused
+            .fetch_add(1, Ordering::Relaxed);
+        send_connack(wr, version, ReasonCode::QUOTA_EXCEEDED).await;
+        return None;
+    }
     let connected = shared.stats.connected.fetch_add(1, Ordering::Relaxed) + 1;
-    if connected > shared.config.limits.max_connections {
+    if connected > limits.max_connections {
         shared.stats.connected.fetch_sub(1, Ordering::Relaxed);
+        shared
+            .stats
+            .connections_refused
+            .fetch_add(1, Ordering::Relaxed);
         send_connack(wr, version, ReasonCode::SERVER_BUSY).await;
         return None;
     }

@@ -1,6 +1,9 @@
 //! SUBSCRIBE and UNSUBSCRIBE: checked, authorized, within quota, into the index.
 
-use std::{collections::VecDeque, sync::Arc};
+use std::{
+    collections::VecDeque,
+    sync::{Arc, atomic::Ordering},
+};
 
 use mqtt_codec::{ProtocolVersion, QoS, ReasonCode, Subscribe, Unsubscribe};
 use mqtt_topics::Filter;
@@ -53,6 +56,13 @@ pub(crate) fn subscribe(
         filters.push(Some(filter));
     }
     cell.session.limit_subscriptions(s, &mut codes);
+    let refused = codes.iter().filter(|c| c.is_error()).count();
+    if refused > 0 {
+        shared
+            .stats
+            .subscriptions_refused
+            .fetch_add(refused as u64, Ordering::Relaxed);
+    }
     let mut retained_for = Vec::new();
     for ((sub, filter), code) in s.subscriptions.iter().zip(filters).zip(&codes) {
         let Some(filter) = filter.filter(|_| !code.is_error()) else {

@@ -568,3 +568,113 @@ async fn sockets_before_connect_count_against_max_connections() {
     }
     broker.shutdown().await;
 }
+
+// limits.max_client_id_len, limits.max_sessions and limits.persistent_client_expiration:
+// the broker's session table is bounded, each refusal has its CONNACK code, and the
+// refusals are counted in $SYS.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn session_table_limits() {
+    let (broker, addr) = broker_with(|c| {
+        c.limits.max_client_id_len = 16;
+        c.limits.max_sessions = 3;
+        c.limits.persistent_client_expiration = 1;
+    })
+    .await;
+    let v3 = ProtocolVersion::V3_1_1;
+    let v5 = ProtocolVersion::V5;
+    // A 17-byte identifier: 0x85 (3.1.1: return code 2, read back as 0x85).
+    for v in [v3, v5] {
+        let (_c, ack) = Raw::connect(
+            addr,
+            Connect::new(v, ByteStr::from_static("abcdefghijklmnopq")),
+        )
+        .await;
+        assert_eq!(
+            ack.reason_code,
+            mqtt_codec::ReasonCode::CLIENT_IDENTIFIER_NOT_VALID,
+            "{v:?}"
+        );
+    }
+    // Three sessions fill the table; a fourth is refused, an existing one still gets in.
+    let mut held = Vec::new();
+    for id in ["s1", "s2", "s3"] {
+        let (c, ack) = Raw::connect(addr, Connect::new(v5, ByteStr::from_static(id))).await;
+        assert_eq!(ack.reason_code.0, 0, "{id}");
+        held.push(c);
+    }
+    let (_c, ack) = Raw::connect(addr, Connect::new(v5, ByteStr::from_static("s4"))).await;
+    assert_eq!(ack.reason_code, mqtt_codec::ReasonCode::QUOTA_EXCEEDED);
+    let (_c, ack) = Raw::connect(addr, Connect::new(v3, ByteStr::from_static("s5"))).await;
+    assert_eq!(
+        ack.reason_code,
+        mqtt_codec::ReasonCode::SERVER_UNAVAILABLE,
+        "3.1.1: code 3"
+    );
+    let (again, ack) = Raw::connect(addr, Connect::new(v5, ByteStr::from_static("s3"))).await;
+    assert_eq!(ack.reason_code.0, 0, "s3 takes its own session over");
+    drop(again);
+    drop(held);
+    // The refusals are counted.
+    let watch = |addr| async move {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        Raw::connect(addr, Connect::new(v5, ByteStr::from_static("s1"))).await
+    };
+    let (mut w, _) = watch(addr).await;
+    w.send(
+        Subscribe::new(
+            PacketId::MIN,
+            ByteStr::from_static("$SYS/broker/clients/refused"),
+            QoS::AtMostOnce,
+        )
+        .into(),
+    )
+    .await;
+    assert!(matches!(w.next().await, Some(Packet::SubAck(_))));
+    loop {
+        let Some(Packet::Publish(p)) = w.next().await else {
+            panic!("no $SYS counter")
+        };
+        if String::from_utf8_lossy(&p.payload).parse::<u64>().unwrap() >= 4 {
+            break;
+        }
+    }
+    drop(w);
+    broker.shutdown().await;
+
+    // A 3.1.1 persistent session expires after persistent_client_expiration (1 s here).
+    let (broker, addr) = broker_with(|c| c.limits.persistent_client_expiration = 1).await;
+    let mut c = Connect::new(v3, ByteStr::from_static("old"));
+    c.clean_start = false;
+    let (mut old, ack) = Raw::connect(addr, c.clone()).await;
+    assert!(!ack.session_present);
+    old.send(Subscribe::new(PacketId::MIN, ByteStr::from_static("x"), QoS::AtLeastOnce).into())
+        .await;
+    assert!(matches!(old.next().await, Some(Packet::SubAck(_))));
+    old.send(mqtt_codec::Disconnect::new(mqtt_codec::ReasonCode::SUCCESS).into())
+        .await;
+    drop(old);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (back, ack) = Raw::connect(addr, c.clone()).await;
+    assert!(ack.session_present, "kept within the expiration");
+    drop(back);
+    tokio::time::sleep(Duration::from_millis(1800)).await;
+    let (_back, ack) = Raw::connect(addr, c).await;
+    assert!(
+        !ack.session_present,
+        "expired after persistent_client_expiration"
+    );
+    broker.shutdown().await;
+}
+
+// The default keep-alive cap (limits.max_keep_alive = 65,535, as Mosquitto): a 5.0
+// client asking for none is told the cap, so a silent one is found in the end; half-open
+// connections of 3.1.1 clients without keep-alive are found by TCP keep-alive.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keep_alive_zero_gets_the_default_cap() {
+    let (broker, addr) = broker_with(|_| {}).await;
+    let mut c = Connect::new(ProtocolVersion::V5, ByteStr::from_static("ka0"));
+    c.keep_alive = 0;
+    let (_c, ack) = Raw::connect(addr, c).await;
+    assert_eq!(ack.properties.server_keep_alive, Some(65_535));
+    broker.shutdown().await;
+}
