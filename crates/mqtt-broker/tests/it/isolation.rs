@@ -38,13 +38,13 @@ const TOTAL: usize = RATE * SECONDS;
 const RSS_BOUND_KIB: u64 = 96 * 1024;
 
 /// The broker binary (its defaults) on a free loopback port, killed when dropped.
-pub(crate) struct Broker {
+struct Broker {
     child: Child,
-    pub(crate) addr: SocketAddr,
+    addr: SocketAddr,
 }
 
 impl Broker {
-    pub(crate) async fn start() -> Self {
+    async fn start() -> Self {
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .unwrap()
             .local_addr()
