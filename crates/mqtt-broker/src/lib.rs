@@ -33,6 +33,7 @@
 
 pub mod auth;
 pub mod config;
+pub mod remote;
 
 mod alarms;
 mod connection;
@@ -127,6 +128,41 @@ impl Broker {
             tasks,
             local_addrs,
         })
+    }
+
+    /// Subscribes a subscriber that is not a local session (a bridge link, a cluster
+    /// peer) to `filter`, with at most `qos`: every message routed to a matching topic
+    /// from then on is handed to `forward` (see [`remote`]).
+    ///
+    /// # Errors
+    /// If `filter` is not a valid topic filter, or is a shared subscription.
+    pub fn subscribe_remote(
+        &self,
+        filter: &str,
+        qos: mqtt_codec::QoS,
+        forward: Arc<dyn remote::Forward>,
+    ) -> Result<remote::RemoteSubscription, remote::InvalidFilter> {
+        self.shared.subscribe_remote(filter, qos, forward)
+    }
+
+    /// Ends a subscription made with [`Broker::subscribe_remote`].
+    pub fn unsubscribe_remote(&self, subscription: remote::RemoteSubscription) {
+        self.shared.unsubscribe_remote(subscription);
+    }
+
+    /// Publishes a message that came from elsewhere (a bridge, a cluster peer) to this
+    /// broker's subscribers, retaining it if it says so; `origin`, the subscription of
+    /// the peer it came from, is not sent it back. Returns how many subscribers (local
+    /// sessions, shared groups and remote subscribers) it went to.
+    pub fn publish(
+        &self,
+        message: mqtt_session::Message,
+        origin: Option<&remote::RemoteSubscription>,
+    ) -> usize {
+        let mut matches = mqtt_topics::Matches::default();
+        let from = origin.map_or(0, remote::RemoteSubscription::key);
+        self.shared
+            .route(from, message, &mut matches, self.shared.now())
     }
 
     /// The bound addresses (useful with port 0).

@@ -122,6 +122,9 @@ impl Shared {
         if message.retain {
             self.retain(&message);
         }
+        // Remote subscribers first: the message is still whole (the last local recipient
+        // may take it).
+        let mut recipients = self.route_remote(from, topic, &message);
         matches.clear();
         self.index.matches(topic, matches);
         // [MQTT-3.3.4-2], [MQTT-3.3.4-3]: one copy per subscriber at the highest granted
@@ -131,7 +134,6 @@ impl Shared {
         // Recipients that take the message as encoded bytes need no copy of it at all.
         let mut encoded = Encoded::default();
         let mut previous = None;
-        let mut recipients = 0;
         for subscriber in matches.subscribers() {
             let key = *subscriber.key();
             let mut handle = None;

@@ -70,6 +70,9 @@ pub(crate) struct Shared {
     pub(crate) limits: Arc<Limits>,
     pub(crate) origin: tokio::time::Instant,
     pub(crate) index: ShardedIndex<u64, Sub>,
+    /// Subscribers that are not local sessions (bridges, cluster peers), and how many.
+    pub(crate) remote: ShardedIndex<u64, crate::remote::RemoteSub>,
+    pub(crate) remote_count: AtomicUsize,
     pub(crate) sessions: Mutex<HashSet<Registered>>,
     /// Retained messages, sharded by the topic's first level so that retained
     /// publishes on different first levels never wait on one another.
@@ -110,6 +113,8 @@ impl Shared {
             limits,
             origin: tokio::time::Instant::now(),
             index: ShardedIndex::new(),
+            remote: ShardedIndex::new(),
+            remote_count: AtomicUsize::new(0),
             sessions: Mutex::new(HashSet::new()),
             retained: (0..RETAINED_SHARDS)
                 .map(|_| RwLock::new(RetainedStore::new()))

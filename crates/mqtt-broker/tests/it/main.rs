@@ -9,6 +9,7 @@ mod lifecycle;
 mod limits;
 mod mosquitto_clients;
 mod paho;
+mod remote;
 mod rumqttc_v4;
 mod rumqttc_v5;
 mod spec;
