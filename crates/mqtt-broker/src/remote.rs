@@ -64,9 +64,8 @@ impl Shared {
         qos: QoS,
         forward: Arc<dyn Forward>,
     ) -> Result<RemoteSubscription, InvalidFilter> {
-        let parsed = match Filter::parse(filter, ProtocolVersion::V5) {
-            Ok(f @ Filter::Plain(_)) => f,
-            _ => return Err(InvalidFilter(filter.to_owned())),
+        let Ok(parsed @ Filter::Plain(_)) = Filter::parse(filter, ProtocolVersion::V5) else {
+            return Err(InvalidFilter(filter.to_owned()));
         };
         // Keys come from the sessions' counter, so none is ever a session's too.
         let key = self.next_key.fetch_add(1, Ordering::Relaxed);
