@@ -137,6 +137,10 @@ static SERIAL: Mutex<()> = Mutex::new(());
 /// figure a failure is about.
 const FIXED: isize = 64 * 1024;
 
+/// What an offline session may cost besides what its client sent: `tests/memory.rs`
+/// holds a session left without its connection to 512 B.
+const PER_SESSION: isize = 512;
+
 /// What a queued copy of a message may cost besides its bytes: its slot in the queue
 /// and the message's own fields (topic, payload and property handles), about 150 B;
 /// each is bounded per session by `limits.max_queued_messages`.
@@ -482,5 +486,136 @@ fn fan_out_shares_user_properties() {
     assert!(
         ratio_ok(ten, wire10, FIXED + copies * PER_QUEUED),
         "{wire10} wire bytes queued for 10 subscribers hold {ten} B"
+    );
+}
+
+/// A 1 MiB QoS 0 PUBLISH nobody subscribed to: routed nowhere, it should leave nothing.
+fn big_publish() -> Vec<u8> {
+    publish(
+        b"nobody/listens",
+        0,
+        false,
+        &[],
+        &vec![b'x'; 1024 * 1024 - 32],
+    )
+}
+
+/// Sends `rounds` tiny QoS 1 messages on topics `{prefix}/{i}`, each written behind
+/// `big` in one write if given, waiting for each PUBACK. Returns the wire bytes of the
+/// tiny messages alone, of everything, and the settled and peak growth.
+fn tiny_rounds(
+    addr: SocketAddr,
+    prefix: &str,
+    retain: bool,
+    big: Option<&[u8]>,
+    rounds: u16,
+) -> (usize, usize, isize, isize) {
+    let base = baseline();
+    let mut c = Client::connect(addr, format!("{prefix}-pub").as_bytes(), 0);
+    let mut kept = 0;
+    let mut round = Vec::with_capacity(big.map_or(0, <[u8]>::len) + 64);
+    for i in 1..=rounds {
+        let tiny = publish(format!("{prefix}/{i}").as_bytes(), i, retain, &[], b"m");
+        kept += tiny.len();
+        round.clear();
+        round.extend_from_slice(big.unwrap_or_default());
+        round.extend_from_slice(&tiny);
+        c.send(&round);
+        c.expect(0x40);
+    }
+    let wire = c.disconnect();
+    let (growth, peak) = measure(base);
+    (kept, wire, growth, peak)
+}
+
+/// 3. Retained pinning: in one write, a 1 MiB PUBLISH nobody subscribed to, then a tiny
+///    retained PUBLISH on a new topic; 200 times. The store keeps only the tiny
+///    messages: it must cost what the same 200 tiny messages cost alone (measured
+///    first), not a read buffer each. A pinned buffer would be 1 MiB a round.
+#[test]
+fn retained_message_does_not_pin_read_buffer() {
+    let h = Harness::start(|_| {});
+    let rounds = 200;
+    let (kept, _, alone, alone_peak) = tiny_rounds(h.addr, "p3a", true, None, rounds);
+    let big = big_publish();
+    let (_, wire, behind, peak) = tiny_rounds(h.addr, "p3b", true, Some(&big), rounds);
+    report("3 200 tiny retained alone", kept, alone, alone_peak);
+    report("3 200 tiny retained behind 1 MiB each", wire, behind, peak);
+    assert!(
+        behind <= alone + FIXED,
+        "200 tiny retained messages hold {behind} B behind 1 MiB ones, {alone} B alone"
+    );
+}
+
+/// 3b. Many tiny retained messages (5,000 topics, 1-byte payloads): what the retained
+///    store keeps per message against its wire bytes. `retain.max_messages` (1,000,000)
+///    caps the count, not the bytes.
+#[test]
+fn tiny_retained_messages_cost_at_most_twice_their_wire_bytes() {
+    let h = Harness::start(|_| {});
+    let (kept, wire, growth, peak) = tiny_rounds(h.addr, "p3c", true, None, 5_000);
+    report("3b 5,000 tiny retained messages", wire, growth, peak);
+    eprintln!(
+        "[memory] 3b per retained message: {} B held, {} B on the wire",
+        growth / 5_000,
+        kept / 5_000
+    );
+    assert!(
+        ratio_ok(growth, wire, FIXED),
+        "5,000 tiny retained messages ({wire} B on the wire) hold {growth} B"
+    );
+}
+
+/// 4. Offline-queue pinning: the same trick with a tiny QoS 1 message queued for an
+///    offline persistent session, 200 times (twice, within `max_queued_messages`):
+///    queued behind 1 MiB ones, they must cost what they cost alone.
+#[test]
+fn queued_message_does_not_pin_read_buffer() {
+    let h = Harness::start(|_| {});
+    offline_subscriber(h.addr, b"p4-sub", b"p4/#");
+    let rounds = 200;
+    let (kept, _, alone, alone_peak) = tiny_rounds(h.addr, "p4/a", false, None, rounds);
+    let big = big_publish();
+    let (_, wire, behind, peak) = tiny_rounds(h.addr, "p4/b", false, Some(&big), rounds);
+    report("4 200 tiny queued alone", kept, alone, alone_peak);
+    report("4 200 tiny queued behind 1 MiB each", wire, behind, peak);
+    assert!(
+        behind <= alone + FIXED,
+        "200 tiny queued messages hold {behind} B behind 1 MiB ones, {alone} B alone"
+    );
+}
+
+/// 5. SUBSCRIBE pinning: a 1 MiB SUBSCRIBE, padded with 64 KiB User Properties, then one
+///    short filter, from 30 persistent sessions left offline. What stays is each
+///    session and its filter: twice their CONNECT and filter bytes, plus an offline
+///    session's cost and a subscription's bookkeeping (a queue slot's worth) each.
+#[test]
+fn subscription_does_not_pin_read_buffer() {
+    let h = Harness::start(|_| {});
+    let mut properties = Vec::with_capacity(1024 * 1024);
+    while properties.len() < 1024 * 1024 - 65_600 {
+        put_user_property(&mut properties, b"p", &[b'x'; 65_535]);
+    }
+    let sessions = 30;
+    let base = baseline();
+    let (mut wire, mut kept) = (0, 0);
+    for i in 0..sessions {
+        let id = format!("p5-{i:02}");
+        let filter = format!("p5/{i}");
+        let mut c = Client::connect(h.addr, id.as_bytes(), 3600);
+        kept += c.sent + filter.len();
+        let sub = subscribe(1, filter.as_bytes(), &properties);
+        assert!(sub.len() <= 1024 * 1024);
+        c.send(&sub);
+        assert_eq!(c.expect(0x90).last(), Some(&1), "SUBSCRIBE refused");
+        wire += c.disconnect();
+    }
+    let (growth, peak) = measure(base);
+    report("5 1 MiB SUBSCRIBE (x30), all wire", wire, growth, peak);
+    report("5 1 MiB SUBSCRIBE (x30), kept wire", kept, growth, peak);
+    let allowance = FIXED + sessions as isize * (PER_SESSION + PER_QUEUED);
+    assert!(
+        ratio_ok(growth, kept, allowance),
+        "{sessions} sessions with one short filter each hold {growth} B"
     );
 }
