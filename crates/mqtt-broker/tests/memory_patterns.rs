@@ -619,3 +619,64 @@ fn subscription_does_not_pin_read_buffer() {
         "{sessions} sessions with one short filter each hold {growth} B"
     );
 }
+
+/// 6. Many sessions: 10,000 clients each CONNECT (Clean Start 0, Session Expiry the
+///    maximum) and DISCONNECT. Nothing caps the number of sessions, so the bound is the
+///    per-session one of `tests/memory.rs` (512 B) besides twice the wire bytes.
+#[test]
+fn many_offline_sessions() {
+    let h = Harness::start(|_| {});
+    let sessions = 10_000;
+    let batch = 250;
+    let base = baseline();
+    let mut wire = 0;
+    let mut clients = Vec::with_capacity(batch);
+    for b in 0..sessions / batch {
+        for i in 0..batch {
+            let mut c = Client::open(h.addr);
+            c.send(&connect(
+                format!("p6-{:05}", b * batch + i).as_bytes(),
+                u32::MAX,
+            ));
+            clients.push(c);
+        }
+        for c in &mut clients {
+            c.expect_connack();
+        }
+        for c in clients.drain(..) {
+            wire += c.disconnect();
+        }
+    }
+    let (growth, peak) = measure(base);
+    report("6 10,000 offline sessions", wire, growth, peak);
+    eprintln!(
+        "[memory] 6 per session: {} B, {} wire bytes",
+        growth / sessions as isize,
+        wire / sessions
+    );
+    assert!(
+        ratio_ok(growth, wire, FIXED + sessions as isize * PER_SESSION),
+        "{sessions} sessions hold {growth} B"
+    );
+}
+
+/// 7. Client identifiers of 65,535 bytes (the longest 5.0 allows), 200 persistent
+///    sessions left offline: each identifier should be held about once.
+#[test]
+fn longest_client_identifiers() {
+    let h = Harness::start(|_| {});
+    let sessions = 200;
+    let base = baseline();
+    let mut wire = 0;
+    let mut id = vec![b'i'; 65_535];
+    for i in 0..sessions {
+        id[..5].copy_from_slice(format!("{i:05}").as_bytes());
+        wire += Client::connect(h.addr, &id, 3600).disconnect();
+    }
+    let (growth, peak) = measure(base);
+    report("7 65,535-byte client ids (x200)", wire, growth, peak);
+    assert!(
+        ratio_ok(growth, wire, FIXED + sessions as isize * PER_SESSION),
+        "{sessions} sessions with 64 KiB identifiers hold {growth} B"
+    );
+}
