@@ -680,3 +680,82 @@ fn longest_client_identifiers() {
         "{sessions} sessions with 64 KiB identifiers hold {growth} B"
     );
 }
+
+/// 8. A subscriber that never reads, `max_queued_bytes_total` lowered to 4 MiB, and
+///    four publishers sending 10 MB between them at QoS 1. The broker may hold the
+///    budget, plus what is outside it by design: the in-flight window (`max_inflight`
+///    messages, written but unacknowledged), a write buffer (64 KiB) and the encoded
+///    packets beside the queue (64 KiB, counted in the budget but allowed past it once).
+#[test]
+fn subscriber_that_never_reads_stays_within_budget() {
+    let budget = 4 * 1024 * 1024;
+    let h = Harness::start(|c| c.limits.max_queued_bytes_total = budget);
+    let mut slow = Client::connect(h.addr, b"p8-slow", 0);
+    slow.send(&subscribe(1, b"p8/#", &[]));
+    slow.expect(0x90);
+    let payload = vec![b'x'; 16 * 1024];
+    let messages = 150u16;
+    let base = baseline();
+    let mut wire = 0;
+    for p in 0..4 {
+        let mut c = Client::connect(h.addr, format!("p8-pub{p}").as_bytes(), 0);
+        let topic = format!("p8/{p}");
+        for pid in 1..=messages {
+            c.send(&publish(topic.as_bytes(), pid, false, &[], &payload));
+            c.expect(0x40);
+        }
+        wire += c.disconnect();
+    }
+    let (growth, peak) = measure(base);
+    report(
+        "8 never-reading subscriber, 4 MiB budget",
+        wire,
+        growth,
+        peak,
+    );
+    let inflight = 100 * (payload.len() + 64) as isize;
+    let allowance = FIXED + inflight + 2 * 64 * 1024;
+    assert!(
+        growth <= budget as isize + allowance,
+        "a subscriber that never reads holds {growth} B against a {budget} B budget"
+    );
+    // The subscriber stayed connected, unread, for the whole measurement.
+    drop(slow);
+}
+
+/// 9. Fan-out of tiny messages to many offline sessions, `max_queued_bytes_total`
+///    lowered to 1 MiB: 500 persistent subscribers left offline, then 200 one-byte
+///    QoS 1 messages, 100,000 queued copies from a few kilobytes of PUBLISH. The budget
+///    is the documented bound on what all queues hold together.
+#[test]
+fn fan_out_of_tiny_messages_stays_within_budget() {
+    let budget = 1024 * 1024;
+    let h = Harness::start(|c| c.limits.max_queued_bytes_total = budget);
+    let sessions = 500;
+    let base = baseline();
+    let mut wire = 0;
+    for i in 0..sessions {
+        wire += offline_subscriber(h.addr, format!("p9-{i:03}").as_bytes(), b"p9/#");
+    }
+    let subscribed = settle() - base;
+    let (kept, all, growth, peak) = tiny_rounds(h.addr, "p9", false, None, 200);
+    wire += all;
+    let growth = growth + subscribed;
+    let peak = peak + subscribed;
+    report(
+        "9 200 tiny messages x 500 offline sessions",
+        wire,
+        growth,
+        peak,
+    );
+    eprintln!(
+        "[memory] 9 per queued copy: {} B held ({} B of PUBLISH for 100,000 copies); sessions alone {subscribed} B",
+        (growth - subscribed) / 100_000,
+        kept
+    );
+    assert!(
+        growth - subscribed <= budget as isize + FIXED,
+        "100,000 queued copies hold {} B against a {budget} B budget",
+        growth - subscribed
+    );
+}
