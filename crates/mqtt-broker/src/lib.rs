@@ -38,6 +38,7 @@ pub mod remote;
 mod alarms;
 mod connection;
 mod listener;
+mod owned;
 #[cfg(unix)]
 mod parking;
 mod retained;

@@ -82,7 +82,8 @@ impl Message {
     /// ([`Limits::max_queued_bytes`]): the topic's and the payload's bytes, the memory
     /// of its property set ([`PropertyBox::memory_size`]: the set itself and, per User
     /// Property, two string headers and their bytes, with the vector's spare capacity),
-    /// and the properties' wire size ([`PropertyBox::wire_len`]): a decoded message's
+    /// and the properties' wire size ([`PropertyBox::wire_len`]), plus
+    /// [`OVERHEAD`](Self::OVERHEAD) for the copy itself: a decoded message's
     /// strings are slices of the packet's buffer, which stays alive whole, property
     /// bytes included. So it is at least what the message keeps on the heap, not just
     /// its wire size: 200,000 empty User Properties are 1 MB on the wire and 17 MB in
@@ -97,8 +98,14 @@ impl Message {
         } else {
             0
         };
-        self.topic.len() + self.payload.len() + properties
+        Self::OVERHEAD + self.topic.len() + self.payload.len() + properties
     }
+
+    /// What a queued copy costs besides its bytes, charged by [`size`](Self::size): the
+    /// message itself in the session's store and its entry in the queue. Without it,
+    /// 100,000 queued copies of a one-byte message would be charged 100 kB and hold
+    /// about 17 MB.
+    pub const OVERHEAD: usize = 2 * size_of::<Self>();
 
     /// A QoS 0 PUBLISH of this message, by move, sent as `topic` with `topic_alias`.
     #[inline]

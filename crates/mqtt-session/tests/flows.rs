@@ -1373,8 +1373,9 @@ fn pubcomp_lost_with_the_connection_still_delivers() {
 // The queue is bounded by bytes as well as messages.
 #[test]
 fn queue_limit_by_bytes() {
+    // Room for two 41-byte messages with what each copy costs besides its bytes.
     let limits = Limits {
-        max_queued_bytes: 100,
+        max_queued_bytes: 2 * (Message::OVERHEAD + 41) + 10,
         queue_qos0_offline: true,
         ..Limits::default()
     };
@@ -1395,7 +1396,7 @@ fn queue_limit_by_bytes() {
             Message::new(ByteStr::from_static("t"), payload.clone(), QoS::AtLeastOnce),
         )
         .unwrap();
-    // A third 41-byte message would pass 100 bytes: refused.
+    // A third 41-byte message would pass the quota: refused.
     let refused = pair
         .server
         .deliver(

@@ -358,10 +358,21 @@ pub(crate) fn feed(
     }
     let now = shared.now();
     let mut received = 0;
+    // The buffer this batch was read into, for copy-on-store (`owned`), and the largest
+    // packet in it.
+    let buffer = rbuf.capacity();
+    let mut largest = 0;
     loop {
+        let before = rbuf.len();
         match decoder.decode(rbuf) {
-            Ok(Some(packet)) => {
+            Ok(Some(mut packet)) => {
                 received += 1;
+                largest = largest.max(before - rbuf.len());
+                match &mut packet {
+                    Packet::Publish(p) => crate::owned::own_publish_from(p, buffer),
+                    Packet::Subscribe(s) => crate::owned::own_subscribe(s),
+                    _ => {}
+                }
                 if matches!(&packet, Packet::Publish(p) if p.retain)
                     && !shared.config.retain.enabled
                     && cell.session.version().is_v5()
@@ -398,7 +409,7 @@ pub(crate) fn feed(
             .messages_received
             .fetch_add(received, Ordering::Relaxed);
     }
-    if rbuf.is_empty() && rbuf.capacity() > 4 * READ_CHUNK {
+    if rbuf.is_empty() && (rbuf.capacity() > 4 * READ_CHUNK || largest > 4 * READ_CHUNK) {
         // Idle connections keep a small buffer: a burst's growth is given back.
         *rbuf = BytesMut::with_capacity(READ_CHUNK);
     } else {

@@ -238,7 +238,7 @@ pub(crate) async fn attach<W: AsyncWrite + Unpin>(
 
     // What outlives this packet gets its own memory: slices of the read buffer would keep
     // the whole buffer alive for as long as the session lives.
-    detach_from_read_buffer(&mut connect);
+    crate::owned::own_connect(&mut connect);
     let_the_old_connection_finish(shared, &connect.client_id).await;
     let now = shared.now();
     let (handle, generation, stale_filters, old_version) = loop {
@@ -310,34 +310,5 @@ async fn let_the_old_connection_finish(shared: &Shared, client_id: &str) {
     let deadline = tokio::time::Instant::now() + OLD_CONNECTION_GRACE;
     while handle.lock().session.is_connected() && tokio::time::Instant::now() < deadline {
         tokio::time::sleep(OLD_CONNECTION_STEP).await;
-    }
-}
-
-/// Copies the strings and bytes of CONNECT that the session keeps (client identifier,
-/// will) out of the shared read buffer.
-pub(crate) fn detach_from_read_buffer(connect: &mut Connect) {
-    pub(crate) fn own(s: &mut mqtt_codec::ByteStr) {
-        if let Ok(copy) = mqtt_codec::ByteStr::try_from(s.as_str()) {
-            *s = copy;
-        }
-    }
-    own(&mut connect.client_id);
-    if let Some(will) = &mut connect.will {
-        own(&mut will.topic);
-        will.payload = bytes::Bytes::copy_from_slice(&will.payload);
-        let p = &mut will.properties;
-        for s in [&mut p.content_type, &mut p.response_topic]
-            .into_iter()
-            .flatten()
-        {
-            own(s);
-        }
-        if let Some(data) = &mut p.correlation_data {
-            *data = bytes::Bytes::copy_from_slice(data);
-        }
-        for (k, v) in &mut p.user_properties {
-            own(k);
-            own(v);
-        }
     }
 }
