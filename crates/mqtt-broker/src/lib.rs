@@ -45,6 +45,9 @@ mod sessions;
 mod shared;
 mod sys;
 
+#[cfg(feature = "fuzzing")]
+pub mod fuzzing;
+
 use std::{io, net::SocketAddr, sync::Arc, time::Duration};
 
 use tokio::task::JoinSet;
