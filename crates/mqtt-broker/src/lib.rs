@@ -30,6 +30,15 @@
 //! - `retained`: retained messages and their streaming to new subscriptions.
 //! - `shared`: the state all of the above share, statistics, time and wake-ups.
 //! - [`auth`]: the authentication and authorization seams; [`config`]; `sys` (`$SYS`).
+#![cfg_attr(
+    not(test),
+    deny(
+        clippy::unwrap_used,
+        clippy::expect_used,
+        clippy::panic,
+        clippy::indexing_slicing
+    )
+)]
 
 pub mod auth;
 pub mod config;
@@ -46,6 +55,9 @@ mod router;
 mod sessions;
 mod shared;
 mod sys;
+
+#[cfg(feature = "fuzzing")]
+pub mod fuzzing;
 
 use std::{io, net::SocketAddr, sync::Arc, time::Duration};
 

@@ -1,4 +1,13 @@
 //! The `mqtt-broker` binary.
+#![cfg_attr(
+    not(test),
+    deny(
+        clippy::unwrap_used,
+        clippy::expect_used,
+        clippy::panic,
+        clippy::indexing_slicing
+    )
+)]
 
 use std::{net::SocketAddr, path::PathBuf, process::ExitCode};
 
