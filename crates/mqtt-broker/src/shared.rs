@@ -33,6 +33,9 @@ pub(crate) struct Stats {
     pub(crate) connected: AtomicUsize,
     /// Sockets accepted that have not been through CONNECT yet.
     pub(crate) handshaking: AtomicUsize,
+    /// New connections waiting for their first packets in their task (see
+    /// `connection::live`).
+    pub(crate) in_grace: AtomicUsize,
     pub(crate) max_connected: AtomicUsize,
     pub(crate) messages_received: AtomicU64,
     pub(crate) messages_sent: AtomicU64,

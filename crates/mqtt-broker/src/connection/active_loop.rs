@@ -47,13 +47,8 @@ where
     tokio::pin!(timer);
     let mut last_activity = Instant::now();
     let mut shrunk = false;
-    // Nothing has happened since CONNECT (true only on the first stretch). Such a
-    // connection waits FIRST_INPUT_GRACE for its client's first packets before it goes
-    // idle: most clients subscribe or publish right after CONNACK, and a parked
-    // connection would take a thread hop to read them, letting a later PUBLISH from
-    // another client overtake this one's SUBSCRIBE.
+    // Nothing has happened since CONNECT (true only on the first stretch).
     let mut fresh = first_stretch;
-    let fresh_until = Instant::now() + FIRST_INPUT_GRACE;
     // A woken connection goes back to sleep as soon as what woke it was input that asks
     // for nothing more (a PINGREQ, an acknowledgement): an idle client's ping then costs
     // a wake-up, not IDLE_SHRINK of the active state. A delivery written, or a packet
@@ -240,15 +235,12 @@ where
         if again || more {
             continue;
         }
-        if ((fresh && Instant::now() >= fresh_until) || (settle && input))
-            && backlog.is_empty()
-            && rbuf.is_empty()
-        {
-            // A new connection that sent nothing within FIRST_INPUT_GRACE of CONNACK
-            // hibernates: clients that connect and wait (most, on a broker with many)
-            // hold the active state only that long, and a burst of connections does not
-            // leave its peak behind. So does a woken one whose input needed only an
-            // answer (`settle`).
+        if (fresh || (settle && input)) && backlog.is_empty() && rbuf.is_empty() {
+            // A new connection with nothing more to do after CONNACK goes idle at once
+            // (it waits for its first packets in its task, see `live`): clients that
+            // connect and wait (most, on a broker with many) never hold the active
+            // state, and a burst of connections does not leave its peak behind. So does
+            // a woken one whose input needed only an answer (`settle`).
             return Step::Idle;
         }
         // 4. Wait for input. A connection idle for IDLE_SHRINK gives back its buffers'
@@ -261,7 +253,6 @@ where
                 .or(b)
                 .unwrap_or_else(|| Instant::now() + std::time::Duration::from_secs(3600)),
         };
-        let wake = if fresh { wake.min(fresh_until) } else { wake };
         if timer.is_elapsed() || wake < timer.deadline() {
             timer.as_mut().reset(wake);
         }

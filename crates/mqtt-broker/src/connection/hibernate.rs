@@ -78,12 +78,17 @@ pub(crate) fn park_tcp(conn: Conn<tokio::net::TcpStream>) -> Park<tokio::net::Tc
 }
 
 /// Waits, holding no buffer, until the client sends something, the session has
-/// something to send, or its timer fires. `Ok` with the bytes read (perhaps none): go
-/// active. A single signal wakes it for everything but the socket: a publisher, the
+/// something to send, or its timer fires (or, with `grace`, a new connection's
+/// FIRST_INPUT_GRACE_MS has passed). `Ok(Some(bytes))`: the client sent something, fed
+/// to the session already (the bytes left are a packet's start, perhaps none); `Ok(None)`:
+/// a signal woke it. Either way, go active (or, at the end of a grace, try parking). A single signal wakes it for everything but the socket: a publisher, the
 /// session's keep-alive deadline (through `Shared::alarms`), and shutdown
 /// (`Shared::stop_connections`); this keeps the future idle connections sit in small:
 /// no select, no timer of its own.
-pub(crate) async fn hibernate<S: Duplex>(conn: &mut Conn<S>) -> Result<BytesMut, End> {
+pub(crate) async fn hibernate<S: Duplex>(
+    conn: &mut Conn<S>,
+    grace: bool,
+) -> Result<Option<BytesMut>, End> {
     let shared = &*conn.shared;
     if shared.is_shutting_down() {
         return Err(End::Shutdown);
@@ -102,7 +107,13 @@ pub(crate) async fn hibernate<S: Duplex>(conn: &mut Conn<S>) -> Result<BytesMut,
         // hibernates right after CONNACK has not been through the idle shrink.
         cell.session.shrink_idle();
         cell.shrink_encoded();
-        cell.session.poll_timeout()
+        // A new connection's grace (see `live`) ends with a wake-up too.
+        let until =
+            grace.then(|| shared.now() + mqtt_session::Duration::from_millis(FIRST_INPUT_GRACE_MS));
+        match (cell.session.poll_timeout(), until) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
     };
     let alarm = alarm.map(|at| (at, shared.alarms.set(at, &conn.handle)));
     // The first bytes land here, and the read buffer is allocated once they have. Small:
@@ -126,7 +137,7 @@ pub(crate) async fn hibernate<S: Duplex>(conn: &mut Conn<S>) -> Result<BytesMut,
         shared.alarms.cancel(at, id);
     }
     match woke {
-        None => woken(conn, alarm.map(|(at, _)| at)).map(|()| BytesMut::new()),
+        None => woken(conn, alarm.map(|(at, _)| at)).map(|()| None),
         Some(Ok(0) | Err(_)) => Err(End::Lost),
         Some(Ok(n)) => {
             shared
@@ -144,7 +155,7 @@ pub(crate) async fn hibernate<S: Duplex>(conn: &mut Conn<S>) -> Result<BytesMut,
             ) {
                 Err(End::TakenOver)
             } else {
-                Ok(rbuf)
+                Ok(Some(rbuf))
             }
         }
     }

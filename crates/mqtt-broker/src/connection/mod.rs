@@ -48,9 +48,13 @@ pub(crate) const READ_CHUNK: usize = 512;
 /// What a hibernating connection reads before it has a read buffer.
 pub(crate) const FIRST_READ: usize = 16;
 
-/// How long a new connection stays active after CONNACK waiting for its client's first
-/// packets, before it goes idle (parks or hibernates).
-const FIRST_INPUT_GRACE: std::time::Duration = std::time::Duration::from_millis(500);
+/// How long a new connection waits in its task (hibernating, holding no buffer) for its
+/// client's first packets after CONNACK, before it may park.
+const FIRST_INPUT_GRACE_MS: u64 = 500;
+
+/// How many new connections may wait out FIRST_INPUT_GRACE_MS at once; beyond, they
+/// park at once (a burst of connections then costs what it did without the grace).
+const GRACE_SLOTS: usize = 1024;
 
 /// After this long without traffic a connection gives back the memory of its buffers
 /// and its session's queues.
@@ -210,6 +214,11 @@ pub(crate) fn live<S: Duplex>(
     mut first_stretch: bool,
 ) -> impl Future<Output = ()> {
     async move {
+        // A new connection waits for its client's first packets in its own task for
+        // FIRST_INPUT_GRACE_MS before it may park: most clients subscribe or publish right
+        // after CONNACK, and a parked connection takes a thread hop to read them, which
+        // let a later PUBLISH from another client overtake this one's SUBSCRIBE.
+        let mut grace = first_stretch;
         let end = loop {
             // The active state (buffers, a select over several futures: over a kilobyte)
             // lives on the heap only while the connection is active; an idle connection's
@@ -217,6 +226,27 @@ pub(crate) fn live<S: Duplex>(
             let active = Box::pin(active(&mut conn, rbuf, std::mem::take(&mut first_stretch)));
             if !active.await {
                 return;
+            }
+            // At most GRACE_SLOTS connections wait so at once: in a burst of new
+            // connections the rest park at once, and the burst leaves no peak behind.
+            if std::mem::take(&mut grace) {
+                let in_grace = &conn.shared.stats.in_grace;
+                if in_grace.fetch_add(1, Ordering::Relaxed) < GRACE_SLOTS {
+                    let woke = hibernate(&mut conn, true).await;
+                    conn.shared.stats.in_grace.fetch_sub(1, Ordering::Relaxed);
+                    match woke {
+                        // Input: back to work. Woken by the grace's end or a signal: on
+                        // to parking, which finds out whether there is something to send.
+                        Ok(Some(read)) => {
+                            rbuf = read;
+                            continue;
+                        }
+                        Ok(None) => {}
+                        Err(end) => break end,
+                    }
+                } else {
+                    in_grace.fetch_sub(1, Ordering::Relaxed);
+                }
             }
             let busy;
             (conn, busy) = match S::park(conn) {
@@ -228,8 +258,8 @@ pub(crate) fn live<S: Duplex>(
                 rbuf = BytesMut::new();
                 continue;
             }
-            match hibernate(&mut conn).await {
-                Ok(read) => rbuf = read,
+            match hibernate(&mut conn, false).await {
+                Ok(read) => rbuf = read.unwrap_or_default(),
                 Err(end) => break end,
             }
         };

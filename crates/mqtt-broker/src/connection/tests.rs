@@ -33,7 +33,7 @@ fn what_an_idle_connection_holds_stays_small() {
             stream: stream().await,
             decoder: Decoder::new(),
         };
-        let hibernating = super::hibernate(&mut conn);
+        let hibernating = super::hibernate(&mut conn, false);
         let hibernate = size_of_val(&hibernating);
         drop(hibernating);
         let serving = super::serve(shared.clone(), stream().await, addr);
@@ -135,6 +135,9 @@ async fn serving(config: Config) -> (Arc<Shared>, std::net::SocketAddr) {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let serving = Arc::clone(&shared);
+    // The alarms end hibernations (a new connection's grace, keep-alive), as in the
+    // broker.
+    tokio::spawn(crate::alarms::run(Arc::clone(&shared)));
     tokio::spawn(async move {
         while let Ok((stream, peer)) = listener.accept().await {
             tokio::spawn(super::serve(Arc::clone(&serving), stream, peer));
@@ -227,7 +230,7 @@ fn a_parked_connection_wakes_for_its_socket_and_its_session() {
     });
 }
 
-/// A new connection stays active for FIRST_INPUT_GRACE after CONNACK, so that the
+/// A new connection waits in its task for FIRST_INPUT_GRACE_MS after CONNACK, so that the
 /// packets most clients send right away (SUBSCRIBE) are read at once rather than after
 /// a park and a revival on another thread (which let a later PUBLISH from another client
 /// overtake them: measured against the binary, 158 of 200 such races lost without the
@@ -246,7 +249,10 @@ fn a_new_connection_waits_for_its_first_packets_before_parking() {
             let id = ["new-0", "new-1", "new-2", "new-3", "new-4"][round];
             let _client = Client::connect(addr, ProtocolVersion::V3_1_1, id).await;
             let handle = shared.session(&ByteStr::from_static(id));
-            tokio::time::sleep(super::FIRST_INPUT_GRACE / 5).await;
+            tokio::time::sleep(std::time::Duration::from_millis(
+                super::FIRST_INPUT_GRACE_MS / 5,
+            ))
+            .await;
             assert!(!handle.lock().is_parked(), "{id} parked within the grace");
             parked(&shared, id).await;
         }
