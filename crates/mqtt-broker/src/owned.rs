@@ -28,6 +28,24 @@ fn own_bytes(b: &mut Bytes) {
     *b = Bytes::copy_from_slice(b);
 }
 
+/// Copies the strings and bytes of the properties a will and a PUBLISH share.
+fn own_message_properties(
+    strings: [&mut Option<ByteStr>; 2],
+    correlation_data: &mut Option<Bytes>,
+    user_properties: &mut [(ByteStr, ByteStr)],
+) {
+    for s in strings.into_iter().flatten() {
+        own(s);
+    }
+    if let Some(data) = correlation_data {
+        own_bytes(data);
+    }
+    for (k, v) in user_properties {
+        own(k);
+        own(v);
+    }
+}
+
 /// Copies what the session keeps of CONNECT: client identifier and will.
 pub(crate) fn own_connect(connect: &mut Connect) {
     own(&mut connect.client_id);
@@ -35,19 +53,11 @@ pub(crate) fn own_connect(connect: &mut Connect) {
         own(&mut will.topic);
         own_bytes(&mut will.payload);
         let p = &mut will.properties;
-        for s in [&mut p.content_type, &mut p.response_topic]
-            .into_iter()
-            .flatten()
-        {
-            own(s);
-        }
-        if let Some(data) = &mut p.correlation_data {
-            own_bytes(data);
-        }
-        for (k, v) in &mut p.user_properties {
-            own(k);
-            own(v);
-        }
+        own_message_properties(
+            [&mut p.content_type, &mut p.response_topic],
+            &mut p.correlation_data,
+            &mut p.user_properties,
+        );
     }
 }
 
@@ -68,18 +78,10 @@ pub(crate) fn own_publish_from(publish: &mut Publish, buffer: usize) {
     own_bytes(&mut publish.payload);
     if publish.properties.get().is_some() {
         let p = publish.properties.make_mut();
-        for s in [&mut p.content_type, &mut p.response_topic]
-            .into_iter()
-            .flatten()
-        {
-            own(s);
-        }
-        if let Some(data) = &mut p.correlation_data {
-            own_bytes(data);
-        }
-        for (k, v) in &mut p.user_properties {
-            own(k);
-            own(v);
-        }
+        own_message_properties(
+            [&mut p.content_type, &mut p.response_topic],
+            &mut p.correlation_data,
+            &mut p.user_properties,
+        );
     }
 }
