@@ -271,6 +271,8 @@ pub(crate) fn pump_retained(
             break;
         }
     }
+    // The batch counts in the global budget at once, not at the next flush.
+    shared.account(&mut cell);
     entry.cursor = Some(iter.cursor());
     if finished || iter.cursor().is_done() {
         // This shard is done: on to the filter's next one, or to the next subscription.
