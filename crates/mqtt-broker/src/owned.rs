@@ -70,8 +70,12 @@ pub(crate) fn own_subscribe(subscribe: &mut Subscribe) {
 
 /// Copies a PUBLISH read from a buffer of `buffer` bytes if it is small beside it.
 pub(crate) fn own_publish_from(publish: &mut Publish, buffer: usize) {
+    // The buffer first: ordinary traffic stops here without sizing its properties.
+    if buffer < LARGE_BUFFER {
+        return;
+    }
     let size = publish.topic.len() + publish.payload.len() + publish.properties.encoded_len();
-    if buffer < LARGE_BUFFER || size.saturating_mul(4) >= buffer.saturating_mul(3) {
+    if size.saturating_mul(4) >= buffer.saturating_mul(3) {
         return;
     }
     own(&mut publish.topic);

@@ -212,8 +212,9 @@ impl Shared {
             return false;
         }
         // A packet is longer than its message's topic and payload: one that cannot fit
-        // is not worth encoding.
-        if message.size() >= ENCODED_BYTES {
+        // is not worth encoding. (Not `Message::size`, which walks the properties, once
+        // per recipient; a packet too long is refused below all the same.)
+        if message.topic.len() + message.payload.len() >= ENCODED_BYTES {
             return false;
         }
         let handle = to.handle;
