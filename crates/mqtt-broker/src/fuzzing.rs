@@ -58,7 +58,7 @@ const CHECK_TOPIC: &str = "fuzz/check";
 /// # Cancel safety
 /// Not cancel safe: dropping the future part-way drops the broker state with it.
 pub async fn serve_bytes(input: &[u8]) {
-    let shared = Arc::new(Shared::new(Config::default(), Auth::default()));
+    let shared = Arc::new(Shared::new(Config::default(), Auth::default().into()));
     let (mode, stream) = input.split_first().map_or((0, &[][..]), |(&m, s)| (m, s));
 
     let (client, server) = pipe();

@@ -30,6 +30,7 @@
 //! - `retained`: retained messages and their streaming to new subscriptions.
 //! - `shared`: the state all of the above share, statistics, time and wake-ups.
 //! - [`auth`]: the authentication and authorization seams; [`config`]; `sys` (`$SYS`).
+//! - [`store`]: the seam a durable store of retained messages and sessions plugs into.
 #![cfg_attr(
     not(test),
     deny(
@@ -43,6 +44,7 @@
 pub mod auth;
 pub mod config;
 pub mod remote;
+pub mod store;
 
 mod alarms;
 mod connection;
@@ -66,6 +68,32 @@ use tracing::{info, warn};
 
 use crate::shared::Shared;
 pub use crate::{auth::Auth, config::Config};
+
+/// The backends a broker runs with: who may connect and what they may do ([`Auth`]),
+/// and where what outlives the process is kept ([`store::Store`]). An [`Auth`] alone
+/// converts into one with [`store::MemoryStore`].
+#[derive(Debug)]
+pub struct Backends {
+    /// Authentication and authorization.
+    pub auth: Auth,
+    /// Retained messages and persistent sessions, read back at start.
+    pub store: Box<dyn store::Store>,
+}
+
+impl Default for Backends {
+    fn default() -> Self {
+        Auth::default().into()
+    }
+}
+
+impl From<Auth> for Backends {
+    fn from(auth: Auth) -> Self {
+        Self {
+            auth,
+            store: Box::new(store::MemoryStore),
+        }
+    }
+}
 
 /// A running broker.
 #[derive(Debug)]
@@ -94,14 +122,22 @@ impl Broker {
         Self::start_with(config, Auth::default()).await
     }
 
-    /// As [`Broker::start`], with authentication and authorization backends of the
-    /// caller's. With `config.auth.allow_anonymous = false`, a CONNECT without a user
-    /// name is refused before `auth` is asked.
+    /// As [`Broker::start`], with backends of the caller's: an [`Auth`] (authentication
+    /// and authorization), or [`Backends`] with a [`store::Store`] as well, whose
+    /// retained messages and sessions are read back before the listeners open. With
+    /// `config.auth.allow_anonymous = false`, a CONNECT without a user name is refused
+    /// before the authenticator is asked.
     ///
     /// # Errors
-    /// As [`Broker::start`].
-    pub async fn start_with(config: Config, auth: Auth) -> io::Result<Self> {
-        let shared = Arc::new(Shared::new(config, auth));
+    /// As [`Broker::start`], and if the store cannot be read ([`store::Store::load`]).
+    pub async fn start_with(config: Config, backends: impl Into<Backends>) -> io::Result<Self> {
+        let shared = Arc::new(Shared::new(config, backends.into()));
+        shared.restore().map_err(|e| {
+            io::Error::other(format!(
+                "the store ({:?}) could not be read: {e}",
+                shared.store
+            ))
+        })?;
         let mut tasks = JoinSet::new();
         let mut local_addrs = Vec::new();
         let mut errors = Vec::new();

@@ -8,7 +8,11 @@ use mqtt_codec::QoS;
 use mqtt_session::Message;
 use mqtt_topics::{RetainedStore, TopicFilter, TopicName};
 
-use crate::{sessions::SessionHandle, shared::Shared};
+use crate::{
+    sessions::SessionHandle,
+    shared::Shared,
+    store::{RetainedRecord, StoreError},
+};
 
 /// How many retained-store shards there are.
 pub(crate) const RETAINED_SHARDS: usize = 16;
@@ -30,56 +34,90 @@ pub(crate) struct RetainedMessage {
 }
 
 impl Shared {
-    /// Stores, replaces or (empty payload) deletes a retained message.
-    pub(crate) fn retain(&self, message: &Message) {
+    /// Stores, replaces or (empty payload) deletes a retained message, and tells the
+    /// store. `Err` if the store failed: then nothing changed.
+    pub(crate) fn retain(&self, message: &Message) -> Result<(), StoreError> {
+        let expires_at = message
+            .properties
+            .message_expiry_interval
+            .map(|secs| self.now() + mqtt_session::Duration::from_secs(u64::from(secs)));
+        self.put_retained(message, expires_at, true)
+    }
+
+    /// [`Shared::retain`] with the time the message expires (`None`: never) and whether
+    /// to tell the store (`write`; not for what it read back). A change is written
+    /// under the shard's lock, so that the store sees a topic's changes in their order;
+    /// nothing is written for `$SYS/` topics, a deletion of nothing, or a message over
+    /// the quota.
+    pub(crate) fn put_retained(
+        &self,
+        message: &Message,
+        expires_at: Option<mqtt_session::Instant>,
+        write: bool,
+    ) -> Result<(), StoreError> {
         if !self.config.retain.enabled {
-            return;
+            return Ok(());
         }
         let Ok(topic) = TopicName::new(&message.topic) else {
-            return;
+            return Ok(());
         };
-        let Some(shard) = self.retained.get(retained_shard(&message.topic)) else {
-            return;
+        let Some(lock) = self.retained.get(retained_shard(&message.topic)) else {
+            return Ok(());
         };
-        let mut store = shard
+        // The broker's own `$SYS` topics do not use up the clients' retained quota, and
+        // are published again every interval rather than kept.
+        let is_sys = message.topic.starts_with("$SYS/");
+        let write = write && self.durable && !is_sys;
+        let mut shard = lock
             .write()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         if message.payload.is_empty() {
-            if let Some(old) = store.remove(topic) {
+            if shard.get(topic).is_none() {
+                return Ok(());
+            }
+            if write {
+                self.store
+                    .retain(&message.topic, None)
+                    .inspect_err(|e| self.store_failed("a retained message", e))?;
+            }
+            if let Some(old) = shard.remove(topic) {
                 self.retained_count.fetch_sub(1, Ordering::Relaxed);
-                if message.topic.starts_with("$SYS/") {
+                if is_sys {
                     self.retained_sys.fetch_sub(1, Ordering::Relaxed);
                 }
                 if old.expires_at.is_some() {
                     self.retained_expiring.fetch_sub(1, Ordering::Relaxed);
                 }
             }
-            return;
+            return Ok(());
         }
-        let exists = store.get(topic).is_some();
-        // The broker's own `$SYS` topics do not use up the clients' retained quota.
-        let is_sys = message.topic.starts_with("$SYS/");
+        let exists = shard.get(topic).is_some();
         let used = self
             .retained_count
             .load(Ordering::Relaxed)
             .saturating_sub(self.retained_sys.load(Ordering::Relaxed));
         if !exists && !is_sys && used >= self.config.retain.max_messages {
-            return;
-        }
-        if !exists && is_sys {
-            self.retained_sys.fetch_add(1, Ordering::Relaxed);
+            return Ok(());
         }
         let mut stored = message.clone();
         stored.retain = true;
         stored.properties.set_subscription_identifiers(Vec::new());
-        let expires_at = stored
-            .properties
-            .message_expiry_interval
-            .map(|secs| self.now() + mqtt_session::Duration::from_secs(u64::from(secs)));
+        if write {
+            let record = RetainedRecord::new(
+                stored.clone(),
+                expires_at.and_then(|at| self.wall_clock(at)),
+            );
+            self.store
+                .retain(&message.topic, Some(&record))
+                .inspect_err(|e| self.store_failed("a retained message", e))?;
+        }
+        if !exists && is_sys {
+            self.retained_sys.fetch_add(1, Ordering::Relaxed);
+        }
         if expires_at.is_some() {
             self.retained_expiring.fetch_add(1, Ordering::Relaxed);
         }
-        match store.insert(
+        match shard.insert(
             topic,
             RetainedMessage {
                 message: stored,
@@ -94,6 +132,7 @@ impl Shared {
             }
             Some(_) => {}
         }
+        Ok(())
     }
 
     /// A retained message as a subscriber gets it: `None` once expired (5.0 Message
@@ -114,9 +153,9 @@ impl Shared {
         Some(m)
     }
 
-    /// Drops expired retained messages (delivery skips them anyway; this bounds memory).
-    /// Scans under the read lock, removes under the write lock; does nothing while no
-    /// retained message has an expiry.
+    /// Drops expired retained messages (delivery skips them anyway; this bounds memory),
+    /// and the store's copies. Scans under the read lock, removes under the write lock;
+    /// does nothing while no retained message has an expiry.
     pub(crate) fn purge_expired_retained(&self) {
         if self.retained_expiring.load(Ordering::Relaxed) == 0 {
             return;
@@ -154,6 +193,11 @@ impl Shared {
                     store.remove(name);
                     self.retained_count.fetch_sub(1, Ordering::Relaxed);
                     self.retained_expiring.fetch_sub(1, Ordering::Relaxed);
+                    if self.durable {
+                        if let Err(e) = self.store.retain(&topic, None) {
+                            self.store_failed("an expired retained message", &e);
+                        }
+                    }
                 }
             }
         }

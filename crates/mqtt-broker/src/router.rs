@@ -103,13 +103,31 @@ impl Encoded {
 }
 
 impl Shared {
+    /// Retains a message published by session `from` if it says so, and routes it
+    /// ([`Shared::fan_out`]). For what has nobody to answer (a will, `$SYS`, a peer's
+    /// message): one the store failed to retain is routed all the same (the failure is
+    /// logged). A client's PUBLISH goes through `connection::publish`, which refuses it
+    /// then.
+    pub(crate) fn route(
+        &self,
+        from: u64,
+        message: Message,
+        matches: &mut Matches<u64, Sub>,
+        now: mqtt_session::Instant,
+    ) -> usize {
+        if message.retain {
+            let _ = self.retain(&message);
+        }
+        self.fan_out(from, message, matches, now)
+    }
+
     /// Routes a message published by session `from` to every matching subscriber, and
     /// says to how many sessions it went (shared-subscription groups count once):
     /// none is 5.0's "No matching subscribers". `matches` is a reusable buffer, so
     /// routing allocates nothing per message in the steady state beyond the copies each
     /// subscriber gets. Nothing here waits: a subscriber that cannot take the message
     /// loses it ([`Shared::overflow`]).
-    pub(crate) fn route(
+    pub(crate) fn fan_out(
         &self,
         from: u64,
         message: Message,
@@ -119,9 +137,6 @@ impl Shared {
         let Ok(topic) = TopicName::new(&message.topic) else {
             return 0;
         };
-        if message.retain {
-            self.retain(&message);
-        }
         // Remote subscribers first: the message is still whole (the last local recipient
         // may take it).
         let mut recipients = self.route_remote(from, topic, &message);

@@ -77,6 +77,9 @@ pub(crate) struct SessionCell {
     pub(crate) charged: usize,
     /// What only some sessions hold, boxed on first use: 8 bytes for the others.
     pub(crate) extra: Option<Box<CellExtra>>,
+    /// What the store holds of this session: `None` if nothing, as for every session
+    /// that ends with its connection (see `store`).
+    pub(crate) recorded: Option<crate::store::Recorded>,
     /// The session's connection, parked without a task while idle (see `parking`).
     #[cfg(unix)]
     pub(crate) parked: Option<Box<Parked>>,
@@ -273,22 +276,108 @@ impl Shared {
         if let Some(Registered(h)) = registry.get(client_id.as_str()) {
             return Arc::clone(h);
         }
-        let handle = Arc::new(SessionHandle {
+        let session = ServerSession::new(client_id.clone(), Arc::clone(&self.limits));
+        let handle = self.new_handle(session, None);
+        registry.insert(Registered(Arc::clone(&handle)));
+        handle
+    }
+
+    /// A handle for `session`, not registered yet.
+    fn new_handle(
+        &self,
+        session: ServerSession,
+        recorded: Option<crate::store::Recorded>,
+    ) -> Arc<SessionHandle> {
+        Arc::new(SessionHandle {
             key: self.next_key.fetch_add(1, Ordering::Relaxed),
-            client_id: client_id.clone(),
+            client_id: session.client_id().clone(),
             cell: Mutex::new(SessionCell {
-                session: ServerSession::new(client_id.clone(), Arc::clone(&self.limits)),
+                session,
                 generation: 0,
                 gone: false,
                 charged: 0,
                 extra: None,
+                recorded,
                 #[cfg(unix)]
                 parked: None,
             }),
             notify: Notify::new(),
+        })
+    }
+
+    /// Registers a persistent session read back from the store, without a connection:
+    /// its subscriptions pass the checks a SUBSCRIBE's do (syntax, authorization: what
+    /// the authorizer refuses now is left out) and go into the index, and its expiry
+    /// (`expires_at`, `None` for never) runs. False if the registry has the client
+    /// already.
+    pub(crate) fn restore_session(
+        self: &Arc<Self>,
+        record: crate::store::SessionRecord,
+        expires_at: Option<mqtt_session::Instant>,
+    ) -> bool {
+        let crate::store::SessionRecord {
+            client_id,
+            version,
+            session_expiry,
+            subscriptions,
+            expires_at: deadline,
+            ..
+        } = record;
+        let (kept, left_out): (Vec<_>, Vec<_>) = subscriptions.into_iter().partition(|r| {
+            crate::connection::check_filter(self, &client_id, &r.filter, version).is_ok()
         });
-        registry.insert(Registered(Arc::clone(&handle)));
-        handle
+        if !left_out.is_empty() {
+            tracing::info!(client = %client_id, filters = ?left_out.iter().map(|r| &r.filter).collect::<Vec<_>>(), "stored subscriptions left out: refused now");
+        }
+        let session = ServerSession::restored(
+            client_id,
+            Arc::clone(&self.limits),
+            version,
+            session_expiry,
+            expires_at,
+            kept,
+        );
+        let recorded = crate::store::Recorded::of(&session);
+        let handle = {
+            let mut registry = self.registry();
+            if registry.contains(session.client_id().as_str()) {
+                return false;
+            }
+            let handle = self.new_handle(session, recorded);
+            registry.insert(Registered(Arc::clone(&handle)));
+            handle
+        };
+        {
+            let mut cell = handle.lock();
+            for r in cell.session.subscriptions().iter() {
+                if let Ok(filter) = Filter::parse(&r.filter, version) {
+                    let sub = Sub {
+                        handle: Arc::clone(&handle),
+                        options: r.options,
+                        identifier: r.identifier,
+                    };
+                    self.index.subscribe(filter, handle.key, sub);
+                }
+            }
+            // The record goes without what was left out, and with the deadline that
+            // runs from now if it had none (its connection was lost with the process).
+            if !left_out.is_empty() || (deadline.is_none() && expires_at.is_some()) {
+                self.record_session(&mut cell, true);
+            }
+        }
+        self.start_offline_timers(&handle);
+        true
+    }
+
+    /// Runs the timers of a session that has no connection (its expiry; a will, once
+    /// the store keeps wills): the one place a restored session's timers start.
+    fn start_offline_timers(self: &Arc<Self>, handle: &Arc<SessionHandle>) {
+        let generation = handle.lock().generation;
+        tokio::spawn(crate::connection::idle(
+            Arc::clone(self),
+            Arc::clone(handle),
+            generation,
+        ));
     }
 
     /// Forgets an expired session and its subscriptions, unless a connection (of a
@@ -308,6 +397,9 @@ impl Shared {
                 .is_some_and(|Registered(h)| Arc::ptr_eq(h, handle))
             {
                 registry.remove(handle.client_id.as_str());
+                // Its record goes before the registry lets a new session of the client
+                // in, whose record it would otherwise remove.
+                self.forget_session(&mut cell);
             }
             drop(registry);
             cell.gone = true;
@@ -371,6 +463,7 @@ mod tests {
                 gone: false,
                 charged: 0,
                 extra: None,
+                recorded: None,
                 #[cfg(unix)]
                 parked: None,
             };

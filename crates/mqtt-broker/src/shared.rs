@@ -20,6 +20,7 @@ use mqtt_topics::{RetainedStore, ShardedIndex};
 #[cfg(unix)]
 use crate::parking::{Parked, Parking};
 use crate::{
+    Backends,
     alarms::Alarms,
     auth::Auth,
     config::Config,
@@ -69,6 +70,12 @@ pub(crate) struct Shared {
     pub(crate) config: Config,
     /// Authentication and authorization backends.
     pub(crate) auth: Auth,
+    /// Where retained messages and persistent sessions are kept (see `store`).
+    pub(crate) store: Box<dyn crate::store::Store>,
+    /// Whether it keeps anything (`Store::is_durable`): if not, no record is built.
+    pub(crate) durable: bool,
+    /// When the last line about a store failure was logged (session time, ms).
+    pub(crate) last_store_log: AtomicU64,
     /// Every session's limits, shared by all of them.
     pub(crate) limits: Arc<Limits>,
     pub(crate) origin: tokio::time::Instant,
@@ -108,11 +115,15 @@ pub(crate) struct Shared {
 }
 
 impl Shared {
-    pub(crate) fn new(config: Config, auth: Auth) -> Self {
+    pub(crate) fn new(config: Config, backends: Backends) -> Self {
         let limits = Arc::new(config.session_limits());
+        let Backends { auth, store } = backends;
         Self {
             config,
             auth,
+            durable: store.is_durable(),
+            store,
+            last_store_log: AtomicU64::new(0),
             limits,
             origin: tokio::time::Instant::now(),
             index: ShardedIndex::new(),

@@ -21,7 +21,8 @@
 //! and bytes (QoS 0 dropped first), the QoS 2 receive window by our Receive Maximum,
 //! topic aliases by our Topic Alias Maximum. [`ClientSession::export`] and
 //! [`ServerSession::export`] write the whole session state in a stable, versioned
-//! encoding (see [`state`]).
+//! encoding (see [`state`]); [`ServerSession::restored`] brings back the part of a
+//! server session a broker keeps in its store (subscriptions and expiry) after a restart.
 //!
 //! `#![no_std]` with `alloc`.
 #![no_std]

@@ -204,6 +204,45 @@ impl ServerSession {
         }
     }
 
+    /// A session brought back from storage after a restart, without its connection: the
+    /// persistent session of `client_id`, last connected with `version`, with its Session
+    /// Expiry Interval (`session_expiry`, seconds, `u32::MAX` for never) and
+    /// `subscriptions`.
+    ///
+    /// It is established and has no connection, as after
+    /// [`connection_lost`](Self::connection_lost): a CONNECT with Clean Start 0 before
+    /// `expires_at` resumes it (Session Present 1, its subscriptions kept; see
+    /// [`would_resume`](Self::would_resume)), one with Clean Start 1 replaces it. Its
+    /// timer ([`poll_timeout`](Self::poll_timeout)) is `expires_at`, where
+    /// [`handle_timeout`](Self::handle_timeout) reports [`Event::SessionExpired`]; `None`
+    /// is never. The caller chooses the deadline: the one stored, rebased on its own
+    /// clock, or `session_expiry` from the restart.
+    ///
+    /// Only that comes back: no message queued or in flight, no will, no QoS 2 exchange
+    /// half done (what [`export`](Self::export) and [`restore`](Self::restore) carry
+    /// too). Subscriptions with the same filter keep the last one. `limits` is as for
+    /// [`new`](Self::new).
+    pub fn restored(
+        client_id: ByteStr,
+        limits: impl Into<Arc<Limits>>,
+        version: ProtocolVersion,
+        session_expiry: u32,
+        expires_at: Option<Instant>,
+        subscriptions: impl IntoIterator<Item = SubscriptionRecord>,
+    ) -> Self {
+        let mut session = Self::new(client_id, limits);
+        session.flow.version = version;
+        session.import_fields(
+            true,
+            session_expiry,
+            None,
+            None,
+            expires_at,
+            subscriptions.into_iter().collect(),
+        );
+        session
+    }
+
     /// The client identifier.
     pub fn client_id(&self) -> &ByteStr {
         &self.client_id
@@ -227,6 +266,23 @@ impl ServerSession {
     /// How many subscriptions the session holds; O(1).
     pub fn subscription_count(&self) -> usize {
         self.subscriptions.len()
+    }
+
+    /// The Session Expiry Interval in force, in seconds (`u32::MAX`: never): what the
+    /// last CONNECT asked, capped by [`Limits::max_session_expiry`], or what the
+    /// client's DISCONNECT changed it to (5.0); for 3.x, 0 with Clean Session 1 and
+    /// [`Limits::persistent_session_expiry`] without. 0 means the session ends with its
+    /// connection.
+    pub fn session_expiry(&self) -> u32 {
+        self.session_expiry
+    }
+
+    /// When the session expires: set while it has no connection and an expiry (from
+    /// [`connection_lost`](Self::connection_lost), or given to
+    /// [`restored`](Self::restored)), `None` while connected, for a session that never
+    /// expires, and once [`handle_timeout`](Self::handle_timeout) reported it.
+    pub fn expires_at(&self) -> Option<Instant> {
+        self.expires_at.get()
     }
 
     /// Whether [`accept`](Self::accept) of `connect` at `now` would resume this session

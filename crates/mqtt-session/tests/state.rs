@@ -3,11 +3,12 @@
 
 use bytes::Bytes;
 use mqtt_codec::{
-    ByteStr, ProtocolVersion, QoS, Subscription, SubscriptionId, SubscriptionOptions, Will,
+    ByteStr, Connect, Packet, ProtocolVersion, QoS, RetainHandling, Subscription, SubscriptionId,
+    SubscriptionOptions, Will,
 };
 use mqtt_session::{
     ClientSession, Duration, Event, Instant, Limits, Message, ServerSession, StateError,
-    testing::Pair,
+    SubscriptionRecord, testing::Pair,
 };
 
 fn options() -> mqtt_session::ClientOptions {
@@ -195,4 +196,137 @@ fn bad_state_is_refused_not_panicked_on() {
         b[i] ^= 0xFF;
         let _ = ServerSession::restore(Limits::default(), &b, Instant::ZERO);
     }
+}
+
+// ---- a session restored from storage (`ServerSession::restored`) ----------------------
+
+fn stored_subscription() -> SubscriptionRecord {
+    SubscriptionRecord {
+        filter: ByteStr::from_static("a/#"),
+        options: SubscriptionOptions {
+            qos: QoS::ExactlyOnce,
+            no_local: true,
+            retain_as_published: true,
+            retain_handling: RetainHandling::SendIfNew,
+        },
+        identifier: SubscriptionId::new(7),
+    }
+}
+
+fn connect(version: ProtocolVersion, clean_start: bool) -> Connect {
+    let mut c = Connect::new(version, ByteStr::from_static("mover"));
+    c.clean_start = clean_start;
+    c.properties.session_expiry_interval = Some(600);
+    c
+}
+
+// A restored session is a persistent session whose connection is gone: it holds its
+// subscriptions and keeps messages routed to it, and Clean Start 0 resumes it with
+// Session Present 1 and sends them.
+#[test]
+fn a_restored_session_resumes_with_its_subscriptions() {
+    let now = Instant::from_millis(5_000);
+    let at = now + Duration::from_secs(600);
+    let mut pair = Pair::new(options(), Limits::default());
+    pair.now = now;
+    pair.server = ServerSession::restored(
+        ByteStr::from_static("mover"),
+        Limits::default(),
+        ProtocolVersion::V5,
+        600,
+        Some(at),
+        [stored_subscription()],
+    );
+    let server = &pair.server;
+    assert!(!server.is_connected());
+    assert_eq!(server.version(), ProtocolVersion::V5);
+    assert_eq!(server.session_expiry(), 600);
+    assert_eq!(
+        (server.expires_at(), server.poll_timeout()),
+        (Some(at), Some(at))
+    );
+    assert_eq!(
+        server.subscriptions().iter().collect::<Vec<_>>(),
+        [stored_subscription()]
+    );
+    assert!(server.would_resume(now, &connect(ProtocolVersion::V5, false)));
+
+    let kept = Message::new(
+        ByteStr::from_static("a/b"),
+        Bytes::from_static(b"kept"),
+        QoS::AtLeastOnce,
+    );
+    pair.server.deliver(now, kept).unwrap();
+    pair.connect();
+    assert!(pair.error.is_none(), "{:?}", pair.error);
+    let present = pair.server_sent.iter().find_map(|p| match p {
+        Packet::ConnAck(c) => Some(c.session_present),
+        _ => None,
+    });
+    assert_eq!(present, Some(true));
+    assert_eq!(payloads(&pair.client_events), ["kept"]);
+    assert_eq!(
+        pair.server.subscriptions().iter().collect::<Vec<_>>(),
+        [stored_subscription()]
+    );
+    assert_eq!(
+        pair.server.expires_at(),
+        None,
+        "connected: no expiry running"
+    );
+}
+
+// Its timer is the deadline it was given: the session expires there, and a CONNECT
+// after that starts anew, as with any session that expired.
+#[test]
+fn a_restored_session_expires_at_its_deadline() {
+    let now = Instant::from_millis(1_000);
+    let at = now + Duration::from_secs(30);
+    let mut server = ServerSession::restored(
+        ByteStr::from_static("mover"),
+        Limits::default(),
+        ProtocolVersion::V3_1_1,
+        30,
+        Some(at),
+        [stored_subscription()],
+    );
+    server.handle_timeout(Instant::from_millis(at.as_millis() - 1));
+    assert!(server.poll_event().is_none());
+    assert!(server.would_resume(now, &connect(ProtocolVersion::V3_1_1, false)));
+    server.handle_timeout(at);
+    assert!(matches!(server.poll_event(), Some(Event::SessionExpired)));
+    assert_eq!(server.poll_timeout(), None);
+    let c = connect(ProtocolVersion::V3_1_1, false);
+    assert!(!server.would_resume(at, &c));
+    let ack = server.accept(at, &c, Default::default());
+    assert!(!ack.session_present);
+    assert!(server.subscriptions().is_empty());
+}
+
+// Clean Start 1 replaces a restored session like any other; without a deadline one
+// never expires.
+#[test]
+fn a_restored_session_gives_way_to_clean_start_and_may_never_expire() {
+    let now = Instant::from_millis(1_000);
+    let mut server = ServerSession::restored(
+        ByteStr::from_static("mover"),
+        Limits::default(),
+        ProtocolVersion::V5,
+        u32::MAX,
+        None,
+        [stored_subscription()],
+    );
+    assert_eq!(server.poll_timeout(), None);
+    let years = now + Duration::from_secs(100 * 365 * 24 * 3600);
+    server.handle_timeout(years);
+    assert!(server.poll_event().is_none());
+    assert!(server.would_resume(years, &connect(ProtocolVersion::V5, false)));
+    let ack = server.accept(
+        years,
+        &connect(ProtocolVersion::V5, true),
+        Default::default(),
+    );
+    assert!(!ack.session_present);
+    assert!(server.subscriptions().is_empty());
+    assert_eq!(server.session_expiry(), 600);
 }

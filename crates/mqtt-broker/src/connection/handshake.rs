@@ -260,7 +260,8 @@ pub(crate) async fn attach<W: AsyncWrite + Unpin>(
         // A session that is not resumed (Clean Start, or one that could not outlive its
         // connection: [MQTT-3.1.2-6], 5.0 section 3.1.2.11.2) starts empty: its old
         // filters leave the index.
-        let stale: Vec<_> = if !cell.session.would_resume(now, &connect) {
+        let resumed = cell.session.would_resume(now, &connect);
+        let stale: Vec<_> = if !resumed {
             cell.session
                 .subscriptions()
                 .iter()
@@ -272,6 +273,9 @@ pub(crate) async fn attach<W: AsyncWrite + Unpin>(
         let old_version = cell.session.version();
         cell.session.accept(now, &connect, properties);
         shared.account(&mut cell);
+        // A new session replaces the old one's record, or removes it if it ends with
+        // its connection; a resumed one's is brought up to date.
+        shared.record_session(&mut cell, !resumed);
         if taking_over {
             info!(client = %connect.client_id, %peer, "session taken over");
         }

@@ -31,9 +31,10 @@ mod hibernate;
 mod publish;
 mod subscribe;
 
+pub(crate) use close::idle;
 #[cfg(unix)]
 use hibernate::park_tcp;
-pub(crate) use subscribe::{subscribe, unsubscribe};
+pub(crate) use subscribe::{check_filter, subscribe, unsubscribe};
 use {
     active_loop::{feed, run_loop},
     close::{detach, flush_last, last_words, release, write_or_stall},

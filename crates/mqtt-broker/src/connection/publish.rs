@@ -15,7 +15,9 @@ use crate::{
 
 /// A PUBLISH from the client, taken by its session: authorized, retained and routed
 /// here. Returns the reason code of its acknowledgement (5.0 PUBACK / PUBREC; 3.x
-/// clients are acknowledged regardless, see `ServerSession::settle_publish`).
+/// clients are acknowledged regardless, see `ServerSession::settle_publish`): 0x87 if
+/// refused, 0x80 if the store failed to keep it as the retained message, which is then
+/// neither retained nor routed, 0x10 if nobody subscribes.
 pub(crate) fn publish(
     shared: &Shared,
     from: &SessionHandle,
@@ -35,7 +37,11 @@ pub(crate) fn publish(
         debug!(client = %from.client_id, topic = %message.topic, "PUBLISH not authorized");
         return ReasonCode::NOT_AUTHORIZED;
     }
-    if shared.route(from.key, message, matches, now) == 0 {
+    if message.retain && shared.retain(&message).is_err() {
+        shared.stats.publish_refused.fetch_add(1, Ordering::Relaxed);
+        return ReasonCode::UNSPECIFIED_ERROR;
+    }
+    if shared.fan_out(from.key, message, matches, now) == 0 {
         ReasonCode::NO_MATCHING_SUBSCRIBERS
     } else {
         ReasonCode::SUCCESS

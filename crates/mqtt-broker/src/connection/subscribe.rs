@@ -1,4 +1,5 @@
-//! SUBSCRIBE and UNSUBSCRIBE: checked, authorized, within quota, into the index.
+//! SUBSCRIBE and UNSUBSCRIBE: checked, authorized, within quota, kept in the store (a
+//! persistent session's), into the index.
 
 use std::{
     collections::VecDeque,
@@ -6,6 +7,7 @@ use std::{
 };
 
 use mqtt_codec::{ProtocolVersion, QoS, ReasonCode, Subscribe, Unsubscribe};
+use mqtt_session::SubscriptionRecord;
 use mqtt_topics::Filter;
 
 use crate::{
@@ -14,7 +16,27 @@ use crate::{
     shared::Shared,
 };
 
-/// SUBSCRIBE: checks each filter, updates the index, answers, sends retained messages.
+/// The checks every subscription passes, a SUBSCRIBE's or one read back from the
+/// store: the filter's syntax in `version`, then the authorizer. `Err` carries the
+/// reason code to refuse it with.
+pub(crate) fn check_filter<'a>(
+    shared: &Shared,
+    client_id: &str,
+    filter: &'a str,
+    version: ProtocolVersion,
+) -> Result<Filter<'a>, ReasonCode> {
+    let Ok(parsed) = Filter::parse(filter, version) else {
+        return Err(ReasonCode::TOPIC_FILTER_INVALID);
+    };
+    if !shared.auth.authorizer.may_subscribe(client_id, filter) {
+        // 3.x has one failure code, 0x80, which the codec writes for any error.
+        return Err(ReasonCode::NOT_AUTHORIZED);
+    }
+    Ok(parsed)
+}
+
+/// SUBSCRIBE: checks each filter, keeps a persistent session's subscriptions in the
+/// store, updates the index, answers, sends retained messages.
 pub(crate) fn subscribe(
     shared: &Shared,
     handle: &Arc<SessionHandle>,
@@ -33,29 +55,41 @@ pub(crate) fn subscribe(
         return;
     }
     // First the verdict on every filter (syntax, authorization, then the session's
-    // quota), then the index for those granted: a refused filter never reaches it.
+    // quota), then the store, then the index for those granted: a refused filter never
+    // reaches it.
     let mut codes = Vec::with_capacity(s.subscriptions.len());
     let mut filters = Vec::with_capacity(s.subscriptions.len());
     for sub in &s.subscriptions {
-        let Ok(filter) = Filter::parse(&sub.filter, version) else {
-            codes.push(ReasonCode::TOPIC_FILTER_INVALID);
-            filters.push(None);
-            continue;
-        };
-        if !shared
-            .auth
-            .authorizer
-            .may_subscribe(&handle.client_id, &sub.filter)
-        {
-            // 3.x has one failure code, 0x80, which the codec writes for any error.
-            codes.push(ReasonCode::NOT_AUTHORIZED);
-            filters.push(None);
-            continue;
+        match check_filter(shared, &handle.client_id, &sub.filter, version) {
+            Ok(filter) => {
+                codes.push(ReasonCode(sub.options.qos.min(QoS::ExactlyOnce) as u8));
+                filters.push(Some(filter));
+            }
+            Err(code) => {
+                codes.push(code);
+                filters.push(None);
+            }
         }
-        codes.push(ReasonCode(sub.options.qos.min(QoS::ExactlyOnce) as u8));
-        filters.push(Some(filter));
     }
     cell.session.limit_subscriptions(s, &mut codes);
+    // A persistent session's subscriptions are kept in the store before they take
+    // effect: if it fails, every filter granted is refused with 0x80 (3.1.1: Failure),
+    // and neither the session nor the index changes.
+    let granted = s
+        .subscriptions
+        .iter()
+        .zip(&codes)
+        .filter(|(_, code)| !code.is_error())
+        .map(|(sub, _)| SubscriptionRecord {
+            filter: sub.filter.clone(),
+            options: sub.options,
+            identifier: s.properties.subscription_identifier,
+        });
+    if shared.record_subscriptions(&mut cell, granted).is_err() {
+        for code in codes.iter_mut().filter(|code| !code.is_error()) {
+            *code = ReasonCode::UNSPECIFIED_ERROR;
+        }
+    }
     let refused = codes.iter().filter(|c| c.is_error()).count();
     if refused > 0 {
         shared
@@ -135,4 +169,7 @@ pub(crate) fn unsubscribe(
         .collect::<Vec<_>>();
     let codes = if version.is_v5() { codes } else { Vec::new() };
     cell.session.unsuback(u, codes);
+    // After the fact: the client asked to receive less, and does even if the store
+    // fails (which is logged).
+    shared.record_session(&mut cell, true);
 }

@@ -15,6 +15,7 @@ mod rumqttc_v5;
 mod spec;
 mod spec_v311;
 mod spec_v5;
+mod store;
 mod wire;
 
 use std::{net::SocketAddr, time::Duration};

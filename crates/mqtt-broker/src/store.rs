@@ -1,0 +1,473 @@
+//! What outlives the process: the [`Store`] seam that a durable store implements, and
+//! today's [`MemoryStore`], which keeps nothing.
+//!
+//! The broker's live state stays in memory (the session registry, the subscription
+//! index, the retained-message shards) and is the source of truth while it runs. A
+//! [`Store`] sits beside it, as a persistence interface: the broker tells it each
+//! durable change as it takes effect, and reads everything back once, at start, before
+//! the listeners open ([`Store::load`]).
+//!
+//! # What the broker tells it
+//! - **Retained messages** ([`Store::retain`]): each one set, replaced or deleted, by a
+//!   retained PUBLISH, a retained will or a peer's message ([`crate::Broker::publish`]),
+//!   and each one that expired and was purged. Not the broker's own `$SYS/` topics, which
+//!   it publishes again every interval.
+//! - **Persistent sessions**, those that outlive their connection (3.x Clean Session 0,
+//!   5.0 Session Expiry Interval above 0) ([`Store::save_session`],
+//!   [`Store::remove_session`]): written when the session is created or replaced, when
+//!   its subscriptions change, and when a connection attaches to it or leaves it (the
+//!   record then says when the session expires); removed when it ends (it expired, a
+//!   Clean Start replaced it with a session that ends with its connection, or the
+//!   client's DISCONNECT set its expiry to 0). A session that ends with its connection
+//!   costs the store nothing.
+//!
+//! # Not in this seam yet
+//! The messages a persistent session holds are not: those queued for it while it is
+//! offline, QoS 1 and 2 messages in flight either way, and its will. After a restart a
+//! session comes back with its subscriptions and its expiry, and whatever it had
+//! queued is lost. The durability work extends the seam with them (an overflowing
+//! session's backlog would go there too, from `Shared::overflow`).
+//!
+//! # Order and locks
+//! The store is called with the lock held that orders the change it is told about:
+//! the session's (and the registry's, when a session ends), or the retained shard's.
+//! So it sees each session's and each topic's changes in the order they took effect,
+//! and a store that applies them in the order it is called (a queue drained by its own
+//! thread) never lets an older state overwrite a newer one. The price is that every
+//! method must return at once: queue the write, do the I/O elsewhere, never block on
+//! it, and never call back into the broker.
+//!
+//! # Failures
+//! A retained PUBLISH whose write fails is refused: not retained, not routed, and
+//! answered with 0x80 (Unspecified error) in 5.0 PUBACK / PUBREC (3.x clients are
+//! acknowledged regardless, [MQTT-3.3.5-2]). A SUBSCRIBE whose write fails gets 0x80
+//! for every filter it would have granted (3.1.1: 0x80 Failure), and neither the
+//! session nor the subscription index changes. Other writes (a connection attaching or
+//! leaving, an UNSUBSCRIBE, a session ending, a retained will) have nobody to tell:
+//! they take effect in memory, the failure is logged, and a session's record is
+//! written again at its next change. A failed [`Store::load`] stops the broker from
+//! starting.
+
+use std::{
+    collections::BTreeMap,
+    fmt,
+    sync::{Arc, atomic::Ordering},
+    time::SystemTime,
+};
+
+use mqtt_codec::{ByteStr, ProtocolVersion};
+use mqtt_session::{Message, ServerSession, SubscriptionRecord};
+use tracing::{info, warn};
+
+use crate::{sessions::SessionCell, shared::Shared};
+
+/// Where retained messages and persistent sessions are kept so that they outlive the
+/// process: the seam a durable store implements (see the [module docs](self) for what
+/// the broker tells it, when, and under which locks).
+///
+/// # Example
+/// A store that keeps retained messages in a map it shares, and no sessions: a broker
+/// started again with the same store finds them.
+///
+/// ```
+/// use std::{collections::BTreeMap, sync::{Arc, Mutex}};
+///
+/// use mqtt_broker::{
+///     Backends,
+///     store::{RetainedRecord, Store, StoreError, Stored, SessionRecord},
+/// };
+///
+/// #[derive(Debug, Default)]
+/// struct Shelf(Arc<Mutex<BTreeMap<String, RetainedRecord>>>);
+///
+/// impl Store for Shelf {
+///     fn load(&self) -> Result<Stored, StoreError> {
+///         let mut stored = Stored::default();
+///         stored.retained = self.0.lock().map_err(|_| StoreError::new("poisoned"))?
+///             .values().cloned().collect();
+///         Ok(stored)
+///     }
+///
+///     fn retain(&self, topic: &str, message: Option<&RetainedRecord>) -> Result<(), StoreError> {
+///         let mut shelf = self.0.lock().map_err(|_| StoreError::new("poisoned"))?;
+///         match message {
+///             Some(m) => shelf.insert(topic.to_owned(), m.clone()),
+///             None => shelf.remove(topic),
+///         };
+///         Ok(())
+///     }
+///
+///     fn save_session(&self, _: &SessionRecord) -> Result<(), StoreError> {
+///         Ok(())
+///     }
+///
+///     fn remove_session(&self, _: &str) -> Result<(), StoreError> {
+///         Ok(())
+///     }
+/// }
+///
+/// let backends = Backends {
+///     store: Box::new(Shelf::default()),
+///     ..Backends::default()
+/// };
+/// // `mqtt_broker::Broker::start_with(config, backends)` starts a broker with it.
+/// # drop(backends);
+/// ```
+pub trait Store: Send + Sync + fmt::Debug + 'static {
+    /// Everything kept: retained messages and persistent sessions, read once when the
+    /// broker starts, before its listeners open. Records whose deadline has passed are
+    /// skipped (and expired sessions removed). An error stops the broker from starting;
+    /// the store's `Debug` form names it in the error, so keep that short (a path, not
+    /// the contents).
+    fn load(&self) -> Result<Stored, StoreError>;
+
+    /// A retained message on `topic` was set or replaced (`Some`), or deleted (`None`).
+    /// An error refuses the PUBLISH that retained it (see the [module docs](self)).
+    fn retain(&self, topic: &str, message: Option<&RetainedRecord>) -> Result<(), StoreError>;
+
+    /// A persistent session was created or changed: `session` replaces whatever was kept
+    /// for its client identifier. An error on a SUBSCRIBE refuses its filters.
+    fn save_session(&self, session: &SessionRecord) -> Result<(), StoreError>;
+
+    /// The persistent session of `client_id` ended: forget it.
+    fn remove_session(&self, client_id: &str) -> Result<(), StoreError>;
+
+    /// Whether anything written here outlives the process. A store that says `false`
+    /// (as [`MemoryStore`] does) is only asked to [`load`](Self::load): the broker then
+    /// builds no record and makes no call for it on any path.
+    fn is_durable(&self) -> bool {
+        true
+    }
+}
+
+/// Why a [`Store`] could not do what it was asked; what it says is the store's own.
+#[derive(Debug)]
+pub struct StoreError(Box<dyn std::error::Error + Send + Sync>);
+
+impl StoreError {
+    /// An error from anything that says what went wrong: an `io::Error`, a message.
+    pub fn new(error: impl Into<Box<dyn std::error::Error + Send + Sync>>) -> Self {
+        Self(error.into())
+    }
+}
+
+impl fmt::Display for StoreError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+impl std::error::Error for StoreError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.0.source()
+    }
+}
+
+impl From<std::io::Error> for StoreError {
+    fn from(e: std::io::Error) -> Self {
+        Self::new(e)
+    }
+}
+
+/// Everything a [`Store`] kept, as [`Store::load`] returns it.
+#[derive(Clone, Debug, Default)]
+#[non_exhaustive]
+pub struct Stored {
+    /// Retained messages, one per topic.
+    pub retained: Vec<RetainedRecord>,
+    /// Persistent sessions, one per client identifier.
+    pub sessions: Vec<SessionRecord>,
+}
+
+/// A retained message as the store keeps it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct RetainedRecord {
+    /// The message: its topic, payload, QoS and properties as published (RETAIN set, no
+    /// Subscription Identifier).
+    pub message: Message,
+    /// When it expires (5.0 Message Expiry Interval), on the wall clock: session time
+    /// starts over with the process, wall-clock time does not. `None`: never. It decides
+    /// over the interval in the message's properties, which says how long it had when
+    /// it was published.
+    pub expires_at: Option<SystemTime>,
+}
+
+impl RetainedRecord {
+    /// A record of `message`, expiring at `expires_at` (`None`: never).
+    pub fn new(message: Message, expires_at: Option<SystemTime>) -> Self {
+        Self {
+            message,
+            expires_at,
+        }
+    }
+}
+
+/// What the store keeps of a persistent session: enough for the client to find its
+/// session (Session Present 1) and its subscriptions after a restart.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct SessionRecord {
+    /// The client identifier, the session's key.
+    pub client_id: ByteStr,
+    /// The protocol version of its last connection.
+    pub version: ProtocolVersion,
+    /// Its Session Expiry Interval in seconds; `u32::MAX` for never (3.x persistent
+    /// sessions have the broker's `persistent_client_expiration`).
+    pub session_expiry: u32,
+    /// When it expires, on the wall clock, if it has no connection; `None` while a
+    /// connection is attached (after a restart it then expires `session_expiry` after
+    /// the start, as if that connection was lost then) and for a session that never
+    /// expires.
+    pub expires_at: Option<SystemTime>,
+    /// Its subscriptions with their options and Subscription Identifier, ordered by
+    /// filter.
+    pub subscriptions: Vec<SubscriptionRecord>,
+}
+
+impl SessionRecord {
+    /// A record of the session of `client_id`, with no deadline and no subscription.
+    pub fn new(client_id: ByteStr, version: ProtocolVersion, session_expiry: u32) -> Self {
+        Self {
+            client_id,
+            version,
+            session_expiry,
+            expires_at: None,
+            subscriptions: Vec::new(),
+        }
+    }
+}
+
+/// Today's store: nothing outlives the process. [`Store::load`] finds nothing, and the
+/// broker, told it is not durable, asks nothing else of it.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct MemoryStore;
+
+impl Store for MemoryStore {
+    fn load(&self) -> Result<Stored, StoreError> {
+        Ok(Stored::default())
+    }
+
+    fn retain(&self, _: &str, _: Option<&RetainedRecord>) -> Result<(), StoreError> {
+        Ok(())
+    }
+
+    fn save_session(&self, _: &SessionRecord) -> Result<(), StoreError> {
+        Ok(())
+    }
+
+    fn remove_session(&self, _: &str) -> Result<(), StoreError> {
+        Ok(())
+    }
+
+    fn is_durable(&self) -> bool {
+        false
+    }
+}
+
+/// What the store holds of a session, as the session's cell remembers it, to write only
+/// what changed: its version and expiry, and whether it was written offline (with a
+/// deadline).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Recorded {
+    version: ProtocolVersion,
+    expiry: u32,
+    offline: bool,
+}
+
+impl Recorded {
+    /// What the store's record of `session` should be: one if it outlives its
+    /// connection.
+    pub(crate) fn of(session: &ServerSession) -> Option<Self> {
+        (session.session_expiry() != 0).then(|| Self {
+            version: session.version(),
+            expiry: session.session_expiry(),
+            offline: !session.is_connected(),
+        })
+    }
+}
+
+/// At most one log line about store failures per this many milliseconds.
+const STORE_LOG_INTERVAL_MS: u64 = 10_000;
+
+impl Shared {
+    /// Reads what the store kept into the live state: retained messages (those expired
+    /// skipped, the others with the time they have left) and persistent sessions,
+    /// offline, with their subscriptions in the index and their expiry running. Called
+    /// once, before the listeners open.
+    pub(crate) fn restore(self: &Arc<Self>) -> Result<(), StoreError> {
+        let stored = self.store.load()?;
+        let (now, wall) = (self.now(), SystemTime::now());
+        let mut retained = 0;
+        for record in stored.retained {
+            let expires_at = match record.expires_at {
+                None => None,
+                Some(at) => match session_time(at, now, wall) {
+                    Some(at) => Some(at),
+                    None => {
+                        // It expired while the broker was down.
+                        if let Err(e) = self.store.retain(&record.message.topic, None) {
+                            self.store_failed("an expired retained message", &e);
+                        }
+                        continue;
+                    }
+                },
+            };
+            // Put back as it was: nothing to write.
+            if self
+                .put_retained(&record.message, expires_at, false)
+                .is_ok()
+            {
+                retained += 1;
+            }
+        }
+        let mut sessions = 0;
+        for record in stored.sessions {
+            let expires_at = match record.expires_at {
+                Some(at) => session_time(at, now, wall),
+                None => (record.session_expiry != u32::MAX).then(|| {
+                    now + mqtt_session::Duration::from_secs(u64::from(record.session_expiry))
+                }),
+            };
+            if record.session_expiry == 0 || (record.expires_at.is_some() && expires_at.is_none()) {
+                // It ended while the broker was down.
+                if let Err(e) = self.store.remove_session(&record.client_id) {
+                    self.store_failed("an expired session", &e);
+                }
+                continue;
+            }
+            if self.restore_session(record, expires_at) {
+                sessions += 1;
+            }
+        }
+        if retained + sessions > 0 {
+            info!(retained, sessions, "restored from the store");
+        }
+        Ok(())
+    }
+
+    /// The wall-clock time of session time `at`; `None` past what the clock holds.
+    pub(crate) fn wall_clock(&self, at: mqtt_session::Instant) -> Option<SystemTime> {
+        let left = at.saturating_since(self.now()).as_millis();
+        SystemTime::now().checked_add(std::time::Duration::from_millis(left))
+    }
+
+    /// The record of `cell`'s session, with `subscriptions`.
+    fn session_record(
+        &self,
+        cell: &SessionCell,
+        subscriptions: Vec<SubscriptionRecord>,
+    ) -> SessionRecord {
+        let s = &cell.session;
+        SessionRecord {
+            client_id: s.client_id().clone(),
+            version: s.version(),
+            session_expiry: s.session_expiry(),
+            expires_at: s.expires_at().and_then(|at| self.wall_clock(at)),
+            subscriptions,
+        }
+    }
+
+    /// Brings the store's record of the session in `cell` up to date after a connection
+    /// attached to it or left it: written if the session outlives its connection and
+    /// the record differs (new, another version or expiry, connected or not) or `force`
+    /// says the rest changed (a new session took the old one's place, its subscriptions
+    /// changed), removed if it ends with its connection now. Nothing for a session that
+    /// never had a record and needs none. Called with the session locked; a failure is
+    /// logged, and retried at the next change.
+    pub(crate) fn record_session(&self, cell: &mut SessionCell, force: bool) {
+        if !self.durable {
+            return;
+        }
+        let wanted = Recorded::of(&cell.session);
+        if wanted == cell.recorded && !(force && wanted.is_some()) {
+            return;
+        }
+        let result = match wanted {
+            Some(_) => {
+                let record =
+                    self.session_record(cell, cell.session.subscriptions().iter().collect());
+                self.store.save_session(&record)
+            }
+            None => self.store.remove_session(cell.session.client_id()),
+        };
+        match result {
+            Ok(()) => cell.recorded = wanted,
+            Err(e) => self.store_failed("a session", &e),
+        }
+    }
+
+    /// Writes the record of the session in `cell` with the subscriptions `granted` by a
+    /// SUBSCRIBE (new, or replacing one with the same filter), before they take effect:
+    /// `Err` if the store fails, and then they must not. `Ok` at once if the session
+    /// ends with its connection, the store is not durable or nothing is granted.
+    /// Called with the session locked.
+    pub(crate) fn record_subscriptions(
+        &self,
+        cell: &mut SessionCell,
+        granted: impl Iterator<Item = SubscriptionRecord>,
+    ) -> Result<(), StoreError> {
+        let mut granted = granted.peekable();
+        let wanted = Recorded::of(&cell.session);
+        if !self.durable || wanted.is_none() || granted.peek().is_none() {
+            return Ok(());
+        }
+        let mut subscriptions: BTreeMap<ByteStr, SubscriptionRecord> = cell
+            .session
+            .subscriptions()
+            .iter()
+            .map(|r| (r.filter.clone(), r))
+            .collect();
+        for r in granted {
+            subscriptions.insert(r.filter.clone(), r);
+        }
+        let record = self.session_record(cell, subscriptions.into_values().collect());
+        match self.store.save_session(&record) {
+            Ok(()) => {
+                cell.recorded = wanted;
+                Ok(())
+            }
+            Err(e) => {
+                self.store_failed("a SUBSCRIBE", &e);
+                Err(e)
+            }
+        }
+    }
+
+    /// The session in `cell` ended: its record, if it has one, goes. Called with the
+    /// registry and the session locked, so that a new session of the same client
+    /// cannot be written before this one is removed.
+    pub(crate) fn forget_session(&self, cell: &mut SessionCell) {
+        if cell.recorded.take().is_some() {
+            if let Err(e) = self.store.remove_session(cell.session.client_id()) {
+                self.store_failed("an ended session", &e);
+            }
+        }
+    }
+
+    /// Logs a store failure, at most once per `STORE_LOG_INTERVAL_MS`.
+    pub(crate) fn store_failed(&self, what: &str, error: &StoreError) {
+        let now = self.now().as_millis().max(1);
+        let last = self.last_store_log.load(Ordering::Relaxed);
+        if (last == 0 || now.saturating_sub(last) >= STORE_LOG_INTERVAL_MS)
+            && self
+                .last_store_log
+                .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+        {
+            warn!(store = ?self.store, %error, "the store failed to keep {what} (at most one such line per 10 s)");
+        }
+    }
+}
+
+/// Session time of wall-clock time `at`, given that `wall` is `now`; `None` if it has
+/// passed.
+fn session_time(
+    at: SystemTime,
+    now: mqtt_session::Instant,
+    wall: SystemTime,
+) -> Option<mqtt_session::Instant> {
+    let left = at.duration_since(wall).ok().filter(|d| !d.is_zero())?;
+    let left = u64::try_from(left.as_millis()).unwrap_or(u64::MAX);
+    Some(now + mqtt_session::Duration::from_millis(left))
+}
