@@ -403,11 +403,11 @@ impl Shared {
     }
 
     /// Brings the session's share of [`Shared::queued_total`] up to date: what its
-    /// queue and encoded packets hold now. Called under the session's lock wherever the
+    /// queue, its in-flight window and its encoded packets hold now. Called under the session's lock wherever the
     /// queue grows (delivery) and where its writer drains it, so the total is exact
     /// whenever no session is between the two.
     pub(crate) fn account(&self, cell: &mut SessionCell) {
-        let now = cell.session.queued_bytes() + cell.encoded_len();
+        let now = cell.session.held_bytes() + cell.encoded_len();
         let before = std::mem::replace(&mut cell.charged, now);
         if now > before {
             self.queued_total.fetch_add(now - before, Ordering::Relaxed);

@@ -259,6 +259,13 @@ impl Flow {
         self.traffic().map_or(0, |t| t.outbox.queued_bytes)
     }
 
+    /// Bytes ([`Message::size`](crate::Message::size)) of the messages queued or in
+    /// flight.
+    pub(crate) fn held_bytes(&self) -> usize {
+        self.traffic()
+            .map_or(0, |t| t.outbox.queued_bytes + t.outbox.inflight_bytes)
+    }
+
     /// Messages queued (not yet sent).
     pub(crate) fn queued_messages(&self) -> usize {
         self.traffic().map_or(0, |t| t.outbox.queue.len())

@@ -49,6 +49,9 @@ pub(crate) struct InFlight {
     pub(crate) phase: Awaiting,
     /// Where the message is in the [`Store`]; `None` once PUBREL was sent.
     pub(crate) slot: Option<usize>,
+    /// [`Message::size`] of the message while it is held (`slot` is `Some`), counted in
+    /// [`Outbox::inflight_bytes`].
+    pub(crate) size: usize,
 }
 
 /// Outgoing messages, queued or in flight, each written once where it stays: a slab
@@ -119,6 +122,8 @@ pub(crate) struct Outbox {
     /// How many messages of `queue` are QoS 0.
     pub(crate) queued_qos0: usize,
     pub(crate) inflight: VecDeque<InFlight>,
+    /// [`Message::size`] of the messages `inflight` still holds (until PUBACK, PUBREC).
+    pub(crate) inflight_bytes: usize,
     /// The messages of `queue` and `inflight`.
     pub(crate) store: Store,
     /// Packet identifiers in use outside the in-flight window (a client's pending
@@ -231,12 +236,15 @@ impl Outbox {
         phase: Awaiting,
         message: Option<Message>,
     ) {
+        let size = message.as_ref().map_or(0, Message::size);
         let slot = message.map(|m| self.store.insert(m));
+        self.inflight_bytes += size;
         self.inflight.push_back(InFlight {
             id,
             packet_id,
             phase,
             slot,
+            size,
         });
     }
 
@@ -249,6 +257,7 @@ impl Outbox {
     /// order.
     pub(crate) fn drain_inflight(&mut self) -> Vec<(InFlight, Option<Message>)> {
         let inflight: Vec<InFlight> = self.inflight.drain(..).collect();
+        self.inflight_bytes = 0;
         inflight
             .into_iter()
             .map(|f| {
@@ -417,11 +426,13 @@ impl Outbox {
             } else {
                 Awaiting::PubRec
             };
+            self.inflight_bytes += size;
             self.inflight.push_back(InFlight {
                 id,
                 packet_id,
                 phase,
                 slot: Some(slot),
+                size,
             });
             let topic = self.store.get(slot)?.topic.clone();
             let (topic, topic_alias) = self.alias(topic, alias_max);
@@ -467,6 +478,7 @@ impl Outbox {
                 f.phase = Awaiting::PubComp;
                 if let Some(slot) = f.slot.take() {
                     self.store.remove(slot);
+                    self.inflight_bytes -= core::mem::take(&mut f.size);
                 }
             }
             return AckOutcome::SendPubRel;
@@ -476,6 +488,7 @@ impl Outbox {
             Some(f) => {
                 if let Some(slot) = f.slot {
                     self.store.remove(slot);
+                    self.inflight_bytes -= f.size;
                 }
                 AckOutcome::Done(f.id)
             }
@@ -515,6 +528,7 @@ impl Outbox {
             .collect();
         self.store.clear();
         self.queued_bytes = 0;
+        self.inflight_bytes = 0;
         self.queued_qos0 = 0;
         self.other_ids.clear();
         lost

@@ -794,6 +794,14 @@ impl ServerSession {
         self.flow.queued_bytes()
     }
 
+    /// Bytes ([`Message::size`]) of the messages the session holds, queued or in flight
+    /// (until their PUBACK or PUBREC): what it costs in memory, for a broker's global
+    /// budget. [`queued_bytes`](Self::queued_bytes) is the queue's part, which the
+    /// queue quota bounds; the in-flight part is bounded by the window.
+    pub fn held_bytes(&self) -> usize {
+        self.flow.held_bytes()
+    }
+
     /// Messages queued (not yet sent): in flight ones are not counted.
     pub fn queued_messages(&self) -> usize {
         self.flow.queued_messages()

@@ -1848,3 +1848,30 @@ fn a_takeover_publishes_the_will_of_the_old_connection_when_it_is_due() {
         assert_eq!(wills(&events), 0, "{what}: later {events:?}");
     }
 }
+
+// A broker's global memory budget counts what a session holds: its queue and the
+// messages in flight, until the PUBACK (QoS 1) or PUBREC (QoS 2) that frees them.
+#[test]
+fn held_bytes_count_messages_in_flight_until_acknowledged() {
+    for qos in [QoS::AtLeastOnce, QoS::ExactlyOnce] {
+        let mut pair = connected(V5);
+        let m = msg("t", "held until acknowledged", qos);
+        let size = m.size();
+        pair.server.deliver(pair.now, m).unwrap();
+        assert_eq!(pair.server.queued_bytes(), size);
+        assert_eq!(pair.server.held_bytes(), size);
+        let Some(Packet::Publish(p)) = pair.server.poll_transmit(pair.now) else {
+            panic!("{qos}: PUBLISH expected");
+        };
+        assert_eq!(pair.server.queued_bytes(), 0, "{qos}: sent, not queued");
+        assert_eq!(pair.server.held_bytes(), size, "{qos}: in flight");
+        let id = p.packet_id().unwrap();
+        let ack = if qos == QoS::AtLeastOnce {
+            Packet::PubAck(PubAck::new(id))
+        } else {
+            Packet::PubRec(mqtt_codec::PubRec::new(id))
+        };
+        pair.server.handle_packet(pair.now, ack).unwrap();
+        assert_eq!(pair.server.held_bytes(), 0, "{qos}: acknowledged");
+    }
+}
