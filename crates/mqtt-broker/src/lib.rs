@@ -24,7 +24,9 @@
 //! - `listener`: binding and accepting; TCP options; sockets before CONNECT.
 //! - `connection/`: one client connection, a file per concern: `handshake` (CONNECT),
 //!   `active_loop`, `publish`, `subscribe`, `hibernate` (idle connections), `close`.
-//! - `parking`: idle TCP connections held without a task; `alarms`: their keep-alive.
+//! - `parking`: idle TCP connections held without a task.
+//! - `timers`: every deadline no active connection waits on, in one map served by one
+//!   task: idle connections' keep-alive, offline sessions' will delay and expiry.
 //! - `sessions`: the registry and what a session shares with the tasks routing to it.
 //! - `router`: matching, fan-out, the overflow policy and the global memory budget.
 //! - `retained`: retained messages and their streaming to new subscriptions.
@@ -44,7 +46,6 @@ pub mod auth;
 pub mod config;
 pub mod remote;
 
-mod alarms;
 mod connection;
 mod listener;
 mod owned;
@@ -55,6 +56,7 @@ mod router;
 mod sessions;
 mod shared;
 mod sys;
+mod timers;
 
 #[cfg(feature = "fuzzing")]
 pub mod fuzzing;
@@ -126,7 +128,7 @@ impl Broker {
                 .unwrap_or_else(|| io::Error::other("no listener configured")));
         }
         tasks.spawn(housekeeping(Arc::clone(&shared)));
-        tasks.spawn(alarms::run(Arc::clone(&shared)));
+        tasks.spawn(timers::run(Arc::clone(&shared)));
         if shared.config.sys.interval > 0 {
             tasks.spawn(sys::run(
                 Arc::clone(&shared),

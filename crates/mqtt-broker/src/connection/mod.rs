@@ -10,7 +10,8 @@
 //! authentication, attaching the session), `active_loop` (flush, act on events, write,
 //! read), `publish` and `subscribe` (the packets that change the broker's state),
 //! `hibernate` (idle connections: parking without a task, or hibernating in it) and
-//! `close` (last words, write deadlines, releasing the session).
+//! `close` (last words, write deadlines, releasing the session). The deadlines of idle
+//! connections and of sessions without one are the timer service's (`timers`).
 
 use std::{
     net::SocketAddr,
@@ -33,13 +34,14 @@ mod subscribe;
 
 #[cfg(unix)]
 use hibernate::park_tcp;
+pub(crate) use publish::will_message;
 pub(crate) use subscribe::{subscribe, unsubscribe};
 use {
     active_loop::{feed, run_loop},
     close::{detach, flush_last, last_words, release, write_or_stall},
     handshake::open,
     hibernate::hibernate,
-    publish::{publish, will_message},
+    publish::publish,
 };
 
 /// Read buffer size while idle; it grows only for large packets.
