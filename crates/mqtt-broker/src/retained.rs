@@ -94,6 +94,11 @@ impl Shared {
             }
             Some(_) => {}
         }
+        drop(store);
+        // Stored first: a purge that runs meanwhile finds it.
+        if let Some(at) = expires_at {
+            self.timers.purge_retained_by(at);
+        }
     }
 
     /// A retained message as a subscriber gets it: `None` once expired (5.0 Message
@@ -116,15 +121,17 @@ impl Shared {
 
     /// Drops expired retained messages (delivery skips them anyway; this bounds memory).
     /// Scans under the read lock, removes under the write lock; does nothing while no
-    /// retained message has an expiry.
-    pub(crate) fn purge_expired_retained(&self) {
+    /// retained message has an expiry. Returns the earliest expiry of those left, for
+    /// the timer service to purge again then.
+    pub(crate) fn purge_expired_retained(&self) -> Option<mqtt_session::Instant> {
         if self.retained_expiring.load(Ordering::Relaxed) == 0 {
-            return;
+            return None;
         }
         let now = self.now();
         let (Ok(all), Ok(sys)) = (TopicFilter::new("#"), TopicFilter::new("$SYS/#")) else {
-            return;
+            return None;
         };
+        let mut next = None::<mqtt_session::Instant>;
         for shard in &self.retained {
             let expired: Vec<String> = {
                 let store = shard
@@ -133,7 +140,14 @@ impl Shared {
                 store
                     .matching(all)
                     .chain(store.matching(sys))
-                    .filter(|r| r.value().expires_at.is_some_and(|at| now >= at))
+                    .filter(|r| match r.value().expires_at {
+                        Some(at) if now >= at => true,
+                        Some(at) => {
+                            next = Some(next.map_or(at, |n| n.min(at)));
+                            false
+                        }
+                        None => false,
+                    })
                     .map(|r| r.topic())
                     .collect()
             };
@@ -157,6 +171,7 @@ impl Shared {
                 }
             }
         }
+        next
     }
 
     /// The retained-store shards a filter can match, in order: the one of its first

@@ -1,7 +1,7 @@
 //! The broker's timers: every deadline that belongs to no active connection, in one
 //! ordered map served by one task ([`run`]).
 //!
-//! A deadline is one of two kinds ([`Kind`]):
+//! A deadline is one of three kinds ([`Kind`]):
 //! - the keep-alive of a hibernating or parked connection (or the end of a new
 //!   connection's grace): [`run`] wakes the session's connection through
 //!   [`Shared::wake`], the same signal a publisher or shutdown sends, so a hibernating
@@ -9,7 +9,10 @@
 //!   revived;
 //! - the timers of a session left without a connection (the will delay and the session
 //!   expiry): [`run`] publishes the will and forgets the expired session ([`offline`]),
-//!   and a new connection for the Client Identifier cancels them.
+//!   and a new connection for the Client Identifier cancels them;
+//! - the next expiry of a retained message: the store is purged, in a task of its own
+//!   (it scans the store), at the earliest expiry but at most once per
+//!   [`PURGE_INTERVAL`], and never while no retained message has an expiry.
 //!
 //! A tokio timer costs its task 112 bytes, and the task allocation comes in steps of
 //! 128 bytes; a session without a connection would cost a task of its own (some 500
@@ -32,7 +35,7 @@ use std::{
 };
 
 use mqtt_codec::Will;
-use mqtt_session::{Event, Instant};
+use mqtt_session::{Duration, Event, Instant};
 use mqtt_topics::Matches;
 use tokio::sync::Notify;
 
@@ -41,6 +44,11 @@ use crate::{
     sessions::{SessionCell, SessionHandle},
     shared::Shared,
 };
+
+/// The retained store is purged at most this often: each purge scans it, and expiries
+/// spread over time would otherwise cost a scan each. (Delivery skips an expired
+/// message anyway; the purge only bounds memory.)
+pub(crate) const PURGE_INTERVAL: Duration = Duration::from_secs(5);
 
 /// How many deadlines the task takes out of the map at once before it lets others in:
 /// many sessions may expire at the same millisecond.
@@ -56,6 +64,8 @@ enum Kind {
     /// Run the timers of the session without a connection, keyed by the session's key:
     /// a session has one such deadline at a time.
     Offline,
+    /// Purge the retained messages that have expired.
+    Retained,
 }
 
 /// What a deadline is for and which one it is, beside its time in the map's key: the
@@ -69,6 +79,7 @@ struct Timer(u64);
 impl Timer {
     const SHIFT: u32 = 62;
     const NUMBER: u64 = (1 << Self::SHIFT) - 1;
+    const RETAINED: Self = Self(2 << Self::SHIFT);
 
     fn alarm(id: u64) -> Self {
         Self(id & Self::NUMBER)
@@ -81,15 +92,21 @@ impl Timer {
     fn kind(self) -> Kind {
         match self.0 >> Self::SHIFT {
             0 => Kind::Alarm,
-            _ => Kind::Offline,
+            1 => Kind::Offline,
+            _ => Kind::Retained,
         }
     }
 }
 
-/// The deadlines, by time and what they are for, each with its session.
+/// The deadlines, by time and what they are for, each with its session (none for the
+/// retained purge).
 #[derive(Debug, Default)]
 struct Due {
     map: BTreeMap<(Instant, Timer), Weak<SessionHandle>>,
+    /// When the retained purge is set for, if it is.
+    purge_at: Option<Instant>,
+    /// Not before: [`PURGE_INTERVAL`] after the last purge began.
+    purge_floor: Instant,
 }
 
 /// The timer service's state: see the module's documentation.
@@ -98,6 +115,10 @@ pub(crate) struct Timers {
     due: Mutex<Due>,
     /// The number of the next alarm.
     next: AtomicU64,
+    /// `Due::purge_at` in milliseconds (`u64::MAX` for none), read without the lock by
+    /// [`Timers::purge_retained_by`]: a retained message that expires after the purge
+    /// already set takes no lock.
+    purge_at: AtomicU64,
     /// A deadline earlier than all others was set: the task sleeps too long.
     earlier: Notify,
 }
@@ -107,6 +128,7 @@ impl Default for Timers {
         Self {
             due: Mutex::default(),
             next: AtomicU64::new(0),
+            purge_at: AtomicU64::new(u64::MAX),
             earlier: Notify::new(),
         }
     }
@@ -173,6 +195,27 @@ impl Timers {
         }
     }
 
+    /// A retained message expires at `at`: the store is purged then, or at the purge
+    /// already set if that is earlier, and not within [`PURGE_INTERVAL`] of the last
+    /// purge.
+    pub(crate) fn purge_retained_by(&self, at: Instant) {
+        if self.purge_at.load(Ordering::Acquire) <= at.as_millis() {
+            return;
+        }
+        let mut due = self.due();
+        let at = at.max(due.purge_floor);
+        match due.purge_at {
+            Some(set) if set <= at => return,
+            Some(set) => {
+                due.map.remove(&(set, Timer::RETAINED));
+            }
+            None => {}
+        }
+        due.purge_at = Some(at);
+        self.purge_at.store(at.as_millis(), Ordering::Release);
+        self.set(&mut due, at, Timer::RETAINED, Weak::new());
+    }
+
     /// Takes at most `limit` deadlines due at `now`, in order; also returns when the
     /// next one is due.
     fn take_due(
@@ -190,6 +233,11 @@ impl Timers {
                 break;
             }
             let ((_, timer), handle) = entry.remove_entry();
+            if timer == Timer::RETAINED {
+                due.purge_at = None;
+                due.purge_floor = now + PURGE_INTERVAL;
+                self.purge_at.store(u64::MAX, Ordering::Release);
+            }
             taken.push((timer, handle));
         }
         let next = due.map.first_key_value().map(|(&(t, _), _)| t);
@@ -220,6 +268,16 @@ fn fire(shared: &Arc<Shared>, now: Instant) -> Option<Instant> {
                 if let Some(handle) = handle.upgrade() {
                     offline(shared, &handle, None);
                 }
+            }
+            Kind::Retained => {
+                // A scan of the whole store: not on this task, which the other
+                // deadlines wait on.
+                let shared = Arc::clone(shared);
+                tokio::spawn(async move {
+                    if let Some(at) = shared.purge_expired_retained() {
+                        shared.timers.purge_retained_by(at);
+                    }
+                });
             }
         }
     }
@@ -377,6 +435,70 @@ mod tests {
             shared.remove_session(&shared.session(&ByteStr::from_static("c")), 0);
             assert_eq!(fire(400), None);
             assert_eq!(timers.len(), 0);
+        });
+    }
+
+    /// The retained purge is set for the earliest expiry, moved earlier by an earlier
+    /// one, left alone by later ones, and kept PURGE_INTERVAL after the last purge.
+    #[test]
+    fn the_retained_purge_is_set_for_the_earliest_expiry() {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let shared = Arc::new(Shared::new(Config::default(), Default::default()));
+            let timers = &shared.timers;
+            let ms = Instant::from_millis;
+            timers.purge_retained_by(ms(9_000));
+            timers.purge_retained_by(ms(3_000));
+            timers.purge_retained_by(ms(4_000));
+            assert_eq!(timers.len(), 1);
+            assert_eq!(super::fire(&shared, ms(2_999)), Some(ms(3_000)));
+            assert_eq!(super::fire(&shared, ms(3_000)), None);
+            // Within PURGE_INTERVAL of that purge: not before its end.
+            timers.purge_retained_by(ms(4_000));
+            assert_eq!(super::fire(&shared, ms(7_999)), Some(ms(8_000)));
+            timers.purge_retained_by(ms(20_000));
+            assert_eq!(timers.len(), 1);
+            assert_eq!(super::fire(&shared, ms(8_000)), None);
+        });
+    }
+
+    /// A retained message with an expiry leaves the store once expired, by the timer
+    /// service's purge; one without stays.
+    #[test]
+    fn expired_retained_messages_are_purged_by_the_service() {
+        use bytes::Bytes;
+        use mqtt_codec::QoS;
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .start_paused(true)
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let shared = Arc::new(Shared::new(Config::default(), Default::default()));
+            tokio::spawn(super::run(Arc::clone(&shared)));
+            let message = |topic, expiry| {
+                let mut m = mqtt_session::Message::new(
+                    ByteStr::from_static(topic),
+                    Bytes::from_static(b"r"),
+                    QoS::AtMostOnce,
+                );
+                m.retain = true;
+                m.properties.message_expiry_interval = expiry;
+                m
+            };
+            shared.retain(&message("stays", None));
+            shared.retain(&message("short", Some(1)));
+            shared.retain(&message("long", Some(60)));
+            assert_eq!(shared.retained_count(), 3);
+            assert_eq!(shared.timers.len(), 1, "one purge, at the earliest expiry");
+            tokio::time::sleep(Duration::from_millis(1_100)).await;
+            assert_eq!(shared.retained_count(), 2);
+            tokio::time::sleep(Duration::from_secs(60)).await;
+            assert_eq!(shared.retained_count(), 1);
+            assert_eq!(shared.timers.len(), 0, "nothing left to expire");
         });
     }
 }
