@@ -24,7 +24,10 @@
 //! - `listener`: binding and accepting; TCP options; sockets before CONNECT.
 //! - `connection/`: one client connection, a file per concern: `handshake` (CONNECT),
 //!   `active_loop`, `publish`, `subscribe`, `hibernate` (idle connections), `close`.
-//! - `parking`: idle TCP connections held without a task; `alarms`: their keep-alive.
+//! - `parking`: idle TCP connections held without a task.
+//! - `timers`: every deadline no active connection waits on, in one map served by one
+//!   task: idle connections' keep-alive, offline sessions' will delay and expiry,
+//!   retained messages' expiry.
 //! - `sessions`: the registry and what a session shares with the tasks routing to it.
 //! - `router`: matching, fan-out, the overflow policy and the global memory budget.
 //! - `retained`: retained messages and their streaming to new subscriptions.
@@ -46,7 +49,6 @@ pub mod config;
 pub mod remote;
 pub mod store;
 
-mod alarms;
 mod connection;
 mod listener;
 mod owned;
@@ -57,6 +59,7 @@ mod router;
 mod sessions;
 mod shared;
 mod sys;
+mod timers;
 
 #[cfg(feature = "fuzzing")]
 pub mod fuzzing;
@@ -161,8 +164,7 @@ impl Broker {
                 .pop()
                 .unwrap_or_else(|| io::Error::other("no listener configured")));
         }
-        tasks.spawn(housekeeping(Arc::clone(&shared)));
-        tasks.spawn(alarms::run(Arc::clone(&shared)));
+        tasks.spawn(timers::run(Arc::clone(&shared)));
         if shared.config.sys.interval > 0 {
             tasks.spawn(sys::run(
                 Arc::clone(&shared),
@@ -269,19 +271,6 @@ impl Drop for Broker {
         #[cfg(unix)]
         if let Some(parking) = self.shared.parking() {
             parking.close();
-        }
-    }
-}
-
-/// Periodic chores that belong to no connection: expiring retained messages.
-async fn housekeeping(shared: Arc<Shared>) {
-    let shutdown = shared.shutting_down();
-    tokio::pin!(shutdown);
-    let mut tick = tokio::time::interval(Duration::from_secs(5));
-    loop {
-        tokio::select! {
-            _ = tick.tick() => shared.purge_expired_retained(),
-            () = &mut shutdown => return,
         }
     }
 }

@@ -195,7 +195,7 @@ impl Parking {
             return;
         };
         if let Some((at, id)) = parked.alarm {
-            shared.alarms.cancel(at, id);
+            shared.timers.cancel_alarm(at, id);
         }
         let mut tasks = self.tasks();
         // Under the set's lock: `close` sets the flag before it takes the set, so a task

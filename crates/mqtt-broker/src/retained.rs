@@ -132,6 +132,11 @@ impl Shared {
             }
             Some(_) => {}
         }
+        drop(shard);
+        // Stored first: a purge that runs meanwhile finds it.
+        if let Some(at) = expires_at {
+            self.timers.purge_retained_by(at);
+        }
         Ok(())
     }
 
@@ -155,15 +160,17 @@ impl Shared {
 
     /// Drops expired retained messages (delivery skips them anyway; this bounds memory),
     /// and the store's copies. Scans under the read lock, removes under the write lock;
-    /// does nothing while no retained message has an expiry.
-    pub(crate) fn purge_expired_retained(&self) {
+    /// does nothing while no retained message has an expiry. Returns the earliest expiry of those left, for
+    /// the timer service to purge again then.
+    pub(crate) fn purge_expired_retained(&self) -> Option<mqtt_session::Instant> {
         if self.retained_expiring.load(Ordering::Relaxed) == 0 {
-            return;
+            return None;
         }
         let now = self.now();
         let (Ok(all), Ok(sys)) = (TopicFilter::new("#"), TopicFilter::new("$SYS/#")) else {
-            return;
+            return None;
         };
+        let mut next = None::<mqtt_session::Instant>;
         for shard in &self.retained {
             let expired: Vec<String> = {
                 let store = shard
@@ -172,7 +179,14 @@ impl Shared {
                 store
                     .matching(all)
                     .chain(store.matching(sys))
-                    .filter(|r| r.value().expires_at.is_some_and(|at| now >= at))
+                    .filter(|r| match r.value().expires_at {
+                        Some(at) if now >= at => true,
+                        Some(at) => {
+                            next = Some(next.map_or(at, |n| n.min(at)));
+                            false
+                        }
+                        None => false,
+                    })
                     .map(|r| r.topic())
                     .collect()
             };
@@ -201,6 +215,7 @@ impl Shared {
                 }
             }
         }
+        next
     }
 
     /// The retained-store shards a filter can match, in order: the one of its first

@@ -372,12 +372,7 @@ impl Shared {
     /// Runs the timers of a session that has no connection (its expiry; a will, once
     /// the store keeps wills): the one place a restored session's timers start.
     fn start_offline_timers(self: &Arc<Self>, handle: &Arc<SessionHandle>) {
-        let generation = handle.lock().generation;
-        tokio::spawn(crate::connection::idle(
-            Arc::clone(self),
-            Arc::clone(handle),
-            generation,
-        ));
+        crate::timers::offline(self, handle, None);
     }
 
     /// Forgets an expired session and its subscriptions, unless a connection (of a

@@ -21,11 +21,11 @@ use mqtt_topics::{RetainedStore, ShardedIndex};
 use crate::parking::{Parked, Parking};
 use crate::{
     Backends,
-    alarms::Alarms,
     auth::Auth,
     config::Config,
     retained::{RETAINED_SHARDS, RetainedMessage},
     sessions::{Registered, SessionCell, SessionHandle, Sub},
+    timers::Timers,
 };
 
 /// Counters for `$SYS`.
@@ -106,8 +106,8 @@ pub(crate) struct Shared {
     /// through their sessions, which spares every wait a watch receiver.
     pub(crate) stopping: AtomicBool,
     pub(crate) local_addrs: Mutex<Vec<SocketAddr>>,
-    /// Keep-alive deadlines of hibernating connections.
-    pub(crate) alarms: Alarms,
+    /// Every deadline no active connection waits on (see `timers`).
+    pub(crate) timers: Timers,
     /// Idle connections parked without a task: started with the first one to park;
     /// `None` inside if it could not be (they hibernate in their tasks then).
     #[cfg(unix)]
@@ -144,7 +144,7 @@ impl Shared {
             shutdown: tokio::sync::watch::Sender::new(false),
             stopping: AtomicBool::new(false),
             local_addrs: Mutex::new(Vec::new()),
-            alarms: Alarms::default(),
+            timers: Timers::default(),
             #[cfg(unix)]
             parking: std::sync::OnceLock::new(),
         }
@@ -172,14 +172,14 @@ impl Shared {
     }
 
     /// Wakes the connection of `handle`'s session: its task, through the session's
-    /// signal, or a new task if the connection is parked.
+    /// signal, or a new task if the connection is parked. A session without a
+    /// connection has its events taken at once (see [`crate::timers::drain`]).
     pub(crate) fn wake(&self, handle: &Arc<SessionHandle>) {
         self.wake_locked(handle, handle.lock());
     }
 
     /// [`Shared::wake`] with the session already locked, as routing has it; the lock is
     /// released first.
-    #[cfg_attr(not(unix), allow(unused_mut))]
     pub(crate) fn wake_locked(
         &self,
         handle: &Arc<SessionHandle>,
@@ -192,7 +192,15 @@ impl Shared {
             self.revive(handle, parked);
             return;
         }
+        // Without a connection, what a delivery left in the session's events (the QoS 0
+        // messages it dropped to make room) is taken here, as a connection would take
+        // it: nothing else would until the session's next deadline.
+        let offline = (!cell.session.is_connected() && !cell.gone)
+            .then(|| (crate::timers::drain(&mut cell), cell.generation));
         drop(cell);
+        if let Some((work, generation)) = offline {
+            work.act(self, handle, generation);
+        }
         handle.notify.notify_one();
     }
 

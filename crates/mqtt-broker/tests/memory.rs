@@ -1,7 +1,9 @@
 //! Memory held per idle connection, counted by a global allocator: live heap bytes
 //! (allocated minus freed) per connection, after the connections settle and after they
 //! have been idle long enough to give back their buffers, and again after each pinged;
-//! then per session once the clients are gone and their sessions stay (Clean Session 0).
+//! then per session once the clients are gone and their sessions stay (Clean Session 0),
+//! and per 5.0 session left with an expiry pending, whose timer is an entry in the timer
+//! service's map rather than a task (counted too).
 
 use std::{
     alloc::{GlobalAlloc, Layout, System},
@@ -116,5 +118,53 @@ async fn idle_connection_footprint() {
         offline <= 512,
         "sessions without a connection hold {offline} bytes each"
     );
+
+    // 5.0 sessions with a Session Expiry Interval have a timer while offline: an entry
+    // in the timer service's map, not a task of their own.
+    let tasks = || {
+        tokio::runtime::Handle::current()
+            .metrics()
+            .num_alive_tasks()
+    };
+    let (before, tasks_before) = (LIVE.load(Ordering::Relaxed), tasks());
+    let mut clients = Vec::with_capacity(n);
+    for i in 0..n {
+        clients.push(connect_v5(addr, &format!("expiring{i:05}"), 3600).await);
+    }
+    drop(clients);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let expiring = per(LIVE.load(Ordering::Relaxed) - before);
+    let tasks_after = tasks();
+    eprintln!(
+        "live heap per 5.0 session left without its connection, expiry pending: {expiring} B; tasks {tasks_before} -> {tasks_after}"
+    );
+    assert!(
+        tasks_after < tasks_before + n / 10,
+        "{n} offline sessions: {tasks_before} tasks before, {tasks_after} after"
+    );
+    assert!(
+        expiring <= 512,
+        "5.0 sessions without a connection hold {expiring} bytes each"
+    );
     broker.shutdown().await;
+}
+
+/// A 5.0 client connected as `id` (Clean Start 0, Session Expiry `expiry` s), CONNACK
+/// read.
+async fn connect_v5(addr: std::net::SocketAddr, id: &str, expiry: u32) -> tokio::net::TcpStream {
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let mut body = vec![0, 4, b'M', b'Q', b'T', b'T', 5, 0, 0, 60, 5, 0x11];
+    body.extend_from_slice(&expiry.to_be_bytes());
+    body.extend_from_slice(&(id.len() as u16).to_be_bytes());
+    body.extend_from_slice(id.as_bytes());
+    let mut connect = vec![0x10, body.len() as u8];
+    connect.extend(body);
+    s.write_all(&connect).await.unwrap();
+    let mut head = [0u8; 2];
+    s.read_exact(&mut head).await.unwrap();
+    assert_eq!(head[0], 0x20);
+    let mut rest = vec![0u8; usize::from(head[1])];
+    s.read_exact(&mut rest).await.unwrap();
+    assert_eq!(rest[1], 0, "CONNACK reason code");
+    s
 }

@@ -1,15 +1,14 @@
-//! The end of a connection: last words read by the client, write deadlines, releasing
-//! the session, and the timers of a session left without a connection.
+//! The end of a connection: last words read by the client, write deadlines, and
+//! releasing the session, whose timers (will delay, expiry) the timer service runs from
+//! then on (see `timers`).
 
 use std::sync::{Arc, atomic::Ordering};
 
 use bytes::BytesMut;
 use mqtt_codec::{Disconnect, Packet, ProtocolVersion, ReasonCode};
-use mqtt_session::Event;
-use mqtt_topics::Matches;
 use tokio::{
     io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt},
-    time::{sleep_until, timeout},
+    time::timeout,
 };
 use tracing::debug;
 
@@ -51,8 +50,8 @@ pub(crate) async fn flush_last<W: AsyncWrite + Unpin>(
             .is_ok()
 }
 
-/// The connection is over: release the session, and keep its timers (will delay,
-/// session expiry) running while it has no connection.
+/// The connection is over: release the session, whose timers (will delay, session
+/// expiry) run while it has no connection.
 pub(crate) async fn detach<S: Duplex>(conn: &mut Conn<S>, end: End) {
     let Conn {
         shared,
@@ -101,7 +100,9 @@ pub(crate) async fn detach<S: Duplex>(conn: &mut Conn<S>, end: End) {
 }
 
 /// Tells the session its connection `generation` is gone (unless taken over
-/// meanwhile), and runs its timers without one.
+/// meanwhile), and hands its timers to the timer service: what is due at once (a will
+/// without a delay) is done here, the rest when its deadline passes, unless a new
+/// connection takes the session first.
 pub(crate) fn release(
     shared: &Arc<Shared>,
     handle: &Arc<SessionHandle>,
@@ -123,7 +124,7 @@ pub(crate) fn release(
         shared.account(&mut cell);
     }
     debug!(client = %handle.client_id, ?end, "disconnected");
-    tokio::spawn(idle(Arc::clone(shared), Arc::clone(handle), generation));
+    crate::timers::offline(shared, handle, Some(generation));
 }
 
 /// How long a closing connection reads (and discards) what the client still sends, so
@@ -169,52 +170,4 @@ pub(crate) async fn write_or_stall<W: AsyncWrite + Unpin>(
         }
     }
     Ok(())
-}
-
-/// Runs the timers of a session with no connection: publishes the will when due, and
-/// forgets the session when it expires. Stops when a new connection takes the session.
-pub(crate) async fn idle(shared: Arc<Shared>, handle: Arc<SessionHandle>, generation: u64) {
-    let mut matches = Matches::default();
-    loop {
-        let (deadline, events) = {
-            let mut cell = handle.lock();
-            if cell.generation != generation {
-                // A new connection has the session, and the wake-up that brought us
-                // here may have been meant for it.
-                drop(cell);
-                handle.notify.notify_one();
-                return;
-            }
-            if cell.gone {
-                return;
-            }
-            let events: Vec<Event> = std::iter::from_fn(|| cell.session.poll_event()).collect();
-            (cell.session.poll_timeout(), events)
-        };
-        for event in events {
-            match event {
-                Event::Will(will) => {
-                    let now = shared.now();
-                    shared.route(handle.key, will_message(*will), &mut matches, now);
-                }
-                Event::SessionExpired => {
-                    shared.remove_session(&handle, generation);
-                    return;
-                }
-                Event::Dropped { id, .. } => handle.lock().settle_shared(&[id]),
-                _ => {}
-            }
-        }
-        let Some(deadline) = deadline else { return };
-        tokio::select! {
-            () = sleep_until(shared.deadline(deadline)) => {
-                let mut cell = handle.lock();
-                if cell.generation != generation {
-                    return;
-                }
-                cell.session.handle_timeout(shared.now());
-            }
-            () = handle.notify.notified() => {}
-        }
-    }
 }

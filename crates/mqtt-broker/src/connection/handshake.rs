@@ -251,6 +251,9 @@ pub(crate) async fn attach<W: AsyncWrite + Unpin>(
         }
         // [MQTT-3.1.4-3]: a second connection with the same id takes the session over.
         let taking_over = cell.session.is_connected();
+        // A session without a connection has its timers in the timer service: this
+        // connection stops them ([MQTT-3.1.2-8]: a delayed will with them).
+        shared.timers.cancel_offline(&cell, handle.key);
         cell.generation += 1;
         // The old connection, if parked, is revived to say goodbye.
         #[cfg(unix)]

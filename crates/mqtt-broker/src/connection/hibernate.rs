@@ -55,7 +55,7 @@ pub(crate) fn park_tcp(conn: Conn<tokio::net::TcpStream>) -> Park<tokio::net::Tc
     let alarm = cell
         .session
         .poll_timeout()
-        .map(|at| (at, shared.alarms.set(at, &handle)));
+        .map(|at| (at, shared.timers.alarm(at, &handle)));
     match stream.into_std() {
         Ok(stream) => {
             cell.park(crate::parking::Parking::parked(
@@ -67,7 +67,7 @@ pub(crate) fn park_tcp(conn: Conn<tokio::net::TcpStream>) -> Park<tokio::net::Tc
             drop(cell);
             parking.unregister(token);
             if let Some((at, id)) = alarm {
-                shared.alarms.cancel(at, id);
+                shared.timers.cancel_alarm(at, id);
             }
             debug!(client = %handle.client_id, error = %e, "a connection was lost parking");
             shared.stats.connected.fetch_sub(1, Ordering::Relaxed);
@@ -82,7 +82,7 @@ pub(crate) fn park_tcp(conn: Conn<tokio::net::TcpStream>) -> Park<tokio::net::Tc
 /// FIRST_INPUT_GRACE_MS has passed). `Ok(Some(bytes))`: the client sent something, fed
 /// to the session already (the bytes left are a packet's start, perhaps none); `Ok(None)`:
 /// a signal woke it. Either way, go active (or, at the end of a grace, try parking). A single signal wakes it for everything but the socket: a publisher, the
-/// session's keep-alive deadline (through `Shared::alarms`), and shutdown
+/// session's keep-alive deadline (through `Shared::timers`), and shutdown
 /// (`Shared::stop_connections`); this keeps the future idle connections sit in small:
 /// no select, no timer of its own.
 pub(crate) async fn hibernate<S: Duplex>(
@@ -115,7 +115,7 @@ pub(crate) async fn hibernate<S: Duplex>(
             (a, b) => a.or(b),
         }
     };
-    let alarm = alarm.map(|at| (at, shared.alarms.set(at, &conn.handle)));
+    let alarm = alarm.map(|at| (at, shared.timers.alarm(at, &conn.handle)));
     // The first bytes land here, and the read buffer is allocated once they have. Small:
     // a PINGREQ fits, and the active stage reads whatever follows.
     let mut first = [0u8; FIRST_READ];
@@ -134,7 +134,7 @@ pub(crate) async fn hibernate<S: Duplex>(
         .await
     };
     if let Some((at, id)) = alarm {
-        shared.alarms.cancel(at, id);
+        shared.timers.cancel_alarm(at, id);
     }
     match woke {
         None => woken(conn, alarm.map(|(at, _)| at)).map(|()| None),

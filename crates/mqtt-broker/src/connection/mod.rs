@@ -10,7 +10,8 @@
 //! authentication, attaching the session), `active_loop` (flush, act on events, write,
 //! read), `publish` and `subscribe` (the packets that change the broker's state),
 //! `hibernate` (idle connections: parking without a task, or hibernating in it) and
-//! `close` (last words, write deadlines, releasing the session).
+//! `close` (last words, write deadlines, releasing the session). The deadlines of idle
+//! connections and of sessions without one are the timer service's (`timers`).
 
 use std::{
     net::SocketAddr,
@@ -31,16 +32,16 @@ mod hibernate;
 mod publish;
 mod subscribe;
 
-pub(crate) use close::idle;
 #[cfg(unix)]
 use hibernate::park_tcp;
+pub(crate) use publish::will_message;
 pub(crate) use subscribe::{check_filter, subscribe, unsubscribe};
 use {
     active_loop::{feed, run_loop},
     close::{detach, flush_last, last_words, release, write_or_stall},
     handshake::open,
     hibernate::hibernate,
-    publish::{publish, will_message},
+    publish::publish,
 };
 
 /// Read buffer size while idle; it grows only for large packets.

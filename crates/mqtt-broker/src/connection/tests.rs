@@ -135,9 +135,9 @@ async fn serving(config: Config) -> (Arc<Shared>, std::net::SocketAddr) {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let serving = Arc::clone(&shared);
-    // The alarms end hibernations (a new connection's grace, keep-alive), as in the
-    // broker.
-    tokio::spawn(crate::alarms::run(Arc::clone(&shared)));
+    // The timers end hibernations (a new connection's grace, keep-alive) and run the
+    // offline sessions' timers, as in the broker.
+    tokio::spawn(crate::timers::run(Arc::clone(&shared)));
     tokio::spawn(async move {
         while let Ok((stream, peer)) = listener.accept().await {
             tokio::spawn(super::serve(Arc::clone(&serving), stream, peer));
@@ -363,4 +363,147 @@ fn requests_polled_before_a_takeover_change_nothing() {
         (0, 1),
         "the connection's own UNSUBSCRIBE"
     );
+}
+
+/// The wills a remote subscriber to `will/#` is given, by topic.
+#[derive(Debug, Default)]
+struct Wills(std::sync::Mutex<Vec<String>>);
+
+impl crate::remote::Forward for Wills {
+    fn forward(&self, message: mqtt_session::Message) -> bool {
+        self.0.lock().unwrap().push(message.topic.to_string());
+        true
+    }
+}
+
+impl Wills {
+    fn take(&self) -> Vec<String> {
+        std::mem::take(&mut *self.0.lock().unwrap())
+    }
+}
+
+/// Attaches a 5.0 connection for `id` as the handshake does after CONNECT: Clean
+/// Start 0, Session Expiry `expiry` s, and a will to `will/{id}` delayed by `delay` s.
+async fn attach(
+    shared: &Arc<Shared>,
+    id: &str,
+    expiry: u32,
+    delay: u32,
+) -> (Arc<crate::sessions::SessionHandle>, u64) {
+    use bytes::Bytes;
+    use mqtt_codec::{Connect, QoS, Will};
+    let mut connect = Connect::new(
+        ProtocolVersion::V5,
+        ByteStr::try_from(id.to_owned()).unwrap(),
+    );
+    connect.clean_start = false;
+    connect.properties.session_expiry_interval = Some(expiry);
+    let mut will = Will {
+        topic: ByteStr::try_from(format!("will/{id}")).unwrap(),
+        payload: Bytes::from_static(b"gone"),
+        qos: QoS::AtMostOnce,
+        retain: false,
+        properties: Default::default(),
+    };
+    will.properties.will_delay_interval = Some(delay);
+    connect.will = Some(will);
+    let peer = "127.0.0.1:1".parse().unwrap();
+    let (handle, generation, _) =
+        super::handshake::attach(shared, &mut tokio::io::sink(), connect, peer)
+            .await
+            .unwrap();
+    (handle, generation)
+}
+
+/// A session left without a connection has no task: the timer service runs its
+/// timers. Its will is published when the Will Delay Interval has passed, and the
+/// session is forgotten when it expires; a new connection for the Client Identifier
+/// before then cancels both (5.0 [MQTT-3.1.2-8]), and so does its generation if the
+/// deadline went off before the new connection could take it out.
+#[test]
+fn the_timer_service_runs_an_offline_sessions_will_delay_and_expiry() {
+    use std::time::Duration;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .start_paused(true)
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let shared = Arc::new(Shared::new(Config::default(), Default::default()));
+        tokio::spawn(crate::timers::run(Arc::clone(&shared)));
+        let wills = Arc::new(Wills::default());
+        let _sub = shared
+            .subscribe_remote("will/#", mqtt_codec::QoS::AtMostOnce, wills.clone())
+            .unwrap();
+        let sleep = |ms| tokio::time::sleep(Duration::from_millis(ms));
+
+        // Will Delay 2 s, Session Expiry 10 s.
+        let (handle, generation) = attach(&shared, "w", 10, 2).await;
+        super::release(&shared, &handle, generation, &super::End::Lost);
+        assert_eq!(shared.timers.len(), 1, "one deadline: the will's");
+        sleep(1_900).await;
+        assert!(wills.take().is_empty(), "the will before its delay");
+        sleep(200).await;
+        assert_eq!(wills.take(), ["will/w"]);
+        assert_eq!(shared.timers.len(), 1, "one deadline: the expiry");
+        assert!(shared.existing_session("w").is_some());
+        sleep(8_000).await;
+        assert!(shared.existing_session("w").is_none(), "expired");
+        assert_eq!(shared.timers.len(), 0);
+
+        // A new connection before the will delay: no will, no expiry.
+        let (handle, old) = attach(&shared, "c", 10, 2).await;
+        super::release(&shared, &handle, old, &super::End::Lost);
+        sleep(1_000).await;
+        let (again, new) = attach(&shared, "c", 10, 2).await;
+        assert!(Arc::ptr_eq(&handle, &again) && new > old);
+        assert_eq!(
+            shared.timers.len(),
+            0,
+            "the new connection took the deadline out"
+        );
+        // A deadline of the old connection that went off anyway does nothing.
+        crate::timers::offline(&shared, &handle, Some(old));
+        crate::timers::offline(&shared, &handle, None);
+        sleep(20_000).await;
+        assert!(wills.take().is_empty(), "a cancelled will was published");
+        assert!(
+            shared.existing_session("c").is_some(),
+            "the new connection's session"
+        );
+        assert!(handle.lock().session.is_connected());
+
+        // Its own end starts them again, from then.
+        super::release(&shared, &handle, new, &super::End::Lost);
+        sleep(2_100).await;
+        assert_eq!(wills.take(), ["will/c"]);
+        sleep(8_000).await;
+        assert!(shared.existing_session("c").is_none(), "expired");
+    });
+}
+
+/// A session left without a connection costs an entry in the timer service's map,
+/// not a task: a broker with a million offline sessions must not have a million tasks.
+#[test]
+fn offline_sessions_have_no_task_of_their_own() {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let shared = Arc::new(Shared::new(Config::default(), Default::default()));
+        let n = 200;
+        for i in 0..n {
+            let (handle, generation) = attach(&shared, &format!("offline-{i}"), 3600, 60).await;
+            super::release(&shared, &handle, generation, &super::End::Lost);
+        }
+        assert_eq!(shared.session_count(), n);
+        assert_eq!(shared.timers.len(), n, "one deadline per session");
+        assert_eq!(
+            tokio::runtime::Handle::current()
+                .metrics()
+                .num_alive_tasks(),
+            0
+        );
+    });
 }
