@@ -90,6 +90,10 @@ pub struct RetainConfig {
     pub enabled: bool,
     /// The most retained messages kept; a new topic beyond it is not retained.
     pub max_messages: usize,
+    /// The most memory retained messages may take, in bytes, each charged its topic,
+    /// payload and properties plus about 700 bytes for its entry; a message that would
+    /// take the store beyond it is not retained (it is still routed).
+    pub max_bytes: usize,
 }
 
 /// `$SYS` topics.
@@ -157,6 +161,7 @@ impl Default for RetainConfig {
         Self {
             enabled: true,
             max_messages: 1_000_000,
+            max_bytes: 512 * 1024 * 1024,
         }
     }
 }

@@ -61,6 +61,9 @@ pub(crate) struct Stats {
     pub(crate) subscriptions_refused: AtomicU64,
     /// Connections closed because the client read nothing for `limits.write_timeout`.
     pub(crate) write_timeouts: AtomicU64,
+    /// Retained messages routed but not retained: over `retain.max_messages` or
+    /// `retain.max_bytes`.
+    pub(crate) retained_refused: AtomicU64,
     pub(crate) connections_total: AtomicU64,
 }
 
@@ -90,6 +93,10 @@ pub(crate) struct Shared {
     pub(crate) retained_count: AtomicUsize,
     /// Of those, the broker's own `$SYS` topics (never removed).
     pub(crate) retained_sys: AtomicUsize,
+    /// What the clients' retained messages are charged, against `retain.max_bytes`.
+    pub(crate) retained_bytes: AtomicUsize,
+    /// When the last line about the retained quotas was logged (session time, ms).
+    pub(crate) retained_refused_logged: AtomicU64,
     /// Bytes queued in all sessions (queues and encoded packets), against
     /// `limits.max_queued_bytes_total`.
     pub(crate) queued_total: AtomicUsize,
@@ -135,6 +142,8 @@ impl Shared {
                 .collect(),
             retained_count: AtomicUsize::new(0),
             retained_sys: AtomicUsize::new(0),
+            retained_bytes: AtomicUsize::new(0),
+            retained_refused_logged: AtomicU64::new(0),
             queued_total: AtomicUsize::new(0),
             last_drop_log: AtomicU64::new(0),
             retained_expiring: AtomicUsize::new(0),

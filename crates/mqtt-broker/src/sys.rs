@@ -67,7 +67,7 @@ pub(crate) async fn run(shared: Arc<Shared>, interval: Duration) {
         let load = |c: &std::sync::atomic::AtomicU64| c.load(Ordering::Relaxed).to_string();
         let connected = s.connected.load(Ordering::Relaxed);
         let sessions = shared.session_count();
-        let values: [(&str, String); 24] = [
+        let values: [(&str, String); 26] = [
             (
                 "$SYS/broker/version",
                 format!("mqtt-rs mqtt-broker {}", env!("CARGO_PKG_VERSION")),
@@ -136,6 +136,14 @@ pub(crate) async fn run(shared: Arc<Shared>, interval: Duration) {
             (
                 "$SYS/broker/retained messages/count",
                 shared.retained_count().to_string(),
+            ),
+            (
+                "$SYS/broker/retained messages/bytes",
+                shared.retained_bytes().to_string(),
+            ),
+            (
+                "$SYS/broker/retained messages/refused",
+                load(&s.retained_refused),
             ),
         ];
         let counters = [

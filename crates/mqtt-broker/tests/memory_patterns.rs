@@ -560,7 +560,7 @@ fn retained_message_does_not_pin_read_buffer() {
 
 /// 3b. Many tiny retained messages (5,000 topics, 1-byte payloads): what the retained
 ///    store keeps per message against its wire bytes. `retain.max_messages` (1,000,000)
-///    caps the count, not the bytes.
+///    caps the count and `retain.max_bytes` (512 MiB) the memory, entries included.
 #[test]
 fn tiny_retained_messages_cost_a_bounded_entry_each() {
     let h = Harness::start(|_| {});
@@ -573,8 +573,9 @@ fn tiny_retained_messages_cost_a_bounded_entry_each() {
     );
     // A retained entry costs about 700 B besides its bytes (the trie's node and edge,
     // the stored message, the shard's bookkeeping), which no tiny message can fit in 2x
-    // its wire bytes: the count is what bounds it (`retain.max_messages`), and the cost
-    // per entry is held here.
+    // its wire bytes: `retain.max_bytes` is what bounds it, charging each entry that
+    // cost (`RETAINED_ENTRY_EXTRA` beside `Message::size`), and the cost per entry is
+    // held here.
     assert!(
         ratio_ok(growth, wire, FIXED + 5_000 * PER_RETAINED),
         "5,000 tiny retained messages ({wire} B on the wire) hold {growth} B"

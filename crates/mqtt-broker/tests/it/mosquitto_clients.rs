@@ -154,3 +154,54 @@ async fn mosquitto_retained_and_remove_retained() {
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "keep/b B");
     broker.shutdown().await;
 }
+
+// retain.max_bytes: retained messages that would take the store past its byte budget
+// are routed but not retained; replacing one with a smaller one still works, and the
+// refusals show in `$SYS`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retained_bytes_are_bounded() {
+    require("mosquitto_pub");
+    require("mosquitto_sub");
+    // Room for about three 4 KiB messages with their entries' cost.
+    let (broker, addr) = crate::broker_with(|c| {
+        c.retain.max_bytes = 14 * 1024;
+        c.sys.interval = 1;
+    })
+    .await;
+    let port = addr.port().to_string();
+    let big = "x".repeat(4096);
+    for topic in ["cap/1", "cap/2", "cap/3", "cap/4", "cap/5"] {
+        let status = Command::new("mosquitto_pub")
+            .args(["-h", "127.0.0.1", "-p", &port, "-q", "1", "-r"])
+            .args(["-t", topic, "-m", &big])
+            .status()
+            .await
+            .unwrap();
+        assert!(status.success(), "{topic}: mosquitto_pub failed");
+    }
+    let out = retained_only(&port, "cap/#").await;
+    let mut kept: Vec<String> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| l.split_whitespace().next().map(str::to_owned))
+        .collect();
+    kept.sort();
+    assert_eq!(kept, ["cap/1", "cap/2", "cap/3"], "within 14 KiB");
+    // A smaller message replaces a kept one: the budget counts the difference.
+    let status = Command::new("mosquitto_pub")
+        .args(["-h", "127.0.0.1", "-p", &port, "-q", "1", "-r"])
+        .args(["-t", "cap/2", "-m", "small"])
+        .status()
+        .await
+        .unwrap();
+    assert!(status.success());
+    let out = retained_only(&port, "cap/2").await;
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "cap/2 small");
+    let refused = Command::new("mosquitto_sub")
+        .args(["-h", "127.0.0.1", "-p", &port, "-C", "1", "-W", "5"])
+        .args(["-t", "$SYS/broker/retained messages/refused"])
+        .output()
+        .await
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&refused.stdout).trim(), "2");
+    broker.shutdown().await;
+}
