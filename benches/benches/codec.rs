@@ -100,6 +100,21 @@ fn cases() -> Vec<(String, ProtocolVersion, Packet)> {
                 publish(16, ProtocolVersion::V3_1_1),
             ));
         }
+        if v.is_v5() {
+            // Tracing or routing tags: 16 User Properties, each a short name and value.
+            let mut p = publish(16, v);
+            if let Packet::Publish(p) = &mut p {
+                p.properties.user_properties = (0..16)
+                    .map(|i| {
+                        (
+                            ByteStr::try_from(format!("tag-{i:02}")).expect("valid"),
+                            ByteStr::from_static("value-abc123"),
+                        )
+                    })
+                    .collect();
+            }
+            out.push(("publish_16B_5.0_16_user_properties".to_owned(), v, p));
+        }
         out.push((format!("connect_{vname}"), v, connect(v)));
         out.push((format!("subscribe_{vname}"), v, subscribe(v)));
     }
