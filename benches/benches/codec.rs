@@ -26,10 +26,12 @@ fn publish(payload_len: usize, version: ProtocolVersion) -> Packet {
             payload_format_indicator: Some(PayloadFormat::Unspecified),
             message_expiry_interval: Some(3600),
             content_type: Some(ByteStr::from_static("application/octet-stream")),
-            user_properties: vec![(
+            user_properties: [(
                 ByteStr::from_static("trace"),
                 ByteStr::from_static("abc123"),
-            )],
+            )]
+            .into_iter()
+            .collect(),
             ..PublishProperties::default()
         }
         .into();
