@@ -26,10 +26,12 @@ fn publish(payload_len: usize, version: ProtocolVersion) -> Packet {
             payload_format_indicator: Some(PayloadFormat::Unspecified),
             message_expiry_interval: Some(3600),
             content_type: Some(ByteStr::from_static("application/octet-stream")),
-            user_properties: vec![(
+            user_properties: [(
                 ByteStr::from_static("trace"),
                 ByteStr::from_static("abc123"),
-            )],
+            )]
+            .into_iter()
+            .collect(),
             ..PublishProperties::default()
         }
         .into();
@@ -99,6 +101,21 @@ fn cases() -> Vec<(String, ProtocolVersion, Packet)> {
                 v,
                 publish(16, ProtocolVersion::V3_1_1),
             ));
+        }
+        if v.is_v5() {
+            // Tracing or routing tags: 16 User Properties, each a short name and value.
+            let mut p = publish(16, v);
+            if let Packet::Publish(p) = &mut p {
+                p.properties.user_properties = (0..16)
+                    .map(|i| {
+                        (
+                            ByteStr::try_from(format!("tag-{i:02}")).expect("valid"),
+                            ByteStr::from_static("value-abc123"),
+                        )
+                    })
+                    .collect();
+            }
+            out.push(("publish_16B_5.0_16_user_properties".to_owned(), v, p));
         }
         out.push((format!("connect_{vname}"), v, connect(v)));
         out.push((format!("subscribe_{vname}"), v, subscribe(v)));

@@ -148,7 +148,8 @@ impl Harness {
         }
         if a & 0x40 != 0 {
             message.properties.user_properties =
-                vec![(ByteStr::from_static("k"), ByteStr::new()); usize::from(b)];
+                std::iter::repeat_n((ByteStr::from_static("k"), ByteStr::new()), usize::from(b))
+                    .collect();
         }
         let _ = self.server.deliver(self.now, message);
     }

@@ -12,7 +12,7 @@
 //!   large message read into a buffer of its own size is most of that buffer.
 
 use bytes::Bytes;
-use mqtt_codec::{ByteStr, Connect, Publish, Subscribe};
+use mqtt_codec::{ByteStr, Connect, Publish, Subscribe, UserProperties};
 
 /// A read buffer this large may hold a packet whose slices would pin much more than
 /// themselves.
@@ -32,7 +32,7 @@ fn own_bytes(b: &mut Bytes) {
 fn own_message_properties(
     strings: [&mut Option<ByteStr>; 2],
     correlation_data: &mut Option<Bytes>,
-    user_properties: &mut [(ByteStr, ByteStr)],
+    user_properties: &mut UserProperties,
 ) {
     for s in strings.into_iter().flatten() {
         own(s);
@@ -40,10 +40,8 @@ fn own_message_properties(
     if let Some(data) = correlation_data {
         own_bytes(data);
     }
-    for (k, v) in user_properties {
-        own(k);
-        own(v);
-    }
+    // All pairs in one buffer: one copy.
+    user_properties.detach();
 }
 
 /// Copies what the session keeps of CONNECT: client identifier and will.

@@ -852,9 +852,7 @@ mod tests {
     fn pretty_json() {
         let mut m = msg();
         m.properties.content_type = Some(ByteStr::from_static("text"));
-        m.properties
-            .user_properties
-            .push((ByteStr::from_static("k"), ByteStr::from_static("v\u{8}")));
+        m.properties.user_properties.push("k", "v\u{8}").unwrap();
         let j = json(&m, arrival(2, 3), None, false, true).unwrap();
         assert_eq!(
             j,

@@ -585,14 +585,14 @@ pub fn parse_properties(
                     "-D {cmd} user-property takes a name and a value"
                 )));
             };
-            let pair = (s(name, value)?, s(name, v)?);
+            let pair = [(s(name, value)?, s(name, v)?)];
             match cmd {
-                "connect" => p.connect.user_properties.push(pair),
-                "publish" => p.publish.user_properties.push(pair),
-                "subscribe" => p.subscribe.user_properties.push(pair),
-                "unsubscribe" => p.unsubscribe.user_properties.push(pair),
-                "disconnect" => p.disconnect.user_properties.push(pair),
-                "will" => p.will.user_properties.push(pair),
+                "connect" => p.connect.user_properties.extend(pair),
+                "publish" => p.publish.user_properties.extend(pair),
+                "subscribe" => p.subscribe.user_properties.extend(pair),
+                "unsubscribe" => p.unsubscribe.user_properties.extend(pair),
+                "disconnect" => p.disconnect.user_properties.extend(pair),
+                "will" => p.will.user_properties.extend(pair),
                 _ => return Err(Failure::new(AUTH_UNSUPPORTED)),
             }
             continue;

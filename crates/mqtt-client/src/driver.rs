@@ -627,12 +627,12 @@ impl Driver {
             }
             SessionEvent::SubAck(ack) => {
                 if let Some(r) = self.subscribes.remove(&ack.packet_id) {
-                    let _ = r.done.send(Ok(ack));
+                    let _ = r.done.send(Ok(*ack));
                 }
             }
             SessionEvent::UnsubAck(ack) => {
                 if let Some(r) = self.unsubscribes.remove(&ack.packet_id) {
-                    let _ = r.done.send(Ok(ack));
+                    let _ = r.done.send(Ok(*ack));
                 }
             }
             SessionEvent::Connected(ack) => {

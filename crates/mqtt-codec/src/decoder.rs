@@ -6,6 +6,7 @@ use crate::{
     FixedHeader, Packet, PacketType, ProtocolVersion,
     error::{DecodeError, ErrorKind},
     fixed_header::MAX_PACKET_SIZE,
+    user_properties::UserPropertyCap,
 };
 
 /// Splits a byte stream into packets.
@@ -24,12 +25,13 @@ use crate::{
 /// Remaining Length has been read, after at most five bytes.
 ///
 /// User Properties (5.0) are capped by count, [`Decoder::max_user_properties`]
-/// ([`DEFAULT_MAX_USER_PROPERTIES`] unless set): each costs two 32-byte string headers
-/// in memory for as little as 5 bytes on the wire, so a 1 MB packet of empty ones
-/// decodes into about 16 MB, kept for as long as the message is. A packet over the cap
-/// fails with [`ErrorKind::TooManyUserProperties`] (Quota exceeded, 0x97); it is
-/// checked once the packet is decoded, so decoding one packet still takes memory in
-/// proportion to its size (bounded by the packet size limit).
+/// ([`DEFAULT_MAX_USER_PROPERTIES`] unless set; a CONNECT's will properties count with
+/// its own). A packet over the cap fails with [`ErrorKind::TooManyUserProperties`]
+/// (Quota exceeded, 0x97) as soon as the first pair over it is reached, before it is
+/// read: refusing a packet costs no more memory than accepting one at the cap. (The
+/// pairs a packet carries are kept in their wire form, a slice of the packet: what
+/// bounds them in memory is the packet size limit; the cap bounds the work a receiver
+/// does per packet on each pair, such as forwarding and printing them.)
 #[derive(Clone, Debug)]
 pub struct Decoder {
     version: Option<ProtocolVersion>,
@@ -151,21 +153,12 @@ impl Decoder {
         }
         let mut body = src.split_to(size).freeze();
         bytes::Buf::advance(&mut body, usize::from(header.header_len));
+        let cap = UserPropertyCap::new(self.max_user_properties());
         if header.packet_type == PacketType::Publish {
             // The common case, built straight into the result (see `decode_with`).
-            let packet = Packet::decode_with(&header, body, version, Some)?;
-            return match &packet {
-                Some(Packet::Publish(p)) if p.properties.get().is_some() => {
-                    self.check_user_properties(packet, version)
-                }
-                _ => Ok(packet),
-            };
+            return Packet::decode_with(&header, body, version, cap, Some);
         }
-        let packet = Packet::decode(&header, body, version)?;
-        let packet = self.check_user_properties(Some(packet), version)?;
-        let Some(packet) = packet else {
-            return Ok(None);
-        };
+        let packet = Packet::decode_with(&header, body, version, cap, |p| p)?;
         if let Packet::Connect(connect) = &packet {
             if self.version.is_none() {
                 self.version = Some(connect.version);
@@ -173,43 +166,22 @@ impl Decoder {
         }
         Ok(Some(packet))
     }
-
-    /// `packet`, or [`ErrorKind::TooManyUserProperties`] if it carries more User
-    /// Properties than allowed.
-    #[inline]
-    fn check_user_properties(
-        &self,
-        packet: Option<Packet>,
-        version: ProtocolVersion,
-    ) -> Result<Option<Packet>, DecodeError> {
-        let Some(p) = &packet else {
-            return Ok(packet);
-        };
-        if !version.is_v5() {
-            return Ok(packet);
-        }
-        let count = p.user_property_count();
-        let max = self.max_user_properties();
-        if count > max {
-            return Err(
-                DecodeError::new(ErrorKind::TooManyUserProperties { count, max })
-                    .within(p.packet_type(), version),
-            );
-        }
-        Ok(packet)
-    }
 }
 
 #[cfg(test)]
 mod tests {
-    use alloc::vec;
+    use alloc::{vec, vec::Vec};
 
     use super::*;
     use crate::{ByteStr, Connect, Publish, ReasonCode};
 
+    fn empty_pairs(n: usize) -> crate::UserProperties {
+        core::iter::repeat_n((ByteStr::new(), ByteStr::new()), n).collect()
+    }
+
     fn publish_with(pairs: usize) -> BytesMut {
         let mut p = Publish::new(ByteStr::from_static("t"), bytes::Bytes::new());
-        p.properties.user_properties = vec![(ByteStr::new(), ByteStr::new()); pairs];
+        p.properties.user_properties = empty_pairs(pairs);
         let mut wire = BytesMut::new();
         Packet::Publish(p)
             .encode(ProtocolVersion::V5, &mut wire)
@@ -251,14 +223,14 @@ mod tests {
     #[test]
     fn a_connect_counts_its_will_user_properties_too() {
         let mut c = Connect::new(ProtocolVersion::V5, ByteStr::from_static("c"));
-        c.properties.user_properties = vec![(ByteStr::new(), ByteStr::new()); 2];
+        c.properties.user_properties = empty_pairs(2);
         c.will = Some(crate::Will {
             topic: ByteStr::from_static("w"),
             payload: bytes::Bytes::new(),
             qos: crate::QoS::AtMostOnce,
             retain: false,
             properties: crate::WillProperties {
-                user_properties: vec![(ByteStr::new(), ByteStr::new()); 2],
+                user_properties: empty_pairs(2),
                 ..Default::default()
             },
         });
@@ -273,5 +245,61 @@ mod tests {
             e.kind(),
             ErrorKind::TooManyUserProperties { count: 4, max: 3 }
         ));
+    }
+
+    /// A 5.0 QoS 0 PUBLISH to "t" with these encoded properties and no payload.
+    fn publish_raw(properties: &[u8]) -> BytesMut {
+        let mut body = vec![0, 1, b't'];
+        body.push(u8::try_from(properties.len()).unwrap());
+        body.extend_from_slice(properties);
+        let mut wire = vec![0x30, u8::try_from(body.len()).unwrap()];
+        wire.extend_from_slice(&body);
+        BytesMut::from(&wire[..])
+    }
+
+    #[test]
+    fn the_cap_stops_decoding_before_the_pair_over_it() {
+        // Three empty pairs, then a fourth whose name is not UTF-8.
+        let mut props = [0x26, 0, 0, 0, 0].repeat(3);
+        props.extend_from_slice(&[0x26, 0, 1, 0xFF, 0, 0]);
+        let mut d = Decoder::with_version(ProtocolVersion::V5);
+        d.set_max_user_properties(4);
+        let e = d.decode(&mut publish_raw(&props)).unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::InvalidUtf8);
+        // With a cap of 3 the fourth is never read: refused for the count.
+        d.set_max_user_properties(3);
+        let e = d.decode(&mut publish_raw(&props)).unwrap_err();
+        assert_eq!(
+            e.kind(),
+            ErrorKind::TooManyUserProperties { count: 4, max: 3 }
+        );
+        assert_eq!(e.packet_type(), Some(PacketType::Publish));
+        assert_eq!(e.reason_code(), ReasonCode::QUOTA_EXCEEDED);
+    }
+
+    #[test]
+    fn user_properties_between_other_properties_keep_their_order_and_count() {
+        // a=1, Message Expiry Interval 9, b=2, Subscription Identifier 5, c=3.
+        let props = [
+            &[0x26, 0, 1, b'a', 0, 1, b'1'][..],
+            &[0x02, 0, 0, 0, 9],
+            &[0x26, 0, 1, b'b', 0, 1, b'2'],
+            &[0x0B, 5],
+            &[0x26, 0, 1, b'c', 0, 1, b'3'],
+        ]
+        .concat();
+        let mut d = Decoder::with_version(ProtocolVersion::V5);
+        let Some(Packet::Publish(p)) = d.decode(&mut publish_raw(&props)).unwrap() else {
+            panic!("a PUBLISH")
+        };
+        let pairs: Vec<_> = p.properties.user_properties.iter().collect();
+        assert_eq!(pairs, [("a", "1"), ("b", "2"), ("c", "3")]);
+        assert_eq!(p.properties.message_expiry_interval, Some(9));
+        d.set_max_user_properties(2);
+        let e = d.decode(&mut publish_raw(&props)).unwrap_err();
+        assert_eq!(
+            e.kind(),
+            ErrorKind::TooManyUserProperties { count: 3, max: 2 }
+        );
     }
 }

@@ -157,10 +157,11 @@ pub enum ErrorKind {
     NotConnect,
     /// The packet carries more User Properties than the receiver accepts
     /// ([`crate::Decoder::set_max_user_properties`]): a limit of this implementation,
-    /// not of the spec, so it is Quota exceeded (0x97).
+    /// not of the spec, so it is Quota exceeded (0x97). Decoding stops at the first one
+    /// over the limit.
     #[error("{count} user properties exceed the limit of {max}")]
     TooManyUserProperties {
-        /// How many the packet carries.
+        /// How many were counted when decoding stopped: the limit plus one.
         count: usize,
         /// The limit in force.
         max: usize,

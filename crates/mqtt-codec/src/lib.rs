@@ -4,8 +4,10 @@
 //! packets into bytes, and checks every rule of the specs that can be checked on a
 //! single packet. It does no I/O, keeps no connection state beyond the protocol version
 //! a [`Decoder`] has seen in CONNECT, and never allocates on decode beyond reference
-//! counts, except for lists (subscriptions, reason codes, user properties) and the box
-//! a PUBLISH's properties live in when it has any ([`PropertyBox`]).
+//! counts, except for lists (subscriptions, reason codes, user properties that other
+//! properties split in several runs) and the box a PUBLISH's properties live in when it
+//! has any ([`PropertyBox`]). User Properties are kept in their wire form
+//! ([`UserProperties`]).
 //!
 //! It is `#![no_std]` with `alloc`; the `std` feature (on by default) adds only
 //! conveniences.
@@ -73,6 +75,7 @@ mod primitives;
 mod properties;
 mod reason;
 pub mod topic;
+mod user_properties;
 mod version;
 
 pub use crate::{
@@ -88,8 +91,9 @@ pub use crate::{
     properties::{
         AckProperties, AuthProperties, ConnAckProperties, ConnectProperties, DisconnectProperties,
         PayloadFormat, PropertyBox, PropertyId, PropertySet, PublishProperties,
-        SubscribeProperties, SubscriptionId, UnsubscribeProperties, UserProperties, WillProperties,
+        SubscribeProperties, SubscriptionId, UnsubscribeProperties, WillProperties,
     },
     reason::ReasonCode,
+    user_properties::{UserProperties, UserPropertiesIter},
     version::{ProtocolVersion, QoS},
 };

@@ -107,7 +107,8 @@ impl ByteStr {
     }
 }
 
-fn validate(bytes: &[u8]) -> Result<(), StringError> {
+/// Checks `bytes` against the rules of a UTF-8 Encoded String.
+pub(crate) fn validate(bytes: &[u8]) -> Result<(), StringError> {
     if bytes.len() > MAX_STRING_LEN {
         return Err(StringError::TooLong);
     }

@@ -26,6 +26,7 @@ use crate::{
         ByteStr, binary_len, check_binary, read_binary, read_slice, read_str, read_u8, read_u16,
         read_u32, read_var_int, write_binary, write_str, write_var_int,
     },
+    user_properties::{UserProperties, UserPropertiesReader, UserPropertyCap},
 };
 
 macro_rules! property_ids {
@@ -154,9 +155,6 @@ pub enum PayloadFormat {
     /// 1: UTF-8 encoded character data.
     Utf8,
 }
-
-/// User Properties (0x26): name/value pairs, repeatable, in the order received.
-pub type UserProperties = Vec<(ByteStr, ByteStr)>;
 
 /// One property slot of a property set: how to read a value into it (rejecting a
 /// second value where the property may appear only once), its encoded size with the
@@ -336,35 +334,6 @@ impl Slot for Vec<SubscriptionId> {
     }
 }
 
-/// User Properties, repeatable, order kept ([MQTT-1.5.7-1]: both strings are UTF-8
-/// Encoded Strings).
-impl Slot for UserProperties {
-    fn read(&mut self, _id: PropertyId, src: &mut Bytes) -> Result<(), DecodeError> {
-        let name = read_str(src)?;
-        let value = read_str(src)?;
-        self.push((name, value));
-        Ok(())
-    }
-    fn len(&self) -> usize {
-        self.iter()
-            .map(|(k, v)| 1 + k.encoded_len() + v.encoded_len())
-            .sum()
-    }
-    fn write(&self, id: PropertyId, dst: &mut impl BufMut) {
-        for (k, v) in self {
-            dst.put_u8(id as u8);
-            write_str(dst, k);
-            write_str(dst, v);
-        }
-    }
-    /// Each pair is two string headers in the vector (its capacity counts, used or
-    /// not) plus the bytes of both strings.
-    fn heap_size(&self) -> usize {
-        self.capacity() * size_of::<(ByteStr, ByteStr)>()
-            + self.iter().map(|(k, v)| k.len() + v.len()).sum::<usize>()
-    }
-}
-
 /// The empty value of a property slot, usable in a `static`.
 trait EmptySlot {
     const EMPTY: Self;
@@ -448,10 +417,10 @@ impl<T: PropertySet> PropertyBox<T> {
 
     /// The memory the set takes, 0 for an empty box: the set's own size, the two
     /// reference counts beside it, and what its values hold on the heap (string and
-    /// binary bytes, vector capacity: for User Properties, two string headers per
-    /// pair plus their bytes). Counted whole even when the set is shared, so that each
-    /// holder accounts for what it keeps alive. String bytes decoded from a packet are
-    /// slices of that packet's buffer and are counted at their own length.
+    /// binary bytes, vector capacity, the User Properties' buffer: their wire size).
+    /// Counted whole even when the set is shared, so that each holder accounts for what
+    /// it keeps alive. Strings and User Properties decoded from a packet are slices of
+    /// that packet's buffer and are counted at their own length.
     #[inline]
     pub fn memory_size(&self) -> usize {
         self.0
@@ -615,10 +584,11 @@ macro_rules! property_set {
         }
 
         impl $name {
-            /// Reads a Property Length and the properties it covers.
+            /// Reads a Property Length and the properties it covers, failing as soon as
+            /// the User Properties pass `cap`.
             #[allow(dead_code)]
-            pub(crate) fn decode(src: &mut Bytes) -> Result<Self, DecodeError> {
-                Self::decode_with(src, |_, _| Ok(false))
+            pub(crate) fn decode(src: &mut Bytes, cap: UserPropertyCap) -> Result<Self, DecodeError> {
+                Self::decode_with(src, cap, |_, _| Ok(false))
             }
 
             /// [`decode`](Self::decode), handing a property the set does not hold to
@@ -626,20 +596,20 @@ macro_rules! property_set {
             #[inline]
             pub(crate) fn decode_with(
                 src: &mut Bytes,
+                cap: UserPropertyCap,
                 mut extra: impl FnMut(PropertyId, &mut Bytes) -> Result<bool, DecodeError>,
             ) -> Result<Self, DecodeError> {
                 let len = read_var_int(src)?;
                 let mut props = read_slice(src, len as usize)?;
                 let mut out = Self::default();
+                let mut user = UserPropertiesReader::new(cap);
                 while !props.is_empty() {
                     let raw = read_var_int(&mut props)?;
                     match PropertyId::from_u32(raw) {
                         $( Some(PropertyId::$id) => {
                             Slot::read(&mut out.$field, PropertyId::$id, &mut props)?
                         } )*
-                        Some(PropertyId::UserProperty) => {
-                            Slot::read(&mut out.user_properties, PropertyId::UserProperty, &mut props)?
-                        }
+                        Some(PropertyId::UserProperty) => user.read(&mut props)?,
                         Some(other) => {
                             if !extra(other, &mut props)? {
                                 return Err(ErrorKind::PropertyNotAllowed(other).into());
@@ -648,12 +618,13 @@ macro_rules! property_set {
                         None => return Err(ErrorKind::UnknownProperty(raw).into()),
                     }
                 }
+                out.user_properties = user.finish();
                 Ok(out)
             }
 
             /// The size of the properties, without the Property Length in front.
             pub fn encoded_len(&self) -> usize {
-                0 $( + Slot::len(&self.$field) )* + Slot::len(&self.user_properties)
+                0 $( + Slot::len(&self.$field) )* + self.user_properties.encoded_len()
             }
 
             /// The size with the Property Length in front: what the packet carries.
@@ -668,11 +639,11 @@ macro_rules! property_set {
             }
 
             /// The memory the set takes: its own size plus what its values hold on the
-            /// heap (string and binary bytes; vector capacity, which for User
-            /// Properties is two string headers per pair, plus the strings' bytes).
+            /// heap (string and binary bytes, vector capacity, the User Properties'
+            /// buffer).
             pub fn memory_size(&self) -> usize {
                 size_of::<Self>() $( + Slot::heap_size(&self.$field) )*
-                    + Slot::heap_size(&self.user_properties)
+                    + self.user_properties.memory_size()
             }
 
             pub(crate) fn check(&self) -> Result<(), EncodeError> {
@@ -690,7 +661,7 @@ macro_rules! property_set {
             /// Writes the properties without their Property Length.
             pub(crate) fn write_properties(&self, dst: &mut impl BufMut) {
                 $( Slot::write(&self.$field, PropertyId::$id, dst); )*
-                Slot::write(&self.user_properties, PropertyId::UserProperty, dst);
+                self.user_properties.write(dst);
             }
         }
 
@@ -700,7 +671,7 @@ macro_rules! property_set {
             fn empty() -> &'static Self {
                 static EMPTY: $name = $name {
                     $( $field: <$ty as EmptySlot>::EMPTY, )*
-                    user_properties: Vec::new(),
+                    user_properties: UserProperties::new(),
                 };
                 &EMPTY
             }
@@ -924,20 +895,16 @@ mod tests {
     }
 
     #[test]
-    fn memory_size_counts_user_properties_as_held() {
+    fn memory_size_counts_user_properties_at_their_wire_size() {
         assert_eq!(PropertyBox::<PublishProperties>::new().memory_size(), 0);
         let mut b = PropertyBox::<PublishProperties>::new();
         b.user_properties = (0..200)
             .map(|_| (ByteStr::from_static("k"), ByteStr::from_static("vv")))
             .collect();
-        let pairs = b.user_properties.capacity();
-        assert!(pairs >= 200);
-        let expected = 2 * size_of::<usize>()
-            + size_of::<PublishProperties>()
-            + pairs * 2 * size_of::<ByteStr>()
-            + 200 * 3;
+        // 26 00 01 "k" 00 02 "vv": 8 bytes a pair on the wire, held less the first 0x26.
+        assert_eq!(b.encoded_len(), 200 * 8);
+        let expected = 2 * size_of::<usize>() + size_of::<PublishProperties>() + 200 * 8 - 1;
         assert_eq!(b.memory_size(), expected);
-        assert!(b.memory_size() > b.encoded_len());
     }
 
     #[test]

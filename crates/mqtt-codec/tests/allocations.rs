@@ -1,6 +1,6 @@
 //! Decoding a PUBLISH allocates nothing but the box its properties live in, when it has
-//! any: topic, payload and string properties are slices of the read buffer, shared by
-//! reference count. Encoding into a buffer with room allocates nothing.
+//! any: topic, payload, string properties and User Properties are slices of the read
+//! buffer, shared by reference count. Encoding into a buffer with room allocates nothing.
 //!
 //! A counting global allocator makes this a fact checked on every test run rather than
 //! a claim (the benchmarks measure speed; this measures allocations).
@@ -124,4 +124,34 @@ fn encoding_into_a_buffer_with_room_allocates_nothing() {
         assert_eq!(allocs, 0, "{version}");
         assert!(buf.len() > 30 * 3);
     }
+}
+
+/// User Properties cost no allocation of their own, however many a packet carries, and
+/// a packet over the cap is refused without allocating.
+#[test]
+fn user_properties_are_decoded_without_allocating() {
+    let mut p = Publish::new(ByteStr::from_static("a/b/c"), Bytes::from_static(b"x"));
+    p.properties.user_properties = (0..1001)
+        .map(|i| {
+            (
+                ByteStr::try_from(format!("k{i}")).unwrap(),
+                ByteStr::from_static("v"),
+            )
+        })
+        .collect();
+    let packet = Packet::from(p);
+    let mut stream = BytesMut::new();
+    for _ in 0..3 {
+        packet.encode(ProtocolVersion::V5, &mut stream).unwrap();
+    }
+    let mut decoder = Decoder::with_version(ProtocolVersion::V5);
+    decoder.set_max_user_properties(1001);
+    assert_eq!(decoder.decode(&mut stream).unwrap().as_ref(), Some(&packet));
+    let (allocs, decoded) = allocations_during(|| decoder.decode(&mut stream));
+    assert_eq!(allocs, 1, "the properties' box alone");
+    assert_eq!(decoded.unwrap().as_ref(), Some(&packet));
+    decoder.set_max_user_properties(1000);
+    let (allocs, refused) = allocations_during(|| decoder.decode(&mut stream));
+    assert_eq!(allocs, 0);
+    assert!(refused.is_err());
 }

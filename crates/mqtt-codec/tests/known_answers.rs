@@ -15,8 +15,8 @@ use mqtt_codec::{
     ErrorKind, FixedHeader, Packet, PacketId, PacketType, PayloadFormat, PropertyId,
     ProtocolVersion, PubAck, PubComp, PubRec, PubRel, Publish, PublishProperties, QoS, QosPid,
     ReasonCode, RetainHandling, SubAck, Subscribe, SubscribeProperties, Subscription,
-    SubscriptionId, SubscriptionOptions, UnsubAck, Unsubscribe, UnsubscribeProperties, Will,
-    WillProperties,
+    SubscriptionId, SubscriptionOptions, UnsubAck, Unsubscribe, UnsubscribeProperties,
+    UserProperties, Will, WillProperties,
 };
 
 use ProtocolVersion::{V3_1, V3_1_1, V5};
@@ -52,7 +52,7 @@ fn sub_id(n: u32) -> SubscriptionId {
     SubscriptionId::new(n).expect("valid subscription id")
 }
 
-fn user(pairs: &[(&'static str, &'static str)]) -> Vec<(ByteStr, ByteStr)> {
+fn user(pairs: &[(&'static str, &'static str)]) -> UserProperties {
     pairs.iter().map(|&(k, v)| (s(k), s(v))).collect()
 }
 
@@ -1227,7 +1227,7 @@ fn unsuback_v5_with_reason_string() {
         reason_codes: vec![ReasonCode::TOPIC_FILTER_INVALID, ReasonCode::NOT_AUTHORIZED],
         properties: AckProperties {
             reason_string: Some(s("no")),
-            user_properties: vec![],
+            user_properties: UserProperties::new(),
         },
     };
     known_answer(V5, "B0 0A  00 0B  05  1F 00 02 6E 6F  8F 87", packet);
@@ -1364,7 +1364,7 @@ fn auth_v5_continue_with_method_and_data() {
             authentication_method: Some(s("SCRAM")),
             authentication_data: Some(b(&[1, 2, 3])),
             reason_string: None,
-            user_properties: vec![],
+            user_properties: UserProperties::new(),
         },
     };
     known_answer(
@@ -1384,7 +1384,7 @@ fn auth_v5_reauthenticate_with_reason_string() {
             authentication_method: Some(s("M")),
             authentication_data: None,
             reason_string: Some(s("no")),
-            user_properties: vec![],
+            user_properties: UserProperties::new(),
         },
     };
     known_answer(V5, "F0 0B  19  09  15 00 01 4D  1F 00 02 6E 6F", packet);

@@ -89,7 +89,7 @@ fn qos() -> impl Strategy<Value = QoS> {
 }
 
 fn user_properties() -> impl Strategy<Value = UserProperties> {
-    vec((string(), string()), 0..3)
+    vec((string(), string()), 0..3).prop_map(|pairs| pairs.into_iter().collect())
 }
 
 fn sub_id() -> impl Strategy<Value = SubscriptionId> {
@@ -477,7 +477,7 @@ fn unsubscribe(version: ProtocolVersion) -> impl Strategy<Value = Packet> {
     let user = if version.is_v5() {
         user_properties().boxed()
     } else {
-        Just(Vec::new()).boxed()
+        Just(UserProperties::new()).boxed()
     };
     (
         packet_id(),

@@ -423,12 +423,12 @@ impl ClientSession {
             Packet::PingResp => self.ping_sent_at = None,
             Packet::SubAck(ack) => {
                 if self.release_request_id(ack.packet_id) {
-                    self.flow.push_event(Event::SubAck(ack));
+                    self.flow.push_event(Event::SubAck(Box::new(ack)));
                 }
             }
             Packet::UnsubAck(ack) => {
                 if self.release_request_id(ack.packet_id) {
-                    self.flow.push_event(Event::UnsubAck(ack));
+                    self.flow.push_event(Event::UnsubAck(Box::new(ack)));
                 }
             }
             Packet::Disconnect(d) => {

@@ -50,9 +50,9 @@ pub enum Event {
     /// Client end: the server refused the connection.
     Refused(Box<ConnAck>),
     /// Client end: the answer to our SUBSCRIBE.
-    SubAck(SubAck),
+    SubAck(Box<SubAck>),
     /// Client end: the answer to our UNSUBSCRIBE.
-    UnsubAck(UnsubAck),
+    UnsubAck(Box<UnsubAck>),
     /// Either end (5.0): an AUTH packet for the enhanced-authentication exchange.
     Auth(Box<Auth>),
     /// Server end: the client asks to subscribe; answer with `ServerSession::suback`.

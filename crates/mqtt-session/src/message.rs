@@ -80,18 +80,17 @@ impl Message {
 
     /// The bytes this message holds, as counted against a session's queue quota
     /// ([`Limits::max_queued_bytes`]): the topic's and the payload's bytes, the memory
-    /// of its property set ([`PropertyBox::memory_size`]: the set itself and, per User
-    /// Property, two string headers and their bytes, with the vector's spare capacity),
-    /// and the properties' wire size ([`PropertyBox::wire_len`]), plus
-    /// [`OVERHEAD`](Self::OVERHEAD) for the copy itself: a decoded message's
-    /// strings are slices of the packet's buffer, which stays alive whole, property
-    /// bytes included. So it is at least what the message keeps on the heap, not just
-    /// its wire size: 200,000 empty User Properties are 1 MB on the wire and 17 MB in
-    /// memory, and are charged 18 MB.
+    /// of its property set ([`PropertyBox::memory_size`]: the set itself and the bytes
+    /// its values hold, User Properties at their wire size), and the properties' wire
+    /// size ([`PropertyBox::wire_len`]), plus [`OVERHEAD`](Self::OVERHEAD) for the copy
+    /// itself: a decoded message's strings are slices of the packet's buffer, which
+    /// stays alive whole, property bytes included. So it is at least what the message
+    /// keeps on the heap, not just its wire size: 200,000 empty User Properties are
+    /// 1 MB on the wire, held as 1 MB, and are charged 2 MB.
     ///
     /// A set shared by several sessions' copies is charged to each of them in full:
     /// each copy keeps it alive. A message with no properties costs its topic and
-    /// payload, as before. O(number of User Properties).
+    /// payload, as before. O(number of Subscription Identifiers).
     pub fn size(&self) -> usize {
         let properties = if self.properties.get().is_some() {
             self.properties.memory_size() + self.properties.wire_len()

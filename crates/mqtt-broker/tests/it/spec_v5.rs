@@ -584,7 +584,7 @@ async fn fan_out_of_one_encoding_keeps_each_subscriptions_terms() {
     for i in 0..40u8 {
         let payload: Vec<u8> = if i % 10 == 9 { big.to_vec() } else { vec![i] };
         let mut m = publish("enc/t", &payload, QoS::AtMostOnce, i % 3 == 0);
-        m.properties.user_properties = vec![(s("n"), s(&i.to_string()))];
+        m.properties.user_properties = [(s("n"), s(&i.to_string()))].into_iter().collect();
         p.send(m).await;
         sent.push((payload, i % 3 == 0, i));
     }
@@ -615,8 +615,8 @@ async fn fan_out_of_one_encoding_keeps_each_subscriptions_terms() {
                 assert!(props.user_properties.is_empty(), "{name}");
             } else {
                 assert_eq!(
-                    props.user_properties,
-                    [(s("n"), s(&i.to_string()))],
+                    props.user_properties.iter().collect::<Vec<_>>(),
+                    [("n", &*i.to_string())],
                     "{name}"
                 );
             }

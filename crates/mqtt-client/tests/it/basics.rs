@@ -242,7 +242,9 @@ async fn v5_properties_travel() {
         response_topic: Some(ByteStr::from_static("resp/1")),
         correlation_data: Some(Bytes::from_static(b"\x01\x02")),
         content_type: Some(ByteStr::from_static("text/plain")),
-        user_properties: vec![(ByteStr::from_static("k"), ByteStr::from_static("v"))],
+        user_properties: [(ByteStr::from_static("k"), ByteStr::from_static("v"))]
+            .into_iter()
+            .collect(),
         message_expiry_interval: Some(60),
         ..Default::default()
     }

@@ -9,6 +9,7 @@ use crate::{
     AckProperties, PacketType, ProtocolVersion, ReasonCode,
     error::{DecodeError, EncodeError, ErrorKind},
     primitives::{expect_end, read_u8},
+    user_properties::UserPropertyCap,
 };
 
 macro_rules! ack_packet {
@@ -30,8 +31,12 @@ macro_rules! ack_packet {
                 Self { packet_id, reason_code: ReasonCode::SUCCESS, properties: AckProperties::default() }
             }
 
-            pub(crate) fn decode(src: &mut Bytes, version: ProtocolVersion) -> Result<Self, DecodeError> {
-                let (packet_id, reason_code, properties) = decode_ack(src, version, PacketType::$ty)?;
+            pub(crate) fn decode(
+                src: &mut Bytes,
+                version: ProtocolVersion,
+                cap: UserPropertyCap,
+            ) -> Result<Self, DecodeError> {
+                let (packet_id, reason_code, properties) = decode_ack(src, version, cap, PacketType::$ty)?;
                 Ok(Self { packet_id, reason_code, properties })
             }
         }
@@ -74,6 +79,7 @@ ack_packet!(
 fn decode_ack(
     src: &mut Bytes,
     version: ProtocolVersion,
+    cap: UserPropertyCap,
     ty: PacketType,
 ) -> Result<(PacketId, ReasonCode, AckProperties), DecodeError> {
     let packet_id = read_packet_id(src)?;
@@ -93,7 +99,7 @@ fn decode_ack(
     let properties = if src.is_empty() {
         AckProperties::default()
     } else {
-        AckProperties::decode(src)?
+        AckProperties::decode(src, cap)?
     };
     expect_end(src)?;
     Ok((packet_id, reason_code, properties))

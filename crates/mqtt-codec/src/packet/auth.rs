@@ -7,6 +7,7 @@ use crate::{
     AuthProperties, PacketType, ProtocolVersion, ReasonCode,
     error::{DecodeError, EncodeError, ErrorKind},
     primitives::{expect_end, read_u8},
+    user_properties::UserPropertyCap,
 };
 
 /// A step of enhanced authentication.
@@ -24,7 +25,7 @@ impl Auth {
         self.reason_code == ReasonCode::SUCCESS && self.properties.is_empty()
     }
 
-    pub(crate) fn decode(src: &mut Bytes) -> Result<Self, DecodeError> {
+    pub(crate) fn decode(src: &mut Bytes, cap: UserPropertyCap) -> Result<Self, DecodeError> {
         if src.is_empty() {
             // "The Reason Code and Property Length can be omitted if the Reason Code is
             // 0x00 (Success) and there are no Properties."
@@ -35,7 +36,7 @@ impl Auth {
             return Err(ErrorKind::InvalidReasonCode(code).into());
         }
         // Only the all-default AUTH may leave out the Property Length (3.15.2.1).
-        let properties = AuthProperties::decode(src)?;
+        let properties = AuthProperties::decode(src, cap)?;
         // 3.15.2.2.2: "It is a Protocol Error to omit the Authentication Method".
         if properties.authentication_method.is_none() {
             return Err(if properties.authentication_data.is_some() {

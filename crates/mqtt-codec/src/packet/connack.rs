@@ -7,6 +7,7 @@ use crate::{
     ConnAckProperties, PacketType, ProtocolVersion, ReasonCode,
     error::{DecodeError, EncodeError, ErrorKind},
     primitives::{expect_end, read_u8},
+    user_properties::UserPropertyCap,
 };
 
 /// The server's answer to CONNECT.
@@ -60,7 +61,11 @@ impl ConnAck {
         })
     }
 
-    pub(crate) fn decode(src: &mut Bytes, version: ProtocolVersion) -> Result<Self, DecodeError> {
+    pub(crate) fn decode(
+        src: &mut Bytes,
+        version: ProtocolVersion,
+        cap: UserPropertyCap,
+    ) -> Result<Self, DecodeError> {
         let flags = read_u8(src)?;
         // 3.1 left the whole byte unused; 3.1.1 and 5.0 reserve bits 7-1 ([MQTT-3.2.2-1] in 5.0).
         if version != ProtocolVersion::V3_1 && flags & 0xFE != 0 {
@@ -72,7 +77,7 @@ impl ConnAck {
             if !reason_code.is_valid_for(PacketType::ConnAck) {
                 return Err(ErrorKind::InvalidReasonCode(code).into());
             }
-            (reason_code, ConnAckProperties::decode(src)?)
+            (reason_code, ConnAckProperties::decode(src, cap)?)
         } else {
             let reason_code =
                 Self::from_v3_return_code(code).ok_or(ErrorKind::ReservedReturnCode(code))?;

@@ -11,6 +11,7 @@ use crate::{
         write_binary, write_str,
     },
     topic::validate_topic_name,
+    user_properties::UserPropertyCap,
 };
 
 /// A client's request to connect.
@@ -74,7 +75,7 @@ impl Connect {
         }
     }
 
-    pub(crate) fn decode(src: &mut Bytes) -> Result<Self, DecodeError> {
+    pub(crate) fn decode(src: &mut Bytes, cap: UserPropertyCap) -> Result<Self, DecodeError> {
         let name = read_binary(src)?;
         let level = read_u8(src)?;
         let version = ProtocolVersion::from_name_and_level(&name, level).ok_or_else(|| {
@@ -109,7 +110,7 @@ impl Connect {
         let keep_alive = read_u16(src)?;
 
         let properties = if version.is_v5() {
-            let props = ConnectProperties::decode(src)?;
+            let props = ConnectProperties::decode(src, cap)?;
             if props.authentication_data.is_some() && props.authentication_method.is_none() {
                 return fail(ErrorKind::AuthDataWithoutMethod);
             }
@@ -119,9 +120,11 @@ impl Connect {
         };
 
         let client_id = read_str(src)?;
+        // The will's User Properties count with the CONNECT's.
+        let will_cap = cap.after(properties.user_properties.len());
         let will = if has_will {
             let properties = if version.is_v5() {
-                let props = WillProperties::decode(src)?;
+                let props = WillProperties::decode(src, will_cap)?;
                 if let Some(topic) = &props.response_topic {
                     if validate_topic_name(topic).is_err() {
                         return fail(ErrorKind::InvalidResponseTopic);

@@ -7,6 +7,7 @@ use crate::{
     DisconnectProperties, PacketType, ProtocolVersion, ReasonCode,
     error::{DecodeError, EncodeError, ErrorKind},
     primitives::{expect_end, read_u8},
+    user_properties::UserPropertyCap,
 };
 
 /// The end of a connection. In 3.1 and 3.1.1 only the client sends it and it has no
@@ -28,7 +29,11 @@ impl Disconnect {
         }
     }
 
-    pub(crate) fn decode(src: &mut Bytes, version: ProtocolVersion) -> Result<Self, DecodeError> {
+    pub(crate) fn decode(
+        src: &mut Bytes,
+        version: ProtocolVersion,
+        cap: UserPropertyCap,
+    ) -> Result<Self, DecodeError> {
         if !version.is_v5() || src.is_empty() {
             // 5.0: "The Reason Code and Property Length can be omitted if the Reason Code
             // is 0x00 (Normal disconnecton) and there are no Properties."
@@ -42,7 +47,7 @@ impl Disconnect {
         let properties = if src.is_empty() {
             DisconnectProperties::default()
         } else {
-            DisconnectProperties::decode(src)?
+            DisconnectProperties::decode(src, cap)?
         };
         expect_end(src)?;
         Ok(Self {

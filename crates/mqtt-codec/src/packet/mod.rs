@@ -29,6 +29,7 @@ use crate::{
     error::{DecodeError, EncodeError, ErrorKind},
     fixed_header::{FixedHeader, MAX_REMAINING_LENGTH, var_int_len},
     primitives::{expect_end, read_u16, write_var_int},
+    user_properties::UserPropertyCap,
 };
 
 /// A packet identifier: never 0 ([MQTT-2.3.1-1] in 3.1.1, [MQTT-2.2.1-3] in 5.0).
@@ -218,32 +219,35 @@ impl Packet {
     /// bytes). Strings, binary data and the payload share `body`'s buffer.
     ///
     /// CONNECT carries its own version; every other packet is decoded as `version`.
+    /// User Properties are not capped here: a [`Decoder`](crate::Decoder) caps them.
     pub fn decode(
         header: &FixedHeader,
         body: Bytes,
         version: ProtocolVersion,
     ) -> Result<Self, DecodeError> {
-        Self::decode_with(header, body, version, |p| p)
+        Self::decode_with(header, body, version, UserPropertyCap::NONE, |p| p)
     }
 
-    /// [`Packet::decode`], handing the packet to `wrap`: a PUBLISH is built straight
-    /// into `wrap`'s result instead of being copied through each wrapper.
+    /// [`Packet::decode`] failing as soon as the packet's User Properties pass `cap`,
+    /// handing the packet to `wrap`: a PUBLISH is built straight into `wrap`'s result
+    /// instead of being copied through each wrapper.
     #[inline(always)]
     pub(crate) fn decode_with<R>(
         header: &FixedHeader,
         body: Bytes,
         version: ProtocolVersion,
+        cap: UserPropertyCap,
         wrap: impl FnOnce(Self) -> R,
     ) -> Result<R, DecodeError> {
         if header.packet_type != PacketType::Publish {
-            return Self::decode_other(header, body, version).map(wrap);
+            return Self::decode_other(header, body, version, cap).map(wrap);
         }
         if version.is_v5() && !header.minimal_length {
             return Err(
                 DecodeError::new(ErrorKind::NonMinimalVarInt).within(PacketType::Publish, version)
             );
         }
-        Publish::decode_with(header.flags, body, version, |p| wrap(Self::Publish(p)))
+        Publish::decode_with(header.flags, body, version, cap, |p| wrap(Self::Publish(p)))
     }
 
     /// [`Packet::decode`] for every type but PUBLISH.
@@ -252,6 +256,7 @@ impl Packet {
         header: &FixedHeader,
         mut body: Bytes,
         version: ProtocolVersion,
+        cap: UserPropertyCap,
     ) -> Result<Self, DecodeError> {
         let ty = header.packet_type;
         let flags = header.flags;
@@ -281,26 +286,30 @@ impl Packet {
             }
         }
         let packet = match ty {
-            PacketType::Connect => Connect::decode(&mut body).map(|c| Self::Connect(c.into())),
+            PacketType::Connect => Connect::decode(&mut body, cap).map(|c| Self::Connect(c.into())),
             PacketType::ConnAck => {
-                ConnAck::decode(&mut body, version).map(|c| Self::ConnAck(c.into()))
+                ConnAck::decode(&mut body, version, cap).map(|c| Self::ConnAck(c.into()))
             }
             // Decoded by `decode_with`, which never comes here with a PUBLISH.
-            PacketType::Publish => Publish::decode_with(flags, body, version, Self::Publish),
-            PacketType::PubAck => PubAck::decode(&mut body, version).map(Self::PubAck),
-            PacketType::PubRec => PubRec::decode(&mut body, version).map(Self::PubRec),
-            PacketType::PubRel => PubRel::decode(&mut body, version).map(Self::PubRel),
-            PacketType::PubComp => PubComp::decode(&mut body, version).map(Self::PubComp),
-            PacketType::Subscribe => Subscribe::decode(&mut body, version).map(Self::Subscribe),
-            PacketType::SubAck => SubAck::decode(&mut body, version).map(Self::SubAck),
-            PacketType::Unsubscribe => {
-                Unsubscribe::decode(&mut body, version).map(Self::Unsubscribe)
+            PacketType::Publish => Publish::decode_with(flags, body, version, cap, Self::Publish),
+            PacketType::PubAck => PubAck::decode(&mut body, version, cap).map(Self::PubAck),
+            PacketType::PubRec => PubRec::decode(&mut body, version, cap).map(Self::PubRec),
+            PacketType::PubRel => PubRel::decode(&mut body, version, cap).map(Self::PubRel),
+            PacketType::PubComp => PubComp::decode(&mut body, version, cap).map(Self::PubComp),
+            PacketType::Subscribe => {
+                Subscribe::decode(&mut body, version, cap).map(Self::Subscribe)
             }
-            PacketType::UnsubAck => UnsubAck::decode(&mut body, version).map(Self::UnsubAck),
+            PacketType::SubAck => SubAck::decode(&mut body, version, cap).map(Self::SubAck),
+            PacketType::Unsubscribe => {
+                Unsubscribe::decode(&mut body, version, cap).map(Self::Unsubscribe)
+            }
+            PacketType::UnsubAck => UnsubAck::decode(&mut body, version, cap).map(Self::UnsubAck),
             PacketType::PingReq => expect_end(&body).map(|()| Self::PingReq),
             PacketType::PingResp => expect_end(&body).map(|()| Self::PingResp),
-            PacketType::Disconnect => Disconnect::decode(&mut body, version).map(Self::Disconnect),
-            PacketType::Auth => Auth::decode(&mut body).map(Self::Auth),
+            PacketType::Disconnect => {
+                Disconnect::decode(&mut body, version, cap).map(Self::Disconnect)
+            }
+            PacketType::Auth => Auth::decode(&mut body, cap).map(Self::Auth),
         };
         packet.map_err(fail)
     }

@@ -12,6 +12,7 @@ use crate::{
     primitives::{read_topic_name, write_str, write_var_int},
     properties::Slot,
     topic::validate_topic_name,
+    user_properties::UserPropertyCap,
 };
 
 /// The QoS of a PUBLISH together with its packet identifier, which QoS 1 and 2 must
@@ -114,6 +115,7 @@ impl Publish {
         flags: u8,
         mut src: Bytes,
         version: ProtocolVersion,
+        cap: UserPropertyCap,
         wrap: impl FnOnce(Self) -> R,
     ) -> Result<R, DecodeError> {
         let fail = |kind: ErrorKind| DecodeError::new(kind).within(PacketType::Publish, version);
@@ -168,7 +170,7 @@ impl Publish {
             }));
         }
         let mut topic_alias = None;
-        let properties = PublishProperties::decode_with(&mut src, |id, props| {
+        let properties = PublishProperties::decode_with(&mut src, cap, |id, props| {
             if id != PropertyId::TopicAlias {
                 return Ok(false);
             }

@@ -10,6 +10,7 @@ use crate::{
     error::{DecodeError, EncodeError, ErrorKind},
     primitives::{read_str, read_u8, write_str},
     topic::{parse_shared, validate_topic_filter},
+    user_properties::UserPropertyCap,
 };
 
 /// A request to create or replace subscriptions.
@@ -126,10 +127,14 @@ impl Subscribe {
         }
     }
 
-    pub(crate) fn decode(src: &mut Bytes, version: ProtocolVersion) -> Result<Self, DecodeError> {
+    pub(crate) fn decode(
+        src: &mut Bytes,
+        version: ProtocolVersion,
+        cap: UserPropertyCap,
+    ) -> Result<Self, DecodeError> {
         let packet_id = read_packet_id(src)?;
         let properties = if version.is_v5() {
-            SubscribeProperties::decode(src)?
+            SubscribeProperties::decode(src, cap)?
         } else {
             SubscribeProperties::default()
         };
@@ -216,10 +221,14 @@ pub struct SubAck {
 }
 
 impl SubAck {
-    pub(crate) fn decode(src: &mut Bytes, version: ProtocolVersion) -> Result<Self, DecodeError> {
+    pub(crate) fn decode(
+        src: &mut Bytes,
+        version: ProtocolVersion,
+        cap: UserPropertyCap,
+    ) -> Result<Self, DecodeError> {
         let packet_id = read_packet_id(src)?;
         let properties = if version.is_v5() {
-            AckProperties::decode(src)?
+            AckProperties::decode(src, cap)?
         } else {
             AckProperties::default()
         };

@@ -9,6 +9,7 @@ use crate::{
     AckProperties, ByteStr, PacketType, ProtocolVersion, ReasonCode, UnsubscribeProperties,
     error::{DecodeError, EncodeError, ErrorKind},
     primitives::{expect_end, read_str, write_str},
+    user_properties::UserPropertyCap,
 };
 
 /// A request to remove subscriptions.
@@ -23,10 +24,14 @@ pub struct Unsubscribe {
 }
 
 impl Unsubscribe {
-    pub(crate) fn decode(src: &mut Bytes, version: ProtocolVersion) -> Result<Self, DecodeError> {
+    pub(crate) fn decode(
+        src: &mut Bytes,
+        version: ProtocolVersion,
+        cap: UserPropertyCap,
+    ) -> Result<Self, DecodeError> {
         let packet_id = read_packet_id(src)?;
         let properties = if version.is_v5() {
-            UnsubscribeProperties::decode(src)?
+            UnsubscribeProperties::decode(src, cap)?
         } else {
             UnsubscribeProperties::default()
         };
@@ -97,7 +102,11 @@ pub struct UnsubAck {
 }
 
 impl UnsubAck {
-    pub(crate) fn decode(src: &mut Bytes, version: ProtocolVersion) -> Result<Self, DecodeError> {
+    pub(crate) fn decode(
+        src: &mut Bytes,
+        version: ProtocolVersion,
+        cap: UserPropertyCap,
+    ) -> Result<Self, DecodeError> {
         let packet_id = read_packet_id(src)?;
         if !version.is_v5() {
             expect_end(src)?;
@@ -107,7 +116,7 @@ impl UnsubAck {
                 properties: AckProperties::default(),
             });
         }
-        let properties = AckProperties::decode(src)?;
+        let properties = AckProperties::decode(src, cap)?;
         let mut reason_codes = Vec::with_capacity(src.len());
         for &code in src.iter() {
             if !ReasonCode(code).is_valid_for(PacketType::UnsubAck) {
