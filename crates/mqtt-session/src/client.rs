@@ -199,7 +199,7 @@ impl ClientSession {
     ///
     /// Refused, with the message handed back, when the queue is full, or the server
     /// announced it does not support the message's QoS or retain flag.
-    pub fn publish(&mut self, now: Instant, message: Message) -> Result<MessageId, Refused> {
+    pub fn publish(&mut self, now: Instant, mut message: Message) -> Result<MessageId, Refused> {
         if message.qos > self.caps.maximum_qos {
             return Err(Refused {
                 message: message.into(),
@@ -212,6 +212,9 @@ impl ClientSession {
                 reason: DropReason::RetainNotSupported,
             });
         }
+        // [MQTT-3.3.4-6]: identifiers are the server's to send; a received message
+        // published again (a bridge, a relay) goes without them.
+        message.properties.set_subscription_identifiers(Vec::new());
         // Queue even while disconnected: the client sends when the connection is back.
         self.flow.enqueue(now, message, true)
     }

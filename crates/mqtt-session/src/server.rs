@@ -588,6 +588,14 @@ impl ServerSession {
         }
         match packet {
             // Our Receive Maximum bounds a 3.x client's unreleased QoS 2 messages too.
+            // [MQTT-3.3.4-6]: Subscription Identifiers are the server's to send.
+            Packet::Publish(p) if !p.properties.subscription_identifiers.is_empty() => {
+                return Err(ProtocolError::new(
+                    ReasonCode::PROTOCOL_ERROR,
+                    Some("MQTT-3.3.4-6"),
+                    "PUBLISH from a client carries a Subscription Identifier",
+                ));
+            }
             Packet::Publish(p) => return self.flow.handle_publish(p, true),
             Packet::PubAck(a) => self
                 .flow

@@ -1875,3 +1875,29 @@ fn held_bytes_count_messages_in_flight_until_acknowledged() {
         assert_eq!(pair.server.held_bytes(), 0, "{qos}: acknowledged");
     }
 }
+
+// 5.0 MQTT-3.3.4-6: a client never sends a Subscription Identifier, even when it
+// publishes again a message it received with one (a relay); a server refuses one that
+// does with a Protocol Error.
+#[test]
+fn subscription_identifiers_never_go_from_client_to_server() {
+    let mut pair = connected(V5);
+    let mut m = msg("t", "relayed", QoS::AtLeastOnce);
+    m.properties
+        .set_subscription_identifiers(vec![mqtt_codec::SubscriptionId::new(3).unwrap()]);
+    pair.client.publish(pair.now, m).unwrap();
+    let Some(Packet::Publish(p)) = pair.client.poll_transmit(pair.now) else {
+        panic!("PUBLISH expected");
+    };
+    assert!(p.properties.subscription_identifiers.is_empty());
+    let mut forged = p.clone();
+    forged
+        .properties
+        .set_subscription_identifiers(vec![mqtt_codec::SubscriptionId::new(3).unwrap()]);
+    let err = pair
+        .server
+        .handle_packet(pair.now, Packet::Publish(forged))
+        .unwrap_err();
+    assert_eq!(err.reason, ReasonCode::PROTOCOL_ERROR);
+    assert_eq!(err.rule, Some("MQTT-3.3.4-6"));
+}

@@ -636,3 +636,36 @@ async fn fan_out_of_one_encoding_keeps_each_subscriptions_terms() {
     }
     broker.shutdown().await;
 }
+
+// 5.0 MQTT-3.3.4-6: a PUBLISH from a client must not carry a Subscription Identifier;
+// one that does is a Protocol Error (DISCONNECT 0x82), and is not delivered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn publish_with_subscription_identifier_is_a_protocol_error() {
+    let (broker, addr) = broker().await;
+    let mut sub = Client::connect(addr, V5, "sid-sub").await;
+    sub.send(subscribe(
+        1,
+        &[("sid/t", SubscriptionOptions::new(QoS::AtMostOnce))],
+    ))
+    .await;
+    assert!(matches!(sub.recv().await, Packet::SubAck(_)));
+    let mut c = Client::connect(addr, V5, "sid-pub").await;
+    let mut p = publish("sid/t", b"forged", QoS::AtMostOnce, false);
+    p.properties
+        .set_subscription_identifiers(vec![SubscriptionId::new(7).unwrap()]);
+    c.send(p).await;
+    let got = c.closed().await;
+    let [Packet::Disconnect(d)] = &got[..] else {
+        panic!("{got:?}")
+    };
+    assert_eq!(d.reason_code, ReasonCode::PROTOCOL_ERROR);
+    // A well-formed PUBLISH after it is delivered; the forged one never was.
+    let mut c = Client::connect(addr, V5, "sid-pub2").await;
+    c.send(publish("sid/t", b"fine", QoS::AtMostOnce, false))
+        .await;
+    let Packet::Publish(p) = sub.recv().await else {
+        panic!("PUBLISH expected")
+    };
+    assert_eq!(&p.payload[..], b"fine");
+    broker.shutdown().await;
+}
