@@ -272,6 +272,33 @@ mod tests {
         }
     }
 
+    // An unknown user costs what a wrong password does: one verification of the kind and
+    // cost the file's users have (here argon2id as Mosquitto 2.1 writes it), so the time
+    // of a refusal does not tell whether the user exists.
+    #[test]
+    fn unknown_users_take_as_long_as_wrong_passwords() {
+        let hash = PasswordHash::create(HashKind::Argon2id, b"pw", None).unwrap();
+        let file = PasswordFile::parse(format!("alice:{hash}\n").as_bytes(), "pw").unwrap();
+        let users = file.users.load();
+        let median = |user: &str| {
+            let mut times: Vec<_> = (0..5)
+                .map(|_| {
+                    let started = std::time::Instant::now();
+                    assert!(!users.check(user, Some(b"wrong")));
+                    started.elapsed()
+                })
+                .collect();
+            times.sort();
+            times[2]
+        };
+        let (known, unknown) = (median("alice"), median("mallory"));
+        let ratio = unknown.as_secs_f64() / known.as_secs_f64();
+        assert!(
+            (0.5..2.0).contains(&ratio),
+            "wrong password {known:?}, unknown user {unknown:?}"
+        );
+    }
+
     #[test]
     fn comments_blank_lines_and_blanks_around_fields() {
         let hash = PasswordHash::create(HashKind::Sha512, b"pw", None).unwrap();

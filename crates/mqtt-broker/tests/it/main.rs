@@ -1,6 +1,7 @@
 //! Broker integration tests over real sockets on 127.0.0.1, with clients nobody here
 //! wrote: rumqttc (3.1.1 and 5.0) in-process, and Mosquitto's command-line clients.
 
+mod auth_files;
 mod authorization;
 mod binary;
 mod fuzz;
