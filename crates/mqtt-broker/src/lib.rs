@@ -29,7 +29,8 @@
 //! - `router`: matching, fan-out, the overflow policy and the global memory budget.
 //! - `retained`: retained messages and their streaming to new subscriptions.
 //! - `shared`: the state all of the above share, statistics, time and wake-ups.
-//! - [`auth`]: the authentication and authorization seams; [`config`]; `sys` (`$SYS`).
+//! - [`auth`]: the authentication and authorization seams, and Mosquitto's password and
+//!   ACL files behind them; [`config`]; `sys` (`$SYS`).
 //! - [`store`]: the seam a durable store of retained messages and sessions plugs into.
 #![cfg_attr(
     not(test),
