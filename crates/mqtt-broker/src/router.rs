@@ -282,9 +282,18 @@ impl Shared {
             return;
         }
         let start = self.stats.publish_received.load(Ordering::Relaxed) as usize % count;
+        // Members whose client may not read the topic are passed over, as long as
+        // another can take it (`deliver` drops it for them anyway).
+        let readable = |s: &Sub, cell: &SessionCell| {
+            self.may_receive(
+                &s.handle.client_id,
+                cell.principal.as_deref(),
+                &message.topic,
+            )
+        };
         let ready = |s: &Sub| {
             let cell = s.handle.lock();
-            cell.session.is_connected() && cell.session.queued_messages() == 0
+            cell.session.is_connected() && cell.session.queued_messages() == 0 && readable(s, &cell)
         };
         let pick = candidates()
             .cycle()
@@ -294,7 +303,9 @@ impl Shared {
             .or_else(|| {
                 candidates().cycle().skip(start).take(count).find(|(_, s)| {
                     let cell = s.handle.lock();
-                    cell.session.is_connected() && cell.session.queue_room() > 0
+                    cell.session.is_connected()
+                        && cell.session.queue_room() > 0
+                        && readable(s, &cell)
                 })
             })
             .or_else(|| candidates().nth(start));

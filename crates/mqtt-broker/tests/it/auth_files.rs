@@ -587,6 +587,41 @@ async fn acl_decides_subscribe_publish_and_every_delivery() {
     std::fs::remove_dir_all(&d).unwrap();
 }
 
+// A shared subscription's messages go to the members who may read them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shared_subscriptions_pass_over_members_who_may_not_read() {
+    let (d, pw, acl) = acl_files("shared", ACL);
+    let (broker, addr) = broker_files(Some(&pw), Some(&acl)).await;
+    let (mut admin, _) = connect_as(addr, V5, "admin-member", Some(("admin", "admin"))).await;
+    let (mut alice, _) = connect_as(addr, V5, "alice-member", Some(("alice", "secret"))).await;
+    admin.sub("$share/g/sensors/#", QoS::AtMostOnce).await;
+    alice.sub("$share/g/sensors/#", QoS::AtMostOnce).await;
+    let (mut publisher, _) = connect_as(addr, V5, "publisher", Some(("admin", "admin"))).await;
+    for _ in 0..4 {
+        publisher.publish0("sensors/secret/x", b"s", false).await;
+    }
+    for _ in 0..4 {
+        assert_eq!(admin.recv_publish().await.topic, "sensors/secret/x");
+    }
+    alice.quiet().await;
+    for _ in 0..4 {
+        publisher.publish0("sensors/a", b"a", false).await;
+    }
+    let mut got = 0;
+    for member in [&mut admin, &mut alice] {
+        while let Some(Some(p)) = member.next_within(Duration::from_millis(300)).await {
+            assert_eq!(
+                p,
+                Packet::Publish(publish("sensors/a", b"a", QoS::AtMostOnce, false))
+            );
+            got += 1;
+        }
+    }
+    assert_eq!(got, 4);
+    broker.shutdown().await;
+    std::fs::remove_dir_all(&d).unwrap();
+}
+
 // A will is checked against the ACL at CONNECT: refused (5.0: 0x87; 3.1.1: 5) where
 // its client may not write; allowed, it is published to those who may read it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
