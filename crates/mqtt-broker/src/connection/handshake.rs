@@ -158,10 +158,10 @@ pub(crate) async fn attach<W: AsyncWrite + Unpin>(
             properties.assigned_client_identifier = Some(connect.client_id.clone());
         }
     }
-    // The user name as logged: client input, quoted and escaped.
+    // The user name and client id as logged: client input, quoted and escaped.
     let user = connect.username.as_deref().unwrap_or_default();
     if connect.username.is_none() && !shared.allows_anonymous(listener) {
-        info!(%peer, client = %connect.client_id, "connection refused: no user name, and this listener does not allow anonymous clients (allow_anonymous = false)");
+        info!(%peer, client = ?connect.client_id, "connection refused: no user name, and this listener does not allow anonymous clients (allow_anonymous = false)");
         send_connack(wr, version, ReasonCode::NOT_AUTHORIZED).await;
         return None;
     }
@@ -175,14 +175,14 @@ pub(crate) async fn attach<W: AsyncWrite + Unpin>(
     let authenticating = shared.authenticator(listener).authenticate(&credentials);
     let Ok(verdict) = timeout_at(deadline, authenticating).await else {
         // Too many CONNECTs waiting for a password hash: this one's time is up.
-        info!(%peer, client = %connect.client_id, user = ?user, "connection refused: not authenticated within the connect timeout (limits.connect_timeout), the broker is busy");
+        info!(%peer, client = ?connect.client_id, user = ?user, "connection refused: not authenticated within the connect timeout (limits.connect_timeout), the broker is busy");
         send_connack(wr, version, ReasonCode::SERVER_BUSY).await;
         return None;
     };
     if let Err(code) = verdict {
         // Repeated failures from one address wait longer and longer for their answer.
         let wait = shared.auth_failures.failed(peer.ip(), Instant::now());
-        info!(%peer, client = %connect.client_id, user = ?user, reason = %code, delay_ms = wait.as_millis() as u64, "authentication failed: connection refused");
+        info!(%peer, client = ?connect.client_id, user = ?user, reason = %code, delay_ms = wait.as_millis() as u64, "authentication failed: connection refused");
         tokio::time::sleep(wait).await;
         send_connack(wr, version, code).await;
         return None;
@@ -199,7 +199,7 @@ pub(crate) async fn attach<W: AsyncWrite + Unpin>(
                 .authorizer(listener)
                 .may_publish(&client, &will.topic)
         {
-            info!(%peer, client = %connect.client_id, user = ?user, topic = %will.topic, "connection refused: the will's topic is not authorized");
+            info!(%peer, client = ?connect.client_id, user = ?user, topic = ?will.topic, "connection refused: the will's topic is not authorized");
             send_connack(wr, version, ReasonCode::NOT_AUTHORIZED).await;
             return None;
         }

@@ -818,6 +818,68 @@ async fn malformed_files_refuse_the_start() {
     std::fs::remove_dir_all(&d).unwrap();
 }
 
+// A failed authentication is logged at info level with the peer address, the client
+// id, the user name and the reason.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failures_are_logged() {
+    let (d, pw, _) = acl_files("log", "");
+    let toml = d.join("broker.toml");
+    std::fs::write(
+        &toml,
+        format!(
+            "[auth]\nallow_anonymous = false\npassword_file = \"{}\"\n",
+            pw.display()
+        ),
+    )
+    .unwrap();
+    let port = free_port();
+    let mut broker = Command::new(MQTT_BROKER)
+        .arg("-c")
+        .arg(&toml)
+        .args(["--listen", &format!("127.0.0.1:{port}")])
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let started = Instant::now();
+    let addr: SocketAddr = ([127, 0, 0, 1], port).into();
+    while tokio::net::TcpStream::connect(addr).await.is_err() {
+        assert!(
+            started.elapsed() < WAIT,
+            "the broker did not start listening"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let (c, code) = connect_as(addr, V3, "logged-client", Some(("alice", "nope"))).await;
+    assert_eq!(code, ReasonCode::BAD_USER_NAME_OR_PASSWORD);
+    let local = c.local_addr();
+    let (_c, code) = connect_as(addr, V3, "anonymous-client", None).await;
+    assert_eq!(code, ReasonCode::NOT_AUTHORIZED);
+    broker.start_kill().unwrap();
+    let out = broker.wait_with_output().await.unwrap();
+    let log = String::from_utf8_lossy(&out.stderr);
+    let failed = log
+        .lines()
+        .find(|l| l.contains("authentication failed"))
+        .unwrap_or_else(|| panic!("no failure logged:\n{log}"));
+    for part in [
+        " INFO ",
+        &format!("peer={local}"),
+        "client=\"logged-client\"",
+        "user=\"alice\"",
+        "Bad User Name or Password",
+    ] {
+        assert!(failed.contains(part), "{part} not in: {failed}");
+    }
+    assert!(
+        log.lines()
+            .any(|l| l.contains("client=\"anonymous-client\"")
+                && l.contains("allow_anonymous = false")),
+        "{log}"
+    );
+    std::fs::remove_dir_all(&d).unwrap();
+}
+
 // With a password file, allow_anonymous = false works (it was refused while there was
 // no password backend): users get in, anonymous clients do not.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
