@@ -157,15 +157,23 @@ fn msrv() -> Result {
     Ok(())
 }
 
-/// The test peers nobody here wrote: Debian's Mosquitto (broker and clients) and Python
-/// paho-mqtt. Installed when missing, so the test command works on a fresh machine.
+/// The test peers nobody here wrote: Debian's Mosquitto (broker, clients and
+/// `mosquitto_passwd`) and Python paho-mqtt. Installed when missing, so the test
+/// command works on a fresh machine.
 fn ensure_peers() -> Result {
     let succeeds = |cmd: &mut Command| cmd.output().is_ok_and(|o| o.status.success());
     let installed =
         |bin: &str| succeeds(Command::new("sh").args(["-c", &format!("command -v {bin}")]));
-    if !["mosquitto", "mosquitto_pub", "mosquitto_sub"]
-        .iter()
-        .all(|b| installed(b))
+    // mosquitto_passwd (in the mosquitto package) writes the password files the
+    // broker's auth_files tests read, and mosquitto reads mqtt-passwd's.
+    if ![
+        "mosquitto",
+        "mosquitto_pub",
+        "mosquitto_sub",
+        "mosquitto_passwd",
+    ]
+    .iter()
+    .all(|b| installed(b))
     {
         eprintln!("xtask: installing mosquitto and mosquitto-clients (Debian packages)");
         let root = Command::new("id")

@@ -1,20 +1,39 @@
 //! Who may connect, and what a client may do: the seams authentication and
-//! authorization backends plug into.
+//! authorization backends plug into, and the backends Mosquitto users bring as files.
 //!
 //! An [`Authenticator`] decides each CONNECT, asynchronously (a backend may hash a
 //! password on a blocking thread, or ask a service): it answers with a CONNACK reason
-//! code. An [`Authorizer`] decides each PUBLISH and each subscription, synchronously, as
-//! it is on the message path. The broker's own rules come first whatever the backends
-//! say: `$SYS/` belongs to the broker.
+//! code. An [`Authorizer`] decides each PUBLISH, each subscription and, if it filters
+//! deliveries, each message routed to a client, synchronously, as it is on the message
+//! path. The broker's own rules come first whatever the backends say: `$SYS/` belongs to
+//! the broker.
 //!
-//! Today's backends: [`Anonymous`] (every client is let in) and [`AllowAll`]. A
-//! configuration asking for `allow_anonymous = false` has no password backend to check
-//! passwords against yet, and is refused at start-up rather than let anyone in who names
-//! a user.
+//! The backends:
+//! - [`Anonymous`] (every client is let in) and [`AllowAll`]: the defaults, which cost
+//!   nothing per message.
+//! - [`PasswordFile`]: Mosquitto's `password_file`, as `mosquitto_passwd` (or
+//!   `mqtt-passwd`) writes it, in the hash forms of [`password`].
+//! - [`AclFile`]: Mosquitto's `acl_file`.
+//!
+//! [`Auth::from_files`] makes the pair a configuration's `password_file` and `acl_file`
+//! name; a listener's own keys override them for that listener (Mosquitto's
+//! `per_listener_settings`). A configuration asking for `allow_anonymous = false` with
+//! no password file has nothing to check passwords against, and is refused at start-up
+//! rather than let anyone in who names a user.
+//!
+//! Each file backend keeps its data behind an `ArcSwap`, replaced whole by its
+//! `reload`: what a reload trigger (SIGHUP, a file watch) will call.
 
-use std::{fmt, future::Future, net::SocketAddr, pin::Pin};
+mod acl;
+pub(crate) mod failures;
+pub mod password;
+mod password_file;
+
+use std::{fmt, future::Future, net::SocketAddr, path::Path, path::PathBuf, pin::Pin};
 
 use mqtt_codec::ReasonCode;
+
+pub use self::{acl::AclFile, password_file::PasswordFile};
 
 /// What a CONNECT says about who the client is.
 #[derive(Debug)]
@@ -28,6 +47,26 @@ pub struct Credentials<'a> {
     pub password: Option<&'a [u8]>,
     /// Where the connection comes from.
     pub peer: SocketAddr,
+    /// The listener it came in on: its index in `Config::listeners`.
+    pub listener: usize,
+}
+
+impl<'a> Credentials<'a> {
+    /// The credentials of a CONNECT on the first listener.
+    pub fn new(
+        client_id: &'a str,
+        username: Option<&'a str>,
+        password: Option<&'a [u8]>,
+        peer: SocketAddr,
+    ) -> Self {
+        Self {
+            client_id,
+            username,
+            password,
+            peer,
+            listener: 0,
+        }
+    }
 }
 
 /// The answer of an [`Authenticator`]: `Err` carries the CONNACK reason code to refuse
@@ -57,16 +96,61 @@ impl Authenticator for Anonymous {
     }
 }
 
+/// Who a connected client is, as an [`Authorizer`] sees it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct ClientInfo<'a> {
+    /// Its client identifier.
+    pub client_id: &'a str,
+    /// The user name it connected with, if any.
+    pub username: Option<&'a str>,
+    /// The listener it connected on: its index in `Config::listeners`.
+    pub listener: usize,
+}
+
+impl<'a> ClientInfo<'a> {
+    /// A client on the first listener.
+    pub fn new(client_id: &'a str, username: Option<&'a str>) -> Self {
+        Self {
+            client_id,
+            username,
+            listener: 0,
+        }
+    }
+
+    /// The same client on listener `listener`.
+    pub fn on_listener(self, listener: usize) -> Self {
+        Self { listener, ..self }
+    }
+}
+
 /// Decides what a connected client may do. Called on the message path: it must be
 /// quick and must not block.
 pub trait Authorizer: Send + Sync + fmt::Debug + 'static {
-    /// Whether `client_id` may publish to `topic` (a will included). A refused PUBLISH
-    /// is answered with 0x87 Not authorized in 5.0 and acknowledged and dropped in 3.x.
-    fn may_publish(&self, client_id: &str, topic: &str) -> bool;
+    /// Whether `client` may publish to `topic` (a will included, when its CONNECT
+    /// comes). A refused PUBLISH is answered with 0x87 Not authorized in 5.0 and
+    /// acknowledged and dropped in 3.x; a refused will refuses the CONNECT (0x87; 3.x:
+    /// 5).
+    fn may_publish(&self, client: &ClientInfo<'_>, topic: &str) -> bool;
 
-    /// Whether `client_id` may subscribe to `filter` (as sent, `$share/` included). A
+    /// Whether `client` may subscribe to `filter` (as sent, `$share/` included). A
     /// refused filter is answered with 0x87 in 5.0 and 0x80 in 3.x.
-    fn may_subscribe(&self, client_id: &str, filter: &str) -> bool;
+    fn may_subscribe(&self, client: &ClientInfo<'_>, filter: &str) -> bool;
+
+    /// Whether a message on `topic` may be delivered to `client` (a retained one
+    /// included): asked for each message routed to each of its subscriptions, only if
+    /// [`Authorizer::filters_delivery`] says so. A message refused is not sent to that
+    /// client, silently.
+    fn may_receive(&self, client: &ClientInfo<'_>, topic: &str) -> bool {
+        let _ = (client, topic);
+        true
+    }
+
+    /// Whether [`Authorizer::may_receive`] can refuse anything: asked once, when the
+    /// broker starts. `false` (the default) spares every delivery the call.
+    fn filters_delivery(&self) -> bool {
+        false
+    }
 }
 
 /// Lets every client publish and subscribe anywhere the broker's own rules allow.
@@ -74,11 +158,11 @@ pub trait Authorizer: Send + Sync + fmt::Debug + 'static {
 pub struct AllowAll;
 
 impl Authorizer for AllowAll {
-    fn may_publish(&self, _: &str, _: &str) -> bool {
+    fn may_publish(&self, _: &ClientInfo<'_>, _: &str) -> bool {
         true
     }
 
-    fn may_subscribe(&self, _: &str, _: &str) -> bool {
+    fn may_subscribe(&self, _: &ClientInfo<'_>, _: &str) -> bool {
         true
     }
 }
@@ -100,3 +184,100 @@ impl Default for Auth {
         }
     }
 }
+
+impl Auth {
+    /// The backends files name, as `[auth]` and each listener's keys do: a
+    /// [`PasswordFile`] (else [`Anonymous`]) and an [`AclFile`] (else [`AllowAll`]).
+    /// Reads the files: blocking, call it at start-up or on a blocking thread.
+    ///
+    /// # Errors
+    /// The first file that cannot be read or has a malformed line.
+    pub fn from_files(
+        password_file: Option<&Path>,
+        acl_file: Option<&Path>,
+    ) -> Result<Self, AuthFileError> {
+        Ok(Self {
+            authenticator: match password_file {
+                Some(path) => Box::new(PasswordFile::load(path)?),
+                None => Box::new(Anonymous),
+            },
+            authorizer: match acl_file {
+                Some(path) => Box::new(AclFile::load(path)?),
+                None => Box::new(AllowAll),
+            },
+        })
+    }
+}
+
+/// A listener's own backends, from its `password_file` and `acl_file` (`None`: the
+/// broker's).
+pub(crate) type ListenerBackends = (Option<Box<dyn Authenticator>>, Option<Box<dyn Authorizer>>);
+
+/// What a listener's own keys change of the broker's backends (Mosquitto's
+/// `per_listener_settings`): each `None` is the broker's.
+#[derive(Debug, Default)]
+pub(crate) struct ListenerAuth {
+    /// Whether clients without a user name may connect on it.
+    pub(crate) allow_anonymous: bool,
+    /// Its `password_file`.
+    pub(crate) authenticator: Option<Box<dyn Authenticator>>,
+    /// Its `acl_file`.
+    pub(crate) authorizer: Option<Box<dyn Authorizer>>,
+}
+
+/// A password or ACL file that cannot be used: which file, which line (none if the
+/// file could not be read), and why.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AuthFileError {
+    path: PathBuf,
+    line: Option<usize>,
+    reason: String,
+}
+
+impl AuthFileError {
+    pub(crate) fn new(path: &Path, reason: String) -> Self {
+        Self {
+            path: path.to_owned(),
+            line: None,
+            reason,
+        }
+    }
+
+    pub(crate) fn at(path: &Path, line: usize, reason: String) -> Self {
+        Self {
+            path: path.to_owned(),
+            line: Some(line),
+            reason,
+        }
+    }
+
+    pub(crate) fn io(path: &Path, e: &std::io::Error) -> Self {
+        Self::new(path, e.to_string())
+    }
+
+    /// The file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The line (from 1), if the file was read.
+    pub fn line(&self) -> Option<usize> {
+        self.line
+    }
+
+    /// Why.
+    pub fn reason(&self) -> &str {
+        &self.reason
+    }
+}
+
+impl fmt::Display for AuthFileError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.line {
+            Some(line) => write!(f, "{}:{line}: {}", self.path.display(), self.reason),
+            None => write!(f, "{}: {}", self.path.display(), self.reason),
+        }
+    }
+}
+
+impl std::error::Error for AuthFileError {}

@@ -3,7 +3,12 @@
 //! Every option, with its default, is documented in `docs/configuration.md`. An invalid
 //! file is refused at start-up with a message naming the file, line, column and key.
 
-use std::{fmt, net::SocketAddr, path::Path, time::Duration};
+use std::{
+    fmt,
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    time::Duration,
+};
 
 use serde::Deserialize;
 
@@ -29,6 +34,32 @@ pub struct Config {
 pub struct Listener {
     /// The address to bind, e.g. `"0.0.0.0:1883"` or `"[::1]:1884"`.
     pub bind: SocketAddr,
+    /// Whether clients without a user name may connect here; `None`: `auth`'s.
+    #[serde(default)]
+    pub allow_anonymous: Option<bool>,
+    /// The password file for clients of this listener; `None`: `auth`'s.
+    #[serde(default)]
+    pub password_file: Option<PathBuf>,
+    /// The ACL file for clients of this listener; `None`: `auth`'s.
+    #[serde(default)]
+    pub acl_file: Option<PathBuf>,
+}
+
+impl Listener {
+    /// A listener on `bind` with the broker's settings.
+    pub fn new(bind: SocketAddr) -> Self {
+        Self {
+            bind,
+            allow_anonymous: None,
+            password_file: None,
+            acl_file: None,
+        }
+    }
+
+    /// Whether it overrides any of `auth`'s settings.
+    pub fn overrides_auth(&self) -> bool {
+        self.allow_anonymous.is_some() || self.password_file.is_some() || self.acl_file.is_some()
+    }
 }
 
 /// Limits.
@@ -104,24 +135,25 @@ pub struct SysConfig {
     pub interval: u64,
 }
 
-/// Authentication.
+/// Authentication and authorization, for every listener that does not say otherwise.
 #[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields, default)]
 pub struct AuthConfig {
     /// Whether clients without a user name may connect.
     pub allow_anonymous: bool,
+    /// A Mosquitto password file (`mosquitto_passwd` / `mqtt-passwd`): who may connect
+    /// with a user name.
+    pub password_file: Option<PathBuf>,
+    /// A Mosquitto ACL file: what each client may publish, subscribe to and receive.
+    pub acl_file: Option<PathBuf>,
 }
 
 impl Default for Config {
     fn default() -> Self {
         Self {
             listeners: vec![
-                Listener {
-                    bind: SocketAddr::from(([0, 0, 0, 0], 1883)),
-                },
-                Listener {
-                    bind: SocketAddr::from(([0u16; 8], 1883)),
-                },
+                Listener::new(SocketAddr::from(([0, 0, 0, 0], 1883))),
+                Listener::new(SocketAddr::from(([0u16; 8], 1883))),
             ],
             limits: LimitsConfig::default(),
             retain: RetainConfig::default(),
@@ -176,16 +208,17 @@ impl Default for AuthConfig {
     fn default() -> Self {
         Self {
             allow_anonymous: true,
+            password_file: None,
+            acl_file: None,
         }
     }
 }
 
-/// Why `auth.allow_anonymous = false` is refused: honest, rather than letting in anyone
-/// who names a user.
-pub(crate) const NO_PASSWORD_BACKEND: &str = "false needs a password backend (a password \
-     file), which this version does not have yet; without one any password would be \
-     accepted, so the broker refuses to start. Remove the key (or set it to true) and \
-     keep the broker on a trusted network";
+/// Why `allow_anonymous = false` without a password file is refused: honest, rather
+/// than letting in anyone who names a user.
+pub(crate) const NO_PASSWORD_BACKEND: &str = "false needs a password backend: a \
+     password_file (in [auth] or on the listener); without one any password would be \
+     accepted, so the broker refuses to start";
 
 /// A configuration file that could not be used.
 #[derive(Debug)]
@@ -224,10 +257,33 @@ impl Config {
         Ok(config)
     }
 
-    fn validate(&self) -> Result<(), (&'static str, &'static str)> {
-        if !self.auth.allow_anonymous {
-            return Err(("auth.allow_anonymous", NO_PASSWORD_BACKEND));
+    fn validate(&self) -> Result<(), (String, &'static str)> {
+        if let Some(key) = self.anonymous_without_passwords() {
+            return Err((key, NO_PASSWORD_BACKEND));
         }
+        self.validate_limits()
+            .map_err(|(key, why)| (key.to_owned(), why))
+    }
+
+    /// The key that refuses anonymous clients on a listener that has no password file
+    /// (`auth.allow_anonymous` or `listeners[N].allow_anonymous`), if any: the
+    /// configuration could not check anyone's password.
+    pub(crate) fn anonymous_without_passwords(&self) -> Option<String> {
+        let global = !self.auth.allow_anonymous && self.auth.password_file.is_none();
+        if self.listeners.is_empty() && global {
+            return Some("auth.allow_anonymous".to_owned());
+        }
+        self.listeners.iter().enumerate().find_map(|(i, l)| {
+            let anonymous = l.allow_anonymous.unwrap_or(self.auth.allow_anonymous);
+            let passwords = l.password_file.is_some() || self.auth.password_file.is_some();
+            (!anonymous && !passwords).then(|| match l.allow_anonymous {
+                Some(_) => format!("listeners[{i}].allow_anonymous"),
+                None => "auth.allow_anonymous".to_owned(),
+            })
+        })
+    }
+
+    fn validate_limits(&self) -> Result<(), (&'static str, &'static str)> {
         let l = &self.limits;
         if l.max_packet_size < 64 {
             return Err(("limits.max_packet_size", "must be at least 64 bytes"));
@@ -310,9 +366,7 @@ mod tests {
         .unwrap();
         assert_eq!(
             c.listeners,
-            [Listener {
-                bind: "127.0.0.1:1999".parse().unwrap()
-            }]
+            [Listener::new("127.0.0.1:1999".parse().unwrap())]
         );
         assert_eq!(c.limits.max_inflight, 5);
         assert_eq!(c.sys.interval, 0);
@@ -348,5 +402,58 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert_eq!(err, "b.toml: limits.max_inflight: must be at least 1");
+    }
+
+    #[test]
+    fn auth_keys_globally_and_per_listener() {
+        let c = Config::parse(
+            concat!(
+                "[auth]\nallow_anonymous = false\npassword_file = \"/etc/mqtt/pw\"\n",
+                "acl_file = \"/etc/mqtt/acl\"\n",
+                "[[listeners]]\nbind = \"127.0.0.1:1883\"\n",
+                "[[listeners]]\nbind = \"127.0.0.1:1884\"\nallow_anonymous = true\n",
+                "acl_file = \"/etc/mqtt/guest-acl\"\n",
+            ),
+            "b.toml",
+        )
+        .unwrap();
+        assert_eq!(
+            c.auth.password_file.as_deref(),
+            Some(Path::new("/etc/mqtt/pw"))
+        );
+        assert_eq!(c.auth.acl_file.as_deref(), Some(Path::new("/etc/mqtt/acl")));
+        assert!(!c.listeners[0].overrides_auth());
+        assert_eq!(c.listeners[1].allow_anonymous, Some(true));
+        assert_eq!(
+            c.listeners[1].acl_file.as_deref(),
+            Some(Path::new("/etc/mqtt/guest-acl"))
+        );
+        assert_eq!(c.listeners[1].password_file, None);
+    }
+
+    #[test]
+    fn anonymous_refused_needs_a_password_file_where_it_is_refused() {
+        let err = |text: &str| {
+            Config::parse(text, "b.toml")
+                .map(drop)
+                .unwrap_err()
+                .to_string()
+        };
+        assert!(
+            err("[auth]\nallow_anonymous = false\n")
+                .starts_with("b.toml: auth.allow_anonymous: false needs a password backend"),
+        );
+        assert!(
+            err("[[listeners]]\nbind = \"127.0.0.1:1\"\n[[listeners]]\nbind = \"127.0.0.1:2\"\nallow_anonymous = false\n")
+                .starts_with("b.toml: listeners[1].allow_anonymous: false needs a password backend"),
+        );
+        // A password file in [auth] or on the listener is one.
+        for ok in [
+            "[auth]\nallow_anonymous = false\npassword_file = \"pw\"\n",
+            "[[listeners]]\nbind = \"127.0.0.1:1\"\nallow_anonymous = false\npassword_file = \"pw\"\n",
+            "[auth]\nallow_anonymous = false\n[[listeners]]\nbind = \"127.0.0.1:1\"\npassword_file = \"pw\"\n",
+        ] {
+            assert!(Config::parse(ok, "b.toml").is_ok(), "{ok}");
+        }
     }
 }

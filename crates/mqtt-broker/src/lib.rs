@@ -6,7 +6,7 @@
 //! use mqtt_broker::{Broker, Config};
 //!
 //! let mut config = Config::default();
-//! config.listeners = vec![mqtt_broker::config::Listener { bind: "127.0.0.1:0".parse().unwrap() }];
+//! config.listeners = vec![mqtt_broker::config::Listener::new("127.0.0.1:0".parse().unwrap())];
 //! let broker = Broker::start(config).await?;
 //! println!("listening on {:?}", broker.local_addrs());
 //! broker.shutdown().await;
@@ -32,7 +32,8 @@
 //! - `router`: matching, fan-out, the overflow policy and the global memory budget.
 //! - `retained`: retained messages and their streaming to new subscriptions.
 //! - `shared`: the state all of the above share, statistics, time and wake-ups.
-//! - [`auth`]: the authentication and authorization seams; [`config`]; `sys` (`$SYS`).
+//! - [`auth`]: the authentication and authorization seams, and Mosquitto's password and
+//!   ACL files behind them; [`config`]; `sys` (`$SYS`).
 //! - [`store`]: the seam a durable store of retained messages and sessions plugs into.
 #![cfg_attr(
     not(test),
@@ -107,34 +108,71 @@ pub struct Broker {
 }
 
 impl Broker {
-    /// Binds every listener of `config` and starts accepting connections.
+    /// Binds every listener of `config` and starts accepting connections, with the
+    /// password and ACL files `config.auth` and the listeners name ([`Auth::from_files`];
+    /// none: anyone may connect and do anything).
     ///
     /// # Errors
     /// If a listener cannot be bound (address in use, permission denied). A listener on
     /// `[::]` that fails because IPv6 is unavailable is skipped with a warning, as long
     /// as another listener is bound.
-    /// `config.auth.allow_anonymous = false` is refused: this build has no password
-    /// backend to check passwords with (see [`auth`]); [`Broker::start_with`] takes one.
+    /// If a password or ACL file cannot be read or has a malformed line
+    /// ([`io::ErrorKind::InvalidData`], naming the file, line and reason).
+    /// `allow_anonymous = false` on a listener without a password file is refused
+    /// ([`io::ErrorKind::InvalidInput`]): nothing could check the passwords.
     pub async fn start(config: Config) -> io::Result<Self> {
-        if !config.auth.allow_anonymous {
+        if let Some(key) = config.anonymous_without_passwords() {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidInput,
-                config::NO_PASSWORD_BACKEND,
+                format!("{key}: {}", config::NO_PASSWORD_BACKEND),
             ));
         }
-        Self::start_with(config, Auth::default()).await
+        let (password_file, acl_file) = (
+            config.auth.password_file.clone(),
+            config.auth.acl_file.clone(),
+        );
+        let auth = read_auth_files(move || {
+            Auth::from_files(password_file.as_deref(), acl_file.as_deref())
+        })
+        .await?;
+        Self::start_with(config, auth).await
     }
 
     /// As [`Broker::start`], with backends of the caller's: an [`Auth`] (authentication
     /// and authorization), or [`Backends`] with a [`store::Store`] as well, whose
     /// retained messages and sessions are read back before the listeners open. With
-    /// `config.auth.allow_anonymous = false`, a CONNECT without a user name is refused
-    /// before the authenticator is asked.
+    /// `allow_anonymous = false`, a CONNECT without a user name is refused before the
+    /// authenticator is asked. `config.auth`'s files are not read (they are what
+    /// [`Broker::start`] makes its [`Auth`] of); a listener's own `password_file` and
+    /// `acl_file` replace these backends on that listener.
     ///
     /// # Errors
     /// As [`Broker::start`], and if the store cannot be read ([`store::Store::load`]).
     pub async fn start_with(config: Config, backends: impl Into<Backends>) -> io::Result<Self> {
-        let shared = Arc::new(Shared::new(config, backends.into()));
+        let listeners = config.listeners.clone();
+        let per_listener = read_auth_files(move || {
+            listeners
+                .iter()
+                .map(|l| {
+                    let authenticator = l
+                        .password_file
+                        .as_deref()
+                        .map(auth::PasswordFile::load)
+                        .transpose()?
+                        .map(|a| Box::new(a) as Box<dyn auth::Authenticator>);
+                    let authorizer = l
+                        .acl_file
+                        .as_deref()
+                        .map(auth::AclFile::load)
+                        .transpose()?
+                        .map(|a| Box::new(a) as Box<dyn auth::Authorizer>);
+                    Ok::<auth::ListenerBackends, _>((authenticator, authorizer))
+                })
+                .collect::<Result<Vec<_>, auth::AuthFileError>>()
+        })
+        .await?;
+        let shared =
+            Arc::new(Shared::new(config, backends.into()).with_listener_backends(per_listener));
         shared.restore().map_err(|e| {
             io::Error::other(format!(
                 "the store ({:?}) could not be read: {e}",
@@ -144,13 +182,13 @@ impl Broker {
         let mut tasks = JoinSet::new();
         let mut local_addrs = Vec::new();
         let mut errors = Vec::new();
-        for listener in &shared.config.listeners {
+        for (index, listener) in shared.config.listeners.iter().enumerate() {
             match listener::bind(listener.bind).await {
                 Ok(l) => {
                     let addr = l.local_addr()?;
                     info!(%addr, "listening");
                     local_addrs.push(addr);
-                    tasks.spawn(listener::accept_loop(Arc::clone(&shared), l));
+                    tasks.spawn(listener::accept_loop(Arc::clone(&shared), l, index));
                 }
                 Err(e) if listener.bind.is_ipv6() => {
                     warn!(addr = %listener.bind, error = %e, "IPv6 listener not started");
@@ -273,4 +311,15 @@ impl Drop for Broker {
             parking.close();
         }
     }
+}
+
+/// Reads password and ACL files on a blocking thread: a malformed one is
+/// [`io::ErrorKind::InvalidData`], naming the file, the line and the reason.
+async fn read_auth_files<T: Send + 'static>(
+    read: impl FnOnce() -> Result<T, auth::AuthFileError> + Send + 'static,
+) -> io::Result<T> {
+    tokio::task::spawn_blocking(read)
+        .await
+        .map_err(io::Error::other)?
+        .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
 }

@@ -52,7 +52,9 @@ fn set_tcp_keepalive(stream: &tokio::net::TcpStream, idle_secs: u64) {
     }
 }
 
-pub(crate) async fn accept_loop(shared: Arc<Shared>, listener: TcpListener) {
+/// Accepts connections on the listener of index `index` in `Config::listeners` (which
+/// its connections' authentication and authorization follow).
+pub(crate) async fn accept_loop(shared: Arc<Shared>, listener: TcpListener, index: usize) {
     let mut connections = JoinSet::new();
     let shutdown = shared.shutting_down();
     tokio::pin!(shutdown);
@@ -71,7 +73,7 @@ pub(crate) async fn accept_loop(shared: Arc<Shared>, listener: TcpListener) {
                     }
                     let _ = stream.set_nodelay(true);
                     set_tcp_keepalive(&stream, shared.config.limits.tcp_keepalive);
-                    connections.spawn(connection::serve(Arc::clone(&shared), stream, peer));
+                    connections.spawn(connection::serve(Arc::clone(&shared), stream, peer, index));
                 }
                 Err(e) => {
                     // Out of file descriptors and the like: wait a little, go on.

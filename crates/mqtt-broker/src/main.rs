@@ -70,16 +70,12 @@ fn main() -> ExitCode {
     };
     if let Some(port) = args.port {
         config.listeners = vec![
-            Listener {
-                bind: SocketAddr::from(([0, 0, 0, 0], port)),
-            },
-            Listener {
-                bind: SocketAddr::from(([0u16; 8], port)),
-            },
+            Listener::new(SocketAddr::from(([0, 0, 0, 0], port))),
+            Listener::new(SocketAddr::from(([0u16; 8], port))),
         ];
     }
     if !args.listen.is_empty() {
-        config.listeners = args.listen.iter().map(|&bind| Listener { bind }).collect();
+        config.listeners = args.listen.iter().copied().map(Listener::new).collect();
     }
 
     let runtime = match tokio::runtime::Builder::new_multi_thread()
@@ -95,6 +91,17 @@ fn main() -> ExitCode {
     runtime.block_on(async move {
         let broker = match Broker::start(config).await {
             Ok(b) => b,
+            // A password or ACL file that cannot be used, or settings that cannot work
+            // together: the configuration's fault, as for the file itself.
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::InvalidData | std::io::ErrorKind::InvalidInput
+                ) =>
+            {
+                error!("invalid configuration: {e}");
+                return ExitCode::from(2);
+            }
             Err(e) => {
                 error!("cannot listen: {e}");
                 return ExitCode::FAILURE;

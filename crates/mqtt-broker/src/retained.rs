@@ -379,7 +379,13 @@ pub(crate) fn pump_retained(
     let mut sent = 0;
     let mut finished = true;
     for found in iter.by_ref() {
-        if let Some(mut m) = shared.retained_copy(found.value(), now) {
+        let stored = found.value();
+        let readable = shared.may_receive(
+            &handle.client_id,
+            cell.principal.as_deref(),
+            &stored.message.topic,
+        );
+        if let Some(mut m) = shared.retained_copy(stored, now).filter(|_| readable) {
             m.qos = m.qos.min(entry.qos);
             m.retain = true;
             m.properties

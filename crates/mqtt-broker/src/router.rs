@@ -234,6 +234,11 @@ impl Shared {
         }
         let handle = to.handle;
         let mut cell = handle.lock();
+        // A client whose authorizer refuses it the topic does not get it (and nothing
+        // else is to be done about it).
+        if !self.may_receive(&handle.client_id, cell.principal.as_deref(), &message.topic) {
+            return true;
+        }
         // Nothing queued at all, of any QoS: the spec lets a QoS 0 message go ahead of
         // QoS 1/2 ones waiting ([MQTT-4.6.0-6] orders a topic per QoS), but clients
         // read a session's messages in the order they were routed to it, as a broker
@@ -277,9 +282,18 @@ impl Shared {
             return;
         }
         let start = self.stats.publish_received.load(Ordering::Relaxed) as usize % count;
+        // Members whose client may not read the topic are passed over, as long as
+        // another can take it (`deliver` drops it for them anyway).
+        let readable = |s: &Sub, cell: &SessionCell| {
+            self.may_receive(
+                &s.handle.client_id,
+                cell.principal.as_deref(),
+                &message.topic,
+            )
+        };
         let ready = |s: &Sub| {
             let cell = s.handle.lock();
-            cell.session.is_connected() && cell.session.queued_messages() == 0
+            cell.session.is_connected() && cell.session.queued_messages() == 0 && readable(s, &cell)
         };
         let pick = candidates()
             .cycle()
@@ -289,7 +303,9 @@ impl Shared {
             .or_else(|| {
                 candidates().cycle().skip(start).take(count).find(|(_, s)| {
                     let cell = s.handle.lock();
-                    cell.session.is_connected() && cell.session.queue_room() > 0
+                    cell.session.is_connected()
+                        && cell.session.queue_room() > 0
+                        && readable(s, &cell)
                 })
             })
             .or_else(|| candidates().nth(start));
@@ -326,7 +342,8 @@ impl Shared {
 
     /// Queues a message on a session and wakes its writer. A session that cannot take
     /// it (its queue is full, the global budget is spent, QoS 0 while it is offline)
-    /// loses it, and only it: see [`Shared::overflow`].
+    /// loses it, and only it: see [`Shared::overflow`]. One whose client may not read
+    /// the topic (`Authorizer::may_receive`) does not get it.
     pub(crate) fn deliver(
         &self,
         handle: &Arc<SessionHandle>,
@@ -335,6 +352,9 @@ impl Shared {
         group: Option<GroupId>,
     ) {
         let mut cell = handle.lock();
+        if !self.may_receive(&handle.client_id, cell.principal.as_deref(), &message.topic) {
+            return;
+        }
         // Past the global budget only a session with nothing queued takes more: each
         // subscriber keeps moving, and the slow ones stop growing.
         if cell.session.queued_messages() > 0 && self.over_budget() {

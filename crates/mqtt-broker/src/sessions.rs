@@ -80,9 +80,46 @@ pub(crate) struct SessionCell {
     /// What the store holds of this session: `None` if nothing, as for every session
     /// that ends with its connection (see `store`).
     pub(crate) recorded: Option<crate::store::Recorded>,
+    /// Who its client is, as its last connection authenticated: what the authorizer
+    /// checks its deliveries against. `None` for a client without a user name on the
+    /// first listener (no allocation for the common case), and for a session read back
+    /// from the store that no client has connected to since.
+    pub(crate) principal: Option<Arc<Principal>>,
     /// The session's connection, parked without a task while idle (see `parking`).
     #[cfg(unix)]
     pub(crate) parked: Option<Box<Parked>>,
+}
+
+/// Who a session's client is, beyond its client identifier (see
+/// [`SessionCell::principal`]).
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) struct Principal {
+    pub(crate) username: Option<Box<str>>,
+    /// The listener it connected on (an index in `Config::listeners`).
+    pub(crate) listener: usize,
+}
+
+impl Principal {
+    /// The principal of a connection, `None` for the common one (see
+    /// [`SessionCell::principal`]).
+    pub(crate) fn of(username: Option<&str>, listener: usize) -> Option<Arc<Self>> {
+        (username.is_some() || listener != 0).then(|| {
+            Arc::new(Self {
+                username: username.map(Box::from),
+                listener,
+            })
+        })
+    }
+
+    /// `client_id`'s client as the authorizer sees it.
+    pub(crate) fn client<'a>(
+        principal: Option<&'a Self>,
+        client_id: &'a str,
+    ) -> crate::auth::ClientInfo<'a> {
+        let (username, listener) =
+            principal.map_or((None, 0), |p| (p.username.as_deref(), p.listener));
+        crate::auth::ClientInfo::new(client_id, username).on_listener(listener)
+    }
 }
 
 /// The parts of a [`SessionCell`] most sessions never use, or use only while busy.
@@ -298,6 +335,7 @@ impl Shared {
                 charged: 0,
                 extra: None,
                 recorded,
+                principal: None,
                 #[cfg(unix)]
                 parked: None,
             }),
@@ -324,7 +362,9 @@ impl Shared {
             ..
         } = record;
         let (kept, left_out): (Vec<_>, Vec<_>) = subscriptions.into_iter().partition(|r| {
-            crate::connection::check_filter(self, &client_id, &r.filter, version).is_ok()
+            // No client has connected since: checked as one without a user name on the
+            // first listener, as its deliveries are until its client comes back.
+            crate::connection::check_filter(self, &client_id, None, &r.filter, version).is_ok()
         });
         if !left_out.is_empty() {
             tracing::info!(client = %client_id, filters = ?left_out.iter().map(|r| &r.filter).collect::<Vec<_>>(), "stored subscriptions left out: refused now");
@@ -459,6 +499,7 @@ mod tests {
                 charged: 0,
                 extra: None,
                 recorded: None,
+                principal: None,
                 #[cfg(unix)]
                 parked: None,
             };

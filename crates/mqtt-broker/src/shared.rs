@@ -21,10 +21,10 @@ use mqtt_topics::{RetainedStore, ShardedIndex};
 use crate::parking::{Parked, Parking};
 use crate::{
     Backends,
-    auth::Auth,
+    auth::{Auth, Authenticator, Authorizer, ListenerAuth, ListenerBackends, failures::Failures},
     config::Config,
     retained::{RETAINED_SHARDS, RetainedMessage},
-    sessions::{Registered, SessionCell, SessionHandle, Sub},
+    sessions::{Principal, Registered, SessionCell, SessionHandle, Sub},
     timers::Timers,
 };
 
@@ -73,6 +73,13 @@ pub(crate) struct Shared {
     pub(crate) config: Config,
     /// Authentication and authorization backends.
     pub(crate) auth: Auth,
+    /// What each listener's own keys change of them, by listener index.
+    pub(crate) listener_auth: Vec<ListenerAuth>,
+    /// Whether any authorizer filters deliveries (`Authorizer::filters_delivery`): if
+    /// not, routing asks none.
+    pub(crate) filters_delivery: bool,
+    /// Recent authentication failures by address, to slow repeated ones down.
+    pub(crate) auth_failures: Failures,
     /// Where retained messages and persistent sessions are kept (see `store`).
     pub(crate) store: Box<dyn crate::store::Store>,
     /// Whether it keeps anything (`Store::is_durable`): if not, no record is built.
@@ -125,9 +132,20 @@ impl Shared {
     pub(crate) fn new(config: Config, backends: Backends) -> Self {
         let limits = Arc::new(config.session_limits());
         let Backends { auth, store } = backends;
+        let listener_auth = config
+            .listeners
+            .iter()
+            .map(|l| ListenerAuth {
+                allow_anonymous: l.allow_anonymous.unwrap_or(config.auth.allow_anonymous),
+                ..ListenerAuth::default()
+            })
+            .collect();
         Self {
             config,
+            filters_delivery: auth.authorizer.filters_delivery(),
             auth,
+            listener_auth,
+            auth_failures: Failures::default(),
             durable: store.is_durable(),
             store,
             last_store_log: AtomicU64::new(0),
@@ -157,6 +175,77 @@ impl Shared {
             #[cfg(unix)]
             parking: std::sync::OnceLock::new(),
         }
+    }
+
+    /// Puts each listener's own backends (read from its `password_file` and `acl_file`)
+    /// in place of the broker's, by listener index.
+    pub(crate) fn with_listener_backends(mut self, backends: Vec<ListenerBackends>) -> Self {
+        for (l, (authenticator, authorizer)) in self.listener_auth.iter_mut().zip(backends) {
+            l.authenticator = authenticator;
+            l.authorizer = authorizer;
+        }
+        self.filters_delivery = self.auth.authorizer.filters_delivery()
+            || self
+                .listener_auth
+                .iter()
+                .filter_map(|l| l.authorizer.as_ref())
+                .any(|a| a.filters_delivery());
+        self
+    }
+
+    /// The authenticator of clients connecting on `listener`.
+    pub(crate) fn authenticator(&self, listener: usize) -> &dyn Authenticator {
+        match self
+            .listener_auth
+            .get(listener)
+            .and_then(|l| l.authenticator.as_ref())
+        {
+            Some(a) => a.as_ref(),
+            None => self.auth.authenticator.as_ref(),
+        }
+    }
+
+    /// The authorizer of clients that connected on `listener`.
+    pub(crate) fn authorizer(&self, listener: usize) -> &dyn Authorizer {
+        match self
+            .listener_auth
+            .get(listener)
+            .and_then(|l| l.authorizer.as_ref())
+        {
+            Some(a) => a.as_ref(),
+            None => self.auth.authorizer.as_ref(),
+        }
+    }
+
+    /// Whether clients without a user name may connect on `listener`.
+    pub(crate) fn allows_anonymous(&self, listener: usize) -> bool {
+        self.listener_auth
+            .get(listener)
+            .map_or(self.config.auth.allow_anonymous, |l| l.allow_anonymous)
+    }
+
+    /// Whether a message on `topic` may go to the session of `client_id`, whose client
+    /// is `principal` (see `SessionCell::principal`): asks its authorizer only if some
+    /// authorizer filters deliveries, so that without one this is a branch.
+    #[inline]
+    pub(crate) fn may_receive(
+        &self,
+        client_id: &str,
+        principal: Option<&Principal>,
+        topic: &str,
+    ) -> bool {
+        !self.filters_delivery || self.may_receive_checked(client_id, principal, topic)
+    }
+
+    #[inline(never)]
+    fn may_receive_checked(
+        &self,
+        client_id: &str,
+        principal: Option<&Principal>,
+        topic: &str,
+    ) -> bool {
+        let client = Principal::client(principal, client_id);
+        self.authorizer(client.listener).may_receive(&client, topic)
     }
 
     /// Where idle connections park, if it has been started.

@@ -39,9 +39,7 @@ static GLOBAL: Counting = Counting;
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn idle_connection_footprint() {
     let config = Config {
-        listeners: vec![Listener {
-            bind: "127.0.0.1:0".parse().unwrap(),
-        }],
+        listeners: vec![Listener::new("127.0.0.1:0".parse().unwrap())],
         ..Config::default()
     };
     let broker = Broker::start(config).await.unwrap();

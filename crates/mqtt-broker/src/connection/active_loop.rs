@@ -61,6 +61,9 @@ where
     let mut yield_before_routing = !rbuf.is_empty();
     // The acknowledgements of the PUBLISH packets of a batch, decided as they are routed.
     let mut verdicts = Vec::new();
+    // Who the client is, for authorization: fixed for the connection, taken at the
+    // first flush.
+    let mut principal = None;
     // Bytes already read (behind CONNECT, or on waking) may hold more packets.
     if feed(shared, handle, generation, decoder, rbuf) {
         return Step::Ended(End::TakenOver);
@@ -79,6 +82,9 @@ where
                 drop(cell);
                 handle.notify.notify_one();
                 return Step::Ended(End::TakenOver);
+            }
+            if principal.is_none() {
+                principal = Some(cell.principal.clone());
             }
             let now = shared.now();
             // Counted here and added once: the counters are shared by every connection.
@@ -151,7 +157,14 @@ where
                 Event::Message(m, arrival) => {
                     received += 1;
                     let qos = m.qos;
-                    let verdict = publish(shared, handle, m, &mut matches, now);
+                    let verdict = publish(
+                        shared,
+                        handle,
+                        principal.as_ref().and_then(Option::as_deref),
+                        m,
+                        &mut matches,
+                        now,
+                    );
                     if qos != QoS::AtMostOnce {
                         verdicts.push((qos, arrival.packet_id, verdict));
                     }

@@ -12,20 +12,25 @@ use mqtt_codec::{
 };
 use tokio::{
     io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt},
-    time::timeout,
+    time::{Instant, timeout_at},
 };
 use tracing::{debug, info, warn};
 
-use crate::{sessions::SessionHandle, shared::Shared};
+use crate::{
+    sessions::{Principal, SessionHandle},
+    shared::Shared,
+};
 
 use super::*;
 
 /// Reads CONNECT (refusing what does not decode) and attaches the session; `None` if the
-/// connection ends here. Also returns the bytes read behind CONNECT.
+/// connection ends here. Also returns the bytes read behind CONNECT. `listener` is the
+/// index of the listener it came in on (its authentication settings apply).
 pub(crate) async fn open<S: Duplex>(
     shared: Arc<Shared>,
     mut stream: S,
     peer: SocketAddr,
+    listener: usize,
 ) -> Option<(Conn<S>, BytesMut)> {
     /// Counts the socket in `Stats::handshaking` until CONNECT is through, however
     /// `open` ends.
@@ -40,27 +45,27 @@ pub(crate) async fn open<S: Duplex>(
     let mut decoder = Decoder::new();
     decoder.set_max_packet_size(shared.config.limits.max_packet_size);
     let mut rbuf = BytesMut::with_capacity(READ_CHUNK);
-    let connect = match timeout(
-        shared.config.connect_timeout(),
-        read_packet(&mut stream, &mut rbuf, &mut decoder),
-    )
-    .await
-    {
-        Ok(Ok(Some(Packet::Connect(c)))) => c,
-        Ok(Ok(_)) => {
-            debug!(%peer, "connection closed before CONNECT");
-            return None;
-        }
-        Ok(Err(e)) => {
-            refuse_undecodable(&mut stream, &e, peer).await;
-            return None;
-        }
-        Err(_) => {
-            debug!(%peer, "no CONNECT within the connect timeout");
-            return None;
-        }
-    };
-    let (handle, generation, version) = attach(&shared, &mut stream, *connect, peer).await?;
+    // Reading CONNECT and authenticating it (a password hash may wait for its turn)
+    // share the connect timeout.
+    let deadline = Instant::now() + shared.config.connect_timeout();
+    let connect =
+        match timeout_at(deadline, read_packet(&mut stream, &mut rbuf, &mut decoder)).await {
+            Ok(Ok(Some(Packet::Connect(c)))) => c,
+            Ok(Ok(_)) => {
+                debug!(%peer, "connection closed before CONNECT");
+                return None;
+            }
+            Ok(Err(e)) => {
+                refuse_undecodable(&mut stream, &e, peer).await;
+                return None;
+            }
+            Err(_) => {
+                debug!(%peer, "no CONNECT within the connect timeout");
+                return None;
+            }
+        };
+    let (handle, generation, version) =
+        attach(&shared, &mut stream, *connect, peer, listener, deadline).await?;
     drop(counted);
     let conn = Conn {
         shared,
@@ -127,12 +132,15 @@ pub(crate) async fn send_connack<W: AsyncWrite + Unpin>(
     let _ = wr.shutdown().await;
 }
 
-/// Checks CONNECT, finds or creates the session, takes it over, accepts the connection.
+/// Checks CONNECT, authenticates it by `listener`'s settings (by `deadline`), finds or
+/// creates the session, takes it over, accepts the connection.
 pub(crate) async fn attach<W: AsyncWrite + Unpin>(
     shared: &Arc<Shared>,
     wr: &mut W,
     mut connect: Connect,
     peer: SocketAddr,
+    listener: usize,
+    deadline: Instant,
 ) -> Option<(Arc<SessionHandle>, u64, ProtocolVersion)> {
     let version = connect.version;
     let mut properties = ConnAckProperties::default();
@@ -150,35 +158,51 @@ pub(crate) async fn attach<W: AsyncWrite + Unpin>(
             properties.assigned_client_identifier = Some(connect.client_id.clone());
         }
     }
-    if connect.username.is_none() && !shared.config.auth.allow_anonymous {
+    // The user name and client id as logged: client input, quoted and escaped.
+    let user = connect.username.as_deref().unwrap_or_default();
+    if connect.username.is_none() && !shared.allows_anonymous(listener) {
+        info!(%peer, client = ?connect.client_id, "connection refused: no user name, and this listener does not allow anonymous clients (allow_anonymous = false)");
         send_connack(wr, version, ReasonCode::NOT_AUTHORIZED).await;
         return None;
     }
+    let mut credentials = crate::auth::Credentials::new(
+        &connect.client_id,
+        connect.username.as_deref(),
+        connect.password.as_deref(),
+        peer,
+    );
+    credentials.listener = listener;
+    let authenticating = shared.authenticator(listener).authenticate(&credentials);
+    let Ok(verdict) = timeout_at(deadline, authenticating).await else {
+        // Too many CONNECTs waiting for a password hash: this one's time is up.
+        info!(%peer, client = ?connect.client_id, user = ?user, "connection refused: not authenticated within the connect timeout (limits.connect_timeout), the broker is busy");
+        send_connack(wr, version, ReasonCode::SERVER_BUSY).await;
+        return None;
+    };
+    if let Err(code) = verdict {
+        // Repeated failures from one address wait longer and longer for their answer.
+        let wait = shared.auth_failures.failed(peer.ip(), Instant::now());
+        info!(%peer, client = ?connect.client_id, user = ?user, reason = %code, delay_ms = wait.as_millis() as u64, "authentication failed: connection refused");
+        tokio::time::sleep(wait).await;
+        send_connack(wr, version, code).await;
+        return None;
+    }
+    // Authorization follows who the client is, as authenticated.
+    let principal = Principal::of(connect.username.as_deref(), listener);
     if let Some(will) = &connect.will {
         // A will may not publish to `$SYS/` either (topics beginning with `$` are the
         // server's, section 4.7.2), nor anywhere the client may not publish: refused as
         // a PUBLISH there would be.
+        let client = Principal::client(principal.as_deref(), &connect.client_id);
         if crate::sys::is_sys_topic(&will.topic)
             || !shared
-                .auth
-                .authorizer
-                .may_publish(&connect.client_id, &will.topic)
+                .authorizer(listener)
+                .may_publish(&client, &will.topic)
         {
-            debug!(%peer, topic = %will.topic, "will topic not authorized");
+            info!(%peer, client = ?connect.client_id, user = ?user, topic = ?will.topic, "connection refused: the will's topic is not authorized");
             send_connack(wr, version, ReasonCode::NOT_AUTHORIZED).await;
             return None;
         }
-    }
-    let credentials = crate::auth::Credentials {
-        client_id: &connect.client_id,
-        username: connect.username.as_deref(),
-        password: connect.password.as_deref(),
-        peer,
-    };
-    if let Err(code) = shared.auth.authenticator.authenticate(&credentials).await {
-        info!(client = %connect.client_id, %peer, reason = %code, "connection refused");
-        send_connack(wr, version, code).await;
-        return None;
     }
     if version.is_v5() && connect.properties.authentication_method.is_some() {
         // [MQTT-4.12.0-1] (5.0): no extended authentication method is supported.
@@ -275,6 +299,7 @@ pub(crate) async fn attach<W: AsyncWrite + Unpin>(
         };
         let old_version = cell.session.version();
         cell.session.accept(now, &connect, properties);
+        cell.principal.clone_from(&principal);
         shared.account(&mut cell);
         // A new session replaces the old one's record, or removes it if it ends with
         // its connection; a resumed one's is brought up to date.
@@ -314,8 +339,8 @@ async fn let_the_old_connection_finish(shared: &Shared, client_id: &str) {
     let Some(handle) = shared.existing_session(client_id) else {
         return;
     };
-    let deadline = tokio::time::Instant::now() + OLD_CONNECTION_GRACE;
-    while handle.lock().session.is_connected() && tokio::time::Instant::now() < deadline {
+    let deadline = Instant::now() + OLD_CONNECTION_GRACE;
+    while handle.lock().session.is_connected() && Instant::now() < deadline {
         tokio::time::sleep(OLD_CONNECTION_STEP).await;
     }
 }

@@ -143,7 +143,8 @@ pub(crate) struct Conn<S> {
     pub(crate) decoder: Decoder,
 }
 
-/// Serves one accepted socket until it closes.
+/// Serves one socket accepted on the listener of index `listener` (in
+/// `Config::listeners`) until it closes.
 ///
 /// Every stage but hibernation runs boxed and owns what it needs (read buffer, held
 /// deliveries), so the task itself stays small: a future is as large as its largest
@@ -154,8 +155,9 @@ pub(crate) fn serve<S: Duplex>(
     shared: Arc<Shared>,
     stream: S,
     peer: SocketAddr,
+    listener: usize,
 ) -> impl Future<Output = ()> {
-    let open = Box::pin(open(shared, stream, peer));
+    let open = Box::pin(open(shared, stream, peer, listener));
     async move {
         // The connection moves into `live` in a scope of its own, so that the future
         // does not keep it twice.

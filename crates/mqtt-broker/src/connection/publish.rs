@@ -9,29 +9,30 @@ use mqtt_topics::Matches;
 use tracing::debug;
 
 use crate::{
-    sessions::{SessionHandle, Sub},
+    sessions::{Principal, SessionHandle, Sub},
     shared::Shared,
 };
 
-/// A PUBLISH from the client, taken by its session: authorized, retained and routed
-/// here. Returns the reason code of its acknowledgement (5.0 PUBACK / PUBREC; 3.x
+/// A PUBLISH from the client `principal` (see `SessionCell::principal`), taken by its
+/// session: authorized, retained and routed here. Returns the reason code of its acknowledgement (5.0 PUBACK / PUBREC; 3.x
 /// clients are acknowledged regardless, see `ServerSession::settle_publish`): 0x87 if
 /// refused, 0x80 if the store failed to keep it as the retained message, which is then
 /// neither retained nor routed, 0x10 if nobody subscribes.
 pub(crate) fn publish(
     shared: &Shared,
     from: &SessionHandle,
+    principal: Option<&Principal>,
     message: Message,
     matches: &mut Matches<u64, Sub>,
     now: mqtt_session::Instant,
 ) -> ReasonCode {
     // `$SYS/` is the broker's own (topics beginning with `$` are the server's, section
     // 4.7.2): a client may not publish there, nor forge its statistics for others.
+    let client = Principal::client(principal, &from.client_id);
     if crate::sys::is_sys_topic(&message.topic)
         || !shared
-            .auth
-            .authorizer
-            .may_publish(&from.client_id, &message.topic)
+            .authorizer(client.listener)
+            .may_publish(&client, &message.topic)
     {
         shared.stats.publish_refused.fetch_add(1, Ordering::Relaxed);
         debug!(client = %from.client_id, topic = %message.topic, "PUBLISH not authorized");

@@ -12,23 +12,29 @@ use mqtt_topics::Filter;
 
 use crate::{
     retained::RetainedBacklog,
-    sessions::{SessionHandle, Sub},
+    sessions::{Principal, SessionHandle, Sub},
     shared::Shared,
 };
 
 /// The checks every subscription passes, a SUBSCRIBE's or one read back from the
-/// store: the filter's syntax in `version`, then the authorizer. `Err` carries the
-/// reason code to refuse it with.
+/// store: the filter's syntax in `version`, then the authorizer of `client_id`'s client
+/// `principal` (see `SessionCell::principal`). `Err` carries the reason code to refuse
+/// it with.
 pub(crate) fn check_filter<'a>(
     shared: &Shared,
     client_id: &str,
+    principal: Option<&Principal>,
     filter: &'a str,
     version: ProtocolVersion,
 ) -> Result<Filter<'a>, ReasonCode> {
     let Ok(parsed) = Filter::parse(filter, version) else {
         return Err(ReasonCode::TOPIC_FILTER_INVALID);
     };
-    if !shared.auth.authorizer.may_subscribe(client_id, filter) {
+    let client = Principal::client(principal, client_id);
+    if !shared
+        .authorizer(client.listener)
+        .may_subscribe(&client, filter)
+    {
         // 3.x has one failure code, 0x80, which the codec writes for any error.
         return Err(ReasonCode::NOT_AUTHORIZED);
     }
@@ -60,7 +66,13 @@ pub(crate) fn subscribe(
     let mut codes = Vec::with_capacity(s.subscriptions.len());
     let mut filters = Vec::with_capacity(s.subscriptions.len());
     for sub in &s.subscriptions {
-        match check_filter(shared, &handle.client_id, &sub.filter, version) {
+        match check_filter(
+            shared,
+            &handle.client_id,
+            cell.principal.as_deref(),
+            &sub.filter,
+            version,
+        ) {
             Ok(filter) => {
                 codes.push(ReasonCode(sub.options.qos.min(QoS::ExactlyOnce) as u8));
                 filters.push(Some(filter));

@@ -36,7 +36,7 @@ fn what_an_idle_connection_holds_stays_small() {
         let hibernating = super::hibernate(&mut conn, false);
         let hibernate = size_of_val(&hibernating);
         drop(hibernating);
-        let serving = super::serve(shared.clone(), stream().await, addr);
+        let serving = super::serve(shared.clone(), stream().await, addr, 0);
         let serve = size_of_val(&serving);
         drop(serving);
         #[cfg(unix)]
@@ -140,7 +140,7 @@ async fn serving(config: Config) -> (Arc<Shared>, std::net::SocketAddr) {
     tokio::spawn(crate::timers::run(Arc::clone(&shared)));
     tokio::spawn(async move {
         while let Ok((stream, peer)) = listener.accept().await {
-            tokio::spawn(super::serve(Arc::clone(&serving), stream, peer));
+            tokio::spawn(super::serve(Arc::clone(&serving), stream, peer, 0));
         }
     });
     (shared, addr)
@@ -408,10 +408,16 @@ async fn attach(
     will.properties.will_delay_interval = Some(delay);
     connect.will = Some(will);
     let peer = "127.0.0.1:1".parse().unwrap();
-    let (handle, generation, _) =
-        super::handshake::attach(shared, &mut tokio::io::sink(), connect, peer)
-            .await
-            .unwrap();
+    let (handle, generation, _) = super::handshake::attach(
+        shared,
+        &mut tokio::io::sink(),
+        connect,
+        peer,
+        0,
+        tokio::time::Instant::now() + std::time::Duration::from_secs(10),
+    )
+    .await
+    .unwrap();
     (handle, generation)
 }
 

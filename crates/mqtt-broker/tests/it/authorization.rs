@@ -3,7 +3,7 @@
 
 use mqtt_broker::{
     Auth, Broker, Config,
-    auth::{AllowAll, Authenticating, Authenticator, Authorizer, Credentials},
+    auth::{AllowAll, Authenticating, Authenticator, Authorizer, ClientInfo, Credentials},
     config::Listener,
 };
 use mqtt_codec::{Packet, ProtocolVersion, QoS, QosPid, ReasonCode, SubscriptionOptions, Will};
@@ -56,20 +56,18 @@ impl Authenticator for SecretPassword {
 struct NoPrivate;
 
 impl Authorizer for NoPrivate {
-    fn may_publish(&self, _: &str, topic: &str) -> bool {
+    fn may_publish(&self, _: &ClientInfo<'_>, topic: &str) -> bool {
         !topic.starts_with("private/")
     }
 
-    fn may_subscribe(&self, _: &str, filter: &str) -> bool {
+    fn may_subscribe(&self, _: &ClientInfo<'_>, filter: &str) -> bool {
         !filter.starts_with("private/")
     }
 }
 
 pub(crate) async fn broker_with_auth(auth: Auth) -> (Broker, std::net::SocketAddr) {
     let config = Config {
-        listeners: vec![Listener {
-            bind: "127.0.0.1:0".parse().unwrap(),
-        }],
+        listeners: vec![Listener::new("127.0.0.1:0".parse().unwrap())],
         ..Config::default()
     };
     let broker = Broker::start_with(config, auth).await.unwrap();
@@ -259,14 +257,13 @@ async fn an_authorizer_decides_publish_and_subscribe() {
     broker.shutdown().await;
 }
 
-// A configuration that asks for `allow_anonymous = false` has no password backend to
-// check passwords with: the broker refuses to start rather than accept any password.
+// A configuration that asks for `allow_anonymous = false` without a password file has
+// no password backend to check passwords with: the broker refuses to start rather than
+// accept any password (with a password file it starts: see `auth_files`).
 #[tokio::test]
 async fn allow_anonymous_false_without_a_backend_is_refused() {
     let mut config = Config {
-        listeners: vec![Listener {
-            bind: "127.0.0.1:0".parse().unwrap(),
-        }],
+        listeners: vec![Listener::new("127.0.0.1:0".parse().unwrap())],
         ..Config::default()
     };
     config.auth.allow_anonymous = false;

@@ -1,6 +1,7 @@
 //! Broker integration tests over real sockets on 127.0.0.1, with clients nobody here
 //! wrote: rumqttc (3.1.1 and 5.0) in-process, and Mosquitto's command-line clients.
 
+mod auth_files;
 mod authorization;
 mod binary;
 mod fuzz;
@@ -25,9 +26,7 @@ use mqtt_broker::{Broker, Config, config::Listener};
 /// A broker on an ephemeral loopback port.
 pub(crate) async fn broker_with(f: impl FnOnce(&mut Config)) -> (Broker, SocketAddr) {
     let mut config = Config {
-        listeners: vec![Listener {
-            bind: "127.0.0.1:0".parse().unwrap(),
-        }],
+        listeners: vec![Listener::new("127.0.0.1:0".parse().unwrap())],
         ..Config::default()
     };
     config.sys.interval = 1;

@@ -6,6 +6,13 @@ use tokio::process::Command;
 use crate::{WAIT, broker};
 
 async fn scenario(name: &str) {
+    let (broker, addr) = broker().await;
+    run(addr.port(), name).await;
+    broker.shutdown().await;
+}
+
+/// Runs scenario `name` of `tests/paho/interop.py` against a broker on `port`.
+pub(crate) async fn run(port: u16, name: &str) {
     let found = std::process::Command::new("python3")
         .args(["-c", "import paho.mqtt.client"])
         .output()
@@ -14,13 +21,12 @@ async fn scenario(name: &str) {
         found,
         "python3 with paho-mqtt not found: `python3 -m pip install paho-mqtt` (the README's test command does)"
     );
-    let (broker, addr) = broker().await;
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/paho/interop.py");
     let out = tokio::time::timeout(
         WAIT * 3,
         Command::new("python3")
             .arg(script)
-            .arg(addr.port().to_string())
+            .arg(port.to_string())
             .arg(name)
             .output(),
     )
@@ -33,7 +39,6 @@ async fn scenario(name: &str) {
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
-    broker.shutdown().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -259,6 +259,11 @@ impl Client {
             .await;
     }
 
+    /// The client's end of the connection.
+    pub(crate) fn local_addr(&self) -> SocketAddr {
+        self.stream.local_addr().unwrap()
+    }
+
     /// Drops the TCP connection without DISCONNECT.
     pub(crate) fn drop_connection(self) {
         drop(self.stream);

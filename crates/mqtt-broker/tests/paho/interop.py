@@ -114,7 +114,42 @@ def retained(version):
         fail(f"retained: {m.topic} {m.payload} {m.retain}")
 
 
+def acl_v5():
+    """Against the password and ACL files of auth_files.rs: alice (password `secret`)
+    may read and write alice/#, read public/#, and nothing else."""
+    c, inbox, conn = client("paho-acl", mqtt.MQTTv5)
+    c.username_pw_set("alice", "secret")
+    subacks = queue.Queue()
+    c.on_subscribe = lambda c, u, mid, codes, p: subacks.put([x.value for x in codes])
+    acks = queue.Queue()
+    c.on_publish = lambda c, u, mid, rc, p: acks.put((mid, rc.value))
+    start(c, conn)
+    c.subscribe([("alice/#", 1), ("secret/#", 1), ("public/#", 0)])
+    codes = subacks.get(timeout=WAIT)
+    if codes != [1, 0x87, 0]:
+        fail(f"SUBACK reason codes {codes}, expected [1, 0x87, 0]")
+    # Refused PUBLISH: PUBACK 0x87 Not authorized; allowed: 0x00.
+    for topic, expected in (("secret/x", 0x87), ("public/x", 0x87), ("alice/x", 0)):
+        info = c.publish(topic, b"m", qos=1)
+        mid, rc = acks.get(timeout=WAIT)
+        if (mid, rc) != (info.mid, expected):
+            fail(f"PUBACK for {topic}: {rc:#x}, expected {expected:#x}")
+    m = get(inbox)
+    if (m.topic, m.payload) != ("alice/x", b"m"):
+        fail(f"alice got {m.topic} {m.payload}")
+    # Wrong password: CONNACK 0x86 Bad User Name or Password.
+    bad, _, bconn = client("paho-acl-bad", mqtt.MQTTv5)
+    bad.username_pw_set("alice", "wrong")
+    bad.connect(HOST, PORT, keepalive=30)
+    bad.loop_start()
+    rc = bconn.get(timeout=WAIT)
+    if rc.value != 0x86:
+        fail(f"wrong password: CONNACK {rc}, expected 0x86")
+    bad.loop_stop()
+
+
 SCENARIOS = {
+    "acl-5": acl_v5,
     "pubsub-311": lambda: pubsub(mqtt.MQTTv311),
     "pubsub-31": lambda: pubsub(mqtt.MQTTv31),
     "pubsub-5": lambda: pubsub(mqtt.MQTTv5),
