@@ -61,11 +61,13 @@ where
     let mut yield_before_routing = !rbuf.is_empty();
     // The acknowledgements of the PUBLISH packets of a batch, decided as they are routed.
     let mut verdicts = Vec::new();
+    // How much the next read asks for: grows while reads fill it (see MAX_READ_CHUNK).
+    let mut chunk = READ_CHUNK;
     // Who the client is, for authorization: fixed for the connection, taken at the
     // first flush.
     let mut principal = None;
     // Bytes already read (behind CONNECT, or on waking) may hold more packets.
-    if feed(shared, handle, generation, decoder, rbuf) {
+    if feed(shared, handle, generation, decoder, rbuf, chunk) {
         return Step::Ended(End::TakenOver);
     }
     loop {
@@ -230,8 +232,9 @@ where
                 }
             };
             out.clear();
-            if out.capacity() > 4 * READ_CHUNK {
-                // Keep idle connections small: a burst's buffer is given back.
+            if out.capacity() > 8 * MAX_READ_CHUNK {
+                // A burst's buffer is given back; a busy connection keeps a moderate one
+                // from batch to batch (and gives it back when idle, see below).
                 out = BytesMut::new();
             }
         }
@@ -275,6 +278,7 @@ where
         // (a new subscriber's SUBSCRIBE, ahead of this client's PUBLISH): before routing
         // what it read, this task then yields once, so that they are taken first, as a
         // single-threaded broker would.
+        let room = rbuf.capacity() - rbuf.len();
         let ready = {
             let mut read = std::pin::pin!(rd.read_buf(rbuf));
             std::future::poll_fn(|cx| {
@@ -317,6 +321,7 @@ where
                         if rbuf.is_empty() {
                             *rbuf = BytesMut::new();
                         }
+                        chunk = READ_CHUNK;
                         out = BytesMut::new();
                         events = Vec::new();
                         matches = Matches::default();
@@ -338,23 +343,38 @@ where
                         .stats
                         .bytes_received
                         .fetch_add(n as u64, Ordering::Relaxed);
+                    if n >= room {
+                        // The client had more to say than there was room for.
+                        chunk = (chunk * 2).min(MAX_READ_CHUNK);
+                    } else if rbuf.len() < chunk / 4 && room > 2 * READ_CHUNK {
+                        // A few bytes in a large buffer: what is kept of them (a
+                        // retained or queued message) would pin the whole buffer, so
+                        // they move to one of the idle size and the large one is freed
+                        // (nothing was decoded from it yet).
+                        let mut small = BytesMut::with_capacity(READ_CHUNK.max(rbuf.len()));
+                        small.extend_from_slice(rbuf);
+                        rbuf.clear();
+                        std::mem::swap(rbuf, &mut small);
+                    }
                 }
             }
-            if feed(shared, handle, generation, decoder, rbuf) {
+            if feed(shared, handle, generation, decoder, rbuf, chunk) {
                 return Step::Ended(End::TakenOver);
             }
         }
     }
 }
 
-/// Decodes every complete packet in `rbuf` into the session. Returns true if the session
-/// was taken over by another connection.
+/// Decodes every complete packet in `rbuf` into the session, then makes room for the
+/// next read of `chunk` bytes. Returns true if the session was taken over by another
+/// connection.
 pub(crate) fn feed(
     shared: &Shared,
     handle: &SessionHandle,
     generation: u64,
     decoder: &mut Decoder,
     rbuf: &mut BytesMut,
+    chunk: usize,
 ) -> bool {
     let mut cell = handle.lock();
     if cell.generation != generation {
@@ -413,11 +433,12 @@ pub(crate) fn feed(
             .messages_received
             .fetch_add(received, Ordering::Relaxed);
     }
-    if rbuf.is_empty() && (rbuf.capacity() > 4 * READ_CHUNK || largest > 4 * READ_CHUNK) {
-        // Idle connections keep a small buffer: a burst's growth is given back.
-        *rbuf = BytesMut::with_capacity(READ_CHUNK);
+    let keep = 4 * chunk.max(READ_CHUNK);
+    if rbuf.is_empty() && (rbuf.capacity() > keep || largest > keep) {
+        // A large packet's buffer is given back once it is read.
+        *rbuf = BytesMut::with_capacity(chunk);
     } else {
-        rbuf.reserve(READ_CHUNK);
+        rbuf.reserve(chunk);
     }
     false
 }

@@ -152,6 +152,7 @@ pub(crate) async fn hibernate<S: Duplex>(
                 conn.generation,
                 &mut conn.decoder,
                 &mut rbuf,
+                READ_CHUNK,
             ) {
                 Err(End::TakenOver)
             } else {

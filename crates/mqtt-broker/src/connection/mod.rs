@@ -44,8 +44,17 @@ use {
     publish::publish,
 };
 
-/// Read buffer size while idle; it grows only for large packets.
+/// Read buffer size while idle; it grows for large packets, and for busy connections up
+/// to [`MAX_READ_CHUNK`].
 pub(crate) const READ_CHUNK: usize = 512;
+
+/// The most a busy connection reads at once. A read that fills the space it was given
+/// doubles the next one's, from [`READ_CHUNK`] up to this: a publisher of 1 KiB messages
+/// then takes several per read (and its subscribers get several per write) instead of
+/// two reads per message. Below `owned::LARGE_BUFFER`, so that the messages read are not
+/// copied; a message kept beyond its read pins at most this much of what the client
+/// sent.
+pub(crate) const MAX_READ_CHUNK: usize = 8 * 1024;
 
 /// What a hibernating connection reads before it has a read buffer.
 pub(crate) const FIRST_READ: usize = 16;
