@@ -232,9 +232,11 @@ where
                 }
             };
             out.clear();
-            if out.capacity() > 8 * MAX_READ_CHUNK {
-                // A burst's buffer is given back; a busy connection keeps a moderate one
-                // from batch to batch (and gives it back when idle, see below).
+            if out.capacity() > 2 * WRITE_HIGH_WATER {
+                // A burst's buffer (a packet larger than a batch) is given back; a busy
+                // connection keeps one batch's from batch to batch, which spares it
+                // growing again (realloc copies) every time, and gives it back when
+                // idle (see below).
                 out = BytesMut::new();
             }
         }
