@@ -5,10 +5,10 @@
 
 use std::{fmt, net::SocketAddr, path::Path, time::Duration};
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 /// The whole configuration.
-#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
     /// Where to accept connections. Default: `0.0.0.0:1883` and `[::]:1883`.
@@ -21,10 +21,12 @@ pub struct Config {
     pub sys: SysConfig,
     /// Who may connect.
     pub auth: AuthConfig,
+    /// The log: level, format, destinations (see [`crate::logging`]).
+    pub log: crate::logging::LogConfig,
 }
 
 /// One listener.
-#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
 pub struct Listener {
     /// The address to bind, e.g. `"0.0.0.0:1883"` or `"[::1]:1884"`.
@@ -32,7 +34,7 @@ pub struct Listener {
 }
 
 /// Limits.
-#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields, default)]
 pub struct LimitsConfig {
     /// Connections open at once; more are refused (CONNACK 0x89 Server busy / 3.x 3).
@@ -83,7 +85,7 @@ pub struct LimitsConfig {
 }
 
 /// Retained messages.
-#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields, default)]
 pub struct RetainConfig {
     /// Whether retained messages are supported (5.0 Retain Available).
@@ -97,7 +99,7 @@ pub struct RetainConfig {
 }
 
 /// `$SYS` topics.
-#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields, default)]
 pub struct SysConfig {
     /// Seconds between updates; 0 turns `$SYS` off.
@@ -105,7 +107,7 @@ pub struct SysConfig {
 }
 
 /// Authentication.
-#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields, default)]
 pub struct AuthConfig {
     /// Whether clients without a user name may connect.
@@ -127,6 +129,7 @@ impl Default for Config {
             retain: RetainConfig::default(),
             sys: SysConfig::default(),
             auth: AuthConfig::default(),
+            log: crate::logging::LogConfig::default(),
         }
     }
 }
@@ -228,6 +231,7 @@ impl Config {
         if !self.auth.allow_anonymous {
             return Err(("auth.allow_anonymous", NO_PASSWORD_BACKEND));
         }
+        self.log.validate()?;
         let l = &self.limits;
         if l.max_packet_size < 64 {
             return Err(("limits.max_packet_size", "must be at least 64 bytes"));
@@ -248,6 +252,11 @@ impl Config {
             return Err(("limits.connect_timeout", "must be at least 1 second"));
         }
         Ok(())
+    }
+
+    /// The configuration as a TOML file would say it (`--print-config`).
+    pub fn to_toml(&self) -> String {
+        toml::to_string(self).unwrap_or_else(|e| format!("# cannot be written as TOML: {e}\n"))
     }
 
     /// How long a new connection has to send CONNECT.

@@ -46,6 +46,7 @@
 
 pub mod auth;
 pub mod config;
+pub mod logging;
 pub mod remote;
 pub mod store;
 

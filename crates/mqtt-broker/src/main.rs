@@ -12,8 +12,12 @@
 use std::{net::SocketAddr, path::PathBuf, process::ExitCode};
 
 use clap::Parser;
-use mqtt_broker::{Broker, Config, config::Listener};
-use tracing::{error, info};
+use mqtt_broker::{
+    Broker, Config,
+    config::Listener,
+    logging::{self, LogLevel, Logging},
+};
+use tracing::{error, info, warn};
 
 /// An MQTT 3.1, 3.1.1 and 5.0 broker.
 ///
@@ -36,28 +40,19 @@ struct Args {
     verbose: bool,
     /// Log level: error, warn, info, debug or trace (RUST_LOG takes precedence).
     #[arg(long = "log-level", value_name = "LEVEL")]
-    log_level: Option<String>,
+    log_level: Option<LogLevel>,
+}
+
+impl Args {
+    /// The level the command line asks for, if it does (`--log-level`, or `-v`).
+    fn level(&self) -> Option<LogLevel> {
+        self.log_level
+            .or_else(|| self.verbose.then_some(LogLevel::Debug))
+    }
 }
 
 fn main() -> ExitCode {
     let args = Args::parse();
-    let level = args.log_level.clone().unwrap_or_else(|| {
-        if args.verbose {
-            "debug".into()
-        } else {
-            "info".into()
-        }
-    });
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
-        tracing_subscriber::EnvFilter::new(format!("{level},mqtt_broker={level}"))
-    });
-    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_ansi(ansi)
-        .with_writer(std::io::stderr)
-        .init();
-
     let mut config = match &args.config {
         Some(path) => match Config::load(path) {
             Ok(c) => c,
@@ -68,6 +63,20 @@ fn main() -> ExitCode {
         },
         None => Config::default(),
     };
+    let logging = match logging::init(&config.log, args.level().unwrap_or(config.log.level)) {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!("mqtt-broker: cannot start logging: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    info!(
+        version = env!("CARGO_PKG_VERSION"),
+        config = %args.config.as_deref().map_or("(defaults)".into(), |p| p.display().to_string()),
+        pid = std::process::id(),
+        "mqtt-broker {} starting",
+        env!("CARGO_PKG_VERSION")
+    );
     if let Some(port) = args.port {
         config.listeners = vec![
             Listener {
@@ -100,11 +109,55 @@ fn main() -> ExitCode {
                 return ExitCode::FAILURE;
             }
         };
+        #[cfg(unix)]
+        let reloader = tokio::spawn(reload_on_hangup(args, logging));
+        #[cfg(not(unix))]
+        let _ = logging;
         wait_for_signal().await;
+        #[cfg(unix)]
+        reloader.abort();
         info!("shutting down");
         broker.shutdown().await;
         ExitCode::SUCCESS
     })
+}
+
+/// On each SIGHUP: reopens the log files (after logrotate moved them), reads the
+/// configuration file again and applies what can change in a running broker (the log
+/// level), logging what it did. A file that no longer reads is reported and changes
+/// nothing: SIGHUP never stops the broker.
+#[cfg(unix)]
+async fn reload_on_hangup(args: Args, logging: Logging) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let Ok(mut hangup) = signal(SignalKind::hangup()) else {
+        warn!("SIGHUP cannot be handled: no reload");
+        return;
+    };
+    while hangup.recv().await.is_some() {
+        info!("SIGHUP: reloading");
+        match logging.reopen() {
+            Ok(0) => {}
+            Ok(n) => info!(files = n, "log files reopened"),
+            Err(e) => error!("log file not reopened: {e}"),
+        }
+        let Some(path) = &args.config else {
+            info!("no configuration file to reload");
+            continue;
+        };
+        let config = match Config::load(path) {
+            Ok(c) => c,
+            Err(e) => {
+                error!("configuration not reloaded, nothing changed: {e}");
+                continue;
+            }
+        };
+        let level = args.level().unwrap_or(config.log.level);
+        if logging.level_from_env() {
+            info!("log level unchanged: RUST_LOG decides it");
+        } else if let Some(before) = logging.set_level(level) {
+            info!("log level: {before} -> {level}");
+        }
+    }
 }
 
 /// SIGINT or SIGTERM.

@@ -100,6 +100,9 @@ pub(crate) struct CellExtra {
     pub(crate) encoded: BytesMut,
     /// How many packets `encoded` holds.
     pub(crate) encoded_count: u32,
+    /// What the client did wrong, when the session closes its connection for a
+    /// protocol error: for the disconnection's log line.
+    pub(crate) close_why: Option<Box<str>>,
 }
 
 impl SessionCell {
@@ -134,11 +137,9 @@ impl SessionCell {
 
     /// Drops the extra part if nothing in it is in use.
     pub(crate) fn shrink_extra(&mut self) {
-        if self
-            .extra
-            .as_ref()
-            .is_some_and(|x| x.encoded_count == 0 && x.shared_unacked.is_empty())
-        {
+        if self.extra.as_ref().is_some_and(|x| {
+            x.encoded_count == 0 && x.shared_unacked.is_empty() && x.close_why.is_none()
+        }) {
             self.extra = None;
         }
     }
@@ -205,6 +206,18 @@ impl SessionCell {
             x.encoded = BytesMut::new();
         }
         self.shrink_extra();
+    }
+
+    /// Notes what the client did wrong, as the session closes its connection.
+    pub(crate) fn set_close_why(&mut self, why: Box<str>) {
+        self.extra_mut().close_why = Some(why);
+    }
+
+    /// Takes what [`SessionCell::set_close_why`] noted.
+    pub(crate) fn take_close_why(&mut self) -> Option<Box<str>> {
+        let why = self.extra.as_deref_mut().and_then(|x| x.close_why.take());
+        self.shrink_extra();
+        why
     }
 
     /// Keeps a QoS 1 message delivered through shared subscription `group` until it is

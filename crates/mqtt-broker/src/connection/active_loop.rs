@@ -15,9 +15,9 @@ use tokio::{
     io::{AsyncRead, AsyncReadExt, AsyncWrite},
     time::{Instant, sleep_until},
 };
-use tracing::{debug, info, warn};
+use tracing::{debug, warn};
 
-use crate::{retained::pump_retained, sessions::SessionHandle, shared::Shared};
+use crate::{logging::Summary, retained::pump_retained, sessions::SessionHandle, shared::Shared};
 
 use super::*;
 
@@ -61,6 +61,9 @@ where
     let mut yield_before_routing = !rbuf.is_empty();
     // The acknowledgements of the PUBLISH packets of a batch, decided as they are routed.
     let mut verdicts = Vec::new();
+    // Why the session asked to close, once it has (see `End::Closed`).
+    let mut closing = None;
+    let mut why = None;
     // Bytes already read (behind CONNECT, or on waking) may hold more packets.
     if feed(shared, handle, generation, decoder, rbuf) {
         return Step::Ended(End::TakenOver);
@@ -86,10 +89,14 @@ where
             // message queued and no control packet waiting when they came (see
             // `ServerSession::takes_encoded_publish`).
             let encoded = u64::from(cell.take_encoded(&mut out));
+            if encoded > 0 {
+                debug!(client = %handle.client_id, count = encoded, "sent QoS 0 PUBLISH packets encoded for all their subscribers");
+            }
             let (mut publishes, mut packets) = (encoded, encoded);
             while let Some(p) = cell.session.poll_transmit(now) {
                 publishes += u64::from(matches!(p, Packet::Publish(_)));
                 packets += 1;
+                debug!(client = %handle.client_id, "sent {}", Summary(&p));
                 if p.encode(version, &mut out).is_err() {
                     warn!(client = %handle.client_id, "a packet did not encode and was dropped");
                 }
@@ -124,6 +131,10 @@ where
                             // A queued QoS 0 message made room for a QoS 1/2 one.
                             shared.overflow(handle, reason, false);
                         }
+                    }
+                    e @ Event::Closed { .. } => {
+                        why = why.or(cell.take_close_why());
+                        events.push(e);
                     }
                     e => events.push(e),
                 }
@@ -164,7 +175,14 @@ where
                     unsubscribe(shared, handle, generation, version, &u);
                     again = true;
                 }
-                Event::PeerDisconnected(_) | Event::Closed { .. } => closed = true,
+                Event::PeerDisconnected(d) => {
+                    closing.get_or_insert(Closing::Client(d.reason_code));
+                    closed = true;
+                }
+                Event::Closed { reason } => {
+                    closing.get_or_insert(Closing::Server(reason, why.take()));
+                    closed = true;
+                }
                 // The will of a connection this one replaced ([MQTT-3.1.2-8]).
                 Event::Will(will) => {
                     shared.route(handle.key, will_message(*will), &mut matches, now);
@@ -198,22 +216,21 @@ where
         // [MQTT-4.3.2-4], [MQTT-4.3.3-8]) before its acknowledgement goes out, and a write
         // failing on a dying connection cannot lose messages already taken from the
         // session.
-        let mut lost = false;
+        let mut lost = None;
         if !out.is_empty() {
             shared
                 .stats
                 .bytes_sent
                 .fetch_add(out.len() as u64, Ordering::Relaxed);
             lost = match write_or_stall(wr, &out, shared.write_timeout()).await {
-                Ok(()) => false,
+                Ok(()) => None,
                 Err(e) => {
                     if e.kind() == std::io::ErrorKind::TimedOut {
                         shared.stats.write_timeouts.fetch_add(1, Ordering::Relaxed);
-                        info!(client = %handle.client_id, "closed: {e} (limits.write_timeout)");
+                        Some(End::Stalled(shared.config.limits.write_timeout))
                     } else {
-                        debug!(client = %handle.client_id, error = %e, "write failed");
+                        Some(End::Failed(e))
                     }
-                    true
                 }
             };
             out.clear();
@@ -222,15 +239,16 @@ where
                 out = BytesMut::new();
             }
         }
-        if lost {
-            return Step::Ended(End::Lost);
+        if let Some(end) = lost {
+            return Step::Ended(end);
         }
         if closed {
             // Write the DISCONNECT the session may have queued, then close so that the
             // client gets to read it.
             flush_last(shared, handle, generation, version, wr).await;
             last_words(rd, wr).await;
-            return Step::Ended(End::Closed);
+            let closing = closing.unwrap_or(Closing::Server(ReasonCode::UNSPECIFIED_ERROR, None));
+            return Step::Ended(End::Closed(Box::new(closing)));
         }
         if again || more {
             continue;
@@ -319,7 +337,8 @@ where
             fresh = false;
             input = true;
             match read {
-                Ok(0) | Err(_) => return Step::Ended(End::Lost),
+                Ok(0) => return Step::Ended(End::Lost),
+                Err(e) => return Step::Ended(End::Failed(e)),
                 Ok(n) => {
                     shared
                         .stats
@@ -358,6 +377,7 @@ pub(crate) fn feed(
         match decoder.decode(rbuf) {
             Ok(Some(mut packet)) => {
                 received += 1;
+                debug!(client = %handle.client_id, "received {}", Summary(&packet));
                 largest = largest.max(before - rbuf.len());
                 match &mut packet {
                     Packet::Publish(p) => crate::owned::own_publish_from(p, buffer),
@@ -371,24 +391,27 @@ pub(crate) fn feed(
                     // [MQTT-3.2.2-14]: CONNACK said Retain Available 0; a retained
                     // PUBLISH is answered with DISCONNECT 0x9A (Retain not supported),
                     // here, where it is known to come from this connection.
-                    cell.session.disconnect_explained(
-                        ReasonCode::RETAIN_NOT_SUPPORTED,
-                        "retained messages are not supported (Retain Available 0)",
-                    );
+                    let why = "retained messages are not supported (Retain Available 0)";
+                    cell.session
+                        .disconnect_explained(ReasonCode::RETAIN_NOT_SUPPORTED, why);
+                    cell.set_close_why(why.into());
                     break;
                 }
                 if let Err(e) = cell.session.handle_packet(now, packet) {
-                    debug!(client = %handle.client_id, error = %e, "protocol error");
                     cell.session.disconnect(e.reason);
+                    cell.set_close_why(match e.rule {
+                        Some(rule) => format!("{} [{rule}]", e.what).into(),
+                        None => e.what.into(),
+                    });
                     break;
                 }
             }
             Ok(None) => break,
             Err(e) => {
-                debug!(client = %handle.client_id, error = %e, "malformed packet");
                 // [MQTT-4.13.1-1]: close, with DISCONNECT and the reason in 5.0.
-                cell.session
-                    .disconnect_explained(e.reason_code(), &e.to_string());
+                let why = e.to_string();
+                cell.session.disconnect_explained(e.reason_code(), &why);
+                cell.set_close_why(why.into());
                 break;
             }
         }

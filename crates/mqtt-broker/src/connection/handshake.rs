@@ -280,7 +280,7 @@ pub(crate) async fn attach<W: AsyncWrite + Unpin>(
         // its connection; a resumed one's is brought up to date.
         shared.record_session(&mut cell, !resumed);
         if taking_over {
-            info!(client = %connect.client_id, %peer, "session taken over");
+            debug!(client = %connect.client_id, %peer, "session taken over");
         }
         let generation = cell.generation;
         drop(cell);
@@ -294,8 +294,32 @@ pub(crate) async fn attach<W: AsyncWrite + Unpin>(
         shared.unsubscribe_all(&handle, stale_filters.iter(), old_version);
     }
     handle.notify.notify_waiters();
-    debug!(client = %connect.client_id, %peer, %version, "connected");
+    log_connect(shared, &connect, peer);
     Some((handle, generation, version))
+}
+
+/// The connection's log line, with what Mosquitto's shows: client identifier, address,
+/// protocol, clean flag, keep-alive, user name (`info`, or `debug` with
+/// `log.connections = false`).
+fn log_connect(shared: &Shared, connect: &Connect, peer: SocketAddr) {
+    macro_rules! line {
+        ($level:ident) => {
+            $level!(
+                client = %connect.client_id,
+                %peer,
+                protocol = %connect.version,
+                clean = connect.clean_start,
+                keep_alive = connect.keep_alive,
+                user = connect.username.as_deref().unwrap_or(""),
+                "connected"
+            )
+        };
+    }
+    if shared.config.log.connections {
+        line!(info);
+    } else {
+        line!(debug);
+    }
 }
 
 /// How long a new connection waits, at most, for the old connection of its Client
