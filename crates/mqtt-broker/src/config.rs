@@ -23,6 +23,18 @@ pub struct Config {
     pub auth: AuthConfig,
     /// The log: level, format, destinations (see [`crate::logging`]).
     pub log: crate::logging::LogConfig,
+    /// The process: its pid file.
+    pub process: ProcessConfig,
+}
+
+/// `[process]`: what a service manager wants to know of the broker's process.
+#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ProcessConfig {
+    /// A file the broker writes its pid to at start, and removes at exit (Mosquitto's
+    /// `pid_file`). Default: none.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pid_file: Option<std::path::PathBuf>,
 }
 
 /// One listener.
@@ -112,6 +124,10 @@ pub struct SysConfig {
 pub struct AuthConfig {
     /// Whether clients without a user name may connect.
     pub allow_anonymous: bool,
+    /// Whether a client may connect with an empty Client Identifier (and be assigned
+    /// one; 3.1.1 with Clean Session only, 5.0); Mosquitto's
+    /// `allow_zero_length_clientid`.
+    pub allow_zero_length_client_id: bool,
 }
 
 impl Default for Config {
@@ -130,6 +146,7 @@ impl Default for Config {
             sys: SysConfig::default(),
             auth: AuthConfig::default(),
             log: crate::logging::LogConfig::default(),
+            process: ProcessConfig::default(),
         }
     }
 }
@@ -179,6 +196,7 @@ impl Default for AuthConfig {
     fn default() -> Self {
         Self {
             allow_anonymous: true,
+            allow_zero_length_client_id: true,
         }
     }
 }
@@ -196,6 +214,12 @@ pub struct ConfigError {
     message: String,
 }
 
+impl ConfigError {
+    pub(crate) fn new(message: String) -> Self {
+        Self { message }
+    }
+}
+
 impl fmt::Display for ConfigError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.message)
@@ -205,11 +229,15 @@ impl fmt::Display for ConfigError {
 impl std::error::Error for ConfigError {}
 
 impl Config {
-    /// Reads and checks a configuration file.
+    /// Reads and checks a configuration file: TOML, or Mosquitto's `mosquitto.conf`
+    /// (told apart by content, see [`crate::mosquitto_conf::looks_like_mosquitto`]).
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
             message: format!("{}: {e}", path.display()),
         })?;
+        if crate::mosquitto_conf::looks_like_mosquitto(&text) {
+            return crate::mosquitto_conf::parse(&text, path);
+        }
         Self::parse(&text, &path.display().to_string())
     }
 
@@ -227,7 +255,7 @@ impl Config {
         Ok(config)
     }
 
-    fn validate(&self) -> Result<(), (&'static str, &'static str)> {
+    pub(crate) fn validate(&self) -> Result<(), (&'static str, &'static str)> {
         if !self.auth.allow_anonymous {
             return Err(("auth.allow_anonymous", NO_PASSWORD_BACKEND));
         }
@@ -349,6 +377,18 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.starts_with("b.toml:2:"), "{err}");
+    }
+
+    #[test]
+    fn printed_toml_reads_back_the_same() {
+        let mut c = Config::default();
+        c.limits.max_inflight = 7;
+        c.log.dest = vec![crate::logging::LogDest::File];
+        c.log.file = Some("/var/log/b.log".into());
+        c.process.pid_file = Some("/run/b.pid".into());
+        assert_eq!(Config::parse(&c.to_toml(), "printed").unwrap(), c);
+        let d = Config::default();
+        assert_eq!(Config::parse(&d.to_toml(), "printed").unwrap(), d);
     }
 
     #[test]

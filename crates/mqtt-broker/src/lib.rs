@@ -47,6 +47,7 @@
 pub mod auth;
 pub mod config;
 pub mod logging;
+pub mod mosquitto_conf;
 pub mod remote;
 pub mod store;
 

@@ -26,9 +26,23 @@ use tracing::{error, info, warn};
 #[derive(Debug, Parser)]
 #[command(name = "mqtt-broker", version, about, long_about = None)]
 struct Args {
-    /// Configuration file (TOML); see docs/configuration.md.
+    /// Configuration file: TOML, or Mosquitto's mosquitto.conf (told apart by content);
+    /// see docs/configuration.md.
     #[arg(short = 'c', long = "config", value_name = "FILE")]
     config: Option<PathBuf>,
+    /// Configuration file in Mosquitto's format, whatever it looks like.
+    #[arg(
+        long = "mosquitto-conf",
+        value_name = "FILE",
+        conflicts_with = "config"
+    )]
+    mosquitto_conf: Option<PathBuf>,
+    /// Print the configuration (the file with the flags applied) as TOML, and exit.
+    #[arg(long = "print-config")]
+    print_config: bool,
+    /// Check the configuration, and exit: 0 if the broker would start with it.
+    #[arg(long = "test-config")]
+    test_config: bool,
     /// Listen on this port on 0.0.0.0 and [::] instead of the configured listeners.
     #[arg(short = 'p', long = "port")]
     port: Option<u16>,
@@ -44,6 +58,38 @@ struct Args {
 }
 
 impl Args {
+    /// The configuration: the file's (with the flags that override it), or the
+    /// defaults.
+    fn load(&self) -> Result<Config, mqtt_broker::config::ConfigError> {
+        let mut config = match (&self.config, &self.mosquitto_conf) {
+            (Some(path), _) => Config::load(path)?,
+            (None, Some(path)) => mqtt_broker::mosquitto_conf::load(path)?,
+            (None, None) => Config::default(),
+        };
+        if let Some(port) = self.port {
+            config.listeners = vec![
+                Listener {
+                    bind: SocketAddr::from(([0, 0, 0, 0], port)),
+                },
+                Listener {
+                    bind: SocketAddr::from(([0u16; 8], port)),
+                },
+            ];
+        }
+        if !self.listen.is_empty() {
+            config.listeners = self.listen.iter().map(|&bind| Listener { bind }).collect();
+        }
+        if let Some(level) = self.level() {
+            config.log.level = level;
+        }
+        Ok(config)
+    }
+
+    /// The configuration file, if any.
+    fn file(&self) -> Option<&std::path::Path> {
+        self.config.as_deref().or(self.mosquitto_conf.as_deref())
+    }
+
     /// The level the command line asks for, if it does (`--log-level`, or `-v`).
     fn level(&self) -> Option<LogLevel> {
         self.log_level
@@ -53,17 +99,27 @@ impl Args {
 
 fn main() -> ExitCode {
     let args = Args::parse();
-    let mut config = match &args.config {
-        Some(path) => match Config::load(path) {
-            Ok(c) => c,
-            Err(e) => {
-                eprintln!("mqtt-broker: invalid configuration: {e}");
-                return ExitCode::from(2);
-            }
-        },
-        None => Config::default(),
+    let config = match args.load() {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("mqtt-broker: invalid configuration: {e}");
+            return ExitCode::from(2);
+        }
     };
-    let logging = match logging::init(&config.log, args.level().unwrap_or(config.log.level)) {
+    if args.print_config {
+        use std::io::Write;
+        let _ = std::io::stdout().write_all(config.to_toml().as_bytes());
+        return ExitCode::SUCCESS;
+    }
+    if args.test_config {
+        eprintln!(
+            "mqtt-broker: configuration OK{}",
+            args.file()
+                .map_or(String::new(), |p| format!(": {}", p.display()))
+        );
+        return ExitCode::SUCCESS;
+    }
+    let logging = match logging::init(&config.log, config.log.level) {
         Ok(l) => l,
         Err(e) => {
             eprintln!("mqtt-broker: cannot start logging: {e}");
@@ -72,25 +128,28 @@ fn main() -> ExitCode {
     };
     info!(
         version = env!("CARGO_PKG_VERSION"),
-        config = %args.config.as_deref().map_or("(defaults)".into(), |p| p.display().to_string()),
+        config = %args.file().map_or("(defaults)".into(), |p| p.display().to_string()),
         pid = std::process::id(),
         "mqtt-broker {} starting",
         env!("CARGO_PKG_VERSION")
     );
-    if let Some(port) = args.port {
-        config.listeners = vec![
-            Listener {
-                bind: SocketAddr::from(([0, 0, 0, 0], port)),
-            },
-            Listener {
-                bind: SocketAddr::from(([0u16; 8], port)),
-            },
-        ];
+    // The pid file, written before the listeners open and removed at exit.
+    let pid_file = config.process.pid_file.clone();
+    if let Some(path) = &pid_file {
+        if let Err(e) = std::fs::write(path, format!("{}\n", std::process::id())) {
+            error!("pid file {}: {e}", path.display());
+            return ExitCode::FAILURE;
+        }
     }
-    if !args.listen.is_empty() {
-        config.listeners = args.listen.iter().map(|&bind| Listener { bind }).collect();
+    let code = serve(args, config, logging);
+    if let Some(path) = &pid_file {
+        let _ = std::fs::remove_file(path);
     }
+    code
+}
 
+/// Runs the broker until SIGINT or SIGTERM.
+fn serve(args: Args, config: Config, logging: Logging) -> ExitCode {
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -140,18 +199,18 @@ async fn reload_on_hangup(args: Args, logging: Logging) {
             Ok(n) => info!(files = n, "log files reopened"),
             Err(e) => error!("log file not reopened: {e}"),
         }
-        let Some(path) = &args.config else {
+        if args.file().is_none() {
             info!("no configuration file to reload");
             continue;
-        };
-        let config = match Config::load(path) {
+        }
+        let config = match args.load() {
             Ok(c) => c,
             Err(e) => {
                 error!("configuration not reloaded, nothing changed: {e}");
                 continue;
             }
         };
-        let level = args.level().unwrap_or(config.log.level);
+        let level = config.log.level;
         if logging.level_from_env() {
             info!("log level unchanged: RUST_LOG decides it");
         } else if let Some(before) = logging.set_level(level) {

@@ -140,6 +140,7 @@ pub(crate) async fn attach<W: AsyncWrite + Unpin>(
         // [MQTT-3.1.3-8] (3.1.1): an empty id needs Clean Session; 3.1 needs an id.
         if version == ProtocolVersion::V3_1
             || (version == ProtocolVersion::V3_1_1 && !connect.clean_start)
+            || !shared.config.auth.allow_zero_length_client_id
         {
             send_connack(wr, version, ReasonCode::CLIENT_IDENTIFIER_NOT_VALID).await;
             return None;

@@ -3,6 +3,7 @@
 //! Traffic comes from Mosquitto's own clients.
 
 mod logs;
+mod mosquitto_conf;
 
 use std::{
     io::{BufRead, BufReader},
