@@ -25,6 +25,8 @@ pub struct Config {
     pub log: crate::logging::LogConfig,
     /// The process: its pid file.
     pub process: ProcessConfig,
+    /// The HTTP listener: metrics, the admin API, the dashboard (see [`crate::http`]).
+    pub http: crate::http::HttpConfig,
 }
 
 /// `[process]`: what a service manager wants to know of the broker's process.
@@ -147,6 +149,7 @@ impl Default for Config {
             auth: AuthConfig::default(),
             log: crate::logging::LogConfig::default(),
             process: ProcessConfig::default(),
+            http: crate::http::HttpConfig::default(),
         }
     }
 }
@@ -260,6 +263,7 @@ impl Config {
             return Err(("auth.allow_anonymous", NO_PASSWORD_BACKEND));
         }
         self.log.validate()?;
+        self.http.validate()?;
         let l = &self.limits;
         if l.max_packet_size < 64 {
             return Err(("limits.max_packet_size", "must be at least 64 bytes"));

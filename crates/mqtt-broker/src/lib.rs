@@ -46,6 +46,7 @@
 
 pub mod auth;
 pub mod config;
+pub mod http;
 pub mod logging;
 pub mod mosquitto_conf;
 pub mod remote;
@@ -106,6 +107,7 @@ pub struct Broker {
     shared: Arc<Shared>,
     tasks: JoinSet<()>,
     local_addrs: Vec<SocketAddr>,
+    http_addr: Option<SocketAddr>,
 }
 
 impl Broker {
@@ -166,6 +168,18 @@ impl Broker {
                 .pop()
                 .unwrap_or_else(|| io::Error::other("no listener configured")));
         }
+        let http_addr = match shared.config.http.bind {
+            Some(bind) => {
+                let l = http::bind(bind)
+                    .await
+                    .map_err(|e| io::Error::new(e.kind(), format!("http.bind {bind}: {e}")))?;
+                let addr = l.local_addr()?;
+                info!(%addr, "HTTP listening (metrics, admin API, dashboard)");
+                tasks.spawn(http::serve(Arc::clone(&shared), l));
+                Some(addr)
+            }
+            None => None,
+        };
         tasks.spawn(timers::run(Arc::clone(&shared)));
         if shared.config.sys.interval > 0 {
             tasks.spawn(sys::run(
@@ -180,6 +194,7 @@ impl Broker {
             shared,
             tasks,
             local_addrs,
+            http_addr,
         })
     }
 
@@ -216,6 +231,11 @@ impl Broker {
         let from = origin.map_or(0, remote::RemoteSubscription::key);
         self.shared
             .route(from, message, &mut matches, self.shared.now())
+    }
+
+    /// The HTTP listener's address, if `http.bind` is set (useful with port 0).
+    pub fn http_addr(&self) -> Option<SocketAddr> {
+        self.http_addr
     }
 
     /// The bound addresses (useful with port 0).

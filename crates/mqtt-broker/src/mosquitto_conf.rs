@@ -1,8 +1,8 @@
 //! Mosquitto's configuration file, read as it is: `mosquitto.conf` (with its
 //! `include_dir`) mapped onto a [`Config`], key by key.
 //!
-//! Every key is one arm of [`Mapper::apply`]: mapped onto a field, refused because
-//! what it configures is being built elsewhere ([`pending`]: TLS, WebSocket, password
+//! Every key is one arm of `Mapper::apply`: mapped onto a field, refused because
+//! what it configures is being built elsewhere (`pending`: TLS, WebSocket, password
 //! and ACL files, persistence; such an arm becomes a one-line mapping once the field
 //! exists), or refused as not supported. A key is never ignored without a word: an
 //! error names the file, the line and the key, and says what to do. `--print-config`

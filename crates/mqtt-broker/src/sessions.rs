@@ -269,6 +269,12 @@ impl Shared {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
+    /// Every session, as the registry holds them now (a snapshot of handles taken under
+    /// its lock; each session is locked, if at all, after it is released).
+    pub(crate) fn handles(&self) -> Vec<Arc<SessionHandle>> {
+        self.registry().iter().map(|r| Arc::clone(&r.0)).collect()
+    }
+
     /// A client identifier for a client that sent none.
     pub(crate) fn assign_client_id(&self) -> ByteStr {
         let n = self.next_client.fetch_add(1, Ordering::Relaxed);

@@ -65,6 +65,36 @@ pub(crate) struct Stats {
     /// `retain.max_bytes`.
     pub(crate) retained_refused: AtomicU64,
     pub(crate) connections_total: AtomicU64,
+    /// PUBLISH packets received, by QoS (added once per batch read).
+    pub(crate) publish_received_qos: [AtomicU64; 3],
+    /// PUBLISH packets sent, by QoS (added once per batch written).
+    pub(crate) publish_sent_qos: [AtomicU64; 3],
+    /// Payload bytes of the PUBLISH packets received, by QoS.
+    pub(crate) payload_received_qos: [AtomicU64; 3],
+    /// Payload bytes of the PUBLISH packets sent, by QoS (QoS 0 packets encoded once for
+    /// many subscribers count their whole packet).
+    pub(crate) payload_sent_qos: [AtomicU64; 3],
+    /// How long QoS 1 and 2 PUBLISH packets wait for the broker's acknowledgement
+    /// (routing, then writing PUBACK / PUBREC), sampled (see `connection::active_loop`).
+    pub(crate) ack_latency: crate::http::metrics::Histogram,
+}
+
+impl Stats {
+    /// Adds a batch's PUBLISH packets and payload bytes by QoS (`received`, or sent),
+    /// one relaxed addition per QoS that has any.
+    pub(crate) fn add_by_qos(&self, packets: [u64; 3], bytes: [u64; 3], received: bool) {
+        let (p, b) = if received {
+            (&self.publish_received_qos, &self.payload_received_qos)
+        } else {
+            (&self.publish_sent_qos, &self.payload_sent_qos)
+        };
+        for ((n, bytes), (pc, bc)) in packets.into_iter().zip(bytes).zip(p.iter().zip(b)) {
+            if n > 0 {
+                pc.fetch_add(n, Ordering::Relaxed);
+                bc.fetch_add(bytes, Ordering::Relaxed);
+            }
+        }
+    }
 }
 
 /// Everything the connection tasks share.

@@ -21,6 +21,10 @@ use crate::{logging::Summary, retained::pump_retained, sessions::SessionHandle, 
 
 use super::*;
 
+/// One in this many batches with QoS 1/2 PUBLISH packets has its acknowledgement
+/// latency measured: two clock readings, for a histogram, not for every batch.
+const ACK_SAMPLE: u32 = 16;
+
 #[allow(clippy::too_many_arguments)]
 pub(crate) async fn run_loop<R, W>(
     shared: &Arc<Shared>,
@@ -64,6 +68,10 @@ where
     // Why the session asked to close, once it has (see `End::Closed`).
     let mut closing = None;
     let mut why = None;
+    // Batches with QoS 1/2 PUBLISH packets, of which one in ACK_SAMPLE has the time to
+    // its acknowledgements measured (`Stats::ack_latency`), from when it is routed.
+    let mut ack_batches: u32 = 0;
+    let mut ack_started: Option<std::time::Instant> = None;
     // Bytes already read (behind CONNECT, or on waking) may hold more packets.
     if feed(shared, handle, generation, decoder, rbuf) {
         return Step::Ended(End::TakenOver);
@@ -88,13 +96,23 @@ where
             // Packets encoded for many subscribers go first: the session had no QoS 0
             // message queued and no control packet waiting when they came (see
             // `ServerSession::takes_encoded_publish`).
+            let before = out.len();
             let encoded = u64::from(cell.take_encoded(&mut out));
+            let mut sent_qos = [encoded, 0, 0];
+            let mut sent_bytes = [(out.len() - before) as u64, 0, 0];
             if encoded > 0 {
                 debug!(client = %handle.client_id, count = encoded, "sent QoS 0 PUBLISH packets encoded for all their subscribers");
             }
             let (mut publishes, mut packets) = (encoded, encoded);
             while let Some(p) = cell.session.poll_transmit(now) {
-                publishes += u64::from(matches!(p, Packet::Publish(_)));
+                if let Packet::Publish(publish) = &p {
+                    publishes += 1;
+                    let qos = publish.qos_pid.qos() as usize;
+                    if let (Some(n), Some(b)) = (sent_qos.get_mut(qos), sent_bytes.get_mut(qos)) {
+                        *n += 1;
+                        *b += publish.payload.len() as u64;
+                    }
+                }
                 packets += 1;
                 debug!(client = %handle.client_id, "sent {}", Summary(&p));
                 if p.encode(version, &mut out).is_err() {
@@ -118,6 +136,7 @@ where
                         .stats
                         .publish_sent
                         .fetch_add(publishes, Ordering::Relaxed);
+                    shared.stats.add_by_qos(sent_qos, sent_bytes, false);
                 }
             }
             while let Some(e) = cell.session.poll_event() {
@@ -155,6 +174,7 @@ where
         let mut again = false;
         let mut closed = false;
         let mut received = 0;
+        let (mut received_qos, mut received_bytes) = ([0u64; 3], [0u64; 3]);
         // One clock reading for the batch: routing reads it for every message otherwise.
         let now = shared.now();
         for event in events.drain(..) {
@@ -162,6 +182,20 @@ where
                 Event::Message(m, arrival) => {
                     received += 1;
                     let qos = m.qos;
+                    if let (Some(n), Some(b)) = (
+                        received_qos.get_mut(qos as usize),
+                        received_bytes.get_mut(qos as usize),
+                    ) {
+                        *n += 1;
+                        *b += m.payload.len() as u64;
+                    }
+                    if qos != QoS::AtMostOnce && verdicts.is_empty() {
+                        // The first QoS 1/2 message of the batch: sampled?
+                        if ack_batches % ACK_SAMPLE == 0 {
+                            ack_started = Some(std::time::Instant::now());
+                        }
+                        ack_batches = ack_batches.wrapping_add(1);
+                    }
                     let verdict = publish(shared, handle, m, &mut matches, now);
                     if qos != QoS::AtMostOnce {
                         verdicts.push((qos, arrival.packet_id, verdict));
@@ -207,6 +241,7 @@ where
                 .stats
                 .publish_received
                 .fetch_add(received, Ordering::Relaxed);
+            shared.stats.add_by_qos(received_qos, received_bytes, true);
         }
         // Retained messages of new subscriptions, as the session's queue has room.
         if !backlog.is_empty() && pump_retained(shared, handle, &mut backlog) {
@@ -223,7 +258,12 @@ where
                 .bytes_sent
                 .fetch_add(out.len() as u64, Ordering::Relaxed);
             lost = match write_or_stall(wr, &out, shared.write_timeout()).await {
-                Ok(()) => None,
+                Ok(()) => {
+                    if let Some(started) = ack_started.take() {
+                        shared.stats.ack_latency.observe(started.elapsed());
+                    }
+                    None
+                }
                 Err(e) => {
                     if e.kind() == std::io::ErrorKind::TimedOut {
                         shared.stats.write_timeouts.fetch_add(1, Ordering::Relaxed);

@@ -2,7 +2,9 @@
 //! Mosquitto's configuration file, the HTTP listener (metrics, admin API), signals.
 //! Traffic comes from Mosquitto's own clients.
 
+mod admin;
 mod logs;
+mod metrics;
 mod mosquitto_conf;
 
 use std::{
@@ -166,4 +168,58 @@ pub(crate) fn write_file(dir: &Path, name: &str, text: &str) -> PathBuf {
     let path = dir.join(name);
     std::fs::write(&path, text).unwrap();
     path
+}
+
+/// One HTTP/1.1 request over a fresh connection (`Connection: close`): the status and
+/// the body.
+pub(crate) fn http(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+) -> (u16, String) {
+    use std::io::{Read, Write};
+    let mut s = tcp(addr);
+    let auth = token.map_or(String::new(), |t| format!("Authorization: Bearer {t}\r\n"));
+    write!(
+        s,
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\n{auth}Content-Length: 0\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut response = String::new();
+    s.read_to_string(&mut response).unwrap();
+    let (head, body) = response.split_once("\r\n\r\n").unwrap_or((&response, ""));
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or_else(|| panic!("no status in {head:?}"));
+    (status, body.to_owned())
+}
+
+/// The HTTP listener's address, from the broker's log.
+pub(crate) fn http_addr(broker: &Broker) -> SocketAddr {
+    let line = broker.wait_for("HTTP listening");
+    line.split("addr=")
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next())
+        .unwrap_or_else(|| panic!("no address in {line:?}"))
+        .parse()
+        .unwrap()
+}
+
+/// A broker binary with the HTTP listener on (and an admin token, if given).
+pub(crate) fn broker_with_http(name: &str, token: Option<&str>) -> (Broker, SocketAddr) {
+    let dir = scratch(name);
+    let token = token.map_or(String::new(), |t| format!("admin_token = \"{t}\"\n"));
+    let conf = write_file(
+        &dir,
+        "broker.toml",
+        &format!(
+            "[[listeners]]\nbind = \"127.0.0.1:0\"\n[sys]\ninterval = 1\n[http]\nbind = \"127.0.0.1:0\"\n{token}"
+        ),
+    );
+    let broker = Broker::start(&["-c", conf.to_str().unwrap()]);
+    let http = http_addr(&broker);
+    (broker, http)
 }
