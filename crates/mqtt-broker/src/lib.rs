@@ -49,6 +49,7 @@ pub mod config;
 pub mod http;
 pub mod logging;
 pub mod mosquitto_conf;
+pub mod reload;
 pub mod remote;
 pub mod store;
 
@@ -108,6 +109,9 @@ pub struct Broker {
     tasks: JoinSet<()>,
     local_addrs: Vec<SocketAddr>,
     http_addr: Option<SocketAddr>,
+    /// The configuration in force: the one started with, and the live keys of each
+    /// reload since.
+    effective: std::sync::Mutex<Config>,
 }
 
 impl Broker {
@@ -190,11 +194,13 @@ impl Broker {
         if let Ok(mut addrs) = shared.local_addrs.lock() {
             addrs.clone_from(&local_addrs);
         }
+        let effective = std::sync::Mutex::new(shared.config.clone());
         Ok(Self {
             shared,
             tasks,
             local_addrs,
             http_addr,
+            effective,
         })
     }
 
@@ -231,6 +237,21 @@ impl Broker {
         let from = origin.map_or(0, remote::RemoteSubscription::key);
         self.shared
             .route(from, message, &mut matches, self.shared.now())
+    }
+
+    /// Applies what can change in a running broker from `new` (a configuration read
+    /// again, on SIGHUP): the live limits (see [`reload`]) at once; the rest is
+    /// reported as waiting for a restart. `log.level` is reported applied: the caller,
+    /// which owns the log, applies it.
+    pub fn reload(&self, new: &Config) -> reload::Reloaded {
+        let mut effective = self
+            .effective
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let reloaded = reload::split(reload::changes(&effective, new));
+        *effective = reload::merged(&effective, new);
+        self.shared.live.apply(&effective);
+        reloaded
     }
 
     /// The HTTP listener's address, if `http.bind` is set (useful with port 0).

@@ -23,7 +23,7 @@ use tracing::{error, info, warn};
 ///
 /// With no arguments it listens on 0.0.0.0:1883 and [::]:1883 and allows anonymous
 /// clients. Options given here override the configuration file.
-#[derive(Debug, Parser)]
+#[derive(Clone, Debug, Parser)]
 #[command(name = "mqtt-broker", version, about, long_about = None)]
 struct Args {
     /// Configuration file: TOML, or Mosquitto's mosquitto.conf (told apart by content);
@@ -161,6 +161,9 @@ fn serve(args: Args, config: Config, logging: Logging) -> ExitCode {
         }
     };
     runtime.block_on(async move {
+        // SIGHUP is handled from before the listeners open: its default would end the
+        // process.
+        let mut hangups = Hangups::install();
         let broker = match Broker::start(config).await {
             Ok(b) => b,
             Err(e) => {
@@ -168,54 +171,102 @@ fn serve(args: Args, config: Config, logging: Logging) -> ExitCode {
                 return ExitCode::FAILURE;
             }
         };
-        #[cfg(unix)]
-        let reloader = tokio::spawn(reload_on_hangup(args, logging));
-        #[cfg(not(unix))]
-        let _ = logging;
-        wait_for_signal().await;
-        #[cfg(unix)]
-        reloader.abort();
+        let stop = wait_for_signal();
+        tokio::pin!(stop);
+        loop {
+            tokio::select! {
+                () = &mut stop => break,
+                () = hangups.next() => reload(&args, &logging, &broker).await,
+            }
+        }
         info!("shutting down");
         broker.shutdown().await;
         ExitCode::SUCCESS
     })
 }
 
-/// On each SIGHUP: reopens the log files (after logrotate moved them), reads the
-/// configuration file again and applies what can change in a running broker (the log
-/// level), logging what it did. A file that no longer reads is reported and changes
-/// nothing: SIGHUP never stops the broker.
-#[cfg(unix)]
-async fn reload_on_hangup(args: Args, logging: Logging) {
-    use tokio::signal::unix::{SignalKind, signal};
-    let Ok(mut hangup) = signal(SignalKind::hangup()) else {
-        warn!("SIGHUP cannot be handled: no reload");
-        return;
-    };
-    while hangup.recv().await.is_some() {
-        info!("SIGHUP: reloading");
-        match logging.reopen() {
-            Ok(0) => {}
-            Ok(n) => info!(files = n, "log files reopened"),
-            Err(e) => error!("log file not reopened: {e}"),
+/// SIGHUP, as a stream (never, where there are no signals).
+struct Hangups {
+    #[cfg(unix)]
+    signal: Option<tokio::signal::unix::Signal>,
+}
+
+impl Hangups {
+    fn install() -> Self {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{SignalKind, signal};
+            let signal = signal(SignalKind::hangup())
+                .inspect_err(|e| warn!("SIGHUP cannot be handled, no reload: {e}"))
+                .ok();
+            Self { signal }
         }
-        if args.file().is_none() {
-            info!("no configuration file to reload");
-            continue;
-        }
-        let config = match args.load() {
-            Ok(c) => c,
-            Err(e) => {
-                error!("configuration not reloaded, nothing changed: {e}");
-                continue;
+        #[cfg(not(unix))]
+        Self {}
+    }
+
+    /// The next SIGHUP.
+    async fn next(&mut self) {
+        #[cfg(unix)]
+        if let Some(signal) = &mut self.signal {
+            if signal.recv().await.is_some() {
+                return;
             }
-        };
-        let level = config.log.level;
-        if logging.level_from_env() {
-            info!("log level unchanged: RUST_LOG decides it");
-        } else if let Some(before) = logging.set_level(level) {
-            info!("log level: {before} -> {level}");
         }
+        std::future::pending::<()>().await;
+    }
+}
+
+/// On SIGHUP: reopens the log files (after logrotate moved them), reads the
+/// configuration file again and applies what can change in a running broker (the log
+/// level, the limits of `mqtt_broker::reload`), logging what it did and what waits for
+/// a restart. A file that no longer reads is reported and changes nothing: SIGHUP never
+/// stops the broker.
+async fn reload(args: &Args, logging: &Logging, broker: &Broker) {
+    info!("SIGHUP: reloading");
+    match logging.reopen() {
+        Ok(0) => {}
+        Ok(n) => info!(files = n, "log files reopened"),
+        Err(e) => error!("log file not reopened: {e}"),
+    }
+    if args.file().is_none() {
+        info!("no configuration file to reload");
+        return;
+    }
+    // Reading the file blocks: not on a runtime thread.
+    let reader = args.clone();
+    let config = match tokio::task::spawn_blocking(move || reader.load()).await {
+        Ok(Ok(c)) => c,
+        Ok(Err(e)) => {
+            error!("configuration not reloaded, nothing changed: {e}");
+            return;
+        }
+        Err(e) => {
+            error!("configuration not reloaded, nothing changed: {e}");
+            return;
+        }
+    };
+    let reloaded = broker.reload(&config);
+    for change in &reloaded.applied {
+        if change.key == "log.level" {
+            let level = config.log.level;
+            if logging.level_from_env() {
+                info!("log level unchanged: RUST_LOG decides it");
+            } else if let Some(before) = logging.set_level(level) {
+                info!("log level: {before} -> {level}");
+            }
+        } else {
+            info!("{}: {} -> {} (applied)", change.key, change.from, change.to);
+        }
+    }
+    for change in &reloaded.need_restart {
+        warn!(
+            "{}: {} -> {} takes effect at the next start",
+            change.key, change.from, change.to
+        );
+    }
+    if reloaded.applied.is_empty() && reloaded.need_restart.is_empty() {
+        info!("configuration unchanged");
     }
 }
 

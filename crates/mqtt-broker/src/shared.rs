@@ -101,6 +101,9 @@ impl Stats {
 #[derive(Debug)]
 pub(crate) struct Shared {
     pub(crate) config: Config,
+    /// The limits a reload can change while the broker runs (see `reload`): read
+    /// there, not in `config`.
+    pub(crate) live: crate::reload::Live,
     /// Authentication and authorization backends.
     pub(crate) auth: Auth,
     /// Where retained messages and persistent sessions are kept (see `store`).
@@ -156,6 +159,7 @@ impl Shared {
         let limits = Arc::new(config.session_limits());
         let Backends { auth, store } = backends;
         Self {
+            live: crate::reload::Live::new(&config),
             config,
             auth,
             durable: store.is_durable(),
@@ -291,6 +295,6 @@ impl Shared {
     /// How long a write may make no progress before the connection is closed
     /// (`limits.write_timeout`).
     pub(crate) fn write_timeout(&self) -> std::time::Duration {
-        std::time::Duration::from_secs(self.config.limits.write_timeout)
+        std::time::Duration::from_secs(self.live.write_timeout_secs())
     }
 }

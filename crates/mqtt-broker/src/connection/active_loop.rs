@@ -267,7 +267,7 @@ where
                 Err(e) => {
                     if e.kind() == std::io::ErrorKind::TimedOut {
                         shared.stats.write_timeouts.fetch_add(1, Ordering::Relaxed);
-                        Some(End::Stalled(shared.config.limits.write_timeout))
+                        Some(End::Stalled(shared.live.write_timeout_secs()))
                     } else {
                         Some(End::Failed(e))
                     }

@@ -103,7 +103,7 @@ pub(crate) async fn detach<S: Duplex>(conn: &mut Conn<S>, end: End) {
 /// The disconnection's log line: the client and why (`info`, or `debug` with
 /// `log.connections = false`).
 pub(crate) fn log_end(shared: &Shared, client: &str, end: &End) {
-    if shared.config.log.connections {
+    if shared.live.log_connections() {
         info!(client = %client, "disconnected: {end}");
     } else {
         debug!(client = %client, "disconnected: {end}");

@@ -41,7 +41,7 @@ pub(crate) async fn open<S: Duplex>(
     decoder.set_max_packet_size(shared.config.limits.max_packet_size);
     let mut rbuf = BytesMut::with_capacity(READ_CHUNK);
     let connect = match timeout(
-        shared.config.connect_timeout(),
+        shared.live.connect_timeout(),
         read_packet(&mut stream, &mut rbuf, &mut decoder),
     )
     .await
@@ -194,8 +194,8 @@ pub(crate) async fn attach<W: AsyncWrite + Unpin>(
         send_connack(wr, version, ReasonCode::RETAIN_NOT_SUPPORTED).await;
         return None;
     }
-    let limits = &shared.config.limits;
-    if connect.client_id.len() > limits.max_client_id_len {
+    let limits = &shared.live;
+    if connect.client_id.len() > limits.max_client_id_len() {
         debug!(%peer, len = connect.client_id.len(), "client identifier too long (limits.max_client_id_len)");
         shared
             .stats
@@ -204,7 +204,7 @@ pub(crate) async fn attach<W: AsyncWrite + Unpin>(
         send_connack(wr, version, ReasonCode::CLIENT_IDENTIFIER_NOT_VALID).await;
         return None;
     }
-    if shared.session_count() >= limits.max_sessions
+    if shared.session_count() >= limits.max_sessions()
         && shared.existing_session(&connect.client_id).is_none()
     {
         warn!(%peer, client = %connect.client_id, "limits.max_sessions reached: connection refused");
@@ -216,7 +216,7 @@ pub(crate) async fn attach<W: AsyncWrite + Unpin>(
         return None;
     }
     let connected = shared.stats.connected.fetch_add(1, Ordering::Relaxed) + 1;
-    if connected > limits.max_connections {
+    if connected > limits.max_connections() {
         shared.stats.connected.fetch_sub(1, Ordering::Relaxed);
         shared
             .stats
@@ -316,7 +316,7 @@ fn log_connect(shared: &Shared, connect: &Connect, peer: SocketAddr) {
             )
         };
     }
-    if shared.config.log.connections {
+    if shared.live.log_connections() {
         line!(info);
     } else {
         line!(debug);

@@ -45,7 +45,7 @@ pub(crate) fn subscribe(
     s: &Subscribe,
     backlog: &mut VecDeque<RetainedBacklog>,
 ) {
-    if shared.config.log.subscriptions {
+    if shared.live.log_subscriptions() {
         let filters: Vec<String> = s
             .subscriptions
             .iter()
@@ -159,7 +159,7 @@ pub(crate) fn unsubscribe(
     version: ProtocolVersion,
     u: &Unsubscribe,
 ) {
-    if shared.config.log.subscriptions {
+    if shared.live.log_subscriptions() {
         let filters: Vec<String> = u.filters.iter().map(|f| format!("'{f}'")).collect();
         tracing::info!(client = %handle.client_id, "unsubscribe {}", filters.join(", "));
     }

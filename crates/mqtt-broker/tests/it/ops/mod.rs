@@ -6,6 +6,7 @@ mod admin;
 mod logs;
 mod metrics;
 mod mosquitto_conf;
+mod service;
 
 use std::{
     io::{BufRead, BufReader},
