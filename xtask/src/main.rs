@@ -157,17 +157,30 @@ fn msrv() -> Result {
     Ok(())
 }
 
-/// The test peers nobody here wrote: Debian's Mosquitto (broker and clients) and Python
-/// paho-mqtt. Installed when missing, so the test command works on a fresh machine.
+/// The test peers nobody here wrote: Debian's Mosquitto (broker and clients), Python
+/// paho-mqtt, and for the dashboard's end-to-end test Debian's Chromium with Node.js and
+/// `playwright-core` (from npm, in `crates/mqtt-broker/tests/dashboard/`; it drives the
+/// system's Chromium and downloads no browser). Installed when missing, so the test
+/// command works on a fresh machine.
 fn ensure_peers() -> Result {
     let succeeds = |cmd: &mut Command| cmd.output().is_ok_and(|o| o.status.success());
     let installed =
         |bin: &str| succeeds(Command::new("sh").args(["-c", &format!("command -v {bin}")]));
+    let mut debian = Vec::new();
     if !["mosquitto", "mosquitto_pub", "mosquitto_sub"]
         .iter()
         .all(|b| installed(b))
     {
-        eprintln!("xtask: installing mosquitto and mosquitto-clients (Debian packages)");
+        debian.extend(["mosquitto", "mosquitto-clients"]);
+    }
+    if !Path::new("/usr/bin/chromium").exists() {
+        debian.push("chromium");
+    }
+    if !installed("node") || !installed("npm") {
+        debian.extend(["nodejs", "npm"]);
+    }
+    if !debian.is_empty() {
+        eprintln!("xtask: installing {} (Debian packages)", debian.join(", "));
         let root = Command::new("id")
             .arg("-u")
             .output()
@@ -184,11 +197,20 @@ fn ensure_peers() -> Result {
             run(cmd.args(args).env("DEBIAN_FRONTEND", "noninteractive"))
         };
         apt(&["update", "-qq"])?;
-        apt(&["install", "-y", "-qq", "mosquitto", "mosquitto-clients"])?;
+        let mut install = vec!["install", "-y", "-qq"];
+        install.extend(&debian);
+        apt(&install)?;
     }
     if !succeeds(Command::new("python3").args(["-c", "import paho.mqtt.client"])) {
         eprintln!("xtask: installing paho-mqtt (PyPI)");
         run(Command::new("python3").args(["-m", "pip", "install", "--quiet", "paho-mqtt==2.1.0"]))?;
+    }
+    let dashboard = project_root().join("crates/mqtt-broker/tests/dashboard");
+    if !dashboard.join("node_modules/playwright-core").exists() {
+        eprintln!("xtask: installing playwright-core (npm, from package-lock.json)");
+        run(Command::new("npm")
+            .args(["ci", "--no-audit", "--no-fund"])
+            .current_dir(&dashboard))?;
     }
     Ok(())
 }

@@ -110,8 +110,8 @@ pub struct Broker {
     local_addrs: Vec<SocketAddr>,
     http_addr: Option<SocketAddr>,
     /// The configuration in force: the one started with, and the live keys of each
-    /// reload since.
-    effective: std::sync::Mutex<Config>,
+    /// reload since (boxed: a `Broker` is a small handle).
+    effective: Box<std::sync::Mutex<Config>>,
 }
 
 impl Broker {
@@ -194,7 +194,7 @@ impl Broker {
         if let Ok(mut addrs) = shared.local_addrs.lock() {
             addrs.clone_from(&local_addrs);
         }
-        let effective = std::sync::Mutex::new(shared.config.clone());
+        let effective = Box::new(std::sync::Mutex::new(shared.config.clone()));
         Ok(Self {
             shared,
             tasks,

@@ -138,6 +138,8 @@ pub(crate) struct Shared {
     /// Retained messages with an expiry: the purge runs only while there are some.
     pub(crate) retained_expiring: AtomicUsize,
     pub(crate) stats: Stats,
+    /// What the dashboards watching want sampled (see `http::dashboard`).
+    pub(crate) dashboard: crate::http::dashboard::Watch,
     pub(crate) next_key: AtomicU64,
     pub(crate) next_client: AtomicU64,
     /// Set to `true` once, at shutdown; every task holds a receiver, so none misses it.
@@ -182,6 +184,7 @@ impl Shared {
             last_drop_log: AtomicU64::new(0),
             retained_expiring: AtomicUsize::new(0),
             stats: Stats::default(),
+            dashboard: Default::default(),
             next_key: AtomicU64::new(1),
             next_client: AtomicU64::new(1),
             shutdown: tokio::sync::watch::Sender::new(false),

@@ -177,11 +177,16 @@ where
         let (mut received_qos, mut received_bytes) = ([0u64; 3], [0u64; 3]);
         // One clock reading for the batch: routing reads it for every message otherwise.
         let now = shared.now();
+        // Topics are counted only while a dashboard watches.
+        let sample_topics = shared.dashboard.watching();
         for event in events.drain(..) {
             match event {
                 Event::Message(m, arrival) => {
                     received += 1;
                     let qos = m.qos;
+                    if sample_topics {
+                        shared.dashboard.sample(&m.topic);
+                    }
                     if let (Some(n), Some(b)) = (
                         received_qos.get_mut(qos as usize),
                         received_bytes.get_mut(qos as usize),

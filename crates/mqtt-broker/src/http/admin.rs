@@ -90,7 +90,7 @@ fn authorize(shared: &Shared, req: &Request<Incoming>) -> Result<(), Response<Bo
 
 /// Compares without returning early, so the time taken does not tell how much of a
 /// guess was right.
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+pub(crate) fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     if a.len() != b.len() {
         return false;
     }

@@ -113,7 +113,7 @@ async fn route(
         ),
         (_, p) if p.starts_with("/api/") => admin::handle(shared, req).await,
         (&Method::GET, "/" | "/dashboard" | "/dashboard/") => dashboard::page(),
-        (&Method::GET, "/dashboard/events") => dashboard::events(shared),
+        (&Method::GET, "/dashboard/events") => dashboard::events(shared, &req),
         _ => error(StatusCode::NOT_FOUND, "no such page"),
     }
 }

@@ -3,6 +3,7 @@
 //! Traffic comes from Mosquitto's own clients.
 
 mod admin;
+mod dashboard;
 mod logs;
 mod metrics;
 mod mosquitto_conf;
