@@ -158,12 +158,16 @@ fn msrv() -> Result {
 }
 
 /// The test peers nobody here wrote: Debian's Mosquitto (broker, clients and
-/// `mosquitto_passwd`) and Python paho-mqtt. Installed when missing, so the test
+/// `mosquitto_passwd`), Python paho-mqtt, and for the browser tests Debian's Chromium
+/// with Node.js and `playwright-core` (from npm, in `crates/mqtt-broker/tests/dashboard/`;
+/// it drives the system's Chromium and downloads no browser). Installed when missing, so
+/// the test
 /// command works on a fresh machine.
 fn ensure_peers() -> Result {
     let succeeds = |cmd: &mut Command| cmd.output().is_ok_and(|o| o.status.success());
     let installed =
         |bin: &str| succeeds(Command::new("sh").args(["-c", &format!("command -v {bin}")]));
+    let mut debian = Vec::new();
     // mosquitto_passwd (in the mosquitto package) writes the password files the
     // broker's auth_files tests read, and mosquitto reads mqtt-passwd's.
     if ![
@@ -175,7 +179,16 @@ fn ensure_peers() -> Result {
     .iter()
     .all(|b| installed(b))
     {
-        eprintln!("xtask: installing mosquitto and mosquitto-clients (Debian packages)");
+        debian.extend(["mosquitto", "mosquitto-clients"]);
+    }
+    if !Path::new("/usr/bin/chromium").exists() {
+        debian.push("chromium");
+    }
+    if !installed("node") || !installed("npm") {
+        debian.extend(["nodejs", "npm"]);
+    }
+    if !debian.is_empty() {
+        eprintln!("xtask: installing {} (Debian packages)", debian.join(", "));
         let root = Command::new("id")
             .arg("-u")
             .output()
@@ -192,11 +205,20 @@ fn ensure_peers() -> Result {
             run(cmd.args(args).env("DEBIAN_FRONTEND", "noninteractive"))
         };
         apt(&["update", "-qq"])?;
-        apt(&["install", "-y", "-qq", "mosquitto", "mosquitto-clients"])?;
+        let mut install = vec!["install", "-y", "-qq"];
+        install.extend(&debian);
+        apt(&install)?;
     }
     if !succeeds(Command::new("python3").args(["-c", "import paho.mqtt.client"])) {
         eprintln!("xtask: installing paho-mqtt (PyPI)");
         run(Command::new("python3").args(["-m", "pip", "install", "--quiet", "paho-mqtt==2.1.0"]))?;
+    }
+    let dashboard = project_root().join("crates/mqtt-broker/tests/dashboard");
+    if !dashboard.join("node_modules/playwright-core").exists() {
+        eprintln!("xtask: installing playwright-core (npm, from package-lock.json)");
+        run(Command::new("npm")
+            .args(["ci", "--no-audit", "--no-fund"])
+            .current_dir(&dashboard))?;
     }
     Ok(())
 }

@@ -10,10 +10,10 @@ use std::{
     time::Duration,
 };
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 /// The whole configuration.
-#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
     /// Where to accept connections. Default: `0.0.0.0:1883` and `[::]:1883`.
@@ -26,10 +26,26 @@ pub struct Config {
     pub sys: SysConfig,
     /// Who may connect.
     pub auth: AuthConfig,
+    /// The log: level, format, destinations (see [`crate::logging`]).
+    pub log: crate::logging::LogConfig,
+    /// The process: its pid file.
+    pub process: ProcessConfig,
+    /// The HTTP listener: metrics, the admin API, the dashboard (see [`crate::http`]).
+    pub http: crate::http::HttpConfig,
+}
+
+/// `[process]`: what a service manager wants to know of the broker's process.
+#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ProcessConfig {
+    /// A file the broker writes its pid to at start, and removes at exit (Mosquitto's
+    /// `pid_file`). Default: none.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pid_file: Option<PathBuf>,
 }
 
 /// One listener.
-#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
 pub struct Listener {
     /// The address to bind, e.g. `"0.0.0.0:1883"` or `"[::1]:1884"`.
@@ -63,7 +79,7 @@ impl Listener {
 }
 
 /// Limits.
-#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields, default)]
 pub struct LimitsConfig {
     /// Connections open at once; more are refused (CONNACK 0x89 Server busy / 3.x 3).
@@ -114,7 +130,7 @@ pub struct LimitsConfig {
 }
 
 /// Retained messages.
-#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields, default)]
 pub struct RetainConfig {
     /// Whether retained messages are supported (5.0 Retain Available).
@@ -128,7 +144,7 @@ pub struct RetainConfig {
 }
 
 /// `$SYS` topics.
-#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields, default)]
 pub struct SysConfig {
     /// Seconds between updates; 0 turns `$SYS` off.
@@ -136,7 +152,7 @@ pub struct SysConfig {
 }
 
 /// Authentication and authorization, for every listener that does not say otherwise.
-#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields, default)]
 pub struct AuthConfig {
     /// Whether clients without a user name may connect.
@@ -146,6 +162,10 @@ pub struct AuthConfig {
     pub password_file: Option<PathBuf>,
     /// A Mosquitto ACL file: what each client may publish, subscribe to and receive.
     pub acl_file: Option<PathBuf>,
+    /// Whether a client may connect with an empty Client Identifier (and be assigned
+    /// one; 3.1.1 with Clean Session only, 5.0); Mosquitto's
+    /// `allow_zero_length_clientid`.
+    pub allow_zero_length_client_id: bool,
 }
 
 impl Default for Config {
@@ -159,6 +179,9 @@ impl Default for Config {
             retain: RetainConfig::default(),
             sys: SysConfig::default(),
             auth: AuthConfig::default(),
+            log: crate::logging::LogConfig::default(),
+            process: ProcessConfig::default(),
+            http: crate::http::HttpConfig::default(),
         }
     }
 }
@@ -210,6 +233,7 @@ impl Default for AuthConfig {
             allow_anonymous: true,
             password_file: None,
             acl_file: None,
+            allow_zero_length_client_id: true,
         }
     }
 }
@@ -226,6 +250,12 @@ pub struct ConfigError {
     message: String,
 }
 
+impl ConfigError {
+    pub(crate) fn new(message: String) -> Self {
+        Self { message }
+    }
+}
+
 impl fmt::Display for ConfigError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.message)
@@ -235,11 +265,15 @@ impl fmt::Display for ConfigError {
 impl std::error::Error for ConfigError {}
 
 impl Config {
-    /// Reads and checks a configuration file.
+    /// Reads and checks a configuration file: TOML, or Mosquitto's `mosquitto.conf`
+    /// (told apart by content, see [`crate::mosquitto_conf::looks_like_mosquitto`]).
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
             message: format!("{}: {e}", path.display()),
         })?;
+        if crate::mosquitto_conf::looks_like_mosquitto(&text) {
+            return crate::mosquitto_conf::parse(&text, path);
+        }
         Self::parse(&text, &path.display().to_string())
     }
 
@@ -257,7 +291,7 @@ impl Config {
         Ok(config)
     }
 
-    fn validate(&self) -> Result<(), (String, &'static str)> {
+    pub(crate) fn validate(&self) -> Result<(), (String, &'static str)> {
         if let Some(key) = self.anonymous_without_passwords() {
             return Err((key, NO_PASSWORD_BACKEND));
         }
@@ -284,6 +318,8 @@ impl Config {
     }
 
     fn validate_limits(&self) -> Result<(), (&'static str, &'static str)> {
+        self.log.validate()?;
+        self.http.validate()?;
         let l = &self.limits;
         if l.max_packet_size < 64 {
             return Err(("limits.max_packet_size", "must be at least 64 bytes"));
@@ -304,6 +340,11 @@ impl Config {
             return Err(("limits.connect_timeout", "must be at least 1 second"));
         }
         Ok(())
+    }
+
+    /// The configuration as a TOML file would say it (`--print-config`).
+    pub fn to_toml(&self) -> String {
+        toml::to_string(self).unwrap_or_else(|e| format!("# cannot be written as TOML: {e}\n"))
     }
 
     /// How long a new connection has to send CONNECT.
@@ -394,6 +435,18 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.starts_with("b.toml:2:"), "{err}");
+    }
+
+    #[test]
+    fn printed_toml_reads_back_the_same() {
+        let mut c = Config::default();
+        c.limits.max_inflight = 7;
+        c.log.dest = vec![crate::logging::LogDest::File];
+        c.log.file = Some("/var/log/b.log".into());
+        c.process.pid_file = Some("/run/b.pid".into());
+        assert_eq!(Config::parse(&c.to_toml(), "printed").unwrap(), c);
+        let d = Config::default();
+        assert_eq!(Config::parse(&d.to_toml(), "printed").unwrap(), d);
     }
 
     #[test]

@@ -47,6 +47,10 @@
 
 pub mod auth;
 pub mod config;
+pub mod http;
+pub mod logging;
+pub mod mosquitto_conf;
+pub mod reload;
 pub mod remote;
 pub mod store;
 
@@ -105,6 +109,10 @@ pub struct Broker {
     shared: Arc<Shared>,
     tasks: JoinSet<()>,
     local_addrs: Vec<SocketAddr>,
+    http_addr: Option<SocketAddr>,
+    /// The configuration in force: the one started with, and the live keys of each
+    /// reload since (boxed: a `Broker` is a small handle).
+    effective: Box<std::sync::Mutex<Config>>,
 }
 
 impl Broker {
@@ -202,6 +210,18 @@ impl Broker {
                 .pop()
                 .unwrap_or_else(|| io::Error::other("no listener configured")));
         }
+        let http_addr = match shared.config.http.bind {
+            Some(bind) => {
+                let l = http::bind(bind)
+                    .await
+                    .map_err(|e| io::Error::new(e.kind(), format!("http.bind {bind}: {e}")))?;
+                let addr = l.local_addr()?;
+                info!(%addr, "HTTP listening (metrics, admin API, dashboard)");
+                tasks.spawn(http::serve(Arc::clone(&shared), l));
+                Some(addr)
+            }
+            None => None,
+        };
         tasks.spawn(timers::run(Arc::clone(&shared)));
         if shared.config.sys.interval > 0 {
             tasks.spawn(sys::run(
@@ -212,10 +232,13 @@ impl Broker {
         if let Ok(mut addrs) = shared.local_addrs.lock() {
             addrs.clone_from(&local_addrs);
         }
+        let effective = Box::new(std::sync::Mutex::new(shared.config.clone()));
         Ok(Self {
             shared,
             tasks,
             local_addrs,
+            http_addr,
+            effective,
         })
     }
 
@@ -252,6 +275,26 @@ impl Broker {
         let from = origin.map_or(0, remote::RemoteSubscription::key);
         self.shared
             .route(from, message, &mut matches, self.shared.now())
+    }
+
+    /// Applies what can change in a running broker from `new` (a configuration read
+    /// again, on SIGHUP): the live limits (see [`reload`]) at once; the rest is
+    /// reported as waiting for a restart. `log.level` is reported applied: the caller,
+    /// which owns the log, applies it.
+    pub fn reload(&self, new: &Config) -> reload::Reloaded {
+        let mut effective = self
+            .effective
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let reloaded = reload::split(reload::changes(&effective, new));
+        *effective = reload::merged(&effective, new);
+        self.shared.live.apply(&effective);
+        reloaded
+    }
+
+    /// The HTTP listener's address, if `http.bind` is set (useful with port 0).
+    pub fn http_addr(&self) -> Option<SocketAddr> {
+        self.http_addr
     }
 
     /// The bound addresses (useful with port 0).

@@ -67,12 +67,12 @@ pub(crate) async fn accept_loop(shared: Arc<Shared>, listener: TcpListener, inde
                     // CONNACK Server busy), a new socket is closed at once.
                     let open = shared.stats.connected.load(Ordering::Relaxed)
                         + shared.stats.handshaking.load(Ordering::Relaxed);
-                    if open >= shared.config.limits.max_connections + BUSY_SLACK {
+                    if open >= shared.live.max_connections() + BUSY_SLACK {
                         debug!(%peer, "max_connections reached: closed before CONNECT");
                         continue;
                     }
                     let _ = stream.set_nodelay(true);
-                    set_tcp_keepalive(&stream, shared.config.limits.tcp_keepalive);
+                    set_tcp_keepalive(&stream, shared.live.tcp_keepalive());
                     connections.spawn(connection::serve(Arc::clone(&shared), stream, peer, index));
                 }
                 Err(e) => {

@@ -125,8 +125,8 @@ impl Shared {
             .saturating_sub(replaced.unwrap_or(0))
             .saturating_add(cost);
         if !is_sys
-            && ((replaced.is_none() && used >= self.config.retain.max_messages)
-                || bytes_after > self.config.retain.max_bytes)
+            && ((replaced.is_none() && used >= self.live.retain_max_messages())
+                || bytes_after > self.live.retain_max_bytes())
         {
             drop(shard);
             self.retained_over_quota(&message.topic);
@@ -301,8 +301,8 @@ impl Shared {
             tracing::warn!(
                 %topic,
                 refused = n,
-                max_messages = self.config.retain.max_messages,
-                max_bytes = self.config.retain.max_bytes,
+                max_messages = self.live.retain_max_messages(),
+                max_bytes = self.live.retain_max_bytes(),
                 "retained store full: a message was routed but not retained"
             );
         }

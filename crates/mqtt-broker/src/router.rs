@@ -419,7 +419,7 @@ impl Shared {
 
     /// Whether the queued bytes of all sessions are past `limits.max_queued_bytes_total`.
     pub(crate) fn over_budget(&self) -> bool {
-        self.queued_total.load(Ordering::Relaxed) > self.config.limits.max_queued_bytes_total
+        self.queued_total.load(Ordering::Relaxed) > self.live.max_queued_bytes_total()
     }
 
     /// Brings the session's share of [`Shared::queued_total`] up to date: what its

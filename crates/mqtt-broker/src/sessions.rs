@@ -137,6 +137,9 @@ pub(crate) struct CellExtra {
     pub(crate) encoded: BytesMut,
     /// How many packets `encoded` holds.
     pub(crate) encoded_count: u32,
+    /// What the client did wrong, when the session closes its connection for a
+    /// protocol error: for the disconnection's log line.
+    pub(crate) close_why: Option<Box<str>>,
 }
 
 impl SessionCell {
@@ -171,11 +174,9 @@ impl SessionCell {
 
     /// Drops the extra part if nothing in it is in use.
     pub(crate) fn shrink_extra(&mut self) {
-        if self
-            .extra
-            .as_ref()
-            .is_some_and(|x| x.encoded_count == 0 && x.shared_unacked.is_empty())
-        {
+        if self.extra.as_ref().is_some_and(|x| {
+            x.encoded_count == 0 && x.shared_unacked.is_empty() && x.close_why.is_none()
+        }) {
             self.extra = None;
         }
     }
@@ -244,6 +245,18 @@ impl SessionCell {
         self.shrink_extra();
     }
 
+    /// Notes what the client did wrong, as the session closes its connection.
+    pub(crate) fn set_close_why(&mut self, why: Box<str>) {
+        self.extra_mut().close_why = Some(why);
+    }
+
+    /// Takes what [`SessionCell::set_close_why`] noted.
+    pub(crate) fn take_close_why(&mut self) -> Option<Box<str>> {
+        let why = self.extra.as_deref_mut().and_then(|x| x.close_why.take());
+        self.shrink_extra();
+        why
+    }
+
     /// Keeps a QoS 1 message delivered through shared subscription `group` until it is
     /// acknowledged.
     pub(crate) fn keep_shared(&mut self, id: MessageId, group: GroupId, message: Message) {
@@ -291,6 +304,12 @@ impl Shared {
         self.sessions
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Every session, as the registry holds them now (a snapshot of handles taken under
+    /// its lock; each session is locked, if at all, after it is released).
+    pub(crate) fn handles(&self) -> Vec<Arc<SessionHandle>> {
+        self.registry().iter().map(|r| Arc::clone(&r.0)).collect()
     }
 
     /// A client identifier for a client that sent none.

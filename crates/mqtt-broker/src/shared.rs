@@ -65,12 +65,45 @@ pub(crate) struct Stats {
     /// `retain.max_bytes`.
     pub(crate) retained_refused: AtomicU64,
     pub(crate) connections_total: AtomicU64,
+    /// PUBLISH packets received, by QoS (added once per batch read).
+    pub(crate) publish_received_qos: [AtomicU64; 3],
+    /// PUBLISH packets sent, by QoS (added once per batch written).
+    pub(crate) publish_sent_qos: [AtomicU64; 3],
+    /// Payload bytes of the PUBLISH packets received, by QoS.
+    pub(crate) payload_received_qos: [AtomicU64; 3],
+    /// Payload bytes of the PUBLISH packets sent, by QoS (QoS 0 packets encoded once for
+    /// many subscribers count their whole packet).
+    pub(crate) payload_sent_qos: [AtomicU64; 3],
+    /// How long QoS 1 and 2 PUBLISH packets wait for the broker's acknowledgement
+    /// (routing, then writing PUBACK / PUBREC), sampled (see `connection::active_loop`).
+    pub(crate) ack_latency: crate::http::metrics::Histogram,
+}
+
+impl Stats {
+    /// Adds a batch's PUBLISH packets and payload bytes by QoS (`received`, or sent),
+    /// one relaxed addition per QoS that has any.
+    pub(crate) fn add_by_qos(&self, packets: [u64; 3], bytes: [u64; 3], received: bool) {
+        let (p, b) = if received {
+            (&self.publish_received_qos, &self.payload_received_qos)
+        } else {
+            (&self.publish_sent_qos, &self.payload_sent_qos)
+        };
+        for ((n, bytes), (pc, bc)) in packets.into_iter().zip(bytes).zip(p.iter().zip(b)) {
+            if n > 0 {
+                pc.fetch_add(n, Ordering::Relaxed);
+                bc.fetch_add(bytes, Ordering::Relaxed);
+            }
+        }
+    }
 }
 
 /// Everything the connection tasks share.
 #[derive(Debug)]
 pub(crate) struct Shared {
     pub(crate) config: Config,
+    /// The limits a reload can change while the broker runs (see `reload`): read
+    /// there, not in `config`.
+    pub(crate) live: crate::reload::Live,
     /// Authentication and authorization backends.
     pub(crate) auth: Auth,
     /// What each listener's own keys change of them, by listener index.
@@ -112,6 +145,8 @@ pub(crate) struct Shared {
     /// Retained messages with an expiry: the purge runs only while there are some.
     pub(crate) retained_expiring: AtomicUsize,
     pub(crate) stats: Stats,
+    /// What the dashboards watching want sampled (see `http::dashboard`).
+    pub(crate) dashboard: crate::http::dashboard::Watch,
     pub(crate) next_key: AtomicU64,
     pub(crate) next_client: AtomicU64,
     /// Set to `true` once, at shutdown; every task holds a receiver, so none misses it.
@@ -141,6 +176,7 @@ impl Shared {
             })
             .collect();
         Self {
+            live: crate::reload::Live::new(&config),
             config,
             filters_delivery: auth.authorizer.filters_delivery(),
             auth,
@@ -166,6 +202,7 @@ impl Shared {
             last_drop_log: AtomicU64::new(0),
             retained_expiring: AtomicUsize::new(0),
             stats: Stats::default(),
+            dashboard: Default::default(),
             next_key: AtomicU64::new(1),
             next_client: AtomicU64::new(1),
             shutdown: tokio::sync::watch::Sender::new(false),
@@ -350,6 +387,6 @@ impl Shared {
     /// How long a write may make no progress before the connection is closed
     /// (`limits.write_timeout`).
     pub(crate) fn write_timeout(&self) -> std::time::Duration {
-        std::time::Duration::from_secs(self.config.limits.write_timeout)
+        std::time::Duration::from_secs(self.live.write_timeout_secs())
     }
 }

@@ -280,18 +280,19 @@ mod tests {
         let hash = PasswordHash::create(HashKind::Argon2id, b"pw", None).unwrap();
         let file = PasswordFile::parse(format!("alice:{hash}\n").as_bytes(), "pw").unwrap();
         let users = file.users.load();
-        let median = |user: &str| {
-            let mut times: Vec<_> = (0..5)
+        // The fastest of several runs: what the work costs, without the time another
+        // process on a busy machine took from it.
+        let fastest = |user: &str| {
+            (0..7)
                 .map(|_| {
                     let started = std::time::Instant::now();
                     assert!(!users.check(user, Some(b"wrong")));
                     started.elapsed()
                 })
-                .collect();
-            times.sort();
-            times[2]
+                .min()
+                .unwrap()
         };
-        let (known, unknown) = (median("alice"), median("mallory"));
+        let (known, unknown) = (fastest("alice"), fastest("mallory"));
         let ratio = unknown.as_secs_f64() / known.as_secs_f64();
         assert!(
             (0.5..2.0).contains(&ratio),

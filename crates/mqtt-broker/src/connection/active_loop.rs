@@ -15,11 +15,15 @@ use tokio::{
     io::{AsyncRead, AsyncReadExt, AsyncWrite},
     time::{Instant, sleep_until},
 };
-use tracing::{debug, info, warn};
+use tracing::{debug, warn};
 
-use crate::{retained::pump_retained, sessions::SessionHandle, shared::Shared};
+use crate::{logging::Summary, retained::pump_retained, sessions::SessionHandle, shared::Shared};
 
 use super::*;
+
+/// One in this many batches with QoS 1/2 PUBLISH packets has its acknowledgement
+/// latency measured: two clock readings, for a histogram, not for every batch.
+const ACK_SAMPLE: u32 = 16;
 
 #[allow(clippy::too_many_arguments)]
 pub(crate) async fn run_loop<R, W>(
@@ -66,6 +70,13 @@ where
     // Who the client is, for authorization: fixed for the connection, taken at the
     // first flush.
     let mut principal = None;
+    // Why the session asked to close, once it has (see `End::Closed`).
+    let mut closing = None;
+    let mut why = None;
+    // Batches with QoS 1/2 PUBLISH packets, of which one in ACK_SAMPLE has the time to
+    // its acknowledgements measured (`Stats::ack_latency`), from when it is routed.
+    let mut ack_batches: u32 = 0;
+    let mut ack_started: Option<std::time::Instant> = None;
     // Bytes already read (behind CONNECT, or on waking) may hold more packets.
     if feed(shared, handle, generation, decoder, rbuf, chunk) {
         return Step::Ended(End::TakenOver);
@@ -93,11 +104,25 @@ where
             // Packets encoded for many subscribers go first: the session had no QoS 0
             // message queued and no control packet waiting when they came (see
             // `ServerSession::takes_encoded_publish`).
+            let before = out.len();
             let encoded = u64::from(cell.take_encoded(&mut out));
+            let mut sent_qos = [encoded, 0, 0];
+            let mut sent_bytes = [(out.len() - before) as u64, 0, 0];
+            if encoded > 0 {
+                debug!(client = %handle.client_id, count = encoded, "sent QoS 0 PUBLISH packets encoded for all their subscribers");
+            }
             let (mut publishes, mut packets) = (encoded, encoded);
             while let Some(p) = cell.session.poll_transmit(now) {
-                publishes += u64::from(matches!(p, Packet::Publish(_)));
+                if let Packet::Publish(publish) = &p {
+                    publishes += 1;
+                    let qos = publish.qos_pid.qos() as usize;
+                    if let (Some(n), Some(b)) = (sent_qos.get_mut(qos), sent_bytes.get_mut(qos)) {
+                        *n += 1;
+                        *b += publish.payload.len() as u64;
+                    }
+                }
                 packets += 1;
+                debug!(client = %handle.client_id, "sent {}", Summary(&p));
                 if p.encode(version, &mut out).is_err() {
                     warn!(client = %handle.client_id, "a packet did not encode and was dropped");
                 }
@@ -119,6 +144,7 @@ where
                         .stats
                         .publish_sent
                         .fetch_add(publishes, Ordering::Relaxed);
+                    shared.stats.add_by_qos(sent_qos, sent_bytes, false);
                 }
             }
             while let Some(e) = cell.session.poll_event() {
@@ -132,6 +158,10 @@ where
                             // A queued QoS 0 message made room for a QoS 1/2 one.
                             shared.overflow(handle, reason, false);
                         }
+                    }
+                    e @ Event::Closed { .. } => {
+                        why = why.or(cell.take_close_why());
+                        events.push(e);
                     }
                     e => events.push(e),
                 }
@@ -152,13 +182,33 @@ where
         let mut again = false;
         let mut closed = false;
         let mut received = 0;
+        let (mut received_qos, mut received_bytes) = ([0u64; 3], [0u64; 3]);
         // One clock reading for the batch: routing reads it for every message otherwise.
         let now = shared.now();
+        // Topics are counted only while a dashboard watches.
+        let sample_topics = shared.dashboard.watching();
         for event in events.drain(..) {
             match event {
                 Event::Message(m, arrival) => {
                     received += 1;
                     let qos = m.qos;
+                    if sample_topics {
+                        shared.dashboard.sample(&m.topic);
+                    }
+                    if let (Some(n), Some(b)) = (
+                        received_qos.get_mut(qos as usize),
+                        received_bytes.get_mut(qos as usize),
+                    ) {
+                        *n += 1;
+                        *b += m.payload.len() as u64;
+                    }
+                    if qos != QoS::AtMostOnce && verdicts.is_empty() {
+                        // The first QoS 1/2 message of the batch: sampled?
+                        if ack_batches % ACK_SAMPLE == 0 {
+                            ack_started = Some(std::time::Instant::now());
+                        }
+                        ack_batches = ack_batches.wrapping_add(1);
+                    }
                     let verdict = publish(
                         shared,
                         handle,
@@ -179,7 +229,14 @@ where
                     unsubscribe(shared, handle, generation, version, &u);
                     again = true;
                 }
-                Event::PeerDisconnected(_) | Event::Closed { .. } => closed = true,
+                Event::PeerDisconnected(d) => {
+                    closing.get_or_insert(Closing::Client(d.reason_code));
+                    closed = true;
+                }
+                Event::Closed { reason } => {
+                    closing.get_or_insert(Closing::Server(reason, why.take()));
+                    closed = true;
+                }
                 // The will of a connection this one replaced ([MQTT-3.1.2-8]).
                 Event::Will(will) => {
                     shared.route(handle.key, will_message(*will), &mut matches, now);
@@ -204,6 +261,7 @@ where
                 .stats
                 .publish_received
                 .fetch_add(received, Ordering::Relaxed);
+            shared.stats.add_by_qos(received_qos, received_bytes, true);
         }
         // Retained messages of new subscriptions, as the session's queue has room.
         if !backlog.is_empty() && pump_retained(shared, handle, &mut backlog) {
@@ -213,22 +271,26 @@ where
         // [MQTT-4.3.2-4], [MQTT-4.3.3-8]) before its acknowledgement goes out, and a write
         // failing on a dying connection cannot lose messages already taken from the
         // session.
-        let mut lost = false;
+        let mut lost = None;
         if !out.is_empty() {
             shared
                 .stats
                 .bytes_sent
                 .fetch_add(out.len() as u64, Ordering::Relaxed);
             lost = match write_or_stall(wr, &out, shared.write_timeout()).await {
-                Ok(()) => false,
+                Ok(()) => {
+                    if let Some(started) = ack_started.take() {
+                        shared.stats.ack_latency.observe(started.elapsed());
+                    }
+                    None
+                }
                 Err(e) => {
                     if e.kind() == std::io::ErrorKind::TimedOut {
                         shared.stats.write_timeouts.fetch_add(1, Ordering::Relaxed);
-                        info!(client = %handle.client_id, "closed: {e} (limits.write_timeout)");
+                        Some(End::Stalled(shared.live.write_timeout_secs()))
                     } else {
-                        debug!(client = %handle.client_id, error = %e, "write failed");
+                        Some(End::Failed(e))
                     }
-                    true
                 }
             };
             out.clear();
@@ -240,15 +302,16 @@ where
                 out = BytesMut::new();
             }
         }
-        if lost {
-            return Step::Ended(End::Lost);
+        if let Some(end) = lost {
+            return Step::Ended(end);
         }
         if closed {
             // Write the DISCONNECT the session may have queued, then close so that the
             // client gets to read it.
             flush_last(shared, handle, generation, version, wr).await;
             last_words(rd, wr).await;
-            return Step::Ended(End::Closed);
+            let closing = closing.unwrap_or(Closing::Server(ReasonCode::UNSPECIFIED_ERROR, None));
+            return Step::Ended(End::Closed(Box::new(closing)));
         }
         if again || more {
             continue;
@@ -339,7 +402,8 @@ where
             fresh = false;
             input = true;
             match read {
-                Ok(0) | Err(_) => return Step::Ended(End::Lost),
+                Ok(0) => return Step::Ended(End::Lost),
+                Err(e) => return Step::Ended(End::Failed(e)),
                 Ok(n) => {
                     shared
                         .stats
@@ -393,6 +457,7 @@ pub(crate) fn feed(
         match decoder.decode(rbuf) {
             Ok(Some(mut packet)) => {
                 received += 1;
+                debug!(client = %handle.client_id, "received {}", Summary(&packet));
                 largest = largest.max(before - rbuf.len());
                 match &mut packet {
                     Packet::Publish(p) => crate::owned::own_publish_from(p, buffer),
@@ -406,24 +471,27 @@ pub(crate) fn feed(
                     // [MQTT-3.2.2-14]: CONNACK said Retain Available 0; a retained
                     // PUBLISH is answered with DISCONNECT 0x9A (Retain not supported),
                     // here, where it is known to come from this connection.
-                    cell.session.disconnect_explained(
-                        ReasonCode::RETAIN_NOT_SUPPORTED,
-                        "retained messages are not supported (Retain Available 0)",
-                    );
+                    let why = "retained messages are not supported (Retain Available 0)";
+                    cell.session
+                        .disconnect_explained(ReasonCode::RETAIN_NOT_SUPPORTED, why);
+                    cell.set_close_why(why.into());
                     break;
                 }
                 if let Err(e) = cell.session.handle_packet(now, packet) {
-                    debug!(client = %handle.client_id, error = %e, "protocol error");
                     cell.session.disconnect(e.reason);
+                    cell.set_close_why(match e.rule {
+                        Some(rule) => format!("{} [{rule}]", e.what).into(),
+                        None => e.what.into(),
+                    });
                     break;
                 }
             }
             Ok(None) => break,
             Err(e) => {
-                debug!(client = %handle.client_id, error = %e, "malformed packet");
                 // [MQTT-4.13.1-1]: close, with DISCONNECT and the reason in 5.0.
-                cell.session
-                    .disconnect_explained(e.reason_code(), &e.to_string());
+                let why = e.to_string();
+                cell.session.disconnect_explained(e.reason_code(), &why);
+                cell.set_close_why(why.into());
                 break;
             }
         }

@@ -10,7 +10,7 @@ use tokio::{
     io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt},
     time::timeout,
 };
-use tracing::debug;
+use tracing::{debug, info};
 
 use crate::{sessions::SessionHandle, shared::Shared};
 
@@ -84,7 +84,7 @@ pub(crate) async fn detach<S: Duplex>(conn: &mut Conn<S>, end: End) {
                 }
             }
         }
-        End::Lost | End::Closed => {}
+        End::Lost | End::Failed(_) | End::Stalled(_) | End::Closed(_) => {}
     }
     if !out.is_empty()
         && write_or_stall(&mut wr, &out, shared.write_timeout())
@@ -94,8 +94,19 @@ pub(crate) async fn detach<S: Duplex>(conn: &mut Conn<S>, end: End) {
         last_words(&mut rd, &mut wr).await;
     }
     let _ = wr.shutdown().await;
+    log_end(shared, &handle.client_id, &end);
     if !matches!(end, End::TakenOver) {
         release(shared, handle, generation, &end);
+    }
+}
+
+/// The disconnection's log line: the client and why (`info`, or `debug` with
+/// `log.connections = false`).
+pub(crate) fn log_end(shared: &Shared, client: &str, end: &End) {
+    if shared.live.log_connections() {
+        info!(client = %client, "disconnected: {end}");
+    } else {
+        debug!(client = %client, "disconnected: {end}");
     }
 }
 
@@ -107,7 +118,7 @@ pub(crate) fn release(
     shared: &Arc<Shared>,
     handle: &Arc<SessionHandle>,
     generation: u64,
-    end: &End,
+    _end: &End,
 ) {
     {
         let mut cell = handle.lock();
@@ -123,7 +134,6 @@ pub(crate) fn release(
         cell.session.shrink_idle();
         shared.account(&mut cell);
     }
-    debug!(client = %handle.client_id, ?end, "disconnected");
     crate::timers::offline(shared, handle, Some(generation));
 }
 

@@ -47,7 +47,7 @@ pub(crate) async fn open<S: Duplex>(
     let mut rbuf = BytesMut::with_capacity(READ_CHUNK);
     // Reading CONNECT and authenticating it (a password hash may wait for its turn)
     // share the connect timeout.
-    let deadline = Instant::now() + shared.config.connect_timeout();
+    let deadline = Instant::now() + shared.live.connect_timeout();
     let connect =
         match timeout_at(deadline, read_packet(&mut stream, &mut rbuf, &mut decoder)).await {
             Ok(Ok(Some(Packet::Connect(c)))) => c,
@@ -148,6 +148,7 @@ pub(crate) async fn attach<W: AsyncWrite + Unpin>(
         // [MQTT-3.1.3-8] (3.1.1): an empty id needs Clean Session; 3.1 needs an id.
         if version == ProtocolVersion::V3_1
             || (version == ProtocolVersion::V3_1_1 && !connect.clean_start)
+            || !shared.config.auth.allow_zero_length_client_id
         {
             send_connack(wr, version, ReasonCode::CLIENT_IDENTIFIER_NOT_VALID).await;
             return None;
@@ -217,8 +218,8 @@ pub(crate) async fn attach<W: AsyncWrite + Unpin>(
         send_connack(wr, version, ReasonCode::RETAIN_NOT_SUPPORTED).await;
         return None;
     }
-    let limits = &shared.config.limits;
-    if connect.client_id.len() > limits.max_client_id_len {
+    let limits = &shared.live;
+    if connect.client_id.len() > limits.max_client_id_len() {
         debug!(%peer, len = connect.client_id.len(), "client identifier too long (limits.max_client_id_len)");
         shared
             .stats
@@ -227,7 +228,7 @@ pub(crate) async fn attach<W: AsyncWrite + Unpin>(
         send_connack(wr, version, ReasonCode::CLIENT_IDENTIFIER_NOT_VALID).await;
         return None;
     }
-    if shared.session_count() >= limits.max_sessions
+    if shared.session_count() >= limits.max_sessions()
         && shared.existing_session(&connect.client_id).is_none()
     {
         warn!(%peer, client = %connect.client_id, "limits.max_sessions reached: connection refused");
@@ -239,7 +240,7 @@ pub(crate) async fn attach<W: AsyncWrite + Unpin>(
         return None;
     }
     let connected = shared.stats.connected.fetch_add(1, Ordering::Relaxed) + 1;
-    if connected > limits.max_connections {
+    if connected > limits.max_connections() {
         shared.stats.connected.fetch_sub(1, Ordering::Relaxed);
         shared
             .stats
@@ -305,7 +306,7 @@ pub(crate) async fn attach<W: AsyncWrite + Unpin>(
         // its connection; a resumed one's is brought up to date.
         shared.record_session(&mut cell, !resumed);
         if taking_over {
-            info!(client = %connect.client_id, %peer, "session taken over");
+            debug!(client = %connect.client_id, %peer, "session taken over");
         }
         let generation = cell.generation;
         drop(cell);
@@ -319,8 +320,32 @@ pub(crate) async fn attach<W: AsyncWrite + Unpin>(
         shared.unsubscribe_all(&handle, stale_filters.iter(), old_version);
     }
     handle.notify.notify_waiters();
-    debug!(client = %connect.client_id, %peer, %version, "connected");
+    log_connect(shared, &connect, peer);
     Some((handle, generation, version))
+}
+
+/// The connection's log line, with what Mosquitto's shows: client identifier, address,
+/// protocol, clean flag, keep-alive, user name (`info`, or `debug` with
+/// `log.connections = false`).
+fn log_connect(shared: &Shared, connect: &Connect, peer: SocketAddr) {
+    macro_rules! line {
+        ($level:ident) => {
+            $level!(
+                client = %connect.client_id,
+                %peer,
+                protocol = %connect.version,
+                clean = connect.clean_start,
+                keep_alive = connect.keep_alive,
+                user = connect.username.as_deref().unwrap_or(""),
+                "connected"
+            )
+        };
+    }
+    if shared.live.log_connections() {
+        line!(info);
+    } else {
+        line!(debug);
+    }
 }
 
 /// How long a new connection waits, at most, for the old connection of its Client

@@ -70,6 +70,7 @@ pub(crate) fn park_tcp(conn: Conn<tokio::net::TcpStream>) -> Park<tokio::net::Tc
                 shared.timers.cancel_alarm(at, id);
             }
             debug!(client = %handle.client_id, error = %e, "a connection was lost parking");
+            log_end(&shared, &handle.client_id, &End::Failed(e));
             shared.stats.connected.fetch_sub(1, Ordering::Relaxed);
             release(&shared, &handle, generation, &End::Lost);
         }
@@ -138,7 +139,8 @@ pub(crate) async fn hibernate<S: Duplex>(
     }
     match woke {
         None => woken(conn, alarm.map(|(at, _)| at)).map(|()| None),
-        Some(Ok(0) | Err(_)) => Err(End::Lost),
+        Some(Ok(0)) => Err(End::Lost),
+        Some(Err(e)) => Err(End::Failed(e)),
         Some(Ok(n)) => {
             shared
                 .stats

@@ -32,6 +32,7 @@ mod hibernate;
 mod publish;
 mod subscribe;
 
+pub(crate) use close::log_end;
 #[cfg(unix)]
 use hibernate::park_tcp;
 pub(crate) use publish::will_message;
@@ -78,14 +79,64 @@ pub(crate) const WRITE_HIGH_WATER: usize = 64 * 1024;
 /// Why a connection ended.
 #[derive(Debug)]
 pub(crate) enum End {
-    /// The peer closed the socket or the network failed.
+    /// The peer closed the socket.
     Lost,
-    /// The session asked to close (DISCONNECT received, protocol error, keep-alive).
-    Closed,
+    /// The socket failed (a read or write error).
+    Failed(std::io::Error),
+    /// A write made no progress for `limits.write_timeout` (this many seconds).
+    Stalled(u64),
+    /// The session asked to close: the client's DISCONNECT, or the broker's (protocol
+    /// error, keep-alive timeout, an administrator's kick). Boxed: `End` is held by
+    /// the small futures of idle connections.
+    Closed(Box<Closing>),
     /// Another connection took the session over.
     TakenOver,
     /// The broker is shutting down.
     Shutdown,
+}
+
+/// Who closed a connection through the protocol, and why.
+#[derive(Debug)]
+pub(crate) enum Closing {
+    /// The client sent DISCONNECT with this reason code.
+    Client(mqtt_codec::ReasonCode),
+    /// The broker closed it with this reason code (sent in DISCONNECT to 5.0 clients),
+    /// and what the client did wrong, when that was a protocol error.
+    Server(mqtt_codec::ReasonCode, Option<Box<str>>),
+}
+
+impl std::fmt::Display for End {
+    /// The reason as the disconnection's log line gives it.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        use mqtt_codec::ReasonCode;
+        match self {
+            Self::Lost => f.write_str("closed by the client"),
+            Self::Failed(e) => write!(f, "socket error: {e}"),
+            Self::Stalled(secs) => write!(
+                f,
+                "write timeout: the client read nothing for {secs} s (limits.write_timeout)"
+            ),
+            Self::Closed(c) => match &**c {
+                Closing::Client(code) => write!(f, "client DISCONNECT: {code}"),
+                Closing::Server(code, why) => {
+                    match *code {
+                        ReasonCode::KEEP_ALIVE_TIMEOUT => f.write_str("keep-alive timeout"),
+                        ReasonCode::ADMINISTRATIVE_ACTION => {
+                            f.write_str("kicked by an administrator")
+                        }
+                        _ if why.is_some() => write!(f, "protocol error: {code}"),
+                        _ => write!(f, "closed by the broker: {code}"),
+                    }?;
+                    match why {
+                        Some(why) => write!(f, ": {why}"),
+                        None => Ok(()),
+                    }
+                }
+            },
+            Self::TakenOver => f.write_str("session taken over by a new connection"),
+            Self::Shutdown => f.write_str("server shutting down"),
+        }
+    }
 }
 
 /// A connection's byte stream, whose read and write sides each stage borrows at once.
@@ -198,6 +249,7 @@ pub(crate) async fn resume(
         Ok(stream) => stream,
         Err(e) => {
             debug!(client = %handle.client_id, error = %e, "a parked connection could not resume");
+            log_end(&shared, &handle.client_id, &End::Failed(e));
             shared.stats.connected.fetch_sub(1, Ordering::Relaxed);
             release(&shared, &handle, generation, &End::Lost);
             return;

@@ -51,6 +51,14 @@ pub(crate) fn subscribe(
     s: &Subscribe,
     backlog: &mut VecDeque<RetainedBacklog>,
 ) {
+    if shared.live.log_subscriptions() {
+        let filters: Vec<String> = s
+            .subscriptions
+            .iter()
+            .map(|t| format!("'{}' q{}", t.filter, t.options.qos as u8))
+            .collect();
+        tracing::info!(client = %handle.client_id, "subscribe {}", filters.join(", "));
+    }
     // Under the session's lock, so that a takeover cannot fall between the index and
     // the session: the index takes no session lock, so the order is safe.
     let mut cell = handle.lock();
@@ -163,6 +171,10 @@ pub(crate) fn unsubscribe(
     version: ProtocolVersion,
     u: &Unsubscribe,
 ) {
+    if shared.live.log_subscriptions() {
+        let filters: Vec<String> = u.filters.iter().map(|f| format!("'{f}'")).collect();
+        tracing::info!(client = %handle.client_id, "unsubscribe {}", filters.join(", "));
+    }
     // As in `subscribe`: under the lock, and only for the session's own connection.
     let mut cell = handle.lock();
     if cell.generation != generation {

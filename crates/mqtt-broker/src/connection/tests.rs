@@ -52,7 +52,9 @@ fn what_an_idle_connection_holds_stays_small() {
             );
             let resuming = super::resume(shared.clone(), conn.handle.clone(), parked);
             let resume = size_of_val(&resuming);
-            assert!(resume <= 408, "resume future: {resume} B");
+            // 408 before disconnections carried their reason (`End`, 16 B): a revived
+            // connection is active (its task holds buffers anyway); idle ones park.
+            assert!(resume <= 424, "resume future: {resume} B");
         }
         let session = size_of::<mqtt_session::ServerSession>();
         assert!(hibernate <= 168, "hibernate future: {hibernate} B");

@@ -9,6 +9,7 @@ mod isolation;
 mod lifecycle;
 mod limits;
 mod mosquitto_clients;
+mod ops;
 mod paho;
 mod remote;
 mod rumqttc_v4;

@@ -1,0 +1,126 @@
+//! `/metrics`: Prometheus' text format, and its numbers moving while Mosquitto's
+//! clients send traffic.
+
+use std::process::{Command, Stdio};
+
+use super::{broker_with_http, http, mosquitto_pub};
+
+/// The value of the sample `name` (with its labels, as printed) in a scrape.
+fn sample(scrape: &str, name: &str) -> f64 {
+    scrape
+        .lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no sample {name} in:\n{scrape}"))
+}
+
+#[test]
+fn metrics_move_with_traffic() {
+    let (broker, addr) = broker_with_http("metrics", None);
+    let port = broker.port();
+    let (status, before) = http(addr, "GET", "/metrics", None);
+    assert_eq!(status, 200);
+    assert!(
+        before.trim_end().ends_with("# EOF"),
+        "OpenMetrics ends with # EOF"
+    );
+    assert_eq!(sample(&before, "mqtt_connections"), 0.0);
+    assert_eq!(
+        sample(&before, "mqtt_publish_received_total{qos=\"1\"}"),
+        0.0
+    );
+
+    // A subscriber that stays, and a publisher sending retained QoS 1 and QoS 2.
+    let mut sub = Command::new("mosquitto_sub")
+        .args([
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &port,
+            "-t",
+            "m/#",
+            "-q",
+            "1",
+            "-i",
+            "watcher",
+            "-C",
+            "20",
+            "-W",
+            "20",
+        ])
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    broker.wait_for_all(&["connected", "watcher"]);
+    for i in 0..10 {
+        mosquitto_pub(
+            &port,
+            &["-t", &format!("m/{i}"), "-m", "12345", "-q", "1", "-r"],
+        );
+    }
+    for _ in 0..10 {
+        mosquitto_pub(&port, &["-t", "m/two", "-m", "1234567890", "-q", "2"]);
+    }
+    let status = sub.wait().unwrap();
+    assert!(status.success(), "the subscriber got its 20 messages");
+    let (_, after) = http(addr, "GET", "/metrics", None);
+    assert_eq!(
+        sample(&after, "mqtt_publish_received_total{qos=\"1\"}"),
+        10.0
+    );
+    assert_eq!(
+        sample(&after, "mqtt_publish_received_total{qos=\"2\"}"),
+        10.0
+    );
+    assert_eq!(
+        sample(&after, "mqtt_publish_received_bytes_total{qos=\"1\"}"),
+        50.0
+    );
+    assert_eq!(
+        sample(&after, "mqtt_publish_received_bytes_total{qos=\"2\"}"),
+        100.0
+    );
+    // Sent to the subscriber at its QoS 1.
+    assert_eq!(sample(&after, "mqtt_publish_sent_total{qos=\"1\"}"), 20.0);
+    assert!(sample(&after, "mqtt_connections_accepted_total") >= 21.0);
+    assert!(sample(&after, "mqtt_retained_messages") >= 10.0);
+    assert!(
+        sample(&after, "mqtt_received_bytes_total") > sample(&before, "mqtt_received_bytes_total")
+    );
+    assert!(sample(&after, "mqtt_publish_ack_latency_seconds_count") >= 1.0);
+    assert_eq!(
+        sample(&after, "mqtt_messages_dropped_total{reason=\"queue_full\"}"),
+        0.0
+    );
+
+    // While a client is connected: gauges and the queue depth histogram see it.
+    let _c = super::tcp(broker.addr);
+    let mut held = Command::new("mosquitto_sub")
+        .args([
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &port,
+            "-t",
+            "held/#",
+            "-i",
+            "held",
+            "-W",
+            "20",
+        ])
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    broker.wait_for_all(&["connected", "held"]);
+    let (_, during) = http(addr, "GET", "/metrics", None);
+    assert_eq!(sample(&during, "mqtt_connections"), 1.0);
+    assert_eq!(sample(&during, "mqtt_sessions"), 1.0);
+    assert_eq!(sample(&during, "mqtt_subscriptions"), 1.0);
+    assert_eq!(sample(&during, "mqtt_session_queue_depth_count"), 1.0);
+    assert_eq!(
+        sample(&during, "mqtt_session_queue_depth_bucket{le=\"0.0\"}"),
+        1.0
+    );
+    let _ = held.kill();
+    let _ = held.wait();
+}
