@@ -114,6 +114,9 @@ struct ListenerSpec {
     domain: Option<Domain>,
     max_connections: Option<i64>,
     allow_anonymous: Option<(bool, At)>,
+    /// With `per_listener_settings true`: this listener's files.
+    password_file: Option<PathBuf>,
+    acl_file: Option<PathBuf>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -206,6 +209,8 @@ impl Mapper {
             domain: None,
             max_connections: None,
             allow_anonymous: None,
+            password_file: None,
+            acl_file: None,
         })
     }
 
@@ -233,6 +238,8 @@ impl Mapper {
                     domain: None,
                     max_connections: None,
                     allow_anonymous: None,
+                    password_file: None,
+                    acl_file: None,
                 });
                 self.in_listener = true;
             }
@@ -283,8 +290,28 @@ impl Mapper {
                 c.auth.allow_zero_length_client_id = parse_bool(at, value)?;
                 self.set("auth.allow_zero_length_client_id", at);
             }
-            "password_file" => return pending(at, "password files", SECURITY_ISSUE),
-            "acl_file" => return pending(at, "ACL files", SECURITY_ISSUE),
+            // With per_listener_settings, a file after `listener` is that listener's
+            // (one before any is the default listener's); without, every file line sets
+            // the one for all listeners, wherever it is.
+            "password_file" | "acl_file" => {
+                let path = PathBuf::from(value);
+                let password = at.key == "password_file";
+                if self.per_listener_settings {
+                    let spec = self.listener(at);
+                    let slot = if password {
+                        &mut spec.password_file
+                    } else {
+                        &mut spec.acl_file
+                    };
+                    *slot = Some(path);
+                } else if password {
+                    self.config.auth.password_file = Some(path);
+                    self.set("auth.password_file", at);
+                } else {
+                    self.config.auth.acl_file = Some(path);
+                    self.set("auth.acl_file", at);
+                }
+            }
             "cafile"
             | "capath"
             | "certfile"
@@ -522,7 +549,15 @@ impl Mapper {
         let mut anonymous: Vec<(bool, Option<At>)> = Vec::new();
         for spec in &specs {
             for bind in resolve(spec)? {
-                listeners.push(listener(bind));
+                let mut l = listener(bind);
+                if self.per_listener_settings {
+                    // Mosquitto 2: a listener that does not say lets no anonymous
+                    // client in, and has no password or ACL file but its own.
+                    l.allow_anonymous = Some(spec.allow_anonymous.as_ref().is_some_and(|a| a.0));
+                    l.password_file.clone_from(&spec.password_file);
+                    l.acl_file.clone_from(&spec.acl_file);
+                }
+                listeners.push(l);
             }
             if let Some(n) = spec.max_connections {
                 let n = usize::try_from(n).unwrap_or(usize::MAX);
@@ -547,32 +582,39 @@ impl Mapper {
             self.config.limits.max_connections = n;
         }
         // allow_anonymous: Mosquitto 2's default is false, unless no listener is
-        // configured. The broker's is global: per-listener values must agree.
-        let (allow, at) = if self.per_listener_settings {
-            if let Some((first, _)) = anonymous.first() {
-                if let Some((_, Some(at))) = anonymous.iter().find(|(a, _)| a != first) {
-                    return Err(at.error(
-                        "not supported by mqtt-broker: allow_anonymous differing between listeners (it is one setting for all)",
-                    ));
-                }
-            }
-            match anonymous.into_iter().next() {
-                Some((allow, at)) => (allow, at),
-                None => (true, None),
-            }
-        } else {
-            match self.allow_anonymous.take() {
-                Some((allow, at)) => (allow, Some(at)),
-                None => (local_only, specs.first().map(|s| s.at.clone())),
-            }
+        // configured; with per_listener_settings each listener says for itself (above).
+        let (allow, at) = match self.allow_anonymous.take() {
+            Some((allow, at)) => (allow, Some(at)),
+            None if self.per_listener_settings => (true, None),
+            None => (local_only, specs.first().map(|s| s.at.clone())),
         };
         self.config.auth.allow_anonymous = allow;
-        if !allow {
-            let at = at.map_or_else(String::new, |at| {
-                format!("{}:{}: ", at.file.display(), at.line)
-            });
+        // Anonymous clients refused where no password file could let anyone in: say
+        // where, and what to do.
+        let passwords = |spec: &ListenerSpec| {
+            spec.password_file.is_some() || self.config.auth.password_file.is_some()
+        };
+        let refused_at = if self.per_listener_settings {
+            specs
+                .iter()
+                .find(|spec| {
+                    !spec.allow_anonymous.as_ref().is_some_and(|a| a.0) && !passwords(spec)
+                })
+                .map(|spec| {
+                    spec.allow_anonymous
+                        .as_ref()
+                        .map_or_else(|| spec.at.clone(), |a| a.1.clone())
+                })
+        } else if !allow && self.config.auth.password_file.is_none() && !local_only {
+            at
+        } else {
+            None
+        };
+        if let Some(at) = refused_at {
             return Err(ConfigError::new(format!(
-                "{at}clients without a user name are refused (allow_anonymous false, Mosquitto 2's default once a listener is configured), which needs a password file: not supported yet (see issue {SECURITY_ISSUE}); add `allow_anonymous true` to let them in"
+                "{}:{}: clients without a user name are refused here (allow_anonymous false, Mosquitto 2's default once a listener is configured) and no password_file lets anyone else in: add a password_file, or `allow_anonymous true`",
+                at.file.display(),
+                at.line
             )));
         }
         self.config
@@ -727,15 +769,13 @@ mod tests {
             "{err}"
         );
         assert!(err.contains("allow_anonymous true"), "{err}");
-        assert!(err.contains("issue 15"), "{err}");
+        assert!(err.contains("password_file"), "{err}");
     }
 
     #[test]
     fn pending_and_unknown_keys_name_file_line_and_key() {
         for (line, issue) in [
             ("cafile /etc/ca.pem", 15),
-            ("password_file /etc/pw", 15),
-            ("acl_file /etc/acl", 15),
             ("protocol websockets", 15),
             ("persistence true", 16),
             ("persistence_location /var/lib/mosquitto/", 16),
@@ -800,19 +840,52 @@ mod tests {
     }
 
     #[test]
-    fn per_listener_anonymous_must_agree() {
+    fn per_listener_settings_give_each_listener_its_own_auth() {
         let c = parse(
-            "per_listener_settings true\nlistener 1883\nallow_anonymous true\nlistener 1884\nallow_anonymous true\n",
+            "per_listener_settings true\nlistener 1883 127.0.0.1\nallow_anonymous true\n\
+             listener 1884 127.0.0.1\npassword_file /etc/mosquitto/pw\nacl_file /etc/mosquitto/acl\n",
         )
         .unwrap();
-        assert!(c.auth.allow_anonymous);
+        let [open, closed] = &c.listeners[..] else {
+            panic!("{:?}", c.listeners)
+        };
+        assert_eq!(open.allow_anonymous, Some(true));
+        assert_eq!(open.password_file, None);
+        assert_eq!(closed.allow_anonymous, Some(false));
+        assert_eq!(
+            closed.password_file.as_deref(),
+            Some(Path::new("/etc/mosquitto/pw"))
+        );
+        assert_eq!(
+            closed.acl_file.as_deref(),
+            Some(Path::new("/etc/mosquitto/acl"))
+        );
+        // A listener refusing anonymous clients without a password file is named.
         let err = parse(
             "per_listener_settings true\nlistener 1883\nallow_anonymous true\nlistener 1884\nallow_anonymous false\n",
         )
         .unwrap_err();
         assert!(
-            err.starts_with("/etc/mosquitto/mosquitto.conf:5: allow_anonymous:"),
+            err.starts_with("/etc/mosquitto/mosquitto.conf:5: "),
             "{err}"
         );
+    }
+
+    #[test]
+    fn global_password_and_acl_files() {
+        let c = parse(
+            "listener 1883\nallow_anonymous false\npassword_file /etc/mosquitto/pw\nacl_file /etc/mosquitto/acl\n",
+        )
+        .unwrap();
+        assert!(!c.auth.allow_anonymous);
+        assert_eq!(
+            c.auth.password_file.as_deref(),
+            Some(Path::new("/etc/mosquitto/pw"))
+        );
+        assert_eq!(
+            c.auth.acl_file.as_deref(),
+            Some(Path::new("/etc/mosquitto/acl"))
+        );
+        assert_eq!(c.listeners[0].password_file, None);
     }
 }
