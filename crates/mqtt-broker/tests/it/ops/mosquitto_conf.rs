@@ -261,7 +261,7 @@ fn keys_refused_name_file_line_and_key() {
 fn password_and_acl_files_from_mosquitto_conf() {
     let dir = scratch("conf-auth");
     let passwd = dir.join("passwd");
-    let made = std::process::Command::new("mosquitto_passwd")
+    let made = Command::new("mosquitto_passwd")
         .args(["-c", "-b", passwd.to_str().unwrap(), "alice", "s3cret"])
         .output()
         .expect("mosquitto_passwd (Debian's mosquitto) is installed");
@@ -282,14 +282,14 @@ fn password_and_acl_files_from_mosquitto_conf() {
             acl.display()
         ),
     );
-    let broker = super::Broker::start(&["-c", conf.to_str().unwrap()]);
+    let broker = Broker::start(&["-c", conf.to_str().unwrap()]);
     let port = broker.addr.port().to_string();
-    super::mosquitto_pub(
+    mosquitto_pub(
         &port,
         &["-u", "alice", "-P", "s3cret", "-t", "conf/ok/1", "-m", "x"],
     );
     let refused = |args: &[&str]| {
-        let out = std::process::Command::new("mosquitto_pub")
+        let out = Command::new("mosquitto_pub")
             .args(["-h", "127.0.0.1", "-p", &port, "-t", "conf/ok/1", "-m", "x"])
             .args(args)
             .output()
@@ -300,7 +300,7 @@ fn password_and_acl_files_from_mosquitto_conf() {
     refused(&[]);
     // 5.0: the ACL refuses a PUBLISH outside alice's grant with 0x87, which
     // mosquitto_pub reports as a failure at QoS 1.
-    let out = std::process::Command::new("mosquitto_pub")
+    let out = Command::new("mosquitto_pub")
         .args(["-h", "127.0.0.1", "-p", &port, "-V", "mqttv5", "-q", "1"])
         .args(["-u", "alice", "-P", "s3cret", "-t", "conf/other", "-m", "x"])
         .output()
