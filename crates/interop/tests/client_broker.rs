@@ -17,9 +17,7 @@ const T: Duration = Duration::from_secs(10);
 
 async fn broker() -> (Broker, std::net::SocketAddr) {
     let config = Config {
-        listeners: vec![Listener {
-            bind: "127.0.0.1:0".parse().unwrap(),
-        }],
+        listeners: vec![Listener::new("127.0.0.1:0".parse().unwrap())],
         ..Config::default()
     };
     let broker = Broker::start(config).await.unwrap();

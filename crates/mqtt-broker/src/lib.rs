@@ -6,7 +6,7 @@
 //! use mqtt_broker::{Broker, Config};
 //!
 //! let mut config = Config::default();
-//! config.listeners = vec![mqtt_broker::config::Listener { bind: "127.0.0.1:0".parse().unwrap() }];
+//! config.listeners = vec![mqtt_broker::config::Listener::new("127.0.0.1:0".parse().unwrap())];
 //! let broker = Broker::start(config).await?;
 //! println!("listening on {:?}", broker.local_addrs());
 //! broker.shutdown().await;

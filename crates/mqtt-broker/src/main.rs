@@ -13,19 +13,21 @@ use std::{net::SocketAddr, path::PathBuf, process::ExitCode};
 
 use clap::Parser;
 use mqtt_broker::{Broker, Config, config::Listener};
-use tracing::{error, info};
+use tracing::{error, info, warn};
 
 /// An MQTT 3.1, 3.1.1 and 5.0 broker.
 ///
-/// With no arguments it listens on 0.0.0.0:1883 and [::]:1883 and allows anonymous
-/// clients. Options given here override the configuration file.
+/// With no arguments it listens on 127.0.0.1:1883 and [::1]:1883 only (this machine's
+/// clients) and allows anonymous clients; a configuration file with listeners, or
+/// --listen, opens it to the network. Options given here override the configuration file.
 #[derive(Debug, Parser)]
 #[command(name = "mqtt-broker", version, about, long_about = None)]
 struct Args {
     /// Configuration file (TOML); see docs/configuration.md.
     #[arg(short = 'c', long = "config", value_name = "FILE")]
     config: Option<PathBuf>,
-    /// Listen on this port on 0.0.0.0 and [::] instead of the configured listeners.
+    /// Listen on this port on 127.0.0.1 and [::1] (loopback only) instead of the
+    /// configured listeners.
     #[arg(short = 'p', long = "port")]
     port: Option<u16>,
     /// Listen on ADDR:PORT instead of the configured listeners (repeatable).
@@ -69,18 +71,16 @@ fn main() -> ExitCode {
         None => Config::default(),
     };
     if let Some(port) = args.port {
-        config.listeners = vec![
-            Listener {
-                bind: SocketAddr::from(([0, 0, 0, 0], port)),
-            },
-            Listener {
-                bind: SocketAddr::from(([0u16; 8], port)),
-            },
-        ];
+        config.listeners = Listener::loopback(port);
     }
     if !args.listen.is_empty() {
-        config.listeners = args.listen.iter().map(|&bind| Listener { bind }).collect();
+        config.listeners = args
+            .listen
+            .iter()
+            .map(|&bind| Listener::new(bind))
+            .collect();
     }
+    let local_only = config.listeners.iter().all(|l| l.bind.ip().is_loopback());
 
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -100,6 +100,15 @@ fn main() -> ExitCode {
                 return ExitCode::FAILURE;
             }
         };
+        if local_only && args.config.is_none() && args.listen.is_empty() {
+            // As Mosquitto 2.0: safe until told otherwise, and says how.
+            warn!(
+                "local only: listening on loopback addresses, so only clients on this \
+                 machine can connect. To accept connections from the network, give a \
+                 configuration file with listeners (-c FILE, see docs/configuration.md: \
+                 TLS, client certificates, WebSocket) or --listen 0.0.0.0:1883"
+            );
+        }
         wait_for_signal().await;
         info!("shutting down");
         broker.shutdown().await;

@@ -166,9 +166,7 @@ impl Harness {
             .build()
             .unwrap();
         let mut config = Config {
-            listeners: vec![Listener {
-                bind: "127.0.0.1:0".parse().unwrap(),
-            }],
+            listeners: vec![Listener::new("127.0.0.1:0".parse().unwrap())],
             ..Config::default()
         };
         // $SYS updates allocate on their own schedule; no pattern here is about them.

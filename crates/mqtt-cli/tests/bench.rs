@@ -118,9 +118,9 @@ impl Ours {
             .build()
             .unwrap();
         let config = mqtt_broker::Config {
-            listeners: vec![mqtt_broker::config::Listener {
-                bind: std::net::SocketAddr::from(([127, 0, 0, 1], 0)),
-            }],
+            listeners: vec![mqtt_broker::config::Listener::new(
+                std::net::SocketAddr::from(([127, 0, 0, 1], 0)),
+            )],
             ..mqtt_broker::Config::default()
         };
         let broker = runtime

@@ -38,9 +38,9 @@ impl TestBroker {
             .build()
             .unwrap();
         let config = mqtt_broker::Config {
-            listeners: vec![mqtt_broker::config::Listener {
-                bind: std::net::SocketAddr::from(([127, 0, 0, 1], port)),
-            }],
+            listeners: vec![mqtt_broker::config::Listener::new(
+                std::net::SocketAddr::from(([127, 0, 0, 1], port)),
+            )],
             ..mqtt_broker::Config::default()
         };
         let broker = runtime

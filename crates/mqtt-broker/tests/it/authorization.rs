@@ -67,9 +67,7 @@ impl Authorizer for NoPrivate {
 
 pub(crate) async fn broker_with_auth(auth: Auth) -> (Broker, std::net::SocketAddr) {
     let config = Config {
-        listeners: vec![Listener {
-            bind: "127.0.0.1:0".parse().unwrap(),
-        }],
+        listeners: vec![Listener::new("127.0.0.1:0".parse().unwrap())],
         ..Config::default()
     };
     let broker = Broker::start_with(config, auth).await.unwrap();
@@ -264,9 +262,7 @@ async fn an_authorizer_decides_publish_and_subscribe() {
 #[tokio::test]
 async fn allow_anonymous_false_without_a_backend_is_refused() {
     let mut config = Config {
-        listeners: vec![Listener {
-            bind: "127.0.0.1:0".parse().unwrap(),
-        }],
+        listeners: vec![Listener::new("127.0.0.1:0".parse().unwrap())],
         ..Config::default()
     };
     config.auth.allow_anonymous = false;

@@ -25,9 +25,7 @@ use mqtt_broker::{Broker, Config, config::Listener};
 /// A broker on an ephemeral loopback port.
 pub(crate) async fn broker_with(f: impl FnOnce(&mut Config)) -> (Broker, SocketAddr) {
     let mut config = Config {
-        listeners: vec![Listener {
-            bind: "127.0.0.1:0".parse().unwrap(),
-        }],
+        listeners: vec![Listener::new("127.0.0.1:0".parse().unwrap())],
         ..Config::default()
     };
     config.sys.interval = 1;

@@ -130,9 +130,7 @@ impl Store for TestStore {
 /// A broker on an ephemeral loopback port, with `store`.
 async fn start(store: &TestStore) -> (Broker, SocketAddr) {
     let config = Config {
-        listeners: vec![Listener {
-            bind: "127.0.0.1:0".parse().unwrap(),
-        }],
+        listeners: vec![Listener::new("127.0.0.1:0".parse().unwrap())],
         ..Config::default()
     };
     let backends = Backends {
@@ -626,9 +624,7 @@ async fn a_store_that_cannot_be_read_stops_the_start() {
     let store = TestStore::default();
     store.records().fail_load = true;
     let config = Config {
-        listeners: vec![Listener {
-            bind: "127.0.0.1:0".parse().unwrap(),
-        }],
+        listeners: vec![Listener::new("127.0.0.1:0".parse().unwrap())],
         ..Config::default()
     };
     let backends = Backends {
