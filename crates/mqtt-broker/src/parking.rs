@@ -47,6 +47,8 @@ pub(crate) struct Parked {
     pub(crate) decoder: Decoder,
     /// The keep-alive alarm set for it (session time, alarm number), if any.
     pub(crate) alarm: Option<(mqtt_session::Instant, u64)>,
+    /// Its place on its listener, if the listener counts them.
+    pub(crate) slot: Option<crate::listener::ListenerSlot>,
     /// Its registration with the poll.
     token: usize,
 }
@@ -167,6 +169,7 @@ impl Parking {
         version: ProtocolVersion,
         decoder: Decoder,
         alarm: Option<(mqtt_session::Instant, u64)>,
+        slot: Option<crate::listener::ListenerSlot>,
     ) -> Box<Parked> {
         Box::new(Parked {
             stream,
@@ -174,6 +177,7 @@ impl Parking {
             version,
             decoder,
             alarm,
+            slot,
             token,
         })
     }

@@ -12,7 +12,7 @@ use mqtt_codec::{
 };
 use tokio::{
     io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt},
-    time::timeout,
+    time::timeout_at,
 };
 use tracing::{debug, info, warn};
 
@@ -20,28 +20,36 @@ use crate::{sessions::SessionHandle, shared::Shared};
 
 use super::*;
 
+/// Counts a socket in `Stats::handshaking` from its accept until CONNECT is through
+/// (the TLS and WebSocket handshakes included), however that ends.
+pub(crate) struct Handshaking(Arc<Shared>);
+
+impl Handshaking {
+    pub(crate) fn new(shared: &Arc<Shared>) -> Self {
+        shared.stats.handshaking.fetch_add(1, Ordering::Relaxed);
+        Self(Arc::clone(shared))
+    }
+}
+
+impl Drop for Handshaking {
+    fn drop(&mut self) {
+        self.0.stats.handshaking.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
 /// Reads CONNECT (refusing what does not decode) and attaches the session; `None` if the
 /// connection ends here. Also returns the bytes read behind CONNECT.
 pub(crate) async fn open<S: Duplex>(
     shared: Arc<Shared>,
     mut stream: S,
-    peer: SocketAddr,
+    origin: Origin,
 ) -> Option<(Conn<S>, BytesMut)> {
-    /// Counts the socket in `Stats::handshaking` until CONNECT is through, however
-    /// `open` ends.
-    struct Handshaking<'a>(&'a Shared);
-    impl Drop for Handshaking<'_> {
-        fn drop(&mut self) {
-            self.0.stats.handshaking.fetch_sub(1, Ordering::Relaxed);
-        }
-    }
-    shared.stats.handshaking.fetch_add(1, Ordering::Relaxed);
-    let counted = Handshaking(&shared);
+    let peer = origin.peer;
     let mut decoder = Decoder::new();
     decoder.set_max_packet_size(shared.config.limits.max_packet_size);
     let mut rbuf = BytesMut::with_capacity(READ_CHUNK);
-    let connect = match timeout(
-        shared.config.connect_timeout(),
+    let connect = match timeout_at(
+        origin.deadline,
         read_packet(&mut stream, &mut rbuf, &mut decoder),
     )
     .await
@@ -60,8 +68,11 @@ pub(crate) async fn open<S: Duplex>(
             return None;
         }
     };
-    let (handle, generation, version) = attach(&shared, &mut stream, *connect, peer).await?;
-    drop(counted);
+    let (handle, generation, version) = attach(&shared, &mut stream, *connect, &origin).await?;
+    let Origin {
+        handshaking, slot, ..
+    } = origin;
+    drop(handshaking);
     let conn = Conn {
         shared,
         handle,
@@ -69,6 +80,7 @@ pub(crate) async fn open<S: Duplex>(
         version,
         stream,
         decoder,
+        slot,
     };
     // Packets the client sent right behind CONNECT may already be in `rbuf`.
     Some((conn, rbuf))
@@ -132,8 +144,9 @@ pub(crate) async fn attach<W: AsyncWrite + Unpin>(
     shared: &Arc<Shared>,
     wr: &mut W,
     mut connect: Connect,
-    peer: SocketAddr,
+    origin: &Origin,
 ) -> Option<(Arc<SessionHandle>, u64, ProtocolVersion)> {
+    let peer = origin.peer;
     let version = connect.version;
     let mut properties = ConnAckProperties::default();
     if connect.client_id.is_empty() {
@@ -148,6 +161,20 @@ pub(crate) async fn attach<W: AsyncWrite + Unpin>(
         if version.is_v5() {
             // [MQTT-3.2.2-16]
             properties.assigned_client_identifier = Some(connect.client_id.clone());
+        }
+    }
+    if origin.certificate_is_username {
+        // As Mosquitto: the client certificate names the user, and what CONNECT says
+        // instead is set aside. No certificate (an optional one), no user.
+        connect.password = None;
+        connect.username = origin
+            .identity
+            .as_ref()
+            .and_then(|name| mqtt_codec::ByteStr::try_from(name.clone()).ok());
+        if connect.username.is_none() {
+            info!(%peer, "connection refused: no client certificate to name the user");
+            send_connack(wr, version, ReasonCode::NOT_AUTHORIZED).await;
+            return None;
         }
     }
     if connect.username.is_none() && !shared.config.auth.allow_anonymous {
@@ -174,6 +201,8 @@ pub(crate) async fn attach<W: AsyncWrite + Unpin>(
         username: connect.username.as_deref(),
         password: connect.password.as_deref(),
         peer,
+        transport: origin.transport,
+        username_from_certificate: origin.certificate_is_username,
     };
     if let Err(code) = shared.auth.authenticator.authenticate(&credentials).await {
         info!(client = %connect.client_id, %peer, reason = %code, "connection refused");

@@ -50,6 +50,7 @@ pub(crate) fn park_tcp(conn: Conn<tokio::net::TcpStream>) -> Park<tokio::net::Tc
         version,
         stream,
         decoder,
+        slot,
         ..
     } = conn;
     let alarm = cell
@@ -59,7 +60,7 @@ pub(crate) fn park_tcp(conn: Conn<tokio::net::TcpStream>) -> Park<tokio::net::Tc
     match stream.into_std() {
         Ok(stream) => {
             cell.park(crate::parking::Parking::parked(
-                token, stream, generation, version, decoder, alarm,
+                token, stream, generation, version, decoder, alarm, slot,
             ));
         }
         Err(e) => {

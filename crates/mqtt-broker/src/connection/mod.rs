@@ -28,12 +28,15 @@ mod active_loop;
 mod close;
 mod handshake;
 mod hibernate;
+mod locked;
 mod publish;
 mod subscribe;
 
 pub(crate) use close::idle;
+pub(crate) use handshake::Handshaking;
 #[cfg(unix)]
 use hibernate::park_tcp;
+pub(crate) use locked::Locked;
 pub(crate) use subscribe::{check_filter, subscribe, unsubscribe};
 use {
     active_loop::{feed, run_loop},
@@ -119,6 +122,43 @@ impl Duplex for tokio::net::TcpStream {
     }
 }
 
+/// What the listener learnt about a connection before its first MQTT byte, and what it
+/// holds for it until CONNECT is through.
+pub(crate) struct Origin {
+    /// The client's address (from the PROXY protocol header, if the listener takes one).
+    pub(crate) peer: SocketAddr,
+    /// The listener, TLS or not, WebSocket or not, a verified client certificate.
+    pub(crate) transport: crate::auth::Transport,
+    /// The client certificate's name, when the listener makes it the user name.
+    pub(crate) identity: Option<String>,
+    /// The listener makes the certificate's name the user name (`identity`; none: the
+    /// client is refused).
+    pub(crate) certificate_is_username: bool,
+    /// When CONNECT must have been read (`limits.connect_timeout` after the socket was
+    /// accepted: the TLS and WebSocket handshakes and the PROXY header included).
+    pub(crate) deadline: tokio::time::Instant,
+    /// Counts the socket as not through CONNECT yet.
+    pub(crate) handshaking: Handshaking,
+    /// Its place on its listener, against the listener's `max_connections`.
+    pub(crate) slot: Option<crate::listener::ListenerSlot>,
+}
+
+impl Origin {
+    /// A TCP connection accepted now on listener 0, for tests and fuzzing.
+    #[cfg(any(test, feature = "fuzzing"))]
+    pub(crate) fn tcp(shared: &Arc<Shared>, peer: SocketAddr) -> Self {
+        Self {
+            peer,
+            transport: crate::auth::Transport::new(0, crate::auth::TransportKind::Tcp),
+            identity: None,
+            certificate_is_username: false,
+            deadline: tokio::time::Instant::now() + shared.config.connect_timeout(),
+            handshaking: Handshaking::new(shared),
+            slot: None,
+        }
+    }
+}
+
 /// What became of a connection asked to park.
 pub(crate) enum Park<S> {
     /// Parked, or lost on the way: its task has nothing left to do.
@@ -140,6 +180,9 @@ pub(crate) struct Conn<S> {
     pub(crate) version: ProtocolVersion,
     pub(crate) stream: S,
     pub(crate) decoder: Decoder,
+    /// Its place on its listener (with a `max_connections` of its own), given back when
+    /// the connection ends.
+    pub(crate) slot: Option<crate::listener::ListenerSlot>,
 }
 
 /// Serves one accepted socket until it closes.
@@ -152,14 +195,14 @@ pub(crate) struct Conn<S> {
 pub(crate) fn serve<S: Duplex>(
     shared: Arc<Shared>,
     stream: S,
-    peer: SocketAddr,
+    origin: Origin,
 ) -> impl Future<Output = ()> {
-    let open = Box::pin(open(shared, stream, peer));
+    let open = Box::pin(open(shared, stream, origin));
     async move {
         // The connection moves into `live` in a scope of its own, so that the future
         // does not keep it twice.
         let living = match open.await {
-            Some((conn, rbuf)) => live(conn, rbuf, true),
+            Some((conn, rbuf)) => live(conn, rbuf, true, None),
             None => return,
         };
         living.await;
@@ -180,6 +223,7 @@ pub(crate) async fn resume(
         version,
         decoder,
         alarm,
+        slot,
         ..
     } = *parked;
     let stream = match tokio::net::TcpStream::from_std(stream) {
@@ -191,30 +235,40 @@ pub(crate) async fn resume(
             return;
         }
     };
-    let mut conn = Conn {
-        shared,
-        handle,
-        generation,
-        version,
-        stream,
-        decoder,
+    // The connection moves into `live` in a scope of its own, so that this future does
+    // not keep a second place for it.
+    let living = {
+        let conn = Conn {
+            shared,
+            handle,
+            generation,
+            version,
+            stream,
+            decoder,
+            slot,
+        };
+        let ended = woken(&conn, alarm.map(|(at, _)| at)).err();
+        live(conn, BytesMut::new(), false, ended)
     };
-    match woken(&conn, alarm.map(|(at, _)| at)) {
-        Ok(()) => live(conn, BytesMut::new(), false).await,
-        Err(end) => Box::pin(detach(&mut conn, end)).await,
-    }
+    living.await;
 }
 
 /// A connection's life after CONNECT: active stretches, and idle ones parked (when the
-/// stream can park) or hibernating in the task, until it ends. (Not an `async fn`, which
+/// stream can park) or hibernating in the task, until it ends; or, `ended`, only its
+/// end (a revived connection that was taken over meanwhile). (Not an `async fn`, which
 /// would keep its arguments twice.)
 #[allow(clippy::manual_async_fn)]
 pub(crate) fn live<S: Duplex>(
     mut conn: Conn<S>,
     mut rbuf: BytesMut,
     mut first_stretch: bool,
+    ended: Option<End>,
 ) -> impl Future<Output = ()> {
     async move {
+        if let Some(end) = ended {
+            Box::pin(detach(&mut conn, end)).await;
+            return;
+        }
         // A new connection waits for its client's first packets in its own task for
         // FIRST_INPUT_GRACE_MS before it may park: most clients subscribe or publish right
         // after CONNACK, and a parked connection takes a thread hop to read them, which
@@ -284,6 +338,7 @@ pub(crate) async fn active<S: Duplex>(
             version,
             stream,
             decoder,
+            ..
         } = &mut *conn;
         let (mut rd, mut wr) = stream.halves();
         run_loop(
