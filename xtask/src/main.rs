@@ -157,17 +157,34 @@ fn msrv() -> Result {
     Ok(())
 }
 
-/// The test peers nobody here wrote: Debian's Mosquitto (broker and clients) and Python
-/// paho-mqtt. Installed when missing, so the test command works on a fresh machine.
+/// The test peers nobody here wrote: Debian's Mosquitto (broker and clients), its
+/// `openssl` command (test keys in PKCS#1 and SEC1 forms), Python paho-mqtt, and a real
+/// browser: Debian's Chromium driven by playwright-core, with MQTT.js (npm packages
+/// pinned in `crates/mqtt-broker/tests/browser/package-lock.json`; playwright-core
+/// downloads no browser). Installed when missing, so the test command works on a fresh
+/// machine.
 fn ensure_peers() -> Result {
     let succeeds = |cmd: &mut Command| cmd.output().is_ok_and(|o| o.status.success());
     let installed =
         |bin: &str| succeeds(Command::new("sh").args(["-c", &format!("command -v {bin}")]));
-    if !["mosquitto", "mosquitto_pub", "mosquitto_sub"]
+    // Debian package and a program it installs.
+    let wanted = [
+        ("mosquitto", "mosquitto"),
+        ("mosquitto-clients", "mosquitto_pub"),
+        ("mosquitto-clients", "mosquitto_sub"),
+        ("openssl", "openssl"),
+        ("chromium", "chromium"),
+        ("nodejs", "node"),
+        ("npm", "npm"),
+    ];
+    let mut missing: Vec<&str> = wanted
         .iter()
-        .all(|b| installed(b))
-    {
-        eprintln!("xtask: installing mosquitto and mosquitto-clients (Debian packages)");
+        .filter(|(_, bin)| !installed(bin))
+        .map(|(package, _)| *package)
+        .collect();
+    missing.dedup();
+    if !missing.is_empty() {
+        eprintln!("xtask: installing {} (Debian packages)", missing.join(", "));
         let root = Command::new("id")
             .arg("-u")
             .output()
@@ -184,7 +201,18 @@ fn ensure_peers() -> Result {
             run(cmd.args(args).env("DEBIAN_FRONTEND", "noninteractive"))
         };
         apt(&["update", "-qq"])?;
-        apt(&["install", "-y", "-qq", "mosquitto", "mosquitto-clients"])?;
+        let mut install = vec!["install", "-y", "-qq"];
+        install.extend(&missing);
+        apt(&install)?;
+    }
+    let browser = project_root().join("crates/mqtt-broker/tests/browser");
+    let modules = browser.join("node_modules");
+    if !modules.join("playwright-core").exists() || !modules.join("mqtt/dist/mqtt.min.js").exists()
+    {
+        eprintln!("xtask: installing playwright-core and mqtt (npm ci, from package-lock.json)");
+        run(Command::new("npm")
+            .args(["ci", "--no-audit", "--no-fund"])
+            .current_dir(&browser))?;
     }
     if !succeeds(Command::new("python3").args(["-c", "import paho.mqtt.client"])) {
         eprintln!("xtask: installing paho-mqtt (PyPI)");

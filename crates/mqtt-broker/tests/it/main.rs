@@ -1,14 +1,18 @@
 //! Broker integration tests over real sockets on 127.0.0.1, with clients nobody here
-//! wrote: rumqttc (3.1.1 and 5.0) in-process, and Mosquitto's command-line clients.
+//! wrote: rumqttc (3.1.1 and 5.0) in-process, Mosquitto's command-line clients, Python
+//! paho-mqtt, and MQTT.js in Chromium; over TCP, TLS, WebSocket and the PROXY protocol.
 
 mod authorization;
 mod binary;
+mod browser;
 mod fuzz;
 mod isolation;
 mod lifecycle;
 mod limits;
 mod mosquitto_clients;
 mod paho;
+mod pki;
+mod proxy;
 mod remote;
 mod rumqttc_v4;
 mod rumqttc_v5;
@@ -16,6 +20,8 @@ mod spec;
 mod spec_v311;
 mod spec_v5;
 mod store;
+mod tls;
+mod websocket;
 mod wire;
 
 use std::{net::SocketAddr, time::Duration};
