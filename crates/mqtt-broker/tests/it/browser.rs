@@ -22,6 +22,7 @@ const CHROMIUM: &str = "/usr/bin/chromium";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mqtt_js_in_chromium_over_ws_and_wss() {
+    let _timing = crate::TIMING.read().await;
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/browser");
     require("node", "install Debian's nodejs and npm");
     assert!(

@@ -45,5 +45,11 @@ pub(crate) async fn broker() -> (Broker, SocketAddr) {
     broker_with(|_| {}).await
 }
 
+/// Tests that judge the broker by how fast it delivers (`isolation`) take this for
+/// writing; the tests that load the machine with other processes (TLS handshakes,
+/// Chromium, paho, Mosquitto's clients over TLS) take it for reading, so that the two
+/// never run at once on a small machine.
+pub(crate) static TIMING: tokio::sync::RwLock<()> = tokio::sync::RwLock::const_new(());
+
 /// Every test is bounded in time.
 pub(crate) const WAIT: Duration = Duration::from_secs(10);

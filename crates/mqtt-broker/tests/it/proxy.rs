@@ -25,6 +25,7 @@ fn v2(command: u8, family: u8, block: &[u8]) -> Vec<u8> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_client_address_reaches_the_authenticator() {
+    let _timing = crate::TIMING.read().await;
     let pki = Pki::new();
     let recorder = Recorder::default();
     let (broker, addrs) = broker_on(
@@ -105,6 +106,7 @@ async fn the_client_address_reaches_the_authenticator() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_missing_or_garbled_header_closes_the_connection() {
+    let _timing = crate::TIMING.read().await;
     let recorder = Recorder::default();
     let (broker, addrs) = broker_on(
         vec![proxied(Listener::new("127.0.0.1:0".parse().unwrap()))],

@@ -55,6 +55,7 @@ async fn tls_connect(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mosquitto_clients_over_tls_1_2_and_1_3() {
+    let _timing = crate::TIMING.read().await;
     require("mosquitto_sub", MOSQUITTO);
     let pki = Pki::new();
     let (broker, addrs) = broker_on(
@@ -104,6 +105,7 @@ async fn mosquitto_clients_over_tls_1_2_and_1_3() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn versions_alpn_and_key_forms() {
+    let _timing = crate::TIMING.read().await;
     let pki = Pki::new();
     let sec1 = pki.sec1_key();
     let (rsa_cert, rsa_pkcs1) = pki.rsa_server();
@@ -175,6 +177,7 @@ async fn versions_alpn_and_key_forms() {
 /// another CA and a revoked one (the CA's CRL) do not; optional: none connects too.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mutual_tls_required_and_optional() {
+    let _timing = crate::TIMING.read().await;
     require("mosquitto_pub", MOSQUITTO);
     let pki = Pki::new();
     let mut required = tls_listener(&pki.cert, &pki.key);
@@ -255,6 +258,7 @@ async fn mutual_tls_required_and_optional() {
 /// the user name the Authenticator sees, whatever CONNECT says, and no password.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn certificate_names_reach_the_authenticator() {
+    let _timing = crate::TIMING.read().await;
     require("mosquitto_pub", MOSQUITTO);
     let pki = Pki::new();
     let listener = |identity: bool| {
@@ -311,6 +315,7 @@ async fn certificate_names_reach_the_authenticator() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn paho_over_tls() {
+    let _timing = crate::TIMING.read().await;
     crate::paho::require_paho();
     let pki = Pki::new();
     let (broker, addrs) = broker_on(
@@ -329,6 +334,7 @@ async fn paho_over_tls() {
 /// listener and the key.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn handshakes_are_bounded_and_files_checked() {
+    let _timing = crate::TIMING.read().await;
     let pki = Pki::new();
     let mut limited = tls_listener(&pki.cert, &pki.key);
     limited.max_connections = Some(2);

@@ -106,6 +106,7 @@ async fn read_mqtt(s: &mut TcpStream, n: usize) -> Vec<u8> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn paho_over_ws_and_wss() {
+    let _timing = crate::TIMING.read().await;
     crate::paho::require_paho();
     let pki = Pki::new();
     let mut wss = tls_listener(&pki.cert, &pki.key);
@@ -121,6 +122,7 @@ async fn paho_over_ws_and_wss() {
 /// subprotocol `mqtt` agreed; the Authenticator told it is WebSocket.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn frames_carry_a_byte_stream() {
+    let _timing = crate::TIMING.read().await;
     let recorder = Recorder::default();
     let (broker, addrs) = broker_on(vec![ws_listener(None)], recorder.auth(), |_| {}).await;
     let (mut s, head) = upgrade(addrs[0], "/mqtt", "mqtt").await;
@@ -169,6 +171,7 @@ async fn frames_carry_a_byte_stream() {
 /// timeout.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn what_is_refused() {
+    let _timing = crate::TIMING.read().await;
     let (broker, addrs) = broker_on(vec![ws_listener(None)], Auth::default(), |c| {
         c.limits.max_packet_size = 1024;
         c.limits.connect_timeout = 1;
