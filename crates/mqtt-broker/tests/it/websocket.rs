@@ -120,6 +120,8 @@ async fn paho_over_ws_and_wss() {
 
 /// Packets split across frames and several in one frame; Ping answered with Pong; the
 /// subprotocol `mqtt` agreed; the Authenticator told it is WebSocket.
+// 3.1.1 MQTT-6.0.0-2, 5.0 MQTT-6.0.0-2: packets do not align with frames.
+// 3.1.1 MQTT-6.0.0-4, 5.0 MQTT-6.0.0-4: the subprotocol returned is "mqtt".
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn frames_carry_a_byte_stream() {
     let _timing = crate::TIMING.read().await;
@@ -169,6 +171,8 @@ async fn frames_carry_a_byte_stream() {
 /// A text frame, an unmasked frame and a frame over the limit close the connection with
 /// a Close saying why; a wrong path is answered 404; the upgrade is under the connect
 /// timeout.
+// 3.1.1 MQTT-6.0.0-1, 5.0 MQTT-6.0.0-1: a data frame that is not binary closes the
+// connection.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn what_is_refused() {
     let _timing = crate::TIMING.read().await;
