@@ -320,7 +320,7 @@ pub(crate) async fn attach<W: AsyncWrite + Unpin>(
         shared.unsubscribe_all(&handle, stale_filters.iter(), old_version);
     }
     handle.notify.notify_waiters();
-    debug!(client = %connect.client_id, %peer, %version, "connected");
+    debug!(client = %connect.client_id, %peer, %version, transport = %origin.transport.kind, "connected");
     Some((handle, generation, version))
 }
 

@@ -84,9 +84,10 @@ pub(crate) enum End {
 /// A connection's byte stream, whose read and write sides each stage borrows at once.
 ///
 /// A TCP stream splits into borrowed halves for free (`TcpStream::split`); its owned
-/// halves (`into_split`) would cost every connection a 56-byte shared allocation, and
-/// `tokio::io::split`, for streams that cannot split (TLS), a lock on every read and
-/// write as well.
+/// halves (`into_split`) would cost every connection a 56-byte shared allocation.
+/// Streams that cannot split (TLS, WebSocket) go behind [`Locked`], whose halves share
+/// the stream through a lock that is never contended (`tokio::io::split` would add a
+/// shared allocation per stage).
 pub(crate) trait Duplex: AsyncRead + AsyncWrite + Unpin {
     /// The read side.
     type Read<'a>: AsyncRead + Unpin
