@@ -15,7 +15,16 @@ use std::{
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
-use super::Duplex;
+use super::{Conn, Duplex, Park};
+
+/// A stream served behind [`Locked`]; it says whether an idle connection can park
+/// (by default it hibernates in its task).
+pub(crate) trait Unsplit: AsyncRead + AsyncWrite + Unpin + Send + Sized {
+    /// Parks an idle connection, as [`Duplex::park`].
+    fn park(conn: Conn<Locked<Self>>) -> Park<Locked<Self>> {
+        Park::Hibernate(conn)
+    }
+}
 
 /// A stream whose halves share it through an uncontended lock.
 #[derive(Debug)]
@@ -24,6 +33,11 @@ pub(crate) struct Locked<S>(Mutex<S>);
 impl<S> Locked<S> {
     pub(crate) fn new(stream: S) -> Self {
         Self(Mutex::new(stream))
+    }
+
+    /// The stream itself.
+    pub(crate) fn into_inner(self) -> S {
+        self.0.into_inner().unwrap_or_else(PoisonError::into_inner)
     }
 
     fn inner(&mut self) -> &mut S {
@@ -41,7 +55,7 @@ impl<S> Half<'_, S> {
     }
 }
 
-impl<S: AsyncRead + AsyncWrite + Unpin + Send> Duplex for Locked<S> {
+impl<S: Unsplit> Duplex for Locked<S> {
     type Read<'a>
         = Half<'a, S>
     where
@@ -52,6 +66,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Duplex for Locked<S> {
         Self: 'a;
     fn halves(&mut self) -> (Self::Read<'_>, Self::Write<'_>) {
         (Half(&self.0), Half(&self.0))
+    }
+
+    fn park(conn: Conn<Self>) -> Park<Self> {
+        S::park(conn)
     }
 }
 

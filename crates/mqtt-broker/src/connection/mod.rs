@@ -35,8 +35,8 @@ mod subscribe;
 pub(crate) use close::idle;
 pub(crate) use handshake::Handshaking;
 #[cfg(unix)]
-use hibernate::park_tcp;
-pub(crate) use locked::Locked;
+pub(crate) use hibernate::park_tcp;
+pub(crate) use locked::{Locked, Unsplit};
 pub(crate) use subscribe::{check_filter, subscribe, unsubscribe};
 use {
     active_loop::{feed, run_loop},
@@ -119,7 +119,22 @@ impl Duplex for tokio::net::TcpStream {
 
     #[cfg(unix)]
     fn park(conn: Conn<Self>) -> Park<Self> {
-        park_tcp(conn)
+        park_tcp(conn, false)
+    }
+}
+
+/// A stream that can be parked as a bare TCP socket (see `parking`) and rebuilt from
+/// it when revived: TCP itself, and WebSocket on TCP (parked between frames).
+#[cfg(unix)]
+pub(crate) trait Resumable: Duplex + Sized {
+    /// The stream around a socket back from parking.
+    fn resumed(stream: tokio::net::TcpStream, shared: &Shared) -> Self;
+}
+
+#[cfg(unix)]
+impl Resumable for tokio::net::TcpStream {
+    fn resumed(stream: tokio::net::TcpStream, _: &Shared) -> Self {
+        stream
     }
 }
 
@@ -213,7 +228,7 @@ pub(crate) fn serve<S: Duplex>(
 /// Serves a connection parked without a task (see `parking`), woken by its socket or
 /// its session's signal, from where `hibernate` would have gone on.
 #[cfg(unix)]
-pub(crate) async fn resume(
+pub(crate) async fn resume<S: Resumable>(
     shared: Arc<Shared>,
     handle: Arc<SessionHandle>,
     parked: Box<crate::parking::Parked>,
@@ -228,7 +243,7 @@ pub(crate) async fn resume(
         ..
     } = *parked;
     let stream = match tokio::net::TcpStream::from_std(stream) {
-        Ok(stream) => stream,
+        Ok(stream) => S::resumed(stream, &shared),
         Err(e) => {
             debug!(client = %handle.client_id, error = %e, "a parked connection could not resume");
             shared.stats.connected.fetch_sub(1, Ordering::Relaxed);

@@ -55,12 +55,14 @@ fn what_an_idle_connection_holds_stays_small() {
                 Decoder::new(),
                 None,
                 None,
+                false,
             );
-            let resuming = super::resume(shared.clone(), conn.handle.clone(), parked);
+            let resuming =
+                super::resume::<tokio::net::TcpStream>(shared.clone(), conn.handle.clone(), parked);
             let resume = size_of_val(&resuming);
             // 408 before `resume` handed a taken-over connection to `live` instead of
             // keeping a place for it beside `live`'s.
-            assert!(resume <= 336, "resume future: {resume} B");
+            assert!(resume <= 344, "resume future: {resume} B");
         }
         let session = size_of::<mqtt_session::ServerSession>();
         assert!(hibernate <= 168, "hibernate future: {hibernate} B");
@@ -374,4 +376,93 @@ fn requests_polled_before_a_takeover_change_nothing() {
         (0, 1),
         "the connection's own UNSUBSCRIBE"
     );
+}
+
+/// A WebSocket connection on TCP parks between frames like a TCP one, and comes back
+/// as WebSocket: for a packet from its client (in a frame), a WebSocket Ping, and a
+/// message routed to it.
+#[cfg(unix)]
+#[test]
+fn a_websocket_connection_parks_between_frames() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    /// A masked frame with a zero mask: the payload as it is.
+    fn frame(first: u8, payload: &[u8]) -> Vec<u8> {
+        let mut f = vec![first, 0x80 | payload.len() as u8, 0, 0, 0, 0];
+        f.extend_from_slice(payload);
+        f
+    }
+    /// Opens a WebSocket and connects as `wsp1` (Clean Session 0).
+    async fn connect(addr: std::net::SocketAddr) -> tokio::net::TcpStream {
+        let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+        s.write_all(
+            b"GET /mqtt HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+              Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\
+              Sec-WebSocket-Protocol: mqtt\r\n\r\n",
+        )
+        .await
+        .unwrap();
+        let mut head = Vec::new();
+        while !head.ends_with(b"\r\n\r\n") {
+            head.push(s.read_u8().await.unwrap());
+        }
+        let mut connect = vec![0x10, 16, 0, 4, b'M', b'Q', b'T', b'T', 4, 0, 0, 60, 0, 4];
+        connect.extend_from_slice(b"wsp1");
+        s.write_all(&frame(0x82, &connect)).await.unwrap();
+        let mut got = [0u8; 6];
+        s.read_exact(&mut got).await.unwrap();
+        assert_eq!(&got[..4], &[0x82, 4, 0x20, 2]);
+        s
+    }
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let mut listener = crate::config::Listener::new("127.0.0.1:0".parse().unwrap());
+        listener.protocol = crate::config::Protocol::WebSockets;
+        let config = Config {
+            listeners: vec![listener],
+            ..Config::default()
+        };
+        let broker = crate::Broker::start(config).await.unwrap();
+        let shared = Arc::clone(&broker.shared);
+        let addr = broker.local_addrs()[0];
+        // A subscription the session keeps (SUBSCRIBE, then DISCONNECT).
+        let mut s = connect(addr).await;
+        s.write_all(&frame(0x82, &[0x82, 6, 0, 1, 0, 1, b't', 0]))
+            .await
+            .unwrap();
+        let mut got = [0u8; 7];
+        s.read_exact(&mut got).await.unwrap();
+        assert_eq!(got, [0x82, 5, 0x90, 3, 0, 1, 0]);
+        s.write_all(&frame(0x82, &[0xE0, 0])).await.unwrap();
+        drop(s);
+        let mut s = connect(addr).await;
+        parked(&shared, "wsp1").await;
+        // A WebSocket Ping: a Pong (a connection woken by one alone stays awake for
+        // IDLE_SHRINK, as before parking: nothing came for the session).
+        s.write_all(&frame(0x89, b"hi")).await.unwrap();
+        let mut got = [0u8; 4];
+        s.read_exact(&mut got).await.unwrap();
+        assert_eq!(got, [0x8A, 2, b'h', b'i']);
+        // A packet in a frame: PINGREQ, answered, and parked again at once.
+        s.write_all(&frame(0x82, &[0xC0, 0])).await.unwrap();
+        let mut got = [0u8; 4];
+        s.read_exact(&mut got).await.unwrap();
+        assert_eq!(got, [0x82, 2, 0xD0, 0]);
+        parked(&shared, "wsp1").await;
+        // A message routed to it while parked.
+        let message = mqtt_session::Message::new(
+            ByteStr::from_static("t"),
+            bytes::Bytes::from_static(b"x"),
+            mqtt_codec::QoS::AtMostOnce,
+        );
+        let mut matches = mqtt_topics::Matches::default();
+        assert_eq!(shared.route(0, message, &mut matches, shared.now()), 1);
+        let mut got = [0u8; 8];
+        s.read_exact(&mut got).await.unwrap();
+        assert_eq!(got, [0x82, 6, 0x30, 4, 0, 1, b't', b'x']);
+        broker.shutdown().await;
+    });
 }

@@ -35,6 +35,83 @@ mod subject;
 mod tls;
 mod ws;
 
+type TlsStream = tokio_rustls::server::TlsStream<TcpStream>;
+
+// TLS connections hibernate in their task when idle: rustls' state cannot leave it.
+impl connection::Unsplit for TlsStream {}
+impl connection::Unsplit for ws::WsStream<TlsStream> {}
+
+/// A WebSocket connection on TCP parks as its bare socket when its frames are at rest
+/// (nothing part-read or part-written, nothing owed): its frame state is then only
+/// defaults, rebuilt when it is revived (`connection::Resumable`).
+impl connection::Unsplit for ws::WsStream<TcpStream> {
+    fn park(conn: connection::Conn<Locked<Self>>) -> connection::Park<Locked<Self>> {
+        #[cfg(unix)]
+        {
+            use connection::{Conn, Park};
+            let Conn {
+                shared,
+                handle,
+                generation,
+                version,
+                stream,
+                decoder,
+                slot,
+            } = conn;
+            let ws = stream.into_inner();
+            let limit = ws.limit();
+            let rewrap = |conn: Conn<TcpStream>| Conn {
+                shared: conn.shared,
+                handle: conn.handle,
+                generation: conn.generation,
+                version: conn.version,
+                stream: Locked::new(Self::resumed(conn.stream, limit)),
+                decoder: conn.decoder,
+                slot: conn.slot,
+            };
+            if !ws.at_rest() {
+                return Park::Hibernate(Conn {
+                    shared,
+                    handle,
+                    generation,
+                    version,
+                    stream: Locked::new(ws),
+                    decoder,
+                    slot,
+                });
+            }
+            let bare = Conn {
+                shared,
+                handle,
+                generation,
+                version,
+                stream: ws.into_inner(),
+                decoder,
+                slot,
+            };
+            match connection::park_tcp(bare, true) {
+                Park::Done => Park::Done,
+                Park::Busy(conn) => Park::Busy(rewrap(conn)),
+                Park::Hibernate(conn) => Park::Hibernate(rewrap(conn)),
+            }
+        }
+        #[cfg(not(unix))]
+        connection::Park::Hibernate(conn)
+    }
+}
+
+/// What a parked WebSocket connection is revived as.
+#[cfg(unix)]
+pub(crate) type ParkedWebSocket = Locked<ws::WsStream<TcpStream>>;
+
+#[cfg(unix)]
+impl connection::Resumable for ParkedWebSocket {
+    fn resumed(stream: TcpStream, shared: &Shared) -> Self {
+        let limit = ws::frame_limit(shared.config.limits.max_packet_size);
+        Self::new(ws::WsStream::resumed(stream, limit))
+    }
+}
+
 /// A listener's settings as its accept loop uses them, with its TLS configuration
 /// loaded.
 pub(crate) struct Endpoint {

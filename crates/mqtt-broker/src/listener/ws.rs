@@ -36,7 +36,7 @@ const MAX_FRAME_OUT: usize = 64 * 1024;
 
 /// The longest frame or message accepted from a client whose packets are at most
 /// `max_packet_size` bytes.
-pub(super) fn frame_limit(max_packet_size: u32) -> u64 {
+pub(crate) fn frame_limit(max_packet_size: u32) -> u64 {
     u64::from(max_packet_size) + FRAME_SLACK
 }
 
@@ -293,6 +293,44 @@ impl Writer {
             control: self.control.take(),
             close_sent: self.close_sent,
         };
+    }
+}
+
+impl<S> WsStream<S> {
+    /// A stream whose frames start at the next byte (a connection back from parking).
+    pub(crate) fn resumed(inner: S, limit: u64) -> Self {
+        Self {
+            inner,
+            early: BytesMut::new(),
+            rx: Reader::default(),
+            tx: Writer::default(),
+            limit,
+        }
+    }
+
+    /// Between frames both ways, owing nothing and holding nothing: all the frame
+    /// state is its defaults, so the socket alone can stand for it (parking).
+    pub(crate) fn at_rest(&self) -> bool {
+        let rx = &self.rx;
+        self.early.is_empty()
+            && rx.head_len == 0
+            && rx.left == 0
+            && rx.control.is_none()
+            && !rx.in_message
+            && !rx.closed
+            && self.tx.between_frames()
+            && self.tx.control.is_none()
+            && !self.tx.close_sent
+    }
+
+    /// The longest frame or message it accepts.
+    pub(crate) fn limit(&self) -> u64 {
+        self.limit
+    }
+
+    /// The stream under the frames.
+    pub(crate) fn into_inner(self) -> S {
+        self.inner
     }
 }
 
