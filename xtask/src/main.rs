@@ -158,37 +158,36 @@ fn msrv() -> Result {
 }
 
 /// The test peers nobody here wrote: Debian's Mosquitto (broker, clients and
-/// `mosquitto_passwd`), Python paho-mqtt, and for the browser tests Debian's Chromium
-/// with Node.js and `playwright-core` (from npm, in `crates/mqtt-broker/tests/dashboard/`;
-/// it drives the system's Chromium and downloads no browser). Installed when missing, so
-/// the test
-/// command works on a fresh machine.
+/// `mosquitto_passwd`), its `openssl` command (test keys in PKCS#1 and SEC1 forms),
+/// Python paho-mqtt, and a real browser: Debian's Chromium driven by playwright-core,
+/// with MQTT.js (npm packages pinned in `crates/mqtt-broker/tests/browser/` and
+/// `tests/dashboard/` package-lock.json files; playwright-core downloads no browser).
+/// Installed when missing, so the test command works on a fresh machine.
 fn ensure_peers() -> Result {
     let succeeds = |cmd: &mut Command| cmd.output().is_ok_and(|o| o.status.success());
     let installed =
         |bin: &str| succeeds(Command::new("sh").args(["-c", &format!("command -v {bin}")]));
-    let mut debian = Vec::new();
-    // mosquitto_passwd (in the mosquitto package) writes the password files the
-    // broker's auth_files tests read, and mosquitto reads mqtt-passwd's.
-    if ![
-        "mosquitto",
-        "mosquitto_pub",
-        "mosquitto_sub",
-        "mosquitto_passwd",
-    ]
-    .iter()
-    .all(|b| installed(b))
-    {
-        debian.extend(["mosquitto", "mosquitto-clients"]);
-    }
-    if !Path::new("/usr/bin/chromium").exists() {
-        debian.push("chromium");
-    }
-    if !installed("node") || !installed("npm") {
-        debian.extend(["nodejs", "npm"]);
-    }
-    if !debian.is_empty() {
-        eprintln!("xtask: installing {} (Debian packages)", debian.join(", "));
+    // Debian package and a program it installs.
+    let wanted = [
+        ("mosquitto", "mosquitto"),
+        ("mosquitto-clients", "mosquitto_pub"),
+        ("mosquitto-clients", "mosquitto_sub"),
+        // mosquitto_passwd writes the password files the auth_files tests read.
+        ("mosquitto", "mosquitto_passwd"),
+        ("openssl", "openssl"),
+        ("chromium", "chromium"),
+        ("nodejs", "node"),
+        ("npm", "npm"),
+    ];
+    let mut missing: Vec<&str> = wanted
+        .iter()
+        .filter(|(_, bin)| !installed(bin))
+        .map(|(package, _)| *package)
+        .collect();
+    missing.sort_unstable();
+    missing.dedup();
+    if !missing.is_empty() {
+        eprintln!("xtask: installing {} (Debian packages)", missing.join(", "));
         let root = Command::new("id")
             .arg("-u")
             .output()
@@ -206,8 +205,17 @@ fn ensure_peers() -> Result {
         };
         apt(&["update", "-qq"])?;
         let mut install = vec!["install", "-y", "-qq"];
-        install.extend(&debian);
+        install.extend(&missing);
         apt(&install)?;
+    }
+    let browser = project_root().join("crates/mqtt-broker/tests/browser");
+    let modules = browser.join("node_modules");
+    if !modules.join("playwright-core").exists() || !modules.join("mqtt/dist/mqtt.min.js").exists()
+    {
+        eprintln!("xtask: installing playwright-core and mqtt (npm ci, from package-lock.json)");
+        run(Command::new("npm")
+            .args(["ci", "--no-audit", "--no-fund"])
+            .current_dir(&browser))?;
     }
     if !succeeds(Command::new("python3").args(["-c", "import paho.mqtt.client"])) {
         eprintln!("xtask: installing paho-mqtt (PyPI)");

@@ -45,10 +45,18 @@ pub struct Credentials<'a> {
     pub username: Option<&'a str>,
     /// The Password, if any.
     pub password: Option<&'a [u8]>,
-    /// Where the connection comes from.
+    /// Where the connection comes from: the client's own address, also behind a load
+    /// balancer that sends a PROXY protocol header (the listener's `proxy_protocol`).
     pub peer: SocketAddr,
     /// The listener it came in on: its index in `Config::listeners`.
     pub listener: usize,
+    /// How it reached the broker: the listener, TLS, a verified client certificate.
+    pub transport: Transport,
+    /// `username` is the client certificate's identity (the listener's
+    /// `use_identity_as_username` or `use_subject_as_username`), as Mosquitto does:
+    /// the TLS handshake authenticated it, and the CONNECT's own user name and password
+    /// were set aside (`password` is `None`).
+    pub username_from_certificate: bool,
 }
 
 impl<'a> Credentials<'a> {
@@ -65,7 +73,72 @@ impl<'a> Credentials<'a> {
             password,
             peer,
             listener: 0,
+            transport: Transport::new(0, TransportKind::Tcp),
+            username_from_certificate: false,
         }
+    }
+}
+
+/// How a connection reached the broker: what an [`Authenticator`] may weigh besides the
+/// CONNECT (settings of its own per listener, a certificate already checked).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Transport {
+    /// The listener's position in `Config::listeners` (0 for the first).
+    pub listener: usize,
+    /// What carries MQTT on it.
+    pub kind: TransportKind,
+    /// The client presented a certificate and the TLS handshake verified it (chain to
+    /// the listener's CA, dates, revocation lists).
+    pub client_certificate: bool,
+}
+
+impl Transport {
+    /// A connection on listener `listener` of kind `kind`, without a client
+    /// certificate.
+    pub fn new(listener: usize, kind: TransportKind) -> Self {
+        Self {
+            listener,
+            kind,
+            client_certificate: false,
+        }
+    }
+}
+
+/// What carries MQTT on a connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum TransportKind {
+    /// MQTT on TCP.
+    Tcp,
+    /// MQTT on TLS.
+    Tls,
+    /// MQTT in WebSocket messages on TCP.
+    WebSocket,
+    /// MQTT in WebSocket messages on TLS.
+    WebSocketTls,
+}
+
+impl TransportKind {
+    /// Whether the connection is encrypted.
+    pub fn is_tls(self) -> bool {
+        matches!(self, Self::Tls | Self::WebSocketTls)
+    }
+
+    /// Whether MQTT travels in WebSocket messages.
+    pub fn is_websocket(self) -> bool {
+        matches!(self, Self::WebSocket | Self::WebSocketTls)
+    }
+}
+
+impl fmt::Display for TransportKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Tcp => "tcp",
+            Self::Tls => "tls",
+            Self::WebSocket => "ws",
+            Self::WebSocketTls => "wss",
+        })
     }
 }
 

@@ -10,13 +10,14 @@ use std::{
     time::Duration,
 };
 
-use serde::{Deserialize, Serialize};
+use serde::{Deserialize, Deserializer, Serialize};
 
 /// The whole configuration.
 #[derive(Clone, Debug, Deserialize, Serialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
-    /// Where to accept connections. Default: `0.0.0.0:1883` and `[::]:1883`.
+    /// Where to accept connections. Default: `127.0.0.1:1883` and `[::1]:1883`, loopback
+    /// only (as Mosquitto 2.0 without a configuration file).
     pub listeners: Vec<Listener>,
     /// Limits on clients and what they may make the broker hold.
     pub limits: LimitsConfig,
@@ -44,11 +45,15 @@ pub struct ProcessConfig {
     pub pid_file: Option<PathBuf>,
 }
 
-/// One listener.
+/// One listener: an address, a transport (TCP, TLS, WebSocket, WebSocket over TLS) and
+/// its own settings. Build one with [`Listener::new`] (plain TCP) and set what differs.
+///
+/// TLS is on when `certfile` is set, as in Mosquitto; the keys carry Mosquitto's names.
 #[derive(Clone, Debug, Deserialize, Serialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
 pub struct Listener {
-    /// The address to bind, e.g. `"0.0.0.0:1883"` or `"[::1]:1884"`.
+    /// The address to bind, e.g. `"0.0.0.0:1883"` or `"[::1]:1884"` (Mosquitto's
+    /// `listener PORT ADDRESS`).
     pub bind: SocketAddr,
     /// Whether clients without a user name may connect here; `None`: `auth`'s.
     #[serde(default)]
@@ -59,23 +64,252 @@ pub struct Listener {
     /// The ACL file for clients of this listener; `None`: `auth`'s.
     #[serde(default)]
     pub acl_file: Option<PathBuf>,
+    /// MQTT directly on the stream, or inside WebSocket (Mosquitto's `protocol`).
+    #[serde(default)]
+    pub protocol: Protocol,
+    /// The HTTP path a WebSocket client must ask for; `None`: `/mqtt`. Only with
+    /// `protocol = "websockets"`.
+    #[serde(default)]
+    pub websocket_path: Option<String>,
+    /// Connections this listener has open at once, CONNECT sent or not; past it a new
+    /// socket is closed at once (Mosquitto's per-listener `max_connections`). `None`:
+    /// only `limits.max_connections` applies.
+    #[serde(default)]
+    pub max_connections: Option<usize>,
+    /// Every connection starts with a PROXY protocol header (v1 or v2) from a load
+    /// balancer, which gives the client's real address; one without a valid header is
+    /// closed.
+    #[serde(default)]
+    pub proxy_protocol: bool,
+    /// The server's certificate chain (PEM, leaf first); setting it turns TLS on.
+    #[serde(default)]
+    pub certfile: Option<PathBuf>,
+    /// The server's private key (PEM: PKCS#1, PKCS#8 or SEC1).
+    #[serde(default)]
+    pub keyfile: Option<PathBuf>,
+    /// CA certificates (PEM) that client certificates are verified against.
+    #[serde(default)]
+    pub cafile: Option<PathBuf>,
+    /// A directory of CA certificates (PEM files), as `cafile`.
+    #[serde(default)]
+    pub capath: Option<PathBuf>,
+    /// Certificate revocation lists (PEM) for client certificates.
+    #[serde(default)]
+    pub crlfile: Option<PathBuf>,
+    /// Whether clients present a certificate: not asked (`false`), verified if
+    /// presented (`"optional"`), or required (`true`).
+    #[serde(default)]
+    pub require_certificate: ClientCertificates,
+    /// The client certificate's subject Common Name is the user name (the CONNECT's
+    /// user name and password are ignored).
+    #[serde(default)]
+    pub use_identity_as_username: bool,
+    /// The client certificate's whole subject (RFC 4514, as
+    /// `CN=client,O=Example,C=GB`) is the user name.
+    #[serde(default)]
+    pub use_subject_as_username: bool,
+    /// The oldest TLS version accepted; `None`: TLS 1.2 (1.2 and 1.3).
+    #[serde(default)]
+    pub tls_version: Option<TlsVersion>,
 }
 
 impl Listener {
-    /// A listener on `bind` with the broker's settings.
+    /// A plain TCP listener on `bind` with every other setting at its default.
     pub fn new(bind: SocketAddr) -> Self {
         Self {
             bind,
+            protocol: Protocol::Mqtt,
+            websocket_path: None,
+            max_connections: None,
+            proxy_protocol: false,
+            certfile: None,
+            keyfile: None,
+            cafile: None,
+            capath: None,
+            crlfile: None,
+            require_certificate: ClientCertificates::None,
+            use_identity_as_username: false,
+            use_subject_as_username: false,
+            tls_version: None,
             allow_anonymous: None,
             password_file: None,
             acl_file: None,
         }
     }
 
+    /// Plain TCP on `127.0.0.1:port` and `[::1]:port`: the default listeners (port
+    /// 1883), reachable from this machine only.
+    pub fn loopback(port: u16) -> Vec<Self> {
+        vec![
+            Self::new(SocketAddr::from(([127, 0, 0, 1], port))),
+            Self::new(SocketAddr::from((std::net::Ipv6Addr::LOCALHOST, port))),
+        ]
+    }
+
     /// Whether it overrides any of `auth`'s settings.
     pub fn overrides_auth(&self) -> bool {
         self.allow_anonymous.is_some() || self.password_file.is_some() || self.acl_file.is_some()
     }
+
+    /// Whether it speaks TLS (`certfile` is set).
+    pub fn is_tls(&self) -> bool {
+        self.certfile.is_some()
+    }
+
+    /// The WebSocket path (`websocket_path`, or `/mqtt`).
+    pub fn websocket_path(&self) -> &str {
+        self.websocket_path.as_deref().unwrap_or("/mqtt")
+    }
+
+    /// Whether its clients are authenticated by their certificates rather than by a
+    /// password (`use_identity_as_username` or `use_subject_as_username`).
+    pub fn certificate_is_username(&self) -> bool {
+        self.use_identity_as_username || self.use_subject_as_username
+    }
+
+    /// Checks the settings that only make sense together: the key and why.
+    fn check(&self) -> Result<(), (&'static str, &'static str)> {
+        let tls = self.is_tls();
+        if tls && self.keyfile.is_none() {
+            return Err(("keyfile", "needed with certfile (TLS)"));
+        }
+        if !tls {
+            let only_tls = [
+                ("keyfile", self.keyfile.is_some()),
+                ("cafile", self.cafile.is_some()),
+                ("capath", self.capath.is_some()),
+                ("crlfile", self.crlfile.is_some()),
+                (
+                    "require_certificate",
+                    self.require_certificate != ClientCertificates::None,
+                ),
+                ("use_identity_as_username", self.use_identity_as_username),
+                ("use_subject_as_username", self.use_subject_as_username),
+                ("tls_version", self.tls_version.is_some()),
+            ];
+            if let Some((key, _)) = only_tls.iter().find(|(_, set)| *set) {
+                return Err((key, "only with TLS: set certfile and keyfile too"));
+            }
+        }
+        let has_ca = self.cafile.is_some() || self.capath.is_some();
+        if self.require_certificate != ClientCertificates::None && !has_ca {
+            return Err((
+                "require_certificate",
+                "client certificates are verified against cafile or capath: set one",
+            ));
+        }
+        if self.crlfile.is_some() && self.require_certificate == ClientCertificates::None {
+            return Err((
+                "crlfile",
+                "client certificates are not asked for: set require_certificate",
+            ));
+        }
+        if self.use_identity_as_username && self.use_subject_as_username {
+            return Err((
+                "use_subject_as_username",
+                "use_identity_as_username is set too: choose one",
+            ));
+        }
+        if self.certificate_is_username() && self.require_certificate == ClientCertificates::None {
+            let key = if self.use_identity_as_username {
+                "use_identity_as_username"
+            } else {
+                "use_subject_as_username"
+            };
+            return Err((
+                key,
+                "needs a client certificate: set require_certificate to true or \"optional\"",
+            ));
+        }
+        match &self.websocket_path {
+            Some(_) if self.protocol != Protocol::WebSockets => {
+                return Err(("websocket_path", "only with protocol = \"websockets\""));
+            }
+            Some(path) if !path.starts_with('/') => {
+                return Err(("websocket_path", "must start with /"));
+            }
+            _ => {}
+        }
+        if self.max_connections == Some(0) {
+            return Err((
+                "max_connections",
+                "must be at least 1 (leave it out for no limit but limits.max_connections)",
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// What a listener speaks inside its byte stream (TCP or TLS).
+#[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Protocol {
+    /// MQTT packets on the stream: `"mqtt"`.
+    #[default]
+    Mqtt,
+    /// MQTT packets in WebSocket binary messages (RFC 6455, subprotocol `mqtt`):
+    /// `"websockets"`.
+    WebSockets,
+}
+
+/// Whether a TLS listener asks its clients for a certificate (`require_certificate`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum ClientCertificates {
+    /// Not asked for (`false`).
+    #[default]
+    None,
+    /// Asked for and verified if presented; a client without one is let in
+    /// (`"optional"`).
+    Optional,
+    /// Required: a client without a valid one fails the TLS handshake (`true`).
+    Required,
+}
+
+impl Serialize for ClientCertificates {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        match self {
+            Self::None => serializer.serialize_bool(false),
+            Self::Optional => serializer.serialize_str("optional"),
+            Self::Required => serializer.serialize_bool(true),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for ClientCertificates {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        impl serde::de::Visitor<'_> for Visitor {
+            type Value = ClientCertificates;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("true, false or \"optional\"")
+            }
+            fn visit_bool<E: serde::de::Error>(self, v: bool) -> Result<Self::Value, E> {
+                Ok(if v {
+                    ClientCertificates::Required
+                } else {
+                    ClientCertificates::None
+                })
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Self::Value, E> {
+                match v {
+                    "optional" => Ok(ClientCertificates::Optional),
+                    _ => Err(E::invalid_value(serde::de::Unexpected::Str(v), &self)),
+                }
+            }
+        }
+        deserializer.deserialize_any(Visitor)
+    }
+}
+
+/// The oldest TLS version a listener accepts (`tls_version`, Mosquitto's values).
+#[derive(Clone, Copy, Debug, Deserialize, Serialize, PartialEq, Eq)]
+pub enum TlsVersion {
+    /// TLS 1.2 and 1.3: `"tlsv1.2"`.
+    #[serde(rename = "tlsv1.2")]
+    Tls12,
+    /// TLS 1.3 only: `"tlsv1.3"`.
+    #[serde(rename = "tlsv1.3")]
+    Tls13,
 }
 
 /// Limits.
@@ -171,10 +405,7 @@ pub struct AuthConfig {
 impl Default for Config {
     fn default() -> Self {
         Self {
-            listeners: vec![
-                Listener::new(SocketAddr::from(([0, 0, 0, 0], 1883))),
-                Listener::new(SocketAddr::from(([0u16; 8], 1883))),
-            ],
+            listeners: Listener::loopback(1883),
             limits: LimitsConfig::default(),
             retain: RetainConfig::default(),
             sys: SysConfig::default(),
@@ -288,6 +519,7 @@ impl Config {
         config.validate().map_err(|(key, why)| ConfigError {
             message: format!("{origin}: {key}: {why}"),
         })?;
+        config.validate_listeners(text, origin)?;
         Ok(config)
     }
 
@@ -345,6 +577,28 @@ impl Config {
     /// The configuration as a TOML file would say it (`--print-config`).
     pub fn to_toml(&self) -> String {
         toml::to_string(self).unwrap_or_else(|e| format!("# cannot be written as TOML: {e}\n"))
+    }
+
+    /// Checks each listener's settings; the error names the listener's line.
+    fn validate_listeners(&self, text: &str, origin: &str) -> Result<(), ConfigError> {
+        for (i, listener) in self.listeners.iter().enumerate() {
+            if let Err((key, why)) = listener.check() {
+                // The line of its `[[listeners]]` header, when written that way.
+                let line = text
+                    .lines()
+                    .enumerate()
+                    .filter(|(_, l)| l.trim_start().starts_with("[[listeners]]"))
+                    .nth(i)
+                    .map_or(String::new(), |(n, _)| format!("{}: ", n + 1));
+                return Err(ConfigError {
+                    message: format!(
+                        "{origin}:{line}listeners[{i}] ({}): {key}: {why}",
+                        listener.bind
+                    ),
+                });
+            }
+        }
+        Ok(())
     }
 
     /// How long a new connection has to send CONNECT.
@@ -507,6 +761,130 @@ mod tests {
             "[auth]\nallow_anonymous = false\n[[listeners]]\nbind = \"127.0.0.1:1\"\npassword_file = \"pw\"\n",
         ] {
             assert!(Config::parse(ok, "b.toml").is_ok(), "{ok}");
+        }
+    }
+
+    #[test]
+    fn listeners_of_every_kind() {
+        let c = Config::parse(
+            r#"
+[[listeners]]
+bind = "0.0.0.0:8883"
+certfile = "server.pem"
+keyfile = "server.key"
+cafile = "ca.pem"
+crlfile = "crl.pem"
+require_certificate = true
+use_identity_as_username = true
+tls_version = "tlsv1.3"
+max_connections = 10
+
+[[listeners]]
+bind = "127.0.0.1:8080"
+protocol = "websockets"
+websocket_path = "/ws"
+proxy_protocol = true
+
+[[listeners]]
+bind = "127.0.0.1:8443"
+protocol = "websockets"
+certfile = "server.pem"
+keyfile = "server.key"
+capath = "/etc/ssl/certs"
+require_certificate = "optional"
+"#,
+            "b.toml",
+        )
+        .unwrap();
+        let [tls, ws, wss] = &c.listeners[..] else {
+            panic!("{:?}", c.listeners)
+        };
+        assert!(tls.is_tls() && tls.protocol == Protocol::Mqtt);
+        assert_eq!(tls.require_certificate, ClientCertificates::Required);
+        assert_eq!(tls.tls_version, Some(TlsVersion::Tls13));
+        assert_eq!(tls.max_connections, Some(10));
+        assert!(tls.certificate_is_username());
+        assert!(!ws.is_tls() && ws.proxy_protocol && ws.websocket_path() == "/ws");
+        assert!(wss.is_tls() && wss.protocol == Protocol::WebSockets);
+        assert_eq!(wss.websocket_path(), "/mqtt");
+        assert_eq!(wss.require_certificate, ClientCertificates::Optional);
+    }
+
+    #[test]
+    fn the_default_listens_on_loopback_only() {
+        let c = Config::default();
+        assert_eq!(c.listeners.len(), 2);
+        assert!(
+            c.listeners
+                .iter()
+                .all(|l| l.bind.ip().is_loopback() && !l.is_tls())
+        );
+    }
+
+    #[test]
+    fn listener_settings_that_do_not_fit_name_line_listener_and_key() {
+        let cases = [
+            ("certfile = \"a\"\n", "keyfile: needed with certfile"),
+            ("cafile = \"a\"\n", "cafile: only with TLS"),
+            (
+                "certfile = \"a\"\nkeyfile = \"b\"\nrequire_certificate = true\n",
+                "require_certificate: client certificates are verified against cafile",
+            ),
+            (
+                "certfile = \"a\"\nkeyfile = \"b\"\ncafile = \"c\"\nuse_identity_as_username = true\n",
+                "use_identity_as_username: needs a client certificate",
+            ),
+            (
+                "certfile = \"a\"\nkeyfile = \"b\"\ncafile = \"c\"\ncrlfile = \"d\"\n",
+                "crlfile: client certificates are not asked for",
+            ),
+            (
+                "websocket_path = \"/x\"\n",
+                "websocket_path: only with protocol",
+            ),
+            (
+                "protocol = \"websockets\"\nwebsocket_path = \"x\"\n",
+                "websocket_path: must start with /",
+            ),
+            (
+                "max_connections = 0\n",
+                "max_connections: must be at least 1",
+            ),
+        ];
+        for (keys, expected) in cases {
+            let text = format!(
+                "[limits]\nmax_inflight = 5\n\n[[listeners]]\nbind = \"127.0.0.1:1\"\n\n[[listeners]]\nbind = \"127.0.0.1:2\"\n{keys}"
+            );
+            let err = Config::parse(&text, "b.toml").unwrap_err().to_string();
+            assert!(
+                err.starts_with("b.toml:7: listeners[1] (127.0.0.1:2): ") && err.contains(expected),
+                "{keys}: {err}"
+            );
+        }
+    }
+
+    #[test]
+    fn listener_values_are_checked_where_they_are() {
+        for (text, line) in [
+            (
+                "[[listeners]]\nbind = \"127.0.0.1:1\"\nrequire_certificate = \"sometimes\"\n",
+                3,
+            ),
+            (
+                "[[listeners]]\nbind = \"127.0.0.1:1\"\ntls_version = \"tlsv1.1\"\n",
+                3,
+            ),
+            (
+                "[[listeners]]\nbind = \"127.0.0.1:1\"\nprotocol = \"http\"\n",
+                3,
+            ),
+            (
+                "[[listeners]]\nbind = \"127.0.0.1:1\"\ncertfiles = \"a\"\n",
+                3,
+            ),
+        ] {
+            let err = Config::parse(text, "b.toml").unwrap_err().to_string();
+            assert!(err.starts_with(&format!("b.toml:{line}:")), "{err}");
         }
     }
 }

@@ -79,7 +79,11 @@ pub async fn serve_bytes(input: &[u8]) {
     };
     let ended = tokio::time::timeout(LIMIT, async {
         tokio::join!(
-            connection::serve(Arc::clone(&shared), server, PEER, 0),
+            connection::serve(
+                Arc::clone(&shared),
+                server,
+                connection::Origin::tcp(&shared, PEER)
+            ),
             write,
             read
         )
@@ -100,8 +104,9 @@ pub async fn serve_bytes(input: &[u8]) {
         let ok = tokio::time::timeout(LIMIT, round_trip(client, version)).await;
         matches!(ok, Ok(Ok(true)))
     };
+    let origin = connection::Origin::tcp(&shared, PEER);
     let ((), served) = tokio::join!(
-        connection::serve(Arc::clone(&shared), server, PEER, 0),
+        connection::serve(Arc::clone(&shared), server, origin),
         check
     );
     assert!(served, "the broker no longer serves a well-behaved client");

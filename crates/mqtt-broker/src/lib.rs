@@ -21,7 +21,8 @@
 //! subscriber's task is woken to write it. See `docs/architecture.md`.
 //!
 //! # Where each concern lives
-//! - `listener`: binding and accepting; TCP options; sockets before CONNECT.
+//! - `listener/`: binding and accepting; TCP options; sockets before CONNECT; the PROXY
+//!   protocol (`proxy`), TLS (`tls`, `subject`) and WebSocket (`ws`).
 //! - `connection/`: one client connection, a file per concern: `handshake` (CONNECT),
 //!   `active_loop`, `publish`, `subscribe`, `hibernate` (idle connections), `close`.
 //! - `parking`: idle TCP connections held without a task.
@@ -121,9 +122,10 @@ impl Broker {
     /// none: anyone may connect and do anything).
     ///
     /// # Errors
-    /// If a listener cannot be bound (address in use, permission denied). A listener on
-    /// `[::]` that fails because IPv6 is unavailable is skipped with a warning, as long
-    /// as another listener is bound.
+    /// If a listener cannot be bound (address in use, permission denied), or its TLS
+    /// files cannot be read or do not fit together (the error names the listener, the
+    /// key and the file). An IPv6 listener that fails because IPv6 is unavailable is
+    /// skipped with a warning, as long as another listener is bound.
     /// If a password or ACL file cannot be read or has a malformed line
     /// ([`io::ErrorKind::InvalidData`], naming the file, line and reason).
     /// `allow_anonymous = false` on a listener without a password file is refused
@@ -187,16 +189,37 @@ impl Broker {
                 shared.store
             ))
         })?;
+        // Certificates and keys are read before anything is served.
+        let endpoints = shared
+            .config
+            .listeners
+            .iter()
+            .enumerate()
+            .map(|(i, l)| listener::Endpoint::new(i, l).map(Arc::new))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
         let mut tasks = JoinSet::new();
         let mut local_addrs = Vec::new();
         let mut errors = Vec::new();
-        for (index, listener) in shared.config.listeners.iter().enumerate() {
+        for (listener, endpoint) in shared.config.listeners.iter().zip(endpoints) {
             match listener::bind(listener.bind).await {
                 Ok(l) => {
                     let addr = l.local_addr()?;
-                    info!(%addr, "listening");
+                    info!(%addr, transport = %endpoint.kind(), "listening");
+                    if !addr.ip().is_loopback()
+                        && shared.config.auth.allow_anonymous
+                        && !listener.certificate_is_username()
+                    {
+                        warn!(
+                            %addr,
+                            "this listener is reachable from the network and lets anonymous \
+                             clients in: set auth.allow_anonymous = false with a password \
+                             backend, authenticate clients by certificate \
+                             (use_identity_as_username), or bind to a loopback address"
+                        );
+                    }
                     local_addrs.push(addr);
-                    tasks.spawn(listener::accept_loop(Arc::clone(&shared), l, index));
+                    tasks.spawn(listener::accept_loop(Arc::clone(&shared), l, endpoint));
                 }
                 Err(e) if listener.bind.is_ipv6() => {
                     warn!(addr = %listener.bind, error = %e, "IPv6 listener not started");

@@ -21,8 +21,9 @@ use tracing::{error, info, warn};
 
 /// An MQTT 3.1, 3.1.1 and 5.0 broker.
 ///
-/// With no arguments it listens on 0.0.0.0:1883 and [::]:1883 and allows anonymous
-/// clients. Options given here override the configuration file.
+/// With no arguments it listens on 127.0.0.1:1883 and [::1]:1883 only (this machine's
+/// clients) and allows anonymous clients; a configuration file with listeners, or
+/// --listen, opens it to the network. Options given here override the configuration file.
 #[derive(Clone, Debug, Parser)]
 #[command(name = "mqtt-broker", version, about, long_about = None)]
 struct Args {
@@ -43,7 +44,8 @@ struct Args {
     /// Check the configuration, and exit: 0 if the broker would start with it.
     #[arg(long = "test-config")]
     test_config: bool,
-    /// Listen on this port on 0.0.0.0 and [::] instead of the configured listeners.
+    /// Listen on this port on 127.0.0.1 and [::1] (loopback only) instead of the
+    /// configured listeners.
     #[arg(short = 'p', long = "port")]
     port: Option<u16>,
     /// Listen on ADDR:PORT instead of the configured listeners (repeatable).
@@ -67,10 +69,7 @@ impl Args {
             (None, None) => Config::default(),
         };
         if let Some(port) = self.port {
-            config.listeners = vec![
-                Listener::new(SocketAddr::from(([0, 0, 0, 0], port))),
-                Listener::new(SocketAddr::from(([0u16; 8], port))),
-            ];
+            config.listeners = Listener::loopback(port);
         }
         if !self.listen.is_empty() {
             config.listeners = self.listen.iter().copied().map(Listener::new).collect();
@@ -156,6 +155,10 @@ fn serve(args: Args, config: Config, logging: Logging) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    // No listener open beyond this machine, and none asked for: say how to open it.
+    let local_only = config.listeners.iter().all(|l| l.bind.ip().is_loopback())
+        && args.file().is_none()
+        && args.listen.is_empty();
     runtime.block_on(async move {
         // SIGHUP is handled from before the listeners open: its default would end the
         // process.
@@ -178,6 +181,15 @@ fn serve(args: Args, config: Config, logging: Logging) -> ExitCode {
                 return ExitCode::FAILURE;
             }
         };
+        if local_only {
+            // As Mosquitto 2.0: safe until told otherwise, and says how.
+            warn!(
+                "local only: listening on loopback addresses, so only clients on this \
+                 machine can connect. To accept connections from the network, give a \
+                 configuration file with listeners (-c FILE, see docs/configuration.md: \
+                 TLS, client certificates, WebSocket) or --listen 0.0.0.0:1883"
+            );
+        }
         let stop = wait_for_signal();
         tokio::pin!(stop);
         loop {

@@ -14,7 +14,8 @@
 //! the routing path. The session's lock decides who revives: parking puts the
 //! [`Parked`] into the session under that lock, and reviving takes it out under it.
 //!
-//! Only plain TCP parks; other streams hibernate in their task.
+//! Plain TCP parks, and WebSocket on TCP between frames (its frame state is then
+//! empty); other streams (TLS) hibernate in their task.
 
 use std::{
     collections::HashMap,
@@ -47,6 +48,10 @@ pub(crate) struct Parked {
     pub(crate) decoder: Decoder,
     /// The keep-alive alarm set for it (session time, alarm number), if any.
     pub(crate) alarm: Option<(mqtt_session::Instant, u64)>,
+    /// Its place on its listener, if the listener counts them.
+    pub(crate) slot: Option<crate::listener::ListenerSlot>,
+    /// It speaks WebSocket: frames resume at a frame boundary, where it parked.
+    pub(crate) websocket: bool,
     /// Its registration with the poll.
     token: usize,
 }
@@ -160,6 +165,7 @@ impl Parking {
     }
 
     /// The [`Parked`] for a socket just registered and out of tokio.
+    #[allow(clippy::too_many_arguments)]
     pub(crate) fn parked(
         token: usize,
         stream: TcpStream,
@@ -167,6 +173,8 @@ impl Parking {
         version: ProtocolVersion,
         decoder: Decoder,
         alarm: Option<(mqtt_session::Instant, u64)>,
+        slot: Option<crate::listener::ListenerSlot>,
+        websocket: bool,
     ) -> Box<Parked> {
         Box::new(Parked {
             stream,
@@ -174,6 +182,8 @@ impl Parking {
             version,
             decoder,
             alarm,
+            slot,
+            websocket,
             token,
         })
     }
@@ -206,16 +216,34 @@ impl Parking {
             return;
         }
         Self::reap(&mut tasks);
-        tasks.spawn_on(
-            async move {
-                let after = Arc::clone(&shared);
-                crate::connection::resume(shared, handle, parked).await;
-                if let Some(parking) = after.parking() {
-                    Self::reap(&mut parking.tasks());
-                }
-            },
-            &self.runtime,
-        );
+        // Each kind of stream in a task of its own size.
+        if parked.websocket {
+            tasks.spawn_on(
+                async move {
+                    let after = Arc::clone(&shared);
+                    crate::connection::resume::<crate::listener::ParkedWebSocket>(
+                        shared, handle, parked,
+                    )
+                    .await;
+                    if let Some(parking) = after.parking() {
+                        Self::reap(&mut parking.tasks());
+                    }
+                },
+                &self.runtime,
+            );
+        } else {
+            tasks.spawn_on(
+                async move {
+                    let after = Arc::clone(&shared);
+                    crate::connection::resume::<tokio::net::TcpStream>(shared, handle, parked)
+                        .await;
+                    if let Some(parking) = after.parking() {
+                        Self::reap(&mut parking.tasks());
+                    }
+                },
+                &self.runtime,
+            );
+        }
     }
 
     /// Frees the tasks of revived connections that have ended: nothing else joins the

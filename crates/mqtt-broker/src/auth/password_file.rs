@@ -121,6 +121,11 @@ impl Authenticator for PasswordFile {
         let Some(username) = credentials.username else {
             return Box::pin(std::future::ready(Ok(())));
         };
+        if credentials.username_from_certificate {
+            // As Mosquitto with use_identity_as_username: the TLS handshake verified
+            // the certificate that names the user; there is no password to check.
+            return Box::pin(std::future::ready(Ok(())));
+        }
         let users = self.users.load_full();
         let username = username.to_owned();
         let password = credentials.password.map(<[u8]>::to_vec);

@@ -25,6 +25,11 @@ use super::*;
 /// latency measured: two clock readings, for a histogram, not for every batch.
 const ACK_SAMPLE: u32 = 16;
 
+/// Messages a connection routes before it lets other tasks on its thread run: well
+/// under a subscriber's default queue (`limits.max_queued_messages`, 1,000), so that a
+/// subscriber on the same thread takes its share before its queue fills.
+const ROUTED_PER_YIELD: usize = 256;
+
 #[allow(clippy::too_many_arguments)]
 pub(crate) async fn run_loop<R, W>(
     shared: &Arc<Shared>,
@@ -67,6 +72,8 @@ where
     let mut verdicts = Vec::new();
     // How much the next read asks for: grows while reads fill it (see MAX_READ_CHUNK).
     let mut chunk = READ_CHUNK;
+    // Messages routed since this task last let others run (see ROUTED_PER_YIELD).
+    let mut routed_since_yield = 0usize;
     // Who the client is, for authorization: fixed for the connection, taken at the
     // first flush.
     let mut principal = None;
@@ -262,6 +269,15 @@ where
                 .publish_received
                 .fetch_add(received, Ordering::Relaxed);
             shared.stats.add_by_qos(received_qos, received_bytes, true);
+            // A publisher whose input never runs dry would otherwise route for as long
+            // as tokio's budget of reads lasts (with large reads, tens of thousands of
+            // messages), while its subscribers' tasks wait on this thread and their
+            // queues fill.
+            routed_since_yield += received as usize;
+            if routed_since_yield >= ROUTED_PER_YIELD {
+                routed_since_yield = 0;
+                tokio::task::yield_now().await;
+            }
         }
         // Retained messages of new subscriptions, as the session's queue has room.
         if !backlog.is_empty() && pump_retained(shared, handle, &mut backlog) {

@@ -171,13 +171,26 @@ pub(crate) async fn write_or_stall<W: AsyncWrite + Unpin>(
             Ok(Ok(0)) => return Err(std::io::ErrorKind::WriteZero.into()),
             Ok(Ok(n)) => buf = buf.get(n..).unwrap_or_default(),
             Ok(Err(e)) => return Err(e),
-            Err(_) => {
-                return Err(std::io::Error::new(
-                    std::io::ErrorKind::TimedOut,
-                    format!("the client read nothing for {} s", stall.as_secs()),
-                ));
-            }
+            Err(_) => return Err(stalled(stall)),
         }
     }
-    Ok(())
+    // TLS and WebSocket streams may hold back what they took (a record, a frame) until
+    // flushed. A TCP stream's flush does nothing and is ready at once: no timer.
+    let once = std::future::poll_fn(|cx| {
+        std::task::Poll::Ready(std::pin::Pin::new(&mut *wr).poll_flush(cx))
+    })
+    .await;
+    match once {
+        std::task::Poll::Ready(flushed) => flushed,
+        std::task::Poll::Pending => timeout(stall, wr.flush())
+            .await
+            .unwrap_or_else(|_| Err(stalled(stall))),
+    }
+}
+
+fn stalled(stall: std::time::Duration) -> std::io::Error {
+    std::io::Error::new(
+        std::io::ErrorKind::TimedOut,
+        format!("the client read nothing for {} s", stall.as_secs()),
+    )
 }

@@ -23,50 +23,60 @@ use crate::{
 
 use super::*;
 
+/// Counts a socket in `Stats::handshaking` from its accept until CONNECT is through
+/// (the TLS and WebSocket handshakes included), however that ends.
+pub(crate) struct Handshaking(Arc<Shared>);
+
+impl Handshaking {
+    pub(crate) fn new(shared: &Arc<Shared>) -> Self {
+        shared.stats.handshaking.fetch_add(1, Ordering::Relaxed);
+        Self(Arc::clone(shared))
+    }
+}
+
+impl Drop for Handshaking {
+    fn drop(&mut self) {
+        self.0.stats.handshaking.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
 /// Reads CONNECT (refusing what does not decode) and attaches the session; `None` if the
 /// connection ends here. Also returns the bytes read behind CONNECT. `listener` is the
 /// index of the listener it came in on (its authentication settings apply).
 pub(crate) async fn open<S: Duplex>(
     shared: Arc<Shared>,
     mut stream: S,
-    peer: SocketAddr,
-    listener: usize,
+    origin: Origin,
 ) -> Option<(Conn<S>, BytesMut)> {
-    /// Counts the socket in `Stats::handshaking` until CONNECT is through, however
-    /// `open` ends.
-    struct Handshaking<'a>(&'a Shared);
-    impl Drop for Handshaking<'_> {
-        fn drop(&mut self) {
-            self.0.stats.handshaking.fetch_sub(1, Ordering::Relaxed);
-        }
-    }
-    shared.stats.handshaking.fetch_add(1, Ordering::Relaxed);
-    let counted = Handshaking(&shared);
+    let peer = origin.peer;
     let mut decoder = Decoder::new();
     decoder.set_max_packet_size(shared.config.limits.max_packet_size);
     let mut rbuf = BytesMut::with_capacity(READ_CHUNK);
-    // Reading CONNECT and authenticating it (a password hash may wait for its turn)
-    // share the connect timeout.
-    let deadline = Instant::now() + shared.live.connect_timeout();
-    let connect =
-        match timeout_at(deadline, read_packet(&mut stream, &mut rbuf, &mut decoder)).await {
-            Ok(Ok(Some(Packet::Connect(c)))) => c,
-            Ok(Ok(_)) => {
-                debug!(%peer, "connection closed before CONNECT");
-                return None;
-            }
-            Ok(Err(e)) => {
-                refuse_undecodable(&mut stream, &e, peer).await;
-                return None;
-            }
-            Err(_) => {
-                debug!(%peer, "no CONNECT within the connect timeout");
-                return None;
-            }
-        };
-    let (handle, generation, version) =
-        attach(&shared, &mut stream, *connect, peer, listener, deadline).await?;
-    drop(counted);
+    let connect = match timeout_at(
+        origin.deadline,
+        read_packet(&mut stream, &mut rbuf, &mut decoder),
+    )
+    .await
+    {
+        Ok(Ok(Some(Packet::Connect(c)))) => c,
+        Ok(Ok(_)) => {
+            debug!(%peer, "connection closed before CONNECT");
+            return None;
+        }
+        Ok(Err(e)) => {
+            refuse_undecodable(&mut stream, &e, peer).await;
+            return None;
+        }
+        Err(_) => {
+            debug!(%peer, "no CONNECT within the connect timeout");
+            return None;
+        }
+    };
+    let (handle, generation, version) = attach(&shared, &mut stream, *connect, &origin).await?;
+    let Origin {
+        handshaking, slot, ..
+    } = origin;
+    drop(handshaking);
     let conn = Conn {
         shared,
         handle,
@@ -74,6 +84,7 @@ pub(crate) async fn open<S: Duplex>(
         version,
         stream,
         decoder,
+        slot,
     };
     // Packets the client sent right behind CONNECT may already be in `rbuf`.
     Some((conn, rbuf))
@@ -138,10 +149,9 @@ pub(crate) async fn attach<W: AsyncWrite + Unpin>(
     shared: &Arc<Shared>,
     wr: &mut W,
     mut connect: Connect,
-    peer: SocketAddr,
-    listener: usize,
-    deadline: Instant,
+    origin: &Origin,
 ) -> Option<(Arc<SessionHandle>, u64, ProtocolVersion)> {
+    let peer = origin.peer;
     let version = connect.version;
     let mut properties = ConnAckProperties::default();
     if connect.client_id.is_empty() {
@@ -159,6 +169,21 @@ pub(crate) async fn attach<W: AsyncWrite + Unpin>(
             properties.assigned_client_identifier = Some(connect.client_id.clone());
         }
     }
+    if origin.certificate_is_username {
+        // As Mosquitto: the client certificate names the user, and what CONNECT says
+        // instead is set aside. No certificate (an optional one), no user.
+        connect.password = None;
+        connect.username = origin
+            .identity
+            .as_ref()
+            .and_then(|name| mqtt_codec::ByteStr::try_from(name.clone()).ok());
+        if connect.username.is_none() {
+            info!(%peer, "connection refused: no client certificate to name the user");
+            send_connack(wr, version, ReasonCode::NOT_AUTHORIZED).await;
+            return None;
+        }
+    }
+    let (listener, deadline) = (origin.transport.listener, origin.deadline);
     // The user name and client id as logged: client input, quoted and escaped.
     let user = connect.username.as_deref().unwrap_or_default();
     if connect.username.is_none() && !shared.allows_anonymous(listener) {
@@ -173,6 +198,8 @@ pub(crate) async fn attach<W: AsyncWrite + Unpin>(
         peer,
     );
     credentials.listener = listener;
+    credentials.transport = origin.transport;
+    credentials.username_from_certificate = origin.certificate_is_username;
     let authenticating = shared.authenticator(listener).authenticate(&credentials);
     let Ok(verdict) = timeout_at(deadline, authenticating).await else {
         // Too many CONNECTs waiting for a password hash: this one's time is up.

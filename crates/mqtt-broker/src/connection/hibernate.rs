@@ -22,7 +22,10 @@ use super::*;
 /// moment; it does not rely on the session's signal, which may have been taken by the
 /// task of a connection taken over or gone (they pass it on, but perhaps too late).
 #[cfg(unix)]
-pub(crate) fn park_tcp(conn: Conn<tokio::net::TcpStream>) -> Park<tokio::net::TcpStream> {
+pub(crate) fn park_tcp(
+    conn: Conn<tokio::net::TcpStream>,
+    websocket: bool,
+) -> Park<tokio::net::TcpStream> {
     let (shared, handle) = (Arc::clone(&conn.shared), Arc::clone(&conn.handle));
     let Some(parking) = shared.start_parking() else {
         return Park::Hibernate(conn);
@@ -50,6 +53,7 @@ pub(crate) fn park_tcp(conn: Conn<tokio::net::TcpStream>) -> Park<tokio::net::Tc
         version,
         stream,
         decoder,
+        slot,
         ..
     } = conn;
     let alarm = cell
@@ -59,7 +63,7 @@ pub(crate) fn park_tcp(conn: Conn<tokio::net::TcpStream>) -> Park<tokio::net::Tc
     match stream.into_std() {
         Ok(stream) => {
             cell.park(crate::parking::Parking::parked(
-                token, stream, generation, version, decoder, alarm,
+                token, stream, generation, version, decoder, alarm, slot, websocket,
             ));
         }
         Err(e) => {

@@ -29,12 +29,15 @@ mod active_loop;
 mod close;
 mod handshake;
 mod hibernate;
+mod locked;
 mod publish;
 mod subscribe;
 
 pub(crate) use close::log_end;
+pub(crate) use handshake::Handshaking;
 #[cfg(unix)]
-use hibernate::park_tcp;
+pub(crate) use hibernate::park_tcp;
+pub(crate) use locked::{Locked, Unsplit};
 pub(crate) use publish::will_message;
 pub(crate) use subscribe::{check_filter, subscribe, unsubscribe};
 use {
@@ -142,9 +145,10 @@ impl std::fmt::Display for End {
 /// A connection's byte stream, whose read and write sides each stage borrows at once.
 ///
 /// A TCP stream splits into borrowed halves for free (`TcpStream::split`); its owned
-/// halves (`into_split`) would cost every connection a 56-byte shared allocation, and
-/// `tokio::io::split`, for streams that cannot split (TLS), a lock on every read and
-/// write as well.
+/// halves (`into_split`) would cost every connection a 56-byte shared allocation.
+/// Streams that cannot split (TLS, WebSocket) go behind [`Locked`], whose halves share
+/// the stream through a lock that is never contended (`tokio::io::split` would add a
+/// shared allocation per stage).
 pub(crate) trait Duplex: AsyncRead + AsyncWrite + Unpin {
     /// The read side.
     type Read<'a>: AsyncRead + Unpin
@@ -176,7 +180,59 @@ impl Duplex for tokio::net::TcpStream {
 
     #[cfg(unix)]
     fn park(conn: Conn<Self>) -> Park<Self> {
-        park_tcp(conn)
+        park_tcp(conn, false)
+    }
+}
+
+/// A stream that can be parked as a bare TCP socket (see `parking`) and rebuilt from
+/// it when revived: TCP itself, and WebSocket on TCP (parked between frames).
+#[cfg(unix)]
+pub(crate) trait Resumable: Duplex + Sized {
+    /// The stream around a socket back from parking.
+    fn resumed(stream: tokio::net::TcpStream, shared: &Shared) -> Self;
+}
+
+#[cfg(unix)]
+impl Resumable for tokio::net::TcpStream {
+    fn resumed(stream: tokio::net::TcpStream, _: &Shared) -> Self {
+        stream
+    }
+}
+
+/// What the listener learnt about a connection before its first MQTT byte, and what it
+/// holds for it until CONNECT is through.
+pub(crate) struct Origin {
+    /// The client's address (from the PROXY protocol header, if the listener takes one).
+    pub(crate) peer: SocketAddr,
+    /// The listener, TLS or not, WebSocket or not, a verified client certificate.
+    pub(crate) transport: crate::auth::Transport,
+    /// The client certificate's name, when the listener makes it the user name.
+    pub(crate) identity: Option<String>,
+    /// The listener makes the certificate's name the user name (`identity`; none: the
+    /// client is refused).
+    pub(crate) certificate_is_username: bool,
+    /// When CONNECT must have been read (`limits.connect_timeout` after the socket was
+    /// accepted: the TLS and WebSocket handshakes and the PROXY header included).
+    pub(crate) deadline: tokio::time::Instant,
+    /// Counts the socket as not through CONNECT yet.
+    pub(crate) handshaking: Handshaking,
+    /// Its place on its listener, against the listener's `max_connections`.
+    pub(crate) slot: Option<crate::listener::ListenerSlot>,
+}
+
+impl Origin {
+    /// A TCP connection accepted now on listener 0, for tests and fuzzing.
+    #[cfg(any(test, feature = "fuzzing"))]
+    pub(crate) fn tcp(shared: &Arc<Shared>, peer: SocketAddr) -> Self {
+        Self {
+            peer,
+            transport: crate::auth::Transport::new(0, crate::auth::TransportKind::Tcp),
+            identity: None,
+            certificate_is_username: false,
+            deadline: tokio::time::Instant::now() + shared.live.connect_timeout(),
+            handshaking: Handshaking::new(shared),
+            slot: None,
+        }
     }
 }
 
@@ -201,6 +257,9 @@ pub(crate) struct Conn<S> {
     pub(crate) version: ProtocolVersion,
     pub(crate) stream: S,
     pub(crate) decoder: Decoder,
+    /// Its place on its listener (with a `max_connections` of its own), given back when
+    /// the connection ends.
+    pub(crate) slot: Option<crate::listener::ListenerSlot>,
 }
 
 /// Serves one socket accepted on the listener of index `listener` (in
@@ -214,15 +273,14 @@ pub(crate) struct Conn<S> {
 pub(crate) fn serve<S: Duplex>(
     shared: Arc<Shared>,
     stream: S,
-    peer: SocketAddr,
-    listener: usize,
+    origin: Origin,
 ) -> impl Future<Output = ()> {
-    let open = Box::pin(open(shared, stream, peer, listener));
+    let open = Box::pin(open(shared, stream, origin));
     async move {
         // The connection moves into `live` in a scope of its own, so that the future
         // does not keep it twice.
         let living = match open.await {
-            Some((conn, rbuf)) => live(conn, rbuf, true),
+            Some((conn, rbuf)) => live(conn, rbuf, true, None),
             None => return,
         };
         living.await;
@@ -232,7 +290,7 @@ pub(crate) fn serve<S: Duplex>(
 /// Serves a connection parked without a task (see `parking`), woken by its socket or
 /// its session's signal, from where `hibernate` would have gone on.
 #[cfg(unix)]
-pub(crate) async fn resume(
+pub(crate) async fn resume<S: Resumable>(
     shared: Arc<Shared>,
     handle: Arc<SessionHandle>,
     parked: Box<crate::parking::Parked>,
@@ -243,10 +301,11 @@ pub(crate) async fn resume(
         version,
         decoder,
         alarm,
+        slot,
         ..
     } = *parked;
     let stream = match tokio::net::TcpStream::from_std(stream) {
-        Ok(stream) => stream,
+        Ok(stream) => S::resumed(stream, &shared),
         Err(e) => {
             debug!(client = %handle.client_id, error = %e, "a parked connection could not resume");
             log_end(&shared, &handle.client_id, &End::Failed(e));
@@ -255,30 +314,40 @@ pub(crate) async fn resume(
             return;
         }
     };
-    let mut conn = Conn {
-        shared,
-        handle,
-        generation,
-        version,
-        stream,
-        decoder,
+    // The connection moves into `live` in a scope of its own, so that this future does
+    // not keep a second place for it.
+    let living = {
+        let conn = Conn {
+            shared,
+            handle,
+            generation,
+            version,
+            stream,
+            decoder,
+            slot,
+        };
+        let ended = woken(&conn, alarm.map(|(at, _)| at)).err();
+        live(conn, BytesMut::new(), false, ended)
     };
-    match woken(&conn, alarm.map(|(at, _)| at)) {
-        Ok(()) => live(conn, BytesMut::new(), false).await,
-        Err(end) => Box::pin(detach(&mut conn, end)).await,
-    }
+    living.await;
 }
 
 /// A connection's life after CONNECT: active stretches, and idle ones parked (when the
-/// stream can park) or hibernating in the task, until it ends. (Not an `async fn`, which
+/// stream can park) or hibernating in the task, until it ends; or, `ended`, only its
+/// end (a revived connection that was taken over meanwhile). (Not an `async fn`, which
 /// would keep its arguments twice.)
 #[allow(clippy::manual_async_fn)]
 pub(crate) fn live<S: Duplex>(
     mut conn: Conn<S>,
     mut rbuf: BytesMut,
     mut first_stretch: bool,
+    ended: Option<End>,
 ) -> impl Future<Output = ()> {
     async move {
+        if let Some(end) = ended {
+            Box::pin(detach(&mut conn, end)).await;
+            return;
+        }
         // A new connection waits for its client's first packets in its own task for
         // FIRST_INPUT_GRACE_MS before it may park: most clients subscribe or publish right
         // after CONNACK, and a parked connection takes a thread hop to read them, which
@@ -348,6 +417,7 @@ pub(crate) async fn active<S: Duplex>(
             version,
             stream,
             decoder,
+            ..
         } = &mut *conn;
         let (mut rd, mut wr) = stream.halves();
         run_loop(

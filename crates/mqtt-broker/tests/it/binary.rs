@@ -196,7 +196,7 @@ fn sigterm_disconnects_clients_and_exits_zero() {
     }
 }
 
-// -p PORT listens on that port (0.0.0.0 and, where IPv6 works, [::]); --log-level debug
+// -p PORT listens on that port (127.0.0.1 and, where IPv6 works, [::1]); --log-level debug
 // logs each connection.
 #[test]
 fn port_flag_and_log_level() {
@@ -236,4 +236,35 @@ fn port_flag_and_log_level() {
         "{log}"
     );
     assert!(log.contains("DEBUG"), "debug level: {log}");
+}
+
+// Secure by default, as Mosquitto 2.0 (issue 15): without a configuration file the
+// broker listens on loopback only and says how to open it; a listener on every address
+// that lets anonymous clients in is warned about.
+#[test]
+fn loopback_by_default_and_a_warning_for_an_open_listener() {
+    let stop = |running: Running| {
+        std::thread::sleep(Duration::from_millis(200));
+        let _ = Command::new("kill")
+            .args(["-TERM", &running.child.id().to_string()])
+            .status();
+        let port = running.port;
+        let (_, log) = running.wait_for_log();
+        (port, log)
+    };
+    let (port, log) = stop(spawn_listening(|port| {
+        vec!["-p".to_owned(), port.to_string()]
+    }));
+    assert!(log.contains(&format!("127.0.0.1:{port}")), "{log}");
+    assert!(!log.contains("addr=0.0.0.0"), "{log}");
+    assert!(
+        log.contains("local only") && log.contains("--listen 0.0.0.0:1883"),
+        "{log}"
+    );
+    assert!(!log.contains("anonymous"), "{log}");
+    let (_, log) = stop(spawn_listening(|port| {
+        vec!["--listen".to_owned(), format!("0.0.0.0:{port}")]
+    }));
+    assert!(log.contains("lets anonymous"), "{log}");
+    assert!(!log.contains("local only"), "{log}");
 }

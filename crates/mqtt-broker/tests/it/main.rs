@@ -1,9 +1,11 @@
 //! Broker integration tests over real sockets on 127.0.0.1, with clients nobody here
-//! wrote: rumqttc (3.1.1 and 5.0) in-process, and Mosquitto's command-line clients.
+//! wrote: rumqttc (3.1.1 and 5.0) in-process, Mosquitto's command-line clients, Python
+//! paho-mqtt, and MQTT.js in Chromium; over TCP, TLS, WebSocket and the PROXY protocol.
 
 mod auth_files;
 mod authorization;
 mod binary;
+mod browser;
 mod fuzz;
 mod isolation;
 mod lifecycle;
@@ -11,6 +13,8 @@ mod limits;
 mod mosquitto_clients;
 mod ops;
 mod paho;
+mod pki;
+mod proxy;
 mod remote;
 mod rumqttc_v4;
 mod rumqttc_v5;
@@ -18,6 +22,8 @@ mod spec;
 mod spec_v311;
 mod spec_v5;
 mod store;
+mod tls;
+mod websocket;
 mod wire;
 
 use std::{net::SocketAddr, time::Duration};
@@ -40,6 +46,12 @@ pub(crate) async fn broker_with(f: impl FnOnce(&mut Config)) -> (Broker, SocketA
 pub(crate) async fn broker() -> (Broker, SocketAddr) {
     broker_with(|_| {}).await
 }
+
+/// Tests that judge the broker by how fast it delivers (`isolation`) take this for
+/// writing; the tests that load the machine with other processes (TLS handshakes,
+/// Chromium, paho, Mosquitto's clients over TLS) take it for reading, so that the two
+/// never run at once on a small machine.
+pub(crate) static TIMING: tokio::sync::RwLock<()> = tokio::sync::RwLock::const_new(());
 
 /// Every test is bounded in time.
 pub(crate) const WAIT: Duration = Duration::from_secs(10);

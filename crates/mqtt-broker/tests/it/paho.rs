@@ -66,3 +66,44 @@ async fn paho_retained() {
     scenario("retained-311").await;
     scenario("retained-5").await;
 }
+
+/// Fails with a message saying how to install paho-mqtt if it is missing.
+pub(crate) fn require_paho() {
+    let found = std::process::Command::new("python3")
+        .args(["-c", "import paho.mqtt.client"])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    assert!(
+        found,
+        "python3 with paho-mqtt not found: `python3 -m pip install paho-mqtt` (the README's test command does)"
+    );
+}
+
+/// `tests/paho/transports.py`: paho subscribes and publishes over `transport` (tls, ws
+/// or wss) to `port`, trusting `ca`, on WebSocket `path`.
+pub(crate) async fn transports(
+    transport: &str,
+    port: u16,
+    ca: Option<&std::path::Path>,
+    path: Option<&str>,
+) {
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/paho/transports.py");
+    let mut cmd = Command::new("python3");
+    cmd.arg(script)
+        .arg(transport)
+        .arg(port.to_string())
+        .arg(ca.map_or(std::ffi::OsStr::new(""), |p| p.as_os_str()));
+    if let Some(path) = path {
+        cmd.arg(path);
+    }
+    let out = tokio::time::timeout(WAIT * 3, cmd.output())
+        .await
+        .expect("paho finished in time")
+        .expect("python3 runs");
+    assert!(
+        out.status.success(),
+        "paho over {transport} failed:\n{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
