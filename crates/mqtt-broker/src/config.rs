@@ -168,7 +168,7 @@ impl Listener {
     }
 
     /// Checks the settings that only make sense together: the key and why.
-    fn check(&self) -> Result<(), (&'static str, &'static str)> {
+    pub(crate) fn check(&self) -> Result<(), (&'static str, &'static str)> {
         let tls = self.is_tls();
         if tls && self.keyfile.is_none() {
             return Err(("keyfile", "needed with certfile (TLS)"));

@@ -24,7 +24,6 @@ use crate::{
 };
 
 /// Issue numbers of the work that brings what pending keys configure.
-const SECURITY_ISSUE: u32 = 15;
 const DURABILITY_ISSUE: u32 = 16;
 
 /// Whether `text` looks like a Mosquitto configuration file rather than TOML: its first
@@ -117,6 +116,24 @@ struct ListenerSpec {
     /// With `per_listener_settings true`: this listener's files.
     password_file: Option<PathBuf>,
     acl_file: Option<PathBuf>,
+    /// `protocol websockets`.
+    websockets: bool,
+    /// TLS and client certificates: Mosquitto's keys, always the listener's own.
+    tls: TlsSpec,
+}
+
+/// A listener's TLS keys as read.
+#[derive(Debug, Default)]
+struct TlsSpec {
+    certfile: Option<PathBuf>,
+    keyfile: Option<PathBuf>,
+    cafile: Option<PathBuf>,
+    capath: Option<PathBuf>,
+    crlfile: Option<PathBuf>,
+    require_certificate: bool,
+    use_identity_as_username: bool,
+    use_subject_as_username: bool,
+    tls_version: Option<crate::config::TlsVersion>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -211,6 +228,8 @@ impl Mapper {
             allow_anonymous: None,
             password_file: None,
             acl_file: None,
+            websockets: false,
+            tls: TlsSpec::default(),
         })
     }
 
@@ -240,6 +259,8 @@ impl Mapper {
                     allow_anonymous: None,
                     password_file: None,
                     acl_file: None,
+                    websockets: false,
+                    tls: TlsSpec::default(),
                 });
                 self.in_listener = true;
             }
@@ -266,7 +287,7 @@ impl Mapper {
             }
             "protocol" => match value {
                 "mqtt" => {}
-                "websockets" => return pending(at, "WebSocket listeners", SECURITY_ISSUE),
+                "websockets" => self.listener(at).websockets = true,
                 _ => return Err(at.error("expected mqtt or websockets")),
             },
             "max_connections" => {
@@ -312,24 +333,46 @@ impl Mapper {
                     self.set("auth.acl_file", at);
                 }
             }
-            "cafile"
-            | "capath"
-            | "certfile"
-            | "keyfile"
-            | "require_certificate"
-            | "use_identity_as_username"
-            | "use_subject_as_username"
-            | "tls_version"
-            | "ciphers"
-            | "ciphers_tls1.3"
-            | "crlfile"
-            | "dhparamfile"
-            | "tls_engine"
-            | "tls_keyform"
-            | "tls_engine_kpass_sha1"
-            | "psk_hint"
-            | "psk_file" => {
-                return pending(at, "TLS listeners", SECURITY_ISSUE);
+            // TLS: the listener's own keys, as in Mosquitto.
+            "certfile" | "keyfile" | "cafile" | "capath" | "crlfile" => {
+                let path = Some(PathBuf::from(value));
+                let tls = &mut self.listener(at).tls;
+                match at.key.as_str() {
+                    "certfile" => tls.certfile = path,
+                    "keyfile" => tls.keyfile = path,
+                    "cafile" => tls.cafile = path,
+                    "capath" => tls.capath = path,
+                    _ => tls.crlfile = path,
+                }
+            }
+            "require_certificate" => {
+                self.listener(at).tls.require_certificate = parse_bool(at, value)?;
+            }
+            "use_identity_as_username" => {
+                self.listener(at).tls.use_identity_as_username = parse_bool(at, value)?;
+            }
+            "use_subject_as_username" => {
+                self.listener(at).tls.use_subject_as_username = parse_bool(at, value)?;
+            }
+            "tls_version" => {
+                let version = match value {
+                    "tlsv1.2" => crate::config::TlsVersion::Tls12,
+                    "tlsv1.3" => crate::config::TlsVersion::Tls13,
+                    "tlsv1.1" | "tlsv1" => {
+                        return unsupported(at, "TLS before 1.2 (tls_version tlsv1.2 or tlsv1.3)");
+                    }
+                    _ => return Err(at.error("expected tlsv1.2 or tlsv1.3")),
+                };
+                self.listener(at).tls.tls_version = Some(version);
+            }
+            "ciphers" | "ciphers_tls1.3" | "dhparamfile" => {
+                return unsupported(
+                    at,
+                    "choosing ciphers: the broker offers only ECDHE with AES-GCM or ChaCha20-Poly1305 (rustls); remove the line",
+                );
+            }
+            "tls_engine" | "tls_keyform" | "tls_engine_kpass_sha1" | "psk_hint" | "psk_file" => {
+                return unsupported(at, "OpenSSL engines and pre-shared keys; remove the line");
             }
 
             // Persistence.
@@ -506,7 +549,9 @@ impl Mapper {
                 self.origins.insert("log.subscriptions", at.clone());
                 return Ok(());
             }
-            "websockets" => return pending(at, "WebSocket listeners", SECURITY_ISSUE),
+            // The WebSocket library's own messages: the broker's WebSocket layer logs
+            // through its connection lines.
+            "websockets" => return Ok(()),
             _ => {
                 return Err(at.error(
                     "expected error, warning, notice, information, debug, subscribe, unsubscribe, none or all",
@@ -550,6 +595,24 @@ impl Mapper {
         for spec in &specs {
             for bind in resolve(spec)? {
                 let mut l = listener(bind);
+                if spec.websockets {
+                    l.protocol = crate::config::Protocol::WebSockets;
+                }
+                let tls = &spec.tls;
+                l.certfile.clone_from(&tls.certfile);
+                l.keyfile.clone_from(&tls.keyfile);
+                l.cafile.clone_from(&tls.cafile);
+                l.capath.clone_from(&tls.capath);
+                l.crlfile.clone_from(&tls.crlfile);
+                if tls.require_certificate {
+                    l.require_certificate = crate::config::ClientCertificates::Required;
+                }
+                l.use_identity_as_username = tls.use_identity_as_username;
+                l.use_subject_as_username = tls.use_subject_as_username;
+                l.tls_version = tls.tls_version;
+                if let Err((key, why)) = l.check() {
+                    return Err(spec.at.error(format_args!("listener: {key}: {why}")));
+                }
                 if self.per_listener_settings {
                     // Mosquitto 2: a listener that does not say lets no anonymous
                     // client in, and has no password or ACL file but its own.
@@ -775,8 +838,6 @@ mod tests {
     #[test]
     fn pending_and_unknown_keys_name_file_line_and_key() {
         for (line, issue) in [
-            ("cafile /etc/ca.pem", 15),
-            ("protocol websockets", 15),
             ("persistence true", 16),
             ("persistence_location /var/lib/mosquitto/", 16),
             ("autosave_interval 60", 16),

@@ -192,31 +192,15 @@ fn keys_refused_name_file_line_and_key() {
     for (line, says) in [
         (
             "cafile /etc/ca.pem",
-            "not supported yet: TLS listeners (see issue 15)",
+            "listener: cafile: only with TLS: set certfile and keyfile too",
         ),
         (
-            "certfile /etc/c.pem",
-            "not supported yet: TLS listeners (see issue 15)",
+            "ciphers ECDHE-RSA-AES256-GCM-SHA384",
+            "not supported by mqtt-broker: choosing ciphers",
         ),
         (
-            "keyfile /etc/k.pem",
-            "not supported yet: TLS listeners (see issue 15)",
-        ),
-        (
-            "require_certificate true",
-            "not supported yet: TLS listeners (see issue 15)",
-        ),
-        (
-            "use_identity_as_username true",
-            "not supported yet: TLS listeners (see issue 15)",
-        ),
-        (
-            "tls_version tlsv1.3",
-            "not supported yet: TLS listeners (see issue 15)",
-        ),
-        (
-            "protocol websockets",
-            "not supported yet: WebSocket listeners (see issue 15)",
+            "tls_version tlsv1.1",
+            "not supported by mqtt-broker: TLS before 1.2",
         ),
         (
             "persistence true",
@@ -309,5 +293,54 @@ fn password_and_acl_files_from_mosquitto_conf() {
     assert!(
         said.contains("not authorized") || said.contains("Not authorized"),
         "{said}"
+    );
+}
+
+// A Mosquitto user's TLS listener, as mosquitto.conf says it (certfile, keyfile,
+// cafile, tls_version), beside a WebSocket one: the broker started on that file serves
+// mosquitto_pub over TLS, and refuses it without the CA.
+#[test]
+fn tls_and_websocket_listeners_from_mosquitto_conf() {
+    let pki = crate::pki::Pki::new();
+    let dir = scratch("conf-tls");
+    let (tls_port, ws_port) = (free_port(), free_port());
+    let conf = write_file(
+        &dir,
+        "mosquitto.conf",
+        &format!(
+            "listener {tls_port} 127.0.0.1\ncertfile {}\nkeyfile {}\ncafile {}\ntls_version tlsv1.2\n\
+             listener {ws_port} 127.0.0.1\nprotocol websockets\nallow_anonymous true\n",
+            pki.cert.display(),
+            pki.key.display(),
+            pki.ca.display()
+        ),
+    );
+    let (code, out, err) = run(&["-c", conf.to_str().unwrap(), "--print-config"]);
+    assert_eq!(code, Some(0), "{err}");
+    let c = reparsed(&out);
+    assert!(c.listeners[0].is_tls());
+    assert_eq!(
+        c.listeners[1].protocol,
+        mqtt_broker::config::Protocol::WebSockets
+    );
+    let _broker = Broker::start(&["-c", conf.to_str().unwrap()]);
+    let publish = |ca: bool| {
+        let mut cmd = Command::new("mosquitto_pub");
+        cmd.args(["-h", "localhost", "-p", &tls_port.to_string()]);
+        if ca {
+            cmd.arg("--cafile").arg(&pki.ca);
+        } else {
+            cmd.args(["--capath", "/nonexistent-ca-dir"]);
+        }
+        cmd.args(["-t", "conf/tls", "-m", "x", "-q", "1"])
+            .output()
+            .unwrap()
+            .status
+            .success()
+    };
+    assert!(publish(true), "mosquitto_pub over TLS with the CA");
+    assert!(
+        !publish(false),
+        "a client that cannot verify the server gets nowhere"
     );
 }
