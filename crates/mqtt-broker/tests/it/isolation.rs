@@ -1,7 +1,7 @@
 //! One slow or stuck subscriber costs only itself: the `mqtt-broker` binary, ten
 //! subscribers reading at full speed, one reading 100 messages a second (a phone on a
 //! weak link) and one never reading, and a publisher sending 5,000 messages a second
-//! for 10 s. The fast ones get at least 99 % within a second of the end, the publisher's
+//! for 10 s. The fast ones get at least 99 % within a few seconds of the end, the publisher's
 //! acknowledgements keep pace, and the broker's memory stays bounded.
 
 use std::{
@@ -34,6 +34,11 @@ const V: ProtocolVersion = ProtocolVersion::V3_1_1;
 const RATE: usize = 5_000;
 const SECONDS: usize = 10;
 const TOTAL: usize = RATE * SECONDS;
+/// How long after the last PUBLISH the fast subscribers may take to catch up. A broker
+/// that holds them to the slow one's pace (100 msg/s) delivers at most 3 % of `TOTAL` by
+/// then, so the bound still tells isolation from throttling, while a machine busy with
+/// other tests (as CI's is) does not fail a broker that keeps up.
+const GRACE: Duration = Duration::from_secs(5);
 /// The broker's resident memory may not pass this at any moment of a run.
 const RSS_BOUND_KIB: u64 = 96 * 1024;
 
@@ -257,7 +262,7 @@ async fn run(
     }
     let sent_at = Instant::now();
     let want = if qos == QoS::AtMostOnce { 0 } else { TOTAL };
-    let deadline = sent_at + Duration::from_secs(1);
+    let deadline = sent_at + GRACE;
     let fewest = |fast: &[Arc<Mutex<HashSet<u32>>>]| {
         fast.iter()
             .map(|g| g.lock().unwrap().len())
@@ -270,7 +275,7 @@ async fn run(
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let ack_lag = if acked.load(Ordering::Relaxed) >= want {
-        sent_at.elapsed().min(Duration::from_secs(1))
+        sent_at.elapsed().min(GRACE)
     } else {
         Duration::MAX
     };
@@ -289,7 +294,7 @@ async fn run(
 fn check(label: &str, (fewest, peak_kib, ack_lag): (usize, u64, Duration)) {
     assert!(
         fewest * 100 >= TOTAL * 99,
-        "{label}: a fast subscriber got {fewest} of {TOTAL} within 1 s of the end"
+        "{label}: a fast subscriber got {fewest} of {TOTAL} within {GRACE:?} of the end"
     );
     assert!(
         ack_lag != Duration::MAX,
