@@ -354,3 +354,30 @@ impl fmt::Display for AuthFileError {
 }
 
 impl std::error::Error for AuthFileError {}
+
+/// A shared authenticator: the broker keeps one handle to read its files again on a
+/// reload while connections use the other.
+impl<T: Authenticator + ?Sized> Authenticator for std::sync::Arc<T> {
+    fn authenticate<'a>(&'a self, credentials: &'a Credentials<'a>) -> Authenticating<'a> {
+        (**self).authenticate(credentials)
+    }
+}
+
+/// A shared authorizer, as for [`Authenticator`].
+impl<T: Authorizer + ?Sized> Authorizer for std::sync::Arc<T> {
+    fn may_publish(&self, client: &ClientInfo<'_>, topic: &str) -> bool {
+        (**self).may_publish(client, topic)
+    }
+
+    fn may_subscribe(&self, client: &ClientInfo<'_>, filter: &str) -> bool {
+        (**self).may_subscribe(client, filter)
+    }
+
+    fn may_receive(&self, client: &ClientInfo<'_>, topic: &str) -> bool {
+        (**self).may_receive(client, topic)
+    }
+
+    fn filters_delivery(&self) -> bool {
+        (**self).filters_delivery()
+    }
+}

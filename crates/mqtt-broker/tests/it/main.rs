@@ -15,6 +15,7 @@ mod ops;
 mod paho;
 mod pki;
 mod proxy;
+mod reload;
 mod remote;
 mod rumqttc_v4;
 mod rumqttc_v5;

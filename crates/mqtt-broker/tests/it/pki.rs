@@ -136,6 +136,21 @@ impl Pki {
         )
     }
 
+    /// Another server certificate for `localhost` from the same CA, with its own key
+    /// and serial number `serial`: its certificate PEM, key PEM and certificate DER (what
+    /// a client is shown).
+    pub(crate) fn server_pem(&self, serial: u64) -> (String, String, Vec<u8>) {
+        let key = KeyPair::generate().unwrap();
+        let mut params =
+            CertificateParams::new(vec!["localhost".to_owned(), "127.0.0.1".to_owned()]).unwrap();
+        params
+            .distinguished_name
+            .push(DnType::CommonName, "localhost");
+        params.serial_number = Some(SerialNumber::from(serial));
+        let cert = params.signed_by(&key, &self.ca_cert, &self.ca_key).unwrap();
+        (cert.pem(), key.serialize_pem(), cert.der().to_vec())
+    }
+
     /// The server's key in SEC1 form (`EC PRIVATE KEY`).
     pub(crate) fn sec1_key(&self) -> PathBuf {
         let out = self.dir.join("server-sec1.key");
