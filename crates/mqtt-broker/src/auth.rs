@@ -14,6 +14,7 @@
 //! - [`PasswordFile`]: Mosquitto's `password_file`, as `mosquitto_passwd` (or
 //!   `mqtt-passwd`) writes it, in the hash forms of [`password`].
 //! - [`AclFile`]: Mosquitto's `acl_file`.
+//! - [`Jwt`]: JWT as the password (`jwt`), the token naming the user.
 //!
 //! [`Auth::from_files`] makes the pair a configuration's `password_file` and `acl_file`
 //! name; a listener's own keys override them for that listener (Mosquitto's
@@ -26,6 +27,7 @@
 
 mod acl;
 pub(crate) mod failures;
+pub mod jwt;
 pub mod password;
 mod password_file;
 
@@ -33,7 +35,7 @@ use std::{fmt, future::Future, net::SocketAddr, path::Path, path::PathBuf, pin::
 
 use mqtt_codec::ReasonCode;
 
-pub use self::{acl::AclFile, password_file::PasswordFile};
+pub use self::{acl::AclFile, jwt::Jwt, password_file::PasswordFile};
 
 /// What a CONNECT says about who the client is.
 #[derive(Debug)]
@@ -296,6 +298,8 @@ pub(crate) struct ListenerAuth {
     pub(crate) authenticator: Option<Box<dyn Authenticator>>,
     /// Its `acl_file`.
     pub(crate) authorizer: Option<Box<dyn Authorizer>>,
+    /// Its `jwt`, or `auth`'s: the password is a token, which names the user.
+    pub(crate) jwt: Option<std::sync::Arc<Jwt>>,
 }
 
 /// A password or ACL file that cannot be used: which file, which line (none if the

@@ -139,12 +139,21 @@ impl Broker {
                 format!("{key}: {}", config::NO_PASSWORD_BACKEND),
             ));
         }
-        let (password_file, acl_file) = (
+        let (password_file, acl_file, jwt) = (
             config.auth.password_file.clone(),
             config.auth.acl_file.clone(),
+            config.auth.jwt.clone(),
         );
-        let (auth, files) = read_auth_files(move || {
+        let (auth, files, jwt) = read_auth_files(move || {
             let mut files = reload::Files::default();
+            let jwt = match jwt {
+                Some(jwt) => {
+                    let jwt = Arc::new(auth::Jwt::load(&jwt)?);
+                    files.add(jwt.clone());
+                    Some(jwt)
+                }
+                None => None,
+            };
             let authenticator: Box<dyn auth::Authenticator> = match password_file {
                 Some(path) => {
                     let file = Arc::new(auth::PasswordFile::load(path)?);
@@ -167,10 +176,11 @@ impl Broker {
                     authorizer,
                 },
                 files,
+                jwt,
             ))
         })
         .await?;
-        Self::start_inner(config, auth.into(), files).await
+        Self::start_inner(config, auth.into(), files, jwt).await
     }
 
     /// As [`Broker::start`], with backends of the caller's: an [`Auth`] (authentication
@@ -184,19 +194,34 @@ impl Broker {
     /// # Errors
     /// As [`Broker::start`], and if the store cannot be read ([`store::Store::load`]).
     pub async fn start_with(config: Config, backends: impl Into<Backends>) -> io::Result<Self> {
-        Self::start_inner(config, backends.into(), reload::Files::default()).await
+        Self::start_inner(config, backends.into(), reload::Files::default(), None).await
     }
 
     /// As [`Broker::start_with`]; `files` are the broker's backends' files a reload
-    /// reads again, to which the listeners' own are added.
+    /// reads again, to which the listeners' own are added, and `jwt` is `auth.jwt`'s
+    /// verifier.
     async fn start_inner(
         config: Config,
         backends: Backends,
         files: reload::Files,
+        jwt: Option<Arc<auth::Jwt>>,
     ) -> io::Result<Self> {
         let listeners = config.listeners.clone();
-        let (per_listener, mut files) = read_auth_files(move || {
+        let (per_listener, jwts, mut files) = read_auth_files(move || {
             let mut files = files;
+            // A listener's own `jwt`, else `auth`'s unless it has a password file.
+            let jwts = listeners
+                .iter()
+                .map(|l| match &l.jwt {
+                    Some(config) => {
+                        let own = Arc::new(auth::Jwt::load(config)?);
+                        files.add(own.clone());
+                        Ok(Some(own))
+                    }
+                    None if l.password_file.is_some() => Ok(None),
+                    None => Ok(jwt.clone()),
+                })
+                .collect::<Result<Vec<_>, auth::AuthFileError>>()?;
             let per_listener = listeners
                 .iter()
                 .map(|l| {
@@ -219,10 +244,14 @@ impl Broker {
                     Ok::<auth::ListenerBackends, _>((authenticator, authorizer))
                 })
                 .collect::<Result<Vec<_>, auth::AuthFileError>>()?;
-            Ok((per_listener, files))
+            Ok((per_listener, jwts, files))
         })
         .await?;
-        let shared = Arc::new(Shared::new(config, backends).with_listener_backends(per_listener));
+        let shared = Arc::new(
+            Shared::new(config, backends)
+                .with_listener_backends(per_listener)
+                .with_jwt(jwts),
+        );
         shared.restore().map_err(|e| {
             io::Error::other(format!(
                 "the store ({:?}) could not be read: {e}",

@@ -232,6 +232,18 @@ impl Reloadable for crate::auth::AclFile {
     }
 }
 
+impl Reloadable for crate::auth::Jwt {
+    fn name(&self) -> String {
+        format!("jwt keys {}", self.path().display())
+    }
+    fn files(&self) -> Vec<PathBuf> {
+        vec![self.path().to_owned()]
+    }
+    fn reload(&self) -> Result<(), String> {
+        Self::reload(self).map_err(|e| e.to_string())
+    }
+}
+
 /// A file's modification time and length, `None` if it cannot be read: what tells a
 /// change without reading it.
 type Stamp = Option<(SystemTime, u64)>;

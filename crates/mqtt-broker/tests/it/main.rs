@@ -8,6 +8,7 @@ mod binary;
 mod browser;
 mod fuzz;
 mod isolation;
+mod jwt;
 mod lifecycle;
 mod limits;
 mod mosquitto_clients;
