@@ -24,12 +24,12 @@ use rustls::{
 use tokio::net::TcpStream;
 use tokio_rustls::{LazyConfigAcceptor, server::TlsStream};
 
-use crate::config::{ClientCertificates, Listener, Protocol, TlsVersion};
+use crate::config::{ClientCertificates, Listener, Protocol, SanKind, TlsVersion};
 
 use super::subject;
 
 /// Which name of a client certificate becomes the user name.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 enum UserName {
     /// None: the CONNECT's user name stands.
     Connect,
@@ -37,6 +37,8 @@ enum UserName {
     CommonName,
     /// The whole subject, RFC 4514 (`use_subject_as_username`).
     Subject,
+    /// The first Subject Alternative Name of these kinds (`use_san_as_username`).
+    AltName(Box<[SanKind]>),
 }
 
 /// A listener's TLS configuration, loaded at start and again on each reload.
@@ -73,13 +75,16 @@ impl Tls {
             Protocol::Mqtt => b"mqtt",
             Protocol::WebSockets => b"http/1.1",
         };
-        let user_name = if listener.use_identity_as_username {
-            UserName::CommonName
-        } else if listener.use_subject_as_username {
-            UserName::Subject
-        } else {
-            UserName::Connect
-        };
+        let user_name =
+            if listener.use_identity_as_username && !listener.use_san_as_username.is_empty() {
+                UserName::AltName(listener.use_san_as_username.clone().into())
+            } else if listener.use_identity_as_username {
+                UserName::CommonName
+            } else if listener.use_subject_as_username {
+                UserName::Subject
+            } else {
+                UserName::Connect
+            };
         Ok(Self {
             configs: ArcSwap::from_pointee(Configs::load(listener, alpn)?),
             listener: listener.clone(),
@@ -210,10 +215,11 @@ impl Tls {
             None => ClientCertificate::default(),
             Some(leaf) => ClientCertificate {
                 verified: true,
-                name: match self.user_name {
+                name: match &self.user_name {
                     UserName::Connect => None,
                     UserName::CommonName => subject::common_name(leaf),
                     UserName::Subject => subject::rfc4514(leaf),
+                    UserName::AltName(kinds) => subject::subject_alt_name(leaf, kinds),
                 },
             },
         };
