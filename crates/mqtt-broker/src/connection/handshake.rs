@@ -153,9 +153,8 @@ fn token_verdict(
     peer: std::net::SocketAddr,
 ) -> Option<crate::auth::AuthResult> {
     let Some(token) = connect.password.take() else {
-        if connect.username.is_none() {
-            return None;
-        }
+        // Neither: an anonymous client, for allow_anonymous to decide.
+        connect.username.as_ref()?;
         info!(%peer, client = ?connect.client_id, user = ?connect.username.as_deref().unwrap_or_default(), "JWT refused: no password (a token is expected)");
         return Some(Err(ReasonCode::BAD_USER_NAME_OR_PASSWORD));
     };
