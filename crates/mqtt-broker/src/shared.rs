@@ -230,6 +230,23 @@ impl Shared {
         self
     }
 
+    /// Puts each listener's JWT verifier (its own `jwt`, or `auth`'s) in place, by
+    /// listener index.
+    pub(crate) fn with_jwt(mut self, jwt: Vec<Option<Arc<crate::auth::Jwt>>>) -> Self {
+        for (l, jwt) in self.listener_auth.iter_mut().zip(jwt) {
+            l.jwt = jwt;
+        }
+        self
+    }
+
+    /// The JWT verifier of clients connecting on `listener`, if its passwords are
+    /// tokens.
+    pub(crate) fn jwt(&self, listener: usize) -> Option<&crate::auth::Jwt> {
+        self.listener_auth
+            .get(listener)
+            .and_then(|l| l.jwt.as_deref())
+    }
+
     /// The authenticator of clients connecting on `listener`.
     pub(crate) fn authenticator(&self, listener: usize) -> &dyn Authenticator {
         match self

@@ -143,6 +143,36 @@ pub(crate) async fn send_connack<W: AsyncWrite + Unpin>(
     let _ = wr.shutdown().await;
 }
 
+/// On a listener whose passwords are JWTs: `None` for a client with neither user name
+/// nor password (`allow_anonymous` decides), else the verdict, the token's claim made
+/// the user name if it verifies. A refusal's reason is logged here; the caller logs
+/// the refusal and slows repeated ones down as for a wrong password.
+fn token_verdict(
+    jwt: &crate::auth::Jwt,
+    connect: &mut Connect,
+    peer: std::net::SocketAddr,
+) -> Option<crate::auth::AuthResult> {
+    let Some(token) = connect.password.take() else {
+        // Neither: an anonymous client, for allow_anonymous to decide.
+        connect.username.as_ref()?;
+        info!(%peer, client = ?connect.client_id, user = ?connect.username.as_deref().unwrap_or_default(), "JWT refused: no password (a token is expected)");
+        return Some(Err(ReasonCode::BAD_USER_NAME_OR_PASSWORD));
+    };
+    match jwt.verify(&token) {
+        Ok(identity) => match mqtt_codec::ByteStr::try_from(identity.username) {
+            Ok(name) => {
+                connect.username = Some(name);
+                Some(Ok(()))
+            }
+            Err(_) => Some(Err(ReasonCode::BAD_USER_NAME_OR_PASSWORD)),
+        },
+        Err(e) => {
+            info!(%peer, client = ?connect.client_id, user = ?connect.username.as_deref().unwrap_or_default(), reason = %e, "JWT refused");
+            Some(Err(ReasonCode::BAD_USER_NAME_OR_PASSWORD))
+        }
+    }
+}
+
 /// Checks CONNECT, authenticates it by `listener`'s settings (by `deadline`), finds or
 /// creates the session, takes it over, accepts the connection.
 pub(crate) async fn attach<W: AsyncWrite + Unpin>(
@@ -184,6 +214,12 @@ pub(crate) async fn attach<W: AsyncWrite + Unpin>(
         }
     }
     let (listener, deadline) = (origin.transport.listener, origin.deadline);
+    // JWT as the password: the token, verified inline (microseconds), names the user,
+    // and decides instead of the authenticator.
+    let token_verdict = match shared.jwt(listener) {
+        Some(jwt) if !origin.certificate_is_username => token_verdict(jwt, &mut connect, peer),
+        _ => None,
+    };
     // The user name and client id as logged: client input, quoted and escaped.
     let user = connect.username.as_deref().unwrap_or_default();
     if connect.username.is_none() && !shared.allows_anonymous(listener) {
@@ -200,12 +236,18 @@ pub(crate) async fn attach<W: AsyncWrite + Unpin>(
     credentials.listener = listener;
     credentials.transport = origin.transport;
     credentials.username_from_certificate = origin.certificate_is_username;
-    let authenticating = shared.authenticator(listener).authenticate(&credentials);
-    let Ok(verdict) = timeout_at(deadline, authenticating).await else {
-        // Too many CONNECTs waiting for a password hash: this one's time is up.
-        info!(%peer, client = ?connect.client_id, user = ?user, "connection refused: not authenticated within the connect timeout (limits.connect_timeout), the broker is busy");
-        send_connack(wr, version, ReasonCode::SERVER_BUSY).await;
-        return None;
+    let verdict = match token_verdict {
+        Some(verdict) => verdict,
+        None => {
+            let authenticating = shared.authenticator(listener).authenticate(&credentials);
+            let Ok(verdict) = timeout_at(deadline, authenticating).await else {
+                // Too many CONNECTs waiting for a password hash: this one's time is up.
+                info!(%peer, client = ?connect.client_id, user = ?user, "connection refused: not authenticated within the connect timeout (limits.connect_timeout), the broker is busy");
+                send_connack(wr, version, ReasonCode::SERVER_BUSY).await;
+                return None;
+            };
+            verdict
+        }
     };
     if let Err(code) = verdict {
         // Repeated failures from one address wait longer and longer for their answer.
