@@ -101,7 +101,7 @@ mod tests {
     #[test]
     fn buckets_are_ordered_and_within_two_percent() {
         let mut last = 0;
-        for v in (0..20_000u64).chain((1..40).map(|s| (1u64 << s) + 12345)) {
+        for v in (0..20_000u64).chain((15..40).map(|s| (1u64 << s) + 12345)) {
             let i = bucket(v);
             assert!(i >= last, "bucket of {v} went back");
             last = i;
