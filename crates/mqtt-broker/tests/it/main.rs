@@ -18,6 +18,7 @@ mod proxy;
 mod remote;
 mod rumqttc_v4;
 mod rumqttc_v5;
+mod scram;
 mod spec;
 mod spec_v311;
 mod spec_v5;
