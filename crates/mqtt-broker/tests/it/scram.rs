@@ -80,8 +80,7 @@ async fn wrong_password_and_unknown_user_get_0x86() {
     for (user, password) in [("alice", "wrong"), ("mallory", "secret")] {
         let e = mqtt_client::connect(options(addr, "scram-bad", user, password))
             .await
-            .err()
-            .expect("refused");
+            .expect_err("refused");
         assert_eq!(
             refused_with(&e),
             Some(ReasonCode::BAD_USER_NAME_OR_PASSWORD),
@@ -105,8 +104,7 @@ async fn unknown_method_gets_0x8c() {
     let (plain, addr) = crate::broker().await;
     let e = mqtt_client::connect(options(addr, "m2", "alice", "secret"))
         .await
-        .err()
-        .expect("refused");
+        .expect_err("refused");
     assert_eq!(
         refused_with(&e),
         Some(ReasonCode::BAD_AUTHENTICATION_METHOD),

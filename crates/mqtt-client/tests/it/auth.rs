@@ -320,7 +320,7 @@ async fn scram_checks_the_servers_proof() {
             .authenticator(mqtt_client::Scram::new("alice", "secret"));
         let result = mqtt_client::connect(options).await;
         if tamper {
-            let e = result.err().expect("a tampered proof fails the connection");
+            let e = result.expect_err("a tampered proof fails the connection");
             assert!(
                 matches!(&e, ConnectError::Auth(why) if why.contains("signature")),
                 "{e}"
