@@ -15,6 +15,8 @@
 //!   `mqtt-passwd`) writes it, in the hash forms of [`password`].
 //! - [`AclFile`]: Mosquitto's `acl_file`.
 //! - [`Jwt`]: JWT as the password (`jwt`), the token naming the user.
+//! - [`ScramFile`]: SCRAM-SHA-256 credentials (`scram_file`) for MQTT 5.0 enhanced
+//!   authentication, an exchange of AUTH packets rather than an [`Authenticator`].
 //!
 //! [`Auth::from_files`] makes the pair a configuration's `password_file` and `acl_file`
 //! name; a listener's own keys override them for that listener (Mosquitto's
@@ -30,12 +32,13 @@ pub(crate) mod failures;
 pub mod jwt;
 pub mod password;
 mod password_file;
+mod scram_file;
 
 use std::{fmt, future::Future, net::SocketAddr, path::Path, path::PathBuf, pin::Pin};
 
 use mqtt_codec::ReasonCode;
 
-pub use self::{acl::AclFile, jwt::Jwt, password_file::PasswordFile};
+pub use self::{acl::AclFile, jwt::Jwt, password_file::PasswordFile, scram_file::ScramFile};
 
 /// What a CONNECT says about who the client is.
 #[derive(Debug)]

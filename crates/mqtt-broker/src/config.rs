@@ -64,6 +64,10 @@ pub struct Listener {
     /// The ACL file for clients of this listener; `None`: `auth`'s.
     #[serde(default)]
     pub acl_file: Option<PathBuf>,
+    /// SCRAM-SHA-256 credentials for MQTT 5.0 enhanced authentication on this listener
+    /// (`mqtt-passwd --scram` writes them); `None`: `auth`'s.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scram_file: Option<PathBuf>,
     /// MQTT directly on the stream, or inside WebSocket (Mosquitto's `protocol`).
     #[serde(default)]
     pub protocol: Protocol,
@@ -145,6 +149,7 @@ impl Listener {
             acl_file: None,
             jwt: None,
             use_san_as_username: Vec::new(),
+            scram_file: None,
         }
     }
 
@@ -425,6 +430,12 @@ pub struct AuthConfig {
     pub password_file: Option<PathBuf>,
     /// A Mosquitto ACL file: what each client may publish, subscribe to and receive.
     pub acl_file: Option<PathBuf>,
+    /// SCRAM-SHA-256 credentials (`user:SCRAM-SHA-256$...` lines, as `mqtt-passwd
+    /// --scram` writes them): MQTT 5.0 clients with Authentication Method
+    /// `SCRAM-SHA-256` authenticate against it. Without one, that method gets CONNACK
+    /// 0x8C (Bad authentication method).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub scram_file: Option<PathBuf>,
     /// Whether a client may connect with an empty Client Identifier (and be assigned
     /// one; 3.1.1 with Clean Session only, 5.0); Mosquitto's
     /// `allow_zero_length_clientid`.
@@ -497,6 +508,7 @@ impl Default for AuthConfig {
             allow_anonymous: true,
             password_file: None,
             acl_file: None,
+            scram_file: None,
             allow_zero_length_client_id: true,
             jwt: None,
         }

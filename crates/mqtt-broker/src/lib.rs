@@ -247,10 +247,20 @@ impl Broker {
             Ok((per_listener, jwts, files))
         })
         .await?;
+        let scram = read_scram_files(&config).await?;
+        // Each SCRAM file once, however many listeners share it.
+        let mut seen: Vec<&Arc<auth::ScramFile>> = Vec::new();
+        for file in scram.iter().flatten() {
+            if !seen.iter().any(|f| Arc::ptr_eq(f, file)) {
+                files.add(file.clone());
+                seen.push(file);
+            }
+        }
         let shared = Arc::new(
             Shared::new(config, backends)
                 .with_listener_backends(per_listener)
-                .with_jwt(jwts),
+                .with_jwt(jwts)
+                .with_scram(scram),
         );
         shared.restore().map_err(|e| {
             io::Error::other(format!(
@@ -479,6 +489,33 @@ impl Drop for Broker {
 
 /// Reads password and ACL files on a blocking thread: a malformed one is
 /// [`io::ErrorKind::InvalidData`], naming the file, the line and the reason.
+/// Reads the SCRAM credentials of each listener (its `scram_file`, else
+/// `auth.scram_file`; one file named twice is read once), on a blocking thread.
+async fn read_scram_files(config: &Config) -> io::Result<Vec<Option<Arc<auth::ScramFile>>>> {
+    let global = config.auth.scram_file.clone();
+    let paths: Vec<_> = config
+        .listeners
+        .iter()
+        .map(|l| l.scram_file.clone().or_else(|| global.clone()))
+        .collect();
+    read_auth_files(move || {
+        let mut read: Vec<(std::path::PathBuf, Arc<auth::ScramFile>)> = Vec::new();
+        paths
+            .into_iter()
+            .map(|path| {
+                let Some(path) = path else { return Ok(None) };
+                if let Some((_, file)) = read.iter().find(|(p, _)| *p == path) {
+                    return Ok(Some(Arc::clone(file)));
+                }
+                let file = Arc::new(auth::ScramFile::load(&path)?);
+                read.push((path, Arc::clone(&file)));
+                Ok(Some(file))
+            })
+            .collect()
+    })
+    .await
+}
+
 async fn read_auth_files<T: Send + 'static>(
     read: impl FnOnce() -> Result<T, auth::AuthFileError> + Send + 'static,
 ) -> io::Result<T> {

@@ -232,6 +232,18 @@ impl Reloadable for crate::auth::AclFile {
     }
 }
 
+impl Reloadable for crate::auth::ScramFile {
+    fn name(&self) -> String {
+        format!("scram_file {}", self.path().display())
+    }
+    fn files(&self) -> Vec<PathBuf> {
+        vec![self.path().to_owned()]
+    }
+    fn reload(&self) -> Result<(), String> {
+        Self::reload(self).map_err(|e| e.to_string())
+    }
+}
+
 impl Reloadable for crate::auth::Jwt {
     fn name(&self) -> String {
         format!("jwt keys {}", self.path().display())

@@ -20,6 +20,7 @@ mod reload;
 mod remote;
 mod rumqttc_v4;
 mod rumqttc_v5;
+mod scram;
 mod spec;
 mod spec_v311;
 mod spec_v5;
