@@ -1,7 +1,7 @@
 //! One slow or stuck subscriber costs only itself: the `mqtt-broker` binary, ten
 //! subscribers reading at full speed, one reading 100 messages a second (a phone on a
 //! weak link) and one never reading, and a publisher sending 5,000 messages a second
-//! for 10 s. The fast ones get at least 99 % within a few seconds of the end, the publisher's
+//! for 10 s. The fast ones get at least 99 % within a second of the end, the publisher's
 //! acknowledgements keep pace, and the broker's memory stays bounded.
 
 use std::{
@@ -34,11 +34,10 @@ const V: ProtocolVersion = ProtocolVersion::V3_1_1;
 const RATE: usize = 5_000;
 const SECONDS: usize = 10;
 const TOTAL: usize = RATE * SECONDS;
-/// How long after the last PUBLISH the fast subscribers may take to catch up. A broker
-/// that holds them to the slow one's pace (100 msg/s) delivers at most 3 % of `TOTAL` by
-/// then, so the bound still tells isolation from throttling, while a machine busy with
-/// other tests (as CI's is) does not fail a broker that keeps up.
-const GRACE: Duration = Duration::from_secs(5);
+/// How long after the last PUBLISH the fast subscribers may take to catch up: the
+/// issue's "within a second of the end". A broker that holds them to the slow one's
+/// pace (100 msg/s) has delivered about 2 % of `TOTAL` by then.
+const GRACE: Duration = Duration::from_secs(1);
 /// The broker's resident memory may not pass this at any moment of a run.
 const RSS_BOUND_KIB: u64 = 96 * 1024;
 
@@ -291,19 +290,37 @@ async fn run(
     (fewest_got, peak, ack_lag)
 }
 
-fn check(label: &str, (fewest, peak_kib, ack_lag): (usize, u64, Duration)) {
-    assert!(
-        fewest * 100 >= TOTAL * 99,
-        "{label}: a fast subscriber got {fewest} of {TOTAL} within {GRACE:?} of the end"
-    );
-    assert!(
-        ack_lag != Duration::MAX,
-        "{label}: the publisher's acknowledgements did not keep pace"
-    );
-    assert!(
-        peak_kib <= RSS_BOUND_KIB,
-        "{label}: broker RSS peaked at {peak_kib} KiB (bound {RSS_BOUND_KIB} KiB)"
-    );
+/// Whether a run met the bounds; the first one it missed, said.
+fn verdict(label: &str, (fewest, peak_kib, ack_lag): (usize, u64, Duration)) -> Result<(), String> {
+    if fewest * 100 < TOTAL * 99 {
+        return Err(format!(
+            "{label}: a fast subscriber got {fewest} of {TOTAL} within {GRACE:?} of the end"
+        ));
+    }
+    if ack_lag == Duration::MAX {
+        return Err(format!(
+            "{label}: the publisher's acknowledgements did not keep pace"
+        ));
+    }
+    if peak_kib > RSS_BOUND_KIB {
+        return Err(format!(
+            "{label}: broker RSS peaked at {peak_kib} KiB (bound {RSS_BOUND_KIB} KiB)"
+        ));
+    }
+    Ok(())
+}
+
+/// Runs a scenario and checks it; a miss is run once more before it fails the test. A
+/// broker that throttles its fast subscribers misses every time (by a factor of about
+/// 50); one run missed by a hair is the machine, busy with the other tests, taking the
+/// test's own threads away for a moment.
+async fn check(label: &str, qos: QoS, fast_filter: &'static str, slow_filter: &'static str) {
+    if let Err(first) = verdict(label, run(qos, fast_filter, slow_filter).await) {
+        eprintln!("{first}; running it again");
+        if let Err(again) = verdict(label, run(qos, fast_filter, slow_filter).await) {
+            panic!("{again} (first run: {first})");
+        }
+    }
 }
 
 // The runs go one after another: each is a full-speed 10 s load on this 2-core machine.
@@ -311,13 +328,7 @@ fn check(label: &str, (fewest, peak_kib, ack_lag): (usize, u64, Duration)) {
 async fn slow_and_stuck_subscribers_cost_only_themselves() {
     // It measures delivery in time: the busiest interop tests wait meanwhile.
     let _alone = crate::TIMING.write().await;
-    check("QoS 1", run(QoS::AtLeastOnce, "iso/t", "iso/t").await);
-    check(
-        "QoS 0, slow ones on #",
-        run(QoS::AtMostOnce, "iso/t", "#").await,
-    );
-    check(
-        "QoS 2, slow ones on #",
-        run(QoS::ExactlyOnce, "iso/+", "#").await,
-    );
+    check("QoS 1", QoS::AtLeastOnce, "iso/t", "iso/t").await;
+    check("QoS 0, slow ones on #", QoS::AtMostOnce, "iso/t", "#").await;
+    check("QoS 2, slow ones on #", QoS::ExactlyOnce, "iso/+", "#").await;
 }
