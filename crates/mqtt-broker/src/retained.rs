@@ -107,7 +107,8 @@ impl Shared {
             .retained_count
             .load(Ordering::Relaxed)
             .saturating_sub(self.retained_sys.load(Ordering::Relaxed));
-        let mut stored = message.clone();
+        // Kept for long: memory of its own, not a slice of the publisher's read.
+        let mut stored = crate::owned::own_held(message.clone());
         stored.retain = true;
         stored.properties.set_subscription_identifiers(Vec::new());
         // The broker's own `$SYS` topics are not charged: they are a fixed set.

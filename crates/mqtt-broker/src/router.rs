@@ -362,6 +362,13 @@ impl Shared {
             self.overflow(handle, DropReason::QueueFull, true);
             return;
         }
+        // One that waits for its client to come back, for however long that takes,
+        // stops pinning the read buffer it came in (which held other messages too).
+        let message = if !cell.session.is_connected() {
+            crate::owned::own_held(message)
+        } else {
+            message
+        };
         // A QoS 1 message from a shared subscription is kept to hand to another member
         // should this one leave without acknowledging it.
         let keep = (group.is_some() && message.qos == QoS::AtLeastOnce).then(|| message.clone());

@@ -434,11 +434,15 @@ where
                     if n >= room {
                         // The client had more to say than there was room for.
                         chunk = (chunk * 2).min(MAX_READ_CHUNK);
-                    } else if rbuf.len() < chunk / 4 && room > 2 * READ_CHUNK {
-                        // A few bytes in a large buffer: what is kept of them (a
-                        // retained or queued message) would pin the whole buffer, so
-                        // they move to one of the idle size and the large one is freed
-                        // (nothing was decoded from it yet).
+                    } else if rbuf.len() < room / 4 * 3
+                        && room > 2 * READ_CHUNK
+                        && rbuf.len() <= MAX_READ_CHUNK
+                    {
+                        // A buffer a quarter unused or more: what is kept of it (a queued
+                        // message) would pin the whole buffer, so the bytes move to one
+                        // of their size and the large one is freed (nothing was decoded
+                        // from it yet). Reads that fill their buffer, a busy client's,
+                        // are not copied, nor the start of a large packet.
                         let mut small = BytesMut::with_capacity(READ_CHUNK.max(rbuf.len()));
                         small.extend_from_slice(rbuf);
                         rbuf.clear();
