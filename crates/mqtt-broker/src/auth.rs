@@ -184,6 +184,9 @@ pub struct ClientInfo<'a> {
     pub username: Option<&'a str>,
     /// The listener it connected on: its index in `Config::listeners`.
     pub listener: usize,
+    /// What its JWT allows, if it came with one that says (`JwtConfig::acl_claim`):
+    /// the broker checks it besides the [`Authorizer`].
+    pub grants: Option<&'a jwt::TokenGrants>,
 }
 
 impl<'a> ClientInfo<'a> {
@@ -193,12 +196,28 @@ impl<'a> ClientInfo<'a> {
             client_id,
             username,
             listener: 0,
+            grants: None,
         }
     }
 
     /// The same client on listener `listener`.
     pub fn on_listener(self, listener: usize) -> Self {
         Self { listener, ..self }
+    }
+
+    /// The same client with what its token allows.
+    pub fn with_grants(self, grants: Option<&'a jwt::TokenGrants>) -> Self {
+        Self { grants, ..self }
+    }
+
+    /// Whether its token (if it limits it) lets it publish to `topic`.
+    pub fn token_allows_publish(&self, topic: &str) -> bool {
+        self.grants.is_none_or(|g| g.may_publish(topic))
+    }
+
+    /// Whether its token (if it limits it) lets it subscribe to `filter`.
+    pub fn token_allows_subscribe(&self, filter: &str) -> bool {
+        self.grants.is_none_or(|g| g.may_subscribe(filter))
     }
 }
 

@@ -548,6 +548,14 @@ pub struct JwtConfig {
     /// Seconds of clock difference allowed when checking `exp` and `nbf`. Default: 30.
     #[serde(default = "JwtConfig::default_leeway")]
     pub leeway: u64,
+    /// The claim holding what the token allows, as EMQX reads it: an object with `pub`,
+    /// `sub` and `all` arrays of topic filters (`{"pub": ["devices/7/#"], "sub":
+    /// ["cmd/7/#"]}`). A client whose token has it may publish only where a `pub` or
+    /// `all` filter matches and subscribe only to filters a `sub` or `all` filter
+    /// covers, on top of what the ACL allows. A token without the claim is not limited
+    /// by it. `None` (the default): tokens carry no permissions.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub acl_claim: Option<String>,
 }
 
 impl JwtConfig {
@@ -563,6 +571,7 @@ impl JwtConfig {
             username_claim: Self::default_username_claim(),
             require_exp: Self::default_require_exp(),
             leeway: Self::default_leeway(),
+            acl_claim: None,
         }
     }
 

@@ -97,16 +97,23 @@ pub(crate) struct Principal {
     pub(crate) username: Option<Box<str>>,
     /// The listener it connected on (an index in `Config::listeners`).
     pub(crate) listener: usize,
+    /// What its JWT allows, if it says.
+    pub(crate) grants: Option<crate::auth::jwt::TokenGrants>,
 }
 
 impl Principal {
     /// The principal of a connection, `None` for the common one (see
     /// [`SessionCell::principal`]).
-    pub(crate) fn of(username: Option<&str>, listener: usize) -> Option<Arc<Self>> {
-        (username.is_some() || listener != 0).then(|| {
+    pub(crate) fn of(
+        username: Option<&str>,
+        listener: usize,
+        grants: Option<crate::auth::jwt::TokenGrants>,
+    ) -> Option<Arc<Self>> {
+        (username.is_some() || listener != 0 || grants.is_some()).then(|| {
             Arc::new(Self {
                 username: username.map(Box::from),
                 listener,
+                grants,
             })
         })
     }
@@ -116,9 +123,12 @@ impl Principal {
         principal: Option<&'a Self>,
         client_id: &'a str,
     ) -> crate::auth::ClientInfo<'a> {
-        let (username, listener) =
-            principal.map_or((None, 0), |p| (p.username.as_deref(), p.listener));
-        crate::auth::ClientInfo::new(client_id, username).on_listener(listener)
+        let (username, listener, grants) = principal.map_or((None, 0, None), |p| {
+            (p.username.as_deref(), p.listener, p.grants.as_ref())
+        });
+        crate::auth::ClientInfo::new(client_id, username)
+            .on_listener(listener)
+            .with_grants(grants)
     }
 }
 

@@ -175,7 +175,7 @@ fn expand(template: &str, client: &ClientInfo<'_>, out: &mut String) {
 
 /// Whether `filter` matches the topic name `topic` (both valid), as
 /// [`TopicFilter::matches`] decides, without checking the filter again.
-fn matches(filter: &str, topic: &str) -> bool {
+pub(crate) fn matches(filter: &str, topic: &str) -> bool {
     if topic.starts_with('$') && filter.starts_with(['+', '#']) {
         return false;
     }
@@ -206,7 +206,7 @@ fn dollar_apart(a: &str, b: &str) -> bool {
 }
 
 /// Whether every topic `filter` matches is matched by `rule` too.
-fn covers(rule: &str, filter: &str) -> bool {
+pub(crate) fn covers(rule: &str, filter: &str) -> bool {
     if dollar_apart(rule, filter) {
         return false;
     }
@@ -243,7 +243,7 @@ fn overlaps(rule: &str, filter: &str) -> bool {
 
 /// The filter a subscription matches topics with: a 5.0 shared subscription's part
 /// after `$share/{group}/`.
-fn topic_filter(filter: &str) -> &str {
+pub(crate) fn topic_filter(filter: &str) -> &str {
     filter
         .strip_prefix("$share/")
         .and_then(|rest| rest.split_once('/'))

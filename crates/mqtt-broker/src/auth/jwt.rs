@@ -58,6 +58,84 @@ pub struct Jwt {
 pub struct Identity {
     /// The value of the configured claim: the client's user name.
     pub username: String,
+    /// What the token allows (`acl_claim`), if it says.
+    pub grants: Option<TokenGrants>,
+}
+
+/// The most topic filters a token's permissions may list.
+pub const MAX_GRANTS: usize = 256;
+
+/// What a token allows (`JwtConfig::acl_claim`): the topic filters a client may
+/// publish to and subscribe within.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TokenGrants {
+    publish: Vec<Box<str>>,
+    subscribe: Vec<Box<str>>,
+}
+
+impl TokenGrants {
+    /// Reads the claim's value: an object with `pub`, `sub` and `all` arrays of valid
+    /// topic filters, nothing else.
+    ///
+    /// # Errors
+    /// What is wrong with it, for the refusal's log line.
+    pub fn from_claim(claim: &str, value: &Value) -> Result<Self, TokenError> {
+        let Value::Object(map) = value else {
+            return refuse(format!("the token's {claim} is not an object"));
+        };
+        let mut grants = Self::default();
+        let mut count = 0usize;
+        for (key, filters) in map {
+            let (publish, subscribe) = match key.as_str() {
+                "pub" => (true, false),
+                "sub" => (false, true),
+                "all" => (true, true),
+                other => {
+                    return refuse(format!(
+                        "the token's {claim} has {other:?}: only pub, sub and all"
+                    ));
+                }
+            };
+            let Value::Array(filters) = filters else {
+                return refuse(format!("the token's {claim}.{key} is not an array"));
+            };
+            for filter in filters {
+                count += 1;
+                if count > MAX_GRANTS {
+                    return refuse(format!(
+                        "the token's {claim} lists more than {MAX_GRANTS} filters"
+                    ));
+                }
+                let Some(filter) = filter.as_str() else {
+                    return refuse(format!("the token's {claim}.{key} holds a non-string"));
+                };
+                if mqtt_topics::TopicFilter::new(filter).is_err() {
+                    return refuse(format!(
+                        "the token's {claim}.{key} holds {filter:?}, not a topic filter"
+                    ));
+                }
+                if publish {
+                    grants.publish.push(filter.into());
+                }
+                if subscribe {
+                    grants.subscribe.push(filter.into());
+                }
+            }
+        }
+        Ok(grants)
+    }
+
+    /// Whether the token lets its client publish to `topic`.
+    pub fn may_publish(&self, topic: &str) -> bool {
+        self.publish.iter().any(|f| super::acl::matches(f, topic))
+    }
+
+    /// Whether the token lets its client subscribe to `filter` (a `$share/` one by the
+    /// filter after its group): every topic it matches must be matched by a granted one.
+    pub fn may_subscribe(&self, filter: &str) -> bool {
+        let filter = super::acl::topic_filter(filter);
+        self.subscribe.iter().any(|f| super::acl::covers(f, filter))
+    }
 }
 
 /// Why a token was refused.
@@ -236,8 +314,16 @@ impl Jwt {
             Some(_) => return refuse(format!("the token's {claim} is not a string")),
             None => return refuse(format!("the token has no {claim} to name the user")),
         };
+        let grants = match &self.config.acl_claim {
+            Some(name) => match claims.get(name) {
+                Some(value) => Some(TokenGrants::from_claim(name, value)?),
+                None => None,
+            },
+            None => None,
+        };
         Ok(Identity {
             username: username.clone(),
+            grants,
         })
     }
 }

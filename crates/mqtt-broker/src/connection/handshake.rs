@@ -180,6 +180,7 @@ fn token_verdict(
     jwt: &crate::auth::Jwt,
     connect: &mut Connect,
     peer: std::net::SocketAddr,
+    grants: &mut Option<crate::auth::jwt::TokenGrants>,
 ) -> Option<crate::auth::AuthResult> {
     let Some(token) = connect.password.take() else {
         // Neither: an anonymous client, for allow_anonymous to decide.
@@ -191,6 +192,7 @@ fn token_verdict(
         Ok(identity) => match ByteStr::try_from(identity.username) {
             Ok(name) => {
                 connect.username = Some(name);
+                *grants = identity.grants;
                 Some(Ok(()))
             }
             Err(_) => Some(Err(ReasonCode::BAD_USER_NAME_OR_PASSWORD)),
@@ -253,9 +255,10 @@ pub(crate) async fn attach<W: AsyncWrite + Unpin>(
     }
     // JWT as the password: the token, verified inline (microseconds), names the user,
     // and decides instead of the authenticator. SCRAM, when it ran, decided already.
+    let mut grants = None;
     let token_verdict = match shared.jwt(listener) {
         Some(jwt) if enhanced.is_none() && !origin.certificate_is_username => {
-            token_verdict(jwt, &mut connect, peer)
+            token_verdict(jwt, &mut connect, peer, &mut grants)
         }
         _ => None,
     };
@@ -299,13 +302,14 @@ pub(crate) async fn attach<W: AsyncWrite + Unpin>(
         return None;
     }
     // Authorization follows who the client is, as authenticated.
-    let principal = Principal::of(connect.username.as_deref(), listener);
+    let principal = Principal::of(connect.username.as_deref(), listener, grants);
     if let Some(will) = &connect.will {
         // A will may not publish to `$SYS/` either (topics beginning with `$` are the
         // server's, section 4.7.2), nor anywhere the client may not publish: refused as
         // a PUBLISH there would be.
         let client = Principal::client(principal.as_deref(), &connect.client_id);
         if crate::sys::is_sys_topic(&will.topic)
+            || !client.token_allows_publish(&will.topic)
             || !shared
                 .authorizer(listener)
                 .may_publish(&client, &will.topic)

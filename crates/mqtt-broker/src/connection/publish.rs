@@ -30,6 +30,7 @@ pub(crate) fn publish(
     // 4.7.2): a client may not publish there, nor forge its statistics for others.
     let client = Principal::client(principal, &from.client_id);
     if crate::sys::is_sys_topic(&message.topic)
+        || !client.token_allows_publish(&message.topic)
         || !shared
             .authorizer(client.listener)
             .may_publish(&client, &message.topic)

@@ -31,9 +31,10 @@ pub(crate) fn check_filter<'a>(
         return Err(ReasonCode::TOPIC_FILTER_INVALID);
     };
     let client = Principal::client(principal, client_id);
-    if !shared
-        .authorizer(client.listener)
-        .may_subscribe(&client, filter)
+    if !client.token_allows_subscribe(filter)
+        || !shared
+            .authorizer(client.listener)
+            .may_subscribe(&client, filter)
     {
         // 3.x has one failure code, 0x80, which the codec writes for any error.
         return Err(ReasonCode::NOT_AUTHORIZED);

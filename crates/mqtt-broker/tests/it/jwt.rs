@@ -326,3 +326,119 @@ async fn es256_and_rs256_with_pem_and_jwks_keys() {
     );
     broker.shutdown().await;
 }
+
+// A token's own permissions (`acl_claim`, EMQX's `{"pub": [...], "sub": [...], "all":
+// [...]}`): a 5.0 client publishes where a `pub`/`all` filter matches (elsewhere PUBACK
+// 0x87) and subscribes to what a `sub`/`all` filter covers (else 0x87), and its will
+// must be granted; a 3.1.1 client's refused filter gets 0x80. A token without the claim
+// is not limited by it; one whose claim is malformed is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn token_permissions_limit_publish_subscribe_and_will() {
+    let d = dir("grants");
+    let secret = d.join("secret");
+    std::fs::write(&secret, "grants-secret").unwrap();
+    let mut jwt = JwtConfig::new(JwtAlgorithm::HS256, &secret);
+    jwt.acl_claim = Some("acl".to_owned());
+    let (broker, addr) = broker_jwt(jwt, None).await;
+    let key = EncodingKey::from_secret(b"grants-secret");
+    let exp = now() + 600;
+    let limited = token(
+        Algorithm::HS256,
+        &key,
+        json!({"sub": "dev7", "exp": exp,
+               "acl": {"pub": ["devices/7/#"], "sub": ["cmd/7/+"], "all": ["shared/+"]}}),
+    );
+    let (mut c, code) = connect(addr, V5, "limited", &limited).await;
+    assert_eq!(code, ReasonCode::SUCCESS);
+    let q1 = SubscriptionOptions::new(QoS::AtLeastOnce);
+    let ack = c
+        .subscribe(subscribe(
+            1,
+            &[
+                ("cmd/7/reboot", q1),
+                ("cmd/7/+", q1),
+                ("cmd/#", q1),
+                ("shared/x", q1),
+                ("$share/g/cmd/7/x", q1),
+                ("devices/7/t", q1),
+            ],
+        ))
+        .await;
+    assert_eq!(
+        ack.reason_codes.iter().map(|r| r.0).collect::<Vec<_>>(),
+        [1, 1, 0x87, 1, 1, 0x87]
+    );
+    for (topic, want) in [
+        ("devices/7/temp", 0x00),
+        ("shared/x", 0x00),
+        ("devices/8/temp", 0x87),
+        ("cmd/7/reboot", 0x87),
+    ] {
+        let mut p = crate::spec::publish(topic, b"x", QoS::AtLeastOnce, false);
+        p.qos_pid = mqtt_codec::QosPid::new(QoS::AtLeastOnce, crate::spec::pid(7));
+        c.send(p).await;
+        let code = c
+            .find(|p| match p {
+                mqtt_codec::Packet::PubAck(a) => Some(a.reason_code.0),
+                _ => None,
+            })
+            .await;
+        // 0x10 No matching subscribers is a success too.
+        let got = if code == 0x10 { 0 } else { code };
+        assert_eq!(got, want, "{topic}");
+    }
+    // 3.1.1: the refused filter is 0x80.
+    let (mut c3, code) = connect(addr, V3, "limited-3", &limited).await;
+    assert_eq!(code, ReasonCode::SUCCESS);
+    let ack = c3
+        .subscribe(subscribe(1, &[("cmd/7/a", q1), ("elsewhere", q1)]))
+        .await;
+    assert_eq!(
+        ack.reason_codes.iter().map(|r| r.0).collect::<Vec<_>>(),
+        [1, 0x80]
+    );
+    // A will outside the grants refuses the CONNECT (0x87), inside it is accepted.
+    for (will_topic, want) in [
+        ("devices/7/gone", ReasonCode::SUCCESS),
+        ("devices/8/gone", ReasonCode::NOT_AUTHORIZED),
+    ] {
+        let (_, ack) = Client::connect_with(addr, V5, "with-will", |c| {
+            c.username = Some(s("dev7"));
+            c.password = Some(Bytes::copy_from_slice(limited.as_bytes()));
+            c.will = Some(mqtt_codec::Will {
+                topic: s(will_topic),
+                payload: Bytes::from_static(b"bye"),
+                qos: QoS::AtMostOnce,
+                retain: false,
+                properties: Default::default(),
+            });
+        })
+        .await;
+        assert_eq!(ack.reason_code, want, "{will_topic}");
+    }
+    // No claim: only the ACL (here none: everything) decides.
+    let open = token(Algorithm::HS256, &key, json!({"sub": "dev9", "exp": exp}));
+    let (mut c9, code) = connect(addr, V5, "open", &open).await;
+    assert_eq!(code, ReasonCode::SUCCESS);
+    let ack = c9.subscribe(subscribe(1, &[("cmd/#", q1)])).await;
+    assert_eq!(
+        ack.reason_codes.iter().map(|r| r.0).collect::<Vec<_>>(),
+        [1]
+    );
+    // A malformed claim refuses the token.
+    for bad in [
+        json!({"pub": "devices/7/#"}),
+        json!({"write": ["a"]}),
+        json!({"pub": ["a/#/b"]}),
+        json!(["a"]),
+    ] {
+        let t = token(
+            Algorithm::HS256,
+            &key,
+            json!({"sub": "dev7", "exp": exp, "acl": bad}),
+        );
+        let (_, code) = connect(addr, V5, "malformed", &t).await;
+        assert_eq!(code, ReasonCode::BAD_USER_NAME_OR_PASSWORD, "{bad}");
+    }
+    broker.shutdown().await;
+}
