@@ -208,52 +208,29 @@ pub(crate) trait Reloadable: Send + Sync + fmt::Debug {
     fn reload(&self) -> Result<(), String>;
 }
 
-impl Reloadable for crate::auth::PasswordFile {
-    fn name(&self) -> String {
-        format!("password_file {}", self.path().display())
-    }
-    fn files(&self) -> Vec<PathBuf> {
-        vec![self.path().to_owned()]
-    }
-    fn reload(&self) -> Result<(), String> {
-        Self::reload(self).map_err(|e| e.to_string())
-    }
+/// `Reloadable` for an authentication file backend of one file, with a `path()` and a
+/// `reload()` that keeps what it had on an error.
+macro_rules! one_file_backend {
+    ($($backend:ty => $what:literal),+ $(,)?) => {$(
+        impl Reloadable for $backend {
+            fn name(&self) -> String {
+                format!(concat!($what, " {}"), self.path().display())
+            }
+            fn files(&self) -> Vec<PathBuf> {
+                vec![self.path().to_owned()]
+            }
+            fn reload(&self) -> Result<(), String> {
+                Self::reload(self).map_err(|e| e.to_string())
+            }
+        }
+    )+};
 }
 
-impl Reloadable for crate::auth::AclFile {
-    fn name(&self) -> String {
-        format!("acl_file {}", self.path().display())
-    }
-    fn files(&self) -> Vec<PathBuf> {
-        vec![self.path().to_owned()]
-    }
-    fn reload(&self) -> Result<(), String> {
-        Self::reload(self).map_err(|e| e.to_string())
-    }
-}
-
-impl Reloadable for crate::auth::ScramFile {
-    fn name(&self) -> String {
-        format!("scram_file {}", self.path().display())
-    }
-    fn files(&self) -> Vec<PathBuf> {
-        vec![self.path().to_owned()]
-    }
-    fn reload(&self) -> Result<(), String> {
-        Self::reload(self).map_err(|e| e.to_string())
-    }
-}
-
-impl Reloadable for crate::auth::Jwt {
-    fn name(&self) -> String {
-        format!("jwt keys {}", self.path().display())
-    }
-    fn files(&self) -> Vec<PathBuf> {
-        vec![self.path().to_owned()]
-    }
-    fn reload(&self) -> Result<(), String> {
-        Self::reload(self).map_err(|e| e.to_string())
-    }
+one_file_backend! {
+    crate::auth::PasswordFile => "password_file",
+    crate::auth::AclFile => "acl_file",
+    crate::auth::ScramFile => "scram_file",
+    crate::auth::Jwt => "jwt keys",
 }
 
 /// A file's modification time and length, `None` if it cannot be read: what tells a
