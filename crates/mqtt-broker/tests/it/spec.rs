@@ -75,6 +75,25 @@ impl Client {
         }
     }
 
+    /// A TCP connection from the loopback address `source` (any of 127.0.0.0/8), no
+    /// CONNECT sent: a client the broker tells apart from others by its address (as
+    /// the slow-down of repeated authentication failures does).
+    pub(crate) async fn open_from(
+        addr: SocketAddr,
+        version: ProtocolVersion,
+        source: std::net::Ipv4Addr,
+    ) -> Self {
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.bind((source, 0).into()).unwrap();
+        Self {
+            stream: socket.connect(addr).await.unwrap(),
+            version,
+            decoder: Decoder::with_version(version),
+            buf: BytesMut::new(),
+            pending: VecDeque::new(),
+        }
+    }
+
     /// Connects with a clean start and expects CONNACK 0.
     pub(crate) async fn connect(addr: SocketAddr, version: ProtocolVersion, id: &str) -> Self {
         let (c, ack) = Self::connect_with(addr, version, id, |_| {}).await;
