@@ -384,10 +384,10 @@ impl Broker {
         message: mqtt_session::Message,
         origin: Option<&remote::RemoteSubscription>,
     ) -> usize {
-        let mut matches = mqtt_topics::Matches::default();
+        let mut routes = router::Routes::default();
         let from = origin.map_or(0, remote::RemoteSubscription::key);
         self.shared
-            .route(from, message, &mut matches, self.shared.now())
+            .route(from, message, &mut routes, self.shared.now())
     }
 
     /// Applies what can change in a running broker from `new` (a configuration read

@@ -7,7 +7,6 @@ use std::{sync::Arc, sync::atomic::Ordering, time::Duration};
 use bytes::Bytes;
 use mqtt_codec::{ByteStr, QoS};
 use mqtt_session::Message;
-use mqtt_topics::Matches;
 
 use crate::shared::Shared;
 
@@ -45,7 +44,7 @@ pub(crate) fn is_sys_topic(topic: &str) -> bool {
 /// Publishes the statistics every `interval` until shutdown.
 pub(crate) async fn run(shared: Arc<Shared>, interval: Duration) {
     let started = tokio::time::Instant::now();
-    let mut matches = Matches::default();
+    let mut routes = crate::router::Routes::default();
     let mut loads: [(&str, Load); 7] = [
         ("messages/received", Load::default()),
         ("messages/sent", Load::default()),
@@ -175,7 +174,7 @@ pub(crate) async fn run(shared: Arc<Shared>, interval: Duration) {
             };
             let mut m = Message::new(topic, Bytes::from(value), QoS::AtMostOnce);
             m.retain = true;
-            shared.route(BROKER_KEY, m, &mut matches, shared.now());
+            shared.route(BROKER_KEY, m, &mut routes, shared.now());
         }
     }
 }

@@ -36,7 +36,6 @@ use std::{
 
 use mqtt_codec::Will;
 use mqtt_session::{Duration, Event, Instant};
-use mqtt_topics::Matches;
 use tokio::sync::Notify;
 
 use crate::{
@@ -375,10 +374,10 @@ impl Offline {
     /// later than `generation` has it by then).
     pub(crate) fn act(self, shared: &Shared, handle: &Arc<SessionHandle>, generation: u64) {
         if !self.wills.is_empty() {
-            let mut matches = Matches::default();
+            let mut routes = crate::router::Routes::default();
             for will in self.wills {
                 let now = shared.now();
-                shared.route(handle.key, will_message(will), &mut matches, now);
+                shared.route(handle.key, will_message(will), &mut routes, now);
             }
         }
         if self.expired {

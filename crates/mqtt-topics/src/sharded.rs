@@ -4,7 +4,7 @@ use std::{
     boxed::Box,
     sync::{
         PoisonError, RwLock,
-        atomic::{AtomicUsize, Ordering},
+        atomic::{AtomicU64, AtomicUsize, Ordering},
     },
     vec::Vec,
 };
@@ -50,6 +50,8 @@ pub struct ShardedIndex<K, V> {
     shards: Box<[Shard<K, V>]>,
     key_levels: usize,
     seed: u64,
+    /// Counts the subscribes and unsubscribes: see [`ShardedIndex::generation`].
+    generation: AtomicU64,
 }
 
 impl<K, V> std::fmt::Debug for ShardedIndex<K, V> {
@@ -110,6 +112,7 @@ impl<K: Ord, V> ShardedIndex<K, V> {
             shards,
             key_levels: key_levels.clamp(1, MAX_KEY_LEVELS),
             seed,
+            generation: AtomicU64::new(0),
         }
     }
 
@@ -146,6 +149,7 @@ impl<K: Ord, V> ShardedIndex<K, V> {
         let mut index = shard.index.write().unwrap_or_else(PoisonError::into_inner);
         let old = index.subscribe(filter, key, value);
         shard.len.store(index.len(), Ordering::Release);
+        self.generation.fetch_add(1, Ordering::AcqRel);
         old
     }
 
@@ -155,7 +159,19 @@ impl<K: Ord, V> ShardedIndex<K, V> {
         let mut index = shard.index.write().unwrap_or_else(PoisonError::into_inner);
         let old = index.unsubscribe(filter, key);
         shard.len.store(index.len(), Ordering::Release);
+        if old.is_some() {
+            self.generation.fetch_add(1, Ordering::AcqRel);
+        }
         old
+    }
+
+    /// A number that changes with every subscribe and every unsubscribe that removed
+    /// something, each counted before its shard is unlocked. Read before a lookup, it
+    /// says whether a later lookup could answer differently: if it is the same then,
+    /// every change since came before the first lookup read its shard, so the first
+    /// answer still holds (a cache of matches per topic relies on this).
+    pub fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Acquire)
     }
 
     /// A clone of the value of `key`'s subscription to `filter`.
@@ -243,7 +259,33 @@ impl<K: Ord, V> ShardedIndex<K, V> {
 
 #[cfg(test)]
 mod tests {
-    use super::key_len;
+    use super::{ShardedIndex, key_len};
+    use crate::{Filter, Matches, TopicName};
+
+    // What a cache of matches relies on: every change moves the generation, a lookup
+    // after it sees the change, and an unsubscribe of nothing moves nothing.
+    #[test]
+    fn every_change_moves_the_generation() {
+        let index = ShardedIndex::<u32, u8>::new();
+        let topic = TopicName::new("a/b").unwrap();
+        let filter = |f| Filter::parse(f, mqtt_codec::ProtocolVersion::V5).unwrap();
+        let g0 = index.generation();
+        index.subscribe(filter("a/+"), 1, 0);
+        let g1 = index.generation();
+        assert_ne!(g0, g1);
+        let mut m = Matches::default();
+        index.matches(topic, &mut m);
+        assert_eq!(m.subscribers().count(), 1);
+        index.subscribe(filter("a/+"), 1, 1);
+        let g2 = index.generation();
+        assert_ne!(g1, g2, "a replaced subscription changes what matches carry");
+        index.unsubscribe(filter("x/#"), &1);
+        assert_eq!(index.generation(), g2);
+        index.unsubscribe(filter("a/+"), &1);
+        assert_ne!(index.generation(), g2);
+        index.matches(topic, &mut m);
+        assert_eq!(m.subscribers().count(), 0);
+    }
 
     #[test]
     fn keys() {

@@ -10,7 +10,6 @@ use std::{
 use bytes::BytesMut;
 use mqtt_codec::{Decoder, Packet, ProtocolVersion, QoS, ReasonCode};
 use mqtt_session::{DropReason, Event};
-use mqtt_topics::Matches;
 use tokio::{
     io::{AsyncRead, AsyncReadExt, AsyncWrite},
     time::{Instant, sleep_until},
@@ -48,7 +47,7 @@ where
 {
     let mut out = BytesMut::new();
     let mut events = Vec::new();
-    let mut matches = Matches::default();
+    let mut routes = crate::router::Routes::default();
     // One timer for the whole active stretch, moved only when it must fire earlier: a
     // new timer per wait costs a registration and a removal in the timer wheel each time
     // the loop waits. Firing early is harmless: the session finds nothing due.
@@ -221,7 +220,7 @@ where
                         handle,
                         principal.as_ref().and_then(Option::as_deref),
                         m,
-                        &mut matches,
+                        &mut routes,
                         now,
                     );
                     if qos != QoS::AtMostOnce {
@@ -252,7 +251,7 @@ where
                 }
                 // The will of a connection this one replaced ([MQTT-3.1.2-8]).
                 Event::Will(will) => {
-                    shared.route(handle.key, will_message(*will), &mut matches, now);
+                    shared.route(handle.key, will_message(*will), &mut routes, now);
                 }
                 _ => {}
             }
@@ -411,7 +410,7 @@ where
                         chunk = READ_CHUNK;
                         out = BytesMut::new();
                         events = Vec::new();
-                        matches = Matches::default();
+                        routes = crate::router::Routes::default();
                         shrunk = true;
                     }
                     None

@@ -5,11 +5,10 @@ use std::sync::atomic::Ordering;
 
 use mqtt_codec::ReasonCode;
 use mqtt_session::Message;
-use mqtt_topics::Matches;
 use tracing::debug;
 
 use crate::{
-    sessions::{Principal, SessionHandle, Sub},
+    sessions::{Principal, SessionHandle},
     shared::Shared,
 };
 
@@ -23,7 +22,7 @@ pub(crate) fn publish(
     from: &SessionHandle,
     principal: Option<&Principal>,
     message: Message,
-    matches: &mut Matches<u64, Sub>,
+    routes: &mut crate::router::Routes,
     now: mqtt_session::Instant,
 ) -> ReasonCode {
     // `$SYS/` is the broker's own (topics beginning with `$` are the server's, section
@@ -43,7 +42,7 @@ pub(crate) fn publish(
         shared.stats.publish_refused.fetch_add(1, Ordering::Relaxed);
         return ReasonCode::UNSPECIFIED_ERROR;
     }
-    if shared.fan_out(from.key, message, matches, now) == 0 {
+    if shared.fan_out(from.key, message, routes, now) == 0 {
         ReasonCode::NO_MATCHING_SUBSCRIBERS
     } else {
         ReasonCode::SUCCESS

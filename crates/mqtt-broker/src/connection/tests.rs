@@ -462,8 +462,8 @@ fn a_websocket_connection_parks_between_frames() {
             bytes::Bytes::from_static(b"x"),
             mqtt_codec::QoS::AtMostOnce,
         );
-        let mut matches = mqtt_topics::Matches::default();
-        assert_eq!(shared.route(0, message, &mut matches, shared.now()), 1);
+        let mut routes = crate::router::Routes::default();
+        assert_eq!(shared.route(0, message, &mut routes, shared.now()), 1);
         let mut got = [0u8; 8];
         s.read_exact(&mut got).await.unwrap();
         assert_eq!(got, [0x82, 6, 0x30, 4, 0, 1, b't', b'x']);

@@ -18,6 +18,7 @@ mod pki;
 mod proxy;
 mod reload;
 mod remote;
+mod route_cache;
 mod rumqttc_v4;
 mod rumqttc_v5;
 mod scram;
