@@ -215,6 +215,11 @@ impl<'a> ClientInfo<'a> {
         self.grants.is_none_or(|g| g.may_publish(topic))
     }
 
+    /// Whether its token (if it limits it) lets a message on `topic` reach it.
+    pub fn token_allows_receive(&self, topic: &str) -> bool {
+        self.grants.is_none_or(|g| g.may_receive(topic))
+    }
+
     /// Whether its token (if it limits it) lets it subscribe to `filter`.
     pub fn token_allows_subscribe(&self, filter: &str) -> bool {
         self.grants.is_none_or(|g| g.may_subscribe(filter))

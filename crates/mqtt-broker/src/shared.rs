@@ -237,6 +237,8 @@ impl Shared {
     /// Puts each listener's JWT verifier (its own `jwt`, or `auth`'s) in place, by
     /// listener index.
     pub(crate) fn with_jwt(mut self, jwt: Vec<Option<Arc<crate::auth::Jwt>>>) -> Self {
+        // A token's permissions apply to deliveries too (`Shared::may_receive`).
+        self.filters_delivery |= jwt.iter().flatten().any(|j| j.carries_permissions());
         for (l, jwt) in self.listener_auth.iter_mut().zip(jwt) {
             l.jwt = jwt;
         }
@@ -295,8 +297,9 @@ impl Shared {
     }
 
     /// Whether a message on `topic` may go to the session of `client_id`, whose client
-    /// is `principal` (see `SessionCell::principal`): asks its authorizer only if some
-    /// authorizer filters deliveries, so that without one this is a branch.
+    /// is `principal` (see `SessionCell::principal`): asks its token's permissions and
+    /// its authorizer only if some authorizer or token can refuse deliveries, so that
+    /// without one this is a branch.
     #[inline]
     pub(crate) fn may_receive(
         &self,
@@ -315,7 +318,8 @@ impl Shared {
         topic: &str,
     ) -> bool {
         let client = Principal::client(principal, client_id);
-        self.authorizer(client.listener).may_receive(&client, topic)
+        client.token_allows_receive(topic)
+            && self.authorizer(client.listener).may_receive(&client, topic)
     }
 
     /// Where idle connections park, if it has been started.

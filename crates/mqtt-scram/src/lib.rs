@@ -186,14 +186,15 @@ impl StoredKeys {
     }
 
     /// Made-up keys for a user the server does not know, the same for every exchange
-    /// with the same `secret` (random per server, kept for its life) and `username`:
-    /// the server answers as it would for a real user (a stable salt, the default
-    /// iteration count), and the proof then fails as a wrong password does. Without
-    /// it, an unknown user would be told apart by a changing salt or an early refusal.
-    pub fn decoy(secret: &[u8], username: &str) -> Self {
+    /// with the same `secret` (kept by the server, stable across its restarts) and
+    /// `username`: the server answers as it would for a real user (a stable salt, the
+    /// iteration count its real users have), and the proof then fails as a wrong
+    /// password does. Without it, an unknown user would be told apart by a changing
+    /// salt, another iteration count or an early refusal.
+    pub fn decoy(secret: &[u8], username: &str, iterations: u32) -> Self {
         let salt = hmac(secret, &[b"salt\0", username.as_bytes()]);
         Self {
-            iterations: DEFAULT_ITERATIONS,
+            iterations,
             salt: salt.get(..16).unwrap_or(&salt).to_vec(),
             stored_key: hmac(secret, &[b"stored\0", username.as_bytes()]),
             server_key: hmac(secret, &[b"server\0", username.as_bytes()]),

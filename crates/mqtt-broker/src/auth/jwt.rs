@@ -130,6 +130,13 @@ impl TokenGrants {
         self.publish.iter().any(|f| super::acl::matches(f, topic))
     }
 
+    /// Whether a message on `topic` may reach the token's client: a `sub` or `all`
+    /// filter matches it. Checked at each delivery, so that subscriptions a session kept
+    /// from an earlier connection (with another token) carry only what this one allows.
+    pub fn may_receive(&self, topic: &str) -> bool {
+        self.subscribe.iter().any(|f| super::acl::matches(f, topic))
+    }
+
     /// Whether the token lets its client subscribe to `filter` (a `$share/` one by the
     /// filter after its group): every topic it matches must be matched by a granted one.
     pub fn may_subscribe(&self, filter: &str) -> bool {
@@ -195,6 +202,12 @@ impl Jwt {
             .unwrap_or(Path::new(""))
     }
 
+    /// Whether its tokens may carry their client's permissions (`acl_claim`), which
+    /// then apply to every delivery too.
+    pub fn carries_permissions(&self) -> bool {
+        self.config.acl_claim.is_some()
+    }
+
     /// Verifies `token` (a CONNECT's Password) now.
     ///
     /// # Errors
@@ -232,16 +245,23 @@ impl Jwt {
         validation.validate_nbf = false;
         validation.validate_aud = false;
         let keys = self.keys.load();
-        let mut candidates = keys
-            .keys
-            .iter()
-            .filter(|(kid, _)| match (&header.kid, kid) {
-                (Some(wanted), Some(kid)) => wanted == kid,
-                // A token naming a key is tried against keys without a name too (a
-                // single key file has none).
-                _ => true,
-            })
-            .peekable();
+        // The key the token names, else keys without a name (a single key file has
+        // none), else the set's only key: never every key of a set, which would let
+        // one garbage token cost as many signature checks as the set has keys.
+        let named = |kid: &Option<String>| match (&header.kid, kid) {
+            (Some(wanted), Some(kid)) => wanted == kid,
+            _ => false,
+        };
+        let choose: &dyn Fn(&Option<String>) -> bool = if keys.keys.iter().any(|(k, _)| named(k)) {
+            &named
+        } else if keys.keys.iter().any(|(k, _)| k.is_none()) {
+            &|k: &Option<String>| k.is_none()
+        } else if keys.keys.len() == 1 {
+            &|_: &Option<String>| true
+        } else {
+            &|_: &Option<String>| false
+        };
+        let mut candidates = keys.keys.iter().filter(|(kid, _)| choose(kid)).peekable();
         if candidates.peek().is_none() {
             return refuse(format!(
                 "no key with kid {:?} in {}",
@@ -341,6 +361,15 @@ fn read_keys(config: &JwtConfig, algorithm: Algorithm) -> Result<Keys, AuthFileE
                     .unwrap_or(&bytes);
                 if secret.is_empty() {
                     return Err(bad("the HS256 secret is empty".to_owned()));
+                }
+                if secret.starts_with(b"-----BEGIN") {
+                    // A public key as a shared secret would let anyone who has the
+                    // public key sign tokens: surely meant for RS256 or ES256.
+                    return Err(bad(
+                        "the HS256 secret is a PEM file (a public key?): HS256 needs a \
+                         shared secret; for a public key set algorithm = \"RS256\" or \"ES256\""
+                            .to_owned(),
+                    ));
                 }
                 DecodingKey::from_secret(secret)
             }
@@ -493,5 +522,53 @@ mod tests {
         config.jwks_file = Some(jwks.clone());
         let e = Jwt::load(&config).unwrap_err();
         assert_eq!(e.line(), Some(3), "{e}");
+        // A public key given as an HS256 secret would let anyone holding it sign.
+        let pem = d.join("public.pem");
+        std::fs::write(
+            &pem,
+            "-----BEGIN PUBLIC KEY-----\nMFkw\n-----END PUBLIC KEY-----\n",
+        )
+        .unwrap();
+        let e = Jwt::load(&JwtConfig::new(JwtAlgorithm::HS256, &pem)).unwrap_err();
+        assert!(e.to_string().contains("PEM"), "{e}");
+    }
+
+    // A token that names no key is checked against the set's only key, or keys without
+    // a name, never against every key of a set.
+    #[test]
+    fn a_token_without_kid_is_not_tried_against_every_key() {
+        let d = dir("kid");
+        let jwks = d.join("jwks.json");
+        let set = |keys: &[(&str, &str)]| {
+            let keys: Vec<_> = keys
+                .iter()
+                .map(|(kid, k)| {
+                    use base64::Engine;
+                    let k = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(k);
+                    json!({"kty": "oct", "kid": kid, "k": k, "alg": "HS256"})
+                })
+                .collect();
+            json!({ "keys": keys }).to_string()
+        };
+        let mut config = JwtConfig::new(JwtAlgorithm::HS256, &jwks);
+        config.key_file = None;
+        config.jwks_file = Some(jwks.clone());
+        let claims = json!({"sub": "u", "exp": 2_000_000_000u64});
+        let no_kid = encode(
+            &Header::new(Algorithm::HS256),
+            &claims,
+            &EncodingKey::from_secret(b"two"),
+        )
+        .unwrap();
+        let mut named = Header::new(Algorithm::HS256);
+        named.kid = Some("b".to_owned());
+        let with_kid = encode(&named, &claims, &EncodingKey::from_secret(b"two")).unwrap();
+        std::fs::write(&jwks, set(&[("a", "one"), ("b", "two")])).unwrap();
+        let jwt = Jwt::load(&config).unwrap();
+        assert!(jwt.verify_at(no_kid.as_bytes(), 1_000_000_000).is_err());
+        assert!(jwt.verify_at(with_kid.as_bytes(), 1_000_000_000).is_ok());
+        std::fs::write(&jwks, set(&[("b", "two")])).unwrap();
+        let jwt = Jwt::load(&config).unwrap();
+        assert!(jwt.verify_at(no_kid.as_bytes(), 1_000_000_000).is_ok());
     }
 }

@@ -26,6 +26,13 @@ const MAX_USERNAME: usize = 65_535;
 #[derive(Debug)]
 struct Users {
     keys: HashMap<String, Arc<StoredKeys>>,
+    /// What made-up users' keys are derived from: a hash of the real users' server
+    /// keys, so that an unknown user gets the same salt after a restart, as a real one
+    /// does, and nobody without the file can compute it. `None` for a file without
+    /// users (nobody to be told apart from): the process's random secret then.
+    decoy_secret: Option<[u8; 32]>,
+    /// The iteration count most users have: what a made-up user is said to have.
+    decoy_iterations: u32,
 }
 
 /// SCRAM-SHA-256 credentials for MQTT 5.0 enhanced authentication, read from a file.
@@ -36,8 +43,8 @@ struct Users {
 pub struct ScramFile {
     path: PathBuf,
     users: ArcSwap<Users>,
-    /// What a made-up user's keys are derived from ([`StoredKeys::decoy`]): random,
-    /// for the life of the process.
+    /// What a made-up user's keys are derived from ([`StoredKeys::decoy`]) when the
+    /// file has no user: random, for the life of the process.
     secret: [u8; 32],
 }
 
@@ -75,9 +82,14 @@ impl ScramFile {
     /// `username`'s keys; for a user the file does not have, made-up keys that answer
     /// the same way and fail the proof (the second value is `false`).
     pub(crate) fn keys(&self, username: &str) -> (Arc<StoredKeys>, bool) {
-        match self.users.load().keys.get(username) {
+        let users = self.users.load();
+        match users.keys.get(username) {
             Some(keys) => (Arc::clone(keys), true),
-            None => (Arc::new(StoredKeys::decoy(&self.secret, username)), false),
+            None => {
+                let secret = users.decoy_secret.as_ref().unwrap_or(&self.secret);
+                let keys = StoredKeys::decoy(secret, username, users.decoy_iterations);
+                (Arc::new(keys), false)
+            }
         }
     }
 }
@@ -119,7 +131,42 @@ fn parse(path: &Path, text: &str) -> Result<Users, AuthFileError> {
             ));
         }
     }
-    Ok(Users { keys })
+    Ok(Users {
+        decoy_secret: decoy_secret(&keys),
+        decoy_iterations: most_common_iterations(&keys),
+        keys,
+    })
+}
+
+/// A hash of every user's name and server key, in name order; `None` without users.
+fn decoy_secret(keys: &HashMap<String, Arc<StoredKeys>>) -> Option<[u8; 32]> {
+    use sha2::{Digest, Sha256};
+    if keys.is_empty() {
+        return None;
+    }
+    let mut users: Vec<_> = keys.iter().collect();
+    users.sort_by(|a, b| a.0.cmp(b.0));
+    let mut hash = Sha256::new();
+    hash.update(b"mqtt-broker scram decoy\0");
+    for (name, k) in users {
+        hash.update((name.len() as u64).to_be_bytes());
+        hash.update(name.as_bytes());
+        hash.update(k.server_key);
+    }
+    Some(hash.finalize().into())
+}
+
+/// The iteration count most users have (the default without users; the larger on a
+/// tie, so the answer does not depend on the map's order).
+fn most_common_iterations(keys: &HashMap<String, Arc<StoredKeys>>) -> u32 {
+    let mut counts: HashMap<u32, usize> = HashMap::new();
+    for k in keys.values() {
+        *counts.entry(k.iterations).or_default() += 1;
+    }
+    counts
+        .into_iter()
+        .max_by_key(|&(iterations, n)| (n, iterations))
+        .map_or(mqtt_scram::DEFAULT_ITERATIONS, |(iterations, _)| iterations)
 }
 
 #[cfg(test)]
@@ -145,9 +192,7 @@ mod tests {
     fn an_unknown_user_gets_stable_decoy_keys() {
         let file = ScramFile {
             path: PathBuf::from("scram"),
-            users: ArcSwap::from_pointee(Users {
-                keys: HashMap::new(),
-            }),
+            users: ArcSwap::from_pointee(parse(Path::new("scram"), "").unwrap()),
             secret: [7; 32],
         };
         let (a, known) = file.keys("nobody");
@@ -155,5 +200,29 @@ mod tests {
         assert_eq!(a, file.keys("nobody").0);
         assert_ne!(a.salt, file.keys("somebody").0.salt);
         assert_eq!(a.iterations, mqtt_scram::DEFAULT_ITERATIONS);
+    }
+
+    // What tells a real user from an unknown one before the proof: the iteration count
+    // and whether the salt survives a restart. An unknown user is said to have the
+    // count most users have, and the same salt from another process reading the file.
+    #[test]
+    fn unknown_users_look_like_the_files_users_across_restarts() {
+        let text = format!(
+            "alice:{}\nbob:{}\ncarol:{}\n",
+            StoredKeys::derive(b"a", b"salt-a-0123456789", 10_000),
+            StoredKeys::derive(b"b", b"salt-b-0123456789", 10_000),
+            StoredKeys::derive(b"c", b"salt-c-0123456789", 4096),
+        );
+        let load = |secret| ScramFile {
+            path: PathBuf::from("scram"),
+            users: ArcSwap::from_pointee(parse(Path::new("scram"), &text).unwrap()),
+            secret,
+        };
+        let (first, second) = (load([1; 32]), load([2; 32]));
+        let (nobody, known) = first.keys("nobody");
+        assert!(!known);
+        assert_eq!(nobody.iterations, 10_000);
+        assert_eq!(nobody.salt, second.keys("nobody").0.salt);
+        assert_eq!(first.keys("bob").0.iterations, 10_000);
     }
 }

@@ -247,6 +247,12 @@ pub(crate) async fn attach<W: AsyncWrite + Unpin>(
     }
     let (listener, deadline) = (origin.transport.listener, origin.deadline);
     if let Some(accepted) = &enhanced {
+        if origin.certificate_is_username && connect.username.as_deref() != Some(&*accepted.user) {
+            // The certificate names the user here: SCRAM may confirm it, not replace it.
+            info!(%peer, client = ?connect.client_id, user = ?accepted.user, "connection refused: the SCRAM user is not the one the client certificate names (use_identity_as_username)");
+            send_connack(wr, version, ReasonCode::NOT_AUTHORIZED).await;
+            return None;
+        }
         // SCRAM named and authenticated the user; a password in CONNECT is set aside.
         connect.username = ByteStr::try_from(&*accepted.user).ok();
         connect.password = None;

@@ -434,6 +434,42 @@ async fn token_permissions_limit_publish_subscribe_and_will() {
         ack.reason_codes.iter().map(|r| r.0).collect::<Vec<_>>(),
         [1]
     );
+    // A session kept from a connection whose token allowed more: its subscription
+    // stays, but only what the new token allows reaches it.
+    let persistent = |token: String| {
+        move |c: &mut mqtt_codec::Connect| {
+            c.clean_start = false;
+            c.properties.session_expiry_interval = Some(60);
+            c.username = Some(s("dev7"));
+            c.password = Some(Bytes::copy_from_slice(token.as_bytes()));
+        }
+    };
+    let broad = token(Algorithm::HS256, &key, json!({"sub": "dev7", "exp": exp}));
+    let (mut kept, ack) = Client::connect_with(addr, V5, "kept", persistent(broad)).await;
+    assert_eq!(ack.reason_code, ReasonCode::SUCCESS);
+    let ack = kept.subscribe(subscribe(1, &[("cmd/#", q1)])).await;
+    assert_eq!(
+        ack.reason_codes.iter().map(|r| r.0).collect::<Vec<_>>(),
+        [1]
+    );
+    kept.drop_connection();
+    let (mut kept, ack) = Client::connect_with(addr, V5, "kept", persistent(limited.clone())).await;
+    assert_eq!(ack.reason_code, ReasonCode::SUCCESS);
+    assert!(ack.session_present);
+    for topic in ["cmd/8/x", "cmd/7/x"] {
+        c9.publish(crate::spec::publish(
+            topic,
+            topic.as_bytes(),
+            QoS::AtLeastOnce,
+            false,
+        ))
+        .await;
+    }
+    let got = kept.recv_publish().await;
+    assert_eq!(
+        &*got.topic, "cmd/7/x",
+        "only what the new token allows arrives"
+    );
     // A malformed claim refuses the token.
     for bad in [
         json!({"pub": "devices/7/#"}),

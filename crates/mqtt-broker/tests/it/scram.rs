@@ -315,3 +315,45 @@ async fn failed_and_malformed_reauthentication_closes_the_connection() {
     assert_eq!(disconnected(&mut c).await, ReasonCode::PROTOCOL_ERROR);
     broker.shutdown().await;
 }
+
+// On a listener where the client certificate names the user (use_identity_as_username),
+// SCRAM may confirm that user, not replace it: alice's certificate and alice's SCRAM
+// credentials connect; bob's certificate with alice's credentials is refused (0x87).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scram_does_not_replace_the_certificates_user() {
+    use crate::pki::{ClientCert, Pki, Recorder, broker_on, tls_listener};
+    let pki = Pki::new();
+    let mut listener = tls_listener(&pki.cert, &pki.key);
+    listener.cafile = Some(pki.ca.clone());
+    listener.require_certificate = mqtt_broker::config::ClientCertificates::Required;
+    listener.use_identity_as_username = true;
+    let path = scram_file("cert");
+    let (broker, addrs) = broker_on(vec![listener], Recorder::default().auth(), |c| {
+        c.auth.scram_file = Some(path);
+    })
+    .await;
+    let addr = addrs[0];
+    let with_cert = |cn: &str| {
+        let (cert, key) = pki.client(cn, ClientCert::Good);
+        options(addr, &format!("cert-{cn}"), "alice", "secret")
+            .transport(mqtt_client::Transport::Tls)
+            .tls(mqtt_client::TlsOptions {
+                ca_file: Some(pki.ca.clone()),
+                client_cert: Some((cert, key)),
+                server_name: Some("localhost".to_owned()),
+                ..mqtt_client::TlsOptions::default()
+            })
+    };
+    let (client, _connection) = mqtt_client::connect(with_cert("alice"))
+        .await
+        .expect("the certificate's user, confirmed by SCRAM");
+    client
+        .publish("t", "x", mqtt_client::QoS::AtLeastOnce, false)
+        .await
+        .unwrap();
+    let Err(e) = mqtt_client::connect(with_cert("bob")).await else {
+        panic!("bob's certificate with alice's credentials was accepted");
+    };
+    assert_eq!(refused_with(&e), Some(ReasonCode::NOT_AUTHORIZED), "{e:?}");
+    broker.shutdown().await;
+}
