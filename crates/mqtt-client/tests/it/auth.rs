@@ -264,7 +264,17 @@ async fn no_auth_without_a_method() {
 
 /// A server that knows SCRAM-SHA-256 keys for "secret" and, if `tamper`, sends a
 /// server-final with one bit flipped: a server that does not know the keys.
-async fn scram_server(listener: TcpListener, tamper: bool) {
+/// How the fake SCRAM server of [`scram_checks_the_servers_proof`] misbehaves.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Lie {
+    None,
+    /// Its proof (server-final) has a bit flipped.
+    Proof,
+    /// Its CONNACK names another authentication method.
+    Method,
+}
+
+async fn scram_server(listener: TcpListener, lie: Lie) {
     use mqtt_scram::{ClientFirst, METHOD as SCRAM, ServerExchange, StoredKeys};
     let keys = StoredKeys::derive(b"secret", b"salt-of-the-test", 4096);
     let mut peer = accept(&listener).await;
@@ -288,27 +298,33 @@ async fn scram_server(listener: TcpListener, tamper: bool) {
     let mut last = exchange
         .finish(answer.properties.authentication_data.as_deref().unwrap())
         .expect("the client's proof is right");
-    if tamper {
+    if lie == Lie::Proof {
         // "v=" then base64: flip a bit of the first signature character.
         last[2] ^= 1;
     }
+    let method = if lie == Lie::Method {
+        "SCRAM-SHA-1"
+    } else {
+        SCRAM
+    };
     let mut ack = ConnAck::new(false, ReasonCode::SUCCESS);
-    ack.properties.authentication_method = Some(SCRAM.try_into().unwrap());
+    ack.properties.authentication_method = Some(method.try_into().unwrap());
     ack.properties.authentication_data = Some(last.into());
     peer.send(ack).await;
-    if tamper {
+    if lie != Lie::None {
         assert!(peer.closed_within(Duration::from_secs(5)).await);
     }
 }
 
 // Mutual authentication: the client accepts a server whose SCRAM-SHA-256 signature is
-// right, and fails the connection when the server's proof was tampered with.
+// right, and fails the connection when the server's proof was tampered with, or when
+// its CONNACK names another method ([MQTT-4.12.0-5], checked by mqtt-session).
 #[tokio::test]
 async fn scram_checks_the_servers_proof() {
-    for tamper in [false, true] {
+    for lie in [Lie::None, Lie::Proof, Lie::Method] {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let port = listener.local_addr().unwrap().port();
-        let server = tokio::spawn(scram_server(listener, tamper));
+        let server = tokio::spawn(scram_server(listener, lie));
         let options = ConnectOptions::new("127.0.0.1", port)
             .version(ProtocolVersion::V5)
             .client_id("scram")
@@ -319,14 +335,17 @@ async fn scram_checks_the_servers_proof() {
             })
             .authenticator(mqtt_client::Scram::new("alice", "secret"));
         let result = mqtt_client::connect(options).await;
-        if tamper {
-            let e = result.expect_err("a tampered proof fails the connection");
-            assert!(
-                matches!(&e, ConnectError::Auth(why) if why.contains("signature")),
-                "{e}"
-            );
-        } else {
-            result.expect("the right proof is accepted");
+        let wanted = match lie {
+            Lie::None => None,
+            Lie::Proof => Some("signature"),
+            Lie::Method => Some("MQTT-4.12.0-5"),
+        };
+        match (wanted, result) {
+            (None, result) => {
+                result.expect("the right proof is accepted");
+            }
+            (Some(wanted), Ok(_)) => panic!("a lying server was accepted ({wanted})"),
+            (Some(wanted), Err(e)) => assert!(e.to_string().contains(wanted), "{e}"),
         }
         server.await.unwrap();
     }
