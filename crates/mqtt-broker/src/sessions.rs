@@ -35,6 +35,9 @@ pub(crate) struct SessionHandle {
     pub(crate) cell: Mutex<SessionCell>,
     /// Wakes the task that writes this session's packets.
     pub(crate) notify: Notify,
+    /// The store was told this session's messages changed and has not exported it
+    /// since (see `Shared::session_changed`).
+    pub(crate) dirty: std::sync::atomic::AtomicBool,
 }
 
 /// A session in the registry, found by its client identifier: the handle holds the
@@ -359,6 +362,7 @@ impl Shared {
                 parked: None,
             }),
             notify: Notify::new(),
+            dirty: std::sync::atomic::AtomicBool::new(false),
         })
     }
 
@@ -371,13 +375,14 @@ impl Shared {
         self: &Arc<Self>,
         record: crate::store::SessionRecord,
         expires_at: Option<mqtt_session::Instant>,
-    ) -> bool {
+    ) -> Result<bool, crate::store::StoreError> {
         let crate::store::SessionRecord {
             client_id,
             version,
             session_expiry,
             subscriptions,
             expires_at: deadline,
+            messages,
             ..
         } = record;
         let (kept, left_out): (Vec<_>, Vec<_>) = subscriptions.into_iter().partition(|r| {
@@ -388,7 +393,7 @@ impl Shared {
         if !left_out.is_empty() {
             tracing::info!(client = %client_id, filters = ?left_out.iter().map(|r| &r.filter).collect::<Vec<_>>(), "stored subscriptions left out: refused now");
         }
-        let session = ServerSession::restored(
+        let mut session = ServerSession::restored(
             client_id,
             Arc::clone(&self.limits),
             version,
@@ -396,11 +401,27 @@ impl Shared {
             expires_at,
             kept,
         );
+        if let Some(saved) = messages {
+            // Times in the state are relative to its export: rebased on a `now` as far
+            // back as the broker was down, so that they run on the wall clock (as far as
+            // session time reaches back; later otherwise, never earlier).
+            let down = std::time::SystemTime::now()
+                .duration_since(saved.saved_at)
+                .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+            let then =
+                mqtt_session::Instant::from_millis(self.now().as_millis().saturating_sub(down));
+            session.restore_messages(&saved.state, then).map_err(|e| {
+                crate::store::StoreError::new(format!(
+                    "table `messages`, key {:?}: {e}",
+                    session.client_id().as_str()
+                ))
+            })?;
+        }
         let recorded = crate::store::Recorded::of(&session);
         let handle = {
             let mut registry = self.registry();
             if registry.contains(session.client_id().as_str()) {
-                return false;
+                return Ok(false);
             }
             let handle = self.new_handle(session, recorded);
             registry.insert(Registered(Arc::clone(&handle)));
@@ -425,7 +446,7 @@ impl Shared {
             }
         }
         self.start_offline_timers(&handle);
-        true
+        Ok(true)
     }
 
     /// Runs the timers of a session that has no connection (its expiry; a will, once

@@ -59,7 +59,10 @@ use mqtt_codec::{ByteStr, ProtocolVersion};
 use mqtt_session::{Message, ServerSession, SubscriptionRecord};
 use tracing::{info, warn};
 
-use crate::{sessions::SessionCell, shared::Shared};
+use crate::{
+    sessions::{SessionCell, SessionHandle},
+    shared::Shared,
+};
 
 /// Where retained messages and persistent sessions are kept so that they outlive the
 /// process: the seam a durable store implements (see the [module docs](self) for what
@@ -138,6 +141,74 @@ pub trait Store: Send + Sync + fmt::Debug + 'static {
     fn is_durable(&self) -> bool {
         true
     }
+
+    /// What a persistent session holds (queued messages, QoS 1/2 in flight, QoS 2
+    /// packet identifiers awaiting PUBREL, its will) changed: the store exports
+    /// `session` when it writes next ([`LiveSession::export`]), once however many times
+    /// it was told. Called with the session locked; must only queue. The default keeps
+    /// nothing.
+    fn session_changed(&self, session: Arc<dyn LiveSession>) {
+        let _ = session;
+    }
+
+    /// A ticket for everything told so far: covered once [`Commits::committed`] reaches
+    /// it. The default is always covered.
+    fn ticket(&self) -> Ticket {
+        Ticket(0)
+    }
+
+    /// The commits to wait for before acknowledging a message that must be kept
+    /// (`sync` mode): `None` if acknowledgements do not wait (the default, and `batch`
+    /// mode).
+    fn commits(&self) -> Option<tokio::sync::watch::Receiver<Commits>> {
+        None
+    }
+}
+
+/// A session the store exports when it writes (see [`Store::session_changed`]).
+pub trait LiveSession: Send + Sync {
+    /// The session's client identifier and its state as `ServerSession::export` writes
+    /// it, taken now under the session's lock; `None` if the session ended or no longer
+    /// outlives its connection (its record's removal removes what it held).
+    fn export(&self) -> Option<(ByteStr, bytes::Bytes)>;
+}
+
+/// A place in the store's sequence of commits (see [`Store::ticket`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Ticket(pub u64);
+
+/// Where the store's commits are: what a [`Ticket`] is compared with.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Commits {
+    /// Every ticket up to this one is on disk.
+    pub committed: u64,
+    /// The last batch that failed to commit (what it held is written again with the
+    /// next); 0 if none did.
+    pub failed: u64,
+}
+
+impl Commits {
+    /// Whether `ticket` is on disk.
+    pub fn covers(&self, ticket: Ticket) -> bool {
+        self.committed >= ticket.0
+    }
+
+    /// Whether the batch of `ticket` failed and has not been written since.
+    pub fn failed(&self, ticket: Ticket) -> bool {
+        self.failed >= ticket.0 && self.committed < ticket.0
+    }
+}
+
+/// What a persistent session held when it was last written (see
+/// [`Store::session_changed`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct SavedMessages {
+    /// The session's state as `ServerSession::export` wrote it (its times relative to
+    /// `saved_at`).
+    pub state: bytes::Bytes,
+    /// When it was exported, on the wall clock.
+    pub saved_at: SystemTime,
 }
 
 /// Why a [`Store`] could not do what it was asked; what it says is the store's own.
@@ -223,6 +294,9 @@ pub struct SessionRecord {
     /// Its subscriptions with their options and Subscription Identifier, ordered by
     /// filter.
     pub subscriptions: Vec<SubscriptionRecord>,
+    /// What it held (queued and in-flight messages, QoS 2 identifiers, will) when last
+    /// written, if the store keeps that.
+    pub messages: Option<SavedMessages>,
 }
 
 impl SessionRecord {
@@ -234,6 +308,7 @@ impl SessionRecord {
             session_expiry,
             expires_at: None,
             subscriptions: Vec::new(),
+            messages: None,
         }
     }
 }
@@ -287,6 +362,25 @@ impl Recorded {
     }
 }
 
+/// A session as the store exports it (see [`LiveSession`]).
+struct Live {
+    handle: Arc<SessionHandle>,
+    origin: tokio::time::Instant,
+}
+
+impl LiveSession for Live {
+    fn export(&self) -> Option<(ByteStr, bytes::Bytes)> {
+        // Cleared before the lock: a change after it marks the session again.
+        self.handle.dirty.store(false, Ordering::Release);
+        let cell = self.handle.lock();
+        if cell.gone || cell.recorded.is_none() {
+            return None;
+        }
+        let now = mqtt_session::Instant::from_millis(self.origin.elapsed().as_millis() as u64);
+        Some((cell.session.client_id().clone(), cell.session.export(now)))
+    }
+}
+
 /// At most one log line about store failures per this many milliseconds.
 const STORE_LOG_INTERVAL_MS: u64 = 10_000;
 
@@ -336,7 +430,7 @@ impl Shared {
                 }
                 continue;
             }
-            if self.restore_session(record, expires_at) {
+            if self.restore_session(record, expires_at)? {
                 sessions += 1;
             }
         }
@@ -344,6 +438,19 @@ impl Shared {
             info!(retained, sessions, "restored from the store");
         }
         Ok(())
+    }
+
+    /// Tells the store that what the session in `cell` holds changed (a message queued,
+    /// sent, acknowledged, a QoS 2 exchange moved on), if it is persistent and the store
+    /// was not told since it last wrote it. Called with the session locked; nothing when
+    /// the store is not durable.
+    pub(crate) fn session_changed(&self, handle: &Arc<SessionHandle>, cell: &SessionCell) {
+        if self.durable && cell.recorded.is_some() && !handle.dirty.swap(true, Ordering::AcqRel) {
+            self.store.session_changed(Arc::new(Live {
+                handle: Arc::clone(handle),
+                origin: self.origin,
+            }));
+        }
     }
 
     /// The wall-clock time of session time `at`; `None` past what the clock holds.
@@ -365,6 +472,7 @@ impl Shared {
             session_expiry: s.session_expiry(),
             expires_at: s.expires_at().and_then(|at| self.wall_clock(at)),
             subscriptions,
+            messages: None,
         }
     }
 
@@ -395,6 +503,18 @@ impl Shared {
             Ok(()) => cell.recorded = wanted,
             Err(e) => self.store_failed("a session", &e),
         }
+    }
+
+    /// As [`Shared::record_session`], and what the session holds is written too (its
+    /// connection attached or left: messages went back to the queue or out).
+    pub(crate) fn record_session_and_messages(
+        &self,
+        handle: &Arc<SessionHandle>,
+        cell: &mut SessionCell,
+        force: bool,
+    ) {
+        self.record_session(cell, force);
+        self.session_changed(handle, cell);
     }
 
     /// Writes the record of the session in `cell` with the subscriptions `granted` by a

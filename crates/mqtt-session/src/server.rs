@@ -862,6 +862,11 @@ impl ServerSession {
             .collect();
     }
 
+    pub(crate) fn set_will(&mut self, will: Option<Will>, will_due: Option<Instant>) {
+        self.will = will.map(Box::new);
+        self.will_due = Deadline::new(will_due);
+    }
+
     pub(crate) fn flow_mut(&mut self) -> &mut Flow {
         &mut self.flow
     }

@@ -293,6 +293,31 @@ impl ServerSession {
     }
 }
 
+impl ServerSession {
+    /// Puts the messages of exported `state` (as [`export`](Self::export) wrote it) into
+    /// this session, made with [`restored`](Self::restored) from a record of its
+    /// subscriptions and expiry: its queued messages, its QoS 1/2 messages in flight with
+    /// their packet identifiers and phases, the QoS 2 packet identifiers awaiting PUBREL,
+    /// the packet identifier counter, and its will. Client identifier, expiry and
+    /// subscriptions stay this session's. Times in `state` are rebased on `now`.
+    ///
+    /// # Errors
+    /// As [`restore`](Self::restore), if `state` is not a server session's exported
+    /// state; the session is then left as it was.
+    pub fn restore_messages(&mut self, state: &[u8], now: Instant) -> Result<(), StateError> {
+        let limits = Arc::clone(&self.flow().limits);
+        let mut saved = Self::restore(limits, state, now)?;
+        let version = self.flow().version;
+        let fields = saved.export_fields();
+        let (will, will_due) = (fields.will.cloned(), fields.will_due);
+        core::mem::swap(self.flow_mut(), saved.flow_mut());
+        // The version is the record's (the same, as both were written together).
+        self.flow_mut().version = version;
+        self.set_will(will, will_due);
+        Ok(())
+    }
+}
+
 fn will_message(will: &Will) -> Message {
     let p = &will.properties;
     Message {

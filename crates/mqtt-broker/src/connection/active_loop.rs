@@ -84,6 +84,18 @@ where
     // its acknowledgements measured (`Stats::ack_latency`), from when it is routed.
     let mut ack_batches: u32 = 0;
     let mut ack_started: Option<std::time::Instant> = None;
+    // `sync` persistence (docs/durability.md): the acknowledgements of a batch wait,
+    // while the loop goes on reading, for the commit holding what the batch changed;
+    // and a write with this session's QoS 2 exchange moving on waits for the commit
+    // holding its state. `None` (memory, batch): nothing waits.
+    let mut commits = shared.commits.clone();
+    let mut held: VecDeque<(
+        crate::store::Ticket,
+        QoS,
+        Option<mqtt_codec::PacketId>,
+        ReasonCode,
+    )> = VecDeque::new();
+    let mut hold_write = false;
     // Bytes already read (behind CONNECT, or on waking) may hold more packets.
     if feed(shared, handle, generation, decoder, rbuf, chunk) {
         return Step::Ended(End::TakenOver);
@@ -119,7 +131,15 @@ where
                 debug!(client = %handle.client_id, count = encoded, "sent QoS 0 PUBLISH packets encoded for all their subscribers");
             }
             let (mut publishes, mut packets) = (encoded, encoded);
+            let mut qos2_flow = false;
             while let Some(p) = cell.session.poll_transmit(now) {
+                if commits.is_some() {
+                    qos2_flow |= match &p {
+                        Packet::PubRel(_) | Packet::PubComp(_) => true,
+                        Packet::Publish(p) => p.qos_pid.qos() == QoS::ExactlyOnce,
+                        _ => false,
+                    };
+                }
                 if let Packet::Publish(publish) = &p {
                     publishes += 1;
                     let qos = publish.qos_pid.qos() as usize;
@@ -154,7 +174,9 @@ where
                     shared.stats.add_by_qos(sent_qos, sent_bytes, false);
                 }
             }
+            let mut polled = 0usize;
             while let Some(e) = cell.session.poll_event() {
+                polled += 1;
                 match e {
                     // Settled here, under the lock already held: a shared-subscription
                     // message acknowledged or dropped needs no redelivery.
@@ -172,6 +194,10 @@ where
                     }
                     e => events.push(e),
                 }
+            }
+            if shared.durable && (packets > 0 || polled > 0) {
+                shared.session_changed(handle, &cell);
+                hold_write |= qos2_flow && cell.recorded.is_some();
             }
             shared.account(&mut cell);
             cell.session.poll_timeout()
@@ -251,6 +277,36 @@ where
                 _ => {}
             }
         }
+        if !verdicts.is_empty() && commits.is_some() {
+            // Held until the commit holding what they changed (docs/durability.md).
+            let ticket = shared.store.ticket();
+            held.extend(
+                verdicts
+                    .drain(..)
+                    .map(|(qos, packet_id, reason)| (ticket, qos, packet_id, reason)),
+            );
+        }
+        if !held.is_empty() {
+            if let Some(rx) = &mut commits {
+                let c = *rx.borrow_and_update();
+                while let Some(&(ticket, qos, packet_id, reason)) = held.front() {
+                    if c.covers(ticket) {
+                        verdicts.push((qos, packet_id, reason));
+                    } else if c.failed(ticket) && version.is_v5() {
+                        // Not on disk: 5.0 says so; 3.x waits for the retry.
+                        let reason = if reason.is_error() {
+                            reason
+                        } else {
+                            ReasonCode::QUOTA_EXCEEDED
+                        };
+                        verdicts.push((qos, packet_id, reason));
+                    } else {
+                        break;
+                    }
+                    held.pop_front();
+                }
+            }
+        }
         if !verdicts.is_empty() {
             // The acknowledgements, in the order the messages came ([MQTT-4.6.0-2]), and
             // only for the connection they came on.
@@ -288,6 +344,14 @@ where
         // failing on a dying connection cannot lose messages already taken from the
         // session.
         let mut lost = None;
+        if std::mem::take(&mut hold_write) {
+            // This session's QoS 2 state (a packet identifier given, PUBREL sent or
+            // PUBCOMP answered) is on disk before the peer can see it.
+            if let Some(rx) = &mut commits {
+                let ticket = shared.store.ticket();
+                let _ = rx.wait_for(|c| c.covers(ticket)).await;
+            }
+        }
         if !out.is_empty() {
             shared
                 .stats
@@ -332,7 +396,8 @@ where
         if again || more {
             continue;
         }
-        if (fresh || (settle && input)) && backlog.is_empty() && rbuf.is_empty() {
+        if (fresh || (settle && input)) && backlog.is_empty() && rbuf.is_empty() && held.is_empty()
+        {
             // A new connection with nothing more to do after CONNACK goes idle at once
             // (it waits for its first packets in its task, see `live`): clients that
             // connect and wait (most, on a broker with many) never hold the active
@@ -385,6 +450,7 @@ where
                     shrunk = false;
                     None
                 }
+                () = commit_changed(&mut commits, !held.is_empty()) => None,
                 () = &mut timer => {
                     let mut cell = handle.lock();
                     let now = shared.now();
@@ -396,7 +462,7 @@ where
                         cell.session.shrink_idle();
                         cell.shrink_encoded();
                         drop(cell);
-                        if backlog.is_empty() && rbuf.is_empty() {
+                        if backlog.is_empty() && rbuf.is_empty() && held.is_empty() {
                             return Step::Idle;
                         }
                         if rbuf.is_empty() {
@@ -527,4 +593,18 @@ pub(crate) fn feed(
         rbuf.reserve(chunk);
     }
     false
+}
+
+/// Returns when the store's commits move on, if `wanted` (acknowledgements are held);
+/// never otherwise.
+async fn commit_changed(
+    commits: &mut Option<tokio::sync::watch::Receiver<crate::store::Commits>>,
+    wanted: bool,
+) {
+    if let (true, Some(rx)) = (wanted, commits.as_mut()) {
+        if rx.changed().await.is_ok() {
+            return;
+        }
+    }
+    std::future::pending::<()>().await;
 }
