@@ -1,0 +1,245 @@
+//! `[persistence]` (issue 16): the `mqtt-broker` binary killed with SIGKILL and started
+//! again on the same file keeps retained messages, persistent sessions, their
+//! subscriptions and their queued QoS 1 and 2 messages; a damaged file is refused with a
+//! message naming it. Clients: rumqttc (3.1.1).
+
+use std::{
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    time::Duration,
+};
+
+use rumqttc::{AsyncClient, Event, MqttOptions, Outgoing, Packet, QoS};
+use tokio::{sync::mpsc, time::timeout};
+
+pub(crate) const BIN: &str = env!("CARGO_BIN_EXE_mqtt-broker");
+
+/// A directory of its own for one test's files.
+pub(crate) fn scratch(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("mqtt-durable-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// A free port on 127.0.0.1 (the broker keeps it across restarts).
+pub(crate) fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Writes a configuration with `[persistence] mode = "sync"` and the store in `dir`.
+pub(crate) fn config(dir: &Path, port: u16) -> PathBuf {
+    let path = dir.join("broker.toml");
+    let store = dir.join("store.redb");
+    std::fs::write(
+        &path,
+        format!(
+            "[[listeners]]\nbind = \"127.0.0.1:{port}\"\n\n[sys]\ninterval = 0\n\n\
+             [persistence]\nmode = \"sync\"\npath = {store:?}\n"
+        ),
+    )
+    .unwrap();
+    path
+}
+
+/// Starts the binary with `config` and waits until it accepts connections on `port`.
+pub(crate) fn start(config: &Path, port: u16) -> Child {
+    let child = Command::new(BIN)
+        .arg("-c")
+        .arg(config)
+        .env_remove("RUST_LOG")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the broker did not listen"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    child
+}
+
+/// SIGKILL, and the exit reaped.
+pub(crate) fn kill(mut child: Child) {
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
+/// A rumqttc client whose incoming PUBLISH packets and acknowledgements arrive on a
+/// channel, reconnecting (the event loop polled again) after every error.
+pub(crate) fn client(
+    id: &str,
+    port: u16,
+    clean: bool,
+) -> (
+    AsyncClient,
+    mpsc::UnboundedReceiver<Event>,
+    tokio::task::JoinHandle<()>,
+) {
+    let mut opts = MqttOptions::new(id, "127.0.0.1", port);
+    opts.set_clean_session(clean);
+    opts.set_keep_alive(Duration::from_secs(30));
+    let (client, mut eventloop) = AsyncClient::new(opts, 1000);
+    let (tx, rx) = mpsc::unbounded_channel();
+    let task = tokio::spawn(async move {
+        loop {
+            match eventloop.poll().await {
+                Ok(e) => {
+                    if tx.send(e).is_err() {
+                        return;
+                    }
+                }
+                Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+            }
+        }
+    });
+    (client, rx, task)
+}
+
+/// Waits for the next event matching `f`.
+async fn next<T>(rx: &mut mpsc::UnboundedReceiver<Event>, mut f: impl FnMut(&Event) -> Option<T>) -> T {
+    timeout(Duration::from_secs(20), async {
+        loop {
+            let e = rx.recv().await.expect("the client runs");
+            if let Some(t) = f(&e) {
+                return t;
+            }
+        }
+    })
+    .await
+    .expect("in time")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn durable_restart_keeps_retained_sessions_subscriptions_and_queued_messages() {
+    let dir = scratch("restart");
+    let port = free_port();
+    let conf = config(&dir, port);
+    let broker = start(&conf, port);
+
+    // A persistent subscriber subscribes, then leaves.
+    let (sub, mut sub_rx, sub_task) = client("durable-sub", port, false);
+    next(&mut sub_rx, |e| matches!(e, Event::Incoming(Packet::ConnAck(_))).then_some(())).await;
+    sub.subscribe("d/#", QoS::ExactlyOnce).await.unwrap();
+    next(&mut sub_rx, |e| matches!(e, Event::Incoming(Packet::SubAck(_))).then_some(())).await;
+    sub.disconnect().await.unwrap();
+    next(&mut sub_rx, |e| {
+        matches!(e, Event::Outgoing(Outgoing::Disconnect)).then_some(())
+    })
+    .await;
+    sub_task.abort();
+
+    // Messages queued for it, and a retained one, all acknowledged.
+    let (publisher, mut pub_rx, pub_task) = client("durable-pub", port, false);
+    next(&mut pub_rx, |e| matches!(e, Event::Incoming(Packet::ConnAck(_))).then_some(())).await;
+    publisher
+        .publish("r/kept", QoS::AtLeastOnce, true, "retained")
+        .await
+        .unwrap();
+    for i in 0..20 {
+        let qos = if i % 2 == 0 { QoS::AtLeastOnce } else { QoS::ExactlyOnce };
+        publisher
+            .publish("d/x", qos, false, format!("m{i}"))
+            .await
+            .unwrap();
+    }
+    let mut acked = 0;
+    while acked < 21 {
+        next(&mut pub_rx, |e| {
+            matches!(e, Event::Incoming(Packet::PubAck(_) | Packet::PubRec(_))).then_some(())
+        })
+        .await;
+        acked += 1;
+    }
+    pub_task.abort();
+
+    // Killed: nothing is flushed on the way out.
+    kill(broker);
+    let broker = start(&conf, port);
+
+    // The session is back with its subscription and its queue, in order.
+    let (_sub, mut sub_rx, sub_task) = client("durable-sub", port, false);
+    let present = next(&mut sub_rx, |e| match e {
+        Event::Incoming(Packet::ConnAck(c)) => Some(c.session_present),
+        _ => None,
+    })
+    .await;
+    assert!(present, "the session outlived the process");
+    for i in 0..20 {
+        let payload = next(&mut sub_rx, |e| match e {
+            Event::Incoming(Packet::Publish(p)) => Some(p.payload.clone()),
+            _ => None,
+        })
+        .await;
+        assert_eq!(&payload[..], format!("m{i}").as_bytes());
+    }
+    sub_task.abort();
+
+    // The retained message too.
+    let (other, mut other_rx, other_task) = client("durable-other", port, true);
+    next(&mut other_rx, |e| matches!(e, Event::Incoming(Packet::ConnAck(_))).then_some(())).await;
+    other.subscribe("r/#", QoS::AtLeastOnce).await.unwrap();
+    let retained = next(&mut other_rx, |e| match e {
+        Event::Incoming(Packet::Publish(p)) => Some(p.clone()),
+        _ => None,
+    })
+    .await;
+    assert_eq!(&retained.payload[..], b"retained");
+    assert!(retained.retain);
+    other_task.abort();
+    kill(broker);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn durable_damaged_store_is_refused_naming_the_file() {
+    let dir = scratch("damaged");
+    let port = free_port();
+    let conf = config(&dir, port);
+    let broker = start(&conf, port);
+    let (publisher, mut rx, task) = client("durable-damage", port, true);
+    next(&mut rx, |e| matches!(e, Event::Incoming(Packet::ConnAck(_))).then_some(())).await;
+    let marker = "a-retained-payload-to-damage-0123456789";
+    publisher
+        .publish("r/damaged", QoS::AtLeastOnce, true, marker)
+        .await
+        .unwrap();
+    next(&mut rx, |e| matches!(e, Event::Incoming(Packet::PubAck(_))).then_some(())).await;
+    task.abort();
+    kill(broker);
+
+    // One byte of the payload flipped, where it lies in the file.
+    let store = dir.join("store.redb");
+    let mut bytes = std::fs::read(&store).unwrap();
+    let at = bytes
+        .windows(marker.len())
+        .position(|w| w == marker.as_bytes())
+        .expect("the payload is in the file");
+    bytes[at + 3] ^= 0x20;
+    std::fs::write(&store, &bytes).unwrap();
+
+    let out = Command::new(BIN)
+        .arg("-c")
+        .arg(&conf)
+        .env_remove("RUST_LOG")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .output()
+        .unwrap();
+    assert!(!out.status.success(), "a damaged store is refused");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("store.redb"), "names the file: {stderr}");
+    assert!(
+        stderr.contains("restore a backup") && stderr.contains("move it away"),
+        "says how to recover: {stderr}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
