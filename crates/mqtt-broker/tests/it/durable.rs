@@ -105,7 +105,10 @@ pub(crate) fn client(
 }
 
 /// Waits for the next event matching `f`.
-async fn next<T>(rx: &mut mpsc::UnboundedReceiver<Event>, mut f: impl FnMut(&Event) -> Option<T>) -> T {
+async fn next<T>(
+    rx: &mut mpsc::UnboundedReceiver<Event>,
+    mut f: impl FnMut(&Event) -> Option<T>,
+) -> T {
     timeout(Duration::from_secs(20), async {
         loop {
             let e = rx.recv().await.expect("the client runs");
@@ -127,9 +130,15 @@ async fn durable_restart_keeps_retained_sessions_subscriptions_and_queued_messag
 
     // A persistent subscriber subscribes, then leaves.
     let (sub, mut sub_rx, sub_task) = client("durable-sub", port, false);
-    next(&mut sub_rx, |e| matches!(e, Event::Incoming(Packet::ConnAck(_))).then_some(())).await;
+    next(&mut sub_rx, |e| {
+        matches!(e, Event::Incoming(Packet::ConnAck(_))).then_some(())
+    })
+    .await;
     sub.subscribe("d/#", QoS::ExactlyOnce).await.unwrap();
-    next(&mut sub_rx, |e| matches!(e, Event::Incoming(Packet::SubAck(_))).then_some(())).await;
+    next(&mut sub_rx, |e| {
+        matches!(e, Event::Incoming(Packet::SubAck(_))).then_some(())
+    })
+    .await;
     sub.disconnect().await.unwrap();
     next(&mut sub_rx, |e| {
         matches!(e, Event::Outgoing(Outgoing::Disconnect)).then_some(())
@@ -139,13 +148,20 @@ async fn durable_restart_keeps_retained_sessions_subscriptions_and_queued_messag
 
     // Messages queued for it, and a retained one, all acknowledged.
     let (publisher, mut pub_rx, pub_task) = client("durable-pub", port, false);
-    next(&mut pub_rx, |e| matches!(e, Event::Incoming(Packet::ConnAck(_))).then_some(())).await;
+    next(&mut pub_rx, |e| {
+        matches!(e, Event::Incoming(Packet::ConnAck(_))).then_some(())
+    })
+    .await;
     publisher
         .publish("r/kept", QoS::AtLeastOnce, true, "retained")
         .await
         .unwrap();
     for i in 0..20 {
-        let qos = if i % 2 == 0 { QoS::AtLeastOnce } else { QoS::ExactlyOnce };
+        let qos = if i % 2 == 0 {
+            QoS::AtLeastOnce
+        } else {
+            QoS::ExactlyOnce
+        };
         publisher
             .publish("d/x", qos, false, format!("m{i}"))
             .await
@@ -185,7 +201,10 @@ async fn durable_restart_keeps_retained_sessions_subscriptions_and_queued_messag
 
     // The retained message too.
     let (other, mut other_rx, other_task) = client("durable-other", port, true);
-    next(&mut other_rx, |e| matches!(e, Event::Incoming(Packet::ConnAck(_))).then_some(())).await;
+    next(&mut other_rx, |e| {
+        matches!(e, Event::Incoming(Packet::ConnAck(_))).then_some(())
+    })
+    .await;
     other.subscribe("r/#", QoS::AtLeastOnce).await.unwrap();
     let retained = next(&mut other_rx, |e| match e {
         Event::Incoming(Packet::Publish(p)) => Some(p.clone()),
@@ -206,36 +225,60 @@ async fn durable_damaged_store_is_refused_naming_the_file() {
     let conf = config(&dir, port);
     let broker = start(&conf, port);
     let (publisher, mut rx, task) = client("durable-damage", port, true);
-    next(&mut rx, |e| matches!(e, Event::Incoming(Packet::ConnAck(_))).then_some(())).await;
+    next(&mut rx, |e| {
+        matches!(e, Event::Incoming(Packet::ConnAck(_))).then_some(())
+    })
+    .await;
     let marker = "a-retained-payload-to-damage-0123456789";
     publisher
         .publish("r/damaged", QoS::AtLeastOnce, true, marker)
         .await
         .unwrap();
-    next(&mut rx, |e| matches!(e, Event::Incoming(Packet::PubAck(_))).then_some(())).await;
+    next(&mut rx, |e| {
+        matches!(e, Event::Incoming(Packet::PubAck(_))).then_some(())
+    })
+    .await;
     task.abort();
     kill(broker);
 
     // One byte of the payload flipped, where it lies in the file.
     let store = dir.join("store.redb");
     let mut bytes = std::fs::read(&store).unwrap();
-    let at = bytes
+    // Every copy of it (redb's older pages may hold one too).
+    let copies: Vec<usize> = bytes
         .windows(marker.len())
-        .position(|w| w == marker.as_bytes())
-        .expect("the payload is in the file");
-    bytes[at + 3] ^= 0x20;
+        .enumerate()
+        .filter(|(_, w)| *w == marker.as_bytes())
+        .map(|(at, _)| at)
+        .collect();
+    assert!(!copies.is_empty(), "the payload is in the file");
+    for at in copies {
+        bytes[at + 3] ^= 0x20;
+    }
     std::fs::write(&store, &bytes).unwrap();
 
-    let out = Command::new(BIN)
+    let mut child = Command::new(BIN)
         .arg("-c")
         .arg(&conf)
         .env_remove("RUST_LOG")
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
-        .output()
+        .spawn()
         .unwrap();
-    assert!(!out.status.success(), "a damaged store is refused");
-    let stderr = String::from_utf8_lossy(&out.stderr);
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if std::time::Instant::now() > deadline {
+            kill(child);
+            panic!("a damaged store was not refused: the broker runs");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(!status.success(), "a damaged store is refused");
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
     assert!(stderr.contains("store.redb"), "names the file: {stderr}");
     assert!(
         stderr.contains("restore a backup") && stderr.contains("move it away"),
