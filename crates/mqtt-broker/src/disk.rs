@@ -25,6 +25,9 @@
 //! covered once that number reaches it. In `sync` mode the writer starts a batch as soon
 //! as there is something to write; in `batch` mode at most every `batch_ms`.
 
+// redb's error is large (160 bytes); it is returned only on the writer's cold path.
+#![allow(clippy::result_large_err)]
+
 use std::{
     fmt,
     path::{Path, PathBuf},
@@ -415,31 +418,16 @@ fn open_envelope(value: &[u8]) -> Result<&[u8], &'static str> {
     Ok(payload)
 }
 
-/// CRC-32 (IEEE 802.3, reflected, as zlib), bit by bit over a 16-entry table.
+/// CRC-32 (IEEE 802.3, reflected, as zlib), bit by bit: values are small and written
+/// by one thread, so no table.
 pub(crate) fn crc32(data: &[u8]) -> u32 {
-    const TABLE: [u32; 16] = {
-        let mut t = [0u32; 16];
-        let mut i = 0;
-        while i < 16 {
-            let mut c = i as u32;
-            let mut k = 0;
-            while k < 4 {
-                c = if c & 1 != 0 {
-                    0xEDB8_8320 ^ (c >> 1)
-                } else {
-                    c >> 1
-                };
-                k += 1;
-            }
-            t[i] = c;
-            i += 1;
-        }
-        t
-    };
     let mut crc = !0u32;
     for &b in data {
-        crc = TABLE[((crc ^ u32::from(b)) & 0xF) as usize] ^ (crc >> 4);
-        crc = TABLE[((crc ^ (u32::from(b) >> 4)) & 0xF) as usize] ^ (crc >> 4);
+        crc ^= u32::from(b);
+        for _ in 0..8 {
+            let mask = (crc & 1).wrapping_neg();
+            crc = (crc >> 1) ^ (0xEDB8_8320 & mask);
+        }
     }
     !crc
 }

@@ -89,13 +89,6 @@ impl At {
     }
 }
 
-/// The answer for a key whose feature is being built in another issue.
-fn pending(at: &At, what: &str, issue: u32) -> Result<(), ConfigError> {
-    Err(at.error(format_args!(
-        "not supported yet: {what} (see issue {issue}); remove the line to run without it"
-    )))
-}
-
 /// The answer for a key the broker does not support.
 fn unsupported(at: &At, why: &str) -> Result<(), ConfigError> {
     Err(at.error(format_args!("not supported by mqtt-broker: {why}")))
@@ -390,7 +383,7 @@ impl Mapper {
                     .path
                     .file_name()
                     .map_or_else(|| "mqtt-broker.redb".into(), ToOwned::to_owned);
-                c.persistence.path = std::path::PathBuf::from(value).join(name);
+                c.persistence.path = PathBuf::from(value).join(name);
                 self.set("persistence.path", at);
             }
             "persistence_file" => {
@@ -869,7 +862,7 @@ mod tests {
         assert_eq!(c.persistence.mode, crate::config::PersistenceMode::Sync);
         assert_eq!(
             c.persistence.path,
-            std::path::PathBuf::from("/var/lib/mosquitto/broker.redb")
+            PathBuf::from("/var/lib/mosquitto/broker.redb")
         );
     }
 
