@@ -7,8 +7,18 @@
 //! (lost, duplicated or reordered message) of our broker fails the command; Mosquitto's
 //! are reported.
 //!
+//! Every throughput shape runs with 16 B, 1 KiB and 16 KiB payloads (the 16 KiB rows
+//! with fewer messages, a few hundred MB in all), checked against issue 18's bars where
+//! it sets them; a second table gives each shape's broker CPU per delivery at 1 KiB and
+//! 16 KiB relative to 16 B. After each saturated run, the same shape runs again paced
+//! (`--rate`) at half the msg/s just measured, and the table shows that run's p50 and
+//! p99 delivery latency and whether p99 is within 2 × p50: what a client sees under
+//! load. The send time rides in each payload's 16-byte stamp, which the smallest
+//! payload (16 B) is exactly, so no row needs a larger one.
+//!
 //! `--quick` runs every scenario briefly against our broker only (dev build), as the
 //! smoke test of `cargo xtask ci`: it checks delivery, never timing, and records nothing.
+//! It runs one 16 KiB row per shape, and the half-rate pass for the first row only.
 
 use std::{
     collections::BTreeMap,
@@ -35,14 +45,39 @@ struct Options {
     no_record: bool,
 }
 
-/// A scenario: its label, the `mqtt-bench` arguments, and our bar for it (broker CPU
-/// seconds per million deliveries), if the issue sets one.
+/// A target for our broker: at most `value` broker CPU seconds per million
+/// deliveries, set by the issue `source` names.
+#[derive(Debug, Clone, Copy)]
+struct Bar {
+    value: f64,
+    source: &'static str,
+}
+
+/// A scenario: its label, the `mqtt-bench` arguments, and our bar for it, if an issue
+/// sets one.
 #[derive(Debug, Clone)]
 struct Scenario {
     label: String,
     args: Vec<String>,
-    bar: Option<f64>,
+    bar: Option<Bar>,
     kind: Kind,
+    /// What a throughput scenario is, for its half-rate pass and the payload-cost table.
+    load: Option<Load>,
+}
+
+/// One throughput row: a shape at one QoS and payload size.
+#[derive(Debug, Clone)]
+struct Load {
+    shape: &'static str,
+    /// The shape's arguments with QoS and size, without the message count.
+    args: String,
+    qos: u8,
+    size: usize,
+    /// Messages of the saturated run.
+    messages: u64,
+    publishers: u64,
+    /// Run the shape again at half the saturated rate, for latency under load.
+    half_rate: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -52,81 +87,153 @@ enum Kind {
     Latency,
 }
 
-fn scenario(label: &str, args: &str, bar: Option<f64>, kind: Kind) -> Scenario {
+fn scenario(label: &str, args: &str, bar: Option<Bar>, kind: Kind) -> Scenario {
     Scenario {
         label: label.to_owned(),
         args: args.split_whitespace().map(str::to_owned).collect(),
         bar,
         kind,
+        load: None,
     }
 }
 
-/// A throughput shape: name, mqtt-bench arguments, messages at QoS 0/1/2 with 16 B
-/// payloads (1 KiB runs send a fifth), and the bars at QoS 0/1/2 with 16 B.
+/// A throughput shape.
 ///
 /// Every shape runs closed loop (`--window`: messages a publisher may have out before
 /// its subscribers have them), as independent load generators do: a broker drops for a
 /// subscriber that cannot keep up rather than slow its publishers (decision 0014), and a
 /// drop fails the run. Each subscriber has at most about 800 messages outstanding, within
-/// its queue of 1,000.
-type Shape = (&'static str, &'static str, [u32; 3], [Option<f64>; 3]);
+/// its queue of 1,000 (and, at 16 KiB, 12.5 MiB: within its 16 MiB).
+#[derive(Debug)]
+struct Shape {
+    name: &'static str,
+    /// mqtt-bench arguments.
+    args: &'static str,
+    publishers: u64,
+    /// Deliveries each message makes.
+    fan: u64,
+    /// Messages at QoS 0/1/2 with 16 B payloads; 1 KiB runs send a fifth, 16 KiB runs
+    /// at most [`BYTES_16K`] of deliveries.
+    counts: [u64; 3],
+    /// Bars as (payload size, QoS, CPU s per million deliveries).
+    bars: &'static [(usize, u8, f64)],
+}
+
+/// Payload sizes of the throughput rows: the issue's small, typical and large.
+const SIZES: [usize; 3] = [16, 1024, 16 * 1024];
+
+/// Bytes of payload the 16 KiB rows deliver at most: a few hundred MB, so each row
+/// takes seconds, not minutes, and its CPU figure is still many 10 ms ticks.
+const BYTES_16K: u64 = 384 << 20;
+
+/// Seconds of the half-rate pass (at most: it never sends more than the saturated run).
+const HALF_RATE_SECS: f64 = 3.0;
+
+/// The issue whose bars the table checks; it replaces issue 7's.
+const BARS_FROM: &str = "#18";
+
+fn size_label(size: usize) -> String {
+    if size >= 1024 && size % 1024 == 0 {
+        format!("{} KiB", size / 1024)
+    } else {
+        format!("{size} B")
+    }
+}
 
 fn scenarios(quick: bool) -> Vec<Scenario> {
     use Kind::*;
     let mut list = Vec::new();
-    let shapes: [Shape; 4] = [
-        (
-            "fan-in 16→1",
-            "fan-in --publishers 16 --window 50",
-            [1_000_000, 1_000_000, 500_000],
-            [Some(0.5), Some(1.5), Some(3.0)],
-        ),
-        (
-            "fan-out 1→100",
-            "fan-out --subscribers 100 --window 500",
-            [100_000, 10_000, 5_000],
-            [Some(0.2), None, None],
-        ),
-        (
-            "1000 pairs",
-            "pairs --pairs 1000 --window 500",
-            [1_000_000, 500_000, 250_000],
-            [Some(0.5), None, None],
-        ),
-        (
-            "shared 16→4",
-            "shared --publishers 16 --members 4 --window 100",
-            [1_000_000, 500_000, 250_000],
-            [None, None, None],
-        ),
+    let shapes = [
+        Shape {
+            name: "fan-in 16→1",
+            args: "fan-in --publishers 16 --window 50",
+            publishers: 16,
+            fan: 1,
+            counts: [1_000_000, 1_000_000, 500_000],
+            bars: &[
+                (16, 0, 0.35),
+                (16, 1, 1.0),
+                (16, 2, 1.8),
+                (1024, 0, 0.8),
+                (1024, 1, 1.2),
+                (1024, 2, 2.2),
+            ],
+        },
+        Shape {
+            name: "fan-out 1→100",
+            args: "fan-out --subscribers 100 --window 500",
+            publishers: 1,
+            fan: 100,
+            counts: [100_000, 10_000, 5_000],
+            bars: &[(16, 0, 0.09)],
+        },
+        Shape {
+            name: "1000 pairs",
+            args: "pairs --pairs 1000 --window 500",
+            publishers: 1000,
+            fan: 1,
+            counts: [1_000_000, 500_000, 250_000],
+            bars: &[(16, 0, 0.4)],
+        },
+        Shape {
+            name: "shared 16→4",
+            args: "shared --publishers 16 --members 4 --window 100",
+            publishers: 16,
+            fan: 1,
+            counts: [1_000_000, 500_000, 250_000],
+            bars: &[],
+        },
     ];
-    for (name, args, counts, bars) in shapes {
-        for size in [16usize, 1024] {
-            for qos in 0..3usize {
-                let full = counts.get(qos).copied().unwrap_or(10_000);
+    for shape in &shapes {
+        for size in SIZES {
+            for qos in 0..3u8 {
+                if quick && size > 1024 && qos != 1 {
+                    // One large-payload row per shape is smoke enough.
+                    continue;
+                }
+                let full = shape
+                    .counts
+                    .get(usize::from(qos))
+                    .copied()
+                    .unwrap_or(10_000);
                 let n = if quick {
                     // Enough for every publisher to send a few.
-                    if args.starts_with("pairs") {
-                        2_000
-                    } else {
-                        400
+                    (shape.publishers * 2).max(400)
+                } else {
+                    match size {
+                        16 => full,
+                        1024 => (full / 5).max(1_000),
+                        _ => (full / 5)
+                            .min(BYTES_16K / (size as u64 * shape.fan))
+                            .max(shape.publishers * 4),
                     }
-                } else if size == 16 {
-                    full
-                } else {
-                    (full / 5).max(1_000)
                 };
-                let bar = if size == 16 {
-                    bars.get(qos).copied().flatten()
-                } else {
-                    None
-                };
-                list.push(scenario(
-                    &format!("{name}, QoS {qos}, {} B", size),
-                    &format!("{args} -q {qos} -s {size} -n {n}"),
+                let bar = shape
+                    .bars
+                    .iter()
+                    .find(|(s, q, _)| *s == size && *q == qos)
+                    .map(|(_, _, value)| Bar {
+                        value: *value,
+                        source: BARS_FROM,
+                    });
+                let args = format!("{} -q {qos} -s {size}", shape.args);
+                let mut sc = scenario(
+                    &format!("{}, QoS {qos}, {}", shape.name, size_label(size)),
+                    &format!("{args} -n {n}"),
                     bar,
                     Throughput,
-                ));
+                );
+                sc.load = Some(Load {
+                    shape: shape.name,
+                    args,
+                    qos,
+                    size,
+                    messages: n,
+                    publishers: shape.publishers,
+                    // --quick smoke-tests the half-rate pass on the first row only.
+                    half_rate: !quick || list.is_empty(),
+                });
+                list.push(sc);
             }
         }
     }
@@ -167,6 +274,15 @@ impl Drop for Running {
 
 /// One `result key=value ...` line of mqtt-bench.
 type Figures = BTreeMap<String, String>;
+
+/// One scenario's results, per broker: its run, and for a throughput row the run at
+/// half the rate that one achieved (latency under load).
+#[derive(Debug)]
+struct Row {
+    sc: Scenario,
+    figs: Vec<Option<Figures>>,
+    half: Vec<Option<Figures>>,
+}
 
 pub(crate) fn run(args: &[&str]) -> Result {
     let mut opts = Options::default();
@@ -226,7 +342,7 @@ pub(crate) fn run(args: &[&str]) -> Result {
         names.push("Mosquitto");
     }
 
-    let mut rows: Vec<(Scenario, Vec<Option<Figures>>)> = Vec::new();
+    let mut rows: Vec<Row> = Vec::new();
     let mut our_faults = Vec::new();
     for sc in scenarios(opts.quick) {
         if opts
@@ -237,6 +353,7 @@ pub(crate) fn run(args: &[&str]) -> Result {
             continue;
         }
         let mut per_broker = Vec::new();
+        let mut half = Vec::new();
         for name in &names {
             let b = match (*name, &mosquitto) {
                 ("Mosquitto", Some(exe)) => start_mosquitto(exe, pin)?,
@@ -244,16 +361,38 @@ pub(crate) fn run(args: &[&str]) -> Result {
             };
             eprintln!("xtask: bench: {} on {}", sc.label, b.name);
             let figures = run_bench(&bench_exe, &b, &sc.args, pin)?;
-            drop(b);
-            let ok = figures
-                .as_ref()
-                .is_some_and(|f| f.get("ok").map(String::as_str) == Some("true"));
-            if !ok && *name == "ours" {
+            if !is_ok(&figures) && *name == "ours" {
                 our_faults.push(sc.label.clone());
             }
+            // The same shape at half the rate just measured, on the same broker.
+            let half_args = sc
+                .load
+                .as_ref()
+                .filter(|l| l.half_rate)
+                .and_then(|l| half_rate_args(l, &figures, opts.quick));
+            let half_figures = match half_args {
+                Some(args) => {
+                    eprintln!(
+                        "xtask: bench: {} on {}, at half that rate",
+                        sc.label, b.name
+                    );
+                    let f = run_bench(&bench_exe, &b, &args, pin)?;
+                    if !is_ok(&f) && *name == "ours" {
+                        our_faults.push(format!("{} (half rate)", sc.label));
+                    }
+                    f
+                }
+                None => None,
+            };
+            drop(b);
             per_broker.push(figures);
+            half.push(half_figures);
         }
-        rows.push((sc, per_broker));
+        rows.push(Row {
+            sc,
+            figs: per_broker,
+            half,
+        });
     }
 
     // Throughput with one and with two worker threads, unpinned: does the second help?
@@ -432,6 +571,41 @@ fn run_bench(exe: &Path, broker: &Running, args: &[String], pin: bool) -> Result
     Ok(figures)
 }
 
+/// The arguments of the half-rate pass after a saturated run that reported `figures`:
+/// the same shape at half its publish rate (so at half its delivery rate), for
+/// [`HALF_RATE_SECS`] or as many messages as the saturated run, whichever is fewer (in
+/// `--quick`, one second). `None` when the saturated run failed.
+fn half_rate_args(load: &Load, figures: &Option<Figures>, quick: bool) -> Option<Vec<String>> {
+    if !is_ok(figures) {
+        return None;
+    }
+    let half = (get(figures, "publish_rate")? / 2.0)
+        .round()
+        .clamp(1.0, f64::from(u32::MAX));
+    let (secs, cap) = if quick {
+        (1.0, u64::MAX)
+    } else {
+        (HALF_RATE_SECS, load.messages)
+    };
+    // Every publisher sends a few.
+    let n = ((half * secs).ceil() as u64)
+        .min(cap)
+        .max(load.publishers * 2);
+    let mut args: Vec<String> = load.args.split_whitespace().map(str::to_owned).collect();
+    args.extend([
+        "-n".to_owned(),
+        n.to_string(),
+        "--rate".to_owned(),
+        format!("{half:.0}"),
+    ]);
+    Some(args)
+}
+
+fn is_ok(f: &Option<Figures>) -> bool {
+    f.as_ref()
+        .is_some_and(|f| f.get("ok").map(String::as_str) == Some("true"))
+}
+
 fn get(f: &Option<Figures>, key: &str) -> Option<f64> {
     f.as_ref()?.get(key)?.parse().ok()
 }
@@ -448,83 +622,124 @@ fn ok_mark(f: &Option<Figures>) -> &'static str {
     }
 }
 
+/// The latency cell of a half-rate run: p50 / p99 in µs, and the rate it reached when
+/// well short of the rate asked.
+fn half_rate_cell(f: &Option<Figures>) -> String {
+    if f.is_none() {
+        return "–".to_owned();
+    }
+    let mut cell = format!(
+        "{} / {}{}",
+        fmt_opt(get(f, "p50_us"), 0),
+        fmt_opt(get(f, "p99_us"), 0),
+        ok_mark(f)
+    );
+    if let (Some(got), Some(asked)) = (get(f, "publish_rate"), get(f, "rate_limit")) {
+        if asked > 0.0 && got < 0.9 * asked {
+            let _ = write!(cell, " (reached {:.0} % of the rate)", got / asked * 100.0);
+        }
+    }
+    cell
+}
+
+/// Whether a half-rate run's p99 is within twice its p50 (the issue's target).
+fn tail_met(f: &Option<Figures>) -> &'static str {
+    match (get(f, "p50_us"), get(f, "p99_us")) {
+        (Some(p50), Some(p99)) if p99 <= 2.0 * p50 => "yes",
+        (Some(_), Some(_)) => "**no**",
+        _ => "",
+    }
+}
+
 /// The results as markdown tables.
-fn render(
-    rows: &[(Scenario, Vec<Option<Figures>>)],
-    names: &[&str],
-    scaling: &[(usize, Option<Figures>)],
-) -> String {
+fn render(rows: &[Row], names: &[&str], scaling: &[(usize, Option<Figures>)]) -> String {
     let mut s = String::new();
     let theirs = names.get(1).copied();
-    // Throughput.
+    // Throughput, and latency at half the throughput.
     let _ = writeln!(
         s,
-        "| scenario | ours msg/s | ours CPU s / M | ours peak RSS | {} | bar | met |",
+        "| scenario | ours msg/s | ours CPU s / M | ours peak RSS | ours p50 / p99 µs at ½ rate | p99 ≤ 2 × p50 | {} | bar | met |",
         theirs.map_or_else(
             || "–".to_owned(),
-            |t| format!("{t} msg/s | {t} CPU s / M | {t} peak RSS | CPU ours/{t}")
+            |t| format!(
+                "{t} msg/s | {t} CPU s / M | {t} peak RSS | {t} p50 / p99 µs at ½ rate | CPU ours/{t}"
+            )
         )
     );
     let _ = writeln!(
         s,
-        "|---|---|---|---|{}---|---|",
+        "|---|---|---|---|---|---|{}---|---|",
         if theirs.is_some() {
-            "---|---|---|---|"
+            "---|---|---|---|---|"
         } else {
             "---|"
         }
     );
-    for (sc, figs) in rows.iter().filter(|(sc, _)| sc.kind == Kind::Throughput) {
-        let ours = figs.first().cloned().flatten();
+    for row in rows.iter().filter(|r| r.sc.kind == Kind::Throughput) {
+        let ours = row.figs.first().cloned().flatten();
+        let ours_half = row.half.first().cloned().flatten();
         let ours_cpu = get(&ours, "cpu_s_per_million");
         let mut line = format!(
-            "| {} | {}{} | {} | {} MiB |",
-            sc.label,
+            "| {} | {}{} | {} | {} MiB | {} | {} |",
+            row.sc.label,
             fmt_opt(get(&ours, "rate"), 0),
             ok_mark(&ours),
             fmt_opt(ours_cpu, 2),
-            fmt_opt(get(&ours, "peak_rss").map(|b| b / 1048576.0), 1)
+            fmt_opt(get(&ours, "peak_rss").map(|b| b / 1048576.0), 1),
+            half_rate_cell(&ours_half),
+            tail_met(&ours_half),
         );
         if theirs.is_some() {
-            let t = figs.get(1).cloned().flatten();
+            let t = row.figs.get(1).cloned().flatten();
+            let t_half = row.half.get(1).cloned().flatten();
             let t_cpu = get(&t, "cpu_s_per_million");
             let ratio = match (ours_cpu, t_cpu) {
                 (Some(o), Some(t)) if t > 0.0 => Some(o / t),
                 _ => None,
             };
+            let met = tail_met(&t_half);
             let _ = write!(
                 line,
-                " {}{} | {} | {} MiB | {} |",
+                " {}{} | {} | {} MiB | {}{} | {} |",
                 fmt_opt(get(&t, "rate"), 0),
                 ok_mark(&t),
                 fmt_opt(t_cpu, 2),
                 fmt_opt(get(&t, "peak_rss").map(|b| b / 1048576.0), 1),
+                half_rate_cell(&t_half),
+                if met.is_empty() {
+                    String::new()
+                } else {
+                    format!(" (p99 ≤ 2 × p50: {met})")
+                },
                 fmt_opt(ratio, 2)
             );
         } else {
             line.push_str(" – |");
         }
-        let met = match (sc.bar, ours_cpu) {
-            (Some(bar), Some(c)) if c <= bar => "yes",
+        let met = match (row.sc.bar, ours_cpu) {
+            (Some(bar), Some(c)) if c <= bar.value => "yes",
             (Some(_), Some(_)) => "**no**",
             _ => "",
         };
         let _ = writeln!(
             line,
             " {} | {met} |",
-            sc.bar.map_or_else(String::new, |b| format!("≤ {b}"))
+            row.sc
+                .bar
+                .map_or_else(String::new, |b| format!("≤ {} ({})", b.value, b.source))
         );
         s.push_str(&line);
     }
+    s.push_str(&payload_costs(rows, names));
     // Connections.
-    for (sc, figs) in rows.iter().filter(|(sc, _)| sc.kind == Kind::Connections) {
-        let _ = writeln!(s, "\n{}:\n", sc.label);
+    for row in rows.iter().filter(|r| r.sc.kind == Kind::Connections) {
+        let _ = writeln!(s, "\n{}:\n", row.sc.label);
         let _ = writeln!(
             s,
             "| broker | connected | ramp s | RSS before | RSS after | bytes per connection |"
         );
         let _ = writeln!(s, "|---|---|---|---|---|---|");
-        for (name, f) in names.iter().zip(figs) {
+        for (name, f) in names.iter().zip(&row.figs) {
             let _ = writeln!(
                 s,
                 "| {name}{} | {} | {} | {} MiB | {} MiB | {} |",
@@ -538,22 +753,19 @@ fn render(
         }
     }
     // Latency.
-    let lat: Vec<_> = rows
-        .iter()
-        .filter(|(sc, _)| sc.kind == Kind::Latency)
-        .collect();
+    let lat: Vec<_> = rows.iter().filter(|r| r.sc.kind == Kind::Latency).collect();
     if !lat.is_empty() {
         let _ = writeln!(
             s,
             "\n| latency | broker | p50 µs | p99 µs | p99.9 µs | max µs | broker CPU µs / msg |"
         );
         let _ = writeln!(s, "|---|---|---|---|---|---|---|");
-        for (sc, figs) in lat {
-            for (name, f) in names.iter().zip(figs) {
+        for row in lat {
+            for (name, f) in names.iter().zip(&row.figs) {
                 let _ = writeln!(
                     s,
                     "| {} | {name}{} | {} | {} | {} | {} | {} |",
-                    sc.label,
+                    row.sc.label,
                     ok_mark(f),
                     fmt_opt(get(f, "p50_us"), 1),
                     fmt_opt(get(f, "p99_us"), 1),
@@ -584,6 +796,62 @@ fn render(
     s
 }
 
+/// A line per shape and QoS: what a delivery of a 1 KiB and of a 16 KiB message costs
+/// the broker, relative to a 16 B one (broker CPU per delivery). The issue asks that
+/// large payloads be as cheap as small ones: ratios near 1.
+fn payload_costs(rows: &[Row], names: &[&str]) -> String {
+    let cpu = |shape: &str, qos: u8, size: usize, broker: usize| {
+        rows.iter()
+            .find(|r| {
+                r.sc.load
+                    .as_ref()
+                    .is_some_and(|l| l.shape == shape && l.qos == qos && l.size == size)
+            })
+            .and_then(|r| get(r.figs.get(broker)?, "cpu_s_per_million"))
+    };
+    let ratio = |shape: &str, qos: u8, size: usize, broker: usize| match (
+        cpu(shape, qos, size, broker),
+        cpu(shape, qos, SIZES[0], broker),
+    ) {
+        (Some(big), Some(small)) if small > 0.0 => Some(big / small),
+        _ => None,
+    };
+    // Shapes and QoS in the order they ran, once each.
+    let mut lines: Vec<(&str, u8)> = Vec::new();
+    for l in rows.iter().filter_map(|r| r.sc.load.as_ref()) {
+        if !lines.contains(&(l.shape, l.qos)) {
+            lines.push((l.shape, l.qos));
+        }
+    }
+    let mut s = String::new();
+    if lines.is_empty() {
+        return s;
+    }
+    let _ = writeln!(
+        s,
+        "\nBroker CPU per delivery relative to 16 B payloads (1 is as cheap as small ones):\n"
+    );
+    let mut head = "| shape |".to_owned();
+    let mut rule = "|---|".to_owned();
+    for name in names {
+        for &size in &SIZES[1..] {
+            let _ = write!(head, " {name} {} / 16 B |", size_label(size));
+            rule.push_str("---|");
+        }
+    }
+    let _ = writeln!(s, "{head}\n{rule}");
+    for (shape, qos) in lines {
+        let mut line = format!("| {shape}, QoS {qos} |");
+        for b in 0..names.len() {
+            for &size in &SIZES[1..] {
+                let _ = write!(line, " {} |", fmt_opt(ratio(shape, qos, size, b), 1));
+            }
+        }
+        let _ = writeln!(s, "{line}");
+    }
+    s
+}
+
 fn command_output(cmd: &mut Command) -> String {
     cmd.output()
         .ok()
@@ -605,7 +873,7 @@ fn machine() -> String {
 }
 
 /// Appends the tables to docs/benchmarks.md and draws docs/bench/e2e.svg.
-fn record(table: &str, rows: &[(Scenario, Vec<Option<Figures>>)], names: &[&str]) -> Result {
+fn record(table: &str, rows: &[Row], names: &[&str]) -> Result {
     let root = project_root();
     let commit = command_output(
         Command::new("git")
@@ -622,9 +890,12 @@ fn record(table: &str, rows: &[(Scenario, Vec<Option<Figures>>)], names: &[&str]
     let mut section = format!(
         "\n## End-to-end: `cargo xtask bench` ({date}, commit {commit}{})\n\n\
          Machine: {}. Broker pinned to CPU 0, generator to CPU 1; broker CPU seconds from \
-         /proc/PID/stat per million delivered messages. Chart: `docs/bench/e2e.svg`.\n\n",
+         /proc/PID/stat per million delivered messages. Latency at ½ rate: each shape again, \
+         paced at half the msg/s its saturated run reached, send to delivery. Bars from issue \
+         {}. Chart: `docs/bench/e2e.svg`.\n\n",
         if dirty { " with local changes" } else { "" },
-        machine()
+        machine(),
+        BARS_FROM
     );
     section.push_str(table);
     let path = root.join("docs/benchmarks.md");
@@ -648,11 +919,11 @@ fn record(table: &str, rows: &[(Scenario, Vec<Option<Figures>>)], names: &[&str]
 
 /// A horizontal bar chart of broker CPU seconds per million deliveries (log scale), one
 /// bar per broker per throughput scenario.
-fn chart(rows: &[(Scenario, Vec<Option<Figures>>)], names: &[&str]) -> String {
+fn chart(rows: &[Row], names: &[&str]) -> String {
     let colors = ["#1f77b4", "#ff7f0e"];
     let rows: Vec<_> = rows
         .iter()
-        .filter(|(sc, _)| sc.kind == Kind::Throughput)
+        .filter(|r| r.sc.kind == Kind::Throughput)
         .collect();
     let bar_h = 9.0;
     let group_h = bar_h * names.len() as f64 + 8.0;
@@ -687,7 +958,7 @@ fn chart(rows: &[(Scenario, Vec<Option<Figures>>)], names: &[&str]) -> String {
             height - 18.0
         );
     }
-    for (r, (sc, figs)) in rows.iter().enumerate() {
+    for (r, Row { sc, figs, .. }) in rows.iter().enumerate() {
         let gy = top + group_h * r as f64;
         let _ = writeln!(
             s,
@@ -708,7 +979,7 @@ fn chart(rows: &[(Scenario, Vec<Option<Figures>>)], names: &[&str]) -> String {
             }
         }
         if let Some(bar) = sc.bar {
-            let bx = x(bar);
+            let bx = x(bar.value);
             let _ = writeln!(
                 s,
                 "<line x1=\"{bx}\" y1=\"{gy}\" x2=\"{bx}\" y2=\"{}\" stroke=\"black\" stroke-dasharray=\"2,2\"/>",
@@ -718,4 +989,82 @@ fn chart(rows: &[(Scenario, Vec<Option<Figures>>)], names: &[&str]) -> String {
     }
     s.push_str("</svg>\n");
     s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bars_are_issue_18s_and_large_rows_stay_small() {
+        let list = scenarios(false);
+        let bar = |label: &str| {
+            list.iter()
+                .find(|sc| sc.label == label)
+                .and_then(|sc| sc.bar)
+                .map(|b| (b.value, b.source))
+        };
+        assert_eq!(bar("fan-in 16→1, QoS 0, 16 B"), Some((0.35, "#18")));
+        assert_eq!(bar("fan-in 16→1, QoS 2, 1 KiB"), Some((2.2, "#18")));
+        assert_eq!(bar("fan-out 1→100, QoS 0, 16 B"), Some((0.09, "#18")));
+        assert_eq!(bar("1000 pairs, QoS 0, 16 B"), Some((0.4, "#18")));
+        assert_eq!(bar("1000 pairs, QoS 0, 1 KiB"), None);
+        let large: Vec<_> = list
+            .iter()
+            .filter_map(|sc| sc.load.as_ref())
+            .filter(|l| l.size == 16 * 1024)
+            .collect();
+        assert_eq!(large.len(), 12);
+        for l in large {
+            let fan = if l.shape.starts_with("fan-out") {
+                100
+            } else {
+                1
+            };
+            assert!(l.messages * fan * 16 * 1024 <= BYTES_16K, "{l:?}");
+            assert!(l.messages >= l.publishers * 4, "{l:?}");
+        }
+    }
+
+    #[test]
+    fn half_rate_pass_asks_half_and_reports_the_tail() {
+        let load = scenarios(false)
+            .into_iter()
+            .find_map(|sc| sc.load)
+            .expect("a throughput row");
+        let figures: Option<Figures> = Some(
+            [("ok", "true"), ("publish_rate", "100001.0")]
+                .into_iter()
+                .map(|(k, v)| (k.to_owned(), v.to_owned()))
+                .collect(),
+        );
+        let args = half_rate_args(&load, &figures, false).expect("a half-rate pass");
+        let joined = args.join(" ");
+        assert!(joined.ends_with("-n 150003 --rate 50001"), "{joined}");
+        let failed: Option<Figures> = Some(
+            [("ok", "false"), ("publish_rate", "100.0")]
+                .into_iter()
+                .map(|(k, v)| (k.to_owned(), v.to_owned()))
+                .collect(),
+        );
+        assert_eq!(half_rate_args(&load, &failed, false), None);
+
+        let half: Option<Figures> = Some(
+            [
+                ("ok", "true"),
+                ("p50_us", "100.0"),
+                ("p99_us", "250.0"),
+                ("publish_rate", "40000.0"),
+                ("rate_limit", "50001"),
+            ]
+            .into_iter()
+            .map(|(k, v)| (k.to_owned(), v.to_owned()))
+            .collect(),
+        );
+        assert_eq!(tail_met(&half), "**no**");
+        assert_eq!(
+            half_rate_cell(&half),
+            "100 / 250 (reached 80 % of the rate)"
+        );
+    }
 }

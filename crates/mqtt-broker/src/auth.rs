@@ -14,6 +14,9 @@
 //! - [`PasswordFile`]: Mosquitto's `password_file`, as `mosquitto_passwd` (or
 //!   `mqtt-passwd`) writes it, in the hash forms of [`password`].
 //! - [`AclFile`]: Mosquitto's `acl_file`.
+//! - [`Jwt`]: JWT as the password (`jwt`), the token naming the user.
+//! - [`ScramFile`]: SCRAM-SHA-256 credentials (`scram_file`) for MQTT 5.0 enhanced
+//!   authentication, an exchange of AUTH packets rather than an [`Authenticator`].
 //!
 //! [`Auth::from_files`] makes the pair a configuration's `password_file` and `acl_file`
 //! name; a listener's own keys override them for that listener (Mosquitto's
@@ -26,14 +29,16 @@
 
 mod acl;
 pub(crate) mod failures;
+pub mod jwt;
 pub mod password;
 mod password_file;
+mod scram_file;
 
 use std::{fmt, future::Future, net::SocketAddr, path::Path, path::PathBuf, pin::Pin};
 
 use mqtt_codec::ReasonCode;
 
-pub use self::{acl::AclFile, password_file::PasswordFile};
+pub use self::{acl::AclFile, jwt::Jwt, password_file::PasswordFile, scram_file::ScramFile};
 
 /// What a CONNECT says about who the client is.
 #[derive(Debug)]
@@ -296,6 +301,8 @@ pub(crate) struct ListenerAuth {
     pub(crate) authenticator: Option<Box<dyn Authenticator>>,
     /// Its `acl_file`.
     pub(crate) authorizer: Option<Box<dyn Authorizer>>,
+    /// Its `jwt`, or `auth`'s: the password is a token, which names the user.
+    pub(crate) jwt: Option<std::sync::Arc<Jwt>>,
 }
 
 /// A password or ACL file that cannot be used: which file, which line (none if the
@@ -354,3 +361,30 @@ impl fmt::Display for AuthFileError {
 }
 
 impl std::error::Error for AuthFileError {}
+
+/// A shared authenticator: the broker keeps one handle to read its files again on a
+/// reload while connections use the other.
+impl<T: Authenticator + ?Sized> Authenticator for std::sync::Arc<T> {
+    fn authenticate<'a>(&'a self, credentials: &'a Credentials<'a>) -> Authenticating<'a> {
+        (**self).authenticate(credentials)
+    }
+}
+
+/// A shared authorizer, as for [`Authenticator`].
+impl<T: Authorizer + ?Sized> Authorizer for std::sync::Arc<T> {
+    fn may_publish(&self, client: &ClientInfo<'_>, topic: &str) -> bool {
+        (**self).may_publish(client, topic)
+    }
+
+    fn may_subscribe(&self, client: &ClientInfo<'_>, filter: &str) -> bool {
+        (**self).may_subscribe(client, filter)
+    }
+
+    fn may_receive(&self, client: &ClientInfo<'_>, topic: &str) -> bool {
+        (**self).may_receive(client, topic)
+    }
+
+    fn filters_delivery(&self) -> bool {
+        (**self).filters_delivery()
+    }
+}

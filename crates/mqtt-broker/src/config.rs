@@ -110,6 +110,10 @@ pub struct Listener {
     /// The ACL file for clients of this listener; `None`: `auth`'s.
     #[serde(default)]
     pub acl_file: Option<PathBuf>,
+    /// SCRAM-SHA-256 credentials for MQTT 5.0 enhanced authentication on this listener
+    /// (`mqtt-passwd --scram` writes them); `None`: `auth`'s.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scram_file: Option<PathBuf>,
     /// MQTT directly on the stream, or inside WebSocket (Mosquitto's `protocol`).
     #[serde(default)]
     pub protocol: Protocol,
@@ -157,6 +161,15 @@ pub struct Listener {
     /// The oldest TLS version accepted; `None`: TLS 1.2 (1.2 and 1.3).
     #[serde(default)]
     pub tls_version: Option<TlsVersion>,
+    /// JWT as the password for clients of this listener; `None`: `auth`'s (unless this
+    /// listener has a `password_file` of its own).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub jwt: Option<JwtConfig>,
+    /// With `use_identity_as_username`: the certificate's first Subject Alternative
+    /// Name of these kinds is the user name, rather than its Common Name (see
+    /// [`SanKind`]). Empty (the default): the Common Name.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub use_san_as_username: Vec<SanKind>,
 }
 
 impl Listener {
@@ -180,6 +193,9 @@ impl Listener {
             allow_anonymous: None,
             password_file: None,
             acl_file: None,
+            jwt: None,
+            use_san_as_username: Vec::new(),
+            scram_file: None,
         }
     }
 
@@ -194,7 +210,10 @@ impl Listener {
 
     /// Whether it overrides any of `auth`'s settings.
     pub fn overrides_auth(&self) -> bool {
-        self.allow_anonymous.is_some() || self.password_file.is_some() || self.acl_file.is_some()
+        self.allow_anonymous.is_some()
+            || self.password_file.is_some()
+            || self.acl_file.is_some()
+            || self.jwt.is_some()
     }
 
     /// Whether it speaks TLS (`certfile` is set).
@@ -275,6 +294,21 @@ impl Listener {
                 return Err(("websocket_path", "must start with /"));
             }
             _ => {}
+        }
+        if !self.use_san_as_username.is_empty() && !self.use_identity_as_username {
+            return Err((
+                "use_san_as_username",
+                "picks the name use_identity_as_username takes: set that too",
+            ));
+        }
+        if self.jwt.is_some() && self.password_file.is_some() {
+            return Err((
+                "jwt",
+                "password_file is set too: a listener checks passwords one way, choose one",
+            ));
+        }
+        if let Some(jwt) = &self.jwt {
+            jwt.check().map_err(|why| ("jwt", why))?;
         }
         if self.max_connections == Some(0) {
             return Err((
@@ -442,10 +476,20 @@ pub struct AuthConfig {
     pub password_file: Option<PathBuf>,
     /// A Mosquitto ACL file: what each client may publish, subscribe to and receive.
     pub acl_file: Option<PathBuf>,
+    /// SCRAM-SHA-256 credentials (`user:SCRAM-SHA-256$...` lines, as `mqtt-passwd
+    /// --scram` writes them): MQTT 5.0 clients with Authentication Method
+    /// `SCRAM-SHA-256` authenticate against it. Without one, that method gets CONNACK
+    /// 0x8C (Bad authentication method).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub scram_file: Option<PathBuf>,
     /// Whether a client may connect with an empty Client Identifier (and be assigned
     /// one; 3.1.1 with Clean Session only, 5.0); Mosquitto's
     /// `allow_zero_length_clientid`.
     pub allow_zero_length_client_id: bool,
+    /// JWT as the password (`[auth.jwt]`), instead of a password file: the token is
+    /// verified, and one of its claims is the user name.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub jwt: Option<JwtConfig>,
 }
 
 impl Default for Config {
@@ -511,15 +555,114 @@ impl Default for AuthConfig {
             allow_anonymous: true,
             password_file: None,
             acl_file: None,
+            scram_file: None,
             allow_zero_length_client_id: true,
+            jwt: None,
         }
     }
+}
+
+/// JWT as the password (`[auth.jwt]`, or a listener's `jwt`): how tokens are verified
+/// and which claim names the user. See `docs/security.md`.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct JwtConfig {
+    /// The one algorithm tokens must be signed with (`alg` in their header): `"HS256"`,
+    /// `"RS256"` or `"ES256"`. Anything else, `none` included, is refused.
+    pub algorithm: JwtAlgorithm,
+    /// HS256: a file holding the shared secret (its bytes, less one trailing newline).
+    /// RS256 and ES256: the public key, PEM (`PUBLIC KEY`; RS256 also `RSA PUBLIC
+    /// KEY`). Either this or `jwks_file`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_file: Option<PathBuf>,
+    /// A JSON Web Key Set file (`{"keys": [...]}`): the key is the one whose `kid` the
+    /// token's header names, or any of them if it names none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub jwks_file: Option<PathBuf>,
+    /// The `iss` a token must have; `None`: not checked.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub issuer: Option<String>,
+    /// The `aud` a token must have (or have among its audiences); `None`: not checked.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub audience: Option<String>,
+    /// The claim whose value (a string) is the user name, which ACLs see as `%u`.
+    /// Default: `"sub"`.
+    #[serde(default = "JwtConfig::default_username_claim")]
+    pub username_claim: String,
+    /// Whether a token without `exp` is refused. Default: `true`.
+    #[serde(default = "JwtConfig::default_require_exp")]
+    pub require_exp: bool,
+    /// Seconds of clock difference allowed when checking `exp` and `nbf`. Default: 30.
+    #[serde(default = "JwtConfig::default_leeway")]
+    pub leeway: u64,
+}
+
+impl JwtConfig {
+    /// Tokens signed with `algorithm`, verified with the key in `key_file`, every other
+    /// setting at its default.
+    pub fn new(algorithm: JwtAlgorithm, key_file: impl Into<PathBuf>) -> Self {
+        Self {
+            algorithm,
+            key_file: Some(key_file.into()),
+            jwks_file: None,
+            issuer: None,
+            audience: None,
+            username_claim: Self::default_username_claim(),
+            require_exp: Self::default_require_exp(),
+            leeway: Self::default_leeway(),
+        }
+    }
+
+    fn default_username_claim() -> String {
+        "sub".to_owned()
+    }
+
+    fn default_require_exp() -> bool {
+        true
+    }
+
+    fn default_leeway() -> u64 {
+        30
+    }
+
+    /// Checks the settings that only make sense together: why not.
+    pub(crate) fn check(&self) -> Result<(), &'static str> {
+        match (&self.key_file, &self.jwks_file) {
+            (Some(_), Some(_)) => Err("key_file and jwks_file are both set: choose one"),
+            (None, None) => Err("needs key_file or jwks_file"),
+            _ if self.username_claim.is_empty() => Err("username_claim is empty"),
+            _ => Ok(()),
+        }
+    }
+}
+
+/// The signature algorithm JWTs are checked with.
+#[derive(Clone, Copy, Debug, Deserialize, Serialize, PartialEq, Eq)]
+pub enum JwtAlgorithm {
+    /// HMAC with SHA-256 and a shared secret: `"HS256"`.
+    HS256,
+    /// RSA PKCS#1 v1.5 with SHA-256: `"RS256"`.
+    RS256,
+    /// ECDSA on P-256 with SHA-256: `"ES256"`.
+    ES256,
+}
+
+/// A kind of Subject Alternative Name (`use_san_as_username`).
+#[derive(Clone, Copy, Debug, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum SanKind {
+    /// A DNS name: `"dns"`.
+    Dns,
+    /// An e-mail address (RFC 822 name): `"email"`.
+    Email,
+    /// A URI (for example a SPIFFE ID): `"uri"`.
+    Uri,
 }
 
 /// Why `allow_anonymous = false` without a password file is refused: honest, rather
 /// than letting in anyone who names a user.
 pub(crate) const NO_PASSWORD_BACKEND: &str = "false needs a password backend: a \
-     password_file (in [auth] or on the listener); without one any password would be \
+     password_file or jwt (in [auth] or on the listener); without one any password would be \
      accepted, so the broker refuses to start";
 
 /// A configuration file that could not be used.
@@ -574,6 +717,15 @@ impl Config {
         if let Some(key) = self.anonymous_without_passwords() {
             return Err((key, NO_PASSWORD_BACKEND));
         }
+        if let Some(jwt) = &self.auth.jwt {
+            if self.auth.password_file.is_some() {
+                return Err((
+                    "auth.jwt".to_owned(),
+                    "auth.password_file is set too: passwords are checked one way, choose one",
+                ));
+            }
+            jwt.check().map_err(|why| ("auth.jwt".to_owned(), why))?;
+        }
         self.validate_limits()
             .map_err(|(key, why)| (key.to_owned(), why))
     }
@@ -582,13 +734,18 @@ impl Config {
     /// (`auth.allow_anonymous` or `listeners[N].allow_anonymous`), if any: the
     /// configuration could not check anyone's password.
     pub(crate) fn anonymous_without_passwords(&self) -> Option<String> {
-        let global = !self.auth.allow_anonymous && self.auth.password_file.is_none();
+        let global = !self.auth.allow_anonymous
+            && self.auth.password_file.is_none()
+            && self.auth.jwt.is_none();
         if self.listeners.is_empty() && global {
             return Some("auth.allow_anonymous".to_owned());
         }
         self.listeners.iter().enumerate().find_map(|(i, l)| {
             let anonymous = l.allow_anonymous.unwrap_or(self.auth.allow_anonymous);
-            let passwords = l.password_file.is_some() || self.auth.password_file.is_some();
+            let passwords = l.password_file.is_some()
+                || self.auth.password_file.is_some()
+                || l.jwt.is_some()
+                || self.auth.jwt.is_some();
             (!anonymous && !passwords).then(|| match l.allow_anonymous {
                 Some(_) => format!("listeners[{i}].allow_anonymous"),
                 None => "auth.allow_anonymous".to_owned(),

@@ -1,5 +1,5 @@
 //! [`DiskStore`]: the durable [`Store`] (`[persistence] mode = "sync"` or `"batch"`), one
-//! redb file (decision 0019), written by one thread with group commit.
+//! redb file (decision 0021), written by one thread with group commit.
 //!
 //! # Layout
 //! Three tables, each keyed by a string: `retained` (topic → retained message),

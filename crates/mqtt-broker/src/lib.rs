@@ -115,6 +115,8 @@ pub struct Broker {
     /// The configuration in force: the one started with, and the live keys of each
     /// reload since (boxed: a `Broker` is a small handle).
     effective: Box<std::sync::Mutex<Config>>,
+    /// The password and ACL files, JWT keys and TLS files a reload reads again.
+    files: Arc<reload::Files>,
 }
 
 impl Broker {
@@ -138,16 +140,49 @@ impl Broker {
                 format!("{key}: {}", config::NO_PASSWORD_BACKEND),
             ));
         }
-        let (password_file, acl_file) = (
+        let (password_file, acl_file, jwt) = (
             config.auth.password_file.clone(),
             config.auth.acl_file.clone(),
+            config.auth.jwt.clone(),
         );
-        let auth = read_auth_files(move || {
-            Auth::from_files(password_file.as_deref(), acl_file.as_deref())
+        let (auth, files, jwt) = read_auth_files(move || {
+            let mut files = reload::Files::default();
+            let jwt = match jwt {
+                Some(jwt) => {
+                    let jwt = Arc::new(auth::Jwt::load(&jwt)?);
+                    files.add(jwt.clone());
+                    Some(jwt)
+                }
+                None => None,
+            };
+            let authenticator: Box<dyn auth::Authenticator> = match password_file {
+                Some(path) => {
+                    let file = Arc::new(auth::PasswordFile::load(path)?);
+                    files.add(file.clone());
+                    Box::new(file)
+                }
+                None => Box::new(auth::Anonymous),
+            };
+            let authorizer: Box<dyn auth::Authorizer> = match acl_file {
+                Some(path) => {
+                    let file = Arc::new(auth::AclFile::load(path)?);
+                    files.add(file.clone());
+                    Box::new(file)
+                }
+                None => Box::new(auth::AllowAll),
+            };
+            Ok((
+                Auth {
+                    authenticator,
+                    authorizer,
+                },
+                files,
+                jwt,
+            ))
         })
         .await?;
         let store = open_store(&config.persistence).await?;
-        Self::start_with(config, Backends { auth, store }).await
+        Self::start_inner(config, Backends { auth, store }, files, jwt).await
     }
 
     /// As [`Broker::start`], with backends of the caller's: an [`Auth`] (authentication
@@ -161,30 +196,74 @@ impl Broker {
     /// # Errors
     /// As [`Broker::start`], and if the store cannot be read ([`store::Store::load`]).
     pub async fn start_with(config: Config, backends: impl Into<Backends>) -> io::Result<Self> {
+        Self::start_inner(config, backends.into(), reload::Files::default(), None).await
+    }
+
+    /// As [`Broker::start_with`]; `files` are the broker's backends' files a reload
+    /// reads again, to which the listeners' own are added, and `jwt` is `auth.jwt`'s
+    /// verifier.
+    async fn start_inner(
+        config: Config,
+        backends: Backends,
+        files: reload::Files,
+        jwt: Option<Arc<auth::Jwt>>,
+    ) -> io::Result<Self> {
         let listeners = config.listeners.clone();
-        let per_listener = read_auth_files(move || {
-            listeners
+        let (per_listener, jwts, mut files) = read_auth_files(move || {
+            let mut files = files;
+            // A listener's own `jwt`, else `auth`'s unless it has a password file.
+            let jwts = listeners
+                .iter()
+                .map(|l| match &l.jwt {
+                    Some(config) => {
+                        let own = Arc::new(auth::Jwt::load(config)?);
+                        files.add(own.clone());
+                        Ok(Some(own))
+                    }
+                    None if l.password_file.is_some() => Ok(None),
+                    None => Ok(jwt.clone()),
+                })
+                .collect::<Result<Vec<_>, auth::AuthFileError>>()?;
+            let per_listener = listeners
                 .iter()
                 .map(|l| {
-                    let authenticator = l
-                        .password_file
-                        .as_deref()
-                        .map(auth::PasswordFile::load)
-                        .transpose()?
-                        .map(|a| Box::new(a) as Box<dyn auth::Authenticator>);
-                    let authorizer = l
-                        .acl_file
-                        .as_deref()
-                        .map(auth::AclFile::load)
-                        .transpose()?
-                        .map(|a| Box::new(a) as Box<dyn auth::Authorizer>);
+                    let authenticator = match &l.password_file {
+                        Some(path) => {
+                            let file = Arc::new(auth::PasswordFile::load(path)?);
+                            files.add(file.clone());
+                            Some(Box::new(file) as Box<dyn auth::Authenticator>)
+                        }
+                        None => None,
+                    };
+                    let authorizer = match &l.acl_file {
+                        Some(path) => {
+                            let file = Arc::new(auth::AclFile::load(path)?);
+                            files.add(file.clone());
+                            Some(Box::new(file) as Box<dyn auth::Authorizer>)
+                        }
+                        None => None,
+                    };
                     Ok::<auth::ListenerBackends, _>((authenticator, authorizer))
                 })
-                .collect::<Result<Vec<_>, auth::AuthFileError>>()
+                .collect::<Result<Vec<_>, auth::AuthFileError>>()?;
+            Ok((per_listener, jwts, files))
         })
         .await?;
-        let shared =
-            Arc::new(Shared::new(config, backends.into()).with_listener_backends(per_listener));
+        let scram = read_scram_files(&config).await?;
+        // Each SCRAM file once, however many listeners share it.
+        let mut seen: Vec<&Arc<auth::ScramFile>> = Vec::new();
+        for file in scram.iter().flatten() {
+            if !seen.iter().any(|f| Arc::ptr_eq(f, file)) {
+                files.add(file.clone());
+                seen.push(file);
+            }
+        }
+        let shared = Arc::new(
+            Shared::new(config, backends)
+                .with_listener_backends(per_listener)
+                .with_jwt(jwts)
+                .with_scram(scram),
+        );
         // Reading the store is file I/O: on a blocking thread.
         let restoring = Arc::clone(&shared);
         tokio::task::spawn_blocking(move || restoring.restore())
@@ -205,6 +284,10 @@ impl Broker {
             .map(|(i, l)| listener::Endpoint::new(i, l).map(Arc::new))
             .collect::<Result<Vec<_>, _>>()
             .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+        for endpoint in endpoints.iter().filter(|e| e.is_tls()) {
+            files.add(endpoint.clone());
+        }
+        let files = Arc::new(files);
         let mut tasks = JoinSet::new();
         let mut local_addrs = Vec::new();
         let mut errors = Vec::new();
@@ -253,6 +336,12 @@ impl Broker {
             None => None,
         };
         tasks.spawn(timers::run(Arc::clone(&shared)));
+        if !files.is_empty() {
+            tasks.spawn(reload::watch(
+                Arc::clone(&files),
+                shared.shutdown.subscribe(),
+            ));
+        }
         if shared.config.sys.interval > 0 {
             tasks.spawn(sys::run(
                 Arc::clone(&shared),
@@ -269,6 +358,7 @@ impl Broker {
             local_addrs,
             http_addr,
             effective,
+            files,
         })
     }
 
@@ -320,6 +410,24 @@ impl Broker {
         *effective = reload::merged(&effective, new);
         self.shared.live.apply(&effective);
         reloaded
+    }
+
+    /// Reads again every password and ACL file, JWT key file and TLS listener's files
+    /// the broker started with (on SIGHUP; a change on disk is found by itself within
+    /// [`reload::POLL_INTERVAL`]). Each file that reads is in force for the next
+    /// CONNECT and the next TLS handshake; a file that does not is refused, and the one
+    /// in force stays. No connection is dropped. The outcome is also logged.
+    ///
+    /// # Cancel safety
+    /// Cancel safe: the files are read on a blocking thread, which finishes the reload
+    /// if the future is dropped.
+    pub async fn reload_files(&self) -> Vec<reload::FileReload> {
+        let files = Arc::clone(&self.files);
+        let done = tokio::task::spawn_blocking(move || files.reload(false))
+            .await
+            .unwrap_or_default();
+        reload::log(&done);
+        done
     }
 
     /// The HTTP listener's address, if `http.bind` is set (useful with port 0).
@@ -388,6 +496,33 @@ impl Drop for Broker {
 
 /// Reads password and ACL files on a blocking thread: a malformed one is
 /// [`io::ErrorKind::InvalidData`], naming the file, the line and the reason.
+/// Reads the SCRAM credentials of each listener (its `scram_file`, else
+/// `auth.scram_file`; one file named twice is read once), on a blocking thread.
+async fn read_scram_files(config: &Config) -> io::Result<Vec<Option<Arc<auth::ScramFile>>>> {
+    let global = config.auth.scram_file.clone();
+    let paths: Vec<_> = config
+        .listeners
+        .iter()
+        .map(|l| l.scram_file.clone().or_else(|| global.clone()))
+        .collect();
+    read_auth_files(move || {
+        let mut read: Vec<(std::path::PathBuf, Arc<auth::ScramFile>)> = Vec::new();
+        paths
+            .into_iter()
+            .map(|path| {
+                let Some(path) = path else { return Ok(None) };
+                if let Some((_, file)) = read.iter().find(|(p, _)| *p == path) {
+                    return Ok(Some(Arc::clone(file)));
+                }
+                let file = Arc::new(auth::ScramFile::load(&path)?);
+                read.push((path, Arc::clone(&file)));
+                Ok(Some(file))
+            })
+            .collect()
+    })
+    .await
+}
+
 async fn read_auth_files<T: Send + 'static>(
     read: impl FnOnce() -> Result<T, auth::AuthFileError> + Send + 'static,
 ) -> io::Result<T> {

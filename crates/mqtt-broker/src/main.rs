@@ -248,6 +248,8 @@ async fn reload(args: &Args, logging: &Logging, broker: &Broker) {
         Ok(n) => info!(files = n, "log files reopened"),
         Err(e) => error!("log file not reopened: {e}"),
     }
+    // Password, ACL, JWT key and TLS files, whether the configuration reads or not.
+    let files = broker.reload_files().await;
     if args.file().is_none() {
         info!("no configuration file to reload");
         return;
@@ -265,7 +267,8 @@ async fn reload(args: &Args, logging: &Logging, broker: &Broker) {
             return;
         }
     };
-    let reloaded = broker.reload(&config);
+    let mut reloaded = broker.reload(&config);
+    reloaded.files = files;
     for change in &reloaded.applied {
         if change.key == "log.level" {
             let level = config.log.level;
@@ -284,7 +287,8 @@ async fn reload(args: &Args, logging: &Logging, broker: &Broker) {
             change.key, change.from, change.to
         );
     }
-    if reloaded.applied.is_empty() && reloaded.need_restart.is_empty() {
+    if reloaded.applied.is_empty() && reloaded.need_restart.is_empty() && reloaded.files.is_empty()
+    {
         info!("configuration unchanged");
     }
 }

@@ -9,12 +9,26 @@
 //! caller, which owns the log), `log.connections`, `log.subscriptions`. Everything else
 //! (listeners, the limits each session holds, `retain.enabled`, `auth`, `http`, log
 //! destinations) takes effect at the next start.
+//!
+//! Files read again: the password files, ACL files and JWT keys named by `auth` and the
+//! listeners, and every TLS listener's certificate chain, key, CA and CRL files, on
+//! SIGHUP and when one of them changes on disk (its modification time or length, looked
+//! at every [`POLL_INTERVAL`] on a blocking thread). Connections already in stay in;
+//! new ones get the new data. A file that does not read is refused, naming the file,
+//! the line and the reason, and what was in force stays in force.
 
 use std::{
     collections::BTreeMap,
-    sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering},
-    time::Duration,
+    fmt,
+    path::PathBuf,
+    sync::{
+        Arc, Mutex, PoisonError,
+        atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering},
+    },
+    time::{Duration, SystemTime},
 };
+
+use tracing::{error, info};
 
 use crate::config::Config;
 
@@ -152,6 +166,178 @@ pub struct Reloaded {
     pub applied: Vec<Change>,
     /// Keys changed that take effect at the next start.
     pub need_restart: Vec<Change>,
+    /// The files read again ([`crate::Broker::reload_files`]): password and ACL files,
+    /// JWT keys, TLS certificates.
+    pub files: Vec<FileReload>,
+}
+
+/// The outcome of reading one file-backed setting again.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FileReload {
+    /// What it is: `auth.password_file /etc/mqtt/passwd`, `listeners[1] TLS`.
+    pub what: String,
+    /// `None`: read and in force. `Some`: refused, with why (the file, the line if
+    /// any, the reason); what was in force stays.
+    pub error: Option<String>,
+}
+
+impl fmt::Display for FileReload {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.error {
+            None => write!(f, "{}: reloaded", self.what),
+            Some(e) => write!(
+                f,
+                "{}: not reloaded, the one in force stays: {e}",
+                self.what
+            ),
+        }
+    }
+}
+
+/// How often the files a reload reads are looked at for a change.
+pub const POLL_INTERVAL: Duration = Duration::from_secs(2);
+
+/// A setting read from files that a running broker can read again.
+pub(crate) trait Reloadable: Send + Sync + fmt::Debug {
+    /// What it is, for the log (`auth.acl_file /etc/mqtt/acl`).
+    fn name(&self) -> String;
+    /// The files it reads, to look at for a change.
+    fn files(&self) -> Vec<PathBuf>;
+    /// Reads its files again and puts them in force; on an error (naming the file,
+    /// the line if any and the reason) what was in force stays. Blocking.
+    fn reload(&self) -> Result<(), String>;
+}
+
+impl Reloadable for crate::auth::PasswordFile {
+    fn name(&self) -> String {
+        format!("password_file {}", self.path().display())
+    }
+    fn files(&self) -> Vec<PathBuf> {
+        vec![self.path().to_owned()]
+    }
+    fn reload(&self) -> Result<(), String> {
+        Self::reload(self).map_err(|e| e.to_string())
+    }
+}
+
+impl Reloadable for crate::auth::AclFile {
+    fn name(&self) -> String {
+        format!("acl_file {}", self.path().display())
+    }
+    fn files(&self) -> Vec<PathBuf> {
+        vec![self.path().to_owned()]
+    }
+    fn reload(&self) -> Result<(), String> {
+        Self::reload(self).map_err(|e| e.to_string())
+    }
+}
+
+impl Reloadable for crate::auth::ScramFile {
+    fn name(&self) -> String {
+        format!("scram_file {}", self.path().display())
+    }
+    fn files(&self) -> Vec<PathBuf> {
+        vec![self.path().to_owned()]
+    }
+    fn reload(&self) -> Result<(), String> {
+        Self::reload(self).map_err(|e| e.to_string())
+    }
+}
+
+impl Reloadable for crate::auth::Jwt {
+    fn name(&self) -> String {
+        format!("jwt keys {}", self.path().display())
+    }
+    fn files(&self) -> Vec<PathBuf> {
+        vec![self.path().to_owned()]
+    }
+    fn reload(&self) -> Result<(), String> {
+        Self::reload(self).map_err(|e| e.to_string())
+    }
+}
+
+/// A file's modification time and length, `None` if it cannot be read: what tells a
+/// change without reading it.
+type Stamp = Option<(SystemTime, u64)>;
+
+fn stamp(path: &std::path::Path) -> Stamp {
+    let meta = std::fs::metadata(path).ok()?;
+    Some((meta.modified().ok()?, meta.len()))
+}
+
+/// Every file-backed setting of a broker, with its files' stamps when last read.
+#[derive(Debug, Default)]
+pub(crate) struct Files {
+    items: Vec<Arc<dyn Reloadable>>,
+    /// One list of stamps per item; held while reloading, so SIGHUP and the poll take
+    /// turns.
+    stamps: Mutex<Vec<Vec<Stamp>>>,
+}
+
+impl Files {
+    /// Adds `item`, read just now.
+    pub(crate) fn add(&mut self, item: Arc<dyn Reloadable>) {
+        let stamps = item.files().iter().map(|p| stamp(p)).collect();
+        self.stamps
+            .get_mut()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push(stamps);
+        self.items.push(item);
+    }
+
+    /// Whether there is nothing to reload.
+    pub(crate) fn is_empty(&self) -> bool {
+        self.items.is_empty()
+    }
+
+    /// Reads every item again (SIGHUP), or only those whose files changed since they
+    /// were last read (`only_changed`: the poll). Blocking.
+    pub(crate) fn reload(&self, only_changed: bool) -> Vec<FileReload> {
+        let mut stamps = self.stamps.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut done = Vec::new();
+        for (item, before) in self.items.iter().zip(stamps.iter_mut()) {
+            let now: Vec<Stamp> = item.files().iter().map(|p| stamp(p)).collect();
+            if only_changed && now == *before {
+                continue;
+            }
+            // Stamped before reading: a write during the read is seen at the next look.
+            *before = now;
+            done.push(FileReload {
+                what: item.name(),
+                error: item.reload().err(),
+            });
+        }
+        done
+    }
+}
+
+/// Logs what reading files again did: each success at info, each refusal at error.
+pub(crate) fn log(reloads: &[FileReload]) {
+    for r in reloads {
+        if r.error.is_some() {
+            error!("{r}");
+        } else {
+            info!("{r}");
+        }
+    }
+}
+
+/// Looks at `files` every [`POLL_INTERVAL`] (on a blocking thread) and reads again
+/// those that changed, until `shutdown` says so.
+pub(crate) async fn watch(files: Arc<Files>, mut shutdown: tokio::sync::watch::Receiver<bool>) {
+    let mut tick = tokio::time::interval(POLL_INTERVAL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    tick.tick().await;
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = shutdown.wait_for(|stop| *stop) => return,
+        }
+        let files = Arc::clone(&files);
+        if let Ok(done) = tokio::task::spawn_blocking(move || files.reload(true)).await {
+            log(&done);
+        }
+    }
 }
 
 /// The keys that differ between `old` and `new`, dotted, with both values.
@@ -202,6 +388,7 @@ pub(crate) fn split(changes: Vec<Change>) -> Reloaded {
     Reloaded {
         applied,
         need_restart,
+        files: Vec::new(),
     }
 }
 

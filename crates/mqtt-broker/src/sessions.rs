@@ -143,6 +143,9 @@ pub(crate) struct CellExtra {
     /// What the client did wrong, when the session closes its connection for a
     /// protocol error: for the disconnection's log line.
     pub(crate) close_why: Option<Box<str>>,
+    /// The enhanced authentication of the connection (5.0 Authentication Method):
+    /// what a re-authentication must match, and one under way.
+    pub(crate) enhanced_auth: Option<Box<crate::connection::EnhancedAuth>>,
 }
 
 impl SessionCell {
@@ -178,7 +181,10 @@ impl SessionCell {
     /// Drops the extra part if nothing in it is in use.
     pub(crate) fn shrink_extra(&mut self) {
         if self.extra.as_ref().is_some_and(|x| {
-            x.encoded_count == 0 && x.shared_unacked.is_empty() && x.close_why.is_none()
+            x.encoded_count == 0
+                && x.shared_unacked.is_empty()
+                && x.close_why.is_none()
+                && x.enhanced_auth.is_none()
         }) {
             self.extra = None;
         }

@@ -108,6 +108,9 @@ pub(crate) struct Shared {
     pub(crate) auth: Auth,
     /// What each listener's own keys change of them, by listener index.
     pub(crate) listener_auth: Vec<ListenerAuth>,
+    /// SCRAM-SHA-256 credentials by listener index (its `scram_file`, else
+    /// `auth.scram_file`); none: the method is not offered there.
+    pub(crate) scram: Vec<Option<Arc<crate::auth::ScramFile>>>,
     /// Whether any authorizer filters deliveries (`Authorizer::filters_delivery`): if
     /// not, routing asks none.
     pub(crate) filters_delivery: bool,
@@ -184,6 +187,7 @@ impl Shared {
             filters_delivery: auth.authorizer.filters_delivery(),
             auth,
             listener_auth,
+            scram: Vec::new(),
             auth_failures: Failures::default(),
             durable: store.is_durable(),
             commits: store.commits(),
@@ -232,6 +236,35 @@ impl Shared {
                 .filter_map(|l| l.authorizer.as_ref())
                 .any(|a| a.filters_delivery());
         self
+    }
+
+    /// Puts each listener's JWT verifier (its own `jwt`, or `auth`'s) in place, by
+    /// listener index.
+    pub(crate) fn with_jwt(mut self, jwt: Vec<Option<Arc<crate::auth::Jwt>>>) -> Self {
+        for (l, jwt) in self.listener_auth.iter_mut().zip(jwt) {
+            l.jwt = jwt;
+        }
+        self
+    }
+
+    /// The JWT verifier of clients connecting on `listener`, if its passwords are
+    /// tokens.
+    pub(crate) fn jwt(&self, listener: usize) -> Option<&crate::auth::Jwt> {
+        self.listener_auth
+            .get(listener)
+            .and_then(|l| l.jwt.as_deref())
+    }
+
+    /// Puts the SCRAM credentials of each listener in place, by listener index.
+    pub(crate) fn with_scram(mut self, scram: Vec<Option<Arc<crate::auth::ScramFile>>>) -> Self {
+        self.scram = scram;
+        self
+    }
+
+    /// The SCRAM-SHA-256 credentials of clients connecting on `listener`, if it offers
+    /// the method.
+    pub(crate) fn scram(&self, listener: usize) -> Option<&crate::auth::ScramFile> {
+        self.scram.get(listener).and_then(Option::as_deref)
     }
 
     /// The authenticator of clients connecting on `listener`.

@@ -259,6 +259,52 @@ fn time_bounded_rate_limited_run_with_json() {
     );
 }
 
+// --rate without --duration: 3,000 messages at 3,000 a second, paced by the pacer
+// thread, and every delivery's latency counted. What is checked is delivery and the
+// figures reported, with room for a busy machine, not the pacing's precision.
+#[test]
+fn rate_limited_fan_in_reports_its_rate_and_latency() {
+    let broker = Ours::start();
+    let port = broker.port.to_string();
+    let j = clean_run(&[
+        "fan-in",
+        "-p",
+        &port,
+        "--publishers",
+        "4",
+        "-n",
+        "3000",
+        "--rate",
+        "3000",
+        "-q",
+        "1",
+    ]);
+    assert_eq!(j["sent"], 3000, "{j}");
+    assert_eq!(j["delivered"], 3000, "{j}");
+    assert_eq!(j["rate_limit"], 3000, "{j}");
+    // Paced, the run takes about a second: not much faster than asked (3,000 messages
+    // are due over 0.9997 s), and not far slower.
+    let rate = j["publish_rate"]
+        .as_f64()
+        .expect("publish_rate is a number");
+    assert!(
+        (1_500.0..=3_300.0).contains(&rate),
+        "about 3,000 msg/s: {j}"
+    );
+    assert_eq!(j["latency_samples"], 3000, "one delay per delivery: {j}");
+    let p50 = j["p50_us"].as_f64().expect("p50_us is a number");
+    let p99 = j["p99_us"].as_f64().expect("p99_us is a number");
+    let max = j["max_us"].as_f64().expect("max_us is a number");
+    assert!(p50 > 0.0 && p50 <= p99 && p99 <= max, "{j}");
+    assert!(
+        j["summary"][1]
+            .as_str()
+            .unwrap_or("")
+            .contains("latency, send to delivery: p50"),
+        "{j}"
+    );
+}
+
 // TLS with the certificates the tests generate, on all three kinds of connection.
 #[test]
 fn tls_on_every_connection() {

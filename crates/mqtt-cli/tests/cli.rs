@@ -395,7 +395,7 @@ fn exit_codes_and_errors_a_person_understands() {
         let mut a = vec!["-p", p, "-t", "a", "-P", "secret"];
         a.extend_from_slice(args);
         let o = run(bin, &a);
-        assert!(started.elapsed() < Duration::from_secs(2), "{bin} hung");
+        assert!(started.elapsed() < Duration::from_secs(5), "{bin} hung");
         assert_eq!(o.status.code(), Some(1), "{bin}");
         assert!(
             stderr(&o).contains(

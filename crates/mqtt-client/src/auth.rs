@@ -5,7 +5,10 @@
 use bytes::Bytes;
 
 /// One side of an enhanced-authentication exchange (SCRAM, Kerberos, a token
-/// challenge, ...). The driver calls it from its task, never concurrently:
+/// challenge, ...); [`crate::Scram`] is one. The driver calls it never concurrently,
+/// from its task, except [`challenge`](Self::challenge), which it runs on a blocking
+/// thread (`tokio::task::spawn_blocking`) so that it may take its time (a key
+/// derivation) without holding up the connection:
 ///
 /// 1. [`start`](Self::start) before every CONNECT: the Authentication Data to send
 ///    with the [`method`](Self::method) (a SCRAM client-first message, say).

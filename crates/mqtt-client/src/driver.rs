@@ -16,7 +16,7 @@ use std::{
     time::Duration,
 };
 
-use bytes::{Buf, BytesMut};
+use bytes::{Buf, Bytes, BytesMut};
 use mqtt_codec::{Auth, ByteStr, ConnAck, Decoder, Disconnect, Packet, PacketId, ReasonCode};
 use mqtt_session::{ClientSession, Event as SessionEvent, MessageId};
 use tokio::{
@@ -64,6 +64,8 @@ enum Wake {
     Write(io::Result<Option<usize>>),
     Command(Option<Box<Command>>),
     Timer,
+    /// The authenticator answered a challenge on its blocking thread.
+    Challenged(Result<Result<Option<Bytes>, String>, tokio::task::JoinError>),
     ConnackTimeout,
     EventsClosed,
     Nothing,
@@ -87,6 +89,19 @@ struct Conn {
     /// Set when the connection must end: flush, then return this.
     end: Option<Result<Ended, ConnectError>>,
     close_deadline: Option<TokioInstant>,
+    /// The authenticator's answer to a server AUTH 0x18, computed on a blocking thread
+    /// (key derivation may take a while).
+    challenge: Option<tokio::task::JoinHandle<Result<Option<Bytes>, String>>>,
+}
+
+/// The answer of the challenge running, or never if none runs.
+async fn challenged(
+    challenge: &mut Option<tokio::task::JoinHandle<Result<Option<Bytes>, String>>>,
+) -> Result<Result<Option<Bytes>, String>, tokio::task::JoinError> {
+    match challenge {
+        Some(handle) => handle.await,
+        None => std::future::pending().await,
+    }
 }
 
 pub(crate) struct Driver {
@@ -318,6 +333,7 @@ impl Driver {
             peer_disconnect: None,
             end: None,
             close_deadline: None,
+            challenge: None,
         };
         let connack_deadline = TokioInstant::now() + self.options.connect_timeout;
         if self.options.authenticator.is_some() {
@@ -369,11 +385,13 @@ impl Driver {
             let connecting = !c.connected && c.end.is_none();
             let ending = c.end.is_some();
             let timer_on = timer.is_some() && c.end.is_none();
+            let challenging = c.challenge.is_some() && c.end.is_none();
             let Conn {
                 reader,
                 writer,
                 rbuf,
                 wbuf,
+                challenge,
                 ..
             } = &mut c;
             let wake = tokio::select! {
@@ -385,6 +403,7 @@ impl Driver {
                 }
                 cmd = self.cmd_rx.recv(), if accept => Wake::Command(cmd.map(Box::new)),
                 () = sleep_until(timer.unwrap_or(connack_deadline)), if timer_on => Wake::Timer,
+                r = challenged(challenge), if challenging => Wake::Challenged(r),
                 () = sleep_until(connack_deadline), if connecting => Wake::ConnackTimeout,
                 () = sleep_until(close_deadline), if ending => Wake::Nothing,
                 () = self.events_tx.closed(), if self.events_open && !self.cmd_open => {
@@ -416,6 +435,22 @@ impl Driver {
                 Wake::Command(Some(cmd)) => self.handle_command(*cmd),
                 Wake::Command(None) => self.cmd_open = false,
                 Wake::Timer => self.session.handle_timeout(self.now()),
+                Wake::Challenged(answer) => {
+                    c.challenge = None;
+                    let answer = answer
+                        .map_err(|_| "the authenticator panicked".to_owned())
+                        .and_then(|a| a)
+                        .and_then(|next| {
+                            self.session
+                                .auth(ReasonCode::CONTINUE_AUTHENTICATION, next)
+                                .map_err(|e| e.to_string())
+                        });
+                    if let Err(why) = answer {
+                        self.auth_failed(&mut c, why);
+                    }
+                    let now = self.now();
+                    self.flush_session(&mut c, now);
+                }
                 Wake::ConnackTimeout => {
                     return Err(ConnectError::Timeout(self.options.connect_timeout));
                 }
@@ -572,18 +607,40 @@ impl Driver {
     /// A server AUTH: answer a challenge (0x18), or finish a re-authentication (0x00).
     fn on_auth(&mut self, c: &mut Conn, auth: Auth) {
         let data = auth.properties.authentication_data.as_deref();
-        if auth.reason_code == ReasonCode::CONTINUE_AUTHENTICATION {
-            // [MQTT-4.12.0-3]: the answer is AUTH 0x18 with the next data.
-            let answer = self
-                .with_authenticator(|a| a.challenge(data))
-                .and_then(|next| {
-                    self.session
-                        .auth(ReasonCode::CONTINUE_AUTHENTICATION, next)
-                        .map_err(|e| e.to_string())
-                });
-            if let Err(why) = answer {
-                self.auth_failed(c, why);
+        if c.challenge.is_some() {
+            // The server went on before hearing our answer.
+            if let Some(running) = c.challenge.take() {
+                running.abort();
             }
+            self.auth_failed(
+                c,
+                "the server sent AUTH before our answer to its challenge".into(),
+            );
+            return;
+        }
+        if auth.reason_code == ReasonCode::CONTINUE_AUTHENTICATION {
+            // [MQTT-4.12.0-3]: the answer is AUTH 0x18 with the next data, worked out on
+            // a blocking thread (a key derivation may take a while; see `Wake::Challenged`).
+            let Some(inner) = self
+                .options
+                .authenticator
+                .as_ref()
+                .map(|a| Arc::clone(&a.inner))
+            else {
+                self.auth_failed(
+                    c,
+                    "the server asked for enhanced authentication, but no authenticator is set"
+                        .into(),
+                );
+                return;
+            };
+            let data = auth.properties.authentication_data.clone();
+            c.challenge = Some(tokio::task::spawn_blocking(move || {
+                let mut guard = inner
+                    .lock()
+                    .map_err(|_| "the authenticator panicked in an earlier step".to_owned())?;
+                guard.challenge(data.as_deref())
+            }));
         } else if self.reauth.is_some() {
             match self.with_authenticator(|a| a.success(data)) {
                 Ok(()) => {
@@ -637,6 +694,15 @@ impl Driver {
             }
             SessionEvent::Connected(ack) => {
                 let Some(c) = c else { return };
+                if let Some(running) = c.challenge.take() {
+                    // Accepted before our answer: the server did not check it.
+                    running.abort();
+                    c.connected = true;
+                    let why = "the server accepted before our answer to its challenge".to_owned();
+                    self.auth_failed(c, why.clone());
+                    c.end = Some(Err(ConnectError::Auth(why)));
+                    return;
+                }
                 if self.options.authenticator.is_some() {
                     let data = ack.properties.authentication_data.as_deref();
                     if let Err(why) = self.with_authenticator(|a| a.success(data)) {

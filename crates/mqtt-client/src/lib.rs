@@ -59,6 +59,8 @@
 //! An [`Authenticator`] given to [`ConnectOptions::authenticator`] supplies the
 //! Authentication Method and the data of each step: CONNECT, answers to the server's
 //! AUTH challenges, and [`Client::reauthenticate`]. See [`Authenticator`].
+//! [`Scram`] is one: SCRAM-SHA-256 with a user name and password, which also checks
+//! the server's proof.
 //!
 //! # Cancel safety
 //! Every `async fn` documents its cancel safety. State lives in the driver, never in
@@ -79,6 +81,7 @@ mod client;
 mod driver;
 mod error;
 mod options;
+mod scram;
 mod socks5;
 #[cfg(feature = "testing")]
 pub mod testing;
@@ -91,6 +94,7 @@ pub use crate::{
     options::{
         ConnectOptions, PacketDirection, ReconnectOptions, TlsOptions, TlsVersion, Transport,
     },
+    scram::Scram,
     socks5::Socks5Proxy,
     transport::{BoxIo, Io, TransportLayers},
 };

@@ -553,6 +553,17 @@ impl ServerSession {
         self.flow.send(ack);
     }
 
+    /// Queues AUTH (5.0 enhanced authentication): 0x18 (Continue authentication) with
+    /// the next challenge, or 0x00 (Success) ending a re-authentication. The caller
+    /// runs the method's exchange (it answers [`Event::Auth`]) and fills in the
+    /// Authentication Method of CONNECT ([MQTT-4.12.0-5]); it must not send AUTH to a
+    /// client whose CONNECT had none ([MQTT-4.12.0-6]). Nothing is queued for 3.x.
+    pub fn send_auth(&mut self, auth: mqtt_codec::Auth) {
+        if self.flow.version.is_v5() {
+            self.flow.send(auth);
+        }
+    }
+
     /// Ends the connection from the server side with `reason` (sent in DISCONNECT for
     /// 5.0; 3.x just closes). [`Event::Closed`] follows.
     pub fn disconnect(&mut self, reason: ReasonCode) {

@@ -265,6 +265,49 @@ impl PasswordHash {
         Ok(decoy)
     }
 
+    /// Whether verifying against `other` does the same work as against this one: the
+    /// same kind, parameters (iterations, memory, lanes, version) and salt and digest
+    /// lengths. What makes a decoy cost what a real user's hash costs.
+    #[cfg(test)]
+    pub(crate) fn costs_as_much_as(&self, other: &Self) -> bool {
+        match (&self.form, &other.form) {
+            (Form::Sha512 { salt: s, hash: h }, Form::Sha512 { salt: s2, hash: h2 }) => {
+                (s.len(), h.len()) == (s2.len(), h2.len())
+            }
+            (
+                Form::Pbkdf2 {
+                    iterations: i,
+                    salt: s,
+                    hash: h,
+                },
+                Form::Pbkdf2 {
+                    iterations: i2,
+                    salt: s2,
+                    hash: h2,
+                },
+            ) => (i, s.len(), h.len()) == (i2, s2.len(), h2.len()),
+            (
+                Form::Argon2id {
+                    version: v,
+                    m_kib: m,
+                    t,
+                    p,
+                    salt: s,
+                    hash: h,
+                },
+                Form::Argon2id {
+                    version: v2,
+                    m_kib: m2,
+                    t: t2,
+                    p: p2,
+                    salt: s2,
+                    hash: h2,
+                },
+            ) => (v, m, t, p, s.len(), h.len()) == (v2, m2, t2, p2, s2.len(), h2.len()),
+            _ => false,
+        }
+    }
+
     /// The kind of this hash.
     pub fn kind(&self) -> HashKind {
         match self.form {

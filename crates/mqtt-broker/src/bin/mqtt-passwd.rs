@@ -26,6 +26,9 @@ use mqtt_broker::auth::password::{HashKind, PasswordHash};
 /// when it is not a terminal). Hashes: argon2id (the default, as Mosquitto 2.1, which
 /// reads it; 2.0 does not), sha512-pbkdf2 (what Mosquitto 2.0 writes and reads) and
 /// sha512 (old, fast to guess: only for old readers).
+///
+/// With --scram it writes SCRAM-SHA-256 credentials instead (`user:SCRAM-SHA-256$...`,
+/// PostgreSQL's form), for the broker's `scram_file`: MQTT 5.0 enhanced authentication.
 #[derive(Debug, Parser)]
 #[command(
     name = "mqtt-passwd",
@@ -49,9 +52,14 @@ struct Args {
     /// The hash: argon2id (default), sha512-pbkdf2 or sha512.
     #[arg(short = 'H', value_name = "HASH")]
     hash: Option<HashKind>,
-    /// PBKDF2 iterations, with -H sha512-pbkdf2 (default 1000).
+    /// PBKDF2 iterations, with -H sha512-pbkdf2 (default 1000) or --scram (default
+    /// 4096, at least 4096).
     #[arg(short = 'I', value_name = "ITERATIONS")]
     iterations: Option<u32>,
+    /// Write SCRAM-SHA-256 credentials (salt, iterations, StoredKey, ServerKey) for the
+    /// broker's `scram_file`, instead of a password hash.
+    #[arg(long = "scram")]
+    scram: bool,
     /// The password file.
     passwordfile: PathBuf,
     /// The user name.
@@ -99,7 +107,11 @@ fn run(args: Args) -> Result<(), Failure> {
     let task = check(&args)?;
     let kind = args.hash.unwrap_or_default();
     let hash = |password: &str| {
+        if args.scram {
+            return scram_credential(password, args.iterations);
+        }
         PasswordHash::create(kind, password.as_bytes(), args.iterations)
+            .map(|h| h.to_string())
             .map_err(|e| Failure(format!("Error: Unable to hash password: {e}.")))
     };
     let file = &args.passwordfile;
@@ -152,7 +164,9 @@ fn run(args: Args) -> Result<(), Failure> {
                 };
                 // A hash already (unlike mosquitto_passwd -U, running it twice does not
                 // hash the hashes).
-                if PasswordHash::parse(password.trim()).is_ok() {
+                if PasswordHash::parse(password.trim()).is_ok()
+                    || mqtt_scram::StoredKeys::parse(password.trim()).is_ok()
+                {
                     continue;
                 }
                 // As Mosquitto reads a plain-text line: up to a second `:`, trimmed.
@@ -168,6 +182,15 @@ fn run(args: Args) -> Result<(), Failure> {
             write_file(file, &join(&lines), false)
         }
     }
+}
+
+/// SCRAM-SHA-256 credentials for `password`, with a random 16-byte salt.
+fn scram_credential(password: &str, iterations: Option<u32>) -> Result<String, Failure> {
+    let iterations = iterations.unwrap_or(mqtt_scram::DEFAULT_ITERATIONS);
+    let mut salt = [0u8; 16];
+    getrandom::fill(&mut salt)
+        .map_err(|e| Failure(format!("Error: no random numbers from the OS: {e}.")))?;
+    Ok(mqtt_scram::StoredKeys::derive(password.as_bytes(), &salt, iterations).to_string())
 }
 
 /// The task the arguments ask for, or the error `mosquitto_passwd` gives.
@@ -188,11 +211,18 @@ fn check(args: &Args) -> Result<Task, Failure> {
     if args.batch && args.upgrade {
         return fail("-b and -U cannot be used together.");
     }
+    if args.scram && args.hash.is_some() {
+        return fail("--scram and -H cannot be used together.");
+    }
     if let Some(n) = args.iterations {
         if n == 0 {
             return fail("Number of iterations must be > 0.");
         }
-        if args.hash != Some(HashKind::Sha512Pbkdf2) {
+        if args.scram {
+            if !(mqtt_scram::MIN_ITERATIONS..=mqtt_scram::MAX_ITERATIONS).contains(&n) {
+                return fail("SCRAM iterations must be between 4096 and 10000000.");
+            }
+        } else if args.hash != Some(HashKind::Sha512Pbkdf2) {
             return fail("-I applies to -H sha512-pbkdf2 only (the default hash is argon2id).");
         }
     }

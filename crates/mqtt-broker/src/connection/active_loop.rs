@@ -270,6 +270,12 @@ where
                     closing.get_or_insert(Closing::Server(reason, why.take()));
                     closed = true;
                 }
+                // 5.0 re-authentication ([MQTT-4.12.1-1]): answered or refused in the
+                // session, written below.
+                Event::Auth(auth) => {
+                    enhanced::reauthenticate(shared, handle, generation, *auth);
+                    again = true;
+                }
                 // The will of a connection this one replaced ([MQTT-3.1.2-8]).
                 Event::Will(will) => {
                     shared.route(handle.key, will_message(*will), &mut matches, now);

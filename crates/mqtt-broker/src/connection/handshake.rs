@@ -8,7 +8,8 @@ use std::{
 
 use bytes::BytesMut;
 use mqtt_codec::{
-    ConnAck, ConnAckProperties, Connect, DecodeError, Decoder, Packet, ProtocolVersion, ReasonCode,
+    ByteStr, ConnAck, ConnAckProperties, Connect, DecodeError, Decoder, Packet, ProtocolVersion,
+    ReasonCode,
 };
 use tokio::{
     io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt},
@@ -72,7 +73,35 @@ pub(crate) async fn open<S: Duplex>(
             return None;
         }
     };
-    let (handle, generation, version) = attach(&shared, &mut stream, *connect, &origin).await?;
+    // 5.0 enhanced authentication: the AUTH exchange runs before anything else is
+    // decided, within the same connect timeout.
+    let mut enhanced = None;
+    let method = connect.properties.authentication_method.as_deref();
+    if connect.version.is_v5() && method == Some(mqtt_scram::METHOD) {
+        let listener = origin.transport.listener;
+        match enhanced::scram_connect(
+            &shared,
+            &mut stream,
+            &mut rbuf,
+            &mut decoder,
+            &connect,
+            listener,
+            origin.deadline,
+        )
+        .await
+        {
+            Ok(accepted) => enhanced = Some(accepted),
+            Err((code, why)) => {
+                let user = connect.username.as_deref().unwrap_or_default();
+                let wait = enhanced::failed(&shared, peer, &connect.client_id, user, code, &why);
+                tokio::time::sleep(wait).await;
+                send_connack(&mut stream, connect.version, code).await;
+                return None;
+            }
+        }
+    }
+    let (handle, generation, version) =
+        attach(&shared, &mut stream, *connect, &origin, enhanced).await?;
     let Origin {
         handshaking, slot, ..
     } = origin;
@@ -143,6 +172,36 @@ pub(crate) async fn send_connack<W: AsyncWrite + Unpin>(
     let _ = wr.shutdown().await;
 }
 
+/// On a listener whose passwords are JWTs: `None` for a client with neither user name
+/// nor password (`allow_anonymous` decides), else the verdict, the token's claim made
+/// the user name if it verifies. A refusal's reason is logged here; the caller logs
+/// the refusal and slows repeated ones down as for a wrong password.
+fn token_verdict(
+    jwt: &crate::auth::Jwt,
+    connect: &mut Connect,
+    peer: std::net::SocketAddr,
+) -> Option<crate::auth::AuthResult> {
+    let Some(token) = connect.password.take() else {
+        // Neither: an anonymous client, for allow_anonymous to decide.
+        connect.username.as_ref()?;
+        info!(%peer, client = ?connect.client_id, user = ?connect.username.as_deref().unwrap_or_default(), "JWT refused: no password (a token is expected)");
+        return Some(Err(ReasonCode::BAD_USER_NAME_OR_PASSWORD));
+    };
+    match jwt.verify(&token) {
+        Ok(identity) => match ByteStr::try_from(identity.username) {
+            Ok(name) => {
+                connect.username = Some(name);
+                Some(Ok(()))
+            }
+            Err(_) => Some(Err(ReasonCode::BAD_USER_NAME_OR_PASSWORD)),
+        },
+        Err(e) => {
+            info!(%peer, client = ?connect.client_id, user = ?connect.username.as_deref().unwrap_or_default(), reason = %e, "JWT refused");
+            Some(Err(ReasonCode::BAD_USER_NAME_OR_PASSWORD))
+        }
+    }
+}
+
 /// Checks CONNECT, authenticates it by `listener`'s settings (by `deadline`), finds or
 /// creates the session, takes it over, accepts the connection.
 pub(crate) async fn attach<W: AsyncWrite + Unpin>(
@@ -150,6 +209,7 @@ pub(crate) async fn attach<W: AsyncWrite + Unpin>(
     wr: &mut W,
     mut connect: Connect,
     origin: &Origin,
+    enhanced: Option<enhanced::Accepted>,
 ) -> Option<(Arc<SessionHandle>, u64, ProtocolVersion)> {
     let peer = origin.peer;
     let version = connect.version;
@@ -176,7 +236,7 @@ pub(crate) async fn attach<W: AsyncWrite + Unpin>(
         connect.username = origin
             .identity
             .as_ref()
-            .and_then(|name| mqtt_codec::ByteStr::try_from(name.clone()).ok());
+            .and_then(|name| ByteStr::try_from(name.clone()).ok());
         if connect.username.is_none() {
             info!(%peer, "connection refused: no client certificate to name the user");
             send_connack(wr, version, ReasonCode::NOT_AUTHORIZED).await;
@@ -184,6 +244,21 @@ pub(crate) async fn attach<W: AsyncWrite + Unpin>(
         }
     }
     let (listener, deadline) = (origin.transport.listener, origin.deadline);
+    if let Some(accepted) = &enhanced {
+        // SCRAM named and authenticated the user; a password in CONNECT is set aside.
+        connect.username = ByteStr::try_from(&*accepted.user).ok();
+        connect.password = None;
+        properties.authentication_method = Some(accepted.method.clone());
+        properties.authentication_data = Some(accepted.server_final.clone());
+    }
+    // JWT as the password: the token, verified inline (microseconds), names the user,
+    // and decides instead of the authenticator. SCRAM, when it ran, decided already.
+    let token_verdict = match shared.jwt(listener) {
+        Some(jwt) if enhanced.is_none() && !origin.certificate_is_username => {
+            token_verdict(jwt, &mut connect, peer)
+        }
+        _ => None,
+    };
     // The user name and client id as logged: client input, quoted and escaped.
     let user = connect.username.as_deref().unwrap_or_default();
     if connect.username.is_none() && !shared.allows_anonymous(listener) {
@@ -200,12 +275,20 @@ pub(crate) async fn attach<W: AsyncWrite + Unpin>(
     credentials.listener = listener;
     credentials.transport = origin.transport;
     credentials.username_from_certificate = origin.certificate_is_username;
-    let authenticating = shared.authenticator(listener).authenticate(&credentials);
-    let Ok(verdict) = timeout_at(deadline, authenticating).await else {
-        // Too many CONNECTs waiting for a password hash: this one's time is up.
-        info!(%peer, client = ?connect.client_id, user = ?user, "connection refused: not authenticated within the connect timeout (limits.connect_timeout), the broker is busy");
-        send_connack(wr, version, ReasonCode::SERVER_BUSY).await;
-        return None;
+    let verdict = match token_verdict {
+        Some(verdict) => verdict,
+        // Authenticated by the AUTH exchange already.
+        None if enhanced.is_some() => Ok(()),
+        None => {
+            let authenticating = shared.authenticator(listener).authenticate(&credentials);
+            let Ok(verdict) = timeout_at(deadline, authenticating).await else {
+                // Too many CONNECTs waiting for a password hash: this one's time is up.
+                info!(%peer, client = ?connect.client_id, user = ?user, "connection refused: not authenticated within the connect timeout (limits.connect_timeout), the broker is busy");
+                send_connack(wr, version, ReasonCode::SERVER_BUSY).await;
+                return None;
+            };
+            verdict
+        }
     };
     if let Err(code) = verdict {
         // Repeated failures from one address wait longer and longer for their answer.
@@ -232,8 +315,8 @@ pub(crate) async fn attach<W: AsyncWrite + Unpin>(
             return None;
         }
     }
-    if version.is_v5() && connect.properties.authentication_method.is_some() {
-        // [MQTT-4.12.0-1] (5.0): no extended authentication method is supported.
+    if version.is_v5() && connect.properties.authentication_method.is_some() && enhanced.is_none() {
+        // [MQTT-4.12.0-1] (5.0): SCRAM-SHA-256 (above) is the one method supported.
         send_connack(wr, version, ReasonCode::BAD_AUTHENTICATION_METHOD).await;
         return None;
     }
@@ -328,6 +411,13 @@ pub(crate) async fn attach<W: AsyncWrite + Unpin>(
         let old_version = cell.session.version();
         cell.session.accept(now, &connect, properties);
         cell.principal.clone_from(&principal);
+        // What a re-authentication on this connection must match (none: AUTH is a
+        // protocol error).
+        let state = enhanced.as_ref().map(|a| Box::new(a.state(listener, peer)));
+        if state.is_some() || cell.extra.is_some() {
+            cell.extra_mut().enhanced_auth = state;
+            cell.shrink_extra();
+        }
         shared.account(&mut cell);
         // A new session replaces the old one's record, or removes it if it ends with
         // its connection; a resumed one's is brought up to date.

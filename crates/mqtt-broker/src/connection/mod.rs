@@ -27,6 +27,7 @@ use crate::{sessions::SessionHandle, shared::Shared};
 
 mod active_loop;
 mod close;
+mod enhanced;
 mod handshake;
 mod hibernate;
 mod locked;
@@ -34,6 +35,7 @@ mod publish;
 mod subscribe;
 
 pub(crate) use close::log_end;
+pub(crate) use enhanced::EnhancedAuth;
 pub(crate) use handshake::Handshaking;
 #[cfg(unix)]
 pub(crate) use hibernate::park_tcp;

@@ -172,6 +172,11 @@ impl Endpoint {
         self.kind
     }
 
+    /// Whether it has TLS files a reload reads again.
+    pub(crate) fn is_tls(&self) -> bool {
+        self.tls.is_some()
+    }
+
     /// A place for one more socket: `Err` past its `max_connections`.
     fn take_slot(&self) -> Result<Option<ListenerSlot>, ()> {
         let Some(max) = self.max_connections else {
@@ -182,6 +187,24 @@ impl Endpoint {
             return Err(());
         }
         Ok(Some(ListenerSlot(Arc::clone(&self.open))))
+    }
+}
+
+/// A TLS listener's certificate chain, key, CA and CRL files, read again on a reload.
+impl crate::reload::Reloadable for Endpoint {
+    fn name(&self) -> String {
+        format!("listeners[{}] ({}) TLS files", self.index, self.kind)
+    }
+
+    fn files(&self) -> Vec<std::path::PathBuf> {
+        self.tls.as_ref().map(tls::Tls::files).unwrap_or_default()
+    }
+
+    fn reload(&self) -> Result<(), String> {
+        match &self.tls {
+            Some(tls) => tls.reload(),
+            None => Ok(()),
+        }
     }
 }
 

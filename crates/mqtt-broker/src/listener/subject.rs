@@ -1,12 +1,16 @@
 //! The subject of a client certificate as a user name: its Common Name
 //! (`use_identity_as_username`) or the whole subject as Mosquitto prints it
-//! (`use_subject_as_username`: OpenSSL's RFC 2253 form, `CN=client,O=Example,C=GB`).
+//! (`use_subject_as_username`: OpenSSL's RFC 2253 form, `CN=client,O=Example,C=GB`),
+//! or its first Subject Alternative Name of the kinds `use_san_as_username` lists (a
+//! DNS name, an e-mail address, a URI such as a SPIFFE ID).
 //!
 //! The certificate was verified by the TLS handshake before it comes here; this reads
 //! only its subject, with a small DER reader that checks every length against what is
 //! left and gives up (no name) on anything it does not understand.
 
 use rustls::pki_types::CertificateDer;
+
+use crate::config::SanKind;
 
 const SEQUENCE: u8 = 0x30;
 const SET: u8 = 0x31;
@@ -65,6 +69,76 @@ pub(super) fn rfc4514(cert: &CertificateDer<'_>) -> Option<String> {
     }
     parts.reverse();
     Some(parts.join(","))
+}
+
+/// `[3] EXPLICIT`: the certificate's extensions.
+const EXTENSIONS: u8 = 0xA3;
+/// 2.5.29.17, id-ce-subjectAltName.
+const SUBJECT_ALT_NAME: &[u8] = &[0x55, 0x1D, 0x11];
+const OCTET_STRING: u8 = 0x04;
+
+/// The first Subject Alternative Name, in the certificate's order, of one of `kinds`.
+pub(super) fn subject_alt_name(cert: &CertificateDer<'_>, kinds: &[SanKind]) -> Option<String> {
+    let mut names = Der(alt_names(cert)?);
+    while let Some((tag, name)) = names.next() {
+        // GeneralName, IMPLICIT tags: [1] rfc822Name, [2] dNSName, [6] URI (IA5String).
+        let kind = match tag {
+            0x81 => SanKind::Email,
+            0x82 => SanKind::Dns,
+            0x86 => SanKind::Uri,
+            _ => continue,
+        };
+        if kinds.contains(&kind) {
+            return std::str::from_utf8(name)
+                .ok()
+                .filter(|n| !n.is_empty())
+                .map(str::to_owned);
+        }
+    }
+    None
+}
+
+/// The content of the subjectAltName extension's `GeneralNames`, if it has one.
+fn alt_names<'a>(cert: &'a CertificateDer<'_>) -> Option<&'a [u8]> {
+    let (SEQUENCE, certificate) = Der(cert.as_ref()).next()? else {
+        return None;
+    };
+    let (SEQUENCE, tbs) = Der(certificate).next()? else {
+        return None;
+    };
+    let mut fields = Der(tbs);
+    let extensions = loop {
+        match fields.next()? {
+            (EXTENSIONS, e) => break e,
+            _ => continue,
+        }
+    };
+    let (SEQUENCE, extensions) = Der(extensions).next()? else {
+        return None;
+    };
+    let mut extensions = Der(extensions);
+    while let Some((SEQUENCE, extension)) = extensions.next() {
+        let mut parts = Der(extension);
+        let (OID, oid) = parts.next()? else {
+            return None;
+        };
+        if oid != SUBJECT_ALT_NAME {
+            continue;
+        }
+        // `critical` (a BOOLEAN) may come before the value.
+        let mut value = parts.next()?;
+        if value.0 != OCTET_STRING {
+            value = parts.next()?;
+        }
+        let (OCTET_STRING, value) = value else {
+            return None;
+        };
+        let (SEQUENCE, names) = Der(value).next()? else {
+            return None;
+        };
+        return Some(names);
+    }
+    None
 }
 
 /// The content of the certificate's subject `Name` (its RDN sequence).
@@ -294,6 +368,42 @@ mod tests {
         let none = cert(&[(rcgen::DnType::OrganizationName, utf8("no cn"))]);
         assert_eq!(common_name(&none), None);
         assert_eq!(rfc4514(&none).as_deref(), Some("O=no cn"));
+    }
+
+    #[test]
+    fn subject_alternative_names() {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.subject_alt_names = vec![
+            rcgen::SanType::IpAddress([10, 0, 0, 1].into()),
+            rcgen::SanType::URI("spiffe://example.org/sensor/7".try_into().unwrap()),
+            rcgen::SanType::Rfc822Name("dev@example.org".try_into().unwrap()),
+            rcgen::SanType::DnsName("sensor-7.example.org".try_into().unwrap()),
+        ];
+        let c = params.self_signed(&key).unwrap().der().clone();
+        let san = |kinds: &[SanKind]| subject_alt_name(&c, kinds);
+        assert_eq!(
+            san(&[SanKind::Dns]).as_deref(),
+            Some("sensor-7.example.org")
+        );
+        assert_eq!(san(&[SanKind::Email]).as_deref(), Some("dev@example.org"));
+        assert_eq!(
+            san(&[SanKind::Dns, SanKind::Uri]).as_deref(),
+            Some("spiffe://example.org/sensor/7"),
+            "the first in the certificate's order"
+        );
+        let none = cert(&[(rcgen::DnType::CommonName, utf8("no san"))]);
+        assert_eq!(subject_alt_name(&none, &[SanKind::Dns]), None);
+        let der = c.as_ref();
+        for len in 0..der.len() {
+            let cut = CertificateDer::from(der.get(..len).unwrap().to_vec());
+            let _ = subject_alt_name(&cut, &[SanKind::Dns]);
+        }
+        for i in 0..der.len() {
+            let mut bad = der.to_vec();
+            bad[i] ^= 0x80;
+            let _ = subject_alt_name(&CertificateDer::from(bad), &[SanKind::Uri]);
+        }
     }
 
     #[test]

@@ -3,8 +3,18 @@
 //! provider has), the certificate chain and key from PEM files, client certificates
 //! verified against a CA bundle with revocation lists, and ALPN `mqtt` (`http/1.1` on a
 //! WebSocket listener) agreed when the client offers it and not required.
+//!
+//! The rustls configurations sit behind an `ArcSwap` that each handshake reads: a
+//! reload ([`Tls::reload`]) reads the files again and swaps them, so new connections
+//! get the new certificate and connections already up keep theirs.
 
-use std::{fs, io, path::Path, sync::Arc};
+use std::{
+    fs, io,
+    path::{Path, PathBuf},
+    sync::Arc,
+};
+
+use arc_swap::ArcSwap;
 
 use rustls::{
     RootCertStore, ServerConfig, SupportedProtocolVersion,
@@ -14,12 +24,12 @@ use rustls::{
 use tokio::net::TcpStream;
 use tokio_rustls::{LazyConfigAcceptor, server::TlsStream};
 
-use crate::config::{ClientCertificates, Listener, Protocol, TlsVersion};
+use crate::config::{ClientCertificates, Listener, Protocol, SanKind, TlsVersion};
 
 use super::subject;
 
 /// Which name of a client certificate becomes the user name.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 enum UserName {
     /// None: the CONNECT's user name stands.
     Connect,
@@ -27,16 +37,25 @@ enum UserName {
     CommonName,
     /// The whole subject, RFC 4514 (`use_subject_as_username`).
     Subject,
+    /// The first Subject Alternative Name of these kinds (`use_san_as_username`).
+    AltName(Box<[SanKind]>),
 }
 
-/// A listener's TLS configuration, loaded once at start.
+/// A listener's TLS configuration, loaded at start and again on each reload.
 pub(super) struct Tls {
+    configs: ArcSwap<Configs>,
+    /// The listener's settings, whose files a reload reads again.
+    listener: Listener,
+    alpn: &'static [u8],
+    user_name: UserName,
+}
+
+/// The rustls configurations of one reading of the files.
+struct Configs {
     /// Agrees on `alpn` with a client that offers it.
     with_alpn: Arc<ServerConfig>,
     /// For a client that does not offer `alpn`: rustls would refuse it otherwise.
     without_alpn: Arc<ServerConfig>,
-    alpn: &'static [u8],
-    user_name: UserName,
 }
 
 /// What the handshake learnt about the client's certificate.
@@ -52,6 +71,50 @@ impl Tls {
     /// Reads the listener's files and builds its configuration; the error names the
     /// key and the file.
     pub(super) fn load(listener: &Listener) -> Result<Self, String> {
+        let alpn: &'static [u8] = match listener.protocol {
+            Protocol::Mqtt => b"mqtt",
+            Protocol::WebSockets => b"http/1.1",
+        };
+        let user_name =
+            if listener.use_identity_as_username && !listener.use_san_as_username.is_empty() {
+                UserName::AltName(listener.use_san_as_username.clone().into())
+            } else if listener.use_identity_as_username {
+                UserName::CommonName
+            } else if listener.use_subject_as_username {
+                UserName::Subject
+            } else {
+                UserName::Connect
+            };
+        Ok(Self {
+            configs: ArcSwap::from_pointee(Configs::load(listener, alpn)?),
+            listener: listener.clone(),
+            alpn,
+            user_name,
+        })
+    }
+
+    /// Reads the listener's files again and puts them in force for the next
+    /// handshakes; on an error (naming the key and the file) the configuration in force
+    /// stays. Blocking.
+    pub(super) fn reload(&self) -> Result<(), String> {
+        let configs = Configs::load(&self.listener, self.alpn)?;
+        self.configs.store(Arc::new(configs));
+        Ok(())
+    }
+
+    /// The files a reload reads: certificate chain, key, CA file or directory, CRLs.
+    pub(super) fn files(&self) -> Vec<PathBuf> {
+        let l = &self.listener;
+        [&l.certfile, &l.keyfile, &l.cafile, &l.capath, &l.crlfile]
+            .into_iter()
+            .flatten()
+            .cloned()
+            .collect()
+    }
+}
+
+impl Configs {
+    fn load(listener: &Listener, alpn: &'static [u8]) -> Result<Self, String> {
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let versions: &[&SupportedProtocolVersion] = match listener.tls_version {
             Some(TlsVersion::Tls13) => &[&rustls::version::TLS13],
@@ -110,26 +173,15 @@ impl Tls {
             )
         })?;
         let without_alpn = with_alpn.clone();
-        let alpn: &'static [u8] = match listener.protocol {
-            Protocol::Mqtt => b"mqtt",
-            Protocol::WebSockets => b"http/1.1",
-        };
         with_alpn.alpn_protocols = vec![alpn.to_vec()];
-        let user_name = if listener.use_identity_as_username {
-            UserName::CommonName
-        } else if listener.use_subject_as_username {
-            UserName::Subject
-        } else {
-            UserName::Connect
-        };
         Ok(Self {
             with_alpn: Arc::new(with_alpn),
             without_alpn: Arc::new(without_alpn),
-            alpn,
-            user_name,
         })
     }
+}
 
+impl Tls {
     /// The TLS handshake. ALPN is agreed only with a client that offers the
     /// listener's protocol: rustls refuses a client whose offers it shares none of, and
     /// ALPN is not required here.
@@ -145,12 +197,15 @@ impl Tls {
             .client_hello()
             .alpn()
             .is_some_and(|mut offers| offers.any(|p| p == self.alpn));
-        let config = if offered {
-            &self.with_alpn
-        } else {
-            &self.without_alpn
+        let config = {
+            let configs = self.configs.load();
+            if offered {
+                Arc::clone(&configs.with_alpn)
+            } else {
+                Arc::clone(&configs.without_alpn)
+            }
         };
-        let stream = start.into_stream(Arc::clone(config)).await?;
+        let stream = start.into_stream(config).await?;
         let leaf = stream
             .get_ref()
             .1
@@ -160,10 +215,11 @@ impl Tls {
             None => ClientCertificate::default(),
             Some(leaf) => ClientCertificate {
                 verified: true,
-                name: match self.user_name {
+                name: match &self.user_name {
                     UserName::Connect => None,
                     UserName::CommonName => subject::common_name(leaf),
                     UserName::Subject => subject::rfc4514(leaf),
+                    UserName::AltName(kinds) => subject::subject_alt_name(leaf, kinds),
                 },
             },
         };

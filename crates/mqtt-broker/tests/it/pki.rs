@@ -136,6 +136,41 @@ impl Pki {
         )
     }
 
+    /// Another server certificate for `localhost` from the same CA, with its own key
+    /// and serial number `serial`: its certificate PEM, key PEM and certificate DER (what
+    /// a client is shown).
+    pub(crate) fn server_pem(&self, serial: u64) -> (String, String, Vec<u8>) {
+        let key = KeyPair::generate().unwrap();
+        let mut params =
+            CertificateParams::new(vec!["localhost".to_owned(), "127.0.0.1".to_owned()]).unwrap();
+        params
+            .distinguished_name
+            .push(DnType::CommonName, "localhost");
+        params.serial_number = Some(SerialNumber::from(serial));
+        let cert = params.signed_by(&key, &self.ca_cert, &self.ca_key).unwrap();
+        (cert.pem(), key.serialize_pem(), cert.der().to_vec())
+    }
+
+    /// A good client certificate with Common Name `cn` and these Subject Alternative
+    /// Names: its certificate and key files.
+    pub(crate) fn client_with_sans(
+        &self,
+        cn: &str,
+        sans: Vec<rcgen::SanType>,
+    ) -> (PathBuf, PathBuf) {
+        let key = KeyPair::generate().unwrap();
+        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.distinguished_name = rcgen::DistinguishedName::new();
+        params.distinguished_name.push(DnType::CommonName, cn);
+        params.subject_alt_names = sans;
+        params.serial_number = Some(SerialNumber::from(1000 + u64::from(rand_u16())));
+        let cert = params.signed_by(&key, &self.ca_cert, &self.ca_key).unwrap();
+        (
+            write(&self.dir, &format!("{cn}-san.pem"), &cert.pem()),
+            write(&self.dir, &format!("{cn}-san.key"), &key.serialize_pem()),
+        )
+    }
+
     /// The server's key in SEC1 form (`EC PRIVATE KEY`).
     pub(crate) fn sec1_key(&self) -> PathBuf {
         let out = self.dir.join("server-sec1.key");

@@ -8,7 +8,7 @@ use std::{path::Path, process::Stdio, sync::Arc, time::Duration};
 use mqtt_broker::{
     Auth,
     auth::TransportKind,
-    config::{ClientCertificates, Listener, TlsVersion},
+    config::{ClientCertificates, Listener, SanKind, TlsVersion},
 };
 use tokio::{net::TcpStream, process::Command};
 use tokio_rustls::TlsConnector;
@@ -309,6 +309,77 @@ async fn certificate_names_reach_the_authenticator() {
         )
         .await
     );
+    assert_eq!(recorder.count(), 2);
+    broker.shutdown().await;
+}
+
+/// `use_san_as_username`: the first Subject Alternative Name of the kinds listed is the
+/// user name, from a certificate mosquitto_pub presents; one without such a name is
+/// refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_subject_alternative_name_is_the_user_name() {
+    let _timing = crate::TIMING.read().await;
+    require("mosquitto_pub", MOSQUITTO);
+    let pki = Pki::new();
+    let listener = |kinds: Vec<SanKind>| {
+        let mut l = tls_listener(&pki.cert, &pki.key);
+        l.cafile = Some(pki.ca.clone());
+        l.require_certificate = ClientCertificates::Required;
+        l.use_identity_as_username = true;
+        l.use_san_as_username = kinds;
+        l
+    };
+    let recorder = Recorder::default();
+    let (broker, addrs) = broker_on(
+        vec![
+            listener(vec![SanKind::Uri]),
+            listener(vec![SanKind::Email, SanKind::Dns]),
+        ],
+        recorder.auth(),
+        |_| {},
+    )
+    .await;
+    let (cert, key) = pki.client_with_sans(
+        "sensor-8",
+        vec![
+            rcgen::SanType::DnsName("sensor-8.example.org".try_into().unwrap()),
+            rcgen::SanType::URI("spiffe://example.org/sensor/8".try_into().unwrap()),
+            rcgen::SanType::Rfc822Name("ops@example.org".try_into().unwrap()),
+        ],
+    );
+    for (i, (id, expected)) in [
+        ("by-uri", "spiffe://example.org/sensor/8"),
+        ("by-dns", "sensor-8.example.org"),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let args = [
+            "--cert",
+            arg(&cert),
+            "--key",
+            arg(&key),
+            "-u",
+            "mallory",
+            "-i",
+            id,
+        ];
+        assert!(mosquitto_pub(addrs[i].port(), &pki, &args).await, "{id}");
+        let seen = recorder.seen(id).await;
+        assert_eq!(seen.username.as_deref(), Some(expected));
+        assert!(seen.username_from_certificate);
+    }
+    // No URI in it: no user name, refused before the authenticator.
+    let (plain, plain_key) = pki.client("sensor-9", ClientCert::Good);
+    let args = [
+        "--cert",
+        arg(&plain),
+        "--key",
+        arg(&plain_key),
+        "-i",
+        "no-uri",
+    ];
+    assert!(!mosquitto_pub(addrs[0].port(), &pki, &args).await);
     assert_eq!(recorder.count(), 2);
     broker.shutdown().await;
 }

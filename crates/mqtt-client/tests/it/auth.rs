@@ -261,3 +261,73 @@ async fn no_auth_without_a_method() {
     assert!(matches!(e, ConnectError::Closed(_)), "{e}");
     server.await.unwrap();
 }
+
+/// A server that knows SCRAM-SHA-256 keys for "secret" and, if `tamper`, sends a
+/// server-final with one bit flipped: a server that does not know the keys.
+async fn scram_server(listener: TcpListener, tamper: bool) {
+    use mqtt_scram::{ClientFirst, METHOD as SCRAM, ServerExchange, StoredKeys};
+    let keys = StoredKeys::derive(b"secret", b"salt-of-the-test", 4096);
+    let mut peer = accept(&listener).await;
+    let Packet::Connect(c) = peer.recv().await else {
+        panic!("expected CONNECT")
+    };
+    assert_eq!(c.properties.authentication_method.as_deref(), Some(SCRAM));
+    let first = ClientFirst::parse(c.properties.authentication_data.as_deref().unwrap()).unwrap();
+    assert_eq!(first.username, "alice");
+    let (exchange, server_first) = ServerExchange::start(first, &keys, "server-nonce");
+    let mut a = Auth {
+        reason_code: ReasonCode::CONTINUE_AUTHENTICATION,
+        ..Auth::default()
+    };
+    a.properties.authentication_method = Some(SCRAM.try_into().unwrap());
+    a.properties.authentication_data = Some(server_first.into());
+    peer.send(a).await;
+    let Packet::Auth(answer) = peer.recv().await else {
+        panic!("expected AUTH 0x18")
+    };
+    let mut last = exchange
+        .finish(answer.properties.authentication_data.as_deref().unwrap())
+        .expect("the client's proof is right");
+    if tamper {
+        // "v=" then base64: flip a bit of the first signature character.
+        last[2] ^= 1;
+    }
+    let mut ack = ConnAck::new(false, ReasonCode::SUCCESS);
+    ack.properties.authentication_method = Some(SCRAM.try_into().unwrap());
+    ack.properties.authentication_data = Some(last.into());
+    peer.send(ack).await;
+    if tamper {
+        assert!(peer.closed_within(Duration::from_secs(5)).await);
+    }
+}
+
+// Mutual authentication: the client accepts a server whose SCRAM-SHA-256 signature is
+// right, and fails the connection when the server's proof was tampered with.
+#[tokio::test]
+async fn scram_checks_the_servers_proof() {
+    for tamper in [false, true] {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let server = tokio::spawn(scram_server(listener, tamper));
+        let options = ConnectOptions::new("127.0.0.1", port)
+            .version(ProtocolVersion::V5)
+            .client_id("scram")
+            .connect_timeout(Duration::from_secs(5))
+            .reconnect(ReconnectOptions {
+                enabled: false,
+                ..ReconnectOptions::default()
+            })
+            .authenticator(mqtt_client::Scram::new("alice", "secret"));
+        let result = mqtt_client::connect(options).await;
+        if tamper {
+            let e = result.expect_err("a tampered proof fails the connection");
+            assert!(
+                matches!(&e, ConnectError::Auth(why) if why.contains("signature")),
+                "{e}"
+            );
+        } else {
+            result.expect("the right proof is accepted");
+        }
+        server.await.unwrap();
+    }
+}

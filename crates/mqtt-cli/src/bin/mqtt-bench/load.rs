@@ -11,6 +11,17 @@
 //! evenly between them, each one's messages spread evenly over time, the publishers
 //! offset from one another), and `--duration` stops them after that long; the run then
 //! checks and reports what was sent.
+//!
+//! Pacing needs a finer clock than tokio's timer, whose 1 ms granularity would release
+//! a millisecond's messages at once (at 500,000 msg/s, bursts of 500) and measure the
+//! broker draining the burst rather than its latency (see the latency module). A
+//! [`Pacer`] thread of its own releases messages against [`Instant`] every
+//! [`PACE_TICK`] or so, and wakes just the publishers whose turn came; each sends what
+//! was released to it in one write.
+//!
+//! Every payload carries its send time ([`Stamp`]); each subscriber counts the delay
+//! to its arrival in a [`Histogram`], so every run reports delivery latency. It means
+//! most at a rate the broker keeps up with: saturated, it is mostly queueing.
 
 use std::{
     net::IpAddr,
@@ -18,6 +29,7 @@ use std::{
         Arc,
         atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering},
     },
+    thread,
     time::{Duration, Instant},
 };
 
@@ -26,9 +38,15 @@ use mqtt_codec::{Packet, PacketId, ProtocolVersion, PubComp, PubRel, QoS};
 use tokio::{sync::Notify, task::JoinSet};
 
 use crate::{
+    hist::Histogram,
     target::Dialer,
     wire::{self, Conn, Stamp, WireError},
 };
+
+/// How often, at most, the pacer releases messages: 10 times finer than tokio's timer,
+/// and coarse enough that a publisher at a high rate sends a few messages per write
+/// rather than one (a write per message would make the generator the bottleneck).
+pub(crate) const PACE_TICK: Duration = Duration::from_micros(100);
 
 /// Who publishes what and who listens.
 #[derive(Clone, Debug)]
@@ -90,7 +108,11 @@ pub(crate) struct Load {
 pub(crate) struct Outcome {
     pub(crate) expected: u64,
     pub(crate) delivered: u64,
+    /// Messages published (each delivered to every subscriber that hears it).
+    pub(crate) sent: u64,
     pub(crate) elapsed: Duration,
+    /// Delay from each message's send time to each delivery of it.
+    pub(crate) latency: Histogram,
     /// Everything wrong with the deliveries; empty for a clean run.
     pub(crate) faults: Vec<String>,
 }
@@ -124,12 +146,15 @@ struct Shared {
     stop: AtomicBool,
     stopped: Notify,
     epoch: Instant,
+    /// Releases messages under `--rate`; started with the load.
+    pacer: Option<Arc<Pacer>>,
 }
 
 /// What one subscriber found.
 #[derive(Debug, Default)]
 struct SubReport {
     faults: Vec<String>,
+    latency: Histogram,
 }
 
 /// Connects everyone, calls `measure_start` once all are ready, runs the load until every
@@ -155,7 +180,19 @@ pub(crate) async fn run(
     } else {
         Vec::new()
     };
+    let pacer = load.rate.map(|rate| {
+        let publishers = plan.publishers.len();
+        Arc::new(Pacer {
+            rate: f64::from(rate.max(1)),
+            publishers: publishers.max(1) as u64,
+            total: (publishers as u64).saturating_mul(u64::from(plan.per_publisher)),
+            released: AtomicU64::new(0),
+            wake: (0..publishers).map(|_| Notify::new()).collect(),
+            done: AtomicBool::new(false),
+        })
+    });
     let shared = Arc::new(Shared {
+        pacer,
         progress: (0..plan.publishers.len())
             .map(|_| Progress::default())
             .collect(),
@@ -203,6 +240,8 @@ pub(crate) async fn run(
 
     measure_start();
     let began = Instant::now();
+    // Stops the pacer however the run ends.
+    let _pacing = shared.pacer.clone().map(|p| p.start(began)).transpose()?;
     shared.started.store(true, Ordering::Release);
     shared.start.notify_waiters();
 
@@ -277,9 +316,13 @@ pub(crate) async fn run(
             Err(e) => faults.push(format!("a publisher task failed: {e}")),
         }
     }
+    let mut latency = Histogram::default();
     while let Some(r) = sub_tasks.join_next().await {
         match r {
-            Ok(report) => faults.extend(report.faults),
+            Ok(report) => {
+                faults.extend(report.faults);
+                latency.merge(&report.latency);
+            }
             Err(e) => faults.push(format!("a subscriber task failed: {e}")),
         }
     }
@@ -315,10 +358,17 @@ pub(crate) async fn run(
             faults.push(format!("{missing} messages reached no member of the group"));
         }
     }
+    let sent = shared
+        .progress
+        .iter()
+        .map(|p| p.sent.load(Ordering::Acquire))
+        .sum();
     Ok(Outcome {
         expected,
         delivered,
+        sent,
         elapsed,
+        latency,
         faults,
     })
 }
@@ -333,31 +383,93 @@ fn sent_deliveries(shared: &Shared) -> u64 {
         .sum()
 }
 
-/// When each message of one publisher is due, under `--rate`.
+/// Releases messages under `--rate`, from a thread of its own: message `j` of the run
+/// (all publishers together, taking turns: publisher `j % P` sends it) is due `j / rate`
+/// seconds after the start. Sleeping on the thread and reading [`Instant`] on waking,
+/// it releases every message due by then and wakes the publishers that have one.
 #[derive(Debug)]
-struct Pace {
-    start: Instant,
-    /// Seconds between two messages of this publisher.
-    period: f64,
-    /// Where this publisher's first message falls within the first period, so the
-    /// publishers take turns.
-    offset: f64,
+struct Pacer {
+    /// Messages per second, all publishers together.
+    rate: f64,
+    publishers: u64,
+    /// Messages in the whole run; the pacer stops there.
+    total: u64,
+    /// Messages released so far (their indices are below this).
+    released: AtomicU64,
+    /// One per publisher: woken when a message of its is released.
+    wake: Vec<Notify>,
+    /// Set when the run is over.
+    done: AtomicBool,
 }
 
-impl Pace {
-    fn new(start: Instant, rate: u32, publishers: usize, index: usize) -> Self {
-        let n = publishers.max(1) as f64;
-        let period = n / f64::from(rate.max(1));
-        Self {
-            start,
-            period,
-            offset: period * index as f64 / n,
+/// The running pacer thread: stops it when dropped.
+#[derive(Debug)]
+struct Pacing {
+    pacer: Arc<Pacer>,
+    thread: Option<thread::JoinHandle<()>>,
+}
+
+impl Drop for Pacing {
+    fn drop(&mut self) {
+        self.pacer.done.store(true, Ordering::Release);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Pacer {
+    /// Starts releasing messages, the first at `start`.
+    fn start(self: Arc<Self>, start: Instant) -> Result<Pacing, String> {
+        let pacer = self.clone();
+        let thread = thread::Builder::new()
+            .name("bench-pacer".to_owned())
+            .spawn(move || pacer.run(start))
+            .map_err(|e| format!("cannot start the pacer thread: {e}"))?;
+        Ok(Pacing {
+            pacer: self,
+            thread: Some(thread),
+        })
+    }
+
+    fn run(&self, start: Instant) {
+        let mut released = 0u64;
+        while !self.done.load(Ordering::Acquire) && released < self.total {
+            let due = (start.elapsed().as_secs_f64() * self.rate).floor() as u64 + 1;
+            let due = due.min(self.total);
+            if due > released {
+                self.released.store(due, Ordering::Release);
+                if due - released >= self.publishers {
+                    self.wake.iter().for_each(Notify::notify_one);
+                } else {
+                    for j in released..due {
+                        if let Some(n) = self.wake.get((j % self.publishers) as usize) {
+                            n.notify_one();
+                        }
+                    }
+                }
+                released = due;
+            }
+            // Until the next message is due, but at least a tick (so a high rate is
+            // released in small batches, not one message at a time) and at most 10 ms
+            // (so the end of the run is seen soon).
+            let next = start + Duration::from_secs_f64(released as f64 / self.rate);
+            let wait = next
+                .saturating_duration_since(Instant::now())
+                .clamp(PACE_TICK, Duration::from_millis(10));
+            thread::sleep(wait);
         }
     }
 
-    /// When message `seq` is due.
-    fn due(&self, seq: u32) -> Instant {
-        self.start + Duration::from_secs_f64(self.offset + self.period * f64::from(seq))
+    /// Messages publisher `index` may have sent by now.
+    fn allowed(&self, index: usize) -> u64 {
+        let released = self.released.load(Ordering::Acquire);
+        let i = index as u64;
+        if released > i {
+            (released - i - 1) / self.publishers + 1
+        } else {
+            0
+        }
     }
 }
 
@@ -482,10 +594,7 @@ async fn publisher(shared: Arc<Shared>, index: usize, mut conn: Conn) -> Result<
     let mut count = shared.plan.per_publisher;
     let start = Instant::now();
     let deadline = shared.load.duration.map(|d| start + d);
-    let pace = shared
-        .load
-        .rate
-        .map(|r| Pace::new(start, r, shared.plan.publishers.len(), index));
+    let pacer = shared.pacer.as_deref();
     let mut slots = Slots::new(shared.load.inflight.max(1));
     let mut sent = 0u32;
     loop {
@@ -494,7 +603,7 @@ async fn publisher(shared: Arc<Shared>, index: usize, mut conn: Conn) -> Result<
         }
         // Send what the window, the slots and the pace allow, in one write.
         let mut blocked_on_window = false;
-        let mut next_due = None;
+        let mut blocked_on_pace = false;
         while sent < count && conn.out.len() < 32 * 1024 {
             let now = Instant::now();
             if deadline.is_some_and(|d| now >= d) {
@@ -510,12 +619,9 @@ async fn publisher(shared: Arc<Shared>, index: usize, mut conn: Conn) -> Result<
                     break;
                 }
             }
-            if let Some(pace) = &pace {
-                let due = pace.due(sent);
-                if due > now {
-                    next_due = Some(due);
-                    break;
-                }
+            if pacer.is_some_and(|p| u64::from(sent) >= p.allowed(index)) {
+                blocked_on_pace = true;
+                break;
             }
             let pid = if qos == QoS::AtMostOnce {
                 0
@@ -562,14 +668,18 @@ async fn publisher(shared: Arc<Shared>, index: usize, mut conn: Conn) -> Result<
         }
         // Nothing moved: wait for acknowledgements, the window, the next message's
         // turn or the end of the run's time.
-        let wake = match (next_due, deadline.filter(|_| sent < count)) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        };
+        let wake = deadline.filter(|_| sent < count);
         let wake_at = tokio::time::Instant::from_std(wake.unwrap_or(start));
+        let turn = async {
+            match pacer.and_then(|p| p.wake.get(index)) {
+                Some(n) if blocked_on_pace => n.notified().await,
+                _ => std::future::pending().await,
+            }
+        };
         tokio::select! {
             r = conn.read() => { r.map_err(fail)?; read = true; }
             () = progress.moved.notified(), if blocked_on_window => {}
+            () = turn => {}
             () = tokio::time::sleep_until(wake_at), if wake.is_some() => {}
             () = shared.stopped.notified() => {}
         }
@@ -661,6 +771,8 @@ async fn subscriber(shared: Arc<Shared>, index: usize, mut conn: Conn) -> SubRep
             }
             () = shared.stopped.notified() => break,
         }
+        // One clock reading per read: what it brought arrived together.
+        let arrived_ns = shared.epoch.elapsed().as_nanos() as u64;
         let mut batch = 0u64;
         loop {
             let packet = match conn.buffered_packet() {
@@ -693,6 +805,9 @@ async fn subscriber(shared: Arc<Shared>, index: usize, mut conn: Conn) -> SubRep
                         continue;
                     }
                     check_sequence(&shared, &mut seq, stamp, &mut report, &mut fault);
+                    report
+                        .latency
+                        .record(arrived_ns.saturating_sub(stamp.sent_ns));
                     batch += 1;
                 }
                 Packet::PubRel(rel) => {

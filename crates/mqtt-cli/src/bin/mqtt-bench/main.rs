@@ -6,6 +6,7 @@
 //! runs the scenarios against our broker and Mosquitto side by side.
 #![allow(clippy::print_stdout, clippy::print_stderr)]
 
+mod hist;
 mod idle;
 mod latency;
 mod load;
@@ -102,8 +103,9 @@ struct Traffic {
     #[arg(long = "duration", value_name = "SECS", value_parser = parse_seconds)]
     duration: Option<Duration>,
     /// Publish this many messages per second in all, split evenly between the
-    /// publishers and spread evenly over time (default: as fast as the broker takes
-    /// them).
+    /// publishers and spread evenly over time, released against a clock finer than 1 ms
+    /// (default: as fast as the broker takes them). At a rate the broker keeps up with,
+    /// the latency figures are what a client sees.
     #[arg(long = "rate", value_name = "MSG_PER_SEC", value_parser = clap::value_parser!(u32).range(1..))]
     rate: Option<u32>,
     /// Fail when nothing was delivered for this many seconds.
@@ -511,6 +513,10 @@ fn throughput(name: &str, plan: Plan, traffic: &Traffic, common: &Common) -> Res
     let cpu = measured.cpu_seconds();
     let cpu_per_million = cpu.map(|c| c / (outcome.delivered.max(1) as f64) * 1e6);
     let peak = measured.after.map(|r| r.peak_rss);
+    let publish_rate = outcome.sent as f64 / secs;
+    let us = |q: f64| outcome.latency.quantile_ns(q).map(|ns| ns as f64 / 1000.0);
+    let (p50, p99, p999) = (us(0.50), us(0.99), us(0.999));
+    let max_us = (outcome.latency.len() > 0).then(|| outcome.latency.max_ns() as f64 / 1000.0);
     let mut r = Report::new(name);
     r.line(format!(
         "{name}: {} publishers, {} subscribers, QoS {}, {} B: {}/{} delivered in {:.2} s, {:.0} msg/s",
@@ -529,12 +535,28 @@ fn throughput(name: &str, plan: Plan, traffic: &Traffic, common: &Common) -> Res
             peak.unwrap_or(0) as f64 / 1048576.0
         ));
     }
+    if let (Some(p50), Some(p99), Some(p999), Some(max)) = (p50, p99, p999, max_us) {
+        r.line(format!(
+            "  published {} at {publish_rate:.0} msg/s{}; latency, send to delivery: p50 {p50:.1} us, p99 {p99:.1} us, p99.9 {p999:.1} us, max {max:.1} us",
+            outcome.sent,
+            traffic
+                .rate
+                .map_or_else(String::new, |r| format!(" (asked {r})")),
+        ));
+    }
     r.count("qos", u64::from(traffic.qos));
     r.count("size", traffic.size as u64);
     r.count("expected", outcome.expected);
     r.count("delivered", outcome.delivered);
     r.measure("seconds", secs, 4);
     r.measure("rate", rate, 1);
+    r.count("sent", outcome.sent);
+    r.measure("publish_rate", publish_rate, 1);
+    r.measure("p50_us", p50, 1);
+    r.measure("p99_us", p99, 1);
+    r.measure("p999_us", p999, 1);
+    r.measure("max_us", max_us, 1);
+    r.count("latency_samples", outcome.latency.len());
     r.measure("cpu_s", cpu, 3);
     r.measure("cpu_s_per_million", cpu_per_million, 4);
     r.count("peak_rss", peak);
