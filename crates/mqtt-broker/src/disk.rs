@@ -31,7 +31,7 @@
 use std::{
     fmt,
     path::{Path, PathBuf},
-    sync::{Arc, Condvar, Mutex, MutexGuard},
+    sync::{Arc, Condvar, Mutex, MutexGuard, RwLock, RwLockReadGuard},
     thread,
     time::{Duration, SystemTime, UNIX_EPOCH},
 };
@@ -86,6 +86,9 @@ impl fmt::Debug for DiskStore {
 
 /// What the broker's threads and the writer share.
 struct Inner {
+    /// Read by whoever makes changes that must share a commit (`Store::group`),
+    /// written by the writer while it takes a batch and exports its sessions.
+    group: RwLock<()>,
     pending: Mutex<Pending>,
     wake: Condvar,
     commits: watch::Sender<Commits>,
@@ -130,6 +133,7 @@ impl DiskStore {
         .map_err(|e| StoreError::new(format!("{}: {e}", path.display())))?;
         let (commits, _) = watch::channel(Commits::default());
         let shared = Arc::new(Inner {
+            group: RwLock::new(()),
             pending: Mutex::new(Pending {
                 batch: 1,
                 ..Pending::default()
@@ -263,6 +267,15 @@ impl Store for DiskStore {
         }
     }
 
+    fn group(&self) -> Option<RwLockReadGuard<'_, ()>> {
+        Some(
+            self.shared
+                .group
+                .read()
+                .unwrap_or_else(std::sync::PoisonError::into_inner),
+        )
+    }
+
     fn ticket(&self) -> Ticket {
         let p = self.shared.lock();
         // Nothing waits in the batch being assembled: everything told so far is in the
@@ -288,7 +301,7 @@ fn run_writer(db: &Database, shared: &Inner, path: &Path, commit: Commit) {
     let mut failures = 0u64;
     let mut last_log: Option<std::time::Instant> = None;
     loop {
-        let (batch, mut ops, mut dirty, closed) = {
+        let (group, batch, mut ops, mut dirty, closed) = {
             let mut p = shared.lock();
             while p.ops.is_empty() && p.dirty.is_empty() && retry.is_empty() && !p.closed {
                 p = shared
@@ -304,9 +317,18 @@ fn run_writer(db: &Database, shared: &Inner, path: &Path, commit: Commit) {
                     p = shared.lock();
                 }
             }
+            drop(p);
+            // No group of changes is half made while a batch is taken and its sessions
+            // exported (see `Store::group`).
+            let group = shared
+                .group
+                .write()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            let mut p = shared.lock();
             let batch = p.batch;
             p.batch += 1;
             (
+                group,
                 batch,
                 std::mem::take(&mut p.ops),
                 std::mem::take(&mut p.dirty),
@@ -326,6 +348,7 @@ fn run_writer(db: &Database, shared: &Inner, path: &Path, commit: Commit) {
                 exports.push(e);
             }
         }
+        drop(group);
         let result = write_txn(db, |tx| {
             let mut retained = tx.open_table(RETAINED)?;
             let mut sessions = tx.open_table(SESSIONS)?;

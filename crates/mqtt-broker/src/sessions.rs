@@ -146,6 +146,10 @@ pub(crate) struct CellExtra {
     /// The enhanced authentication of the connection (5.0 Authentication Method):
     /// what a re-authentication must match, and one under way.
     pub(crate) enhanced_auth: Option<Box<crate::connection::EnhancedAuth>>,
+    /// Inbound QoS 2 packet identifiers of messages received but not yet routed (a
+    /// durable session only): the store's export leaves them out until the copies of
+    /// their message are queued, in the same commit group (see `Store::group`).
+    pub(crate) unrouted: Vec<mqtt_codec::PacketId>,
 }
 
 impl SessionCell {

@@ -151,6 +151,15 @@ pub trait Store: Send + Sync + fmt::Debug + 'static {
         let _ = session;
     }
 
+    /// Holds the store's next batch open while the caller makes changes that must be
+    /// committed together or not at all (the copies of an inbound QoS 2 message and its
+    /// publisher's packet identifier): the store takes no batch and exports no session
+    /// while a guard lives. Held briefly, never across an await, and taken before any
+    /// session's lock. `None` (the default): the store has no batches.
+    fn group(&self) -> Option<std::sync::RwLockReadGuard<'_, ()>> {
+        None
+    }
+
     /// A ticket for everything told so far: covered once [`Commits::committed`] reaches
     /// it. The default is always covered.
     fn ticket(&self) -> Ticket {
@@ -377,7 +386,11 @@ impl LiveSession for Live {
             return None;
         }
         let now = mqtt_session::Instant::from_millis(self.origin.elapsed().as_millis() as u64);
-        Some((cell.session.client_id().clone(), cell.session.export(now)))
+        let unrouted = cell.extra.as_ref().map_or(&[][..], |e| &e.unrouted[..]);
+        Some((
+            cell.session.client_id().clone(),
+            cell.session.export_leaving_out(now, unrouted),
+        ))
     }
 }
 

@@ -263,6 +263,14 @@ impl ServerSession {
         Subscriptions(&self.subscriptions)
     }
 
+    /// Whether the inbound QoS 2 message with packet identifier `id` was received and
+    /// awaits its PUBREL (a PUBLISH with it now is a duplicate, not delivered again).
+    pub fn awaits_pubrel(&self, id: mqtt_codec::PacketId) -> bool {
+        self.flow
+            .traffic()
+            .is_some_and(|t| t.inbox.awaiting_pubrel.contains(&id))
+    }
+
     /// How many subscriptions the session holds; O(1).
     pub fn subscription_count(&self) -> usize {
         self.subscriptions.len()

@@ -104,7 +104,7 @@ fn put_message(out: &mut BytesMut, m: &Message) {
     }
 }
 
-fn put_flow(out: &mut BytesMut, flow: &Flow, now: Instant, role: u8) {
+fn put_flow(out: &mut BytesMut, flow: &Flow, now: Instant, role: u8, left_out: &[PacketId]) {
     out.put_slice(MAGIC);
     out.put_u8(FORMAT);
     out.put_u8(role);
@@ -143,8 +143,9 @@ fn put_flow(out: &mut BytesMut, flow: &Flow, now: Instant, role: u8) {
             put_message(out, &m);
         }
     }
-    out.put_u32(awaiting_pubrel.len() as u32);
-    for id in awaiting_pubrel {
+    let kept = awaiting_pubrel.filter(|id| !left_out.contains(id));
+    out.put_u32(kept.clone().count() as u32);
+    for id in kept {
         out.put_u16(id.get());
     }
 }
@@ -153,7 +154,7 @@ impl ClientSession {
     /// The session state, to persist or move; see the module docs for the format.
     pub fn export(&self, now: Instant) -> Bytes {
         let mut out = BytesMut::new();
-        put_flow(&mut out, self.flow(), now, 0);
+        put_flow(&mut out, self.flow(), now, 0, &[]);
         put_str(&mut out, &self.options().client_id);
         out.put_u8(1);
         out.freeze()
@@ -182,8 +183,16 @@ impl ClientSession {
 impl ServerSession {
     /// The session state, to persist or move; see the module docs for the format.
     pub fn export(&self, now: Instant) -> Bytes {
+        self.export_leaving_out(now, &[])
+    }
+
+    /// As [`export`](Self::export), without the inbound QoS 2 packet identifiers in
+    /// `left_out`: those of messages received but not yet handed on (a durable store
+    /// keeps an identifier only with the copies of its message, or a PUBLISH sent
+    /// again after a restart would be taken for a duplicate and its message lost).
+    pub fn export_leaving_out(&self, now: Instant, left_out: &[PacketId]) -> Bytes {
         let mut out = BytesMut::new();
-        put_flow(&mut out, self.flow(), now, 1);
+        put_flow(&mut out, self.flow(), now, 1, left_out);
         let s = self.export_fields();
         put_str(&mut out, s.client_id);
         out.put_u8(u8::from(s.established));

@@ -220,67 +220,88 @@ where
         let now = shared.now();
         // Topics are counted only while a dashboard watches.
         let sample_topics = shared.dashboard.watching();
-        for event in events.drain(..) {
-            match event {
-                Event::Message(m, arrival) => {
-                    received += 1;
-                    let qos = m.qos;
-                    if sample_topics {
-                        shared.dashboard.sample(&m.topic);
-                    }
-                    if let (Some(n), Some(b)) = (
-                        received_qos.get_mut(qos as usize),
-                        received_bytes.get_mut(qos as usize),
-                    ) {
-                        *n += 1;
-                        *b += m.payload.len() as u64;
-                    }
-                    if qos != QoS::AtMostOnce && verdicts.is_empty() {
-                        // The first QoS 1/2 message of the batch: sampled?
-                        if ack_batches % ACK_SAMPLE == 0 {
-                            ack_started = Some(std::time::Instant::now());
+        // A durable store commits the copies of these messages together with the
+        // packet identifiers of the QoS 2 ones (`CellExtra::unrouted`): both or
+        // neither, or a crash could lose a message its publisher will not send again,
+        // or deliver twice one it will.
+        {
+            let group = if shared.durable && events.iter().any(|e| matches!(e, Event::Message(..)))
+            {
+                shared.store.group()
+            } else {
+                None
+            };
+            for event in events.drain(..) {
+                match event {
+                    Event::Message(m, arrival) => {
+                        received += 1;
+                        let qos = m.qos;
+                        if sample_topics {
+                            shared.dashboard.sample(&m.topic);
                         }
-                        ack_batches = ack_batches.wrapping_add(1);
+                        if let (Some(n), Some(b)) = (
+                            received_qos.get_mut(qos as usize),
+                            received_bytes.get_mut(qos as usize),
+                        ) {
+                            *n += 1;
+                            *b += m.payload.len() as u64;
+                        }
+                        if qos != QoS::AtMostOnce && verdicts.is_empty() {
+                            // The first QoS 1/2 message of the batch: sampled?
+                            if ack_batches % ACK_SAMPLE == 0 {
+                                ack_started = Some(std::time::Instant::now());
+                            }
+                            ack_batches = ack_batches.wrapping_add(1);
+                        }
+                        let verdict = publish(
+                            shared,
+                            handle,
+                            principal.as_ref().and_then(Option::as_deref),
+                            m,
+                            &mut matches,
+                            now,
+                        );
+                        if qos != QoS::AtMostOnce {
+                            verdicts.push((qos, arrival.packet_id, verdict));
+                        }
                     }
-                    let verdict = publish(
-                        shared,
-                        handle,
-                        principal.as_ref().and_then(Option::as_deref),
-                        m,
-                        &mut matches,
-                        now,
-                    );
-                    if qos != QoS::AtMostOnce {
-                        verdicts.push((qos, arrival.packet_id, verdict));
+                    Event::Subscribe(s) => {
+                        subscribe(shared, handle, generation, version, &s, &mut backlog);
+                        again = true;
                     }
+                    Event::Unsubscribe(u) => {
+                        unsubscribe(shared, handle, generation, version, &u);
+                        again = true;
+                    }
+                    Event::PeerDisconnected(d) => {
+                        closing.get_or_insert(Closing::Client(d.reason_code));
+                        closed = true;
+                    }
+                    Event::Closed { reason } => {
+                        closing.get_or_insert(Closing::Server(reason, why.take()));
+                        closed = true;
+                    }
+                    // 5.0 re-authentication ([MQTT-4.12.1-1]): answered or refused in the
+                    // session, written below.
+                    Event::Auth(auth) => {
+                        enhanced::reauthenticate(shared, handle, generation, *auth);
+                        again = true;
+                    }
+                    // The will of a connection this one replaced ([MQTT-3.1.2-8]).
+                    Event::Will(will) => {
+                        shared.route(handle.key, will_message(*will), &mut matches, now);
+                    }
+                    _ => {}
                 }
-                Event::Subscribe(s) => {
-                    subscribe(shared, handle, generation, version, &s, &mut backlog);
-                    again = true;
+            }
+            if group.is_some() {
+                let mut cell = handle.lock();
+                if let Some(extra) = cell.extra.as_mut().filter(|e| !e.unrouted.is_empty()) {
+                    // Routed: the identifiers are written with the next export, in the
+                    // commit that holds the copies (or a later one).
+                    extra.unrouted.clear();
+                    shared.session_changed(handle, &cell);
                 }
-                Event::Unsubscribe(u) => {
-                    unsubscribe(shared, handle, generation, version, &u);
-                    again = true;
-                }
-                Event::PeerDisconnected(d) => {
-                    closing.get_or_insert(Closing::Client(d.reason_code));
-                    closed = true;
-                }
-                Event::Closed { reason } => {
-                    closing.get_or_insert(Closing::Server(reason, why.take()));
-                    closed = true;
-                }
-                // 5.0 re-authentication ([MQTT-4.12.1-1]): answered or refused in the
-                // session, written below.
-                Event::Auth(auth) => {
-                    enhanced::reauthenticate(shared, handle, generation, *auth);
-                    again = true;
-                }
-                // The will of a connection this one replaced ([MQTT-3.1.2-8]).
-                Event::Will(will) => {
-                    shared.route(handle.key, will_message(*will), &mut matches, now);
-                }
-                _ => {}
             }
         }
         if !verdicts.is_empty() && commits.is_some() {
@@ -565,7 +586,22 @@ pub(crate) fn feed(
                     cell.set_close_why(why.into());
                     break;
                 }
-                if let Err(e) = cell.session.handle_packet(now, packet) {
+                // A new inbound QoS 2 message of a persistent session: its packet
+                // identifier is not written until its copies are routed (see
+                // `CellExtra::unrouted`).
+                let new_qos2 = match &packet {
+                    Packet::Publish(p) if shared.durable && cell.recorded.is_some() => {
+                        p.packet_id().filter(|&id| {
+                            p.qos() == QoS::ExactlyOnce && !cell.session.awaits_pubrel(id)
+                        })
+                    }
+                    _ => None,
+                };
+                let result = cell.session.handle_packet(now, packet);
+                if let Some(id) = new_qos2.filter(|&id| cell.session.awaits_pubrel(id)) {
+                    cell.extra_mut().unrouted.push(id);
+                }
+                if let Err(e) = result {
                     cell.session.disconnect(e.reason);
                     cell.set_close_why(match e.rule {
                         Some(rule) => format!("{} [{rule}]", e.what).into(),

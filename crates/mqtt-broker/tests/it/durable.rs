@@ -46,14 +46,20 @@ pub(crate) fn config(dir: &Path, port: u16) -> PathBuf {
     path
 }
 
-/// Starts the binary with `config` and waits until it accepts connections on `port`.
+/// Starts the binary with `config` and waits until it accepts connections on `port`;
+/// its log (stderr) is appended to `broker.log` beside `config`.
 pub(crate) fn start(config: &Path, port: u16) -> Child {
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(config.with_file_name("broker.log"))
+        .unwrap();
     let child = Command::new(BIN)
         .arg("-c")
         .arg(config)
         .env_remove("RUST_LOG")
         .stdout(Stdio::null())
-        .stderr(Stdio::null())
+        .stderr(log)
         .spawn()
         .unwrap();
     let deadline = std::time::Instant::now() + Duration::from_secs(20);
