@@ -31,7 +31,10 @@
 use std::{
     fmt,
     path::{Path, PathBuf},
-    sync::{Arc, Condvar, Mutex, MutexGuard, RwLock, RwLockReadGuard},
+    sync::{
+        Arc, Condvar, Mutex, MutexGuard, RwLock, RwLockReadGuard,
+        atomic::{AtomicBool, Ordering},
+    },
     thread,
     time::{Duration, SystemTime, UNIX_EPOCH},
 };
@@ -115,10 +118,40 @@ impl DiskStore {
     /// If the file cannot be opened or created, or is not a redb file; the error names
     /// the file.
     pub fn open(path: &Path, commit: Commit) -> Result<Self, StoreError> {
-        let db = Database::create(path).map_err(|e| {
+        // redb checks its own page checksums when it opens a file that was not closed
+        // cleanly: a last commit that fails them is taken for a torn write (power lost
+        // during the commit, so nothing it held was acknowledged) and rolled back to
+        // the commit before. It cannot tell that from damage to that commit's pages,
+        // so it is said loudly.
+        let (file, flag) = (path.display().to_string(), AtomicBool::new(false));
+        let mut builder = Database::builder();
+        builder.set_repair_callback(move |session| {
+            if session.progress() < 0.5 && !flag.swap(true, Ordering::Relaxed) {
+                error!(
+                    file = %file,
+                    "the store's last commit failed its checksums and was rolled back to \
+                     the one before: after a power loss this is a torn write (nothing it \
+                     held was acknowledged); if the machine did not lose power, the file \
+                     is damaged and that commit is lost (restore a backup of the file)"
+                );
+            }
+        });
+        // redb 2.6 asserts, instead of returning an error, on some damaged files (one
+        // shorter than its header says): that is an error here too.
+        let opened = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            builder.create(path).map_err(|e| e.to_string())
+        }))
+        .unwrap_or_else(|panic| {
+            Err(panic
+                .downcast_ref::<&str>()
+                .map(|s| (*s).to_owned())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "redb panicked".into()))
+        });
+        let db = opened.map_err(|e| {
             StoreError::new(format!(
-                "{}: cannot open the store: {e} (restore a backup of the file, or move it \
-                 away to start empty)",
+                "{}: cannot open the store: {e} (the file is damaged, cut short or not a \
+                 store: restore a backup of it, or move it away to start empty)",
                 path.display()
             ))
         })?;
@@ -130,7 +163,13 @@ impl DiskStore {
             tx.open_table(MESSAGES)?;
             Ok(())
         })
-        .map_err(|e| StoreError::new(format!("{}: {e}", path.display())))?;
+        .map_err(|e| {
+            StoreError::new(format!(
+                "{}: cannot write to the store: {e} (check the file's permissions and the \
+                 free space; restore a backup of the file, or move it away to start empty)",
+                path.display()
+            ))
+        })?;
         let (commits, _) = watch::channel(Commits::default());
         let shared = Arc::new(Inner {
             group: RwLock::new(()),
