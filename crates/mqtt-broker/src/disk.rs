@@ -2,12 +2,17 @@
 //! redb file (decision 0021), written by one thread with group commit.
 //!
 //! # Layout
-//! Three tables, each keyed by a string: `retained` (topic → retained message),
-//! `sessions` (client identifier → the session's record: version, expiry, wall-clock
-//! deadline, subscriptions) and `messages` (client identifier → what the session holds:
-//! queued messages, QoS 1/2 in flight with packet identifiers and phases, QoS 2 packet
-//! identifiers awaiting PUBREL, its will, as `ServerSession::export` writes them, and the
-//! wall-clock time of the export). Every value is an envelope:
+//! Four tables: `retained` (topic → retained message), `sessions` (client identifier →
+//! the session's record: version, expiry, wall-clock deadline, subscriptions),
+//! `messages` (client identifier → what the session holds besides its messages: QoS
+//! 1/2 in flight by message identifier with packet identifiers and phases, QoS 2 packet
+//! identifiers awaiting PUBREL, the identifier counters, its will, as
+//! `ServerSession::export_detached` writes them, and the wall-clock time of the export)
+//! and `queue` ((client identifier, message identifier) → one message the session holds,
+//! queued or in flight, with its wall-clock expiry). A message's record is written once,
+//! in the commit after it was queued, and deleted in the commit after it left the
+//! session (acknowledged, expired, dropped); loading scans a session's records in
+//! identifier order, which is the queue's. Every value is an envelope:
 //!
 //! ```text
 //! format u8 (= 1) · CRC-32 (IEEE) u32 of the payload · payload
@@ -19,7 +24,11 @@
 //! The broker tells the store each change under the lock that orders it (see
 //! [`Store`]): a retained message or a session record is queued as it is; a session
 //! whose messages changed is only marked, and the writer exports it when it takes the
-//! batch, so a busy session costs one export per commit, not one per message. The
+//! batch: its small state record, the records of the messages the file does not hold
+//! yet and the deletion of those it no longer holds (found by comparing message
+//! identifiers with what the file holds, kept in memory). The batch is taken and its
+//! sessions exported while no routing is half done (`Store::group`), so the copies of
+//! an inbound QoS 2 message and its publisher's packet identifier share a commit. The
 //! writer takes everything pending, writes it in one redb write transaction and commits
 //! it (fsync), then publishes the batch's number: a [`Ticket`] taken after a change is
 //! covered once that number reaches it. In `sync` mode the writer starts a batch as soon
@@ -29,6 +38,7 @@
 #![allow(clippy::result_large_err)]
 
 use std::{
+    collections::{BTreeSet, HashMap},
     fmt,
     path::{Path, PathBuf},
     sync::{
@@ -50,13 +60,14 @@ use tokio::sync::watch;
 use tracing::{error, info};
 
 use crate::store::{
-    Commits, LiveSession, RetainedRecord, SavedMessages, SessionRecord, Store, StoreError, Stored,
-    Ticket,
+    Commits, LiveSession, QueuedRecord, RetainedRecord, SavedMessages, SessionExport,
+    SessionRecord, Store, StoreError, Stored, Ticket,
 };
 
 const RETAINED: TableDefinition<&str, &[u8]> = TableDefinition::new("retained");
 const SESSIONS: TableDefinition<&str, &[u8]> = TableDefinition::new("sessions");
 const MESSAGES: TableDefinition<&str, &[u8]> = TableDefinition::new("messages");
+const QUEUE: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("queue");
 
 /// The envelope's format version.
 const FORMAT: u8 = 1;
@@ -93,6 +104,9 @@ struct Inner {
     /// written by the writer while it takes a batch and exports its sessions.
     group: RwLock<()>,
     pending: Mutex<Pending>,
+    /// The message identifiers the file holds for each session (table `queue`): what
+    /// an export is compared with. Filled by `load`, then the writer's.
+    known: Mutex<HashMap<String, BTreeSet<u64>>>,
     wake: Condvar,
     commits: watch::Sender<Commits>,
 }
@@ -161,6 +175,7 @@ impl DiskStore {
             tx.open_table(RETAINED)?;
             tx.open_table(SESSIONS)?;
             tx.open_table(MESSAGES)?;
+            tx.open_table(QUEUE)?;
             Ok(())
         })
         .map_err(|e| {
@@ -173,6 +188,7 @@ impl DiskStore {
         let (commits, _) = watch::channel(Commits::default());
         let shared = Arc::new(Inner {
             group: RwLock::new(()),
+            known: Mutex::default(),
             pending: Mutex::new(Pending {
                 batch: 1,
                 ..Pending::default()
@@ -230,6 +246,8 @@ impl DiskStore {
         }
         let table = tx.open_table(SESSIONS).map_err(|e| io(e.into()))?;
         let messages = tx.open_table(MESSAGES).map_err(|e| io(e.into()))?;
+        let queue = tx.open_table(QUEUE).map_err(|e| io(e.into()))?;
+        let mut known = HashMap::new();
         for entry in table.iter().map_err(|e| io(e.into()))? {
             let (k, v) = entry.map_err(|e| io(e.into()))?;
             let (client, value) = (k.value(), v.value());
@@ -239,12 +257,35 @@ impl DiskStore {
             if let Some(v) = messages.get(client).map_err(|e| io(e.into()))? {
                 let payload =
                     open_envelope(v.value()).map_err(|w| self.corrupt("messages", client, w))?;
-                record.messages = Some(
-                    decode_messages(payload).map_err(|w| self.corrupt("messages", client, w))?,
-                );
+                let mut saved =
+                    decode_messages(payload).map_err(|w| self.corrupt("messages", client, w))?;
+                let mut ids = BTreeSet::new();
+                for entry in queue
+                    .range((client, 0)..=(client, u64::MAX))
+                    .map_err(|e| io(e.into()))?
+                {
+                    let (k, v) = entry.map_err(|e| io(e.into()))?;
+                    let id = k.value().1;
+                    let key = format!("{client}/{id}");
+                    let payload =
+                        open_envelope(v.value()).map_err(|w| self.corrupt("queue", &key, w))?;
+                    let (expires_at, message) =
+                        decode_queued(payload).map_err(|w| self.corrupt("queue", &key, w))?;
+                    saved
+                        .messages
+                        .push(QueuedRecord::new(id, expires_at, message));
+                    ids.insert(id);
+                }
+                known.insert(client.to_owned(), ids);
+                record.messages = Some(saved);
             }
             stored.sessions.push(record);
         }
+        *self
+            .shared
+            .known
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = known;
         Ok(stored)
     }
 }
@@ -380,18 +421,40 @@ fn run_writer(db: &Database, shared: &Inner, path: &Path, commit: Commit) {
             retry_dirty.append(&mut dirty);
             dirty = std::mem::take(&mut retry_dirty);
         }
-        // Each session once, exported now (after every change it was marked for).
-        let mut exports = Vec::with_capacity(dirty.len());
-        for s in &dirty {
-            if let Some(e) = s.export() {
-                exports.push(e);
+        // Each session once, exported now (after every change it was marked for): its
+        // state, its messages the file does not hold yet, and those it no longer holds.
+        let mut known = shared
+            .known
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        // What `known` said before this batch, for the sessions it changes: put back
+        // if the commit fails.
+        let mut undo: Vec<(String, Option<BTreeSet<u64>>)> = Vec::new();
+        for op in &ops {
+            if let Op::Session(client, None) = op {
+                undo.push((client.to_string(), known.remove(&**client)));
             }
         }
+        let empty = BTreeSet::new();
+        let mut exports: Vec<(SessionExport, Vec<u64>)> = Vec::with_capacity(dirty.len());
+        for s in &dirty {
+            let holds = known.get(s.client_id()).unwrap_or(&empty);
+            if let Some(mut e) = s.export(holds) {
+                let gone = holds.difference(&e.present).copied().collect();
+                // Later exports in this batch compare with what this one writes.
+                let present = std::mem::take(&mut e.present);
+                let before = known.insert(e.client_id.as_str().to_owned(), present);
+                undo.push((e.client_id.as_str().to_owned(), before));
+                exports.push((e, gone));
+            }
+        }
+        drop(known);
         drop(group);
         let result = write_txn(db, |tx| {
             let mut retained = tx.open_table(RETAINED)?;
             let mut sessions = tx.open_table(SESSIONS)?;
             let mut messages = tx.open_table(MESSAGES)?;
+            let mut queue = tx.open_table(QUEUE)?;
             for op in &ops {
                 match op {
                     Op::Retain(topic, Some(v)) => {
@@ -406,12 +469,21 @@ fn run_writer(db: &Database, shared: &Inner, path: &Path, commit: Commit) {
                     Op::Session(client, None) => {
                         sessions.remove(&**client)?;
                         messages.remove(&**client)?;
+                        queue.retain_in((&**client, 0)..=(&**client, u64::MAX), |_, _| false)?;
                     }
                 }
             }
-            for (client, state) in &exports {
-                let v = encode_messages(state, SystemTime::now());
-                messages.insert(client.as_str(), envelope(&v).as_slice())?;
+            let now = SystemTime::now();
+            for (e, gone) in &exports {
+                let client = e.client_id.as_str();
+                let v = encode_messages(&e.state, now);
+                messages.insert(client, envelope(&v).as_slice())?;
+                for r in &e.new {
+                    queue.insert((client, r.id), envelope(&encode_queued(r)).as_slice())?;
+                }
+                for &id in gone {
+                    queue.remove((client, id))?;
+                }
             }
             Ok(())
         });
@@ -424,6 +496,18 @@ fn run_writer(db: &Database, shared: &Inner, path: &Path, commit: Commit) {
                 shared.commits.send_modify(|c| c.committed = batch);
             }
             Err(e) => {
+                // The file holds what it held: the next exports compare with that.
+                let mut known = shared
+                    .known
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner);
+                for (client, before) in undo.into_iter().rev() {
+                    match before {
+                        Some(ids) => known.insert(client, ids),
+                        None => known.remove(&client),
+                    };
+                }
+                drop(known);
                 failures += 1;
                 if last_log.is_none_or(|t| t.elapsed() >= Duration::from_secs(10)) {
                     last_log = Some(std::time::Instant::now());
@@ -661,7 +745,24 @@ fn decode_messages(mut b: &[u8]) -> Result<SavedMessages, &'static str> {
     Ok(SavedMessages {
         state: Bytes::copy_from_slice(b),
         saved_at,
+        messages: Vec::new(),
     })
+}
+
+fn encode_queued(r: &QueuedRecord) -> Vec<u8> {
+    let mut out = BytesMut::new();
+    put_time(&mut out, r.expires_at);
+    put_message(&mut out, &r.message);
+    out.to_vec()
+}
+
+fn decode_queued(mut b: &[u8]) -> Result<(Option<SystemTime>, Message), &'static str> {
+    let expires_at = get_time(&mut b)?;
+    let message = get_message(&mut b)?;
+    if !b.is_empty() {
+        return Err("trailing bytes");
+    }
+    Ok((expires_at, message))
 }
 
 #[cfg(test)]

@@ -420,7 +420,25 @@ impl Shared {
                 .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
             let then =
                 mqtt_session::Instant::from_millis(self.now().as_millis().saturating_sub(down));
-            session.restore_messages(&saved.state, then).map_err(|e| {
+            // Format 2: the messages are records of their own (see `disk`).
+            let detached = saved.state.get(4) == Some(&2);
+            let wall = std::time::SystemTime::now();
+            let now = self.now();
+            let messages = saved.messages.into_iter().filter_map(|r| {
+                let at = match r.expires_at {
+                    None => None,
+                    // Expired while the broker was down: left out (its record goes
+                    // with the session's next write).
+                    Some(at) => Some(crate::store::session_time(at, now, wall)?),
+                };
+                Some((MessageId(r.id), at, r.message))
+            });
+            let restored = if detached {
+                session.restore_detached(&saved.state, then, messages)
+            } else {
+                session.restore_messages(&saved.state, then)
+            };
+            restored.map_err(|e| {
                 crate::store::StoreError::new(format!(
                     "table `messages`, key {:?}: {e}",
                     session.client_id().as_str()

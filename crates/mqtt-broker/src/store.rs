@@ -21,12 +21,10 @@
 //!   client's DISCONNECT set its expiry to 0). A session that ends with its connection
 //!   costs the store nothing.
 //!
-//! # Not in this seam yet
-//! The messages a persistent session holds are not: those queued for it while it is
-//! offline, QoS 1 and 2 messages in flight either way, and its will. After a restart a
-//! session comes back with its subscriptions and its expiry, and whatever it had
-//! queued is lost. The durability work extends the seam with them (an overflowing
-//! session's backlog would go there too, from `Shared::overflow`).
+//! - **What a persistent session holds** ([`Store::session_changed`]): it is marked,
+//!   and the store exports it when it writes next ([`LiveSession::export`]): queued
+//!   messages, QoS 1 and 2 messages in flight, QoS 2 packet identifiers awaiting
+//!   PUBREL, its will.
 //!
 //! # Order and locks
 //! The store is called with the lock held that orders the change it is told about:
@@ -49,7 +47,7 @@
 //! starting.
 
 use std::{
-    collections::BTreeMap,
+    collections::{BTreeMap, BTreeSet},
     fmt,
     sync::{Arc, atomic::Ordering},
     time::SystemTime,
@@ -176,10 +174,56 @@ pub trait Store: Send + Sync + fmt::Debug + 'static {
 
 /// A session the store exports when it writes (see [`Store::session_changed`]).
 pub trait LiveSession: Send + Sync {
-    /// The session's client identifier and its state as `ServerSession::export` writes
-    /// it, taken now under the session's lock; `None` if the session ended or no longer
-    /// outlives its connection (its record's removal removes what it held).
-    fn export(&self) -> Option<(ByteStr, bytes::Bytes)>;
+    /// The session's client identifier.
+    fn client_id(&self) -> &str;
+
+    /// The session's state now, taken under its lock, without its messages
+    /// (`ServerSession::export_detached`), and the messages it holds that are not in
+    /// `known` (the message identifiers the store already keeps for it); `None` if the
+    /// session ended or no longer outlives its connection (its record's removal
+    /// removes what it held).
+    fn export(&self, known: &BTreeSet<u64>) -> Option<SessionExport>;
+}
+
+/// What [`LiveSession::export`] gives the store.
+#[derive(Clone, Debug)]
+#[non_exhaustive]
+pub struct SessionExport {
+    /// The session's client identifier.
+    pub client_id: ByteStr,
+    /// Its state without messages (in-flight entries name theirs by message id).
+    pub state: bytes::Bytes,
+    /// The messages it holds that the store did not know, in order.
+    pub new: Vec<QueuedRecord>,
+    /// The identifiers of every message it holds: what the store keeps for it once
+    /// written (those it kept and are not here went: sent and acknowledged, expired,
+    /// dropped).
+    pub present: BTreeSet<u64>,
+}
+
+/// A message a persistent session holds (queued, or in flight awaiting PUBACK or
+/// PUBREC), as the store keeps it: one record each.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct QueuedRecord {
+    /// Its message identifier in the session (increasing: the queue's order).
+    pub id: u64,
+    /// When it expires, on the wall clock (a queued message with a Message Expiry
+    /// Interval); `None`: never, and for a message in flight.
+    pub expires_at: Option<SystemTime>,
+    /// The message.
+    pub message: Message,
+}
+
+impl QueuedRecord {
+    /// A record of message `id`, expiring at `expires_at`.
+    pub fn new(id: u64, expires_at: Option<SystemTime>, message: Message) -> Self {
+        Self {
+            id,
+            expires_at,
+            message,
+        }
+    }
 }
 
 /// A place in the store's sequence of commits (see [`Store::ticket`]).
@@ -213,11 +257,13 @@ impl Commits {
 #[derive(Clone, Debug, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct SavedMessages {
-    /// The session's state as `ServerSession::export` wrote it (its times relative to
-    /// `saved_at`).
+    /// The session's state as `ServerSession::export_detached` wrote it (its times
+    /// relative to `saved_at`), or, with no `messages`, as `ServerSession::export` did.
     pub state: bytes::Bytes,
     /// When it was exported, on the wall clock.
     pub saved_at: SystemTime,
+    /// The messages it holds, in identifier order.
+    pub messages: Vec<QueuedRecord>,
 }
 
 /// Why a [`Store`] could not do what it was asked; what it says is the store's own.
@@ -378,7 +424,11 @@ struct Live {
 }
 
 impl LiveSession for Live {
-    fn export(&self) -> Option<(ByteStr, bytes::Bytes)> {
+    fn client_id(&self) -> &str {
+        &self.handle.client_id
+    }
+
+    fn export(&self, known: &BTreeSet<u64>) -> Option<SessionExport> {
         // Cleared before the lock: a change after it marks the session again.
         self.handle.dirty.store(false, Ordering::Release);
         let cell = self.handle.lock();
@@ -387,10 +437,24 @@ impl LiveSession for Live {
         }
         let now = mqtt_session::Instant::from_millis(self.origin.elapsed().as_millis() as u64);
         let unrouted = cell.extra.as_ref().map_or(&[][..], |e| &e.unrouted[..]);
-        Some((
-            cell.session.client_id().clone(),
-            cell.session.export_leaving_out(now, unrouted),
-        ))
+        let wall = SystemTime::now();
+        let (mut new, mut present) = (Vec::new(), BTreeSet::new());
+        cell.session.for_each_message(|id, expires_at, message| {
+            present.insert(id.0);
+            if !known.contains(&id.0) {
+                let expires_at = expires_at.and_then(|at| {
+                    let left = at.saturating_since(now).as_millis();
+                    wall.checked_add(std::time::Duration::from_millis(left))
+                });
+                new.push(QueuedRecord::new(id.0, expires_at, message));
+            }
+        });
+        Some(SessionExport {
+            client_id: cell.session.client_id().clone(),
+            state: cell.session.export_detached(now, unrouted),
+            new,
+            present,
+        })
     }
 }
 
@@ -595,7 +659,7 @@ impl Shared {
 
 /// Session time of wall-clock time `at`, given that `wall` is `now`; `None` if it has
 /// passed.
-fn session_time(
+pub(crate) fn session_time(
     at: SystemTime,
     now: mqtt_session::Instant,
     wall: SystemTime,

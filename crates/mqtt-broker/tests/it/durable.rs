@@ -337,3 +337,106 @@ async fn durable_garbage_or_truncated_store_is_refused_naming_the_file() {
     }
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+// A backlog is kept one record per message (table `queue`, keyed by client identifier
+// and message identifier), not in the session's record: 2,000 queued messages leave
+// the session's record small, and all come back after a kill, in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn durable_backlog_is_one_record_per_message_and_comes_back_in_order() {
+    const COUNT: usize = 2000;
+    let dir = scratch("backlog");
+    let port = free_port();
+    let conf = config(&dir, port);
+    // The queue holds them all (the default bound is 1,000 messages).
+    let text = std::fs::read_to_string(&conf).unwrap();
+    std::fs::write(&conf, format!("{text}\n[limits]\nmax_queued_messages = 5000\n")).unwrap();
+    let broker = start(&conf, port);
+
+    let (sub, mut sub_rx, sub_task) = client("backlog-sub", port, false);
+    next(&mut sub_rx, |e| {
+        matches!(e, Event::Incoming(Packet::ConnAck(_))).then_some(())
+    })
+    .await;
+    sub.subscribe("b/#", QoS::AtLeastOnce).await.unwrap();
+    next(&mut sub_rx, |e| {
+        matches!(e, Event::Incoming(Packet::SubAck(_))).then_some(())
+    })
+    .await;
+    sub.disconnect().await.unwrap();
+    next(&mut sub_rx, |e| {
+        matches!(e, Event::Outgoing(Outgoing::Disconnect)).then_some(())
+    })
+    .await;
+    sub_task.abort();
+
+    let (publisher, mut pub_rx, pub_task) = client("backlog-pub", port, true);
+    next(&mut pub_rx, |e| {
+        matches!(e, Event::Incoming(Packet::ConnAck(_))).then_some(())
+    })
+    .await;
+    let sender = tokio::spawn(async move {
+        for i in 0..COUNT {
+            publisher
+                .publish("b/x", QoS::AtLeastOnce, false, format!("{i:06}"))
+                .await
+                .unwrap();
+        }
+        publisher
+    });
+    for _ in 0..COUNT {
+        next(&mut pub_rx, |e| {
+            matches!(e, Event::Incoming(Packet::PubAck(_))).then_some(())
+        })
+        .await;
+    }
+    drop(sender.await.unwrap());
+    pub_task.abort();
+    kill(broker);
+
+    // The file: one record per message, and a small session record.
+    {
+        let queue: redb::TableDefinition<(&str, u64), &[u8]> = redb::TableDefinition::new("queue");
+        let messages: redb::TableDefinition<&str, &[u8]> = redb::TableDefinition::new("messages");
+        let db = redb::Database::create(dir.join("store.redb")).unwrap();
+        let tx = db.begin_read().unwrap();
+        let records = tx
+            .open_table(queue)
+            .unwrap()
+            .range(("backlog-sub", 0)..=("backlog-sub", u64::MAX))
+            .unwrap()
+            .count();
+        assert_eq!(records, COUNT, "one record per queued message");
+        let state = tx
+            .open_table(messages)
+            .unwrap()
+            .get("backlog-sub")
+            .unwrap()
+            .unwrap()
+            .value()
+            .len();
+        assert!(
+            state < 200,
+            "the session's record holds no message: {state} bytes"
+        );
+    }
+
+    let broker = start(&conf, port);
+    let (_sub, mut sub_rx, sub_task) = client("backlog-sub", port, false);
+    let present = next(&mut sub_rx, |e| match e {
+        Event::Incoming(Packet::ConnAck(c)) => Some(c.session_present),
+        _ => None,
+    })
+    .await;
+    assert!(present);
+    for i in 0..COUNT {
+        let payload = next(&mut sub_rx, |e| match e {
+            Event::Incoming(Packet::Publish(p)) => Some(p.payload.clone()),
+            _ => None,
+        })
+        .await;
+        assert_eq!(&payload[..], format!("{i:06}").as_bytes());
+    }
+    sub_task.abort();
+    kill(broker);
+    let _ = std::fs::remove_dir_all(&dir);
+}
