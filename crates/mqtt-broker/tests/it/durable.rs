@@ -349,7 +349,11 @@ async fn durable_backlog_is_one_record_per_message_and_comes_back_in_order() {
     let conf = config(&dir, port);
     // The queue holds them all (the default bound is 1,000 messages).
     let text = std::fs::read_to_string(&conf).unwrap();
-    std::fs::write(&conf, format!("{text}\n[limits]\nmax_queued_messages = 5000\n")).unwrap();
+    std::fs::write(
+        &conf,
+        format!("{text}\n[limits]\nmax_queued_messages = 5000\n"),
+    )
+    .unwrap();
     let broker = start(&conf, port);
 
     let (sub, mut sub_rx, sub_task) = client("backlog-sub", port, false);
