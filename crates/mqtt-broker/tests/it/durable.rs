@@ -444,3 +444,74 @@ async fn durable_backlog_is_one_record_per_message_and_comes_back_in_order() {
     kill(broker);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// Connects `id` with a persistent session, subscribes, and leaves with DISCONNECT: its
+/// record then holds a wall-clock deadline.
+async fn subscribe_and_leave(id: &str, port: u16) {
+    let (sub, mut rx, task) = client(id, port, false);
+    next(&mut rx, |e| {
+        matches!(e, Event::Incoming(Packet::ConnAck(_))).then_some(())
+    })
+    .await;
+    sub.subscribe("e/#", QoS::AtLeastOnce).await.unwrap();
+    next(&mut rx, |e| {
+        matches!(e, Event::Incoming(Packet::SubAck(_))).then_some(())
+    })
+    .await;
+    sub.disconnect().await.unwrap();
+    next(&mut rx, |e| {
+        matches!(e, Event::Outgoing(Outgoing::Disconnect)).then_some(())
+    })
+    .await;
+    task.abort();
+    // The record with its deadline is committed (nothing waits for it).
+    tokio::time::sleep(Duration::from_millis(300)).await;
+}
+
+/// Whether `id`'s session is there (Session Present) when it connects again.
+async fn session_present(id: &str, port: u16) -> bool {
+    let (_c, mut rx, task) = client(id, port, false);
+    let present = next(&mut rx, |e| match e {
+        Event::Incoming(Packet::ConnAck(c)) => Some(c.session_present),
+        _ => None,
+    })
+    .await;
+    task.abort();
+    present
+}
+
+// Session expiry runs on the wall clock across restarts: a session whose deadline
+// passed while the broker was down is gone when it starts again; one whose deadline
+// has not passed is still there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn durable_session_expiry_runs_on_the_wall_clock_across_restarts() {
+    let dir = scratch("expiry");
+    let port = free_port();
+    let conf = config(&dir, port);
+    let text = std::fs::read_to_string(&conf).unwrap();
+    std::fs::write(
+        &conf,
+        format!("{text}\n[limits]\npersistent_client_expiration = 4\n"),
+    )
+    .unwrap();
+
+    let broker = start(&conf, port);
+    subscribe_and_leave("expiry-a", port).await;
+    kill(broker);
+    // Down for longer than its 4 s.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let broker = start(&conf, port);
+    subscribe_and_leave("expiry-b", port).await;
+    kill(broker);
+    let broker = start(&conf, port);
+    assert!(
+        session_present("expiry-b", port).await,
+        "expiry-b's deadline has not passed"
+    );
+    assert!(
+        !session_present("expiry-a", port).await,
+        "expiry-a's deadline passed while the broker was down"
+    );
+    kill(broker);
+    let _ = std::fs::remove_dir_all(&dir);
+}
