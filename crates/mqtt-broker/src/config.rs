@@ -33,6 +33,52 @@ pub struct Config {
     pub process: ProcessConfig,
     /// The HTTP listener: metrics, the admin API, the dashboard (see [`crate::http`]).
     pub http: crate::http::HttpConfig,
+    /// What outlives the process, and when it is on disk (`docs/durability.md`).
+    pub persistence: PersistenceConfig,
+}
+
+/// `[persistence]`: where retained messages and persistent sessions are kept, and what
+/// an acknowledgement promises (see `docs/durability.md`).
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct PersistenceConfig {
+    /// `memory` (the default: nothing outlives the process), `sync` (recommended for
+    /// persistent sessions: a message that must be kept is on disk before its PUBACK /
+    /// PUBREC) or `batch` (written every `batch_ms`; acknowledged at once).
+    pub mode: PersistenceMode,
+    /// The store's file (redb). Default: `mqtt-broker.redb` in the working directory.
+    pub path: PathBuf,
+    /// `batch` mode: milliseconds between commits, at most this much acknowledged data
+    /// lost by a crash. Default 100.
+    pub batch_ms: u64,
+    /// Per persistent session, the most bytes of queued messages kept; past it the
+    /// overflow policy applies (as `limits.max_queued_bytes`, whichever is lower).
+    /// Default 64 MiB.
+    pub max_queued_bytes: usize,
+}
+
+/// How durable the broker's state is (`[persistence] mode`).
+#[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum PersistenceMode {
+    /// Nothing outlives the process.
+    #[default]
+    Memory,
+    /// Acknowledgements of messages that must be kept wait for their commit (fsync).
+    Sync,
+    /// Commits every `batch_ms`; acknowledgements do not wait.
+    Batch,
+}
+
+impl Default for PersistenceConfig {
+    fn default() -> Self {
+        Self {
+            mode: PersistenceMode::Memory,
+            path: PathBuf::from("mqtt-broker.redb"),
+            batch_ms: 100,
+            max_queued_bytes: 64 * 1024 * 1024,
+        }
+    }
 }
 
 /// `[process]`: what a service manager wants to know of the broker's process.
@@ -457,6 +503,7 @@ impl Default for Config {
             log: crate::logging::LogConfig::default(),
             process: ProcessConfig::default(),
             http: crate::http::HttpConfig::default(),
+            persistence: PersistenceConfig::default(),
         }
     }
 }

@@ -48,6 +48,7 @@
 
 pub mod auth;
 pub mod config;
+pub mod disk;
 pub mod http;
 pub mod logging;
 pub mod mosquitto_conf;
@@ -180,7 +181,8 @@ impl Broker {
             ))
         })
         .await?;
-        Self::start_inner(config, auth.into(), files, jwt).await
+        let store = open_store(&config.persistence).await?;
+        Self::start_inner(config, Backends { auth, store }, files, jwt).await
     }
 
     /// As [`Broker::start`], with backends of the caller's: an [`Auth`] (authentication
@@ -262,12 +264,17 @@ impl Broker {
                 .with_jwt(jwts)
                 .with_scram(scram),
         );
-        shared.restore().map_err(|e| {
-            io::Error::other(format!(
-                "the store ({:?}) could not be read: {e}",
-                shared.store
-            ))
-        })?;
+        // Reading the store is file I/O: on a blocking thread.
+        let restoring = Arc::clone(&shared);
+        tokio::task::spawn_blocking(move || restoring.restore())
+            .await
+            .map_err(io::Error::other)?
+            .map_err(|e| {
+                io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    format!("the store ({:?}) could not be read: {e}", shared.store),
+                )
+            })?;
         // Certificates and keys are read before anything is served.
         let endpoints = shared
             .config
@@ -523,4 +530,22 @@ async fn read_auth_files<T: Send + 'static>(
         .await
         .map_err(io::Error::other)?
         .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
+}
+
+/// The store `[persistence]` asks for, opened on a blocking thread: [`store::MemoryStore`]
+/// for `mode = "memory"`, a [`disk::DiskStore`] otherwise.
+async fn open_store(p: &config::PersistenceConfig) -> io::Result<Box<dyn store::Store>> {
+    let commit = match p.mode {
+        config::PersistenceMode::Memory => return Ok(Box::new(store::MemoryStore)),
+        config::PersistenceMode::Sync => disk::Commit::Sync,
+        config::PersistenceMode::Batch => {
+            disk::Commit::Batch(Duration::from_millis(p.batch_ms.max(1)))
+        }
+    };
+    let path = p.path.clone();
+    tokio::task::spawn_blocking(move || disk::DiskStore::open(&path, commit))
+        .await
+        .map_err(io::Error::other)?
+        .map(|s| Box::new(s) as Box<dyn store::Store>)
+        .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, format!("persistence.path: {e}")))
 }

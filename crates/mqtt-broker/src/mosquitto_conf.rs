@@ -24,8 +24,6 @@ use crate::{
 };
 
 /// Issue numbers of the work that brings what pending keys configure.
-const DURABILITY_ISSUE: u32 = 16;
-
 /// Whether `text` looks like a Mosquitto configuration file rather than TOML: its first
 /// line that is not blank or a comment is `key value` (no `=` after the key, no
 /// `[section]`).
@@ -89,13 +87,6 @@ impl At {
     fn error(&self, why: impl fmt::Display) -> ConfigError {
         ConfigError::new(format!("{self}: {why}"))
     }
-}
-
-/// The answer for a key whose feature is being built in another issue.
-fn pending(at: &At, what: &str, issue: u32) -> Result<(), ConfigError> {
-    Err(at.error(format_args!(
-        "not supported yet: {what} (see issue {issue}); remove the line to run without it"
-    )))
 }
 
 /// The answer for a key the broker does not support.
@@ -377,15 +368,41 @@ impl Mapper {
 
             // Persistence.
             "persistence" => {
-                if parse_bool(at, value)? {
-                    return pending(at, "persistence (a disk store)", DURABILITY_ISSUE);
-                }
+                c.persistence.mode = if parse_bool(at, value)? {
+                    crate::config::PersistenceMode::Sync
+                } else {
+                    crate::config::PersistenceMode::Memory
+                };
+                self.set("persistence.mode", at);
             }
-            "persistence_location"
-            | "persistence_file"
-            | "autosave_interval"
-            | "autosave_on_changes" => {
-                return pending(at, "persistence (a disk store)", DURABILITY_ISSUE);
+            // The store's file: `persistence_location` is its directory,
+            // `persistence_file` its name (a redb file, not Mosquitto's format).
+            "persistence_location" => {
+                let name = c
+                    .persistence
+                    .path
+                    .file_name()
+                    .map_or_else(|| "mqtt-broker.redb".into(), ToOwned::to_owned);
+                c.persistence.path = PathBuf::from(value).join(name);
+                self.set("persistence.path", at);
+            }
+            "persistence_file" => {
+                let dir = c
+                    .persistence
+                    .path
+                    .parent()
+                    .map(ToOwned::to_owned)
+                    .unwrap_or_default();
+                c.persistence.path = dir.join(value);
+                self.set("persistence.path", at);
+            }
+            "autosave_interval" | "autosave_on_changes" => {
+                tracing::info!(
+                    "{}:{}: {} is not needed: the store writes as it goes (docs/durability.md)",
+                    at.file.display(),
+                    at.line,
+                    at.key
+                );
             }
 
             // Limits.
@@ -836,22 +853,21 @@ mod tests {
     }
 
     #[test]
+    fn persistence_keys_map_onto_the_durable_store() {
+        let c = parse(
+            "allow_anonymous true\npersistence true\npersistence_location /var/lib/mosquitto/\n\
+             persistence_file broker.redb\nautosave_interval 60\nautosave_on_changes false\n",
+        )
+        .unwrap();
+        assert_eq!(c.persistence.mode, crate::config::PersistenceMode::Sync);
+        assert_eq!(
+            c.persistence.path,
+            PathBuf::from("/var/lib/mosquitto/broker.redb")
+        );
+    }
+
+    #[test]
     fn pending_and_unknown_keys_name_file_line_and_key() {
-        for (line, issue) in [
-            ("persistence true", 16),
-            ("persistence_location /var/lib/mosquitto/", 16),
-            ("autosave_interval 60", 16),
-        ] {
-            let err = parse(&format!("allow_anonymous true\n{line}\n")).unwrap_err();
-            let key = line.split(' ').next().unwrap();
-            assert!(
-                err.starts_with(&format!(
-                    "/etc/mosquitto/mosquitto.conf:2: {key}: not supported yet: "
-                )),
-                "{err}"
-            );
-            assert!(err.contains(&format!("issue {issue}")), "{err}");
-        }
         let err = parse("allow_anonymous true\n\n  bogus_key 1\n").unwrap_err();
         assert!(
             err.starts_with("/etc/mosquitto/mosquitto.conf:3: bogus_key: not supported by mqtt-broker: unknown key"),

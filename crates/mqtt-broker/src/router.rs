@@ -407,6 +407,9 @@ impl Shared {
                 if let (Some(group), Some(copy)) = (group, keep) {
                     cell.keep_shared(id, group, copy);
                 }
+                if self.durable {
+                    self.session_changed(handle, &cell);
+                }
                 self.account(&mut cell);
                 self.wake_locked(handle, cell);
             }

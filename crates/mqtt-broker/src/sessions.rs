@@ -35,6 +35,9 @@ pub(crate) struct SessionHandle {
     pub(crate) cell: Mutex<SessionCell>,
     /// Wakes the task that writes this session's packets.
     pub(crate) notify: Notify,
+    /// The store was told this session's messages changed and has not exported it
+    /// since (see `Shared::session_changed`).
+    pub(crate) dirty: std::sync::atomic::AtomicBool,
 }
 
 /// A session in the registry, found by its client identifier: the handle holds the
@@ -153,6 +156,10 @@ pub(crate) struct CellExtra {
     /// The enhanced authentication of the connection (5.0 Authentication Method):
     /// what a re-authentication must match, and one under way.
     pub(crate) enhanced_auth: Option<Box<crate::connection::EnhancedAuth>>,
+    /// Inbound QoS 2 packet identifiers of messages received but not yet routed (a
+    /// durable session only): the store's export leaves them out until the copies of
+    /// their message are queued, in the same commit group (see `Store::group`).
+    pub(crate) unrouted: Vec<mqtt_codec::PacketId>,
 }
 
 impl SessionCell {
@@ -375,6 +382,7 @@ impl Shared {
                 parked: None,
             }),
             notify: Notify::new(),
+            dirty: std::sync::atomic::AtomicBool::new(false),
         })
     }
 
@@ -387,13 +395,14 @@ impl Shared {
         self: &Arc<Self>,
         record: crate::store::SessionRecord,
         expires_at: Option<mqtt_session::Instant>,
-    ) -> bool {
+    ) -> Result<bool, crate::store::StoreError> {
         let crate::store::SessionRecord {
             client_id,
             version,
             session_expiry,
             subscriptions,
             expires_at: deadline,
+            messages,
             ..
         } = record;
         let (kept, left_out): (Vec<_>, Vec<_>) = subscriptions.into_iter().partition(|r| {
@@ -404,7 +413,7 @@ impl Shared {
         if !left_out.is_empty() {
             tracing::info!(client = %client_id, filters = ?left_out.iter().map(|r| &r.filter).collect::<Vec<_>>(), "stored subscriptions left out: refused now");
         }
-        let session = ServerSession::restored(
+        let mut session = ServerSession::restored(
             client_id,
             Arc::clone(&self.limits),
             version,
@@ -412,11 +421,45 @@ impl Shared {
             expires_at,
             kept,
         );
+        if let Some(saved) = messages {
+            // Times in the state are relative to its export: rebased on a `now` as far
+            // back as the broker was down, so that they run on the wall clock (as far as
+            // session time reaches back; later otherwise, never earlier).
+            let down = std::time::SystemTime::now()
+                .duration_since(saved.saved_at)
+                .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+            let then =
+                mqtt_session::Instant::from_millis(self.now().as_millis().saturating_sub(down));
+            // Format 2: the messages are records of their own (see `disk`).
+            let detached = saved.state.get(4) == Some(&2);
+            let wall = std::time::SystemTime::now();
+            let now = self.now();
+            let messages = saved.messages.into_iter().filter_map(|r| {
+                let at = match r.expires_at {
+                    None => None,
+                    // Expired while the broker was down: left out (its record goes
+                    // with the session's next write).
+                    Some(at) => Some(crate::store::session_time(at, now, wall)?),
+                };
+                Some((MessageId(r.id), at, r.message))
+            });
+            let restored = if detached {
+                session.restore_detached(&saved.state, then, messages)
+            } else {
+                session.restore_messages(&saved.state, then)
+            };
+            restored.map_err(|e| {
+                crate::store::StoreError::new(format!(
+                    "table `messages`, key {:?}: {e}",
+                    session.client_id().as_str()
+                ))
+            })?;
+        }
         let recorded = crate::store::Recorded::of(&session);
         let handle = {
             let mut registry = self.registry();
             if registry.contains(session.client_id().as_str()) {
-                return false;
+                return Ok(false);
             }
             let handle = self.new_handle(session, recorded);
             registry.insert(Registered(Arc::clone(&handle)));
@@ -441,7 +484,7 @@ impl Shared {
             }
         }
         self.start_offline_timers(&handle);
-        true
+        Ok(true)
     }
 
     /// Runs the timers of a session that has no connection (its expiry; a will, once

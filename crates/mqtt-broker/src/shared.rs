@@ -120,6 +120,9 @@ pub(crate) struct Shared {
     pub(crate) store: Box<dyn crate::store::Store>,
     /// Whether it keeps anything (`Store::is_durable`): if not, no record is built.
     pub(crate) durable: bool,
+    /// The store's commits, if acknowledgements wait for them (`sync` mode): see
+    /// `Store::commits`.
+    pub(crate) commits: Option<tokio::sync::watch::Receiver<crate::store::Commits>>,
     /// When the last line about a store failure was logged (session time, ms).
     pub(crate) last_store_log: AtomicU64,
     /// Every session's limits, shared by all of them.
@@ -187,6 +190,7 @@ impl Shared {
             scram: Vec::new(),
             auth_failures: Failures::default(),
             durable: store.is_durable(),
+            commits: store.commits(),
             store,
             last_store_log: AtomicU64::new(0),
             limits,

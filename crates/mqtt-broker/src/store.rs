@@ -21,12 +21,10 @@
 //!   client's DISCONNECT set its expiry to 0). A session that ends with its connection
 //!   costs the store nothing.
 //!
-//! # Not in this seam yet
-//! The messages a persistent session holds are not: those queued for it while it is
-//! offline, QoS 1 and 2 messages in flight either way, and its will. After a restart a
-//! session comes back with its subscriptions and its expiry, and whatever it had
-//! queued is lost. The durability work extends the seam with them (an overflowing
-//! session's backlog would go there too, from `Shared::overflow`).
+//! - **What a persistent session holds** ([`Store::session_changed`]): it is marked,
+//!   and the store exports it when it writes next ([`LiveSession::export`]): queued
+//!   messages, QoS 1 and 2 messages in flight, QoS 2 packet identifiers awaiting
+//!   PUBREL, its will.
 //!
 //! # Order and locks
 //! The store is called with the lock held that orders the change it is told about:
@@ -49,7 +47,7 @@
 //! starting.
 
 use std::{
-    collections::BTreeMap,
+    collections::{BTreeMap, BTreeSet},
     fmt,
     sync::{Arc, atomic::Ordering},
     time::SystemTime,
@@ -59,7 +57,10 @@ use mqtt_codec::{ByteStr, ProtocolVersion};
 use mqtt_session::{Message, ServerSession, SubscriptionRecord};
 use tracing::{info, warn};
 
-use crate::{sessions::SessionCell, shared::Shared};
+use crate::{
+    sessions::{SessionCell, SessionHandle},
+    shared::Shared,
+};
 
 /// Where retained messages and persistent sessions are kept so that they outlive the
 /// process: the seam a durable store implements (see the [module docs](self) for what
@@ -138,6 +139,131 @@ pub trait Store: Send + Sync + fmt::Debug + 'static {
     fn is_durable(&self) -> bool {
         true
     }
+
+    /// What a persistent session holds (queued messages, QoS 1/2 in flight, QoS 2
+    /// packet identifiers awaiting PUBREL, its will) changed: the store exports
+    /// `session` when it writes next ([`LiveSession::export`]), once however many times
+    /// it was told. Called with the session locked; must only queue. The default keeps
+    /// nothing.
+    fn session_changed(&self, session: Arc<dyn LiveSession>) {
+        let _ = session;
+    }
+
+    /// Holds the store's next batch open while the caller makes changes that must be
+    /// committed together or not at all (the copies of an inbound QoS 2 message and its
+    /// publisher's packet identifier): the store takes no batch and exports no session
+    /// while a guard lives. Held briefly, never across an await, and taken before any
+    /// session's lock. `None` (the default): the store has no batches.
+    fn group(&self) -> Option<std::sync::RwLockReadGuard<'_, ()>> {
+        None
+    }
+
+    /// A ticket for everything told so far: covered once [`Commits::committed`] reaches
+    /// it. The default is always covered.
+    fn ticket(&self) -> Ticket {
+        Ticket(0)
+    }
+
+    /// The commits to wait for before acknowledging a message that must be kept
+    /// (`sync` mode): `None` if acknowledgements do not wait (the default, and `batch`
+    /// mode).
+    fn commits(&self) -> Option<tokio::sync::watch::Receiver<Commits>> {
+        None
+    }
+}
+
+/// A session the store exports when it writes (see [`Store::session_changed`]).
+pub trait LiveSession: Send + Sync {
+    /// The session's client identifier.
+    fn client_id(&self) -> &str;
+
+    /// The session's state now, taken under its lock, without its messages
+    /// (`ServerSession::export_detached`), and the messages it holds that are not in
+    /// `known` (the message identifiers the store already keeps for it); `None` if the
+    /// session ended or no longer outlives its connection (its record's removal
+    /// removes what it held).
+    fn export(&self, known: &BTreeSet<u64>) -> Option<SessionExport>;
+}
+
+/// What [`LiveSession::export`] gives the store.
+#[derive(Clone, Debug)]
+#[non_exhaustive]
+pub struct SessionExport {
+    /// The session's client identifier.
+    pub client_id: ByteStr,
+    /// Its state without messages (in-flight entries name theirs by message id).
+    pub state: bytes::Bytes,
+    /// The messages it holds that the store did not know, in order.
+    pub new: Vec<QueuedRecord>,
+    /// The identifiers of every message it holds: what the store keeps for it once
+    /// written (those it kept and are not here went: sent and acknowledged, expired,
+    /// dropped).
+    pub present: BTreeSet<u64>,
+}
+
+/// A message a persistent session holds (queued, or in flight awaiting PUBACK or
+/// PUBREC), as the store keeps it: one record each.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct QueuedRecord {
+    /// Its message identifier in the session (increasing: the queue's order).
+    pub id: u64,
+    /// When it expires, on the wall clock (a queued message with a Message Expiry
+    /// Interval); `None`: never, and for a message in flight.
+    pub expires_at: Option<SystemTime>,
+    /// The message.
+    pub message: Message,
+}
+
+impl QueuedRecord {
+    /// A record of message `id`, expiring at `expires_at`.
+    pub fn new(id: u64, expires_at: Option<SystemTime>, message: Message) -> Self {
+        Self {
+            id,
+            expires_at,
+            message,
+        }
+    }
+}
+
+/// A place in the store's sequence of commits (see [`Store::ticket`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Ticket(pub u64);
+
+/// Where the store's commits are: what a [`Ticket`] is compared with.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Commits {
+    /// Every ticket up to this one is on disk.
+    pub committed: u64,
+    /// The last batch that failed to commit (what it held is written again with the
+    /// next); 0 if none did.
+    pub failed: u64,
+}
+
+impl Commits {
+    /// Whether `ticket` is on disk.
+    pub fn covers(&self, ticket: Ticket) -> bool {
+        self.committed >= ticket.0
+    }
+
+    /// Whether the batch of `ticket` failed and has not been written since.
+    pub fn failed(&self, ticket: Ticket) -> bool {
+        self.failed >= ticket.0 && self.committed < ticket.0
+    }
+}
+
+/// What a persistent session held when it was last written (see
+/// [`Store::session_changed`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct SavedMessages {
+    /// The session's state as `ServerSession::export_detached` wrote it (its times
+    /// relative to `saved_at`), or, with no `messages`, as `ServerSession::export` did.
+    pub state: bytes::Bytes,
+    /// When it was exported, on the wall clock.
+    pub saved_at: SystemTime,
+    /// The messages it holds, in identifier order.
+    pub messages: Vec<QueuedRecord>,
 }
 
 /// Why a [`Store`] could not do what it was asked; what it says is the store's own.
@@ -223,6 +349,9 @@ pub struct SessionRecord {
     /// Its subscriptions with their options and Subscription Identifier, ordered by
     /// filter.
     pub subscriptions: Vec<SubscriptionRecord>,
+    /// What it held (queued and in-flight messages, QoS 2 identifiers, will) when last
+    /// written, if the store keeps that.
+    pub messages: Option<SavedMessages>,
 }
 
 impl SessionRecord {
@@ -234,6 +363,7 @@ impl SessionRecord {
             session_expiry,
             expires_at: None,
             subscriptions: Vec::new(),
+            messages: None,
         }
     }
 }
@@ -287,6 +417,47 @@ impl Recorded {
     }
 }
 
+/// A session as the store exports it (see [`LiveSession`]).
+struct Live {
+    handle: Arc<SessionHandle>,
+    origin: tokio::time::Instant,
+}
+
+impl LiveSession for Live {
+    fn client_id(&self) -> &str {
+        &self.handle.client_id
+    }
+
+    fn export(&self, known: &BTreeSet<u64>) -> Option<SessionExport> {
+        // Cleared before the lock: a change after it marks the session again.
+        self.handle.dirty.store(false, Ordering::Release);
+        let cell = self.handle.lock();
+        if cell.gone || cell.recorded.is_none() {
+            return None;
+        }
+        let now = mqtt_session::Instant::from_millis(self.origin.elapsed().as_millis() as u64);
+        let unrouted = cell.extra.as_ref().map_or(&[][..], |e| &e.unrouted[..]);
+        let wall = SystemTime::now();
+        let (mut new, mut present) = (Vec::new(), BTreeSet::new());
+        cell.session.for_each_message(|id, expires_at, message| {
+            present.insert(id.0);
+            if !known.contains(&id.0) {
+                let expires_at = expires_at.and_then(|at| {
+                    let left = at.saturating_since(now).as_millis();
+                    wall.checked_add(std::time::Duration::from_millis(left))
+                });
+                new.push(QueuedRecord::new(id.0, expires_at, message));
+            }
+        });
+        Some(SessionExport {
+            client_id: cell.session.client_id().clone(),
+            state: cell.session.export_detached(now, unrouted),
+            new,
+            present,
+        })
+    }
+}
+
 /// At most one log line about store failures per this many milliseconds.
 const STORE_LOG_INTERVAL_MS: u64 = 10_000;
 
@@ -336,7 +507,7 @@ impl Shared {
                 }
                 continue;
             }
-            if self.restore_session(record, expires_at) {
+            if self.restore_session(record, expires_at)? {
                 sessions += 1;
             }
         }
@@ -344,6 +515,19 @@ impl Shared {
             info!(retained, sessions, "restored from the store");
         }
         Ok(())
+    }
+
+    /// Tells the store that what the session in `cell` holds changed (a message queued,
+    /// sent, acknowledged, a QoS 2 exchange moved on), if it is persistent and the store
+    /// was not told since it last wrote it. Called with the session locked; nothing when
+    /// the store is not durable.
+    pub(crate) fn session_changed(&self, handle: &Arc<SessionHandle>, cell: &SessionCell) {
+        if self.durable && cell.recorded.is_some() && !handle.dirty.swap(true, Ordering::AcqRel) {
+            self.store.session_changed(Arc::new(Live {
+                handle: Arc::clone(handle),
+                origin: self.origin,
+            }));
+        }
     }
 
     /// The wall-clock time of session time `at`; `None` past what the clock holds.
@@ -365,6 +549,7 @@ impl Shared {
             session_expiry: s.session_expiry(),
             expires_at: s.expires_at().and_then(|at| self.wall_clock(at)),
             subscriptions,
+            messages: None,
         }
     }
 
@@ -395,6 +580,18 @@ impl Shared {
             Ok(()) => cell.recorded = wanted,
             Err(e) => self.store_failed("a session", &e),
         }
+    }
+
+    /// As [`Shared::record_session`], and what the session holds is written too (its
+    /// connection attached or left: messages went back to the queue or out).
+    pub(crate) fn record_session_and_messages(
+        &self,
+        handle: &Arc<SessionHandle>,
+        cell: &mut SessionCell,
+        force: bool,
+    ) {
+        self.record_session(cell, force);
+        self.session_changed(handle, cell);
     }
 
     /// Writes the record of the session in `cell` with the subscriptions `granted` by a
@@ -462,7 +659,7 @@ impl Shared {
 
 /// Session time of wall-clock time `at`, given that `wall` is `now`; `None` if it has
 /// passed.
-fn session_time(
+pub(crate) fn session_time(
     at: SystemTime,
     now: mqtt_session::Instant,
     wall: SystemTime,

@@ -263,6 +263,14 @@ impl ServerSession {
         Subscriptions(&self.subscriptions)
     }
 
+    /// Whether the inbound QoS 2 message with packet identifier `id` was received and
+    /// awaits its PUBREL (a PUBLISH with it now is a duplicate, not delivered again).
+    pub fn awaits_pubrel(&self, id: mqtt_codec::PacketId) -> bool {
+        self.flow
+            .traffic()
+            .is_some_and(|t| t.inbox.awaiting_pubrel.contains(&id))
+    }
+
     /// How many subscriptions the session holds; O(1).
     pub fn subscription_count(&self) -> usize {
         self.subscriptions.len()
@@ -871,6 +879,11 @@ impl ServerSession {
                 (r.filter, granted)
             })
             .collect();
+    }
+
+    pub(crate) fn set_will(&mut self, will: Option<Will>, will_due: Option<Instant>) {
+        self.will = will.map(Box::new);
+        self.will_due = Deadline::new(will_due);
     }
 
     pub(crate) fn flow_mut(&mut self) -> &mut Flow {

@@ -40,6 +40,9 @@ use crate::{
 
 const MAGIC: &[u8; 4] = b"MQSS";
 const FORMAT: u8 = 1;
+/// As `FORMAT`, with the messages kept elsewhere: in-flight entries (phases 0 and 1)
+/// carry no message, and the queue is empty.
+const FORMAT_DETACHED: u8 = 2;
 
 /// Why exported session bytes could not be restored.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -104,9 +107,16 @@ fn put_message(out: &mut BytesMut, m: &Message) {
     }
 }
 
-fn put_flow(out: &mut BytesMut, flow: &Flow, now: Instant, role: u8) {
+fn put_flow(
+    out: &mut BytesMut,
+    flow: &Flow,
+    now: Instant,
+    role: u8,
+    left_out: &[PacketId],
+    detached: bool,
+) {
     out.put_slice(MAGIC);
-    out.put_u8(FORMAT);
+    out.put_u8(if detached { FORMAT_DETACHED } else { FORMAT });
     out.put_u8(role);
     out.put_u8(flow.version.level());
     let counters = flow.counters();
@@ -129,22 +139,27 @@ fn put_flow(out: &mut BytesMut, flow: &Flow, now: Instant, role: u8) {
             Awaiting::PubRec => 1,
             Awaiting::PubComp => 2,
         });
-        if f.phase != Awaiting::PubComp {
+        if f.phase != Awaiting::PubComp && !detached {
             if let Some(m) = flow.traffic().and_then(|t| t.outbox.message(f.slot)) {
                 put_message(out, &m);
             }
         }
     }
-    out.put_u32(queue.len() as u32);
-    for q in queue {
+    if detached {
+        out.put_u32(0);
+    } else {
+        out.put_u32(queue.len() as u32);
+    }
+    for q in queue.filter(|_| !detached) {
         out.put_u64(q.id.0);
         put_left(out, q.expires_at, now);
         if let Some(m) = flow.traffic().and_then(|t| t.outbox.message(Some(q.slot))) {
             put_message(out, &m);
         }
     }
-    out.put_u32(awaiting_pubrel.len() as u32);
-    for id in awaiting_pubrel {
+    let kept = awaiting_pubrel.filter(|id| !left_out.contains(id));
+    out.put_u32(kept.clone().count() as u32);
+    for id in kept {
         out.put_u16(id.get());
     }
 }
@@ -153,7 +168,7 @@ impl ClientSession {
     /// The session state, to persist or move; see the module docs for the format.
     pub fn export(&self, now: Instant) -> Bytes {
         let mut out = BytesMut::new();
-        put_flow(&mut out, self.flow(), now, 0);
+        put_flow(&mut out, self.flow(), now, 0, &[], false);
         put_str(&mut out, &self.options().client_id);
         out.put_u8(1);
         out.freeze()
@@ -182,8 +197,49 @@ impl ClientSession {
 impl ServerSession {
     /// The session state, to persist or move; see the module docs for the format.
     pub fn export(&self, now: Instant) -> Bytes {
+        self.export_leaving_out(now, &[])
+    }
+
+    /// As [`export`](Self::export), without the inbound QoS 2 packet identifiers in
+    /// `left_out`: those of messages received but not yet handed on (a durable store
+    /// keeps an identifier only with the copies of its message, or a PUBLISH sent
+    /// again after a restart would be taken for a duplicate and its message lost).
+    pub fn export_leaving_out(&self, now: Instant, left_out: &[PacketId]) -> Bytes {
+        self.export_with(now, left_out, false)
+    }
+
+    /// As [`export_leaving_out`](Self::export_leaving_out), without the messages: the
+    /// in-flight entries keep their message identifiers, packet identifiers and phases,
+    /// the queue is left out (format 2). A store keeps the messages one record each
+    /// ([`for_each_message`](Self::for_each_message)) and gives them back to
+    /// [`restore_detached`](Self::restore_detached).
+    pub fn export_detached(&self, now: Instant, left_out: &[PacketId]) -> Bytes {
+        self.export_with(now, left_out, true)
+    }
+
+    /// Every message the session holds, in flight (awaiting PUBACK or PUBREC) then
+    /// queued, in order: its message identifier, its expiry (queued ones) and the message.
+    pub fn for_each_message(&self, mut f: impl FnMut(MessageId, Option<Instant>, Message)) {
+        let Some(t) = self.flow().traffic() else {
+            return;
+        };
+        for e in t.outbox.inflight.iter() {
+            if e.phase != Awaiting::PubComp {
+                if let Some(m) = t.outbox.message(e.slot) {
+                    f(e.id, None, m);
+                }
+            }
+        }
+        for q in t.outbox.queue.iter() {
+            if let Some(m) = t.outbox.message(Some(q.slot)) {
+                f(q.id, q.expires_at, m);
+            }
+        }
+    }
+
+    fn export_with(&self, now: Instant, left_out: &[PacketId], detached: bool) -> Bytes {
         let mut out = BytesMut::new();
-        put_flow(&mut out, self.flow(), now, 1);
+        put_flow(&mut out, self.flow(), now, 1, left_out, detached);
         let s = self.export_fields();
         put_str(&mut out, s.client_id);
         out.put_u8(u8::from(s.established));
@@ -293,6 +349,88 @@ impl ServerSession {
     }
 }
 
+impl ServerSession {
+    /// Puts the messages of exported `state` (as [`export`](Self::export) wrote it) into
+    /// this session, made with [`restored`](Self::restored) from a record of its
+    /// subscriptions and expiry: its queued messages, its QoS 1/2 messages in flight with
+    /// their packet identifiers and phases, the QoS 2 packet identifiers awaiting PUBREL,
+    /// the packet identifier counter, and its will. Client identifier, expiry and
+    /// subscriptions stay this session's. Times in `state` are rebased on `now`.
+    ///
+    /// # Errors
+    /// As [`restore`](Self::restore), if `state` is not a server session's exported
+    /// state; the session is then left as it was.
+    pub fn restore_messages(&mut self, state: &[u8], now: Instant) -> Result<(), StateError> {
+        let limits = Arc::clone(&self.flow().limits);
+        let mut saved = Self::restore(limits, state, now)?;
+        let version = self.flow().version;
+        let fields = saved.export_fields();
+        let (will, will_due) = (fields.will.cloned(), fields.will_due);
+        core::mem::swap(self.flow_mut(), saved.flow_mut());
+        // The version is the record's (the same, as both were written together).
+        self.flow_mut().version = version;
+        self.set_will(will, will_due);
+        Ok(())
+    }
+}
+
+impl ServerSession {
+    /// As [`restore_messages`](Self::restore_messages), from `state` as
+    /// [`export_detached`](Self::export_detached) wrote it and the messages it held,
+    /// by message identifier with their expiry (rebased by the caller): those in
+    /// flight go back to their entries, the others are queued in identifier order.
+    ///
+    /// # Errors
+    /// As [`restore`](Self::restore); and if an in-flight entry's message is missing.
+    /// The session is then left as it was.
+    pub fn restore_detached(
+        &mut self,
+        state: &[u8],
+        now: Instant,
+        messages: impl IntoIterator<Item = (MessageId, Option<Instant>, Message)>,
+    ) -> Result<(), StateError> {
+        let mut by_id: alloc::collections::BTreeMap<u64, (Option<Instant>, Message)> = messages
+            .into_iter()
+            .map(|(id, at, m)| (id.0, (at, m)))
+            .collect();
+        let limits = Arc::clone(&self.flow().limits);
+        let mut r = Reader(Bytes::copy_from_slice(state));
+        let (_, mut flow) = read_flow_with(&mut r, 1, limits, now, Some(&mut by_id))?;
+        // The server fields: only the will is taken (the record has the rest).
+        let _client_id = r.string()?;
+        let _established = r.u8()?;
+        let _session_expiry = r.u32()?;
+        let will = if r.u8()? != 0 {
+            let delay = r.u32()?;
+            let m = r.message()?;
+            let p = m.properties.into_inner();
+            Some(Will {
+                topic: m.topic,
+                payload: m.payload,
+                qos: m.qos,
+                retain: m.retain,
+                properties: WillProperties {
+                    will_delay_interval: Some(delay),
+                    payload_format_indicator: p.payload_format_indicator,
+                    message_expiry_interval: p.message_expiry_interval,
+                    content_type: p.content_type,
+                    response_topic: p.response_topic,
+                    correlation_data: p.correlation_data,
+                    user_properties: p.user_properties,
+                },
+            })
+        } else {
+            None
+        };
+        let will_due = r.left(now)?;
+        let version = self.flow().version;
+        core::mem::swap(self.flow_mut(), &mut flow);
+        self.flow_mut().version = version;
+        self.set_will(will, will_due);
+        Ok(())
+    }
+}
+
 fn will_message(will: &Will) -> Message {
     let p = &will.properties;
     Message {
@@ -392,12 +530,25 @@ fn read_flow(
     limits: Arc<Limits>,
     now: Instant,
 ) -> Result<(ProtocolVersion, Flow), StateError> {
+    read_flow_with(r, role, limits, now, None)
+}
+
+/// Reads a flow; `detached` holds the messages of a format 2 one, by message id, and
+/// takes what it uses (the rest is queued after it, in order).
+fn read_flow_with(
+    r: &mut Reader,
+    role: u8,
+    limits: Arc<Limits>,
+    now: Instant,
+    mut detached: Option<&mut alloc::collections::BTreeMap<u64, (Option<Instant>, Message)>>,
+) -> Result<(ProtocolVersion, Flow), StateError> {
     if &r.bytes(4)?[..] != MAGIC {
         return Err(StateError::NotSessionState);
     }
     let format = r.u8()?;
-    if format != FORMAT {
-        return Err(StateError::UnsupportedFormat(format));
+    match (format, &detached) {
+        (FORMAT, None) | (FORMAT_DETACHED, Some(_)) => {}
+        _ => return Err(StateError::UnsupportedFormat(format)),
     }
     if r.u8()? != role {
         return Err(StateError::WrongRole);
@@ -417,11 +568,21 @@ fn read_flow(
     for _ in 0..count {
         let id = MessageId(r.u64()?);
         let packet_id = r.packet_id()?;
-        let (phase, message) = match r.u8()? {
-            0 => (Awaiting::PubAck, Some(r.message()?)),
-            1 => (Awaiting::PubRec, Some(r.message()?)),
-            2 => (Awaiting::PubComp, None),
+        let phase = match r.u8()? {
+            0 => Awaiting::PubAck,
+            1 => Awaiting::PubRec,
+            2 => Awaiting::PubComp,
             _ => return Err(StateError::Corrupt("in-flight phase")),
+        };
+        let message = match (phase, detached.as_deref_mut()) {
+            (Awaiting::PubComp, _) => None,
+            (_, None) => Some(r.message()?),
+            (_, Some(messages)) => Some(
+                messages
+                    .remove(&id.0)
+                    .ok_or(StateError::Corrupt("in-flight message missing"))?
+                    .1,
+            ),
         };
         flow.traffic_mut()
             .outbox
@@ -435,6 +596,13 @@ fn read_flow(
         flow.traffic_mut()
             .outbox
             .push_queued(id, message, expires_at, false);
+    }
+    if let Some(messages) = detached {
+        for (id, (expires_at, message)) in core::mem::take(messages) {
+            flow.traffic_mut()
+                .outbox
+                .push_queued(MessageId(id), message, expires_at, false);
+        }
     }
     let count = r.u32()?;
     for _ in 0..count {

@@ -124,6 +124,38 @@ fn server_state_round_trips_byte_for_byte() {
     );
 }
 
+// The detached form (a store keeping each message as its own record): the session
+// without its messages, and the messages by id, give back the same session.
+#[test]
+fn server_state_detached_round_trips_to_the_same_session() {
+    let pair = busy_pair();
+    let now = pair.now;
+    let whole = pair.server.export(now);
+    let detached = pair.server.export_detached(now, &[]);
+    assert!(detached.len() < whole.len(), "the messages are left out");
+    let mut messages = Vec::new();
+    pair.server
+        .for_each_message(|id, at, m| messages.push((id, at, m)));
+    assert!(
+        messages.len() >= 2,
+        "in flight and queued: {}",
+        messages.len()
+    );
+    let restored = ServerSession::restore(Limits::default(), &whole, now).unwrap();
+    let mut rebuilt = ServerSession::restore(Limits::default(), &whole, now).unwrap();
+    rebuilt
+        .restore_detached(&detached, now, messages.clone())
+        .unwrap();
+    assert_eq!(rebuilt.export(now), restored.export(now));
+    // An in-flight message missing from the records is refused, not made up.
+    let mut rebuilt = ServerSession::restore(Limits::default(), &whole, now).unwrap();
+    assert!(
+        rebuilt
+            .restore_detached(&detached, now, messages.into_iter().skip(1))
+            .is_err()
+    );
+}
+
 #[test]
 fn client_state_round_trips_byte_for_byte() {
     let pair = busy_pair();

@@ -83,6 +83,18 @@ where
     // its acknowledgements measured (`Stats::ack_latency`), from when it is routed.
     let mut ack_batches: u32 = 0;
     let mut ack_started: Option<std::time::Instant> = None;
+    // `sync` persistence (docs/durability.md): the acknowledgements of a batch wait,
+    // while the loop goes on reading, for the commit holding what the batch changed;
+    // and a write with this session's QoS 2 exchange moving on waits for the commit
+    // holding its state. `None` (memory, batch): nothing waits.
+    let mut commits = shared.commits.clone();
+    let mut held: VecDeque<(
+        crate::store::Ticket,
+        QoS,
+        Option<mqtt_codec::PacketId>,
+        ReasonCode,
+    )> = VecDeque::new();
+    let mut hold_write = false;
     // Bytes already read (behind CONNECT, or on waking) may hold more packets.
     if feed(shared, handle, generation, decoder, rbuf, chunk) {
         return Step::Ended(End::TakenOver);
@@ -118,7 +130,15 @@ where
                 debug!(client = %handle.client_id, count = encoded, "sent QoS 0 PUBLISH packets encoded for all their subscribers");
             }
             let (mut publishes, mut packets) = (encoded, encoded);
+            let mut qos2_flow = false;
             while let Some(p) = cell.session.poll_transmit(now) {
+                if commits.is_some() {
+                    qos2_flow |= match &p {
+                        Packet::PubRel(_) | Packet::PubComp(_) => true,
+                        Packet::Publish(p) => p.qos_pid.qos() == QoS::ExactlyOnce,
+                        _ => false,
+                    };
+                }
                 if let Packet::Publish(publish) = &p {
                     publishes += 1;
                     let qos = publish.qos_pid.qos() as usize;
@@ -153,7 +173,9 @@ where
                     shared.stats.add_by_qos(sent_qos, sent_bytes, false);
                 }
             }
+            let mut polled = 0usize;
             while let Some(e) = cell.session.poll_event() {
+                polled += 1;
                 match e {
                     // Settled here, under the lock already held: a shared-subscription
                     // message acknowledged or dropped needs no redelivery.
@@ -171,6 +193,10 @@ where
                     }
                     e => events.push(e),
                 }
+            }
+            if shared.durable && (packets > 0 || polled > 0) {
+                shared.session_changed(handle, &cell);
+                hold_write |= qos2_flow && cell.recorded.is_some();
             }
             shared.account(&mut cell);
             cell.session.poll_timeout()
@@ -193,67 +219,118 @@ where
         let now = shared.now();
         // Topics are counted only while a dashboard watches.
         let sample_topics = shared.dashboard.watching();
-        for event in events.drain(..) {
-            match event {
-                Event::Message(m, arrival) => {
-                    received += 1;
-                    let qos = m.qos;
-                    if sample_topics {
-                        shared.dashboard.sample(&m.topic);
-                    }
-                    if let (Some(n), Some(b)) = (
-                        received_qos.get_mut(qos as usize),
-                        received_bytes.get_mut(qos as usize),
-                    ) {
-                        *n += 1;
-                        *b += m.payload.len() as u64;
-                    }
-                    if qos != QoS::AtMostOnce && verdicts.is_empty() {
-                        // The first QoS 1/2 message of the batch: sampled?
-                        if ack_batches % ACK_SAMPLE == 0 {
-                            ack_started = Some(std::time::Instant::now());
+        // A durable store commits the copies of these messages together with the
+        // packet identifiers of the QoS 2 ones (`CellExtra::unrouted`): both or
+        // neither, or a crash could lose a message its publisher will not send again,
+        // or deliver twice one it will.
+        {
+            let group = if shared.durable && events.iter().any(|e| matches!(e, Event::Message(..)))
+            {
+                shared.store.group()
+            } else {
+                None
+            };
+            for event in events.drain(..) {
+                match event {
+                    Event::Message(m, arrival) => {
+                        received += 1;
+                        let qos = m.qos;
+                        if sample_topics {
+                            shared.dashboard.sample(&m.topic);
                         }
-                        ack_batches = ack_batches.wrapping_add(1);
+                        if let (Some(n), Some(b)) = (
+                            received_qos.get_mut(qos as usize),
+                            received_bytes.get_mut(qos as usize),
+                        ) {
+                            *n += 1;
+                            *b += m.payload.len() as u64;
+                        }
+                        if qos != QoS::AtMostOnce && verdicts.is_empty() {
+                            // The first QoS 1/2 message of the batch: sampled?
+                            if ack_batches % ACK_SAMPLE == 0 {
+                                ack_started = Some(std::time::Instant::now());
+                            }
+                            ack_batches = ack_batches.wrapping_add(1);
+                        }
+                        let verdict = publish(
+                            shared,
+                            handle,
+                            principal.as_ref().and_then(Option::as_deref),
+                            m,
+                            &mut routes,
+                            now,
+                        );
+                        if qos != QoS::AtMostOnce {
+                            verdicts.push((qos, arrival.packet_id, verdict));
+                        }
                     }
-                    let verdict = publish(
-                        shared,
-                        handle,
-                        principal.as_ref().and_then(Option::as_deref),
-                        m,
-                        &mut routes,
-                        now,
-                    );
-                    if qos != QoS::AtMostOnce {
-                        verdicts.push((qos, arrival.packet_id, verdict));
+                    Event::Subscribe(s) => {
+                        subscribe(shared, handle, generation, version, &s, &mut backlog);
+                        again = true;
                     }
+                    Event::Unsubscribe(u) => {
+                        unsubscribe(shared, handle, generation, version, &u);
+                        again = true;
+                    }
+                    Event::PeerDisconnected(d) => {
+                        closing.get_or_insert(Closing::Client(d.reason_code));
+                        closed = true;
+                    }
+                    Event::Closed { reason } => {
+                        closing.get_or_insert(Closing::Server(reason, why.take()));
+                        closed = true;
+                    }
+                    // 5.0 re-authentication ([MQTT-4.12.1-1]): answered or refused in the
+                    // session, written below.
+                    Event::Auth(auth) => {
+                        enhanced::reauthenticate(shared, handle, generation, *auth);
+                        again = true;
+                    }
+                    // The will of a connection this one replaced ([MQTT-3.1.2-8]).
+                    Event::Will(will) => {
+                        shared.route(handle.key, will_message(*will), &mut routes, now);
+                    }
+                    _ => {}
                 }
-                Event::Subscribe(s) => {
-                    subscribe(shared, handle, generation, version, &s, &mut backlog);
-                    again = true;
+            }
+            if group.is_some() {
+                let mut cell = handle.lock();
+                if let Some(extra) = cell.extra.as_mut().filter(|e| !e.unrouted.is_empty()) {
+                    // Routed: the identifiers are written with the next export, in the
+                    // commit that holds the copies (or a later one).
+                    extra.unrouted.clear();
+                    shared.session_changed(handle, &cell);
                 }
-                Event::Unsubscribe(u) => {
-                    unsubscribe(shared, handle, generation, version, &u);
-                    again = true;
+            }
+        }
+        if !verdicts.is_empty() && commits.is_some() {
+            // Held until the commit holding what they changed (docs/durability.md).
+            let ticket = shared.store.ticket();
+            held.extend(
+                verdicts
+                    .drain(..)
+                    .map(|(qos, packet_id, reason)| (ticket, qos, packet_id, reason)),
+            );
+        }
+        if !held.is_empty() {
+            if let Some(rx) = &mut commits {
+                let c = *rx.borrow_and_update();
+                while let Some(&(ticket, qos, packet_id, reason)) = held.front() {
+                    if c.covers(ticket) {
+                        verdicts.push((qos, packet_id, reason));
+                    } else if c.failed(ticket) && version.is_v5() {
+                        // Not on disk: 5.0 says so; 3.x waits for the retry.
+                        let reason = if reason.is_error() {
+                            reason
+                        } else {
+                            ReasonCode::QUOTA_EXCEEDED
+                        };
+                        verdicts.push((qos, packet_id, reason));
+                    } else {
+                        break;
+                    }
+                    held.pop_front();
                 }
-                Event::PeerDisconnected(d) => {
-                    closing.get_or_insert(Closing::Client(d.reason_code));
-                    closed = true;
-                }
-                Event::Closed { reason } => {
-                    closing.get_or_insert(Closing::Server(reason, why.take()));
-                    closed = true;
-                }
-                // 5.0 re-authentication ([MQTT-4.12.1-1]): answered or refused in the
-                // session, written below.
-                Event::Auth(auth) => {
-                    enhanced::reauthenticate(shared, handle, generation, *auth);
-                    again = true;
-                }
-                // The will of a connection this one replaced ([MQTT-3.1.2-8]).
-                Event::Will(will) => {
-                    shared.route(handle.key, will_message(*will), &mut routes, now);
-                }
-                _ => {}
             }
         }
         if !verdicts.is_empty() {
@@ -293,6 +370,14 @@ where
         // failing on a dying connection cannot lose messages already taken from the
         // session.
         let mut lost = None;
+        if std::mem::take(&mut hold_write) {
+            // This session's QoS 2 state (a packet identifier given, PUBREL sent or
+            // PUBCOMP answered) is on disk before the peer can see it.
+            if let Some(rx) = &mut commits {
+                let ticket = shared.store.ticket();
+                let _ = rx.wait_for(|c| c.covers(ticket)).await;
+            }
+        }
         if !out.is_empty() {
             shared
                 .stats
@@ -337,7 +422,8 @@ where
         if again || more {
             continue;
         }
-        if (fresh || (settle && input)) && backlog.is_empty() && rbuf.is_empty() {
+        if (fresh || (settle && input)) && backlog.is_empty() && rbuf.is_empty() && held.is_empty()
+        {
             // A new connection with nothing more to do after CONNACK goes idle at once
             // (it waits for its first packets in its task, see `live`): clients that
             // connect and wait (most, on a broker with many) never hold the active
@@ -390,6 +476,7 @@ where
                     shrunk = false;
                     None
                 }
+                () = commit_changed(&mut commits, !held.is_empty()) => None,
                 () = &mut timer => {
                     let mut cell = handle.lock();
                     let now = shared.now();
@@ -401,7 +488,7 @@ where
                         cell.session.shrink_idle();
                         cell.shrink_encoded();
                         drop(cell);
-                        if backlog.is_empty() && rbuf.is_empty() {
+                        if backlog.is_empty() && rbuf.is_empty() && held.is_empty() {
                             return Step::Idle;
                         }
                         if rbuf.is_empty() {
@@ -502,7 +589,22 @@ pub(crate) fn feed(
                     cell.set_close_why(why.into());
                     break;
                 }
-                if let Err(e) = cell.session.handle_packet(now, packet) {
+                // A new inbound QoS 2 message of a persistent session: its packet
+                // identifier is not written until its copies are routed (see
+                // `CellExtra::unrouted`).
+                let new_qos2 = match &packet {
+                    Packet::Publish(p) if shared.durable && cell.recorded.is_some() => {
+                        p.packet_id().filter(|&id| {
+                            p.qos() == QoS::ExactlyOnce && !cell.session.awaits_pubrel(id)
+                        })
+                    }
+                    _ => None,
+                };
+                let result = cell.session.handle_packet(now, packet);
+                if let Some(id) = new_qos2.filter(|&id| cell.session.awaits_pubrel(id)) {
+                    cell.extra_mut().unrouted.push(id);
+                }
+                if let Err(e) = result {
                     cell.session.disconnect(e.reason);
                     cell.set_close_why(match e.rule {
                         Some(rule) => format!("{} [{rule}]", e.what).into(),
@@ -536,4 +638,18 @@ pub(crate) fn feed(
         rbuf.reserve(chunk);
     }
     false
+}
+
+/// Returns when the store's commits move on, if `wanted` (acknowledgements are held);
+/// never otherwise.
+async fn commit_changed(
+    commits: &mut Option<tokio::sync::watch::Receiver<crate::store::Commits>>,
+    wanted: bool,
+) {
+    if let (true, Some(rx)) = (wanted, commits.as_mut()) {
+        if rx.changed().await.is_ok() {
+            return;
+        }
+    }
+    std::future::pending::<()>().await;
 }

@@ -128,7 +128,7 @@ pub(crate) fn release(
         let now = shared.now();
         cell.restore_encoded(now);
         cell.session.connection_lost(now);
-        shared.record_session(&mut cell, false);
+        shared.record_session_and_messages(handle, &mut cell, false);
         // A session that outlives its connection keeps what it holds, not the capacity
         // of the queues it used: an offline session with nothing queued keeps no queues.
         cell.session.shrink_idle();

@@ -6,6 +6,8 @@ mod auth_files;
 mod authorization;
 mod binary;
 mod browser;
+mod crash;
+mod durable;
 mod fuzz;
 mod isolation;
 mod jwt;

@@ -38,7 +38,16 @@ pub(crate) async fn hold(
         let id = format!("idle-{tag}-{i}");
         connecting.spawn(async move {
             let _permit = gate.acquire_owned().await;
-            Conn::connect(&dialer, source, &id, keep_alive, 64, crate::wire::VERSION).await
+            Conn::connect(
+                &dialer,
+                source,
+                &id,
+                keep_alive,
+                64,
+                crate::wire::VERSION,
+                false,
+            )
+            .await
         });
     }
     let mut conns = Vec::with_capacity(count as usize);

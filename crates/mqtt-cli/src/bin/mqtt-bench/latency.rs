@@ -154,8 +154,16 @@ fn connect(
 ) -> Result<(Incoming, Writer), String> {
     let conn = rt
         .block_on(async {
-            let mut conn =
-                Conn::connect(dialer, None, id, 60, wire::READ_BUFFER, wire::VERSION).await?;
+            let mut conn = Conn::connect(
+                dialer,
+                None,
+                id,
+                60,
+                wire::READ_BUFFER,
+                wire::VERSION,
+                false,
+            )
+            .await?;
             if let Some((filter, qos)) = filter {
                 conn.subscribe(filter, qos).await?;
             }

@@ -101,6 +101,8 @@ pub(crate) struct Load {
     pub(crate) duration: Option<Duration>,
     /// Messages per second, all publishers together.
     pub(crate) rate: Option<u32>,
+    /// Subscribers keep a session that outlives their connection (`--clean false`).
+    pub(crate) persistent_subscribers: bool,
 }
 
 /// What a run measured and found.
@@ -213,7 +215,7 @@ pub(crate) async fn run(
     let mut subscribers = Vec::new();
     for (i, filter) in shared.plan.subscribers.iter().enumerate() {
         let id = format!("{}-sub-{i}-{}", shared.load.name, std::process::id());
-        let conn = connect_spread(&shared.load, i, &id).await?;
+        let conn = connect_spread(&shared.load, i, &id, shared.load.persistent_subscribers).await?;
         let mut conn = conn;
         conn.subscribe(filter, shared.load.qos)
             .await
@@ -223,7 +225,8 @@ pub(crate) async fn run(
     let mut publishers = Vec::new();
     for i in 0..shared.plan.publishers.len() {
         let id = format!("{}-pub-{i}-{}", shared.load.name, std::process::id());
-        let conn = connect_spread(&shared.load, shared.plan.subscribers.len() + i, &id).await?;
+        let conn =
+            connect_spread(&shared.load, shared.plan.subscribers.len() + i, &id, false).await?;
         publishers.push(conn);
     }
 
@@ -482,8 +485,9 @@ fn finished_with_error(tasks: &mut JoinSet<Result<(), String>>) -> Option<String
     }
 }
 
-/// Connects client number `n`, taking the source addresses in turn.
-async fn connect_spread(load: &Load, n: usize, id: &str) -> Result<Conn, String> {
+/// Connects client number `n`, taking the source addresses in turn; with a session
+/// that outlives the connection if `persistent`.
+async fn connect_spread(load: &Load, n: usize, id: &str, persistent: bool) -> Result<Conn, String> {
     let source = match load.sources.len() {
         0 => None,
         len => load.sources.get(n % len).copied(),
@@ -495,6 +499,7 @@ async fn connect_spread(load: &Load, n: usize, id: &str) -> Result<Conn, String>
         60,
         wire::READ_BUFFER,
         load.version,
+        persistent,
     )
     .await
     .map_err(|e| format!("{id}: {e}"))

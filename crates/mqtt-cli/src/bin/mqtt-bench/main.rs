@@ -111,6 +111,11 @@ struct Traffic {
     /// Fail when nothing was delivered for this many seconds.
     #[arg(long = "stall", default_value_t = 10)]
     stall: u64,
+    /// Clean Session (3.1.1) / Clean Start (5.0) of the subscribers: `false` gives them
+    /// sessions that outlive their connection (5.0: Session Expiry Interval 3600), which
+    /// a durable broker writes to disk before acknowledging what it routes to them.
+    #[arg(long = "clean", default_value_t = true, action = clap::ArgAction::Set, value_name = "BOOL")]
+    clean: bool,
     /// Protocol version: 311 or 5 (the shared scenario always uses 5).
     #[arg(short = 'V', long = "protocol-version", default_value = "311", value_parser = parse_version)]
     version: ProtocolVersion,
@@ -488,6 +493,7 @@ fn throughput(name: &str, plan: Plan, traffic: &Traffic, common: &Common) -> Res
         name: format!("bench-{name}"),
         duration: traffic.duration,
         rate: traffic.rate,
+        persistent_subscribers: !traffic.clean,
     };
     let broker = common.broker_pid.map(|pid| Broker { pid });
     if let Some(b) = broker {

@@ -112,6 +112,7 @@ impl Conn {
         keep_alive: u16,
         read_buffer: usize,
         version: ProtocolVersion,
+        persistent: bool,
     ) -> Result<Self, WireError> {
         let stream = match timeout(HANDSHAKE_TIMEOUT, dialer.open(source)).await {
             Ok(r) => r?,
@@ -131,6 +132,14 @@ impl Conn {
             .map_err(|e| WireError::Refused(format!("client identifier {client_id:?}: {e}")))?;
         let mut connect = Connect::new(version, id);
         connect.keep_alive = keep_alive;
+        if persistent {
+            // A session that outlives the connection (3.1.1 Clean Session 0; 5.0 Clean
+            // Start 0 and an hour's Session Expiry Interval).
+            connect.clean_start = false;
+            if version.is_v5() {
+                connect.properties.session_expiry_interval = Some(3600);
+            }
+        }
         connect.username.clone_from(&dialer.username);
         connect.password.clone_from(&dialer.password);
         conn.send(&Packet::from(connect)).await?;

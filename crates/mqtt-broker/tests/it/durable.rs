@@ -1,0 +1,517 @@
+//! `[persistence]` (issue 16): the `mqtt-broker` binary killed with SIGKILL and started
+//! again on the same file keeps retained messages, persistent sessions, their
+//! subscriptions and their queued QoS 1 and 2 messages; a damaged file is refused with a
+//! message naming it. Clients: rumqttc (3.1.1).
+
+use std::{
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    time::Duration,
+};
+
+use rumqttc::{AsyncClient, Event, MqttOptions, Outgoing, Packet, QoS};
+use tokio::{sync::mpsc, time::timeout};
+
+pub(crate) const BIN: &str = env!("CARGO_BIN_EXE_mqtt-broker");
+
+/// A directory of its own for one test's files.
+pub(crate) fn scratch(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("mqtt-durable-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// A free port on 127.0.0.1 (the broker keeps it across restarts).
+pub(crate) fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Writes a configuration with `[persistence] mode = "sync"` and the store in `dir`.
+pub(crate) fn config(dir: &Path, port: u16) -> PathBuf {
+    let path = dir.join("broker.toml");
+    let store = dir.join("store.redb");
+    std::fs::write(
+        &path,
+        format!(
+            "[[listeners]]\nbind = \"127.0.0.1:{port}\"\n\n[sys]\ninterval = 0\n\n\
+             [persistence]\nmode = \"sync\"\npath = {store:?}\n"
+        ),
+    )
+    .unwrap();
+    path
+}
+
+/// Starts the binary with `config` and waits until it accepts connections on `port`;
+/// its log (stderr) is appended to `broker.log` beside `config`.
+pub(crate) fn start(config: &Path, port: u16) -> Child {
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(config.with_file_name("broker.log"))
+        .unwrap();
+    let child = Command::new(BIN)
+        .arg("-c")
+        .arg(config)
+        .env_remove("RUST_LOG")
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the broker did not listen"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    child
+}
+
+/// SIGKILL, and the exit reaped.
+pub(crate) fn kill(mut child: Child) {
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
+/// A rumqttc client whose incoming PUBLISH packets and acknowledgements arrive on a
+/// channel, reconnecting (the event loop polled again) after every error.
+pub(crate) fn client(
+    id: &str,
+    port: u16,
+    clean: bool,
+) -> (
+    AsyncClient,
+    mpsc::UnboundedReceiver<Event>,
+    tokio::task::JoinHandle<()>,
+) {
+    let mut opts = MqttOptions::new(id, "127.0.0.1", port);
+    opts.set_clean_session(clean);
+    opts.set_keep_alive(Duration::from_secs(30));
+    let (client, mut eventloop) = AsyncClient::new(opts, 1000);
+    let (tx, rx) = mpsc::unbounded_channel();
+    let task = tokio::spawn(async move {
+        loop {
+            match eventloop.poll().await {
+                Ok(e) => {
+                    if tx.send(e).is_err() {
+                        return;
+                    }
+                }
+                Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+            }
+        }
+    });
+    (client, rx, task)
+}
+
+/// Waits for the next event matching `f`.
+async fn next<T>(
+    rx: &mut mpsc::UnboundedReceiver<Event>,
+    mut f: impl FnMut(&Event) -> Option<T>,
+) -> T {
+    timeout(Duration::from_secs(20), async {
+        loop {
+            let e = rx.recv().await.expect("the client runs");
+            if let Some(t) = f(&e) {
+                return t;
+            }
+        }
+    })
+    .await
+    .expect("in time")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn durable_restart_keeps_retained_sessions_subscriptions_and_queued_messages() {
+    let dir = scratch("restart");
+    let port = free_port();
+    let conf = config(&dir, port);
+    let broker = start(&conf, port);
+
+    // A persistent subscriber subscribes, then leaves.
+    let (sub, mut sub_rx, sub_task) = client("durable-sub", port, false);
+    next(&mut sub_rx, |e| {
+        matches!(e, Event::Incoming(Packet::ConnAck(_))).then_some(())
+    })
+    .await;
+    sub.subscribe("d/#", QoS::ExactlyOnce).await.unwrap();
+    next(&mut sub_rx, |e| {
+        matches!(e, Event::Incoming(Packet::SubAck(_))).then_some(())
+    })
+    .await;
+    sub.disconnect().await.unwrap();
+    next(&mut sub_rx, |e| {
+        matches!(e, Event::Outgoing(Outgoing::Disconnect)).then_some(())
+    })
+    .await;
+    sub_task.abort();
+
+    // Messages queued for it, and a retained one, all acknowledged.
+    let (publisher, mut pub_rx, pub_task) = client("durable-pub", port, false);
+    next(&mut pub_rx, |e| {
+        matches!(e, Event::Incoming(Packet::ConnAck(_))).then_some(())
+    })
+    .await;
+    publisher
+        .publish("r/kept", QoS::AtLeastOnce, true, "retained")
+        .await
+        .unwrap();
+    for i in 0..20 {
+        let qos = if i % 2 == 0 {
+            QoS::AtLeastOnce
+        } else {
+            QoS::ExactlyOnce
+        };
+        publisher
+            .publish("d/x", qos, false, format!("m{i}"))
+            .await
+            .unwrap();
+    }
+    let mut acked = 0;
+    while acked < 21 {
+        next(&mut pub_rx, |e| {
+            matches!(e, Event::Incoming(Packet::PubAck(_) | Packet::PubRec(_))).then_some(())
+        })
+        .await;
+        acked += 1;
+    }
+    pub_task.abort();
+
+    // Killed: nothing is flushed on the way out.
+    kill(broker);
+    let broker = start(&conf, port);
+
+    // The session is back with its subscription and its queue, in order.
+    let (_sub, mut sub_rx, sub_task) = client("durable-sub", port, false);
+    let present = next(&mut sub_rx, |e| match e {
+        Event::Incoming(Packet::ConnAck(c)) => Some(c.session_present),
+        _ => None,
+    })
+    .await;
+    assert!(present, "the session outlived the process");
+    for i in 0..20 {
+        let payload = next(&mut sub_rx, |e| match e {
+            Event::Incoming(Packet::Publish(p)) => Some(p.payload.clone()),
+            _ => None,
+        })
+        .await;
+        assert_eq!(&payload[..], format!("m{i}").as_bytes());
+    }
+    sub_task.abort();
+
+    // The retained message too.
+    let (other, mut other_rx, other_task) = client("durable-other", port, true);
+    next(&mut other_rx, |e| {
+        matches!(e, Event::Incoming(Packet::ConnAck(_))).then_some(())
+    })
+    .await;
+    other.subscribe("r/#", QoS::AtLeastOnce).await.unwrap();
+    let retained = next(&mut other_rx, |e| match e {
+        Event::Incoming(Packet::Publish(p)) => Some(p.clone()),
+        _ => None,
+    })
+    .await;
+    assert_eq!(&retained.payload[..], b"retained");
+    assert!(retained.retain);
+    other_task.abort();
+    kill(broker);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Starts the binary with `config` on a store it must refuse, and returns its stderr.
+fn refused(config: &Path) -> String {
+    let mut child = Command::new(BIN)
+        .arg("-c")
+        .arg(config)
+        .env_remove("RUST_LOG")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if std::time::Instant::now() > deadline {
+            kill(child);
+            panic!("a damaged store was not refused: the broker runs");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
+    assert!(!status.success(), "a damaged store is refused: {stderr}");
+    stderr
+}
+
+/// A store holding one retained message on `r/damaged`, written by the binary, which
+/// was then killed.
+async fn store_with_a_retained_message(dir: &Path, port: u16) -> PathBuf {
+    let conf = config(dir, port);
+    let broker = start(&conf, port);
+    let (publisher, mut rx, task) = client("durable-damage", port, true);
+    next(&mut rx, |e| {
+        matches!(e, Event::Incoming(Packet::ConnAck(_))).then_some(())
+    })
+    .await;
+    publisher
+        .publish("r/damaged", QoS::AtLeastOnce, true, "a retained payload")
+        .await
+        .unwrap();
+    next(&mut rx, |e| {
+        matches!(e, Event::Incoming(Packet::PubAck(_))).then_some(())
+    })
+    .await;
+    task.abort();
+    kill(broker);
+    conf
+}
+
+// A value whose own checksum does not match (the file is otherwise sound, as redb sees
+// it: damage inside a value that redb's page checksums did not catch, or a bug) stops
+// the start, naming the file, the table and the key, and saying how to recover.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn durable_value_failing_its_checksum_is_refused_naming_file_table_and_key() {
+    let dir = scratch("damaged");
+    let conf = store_with_a_retained_message(&dir, free_port()).await;
+    let store = dir.join("store.redb");
+    {
+        let table: redb::TableDefinition<&str, &[u8]> = redb::TableDefinition::new("retained");
+        use redb::ReadableTable as _;
+        let db = redb::Database::create(&store).unwrap();
+        let tx = db.begin_write().unwrap();
+        {
+            let mut t = tx.open_table(table).unwrap();
+            let mut value = t.get("r/damaged").unwrap().unwrap().value().to_vec();
+            // Past the format byte and the CRC: one bit of the record itself.
+            let last = value.len() - 1;
+            value[last] ^= 0x01;
+            t.insert("r/damaged", value.as_slice()).unwrap();
+        }
+        tx.commit().unwrap();
+    }
+    let stderr = refused(&conf);
+    assert!(stderr.contains("store.redb"), "names the file: {stderr}");
+    assert!(stderr.contains("`retained`"), "names the table: {stderr}");
+    assert!(stderr.contains("\"r/damaged\""), "names the key: {stderr}");
+    assert!(stderr.contains("checksum"), "says what is wrong: {stderr}");
+    assert!(
+        stderr.contains("restore a backup") && stderr.contains("move it away"),
+        "says how to recover: {stderr}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+// A file that is not a store (garbage), or one cut short, is refused with redb's own
+// error, the file's name and how to recover.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn durable_garbage_or_truncated_store_is_refused_naming_the_file() {
+    let dir = scratch("garbage");
+    let conf = store_with_a_retained_message(&dir, free_port()).await;
+    let store = dir.join("store.redb");
+    let bytes = std::fs::read(&store).unwrap();
+    for (what, damaged) in [
+        ("truncated", bytes.get(..bytes.len() / 3).unwrap().to_vec()),
+        (
+            "garbage",
+            (0..64 * 1024u32).map(|i| (i * 31 % 251) as u8).collect(),
+        ),
+    ] {
+        std::fs::write(&store, &damaged).unwrap();
+        let stderr = refused(&conf);
+        assert!(
+            stderr.contains("store.redb"),
+            "{what}: names the file: {stderr}"
+        );
+        assert!(
+            stderr.contains("restore a backup") && stderr.contains("move it away"),
+            "{what}: says how to recover: {stderr}"
+        );
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+// A backlog is kept one record per message (table `queue`, keyed by client identifier
+// and message identifier), not in the session's record: 2,000 queued messages leave
+// the session's record small, and all come back after a kill, in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn durable_backlog_is_one_record_per_message_and_comes_back_in_order() {
+    const COUNT: usize = 2000;
+    let dir = scratch("backlog");
+    let port = free_port();
+    let conf = config(&dir, port);
+    // The queue holds them all (the default bound is 1,000 messages).
+    let text = std::fs::read_to_string(&conf).unwrap();
+    std::fs::write(
+        &conf,
+        format!("{text}\n[limits]\nmax_queued_messages = 5000\n"),
+    )
+    .unwrap();
+    let broker = start(&conf, port);
+
+    let (sub, mut sub_rx, sub_task) = client("backlog-sub", port, false);
+    next(&mut sub_rx, |e| {
+        matches!(e, Event::Incoming(Packet::ConnAck(_))).then_some(())
+    })
+    .await;
+    sub.subscribe("b/#", QoS::AtLeastOnce).await.unwrap();
+    next(&mut sub_rx, |e| {
+        matches!(e, Event::Incoming(Packet::SubAck(_))).then_some(())
+    })
+    .await;
+    sub.disconnect().await.unwrap();
+    next(&mut sub_rx, |e| {
+        matches!(e, Event::Outgoing(Outgoing::Disconnect)).then_some(())
+    })
+    .await;
+    sub_task.abort();
+
+    let (publisher, mut pub_rx, pub_task) = client("backlog-pub", port, true);
+    next(&mut pub_rx, |e| {
+        matches!(e, Event::Incoming(Packet::ConnAck(_))).then_some(())
+    })
+    .await;
+    let sender = tokio::spawn(async move {
+        for i in 0..COUNT {
+            publisher
+                .publish("b/x", QoS::AtLeastOnce, false, format!("{i:06}"))
+                .await
+                .unwrap();
+        }
+        publisher
+    });
+    for _ in 0..COUNT {
+        next(&mut pub_rx, |e| {
+            matches!(e, Event::Incoming(Packet::PubAck(_))).then_some(())
+        })
+        .await;
+    }
+    drop(sender.await.unwrap());
+    pub_task.abort();
+    kill(broker);
+
+    // The file: one record per message, and a small session record.
+    {
+        let queue: redb::TableDefinition<(&str, u64), &[u8]> = redb::TableDefinition::new("queue");
+        let messages: redb::TableDefinition<&str, &[u8]> = redb::TableDefinition::new("messages");
+        let db = redb::Database::create(dir.join("store.redb")).unwrap();
+        let tx = db.begin_read().unwrap();
+        let records = tx
+            .open_table(queue)
+            .unwrap()
+            .range(("backlog-sub", 0)..=("backlog-sub", u64::MAX))
+            .unwrap()
+            .count();
+        assert_eq!(records, COUNT, "one record per queued message");
+        let state = tx
+            .open_table(messages)
+            .unwrap()
+            .get("backlog-sub")
+            .unwrap()
+            .unwrap()
+            .value()
+            .len();
+        assert!(
+            state < 200,
+            "the session's record holds no message: {state} bytes"
+        );
+    }
+
+    let broker = start(&conf, port);
+    let (_sub, mut sub_rx, sub_task) = client("backlog-sub", port, false);
+    let present = next(&mut sub_rx, |e| match e {
+        Event::Incoming(Packet::ConnAck(c)) => Some(c.session_present),
+        _ => None,
+    })
+    .await;
+    assert!(present);
+    for i in 0..COUNT {
+        let payload = next(&mut sub_rx, |e| match e {
+            Event::Incoming(Packet::Publish(p)) => Some(p.payload.clone()),
+            _ => None,
+        })
+        .await;
+        assert_eq!(&payload[..], format!("{i:06}").as_bytes());
+    }
+    sub_task.abort();
+    kill(broker);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Connects `id` with a persistent session, subscribes, and leaves with DISCONNECT: its
+/// record then holds a wall-clock deadline.
+async fn subscribe_and_leave(id: &str, port: u16) {
+    let (sub, mut rx, task) = client(id, port, false);
+    next(&mut rx, |e| {
+        matches!(e, Event::Incoming(Packet::ConnAck(_))).then_some(())
+    })
+    .await;
+    sub.subscribe("e/#", QoS::AtLeastOnce).await.unwrap();
+    next(&mut rx, |e| {
+        matches!(e, Event::Incoming(Packet::SubAck(_))).then_some(())
+    })
+    .await;
+    sub.disconnect().await.unwrap();
+    next(&mut rx, |e| {
+        matches!(e, Event::Outgoing(Outgoing::Disconnect)).then_some(())
+    })
+    .await;
+    task.abort();
+    // The record with its deadline is committed (nothing waits for it).
+    tokio::time::sleep(Duration::from_millis(300)).await;
+}
+
+/// Whether `id`'s session is there (Session Present) when it connects again.
+async fn session_present(id: &str, port: u16) -> bool {
+    let (_c, mut rx, task) = client(id, port, false);
+    let present = next(&mut rx, |e| match e {
+        Event::Incoming(Packet::ConnAck(c)) => Some(c.session_present),
+        _ => None,
+    })
+    .await;
+    task.abort();
+    present
+}
+
+// Session expiry runs on the wall clock across restarts: a session whose deadline
+// passed while the broker was down is gone when it starts again; one whose deadline
+// has not passed is still there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn durable_session_expiry_runs_on_the_wall_clock_across_restarts() {
+    let dir = scratch("expiry");
+    let port = free_port();
+    let conf = config(&dir, port);
+    let text = std::fs::read_to_string(&conf).unwrap();
+    std::fs::write(
+        &conf,
+        format!("{text}\n[limits]\npersistent_client_expiration = 4\n"),
+    )
+    .unwrap();
+
+    let broker = start(&conf, port);
+    subscribe_and_leave("expiry-a", port).await;
+    kill(broker);
+    // Down for longer than its 4 s.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let broker = start(&conf, port);
+    subscribe_and_leave("expiry-b", port).await;
+    kill(broker);
+    let broker = start(&conf, port);
+    assert!(
+        session_present("expiry-b", port).await,
+        "expiry-b's deadline has not passed"
+    );
+    assert!(
+        !session_present("expiry-a", port).await,
+        "expiry-a's deadline passed while the broker was down"
+    );
+    kill(broker);
+    let _ = std::fs::remove_dir_all(&dir);
+}
