@@ -38,30 +38,13 @@ fn debians_stock_file_names_what_is_missing_and_the_rest_maps() {
         assert_eq!(installed, DEBIAN, "the fixture is Debian's stock file");
     }
     let dir = scratch("debian");
-    let conf = write_file(&dir, "mosquitto.conf", DEBIAN);
-    let (code, _, err) = run(&["-c", conf.to_str().unwrap(), "--test-config"]);
-    assert_eq!(code, Some(2), "{err}");
-    let line = DEBIAN
-        .lines()
-        .position(|l| l.starts_with("persistence "))
-        .unwrap()
-        + 1;
-    assert!(
-        err.contains(&format!(
-            "{}:{line}: persistence: not supported yet: persistence (a disk store) (see issue 16)",
-            conf.display()
-        )),
-        "{err}"
-    );
-
-    // Without the persistence lines the rest of it maps; Debian's conf.d holds only a
-    // README, which include_dir skips (only *.conf files are read).
+    // Debian's conf.d holds only a README, which include_dir skips (only *.conf files
+    // are read). The whole file maps, persistence included (issue 16).
     let conf_d = dir.join("conf.d");
     std::fs::create_dir_all(&conf_d).unwrap();
     std::fs::write(conf_d.join("README"), "not a configuration file\n").unwrap();
     let text: String = DEBIAN
         .lines()
-        .filter(|l| !l.starts_with("persistence"))
         .map(|l| {
             format!(
                 "{}\n",
@@ -88,6 +71,17 @@ fn debians_stock_file_names_what_is_missing_and_the_rest_maps() {
     assert_eq!(
         c.log.file.as_deref(),
         Some(Path::new("/var/log/mosquitto/mosquitto.log"))
+    );
+    // `persistence true` with `persistence_location /var/lib/mosquitto/`: the disk
+    // store, acknowledging after each commit, in that directory.
+    assert_eq!(
+        c.persistence.mode,
+        mqtt_broker::config::PersistenceMode::Sync
+    );
+    assert!(
+        c.persistence.path.starts_with("/var/lib/mosquitto"),
+        "{:?}",
+        c.persistence.path
     );
     let (code, _, err) = run(&["-c", conf.to_str().unwrap(), "--test-config"]);
     assert_eq!(code, Some(0), "{err}");
@@ -201,18 +195,6 @@ fn keys_refused_name_file_line_and_key() {
         (
             "tls_version tlsv1.1",
             "not supported by mqtt-broker: TLS before 1.2",
-        ),
-        (
-            "persistence true",
-            "not supported yet: persistence (a disk store) (see issue 16)",
-        ),
-        (
-            "persistence_location /var/lib/mosquitto/",
-            "not supported yet: persistence (a disk store) (see issue 16)",
-        ),
-        (
-            "autosave_interval 1800",
-            "not supported yet: persistence (a disk store) (see issue 16)",
         ),
         (
             "log_dest topic",
