@@ -450,6 +450,7 @@ fn run_writer(db: &Database, shared: &Inner, path: &Path, commit: Commit) {
         }
         drop(known);
         drop(group);
+        let started = std::time::Instant::now();
         let result = write_txn(db, |tx| {
             let mut retained = tx.open_table(RETAINED)?;
             let mut sessions = tx.open_table(SESSIONS)?;
@@ -493,7 +494,13 @@ fn run_writer(db: &Database, shared: &Inner, path: &Path, commit: Commit) {
                     info!(file = %path.display(), failures, "the store writes again");
                     failures = 0;
                 }
-                shared.commits.send_modify(|c| c.committed = batch);
+                let micros = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
+                shared.commits.send_modify(|c| {
+                    c.committed = batch;
+                    c.count += 1;
+                    c.micros_total = c.micros_total.saturating_add(micros);
+                    c.last_micros = micros;
+                });
             }
             Err(e) => {
                 // The file holds what it held: the next exports compare with that.

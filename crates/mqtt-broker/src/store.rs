@@ -238,6 +238,13 @@ pub struct Commits {
     /// The last batch that failed to commit (what it held is written again with the
     /// next); 0 if none did.
     pub failed: u64,
+    /// Commits made since start (each a write transaction and its fsync).
+    pub count: u64,
+    /// Their time in all, from the start of the write transaction to the end of its
+    /// commit, in microseconds: with `count`, the mean commit latency.
+    pub micros_total: u64,
+    /// The last commit's time, in microseconds.
+    pub last_micros: u64,
 }
 
 impl Commits {

@@ -378,6 +378,37 @@ impl Collector for BrokerCollector {
             MetricType::Histogram,
         )?
         .encode_histogram::<NoLabelSet>(sum as f64, count, &buckets, None)?;
+        if let Some(commits) = shared.store.commits() {
+            let c = *commits.borrow();
+            counter(
+                &mut e,
+                "store_commits",
+                "Commits of the disk store (a write transaction and its fsync each).",
+                None,
+                c.count,
+            )?;
+            let total = ConstCounter::new(c.micros_total as f64 / 1e6);
+            total.encode(e.encode_descriptor(
+                "store_commit",
+                "Time spent committing, in all: with mqtt_store_commits_total, the mean commit latency.",
+                Some(&Unit::Seconds),
+                total.metric_type(),
+            )?)?;
+            let last = ConstGauge::new(c.last_micros as f64 / 1e6);
+            last.encode(e.encode_descriptor(
+                "store_commit_last",
+                "The last commit's latency.",
+                Some(&Unit::Seconds),
+                last.metric_type(),
+            )?)?;
+            gauge(
+                &mut e,
+                "store_failing",
+                "1 while the store cannot write (acknowledgements of what must be kept are withheld), else 0.",
+                None,
+                i64::from(c.failed > c.committed),
+            )?;
+        }
         let (sum, count, buckets) = s.ack_latency.snapshot();
         e.encode_descriptor(
             "publish_ack_latency",

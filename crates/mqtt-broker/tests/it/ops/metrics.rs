@@ -124,3 +124,36 @@ fn metrics_move_with_traffic() {
     let _ = held.kill();
     let _ = held.wait();
 }
+
+/// With the disk store (`persistence.mode = "sync"`), its commits and their latency are
+/// in `/metrics`: a retained QoS 1 message from mosquitto_pub is acknowledged after a
+/// commit, which the counters show.
+#[test]
+fn store_commits_are_counted() {
+    let dir = super::scratch("metrics-store");
+    let conf = super::write_file(
+        &dir,
+        "broker.toml",
+        &format!(
+            "[[listeners]]\nbind = \"127.0.0.1:0\"\n[http]\nbind = \"127.0.0.1:0\"\n\
+             [persistence]\nmode = \"sync\"\npath = \"{}\"\n",
+            dir.join("store.redb").display()
+        ),
+    );
+    let broker = super::Broker::start(&["-c", conf.to_str().unwrap()]);
+    let addr = super::http_addr(&broker);
+    let port = broker.port();
+    let (_, before) = http(addr, "GET", "/metrics", None);
+    let commits = sample(&before, "mqtt_store_commits_total");
+    mosquitto_pub(&port, &["-t", "kept", "-m", "on disk", "-q", "1", "-r"]);
+    let (_, after) = http(addr, "GET", "/metrics", None);
+    assert!(
+        sample(&after, "mqtt_store_commits_total") > commits,
+        "{after}"
+    );
+    assert!(
+        sample(&after, "mqtt_store_commit_seconds_total") > 0.0,
+        "{after}"
+    );
+    assert_eq!(sample(&after, "mqtt_store_failing"), 0.0);
+}
