@@ -105,7 +105,8 @@ thread_local! {
     /// The last message [`own_held`] copied on this thread, and its copy. The original
     /// is kept alive here, so that a message whose topic and payload start at the same
     /// addresses with the same lengths is the same message, not a new one in freed
-    /// memory; one per worker thread, it pins one read buffer at most.
+    /// memory; one per thread, it pins one small message's read buffer at most (under
+    /// `LARGE_BUFFER`).
     static LAST_OWNED: RefCell<Option<(Message, Message)>> = const { RefCell::new(None) };
 }
 
@@ -113,6 +114,13 @@ thread_local! {
 /// topic, payload and properties no longer slices of the read buffer they came in. The
 /// copies a route makes for many sessions share one copy of the topic and payload.
 pub(crate) fn own_held(mut message: Message) -> Message {
+    // A message this large is most of the buffer it came in (a smaller one in a large
+    // buffer was copied when it was read: `own_publish_from`): it pins at most about
+    // its own size again, and copying it for each offline session would multiply it.
+    // So the cache below only ever keeps a small message's buffer (64 KiB at most).
+    if message.topic.len() + message.payload.len() >= crate::connection::MAX_READ_CHUNK / 2 {
+        return message;
+    }
     let properties_of = |m: &Message| m.properties.get().map(std::ptr::from_ref);
     let shared = LAST_OWNED.with(|last| {
         let last = last.borrow();
@@ -205,5 +213,9 @@ mod tests {
         let third = own_held(other);
         assert_eq!(&*third.topic, "a");
         assert_ne!(third.payload.as_ptr(), first.payload.as_ptr());
+        // A large message is most of its buffer: kept as it is, shared by all.
+        let big = Bytes::from(vec![b'x'; crate::connection::MAX_READ_CHUNK]);
+        let large = from_one_buffer(&big, 0..1, 1..big.len());
+        assert_eq!(own_held(large).payload.as_ptr(), big[1..].as_ptr());
     }
 }
