@@ -285,28 +285,7 @@ impl ServerSession {
         let client_id = r.string()?;
         let established = r.u8()? != 0;
         let session_expiry = r.u32()?;
-        let will = if r.u8()? != 0 {
-            let delay = r.u32()?;
-            let m = r.message()?;
-            let p = m.properties.into_inner();
-            Some(Will {
-                topic: m.topic,
-                payload: m.payload,
-                qos: m.qos,
-                retain: m.retain,
-                properties: WillProperties {
-                    will_delay_interval: Some(delay),
-                    payload_format_indicator: p.payload_format_indicator,
-                    message_expiry_interval: p.message_expiry_interval,
-                    content_type: p.content_type,
-                    response_topic: p.response_topic,
-                    correlation_data: p.correlation_data,
-                    user_properties: p.user_properties,
-                },
-            })
-        } else {
-            None
-        };
+        let will = read_will(&mut r)?;
         let will_due = r.left(now)?;
         let expires_at = r.left(now)?;
         let count = r.u32()?;
@@ -400,28 +379,7 @@ impl ServerSession {
         let _client_id = r.string()?;
         let _established = r.u8()?;
         let _session_expiry = r.u32()?;
-        let will = if r.u8()? != 0 {
-            let delay = r.u32()?;
-            let m = r.message()?;
-            let p = m.properties.into_inner();
-            Some(Will {
-                topic: m.topic,
-                payload: m.payload,
-                qos: m.qos,
-                retain: m.retain,
-                properties: WillProperties {
-                    will_delay_interval: Some(delay),
-                    payload_format_indicator: p.payload_format_indicator,
-                    message_expiry_interval: p.message_expiry_interval,
-                    content_type: p.content_type,
-                    response_topic: p.response_topic,
-                    correlation_data: p.correlation_data,
-                    user_properties: p.user_properties,
-                },
-            })
-        } else {
-            None
-        };
+        let will = read_will(&mut r)?;
         let will_due = r.left(now)?;
         let version = self.flow().version;
         core::mem::swap(self.flow_mut(), &mut flow);
@@ -610,4 +568,29 @@ fn read_flow_with(
         flow.traffic_mut().inbox.awaiting_pubrel.insert(id);
     }
     Ok((version, flow))
+}
+
+/// A will as the state holds it: a flag, then its delay and its message.
+fn read_will(r: &mut Reader) -> Result<Option<Will>, StateError> {
+    if r.u8()? == 0 {
+        return Ok(None);
+    }
+    let delay = r.u32()?;
+    let m = r.message()?;
+    let p = m.properties.into_inner();
+    Ok(Some(Will {
+        topic: m.topic,
+        payload: m.payload,
+        qos: m.qos,
+        retain: m.retain,
+        properties: WillProperties {
+            will_delay_interval: Some(delay),
+            payload_format_indicator: p.payload_format_indicator,
+            message_expiry_interval: p.message_expiry_interval,
+            content_type: p.content_type,
+            response_topic: p.response_topic,
+            correlation_data: p.correlation_data,
+            user_properties: p.user_properties,
+        },
+    }))
 }
