@@ -515,3 +515,47 @@ async fn durable_session_expiry_runs_on_the_wall_clock_across_restarts() {
     kill(broker);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// Whether a 5.0 subscriber (mosquitto_sub) gets a retained message on `topic` at once.
+fn retained_now(port: u16, topic: &str) -> Option<String> {
+    let out = Command::new("mosquitto_sub")
+        .args(["-h", "127.0.0.1", "-p", &port.to_string(), "-V", "mqttv5"])
+        .args(["-t", topic, "-C", "1", "-W", "2", "--retained-only"])
+        .output()
+        .expect("mosquitto_sub runs (Debian's mosquitto-clients)");
+    let text = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+    (!text.is_empty()).then_some(text)
+}
+
+/// A retained message's Message Expiry Interval counts on the wall clock across a
+/// restart: one that expired while the broker was down is gone, one that has time
+/// left is still there (published by mosquitto_pub, 5.0, QoS 1: acknowledged after
+/// its commit).
+#[test]
+fn durable_retained_expiry_runs_on_the_wall_clock_across_restarts() {
+    crate::pki::require("mosquitto_pub", "install Debian's mosquitto-clients");
+    let dir = scratch("retained-expiry");
+    let port = free_port();
+    let conf = config(&dir, port);
+    let broker = start(&conf, port);
+    for (topic, expiry) in [("x/short", "2"), ("x/long", "600")] {
+        let status = Command::new("mosquitto_pub")
+            .args(["-h", "127.0.0.1", "-p", &port.to_string(), "-V", "mqttv5"])
+            .args(["-t", topic, "-m", topic, "-q", "1", "-r"])
+            .args(["-D", "publish", "message-expiry-interval", expiry])
+            .status()
+            .unwrap();
+        assert!(status.success(), "{topic}");
+    }
+    assert_eq!(retained_now(port, "x/short").as_deref(), Some("x/short"));
+    kill(broker);
+    std::thread::sleep(Duration::from_secs(3));
+    let broker = start(&conf, port);
+    assert_eq!(
+        retained_now(port, "x/short"),
+        None,
+        "expired while the broker was down"
+    );
+    assert_eq!(retained_now(port, "x/long").as_deref(), Some("x/long"));
+    kill(broker);
+}
