@@ -51,8 +51,7 @@ use std::{
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use mqtt_codec::{
-    ByteStr, Decoder, Packet, ProtocolVersion, QoS, QosPid, RetainHandling, SubscriptionId,
-    SubscriptionOptions,
+    ByteStr, Decoder, Packet, ProtocolVersion, QosPid, SubscriptionId, SubscriptionOptions,
 };
 use mqtt_session::{Message, SubscriptionRecord};
 use redb::{Database, ReadableTable, TableDefinition};
@@ -682,13 +681,7 @@ fn encode_session(s: &SessionRecord) -> Vec<u8> {
     for sub in &s.subscriptions {
         out.put_u16(sub.filter.len() as u16);
         out.put_slice(sub.filter.as_bytes());
-        let o = sub.options;
-        out.put_u8(
-            o.qos as u8
-                | u8::from(o.no_local) << 2
-                | u8::from(o.retain_as_published) << 3
-                | (o.retain_handling as u8) << 4,
-        );
+        out.put_u8(sub.options.to_byte());
         out.put_u32(sub.identifier.map_or(0, SubscriptionId::get));
     }
     out.to_vec()
@@ -713,20 +706,8 @@ fn decode_session(client: &str, mut b: &[u8]) -> Result<SessionRecord, &'static 
         ));
         let filter = std::str::from_utf8(get_bytes(&mut b, len)?).map_err(|_| "filter")?;
         let filter = ByteStr::try_from(filter.to_owned()).map_err(|_| "filter")?;
-        let byte = get_u8(&mut b)?;
-        let qos = QoS::from_u8(byte & 0b11).ok_or("subscription QoS")?;
-        let retain_handling = match (byte >> 4) & 0b11 {
-            0 => RetainHandling::SendAtSubscribe,
-            1 => RetainHandling::SendIfNew,
-            2 => RetainHandling::DoNotSend,
-            _ => return Err("retain handling"),
-        };
-        let options = SubscriptionOptions {
-            qos,
-            no_local: byte & 0b100 != 0,
-            retain_as_published: byte & 0b1000 != 0,
-            retain_handling,
-        };
+        let options =
+            SubscriptionOptions::from_byte(get_u8(&mut b)?).ok_or("subscription options")?;
         let identifier = SubscriptionId::new(get_u32(&mut b)?);
         record.subscriptions.push(SubscriptionRecord {
             filter,

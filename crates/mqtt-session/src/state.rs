@@ -25,8 +25,8 @@ use core::{fmt, num::NonZeroU16};
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use mqtt_codec::{
-    ByteStr, Decoder, Packet, PacketId, ProtocolVersion, QoS, QosPid, RetainHandling,
-    SubscriptionId, SubscriptionOptions, Will, WillProperties,
+    ByteStr, Decoder, Packet, PacketId, ProtocolVersion, QosPid, SubscriptionId,
+    SubscriptionOptions, Will, WillProperties,
 };
 
 use crate::{
@@ -257,13 +257,7 @@ impl ServerSession {
         out.put_u32(s.subscriptions.len() as u32);
         for sub in s.subscriptions {
             put_str(&mut out, &sub.filter);
-            let o = sub.options;
-            out.put_u8(
-                o.qos as u8
-                    | u8::from(o.no_local) << 2
-                    | u8::from(o.retain_as_published) << 3
-                    | (o.retain_handling as u8) << 4,
-            );
+            out.put_u8(sub.options.to_byte());
             out.put_u32(sub.identifier.map_or(0, SubscriptionId::get));
         }
         out.freeze()
@@ -292,20 +286,8 @@ impl ServerSession {
         let mut subscriptions = Vec::new();
         for _ in 0..count {
             let filter = r.string()?;
-            let byte = r.u8()?;
-            let qos = QoS::from_u8(byte & 0b11).ok_or(StateError::Corrupt("subscription QoS"))?;
-            let retain_handling = match (byte >> 4) & 0b11 {
-                0 => RetainHandling::SendAtSubscribe,
-                1 => RetainHandling::SendIfNew,
-                2 => RetainHandling::DoNotSend,
-                _ => return Err(StateError::Corrupt("retain handling")),
-            };
-            let options = SubscriptionOptions {
-                qos,
-                no_local: byte & 0b100 != 0,
-                retain_as_published: byte & 0b1000 != 0,
-                retain_handling,
-            };
+            let options = SubscriptionOptions::from_byte(r.u8()?)
+                .ok_or(StateError::Corrupt("subscription options"))?;
             let identifier = SubscriptionId::new(r.u32()?);
             subscriptions.push(SubscriptionRecord {
                 filter,

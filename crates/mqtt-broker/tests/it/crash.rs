@@ -99,14 +99,7 @@ async fn crash_sigkill_loses_no_acknowledged_message_and_never_repeats_qos2() {
     // reconnections (rumqttc 0.24 forgets it and disconnects on the PUBREL the broker
     // must send again, bytebeamio/rumqtt#664). A timeline of what it saw (connections,
     // Session Present, SUBACK, messages per connection) is shown if the check fails.
-    let found = std::process::Command::new("python3")
-        .args(["-c", "import paho.mqtt.client"])
-        .output()
-        .is_ok_and(|o| o.status.success());
-    assert!(
-        found,
-        "python3 with paho-mqtt not found: `python3 -m pip install paho-mqtt` (the README's test command does)"
-    );
+    crate::paho::require_paho();
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/paho/crash_sub.py");
     let mut sub = tokio::process::Command::new("python3")
         .arg(script)

@@ -68,6 +68,19 @@ impl SubscriptionOptions {
         }
     }
 
+    /// The options as the 5.0 Subscription Options byte (QoS, No Local, Retain As
+    /// Published, Retain Handling): what a SUBSCRIBE carries, and a compact form to
+    /// store a subscription in.
+    pub fn to_byte(self) -> u8 {
+        self.encode(ProtocolVersion::V5)
+    }
+
+    /// Reads a 5.0 Subscription Options byte ([`SubscriptionOptions::to_byte`]); `None`
+    /// if a reserved bit is set, the QoS is 3 or the Retain Handling is 3.
+    pub fn from_byte(byte: u8) -> Option<Self> {
+        Self::decode(byte, ProtocolVersion::V5).ok()
+    }
+
     fn decode(byte: u8, version: ProtocolVersion) -> Result<Self, ErrorKind> {
         if version.is_v5() {
             // [MQTT-3.8.3-5]: bits 6 and 7 are reserved.
