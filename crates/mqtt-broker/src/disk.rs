@@ -59,14 +59,17 @@ use tokio::sync::watch;
 use tracing::{error, info};
 
 use crate::store::{
-    Commits, LiveSession, QueuedRecord, RetainedRecord, SavedMessages, SessionExport,
-    SessionRecord, Store, StoreError, Stored, Ticket,
+    Commits, LiveSession, Page, PageRequest, PagedBacklog, PagedSession, QueuedRecord,
+    RetainedRecord, SavedMessages, SessionExport, SessionRecord, Store, StoreError, Stored, Ticket,
 };
 
 const RETAINED: TableDefinition<&str, &[u8]> = TableDefinition::new("retained");
 const SESSIONS: TableDefinition<&str, &[u8]> = TableDefinition::new("sessions");
 const MESSAGES: TableDefinition<&str, &[u8]> = TableDefinition::new("messages");
 const QUEUE: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("queue");
+
+/// redb's page cache: what the store costs in memory at most, however large the file.
+const CACHE_BYTES: usize = 16 * 1024 * 1024;
 
 /// The envelope's format version.
 const FORMAT: u8 = 1;
@@ -87,7 +90,21 @@ pub struct DiskStore {
     db: Arc<Database>,
     shared: Arc<Inner>,
     commit: Commit,
+    window: Window,
     writer: Option<thread::JoinHandle<()>>,
+}
+
+/// How much of each session's backlog [`Store::load`] reads into memory; the rest
+/// stays on disk until the session asks for it ([`Store::page_in`]).
+#[derive(Clone, Copy, Debug)]
+struct Window {
+    /// Read whatever their size: the messages in flight are among the first this many
+    /// (they are sent in identifier order).
+    inflight: usize,
+    /// At most this many messages...
+    messages: usize,
+    /// ...and about this many bytes.
+    bytes: usize,
 }
 
 impl fmt::Debug for DiskStore {
@@ -116,12 +133,20 @@ struct Pending {
     batch: u64,
     ops: Vec<Op>,
     dirty: Vec<Arc<dyn LiveSession>>,
+    /// Sessions waiting for their paged messages: served after the batch taken with
+    /// them is committed, so that what they paged out before asking is on disk.
+    pages: Vec<PageAsk>,
     closed: bool,
 }
+
+/// A session waiting for its paged messages, and what it asked for.
+type PageAsk = (Box<dyn PagedSession>, PageRequest);
 
 enum Op {
     Retain(Box<str>, Option<Vec<u8>>),
     Session(Box<str>, Option<Vec<u8>>),
+    /// A message a session keeps on disk only ([`Store::page_out`]): its record.
+    PageOut(Box<str>, u64, Vec<u8>),
 }
 
 impl DiskStore {
@@ -138,6 +163,9 @@ impl DiskStore {
         // so it is said loudly.
         let (file, flag) = (path.display().to_string(), AtomicBool::new(false));
         let mut builder = Database::builder();
+        // redb's default cache is 1 GiB: the file's pages would stay in the broker's
+        // memory as the file grows (a long backlog on disk would cost its size in RAM).
+        builder.set_cache_size(CACHE_BYTES);
         builder.set_repair_callback(move |session| {
             if session.progress() < 0.5 && !flag.swap(true, Ordering::Relaxed) {
                 error!(
@@ -206,8 +234,27 @@ impl DiskStore {
             db,
             shared,
             commit,
+            window: Window {
+                inflight: usize::MAX,
+                messages: usize::MAX,
+                bytes: usize::MAX,
+            },
             writer: Some(writer),
         })
+    }
+
+    /// Reads at most `messages` messages and about `bytes` bytes of each session's
+    /// backlog into memory at start (and always the first `inflight`, among which are
+    /// those in flight); the rest stays on disk for the session to page in. Without
+    /// it, everything is read.
+    #[must_use]
+    pub fn with_window(mut self, inflight: usize, messages: usize, bytes: usize) -> Self {
+        self.window = Window {
+            inflight,
+            messages,
+            bytes,
+        };
+        self
     }
 
     fn queue(&self, op: Op) -> Result<(), StoreError> {
@@ -259,12 +306,29 @@ impl DiskStore {
                 let mut saved =
                     decode_messages(payload).map_err(|w| self.corrupt("messages", client, w))?;
                 let mut ids = BTreeSet::new();
+                let (mut bytes, mut paged) = (0usize, None::<PagedBacklog>);
                 for entry in queue
                     .range((client, 0)..=(client, u64::MAX))
                     .map_err(|e| io(e.into()))?
                 {
                     let (k, v) = entry.map_err(|e| io(e.into()))?;
                     let id = k.value().1;
+                    let w = &self.window;
+                    let n = ids.len();
+                    if paged.is_some() || (n >= w.inflight && (n >= w.messages || bytes >= w.bytes))
+                    {
+                        // Beyond the window: left on disk, counted (not read: a
+                        // backlog of millions is not decoded at start).
+                        let p = paged.get_or_insert(PagedBacklog {
+                            first: id,
+                            ..PagedBacklog::default()
+                        });
+                        p.last = id;
+                        p.messages += 1;
+                        p.bytes += v.value().len();
+                        continue;
+                    }
+                    bytes += v.value().len();
                     let key = format!("{client}/{id}");
                     let payload =
                         open_envelope(v.value()).map_err(|w| self.corrupt("queue", &key, w))?;
@@ -276,6 +340,7 @@ impl DiskStore {
                     ids.insert(id);
                 }
                 known.insert(client.to_owned(), ids);
+                saved.paged = paged;
                 record.messages = Some(saved);
             }
             stored.sessions.push(record);
@@ -369,6 +434,27 @@ impl Store for DiskStore {
     fn commits(&self) -> Option<watch::Receiver<Commits>> {
         (self.commit == Commit::Sync).then(|| self.shared.commits.subscribe())
     }
+
+    fn pages(&self) -> bool {
+        true
+    }
+
+    fn page_out(&self, client_id: &str, record: QueuedRecord) -> Result<(), StoreError> {
+        self.queue(Op::PageOut(
+            client_id.into(),
+            record.id,
+            encode_queued(&record),
+        ))
+    }
+
+    fn page_in(&self, session: Box<dyn PagedSession>, request: PageRequest) {
+        let mut p = self.shared.lock();
+        if !p.closed {
+            p.pages.push((session, request));
+            drop(p);
+            self.shared.wake.notify_one();
+        }
+    }
 }
 
 /// The writer thread: takes what is pending, writes and commits it, publishes the
@@ -377,16 +463,35 @@ fn run_writer(db: &Database, shared: &Inner, path: &Path, commit: Commit) {
     // Ops of a batch that failed, written again first with the next.
     let mut retry: Vec<Op> = Vec::new();
     let mut retry_dirty: Vec<Arc<dyn LiveSession>> = Vec::new();
+    // Page requests taken with a batch that failed: served after one succeeds.
+    let mut retry_pages: Vec<PageAsk> = Vec::new();
     let mut failures = 0u64;
     let mut last_log: Option<std::time::Instant> = None;
     loop {
-        let (group, batch, mut ops, mut dirty, closed) = {
+        let (group, batch, mut ops, mut dirty, mut pages, closed) = {
             let mut p = shared.lock();
-            while p.ops.is_empty() && p.dirty.is_empty() && retry.is_empty() && !p.closed {
+            while p.ops.is_empty()
+                && p.dirty.is_empty()
+                && p.pages.is_empty()
+                && retry.is_empty()
+                && !p.closed
+            {
                 p = shared
                     .wake
                     .wait(p)
                     .unwrap_or_else(std::sync::PoisonError::into_inner);
+            }
+            let writes = !(p.ops.is_empty() && p.dirty.is_empty() && retry.is_empty());
+            if !writes && !p.pages.is_empty() {
+                // Only sessions asking for their paged messages, and everything paged
+                // out is committed: read at once.
+                let pages = std::mem::take(&mut p.pages);
+                drop(p);
+                if let Err(pages) = serve_pages(db, shared, path, pages) {
+                    shared.lock().pages.extend(pages);
+                    thread::sleep(Duration::from_millis(100));
+                }
+                continue;
             }
             if let Commit::Batch(every) = commit {
                 if !p.closed {
@@ -411,9 +516,14 @@ fn run_writer(db: &Database, shared: &Inner, path: &Path, commit: Commit) {
                 batch,
                 std::mem::take(&mut p.ops),
                 std::mem::take(&mut p.dirty),
+                std::mem::take(&mut p.pages),
                 p.closed,
             )
         };
+        if !retry_pages.is_empty() {
+            retry_pages.append(&mut pages);
+            pages = std::mem::take(&mut retry_pages);
+        }
         if !retry.is_empty() {
             retry.append(&mut ops);
             ops = std::mem::take(&mut retry);
@@ -471,6 +581,9 @@ fn run_writer(db: &Database, shared: &Inner, path: &Path, commit: Commit) {
                         messages.remove(&**client)?;
                         queue.retain_in((&**client, 0)..=(&**client, u64::MAX), |_, _| false)?;
                     }
+                    Op::PageOut(client, id, v) => {
+                        queue.insert((&**client, *id), envelope(v).as_slice())?;
+                    }
                 }
             }
             let now = SystemTime::now();
@@ -500,6 +613,11 @@ fn run_writer(db: &Database, shared: &Inner, path: &Path, commit: Commit) {
                     c.micros_total = c.micros_total.saturating_add(micros);
                     c.last_micros = micros;
                 });
+                if !pages.is_empty() {
+                    if let Err(pages) = serve_pages(db, shared, path, pages) {
+                        retry_pages = pages;
+                    }
+                }
             }
             Err(e) => {
                 // The file holds what it held: the next exports compare with that.
@@ -523,6 +641,7 @@ fn run_writer(db: &Database, shared: &Inner, path: &Path, commit: Commit) {
                 shared.commits.send_modify(|c| c.failed = batch);
                 retry = ops;
                 retry_dirty = dirty;
+                retry_pages = pages;
                 if closed {
                     return;
                 }
@@ -531,10 +650,93 @@ fn run_writer(db: &Database, shared: &Inner, path: &Path, commit: Commit) {
                 continue;
             }
         }
-        if closed && shared.lock().ops.is_empty() && shared.lock().dirty.is_empty() {
-            return;
+        if closed {
+            // One guard: a second `lock()` in the same condition would wait on the first.
+            let p = shared.lock();
+            if p.ops.is_empty() && p.dirty.is_empty() {
+                return;
+            }
         }
     }
+}
+
+/// Reads each session's paged messages as it asked ([`Store::page_in`]) and hands them
+/// over; the identifiers read join what the file is known to hold for the session (a
+/// damaged record is logged and left out, and goes with the session's next export, as
+/// does the record of a message that expired on disk). `Err` gives the requests back
+/// if the file cannot be read.
+fn serve_pages(
+    db: &Database,
+    shared: &Inner,
+    path: &Path,
+    pages: Vec<PageAsk>,
+) -> Result<(), Vec<PageAsk>> {
+    let read = db
+        .begin_read()
+        .map_err(redb::Error::from)
+        .and_then(|tx| tx.open_table(QUEUE).map_err(redb::Error::from));
+    let table = match read {
+        Ok(table) => table,
+        Err(e) => {
+            error!(file = %path.display(), error = %e, "the store cannot be read: paged messages wait");
+            return Err(pages);
+        }
+    };
+    for (session, request) in pages {
+        let client = session.client_id();
+        let mut page = Page {
+            records: Vec::new(),
+            next: request.from,
+            end: true,
+        };
+        let (mut read_ids, mut bytes) = (Vec::new(), 0usize);
+        let range = table.range((client, request.from)..=(client, u64::MAX));
+        let entries = match range {
+            Ok(range) => range,
+            Err(e) => {
+                error!(file = %path.display(), client, error = %e, "paged messages cannot be read");
+                continue;
+            }
+        };
+        for entry in entries {
+            let Ok((k, v)) = entry else {
+                error!(file = %path.display(), client, "paged messages cannot be read");
+                break;
+            };
+            let (id, value) = (k.value().1, v.value());
+            if read_ids.len() >= request.max_messages.max(1)
+                || (!read_ids.is_empty() && bytes.saturating_add(value.len()) > request.max_bytes)
+            {
+                page.end = false;
+                page.next = id;
+                break;
+            }
+            read_ids.push(id);
+            page.next = id.saturating_add(1);
+            match open_envelope(value).and_then(decode_queued) {
+                Ok((expires_at, message)) => {
+                    bytes += message.size();
+                    page.records
+                        .push(QueuedRecord::new(id, expires_at, message));
+                }
+                Err(what) => error!(
+                    file = %path.display(), table = "queue", client, id, what,
+                    "a paged message's record is damaged: left out"
+                ),
+            }
+        }
+        let client = client.to_owned();
+        if session.page_in(page) {
+            shared
+                .known
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .entry(client)
+                .or_default()
+                .extend(read_ids);
+        }
+    }
+    Ok(())
 }
 
 fn write_txn(
@@ -734,6 +936,7 @@ fn decode_messages(mut b: &[u8]) -> Result<SavedMessages, &'static str> {
         state: Bytes::copy_from_slice(b),
         saved_at,
         messages: Vec::new(),
+        paged: None,
     })
 }
 
