@@ -772,18 +772,9 @@ fn open_envelope(value: &[u8]) -> Result<&[u8], &'static str> {
     Ok(payload)
 }
 
-/// CRC-32 (IEEE 802.3, reflected, as zlib), bit by bit: values are small and written
-/// by one thread, so no table.
-pub(crate) fn crc32(data: &[u8]) -> u32 {
-    let mut crc = !0u32;
-    for &b in data {
-        crc ^= u32::from(b);
-        for _ in 0..8 {
-            let mask = (crc & 1).wrapping_neg();
-            crc = (crc >> 1) ^ (0xEDB8_8320 & mask);
-        }
-    }
-    !crc
+/// CRC-32 (IEEE 802.3, reflected, as zlib) of a stored value's payload (decision 0022).
+fn crc32(data: &[u8]) -> u32 {
+    crc32fast::hash(data)
 }
 
 fn put_time(out: &mut BytesMut, at: Option<SystemTime>) {
