@@ -8,11 +8,15 @@
 //! 1/2 in flight by message identifier with packet identifiers and phases, QoS 2 packet
 //! identifiers awaiting PUBREL, the identifier counters, its will, as
 //! `ServerSession::export_detached` writes them, and the wall-clock time of the export)
-//! and `queue` ((client identifier, message identifier) → one message the session holds,
-//! queued or in flight, with its wall-clock expiry). A message's record is written once,
-//! in the commit after it was queued, and deleted in the commit after it left the
-//! session (acknowledged, expired, dropped); loading scans a session's records in
-//! identifier order, which is the queue's. Every value is an envelope:
+//! and `chunks` ((client identifier, first message identifier) → a chunk of the messages
+//! the session holds, queued, in flight or paged out, each with its wall-clock expiry).
+//! A chunk is a run of consecutive message identifiers written in one commit (at most
+//! 256 messages, about 64 KiB), so chunks never overlap and scanning them in key order
+//! scans messages in identifier order, which is the queue's. A message is written once,
+//! in the commit after it was queued (or paged out); when messages leave the session
+//! (acknowledged, expired, dropped), the commit after rewrites their chunk without them,
+//! or deletes it with its last. Per commit and session that is a few B-tree writes
+//! rather than two per message. Every value is an envelope:
 //!
 //! ```text
 //! format u8 (= 1) · CRC-32 (IEEE) u32 of the payload · payload
@@ -38,7 +42,7 @@
 #![allow(clippy::result_large_err)]
 
 use std::{
-    collections::{BTreeSet, HashMap},
+    collections::{BTreeMap, BTreeSet, HashMap},
     fmt,
     path::{Path, PathBuf},
     sync::{
@@ -54,22 +58,39 @@ use mqtt_codec::{
     ByteStr, Decoder, Packet, ProtocolVersion, QosPid, SubscriptionId, SubscriptionOptions,
 };
 use mqtt_session::{Message, SubscriptionRecord};
-use redb::{Database, ReadableTable, TableDefinition};
+use redb::{Database, ReadableTable, TableDefinition, TableHandle};
 use tokio::sync::watch;
 use tracing::{error, info};
 
 use crate::store::{
     Commits, LiveSession, Page, PageRequest, PagedBacklog, PagedSession, QueuedRecord,
-    RetainedRecord, SavedMessages, SessionExport, SessionRecord, Store, StoreError, Stored, Ticket,
+    RetainedRecord, SavedMessages, SessionRecord, Store, StoreError, Stored, Ticket,
 };
 
 const RETAINED: TableDefinition<&str, &[u8]> = TableDefinition::new("retained");
 const SESSIONS: TableDefinition<&str, &[u8]> = TableDefinition::new("sessions");
 const MESSAGES: TableDefinition<&str, &[u8]> = TableDefinition::new("messages");
-const QUEUE: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("queue");
+const CHUNKS: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("chunks");
+/// The table of one record per message that development versions wrote before
+/// `chunks`: a file that has it is refused rather than read without its messages.
+const OLD_QUEUE: &str = "queue";
+
+/// A chunk holds at most this many messages...
+const CHUNK_MESSAGES: usize = 256;
+/// ...and about this many bytes: what rewriting it (when some of its messages left the
+/// session) copies at most.
+const CHUNK_BYTES: usize = 64 * 1024;
+
+/// Message identifier → the key (first identifier) of the chunk that holds it, for the
+/// messages of a session that the file holds and the session holds in memory.
+type Holds = BTreeMap<u64, u64>;
 
 /// redb's page cache: what the store costs in memory at most, however large the file.
 const CACHE_BYTES: usize = 16 * 1024 * 1024;
+
+/// The most bytes of paged-out messages waiting for their commit (see
+/// `Inner::uncommitted_paged`).
+const MAX_UNCOMMITTED_PAGED: usize = 64 * 1024 * 1024;
 
 /// The envelope's format version.
 const FORMAT: u8 = 1;
@@ -98,13 +119,12 @@ pub struct DiskStore {
 /// stays on disk until the session asks for it ([`Store::page_in`]).
 #[derive(Clone, Copy, Debug)]
 struct Window {
-    /// Read whatever their size: the messages in flight are among the first this many
-    /// (they are sent in identifier order).
-    inflight: usize,
-    /// At most this many messages...
+    /// Besides the messages in flight (always read): at most this many messages...
     messages: usize,
-    /// ...and about this many bytes.
+    /// ...and about this many bytes...
     bytes: usize,
+    /// ...and about this many bytes for all sessions together.
+    total_bytes: usize,
 }
 
 impl fmt::Debug for DiskStore {
@@ -122,9 +142,13 @@ struct Inner {
     pending: Mutex<Pending>,
     /// The message identifiers the file holds for each session (table `queue`): what
     /// an export is compared with. Filled by `load`, then the writer's.
-    known: Mutex<HashMap<String, BTreeSet<u64>>>,
+    known: Mutex<HashMap<String, Holds>>,
     wake: Condvar,
     commits: watch::Sender<Commits>,
+    /// Bytes of messages paged out and not committed yet: they are in memory until
+    /// then, so past `MAX_UNCOMMITTED_PAGED` (a disk that stopped taking writes) no more
+    /// are taken.
+    uncommitted_paged: std::sync::atomic::AtomicUsize,
 }
 
 #[derive(Default)]
@@ -137,6 +161,17 @@ struct Pending {
     /// them is committed, so that what they paged out before asking is on disk.
     pages: Vec<PageAsk>,
     closed: bool,
+}
+
+/// What the writer writes of one session's export.
+struct Export {
+    client: ByteStr,
+    /// Its state record.
+    state: Bytes,
+    /// Chunk → the identifiers of its messages that left the session.
+    gone: BTreeMap<u64, Vec<u64>>,
+    /// Its messages the file did not hold.
+    chunks: Chunker,
 }
 
 /// A session waiting for its paged messages, and what it asked for.
@@ -197,12 +232,25 @@ impl DiskStore {
             ))
         })?;
         let db = Arc::new(db);
+        let old = db.begin_read().ok().and_then(|tx| {
+            tx.list_tables()
+                .ok()
+                .map(|mut t| t.any(|t| t.name() == OLD_QUEUE))
+        });
+        if old == Some(true) {
+            return Err(StoreError::new(format!(
+                "{}: written by a development version of the broker (table `{OLD_QUEUE}`, \
+                 one record per message) that this one does not read: move the file away \
+                 to start with an empty store (what it held is then lost)",
+                path.display()
+            )));
+        }
         // The tables exist from the start, so that reading finds them.
         write_txn(&db, |tx| {
             tx.open_table(RETAINED)?;
             tx.open_table(SESSIONS)?;
             tx.open_table(MESSAGES)?;
-            tx.open_table(QUEUE)?;
+            tx.open_table(CHUNKS)?;
             Ok(())
         })
         .map_err(|e| {
@@ -222,6 +270,7 @@ impl DiskStore {
             }),
             wake: Condvar::new(),
             commits,
+            uncommitted_paged: std::sync::atomic::AtomicUsize::new(0),
         });
         let writer = {
             let (db, shared, path) = (Arc::clone(&db), Arc::clone(&shared), path.to_owned());
@@ -235,24 +284,24 @@ impl DiskStore {
             shared,
             commit,
             window: Window {
-                inflight: usize::MAX,
                 messages: usize::MAX,
                 bytes: usize::MAX,
+                total_bytes: usize::MAX,
             },
             writer: Some(writer),
         })
     }
 
     /// Reads at most `messages` messages and about `bytes` bytes of each session's
-    /// backlog into memory at start (and always the first `inflight`, among which are
-    /// those in flight); the rest stays on disk for the session to page in. Without
-    /// it, everything is read.
+    /// backlog into memory at start, and about `total_bytes` for all sessions (past it
+    /// a session reads only its messages in flight, which are always read); the rest
+    /// stays on disk for the session to page in. Without it, everything is read.
     #[must_use]
-    pub fn with_window(mut self, inflight: usize, messages: usize, bytes: usize) -> Self {
+    pub fn with_window(mut self, messages: usize, bytes: usize, total_bytes: usize) -> Self {
         self.window = Window {
-            inflight,
             messages,
             bytes,
+            total_bytes,
         };
         self
     }
@@ -292,8 +341,11 @@ impl DiskStore {
         }
         let table = tx.open_table(SESSIONS).map_err(|e| io(e.into()))?;
         let messages = tx.open_table(MESSAGES).map_err(|e| io(e.into()))?;
-        let queue = tx.open_table(QUEUE).map_err(|e| io(e.into()))?;
+        let chunks = tx.open_table(CHUNKS).map_err(|e| io(e.into()))?;
         let mut known = HashMap::new();
+        // Bytes of messages read into memory for all sessions: past the window's
+        // total, sessions read only what they have in flight.
+        let mut loaded_total = 0usize;
         for entry in table.iter().map_err(|e| io(e.into()))? {
             let (k, v) = entry.map_err(|e| io(e.into()))?;
             let (client, value) = (k.value(), v.value());
@@ -305,39 +357,55 @@ impl DiskStore {
                     open_envelope(v.value()).map_err(|w| self.corrupt("messages", client, w))?;
                 let mut saved =
                     decode_messages(payload).map_err(|w| self.corrupt("messages", client, w))?;
-                let mut ids = BTreeSet::new();
+                // Those in flight are read whatever the window (the state names them);
+                // then the window, in identifier order; the rest stays on disk.
+                let inflight: BTreeSet<u64> = if saved.state.get(4) == Some(&2) {
+                    mqtt_session::ServerSession::detached_inflight(&saved.state)
+                        .map_err(|_| self.corrupt("messages", client, "not a session state"))?
+                        .into_iter()
+                        .map(|id| id.0)
+                        .collect()
+                } else {
+                    BTreeSet::new()
+                };
+                let mut ids = Holds::new();
                 let (mut bytes, mut paged) = (0usize, None::<PagedBacklog>);
-                for entry in queue
+                for entry in chunks
                     .range((client, 0)..=(client, u64::MAX))
                     .map_err(|e| io(e.into()))?
                 {
                     let (k, v) = entry.map_err(|e| io(e.into()))?;
-                    let id = k.value().1;
-                    let w = &self.window;
-                    let n = ids.len();
-                    if paged.is_some() || (n >= w.inflight && (n >= w.messages || bytes >= w.bytes))
-                    {
-                        // Beyond the window: left on disk, counted (not read: a
-                        // backlog of millions is not decoded at start).
-                        let p = paged.get_or_insert(PagedBacklog {
-                            first: id,
-                            ..PagedBacklog::default()
-                        });
-                        p.last = id;
-                        p.messages += 1;
-                        p.bytes += v.value().len();
-                        continue;
-                    }
-                    bytes += v.value().len();
-                    let key = format!("{client}/{id}");
+                    let chunk = k.value().1;
+                    let key = format!("{client}/{chunk}");
                     let payload =
-                        open_envelope(v.value()).map_err(|w| self.corrupt("queue", &key, w))?;
-                    let (expires_at, message) =
-                        decode_queued(payload).map_err(|w| self.corrupt("queue", &key, w))?;
-                    saved
-                        .messages
-                        .push(QueuedRecord::new(id, expires_at, message));
-                    ids.insert(id);
+                        open_envelope(v.value()).map_err(|w| self.corrupt("chunks", &key, w))?;
+                    for entry in Entries(payload) {
+                        let (id, body) = entry.map_err(|w| self.corrupt("chunks", &key, w))?;
+                        let w = &self.window;
+                        let full = ids.len() >= w.messages
+                            || bytes >= w.bytes
+                            || loaded_total >= w.total_bytes;
+                        if !inflight.contains(&id) && (paged.is_some() || full) {
+                            // Beyond the window: left on disk, counted (not decoded: a
+                            // backlog of millions is not read at start).
+                            let p = paged.get_or_insert(PagedBacklog {
+                                first: id,
+                                ..PagedBacklog::default()
+                            });
+                            p.last = id;
+                            p.messages += 1;
+                            p.bytes += body.len();
+                            continue;
+                        }
+                        bytes += body.len();
+                        loaded_total += body.len();
+                        let (expires_at, message) =
+                            decode_queued(body).map_err(|w| self.corrupt("chunks", &key, w))?;
+                        saved
+                            .messages
+                            .push(QueuedRecord::new(id, expires_at, message));
+                        ids.insert(id, chunk);
+                    }
                 }
                 known.insert(client.to_owned(), ids);
                 saved.paged = paged;
@@ -360,7 +428,12 @@ impl Drop for DiskStore {
         self.shared.lock().closed = true;
         self.shared.wake.notify_one();
         if let Some(writer) = self.writer.take() {
-            let _ = writer.join();
+            // The writer itself drops the store when the broker's last reference was
+            // the one it held to hand a session its paged messages: it then finishes
+            // on its own (it cannot wait for itself).
+            if writer.thread().id() != thread::current().id() {
+                let _ = writer.join();
+            }
         }
     }
 }
@@ -440,11 +513,15 @@ impl Store for DiskStore {
     }
 
     fn page_out(&self, client_id: &str, record: QueuedRecord) -> Result<(), StoreError> {
-        self.queue(Op::PageOut(
-            client_id.into(),
-            record.id,
-            encode_queued(&record),
-        ))
+        let body = encode_queued(&record);
+        let waiting = &self.shared.uncommitted_paged;
+        if waiting.load(Ordering::Relaxed) >= MAX_UNCOMMITTED_PAGED {
+            return Err(StoreError::new(
+                "64 MiB of paged messages wait for a commit (the store cannot write)",
+            ));
+        }
+        waiting.fetch_add(body.len(), Ordering::Relaxed);
+        self.queue(Op::PageOut(client_id.into(), record.id, body))
     }
 
     fn page_in(&self, session: Box<dyn PagedSession>, request: PageRequest) {
@@ -474,6 +551,7 @@ fn run_writer(db: &Database, shared: &Inner, path: &Path, commit: Commit) {
                 && p.dirty.is_empty()
                 && p.pages.is_empty()
                 && retry.is_empty()
+                && retry_pages.is_empty()
                 && !p.closed
             {
                 p = shared
@@ -482,10 +560,12 @@ fn run_writer(db: &Database, shared: &Inner, path: &Path, commit: Commit) {
                     .unwrap_or_else(std::sync::PoisonError::into_inner);
             }
             let writes = !(p.ops.is_empty() && p.dirty.is_empty() && retry.is_empty());
-            if !writes && !p.pages.is_empty() {
+            let reads = !(p.pages.is_empty() && retry_pages.is_empty());
+            if reads && !writes {
                 // Only sessions asking for their paged messages, and everything paged
                 // out is committed: read at once.
-                let pages = std::mem::take(&mut p.pages);
+                let mut pages = std::mem::take(&mut retry_pages);
+                pages.append(&mut p.pages);
                 drop(p);
                 if let Err(pages) = serve_pages(db, shared, path, pages) {
                     shared.lock().pages.extend(pages);
@@ -538,24 +618,47 @@ fn run_writer(db: &Database, shared: &Inner, path: &Path, commit: Commit) {
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         // What `known` said before this batch, for the sessions it changes: put back
         // if the commit fails.
-        let mut undo: Vec<(String, Option<BTreeSet<u64>>)> = Vec::new();
+        let mut undo: Vec<(String, Option<Holds>)> = Vec::new();
         for op in &ops {
             if let Op::Session(client, None) = op {
                 undo.push((client.to_string(), known.remove(&**client)));
             }
         }
-        let empty = BTreeSet::new();
-        let mut exports: Vec<(SessionExport, Vec<u64>)> = Vec::with_capacity(dirty.len());
+        let mut exports: Vec<Export> = Vec::with_capacity(dirty.len());
         for s in &dirty {
-            let holds = known.get(s.client_id()).unwrap_or(&empty);
-            if let Some(mut e) = s.export(holds) {
-                let gone = holds.difference(&e.present).copied().collect();
-                // Later exports in this batch compare with what this one writes.
-                let present = std::mem::take(&mut e.present);
-                let before = known.insert(e.client_id.as_str().to_owned(), present);
-                undo.push((e.client_id.as_str().to_owned(), before));
-                exports.push((e, gone));
+            let client = s.client_id();
+            let before = known.get(client);
+            let exported = {
+                let holds = |id| before.is_some_and(|h| h.contains_key(&id));
+                s.export(&holds)
+            };
+            let Some(mut e) = exported else {
+                continue;
+            };
+            // Later exports in this batch compare with what this one writes.
+            let mut holds = before.cloned().unwrap_or_default();
+            let mut gone: BTreeMap<u64, Vec<u64>> = BTreeMap::new();
+            holds.retain(|id, chunk| {
+                let kept = e.present.contains(id);
+                if !kept {
+                    gone.entry(*chunk).or_default().push(*id);
+                }
+                kept
+            });
+            e.new.sort_unstable_by_key(|r| r.id);
+            let mut chunker = Chunker::default();
+            for r in &e.new {
+                let chunk = chunker.push(r.id, &encode_queued(r));
+                holds.insert(r.id, chunk);
             }
+            let before = known.insert(e.client_id.as_str().to_owned(), holds);
+            undo.push((e.client_id.as_str().to_owned(), before));
+            exports.push(Export {
+                client: e.client_id,
+                state: e.state,
+                gone,
+                chunks: chunker,
+            });
         }
         drop(known);
         drop(group);
@@ -564,7 +667,10 @@ fn run_writer(db: &Database, shared: &Inner, path: &Path, commit: Commit) {
             let mut retained = tx.open_table(RETAINED)?;
             let mut sessions = tx.open_table(SESSIONS)?;
             let mut messages = tx.open_table(MESSAGES)?;
-            let mut queue = tx.open_table(QUEUE)?;
+            let mut chunks = tx.open_table(CHUNKS)?;
+            // Messages paged out, in chunks per session, written after the ops (a
+            // session's removal drops those paged out before it in the batch).
+            let mut paged: HashMap<&str, Chunker> = HashMap::new();
             for op in &ops {
                 match op {
                     Op::Retain(topic, Some(v)) => {
@@ -579,23 +685,47 @@ fn run_writer(db: &Database, shared: &Inner, path: &Path, commit: Commit) {
                     Op::Session(client, None) => {
                         sessions.remove(&**client)?;
                         messages.remove(&**client)?;
-                        queue.retain_in((&**client, 0)..=(&**client, u64::MAX), |_, _| false)?;
+                        chunks.retain_in((&**client, 0)..=(&**client, u64::MAX), |_, _| false)?;
+                        paged.remove(&**client);
                     }
-                    Op::PageOut(client, id, v) => {
-                        queue.insert((&**client, *id), envelope(v).as_slice())?;
+                    Op::PageOut(client, id, body) => {
+                        paged.entry(&**client).or_default().push(*id, body);
                     }
                 }
             }
+            for (client, chunker) in &paged {
+                for (first, _, _, payload) in &chunker.chunks {
+                    chunks.insert((*client, *first), envelope(payload).as_slice())?;
+                }
+            }
             let now = SystemTime::now();
-            for (e, gone) in &exports {
-                let client = e.client_id.as_str();
+            for e in &exports {
+                let client = e.client.as_str();
                 let v = encode_messages(&e.state, now);
                 messages.insert(client, envelope(&v).as_slice())?;
-                for r in &e.new {
-                    queue.insert((client, r.id), envelope(&encode_queued(r)).as_slice())?;
+                for (first, _, _, payload) in &e.chunks.chunks {
+                    chunks.insert((client, *first), envelope(payload).as_slice())?;
                 }
-                for &id in gone {
-                    queue.remove((client, id))?;
+                // A chunk some of whose messages left is written again without them,
+                // or deleted with the last.
+                for (&chunk, ids) in &e.gone {
+                    let Some(value) = chunks.get((client, chunk))?.map(|v| v.value().to_vec())
+                    else {
+                        continue;
+                    };
+                    let mut kept = Vec::new();
+                    if let Ok(payload) = open_envelope(&value) {
+                        for (id, body) in Entries(payload).map_while(Result::ok) {
+                            if !ids.contains(&id) {
+                                put_entry(&mut kept, id, body);
+                            }
+                        }
+                    }
+                    if kept.is_empty() {
+                        chunks.remove((client, chunk))?;
+                    } else {
+                        chunks.insert((client, chunk), envelope(&kept).as_slice())?;
+                    }
                 }
             }
             Ok(())
@@ -613,6 +743,14 @@ fn run_writer(db: &Database, shared: &Inner, path: &Path, commit: Commit) {
                     c.micros_total = c.micros_total.saturating_add(micros);
                     c.last_micros = micros;
                 });
+                let paged: usize = ops
+                    .iter()
+                    .map(|op| match op {
+                        Op::PageOut(_, _, body) => body.len(),
+                        _ => 0,
+                    })
+                    .sum();
+                shared.uncommitted_paged.fetch_sub(paged, Ordering::Relaxed);
                 if !pages.is_empty() {
                     if let Err(pages) = serve_pages(db, shared, path, pages) {
                         retry_pages = pages;
@@ -660,11 +798,13 @@ fn run_writer(db: &Database, shared: &Inner, path: &Path, commit: Commit) {
     }
 }
 
-/// Reads each session's paged messages as it asked ([`Store::page_in`]) and hands them
-/// over; the identifiers read join what the file is known to hold for the session (a
-/// damaged record is logged and left out, and goes with the session's next export, as
-/// does the record of a message that expired on disk). `Err` gives the requests back
-/// if the file cannot be read.
+/// Reads each session's paged messages as it asked ([`Store::page_in`]): those with
+/// identifiers from `from` to `until` that the file holds and the session does not
+/// (messages it holds in memory have their identifiers among `known`'s: they are
+/// skipped), in identifier order, and hands them over; the identifiers read join
+/// `known` (the record of a message that expired on disk then goes with the session's
+/// next export). `Err` gives back the requests not served if the file cannot be read;
+/// a damaged chunk is logged and skipped.
 fn serve_pages(
     db: &Database,
     shared: &Inner,
@@ -674,7 +814,7 @@ fn serve_pages(
     let read = db
         .begin_read()
         .map_err(redb::Error::from)
-        .and_then(|tx| tx.open_table(QUEUE).map_err(redb::Error::from));
+        .and_then(|tx| tx.open_table(CHUNKS).map_err(redb::Error::from));
     let table = match read {
         Ok(table) => table,
         Err(e) => {
@@ -682,61 +822,103 @@ fn serve_pages(
             return Err(pages);
         }
     };
-    for (session, request) in pages {
-        let client = session.client_id();
-        let mut page = Page {
-            records: Vec::new(),
-            next: request.from,
-            end: true,
-        };
-        let (mut read_ids, mut bytes) = (Vec::new(), 0usize);
-        let range = table.range((client, request.from)..=(client, u64::MAX));
-        let entries = match range {
-            Ok(range) => range,
+    let mut pages = pages.into_iter();
+    while let Some((session, request)) = pages.next() {
+        match read_page(&table, shared, session.client_id(), &request, path) {
+            Ok((page, read)) => {
+                let client = session.client_id().to_owned();
+                if session.page_in(page) {
+                    let mut known = shared
+                        .known
+                        .lock()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner);
+                    known.entry(client).or_default().extend(read);
+                }
+            }
             Err(e) => {
-                error!(file = %path.display(), client, error = %e, "paged messages cannot be read");
+                error!(file = %path.display(), client = session.client_id(), error = %e, "paged messages cannot be read: they wait");
+                let mut rest = vec![(session, request)];
+                rest.extend(pages);
+                return Err(rest);
+            }
+        }
+    }
+    Ok(())
+}
+
+/// One session's page (see [`serve_pages`]), with the identifiers read and their chunks.
+fn read_page(
+    table: &redb::ReadOnlyTable<(&'static str, u64), &'static [u8]>,
+    shared: &Inner,
+    client: &str,
+    request: &PageRequest,
+    path: &Path,
+) -> Result<(Page, Vec<(u64, u64)>), redb::Error> {
+    let known = shared
+        .known
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    let held = known.get(client);
+    let mut page = Page {
+        records: Vec::new(),
+        next: request.from,
+        end: true,
+    };
+    let (mut read, mut bytes) = (Vec::new(), 0usize);
+    // The chunk holding `from` may start before it: chunks never overlap, so it is
+    // the last one that starts at or before it.
+    let start = table
+        .range((client, 0)..=(client, request.from))?
+        .next_back()
+        .transpose()?
+        .map_or(request.from, |(k, _)| k.value().1);
+    'chunks: for entry in table.range((client, start)..=(client, request.until))? {
+        let (k, v) = entry?;
+        let chunk = k.value().1;
+        let entries = match open_envelope(v.value()) {
+            Ok(payload) => Entries(payload),
+            Err(what) => {
+                error!(file = %path.display(), table = "chunks", client, chunk, what, "a chunk of paged messages is damaged: its messages are left out");
                 continue;
             }
         };
         for entry in entries {
-            let Ok((k, v)) = entry else {
-                error!(file = %path.display(), client, "paged messages cannot be read");
-                break;
+            let (id, body) = match entry {
+                Ok(e) => e,
+                Err(what) => {
+                    error!(file = %path.display(), table = "chunks", client, chunk, what, "a chunk of paged messages is damaged: the rest of it is left out");
+                    break;
+                }
             };
-            let (id, value) = (k.value().1, v.value());
-            if read_ids.len() >= request.max_messages.max(1)
-                || (!read_ids.is_empty() && bytes.saturating_add(value.len()) > request.max_bytes)
+            if id < request.from || held.is_some_and(|h| h.contains_key(&id)) {
+                continue;
+            }
+            if id > request.until {
+                break 'chunks;
+            }
+            if read.len() >= request.max_messages.max(1)
+                || (!read.is_empty() && bytes.saturating_add(body.len()) > request.max_bytes)
             {
                 page.end = false;
                 page.next = id;
-                break;
+                break 'chunks;
             }
-            read_ids.push(id);
+            read.push((id, chunk));
             page.next = id.saturating_add(1);
-            match open_envelope(value).and_then(decode_queued) {
+            match decode_queued(body) {
                 Ok((expires_at, message)) => {
-                    bytes += message.size();
+                    bytes += body.len();
                     page.records
                         .push(QueuedRecord::new(id, expires_at, message));
                 }
                 Err(what) => error!(
-                    file = %path.display(), table = "queue", client, id, what,
-                    "a paged message's record is damaged: left out"
+                    file = %path.display(), table = "chunks", client, chunk, id, what,
+                    "a paged message's entry is damaged: left out"
                 ),
             }
         }
-        let client = client.to_owned();
-        if session.page_in(page) {
-            shared
-                .known
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner)
-                .entry(client)
-                .or_default()
-                .extend(read_ids);
-        }
     }
-    Ok(())
+    Ok((page, read))
 }
 
 fn write_txn(
@@ -929,6 +1111,70 @@ fn decode_messages(mut b: &[u8]) -> Result<SavedMessages, &'static str> {
         messages: Vec::new(),
         paged: None,
     })
+}
+
+/// A chunk's payload: its entries one after the other, each
+/// `message identifier u64 · length u32 · body` (the body as `encode_queued` writes it),
+/// in identifier order.
+struct Entries<'a>(&'a [u8]);
+
+impl<'a> Iterator for Entries<'a> {
+    type Item = Result<(u64, &'a [u8]), &'static str>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.0.is_empty() {
+            return None;
+        }
+        let mut b = self.0;
+        let entry = get_u64(&mut b).and_then(|id| {
+            let len = get_u32(&mut b)? as usize;
+            Ok((id, get_bytes(&mut b, len)?))
+        });
+        // After an error, nothing more.
+        self.0 = if entry.is_ok() { b } else { &[] };
+        Some(entry)
+    }
+}
+
+/// Appends the entry of message `id` with `body` to a chunk's payload.
+fn put_entry(chunk: &mut Vec<u8>, id: u64, body: &[u8]) {
+    chunk.extend_from_slice(&id.to_be_bytes());
+    chunk.extend_from_slice(&(body.len() as u32).to_be_bytes());
+    chunk.extend_from_slice(body);
+}
+
+/// Chunks being built for one commit: a run of consecutive message identifiers each,
+/// at most `CHUNK_MESSAGES` messages and about `CHUNK_BYTES`, so that chunks never
+/// overlap (scanning them in key order is scanning messages in identifier order).
+#[derive(Default)]
+struct Chunker {
+    /// (first identifier, last identifier, count, payload)
+    chunks: Vec<(u64, u64, usize, Vec<u8>)>,
+}
+
+impl Chunker {
+    /// Adds message `id` (greater than every one added before); returns the key of
+    /// the chunk it went to.
+    fn push(&mut self, id: u64, body: &[u8]) -> u64 {
+        match self.chunks.last_mut() {
+            Some((first, last, count, payload))
+                if last.checked_add(1) == Some(id)
+                    && *count < CHUNK_MESSAGES
+                    && payload.len() < CHUNK_BYTES =>
+            {
+                *last = id;
+                *count += 1;
+                put_entry(payload, id, body);
+                *first
+            }
+            _ => {
+                let mut payload = Vec::with_capacity(body.len() + 12);
+                put_entry(&mut payload, id, body);
+                self.chunks.push((id, id, 1, payload));
+                id
+            }
+        }
+    }
 }
 
 fn encode_queued(r: &QueuedRecord) -> Vec<u8> {

@@ -549,9 +549,9 @@ async fn open_store(
     // What a session's queue holds in memory (its window) is read at start; the rest
     // of a backlog stays on disk until the session has room for it.
     let window = (
-        usize::from(l.max_inflight),
         l.max_queued_messages,
         l.max_queued_bytes,
+        l.max_queued_bytes_total,
     );
     tokio::task::spawn_blocking(move || {
         disk::DiskStore::open(&path, commit).map(|s| s.with_window(window.0, window.1, window.2))

@@ -334,7 +334,7 @@ pub(crate) const MAX_RETAINED_RESTARTS: u32 = 8;
 /// true if it sent any (call again after writing them).
 pub(crate) fn pump_retained(
     shared: &Shared,
-    handle: &SessionHandle,
+    handle: &std::sync::Arc<SessionHandle>,
     backlog: &mut VecDeque<RetainedBacklog>,
 ) -> bool {
     let Some(entry) = backlog.front_mut() else {
@@ -391,7 +391,13 @@ pub(crate) fn pump_retained(
             m.retain = true;
             m.properties
                 .set_subscription_identifiers(entry.identifier.into_iter().collect());
-            if cell.session.deliver(now, m).is_err() {
+            // Behind what the session holds on disk, if it does (it keeps their order).
+            let taken = if Shared::is_paging(&cell) && shared.may_page_out(&cell, &m) {
+                shared.page_out(handle, &mut cell, m).is_ok()
+            } else {
+                cell.session.deliver(now, m).is_ok()
+            };
+            if !taken {
                 shared.stats.publish_dropped.fetch_add(1, Ordering::Relaxed);
             }
         }

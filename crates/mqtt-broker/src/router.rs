@@ -323,7 +323,11 @@ impl Shared {
         };
         let ready = |s: &Sub| {
             let cell = s.handle.lock();
-            cell.session.is_connected() && cell.session.queued_messages() == 0 && readable(s, &cell)
+            // A member with messages waiting on disk is behind, even between pages.
+            cell.session.is_connected()
+                && cell.session.queued_messages() == 0
+                && !Self::is_paging(&cell)
+                && readable(s, &cell)
         };
         let pick = candidates()
             .cycle()

@@ -211,13 +211,16 @@ pub trait PagedSession: Send {
     fn page_in(&self, page: Page) -> bool;
 }
 
-/// What a session asks of [`Store::page_in`]: its paged messages from identifier
-/// `from` on, at most `max_messages` and, but for the first, `max_bytes`.
+/// What a session asks of [`Store::page_in`]: its paged messages with identifiers
+/// from `from` to `until`, at most `max_messages` and, but for the first, `max_bytes`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct PageRequest {
     /// The first identifier wanted.
     pub from: u64,
+    /// The last identifier wanted: the last the session had paged out when it asked
+    /// (all of them committed before the store reads).
+    pub until: u64,
     /// The most messages to read (at least one is).
     pub max_messages: usize,
     /// The most bytes of messages to read, as [`Message::size`] counts them (at least
@@ -226,11 +229,12 @@ pub struct PageRequest {
 }
 
 impl PageRequest {
-    /// A request for messages from identifier `from` on, at most `max_messages` of
-    /// them and `max_bytes` in all.
-    pub fn new(from: u64, max_messages: usize, max_bytes: usize) -> Self {
+    /// A request for messages from identifier `from` to `until`, at most
+    /// `max_messages` of them and `max_bytes` in all.
+    pub fn new(from: u64, until: u64, max_messages: usize, max_bytes: usize) -> Self {
         Self {
             from,
+            until,
             max_messages,
             max_bytes,
         }
@@ -245,8 +249,8 @@ pub struct Page {
     pub records: Vec<QueuedRecord>,
     /// The first identifier not read: where the next request starts.
     pub next: u64,
-    /// Whether the store holds none of the session's messages from `next` on (as far
-    /// as it committed when it read).
+    /// Whether the store holds none of the messages asked for from `next` on: the
+    /// request is served to its `until`.
     pub end: bool,
 }
 
@@ -271,11 +275,11 @@ pub trait LiveSession: Send + Sync {
     fn client_id(&self) -> &str;
 
     /// The session's state now, taken under its lock, without its messages
-    /// (`ServerSession::export_detached`), and the messages it holds that are not in
-    /// `known` (the message identifiers the store already keeps for it); `None` if the
-    /// session ended or no longer outlives its connection (its record's removal
+    /// (`ServerSession::export_detached`), and the messages it holds for which `holds`
+    /// (whether the store keeps message `id` of this session already) is false; `None`
+    /// if the session ended or no longer outlives its connection (its record's removal
     /// removes what it held).
-    fn export(&self, known: &BTreeSet<u64>) -> Option<SessionExport>;
+    fn export(&self, holds: &dyn Fn(u64) -> bool) -> Option<SessionExport>;
 }
 
 /// What [`LiveSession::export`] gives the store.
@@ -532,7 +536,7 @@ impl LiveSession for Live {
         &self.handle.client_id
     }
 
-    fn export(&self, known: &BTreeSet<u64>) -> Option<SessionExport> {
+    fn export(&self, holds: &dyn Fn(u64) -> bool) -> Option<SessionExport> {
         // Cleared before the lock: a change after it marks the session again.
         self.handle.dirty.store(false, Ordering::Release);
         let cell = self.handle.lock();
@@ -545,7 +549,7 @@ impl LiveSession for Live {
         let (mut new, mut present) = (Vec::new(), BTreeSet::new());
         cell.session.for_each_message(|id, expires_at, message| {
             present.insert(id.0);
-            if !known.contains(&id.0) {
+            if !holds(id.0) {
                 let expires_at = expires_at.and_then(|at| {
                     let left = at.saturating_since(now).as_millis();
                     wall.checked_add(std::time::Duration::from_millis(left))
@@ -561,6 +565,10 @@ impl LiveSession for Live {
         })
     }
 }
+
+/// Past the global budget (`limits.max_queued_bytes_total`), a session pages in at
+/// most this many messages at a time.
+const PAGE_OVER_BUDGET: usize = 16;
 
 /// At most one log line about store failures per this many milliseconds.
 const STORE_LOG_INTERVAL_MS: u64 = 10_000;
@@ -600,6 +608,9 @@ struct Pager {
     shared: std::sync::Weak<Shared>,
     /// Where its request started: an answer to an older request is not taken.
     from: u64,
+    /// The last identifier it had paged out when it asked: all of them were committed
+    /// before the store read, so a page that ends (`Page::end`) accounts for them all.
+    upto: u64,
 }
 
 impl PagedSession for Pager {
@@ -641,6 +652,11 @@ impl PagedSession for Pager {
             taken.push((r.id, at, r.message));
         }
         p.next = p.next.max(page.next);
+        if page.end {
+            // Read to the end: what it had paged out when it asked is all back, or
+            // gone on disk (expired, or a damaged record, logged by the store).
+            p.next = p.next.max(self.upto.saturating_add(1));
+        }
         if page.end && p.next > p.last {
             // Everything paged out is back: new messages queue in memory again.
             x.paged = None;
@@ -818,11 +834,24 @@ impl Shared {
             return;
         };
         p.asked = true;
-        let request = PageRequest::new(p.next, most - queued, most_bytes - queued_bytes);
+        // Past the global budget, a little at a time: the client keeps moving, and
+        // its memory does not grow.
+        let (most, most_bytes) = if self.over_budget() {
+            (PAGE_OVER_BUDGET, most_bytes.min(PAGE_OVER_BUDGET * 1024))
+        } else {
+            (most, most_bytes)
+        };
+        let request = PageRequest::new(
+            p.next,
+            p.last,
+            most.saturating_sub(queued),
+            most_bytes.saturating_sub(queued_bytes),
+        );
         let pager = Pager {
             handle: Arc::clone(handle),
             shared: me,
             from: p.next,
+            upto: p.last,
         };
         self.store.page_in(Box::new(pager), request);
     }

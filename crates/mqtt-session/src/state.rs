@@ -336,6 +336,42 @@ impl ServerSession {
 }
 
 impl ServerSession {
+    /// The identifiers of the messages in flight (awaiting PUBACK or PUBREC) that
+    /// `state`, as [`export_detached`](Self::export_detached) wrote it, names: the
+    /// messages [`restore_detached`](Self::restore_detached) must be given, whatever
+    /// else of the session's messages its caller leaves out.
+    ///
+    /// # Errors
+    /// If `state` is not a detached server session state.
+    pub fn detached_inflight(state: &[u8]) -> Result<Vec<MessageId>, StateError> {
+        let mut r = Reader(Bytes::copy_from_slice(state));
+        if &r.bytes(4)?[..] != MAGIC {
+            return Err(StateError::NotSessionState);
+        }
+        let format = r.u8()?;
+        if format != FORMAT_DETACHED {
+            return Err(StateError::UnsupportedFormat(format));
+        }
+        if r.u8()? != 1 {
+            return Err(StateError::WrongRole);
+        }
+        let _version = r.u8()?;
+        let _next_packet_id = r.u16()?;
+        let _next_message_id = r.u64()?;
+        let count = r.u32()?;
+        let mut ids = Vec::new();
+        for _ in 0..count {
+            let id = MessageId(r.u64()?);
+            let _packet_id = r.u16()?;
+            if r.u8()? != 2 {
+                // Awaiting PUBACK or PUBREC: the message is held (after PUBREC, only
+                // the identifier).
+                ids.push(id);
+            }
+        }
+        Ok(ids)
+    }
+
     /// As [`restore_messages`](Self::restore_messages), from `state` as
     /// [`export_detached`](Self::export_detached) wrote it and the messages it held,
     /// by message identifier with their expiry (rebased by the caller): those in

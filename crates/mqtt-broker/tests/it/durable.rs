@@ -342,7 +342,7 @@ async fn durable_garbage_or_truncated_store_is_refused_naming_the_file() {
 // and message identifier), not in the session's record: 2,000 queued messages leave
 // the session's record small, and all come back after a kill, in order.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn durable_backlog_is_one_record_per_message_and_comes_back_in_order() {
+async fn durable_backlog_is_written_in_chunks_and_comes_back_in_order() {
     const COUNT: usize = 2000;
     let dir = scratch("backlog");
     let port = free_port();
@@ -397,19 +397,40 @@ async fn durable_backlog_is_one_record_per_message_and_comes_back_in_order() {
     pub_task.abort();
     kill(broker);
 
-    // The file: one record per message, and a small session record.
+    // The file: the messages in chunks (entries `id u64 · length u32 · body` after the
+    // 5-byte envelope), and a small session record.
     {
-        let queue: redb::TableDefinition<(&str, u64), &[u8]> = redb::TableDefinition::new("queue");
+        let chunks: redb::TableDefinition<(&str, u64), &[u8]> =
+            redb::TableDefinition::new("chunks");
         let messages: redb::TableDefinition<&str, &[u8]> = redb::TableDefinition::new("messages");
         let db = redb::Database::create(dir.join("store.redb")).unwrap();
         let tx = db.begin_read().unwrap();
-        let records = tx
-            .open_table(queue)
+        let (mut records, mut entries) = (0, Vec::new());
+        for chunk in tx
+            .open_table(chunks)
             .unwrap()
             .range(("backlog-sub", 0)..=("backlog-sub", u64::MAX))
             .unwrap()
-            .count();
-        assert_eq!(records, COUNT, "one record per queued message");
+        {
+            let (_, v) = chunk.unwrap();
+            records += 1;
+            let mut b = &v.value()[5..];
+            while !b.is_empty() {
+                let id = u64::from_be_bytes(b[..8].try_into().unwrap());
+                let len = u32::from_be_bytes(b[8..12].try_into().unwrap()) as usize;
+                entries.push(id);
+                b = &b[12 + len..];
+            }
+        }
+        assert_eq!(entries.len(), COUNT, "every queued message is on disk");
+        assert!(
+            entries.windows(2).all(|w| w[0] < w[1]),
+            "in identifier order"
+        );
+        assert!(
+            records < COUNT / 4,
+            "{COUNT} messages in {records} records: written a commit's worth at a time"
+        );
         let state = tx
             .open_table(messages)
             .unwrap()
