@@ -84,7 +84,6 @@ pub enum Commit {
 /// redb file (see the [module docs](self)).
 pub struct DiskStore {
     path: PathBuf,
-    db: Arc<Database>,
     shared: Arc<Inner>,
     commit: Commit,
     writer: Option<thread::JoinHandle<()>>,
@@ -99,6 +98,9 @@ impl fmt::Debug for DiskStore {
 
 /// What the broker's threads and the writer share.
 struct Inner {
+    /// The file, opened; `None` after a failed commit until the writer opens it again
+    /// (redb refuses every write after one failed, until it is reopened).
+    db: Mutex<Option<Database>>,
     /// Read by whoever makes changes that must share a commit (`Store::group`),
     /// written by the writer while it takes a batch and exports its sessions.
     group: RwLock<()>,
@@ -149,26 +151,13 @@ impl DiskStore {
                 );
             }
         });
-        // redb 2.6 asserts, instead of returning an error, on some damaged files (one
-        // shorter than its header says): that is an error here too.
-        let opened = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            builder.create(path).map_err(|e| e.to_string())
-        }))
-        .unwrap_or_else(|panic| {
-            Err(panic
-                .downcast_ref::<&str>()
-                .map(|s| (*s).to_owned())
-                .or_else(|| panic.downcast_ref::<String>().cloned())
-                .unwrap_or_else(|| "redb panicked".into()))
-        });
-        let db = opened.map_err(|e| {
+        let db = open_file(&builder, path).map_err(|e| {
             StoreError::new(format!(
                 "{}: cannot open the store: {e} (the file is damaged, cut short or not a \
                  store: restore a backup of it, or move it away to start empty)",
                 path.display()
             ))
         })?;
-        let db = Arc::new(db);
         // The tables exist from the start, so that reading finds them.
         write_txn(&db, |tx| {
             tx.open_table(RETAINED)?;
@@ -186,6 +175,7 @@ impl DiskStore {
         })?;
         let (commits, _) = watch::channel(Commits::default());
         let shared = Arc::new(Inner {
+            db: Mutex::new(Some(db)),
             group: RwLock::new(()),
             known: Mutex::default(),
             pending: Mutex::new(Pending {
@@ -196,14 +186,13 @@ impl DiskStore {
             commits,
         });
         let writer = {
-            let (db, shared, path) = (Arc::clone(&db), Arc::clone(&shared), path.to_owned());
+            let (shared, path) = (Arc::clone(&shared), path.to_owned());
             thread::Builder::new()
                 .name("mqtt-store".into())
-                .spawn(move || run_writer(&db, &shared, &path, commit))?
+                .spawn(move || run_writer(&shared, &path, commit))?
         };
         Ok(Self {
             path: path.to_owned(),
-            db,
             shared,
             commit,
             writer: Some(writer),
@@ -232,7 +221,15 @@ impl DiskStore {
 
     fn read_all(&self) -> Result<Stored, StoreError> {
         let io = |e: redb::Error| StoreError::new(format!("{}: {e}", self.path.display()));
-        let tx = self.db.begin_read().map_err(|e| io(e.into()))?;
+        let db = self
+            .shared
+            .db
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let db = db
+            .as_ref()
+            .ok_or_else(|| StoreError::new(format!("{}: not open", self.path.display())))?;
+        let tx = db.begin_read().map_err(|e| io(e.into()))?;
         let mut stored = Stored::default();
         let table = tx.open_table(RETAINED).map_err(|e| io(e.into()))?;
         for entry in table.iter().map_err(|e| io(e.into()))? {
@@ -373,7 +370,7 @@ impl Store for DiskStore {
 
 /// The writer thread: takes what is pending, writes and commits it, publishes the
 /// batch's number; until the store is dropped and nothing is left.
-fn run_writer(db: &Database, shared: &Inner, path: &Path, commit: Commit) {
+fn run_writer(shared: &Inner, path: &Path, commit: Commit) {
     // Ops of a batch that failed, written again first with the next.
     let mut retry: Vec<Op> = Vec::new();
     let mut retry_dirty: Vec<Arc<dyn LiveSession>> = Vec::new();
@@ -382,7 +379,12 @@ fn run_writer(db: &Database, shared: &Inner, path: &Path, commit: Commit) {
     loop {
         let (group, batch, mut ops, mut dirty, closed) = {
             let mut p = shared.lock();
-            while p.ops.is_empty() && p.dirty.is_empty() && retry.is_empty() && !p.closed {
+            while p.ops.is_empty()
+                && p.dirty.is_empty()
+                && retry.is_empty()
+                && retry_dirty.is_empty()
+                && !p.closed
+            {
                 p = shared
                     .wake
                     .wait(p)
@@ -414,9 +416,12 @@ fn run_writer(db: &Database, shared: &Inner, path: &Path, commit: Commit) {
                 p.closed,
             )
         };
+        // Each on its own: a failed batch may have had sessions to export and no op.
         if !retry.is_empty() {
             retry.append(&mut ops);
             ops = std::mem::take(&mut retry);
+        }
+        if !retry_dirty.is_empty() {
             retry_dirty.append(&mut dirty);
             dirty = std::mem::take(&mut retry_dirty);
         }
@@ -450,7 +455,11 @@ fn run_writer(db: &Database, shared: &Inner, path: &Path, commit: Commit) {
         drop(known);
         drop(group);
         let started = std::time::Instant::now();
-        let result = write_txn(db, |tx| {
+        let mut db = shared
+            .db
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let result = write_reopening(&mut db, path, |tx| {
             let mut retained = tx.open_table(RETAINED)?;
             let mut sessions = tx.open_table(SESSIONS)?;
             let mut messages = tx.open_table(MESSAGES)?;
@@ -489,6 +498,7 @@ fn run_writer(db: &Database, shared: &Inner, path: &Path, commit: Commit) {
         });
         match result {
             Ok(()) => {
+                drop(db);
                 if failures > 0 {
                     info!(file = %path.display(), failures, "the store writes again");
                     failures = 0;
@@ -502,6 +512,7 @@ fn run_writer(db: &Database, shared: &Inner, path: &Path, commit: Commit) {
                 });
             }
             Err(e) => {
+                drop(db);
                 // The file holds what it held: the next exports compare with that.
                 let mut known = shared
                     .known
@@ -535,6 +546,44 @@ fn run_writer(db: &Database, shared: &Inner, path: &Path, commit: Commit) {
             return;
         }
     }
+}
+
+/// Opens (or creates) the file at `path` with `builder`. redb 2.6 asserts, instead of
+/// returning an error, on some damaged files (one shorter than its header says): that
+/// is an error here too.
+fn open_file(builder: &redb::Builder, path: &Path) -> Result<Database, String> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        builder.create(path).map_err(|e| e.to_string())
+    }))
+    .unwrap_or_else(|panic| {
+        Err(panic
+            .downcast_ref::<&str>()
+            .map(|s| (*s).to_owned())
+            .or_else(|| panic.downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "redb panicked".into()))
+    })
+}
+
+/// [`write_txn`] on the file in `db`, opened again first if a failed commit closed it:
+/// redb refuses every write after one failed (`PreviousIo`), also once there is room
+/// again, until the file is opened again; opening repairs its state from the last
+/// commit that succeeded.
+fn write_reopening(
+    db: &mut Option<Database>,
+    path: &Path,
+    f: impl FnOnce(&redb::WriteTransaction) -> Result<(), redb::Error>,
+) -> Result<(), String> {
+    let result = match db {
+        Some(db) => write_txn(db, f).map_err(|e| e.to_string()),
+        None => match open_file(&Database::builder(), path) {
+            Ok(opened) => write_txn(db.insert(opened), f).map_err(|e| e.to_string()),
+            Err(e) => Err(format!("cannot open the file again: {e}")),
+        },
+    };
+    if result.is_err() {
+        *db = None;
+    }
+    result
 }
 
 fn write_txn(
