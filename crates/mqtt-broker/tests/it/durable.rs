@@ -4,8 +4,10 @@
 //! message naming it. Clients: rumqttc (3.1.1).
 
 use std::{
+    io::Write as _,
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
+    sync::{Arc, Mutex},
     time::Duration,
 };
 
@@ -77,6 +79,17 @@ pub(crate) fn start(config: &Path, port: u16) -> Child {
 pub(crate) fn kill(mut child: Child) {
     let _ = child.kill();
     let _ = child.wait();
+}
+
+/// A broker process killed (SIGKILL) and reaped when dropped, also when a test fails
+/// halfway.
+pub(crate) struct Killed(pub(crate) Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
 }
 
 /// A rumqttc client whose incoming PUBLISH packets and acknowledgements arrive on a
@@ -558,4 +571,350 @@ fn durable_retained_expiry_runs_on_the_wall_clock_across_restarts() {
     );
     assert_eq!(retained_now(port, "x/long").as_deref(), Some("x/long"));
     kill(broker);
+}
+
+// ---- disk full -------------------------------------------------------------------------
+
+/// Starts the binary as [`start`] does, with SIGXFSZ ignored in it, so that a write past
+/// its RLIMIT_FSIZE (see [`set_file_size_limit`]) fails with EFBIG, as a write to a full
+/// disk fails with ENOSPC, instead of killing it. Its log (stderr, a pipe: the limit
+/// does not apply to pipes) is collected as it comes, and appended to `broker.log`.
+#[cfg(target_os = "linux")]
+#[allow(unsafe_code)]
+fn start_limitable(config: &Path, port: u16) -> (Child, Arc<Mutex<String>>) {
+    use std::{io::BufRead as _, os::unix::process::CommandExt as _};
+    let mut cmd = Command::new(BIN);
+    cmd.arg("-c")
+        .arg(config)
+        .env_remove("RUST_LOG")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    // SAFETY: signal(2) is async-signal-safe, and the closure touches nothing else. An
+    // ignored disposition survives exec(2).
+    unsafe {
+        cmd.pre_exec(|| {
+            if libc::signal(libc::SIGXFSZ, libc::SIG_IGN) == libc::SIG_ERR {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let mut child = cmd.spawn().unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let log = Arc::new(Mutex::new(String::new()));
+    let (sink, file) = (Arc::clone(&log), config.with_file_name("broker.log"));
+    std::thread::spawn(move || {
+        let mut file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(file)
+            .unwrap();
+        for line in std::io::BufReader::new(stderr).lines() {
+            let Ok(line) = line else { break };
+            let _ = writeln!(file, "{line}");
+            let mut log = sink.lock().unwrap();
+            log.push_str(&line);
+            log.push('\n');
+        }
+    });
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the broker did not listen"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    (child, log)
+}
+
+/// Sets the soft RLIMIT_FSIZE of process `pid` to `bytes`, or back to its hard limit
+/// (`None`): past it, the process's writes to files fail (EFBIG).
+#[cfg(target_os = "linux")]
+#[allow(unsafe_code)]
+fn set_file_size_limit(pid: u32, bytes: Option<u64>) {
+    let pid = libc::pid_t::try_from(pid).unwrap();
+    let mut old = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: `old` is a valid rlimit to write to; no new limit is passed.
+    let r = unsafe { libc::prlimit(pid, libc::RLIMIT_FSIZE, std::ptr::null(), &mut old) };
+    assert_eq!(r, 0, "prlimit: {}", std::io::Error::last_os_error());
+    let new = libc::rlimit {
+        rlim_cur: bytes.unwrap_or(old.rlim_max),
+        rlim_max: old.rlim_max,
+    };
+    // SAFETY: `new` is a valid rlimit to read; the old one is not asked for.
+    let r = unsafe { libc::prlimit(pid, libc::RLIMIT_FSIZE, &new, std::ptr::null_mut()) };
+    assert_eq!(r, 0, "prlimit: {}", std::io::Error::last_os_error());
+}
+
+/// The value of sample `name` in a `/metrics` scrape of `addr`.
+fn metric(addr: std::net::SocketAddr, name: &str) -> f64 {
+    let (status, scrape) = crate::ops::http(addr, "GET", "/metrics", None);
+    assert_eq!(status, 200);
+    scrape
+        .lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no sample {name} in:\n{scrape}"))
+}
+
+/// Waits (10 s at most) until `f` holds.
+async fn until(what: &str, mut f: impl FnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while !f() {
+        assert!(tokio::time::Instant::now() < deadline, "in time: {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// A rumqttc 5.0 client whose events and errors (a PUBACK with a failure reason code is
+/// one: `StateError::PubAckFail`) arrive on a channel; its event loop is polled again
+/// after an error, which reconnects.
+fn client_v5(
+    id: &str,
+    port: u16,
+) -> (
+    rumqttc::v5::AsyncClient,
+    mpsc::UnboundedReceiver<Result<rumqttc::v5::Event, rumqttc::v5::ConnectionError>>,
+    tokio::task::JoinHandle<()>,
+) {
+    let mut opts = rumqttc::v5::MqttOptions::new(id, "127.0.0.1", port);
+    opts.set_keep_alive(Duration::from_secs(30));
+    let (client, mut eventloop) = rumqttc::v5::AsyncClient::new(opts, 100);
+    let (tx, rx) = mpsc::unbounded_channel();
+    let task = tokio::spawn(async move {
+        loop {
+            let e = eventloop.poll().await;
+            let failed = e.is_err();
+            if tx.send(e).is_err() {
+                return;
+            }
+            if failed {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    });
+    (client, rx, task)
+}
+
+/// Waits for the next 5.0 event or error matching `f`.
+async fn next_v5<T>(
+    rx: &mut mpsc::UnboundedReceiver<Result<rumqttc::v5::Event, rumqttc::v5::ConnectionError>>,
+    mut f: impl FnMut(&Result<rumqttc::v5::Event, rumqttc::v5::ConnectionError>) -> Option<T>,
+) -> T {
+    timeout(Duration::from_secs(20), async {
+        loop {
+            let e = rx.recv().await.expect("the client runs");
+            if let Some(t) = f(&e) {
+                return t;
+            }
+        }
+    })
+    .await
+    .expect("in time")
+}
+
+/// The payload of the next PUBLISH a 3.1.1 client receives.
+async fn next_payload(rx: &mut mpsc::UnboundedReceiver<Event>) -> String {
+    next(rx, |e| match e {
+        Event::Incoming(Packet::Publish(p)) => Some(String::from_utf8_lossy(&p.payload).into()),
+        _ => None,
+    })
+    .await
+}
+
+// Disk full (docs/durability.md, *Disk errors*), made by RLIMIT_FSIZE on the broker's
+// process: every write to its store then fails (EFBIG), as on a full disk (ENOSPC).
+// Meanwhile a 5.0 QoS 1 PUBLISH routed to a persistent session is answered with PUBACK
+// 0x97 (Quota exceeded), a 3.1.1 one gets no PUBACK, QoS 0 still reaches an online
+// subscriber, `/metrics` says `store_failing 1` and the failure is logged at error
+// level. Once the limit is raised, the held 3.1.1 PUBACK comes, a new 5.0 QoS 1
+// PUBLISH is acknowledged with success, `store_failing` is back to 0, and what was
+// acknowledged is on disk: after a SIGKILL and a restart the persistent session gets
+// it. Clients: rumqttc 3.1.1 and 5.0.
+#[cfg(target_os = "linux")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn durable_disk_full_withholds_acknowledgements_and_recovers() {
+    use rumqttc::v5::{
+        ConnectionError, Event as Event5, StateError,
+        mqttbytes::{
+            QoS as QoS5,
+            v5::{Packet as Packet5, PubAckReason},
+        },
+    };
+
+    let dir = scratch("disk-full");
+    let (port, http) = (free_port(), free_port());
+    let conf = config(&dir, port);
+    let text = std::fs::read_to_string(&conf).unwrap();
+    std::fs::write(
+        &conf,
+        format!("{text}\n[http]\nbind = \"127.0.0.1:{http}\"\n"),
+    )
+    .unwrap();
+    let http: std::net::SocketAddr = ([127, 0, 0, 1], http).into();
+    let (broker, log) = start_limitable(&conf, port);
+    let broker = Killed(broker);
+
+    // A persistent session subscribed to full/#, offline: QoS 1 messages to it must be
+    // kept. And an online clean subscriber of the same topics.
+    subscribe_and_leave_on("full-keeper", "full/#", port).await;
+    let (watcher, mut watcher_rx, watcher_task) = client("full-watcher", port, true);
+    next(&mut watcher_rx, |e| {
+        matches!(e, Event::Incoming(Packet::ConnAck(_))).then_some(())
+    })
+    .await;
+    watcher.subscribe("full/#", QoS::AtMostOnce).await.unwrap();
+    next(&mut watcher_rx, |e| {
+        matches!(e, Event::Incoming(Packet::SubAck(_))).then_some(())
+    })
+    .await;
+    let (pub3, mut pub3_rx, pub3_task) = client("full-pub3", port, true);
+    next(&mut pub3_rx, |e| {
+        matches!(e, Event::Incoming(Packet::ConnAck(_))).then_some(())
+    })
+    .await;
+    let (pub5, mut pub5_rx, pub5_task) = client_v5("full-pub5", port);
+    next_v5(&mut pub5_rx, |e| {
+        matches!(e, Ok(Event5::Incoming(Packet5::ConnAck(_)))).then_some(())
+    })
+    .await;
+    assert_eq!(metric(http, "mqtt_store_failing"), 0.0);
+
+    // The disk is full.
+    set_file_size_limit(broker.0.id(), Some(0));
+
+    // 5.0: PUBACK 0x97 (rumqttc reports a failure reason code as an error).
+    pub5.publish("full/a", QoS5::AtLeastOnce, false, "five-while-full")
+        .await
+        .unwrap();
+    let reason = next_v5(&mut pub5_rx, |e| match e {
+        Ok(Event5::Incoming(Packet5::PubAck(a))) => Some(a.reason),
+        Err(ConnectionError::MqttState(StateError::PubAckFail { reason })) => Some(*reason),
+        _ => None,
+    })
+    .await;
+    assert_eq!(reason, PubAckReason::QuotaExceeded, "5.0: 0x97 while full");
+    assert_eq!(next_payload(&mut watcher_rx).await, "five-while-full");
+
+    // 3.1.1: no PUBACK while the store cannot write.
+    pub3.publish("full/b", QoS::AtLeastOnce, false, "three-while-full")
+        .await
+        .unwrap();
+    assert_eq!(next_payload(&mut watcher_rx).await, "three-while-full");
+    let early = timeout(
+        Duration::from_secs(1),
+        next(&mut pub3_rx, |e| {
+            matches!(e, Event::Incoming(Packet::PubAck(_))).then_some(())
+        }),
+    )
+    .await;
+    assert!(
+        early.is_err(),
+        "3.1.1: no PUBACK while the store cannot write"
+    );
+
+    // QoS 0 flows.
+    pub3.publish("full/c", QoS::AtMostOnce, false, "zero-while-full")
+        .await
+        .unwrap();
+    assert_eq!(next_payload(&mut watcher_rx).await, "zero-while-full");
+
+    assert_eq!(metric(http, "mqtt_store_failing"), 1.0);
+    let logged = log
+        .lock()
+        .unwrap()
+        .lines()
+        .find(|l| l.contains("THE STORE CANNOT WRITE"))
+        .map(str::to_owned);
+    let logged = logged.unwrap_or_else(|| panic!("logged: {}", log.lock().unwrap()));
+    assert!(logged.contains("ERROR"), "at error level: {logged}");
+
+    // Space returns.
+    set_file_size_limit(broker.0.id(), None);
+    // The held 3.1.1 PUBACK goes out once a commit succeeds.
+    next(&mut pub3_rx, |e| {
+        matches!(e, Event::Incoming(Packet::PubAck(_))).then_some(())
+    })
+    .await;
+    until("store_failing 0", || {
+        metric(http, "mqtt_store_failing") == 0.0
+    })
+    .await;
+    until("the end of the failure logged", || {
+        log.lock().unwrap().contains("the store writes again")
+    })
+    .await;
+    // 5.0: a new QoS 1 PUBLISH is acknowledged with success.
+    pub5_task.abort();
+    let (pub5, mut pub5_rx, pub5_task) = client_v5("full-pub5", port);
+    next_v5(&mut pub5_rx, |e| {
+        matches!(e, Ok(Event5::Incoming(Packet5::ConnAck(_)))).then_some(())
+    })
+    .await;
+    pub5.publish("full/d", QoS5::AtLeastOnce, false, "five-after")
+        .await
+        .unwrap();
+    let reason = next_v5(&mut pub5_rx, |e| match e {
+        Ok(Event5::Incoming(Packet5::PubAck(a))) => Some(a.reason),
+        Err(ConnectionError::MqttState(StateError::PubAckFail { reason })) => Some(*reason),
+        _ => None,
+    })
+    .await;
+    assert_eq!(
+        reason,
+        PubAckReason::Success,
+        "5.0: acknowledged once it can write"
+    );
+    assert_eq!(next_payload(&mut watcher_rx).await, "five-after");
+    for task in [watcher_task, pub3_task, pub5_task] {
+        task.abort();
+    }
+
+    // What was acknowledged is on disk.
+    drop(broker);
+    let broker = Killed(start(&conf, port));
+    let (_keeper, mut keeper_rx, keeper_task) = client("full-keeper", port, false);
+    let present = next(&mut keeper_rx, |e| match e {
+        Event::Incoming(Packet::ConnAck(c)) => Some(c.session_present),
+        _ => None,
+    })
+    .await;
+    assert!(present);
+    let mut got = Vec::new();
+    while !got.iter().any(|p| p == "five-after") {
+        got.push(next_payload(&mut keeper_rx).await);
+    }
+    assert!(
+        got.iter().any(|p| p == "three-while-full"),
+        "the message whose PUBACK was held is kept: {got:?}"
+    );
+    eprintln!("the persistent session got, after the restart: {got:?}");
+    keeper_task.abort();
+    drop(broker);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Connects `id` with a persistent 3.1.1 session, subscribes to `filter` at QoS 1, and
+/// leaves with DISCONNECT.
+async fn subscribe_and_leave_on(id: &str, filter: &str, port: u16) {
+    let (sub, mut rx, task) = client(id, port, false);
+    next(&mut rx, |e| {
+        matches!(e, Event::Incoming(Packet::ConnAck(_))).then_some(())
+    })
+    .await;
+    sub.subscribe(filter, QoS::AtLeastOnce).await.unwrap();
+    next(&mut rx, |e| {
+        matches!(e, Event::Incoming(Packet::SubAck(_))).then_some(())
+    })
+    .await;
+    sub.disconnect().await.unwrap();
+    next(&mut rx, |e| {
+        matches!(e, Event::Outgoing(Outgoing::Disconnect)).then_some(())
+    })
+    .await;
+    task.abort();
 }
