@@ -918,3 +918,63 @@ async fn subscribe_and_leave_on(id: &str, filter: &str, port: u16) {
     .await;
     task.abort();
 }
+
+// ---- SUBACK waits for the commit -------------------------------------------------------
+
+// In `sync` mode a persistent session's SUBACK is sent once the subscription's record
+// is committed: a subscription acknowledged and then lost in a crash would break the
+// promise. 20 rounds: rumqttc (3.1.1, Clean Session 0) subscribes, the broker is
+// SIGKILLed the moment its SUBACK arrives and started again, and the session is there
+// with its subscription: a QoS 1 message to the filter reaches it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn durable_suback_waits_for_the_commit_a_kill_right_after_it_loses_nothing() {
+    const ROUNDS: usize = 20;
+    let dir = scratch("suback");
+    let port = free_port();
+    let conf = config(&dir, port);
+    let mut broker = Killed(start(&conf, port));
+    for round in 0..ROUNDS {
+        let (id, filter) = (format!("suback-{round}"), format!("s/{round}"));
+        let (sub, mut rx, task) = client(&id, port, false);
+        next(&mut rx, |e| {
+            matches!(e, Event::Incoming(Packet::ConnAck(_))).then_some(())
+        })
+        .await;
+        sub.subscribe(&filter, QoS::AtLeastOnce).await.unwrap();
+        next(&mut rx, |e| {
+            matches!(e, Event::Incoming(Packet::SubAck(_))).then_some(())
+        })
+        .await;
+        // At once.
+        drop(broker);
+        task.abort();
+        broker = Killed(start(&conf, port));
+
+        let (_sub, mut rx, task) = client(&id, port, false);
+        let present = next(&mut rx, |e| match e {
+            Event::Incoming(Packet::ConnAck(c)) => Some(c.session_present),
+            _ => None,
+        })
+        .await;
+        assert!(present, "round {round}: the session was lost");
+        let (publisher, mut pub_rx, pub_task) = client(&format!("suback-pub-{round}"), port, true);
+        next(&mut pub_rx, |e| {
+            matches!(e, Event::Incoming(Packet::ConnAck(_))).then_some(())
+        })
+        .await;
+        publisher
+            .publish(&filter, QoS::AtLeastOnce, false, format!("m{round}"))
+            .await
+            .unwrap();
+        let got = timeout(Duration::from_secs(5), next_payload(&mut rx)).await;
+        assert_eq!(
+            got.ok().as_deref(),
+            Some(format!("m{round}").as_str()),
+            "round {round}: the subscription acknowledged before the kill was lost"
+        );
+        task.abort();
+        pub_task.abort();
+    }
+    drop(broker);
+    let _ = std::fs::remove_dir_all(&dir);
+}
