@@ -141,7 +141,10 @@ impl DiskStore {
         let (file, flag) = (path.display().to_string(), AtomicBool::new(false));
         let mut builder = Database::builder();
         builder.set_repair_callback(move |session| {
-            if session.progress() < 0.5 && !flag.swap(true, Ordering::Relaxed) {
+            // redb calls this at 0.0 for every repair (any file not closed cleanly, as
+            // after every SIGKILL), and at 0.3 only when it rolls the last commit back.
+            let progress = session.progress();
+            if progress > 0.0 && progress < 0.5 && !flag.swap(true, Ordering::Relaxed) {
                 error!(
                     file = %file,
                     "the store's last commit failed its checksums and was rolled back to \

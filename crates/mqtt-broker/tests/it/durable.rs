@@ -976,5 +976,11 @@ async fn durable_suback_waits_for_the_commit_a_kill_right_after_it_loses_nothing
         pub_task.abort();
     }
     drop(broker);
+    // A kill between commits rolls nothing back: no such alarm at the restarts.
+    let log = std::fs::read_to_string(dir.join("broker.log")).unwrap();
+    assert!(
+        !log.contains("rolled back"),
+        "no commit was rolled back:\n{log}"
+    );
     let _ = std::fs::remove_dir_all(&dir);
 }
