@@ -672,10 +672,12 @@ async fn until(what: &str, mut f: impl FnMut() -> bool) {
 
 /// A rumqttc 5.0 client whose events and errors (a PUBACK with a failure reason code is
 /// one: `StateError::PubAckFail`) arrive on a channel; its event loop is polled again
-/// after an error, which reconnects.
+/// after an error, which reconnects. `persistent`: Clean Start 0 and a Session Expiry
+/// Interval of 300 s.
 fn client_v5(
     id: &str,
     port: u16,
+    persistent: bool,
 ) -> (
     rumqttc::v5::AsyncClient,
     mpsc::UnboundedReceiver<Result<rumqttc::v5::Event, rumqttc::v5::ConnectionError>>,
@@ -683,6 +685,12 @@ fn client_v5(
 ) {
     let mut opts = rumqttc::v5::MqttOptions::new(id, "127.0.0.1", port);
     opts.set_keep_alive(Duration::from_secs(30));
+    if persistent {
+        let mut properties = rumqttc::v5::mqttbytes::v5::ConnectProperties::new();
+        properties.session_expiry_interval = Some(300);
+        opts.set_clean_start(false);
+        opts.set_connect_properties(properties);
+    }
     let (client, mut eventloop) = rumqttc::v5::AsyncClient::new(opts, 100);
     let (tx, rx) = mpsc::unbounded_channel();
     let task = tokio::spawn(async move {
@@ -777,7 +785,7 @@ async fn durable_disk_full_withholds_acknowledgements_and_recovers() {
         matches!(e, Event::Incoming(Packet::ConnAck(_))).then_some(())
     })
     .await;
-    let (pub5, mut pub5_rx, pub5_task) = client_v5("full-pub5", port);
+    let (pub5, mut pub5_rx, pub5_task) = client_v5("full-pub5", port, false);
     next_v5(&mut pub5_rx, |e| {
         matches!(e, Ok(Event5::Incoming(Packet5::ConnAck(_)))).then_some(())
     })
@@ -850,7 +858,7 @@ async fn durable_disk_full_withholds_acknowledgements_and_recovers() {
     .await;
     // 5.0: a new QoS 1 PUBLISH is acknowledged with success.
     pub5_task.abort();
-    let (pub5, mut pub5_rx, pub5_task) = client_v5("full-pub5", port);
+    let (pub5, mut pub5_rx, pub5_task) = client_v5("full-pub5", port, false);
     next_v5(&mut pub5_rx, |e| {
         matches!(e, Ok(Event5::Incoming(Packet5::ConnAck(_)))).then_some(())
     })
@@ -982,5 +990,94 @@ async fn durable_suback_waits_for_the_commit_a_kill_right_after_it_loses_nothing
         !log.contains("rolled back"),
         "no commit was rolled back:\n{log}"
     );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+// ---- a queued message's own expiry across a restart ------------------------------------
+
+// A queued message's Message Expiry Interval counts on the wall clock across a restart:
+// two QoS 1 messages from mosquitto_pub (5.0, acknowledged after their commit), with 2 s
+// and 60 s, queued for an offline persistent 5.0 session (rumqttc); the broker is
+// SIGKILLed and started again 3 s later. The 2 s one is gone, the 60 s one arrives with
+// its interval less the time the broker was down ([MQTT-3.3.2-5], [MQTT-3.3.2-6]).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn durable_queued_message_expiry_runs_on_the_wall_clock_across_restarts() {
+    use rumqttc::v5::{
+        Event as Event5,
+        mqttbytes::{QoS as QoS5, v5::Packet as Packet5},
+    };
+    crate::pki::require("mosquitto_pub", "install Debian's mosquitto-clients");
+    let dir = scratch("queued-expiry");
+    let port = free_port();
+    let conf = config(&dir, port);
+    let broker = Killed(start(&conf, port));
+
+    let (sub, mut rx, task) = client_v5("qexp-sub", port, true);
+    next_v5(&mut rx, |e| {
+        matches!(e, Ok(Event5::Incoming(Packet5::ConnAck(_)))).then_some(())
+    })
+    .await;
+    sub.subscribe("q/#", QoS5::AtLeastOnce).await.unwrap();
+    next_v5(&mut rx, |e| {
+        matches!(e, Ok(Event5::Incoming(Packet5::SubAck(_)))).then_some(())
+    })
+    .await;
+    sub.disconnect().await.unwrap();
+    next_v5(&mut rx, |e| {
+        matches!(e, Ok(Event5::Outgoing(Outgoing::Disconnect))).then_some(())
+    })
+    .await;
+    task.abort();
+
+    let published = std::time::Instant::now();
+    for (topic, expiry) in [("q/short", "2"), ("q/long", "60")] {
+        let status = Command::new("mosquitto_pub")
+            .args(["-h", "127.0.0.1", "-p", &port.to_string(), "-V", "mqttv5"])
+            .args(["-t", topic, "-m", topic, "-q", "1"])
+            .args(["-D", "publish", "message-expiry-interval", expiry])
+            .status()
+            .unwrap();
+        assert!(status.success(), "{topic}");
+    }
+    drop(broker);
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let broker = Killed(start(&conf, port));
+
+    let (_sub, mut rx, task) = client_v5("qexp-sub", port, true);
+    let present = next_v5(&mut rx, |e| match e {
+        Ok(Event5::Incoming(Packet5::ConnAck(c))) => Some(c.session_present),
+        _ => None,
+    })
+    .await;
+    assert!(present, "the session outlived the process");
+    // Queued first, the 2 s message would come first.
+    let publish = next_v5(&mut rx, |e| match e {
+        Ok(Event5::Incoming(Packet5::Publish(p))) => Some(p.clone()),
+        _ => None,
+    })
+    .await;
+    let since = published.elapsed().as_secs();
+    assert_eq!(&publish.topic[..], b"q/long", "q/short expired while down");
+    let left = publish
+        .properties
+        .as_ref()
+        .and_then(|p| p.message_expiry_interval)
+        .expect("a Message Expiry Interval ([MQTT-3.3.2-6])");
+    assert!(
+        left <= 57 && u64::from(left) + since + 1 >= 60,
+        "60 s less the {since} s since it was published: {left}"
+    );
+    eprintln!("q/long: Message Expiry Interval {left} s, {since} s after it was published");
+    let more = timeout(
+        Duration::from_millis(500),
+        next_v5(&mut rx, |e| match e {
+            Ok(Event5::Incoming(Packet5::Publish(p))) => Some(p.topic.clone()),
+            _ => None,
+        }),
+    )
+    .await;
+    assert!(more.is_err(), "nothing else: {more:?}");
+    task.abort();
+    drop(broker);
     let _ = std::fs::remove_dir_all(&dir);
 }
