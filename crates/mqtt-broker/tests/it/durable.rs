@@ -1081,3 +1081,141 @@ async fn durable_queued_message_expiry_runs_on_the_wall_clock_across_restarts() 
     drop(broker);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+// ---- `batch` mode after a crash --------------------------------------------------------
+
+// `batch` mode (`batch_ms = 100`) acknowledges at once and commits every window: after a
+// SIGKILL, every message acknowledged more than one window before it is there. A
+// rumqttc publisher (3.1.1, QoS 1) sends 200 messages, all acknowledged, then, after a
+// second's pause, one every 5 ms until the kill; each PUBACK is timed where rumqttc
+// reports it. After the restart the persistent subscriber (rumqttc, Clean Session 0)
+// gets every message acknowledged more than 100 ms before the kill.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn durable_batch_mode_keeps_what_was_acknowledged_a_window_before_a_kill() {
+    const WINDOW: Duration = Duration::from_millis(100);
+    let dir = scratch("batch");
+    let port = free_port();
+    let conf = config(&dir, port);
+    let text = std::fs::read_to_string(&conf).unwrap();
+    std::fs::write(
+        &conf,
+        format!(
+            "{}\n[limits]\nmax_queued_messages = 5000\n",
+            text.replace("mode = \"sync\"", "mode = \"batch\"\nbatch_ms = 100")
+        ),
+    )
+    .unwrap();
+    let broker = Killed(start(&conf, port));
+    subscribe_and_leave_on("batch-sub", "b/#", port).await;
+
+    // The publisher: its events timed in its own task, as they come.
+    let mut opts = MqttOptions::new("batch-pub", "127.0.0.1", port);
+    opts.set_keep_alive(Duration::from_secs(30));
+    let (publisher, mut eventloop) = AsyncClient::new(opts, 1000);
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let pub_task = tokio::spawn(async move {
+        while let Ok(e) = eventloop.poll().await {
+            if tx.send((std::time::Instant::now(), e)).is_err() {
+                return;
+            }
+        }
+    });
+    // Sequence number -> when its PUBACK came.
+    let acked: Arc<Mutex<Vec<(u32, std::time::Instant)>>> = Arc::default();
+    let sink = Arc::clone(&acked);
+    let reader = tokio::spawn(async move {
+        let (mut inflight, mut sent) = (std::collections::HashMap::new(), 0u32);
+        while let Some((at, e)) = rx.recv().await {
+            match e {
+                Event::Outgoing(Outgoing::Publish(pkid)) => {
+                    inflight.insert(pkid, sent);
+                    sent += 1;
+                }
+                Event::Incoming(Packet::PubAck(a)) => {
+                    if let Some(seq) = inflight.remove(&a.pkid) {
+                        sink.lock().unwrap().push((seq, at));
+                    }
+                }
+                _ => {}
+            }
+        }
+    });
+    let publish = move |seq: u32| {
+        let publisher = publisher.clone();
+        async move {
+            publisher
+                .publish("b/x", QoS::AtLeastOnce, false, seq.to_string())
+                .await
+        }
+    };
+    for seq in 0..200 {
+        publish(seq).await.unwrap();
+    }
+    until("200 PUBACKs", || acked.lock().unwrap().len() == 200).await;
+    // Well past the window: these are on disk.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    // Then a stream, killed in the middle.
+    let stream = tokio::spawn(async move {
+        for seq in 200.. {
+            if publish(seq).await.is_err() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    });
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    let killed_at = std::time::Instant::now();
+    drop(broker);
+    stream.abort();
+    pub_task.abort();
+    let _ = reader.await;
+    let acked = std::mem::take(&mut *acked.lock().unwrap());
+    let must: Vec<u32> = acked
+        .iter()
+        .filter(|(_, at)| *at + WINDOW < killed_at)
+        .map(|&(seq, _)| seq)
+        .collect();
+    assert!(
+        must.len() > 250,
+        "the stream ran: {} acknowledged",
+        must.len()
+    );
+
+    let broker = Killed(start(&conf, port));
+    let (_sub, mut sub_rx, sub_task) = client("batch-sub", port, false);
+    let present = next(&mut sub_rx, |e| match e {
+        Event::Incoming(Packet::ConnAck(c)) => Some(c.session_present),
+        _ => None,
+    })
+    .await;
+    assert!(present, "the session outlived the process");
+    let mut got = std::collections::BTreeSet::new();
+    while let Ok(payload) = timeout(Duration::from_millis(500), next_payload(&mut sub_rx)).await {
+        got.insert(payload.parse::<u32>().unwrap());
+    }
+    let lost: Vec<u32> = must.iter().copied().filter(|s| !got.contains(s)).collect();
+    let last_window = acked.len() - must.len();
+    let kept_of_last = acked
+        .iter()
+        .filter(|(seq, at)| *at + WINDOW >= killed_at && got.contains(seq))
+        .count();
+    let oldest_lost = acked
+        .iter()
+        .filter(|(seq, _)| !got.contains(seq))
+        .map(|(_, at)| killed_at.saturating_duration_since(*at))
+        .max();
+    eprintln!(
+        "{} acknowledged, {} more than a window before the kill; of the {last_window} in \
+         the last window, {kept_of_last} kept; the oldest lost was acknowledged \
+         {oldest_lost:?} before the kill",
+        acked.len(),
+        must.len()
+    );
+    assert!(
+        lost.is_empty(),
+        "acknowledged more than {WINDOW:?} before the kill, and lost: {lost:?}"
+    );
+    sub_task.abort();
+    drop(broker);
+    let _ = std::fs::remove_dir_all(&dir);
+}
