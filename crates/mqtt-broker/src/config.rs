@@ -51,9 +51,10 @@ pub struct PersistenceConfig {
     /// `batch` mode: milliseconds between commits, at most this much acknowledged data
     /// lost by a crash. Default 100.
     pub batch_ms: u64,
-    /// Per persistent session, the most bytes of queued messages kept; past it the
-    /// overflow policy applies (as `limits.max_queued_bytes`, whichever is lower).
-    /// Default 64 MiB.
+    /// Per persistent session (with `sync` or `batch`), the most bytes of messages it
+    /// holds in memory and on disk together: beyond its in-memory window
+    /// (`limits.max_queued_messages`, `limits.max_queued_bytes`) its backlog is kept on
+    /// disk only, up to this; past it the overflow policy applies. Default 64 MiB.
     pub max_queued_bytes: usize,
 }
 

@@ -59,14 +59,17 @@ use tokio::sync::watch;
 use tracing::{error, info};
 
 use crate::store::{
-    Commits, LiveSession, QueuedRecord, RetainedRecord, SavedMessages, SessionExport,
-    SessionRecord, Store, StoreError, Stored, Ticket,
+    Commits, LiveSession, Page, PageRequest, PagedBacklog, PagedSession, QueuedRecord,
+    RetainedRecord, SavedMessages, SessionExport, SessionRecord, Store, StoreError, Stored, Ticket,
 };
 
 const RETAINED: TableDefinition<&str, &[u8]> = TableDefinition::new("retained");
 const SESSIONS: TableDefinition<&str, &[u8]> = TableDefinition::new("sessions");
 const MESSAGES: TableDefinition<&str, &[u8]> = TableDefinition::new("messages");
 const QUEUE: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("queue");
+
+/// redb's page cache: what the store costs in memory at most, however large the file.
+const CACHE_BYTES: usize = 16 * 1024 * 1024;
 
 /// The envelope's format version.
 const FORMAT: u8 = 1;
@@ -86,7 +89,21 @@ pub struct DiskStore {
     path: PathBuf,
     shared: Arc<Inner>,
     commit: Commit,
+    window: Window,
     writer: Option<thread::JoinHandle<()>>,
+}
+
+/// How much of each session's backlog [`Store::load`] reads into memory; the rest
+/// stays on disk until the session asks for it ([`Store::page_in`]).
+#[derive(Clone, Copy, Debug)]
+struct Window {
+    /// Read whatever their size: the messages in flight are among the first this many
+    /// (they are sent in identifier order).
+    inflight: usize,
+    /// At most this many messages...
+    messages: usize,
+    /// ...and about this many bytes.
+    bytes: usize,
 }
 
 impl fmt::Debug for DiskStore {
@@ -98,8 +115,8 @@ impl fmt::Debug for DiskStore {
 
 /// What the broker's threads and the writer share.
 struct Inner {
-    /// The file, opened; `None` after a failed commit until the writer opens it again
-    /// (redb refuses every write after one failed, until it is reopened).
+    /// The file, opened; `None` after a failed commit or read until the writer opens it
+    /// again (redb refuses every write and read after one failed, until it is reopened).
     db: Mutex<Option<Database>>,
     /// Read by whoever makes changes that must share a commit (`Store::group`),
     /// written by the writer while it takes a batch and exports its sessions.
@@ -118,12 +135,20 @@ struct Pending {
     batch: u64,
     ops: Vec<Op>,
     dirty: Vec<Arc<dyn LiveSession>>,
+    /// Sessions waiting for their paged messages: served after the batch taken with
+    /// them is committed, so that what they paged out before asking is on disk.
+    pages: Vec<PageAsk>,
     closed: bool,
 }
+
+/// A session waiting for its paged messages, and what it asked for.
+type PageAsk = (Box<dyn PagedSession>, PageRequest);
 
 enum Op {
     Retain(Box<str>, Option<Vec<u8>>),
     Session(Box<str>, Option<Vec<u8>>),
+    /// A message a session keeps on disk only ([`Store::page_out`]): its record.
+    PageOut(Box<str>, u64, Vec<u8>),
 }
 
 impl DiskStore {
@@ -140,6 +165,9 @@ impl DiskStore {
         // so it is said loudly.
         let (file, flag) = (path.display().to_string(), AtomicBool::new(false));
         let mut builder = Database::builder();
+        // redb's default cache is 1 GiB: the file's pages would stay in the broker's
+        // memory as the file grows (a long backlog on disk would cost its size in RAM).
+        builder.set_cache_size(CACHE_BYTES);
         builder.set_repair_callback(move |session| {
             // redb calls this at 0.0 for every repair (any file not closed cleanly, as
             // after every SIGKILL), and at 0.3 only when it rolls the last commit back.
@@ -198,8 +226,27 @@ impl DiskStore {
             path: path.to_owned(),
             shared,
             commit,
+            window: Window {
+                inflight: usize::MAX,
+                messages: usize::MAX,
+                bytes: usize::MAX,
+            },
             writer: Some(writer),
         })
+    }
+
+    /// Reads at most `messages` messages and about `bytes` bytes of each session's
+    /// backlog into memory at start (and always the first `inflight`, among which are
+    /// those in flight); the rest stays on disk for the session to page in. Without
+    /// it, everything is read.
+    #[must_use]
+    pub fn with_window(mut self, inflight: usize, messages: usize, bytes: usize) -> Self {
+        self.window = Window {
+            inflight,
+            messages,
+            bytes,
+        };
+        self
     }
 
     fn queue(&self, op: Op) -> Result<(), StoreError> {
@@ -259,12 +306,29 @@ impl DiskStore {
                 let mut saved =
                     decode_messages(payload).map_err(|w| self.corrupt("messages", client, w))?;
                 let mut ids = BTreeSet::new();
+                let (mut bytes, mut paged) = (0usize, None::<PagedBacklog>);
                 for entry in queue
                     .range((client, 0)..=(client, u64::MAX))
                     .map_err(|e| io(e.into()))?
                 {
                     let (k, v) = entry.map_err(|e| io(e.into()))?;
                     let id = k.value().1;
+                    let w = &self.window;
+                    let n = ids.len();
+                    if paged.is_some() || (n >= w.inflight && (n >= w.messages || bytes >= w.bytes))
+                    {
+                        // Beyond the window: left on disk, counted (not read: a
+                        // backlog of millions is not decoded at start).
+                        let p = paged.get_or_insert(PagedBacklog {
+                            first: id,
+                            ..PagedBacklog::default()
+                        });
+                        p.last = id;
+                        p.messages += 1;
+                        p.bytes += v.value().len();
+                        continue;
+                    }
+                    bytes += v.value().len();
                     let key = format!("{client}/{id}");
                     let payload =
                         open_envelope(v.value()).map_err(|w| self.corrupt("queue", &key, w))?;
@@ -276,6 +340,7 @@ impl DiskStore {
                     ids.insert(id);
                 }
                 known.insert(client.to_owned(), ids);
+                saved.paged = paged;
                 record.messages = Some(saved);
             }
             stored.sessions.push(record);
@@ -369,6 +434,27 @@ impl Store for DiskStore {
     fn commits(&self) -> Option<watch::Receiver<Commits>> {
         (self.commit == Commit::Sync).then(|| self.shared.commits.subscribe())
     }
+
+    fn pages(&self) -> bool {
+        true
+    }
+
+    fn page_out(&self, client_id: &str, record: QueuedRecord) -> Result<(), StoreError> {
+        self.queue(Op::PageOut(
+            client_id.into(),
+            record.id,
+            encode_queued(&record),
+        ))
+    }
+
+    fn page_in(&self, session: Box<dyn PagedSession>, request: PageRequest) {
+        let mut p = self.shared.lock();
+        if !p.closed {
+            p.pages.push((session, request));
+            drop(p);
+            self.shared.wake.notify_one();
+        }
+    }
 }
 
 /// The writer thread: takes what is pending, writes and commits it, publishes the
@@ -377,21 +463,45 @@ fn run_writer(shared: &Inner, path: &Path, commit: Commit) {
     // Ops of a batch that failed, written again first with the next.
     let mut retry: Vec<Op> = Vec::new();
     let mut retry_dirty: Vec<Arc<dyn LiveSession>> = Vec::new();
+    // Page requests taken with a batch that failed: served after one succeeds.
+    let mut retry_pages: Vec<PageAsk> = Vec::new();
     let mut failures = 0u64;
     let mut last_log: Option<std::time::Instant> = None;
     loop {
-        let (group, batch, mut ops, mut dirty, closed) = {
+        let (group, batch, mut ops, mut dirty, mut pages, closed) = {
             let mut p = shared.lock();
             while p.ops.is_empty()
                 && p.dirty.is_empty()
+                && p.pages.is_empty()
                 && retry.is_empty()
                 && retry_dirty.is_empty()
+                && retry_pages.is_empty()
                 && !p.closed
             {
                 p = shared
                     .wake
                     .wait(p)
                     .unwrap_or_else(std::sync::PoisonError::into_inner);
+            }
+            let writes = !(p.ops.is_empty()
+                && p.dirty.is_empty()
+                && retry.is_empty()
+                && retry_dirty.is_empty());
+            if !writes && !p.pages.is_empty() {
+                // Only sessions asking for their paged messages, and everything paged
+                // out is committed: read at once.
+                let pages = std::mem::take(&mut p.pages);
+                drop(p);
+                let mut db = shared
+                    .db
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner);
+                if let Err(pages) = serve_pages_reopening(&mut db, shared, path, pages) {
+                    drop(db);
+                    shared.lock().pages.extend(pages);
+                    thread::sleep(Duration::from_millis(100));
+                }
+                continue;
             }
             if let Commit::Batch(every) = commit {
                 if !p.closed {
@@ -416,10 +526,15 @@ fn run_writer(shared: &Inner, path: &Path, commit: Commit) {
                 batch,
                 std::mem::take(&mut p.ops),
                 std::mem::take(&mut p.dirty),
+                std::mem::take(&mut p.pages),
                 p.closed,
             )
         };
         // Each on its own: a failed batch may have had sessions to export and no op.
+        if !retry_pages.is_empty() {
+            retry_pages.append(&mut pages);
+            pages = std::mem::take(&mut retry_pages);
+        }
         if !retry.is_empty() {
             retry.append(&mut ops);
             ops = std::mem::take(&mut retry);
@@ -483,6 +598,9 @@ fn run_writer(shared: &Inner, path: &Path, commit: Commit) {
                         messages.remove(&**client)?;
                         queue.retain_in((&**client, 0)..=(&**client, u64::MAX), |_, _| false)?;
                     }
+                    Op::PageOut(client, id, v) => {
+                        queue.insert((&**client, *id), envelope(v).as_slice())?;
+                    }
                 }
             }
             let now = SystemTime::now();
@@ -501,7 +619,6 @@ fn run_writer(shared: &Inner, path: &Path, commit: Commit) {
         });
         match result {
             Ok(()) => {
-                drop(db);
                 if failures > 0 {
                     info!(file = %path.display(), failures, "the store writes again");
                     failures = 0;
@@ -513,6 +630,12 @@ fn run_writer(shared: &Inner, path: &Path, commit: Commit) {
                     c.micros_total = c.micros_total.saturating_add(micros);
                     c.last_micros = micros;
                 });
+                if !pages.is_empty() {
+                    if let Err(pages) = serve_pages_reopening(&mut db, shared, path, pages) {
+                        retry_pages = pages;
+                    }
+                }
+                drop(db);
             }
             Err(e) => {
                 drop(db);
@@ -537,6 +660,7 @@ fn run_writer(shared: &Inner, path: &Path, commit: Commit) {
                 shared.commits.send_modify(|c| c.failed = batch);
                 retry = ops;
                 retry_dirty = dirty;
+                retry_pages = pages;
                 if closed {
                     return;
                 }
@@ -545,8 +669,12 @@ fn run_writer(shared: &Inner, path: &Path, commit: Commit) {
                 continue;
             }
         }
-        if closed && shared.lock().ops.is_empty() && shared.lock().dirty.is_empty() {
-            return;
+        if closed {
+            // One guard: a second `lock()` in the same condition would wait on the first.
+            let p = shared.lock();
+            if p.ops.is_empty() && p.dirty.is_empty() {
+                return;
+            }
         }
     }
 }
@@ -576,17 +704,124 @@ fn write_reopening(
     path: &Path,
     f: impl FnOnce(&redb::WriteTransaction) -> Result<(), redb::Error>,
 ) -> Result<(), String> {
-    let result = match db {
-        Some(db) => write_txn(db, f).map_err(|e| e.to_string()),
-        None => match open_file(&Database::builder(), path) {
-            Ok(opened) => write_txn(db.insert(opened), f).map_err(|e| e.to_string()),
-            Err(e) => Err(format!("cannot open the file again: {e}")),
-        },
+    let result = reopened(db, path).and_then(|db| write_txn(db, f).map_err(|e| e.to_string()));
+    if result.is_err() {
+        *db = None;
+    }
+    result
+}
+
+/// The file in `db`, opened again if a failed write or read closed it (see
+/// [`write_reopening`]).
+fn reopened<'a>(db: &'a mut Option<Database>, path: &Path) -> Result<&'a Database, String> {
+    if let Some(db) = db {
+        return Ok(db);
+    }
+    let mut builder = Database::builder();
+    builder.set_cache_size(CACHE_BYTES);
+    let opened =
+        open_file(&builder, path).map_err(|e| format!("cannot open the file again: {e}"))?;
+    Ok(db.insert(opened))
+}
+
+/// [`serve_pages`] on the file in `db`, opened again first if a failed write or read
+/// closed it (see [`write_reopening`]).
+fn serve_pages_reopening(
+    db: &mut Option<Database>,
+    shared: &Inner,
+    path: &Path,
+    pages: Vec<PageAsk>,
+) -> Result<(), Vec<PageAsk>> {
+    let result = match reopened(db, path) {
+        Ok(open) => serve_pages(open, shared, path, pages),
+        Err(e) => {
+            error!(file = %path.display(), error = %e, "the store cannot be read: paged messages wait");
+            Err(pages)
+        }
     };
     if result.is_err() {
         *db = None;
     }
     result
+}
+
+/// Reads each session's paged messages as it asked ([`Store::page_in`]) and hands them
+/// over; the identifiers read join what the file is known to hold for the session (a
+/// damaged record is logged and left out, and goes with the session's next export, as
+/// does the record of a message that expired on disk). `Err` gives the requests back
+/// if the file cannot be read.
+fn serve_pages(
+    db: &Database,
+    shared: &Inner,
+    path: &Path,
+    pages: Vec<PageAsk>,
+) -> Result<(), Vec<PageAsk>> {
+    let read = db
+        .begin_read()
+        .map_err(redb::Error::from)
+        .and_then(|tx| tx.open_table(QUEUE).map_err(redb::Error::from));
+    let table = match read {
+        Ok(table) => table,
+        Err(e) => {
+            error!(file = %path.display(), error = %e, "the store cannot be read: paged messages wait");
+            return Err(pages);
+        }
+    };
+    for (session, request) in pages {
+        let client = session.client_id();
+        let mut page = Page {
+            records: Vec::new(),
+            next: request.from,
+            end: true,
+        };
+        let (mut read_ids, mut bytes) = (Vec::new(), 0usize);
+        let range = table.range((client, request.from)..=(client, u64::MAX));
+        let entries = match range {
+            Ok(range) => range,
+            Err(e) => {
+                error!(file = %path.display(), client, error = %e, "paged messages cannot be read");
+                continue;
+            }
+        };
+        for entry in entries {
+            let Ok((k, v)) = entry else {
+                error!(file = %path.display(), client, "paged messages cannot be read");
+                break;
+            };
+            let (id, value) = (k.value().1, v.value());
+            if read_ids.len() >= request.max_messages.max(1)
+                || (!read_ids.is_empty() && bytes.saturating_add(value.len()) > request.max_bytes)
+            {
+                page.end = false;
+                page.next = id;
+                break;
+            }
+            read_ids.push(id);
+            page.next = id.saturating_add(1);
+            match open_envelope(value).and_then(decode_queued) {
+                Ok((expires_at, message)) => {
+                    bytes += message.size();
+                    page.records
+                        .push(QueuedRecord::new(id, expires_at, message));
+                }
+                Err(what) => error!(
+                    file = %path.display(), table = "queue", client, id, what,
+                    "a paged message's record is damaged: left out"
+                ),
+            }
+        }
+        let client = client.to_owned();
+        if session.page_in(page) {
+            shared
+                .known
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .entry(client)
+                .or_default()
+                .extend(read_ids);
+        }
+    }
+    Ok(())
 }
 
 fn write_txn(
@@ -622,18 +857,9 @@ fn open_envelope(value: &[u8]) -> Result<&[u8], &'static str> {
     Ok(payload)
 }
 
-/// CRC-32 (IEEE 802.3, reflected, as zlib), bit by bit: values are small and written
-/// by one thread, so no table.
-pub(crate) fn crc32(data: &[u8]) -> u32 {
-    let mut crc = !0u32;
-    for &b in data {
-        crc ^= u32::from(b);
-        for _ in 0..8 {
-            let mask = (crc & 1).wrapping_neg();
-            crc = (crc >> 1) ^ (0xEDB8_8320 & mask);
-        }
-    }
-    !crc
+/// CRC-32 (IEEE 802.3, reflected, as zlib) of a stored value's payload (decision 0022).
+fn crc32(data: &[u8]) -> u32 {
+    crc32fast::hash(data)
 }
 
 fn put_time(out: &mut BytesMut, at: Option<SystemTime>) {
@@ -786,6 +1012,7 @@ fn decode_messages(mut b: &[u8]) -> Result<SavedMessages, &'static str> {
         state: Bytes::copy_from_slice(b),
         saved_at,
         messages: Vec::new(),
+        paged: None,
     })
 }
 

@@ -181,7 +181,7 @@ impl Broker {
             ))
         })
         .await?;
-        let store = open_store(&config.persistence).await?;
+        let store = open_store(&config.persistence, &config.limits).await?;
         Self::start_inner(config, Backends { auth, store }, files, jwt).await
     }
 
@@ -534,7 +534,10 @@ async fn read_auth_files<T: Send + 'static>(
 
 /// The store `[persistence]` asks for, opened on a blocking thread: [`store::MemoryStore`]
 /// for `mode = "memory"`, a [`disk::DiskStore`] otherwise.
-async fn open_store(p: &config::PersistenceConfig) -> io::Result<Box<dyn store::Store>> {
+async fn open_store(
+    p: &config::PersistenceConfig,
+    l: &config::LimitsConfig,
+) -> io::Result<Box<dyn store::Store>> {
     let commit = match p.mode {
         config::PersistenceMode::Memory => return Ok(Box::new(store::MemoryStore)),
         config::PersistenceMode::Sync => disk::Commit::Sync,
@@ -543,9 +546,18 @@ async fn open_store(p: &config::PersistenceConfig) -> io::Result<Box<dyn store::
         }
     };
     let path = p.path.clone();
-    tokio::task::spawn_blocking(move || disk::DiskStore::open(&path, commit))
-        .await
-        .map_err(io::Error::other)?
-        .map(|s| Box::new(s) as Box<dyn store::Store>)
-        .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, format!("persistence.path: {e}")))
+    // What a session's queue holds in memory (its window) is read at start; the rest
+    // of a backlog stays on disk until the session has room for it.
+    let window = (
+        usize::from(l.max_inflight),
+        l.max_queued_messages,
+        l.max_queued_bytes,
+    );
+    tokio::task::spawn_blocking(move || {
+        disk::DiskStore::open(&path, commit).map(|s| s.with_window(window.0, window.1, window.2))
+    })
+    .await
+    .map_err(io::Error::other)?
+    .map(|s| Box::new(s) as Box<dyn store::Store>)
+    .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, format!("persistence.path: {e}")))
 }

@@ -370,10 +370,12 @@ impl Shared {
         }
     }
 
-    /// Queues a message on a session and wakes its writer. A session that cannot take
-    /// it (its queue is full, the global budget is spent, QoS 0 while it is offline)
-    /// loses it, and only it: see [`Shared::overflow`]. One whose client may not read
-    /// the topic (`Authorizer::may_receive`) does not get it.
+    /// Queues a message on a session and wakes its writer. A persistent session whose
+    /// queue is full, or past the global budget, or with messages on disk already,
+    /// keeps it on disk if the store pages ([`Shared::page_out`]). A session that cannot
+    /// take it otherwise (QoS 0 while it is offline, or no store to page to) loses it,
+    /// and only it: see [`Shared::overflow`]. One whose client may not read the topic
+    /// (`Authorizer::may_receive`) does not get it.
     pub(crate) fn deliver(
         &self,
         handle: &Arc<SessionHandle>,
@@ -385,9 +387,16 @@ impl Shared {
         if !self.may_receive(&handle.client_id, cell.principal.as_deref(), &message.topic) {
             return;
         }
+        if self.pages && Self::is_paging(&cell) && self.may_page_out(&cell, &message) {
+            // Behind the messages it holds on disk.
+            return self.page_out_or_drop(handle, cell, message);
+        }
         // Past the global budget only a session with nothing queued takes more: each
         // subscriber keeps moving, and the slow ones stop growing.
         if cell.session.queued_messages() > 0 && self.over_budget() {
+            if self.may_page_out(&cell, &message) {
+                return self.page_out_or_drop(handle, cell, message);
+            }
             drop(cell);
             self.overflow(handle, DropReason::QueueFull, true);
             return;
@@ -413,10 +422,29 @@ impl Shared {
                 self.account(&mut cell);
                 self.wake_locked(handle, cell);
             }
+            Err(refused)
+                if refused.reason == DropReason::QueueFull
+                    && self.may_page_out(&cell, &refused.message) =>
+            {
+                self.page_out_or_drop(handle, cell, *refused.message);
+            }
             Err(refused) => {
                 drop(cell);
                 self.overflow(handle, refused.reason, false);
             }
+        }
+    }
+
+    /// [`Shared::page_out`], or the overflow policy if it cannot.
+    fn page_out_or_drop(
+        &self,
+        handle: &Arc<SessionHandle>,
+        mut cell: std::sync::MutexGuard<'_, SessionCell>,
+        message: Message,
+    ) {
+        if let Err(reason) = self.page_out(handle, &mut cell, message) {
+            drop(cell);
+            self.overflow(handle, reason, false);
         }
     }
 

@@ -160,6 +160,9 @@ pub(crate) struct CellExtra {
     /// durable session only): the store's export leaves them out until the copies of
     /// their message are queued, in the same commit group (see `Store::group`).
     pub(crate) unrouted: Vec<mqtt_codec::PacketId>,
+    /// The messages of this persistent session that the store holds on disk only,
+    /// beyond its in-memory window (see `Shared::page_out`).
+    pub(crate) paged: Option<crate::store::Paged>,
 }
 
 impl SessionCell {
@@ -199,6 +202,8 @@ impl SessionCell {
                 && x.shared_unacked.is_empty()
                 && x.close_why.is_none()
                 && x.enhanced_auth.is_none()
+                && x.unrouted.is_empty()
+                && x.paged.is_none()
         }) {
             self.extra = None;
         }
@@ -421,6 +426,7 @@ impl Shared {
             expires_at,
             kept,
         );
+        let mut paged = None;
         if let Some(saved) = messages {
             // Times in the state are relative to its export: rebased on a `now` as far
             // back as the broker was down, so that they run on the wall clock (as far as
@@ -443,6 +449,7 @@ impl Shared {
                 };
                 Some((MessageId(r.id), at, r.message))
             });
+            paged = saved.paged.map(crate::store::Paged::from);
             let restored = if detached {
                 session.restore_detached(&saved.state, then, messages)
             } else {
@@ -467,6 +474,9 @@ impl Shared {
         };
         {
             let mut cell = handle.lock();
+            if paged.is_some() {
+                cell.extra_mut().paged = paged;
+            }
             for r in cell.session.subscriptions().iter() {
                 if let Ok(filter) = Filter::parse(&r.filter, version) {
                     let sub = Sub {

@@ -167,6 +167,12 @@ pub(crate) struct Shared {
     /// `None` inside if it could not be (they hibernate in their tasks then).
     #[cfg(unix)]
     pub(crate) parking: std::sync::OnceLock<Option<Parking>>,
+    /// The broker itself, for what the store's thread hands back to a session (its
+    /// paged messages): set when the store is read, at start.
+    pub(crate) me: std::sync::OnceLock<std::sync::Weak<Self>>,
+    /// Whether the store keeps what a persistent session has no room for in memory
+    /// (`Store::pages`).
+    pub(crate) pages: bool,
 }
 
 impl Shared {
@@ -190,6 +196,8 @@ impl Shared {
             scram: Vec::new(),
             auth_failures: Failures::default(),
             durable: store.is_durable(),
+            pages: store.is_durable() && store.pages(),
+            me: std::sync::OnceLock::new(),
             commits: store.commits(),
             store,
             last_store_log: AtomicU64::new(0),

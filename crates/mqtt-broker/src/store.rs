@@ -53,8 +53,8 @@ use std::{
     time::SystemTime,
 };
 
-use mqtt_codec::{ByteStr, ProtocolVersion};
-use mqtt_session::{Message, ServerSession, SubscriptionRecord};
+use mqtt_codec::{ByteStr, ProtocolVersion, QoS};
+use mqtt_session::{DropReason, Message, MessageId, ServerSession, SubscriptionRecord};
 use tracing::{info, warn};
 
 use crate::{
@@ -170,6 +170,99 @@ pub trait Store: Send + Sync + fmt::Debug + 'static {
     fn commits(&self) -> Option<tokio::sync::watch::Receiver<Commits>> {
         None
     }
+
+    /// Whether the store keeps the messages a persistent session has no room for in
+    /// memory ([`Store::page_out`]), so that a long backlog lives on disk only. The
+    /// default: no, such messages are dropped by the overflow policy.
+    fn pages(&self) -> bool {
+        false
+    }
+
+    /// Keeps `record`, a message for the persistent session of `client_id` that does
+    /// not fit its in-memory window, on disk only: written with the next commit (a
+    /// [`Ticket`] taken afterwards covers it) and handed back, in identifier order, when
+    /// the session asks with [`Store::page_in`]. Called with the session locked; must
+    /// only queue. The default refuses: the store does not page.
+    fn page_out(&self, client_id: &str, record: QueuedRecord) -> Result<(), StoreError> {
+        let _ = (client_id, record);
+        Err(StoreError::new(
+            "this store does not keep messages on disk only",
+        ))
+    }
+
+    /// Asks for the next of a session's paged messages: the store reads those it holds
+    /// with identifiers from `request.from` on, once everything paged out before this
+    /// call is committed, and hands them to [`PagedSession::page_in`] from its own
+    /// thread. Called with the session locked; must only queue. The default does
+    /// nothing (a store that does not page is never asked).
+    fn page_in(&self, session: Box<dyn PagedSession>, request: PageRequest) {
+        let _ = (session, request);
+    }
+}
+
+/// A session waiting for its paged messages (see [`Store::page_in`]).
+pub trait PagedSession: Send {
+    /// The session's client identifier.
+    fn client_id(&self) -> &str;
+
+    /// The messages read back, in identifier order. Returns whether the session took
+    /// them: false if it ended or started over since it asked (the store then holds
+    /// their records as before).
+    fn page_in(&self, page: Page) -> bool;
+}
+
+/// What a session asks of [`Store::page_in`]: its paged messages from identifier
+/// `from` on, at most `max_messages` and, but for the first, `max_bytes`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct PageRequest {
+    /// The first identifier wanted.
+    pub from: u64,
+    /// The most messages to read (at least one is).
+    pub max_messages: usize,
+    /// The most bytes of messages to read, as [`Message::size`] counts them (at least
+    /// one message is read, whatever its size).
+    pub max_bytes: usize,
+}
+
+impl PageRequest {
+    /// A request for messages from identifier `from` on, at most `max_messages` of
+    /// them and `max_bytes` in all.
+    pub fn new(from: u64, max_messages: usize, max_bytes: usize) -> Self {
+        Self {
+            from,
+            max_messages,
+            max_bytes,
+        }
+    }
+}
+
+/// What [`Store::page_in`] read for a session.
+#[derive(Clone, Debug, Default)]
+#[non_exhaustive]
+pub struct Page {
+    /// The messages, in identifier order.
+    pub records: Vec<QueuedRecord>,
+    /// The first identifier not read: where the next request starts.
+    pub next: u64,
+    /// Whether the store holds none of the session's messages from `next` on (as far
+    /// as it committed when it read).
+    pub end: bool,
+}
+
+/// A persistent session's messages that the store holds on disk only, beyond what
+/// [`Store::load`] read into memory (see [`SavedMessages::paged`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct PagedBacklog {
+    /// The first identifier not read.
+    pub first: u64,
+    /// The last identifier.
+    pub last: u64,
+    /// How many there are.
+    pub messages: usize,
+    /// Their size on disk in bytes (about what [`Message::size`] counts).
+    pub bytes: usize,
 }
 
 /// A session the store exports when it writes (see [`Store::session_changed`]).
@@ -269,8 +362,12 @@ pub struct SavedMessages {
     pub state: bytes::Bytes,
     /// When it was exported, on the wall clock.
     pub saved_at: SystemTime,
-    /// The messages it holds, in identifier order.
+    /// The messages it holds, in identifier order: all of them, or as many as its
+    /// in-memory window holds.
     pub messages: Vec<QueuedRecord>,
+    /// Those left on disk, after `messages`: the session asks for them with
+    /// [`Store::page_in`] as it has room.
+    pub paged: Option<PagedBacklog>,
 }
 
 /// Why a [`Store`] could not do what it was asked; what it says is the store's own.
@@ -468,12 +565,105 @@ impl LiveSession for Live {
 /// At most one log line about store failures per this many milliseconds.
 const STORE_LOG_INTERVAL_MS: u64 = 10_000;
 
+/// The messages of a persistent session that the store holds on disk only (see
+/// [`Shared::page_out`]): those with identifiers from `next` to `last`, but for any
+/// that expired or were dropped on disk.
+#[derive(Debug)]
+pub(crate) struct Paged {
+    /// The first identifier not handed back yet.
+    next: u64,
+    /// The last identifier paged out.
+    last: u64,
+    /// How many are on disk only.
+    messages: usize,
+    /// Their bytes ([`Message::size`]; after a restart, their size on disk).
+    bytes: usize,
+    /// The store was asked for the next of them and has not answered.
+    asked: bool,
+}
+
+impl From<PagedBacklog> for Paged {
+    fn from(b: PagedBacklog) -> Self {
+        Self {
+            next: b.first,
+            last: b.last,
+            messages: b.messages,
+            bytes: b.bytes,
+            asked: false,
+        }
+    }
+}
+
+/// A session waiting for its paged messages (see [`Shared::page_in_if_low`]).
+struct Pager {
+    handle: Arc<SessionHandle>,
+    shared: std::sync::Weak<Shared>,
+    /// Where its request started: an answer to an older request is not taken.
+    from: u64,
+}
+
+impl PagedSession for Pager {
+    fn client_id(&self) -> &str {
+        &self.handle.client_id
+    }
+
+    fn page_in(&self, page: Page) -> bool {
+        let Some(shared) = self.shared.upgrade() else {
+            return false;
+        };
+        let mut cell = self.handle.lock();
+        if cell.gone || cell.recorded.is_none() {
+            return false;
+        }
+        let (now, wall) = (shared.now(), SystemTime::now());
+        let Some(x) = cell.extra.as_deref_mut() else {
+            return false;
+        };
+        let Some(p) = x.paged.as_mut().filter(|p| p.asked && p.next == self.from) else {
+            return false;
+        };
+        p.asked = false;
+        let mut taken = Vec::with_capacity(page.records.len());
+        for r in page.records {
+            if r.id < p.next || r.id > p.last {
+                continue;
+            }
+            p.messages = p.messages.saturating_sub(1);
+            p.bytes = p.bytes.saturating_sub(r.message.size());
+            let at = match r.expires_at {
+                None => None,
+                // Expired on disk: its record goes with the session's next export.
+                Some(at) => match session_time(at, now, wall) {
+                    Some(at) => Some(at),
+                    None => continue,
+                },
+            };
+            taken.push((r.id, at, r.message));
+        }
+        p.next = p.next.max(page.next);
+        if page.end && p.next > p.last {
+            // Everything paged out is back: new messages queue in memory again.
+            x.paged = None;
+        }
+        for (id, at, message) in taken {
+            cell.session.page_in(MessageId(id), at, message);
+        }
+        cell.shrink_extra();
+        shared.session_changed(&self.handle, &cell);
+        shared.account(&mut cell);
+        shared.page_in_if_low(&self.handle, &mut cell);
+        shared.wake_locked(&self.handle, cell);
+        true
+    }
+}
+
 impl Shared {
     /// Reads what the store kept into the live state: retained messages (those expired
     /// skipped, the others with the time they have left) and persistent sessions,
     /// offline, with their subscriptions in the index and their expiry running. Called
     /// once, before the listeners open.
     pub(crate) fn restore(self: &Arc<Self>) -> Result<(), StoreError> {
+        let _ = self.me.set(Arc::downgrade(self));
         let stored = self.store.load()?;
         let (now, wall) = (self.now(), SystemTime::now());
         let mut retained = 0;
@@ -537,6 +727,125 @@ impl Shared {
         }
     }
 
+    /// Whether a message for the session in `cell` may be kept on disk only
+    /// ([`Shared::page_out`]): the store pages, the session outlives its connection, and
+    /// the message is not QoS 0 for a connected client (such a message never touches
+    /// the store: a full queue drops it).
+    pub(crate) fn may_page_out(&self, cell: &SessionCell, message: &Message) -> bool {
+        self.pages
+            && cell.recorded.is_some()
+            && !(message.qos == QoS::AtMostOnce && cell.session.is_connected())
+    }
+
+    /// Whether messages of the session in `cell` are on disk only: a new one goes
+    /// there too, behind them ([`Shared::page_out`]), to keep their order.
+    pub(crate) fn is_paging(cell: &SessionCell) -> bool {
+        cell.extra.as_ref().is_some_and(|x| x.paged.is_some())
+    }
+
+    /// Keeps `message` for the persistent session in `cell` on disk only, behind its
+    /// queue: the session has no room for it in memory (its queue is at
+    /// `limits.max_queued_messages` / `max_queued_bytes`, or the global budget is
+    /// spent), or holds earlier messages on disk already. It comes back into the queue,
+    /// in order, when the session has room and a connection ([`Shared::page_in_if_low`]).
+    /// `Err` with why it cannot (the session's `persistence.max_queued_bytes` is
+    /// reached, QoS 0 for a session that does not queue it, the store failed): the
+    /// overflow policy applies. Called with the session locked, only where
+    /// [`Shared::may_page_out`] allows it.
+    pub(crate) fn page_out(
+        &self,
+        handle: &Arc<SessionHandle>,
+        cell: &mut SessionCell,
+        message: Message,
+    ) -> Result<(), DropReason> {
+        if message.qos == QoS::AtMostOnce && !self.limits.queue_qos0_offline {
+            return Err(DropReason::Offline);
+        }
+        let size = message.size();
+        let on_disk = cell
+            .extra
+            .as_ref()
+            .and_then(|x| x.paged.as_ref())
+            .map_or(0, |p| p.bytes);
+        let held = cell.session.held_bytes().saturating_add(on_disk);
+        if held.saturating_add(size) > self.config.persistence.max_queued_bytes {
+            return Err(DropReason::QueueFull);
+        }
+        let id = cell.session.reserve_message_id();
+        // Marked before the record is queued: the export that writes the session's
+        // identifier counter past `id` is in the same commit as the record or an
+        // earlier one, so that after a crash no new message takes `id` again.
+        self.session_changed(handle, cell);
+        let expires_at = message.properties.message_expiry_interval.and_then(|secs| {
+            SystemTime::now().checked_add(std::time::Duration::from_secs(u64::from(secs)))
+        });
+        let record = QueuedRecord::new(id.0, expires_at, message);
+        if let Err(e) = self.store.page_out(&handle.client_id, record) {
+            self.store_failed("a paged message", &e);
+            return Err(DropReason::QueueFull);
+        }
+        let p = cell.extra_mut().paged.get_or_insert(Paged {
+            next: id.0,
+            last: id.0,
+            messages: 0,
+            bytes: 0,
+            asked: false,
+        });
+        p.last = id.0;
+        p.messages += 1;
+        p.bytes += size;
+        Ok(())
+    }
+
+    /// Asks the store for the next of the session's paged messages if it has a
+    /// connection to send them to and its queue is down to half its window; they come
+    /// back in [`PagedSession::page_in`], as many as the window has room for. Called
+    /// with the session locked.
+    pub(crate) fn page_in_if_low(&self, handle: &Arc<SessionHandle>, cell: &mut SessionCell) {
+        let (queued, queued_bytes) = (cell.session.queued_messages(), cell.session.queued_bytes());
+        let connected = cell.session.is_connected();
+        let Some(p) = cell.extra.as_deref_mut().and_then(|x| x.paged.as_mut()) else {
+            return;
+        };
+        let (most, most_bytes) = (
+            self.limits.max_queued_messages,
+            self.limits.max_queued_bytes,
+        );
+        if p.asked || !connected || queued > most / 2 || queued_bytes > most_bytes / 2 {
+            return;
+        }
+        let Some(me) = self.me.get().cloned() else {
+            return;
+        };
+        p.asked = true;
+        let request = PageRequest::new(p.next, most - queued, most_bytes - queued_bytes);
+        let pager = Pager {
+            handle: Arc::clone(handle),
+            shared: me,
+            from: p.next,
+        };
+        self.store.page_in(Box::new(pager), request);
+    }
+
+    /// Forgets the session's paged messages with their records: a new session takes
+    /// the place of the one they were for (Clean Start), and starts with none. Its
+    /// record is written again with the next [`Shared::record_session`]. Called with
+    /// the session locked.
+    pub(crate) fn forget_paged(&self, cell: &mut SessionCell) {
+        if cell
+            .extra
+            .as_deref_mut()
+            .and_then(|x| x.paged.take())
+            .is_some()
+        {
+            if let Err(e) = self.store.remove_session(cell.session.client_id()) {
+                self.store_failed("an ended session", &e);
+            }
+            cell.recorded = None;
+            cell.shrink_extra();
+        }
+    }
+
     /// The wall-clock time of session time `at`; `None` past what the clock holds.
     pub(crate) fn wall_clock(&self, at: mqtt_session::Instant) -> Option<SystemTime> {
         let left = at.saturating_since(self.now()).as_millis();
@@ -581,7 +890,22 @@ impl Shared {
                     self.session_record(cell, cell.session.subscriptions().iter().collect());
                 self.store.save_session(&record)
             }
-            None => self.store.remove_session(cell.session.client_id()),
+            None => {
+                // Its records go: what it held on disk only is lost with them (the
+                // session no longer outlives its connection).
+                if let Some(p) = cell.extra.as_deref_mut().and_then(|x| x.paged.take()) {
+                    let dropped = p.messages as u64;
+                    self.stats
+                        .publish_dropped
+                        .fetch_add(dropped, Ordering::Relaxed);
+                    self.stats
+                        .dropped_queue_full
+                        .fetch_add(dropped, Ordering::Relaxed);
+                    info!(client = %cell.session.client_id(), dropped, "the session no longer outlives its connection: its messages on disk are dropped");
+                    cell.shrink_extra();
+                }
+                self.store.remove_session(cell.session.client_id())
+            }
         };
         match result {
             Ok(()) => cell.recorded = wanted,
@@ -642,6 +966,9 @@ impl Shared {
     /// registry and the session locked, so that a new session of the same client
     /// cannot be written before this one is removed.
     pub(crate) fn forget_session(&self, cell: &mut SessionCell) {
+        if let Some(x) = cell.extra.as_deref_mut() {
+            x.paged = None;
+        }
         if cell.recorded.take().is_some() {
             if let Err(e) = self.store.remove_session(cell.session.client_id()) {
                 self.store_failed("an ended session", &e);

@@ -798,6 +798,27 @@ impl ServerSession {
         }
     }
 
+    /// The identifier of a message the caller keeps outside the session for now (a
+    /// broker paging a long backlog to its store) and queues later with
+    /// [`page_in`](Self::page_in): taken from the same sequence as the identifiers of
+    /// messages [`deliver`](Self::deliver) queues, so that identifiers keep the order in
+    /// which messages arrived.
+    pub fn reserve_message_id(&mut self) -> MessageId {
+        self.flow.traffic_mut().outbox.next_id()
+    }
+
+    /// Queues at the back a message whose identifier
+    /// [`reserve_message_id`](Self::reserve_message_id) gave, expiring at `expires_at`.
+    /// No quota applies: the caller pages in what the session has room for. Messages
+    /// paged in must come in the order of their identifiers, after every message the
+    /// session queued before the first of them was reserved.
+    pub fn page_in(&mut self, id: MessageId, expires_at: Option<Instant>, message: Message) {
+        self.flow
+            .traffic_mut()
+            .outbox
+            .push_queued(id, message, expires_at, false);
+    }
+
     /// Whether [`poll_transmit`](Self::poll_transmit) has something to send now: a
     /// control packet, or a queued message the in-flight window lets out. A connection
     /// with nothing to send and nothing read may sleep until something changes that

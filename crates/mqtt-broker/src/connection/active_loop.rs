@@ -199,6 +199,9 @@ where
                 shared.session_changed(handle, &cell);
                 hold_write |= qos2_flow && cell.recorded.is_some();
             }
+            if shared.pages {
+                shared.page_in_if_low(handle, &mut cell);
+            }
             shared.account(&mut cell);
             cell.session.poll_timeout()
         };

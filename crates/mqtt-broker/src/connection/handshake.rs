@@ -431,6 +431,9 @@ pub(crate) async fn attach<W: AsyncWrite + Unpin>(
         shared.account(&mut cell);
         // A new session replaces the old one's record, or removes it if it ends with
         // its connection; a resumed one's is brought up to date.
+        if !resumed {
+            shared.forget_paged(&mut cell);
+        }
         shared.record_session_and_messages(&handle, &mut cell, !resumed);
         if taking_over {
             debug!(client = %connect.client_id, %peer, "session taken over");
