@@ -108,7 +108,6 @@ pub enum Commit {
 /// redb file (see the [module docs](self)).
 pub struct DiskStore {
     path: PathBuf,
-    db: Arc<Database>,
     shared: Arc<Inner>,
     commit: Commit,
     window: Window,
@@ -136,6 +135,9 @@ impl fmt::Debug for DiskStore {
 
 /// What the broker's threads and the writer share.
 struct Inner {
+    /// The file, opened; `None` after a failed commit or read until the writer opens it
+    /// again (redb refuses every write and read after one failed, until it is reopened).
+    db: Mutex<Option<Database>>,
     /// Read by whoever makes changes that must share a commit (`Store::group`),
     /// written by the writer while it takes a batch and exports its sessions.
     group: RwLock<()>,
@@ -202,7 +204,10 @@ impl DiskStore {
         // memory as the file grows (a long backlog on disk would cost its size in RAM).
         builder.set_cache_size(CACHE_BYTES);
         builder.set_repair_callback(move |session| {
-            if session.progress() < 0.5 && !flag.swap(true, Ordering::Relaxed) {
+            // redb calls this at 0.0 for every repair (any file not closed cleanly, as
+            // after every SIGKILL), and at 0.3 only when it rolls the last commit back.
+            let progress = session.progress();
+            if progress > 0.0 && progress < 0.5 && !flag.swap(true, Ordering::Relaxed) {
                 error!(
                     file = %file,
                     "the store's last commit failed its checksums and was rolled back to \
@@ -212,26 +217,13 @@ impl DiskStore {
                 );
             }
         });
-        // redb 2.6 asserts, instead of returning an error, on some damaged files (one
-        // shorter than its header says): that is an error here too.
-        let opened = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            builder.create(path).map_err(|e| e.to_string())
-        }))
-        .unwrap_or_else(|panic| {
-            Err(panic
-                .downcast_ref::<&str>()
-                .map(|s| (*s).to_owned())
-                .or_else(|| panic.downcast_ref::<String>().cloned())
-                .unwrap_or_else(|| "redb panicked".into()))
-        });
-        let db = opened.map_err(|e| {
+        let db = open_file(&builder, path).map_err(|e| {
             StoreError::new(format!(
                 "{}: cannot open the store: {e} (the file is damaged, cut short or not a \
                  store: restore a backup of it, or move it away to start empty)",
                 path.display()
             ))
         })?;
-        let db = Arc::new(db);
         let old = db.begin_read().ok().and_then(|tx| {
             tx.list_tables()
                 .ok()
@@ -262,6 +254,7 @@ impl DiskStore {
         })?;
         let (commits, _) = watch::channel(Commits::default());
         let shared = Arc::new(Inner {
+            db: Mutex::new(Some(db)),
             group: RwLock::new(()),
             known: Mutex::default(),
             pending: Mutex::new(Pending {
@@ -273,14 +266,13 @@ impl DiskStore {
             uncommitted_paged: std::sync::atomic::AtomicUsize::new(0),
         });
         let writer = {
-            let (db, shared, path) = (Arc::clone(&db), Arc::clone(&shared), path.to_owned());
+            let (shared, path) = (Arc::clone(&shared), path.to_owned());
             thread::Builder::new()
                 .name("mqtt-store".into())
-                .spawn(move || run_writer(&db, &shared, &path, commit))?
+                .spawn(move || run_writer(&shared, &path, commit))?
         };
         Ok(Self {
             path: path.to_owned(),
-            db,
             shared,
             commit,
             window: Window {
@@ -328,7 +320,15 @@ impl DiskStore {
 
     fn read_all(&self) -> Result<Stored, StoreError> {
         let io = |e: redb::Error| StoreError::new(format!("{}: {e}", self.path.display()));
-        let tx = self.db.begin_read().map_err(|e| io(e.into()))?;
+        let db = self
+            .shared
+            .db
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let db = db
+            .as_ref()
+            .ok_or_else(|| StoreError::new(format!("{}: not open", self.path.display())))?;
+        let tx = db.begin_read().map_err(|e| io(e.into()))?;
         let mut stored = Stored::default();
         let table = tx.open_table(RETAINED).map_err(|e| io(e.into()))?;
         for entry in table.iter().map_err(|e| io(e.into()))? {
@@ -536,7 +536,7 @@ impl Store for DiskStore {
 
 /// The writer thread: takes what is pending, writes and commits it, publishes the
 /// batch's number; until the store is dropped and nothing is left.
-fn run_writer(db: &Database, shared: &Inner, path: &Path, commit: Commit) {
+fn run_writer(shared: &Inner, path: &Path, commit: Commit) {
     // Ops of a batch that failed, written again first with the next.
     let mut retry: Vec<Op> = Vec::new();
     let mut retry_dirty: Vec<Arc<dyn LiveSession>> = Vec::new();
@@ -551,6 +551,7 @@ fn run_writer(db: &Database, shared: &Inner, path: &Path, commit: Commit) {
                 && p.dirty.is_empty()
                 && p.pages.is_empty()
                 && retry.is_empty()
+                && retry_dirty.is_empty()
                 && retry_pages.is_empty()
                 && !p.closed
             {
@@ -559,7 +560,10 @@ fn run_writer(db: &Database, shared: &Inner, path: &Path, commit: Commit) {
                     .wait(p)
                     .unwrap_or_else(std::sync::PoisonError::into_inner);
             }
-            let writes = !(p.ops.is_empty() && p.dirty.is_empty() && retry.is_empty());
+            let writes = !(p.ops.is_empty()
+                && p.dirty.is_empty()
+                && retry.is_empty()
+                && retry_dirty.is_empty());
             let reads = !(p.pages.is_empty() && retry_pages.is_empty());
             if reads && !writes {
                 // Only sessions asking for their paged messages, and everything paged
@@ -567,7 +571,12 @@ fn run_writer(db: &Database, shared: &Inner, path: &Path, commit: Commit) {
                 let mut pages = std::mem::take(&mut retry_pages);
                 pages.append(&mut p.pages);
                 drop(p);
-                if let Err(pages) = serve_pages(db, shared, path, pages) {
+                let mut db = shared
+                    .db
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner);
+                if let Err(pages) = serve_pages_reopening(&mut db, shared, path, pages) {
+                    drop(db);
                     shared.lock().pages.extend(pages);
                     thread::sleep(Duration::from_millis(100));
                 }
@@ -600,6 +609,7 @@ fn run_writer(db: &Database, shared: &Inner, path: &Path, commit: Commit) {
                 p.closed,
             )
         };
+        // Each on its own: a failed batch may have had sessions to export and no op.
         if !retry_pages.is_empty() {
             retry_pages.append(&mut pages);
             pages = std::mem::take(&mut retry_pages);
@@ -607,6 +617,8 @@ fn run_writer(db: &Database, shared: &Inner, path: &Path, commit: Commit) {
         if !retry.is_empty() {
             retry.append(&mut ops);
             ops = std::mem::take(&mut retry);
+        }
+        if !retry_dirty.is_empty() {
             retry_dirty.append(&mut dirty);
             dirty = std::mem::take(&mut retry_dirty);
         }
@@ -663,7 +675,11 @@ fn run_writer(db: &Database, shared: &Inner, path: &Path, commit: Commit) {
         drop(known);
         drop(group);
         let started = std::time::Instant::now();
-        let result = write_txn(db, |tx| {
+        let mut db = shared
+            .db
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let result = write_reopening(&mut db, path, |tx| {
             let mut retained = tx.open_table(RETAINED)?;
             let mut sessions = tx.open_table(SESSIONS)?;
             let mut messages = tx.open_table(MESSAGES)?;
@@ -752,12 +768,14 @@ fn run_writer(db: &Database, shared: &Inner, path: &Path, commit: Commit) {
                     .sum();
                 shared.uncommitted_paged.fetch_sub(paged, Ordering::Relaxed);
                 if !pages.is_empty() {
-                    if let Err(pages) = serve_pages(db, shared, path, pages) {
+                    if let Err(pages) = serve_pages_reopening(&mut db, shared, path, pages) {
                         retry_pages = pages;
                     }
                 }
+                drop(db);
             }
             Err(e) => {
+                drop(db);
                 // The file holds what it held: the next exports compare with that.
                 let mut known = shared
                     .known
@@ -796,6 +814,72 @@ fn run_writer(db: &Database, shared: &Inner, path: &Path, commit: Commit) {
             }
         }
     }
+}
+
+/// Opens (or creates) the file at `path` with `builder`. redb 2.6 asserts, instead of
+/// returning an error, on some damaged files (one shorter than its header says): that
+/// is an error here too.
+fn open_file(builder: &redb::Builder, path: &Path) -> Result<Database, String> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        builder.create(path).map_err(|e| e.to_string())
+    }))
+    .unwrap_or_else(|panic| {
+        Err(panic
+            .downcast_ref::<&str>()
+            .map(|s| (*s).to_owned())
+            .or_else(|| panic.downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "redb panicked".into()))
+    })
+}
+
+/// [`write_txn`] on the file in `db`, opened again first if a failed commit closed it:
+/// redb refuses every write after one failed (`PreviousIo`), also once there is room
+/// again, until the file is opened again; opening repairs its state from the last
+/// commit that succeeded.
+fn write_reopening(
+    db: &mut Option<Database>,
+    path: &Path,
+    f: impl FnOnce(&redb::WriteTransaction) -> Result<(), redb::Error>,
+) -> Result<(), String> {
+    let result = reopened(db, path).and_then(|db| write_txn(db, f).map_err(|e| e.to_string()));
+    if result.is_err() {
+        *db = None;
+    }
+    result
+}
+
+/// The file in `db`, opened again if a failed write or read closed it (see
+/// [`write_reopening`]).
+fn reopened<'a>(db: &'a mut Option<Database>, path: &Path) -> Result<&'a Database, String> {
+    if let Some(db) = db {
+        return Ok(db);
+    }
+    let mut builder = Database::builder();
+    builder.set_cache_size(CACHE_BYTES);
+    let opened =
+        open_file(&builder, path).map_err(|e| format!("cannot open the file again: {e}"))?;
+    Ok(db.insert(opened))
+}
+
+/// [`serve_pages`] on the file in `db`, opened again first if a failed write or read
+/// closed it (see [`write_reopening`]).
+fn serve_pages_reopening(
+    db: &mut Option<Database>,
+    shared: &Inner,
+    path: &Path,
+    pages: Vec<PageAsk>,
+) -> Result<(), Vec<PageAsk>> {
+    let result = match reopened(db, path) {
+        Ok(open) => serve_pages(open, shared, path, pages),
+        Err(e) => {
+            error!(file = %path.display(), error = %e, "the store cannot be read: paged messages wait");
+            Err(pages)
+        }
+    };
+    if result.is_err() {
+        *db = None;
+    }
+    result
 }
 
 /// Reads each session's paged messages as it asked ([`Store::page_in`]): those with

@@ -85,8 +85,9 @@ where
     let mut ack_started: Option<std::time::Instant> = None;
     // `sync` persistence (docs/durability.md): the acknowledgements of a batch wait,
     // while the loop goes on reading, for the commit holding what the batch changed;
-    // and a write with this session's QoS 2 exchange moving on waits for the commit
-    // holding its state. `None` (memory, batch): nothing waits.
+    // and a write with this session's QoS 2 exchange moving on, or with the SUBACK of
+    // subscriptions the store keeps, waits for the commit holding its state. `None`
+    // (memory, batch): nothing waits.
     let mut commits = shared.commits.clone();
     let mut held: VecDeque<(
         crate::store::Ticket,
@@ -268,7 +269,10 @@ where
                         }
                     }
                     Event::Subscribe(s) => {
-                        subscribe(shared, handle, generation, version, &s, &mut backlog);
+                        // The SUBACK, queued in the session now, is written at the next
+                        // flush: this batch's write waits for the commit first (below).
+                        let kept = subscribe(shared, handle, generation, version, &s, &mut backlog);
+                        hold_write |= kept && commits.is_some();
                         again = true;
                     }
                     Event::Unsubscribe(u) => {
@@ -375,7 +379,8 @@ where
         let mut lost = None;
         if std::mem::take(&mut hold_write) {
             // This session's QoS 2 state (a packet identifier given, PUBREL sent or
-            // PUBCOMP answered) is on disk before the peer can see it.
+            // PUBCOMP answered), or the subscriptions a SUBACK queued since the last
+            // flush grants, are on disk before the peer can see it.
             if let Some(rx) = &mut commits {
                 let ticket = shared.store.ticket();
                 let _ = rx.wait_for(|c| c.covers(ticket)).await;

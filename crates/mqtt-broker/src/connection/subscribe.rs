@@ -43,7 +43,9 @@ pub(crate) fn check_filter<'a>(
 }
 
 /// SUBSCRIBE: checks each filter, keeps a persistent session's subscriptions in the
-/// store, updates the index, answers, sends retained messages.
+/// store, updates the index, answers, sends retained messages. Returns true if the
+/// store was given subscriptions to keep: with a store whose acknowledgements wait
+/// (`sync`), the SUBACK must not be written before their commit.
 pub(crate) fn subscribe(
     shared: &Shared,
     handle: &Arc<SessionHandle>,
@@ -51,7 +53,7 @@ pub(crate) fn subscribe(
     version: ProtocolVersion,
     s: &Subscribe,
     backlog: &mut VecDeque<RetainedBacklog>,
-) {
+) -> bool {
     if shared.live.log_subscriptions() {
         let filters: Vec<String> = s
             .subscriptions
@@ -67,7 +69,7 @@ pub(crate) fn subscribe(
         // Polled just before another connection took the session over: its SUBACK
         // could only go to that one, so it goes with this connection, as the session
         // does with the requests it still held (`connection_lost`).
-        return;
+        return false;
     }
     // First the verdict on every filter (syntax, authorization, then the session's
     // quota), then the store, then the index for those granted: a refused filter never
@@ -106,7 +108,13 @@ pub(crate) fn subscribe(
             options: sub.options,
             identifier: s.properties.subscription_identifier,
         });
+    // What `record_subscriptions` writes: the record of a session that outlives its
+    // connection, if anything is granted.
+    let mut kept = shared.durable
+        && crate::store::Recorded::of(&cell.session).is_some()
+        && codes.iter().any(|code| !code.is_error());
     if shared.record_subscriptions(&mut cell, granted).is_err() {
+        kept = false;
         for code in codes.iter_mut().filter(|code| !code.is_error()) {
             *code = ReasonCode::UNSPECIFIED_ERROR;
         }
@@ -162,6 +170,7 @@ pub(crate) fn subscribe(
                 restarts: 0,
             }),
     );
+    kept
 }
 
 /// UNSUBSCRIBE: removes the filters and answers.

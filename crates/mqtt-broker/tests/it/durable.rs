@@ -4,8 +4,10 @@
 //! message naming it. Clients: rumqttc (3.1.1).
 
 use std::{
+    io::Write as _,
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
+    sync::{Arc, Mutex},
     time::Duration,
 };
 
@@ -77,6 +79,17 @@ pub(crate) fn start(config: &Path, port: u16) -> Child {
 pub(crate) fn kill(mut child: Child) {
     let _ = child.kill();
     let _ = child.wait();
+}
+
+/// A broker process killed (SIGKILL) and reaped when dropped, also when a test fails
+/// halfway.
+pub(crate) struct Killed(pub(crate) Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
 }
 
 /// A rumqttc client whose incoming PUBLISH packets and acknowledgements arrive on a
@@ -755,9 +768,9 @@ async fn durable_slow_subscriber_backlog_lives_on_disk_and_others_are_not_slowed
         matches!(e, Event::Incoming(Packet::SubAck(_))).then_some(())
     })
     .await;
-    let fast_count = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let fast_count = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let counting = {
-        let count = std::sync::Arc::clone(&fast_count);
+        let count = Arc::clone(&fast_count);
         tokio::spawn(async move {
             while let Some(e) = fast_rx.recv().await {
                 if matches!(e, Event::Incoming(Packet::Publish(_))) {
@@ -772,9 +785,9 @@ async fn durable_slow_subscriber_backlog_lives_on_disk_and_others_are_not_slowed
         matches!(e, Event::Incoming(Packet::ConnAck(_))).then_some(())
     })
     .await;
-    let acked = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let acked = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let acking = {
-        let acked = std::sync::Arc::clone(&acked);
+        let acked = Arc::clone(&acked);
         tokio::spawn(async move {
             while let Some(e) = pub_rx.recv().await {
                 if matches!(e, Event::Incoming(Packet::PubAck(_))) {
@@ -784,8 +797,8 @@ async fn durable_slow_subscriber_backlog_lives_on_disk_and_others_are_not_slowed
         })
     };
     // 50 messages every 10 ms.
-    let sent = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
-    let sent_count = std::sync::Arc::clone(&sent);
+    let sent = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let sent_count = Arc::clone(&sent);
     let sending = tokio::spawn(async move {
         let mut tick = tokio::time::interval(Duration::from_millis(10));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
@@ -864,5 +877,652 @@ async fn durable_slow_subscriber_backlog_lives_on_disk_and_others_are_not_slowed
     fast_task.abort();
     counting.abort();
     kill(broker);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+// ---- disk full -------------------------------------------------------------------------
+
+/// Starts the binary as [`start`] does, with SIGXFSZ ignored in it, so that a write past
+/// its RLIMIT_FSIZE (see [`set_file_size_limit`]) fails with EFBIG, as a write to a full
+/// disk fails with ENOSPC, instead of killing it. Its log (stderr, a pipe: the limit
+/// does not apply to pipes) is collected as it comes, and appended to `broker.log`.
+#[cfg(target_os = "linux")]
+#[allow(unsafe_code)]
+fn start_limitable(config: &Path, port: u16) -> (Child, Arc<Mutex<String>>) {
+    use std::{io::BufRead as _, os::unix::process::CommandExt as _};
+    let mut cmd = Command::new(BIN);
+    cmd.arg("-c")
+        .arg(config)
+        .env_remove("RUST_LOG")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    // SAFETY: signal(2) is async-signal-safe, and the closure touches nothing else. An
+    // ignored disposition survives exec(2).
+    unsafe {
+        cmd.pre_exec(|| {
+            if libc::signal(libc::SIGXFSZ, libc::SIG_IGN) == libc::SIG_ERR {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let mut child = cmd.spawn().unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let log = Arc::new(Mutex::new(String::new()));
+    let (sink, file) = (Arc::clone(&log), config.with_file_name("broker.log"));
+    std::thread::spawn(move || {
+        let mut file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(file)
+            .unwrap();
+        for line in std::io::BufReader::new(stderr).lines() {
+            let Ok(line) = line else { break };
+            let _ = writeln!(file, "{line}");
+            let mut log = sink.lock().unwrap();
+            log.push_str(&line);
+            log.push('\n');
+        }
+    });
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the broker did not listen"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    (child, log)
+}
+
+/// Sets the soft RLIMIT_FSIZE of process `pid` to `bytes`, or back to its hard limit
+/// (`None`): past it, the process's writes to files fail (EFBIG).
+#[cfg(target_os = "linux")]
+#[allow(unsafe_code)]
+fn set_file_size_limit(pid: u32, bytes: Option<u64>) {
+    let pid = libc::pid_t::try_from(pid).unwrap();
+    let mut old = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: `old` is a valid rlimit to write to; no new limit is passed.
+    let r = unsafe { libc::prlimit(pid, libc::RLIMIT_FSIZE, std::ptr::null(), &mut old) };
+    assert_eq!(r, 0, "prlimit: {}", std::io::Error::last_os_error());
+    let new = libc::rlimit {
+        rlim_cur: bytes.unwrap_or(old.rlim_max),
+        rlim_max: old.rlim_max,
+    };
+    // SAFETY: `new` is a valid rlimit to read; the old one is not asked for.
+    let r = unsafe { libc::prlimit(pid, libc::RLIMIT_FSIZE, &new, std::ptr::null_mut()) };
+    assert_eq!(r, 0, "prlimit: {}", std::io::Error::last_os_error());
+}
+
+/// The value of sample `name` in a `/metrics` scrape of `addr`.
+fn metric(addr: std::net::SocketAddr, name: &str) -> f64 {
+    let (status, scrape) = crate::ops::http(addr, "GET", "/metrics", None);
+    assert_eq!(status, 200);
+    scrape
+        .lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no sample {name} in:\n{scrape}"))
+}
+
+/// Waits (10 s at most) until `f` holds.
+async fn until(what: &str, mut f: impl FnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while !f() {
+        assert!(tokio::time::Instant::now() < deadline, "in time: {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// A rumqttc 5.0 client whose events and errors (a PUBACK with a failure reason code is
+/// one: `StateError::PubAckFail`) arrive on a channel; its event loop is polled again
+/// after an error, which reconnects. `persistent`: Clean Start 0 and a Session Expiry
+/// Interval of 300 s.
+fn client_v5(
+    id: &str,
+    port: u16,
+    persistent: bool,
+) -> (
+    rumqttc::v5::AsyncClient,
+    mpsc::UnboundedReceiver<Result<rumqttc::v5::Event, rumqttc::v5::ConnectionError>>,
+    tokio::task::JoinHandle<()>,
+) {
+    let mut opts = rumqttc::v5::MqttOptions::new(id, "127.0.0.1", port);
+    opts.set_keep_alive(Duration::from_secs(30));
+    if persistent {
+        let mut properties = rumqttc::v5::mqttbytes::v5::ConnectProperties::new();
+        properties.session_expiry_interval = Some(300);
+        opts.set_clean_start(false);
+        opts.set_connect_properties(properties);
+    }
+    let (client, mut eventloop) = rumqttc::v5::AsyncClient::new(opts, 100);
+    let (tx, rx) = mpsc::unbounded_channel();
+    let task = tokio::spawn(async move {
+        loop {
+            let e = eventloop.poll().await;
+            let failed = e.is_err();
+            if tx.send(e).is_err() {
+                return;
+            }
+            if failed {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    });
+    (client, rx, task)
+}
+
+/// Waits for the next 5.0 event or error matching `f`.
+async fn next_v5<T>(
+    rx: &mut mpsc::UnboundedReceiver<Result<rumqttc::v5::Event, rumqttc::v5::ConnectionError>>,
+    mut f: impl FnMut(&Result<rumqttc::v5::Event, rumqttc::v5::ConnectionError>) -> Option<T>,
+) -> T {
+    timeout(Duration::from_secs(20), async {
+        loop {
+            let e = rx.recv().await.expect("the client runs");
+            if let Some(t) = f(&e) {
+                return t;
+            }
+        }
+    })
+    .await
+    .expect("in time")
+}
+
+/// The payload of the next PUBLISH a 3.1.1 client receives.
+async fn next_payload(rx: &mut mpsc::UnboundedReceiver<Event>) -> String {
+    next(rx, |e| match e {
+        Event::Incoming(Packet::Publish(p)) => Some(String::from_utf8_lossy(&p.payload).into()),
+        _ => None,
+    })
+    .await
+}
+
+// Disk full (docs/durability.md, *Disk errors*), made by RLIMIT_FSIZE on the broker's
+// process: every write to its store then fails (EFBIG), as on a full disk (ENOSPC).
+// Meanwhile a 5.0 QoS 1 PUBLISH routed to a persistent session is answered with PUBACK
+// 0x97 (Quota exceeded), a 3.1.1 one gets no PUBACK, QoS 0 still reaches an online
+// subscriber, `/metrics` says `store_failing 1` and the failure is logged at error
+// level. Once the limit is raised, the held 3.1.1 PUBACK comes, a new 5.0 QoS 1
+// PUBLISH is acknowledged with success, `store_failing` is back to 0, and what was
+// acknowledged is on disk: after a SIGKILL and a restart the persistent session gets
+// it. Clients: rumqttc 3.1.1 and 5.0.
+#[cfg(target_os = "linux")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn durable_disk_full_withholds_acknowledgements_and_recovers() {
+    use rumqttc::v5::{
+        ConnectionError, Event as Event5, StateError,
+        mqttbytes::{
+            QoS as QoS5,
+            v5::{Packet as Packet5, PubAckReason},
+        },
+    };
+
+    let dir = scratch("disk-full");
+    let (port, http) = (free_port(), free_port());
+    let conf = config(&dir, port);
+    let text = std::fs::read_to_string(&conf).unwrap();
+    std::fs::write(
+        &conf,
+        format!("{text}\n[http]\nbind = \"127.0.0.1:{http}\"\n"),
+    )
+    .unwrap();
+    let http: std::net::SocketAddr = ([127, 0, 0, 1], http).into();
+    let (broker, log) = start_limitable(&conf, port);
+    let broker = Killed(broker);
+
+    // A persistent session subscribed to full/#, offline: QoS 1 messages to it must be
+    // kept. And an online clean subscriber of the same topics.
+    subscribe_and_leave_on("full-keeper", "full/#", port).await;
+    let (watcher, mut watcher_rx, watcher_task) = client("full-watcher", port, true);
+    next(&mut watcher_rx, |e| {
+        matches!(e, Event::Incoming(Packet::ConnAck(_))).then_some(())
+    })
+    .await;
+    watcher.subscribe("full/#", QoS::AtMostOnce).await.unwrap();
+    next(&mut watcher_rx, |e| {
+        matches!(e, Event::Incoming(Packet::SubAck(_))).then_some(())
+    })
+    .await;
+    let (pub3, mut pub3_rx, pub3_task) = client("full-pub3", port, true);
+    next(&mut pub3_rx, |e| {
+        matches!(e, Event::Incoming(Packet::ConnAck(_))).then_some(())
+    })
+    .await;
+    let (pub5, mut pub5_rx, pub5_task) = client_v5("full-pub5", port, false);
+    next_v5(&mut pub5_rx, |e| {
+        matches!(e, Ok(Event5::Incoming(Packet5::ConnAck(_)))).then_some(())
+    })
+    .await;
+    assert_eq!(metric(http, "mqtt_store_failing"), 0.0);
+
+    // The disk is full.
+    set_file_size_limit(broker.0.id(), Some(0));
+
+    // 5.0: PUBACK 0x97 (rumqttc reports a failure reason code as an error).
+    pub5.publish("full/a", QoS5::AtLeastOnce, false, "five-while-full")
+        .await
+        .unwrap();
+    let reason = next_v5(&mut pub5_rx, |e| match e {
+        Ok(Event5::Incoming(Packet5::PubAck(a))) => Some(a.reason),
+        Err(ConnectionError::MqttState(StateError::PubAckFail { reason })) => Some(*reason),
+        _ => None,
+    })
+    .await;
+    assert_eq!(reason, PubAckReason::QuotaExceeded, "5.0: 0x97 while full");
+    assert_eq!(next_payload(&mut watcher_rx).await, "five-while-full");
+
+    // 3.1.1: no PUBACK while the store cannot write.
+    pub3.publish("full/b", QoS::AtLeastOnce, false, "three-while-full")
+        .await
+        .unwrap();
+    assert_eq!(next_payload(&mut watcher_rx).await, "three-while-full");
+    let early = timeout(
+        Duration::from_secs(1),
+        next(&mut pub3_rx, |e| {
+            matches!(e, Event::Incoming(Packet::PubAck(_))).then_some(())
+        }),
+    )
+    .await;
+    assert!(
+        early.is_err(),
+        "3.1.1: no PUBACK while the store cannot write"
+    );
+
+    // QoS 0 flows.
+    pub3.publish("full/c", QoS::AtMostOnce, false, "zero-while-full")
+        .await
+        .unwrap();
+    assert_eq!(next_payload(&mut watcher_rx).await, "zero-while-full");
+
+    assert_eq!(metric(http, "mqtt_store_failing"), 1.0);
+    let logged = log
+        .lock()
+        .unwrap()
+        .lines()
+        .find(|l| l.contains("THE STORE CANNOT WRITE"))
+        .map(str::to_owned);
+    let logged = logged.unwrap_or_else(|| panic!("logged: {}", log.lock().unwrap()));
+    assert!(logged.contains("ERROR"), "at error level: {logged}");
+
+    // Space returns.
+    set_file_size_limit(broker.0.id(), None);
+    // The held 3.1.1 PUBACK goes out once a commit succeeds.
+    next(&mut pub3_rx, |e| {
+        matches!(e, Event::Incoming(Packet::PubAck(_))).then_some(())
+    })
+    .await;
+    until("store_failing 0", || {
+        metric(http, "mqtt_store_failing") == 0.0
+    })
+    .await;
+    until("the end of the failure logged", || {
+        log.lock().unwrap().contains("the store writes again")
+    })
+    .await;
+    // 5.0: a new QoS 1 PUBLISH is acknowledged with success.
+    pub5_task.abort();
+    let (pub5, mut pub5_rx, pub5_task) = client_v5("full-pub5", port, false);
+    next_v5(&mut pub5_rx, |e| {
+        matches!(e, Ok(Event5::Incoming(Packet5::ConnAck(_)))).then_some(())
+    })
+    .await;
+    pub5.publish("full/d", QoS5::AtLeastOnce, false, "five-after")
+        .await
+        .unwrap();
+    let reason = next_v5(&mut pub5_rx, |e| match e {
+        Ok(Event5::Incoming(Packet5::PubAck(a))) => Some(a.reason),
+        Err(ConnectionError::MqttState(StateError::PubAckFail { reason })) => Some(*reason),
+        _ => None,
+    })
+    .await;
+    assert_eq!(
+        reason,
+        PubAckReason::Success,
+        "5.0: acknowledged once it can write"
+    );
+    assert_eq!(next_payload(&mut watcher_rx).await, "five-after");
+    for task in [watcher_task, pub3_task, pub5_task] {
+        task.abort();
+    }
+
+    // What was acknowledged is on disk.
+    drop(broker);
+    let broker = Killed(start(&conf, port));
+    let (_keeper, mut keeper_rx, keeper_task) = client("full-keeper", port, false);
+    let present = next(&mut keeper_rx, |e| match e {
+        Event::Incoming(Packet::ConnAck(c)) => Some(c.session_present),
+        _ => None,
+    })
+    .await;
+    assert!(present);
+    let mut got = Vec::new();
+    while !got.iter().any(|p| p == "five-after") {
+        got.push(next_payload(&mut keeper_rx).await);
+    }
+    assert!(
+        got.iter().any(|p| p == "three-while-full"),
+        "the message whose PUBACK was held is kept: {got:?}"
+    );
+    eprintln!("the persistent session got, after the restart: {got:?}");
+    keeper_task.abort();
+    drop(broker);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Connects `id` with a persistent 3.1.1 session, subscribes to `filter` at QoS 1, and
+/// leaves with DISCONNECT.
+async fn subscribe_and_leave_on(id: &str, filter: &str, port: u16) {
+    let (sub, mut rx, task) = client(id, port, false);
+    next(&mut rx, |e| {
+        matches!(e, Event::Incoming(Packet::ConnAck(_))).then_some(())
+    })
+    .await;
+    sub.subscribe(filter, QoS::AtLeastOnce).await.unwrap();
+    next(&mut rx, |e| {
+        matches!(e, Event::Incoming(Packet::SubAck(_))).then_some(())
+    })
+    .await;
+    sub.disconnect().await.unwrap();
+    next(&mut rx, |e| {
+        matches!(e, Event::Outgoing(Outgoing::Disconnect)).then_some(())
+    })
+    .await;
+    task.abort();
+}
+
+// ---- SUBACK waits for the commit -------------------------------------------------------
+
+// In `sync` mode a persistent session's SUBACK is sent once the subscription's record
+// is committed: a subscription acknowledged and then lost in a crash would break the
+// promise. 20 rounds: rumqttc (3.1.1, Clean Session 0) subscribes, the broker is
+// SIGKILLed the moment its SUBACK arrives and started again, and the session is there
+// with its subscription: a QoS 1 message to the filter reaches it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn durable_suback_waits_for_the_commit_a_kill_right_after_it_loses_nothing() {
+    const ROUNDS: usize = 20;
+    let dir = scratch("suback");
+    let port = free_port();
+    let conf = config(&dir, port);
+    let mut broker = Killed(start(&conf, port));
+    for round in 0..ROUNDS {
+        let (id, filter) = (format!("suback-{round}"), format!("s/{round}"));
+        let (sub, mut rx, task) = client(&id, port, false);
+        next(&mut rx, |e| {
+            matches!(e, Event::Incoming(Packet::ConnAck(_))).then_some(())
+        })
+        .await;
+        sub.subscribe(&filter, QoS::AtLeastOnce).await.unwrap();
+        next(&mut rx, |e| {
+            matches!(e, Event::Incoming(Packet::SubAck(_))).then_some(())
+        })
+        .await;
+        // At once.
+        drop(broker);
+        task.abort();
+        broker = Killed(start(&conf, port));
+
+        let (_sub, mut rx, task) = client(&id, port, false);
+        let present = next(&mut rx, |e| match e {
+            Event::Incoming(Packet::ConnAck(c)) => Some(c.session_present),
+            _ => None,
+        })
+        .await;
+        assert!(present, "round {round}: the session was lost");
+        let (publisher, mut pub_rx, pub_task) = client(&format!("suback-pub-{round}"), port, true);
+        next(&mut pub_rx, |e| {
+            matches!(e, Event::Incoming(Packet::ConnAck(_))).then_some(())
+        })
+        .await;
+        publisher
+            .publish(&filter, QoS::AtLeastOnce, false, format!("m{round}"))
+            .await
+            .unwrap();
+        let got = timeout(Duration::from_secs(5), next_payload(&mut rx)).await;
+        assert_eq!(
+            got.ok().as_deref(),
+            Some(format!("m{round}").as_str()),
+            "round {round}: the subscription acknowledged before the kill was lost"
+        );
+        task.abort();
+        pub_task.abort();
+    }
+    drop(broker);
+    // A kill between commits rolls nothing back: no such alarm at the restarts.
+    let log = std::fs::read_to_string(dir.join("broker.log")).unwrap();
+    assert!(
+        !log.contains("rolled back"),
+        "no commit was rolled back:\n{log}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+// ---- a queued message's own expiry across a restart ------------------------------------
+
+// A queued message's Message Expiry Interval counts on the wall clock across a restart:
+// two QoS 1 messages from mosquitto_pub (5.0, acknowledged after their commit), with 2 s
+// and 60 s, queued for an offline persistent 5.0 session (rumqttc); the broker is
+// SIGKILLed and started again 3 s later. The 2 s one is gone, the 60 s one arrives with
+// its interval less the time the broker was down ([MQTT-3.3.2-5], [MQTT-3.3.2-6]).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn durable_queued_message_expiry_runs_on_the_wall_clock_across_restarts() {
+    use rumqttc::v5::{
+        Event as Event5,
+        mqttbytes::{QoS as QoS5, v5::Packet as Packet5},
+    };
+    crate::pki::require("mosquitto_pub", "install Debian's mosquitto-clients");
+    let dir = scratch("queued-expiry");
+    let port = free_port();
+    let conf = config(&dir, port);
+    let broker = Killed(start(&conf, port));
+
+    let (sub, mut rx, task) = client_v5("qexp-sub", port, true);
+    next_v5(&mut rx, |e| {
+        matches!(e, Ok(Event5::Incoming(Packet5::ConnAck(_)))).then_some(())
+    })
+    .await;
+    sub.subscribe("q/#", QoS5::AtLeastOnce).await.unwrap();
+    next_v5(&mut rx, |e| {
+        matches!(e, Ok(Event5::Incoming(Packet5::SubAck(_)))).then_some(())
+    })
+    .await;
+    sub.disconnect().await.unwrap();
+    next_v5(&mut rx, |e| {
+        matches!(e, Ok(Event5::Outgoing(Outgoing::Disconnect))).then_some(())
+    })
+    .await;
+    task.abort();
+
+    let published = std::time::Instant::now();
+    for (topic, expiry) in [("q/short", "2"), ("q/long", "60")] {
+        let status = Command::new("mosquitto_pub")
+            .args(["-h", "127.0.0.1", "-p", &port.to_string(), "-V", "mqttv5"])
+            .args(["-t", topic, "-m", topic, "-q", "1"])
+            .args(["-D", "publish", "message-expiry-interval", expiry])
+            .status()
+            .unwrap();
+        assert!(status.success(), "{topic}");
+    }
+    drop(broker);
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let broker = Killed(start(&conf, port));
+
+    let (_sub, mut rx, task) = client_v5("qexp-sub", port, true);
+    let present = next_v5(&mut rx, |e| match e {
+        Ok(Event5::Incoming(Packet5::ConnAck(c))) => Some(c.session_present),
+        _ => None,
+    })
+    .await;
+    assert!(present, "the session outlived the process");
+    // Queued first, the 2 s message would come first.
+    let publish = next_v5(&mut rx, |e| match e {
+        Ok(Event5::Incoming(Packet5::Publish(p))) => Some(p.clone()),
+        _ => None,
+    })
+    .await;
+    let since = published.elapsed().as_secs();
+    assert_eq!(&publish.topic[..], b"q/long", "q/short expired while down");
+    let left = publish
+        .properties
+        .as_ref()
+        .and_then(|p| p.message_expiry_interval)
+        .expect("a Message Expiry Interval ([MQTT-3.3.2-6])");
+    assert!(
+        left <= 57 && u64::from(left) + since + 1 >= 60,
+        "60 s less the {since} s since it was published: {left}"
+    );
+    eprintln!("q/long: Message Expiry Interval {left} s, {since} s after it was published");
+    let more = timeout(
+        Duration::from_millis(500),
+        next_v5(&mut rx, |e| match e {
+            Ok(Event5::Incoming(Packet5::Publish(p))) => Some(p.topic.clone()),
+            _ => None,
+        }),
+    )
+    .await;
+    assert!(more.is_err(), "nothing else: {more:?}");
+    task.abort();
+    drop(broker);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+// ---- `batch` mode after a crash --------------------------------------------------------
+
+// `batch` mode (`batch_ms = 100`) acknowledges at once and commits every window: after a
+// SIGKILL, every message acknowledged more than one window before it is there. A
+// rumqttc publisher (3.1.1, QoS 1) sends 200 messages, all acknowledged, then, after a
+// second's pause, one every 5 ms until the kill; each PUBACK is timed where rumqttc
+// reports it. After the restart the persistent subscriber (rumqttc, Clean Session 0)
+// gets every message acknowledged more than 100 ms before the kill.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn durable_batch_mode_keeps_what_was_acknowledged_a_window_before_a_kill() {
+    const WINDOW: Duration = Duration::from_millis(100);
+    let dir = scratch("batch");
+    let port = free_port();
+    let conf = config(&dir, port);
+    let text = std::fs::read_to_string(&conf).unwrap();
+    std::fs::write(
+        &conf,
+        format!(
+            "{}\n[limits]\nmax_queued_messages = 5000\n",
+            text.replace("mode = \"sync\"", "mode = \"batch\"\nbatch_ms = 100")
+        ),
+    )
+    .unwrap();
+    let broker = Killed(start(&conf, port));
+    subscribe_and_leave_on("batch-sub", "b/#", port).await;
+
+    // The publisher: its events timed in its own task, as they come.
+    let mut opts = MqttOptions::new("batch-pub", "127.0.0.1", port);
+    opts.set_keep_alive(Duration::from_secs(30));
+    let (publisher, mut eventloop) = AsyncClient::new(opts, 1000);
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let pub_task = tokio::spawn(async move {
+        while let Ok(e) = eventloop.poll().await {
+            if tx.send((std::time::Instant::now(), e)).is_err() {
+                return;
+            }
+        }
+    });
+    // Sequence number -> when its PUBACK came.
+    let acked: Arc<Mutex<Vec<(u32, std::time::Instant)>>> = Arc::default();
+    let sink = Arc::clone(&acked);
+    let reader = tokio::spawn(async move {
+        let (mut inflight, mut sent) = (std::collections::HashMap::new(), 0u32);
+        while let Some((at, e)) = rx.recv().await {
+            match e {
+                Event::Outgoing(Outgoing::Publish(pkid)) => {
+                    inflight.insert(pkid, sent);
+                    sent += 1;
+                }
+                Event::Incoming(Packet::PubAck(a)) => {
+                    if let Some(seq) = inflight.remove(&a.pkid) {
+                        sink.lock().unwrap().push((seq, at));
+                    }
+                }
+                _ => {}
+            }
+        }
+    });
+    let publish = move |seq: u32| {
+        let publisher = publisher.clone();
+        async move {
+            publisher
+                .publish("b/x", QoS::AtLeastOnce, false, seq.to_string())
+                .await
+        }
+    };
+    for seq in 0..200 {
+        publish(seq).await.unwrap();
+    }
+    until("200 PUBACKs", || acked.lock().unwrap().len() == 200).await;
+    // Well past the window: these are on disk.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    // Then a stream, killed in the middle.
+    let stream = tokio::spawn(async move {
+        for seq in 200.. {
+            if publish(seq).await.is_err() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    });
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    let killed_at = std::time::Instant::now();
+    drop(broker);
+    stream.abort();
+    pub_task.abort();
+    let _ = reader.await;
+    let acked = std::mem::take(&mut *acked.lock().unwrap());
+    let must: Vec<u32> = acked
+        .iter()
+        .filter(|(_, at)| *at + WINDOW < killed_at)
+        .map(|&(seq, _)| seq)
+        .collect();
+    assert!(
+        must.len() > 250,
+        "the stream ran: {} acknowledged",
+        must.len()
+    );
+
+    let broker = Killed(start(&conf, port));
+    let (_sub, mut sub_rx, sub_task) = client("batch-sub", port, false);
+    let present = next(&mut sub_rx, |e| match e {
+        Event::Incoming(Packet::ConnAck(c)) => Some(c.session_present),
+        _ => None,
+    })
+    .await;
+    assert!(present, "the session outlived the process");
+    let mut got = std::collections::BTreeSet::new();
+    while let Ok(payload) = timeout(Duration::from_millis(500), next_payload(&mut sub_rx)).await {
+        got.insert(payload.parse::<u32>().unwrap());
+    }
+    let lost: Vec<u32> = must.iter().copied().filter(|s| !got.contains(s)).collect();
+    let last_window = acked.len() - must.len();
+    let kept_of_last = acked
+        .iter()
+        .filter(|(seq, at)| *at + WINDOW >= killed_at && got.contains(seq))
+        .count();
+    let oldest_lost = acked
+        .iter()
+        .filter(|(seq, _)| !got.contains(seq))
+        .map(|(_, at)| killed_at.saturating_duration_since(*at))
+        .max();
+    eprintln!(
+        "{} acknowledged, {} more than a window before the kill; of the {last_window} in \
+         the last window, {kept_of_last} kept; the oldest lost was acknowledged \
+         {oldest_lost:?} before the kill",
+        acked.len(),
+        must.len()
+    );
+    assert!(
+        lost.is_empty(),
+        "acknowledged more than {WINDOW:?} before the kill, and lost: {lost:?}"
+    );
+    sub_task.abort();
+    drop(broker);
     let _ = std::fs::remove_dir_all(&dir);
 }
