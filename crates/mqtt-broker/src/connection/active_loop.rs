@@ -276,7 +276,9 @@ where
                         again = true;
                     }
                     Event::Unsubscribe(u) => {
-                        unsubscribe(shared, handle, generation, version, &u);
+                        // As SUBACK: the UNSUBACK waits for the commit (below).
+                        let kept = unsubscribe(shared, handle, generation, version, &u);
+                        hold_write |= kept && commits.is_some();
                         again = true;
                     }
                     Event::PeerDisconnected(d) => {

@@ -173,14 +173,17 @@ pub(crate) fn subscribe(
     kept
 }
 
-/// UNSUBSCRIBE: removes the filters and answers.
+/// UNSUBSCRIBE: removes the filters and answers. True if the store was given the
+/// session's subscriptions to keep (a persistent session, a durable store): the UNSUBACK
+/// then waits for that commit in `sync` mode, so that a crash cannot bring back a
+/// subscription the client was told is gone.
 pub(crate) fn unsubscribe(
     shared: &Shared,
     handle: &Arc<SessionHandle>,
     generation: u64,
     version: ProtocolVersion,
     u: &Unsubscribe,
-) {
+) -> bool {
     if shared.live.log_subscriptions() {
         let filters: Vec<String> = u.filters.iter().map(|f| format!("'{f}'")).collect();
         tracing::info!(client = %handle.client_id, "unsubscribe {}", filters.join(", "));
@@ -188,7 +191,7 @@ pub(crate) fn unsubscribe(
     // As in `subscribe`: under the lock, and only for the session's own connection.
     let mut cell = handle.lock();
     if cell.generation != generation {
-        return;
+        return false;
     }
     let codes = u
         .filters
@@ -206,4 +209,5 @@ pub(crate) fn unsubscribe(
     // After the fact: the client asked to receive less, and does even if the store
     // fails (which is logged).
     shared.record_session(&mut cell, true);
+    shared.durable && cell.recorded.is_some()
 }

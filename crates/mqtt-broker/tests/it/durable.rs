@@ -1300,6 +1300,72 @@ async fn durable_suback_waits_for_the_commit_a_kill_right_after_it_loses_nothing
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+// The same for UNSUBACK: a subscription the client was told is gone stays gone after a
+// SIGKILL right after the UNSUBACK. 8 rounds (rumqttc, 3.1.1, Clean Session 0): subscribe,
+// unsubscribe, kill at the UNSUBACK, restart; a QoS 1 message to the filter, acknowledged
+// to its publisher, does not reach the session.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn durable_unsuback_waits_for_the_commit_a_kill_right_after_it_brings_nothing_back() {
+    const ROUNDS: usize = 8;
+    let dir = scratch("unsuback");
+    let port = free_port();
+    let conf = config(&dir, port);
+    let mut broker = Killed(start(&conf, port));
+    for round in 0..ROUNDS {
+        let (id, filter) = (format!("unsuback-{round}"), format!("u/{round}"));
+        let (sub, mut rx, task) = client(&id, port, false);
+        next(&mut rx, |e| {
+            matches!(e, Event::Incoming(Packet::ConnAck(_))).then_some(())
+        })
+        .await;
+        sub.subscribe(&filter, QoS::AtLeastOnce).await.unwrap();
+        next(&mut rx, |e| {
+            matches!(e, Event::Incoming(Packet::SubAck(_))).then_some(())
+        })
+        .await;
+        sub.unsubscribe(&filter).await.unwrap();
+        next(&mut rx, |e| {
+            matches!(e, Event::Incoming(Packet::UnsubAck(_))).then_some(())
+        })
+        .await;
+        // At once.
+        drop(broker);
+        task.abort();
+        broker = Killed(start(&conf, port));
+
+        let (_sub, mut rx, task) = client(&id, port, false);
+        let present = next(&mut rx, |e| match e {
+            Event::Incoming(Packet::ConnAck(c)) => Some(c.session_present),
+            _ => None,
+        })
+        .await;
+        assert!(present, "round {round}: the session was lost");
+        let (publisher, mut pub_rx, pub_task) =
+            client(&format!("unsuback-pub-{round}"), port, true);
+        next(&mut pub_rx, |e| {
+            matches!(e, Event::Incoming(Packet::ConnAck(_))).then_some(())
+        })
+        .await;
+        publisher
+            .publish(&filter, QoS::AtLeastOnce, false, format!("m{round}"))
+            .await
+            .unwrap();
+        next(&mut pub_rx, |e| {
+            matches!(e, Event::Incoming(Packet::PubAck(_))).then_some(())
+        })
+        .await;
+        let got = timeout(Duration::from_millis(500), next_payload(&mut rx)).await;
+        assert!(
+            got.is_err(),
+            "round {round}: a subscription removed before the kill came back: {got:?}"
+        );
+        task.abort();
+        pub_task.abort();
+    }
+    drop(broker);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 // ---- a queued message's own expiry across a restart ------------------------------------
 
 // A queued message's Message Expiry Interval counts on the wall clock across a restart:
