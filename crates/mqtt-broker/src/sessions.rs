@@ -462,6 +462,8 @@ impl Shared {
                 ))
             })?;
         }
+        // A will whose connection ended with the process waits for its delay from now.
+        session.connection_lost_with_process(self.now());
         let recorded = crate::store::Recorded::of(&session);
         let handle = {
             let mut registry = self.registry();

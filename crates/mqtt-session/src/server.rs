@@ -693,6 +693,26 @@ impl ServerSession {
         }
     }
 
+    /// For a session restored from a store whose state was saved while a connection was
+    /// attached (the process ended with it): its will, if it has one that is not due
+    /// already, is due after its Will Delay Interval from `now` (never after the
+    /// session's expiry), as [`connection_lost`](Self::connection_lost) would have made
+    /// it. Nothing for a connected session.
+    pub fn connection_lost_with_process(&mut self, now: Instant) {
+        if self.flow.connected || self.will_due.get().is_some() {
+            return;
+        }
+        if let Some(will) = &self.will {
+            let delay =
+                Duration::from_secs(u64::from(will.properties.will_delay_interval.unwrap_or(0)));
+            let delay = match self.session_expiry {
+                NEVER => delay,
+                secs => delay.min(Duration::from_secs(u64::from(secs))),
+            };
+            self.will_due = Deadline::new(Some(now + delay));
+        }
+    }
+
     /// The timer set from [`poll_timeout`](Self::poll_timeout) fired.
     pub fn handle_timeout(&mut self, now: Instant) {
         if self.flow.connected {

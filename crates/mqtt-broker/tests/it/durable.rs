@@ -1592,3 +1592,70 @@ async fn durable_batch_mode_keeps_what_was_acknowledged_a_window_before_a_kill()
     drop(broker);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+// A delayed will is part of the persistent session's state on disk: mosquitto_pub (5.0,
+// Session Expiry 60 s, Will Delay 2 s) is connected when the broker is SIGKILLed; after
+// the restart its connection is gone, so its will is published 2 s later (counted from
+// the restart, as if the connection was lost then), once, to a mosquitto_sub that
+// subscribed after the restart. (mosquitto_pub is killed with the broker: it would
+// connect again, and a new connection within the delay cancels the will.)
+#[test]
+fn durable_delayed_will_survives_a_kill_and_is_published_after_the_restart() {
+    crate::pki::require("mosquitto_pub", "install Debian's mosquitto-clients");
+    let dir = scratch("will");
+    let port = free_port();
+    let conf = config(&dir, port);
+    let broker = Killed(start(&conf, port));
+    let mut publisher = Command::new("mosquitto_pub")
+        .args([
+            "-p",
+            &port.to_string(),
+            "-V",
+            "mqttv5",
+            "-i",
+            "will-pub",
+            "-l",
+        ])
+        .args(["-t", "w/ignored", "-x", "60", "--will-topic", "w/gone"])
+        .args(["--will-payload", "gone", "--will-qos", "1"])
+        .args(["-D", "will", "will-delay-interval", "2"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    // Connected, and its session (with the will) committed.
+    std::thread::sleep(Duration::from_millis(700));
+    drop(broker);
+    // The client goes too (it would connect again, which cancels a delayed will).
+    let _ = publisher.kill();
+    let _ = publisher.wait();
+    let restarted = std::time::Instant::now();
+    let _broker = Killed(start(&conf, port));
+    let out = Command::new("mosquitto_sub")
+        .args([
+            "-p",
+            &port.to_string(),
+            "-V",
+            "mqttv5",
+            "-t",
+            "w/#",
+            "-q",
+            "1",
+        ])
+        .args(["-C", "2", "-W", "6", "-v"])
+        .output()
+        .unwrap();
+    let after = restarted.elapsed();
+    let got = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        got.lines().collect::<Vec<_>>(),
+        ["w/gone gone"],
+        "the will, once"
+    );
+    assert!(
+        after >= Duration::from_millis(1900),
+        "published after its delay, not at once ({after:?})"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
