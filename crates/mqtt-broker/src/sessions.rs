@@ -489,6 +489,7 @@ impl Shared {
                     self.index.subscribe(filter, handle.key, sub);
                 }
             }
+            self.keep_restored_shared(&handle, &mut cell);
             // The record goes without what was left out, and with the deadline that
             // runs from now if it had none (its connection was lost with the process).
             if !left_out.is_empty() || (deadline.is_none() && expires_at.is_some()) {
@@ -497,6 +498,47 @@ impl Shared {
         }
         self.start_offline_timers(&handle);
         Ok(true)
+    }
+
+    /// After a restart, a restored session's QoS 1 messages that came through a shared
+    /// subscription are kept again to hand to another member of the group should the
+    /// session end before they are acknowledged (as `Shared::deliver` keeps them): a
+    /// message whose topic matches one of the session's shared subscriptions and none of
+    /// its other subscriptions came through that group. Called with its subscriptions in
+    /// the index, for the messages it holds in memory (those paged out stay with it).
+    fn keep_restored_shared(&self, handle: &Arc<SessionHandle>, cell: &mut SessionCell) {
+        let shares = cell
+            .session
+            .subscriptions()
+            .filters()
+            .any(|f| f.starts_with("$share/"));
+        if !shares {
+            return;
+        }
+        let mut held = Vec::new();
+        cell.session.for_each_message(|id, _, message| {
+            if message.qos == mqtt_codec::QoS::AtLeastOnce {
+                held.push((id, message));
+            }
+        });
+        let mut matches = mqtt_topics::Matches::default();
+        for (id, message) in held {
+            let Ok(topic) = mqtt_topics::TopicName::new(&message.topic) else {
+                continue;
+            };
+            matches.clear();
+            self.index.matches(topic, &mut matches);
+            if matches.subscribers().any(|s| *s.key() == handle.key) {
+                continue;
+            }
+            let group = matches
+                .shared()
+                .find(|g| g.members().iter().any(|(key, _)| *key == handle.key))
+                .map(|g| g.id());
+            if let Some(group) = group {
+                cell.keep_shared(id, group, message);
+            }
+        }
     }
 
     /// Runs the timers of a session that has no connection (its expiry; a will, once

@@ -386,7 +386,7 @@ pub(crate) async fn attach<W: AsyncWrite + Unpin>(
     crate::owned::own_connect(&mut connect);
     let_the_old_connection_finish(shared, &connect.client_id).await;
     let now = shared.now();
-    let (handle, generation, stale_filters, old_version) = loop {
+    let (handle, generation, stale_filters, old_version, resumed) = loop {
         let handle = shared.session(&connect.client_id);
         let mut cell = handle.lock();
         if cell.gone {
@@ -444,10 +444,15 @@ pub(crate) async fn attach<W: AsyncWrite + Unpin>(
         if let Some(old) = old {
             shared.revive(&handle, old);
         }
-        break (handle, generation, stale, old_version);
+        break (handle, generation, stale, old_version, resumed);
     };
     if !stale_filters.is_empty() {
         shared.unsubscribe_all(&handle, stale_filters.iter(), old_version);
+    }
+    if !resumed {
+        // The old session ended (5.0 section 4.8.2): the QoS 1 messages it had from
+        // shared subscriptions and never acknowledged go to other members.
+        shared.redistribute_shared(&handle);
     }
     handle.notify.notify_waiters();
     log_connect(shared, &connect, peer);

@@ -1557,3 +1557,177 @@ fn durable_delayed_will_survives_a_kill_and_is_published_after_the_restart() {
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+// Shared subscriptions outlive a restart as their members' subscriptions: two rumqttc
+// 5.0 clients with persistent sessions join `$share/g/sh/#`, the broker is SIGKILLed and
+// started again, the members come back without subscribing again (Session Present), and
+// 20 QoS 1 messages are shared between them: each delivered once, to one of them, and
+// both get some.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn durable_shared_subscription_groups_outlive_a_restart() {
+    use rumqttc::v5::{
+        Event as Event5,
+        mqttbytes::{QoS as QoS5, v5::Packet as Packet5},
+    };
+    let dir = scratch("shared");
+    let port = free_port();
+    let conf = config(&dir, port);
+    let broker = Killed(start(&conf, port));
+    for id in ["member-a", "member-b"] {
+        let (c, mut rx, task) = client_v5(id, port, true);
+        next_v5(&mut rx, |e| {
+            matches!(e, Ok(Event5::Incoming(Packet5::ConnAck(_)))).then_some(())
+        })
+        .await;
+        c.subscribe("$share/g/sh/#", QoS5::AtLeastOnce)
+            .await
+            .unwrap();
+        next_v5(&mut rx, |e| {
+            matches!(e, Ok(Event5::Incoming(Packet5::SubAck(_)))).then_some(())
+        })
+        .await;
+        task.abort();
+    }
+    drop(broker);
+    let _broker = Killed(start(&conf, port));
+
+    let (got_tx, mut got_rx) = mpsc::unbounded_channel();
+    let mut members = Vec::new();
+    for id in ["member-a", "member-b"] {
+        let (c, mut rx, task) = client_v5(id, port, true);
+        let present = next_v5(&mut rx, |e| match e {
+            Ok(Event5::Incoming(Packet5::ConnAck(c))) => Some(c.session_present),
+            _ => None,
+        })
+        .await;
+        assert!(present, "{id}: the session is there");
+        let got_tx = got_tx.clone();
+        let forward = tokio::spawn(async move {
+            while let Some(e) = rx.recv().await {
+                if let Ok(Event5::Incoming(Packet5::Publish(p))) = e {
+                    let _ = got_tx.send((id, String::from_utf8_lossy(&p.payload).into_owned()));
+                }
+            }
+        });
+        members.push((c, task, forward));
+    }
+    let (publisher, mut pub_rx, pub_task) = connected("shared-pub", port, true).await;
+    for i in 0..20 {
+        publisher
+            .publish("sh/x", QoS::AtLeastOnce, false, format!("m{i:02}"))
+            .await
+            .unwrap();
+        next(&mut pub_rx, |e| {
+            matches!(e, Event::Incoming(Packet::PubAck(_))).then_some(())
+        })
+        .await;
+    }
+    let mut got = Vec::new();
+    while got.len() < 20 {
+        match timeout(Duration::from_secs(5), got_rx.recv()).await {
+            Ok(Some(m)) => got.push(m),
+            _ => panic!("only {} of 20 shared messages arrived: {got:?}", got.len()),
+        }
+    }
+    // Nothing more (no copy to both).
+    assert!(
+        timeout(Duration::from_millis(300), got_rx.recv())
+            .await
+            .is_err()
+    );
+    let mut payloads: Vec<&str> = got.iter().map(|(_, p)| p.as_str()).collect();
+    payloads.sort_unstable();
+    let expected: Vec<String> = (0..20).map(|i| format!("m{i:02}")).collect();
+    assert_eq!(payloads, expected, "each message once");
+    for id in ["member-a", "member-b"] {
+        assert!(
+            got.iter().any(|(who, _)| *who == id),
+            "{id} got none of the group's messages: {got:?}"
+        );
+    }
+    for (_, task, forward) in members {
+        task.abort();
+        forward.abort();
+    }
+    pub_task.abort();
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+// A shared subscription's message held by a member that never acknowledged it goes to
+// another member when that member's session ends, also after a restart: member A
+// (rumqttc 5.0, persistent) joins `$share/g/rd/#` and leaves; a QoS 1 message is queued
+// for it (the group's only member); the broker is SIGKILLed and started again; member B
+// joins, then A comes back with Clean Start (its session ends) and B gets the message.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn durable_shared_message_of_a_member_that_ends_goes_to_another_after_a_restart() {
+    use rumqttc::v5::{
+        Event as Event5,
+        mqttbytes::{QoS as QoS5, v5::Packet as Packet5},
+    };
+    let dir = scratch("shared-redistribute");
+    let port = free_port();
+    let conf = config(&dir, port);
+    let broker = Killed(start(&conf, port));
+    let (a, mut a_rx, a_task) = client_v5("member-a", port, true);
+    next_v5(&mut a_rx, |e| {
+        matches!(e, Ok(Event5::Incoming(Packet5::ConnAck(_)))).then_some(())
+    })
+    .await;
+    a.subscribe("$share/g/rd/#", QoS5::AtLeastOnce)
+        .await
+        .unwrap();
+    next_v5(&mut a_rx, |e| {
+        matches!(e, Ok(Event5::Incoming(Packet5::SubAck(_)))).then_some(())
+    })
+    .await;
+    a.disconnect().await.unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    a_task.abort();
+    let (publisher, mut pub_rx, pub_task) = connected("rd-pub", port, true).await;
+    publisher
+        .publish("rd/x", QoS::AtLeastOnce, false, "held by a")
+        .await
+        .unwrap();
+    next(&mut pub_rx, |e| {
+        matches!(e, Event::Incoming(Packet::PubAck(_))).then_some(())
+    })
+    .await;
+    pub_task.abort();
+    drop(broker);
+    let _broker = Killed(start(&conf, port));
+
+    let (b, mut b_rx, b_task) = client_v5("member-b", port, false);
+    next_v5(&mut b_rx, |e| {
+        matches!(e, Ok(Event5::Incoming(Packet5::ConnAck(_)))).then_some(())
+    })
+    .await;
+    b.subscribe("$share/g/rd/#", QoS5::AtLeastOnce)
+        .await
+        .unwrap();
+    next_v5(&mut b_rx, |e| {
+        matches!(e, Ok(Event5::Incoming(Packet5::SubAck(_)))).then_some(())
+    })
+    .await;
+    // A comes back with Clean Start and no session expiry: its session ends.
+    let (_a, mut a_rx, a_task) = client_v5("member-a", port, false);
+    let present = next_v5(&mut a_rx, |e| match e {
+        Ok(Event5::Incoming(Packet5::ConnAck(c))) => Some(c.session_present),
+        _ => None,
+    })
+    .await;
+    assert!(!present);
+    let got = timeout(
+        Duration::from_secs(5),
+        next_v5(&mut b_rx, |e| match e {
+            Ok(Event5::Incoming(Packet5::Publish(p))) => {
+                Some(String::from_utf8_lossy(&p.payload).into_owned())
+            }
+            _ => None,
+        }),
+    )
+    .await;
+    assert_eq!(got.ok().as_deref(), Some("held by a"), "B got A's message");
+    a_task.abort();
+    b_task.abort();
+    let _ = std::fs::remove_dir_all(&dir);
+}
