@@ -651,6 +651,8 @@ async fn receive_in_order(port: u16, id: &str, from: usize, to: usize) {
 /// first 100 back into memory).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn durable_backlog_beyond_the_memory_window_stays_on_disk_and_comes_back_in_order() {
+    // A full-rate load (and a memory bound): not beside the timing-sensitive tests.
+    let _timing = crate::TIMING.read().await;
     const COUNT: usize = 10_000;
     const SIZE: usize = 4096;
     let dir = scratch("paged");
@@ -698,6 +700,8 @@ async fn durable_backlog_beyond_the_memory_window_stays_on_disk_and_comes_back_i
 /// resident memory stays under 64 MiB throughout (the backlog is about 30 MB).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn durable_slow_subscriber_backlog_lives_on_disk_and_others_are_not_slowed() {
+    // A full-rate load (and a memory bound): not beside the timing-sensitive tests.
+    let _timing = crate::TIMING.read().await;
     const RATE: usize = 5_000;
     const SECONDS: usize = 60;
     const TOTAL: usize = RATE * SECONDS;
