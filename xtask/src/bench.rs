@@ -1,5 +1,11 @@
 //! `cargo xtask bench`: the end-to-end load scenarios of `mqtt-bench`, run against our
-//! broker and Debian's Mosquitto side by side, on loopback.
+//! broker, Debian's Mosquitto and the floor side by side, on loopback.
+//!
+//! The floor (`mqtt-floor`, benches/src/bin/mqtt-floor.rs) is issue 18's: a trivial
+//! single-threaded forwarder that parses and copies MQTT frames, not a broker. It runs
+//! the throughput and latency scenarios (not the idle connections: its memory is not
+//! the point), and the payload-cost table divides our 1 KiB / 16 B and 16 KiB / 16 B
+//! ratios by its own: the issue asks that ours be within 2 × the floor's.
 //!
 //! Each broker runs pinned to CPU 0 and the generator to CPU 1 (`taskset`), so the
 //! figures compare per core. The broker's CPU seconds come from /proc/PID/stat, read by
@@ -19,6 +25,10 @@
 //! `--quick` runs every scenario briefly against our broker only (dev build), as the
 //! smoke test of `cargo xtask ci`: it checks delivery, never timing, and records nothing.
 //! It runs one 16 KiB row per shape, and the half-rate pass for the first row only.
+//!
+//! `--brokers LIST` (comma-separated, of `ours`, `mosquitto`, `floor`) chooses the
+//! brokers; the default is all three (Mosquitto when installed), or ours alone with
+//! `--quick`. Ours always runs, first: every comparison is with it.
 
 use std::{
     collections::BTreeMap,
@@ -43,7 +53,17 @@ struct Options {
     install: bool,
     /// Do not append to docs/benchmarks.md or write the chart.
     no_record: bool,
+    /// `--brokers`: which brokers besides ours (None: the default for the mode).
+    brokers: Option<Vec<String>>,
 }
+
+/// Names of the brokers in the tables, in the order they run.
+const OURS: &str = "ours";
+const MOSQUITTO: &str = "Mosquitto";
+const FLOOR: &str = "floor";
+
+/// How far our payload-cost ratio may be from the floor's (issue 18: "within 2×").
+const FLOOR_FACTOR: f64 = 2.0;
 
 /// A target for our broker: at most `value` broker CPU seconds per million
 /// deliveries, set by the issue `source` names.
@@ -120,7 +140,10 @@ struct Shape {
 }
 
 /// Payload sizes of the throughput rows: the issue's small, typical and large.
-const SIZES: [usize; 3] = [16, 1024, 16 * 1024];
+const SIZES: [usize; 3] = [16, 1024, LARGE];
+
+/// The large payload, whose cost relative to 16 B issue 18 compares with the floor's.
+const LARGE: usize = 16 * 1024;
 
 /// Bytes of payload the 16 KiB rows deliver at most: a few hundred MB, so each row
 /// takes seconds, not minutes, and its CPU figure is still many 10 ms ticks.
@@ -293,11 +316,33 @@ pub(crate) fn run(args: &[&str]) -> Result {
             "--install" => opts.install = true,
             "--no-record" => opts.no_record = true,
             "--only" => opts.only = it.next().map(|s| (*s).to_owned()),
+            "--brokers" => {
+                let list = it.next().ok_or("bench: --brokers needs a list")?;
+                let mut brokers = Vec::new();
+                for b in list.split(',').map(str::trim).filter(|b| !b.is_empty()) {
+                    match b.to_ascii_lowercase().as_str() {
+                        "ours" => {}
+                        "mosquitto" => brokers.push(MOSQUITTO.to_owned()),
+                        "floor" => brokers.push(FLOOR.to_owned()),
+                        other => {
+                            return Err(format!(
+                                "bench: unknown broker {other:?} (ours, mosquitto, floor)"
+                            ));
+                        }
+                    }
+                }
+                opts.brokers = Some(brokers);
+            }
             other => return Err(format!("bench: unknown argument {other:?}")),
         }
     }
+    // Which brokers besides ours take part.
+    let wanted = |name: &str| match &opts.brokers {
+        Some(list) => list.iter().any(|b| b == name),
+        None => !opts.quick,
+    };
     let profile = if opts.quick { "dev" } else { "release" };
-    cargo(&[
+    let mut build = vec![
         "build",
         "--profile",
         profile,
@@ -309,11 +354,16 @@ pub(crate) fn run(args: &[&str]) -> Result {
         "mqtt-broker",
         "--bin",
         "mqtt-bench",
-    ])?;
+    ];
+    if wanted(FLOOR) {
+        build.extend(["-p", "benches", "--bin", "mqtt-floor"]);
+    }
+    cargo(&build)?;
     let dir = if opts.quick { "debug" } else { "release" };
     let target = target_dir().join(dir);
     let bench_exe = target.join("mqtt-bench");
     let broker_exe = target.join("mqtt-broker");
+    let floor_exe = target.join("mqtt-floor");
 
     let cores = thread::available_parallelism().map_or(1, usize::from);
     let pin = cores >= 2 && installed("taskset");
@@ -324,8 +374,10 @@ pub(crate) fn run(args: &[&str]) -> Result {
     }
     // Which brokers take part; each scenario gets fresh ones, so memory figures (RSS,
     // peak RSS, bytes per connection) belong to that scenario alone.
-    let mosquitto = if opts.quick {
-        eprintln!("xtask: bench --quick: our broker only, delivery checks only");
+    if opts.quick {
+        eprintln!("xtask: bench --quick: delivery checks only");
+    }
+    let mosquitto = if !wanted(MOSQUITTO) {
         None
     } else {
         let found = mosquitto_exe(opts.install)?;
@@ -337,9 +389,12 @@ pub(crate) fn run(args: &[&str]) -> Result {
         }
         found
     };
-    let mut names = vec!["ours"];
+    let mut names = vec![OURS];
     if mosquitto.is_some() {
-        names.push("Mosquitto");
+        names.push(MOSQUITTO);
+    }
+    if wanted(FLOOR) {
+        names.push(FLOOR);
     }
 
     let mut rows: Vec<Row> = Vec::new();
@@ -355,13 +410,20 @@ pub(crate) fn run(args: &[&str]) -> Result {
         let mut per_broker = Vec::new();
         let mut half = Vec::new();
         for name in &names {
+            if *name == FLOOR && sc.kind == Kind::Connections {
+                // Idle connections measure a broker's memory: not what the floor is for.
+                per_broker.push(None);
+                half.push(None);
+                continue;
+            }
             let b = match (*name, &mosquitto) {
-                ("Mosquitto", Some(exe)) => start_mosquitto(exe, pin)?,
+                (MOSQUITTO, Some(exe)) => start_mosquitto(exe, pin)?,
+                (FLOOR, _) => start_floor(&floor_exe, pin)?,
                 _ => start_ours(&broker_exe, pin, None)?,
             };
             eprintln!("xtask: bench: {} on {}", sc.label, b.name);
             let figures = run_bench(&bench_exe, &b, &sc.args, pin)?;
-            if !is_ok(&figures) && *name == "ours" {
+            if !is_ok(&figures) && *name == OURS {
                 our_faults.push(sc.label.clone());
             }
             // The same shape at half the rate just measured, on the same broker.
@@ -377,7 +439,7 @@ pub(crate) fn run(args: &[&str]) -> Result {
                         sc.label, b.name
                     );
                     let f = run_bench(&bench_exe, &b, &args, pin)?;
-                    if !is_ok(&f) && *name == "ours" {
+                    if !is_ok(&f) && *name == OURS {
                         our_faults.push(format!("{} (half rate)", sc.label));
                     }
                     f
@@ -492,7 +554,24 @@ fn start_ours(exe: &Path, pin: bool, workers: Option<usize>) -> Result<Running> 
         .map_err(|e| format!("cannot start {}: {e}", exe.display()))?;
     wait_until_listening(port, &mut child, "mqtt-broker")?;
     Ok(Running {
-        name: "ours",
+        name: OURS,
+        port,
+        child,
+        _dir: None,
+    })
+}
+
+/// The floor (`mqtt-floor`): issue 18's trivial forwarder.
+fn start_floor(exe: &Path, pin: bool) -> Result<Running> {
+    let port = free_port()?;
+    let mut child = pinned(0, exe, pin)
+        .args(["--listen", &format!("127.0.0.1:{port}")])
+        .stdin(Stdio::null())
+        .spawn()
+        .map_err(|e| format!("cannot start {}: {e}", exe.display()))?;
+    wait_until_listening(port, &mut child, "mqtt-floor")?;
+    Ok(Running {
+        name: FLOOR,
         port,
         child,
         _dir: None,
@@ -537,7 +616,7 @@ fn start_mosquitto(exe: &Path, pin: bool) -> Result<Running> {
         .map_err(|e| format!("cannot start {}: {e}", exe.display()))?;
     wait_until_listening(port, &mut child, "mosquitto")?;
     Ok(Running {
-        name: "Mosquitto",
+        name: MOSQUITTO,
         port,
         child,
         _dir: Some(dir),
@@ -654,27 +733,23 @@ fn tail_met(f: &Option<Figures>) -> &'static str {
 /// The results as markdown tables.
 fn render(rows: &[Row], names: &[&str], scaling: &[(usize, Option<Figures>)]) -> String {
     let mut s = String::new();
-    let theirs = names.get(1).copied();
-    // Throughput, and latency at half the throughput.
-    let _ = writeln!(
-        s,
-        "| scenario | ours msg/s | ours CPU s / M | ours peak RSS | ours p50 / p99 µs at ½ rate | p99 ≤ 2 × p50 | {} | bar | met |",
-        theirs.map_or_else(
-            || "–".to_owned(),
-            |t| format!(
-                "{t} msg/s | {t} CPU s / M | {t} peak RSS | {t} p50 / p99 µs at ½ rate | CPU ours/{t}"
-            )
-        )
-    );
-    let _ = writeln!(
-        s,
-        "|---|---|---|---|---|---|{}---|---|",
-        if theirs.is_some() {
-            "---|---|---|---|---|"
-        } else {
-            "---|"
-        }
-    );
+    // Throughput, and latency at half the throughput: ours, then each other broker
+    // with our CPU relative to its.
+    let others = names.get(1..).unwrap_or_default();
+    let mut head = "| scenario | ours msg/s | ours CPU s / M | ours peak RSS | ours p50 / p99 µs at ½ rate | p99 ≤ 2 × p50 |".to_owned();
+    let mut rule = "|---|---|---|---|---|---|".to_owned();
+    for t in others {
+        let _ = write!(
+            head,
+            " {t} msg/s | {t} CPU s / M | {t} peak RSS | {t} p50 / p99 µs at ½ rate | CPU ours/{t} |"
+        );
+        rule.push_str("---|---|---|---|---|");
+    }
+    if others.is_empty() {
+        head.push_str(" – |");
+        rule.push_str("---|");
+    }
+    let _ = writeln!(s, "{head} bar | met |\n{rule}---|---|");
     for row in rows.iter().filter(|r| r.sc.kind == Kind::Throughput) {
         let ours = row.figs.first().cloned().flatten();
         let ours_half = row.half.first().cloned().flatten();
@@ -689,9 +764,9 @@ fn render(rows: &[Row], names: &[&str], scaling: &[(usize, Option<Figures>)]) ->
             half_rate_cell(&ours_half),
             tail_met(&ours_half),
         );
-        if theirs.is_some() {
-            let t = row.figs.get(1).cloned().flatten();
-            let t_half = row.half.get(1).cloned().flatten();
+        for b in 1..names.len() {
+            let t = row.figs.get(b).cloned().flatten();
+            let t_half = row.half.get(b).cloned().flatten();
             let t_cpu = get(&t, "cpu_s_per_million");
             let ratio = match (ours_cpu, t_cpu) {
                 (Some(o), Some(t)) if t > 0.0 => Some(o / t),
@@ -713,7 +788,8 @@ fn render(rows: &[Row], names: &[&str], scaling: &[(usize, Option<Figures>)]) ->
                 },
                 fmt_opt(ratio, 2)
             );
-        } else {
+        }
+        if others.is_empty() {
             line.push_str(" – |");
         }
         let met = match (row.sc.bar, ours_cpu) {
@@ -740,6 +816,9 @@ fn render(rows: &[Row], names: &[&str], scaling: &[(usize, Option<Figures>)]) ->
         );
         let _ = writeln!(s, "|---|---|---|---|---|---|");
         for (name, f) in names.iter().zip(&row.figs) {
+            if *name == FLOOR {
+                continue; // not run: see `run`
+            }
             let _ = writeln!(
                 s,
                 "| {name}{} | {} | {} | {} MiB | {} MiB | {} |",
@@ -797,8 +876,9 @@ fn render(rows: &[Row], names: &[&str], scaling: &[(usize, Option<Figures>)]) ->
 }
 
 /// A line per shape and QoS: what a delivery of a 1 KiB and of a 16 KiB message costs
-/// the broker, relative to a 16 B one (broker CPU per delivery). The issue asks that
-/// large payloads be as cheap as small ones: ratios near 1.
+/// each broker, relative to a 16 B one (broker CPU per delivery). The issue asks that
+/// large payloads be as cheap as small ones, as far as they can be: with the floor,
+/// our ratios divided by its, and whether the 16 KiB one is within [`FLOOR_FACTOR`].
 fn payload_costs(rows: &[Row], names: &[&str]) -> String {
     let cpu = |shape: &str, qos: u8, size: usize, broker: usize| {
         rows.iter()
@@ -827,9 +907,19 @@ fn payload_costs(rows: &[Row], names: &[&str]) -> String {
     if lines.is_empty() {
         return s;
     }
+    let floor = names.iter().position(|n| *n == FLOOR);
     let _ = writeln!(
         s,
-        "\nBroker CPU per delivery relative to 16 B payloads (1 is as cheap as small ones):\n"
+        "\nBroker CPU per delivery relative to 16 B payloads (1 is as cheap as small ones){}:\n",
+        if floor.is_some() {
+            format!(
+                "; \"ours ÷ floor\" divides our ratio by the floor's (issue 18: at most \
+                 {FLOOR_FACTOR} at {})",
+                size_label(LARGE)
+            )
+        } else {
+            String::new()
+        }
     );
     let mut head = "| shape |".to_owned();
     let mut rule = "|---|".to_owned();
@@ -839,6 +929,19 @@ fn payload_costs(rows: &[Row], names: &[&str]) -> String {
             rule.push_str("---|");
         }
     }
+    // Our ratio divided by the floor's: 1 is as good as parsing and copying alone.
+    if floor.is_some() {
+        for &size in &SIZES[1..] {
+            let _ = write!(head, " ours ÷ floor, {} |", size_label(size));
+            rule.push_str("---|");
+        }
+        let _ = write!(
+            head,
+            " {} within {FLOOR_FACTOR} × the floor's |",
+            size_label(LARGE)
+        );
+        rule.push_str("---|");
+    }
     let _ = writeln!(s, "{head}\n{rule}");
     for (shape, qos) in lines {
         let mut line = format!("| {shape}, QoS {qos} |");
@@ -846,6 +949,21 @@ fn payload_costs(rows: &[Row], names: &[&str]) -> String {
             for &size in &SIZES[1..] {
                 let _ = write!(line, " {} |", fmt_opt(ratio(shape, qos, size, b), 1));
             }
+        }
+        if let Some(f) = floor {
+            let vs_floor = |size| match (ratio(shape, qos, size, 0), ratio(shape, qos, size, f)) {
+                (Some(o), Some(f)) if f > 0.0 => Some(o / f),
+                _ => None,
+            };
+            for &size in &SIZES[1..] {
+                let _ = write!(line, " {} |", fmt_opt(vs_floor(size), 2));
+            }
+            let met = match vs_floor(LARGE) {
+                Some(v) if v <= FLOOR_FACTOR => "yes",
+                Some(_) => "**no**",
+                None => "",
+            };
+            let _ = write!(line, " {met} |");
         }
         let _ = writeln!(s, "{line}");
     }
@@ -892,10 +1010,16 @@ fn record(table: &str, rows: &[Row], names: &[&str]) -> Result {
          Machine: {}. Broker pinned to CPU 0, generator to CPU 1; broker CPU seconds from \
          /proc/PID/stat per million delivered messages. Latency at ½ rate: each shape again, \
          paced at half the msg/s its saturated run reached, send to delivery. Bars from issue \
-         {}. Chart: `docs/bench/e2e.svg`.\n\n",
+         {}.{} Chart: `docs/bench/e2e.svg`.\n\n",
         if dirty { " with local changes" } else { "" },
         machine(),
-        BARS_FROM
+        BARS_FROM,
+        if names.contains(&FLOOR) {
+            " \"floor\" is `mqtt-floor` (benches/src/bin/mqtt-floor.rs), issue 18's trivial \
+             single-threaded forwarder that parses and copies frames: not a broker."
+        } else {
+            ""
+        }
     );
     section.push_str(table);
     let path = root.join("docs/benchmarks.md");
@@ -920,7 +1044,7 @@ fn record(table: &str, rows: &[Row], names: &[&str]) -> Result {
 /// A horizontal bar chart of broker CPU seconds per million deliveries (log scale), one
 /// bar per broker per throughput scenario.
 fn chart(rows: &[Row], names: &[&str]) -> String {
-    let colors = ["#1f77b4", "#ff7f0e"];
+    let colors = ["#1f77b4", "#ff7f0e", "#2ca02c"];
     let rows: Vec<_> = rows
         .iter()
         .filter(|r| r.sc.kind == Kind::Throughput)
@@ -1024,6 +1148,83 @@ mod tests {
             assert!(l.messages * fan * 16 * 1024 <= BYTES_16K, "{l:?}");
             assert!(l.messages >= l.publishers * 4, "{l:?}");
         }
+    }
+
+    /// Figures of one run: ok, with `cpu` CPU s per million.
+    fn figures(cpu: f64) -> Option<Figures> {
+        Some(
+            [
+                ("ok", "true".to_owned()),
+                ("cpu_s_per_million", cpu.to_string()),
+            ]
+            .into_iter()
+            .map(|(k, v)| (k.to_owned(), v))
+            .collect(),
+        )
+    }
+
+    #[test]
+    fn floor_ratios_are_reported_and_tables_stay_rectangular() {
+        let names = [OURS, MOSQUITTO, FLOOR];
+        // fan-in QoS 0: ours 0.4 / 1.0 / 10 (16 KiB: 25 × 16 B), the floor 0.1 / 0.2 / 1
+        // (10 ×): ours ÷ floor is 2.5 at 16 KiB, over the 2 asked. QoS 1: 1 / 1.5 / 4
+        // against 0.5 / 0.6 / 3 (6 ×): 4 ÷ 6 = 0.67, met.
+        let cpu = |qos: u8, size: usize| match (qos, size) {
+            (0, 16) => [0.4, 3.0, 0.1],
+            (0, 1024) => [1.0, 3.1, 0.2],
+            (0, _) => [10.0, 6.0, 1.0],
+            (_, 16) => [1.0, 9.0, 0.5],
+            (_, 1024) => [1.5, 9.5, 0.6],
+            _ => [4.0, 12.0, 3.0],
+        };
+        let rows: Vec<Row> = scenarios(false)
+            .into_iter()
+            .filter(|sc| {
+                sc.load
+                    .as_ref()
+                    .is_some_and(|l| l.shape.starts_with("fan-in") && l.qos < 2)
+            })
+            .map(|sc| {
+                let l = sc.load.as_ref().expect("a throughput row");
+                let figs = cpu(l.qos, l.size).map(figures).to_vec();
+                Row {
+                    sc,
+                    figs,
+                    half: vec![None, None, None],
+                }
+            })
+            .collect();
+        assert_eq!(rows.len(), 6);
+        let table = render(&rows, &names, &[]);
+        for block in table.split("\n\n") {
+            let widths: Vec<usize> = block
+                .lines()
+                .filter(|l| l.starts_with('|'))
+                .map(|l| l.matches(" |").count() + l.matches("|-").count())
+                .collect();
+            assert!(widths.windows(2).all(|w| w[0] == w[1]), "{block}");
+        }
+        assert!(
+            table.contains("| fan-in 16→1, QoS 0 | 2.5 | 25.0 | 1.0 | 2.0 | 2.0 | 10.0 | 1.25 | 2.50 | **no** |"),
+            "{table}"
+        );
+        assert!(
+            table.contains(
+                "| fan-in 16→1, QoS 1 | 1.5 | 4.0 | 1.1 | 1.3 | 1.2 | 6.0 | 1.25 | 0.67 | yes |"
+            ),
+            "{table}"
+        );
+        assert!(table.contains("CPU ours/floor"), "{table}");
+        // Without the floor, no floor columns.
+        let two: Vec<Row> = rows
+            .into_iter()
+            .map(|mut r| {
+                r.figs.truncate(2);
+                r
+            })
+            .collect();
+        assert!(!render(&two, &names[..2], &[]).contains("floor"));
+        assert!(chart(&two, &names[..2]).contains("Mosquitto"));
     }
 
     #[test]

@@ -10,8 +10,9 @@
 //!   (`thumbv7em-none-eabihf`, added with rustup when missing).
 //! - `msrv`: checks the workspace with its `rust-version`.
 //! - `bench --micro`: the criterion micro-benchmarks of every crate.
-//! - `bench [--quick] [--only TEXT] [--install] [--no-record]`: the end-to-end load
-//!   scenarios against our broker and Mosquitto (see `bench.rs`).
+//! - `bench [--quick] [--only TEXT] [--brokers LIST] [--install] [--no-record]`: the
+//!   end-to-end load scenarios against our broker, Mosquitto and the floor (`mqtt-floor`)
+//!   (see `bench.rs`).
 //! - `conformance [--check]`: regenerates `docs/conformance.md` from the statement lists
 //!   in `docs/spec/` and the tests that cite them; `--check` fails if it is stale.
 //! - `fuzz [TARGET] [SECONDS]`: runs a cargo-fuzz target from `fuzz/` with its seed
@@ -54,7 +55,7 @@ fn main() -> ExitCode {
     }
 }
 
-const USAGE: &str = "usage: cargo xtask <ci | no-std | msrv | bench [--micro | --quick | --only TEXT | --install | --no-record] | conformance [--check] | fuzz [TARGET] [SECONDS]>";
+const USAGE: &str = "usage: cargo xtask <ci | no-std | msrv | bench [--micro | --quick | --only TEXT | --brokers ours,mosquitto,floor | --install | --no-record] | conformance [--check] | fuzz [TARGET] [SECONDS]>";
 
 pub(crate) fn project_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
