@@ -6,10 +6,8 @@
 
 use std::sync::{Arc, atomic::Ordering};
 
-use bytes::{Bytes, BytesMut};
-use mqtt_codec::{
-    Packet, ProtocolVersion, Publish, PublishProperties, QoS, QosPid, SubscriptionId,
-};
+use bytes::BytesMut;
+use mqtt_codec::{ProtocolVersion, PublishRef, QoS, QosPid, SubscriptionId};
 use mqtt_session::{DropReason, Message};
 use mqtt_topics::{GroupId, Matches, ShardedIndex, TopicName};
 
@@ -53,17 +51,48 @@ impl Recipient<'_> {
 /// 3.1.1 encode alike) and RETAIN flag, encoded on first use. Fan-out to many
 /// subscribers then costs a copy of the packet's bytes per subscriber instead of a copy
 /// of the message, a trip through its session and an encoding.
-#[derive(Default)]
+///
+/// A publishing connection keeps one in its [`Routes`] and [`clear`](Self::clear)s it
+/// for each message, so that encoding reuses the buffers of the last message instead of
+/// allocating (and freeing) one per message: that, and building a `Publish` around
+/// the message, were most of the 830 instructions encoding took per message.
+#[derive(Debug, Default)]
 pub(crate) struct Encoded {
-    pub(crate) packets: [Option<Bytes>; 4],
+    /// One buffer per slot; slot `i` holds this message's packet if bit `i` of `ready`
+    /// is set.
+    packets: [BytesMut; 4],
+    ready: u8,
 }
 
+/// The largest buffer [`Encoded`] keeps from one message to the next: a busy publisher
+/// of large messages allocates one per message rather than pin that much per slot.
+const ENCODED_KEEP: usize = 4 * 1024;
+
 impl Encoded {
-    /// Whether `message` can go out as the same bytes to every subscriber: QoS 0 and no
-    /// Message Expiry Interval, which a session counts down while the message waits.
+    /// Whether `message` can go out as the same bytes to every subscriber: QoS 0, no
+    /// Message Expiry Interval, which a session counts down while the message waits,
+    /// and no Subscription Identifier, which belongs to each subscriber (a client may not
+    /// send one, [MQTT-3.3.4-6]; a message that has one goes the usual way).
     pub(crate) fn suits(message: &Message, granted: QoS) -> bool {
         message.qos.min(granted) == QoS::AtMostOnce
-            && message.properties.message_expiry_interval.is_none()
+            && message.properties.get().is_none_or(|p| {
+                p.message_expiry_interval.is_none() && p.subscription_identifiers.is_empty()
+            })
+    }
+
+    /// Forgets the last message's packets, keeping the buffers of small ones.
+    pub(crate) fn clear(&mut self) {
+        if self.ready == 0 {
+            return;
+        }
+        for packet in &mut self.packets {
+            if packet.capacity() > ENCODED_KEEP {
+                *packet = BytesMut::new();
+            } else {
+                packet.clear();
+            }
+        }
+        self.ready = 0;
     }
 
     /// The PUBLISH of `message` for `version` with RETAIN `retain`.
@@ -72,33 +101,27 @@ impl Encoded {
         message: &Message,
         version: ProtocolVersion,
         retain: bool,
-    ) -> Option<&Bytes> {
-        let slot = self
-            .packets
-            .get_mut(usize::from(version.is_v5()) * 2 + usize::from(retain))?;
-        if slot.is_none() {
-            let properties = if version.is_v5() {
-                PublishProperties {
-                    subscription_identifiers: Vec::new(),
-                    ..(*message.properties).clone()
-                }
-            } else {
-                PublishProperties::default()
-            };
-            let publish = Publish {
+    ) -> Option<&[u8]> {
+        let index = usize::from(version.is_v5()) * 2 + usize::from(retain);
+        let bit = 1u8 << index;
+        let slot = self.packets.get_mut(index)?;
+        if self.ready & bit == 0 {
+            slot.clear();
+            // 3.x packets carry no properties: `encode` leaves them out.
+            PublishRef {
                 dup: false,
                 qos_pid: QosPid::AtMostOnce,
                 retain,
-                topic: message.topic.clone(),
-                payload: message.payload.clone(),
+                topic: &message.topic,
+                payload: &message.payload,
                 topic_alias: None,
-                properties: properties.into(),
-            };
-            let mut bytes = BytesMut::new();
-            Packet::Publish(publish).encode(version, &mut bytes).ok()?;
-            *slot = Some(bytes.freeze());
+                properties: &message.properties,
+            }
+            .encode(version, slot)
+            .ok()?;
+            self.ready |= bit;
         }
-        slot.as_ref()
+        Some(slot)
     }
 }
 
@@ -109,6 +132,8 @@ impl Encoded {
 #[derive(Debug, Default)]
 pub(crate) struct Routes {
     matches: Matches<u64, Sub>,
+    /// The packets of the message being routed, in buffers kept from message to message.
+    encoded: Encoded,
     topic: String,
     /// The index's generation when `matches` was looked up; `None`: never looked up.
     generation: Option<u64>,
@@ -116,12 +141,13 @@ pub(crate) struct Routes {
 
 impl Routes {
     /// The subscriptions matching `topic`: the last answer if it was for this topic and
-    /// the index has not changed since, else looked up again.
+    /// the index has not changed since, else looked up again; and the [`Encoded`] of
+    /// the message, cleared.
     fn matching(
         &mut self,
         index: &ShardedIndex<u64, Sub>,
         topic: TopicName<'_>,
-    ) -> &Matches<u64, Sub> {
+    ) -> (&Matches<u64, Sub>, &mut Encoded) {
         let generation = index.generation();
         if self.generation != Some(generation) || self.topic != topic.as_str() {
             index.matches(topic, &mut self.matches);
@@ -129,7 +155,8 @@ impl Routes {
             self.topic.push_str(topic.as_str());
             self.generation = Some(generation);
         }
-        &self.matches
+        self.encoded.clear();
+        (&self.matches, &mut self.encoded)
     }
 }
 
@@ -171,13 +198,12 @@ impl Shared {
         // Remote subscribers first: the message is still whole (the last local recipient
         // may take it).
         let mut recipients = self.route_remote(from, topic, &message);
-        let matches = routes.matching(&self.index, topic);
+        let (matches, encoded) = routes.matching(&self.index, topic);
         // [MQTT-3.3.4-2], [MQTT-3.3.4-3]: one copy per subscriber at the highest granted
         // QoS, with every matching subscription identifier (`Recipient::shape`).
         // Each recipient is delivered once the next is found, so the last one can take
         // the message itself instead of a copy (with one subscriber: no copy at all).
         // Recipients that take the message as encoded bytes need no copy of it at all.
-        let mut encoded = Encoded::default();
         let mut previous = None;
         for subscriber in matches.subscribers() {
             let key = *subscriber.key();
@@ -208,14 +234,14 @@ impl Shared {
                 ids,
             };
             if let Some(to) = previous.replace(next) {
-                self.deliver_copy(to, &mut encoded, &message, now);
+                self.deliver_copy(to, encoded, &message, now);
             }
         }
         let mut groups = matches.shared().peekable();
         if let Some(to) = previous {
             if groups.peek().is_some() {
-                self.deliver_copy(to, &mut encoded, &message, now);
-            } else if !self.deliver_encoded(&to, &mut encoded, &message) {
+                self.deliver_copy(to, encoded, &message, now);
+            } else if !self.deliver_encoded(&to, encoded, &message) {
                 // The last recipient takes the message itself.
                 let h = to.handle;
                 self.deliver(h, now, to.shape(message), None);
