@@ -29,6 +29,18 @@ const ACK_SAMPLE: u32 = 16;
 /// subscriber on the same thread takes its share before its queue fills.
 const ROUTED_PER_YIELD: usize = 256;
 
+/// A writer woken by its session's signal after a flush of more than one packet (a busy
+/// subscriber) lets the other tasks ready on its thread run once before it flushes: the
+/// signal put it first in line (tokio's LIFO slot), ahead of publishers whose input is
+/// already read, and it would write each one's batch on its own. A yield pays when more
+/// came meanwhile (fan-in 16 -> 1 at QoS 0: 93-95 % of them, with 4.4 times as many
+/// packets; 5.5 writes per 1,000 messages instead of 20, for 2.5 more `epoll_wait`); a
+/// subscriber of one publisher (the pairs scenario) gains nothing by it and only
+/// delays its deliveries. After two yields in a row that did not pay, the writer stops
+/// yielding for this many signalled flushes, doubling with each further one (up to 16
+/// times); an active stretch starts as if one had not paid.
+const YIELD_BEFORE_FLUSH_BACKOFF: u32 = 64;
+
 #[allow(clippy::too_many_arguments)]
 pub(crate) async fn run_loop<R, W>(
     shared: &Arc<Shared>,
@@ -67,6 +79,17 @@ where
     // The input of this batch came with a wake-up from the I/O driver (as what a
     // hibernating or parked connection read before going active did).
     let mut yield_before_routing = !rbuf.is_empty();
+    // Woken by the session's signal (something to send) after a flush that sent more
+    // than one packet: a busy subscriber (see YIELD_BEFORE_FLUSH_BACKOFF).
+    let mut yield_before_flush = false;
+    let mut last_flush = 0u64;
+    // Packets waiting when this task last yielded before a flush, until that flush; how
+    // many yields in a row did not pay; and how many signalled flushes to make without
+    // yielding, since they did not. It starts as if one had just not paid: yielding is
+    // for subscribers busy for longer than that.
+    let mut yielded_with = None::<u64>;
+    let mut unpaid_yields = 1u32;
+    let mut no_yield_for = YIELD_BEFORE_FLUSH_BACKOFF;
     // The acknowledgements of the PUBLISH packets of a batch, decided as they are routed.
     let mut verdicts = Vec::new();
     // How much the next read asks for: grows while reads fill it (see MAX_READ_CHUNK).
@@ -102,6 +125,19 @@ where
     loop {
         if shared.is_shutting_down() {
             return Step::Ended(End::Shutdown);
+        }
+        if std::mem::take(&mut yield_before_flush) && last_flush > 1 {
+            if no_yield_for > 0 {
+                no_yield_for -= 1;
+            } else {
+                let waiting = {
+                    let cell = handle.lock();
+                    let encoded = cell.extra.as_ref().map_or(0, |x| x.encoded_count);
+                    u64::from(encoded) + cell.session.queued_messages() as u64
+                };
+                yielded_with = Some(waiting);
+                tokio::task::yield_now().await;
+            }
         }
         // 1. Flush: take what the session has to send and its events, under the lock.
         let mut more = false;
@@ -159,6 +195,17 @@ where
             }
             if publishes > 0 {
                 settle = false;
+            }
+            last_flush = packets;
+            if let Some(before) = yielded_with.take() {
+                if packets > before {
+                    unpaid_yields = 0;
+                } else {
+                    unpaid_yields += 1;
+                    if unpaid_yields >= 2 {
+                        no_yield_for = YIELD_BEFORE_FLUSH_BACKOFF << (unpaid_yields - 2).min(4);
+                    }
+                }
             }
             if packets > 0 {
                 shared
@@ -474,6 +521,7 @@ where
                     // replaced would otherwise keep it active for IDLE_SHRINK).
                     last_activity = Instant::now();
                     shrunk = false;
+                    yield_before_flush = true;
                     None
                 }
                 () = commit_changed(&mut commits, !held.is_empty()) => None,
