@@ -43,7 +43,7 @@ pub(crate) use locked::{Locked, Unsplit};
 pub(crate) use publish::will_message;
 pub(crate) use subscribe::{check_filter, subscribe, unsubscribe};
 use {
-    active_loop::{feed, run_loop},
+    active_loop::{Fed, feed, run_loop},
     close::{detach, flush_last, last_words, release, write_or_stall},
     handshake::open,
     hibernate::hibernate,
