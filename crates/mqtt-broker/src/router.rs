@@ -201,9 +201,10 @@ impl Shared {
         let (matches, encoded) = routes.matching(&self.index, topic);
         // [MQTT-3.3.4-2], [MQTT-3.3.4-3]: one copy per subscriber at the highest granted
         // QoS, with every matching subscription identifier (`Recipient::shape`).
-        // Each recipient is delivered once the next is found, so the last one can take
-        // the message itself instead of a copy (with one subscriber: no copy at all).
-        // Recipients that take the message as encoded bytes need no copy of it at all.
+        // Recipients that take the message as encoded bytes need no copy of it at all,
+        // and take it at once. The others are delivered once the next of them is found,
+        // so the last one can take the message itself instead of a copy (with one
+        // subscriber: no copy at all).
         let mut previous = None;
         for subscriber in matches.subscribers() {
             let key = *subscriber.key();
@@ -233,17 +234,21 @@ impl Shared {
                 retain_as_published,
                 ids,
             };
+            if self.deliver_encoded(&next, encoded, &message) {
+                continue;
+            }
             if let Some(to) = previous.replace(next) {
-                self.deliver_copy(to, encoded, &message, now);
+                let h = to.handle;
+                self.deliver(h, now, to.shape(message.clone()), None);
             }
         }
         let mut groups = matches.shared().peekable();
         if let Some(to) = previous {
+            let h = to.handle;
             if groups.peek().is_some() {
-                self.deliver_copy(to, encoded, &message, now);
-            } else if !self.deliver_encoded(&to, encoded, &message) {
+                self.deliver(h, now, to.shape(message.clone()), None);
+            } else {
                 // The last recipient takes the message itself.
-                let h = to.handle;
                 self.deliver(h, now, to.shape(message), None);
                 return recipients;
             }
@@ -253,21 +258,6 @@ impl Shared {
             self.deliver_to_group(group.id(), group.members(), &message, now, None);
         }
         recipients
-    }
-
-    /// Delivers `message` to `to`: as encoded bytes if it can take them, else as a copy
-    /// on its terms.
-    pub(crate) fn deliver_copy(
-        &self,
-        to: Recipient<'_>,
-        encoded: &mut Encoded,
-        message: &Message,
-        now: mqtt_session::Instant,
-    ) {
-        if !self.deliver_encoded(&to, encoded, message) {
-            let h = to.handle;
-            self.deliver(h, now, to.shape(message.clone()), None);
-        }
     }
 
     /// Queues `message` on a connection as encoded bytes shared with its other
