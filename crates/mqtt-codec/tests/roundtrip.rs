@@ -628,6 +628,12 @@ proptest! {
         prop_assert_eq!(&borrowed[..], &owned[..]);
         prop_assert_eq!(written, owned.len());
         prop_assert_eq!(publish.borrowed().encoded_len(version), owned.len());
+        // The head and then the payload, as a vectored write sends them.
+        let mut head = BytesMut::new();
+        let total = publish.borrowed().encode_head(version, &mut head).unwrap();
+        head.extend_from_slice(&publish.payload);
+        prop_assert_eq!(&head[..], &owned[..]);
+        prop_assert_eq!(total, owned.len());
     }
 
     /// A stream of packets fed in two arbitrary pieces, then one byte at a time, decodes

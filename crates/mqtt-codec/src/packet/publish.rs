@@ -8,7 +8,7 @@ use super::{Encode, PacketId, read_packet_id};
 use crate::{
     ByteStr, PacketType, PropertyBox, PropertyId, ProtocolVersion, PublishProperties, QoS,
     error::{DecodeError, EncodeError, ErrorKind},
-    fixed_header::var_int_len,
+    fixed_header::{MAX_REMAINING_LENGTH, var_int_len},
     primitives::{read_topic_name, write_str, write_var_int},
     properties::Slot,
     topic::validate_topic_name,
@@ -250,10 +250,51 @@ impl PublishRef<'_> {
         super::encode_packet(self, version, dst)
     }
 
+    /// Checks and encodes the packet into `dst` up to its payload, which the caller
+    /// sends right after these bytes from where it is (a vectored write), instead of
+    /// copying it; returns the size of the whole packet, payload included. The head
+    /// and the payload together are the bytes [`encode`](Self::encode) writes.
+    pub fn encode_head(
+        &self,
+        version: ProtocolVersion,
+        dst: &mut bytes::BytesMut,
+    ) -> Result<usize, EncodeError> {
+        self.check(version)?;
+        let body_len = self.body_len(version);
+        if body_len > MAX_REMAINING_LENGTH as usize {
+            return Err(EncodeError::PacketTooLarge {
+                size: super::packet_len(body_len) as u64,
+                max: crate::fixed_header::MAX_PACKET_SIZE,
+            });
+        }
+        let total = super::packet_len(body_len);
+        dst.reserve(total - self.payload.len());
+        dst.put_u8(((PacketType::Publish as u8) << 4) | self.flags());
+        write_var_int(dst, body_len as u32);
+        self.write_head(version, dst);
+        Ok(total)
+    }
+
     /// The size of the properties (5.0), the Topic Alias included, without their
     /// Property Length.
     fn properties_len(&self) -> usize {
         Slot::len(&self.topic_alias) + self.properties.encoded_len()
+    }
+
+    /// Writes the variable header: the body up to the payload.
+    #[inline(always)]
+    fn write_head(&self, version: ProtocolVersion, dst: &mut impl BufMut) {
+        write_str(dst, self.topic);
+        if let Some(id) = self.packet_id() {
+            dst.put_u16(id.get());
+        }
+        if version.is_v5() {
+            write_var_int(dst, self.properties_len() as u32);
+            Slot::write(&self.topic_alias, PropertyId::TopicAlias, dst);
+            if let Some(properties) = self.properties.get() {
+                properties.write_properties(dst);
+            }
+        }
     }
 }
 
@@ -307,17 +348,7 @@ impl Encode for PublishRef<'_> {
     }
 
     fn write_body(&self, version: ProtocolVersion, dst: &mut impl BufMut) {
-        write_str(dst, self.topic);
-        if let Some(id) = self.packet_id() {
-            dst.put_u16(id.get());
-        }
-        if version.is_v5() {
-            write_var_int(dst, self.properties_len() as u32);
-            Slot::write(&self.topic_alias, PropertyId::TopicAlias, dst);
-            if let Some(properties) = self.properties.get() {
-                properties.write_properties(dst);
-            }
-        }
+        self.write_head(version, dst);
         dst.put_slice(self.payload);
     }
 }
