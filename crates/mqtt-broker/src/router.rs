@@ -274,8 +274,12 @@ impl Shared {
         }
         // A packet is longer than its message's topic and payload: one that cannot fit
         // is not worth encoding. (Not `Message::size`, which walks the properties, once
-        // per recipient; a packet too long is refused below all the same.)
-        if message.topic.len() + message.payload.len() >= ENCODED_BYTES {
+        // per recipient; a packet too long is refused below all the same.) A large
+        // payload goes out without a copy from the session's queue instead (see
+        // `WRITE_COPY_MAX`).
+        if message.payload.len() >= crate::connection::WRITE_COPY_MAX
+            || message.topic.len() + message.payload.len() >= ENCODED_BYTES
+        {
             return false;
         }
         let handle = to.handle;
@@ -489,6 +493,7 @@ impl Shared {
     /// queue, its in-flight window and its encoded packets hold now. Called under the session's lock wherever the
     /// queue grows (delivery) and where its writer drains it, so the total is exact
     /// whenever no session is between the two.
+    #[inline(always)]
     pub(crate) fn account(&self, cell: &mut SessionCell) {
         let now = cell.session.held_bytes() + cell.encoded_len();
         let before = std::mem::replace(&mut cell.charged, now);

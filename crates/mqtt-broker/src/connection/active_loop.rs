@@ -67,7 +67,10 @@ where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
 {
-    let mut out = BytesMut::new();
+    let mut out = Outgoing::default();
+    // Large payloads go out from where they are, in vectored writes, where the stream
+    // takes those (TCP; see `Outgoing`).
+    let vectored = wr.is_write_vectored();
     let mut events = Vec::new();
     let mut routes = crate::router::Routes::default();
     // One timer for the whole active stretch, moved only when it must fire earlier: a
@@ -172,7 +175,7 @@ where
             // message queued and no control packet waiting when they came (see
             // `ServerSession::takes_encoded_publish`).
             let before = out.len();
-            let encoded = u64::from(cell.take_encoded(&mut out));
+            let encoded = u64::from(cell.take_encoded(&mut out.buf));
             let mut sent_qos = [encoded, 0, 0];
             let mut sent_bytes = [(out.len() - before) as u64, 0, 0];
             if encoded > 0 {
@@ -198,7 +201,7 @@ where
                 }
                 packets += 1;
                 debug!(client = %handle.client_id, "sent {}", Summary(&p));
-                if p.encode(version, &mut out).is_err() {
+                if out.push(&p, version, vectored).is_err() {
                     warn!(client = %handle.client_id, "a packet did not encode and was dropped");
                 }
                 if out.len() >= WRITE_HIGH_WATER {
@@ -455,7 +458,7 @@ where
                 .stats
                 .bytes_sent
                 .fetch_add(out.len() as u64, Ordering::Relaxed);
-            lost = match write_or_stall(wr, &out, shared.write_timeout()).await {
+            lost = match out.write_or_stall(wr, shared.write_timeout()).await {
                 Ok(()) => {
                     if let Some(started) = ack_started.take() {
                         shared.stats.ack_latency.observe(started.elapsed());
@@ -472,12 +475,12 @@ where
                 }
             };
             out.clear();
-            if out.capacity() > 2 * WRITE_HIGH_WATER {
+            if out.buf.capacity() > 2 * WRITE_HIGH_WATER {
                 // A burst's buffer (a packet larger than a batch) is given back; a busy
                 // connection keeps one batch's from batch to batch, which spares it
                 // growing again (realloc copies) every time, and gives it back when
                 // idle (see below).
-                out = BytesMut::new();
+                out = Outgoing::default();
             }
         }
         if let Some(end) = lost {
@@ -568,7 +571,7 @@ where
                             *rbuf = BytesMut::new();
                         }
                         chunk = READ_CHUNK;
-                        out = BytesMut::new();
+                        out = Outgoing::default();
                         events = Vec::new();
                         routes = crate::router::Routes::default();
                         shrunk = true;
