@@ -6,10 +6,8 @@
 
 use std::sync::{Arc, atomic::Ordering};
 
-use bytes::{Bytes, BytesMut};
-use mqtt_codec::{
-    Packet, ProtocolVersion, Publish, PublishProperties, QoS, QosPid, SubscriptionId,
-};
+use bytes::BytesMut;
+use mqtt_codec::{ProtocolVersion, PublishRef, QoS, QosPid, SubscriptionId};
 use mqtt_session::{DropReason, Message};
 use mqtt_topics::{GroupId, Matches, ShardedIndex, TopicName};
 
@@ -53,17 +51,48 @@ impl Recipient<'_> {
 /// 3.1.1 encode alike) and RETAIN flag, encoded on first use. Fan-out to many
 /// subscribers then costs a copy of the packet's bytes per subscriber instead of a copy
 /// of the message, a trip through its session and an encoding.
-#[derive(Default)]
+///
+/// A publishing connection keeps one in its [`Routes`] and [`clear`](Self::clear)s it
+/// for each message, so that encoding reuses the buffers of the last message instead of
+/// allocating (and freeing) one per message: that, and building a `Publish` around
+/// the message, were most of the 830 instructions encoding took per message.
+#[derive(Debug, Default)]
 pub(crate) struct Encoded {
-    pub(crate) packets: [Option<Bytes>; 4],
+    /// One buffer per slot; slot `i` holds this message's packet if bit `i` of `ready`
+    /// is set.
+    packets: [BytesMut; 4],
+    ready: u8,
 }
 
+/// The largest buffer [`Encoded`] keeps from one message to the next: a busy publisher
+/// of large messages allocates one per message rather than pin that much per slot.
+const ENCODED_KEEP: usize = 4 * 1024;
+
 impl Encoded {
-    /// Whether `message` can go out as the same bytes to every subscriber: QoS 0 and no
-    /// Message Expiry Interval, which a session counts down while the message waits.
+    /// Whether `message` can go out as the same bytes to every subscriber: QoS 0, no
+    /// Message Expiry Interval, which a session counts down while the message waits,
+    /// and no Subscription Identifier, which belongs to each subscriber (a client may not
+    /// send one, [MQTT-3.3.4-6]; a message that has one goes the usual way).
     pub(crate) fn suits(message: &Message, granted: QoS) -> bool {
         message.qos.min(granted) == QoS::AtMostOnce
-            && message.properties.message_expiry_interval.is_none()
+            && message.properties.get().is_none_or(|p| {
+                p.message_expiry_interval.is_none() && p.subscription_identifiers.is_empty()
+            })
+    }
+
+    /// Forgets the last message's packets, keeping the buffers of small ones.
+    pub(crate) fn clear(&mut self) {
+        if self.ready == 0 {
+            return;
+        }
+        for packet in &mut self.packets {
+            if packet.capacity() > ENCODED_KEEP {
+                *packet = BytesMut::new();
+            } else {
+                packet.clear();
+            }
+        }
+        self.ready = 0;
     }
 
     /// The PUBLISH of `message` for `version` with RETAIN `retain`.
@@ -72,33 +101,27 @@ impl Encoded {
         message: &Message,
         version: ProtocolVersion,
         retain: bool,
-    ) -> Option<&Bytes> {
-        let slot = self
-            .packets
-            .get_mut(usize::from(version.is_v5()) * 2 + usize::from(retain))?;
-        if slot.is_none() {
-            let properties = if version.is_v5() {
-                PublishProperties {
-                    subscription_identifiers: Vec::new(),
-                    ..(*message.properties).clone()
-                }
-            } else {
-                PublishProperties::default()
-            };
-            let publish = Publish {
+    ) -> Option<&[u8]> {
+        let index = usize::from(version.is_v5()) * 2 + usize::from(retain);
+        let bit = 1u8 << index;
+        let slot = self.packets.get_mut(index)?;
+        if self.ready & bit == 0 {
+            slot.clear();
+            // 3.x packets carry no properties: `encode` leaves them out.
+            PublishRef {
                 dup: false,
                 qos_pid: QosPid::AtMostOnce,
                 retain,
-                topic: message.topic.clone(),
-                payload: message.payload.clone(),
+                topic: &message.topic,
+                payload: &message.payload,
                 topic_alias: None,
-                properties: properties.into(),
-            };
-            let mut bytes = BytesMut::new();
-            Packet::Publish(publish).encode(version, &mut bytes).ok()?;
-            *slot = Some(bytes.freeze());
+                properties: &message.properties,
+            }
+            .encode(version, slot)
+            .ok()?;
+            self.ready |= bit;
         }
-        slot.as_ref()
+        Some(slot)
     }
 }
 
@@ -109,6 +132,8 @@ impl Encoded {
 #[derive(Debug, Default)]
 pub(crate) struct Routes {
     matches: Matches<u64, Sub>,
+    /// The packets of the message being routed, in buffers kept from message to message.
+    encoded: Encoded,
     topic: String,
     /// The index's generation when `matches` was looked up; `None`: never looked up.
     generation: Option<u64>,
@@ -116,12 +141,13 @@ pub(crate) struct Routes {
 
 impl Routes {
     /// The subscriptions matching `topic`: the last answer if it was for this topic and
-    /// the index has not changed since, else looked up again.
+    /// the index has not changed since, else looked up again; and the [`Encoded`] of
+    /// the message, cleared.
     fn matching(
         &mut self,
         index: &ShardedIndex<u64, Sub>,
         topic: TopicName<'_>,
-    ) -> &Matches<u64, Sub> {
+    ) -> (&Matches<u64, Sub>, &mut Encoded) {
         let generation = index.generation();
         if self.generation != Some(generation) || self.topic != topic.as_str() {
             index.matches(topic, &mut self.matches);
@@ -129,7 +155,8 @@ impl Routes {
             self.topic.push_str(topic.as_str());
             self.generation = Some(generation);
         }
-        &self.matches
+        self.encoded.clear();
+        (&self.matches, &mut self.encoded)
     }
 }
 
@@ -171,13 +198,13 @@ impl Shared {
         // Remote subscribers first: the message is still whole (the last local recipient
         // may take it).
         let mut recipients = self.route_remote(from, topic, &message);
-        let matches = routes.matching(&self.index, topic);
+        let (matches, encoded) = routes.matching(&self.index, topic);
         // [MQTT-3.3.4-2], [MQTT-3.3.4-3]: one copy per subscriber at the highest granted
         // QoS, with every matching subscription identifier (`Recipient::shape`).
-        // Each recipient is delivered once the next is found, so the last one can take
-        // the message itself instead of a copy (with one subscriber: no copy at all).
-        // Recipients that take the message as encoded bytes need no copy of it at all.
-        let mut encoded = Encoded::default();
+        // Recipients that take the message as encoded bytes need no copy of it at all,
+        // and take it at once. The others are delivered once the next of them is found,
+        // so the last one can take the message itself instead of a copy (with one
+        // subscriber: no copy at all).
         let mut previous = None;
         for subscriber in matches.subscribers() {
             let key = *subscriber.key();
@@ -207,17 +234,21 @@ impl Shared {
                 retain_as_published,
                 ids,
             };
+            if self.deliver_encoded(&next, encoded, &message) {
+                continue;
+            }
             if let Some(to) = previous.replace(next) {
-                self.deliver_copy(to, &mut encoded, &message, now);
+                let h = to.handle;
+                self.deliver(h, now, to.shape(message.clone()), None);
             }
         }
         let mut groups = matches.shared().peekable();
         if let Some(to) = previous {
+            let h = to.handle;
             if groups.peek().is_some() {
-                self.deliver_copy(to, &mut encoded, &message, now);
-            } else if !self.deliver_encoded(&to, &mut encoded, &message) {
+                self.deliver(h, now, to.shape(message.clone()), None);
+            } else {
                 // The last recipient takes the message itself.
-                let h = to.handle;
                 self.deliver(h, now, to.shape(message), None);
                 return recipients;
             }
@@ -227,21 +258,6 @@ impl Shared {
             self.deliver_to_group(group.id(), group.members(), &message, now, None);
         }
         recipients
-    }
-
-    /// Delivers `message` to `to`: as encoded bytes if it can take them, else as a copy
-    /// on its terms.
-    pub(crate) fn deliver_copy(
-        &self,
-        to: Recipient<'_>,
-        encoded: &mut Encoded,
-        message: &Message,
-        now: mqtt_session::Instant,
-    ) {
-        if !self.deliver_encoded(&to, encoded, message) {
-            let h = to.handle;
-            self.deliver(h, now, to.shape(message.clone()), None);
-        }
     }
 
     /// Queues `message` on a connection as encoded bytes shared with its other
@@ -258,8 +274,12 @@ impl Shared {
         }
         // A packet is longer than its message's topic and payload: one that cannot fit
         // is not worth encoding. (Not `Message::size`, which walks the properties, once
-        // per recipient; a packet too long is refused below all the same.)
-        if message.topic.len() + message.payload.len() >= ENCODED_BYTES {
+        // per recipient; a packet too long is refused below all the same.) A large
+        // payload goes out without a copy from the session's queue instead (see
+        // `WRITE_COPY_MAX`).
+        if message.payload.len() >= crate::connection::WRITE_COPY_MAX
+            || message.topic.len() + message.payload.len() >= ENCODED_BYTES
+        {
             return false;
         }
         let handle = to.handle;
@@ -273,24 +293,31 @@ impl Shared {
         // QoS 1/2 ones waiting ([MQTT-4.6.0-6] orders a topic per QoS), but clients
         // read a session's messages in the order they were routed to it, as a broker
         // with one queue per client sends them.
-        if cell.session.queued_messages() > 0
-            || !cell.session.takes_encoded_publish(0)
-            || (cell.encoded_len() > 0 && self.over_budget())
-        {
+        let waiting = cell.encoded_len();
+        if cell.session.queued_messages() > 0 || (waiting > 0 && self.over_budget()) {
             return false;
         }
+        // Encoded at most once per message and slot, so asking the session after
+        // encoding (once, with the packet's size) costs nothing more when it refuses.
         let version = cell.session.version();
         let Some(packet) = encoded.get(message, version, message.retain && to.retain_as_published)
         else {
             return false;
         };
-        if cell.encoded_len() + packet.len() > ENCODED_BYTES
+        if waiting + packet.len() > ENCODED_BYTES
             || !cell.session.takes_encoded_publish(packet.len())
         {
             return false;
         }
         cell.push_encoded(packet);
         self.account(&mut cell);
+        if waiting > 0 {
+            // The packets already waiting were signalled when the first of them came,
+            // and the connection takes them all at once, under this lock, after that
+            // signal: it takes this one with them. (A busy subscriber's writer takes
+            // dozens a batch: one signal each was most of the cost of waking it.)
+            return true;
+        }
         self.wake_locked(handle, cell);
         true
     }
@@ -498,6 +525,7 @@ impl Shared {
     /// queue, its in-flight window and its encoded packets hold now. Called under the session's lock wherever the
     /// queue grows (delivery) and where its writer drains it, so the total is exact
     /// whenever no session is between the two.
+    #[inline(always)]
     pub(crate) fn account(&self, cell: &mut SessionCell) {
         let now = cell.session.held_bytes() + cell.encoded_len();
         let before = std::mem::replace(&mut cell.charged, now);

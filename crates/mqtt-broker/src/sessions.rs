@@ -644,9 +644,9 @@ mod tests {
             retained.retain = true;
             for m in [message("encoded 1"), retained] {
                 let mut encoded = Encoded::default();
-                let packet = encoded.get(&m, version, m.retain).unwrap().clone();
+                let packet = encoded.get(&m, version, m.retain).unwrap();
                 assert!(cell.session.takes_encoded_publish(packet.len()));
-                cell.push_encoded(&packet);
+                cell.push_encoded(packet);
             }
             cell.session.deliver(now, message("queued")).unwrap();
             assert_eq!(

@@ -84,8 +84,8 @@ pub use crate::{
     fixed_header::{FixedHeader, MAX_PACKET_SIZE, MAX_REMAINING_LENGTH, PacketType},
     packet::{
         Auth, ConnAck, Connect, Disconnect, Packet, PacketId, PubAck, PubComp, PubRec, PubRel,
-        Publish, QosPid, RetainHandling, SubAck, Subscribe, Subscription, SubscriptionOptions,
-        UnsubAck, Unsubscribe, Will,
+        Publish, PublishRef, QosPid, RetainHandling, SubAck, Subscribe, Subscription,
+        SubscriptionOptions, UnsubAck, Unsubscribe, Will,
     },
     primitives::{ByteStr, MAX_STRING_LEN, StringError},
     properties::{

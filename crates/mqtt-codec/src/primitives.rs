@@ -345,6 +345,7 @@ pub(crate) fn write_var_int(dst: &mut impl BufMut, mut value: u32) {
     }
 }
 
+#[inline]
 pub(crate) fn write_str(dst: &mut impl BufMut, s: &ByteStr) {
     // A ByteStr is at most 65,535 bytes long by construction.
     dst.put_u16(s.0.len() as u16);

@@ -18,6 +18,11 @@ pub fn validate_topic_name(name: &str) -> Result<(), ErrorKind> {
     if name.is_empty() {
         return Err(ErrorKind::EmptyTopicName);
     }
+    // Every PUBLISH encoded checks its topic: eight bytes at a time for the usual
+    // (ASCII) names, a byte at a time for the others.
+    if crate::primitives::is_plain_ascii(name.as_bytes(), true) {
+        return Ok(());
+    }
     if name.bytes().any(|b| b == b'+' || b == b'#') {
         return Err(ErrorKind::WildcardInTopicName);
     }
@@ -89,11 +94,33 @@ mod tests {
     // 3.1.1 MQTT-4.7.1-1, 5.0 MQTT-4.7.0-1; 3.1.1 MQTT-4.7.3-1, 5.0 MQTT-4.7.3-1 (not empty).
     #[test]
     fn names() {
-        for ok in ["a", "/", "a/b", "a//b", "$SYS/x", " ", "a/b/"] {
+        // Long names too, ASCII or not: they are checked a word at a time.
+        for ok in [
+            "a",
+            "/",
+            "a/b",
+            "a//b",
+            "$SYS/x",
+            " ",
+            "a/b/",
+            "bench/fan-in/15",
+            "capteur/température",
+        ] {
             assert_eq!(validate_topic_name(ok), Ok(()), "{ok:?}");
         }
         assert_eq!(validate_topic_name(""), Err(ErrorKind::EmptyTopicName));
-        for bad in ["+", "#", "a/+", "a/#", "a+b", "sport/tennis#"] {
+        for bad in [
+            "+",
+            "#",
+            "a/+",
+            "a/#",
+            "a+b",
+            "sport/tennis#",
+            "sport/+/player1",
+            "température/#",
+            "0123456+89abcdef0",
+            "0123456789abcdef#",
+        ] {
             assert_eq!(
                 validate_topic_name(bad),
                 Err(ErrorKind::WildcardInTopicName),

@@ -613,6 +613,29 @@ proptest! {
         prop_assert!(buf.is_empty());
     }
 
+    /// A PUBLISH encodes to the same bytes as its borrowed parts (`PublishRef`, which
+    /// servers encode a message from for many connections), and to as many as both say.
+    #[test]
+    fn borrowed_publish_encodes_alike(
+        (version, packet) in version().prop_flat_map(|v| (Just(v), publish(v)))
+    ) {
+        let Packet::Publish(publish) = &packet else {
+            unreachable!("the strategy makes PUBLISH packets");
+        };
+        let owned = encode(&packet, version);
+        let mut borrowed = BytesMut::new();
+        let written = publish.borrowed().encode(version, &mut borrowed).unwrap();
+        prop_assert_eq!(&borrowed[..], &owned[..]);
+        prop_assert_eq!(written, owned.len());
+        prop_assert_eq!(publish.borrowed().encoded_len(version), owned.len());
+        // The head and then the payload, as a vectored write sends them.
+        let mut head = BytesMut::new();
+        let total = publish.borrowed().encode_head(version, &mut head).unwrap();
+        head.extend_from_slice(&publish.payload);
+        prop_assert_eq!(&head[..], &owned[..]);
+        prop_assert_eq!(total, owned.len());
+    }
+
     /// A stream of packets fed in two arbitrary pieces, then one byte at a time, decodes
     /// to the same packets, and a partial packet is never consumed.
     #[test]

@@ -2,9 +2,12 @@
 //! releasing the session, whose timers (will delay, expiry) the timer service runs from
 //! then on (see `timers`).
 
-use std::sync::{Arc, atomic::Ordering};
+use std::{
+    io::IoSlice,
+    sync::{Arc, atomic::Ordering},
+};
 
-use bytes::BytesMut;
+use bytes::{Bytes, BytesMut};
 use mqtt_codec::{Disconnect, Packet, ProtocolVersion, ReasonCode};
 use tokio::{
     io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt},
@@ -159,6 +162,99 @@ where
     .await;
 }
 
+/// What a flush has for the socket: encoded packets, and the payloads of large PUBLISH
+/// packets, which are not copied after their head but written from where they are (the
+/// read buffer they came in), in one vectored write with the rest. A 16 KiB message
+/// was copied twice on its way out (encoded into the write buffer, and into the
+/// subscriber's buffer of encoded packets), which was most of the broker's own
+/// instructions for it.
+#[derive(Debug, Default)]
+pub(crate) struct Outgoing {
+    /// The encoded packets, payloads of the large ones left out.
+    pub(crate) buf: BytesMut,
+    /// Payloads to write after `buf[..at]`, as `(at, payload)`, in order.
+    tails: Vec<(usize, Bytes)>,
+    /// Their bytes.
+    tail_len: usize,
+}
+
+impl Outgoing {
+    /// Bytes to write.
+    pub(crate) fn len(&self) -> usize {
+        self.buf.len() + self.tail_len
+    }
+
+    /// Whether there is nothing to write.
+    pub(crate) fn is_empty(&self) -> bool {
+        self.buf.is_empty() && self.tails.is_empty()
+    }
+
+    /// Encodes `packet` for `version`; the payload of a PUBLISH of `WRITE_COPY_MAX`
+    /// bytes or more stays where it is when the stream takes vectored writes.
+    #[inline]
+    pub(crate) fn push(
+        &mut self,
+        packet: &Packet,
+        version: ProtocolVersion,
+        vectored: bool,
+    ) -> Result<(), mqtt_codec::EncodeError> {
+        match packet {
+            Packet::Publish(publish) if vectored && publish.payload.len() >= WRITE_COPY_MAX => {
+                publish.borrowed().encode_head(version, &mut self.buf)?;
+                self.tail_len += publish.payload.len();
+                self.tails.push((self.buf.len(), publish.payload.clone()));
+                Ok(())
+            }
+            packet => packet.encode(version, &mut self.buf).map(drop),
+        }
+    }
+
+    /// Forgets what was written, keeping the buffer.
+    pub(crate) fn clear(&mut self) {
+        self.buf.clear();
+        self.tails.clear();
+        self.tail_len = 0;
+    }
+
+    /// Writes everything, as [`write_or_stall`] does.
+    pub(crate) async fn write_or_stall<W: AsyncWrite + Unpin>(
+        &self,
+        wr: &mut W,
+        stall: std::time::Duration,
+    ) -> std::io::Result<()> {
+        if self.tails.is_empty() {
+            return write_or_stall(wr, &self.buf, stall).await;
+        }
+        let mut slices = Vec::with_capacity(2 * self.tails.len() + 1);
+        let mut at = 0;
+        for (until, payload) in &self.tails {
+            if let Some(part) = self.buf.get(at..*until).filter(|p| !p.is_empty()) {
+                slices.push(IoSlice::new(part));
+            }
+            slices.push(IoSlice::new(payload));
+            at = *until;
+        }
+        if let Some(rest) = self.buf.get(at..).filter(|r| !r.is_empty()) {
+            slices.push(IoSlice::new(rest));
+        }
+        let mut left = self.len();
+        let mut slices = &mut slices[..];
+        while left > 0 {
+            match timeout(stall, wr.write_vectored(slices)).await {
+                Ok(Ok(0)) => return Err(std::io::ErrorKind::WriteZero.into()),
+                Ok(Ok(n)) if n <= left => {
+                    left -= n;
+                    IoSlice::advance_slices(&mut slices, n);
+                }
+                Ok(Ok(_)) => return Err(std::io::ErrorKind::InvalidData.into()),
+                Ok(Err(e)) => return Err(e),
+                Err(_) => return Err(stalled(stall)),
+            }
+        }
+        flush_or_stall(wr, stall).await
+    }
+}
+
 /// Writes all of `buf`, or fails when the client takes nothing of it for `stall`: a
 /// client that stops reading cannot pin its connection (task, socket, queue) for ever.
 pub(crate) async fn write_or_stall<W: AsyncWrite + Unpin>(
@@ -174,6 +270,14 @@ pub(crate) async fn write_or_stall<W: AsyncWrite + Unpin>(
             Err(_) => return Err(stalled(stall)),
         }
     }
+    flush_or_stall(wr, stall).await
+}
+
+/// Flushes `wr`, or fails after `stall`.
+async fn flush_or_stall<W: AsyncWrite + Unpin>(
+    wr: &mut W,
+    stall: std::time::Duration,
+) -> std::io::Result<()> {
     // TLS and WebSocket streams may hold back what they took (a record, a frame) until
     // flushed. A TCP stream's flush does nothing and is ready at once: no timer.
     let once = std::future::poll_fn(|cx| {

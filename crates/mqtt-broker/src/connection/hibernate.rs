@@ -152,17 +152,19 @@ pub(crate) async fn hibernate<S: Duplex>(
                 .fetch_add(n as u64, Ordering::Relaxed);
             let mut rbuf = BytesMut::with_capacity(READ_CHUNK);
             rbuf.extend_from_slice(first.get(..n).unwrap_or_default());
-            if feed(
+            let buffer = rbuf.capacity();
+            // What is left undecoded, the active stage decodes first.
+            match feed(
                 shared,
                 &conn.handle,
                 conn.generation,
                 &mut conn.decoder,
                 &mut rbuf,
+                buffer,
                 READ_CHUNK,
             ) {
-                Err(End::TakenOver)
-            } else {
-                Ok(Some(rbuf))
+                Fed::TakenOver => Err(End::TakenOver),
+                Fed::All | Fed::Batch => Ok(Some(rbuf)),
             }
         }
     }

@@ -43,8 +43,8 @@ pub(crate) use locked::{Locked, Unsplit};
 pub(crate) use publish::will_message;
 pub(crate) use subscribe::{check_filter, subscribe, unsubscribe};
 use {
-    active_loop::{feed, run_loop},
-    close::{detach, flush_last, last_words, release, write_or_stall},
+    active_loop::{Fed, feed, run_loop},
+    close::{Outgoing, detach, flush_last, last_words, release},
     handshake::open,
     hibernate::hibernate,
     publish::publish,
@@ -82,6 +82,13 @@ pub(crate) const IDLE_SHRINK: std::time::Duration = std::time::Duration::from_se
 /// Stop taking packets from the session once this much is waiting to be written: the
 /// rest stays in the session's bounded queue until the socket drains.
 pub(crate) const WRITE_HIGH_WATER: usize = 64 * 1024;
+
+/// The largest PUBLISH payload copied into a write buffer; larger ones are written from
+/// where they are (`Outgoing`, vectored writes), and QoS 0 messages that large are not
+/// encoded once for all their subscribers, which copies the packet for each (the
+/// session's queue holds one reference to the message per subscriber instead). A copy
+/// of this much costs about what the extra trip through the session does.
+pub(crate) const WRITE_COPY_MAX: usize = 4 * 1024;
 
 /// Why a connection ended.
 #[derive(Debug)]

@@ -470,3 +470,121 @@ fn a_websocket_connection_parks_between_frames() {
         broker.shutdown().await;
     });
 }
+
+/// Takes at most `step` bytes per write, across the slices of a vectored one.
+struct Trickle {
+    taken: Vec<u8>,
+    step: usize,
+}
+
+impl tokio::io::AsyncWrite for Trickle {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        let n = buf.len().min(self.step);
+        self.taken.extend_from_slice(&buf[..n]);
+        std::task::Poll::Ready(Ok(n))
+    }
+
+    fn poll_write_vectored(
+        mut self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        let mut n = 0;
+        for buf in bufs {
+            let take = buf.len().min(self.step - n);
+            self.taken.extend_from_slice(&buf[..take]);
+            n += take;
+            if n == self.step {
+                break;
+            }
+        }
+        std::task::Poll::Ready(Ok(n))
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        true
+    }
+
+    fn poll_flush(
+        self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn poll_shutdown(
+        self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+}
+
+// Large payloads are not copied into the write buffer but written from where they are,
+// between the packets around them; whatever the writer takes per call, the bytes that
+// arrive are the packets, in order, in both protocol families, and as they are without
+// vectored writes.
+#[test]
+fn large_payloads_go_out_uncopied_and_in_order() {
+    use bytes::Bytes;
+    use mqtt_codec::{PacketId, Publish, QoS, QosPid};
+
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let large = |fill: u8, qos_pid: QosPid| {
+        let mut p = Publish::new(
+            ByteStr::from_static("a/b"),
+            Bytes::from(vec![fill; super::WRITE_COPY_MAX + usize::from(fill)]),
+        );
+        p.qos_pid = qos_pid;
+        Packet::Publish(p)
+    };
+    let small = |text: &'static str| {
+        Packet::Publish(Publish::new(
+            ByteStr::from_static("c"),
+            Bytes::from_static(text.as_bytes()),
+        ))
+    };
+    let id = PacketId::new(7).unwrap();
+    let packets = vec![
+        large(1, QosPid::AtMostOnce),
+        small("between"),
+        large(2, QosPid::new(QoS::AtLeastOnce, id)),
+        large(3, QosPid::AtMostOnce),
+        small("after"),
+    ];
+    for version in [ProtocolVersion::V3_1_1, ProtocolVersion::V5] {
+        let mut copied = bytes::BytesMut::new();
+        for p in &packets {
+            p.encode(version, &mut copied).unwrap();
+        }
+        for step in [1, 7, 4096, 1 << 20] {
+            for vectored in [true, false] {
+                let mut out = super::Outgoing::default();
+                for p in &packets {
+                    out.push(p, version, vectored).unwrap();
+                }
+                assert_eq!(out.len(), copied.len());
+                if vectored {
+                    assert!(
+                        out.buf.len() < 100,
+                        "the large payloads stay where they are"
+                    );
+                }
+                let mut wr = Trickle {
+                    taken: Vec::new(),
+                    step,
+                };
+                rt.block_on(out.write_or_stall(&mut wr, std::time::Duration::from_secs(5)))
+                    .unwrap();
+                assert_eq!(wr.taken, copied[..], "{version:?}, {step} bytes a write");
+            }
+        }
+    }
+}

@@ -20,7 +20,7 @@ pub use self::{
     connack::ConnAck,
     connect::{Connect, Will},
     disconnect::Disconnect,
-    publish::{Publish, QosPid},
+    publish::{Publish, PublishRef, QosPid},
     subscribe::{RetainHandling, SubAck, Subscribe, Subscription, SubscriptionOptions},
     unsubscribe::{UnsubAck, Unsubscribe},
 };

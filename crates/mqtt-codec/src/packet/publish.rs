@@ -8,7 +8,7 @@ use super::{Encode, PacketId, read_packet_id};
 use crate::{
     ByteStr, PacketType, PropertyBox, PropertyId, ProtocolVersion, PublishProperties, QoS,
     error::{DecodeError, EncodeError, ErrorKind},
-    fixed_header::var_int_len,
+    fixed_header::{MAX_REMAINING_LENGTH, var_int_len},
     primitives::{read_topic_name, write_str, write_var_int},
     properties::Slot,
     topic::validate_topic_name,
@@ -201,7 +201,120 @@ impl Publish {
     }
 }
 
-impl Encode for Publish {
+/// A PUBLISH made of borrowed parts, to encode without a [`Publish`]: what a server
+/// does to write one message for many connections, with no reference count taken on
+/// the message's topic and payload and no packet built around them. It encodes exactly
+/// as the [`Publish`] with the same fields ([`Publish::borrowed`]), which encodes
+/// through it.
+#[derive(Clone, Copy, Debug)]
+pub struct PublishRef<'a> {
+    /// DUP: this is a re-delivery of an earlier attempt (QoS 1 and 2 only).
+    pub dup: bool,
+    /// QoS and packet identifier.
+    pub qos_pid: QosPid,
+    /// RETAIN.
+    pub retain: bool,
+    /// The topic name. Empty only in 5.0, when `topic_alias` stands for it.
+    pub topic: &'a ByteStr,
+    /// The payload.
+    pub payload: &'a [u8],
+    /// The Topic Alias property (5.0).
+    pub topic_alias: Option<NonZeroU16>,
+    /// The other PUBLISH properties (5.0).
+    pub properties: &'a PropertyBox<PublishProperties>,
+}
+
+impl PublishRef<'_> {
+    /// The QoS.
+    pub const fn qos(&self) -> QoS {
+        self.qos_pid.qos()
+    }
+
+    /// The packet identifier, for QoS 1 and 2.
+    pub const fn packet_id(&self) -> Option<PacketId> {
+        self.qos_pid.packet_id()
+    }
+
+    /// The size of the whole encoded packet in `version`, fixed header included.
+    pub fn encoded_len(&self, version: ProtocolVersion) -> usize {
+        super::packet_len(self.body_len(version))
+    }
+
+    /// Checks and encodes the packet into `dst`, as [`Packet::encode`](crate::Packet::encode)
+    /// does a [`Publish`]; returns the bytes written.
+    pub fn encode(
+        &self,
+        version: ProtocolVersion,
+        dst: &mut bytes::BytesMut,
+    ) -> Result<usize, EncodeError> {
+        super::encode_packet(self, version, dst)
+    }
+
+    /// Checks and encodes the packet into `dst` up to its payload, which the caller
+    /// sends right after these bytes from where it is (a vectored write), instead of
+    /// copying it; returns the size of the whole packet, payload included. The head
+    /// and the payload together are the bytes [`encode`](Self::encode) writes.
+    pub fn encode_head(
+        &self,
+        version: ProtocolVersion,
+        dst: &mut bytes::BytesMut,
+    ) -> Result<usize, EncodeError> {
+        self.check(version)?;
+        let body_len = self.body_len(version);
+        if body_len > MAX_REMAINING_LENGTH as usize {
+            return Err(EncodeError::PacketTooLarge {
+                size: super::packet_len(body_len) as u64,
+                max: crate::fixed_header::MAX_PACKET_SIZE,
+            });
+        }
+        let total = super::packet_len(body_len);
+        dst.reserve(total - self.payload.len());
+        dst.put_u8(((PacketType::Publish as u8) << 4) | self.flags());
+        write_var_int(dst, body_len as u32);
+        self.write_head(version, dst);
+        Ok(total)
+    }
+
+    /// The size of the properties (5.0), the Topic Alias included, without their
+    /// Property Length.
+    fn properties_len(&self) -> usize {
+        Slot::len(&self.topic_alias) + self.properties.encoded_len()
+    }
+
+    /// Writes the variable header: the body up to the payload.
+    #[inline(always)]
+    fn write_head(&self, version: ProtocolVersion, dst: &mut impl BufMut) {
+        write_str(dst, self.topic);
+        if let Some(id) = self.packet_id() {
+            dst.put_u16(id.get());
+        }
+        if version.is_v5() {
+            write_var_int(dst, self.properties_len() as u32);
+            Slot::write(&self.topic_alias, PropertyId::TopicAlias, dst);
+            if let Some(properties) = self.properties.get() {
+                properties.write_properties(dst);
+            }
+        }
+    }
+}
+
+impl Publish {
+    /// The packet as borrowed parts (see [`PublishRef`]).
+    #[inline]
+    pub fn borrowed(&self) -> PublishRef<'_> {
+        PublishRef {
+            dup: self.dup,
+            qos_pid: self.qos_pid,
+            retain: self.retain,
+            topic: &self.topic,
+            payload: &self.payload,
+            topic_alias: self.topic_alias,
+            properties: &self.properties,
+        }
+    }
+}
+
+impl Encode for PublishRef<'_> {
     const TYPE: PacketType = PacketType::Publish;
 
     fn flags(&self) -> u8 {
@@ -213,7 +326,7 @@ impl Encode for Publish {
             return Err(EncodeError::Invalid(ErrorKind::DupOnQos0));
         }
         if !(self.topic.is_empty() && version.is_v5() && self.topic_alias.is_some()) {
-            validate_topic_name(&self.topic).map_err(EncodeError::Invalid)?;
+            validate_topic_name(self.topic).map_err(EncodeError::Invalid)?;
         }
         if version.is_v5() {
             self.properties.check()
@@ -235,25 +348,31 @@ impl Encode for Publish {
     }
 
     fn write_body(&self, version: ProtocolVersion, dst: &mut impl BufMut) {
-        write_str(dst, &self.topic);
-        if let Some(id) = self.packet_id() {
-            dst.put_u16(id.get());
-        }
-        if version.is_v5() {
-            write_var_int(dst, self.properties_len() as u32);
-            Slot::write(&self.topic_alias, PropertyId::TopicAlias, dst);
-            if let Some(properties) = self.properties.get() {
-                properties.write_properties(dst);
-            }
-        }
-        dst.put_slice(&self.payload);
+        self.write_head(version, dst);
+        dst.put_slice(self.payload);
     }
 }
 
-impl Publish {
-    /// The size of the properties (5.0), the Topic Alias included, without their
-    /// Property Length.
-    fn properties_len(&self) -> usize {
-        Slot::len(&self.topic_alias) + self.properties.encoded_len()
+impl Encode for Publish {
+    const TYPE: PacketType = PacketType::Publish;
+
+    #[inline]
+    fn flags(&self) -> u8 {
+        self.borrowed().flags()
+    }
+
+    #[inline]
+    fn check(&self, version: ProtocolVersion) -> Result<(), EncodeError> {
+        self.borrowed().check(version)
+    }
+
+    #[inline]
+    fn body_len(&self, version: ProtocolVersion) -> usize {
+        self.borrowed().body_len(version)
+    }
+
+    #[inline]
+    fn write_body(&self, version: ProtocolVersion, dst: &mut impl BufMut) {
+        self.borrowed().write_body(version, dst);
     }
 }
