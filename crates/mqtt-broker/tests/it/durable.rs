@@ -989,6 +989,42 @@ async fn next_v5<T>(
     .expect("in time")
 }
 
+type Events5 = mpsc::UnboundedReceiver<Result<rumqttc::v5::Event, rumqttc::v5::ConnectionError>>;
+
+/// [`client_v5`], once its CONNACK came, and its Session Present flag.
+async fn connected_v5(
+    id: &str,
+    port: u16,
+    persistent: bool,
+) -> (
+    rumqttc::v5::AsyncClient,
+    Events5,
+    tokio::task::JoinHandle<()>,
+    bool,
+) {
+    use rumqttc::v5::{Event as Event5, mqttbytes::v5::Packet as Packet5};
+    let (c, mut rx, task) = client_v5(id, port, persistent);
+    let present = next_v5(&mut rx, |e| match e {
+        Ok(Event5::Incoming(Packet5::ConnAck(c))) => Some(c.session_present),
+        _ => None,
+    })
+    .await;
+    (c, rx, task, present)
+}
+
+/// Subscribes a 5.0 client to `filter` at QoS 1 and waits for the SUBACK.
+async fn subscribed_v5(c: &rumqttc::v5::AsyncClient, rx: &mut Events5, filter: &str) {
+    use rumqttc::v5::{
+        Event as Event5,
+        mqttbytes::{QoS as QoS5, v5::Packet as Packet5},
+    };
+    c.subscribe(filter, QoS5::AtLeastOnce).await.unwrap();
+    next_v5(rx, |e| {
+        matches!(e, Ok(Event5::Incoming(Packet5::SubAck(_)))).then_some(())
+    })
+    .await;
+}
+
 /// The payload of the next PUBLISH a 3.1.1 client receives.
 async fn next_payload(rx: &mut mpsc::UnboundedReceiver<Event>) -> String {
     next(rx, |e| match e {
@@ -1282,26 +1318,15 @@ async fn durable_unsuback_waits_for_the_commit_a_kill_right_after_it_brings_noth
 // its interval less the time the broker was down ([MQTT-3.3.2-5], [MQTT-3.3.2-6]).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn durable_queued_message_expiry_runs_on_the_wall_clock_across_restarts() {
-    use rumqttc::v5::{
-        Event as Event5,
-        mqttbytes::{QoS as QoS5, v5::Packet as Packet5},
-    };
+    use rumqttc::v5::{Event as Event5, mqttbytes::v5::Packet as Packet5};
     crate::pki::require("mosquitto_pub", "install Debian's mosquitto-clients");
     let dir = scratch("queued-expiry");
     let port = free_port();
     let conf = config(&dir, port);
     let broker = Killed(start(&conf, port));
 
-    let (sub, mut rx, task) = client_v5("qexp-sub", port, true);
-    next_v5(&mut rx, |e| {
-        matches!(e, Ok(Event5::Incoming(Packet5::ConnAck(_)))).then_some(())
-    })
-    .await;
-    sub.subscribe("q/#", QoS5::AtLeastOnce).await.unwrap();
-    next_v5(&mut rx, |e| {
-        matches!(e, Ok(Event5::Incoming(Packet5::SubAck(_)))).then_some(())
-    })
-    .await;
+    let (sub, mut rx, task, _) = connected_v5("qexp-sub", port, true).await;
+    subscribed_v5(&sub, &mut rx, "q/#").await;
     sub.disconnect().await.unwrap();
     next_v5(&mut rx, |e| {
         matches!(e, Ok(Event5::Outgoing(Outgoing::Disconnect))).then_some(())
@@ -1569,27 +1594,14 @@ fn durable_delayed_will_survives_a_kill_and_is_published_after_the_restart() {
 // both get some.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn durable_shared_subscription_groups_outlive_a_restart() {
-    use rumqttc::v5::{
-        Event as Event5,
-        mqttbytes::{QoS as QoS5, v5::Packet as Packet5},
-    };
+    use rumqttc::v5::{Event as Event5, mqttbytes::v5::Packet as Packet5};
     let dir = scratch("shared");
     let port = free_port();
     let conf = config(&dir, port);
     let broker = Killed(start(&conf, port));
     for id in ["member-a", "member-b"] {
-        let (c, mut rx, task) = client_v5(id, port, true);
-        next_v5(&mut rx, |e| {
-            matches!(e, Ok(Event5::Incoming(Packet5::ConnAck(_)))).then_some(())
-        })
-        .await;
-        c.subscribe("$share/g/sh/#", QoS5::AtLeastOnce)
-            .await
-            .unwrap();
-        next_v5(&mut rx, |e| {
-            matches!(e, Ok(Event5::Incoming(Packet5::SubAck(_)))).then_some(())
-        })
-        .await;
+        let (c, mut rx, task, _) = connected_v5(id, port, true).await;
+        subscribed_v5(&c, &mut rx, "$share/g/sh/#").await;
         task.abort();
     }
     drop(broker);
@@ -1664,26 +1676,13 @@ async fn durable_shared_subscription_groups_outlive_a_restart() {
 // joins, then A comes back with Clean Start (its session ends) and B gets the message.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn durable_shared_message_of_a_member_that_ends_goes_to_another_after_a_restart() {
-    use rumqttc::v5::{
-        Event as Event5,
-        mqttbytes::{QoS as QoS5, v5::Packet as Packet5},
-    };
+    use rumqttc::v5::{Event as Event5, mqttbytes::v5::Packet as Packet5};
     let dir = scratch("shared-redistribute");
     let port = free_port();
     let conf = config(&dir, port);
     let broker = Killed(start(&conf, port));
-    let (a, mut a_rx, a_task) = client_v5("member-a", port, true);
-    next_v5(&mut a_rx, |e| {
-        matches!(e, Ok(Event5::Incoming(Packet5::ConnAck(_)))).then_some(())
-    })
-    .await;
-    a.subscribe("$share/g/rd/#", QoS5::AtLeastOnce)
-        .await
-        .unwrap();
-    next_v5(&mut a_rx, |e| {
-        matches!(e, Ok(Event5::Incoming(Packet5::SubAck(_)))).then_some(())
-    })
-    .await;
+    let (a, mut a_rx, a_task, _) = connected_v5("member-a", port, true).await;
+    subscribed_v5(&a, &mut a_rx, "$share/g/rd/#").await;
     a.disconnect().await.unwrap();
     tokio::time::sleep(Duration::from_millis(200)).await;
     a_task.abort();
@@ -1700,18 +1699,8 @@ async fn durable_shared_message_of_a_member_that_ends_goes_to_another_after_a_re
     drop(broker);
     let _broker = Killed(start(&conf, port));
 
-    let (b, mut b_rx, b_task) = client_v5("member-b", port, false);
-    next_v5(&mut b_rx, |e| {
-        matches!(e, Ok(Event5::Incoming(Packet5::ConnAck(_)))).then_some(())
-    })
-    .await;
-    b.subscribe("$share/g/rd/#", QoS5::AtLeastOnce)
-        .await
-        .unwrap();
-    next_v5(&mut b_rx, |e| {
-        matches!(e, Ok(Event5::Incoming(Packet5::SubAck(_)))).then_some(())
-    })
-    .await;
+    let (b, mut b_rx, b_task, _) = connected_v5("member-b", port, false).await;
+    subscribed_v5(&b, &mut b_rx, "$share/g/rd/#").await;
     // A comes back with Clean Start and no session expiry: its session ends.
     let (_a, mut a_rx, a_task) = client_v5("member-a", port, false);
     let present = next_v5(&mut a_rx, |e| match e {
