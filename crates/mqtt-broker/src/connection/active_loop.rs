@@ -158,6 +158,9 @@ where
         }
         // 1. Flush: take what the session has to send and its events, under the lock.
         let mut more = false;
+        // One clock reading for the turn: the session's flush and the routing below take
+        // the same time unless the task yields between them.
+        let mut now = shared.now();
         let deadline = {
             let mut cell = handle.lock();
             if cell.generation != generation {
@@ -170,7 +173,6 @@ where
             if principal.is_none() {
                 principal = Some(cell.principal.clone());
             }
-            let now = shared.now();
             // Counted here and added once: the counters are shared by every connection.
             // Packets encoded for many subscribers go first: the session had no QoS 0
             // message queued and no control packet waiting when they came (see
@@ -277,13 +279,12 @@ where
             && events.iter().any(|e| matches!(e, Event::Message(..)))
         {
             tokio::task::yield_now().await;
+            now = shared.now();
         }
         let mut again = false;
         let mut closed = false;
         let mut received = 0;
         let (mut received_qos, mut received_bytes) = ([0u64; 3], [0u64; 3]);
-        // One clock reading for the batch: routing reads it for every message otherwise.
-        let now = shared.now();
         // Topics are counted only while a dashboard watches.
         let sample_topics = shared.dashboard.watching();
         // A durable store commits the copies of these messages together with the
@@ -535,6 +536,10 @@ where
         // (a new subscriber's SUBSCRIBE, ahead of this client's PUBLISH): before routing
         // what it read, this task then yields once, so that they are taken first, as a
         // single-threaded broker would.
+        //
+        // The wait below polls its branches in the order written (`biased`): input
+        // first, and no random number drawn for every wait. Nothing starves: the read
+        // was just found pending, and the session is polled at the top of every turn.
         let room = rbuf.capacity() - rbuf.len();
         let ready = {
             let mut read = std::pin::pin!(rd.read_buf(rbuf));
@@ -549,6 +554,7 @@ where
         let read = match ready {
             Some(read) => Some(read),
             None => tokio::select! {
+                biased;
                 read = rd.read_buf(rbuf) => {
                     yield_before_routing = true;
                     Some(read)

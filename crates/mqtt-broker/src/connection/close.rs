@@ -240,7 +240,7 @@ impl Outgoing {
         let mut left = self.len();
         let mut slices = &mut slices[..];
         while left > 0 {
-            match timeout(stall, wr.write_vectored(slices)).await {
+            match ready_or_timeout(stall, wr.write_vectored(slices)).await {
                 Ok(Ok(0)) => return Err(std::io::ErrorKind::WriteZero.into()),
                 Ok(Ok(n)) if n <= left => {
                     left -= n;
@@ -263,7 +263,7 @@ pub(crate) async fn write_or_stall<W: AsyncWrite + Unpin>(
     stall: std::time::Duration,
 ) -> std::io::Result<()> {
     while !buf.is_empty() {
-        match timeout(stall, wr.write(buf)).await {
+        match ready_or_timeout(stall, wr.write(buf)).await {
             Ok(Ok(0)) => return Err(std::io::ErrorKind::WriteZero.into()),
             Ok(Ok(n)) => buf = buf.get(n..).unwrap_or_default(),
             Ok(Err(e)) => return Err(e),
@@ -273,6 +273,22 @@ pub(crate) async fn write_or_stall<W: AsyncWrite + Unpin>(
     flush_or_stall(wr, stall).await
 }
 
+/// Runs `io` to completion, or gives up after `stall`. The timer is armed only when
+/// `io` cannot complete at once: a socket with room takes the write on the first poll,
+/// and a timer per write (a clock reading and an entry in the timer wheel) would cost
+/// more than the write's own bookkeeping at one message a wake-up.
+async fn ready_or_timeout<F: Future>(
+    stall: std::time::Duration,
+    io: F,
+) -> Result<F::Output, tokio::time::error::Elapsed> {
+    let mut io = std::pin::pin!(io);
+    let first = std::future::poll_fn(|cx| std::task::Poll::Ready(io.as_mut().poll(cx))).await;
+    match first {
+        std::task::Poll::Ready(done) => Ok(done),
+        std::task::Poll::Pending => timeout(stall, io).await,
+    }
+}
+
 /// Flushes `wr`, or fails after `stall`.
 async fn flush_or_stall<W: AsyncWrite + Unpin>(
     wr: &mut W,
@@ -280,16 +296,9 @@ async fn flush_or_stall<W: AsyncWrite + Unpin>(
 ) -> std::io::Result<()> {
     // TLS and WebSocket streams may hold back what they took (a record, a frame) until
     // flushed. A TCP stream's flush does nothing and is ready at once: no timer.
-    let once = std::future::poll_fn(|cx| {
-        std::task::Poll::Ready(std::pin::Pin::new(&mut *wr).poll_flush(cx))
-    })
-    .await;
-    match once {
-        std::task::Poll::Ready(flushed) => flushed,
-        std::task::Poll::Pending => timeout(stall, wr.flush())
-            .await
-            .unwrap_or_else(|_| Err(stalled(stall))),
-    }
+    ready_or_timeout(stall, wr.flush())
+        .await
+        .unwrap_or_else(|_| Err(stalled(stall)))
 }
 
 fn stalled(stall: std::time::Duration) -> std::io::Error {
