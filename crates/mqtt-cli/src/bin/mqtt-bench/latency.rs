@@ -182,12 +182,22 @@ fn connect(
     ))
 }
 
-/// Publishes `count` messages at `rate` per second and measures each one's delay.
+/// When the messages of a latency run go out.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Pacing {
+    /// Messages per second.
+    pub(crate) rate: u32,
+    /// The messages due within one tick go out together at its end; zero: each at its
+    /// own time.
+    pub(crate) tick: Duration,
+}
+
+/// Publishes `count` messages as `pacing` says and measures each one's delay.
 pub(crate) fn run(
     dialer: &Dialer,
     qos: QoS,
     size: usize,
-    rate: u32,
+    Pacing { rate, tick }: Pacing,
     count: u32,
     measure_start: impl FnOnce(),
     measure_end: impl FnOnce(),
@@ -261,7 +271,15 @@ pub(crate) fn run(
     let mut out = BytesMut::with_capacity(64 + size);
     let mut pid = 1u16;
     for seq in 0..count {
-        let due = began + period * seq;
+        let mut due = began + period * seq;
+        if !tick.is_zero() {
+            // Due at the end of its tick: the tick's messages go out back to back.
+            let ticks = due
+                .duration_since(began)
+                .as_nanos()
+                .div_ceil(tick.as_nanos());
+            due = began + tick * u32::try_from(ticks).unwrap_or(u32::MAX);
+        }
         let now = Instant::now();
         if due > now {
             thread::sleep(due - now);

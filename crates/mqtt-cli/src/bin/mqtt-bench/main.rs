@@ -238,6 +238,11 @@ enum Scenario {
         /// Payload size in bytes (at least 16).
         #[arg(short = 's', long = "size", default_value_t = 16)]
         size: usize,
+        /// Pace in ticks of this many microseconds, sending the messages due in a tick
+        /// together, as a generator on a timer with that resolution does (tokio's is
+        /// 1 ms: 1000); 0 sends each message at its own time.
+        #[arg(long = "tick-us", default_value_t = 0)]
+        tick_us: u32,
         #[command(flatten)]
         common: Common,
     },
@@ -400,8 +405,9 @@ fn run(scenario: Scenario) -> Result<bool, String> {
             seconds,
             qos,
             size,
+            tick_us,
             common,
-        } => latency(rate, seconds, qos, size, &common),
+        } => latency(rate, seconds, qos, size, tick_us, &common),
         Scenario::Hold {
             target,
             source,
@@ -627,7 +633,14 @@ fn connections(
     Ok(r.print(&held.faults, common.output()))
 }
 
-fn latency(rate: u32, seconds: u32, q: u8, size: usize, common: &Common) -> Result<bool, String> {
+fn latency(
+    rate: u32,
+    seconds: u32,
+    q: u8,
+    size: usize,
+    tick_us: u32,
+    common: &Common,
+) -> Result<bool, String> {
     if size < wire::Stamp::LEN {
         return Err(format!(
             "--size must be at least {} bytes (the stamp)",
@@ -642,7 +655,10 @@ fn latency(rate: u32, seconds: u32, q: u8, size: usize, common: &Common) -> Resu
         &dialer,
         qos(q),
         size,
-        rate,
+        latency::Pacing {
+            rate,
+            tick: Duration::from_micros(u64::from(tick_us)),
+        },
         count,
         || measured.before = read_broker(broker),
         || measured.after = read_broker(broker),
@@ -652,8 +668,15 @@ fn latency(rate: u32, seconds: u32, q: u8, size: usize, common: &Common) -> Resu
         .map(|c| c / result.received.max(1) as f64 * 1e6);
     let mut r = Report::new("latency");
     r.line(format!(
-        "latency: {rate} msg/s, QoS {q}, {size} B: {}/{} received; p50 {:.1} us, p99 {:.1} us, p99.9 {:.1} us, max {:.1} us",
-        result.received, result.sent, result.p50_us, result.p99_us, result.p999_us, result.max_us
+        "latency: {rate} msg/s{}, QoS {q}, {size} B: {}/{} received; p50 {:.1} us, p99 {:.1} us, p99.9 {:.1} us, max {:.1} us",
+        if tick_us > 0 {
+            format!(" in ticks of {tick_us} us")
+        } else {
+            String::new()
+        },
+        result.received,
+        result.sent,
+        result.p50_us, result.p99_us, result.p999_us, result.max_us
     ));
     if let Some(c) = cpu_us {
         r.line(format!("  broker: {c:.2} CPU us per message"));
@@ -661,6 +684,7 @@ fn latency(rate: u32, seconds: u32, q: u8, size: usize, common: &Common) -> Resu
     r.count("qos", u64::from(q));
     r.count("size", size as u64);
     r.count("rate", u64::from(rate));
+    r.count("tick_us", u64::from(tick_us));
     r.count("sent", result.sent);
     r.count("received", result.received);
     r.measure("seconds", result.elapsed.as_secs_f64(), 3);
