@@ -29,18 +29,6 @@ const ACK_SAMPLE: u32 = 16;
 /// subscriber on the same thread takes its share before its queue fills.
 const ROUTED_PER_YIELD: usize = 256;
 
-/// A writer woken by its session's signal after a flush of more than one packet (a busy
-/// subscriber) lets the other tasks ready on its thread run once before it flushes: the
-/// signal put it first in line (tokio's LIFO slot), ahead of publishers whose input is
-/// already read, and it would write each one's batch on its own. A yield pays when more
-/// came meanwhile (fan-in 16 -> 1 at QoS 0: 93-95 % of them, with 4.4 times as many
-/// packets; 5.5 writes per 1,000 messages instead of 20, for 2.5 more `epoll_wait`); a
-/// subscriber of one publisher (the pairs scenario) gains nothing by it and only
-/// delays its deliveries. After two yields in a row that did not pay, the writer stops
-/// yielding for this many signalled flushes, doubling with each further one (up to 16
-/// times); an active stretch starts as if one had not paid.
-const YIELD_BEFORE_FLUSH_BACKOFF: u32 = 64;
-
 /// PUBLISH packets decoded into the session at a time: the rest of what a read brought
 /// waits in the read buffer until these are routed. Each message decoded waits in the
 /// session's event queue and then in the loop's (about 190 bytes in all), and a busy
@@ -93,16 +81,9 @@ where
     // hibernating or parked connection read before going active did).
     let mut yield_before_routing = !rbuf.is_empty();
     // Woken by the session's signal (something to send) after a flush that sent more
-    // than one packet: a busy subscriber (see YIELD_BEFORE_FLUSH_BACKOFF).
+    // than one packet: a busy subscriber, which yields once before it flushes (below).
     let mut yield_before_flush = false;
     let mut last_flush = 0u64;
-    // Packets waiting when this task last yielded before a flush, until that flush; how
-    // many yields in a row did not pay; and how many signalled flushes to make without
-    // yielding, since they did not. It starts as if one had just not paid: yielding is
-    // for subscribers busy for longer than that.
-    let mut yielded_with = None::<u64>;
-    let mut unpaid_yields = 1u32;
-    let mut no_yield_for = YIELD_BEFORE_FLUSH_BACKOFF;
     // The acknowledgements of the PUBLISH packets of a batch, decided as they are routed.
     let mut verdicts = Vec::new();
     // How much the next read asks for: grows while reads fill it (see MAX_READ_CHUNK).
@@ -143,18 +124,21 @@ where
         if shared.is_shutting_down() {
             return Step::Ended(End::Shutdown);
         }
+        // A writer woken by its session's signal after a flush of more than one packet (a
+        // busy subscriber) lets the other tasks ready on its thread run once before it
+        // flushes: the signal put it first in line (tokio's LIFO slot), ahead of publishers
+        // whose input is already read, and it would write each one's batch on its own.
+        // Fan-in 16 -> 1 at QoS 0 then writes 5.5 times per 1,000 messages instead of 20.
+        // Fan-out 1 -> 100 is where it matters most: each subscriber's write carries what
+        // its publisher's reads brought meanwhile, and the generator, reading 100 sockets,
+        // keeps pace only while those writes are large. An earlier policy stopped yielding
+        // for 64 to 1,024 flushes after two yields in a row that brought nothing (a
+        // subscriber of one publisher gains nothing by them): fan-out fell into small
+        // writes, 5 messages each, and cost 0.23-0.32 CPU s per million deliveries where
+        // yielding every time costs 0.11-0.17, while 1000 pairs, fan-in and shared
+        // subscriptions cost the same either way (docs/benchmarks.md).
         if std::mem::take(&mut yield_before_flush) && last_flush > 1 {
-            if no_yield_for > 0 {
-                no_yield_for -= 1;
-            } else {
-                let waiting = {
-                    let cell = handle.lock();
-                    let encoded = cell.extra.as_ref().map_or(0, |x| x.encoded_count);
-                    u64::from(encoded) + cell.session.queued_messages() as u64
-                };
-                yielded_with = Some(waiting);
-                tokio::task::yield_now().await;
-            }
+            tokio::task::yield_now().await;
         }
         // 1. Flush: take what the session has to send and its events, under the lock.
         let mut more = false;
@@ -216,16 +200,6 @@ where
                 settle = false;
             }
             last_flush = packets;
-            if let Some(before) = yielded_with.take() {
-                if packets > before {
-                    unpaid_yields = 0;
-                } else {
-                    unpaid_yields += 1;
-                    if unpaid_yields >= 2 {
-                        no_yield_for = YIELD_BEFORE_FLUSH_BACKOFF << (unpaid_yields - 2).min(4);
-                    }
-                }
-            }
             if packets > 0 {
                 shared
                     .stats
