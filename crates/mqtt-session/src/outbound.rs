@@ -54,6 +54,15 @@ pub(crate) struct InFlight {
     pub(crate) size: usize,
 }
 
+/// How many packet identifiers there are (1 to 65,535).
+const PACKET_IDS: u32 = 65_535;
+
+/// How far `to` is ahead of `from`, counting on from 65,535 to 1: 0 if they are the
+/// same, 1 for the next identifier, up to 65,534.
+fn ahead(from: PacketId, to: PacketId) -> u32 {
+    (u32::from(to.get()) + PACKET_IDS - u32::from(from.get())) % PACKET_IDS
+}
+
 /// Outgoing messages, queued or in flight, each written once where it stays: a slab
 /// with a free list.
 #[derive(Debug, Default)]
@@ -122,6 +131,12 @@ pub(crate) struct Outbox {
     /// How many messages of `queue` are QoS 0.
     pub(crate) queued_qos0: usize,
     pub(crate) inflight: VecDeque<InFlight>,
+    /// Whether `inflight`'s packet identifiers may be out of order: false while each
+    /// entry's identifier is ahead of the one before it (counting on from 65,535 to 1)
+    /// and the whole window spans fewer than 65,535 of them, as when every one was
+    /// allocated here in turn (see [`Outbox::id_in_use`]). Only a restored window can
+    /// break that; the flag clears when the window empties.
+    inflight_unordered: bool,
     /// [`Message::size`] of the messages `inflight` still holds (until PUBACK, PUBREC).
     pub(crate) inflight_bytes: usize,
     /// The messages of `queue` and `inflight`.
@@ -182,6 +197,23 @@ impl Outbox {
             && self.aliases.is_none()
     }
 
+    /// Notes that `packet_id` is about to join the back of the in-flight window.
+    fn note_inflight_push(&mut self, packet_id: PacketId) {
+        if let (Some(front), Some(back)) = (self.inflight.front(), self.inflight.back()) {
+            let step = ahead(back.packet_id, packet_id);
+            if step == 0 || ahead(front.packet_id, back.packet_id) + step >= PACKET_IDS {
+                self.inflight_unordered = true;
+            }
+        }
+    }
+
+    /// Notes that the in-flight window may have emptied.
+    fn note_inflight_removed(&mut self) {
+        if self.inflight.is_empty() {
+            self.inflight_unordered = false;
+        }
+    }
+
     /// Gives back the memory of empty queues and an empty message store.
     pub(crate) fn shrink(&mut self) {
         if self.queue.is_empty() && self.inflight.is_empty() {
@@ -239,6 +271,7 @@ impl Outbox {
         let size = message.as_ref().map_or(0, Message::size);
         let slot = message.map(|m| self.store.insert(m));
         self.inflight_bytes += size;
+        self.note_inflight_push(packet_id);
         self.inflight.push_back(InFlight {
             id,
             packet_id,
@@ -258,6 +291,7 @@ impl Outbox {
     pub(crate) fn drain_inflight(&mut self) -> Vec<(InFlight, Option<Message>)> {
         let inflight: Vec<InFlight> = self.inflight.drain(..).collect();
         self.inflight_bytes = 0;
+        self.inflight_unordered = false;
         inflight
             .into_iter()
             .map(|f| {
@@ -324,8 +358,26 @@ impl Outbox {
         Ok(id)
     }
 
+    /// Whether `id` is taken, by the in-flight window or by `other_ids`. The window is
+    /// searched only when `id` falls between its first and last identifiers: a window
+    /// in order (`inflight_unordered` false) holds none outside them, and the next
+    /// identifier in turn is outside unless the window spans nearly all 65,535. Without
+    /// that, taking an identifier cost a search of the whole window (hundreds of
+    /// entries for a subscriber with a large Receive Maximum) for every message sent.
     fn id_in_use(&self, id: PacketId) -> bool {
-        self.inflight.iter().any(|f| f.packet_id == id) || self.other_ids.contains(&id)
+        if self.other_ids.contains(&id) {
+            return true;
+        }
+        match (self.inflight.front(), self.inflight.back()) {
+            (Some(front), Some(back))
+                if !self.inflight_unordered
+                    && ahead(front.packet_id, id) > ahead(front.packet_id, back.packet_id) =>
+            {
+                false
+            }
+            (None, _) => false,
+            _ => self.inflight.iter().any(|f| f.packet_id == id),
+        }
     }
 
     /// A packet identifier not in use ([MQTT-2.2.1-3], [MQTT-2.2.1-4]), or `None` if
@@ -427,6 +479,7 @@ impl Outbox {
                 Awaiting::PubRec
             };
             self.inflight_bytes += size;
+            self.note_inflight_push(packet_id);
             self.inflight.push_back(InFlight {
                 id,
                 packet_id,
@@ -484,7 +537,9 @@ impl Outbox {
             return AckOutcome::SendPubRel;
         }
         // [MQTT-4.4.0-2]: an error code also ends the exchange.
-        match self.inflight.remove(pos) {
+        let removed = self.inflight.remove(pos);
+        self.note_inflight_removed();
+        match removed {
             Some(f) => {
                 if let Some(slot) = f.slot {
                     self.store.remove(slot);
@@ -529,6 +584,7 @@ impl Outbox {
         self.store.clear();
         self.queued_bytes = 0;
         self.inflight_bytes = 0;
+        self.inflight_unordered = false;
         self.queued_qos0 = 0;
         self.other_ids.clear();
         lost
@@ -559,4 +615,122 @@ impl Outbox {
 
 fn alias_number(slot: usize) -> Option<NonZeroU16> {
     u16::try_from(slot + 1).ok().and_then(NonZeroU16::new)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pid(id: u16) -> PacketId {
+        PacketId::new(id).unwrap()
+    }
+
+    /// Puts `id` in flight as `next_publish` does after allocating it.
+    fn send(outbox: &mut Outbox, id: PacketId) {
+        outbox.push_inflight(MessageId(u64::from(id.get())), id, Awaiting::PubAck, None);
+    }
+
+    fn ack(outbox: &mut Outbox, id: PacketId) {
+        assert!(matches!(
+            outbox.acknowledge(id, Awaiting::PubAck, ReasonCode::SUCCESS),
+            AckOutcome::Done(_)
+        ));
+    }
+
+    #[test]
+    fn identifiers_across_the_wrap_are_found_in_use() {
+        let mut outbox = Outbox::default();
+        for id in [65_534, 65_535, 1, 2] {
+            send(&mut outbox, pid(id));
+        }
+        assert!(!outbox.inflight_unordered);
+        for id in [65_534, 65_535, 1, 2] {
+            assert!(outbox.id_in_use(pid(id)), "{id}");
+        }
+        for id in [3, 100, 65_533] {
+            assert!(!outbox.id_in_use(pid(id)), "{id}");
+        }
+        outbox.next_packet_id = 65_533;
+        assert_eq!(outbox.allocate_packet_id(), Some(pid(3)));
+        // The front acknowledged: 65,534 is free again.
+        ack(&mut outbox, pid(65_534));
+        outbox.next_packet_id = 65_533;
+        assert_eq!(outbox.allocate_packet_id(), Some(pid(65_534)));
+    }
+
+    #[test]
+    fn a_restored_window_out_of_order_is_searched() {
+        let mut outbox = Outbox::default();
+        // 10, 5 is in order (5 is 65,530 ahead of 10, past 65,535); 12 after 5 is not.
+        for id in [10, 5, 12] {
+            send(&mut outbox, pid(id));
+        }
+        assert!(outbox.inflight_unordered);
+        outbox.next_packet_id = 4;
+        assert_eq!(outbox.allocate_packet_id(), Some(pid(6)));
+        outbox.next_packet_id = 9;
+        assert_eq!(outbox.allocate_packet_id(), Some(pid(11)));
+        for id in [10, 5, 12] {
+            ack(&mut outbox, pid(id));
+        }
+        assert!(!outbox.inflight_unordered, "an empty window is in order");
+    }
+
+    #[test]
+    fn a_window_of_nearly_every_identifier_is_searched() {
+        let mut outbox = Outbox::default();
+        send(&mut outbox, pid(1));
+        send(&mut outbox, pid(65_535));
+        assert!(!outbox.inflight_unordered);
+        outbox.next_packet_id = 65_535;
+        assert_eq!(outbox.allocate_packet_id(), Some(pid(2)));
+        // One more past the first would wrap onto it: out of order from then on.
+        send(&mut outbox, pid(2));
+        assert!(outbox.inflight_unordered);
+        assert!(outbox.id_in_use(pid(2)) && outbox.id_in_use(pid(1)));
+        assert!(!outbox.id_in_use(pid(3)));
+    }
+
+    /// Allocations and acknowledgements in a pseudo-random order, a slow one (the
+    /// oldest) held for long stretches: the quick answer always matches a search.
+    #[test]
+    fn in_use_matches_a_search_of_the_window() {
+        let mut outbox = Outbox::default();
+        let mut seed = 0x2545_f491_4f6c_dd1d_u64;
+        let mut next = move || {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed
+        };
+        for round in 0..100_000u32 {
+            let r = next();
+            let len = outbox.inflight.len();
+            if len > 0 && (r % 3 == 0 || len > 400) {
+                // Mostly the newest acknowledgements; the oldest only now and then.
+                let pos = if round % 25_000 < 20_000 {
+                    1 + (r as usize >> 8) % len.max(2).saturating_sub(1)
+                } else {
+                    (r as usize >> 8) % len
+                };
+                if let Some(id) = outbox.inflight.get(pos.min(len - 1)).map(|f| f.packet_id) {
+                    ack(&mut outbox, id);
+                }
+            } else if let Some(id) = outbox.allocate_packet_id() {
+                send(&mut outbox, id);
+            }
+            for _ in 0..4 {
+                let probe = pid(u16::try_from(next() % 65_535 + 1).unwrap());
+                let searched = outbox.inflight.iter().any(|f| f.packet_id == probe);
+                assert_eq!(
+                    outbox.id_in_use(probe),
+                    searched,
+                    "round {round}, id {probe}"
+                );
+            }
+            if let Some(back) = outbox.inflight.back() {
+                assert!(outbox.id_in_use(back.packet_id));
+            }
+        }
+    }
 }
