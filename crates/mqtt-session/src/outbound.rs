@@ -380,6 +380,21 @@ impl Outbox {
         }
     }
 
+    /// Where `id` is in the in-flight window: found by bisection while the window is in
+    /// order (acknowledgements in any order then cost O(log n) each, not a search of a
+    /// window that a peer's Receive Maximum lets grow to 65,535), else by a search.
+    fn inflight_position(&self, id: PacketId) -> Option<usize> {
+        match self.inflight.front() {
+            Some(front) if !self.inflight_unordered => {
+                let from = front.packet_id;
+                self.inflight
+                    .binary_search_by_key(&ahead(from, id), |f| ahead(from, f.packet_id))
+                    .ok()
+            }
+            _ => self.inflight.iter().position(|f| f.packet_id == id),
+        }
+    }
+
     /// A packet identifier not in use ([MQTT-2.2.1-3], [MQTT-2.2.1-4]), or `None` if
     /// all 65,535 are.
     pub(crate) fn allocate_packet_id(&mut self) -> Option<PacketId> {
@@ -518,13 +533,12 @@ impl Outbox {
         expect: Awaiting,
         code: ReasonCode,
     ) -> AckOutcome {
-        let Some(pos) = self
-            .inflight
-            .iter()
-            .position(|f| f.packet_id == packet_id && f.phase == expect)
-        else {
+        let Some(pos) = self.inflight_position(packet_id) else {
             return AckOutcome::Unknown;
         };
+        if self.inflight.get(pos).is_none_or(|f| f.phase != expect) {
+            return AckOutcome::Unknown;
+        }
         if expect == Awaiting::PubRec && code.is_success() {
             // [MQTT-4.3.3-4]: answer with PUBREL; [MQTT-4.3.3-6]: never resend the PUBLISH.
             if let Some(f) = self.inflight.get_mut(pos) {
@@ -721,12 +735,9 @@ mod tests {
             }
             for _ in 0..4 {
                 let probe = pid(u16::try_from(next() % 65_535 + 1).unwrap());
-                let searched = outbox.inflight.iter().any(|f| f.packet_id == probe);
-                assert_eq!(
-                    outbox.id_in_use(probe),
-                    searched,
-                    "round {round}, id {probe}"
-                );
+                let searched = outbox.inflight.iter().position(|f| f.packet_id == probe);
+                assert_eq!(outbox.id_in_use(probe), searched.is_some(), "round {round}");
+                assert_eq!(outbox.inflight_position(probe), searched, "round {round}");
             }
             if let Some(back) = outbox.inflight.back() {
                 assert!(outbox.id_in_use(back.packet_id));
