@@ -511,9 +511,11 @@ where
         // what it read, this task then yields once, so that they are taken first, as a
         // single-threaded broker would.
         //
-        // The wait below polls its branches in the order written (`biased`): input
-        // first, and no random number drawn for every wait. Nothing starves: the read
-        // was just found pending, and the session is polled at the top of every turn.
+        // The wait below polls its branches in the order written (`biased`), with no
+        // random number drawn for every wait: the timer first, which is ready only when
+        // due and is then moved on, so that keep-alive and credential expiry are
+        // enforced even while a delivery signal is waiting at every wait (a subscriber
+        // of a steady stream); then input, then the signal.
         let room = rbuf.capacity() - rbuf.len();
         let ready = {
             let mut read = std::pin::pin!(rd.read_buf(rbuf));
@@ -529,20 +531,6 @@ where
             Some(read) => Some(read),
             None => tokio::select! {
                 biased;
-                read = rd.read_buf(rbuf) => {
-                    yield_before_routing = true;
-                    Some(read)
-                }
-                () = handle.notify.notified() => {
-                    // Not the client's input: a fresh connection still goes idle once
-                    // its grace has passed (a stray permit left by the connection it
-                    // replaced would otherwise keep it active for IDLE_SHRINK).
-                    last_activity = Instant::now();
-                    shrunk = false;
-                    yield_before_flush = true;
-                    None
-                }
-                () = commit_changed(&mut commits, !held.is_empty()) => None,
                 () = &mut timer => {
                     let mut cell = handle.lock();
                     let now = shared.now();
@@ -568,6 +556,20 @@ where
                     }
                     None
                 }
+                read = rd.read_buf(rbuf) => {
+                    yield_before_routing = true;
+                    Some(read)
+                }
+                () = handle.notify.notified() => {
+                    // Not the client's input: a fresh connection still goes idle once
+                    // its grace has passed (a stray permit left by the connection it
+                    // replaced would otherwise keep it active for IDLE_SHRINK).
+                    last_activity = Instant::now();
+                    shrunk = false;
+                    yield_before_flush = true;
+                    None
+                }
+                () = commit_changed(&mut commits, !held.is_empty()) => None,
             },
         };
         if let Some(read) = read {

@@ -65,6 +65,59 @@ async fn keep_alive_timeout() {
     broker.shutdown().await;
 }
 
+// The same for a client that only reads while messages keep coming to it: deliveries
+// are not its activity, and a steady stream of them must not keep the keep-alive timer
+// from ever being looked at.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keep_alive_timeout_while_deliveries_stream_in() {
+    let (broker, addr) = broker_with(|_| {}).await;
+    for version in [ProtocolVersion::V3_1_1, ProtocolVersion::V5] {
+        let mut s = TcpStream::connect(addr).await.unwrap();
+        let mut c = Connect::new(version, ByteStr::from_static("reads-only"));
+        c.keep_alive = 1;
+        send(&mut s, c.into(), version).await;
+        let sub = mqtt_codec::Subscribe::new(
+            mqtt_codec::PacketId::new(1).unwrap(),
+            ByteStr::from_static("stream/#"),
+            QoS::AtMostOnce,
+        );
+        send(&mut s, sub.into(), version).await;
+        let start = Instant::now();
+        let mut publisher = crate::spec::Client::connect(addr, version, "streamer").await;
+        // Back to back, for at most 4 s: a delivery is waiting whenever the
+        // subscriber's connection looks for something to do.
+        let streaming = tokio::spawn(async move {
+            let until = Instant::now() + Duration::from_secs(4);
+            while Instant::now() < until {
+                for _ in 0..64 {
+                    publisher.publish0("stream/a", b"x", false).await;
+                }
+                tokio::task::yield_now().await;
+            }
+        });
+        let packets = read_until_closed(&mut s, version).await;
+        let took = start.elapsed();
+        streaming.abort();
+        let deliveries = packets
+            .iter()
+            .filter(|p| matches!(p, Packet::Publish(_)))
+            .count();
+        assert!(deliveries > 20, "{version}: {deliveries} deliveries");
+        assert!(
+            took >= Duration::from_millis(1400) && took < Duration::from_millis(3000),
+            "{version}: {took:?}"
+        );
+        if version.is_v5() {
+            assert!(
+                matches!(packets.last(), Some(Packet::Disconnect(d)) if d.reason_code == ReasonCode::KEEP_ALIVE_TIMEOUT),
+                "{:?}",
+                packets.last()
+            );
+        }
+    }
+    broker.shutdown().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connect_timeout() {
     let (broker, addr) = broker_with(|c| c.limits.connect_timeout = 1).await;
