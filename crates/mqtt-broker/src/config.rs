@@ -604,6 +604,12 @@ pub struct JwtConfig {
     /// by it. `None` (the default): tokens carry no permissions.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub acl_claim: Option<String>,
+    /// Whether a connection is closed when its token runs out (`exp` plus `leeway`):
+    /// DISCONNECT 0x87 Not authorized in 5.0, the connection closed in 3.1.1, the will
+    /// published, as EMQX's `disconnect_after_expire`. Default: `true`; `false` lets a
+    /// connection outlive its token, which is checked at CONNECT only.
+    #[serde(default = "JwtConfig::default_disconnect_after_expire")]
+    pub disconnect_after_expire: bool,
 }
 
 impl JwtConfig {
@@ -620,7 +626,12 @@ impl JwtConfig {
             require_exp: Self::default_require_exp(),
             leeway: Self::default_leeway(),
             acl_claim: None,
+            disconnect_after_expire: Self::default_disconnect_after_expire(),
         }
+    }
+
+    fn default_disconnect_after_expire() -> bool {
+        true
     }
 
     fn default_username_claim() -> String {

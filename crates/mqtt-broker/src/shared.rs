@@ -429,8 +429,14 @@ impl Shared {
     }
 
     /// Converts a session deadline back to tokio time.
+    /// A deadline too far to represent (a token valid for ever, as good as) is a year
+    /// from now: the timer set for it fires then, finds nothing due, and is set again.
     pub(crate) fn deadline(&self, at: mqtt_session::Instant) -> tokio::time::Instant {
-        self.origin + std::time::Duration::from_millis(at.as_millis())
+        self.origin
+            .checked_add(std::time::Duration::from_millis(at.as_millis()))
+            .unwrap_or_else(|| {
+                tokio::time::Instant::now() + std::time::Duration::from_secs(365 * 86_400)
+            })
     }
 
     /// How long a write may make no progress before the connection is closed

@@ -181,6 +181,9 @@ pub struct ServerSession {
     will: Option<Box<Will>>,
     will_due: Deadline,
     expires_at: Deadline,
+    /// While connected: when the credentials the connection was accepted with run out
+    /// (a token's expiry, see [`ServerSession::set_credentials_expiry`]).
+    credentials_expire: Deadline,
     /// By filter, so that SUBSCRIBE and UNSUBSCRIBE cost O(log n) per filter: a packet
     /// of 100,000 filters is O(n log n), not quadratic.
     subscriptions: BTreeMap<ByteStr, Granted>,
@@ -200,6 +203,7 @@ impl ServerSession {
             will: None,
             will_due: Deadline::NONE,
             expires_at: Deadline::NONE,
+            credentials_expire: Deadline::NONE,
             subscriptions: BTreeMap::new(),
         }
     }
@@ -366,6 +370,7 @@ impl ServerSession {
     ) -> ConnAck {
         let session_present = self.would_resume(now, connect);
         self.connection_lost(now);
+        self.credentials_expire = Deadline::NONE;
         let version = connect.version;
         let v5 = version.is_v5();
         self.flow.version = version;
@@ -679,6 +684,7 @@ impl ServerSession {
             return;
         }
         self.flow.connection_lost();
+        self.credentials_expire = Deadline::NONE;
         let expiry = match self.session_expiry {
             NEVER => None,
             secs => Some(Duration::from_secs(u64::from(secs))),
@@ -713,9 +719,27 @@ impl ServerSession {
         }
     }
 
+    /// Closes the connection at `at` (DISCONNECT 0x87 Not authorized in 5.0), unless it
+    /// ends first: the credentials it was accepted with, a token, run out then. `None`
+    /// clears it. It holds for the current connection only: [`accept`](Self::accept)
+    /// and a lost connection clear it. Call it after `accept`.
+    pub fn set_credentials_expiry(&mut self, at: Option<Instant>) {
+        if self.flow.connected {
+            self.credentials_expire = Deadline::new(at);
+        }
+    }
+
     /// The timer set from [`poll_timeout`](Self::poll_timeout) fired.
     pub fn handle_timeout(&mut self, now: Instant) {
         if self.flow.connected {
+            if self.credentials_expire.get().is_some_and(|t| now >= t) {
+                self.credentials_expire = Deadline::NONE;
+                self.disconnect_explained(
+                    ReasonCode::NOT_AUTHORIZED,
+                    "the credentials of this connection expired",
+                );
+                return;
+            }
             // [MQTT-3.1.2-22]: close after one and a half keep-alives of silence.
             if let Some(deadline) = self.keep_alive_deadline() {
                 if now >= deadline {
@@ -756,7 +780,10 @@ impl ServerSession {
     /// When to call [`handle_timeout`](Self::handle_timeout) next, if ever.
     pub fn poll_timeout(&self) -> Option<Instant> {
         if self.flow.connected {
-            return self.keep_alive_deadline();
+            return match (self.keep_alive_deadline(), self.credentials_expire.get()) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            };
         }
         match (self.will_due.get(), self.expires_at.get()) {
             (Some(a), Some(b)) => Some(a.min(b)),

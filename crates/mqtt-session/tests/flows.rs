@@ -911,6 +911,44 @@ fn server_closes_a_silent_client() {
     }
 }
 
+/// A connection accepted with credentials that run out (a token's exp) is closed
+/// then, before its keep-alive would be: DISCONNECT 0x87 in 5.0; a new connection of
+/// the session starts without the old one's expiry.
+#[test]
+fn server_closes_a_connection_whose_credentials_expire() {
+    for version in [V311, V5] {
+        let mut server = ServerSession::new(ByteStr::from_static("c"), Limits::default());
+        let mut connect = mqtt_codec::Connect::new(version, ByteStr::from_static("c"));
+        connect.keep_alive = 60;
+        connect.clean_start = false;
+        server.accept(Instant::ZERO, &connect, Default::default());
+        server.set_credentials_expiry(Some(Instant::from_millis(5_000)));
+        assert_eq!(server.poll_timeout(), Some(Instant::from_millis(5_000)));
+        server.handle_timeout(Instant::from_millis(4_999));
+        assert_eq!(server.poll_event(), None);
+        server.handle_timeout(Instant::from_millis(5_000));
+        let sent: Vec<_> =
+            std::iter::from_fn(|| server.poll_transmit(Instant::from_millis(5_000))).collect();
+        assert_eq!(
+            server.poll_event(),
+            Some(Event::Closed {
+                reason: ReasonCode::NOT_AUTHORIZED
+            })
+        );
+        if version == V5 {
+            assert!(
+                matches!(sent.last(), Some(Packet::Disconnect(d)) if d.reason_code == ReasonCode::NOT_AUTHORIZED)
+            );
+        } else {
+            assert!(sent.iter().all(|p| !matches!(p, Packet::Disconnect(_))));
+        }
+        // The session comes back on a new connection, with no expiry of its own.
+        server.connection_lost(Instant::from_millis(5_000));
+        server.accept(Instant::from_millis(6_000), &connect, Default::default());
+        assert_eq!(server.poll_timeout(), Some(Instant::from_millis(96_000)));
+    }
+}
+
 #[test]
 fn client_detects_a_silent_server() {
     let mut o = options(V5);

@@ -60,6 +60,10 @@ pub struct Identity {
     pub username: String,
     /// What the token allows (`acl_claim`), if it says.
     pub grants: Option<TokenGrants>,
+    /// When the token runs out, in seconds since the Unix epoch: its `exp` plus the
+    /// configured leeway, as verification counts it; `None` if it has no `exp`, or if
+    /// `disconnect_after_expire` is off (a connection then outlives its token).
+    pub valid_until: Option<u64>,
 }
 
 /// The most topic filters a token's permissions may list.
@@ -290,9 +294,9 @@ impl Jwt {
 
     fn check_claims(&self, claims: &Map<String, Value>, now: u64) -> Result<Identity, TokenError> {
         let leeway = self.config.leeway;
-        match claims.get("exp") {
+        let valid_until = match claims.get("exp") {
             None if self.config.require_exp => return refuse("the token has no exp"),
-            None => {}
+            None => None,
             Some(exp) => {
                 let Some(exp) = exp.as_f64() else {
                     return refuse("the token's exp is not a number");
@@ -300,8 +304,11 @@ impl Jwt {
                 if exp + (leeway as f64) <= now as f64 {
                     return refuse(format!("the token expired at {exp} (now {now})"));
                 }
+                // Saturating: an exp beyond u64 seconds is as good as never.
+                let until = (exp + leeway as f64).floor() as u64;
+                self.config.disconnect_after_expire.then_some(until)
             }
-        }
+        };
         if let Some(nbf) = claims.get("nbf") {
             let Some(nbf) = nbf.as_f64() else {
                 return refuse("the token's nbf is not a number");
@@ -344,6 +351,7 @@ impl Jwt {
         Ok(Identity {
             username: username.clone(),
             grants,
+            valid_until,
         })
     }
 }

@@ -181,6 +181,7 @@ fn token_verdict(
     connect: &mut Connect,
     peer: std::net::SocketAddr,
     grants: &mut Option<crate::auth::jwt::TokenGrants>,
+    valid_until: &mut Option<u64>,
 ) -> Option<crate::auth::AuthResult> {
     let Some(token) = connect.password.take() else {
         // Neither: an anonymous client, for allow_anonymous to decide.
@@ -193,6 +194,7 @@ fn token_verdict(
             Ok(name) => {
                 connect.username = Some(name);
                 *grants = identity.grants;
+                *valid_until = identity.valid_until;
                 Some(Ok(()))
             }
             Err(_) => Some(Err(ReasonCode::BAD_USER_NAME_OR_PASSWORD)),
@@ -202,6 +204,15 @@ fn token_verdict(
             Some(Err(ReasonCode::BAD_USER_NAME_OR_PASSWORD))
         }
     }
+}
+
+/// The session time at which a token valid until `until` (seconds since the Unix epoch)
+/// runs out, `now` being the session's present.
+fn token_deadline(now: mqtt_session::Instant, until: u64) -> mqtt_session::Instant {
+    let unix_now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    now + mqtt_session::Duration::from_secs(until.saturating_sub(unix_now))
 }
 
 /// Checks CONNECT, authenticates it by `listener`'s settings (by `deadline`), finds or
@@ -262,9 +273,11 @@ pub(crate) async fn attach<W: AsyncWrite + Unpin>(
     // JWT as the password: the token, verified inline (microseconds), names the user,
     // and decides instead of the authenticator. SCRAM, when it ran, decided already.
     let mut grants = None;
+    // When the token runs out (Unix seconds): the connection is closed then.
+    let mut token_valid_until = None;
     let token_verdict = match shared.jwt(listener) {
         Some(jwt) if enhanced.is_none() && !origin.certificate_is_username => {
-            token_verdict(jwt, &mut connect, peer, &mut grants)
+            token_verdict(jwt, &mut connect, peer, &mut grants, &mut token_valid_until)
         }
         _ => None,
     };
@@ -420,6 +433,8 @@ pub(crate) async fn attach<W: AsyncWrite + Unpin>(
         };
         let old_version = cell.session.version();
         cell.session.accept(now, &connect, properties);
+        cell.session
+            .set_credentials_expiry(token_valid_until.map(|until| token_deadline(now, until)));
         cell.principal.clone_from(&principal);
         // What a re-authentication on this connection must match (none: AUTH is a
         // protocol error).

@@ -487,3 +487,115 @@ async fn token_permissions_limit_publish_subscribe_and_will() {
     }
     broker.shutdown().await;
 }
+
+// A connection outlives its token by no more than the token says (`exp` plus the
+// leeway, here 0): 5.0 gets DISCONNECT 0x87 Not authorized (mosquitto_sub logs it), 3.1.1
+// is closed, and the will goes out, as for any connection the broker ends. A client
+// with a long-lived token stays, and so does everyone with `disconnect_after_expire`
+// off.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_ends_when_its_token_expires() {
+    let d = dir("expiry");
+    let secret = d.join("secret");
+    std::fs::write(&secret, "fleet-secret\n").unwrap();
+    let mut config = JwtConfig::new(JwtAlgorithm::HS256, &secret);
+    config.leeway = 0;
+    let (broker, addr) = broker_jwt(config.clone(), None).await;
+    let key = EncodingKey::from_secret(b"fleet-secret");
+    let t = now();
+    let short = |sub: &str| token(Algorithm::HS256, &key, json!({"sub": sub, "exp": t + 3}));
+    let long = token(
+        Algorithm::HS256,
+        &key,
+        json!({"sub": "watcher", "exp": t + 600}),
+    );
+
+    let (mut watcher, code) = connect(addr, V5, "watcher", &long).await;
+    assert_eq!(code, ReasonCode::SUCCESS);
+    watcher.sub("wills/#", QoS::AtLeastOnce).await;
+    // A 5.0 client with a will, a 3.1.1 client, and mosquitto_sub.
+    let mut with_will = {
+        let mut c = Client::open(addr, V5).await;
+        let mut connect = mqtt_codec::Connect::new(V5, s("short-v5"));
+        connect.password = Some(Bytes::from(short("dev5")));
+        connect.will = Some(mqtt_codec::Will {
+            topic: s("wills/dev5"),
+            payload: Bytes::from_static(b"gone"),
+            qos: QoS::AtLeastOnce,
+            retain: false,
+            properties: Default::default(),
+        });
+        c.send(connect).await;
+        match c.recv().await {
+            mqtt_codec::Packet::ConnAck(ack) => assert_eq!(ack.reason_code, ReasonCode::SUCCESS),
+            other => panic!("expected CONNACK, got {other:?}"),
+        }
+        c
+    };
+    let (mut v3, code) = connect(addr, V3, "short-v3", &short("dev3")).await;
+    assert_eq!(code, ReasonCode::SUCCESS);
+    crate::pki::require("mosquitto_sub", "install Debian's mosquitto-clients");
+    let sub = Command::new("mosquitto_sub")
+        .args([
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &addr.port().to_string(),
+            "-V",
+            "mqttv5",
+        ])
+        .args(["-t", "x/#", "-d", "-u", "device", "-P", &short("devsub")])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+
+    // Well before the expiry, everyone is still there.
+    tokio::time::sleep(std::time::Duration::from_millis(1_000)).await;
+    with_will.ping().await;
+    v3.ping().await;
+    // Then the short-lived ones are closed, within a second or so of exp.
+    let within = std::time::Duration::from_secs(6);
+    let got = with_will.next_within(within).await.expect("closed in time");
+    assert!(
+        matches!(&got, Some(mqtt_codec::Packet::Disconnect(d)) if d.reason_code == ReasonCode::NOT_AUTHORIZED),
+        "{got:?}"
+    );
+    assert!(
+        with_will
+            .next_within(WAIT)
+            .await
+            .expect("then closed")
+            .is_none()
+    );
+    let got = v3.next_within(within).await.expect("closed in time");
+    assert!(got.is_none(), "3.1.1: closed without a packet, got {got:?}");
+    let will = watcher.recv_publish().await;
+    assert_eq!(
+        (will.topic.as_str(), &will.payload[..]),
+        ("wills/dev5", &b"gone"[..])
+    );
+    watcher.ack(&will).await;
+    let out = tokio::time::timeout(WAIT, sub.wait_with_output())
+        .await
+        .expect("mosquitto_sub ends once its token is refused")
+        .unwrap();
+    let log =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    assert!(log.contains("Received DISCONNECT (135)"), "{log}");
+    // The long-lived token's connection is still up.
+    watcher.ping().await;
+    broker.shutdown().await;
+
+    // With disconnect_after_expire off, a token is checked at CONNECT only.
+    config.disconnect_after_expire = false;
+    let (broker, addr) = broker_jwt(config, None).await;
+    let t = now();
+    let brief = token(Algorithm::HS256, &key, json!({"sub": "dev", "exp": t + 2}));
+    let (mut c, code) = connect(addr, V5, "stays", &brief).await;
+    assert_eq!(code, ReasonCode::SUCCESS);
+    tokio::time::sleep(std::time::Duration::from_millis(3_500)).await;
+    c.ping().await;
+    broker.shutdown().await;
+}
