@@ -878,6 +878,31 @@ fn client_pings_when_idle_and_server_answers() {
     }
 }
 
+/// Fires `server`'s timer at `deadline` (and just before, which must do nothing), and
+/// checks that the connection is closed for `reason`: DISCONNECT with it in 5.0,
+/// nothing sent in 3.1.1.
+fn closes_at(server: &mut ServerSession, deadline: u64, reason: ReasonCode) {
+    let v5 = server.version().is_v5();
+    assert_eq!(server.poll_timeout(), Some(Instant::from_millis(deadline)));
+    server.handle_timeout(Instant::from_millis(deadline - 1));
+    assert_eq!(server.poll_event(), None);
+    let at = Instant::from_millis(deadline);
+    server.handle_timeout(at);
+    let sent: Vec<_> = std::iter::from_fn(|| server.poll_transmit(at)).collect();
+    assert_eq!(server.poll_event(), Some(Event::Closed { reason }));
+    if v5 {
+        assert!(
+            matches!(sent.last(), Some(Packet::Disconnect(d)) if d.reason_code == reason),
+            "{sent:?}"
+        );
+    } else {
+        assert!(
+            sent.iter().all(|p| !matches!(p, Packet::Disconnect(_))),
+            "3.1.1 servers send no DISCONNECT"
+        );
+    }
+}
+
 // 5.0 MQTT-3.1.2-22, 3.1.1 MQTT-3.1.2-24: the server closes after 1.5 keep-alives of silence.
 #[test]
 fn server_closes_a_silent_client() {
@@ -886,28 +911,7 @@ fn server_closes_a_silent_client() {
         let mut connect = mqtt_codec::Connect::new(version, ByteStr::from_static("c"));
         connect.keep_alive = 10;
         server.accept(Instant::ZERO, &connect, Default::default());
-        assert_eq!(server.poll_timeout(), Some(Instant::from_millis(15_000)));
-        server.handle_timeout(Instant::from_millis(14_999));
-        assert_eq!(server.poll_event(), None);
-        server.handle_timeout(Instant::from_millis(15_000));
-        let sent: Vec<_> =
-            std::iter::from_fn(|| server.poll_transmit(Instant::from_millis(15_000))).collect();
-        assert_eq!(
-            server.poll_event(),
-            Some(Event::Closed {
-                reason: ReasonCode::KEEP_ALIVE_TIMEOUT
-            })
-        );
-        if version == V5 {
-            assert!(
-                matches!(sent.last(), Some(Packet::Disconnect(d)) if d.reason_code == ReasonCode::KEEP_ALIVE_TIMEOUT)
-            );
-        } else {
-            assert!(
-                sent.iter().all(|p| !matches!(p, Packet::Disconnect(_))),
-                "3.1.1 servers send no DISCONNECT"
-            );
-        }
+        closes_at(&mut server, 15_000, ReasonCode::KEEP_ALIVE_TIMEOUT);
     }
 }
 
@@ -923,25 +927,7 @@ fn server_closes_a_connection_whose_credentials_expire() {
         connect.clean_start = false;
         server.accept(Instant::ZERO, &connect, Default::default());
         server.set_credentials_expiry(Some(Instant::from_millis(5_000)));
-        assert_eq!(server.poll_timeout(), Some(Instant::from_millis(5_000)));
-        server.handle_timeout(Instant::from_millis(4_999));
-        assert_eq!(server.poll_event(), None);
-        server.handle_timeout(Instant::from_millis(5_000));
-        let sent: Vec<_> =
-            std::iter::from_fn(|| server.poll_transmit(Instant::from_millis(5_000))).collect();
-        assert_eq!(
-            server.poll_event(),
-            Some(Event::Closed {
-                reason: ReasonCode::NOT_AUTHORIZED
-            })
-        );
-        if version == V5 {
-            assert!(
-                matches!(sent.last(), Some(Packet::Disconnect(d)) if d.reason_code == ReasonCode::NOT_AUTHORIZED)
-            );
-        } else {
-            assert!(sent.iter().all(|p| !matches!(p, Packet::Disconnect(_))));
-        }
+        closes_at(&mut server, 5_000, ReasonCode::NOT_AUTHORIZED);
         // The session comes back on a new connection, with no expiry of its own.
         server.connection_lost(Instant::from_millis(5_000));
         server.accept(Instant::from_millis(6_000), &connect, Default::default());

@@ -57,6 +57,17 @@ fn unsigned(claims: &Value) -> String {
     )
 }
 
+/// HS256 with `secret` in a file of its own (under `name`): the settings, and the key
+/// that signs tokens they accept.
+fn hs256(name: &str, secret: &str) -> (JwtConfig, EncodingKey) {
+    let file = dir(name).join("secret");
+    std::fs::write(&file, secret).unwrap();
+    (
+        JwtConfig::new(JwtAlgorithm::HS256, &file),
+        EncodingKey::from_secret(secret.as_bytes()),
+    )
+}
+
 /// A broker refusing anonymous clients, whose passwords are JWTs by `jwt`, with an ACL.
 async fn broker_jwt(jwt: JwtConfig, acl: Option<&Path>) -> (Broker, std::net::SocketAddr) {
     broker_with(|c| {
@@ -343,13 +354,9 @@ async fn es256_and_rs256_with_pem_and_jwks_keys() {
 // is not limited by it; one whose claim is malformed is refused.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn token_permissions_limit_publish_subscribe_and_will() {
-    let d = dir("grants");
-    let secret = d.join("secret");
-    std::fs::write(&secret, "grants-secret").unwrap();
-    let mut jwt = JwtConfig::new(JwtAlgorithm::HS256, &secret);
+    let (mut jwt, key) = hs256("grants", "grants-secret");
     jwt.acl_claim = Some("acl".to_owned());
     let (broker, addr) = broker_jwt(jwt, None).await;
-    let key = EncodingKey::from_secret(b"grants-secret");
     let exp = now() + 600;
     let limited = token(
         Algorithm::HS256,
@@ -495,13 +502,9 @@ async fn token_permissions_limit_publish_subscribe_and_will() {
 // off.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_connection_ends_when_its_token_expires() {
-    let d = dir("expiry");
-    let secret = d.join("secret");
-    std::fs::write(&secret, "fleet-secret\n").unwrap();
-    let mut config = JwtConfig::new(JwtAlgorithm::HS256, &secret);
+    let (mut config, key) = hs256("expiry", "fleet-secret");
     config.leeway = 0;
     let (broker, addr) = broker_jwt(config.clone(), None).await;
-    let key = EncodingKey::from_secret(b"fleet-secret");
     let t = now();
     let short = |sub: &str| token(Algorithm::HS256, &key, json!({"sub": sub, "exp": t + 3}));
     let long = token(

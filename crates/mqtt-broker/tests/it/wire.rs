@@ -38,16 +38,26 @@ async fn read_until_closed(s: &mut TcpStream, version: ProtocolVersion) -> Vec<P
     }
 }
 
+/// A connection whose CONNECT (as `id`) asks for a keep-alive of 1 s.
+async fn connect_with_keep_alive_1(
+    addr: std::net::SocketAddr,
+    version: ProtocolVersion,
+    id: &'static str,
+) -> TcpStream {
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    let mut c = Connect::new(version, ByteStr::from_static(id));
+    c.keep_alive = 1;
+    send(&mut s, c.into(), version).await;
+    s
+}
+
 // 3.1.1 MQTT-3.1.2-24, 5.0 MQTT-3.1.2-22: silence for 1.5 × keep-alive closes the
 // connection; 5.0 sends DISCONNECT 0x8D first.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn keep_alive_timeout() {
     let (broker, addr) = broker_with(|_| {}).await;
     for version in [ProtocolVersion::V3_1_1, ProtocolVersion::V5] {
-        let mut s = TcpStream::connect(addr).await.unwrap();
-        let mut c = Connect::new(version, ByteStr::from_static("silent"));
-        c.keep_alive = 1;
-        send(&mut s, c.into(), version).await;
+        let mut s = connect_with_keep_alive_1(addr, version, "silent").await;
         let start = Instant::now();
         let packets = read_until_closed(&mut s, version).await;
         let took = start.elapsed();
@@ -72,10 +82,7 @@ async fn keep_alive_timeout() {
 async fn keep_alive_timeout_while_deliveries_stream_in() {
     let (broker, addr) = broker_with(|_| {}).await;
     for version in [ProtocolVersion::V3_1_1, ProtocolVersion::V5] {
-        let mut s = TcpStream::connect(addr).await.unwrap();
-        let mut c = Connect::new(version, ByteStr::from_static("reads-only"));
-        c.keep_alive = 1;
-        send(&mut s, c.into(), version).await;
+        let mut s = connect_with_keep_alive_1(addr, version, "reads-only").await;
         let sub = mqtt_codec::Subscribe::new(
             mqtt_codec::PacketId::new(1).unwrap(),
             ByteStr::from_static("stream/#"),
