@@ -278,6 +278,19 @@ impl SessionCell {
         self.extra_mut().close_why = Some(why);
     }
 
+    /// Acts on the session's deadlines that have passed at `now` (keep-alive, the
+    /// connection's token), noting why for the close's log line when the token ran out.
+    pub(crate) fn handle_timeout(&mut self, now: mqtt_session::Instant) {
+        let expired = self
+            .session
+            .credentials_expiry()
+            .is_some_and(|at| now >= at);
+        self.session.handle_timeout(now);
+        if expired {
+            self.set_close_why("the token it connected with expired (exp plus leeway)".into());
+        }
+    }
+
     /// Takes what [`SessionCell::set_close_why`] noted.
     pub(crate) fn take_close_why(&mut self) -> Option<Box<str>> {
         let why = self.extra.as_deref_mut().and_then(|x| x.close_why.take());

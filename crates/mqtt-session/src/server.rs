@@ -729,6 +729,12 @@ impl ServerSession {
         }
     }
 
+    /// When the current connection's credentials run out, if they were given one
+    /// ([`set_credentials_expiry`](Self::set_credentials_expiry)).
+    pub fn credentials_expiry(&self) -> Option<Instant> {
+        self.credentials_expire.get()
+    }
+
     /// The timer set from [`poll_timeout`](Self::poll_timeout) fired.
     pub fn handle_timeout(&mut self, now: Instant) {
         if self.flow.connected {

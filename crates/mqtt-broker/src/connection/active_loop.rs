@@ -157,6 +157,12 @@ where
             if principal.is_none() {
                 principal = Some(cell.principal.clone());
             }
+            // A deadline that passed (the token's, or keep-alive's) is acted on here too:
+            // a client whose input never runs dry never lets this loop reach its wait,
+            // where the timer is.
+            if cell.session.poll_timeout().is_some_and(|at| now >= at) {
+                cell.handle_timeout(now);
+            }
             // Counted here and added once: the counters are shared by every connection.
             // Packets encoded for many subscribers go first: the session had no QoS 0
             // message queued and no control packet waiting when they came (see
@@ -537,7 +543,7 @@ where
                     // A deadline that passed (the keep-alive) leaves a DISCONNECT and an
                     // event to act on before any shrinking.
                     let due = cell.session.poll_timeout().is_some_and(|at| now >= at);
-                    cell.session.handle_timeout(now);
+                    cell.handle_timeout(now);
                     if !due && shrink_at.is_some_and(|at| Instant::now() >= at) {
                         cell.session.shrink_idle();
                         cell.shrink_encoded();

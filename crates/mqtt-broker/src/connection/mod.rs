@@ -138,6 +138,7 @@ impl std::fmt::Display for End {
                         ReasonCode::ADMINISTRATIVE_ACTION => {
                             f.write_str("kicked by an administrator")
                         }
+                        ReasonCode::NOT_AUTHORIZED => f.write_str("not authorized"),
                         _ if why.is_some() => write!(f, "protocol error: {code}"),
                         _ => write!(f, "closed by the broker: {code}"),
                     }?;
@@ -464,7 +465,7 @@ pub(crate) fn woken<S>(conn: &Conn<S>, alarm: Option<mqtt_session::Instant>) -> 
     }
     let now = conn.shared.now();
     if alarm.is_some_and(|at| now >= at) {
-        cell.session.handle_timeout(now);
+        cell.handle_timeout(now);
     }
     Ok(())
 }

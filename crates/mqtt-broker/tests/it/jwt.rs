@@ -554,6 +554,45 @@ async fn a_connection_ends_when_its_token_expires() {
         .spawn()
         .unwrap();
 
+    // A 5.0 client whose input never runs dry: it publishes back to back, so its
+    // connection never waits, and must be closed all the same.
+    let flood = {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let (mut rd, mut wr) = stream.into_split();
+        let mut connect = mqtt_codec::Connect::new(V5, s("flooder"));
+        connect.password = Some(Bytes::from(short("flooder")));
+        let mut out = bytes::BytesMut::new();
+        mqtt_codec::Packet::from(connect)
+            .encode(V5, &mut out)
+            .unwrap();
+        wr.write_all(&out).await.unwrap();
+        let mut batch = bytes::BytesMut::new();
+        for _ in 0..500 {
+            let p = crate::spec::publish("flood/x", b"0123456789", QoS::AtMostOnce, false);
+            mqtt_codec::Packet::from(p).encode(V5, &mut batch).unwrap();
+        }
+        let writer = tokio::spawn(async move {
+            let until = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+            while tokio::time::Instant::now() < until && wr.write_all(&batch).await.is_ok() {}
+        });
+        tokio::spawn(async move {
+            let mut decoder = mqtt_codec::Decoder::with_version(V5);
+            let mut buf = bytes::BytesMut::new();
+            let mut seen = Vec::new();
+            loop {
+                while let Ok(Some(p)) = decoder.decode(&mut buf) {
+                    seen.push(p);
+                }
+                match tokio::time::timeout(WAIT, rd.read_buf(&mut buf)).await {
+                    Ok(Ok(n)) if n > 0 => {}
+                    _ => break,
+                }
+            }
+            writer.abort();
+            seen
+        })
+    };
     // Well before the expiry, everyone is still there.
     tokio::time::sleep(std::time::Duration::from_millis(1_000)).await;
     with_will.ping().await;
@@ -587,6 +626,20 @@ async fn a_connection_ends_when_its_token_expires() {
     let log =
         String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
     assert!(log.contains("Received DISCONNECT (135)"), "{log}");
+    let seen = tokio::time::timeout(WAIT, flood)
+        .await
+        .expect("the flooder closed")
+        .unwrap();
+    assert!(
+        matches!(seen.first(), Some(mqtt_codec::Packet::ConnAck(a)) if a.reason_code == ReasonCode::SUCCESS),
+        "{:?}",
+        seen.first()
+    );
+    assert!(
+        matches!(seen.last(), Some(mqtt_codec::Packet::Disconnect(d)) if d.reason_code == ReasonCode::NOT_AUTHORIZED),
+        "{:?}",
+        seen.last()
+    );
     // The long-lived token's connection is still up.
     watcher.ping().await;
     broker.shutdown().await;
