@@ -75,9 +75,9 @@ async fn keep_alive_timeout() {
     broker.shutdown().await;
 }
 
-// The same for a client that only reads while messages keep coming to it: deliveries
-// are not its activity, and a steady stream of them must not keep the keep-alive timer
-// from ever being looked at.
+// 3.1.1 MQTT-3.1.2-24, 5.0 MQTT-3.1.2-22: the same for a client that only reads while
+// messages keep coming to it: deliveries are not its activity, and a steady stream of
+// them must not keep the keep-alive timer from ever being looked at.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn keep_alive_timeout_while_deliveries_stream_in() {
     let (broker, addr) = broker_with(|_| {}).await;
