@@ -156,6 +156,13 @@ impl Events {
         self.order.push_back(queued);
     }
 
+    /// Queues [`Event::Delivered`]: one per acknowledged message, so it goes straight
+    /// into the queue, without an [`Event`] built and matched on the way.
+    #[inline]
+    pub(crate) fn push_delivered(&mut self, id: MessageId, reason_code: ReasonCode) {
+        self.order.push_back(Queued::Delivered { id, reason_code });
+    }
+
     /// Queues [`Event::Message`].
     #[inline]
     pub(crate) fn push_message(&mut self, message: Message, arrival: Arrival) {

@@ -507,7 +507,7 @@ impl Flow {
                 } else {
                     code
                 };
-                t.events.push(Event::Delivered { id, reason_code });
+                t.events.push_delivered(id, reason_code);
             }
             // [MQTT-4.6.0-4]: PUBREL in the order the PUBRECs arrived.
             AckOutcome::SendPubRel => t.tx.push_back(Tx::PubRel(packet_id, ReasonCode::SUCCESS)),

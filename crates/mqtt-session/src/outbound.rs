@@ -383,8 +383,10 @@ impl Outbox {
     /// Where `id` is in the in-flight window: found by bisection while the window is in
     /// order (acknowledgements in any order then cost O(log n) each, not a search of a
     /// window that a peer's Receive Maximum lets grow to 65,535), else by a search.
+    /// The oldest entry is looked at first: most peers acknowledge in order.
     fn inflight_position(&self, id: PacketId) -> Option<usize> {
         match self.inflight.front() {
+            Some(front) if front.packet_id == id => Some(0),
             Some(front) if !self.inflight_unordered => {
                 let from = front.packet_id;
                 self.inflight
