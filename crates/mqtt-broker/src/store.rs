@@ -627,6 +627,9 @@ impl PagedSession for Pager {
             return false;
         }
         let (now, wall) = (shared.now(), SystemTime::now());
+        // Paged out for whoever had the session then: a connected client that may not
+        // read one does not get it (an offline session's are checked when it resumes).
+        let reader = cell.session.is_connected().then(|| cell.principal.clone());
         let Some(x) = cell.extra.as_deref_mut() else {
             return false;
         };
@@ -635,12 +638,23 @@ impl PagedSession for Pager {
         };
         p.asked = false;
         let mut taken = Vec::with_capacity(page.records.len());
+        let mut refused = 0u64;
         for r in page.records {
             if r.id < p.next || r.id > p.last {
                 continue;
             }
             p.messages = p.messages.saturating_sub(1);
             p.bytes = p.bytes.saturating_sub(r.message.size());
+            if let Some(principal) = &reader {
+                if !shared.may_receive(
+                    &self.handle.client_id,
+                    principal.as_deref(),
+                    &r.message.topic,
+                ) {
+                    refused += 1;
+                    continue;
+                }
+            }
             let at = match r.expires_at {
                 None => None,
                 // Expired on disk: its record goes with the session's next export.
@@ -663,6 +677,12 @@ impl PagedSession for Pager {
         }
         for (id, at, message) in taken {
             cell.session.page_in(MessageId(id), at, message);
+        }
+        if refused > 0 {
+            shared
+                .stats
+                .publish_dropped
+                .fetch_add(refused, Ordering::Relaxed);
         }
         cell.shrink_extra();
         shared.session_changed(&self.handle, &cell);

@@ -112,6 +112,7 @@ fn drop_text(reason: DropReason) -> &'static str {
         DropReason::Expired => "its message expiry interval passed",
         DropReason::TooLarge => "larger than the server's maximum packet size",
         DropReason::SessionDiscarded => "the session was discarded",
+        DropReason::NotAuthorized => "not authorized for the client that resumed the session",
         DropReason::QosNotSupported => "the server does not support its QoS",
         DropReason::RetainNotSupported => "the server does not support retained messages",
     }

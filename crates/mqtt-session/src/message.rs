@@ -249,6 +249,9 @@ pub enum DropReason {
     TooLarge,
     /// The session was discarded (clean start, or the peer had no session).
     SessionDiscarded,
+    /// Server end: the client that resumed the session may not read it (its user, or
+    /// the rules, changed since the message was queued).
+    NotAuthorized,
     /// Client end: the server's Maximum QoS is below the message's QoS ([MQTT-3.2.2-11]).
     QosNotSupported,
     /// Client end: the server does not support retained messages ([MQTT-3.2.2-14]).

@@ -606,6 +606,48 @@ impl Outbox {
         lost
     }
 
+    /// Drops the messages queued or in flight (their PUBLISH not yet acknowledged) for
+    /// which `refuse` says so, each reported to `events` with `reason`; returns how many.
+    /// A QoS 2 exchange past PUBREC holds no message any more and stays.
+    pub(crate) fn drop_where(
+        &mut self,
+        mut refuse: impl FnMut(&Message) -> bool,
+        reason: DropReason,
+        events: &mut Events,
+    ) -> usize {
+        let mut dropped = 0;
+        let (store, queued_bytes, queued_qos0) = (
+            &mut self.store,
+            &mut self.queued_bytes,
+            &mut self.queued_qos0,
+        );
+        self.queue.retain(|q| {
+            if !store.get(q.slot).is_some_and(&mut refuse) {
+                return true;
+            }
+            store.remove(q.slot);
+            *queued_bytes -= q.size;
+            *queued_qos0 -= usize::from(q.qos == QoS::AtMostOnce);
+            events.push(Event::Dropped { id: q.id, reason });
+            dropped += 1;
+            false
+        });
+        let inflight_bytes = &mut self.inflight_bytes;
+        // Removing entries keeps the window in order: `inflight_unordered` stays true.
+        self.inflight.retain(|f| {
+            let Some(slot) = f.slot.filter(|&s| store.get(s).is_some_and(&mut refuse)) else {
+                return true;
+            };
+            store.remove(slot);
+            *inflight_bytes -= f.size;
+            events.push(Event::Dropped { id: f.id, reason });
+            dropped += 1;
+            false
+        });
+        self.note_inflight_removed();
+        dropped
+    }
+
     /// Forgets the aliases of the connection that ended ([MQTT-3.3.2-7]).
     pub(crate) fn reset_aliases(&mut self) {
         self.aliases = None;

@@ -455,6 +455,23 @@ impl ServerSession {
         connack
     }
 
+    /// Drops the messages waiting for the client, queued or in flight with their
+    /// PUBLISH unacknowledged, for which `refuse` says so: for a server whose read
+    /// permissions may differ for the client that resumes the session (another user,
+    /// or rules changed since the messages were queued), as Mosquitto checks a durable
+    /// client's queued messages when it reconnects. Each is reported as
+    /// [`Event::Dropped`] with [`DropReason::NotAuthorized`](crate::DropReason). Call it
+    /// before [`accept`](Self::accept), which resends what is in flight. Returns how
+    /// many were dropped.
+    pub fn drop_messages_where(&mut self, refuse: impl FnMut(&Message) -> bool) -> usize {
+        match self.flow.traffic_mut_if_any() {
+            Some(t) => t
+                .outbox
+                .drop_where(refuse, crate::DropReason::NotAuthorized, &mut t.events),
+            None => 0,
+        }
+    }
+
     /// Queues a message routed to this session. Refused, with the message handed back,
     /// when the queue is full (see [`crate::DropReason::QueueFull`]) or when a QoS 0
     /// message finds the session offline.

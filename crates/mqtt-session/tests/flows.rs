@@ -331,6 +331,86 @@ fn resends_keep_order_and_set_dup() {
     }
 }
 
+/// What a server refuses before resuming a session (its client may not read it) is
+/// neither resent nor sent: in flight or queued, it is dropped and reported; a QoS 2
+/// exchange past PUBREC, which holds no message, goes on.
+#[test]
+fn messages_refused_before_a_resume_are_not_sent() {
+    for version in [V311, V5] {
+        let mut pair = connected(version);
+        // A QoS 2 exchange left waiting for PUBCOMP: driven until the server writes
+        // PUBREL, which goes out first below.
+        pair.server
+            .deliver(pair.now, msg("secret/0", "0", QoS::ExactlyOnce))
+            .unwrap();
+        while !pair
+            .server_sent
+            .iter()
+            .any(|p| matches!(p, Packet::PubRel(_)))
+        {
+            assert_eq!(pair.drive_limited(1), 1);
+        }
+        // Four in flight, written after that PUBREL and lost with the link.
+        for (topic, qos) in [
+            ("ok/1", QoS::AtLeastOnce),
+            ("secret/1", QoS::AtLeastOnce),
+            ("ok/2", QoS::ExactlyOnce),
+            ("secret/2", QoS::ExactlyOnce),
+        ] {
+            pair.server
+                .deliver(pair.now, msg(topic, topic, qos))
+                .unwrap();
+        }
+        pair.drive_limited(1);
+        pair.cut();
+        // Two queued while offline.
+        for topic in ["ok/3", "secret/3"] {
+            pair.server
+                .deliver(pair.now, msg(topic, topic, QoS::AtLeastOnce))
+                .unwrap();
+        }
+        // With the QoS 2 exchange waiting for PUBCOMP.
+        assert_eq!(pair.server.pending_messages(), 7, "{version}");
+        pair.take_server_events();
+        pair.take_client_events();
+        let refused = pair
+            .server
+            .drop_messages_where(|m| m.topic.starts_with("secret/"));
+        assert_eq!(refused, 3, "{version}");
+        let events = pair.take_server_events();
+        let mut dropped = Vec::new();
+        while let Some(e) = pair.server.poll_event() {
+            dropped.push(e);
+        }
+        dropped.extend(events);
+        assert_eq!(dropped.len(), 3, "{version} {dropped:?}");
+        assert!(dropped.iter().all(|e| matches!(
+            e,
+            Event::Dropped {
+                reason: DropReason::NotAuthorized,
+                ..
+            }
+        )));
+        pair.server_sent.clear();
+        pair.connect();
+        let sent: Vec<_> = pair
+            .server_sent
+            .iter()
+            .filter_map(|p| match p {
+                Packet::Publish(p) => Some(p.topic.to_string()),
+                Packet::PubRel(_) => Some("PUBREL".to_owned()),
+                _ => None,
+            })
+            .collect();
+        // Resent in order, then the new one; the client's answers move ok/2 on after.
+        assert_eq!(sent[..4], ["PUBREL", "ok/1", "ok/2", "ok/3"], "{version}");
+        assert!(sent.iter().all(|t| !t.starts_with("secret/")), "{sent:?}");
+        assert_eq!(pair.server.pending_messages(), 0, "{version}");
+        assert_eq!(pair.server.queued_bytes(), 0, "{version}");
+        assert_eq!(pair.server.held_bytes(), 0, "{version}");
+    }
+}
+
 // ---- flow control --------------------------------------------------------------------
 
 // 5.0 MQTT-3.3.4-7, 5.0 MQTT-3.3.4-9, 5.0 MQTT-4.9.0-2: no more in flight than Receive

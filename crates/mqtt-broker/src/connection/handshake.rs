@@ -432,6 +432,23 @@ pub(crate) async fn attach<W: AsyncWrite + Unpin>(
             Vec::new()
         };
         let old_version = cell.session.version();
+        if resumed && shared.filters_delivery {
+            // What waits in a resumed session was routed for the connection that had it
+            // then: this client may not read all of it (another user, or rules changed
+            // since), so each message is checked again, as Mosquitto checks a durable
+            // client's queue when it reconnects; before `accept`, which resends what
+            // is in flight.
+            let refused = cell.session.drop_messages_where(|m| {
+                !shared.may_receive(&connect.client_id, principal.as_deref(), &m.topic)
+            });
+            if refused > 0 {
+                shared
+                    .stats
+                    .publish_dropped
+                    .fetch_add(refused as u64, Ordering::Relaxed);
+                info!(client = %connect.client_id, %peer, user = ?connect.username, dropped = refused, "messages waiting in the resumed session dropped: this client may not read them");
+            }
+        }
         cell.session.accept(now, &connect, properties);
         cell.session
             .set_credentials_expiry(token_valid_until.map(|until| token_deadline(now, until)));

@@ -622,6 +622,154 @@ async fn shared_subscriptions_pass_over_members_who_may_not_read() {
     std::fs::remove_dir_all(&d).unwrap();
 }
 
+/// `mosquitto_sub` resuming the session `id` as `user` (Clean Session 0; in 5.0 with a
+/// Session Expiry Interval) on `sensors/#` at QoS 1: the lines it prints within 2 s.
+async fn mosquitto_sub_resuming(port: u16, version: &str, id: &str, user: &str) -> Vec<String> {
+    let port = port.to_string();
+    let mut args = vec![
+        "-h",
+        "127.0.0.1",
+        "-p",
+        &port,
+        "-V",
+        version,
+        "-i",
+        id,
+        "-c",
+        "-u",
+        user,
+        "-P",
+    ];
+    args.extend([
+        ACL_PASSWORDS
+            .iter()
+            .find(|(u, _)| *u == user)
+            .map(|(_, p)| *p)
+            .unwrap(),
+        "-t",
+        "sensors/#",
+        "-q",
+        "1",
+        "-v",
+        "-W",
+        "2",
+    ]);
+    if version == "mqttv5" {
+        args.extend(["-x", "300"]);
+    }
+    let out = Command::new("mosquitto_sub")
+        .args(&args)
+        .output()
+        .await
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(str::to_owned)
+        .collect()
+}
+
+/// A CONNECT that resumes a persistent session as `user` (of `ACL_PASSWORDS`).
+fn keep(user: &'static str) -> impl FnOnce(&mut mqtt_codec::Connect) {
+    move |c| {
+        c.clean_start = false;
+        c.properties.session_expiry_interval = Some(300);
+        c.username = Some(s(user));
+        let (_, password) = ACL_PASSWORDS.iter().find(|(u, _)| *u == user).unwrap();
+        c.password = Some(Bytes::copy_from_slice(password.as_bytes()));
+    }
+}
+
+// A session resumed by another user (or by the same one after the rules changed) gets
+// only the waiting messages that user may read, as Mosquitto checks a durable client's
+// queue when it reconnects: queued while it was away (mosquitto_sub resumes it), and
+// in flight to the connection it takes over (resent only if readable).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_resumed_session_gets_only_what_its_new_user_may_read() {
+    crate::pki::require("mosquitto_sub", "install Debian's mosquitto-clients");
+    let (d, pw, acl) = acl_files("resumed", ACL);
+    let (broker, addr) = broker_files(Some(&pw), Some(&acl)).await;
+    let (mut admin, _) = connect_as(addr, V5, "publisher", Some(("admin", "admin"))).await;
+    for (v, version) in [(V3, "mqttv311"), (V5, "mqttv5")] {
+        let id = format!("handover-{v}");
+        // Offline: the admin's session queues what alice may read and what she may not.
+        let (mut c, _) = Client::connect_with(addr, v, &id, keep("admin")).await;
+        c.sub("sensors/#", QoS::AtLeastOnce).await;
+        c.drop_connection();
+        for topic in ["sensors/a", "sensors/secret/x", "sensors/b"] {
+            let mut p = publish(topic, b"queued", QoS::AtLeastOnce, false);
+            p.qos_pid = QosPid::new(QoS::AtLeastOnce, pid(1));
+            admin.publish(p).await;
+        }
+        let got = mosquitto_sub_resuming(addr.port(), version, &id, "alice").await;
+        assert_eq!(got, ["sensors/a queued", "sensors/b queued"], "{v}");
+        // In flight: delivered to the admin's connection, unacknowledged, then taken over.
+        let (mut c, _) = Client::connect_with(addr, v, &id, keep("admin")).await;
+        for topic in ["sensors/secret/y", "sensors/c"] {
+            let mut p = publish(topic, b"in flight", QoS::AtLeastOnce, false);
+            p.qos_pid = QosPid::new(QoS::AtLeastOnce, pid(2));
+            admin.publish(p).await;
+        }
+        for topic in ["sensors/secret/y", "sensors/c"] {
+            assert_eq!(c.recv_publish().await.topic, topic, "{v}");
+        }
+        let (mut alice, ack) = Client::connect_with(addr, v, &id, keep("alice")).await;
+        assert!(ack.session_present, "{v}");
+        let p = alice.recv_publish().await;
+        assert_eq!((p.topic.as_str(), p.dup), ("sensors/c", true), "{v}");
+        alice.ack(&p).await;
+        alice.quiet().await;
+        // The admin, resuming, may read everything again: nothing was left behind.
+        alice.drop_connection();
+        let (mut c, _) = Client::connect_with(addr, v, &id, keep("admin")).await;
+        c.quiet().await;
+    }
+    broker.shutdown().await;
+    std::fs::remove_dir_all(&d).unwrap();
+}
+
+// The same for a backlog kept on disk (more waiting than `limits.max_queued_messages`
+// holds in memory): what is read back for a client that may not read it is dropped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_resumed_sessions_backlog_on_disk_is_checked_too() {
+    let (d, pw, acl) = acl_files("paged", ACL);
+    let store = d.join("store.redb");
+    let (broker, addr) = broker_with(|c| {
+        c.auth.allow_anonymous = false;
+        c.auth.password_file = Some(pw);
+        c.auth.acl_file = Some(acl);
+        c.persistence.mode = mqtt_broker::config::PersistenceMode::Sync;
+        c.persistence.path = store;
+        c.limits.max_queued_messages = 10;
+    })
+    .await;
+    let (mut c, _) = Client::connect_with(addr, V5, "paged", keep("admin")).await;
+    c.sub("sensors/#", QoS::AtLeastOnce).await;
+    c.drop_connection();
+    let (mut admin, _) = connect_as(addr, V5, "publisher", Some(("admin", "admin"))).await;
+    let topic = |i: usize| {
+        if i % 2 == 0 {
+            format!("sensors/a/{i}")
+        } else {
+            format!("sensors/secret/{i}")
+        }
+    };
+    for i in 0..60 {
+        let mut p = publish(&topic(i), b"backlog", QoS::AtLeastOnce, false);
+        p.qos_pid = QosPid::new(QoS::AtLeastOnce, pid(1));
+        admin.publish(p).await;
+    }
+    let (mut alice, ack) = Client::connect_with(addr, V5, "paged", keep("alice")).await;
+    assert!(ack.session_present);
+    for i in (0..60).step_by(2) {
+        let p = alice.recv_publish().await;
+        assert_eq!(p.topic.as_str(), topic(i));
+        alice.ack(&p).await;
+    }
+    alice.quiet().await;
+    broker.shutdown().await;
+    std::fs::remove_dir_all(&d).unwrap();
+}
+
 // A will is checked against the ACL at CONNECT: refused (5.0: 0x87; 3.1.1: 5) where
 // its client may not write; allowed, it is published to those who may read it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
