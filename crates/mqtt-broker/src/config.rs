@@ -442,6 +442,11 @@ pub struct LimitsConfig {
     /// Bytes queued in all sessions together; past it, only sessions with an empty
     /// queue take new messages, so many slow subscribers cannot exhaust memory.
     pub max_queued_bytes_total: usize,
+    /// Whether a subscriber fed a sustained stream of small batches (eight in a row,
+    /// each within 200 µs of the last write) writes about once per millisecond instead
+    /// of once per batch: fewer system calls on both ends, at up to about 1.5 ms of
+    /// added latency for that subscriber. `false` writes every batch at once.
+    pub coalesce_writes: bool,
 }
 
 /// Retained messages.
@@ -530,6 +535,7 @@ impl Default for LimitsConfig {
             write_timeout: 60,
             tcp_keepalive: 300,
             max_queued_bytes_total: 1024 * 1024 * 1024,
+            coalesce_writes: true,
         }
     }
 }

@@ -33,7 +33,7 @@ use tracing::{error, info};
 use crate::config::Config;
 
 /// The keys [`Live`] applies, and `log.level`, which the owner of the log applies.
-const LIVE_KEYS: [&str; 12] = [
+const LIVE_KEYS: [&str; 13] = [
     "limits.max_connections",
     "limits.max_sessions",
     "limits.max_client_id_len",
@@ -41,6 +41,7 @@ const LIVE_KEYS: [&str; 12] = [
     "limits.connect_timeout",
     "limits.write_timeout",
     "limits.tcp_keepalive",
+    "limits.coalesce_writes",
     "retain.max_messages",
     "retain.max_bytes",
     "log.level",
@@ -58,6 +59,7 @@ pub(crate) struct Live {
     connect_timeout: AtomicU64,
     write_timeout: AtomicU64,
     tcp_keepalive: AtomicU64,
+    coalesce_writes: AtomicBool,
     retain_max_messages: AtomicUsize,
     retain_max_bytes: AtomicUsize,
     log_connections: AtomicBool,
@@ -74,6 +76,7 @@ impl Live {
             connect_timeout: AtomicU64::new(0),
             write_timeout: AtomicU64::new(0),
             tcp_keepalive: AtomicU64::new(0),
+            coalesce_writes: AtomicBool::new(false),
             retain_max_messages: AtomicUsize::new(0),
             retain_max_bytes: AtomicUsize::new(0),
             log_connections: AtomicBool::new(false),
@@ -95,6 +98,7 @@ impl Live {
         self.connect_timeout.store(l.connect_timeout, r);
         self.write_timeout.store(l.write_timeout, r);
         self.tcp_keepalive.store(l.tcp_keepalive, r);
+        self.coalesce_writes.store(l.coalesce_writes, r);
         self.retain_max_messages
             .store(config.retain.max_messages, r);
         self.retain_max_bytes.store(config.retain.max_bytes, r);
@@ -125,6 +129,10 @@ impl Live {
     /// `limits.write_timeout`, in seconds.
     pub(crate) fn write_timeout_secs(&self) -> u64 {
         self.write_timeout.load(Ordering::Relaxed)
+    }
+    /// `limits.coalesce_writes`.
+    pub(crate) fn coalesce_writes(&self) -> bool {
+        self.coalesce_writes.load(Ordering::Relaxed)
     }
     /// `limits.tcp_keepalive`, in seconds.
     pub(crate) fn tcp_keepalive(&self) -> u64 {

@@ -61,6 +61,8 @@ pub(crate) struct Stats {
     pub(crate) subscriptions_refused: AtomicU64,
     /// Connections closed because the client read nothing for `limits.write_timeout`.
     pub(crate) write_timeouts: AtomicU64,
+    /// Writes that waited for more (`limits.coalesce_writes`).
+    pub(crate) writes_coalesced: AtomicU64,
     /// Retained messages routed but not retained: over `retain.max_messages` or
     /// `retain.max_bytes`.
     pub(crate) retained_refused: AtomicU64,
@@ -425,7 +427,17 @@ impl Shared {
 
     /// Session time: milliseconds since the broker started.
     pub(crate) fn now(&self) -> mqtt_session::Instant {
-        mqtt_session::Instant::from_millis(self.origin.elapsed().as_millis() as u64)
+        Self::session_time(self.elapsed())
+    }
+
+    /// The time since the broker started, to the clock's resolution.
+    pub(crate) fn elapsed(&self) -> std::time::Duration {
+        self.origin.elapsed()
+    }
+
+    /// [`Shared::now`] at `elapsed` (from [`Shared::elapsed`]).
+    pub(crate) fn session_time(elapsed: std::time::Duration) -> mqtt_session::Instant {
+        mqtt_session::Instant::from_millis(elapsed.as_millis() as u64)
     }
 
     /// Converts a session deadline back to tokio time.

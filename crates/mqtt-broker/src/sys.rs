@@ -66,7 +66,7 @@ pub(crate) async fn run(shared: Arc<Shared>, interval: Duration) {
         let load = |c: &std::sync::atomic::AtomicU64| c.load(Ordering::Relaxed).to_string();
         let connected = s.connected.load(Ordering::Relaxed);
         let sessions = shared.session_count();
-        let values: [(&str, String); 26] = [
+        let values: [(&str, String); 27] = [
             (
                 "$SYS/broker/version",
                 format!("mqtt-rs mqtt-broker {}", env!("CARGO_PKG_VERSION")),
@@ -119,6 +119,10 @@ pub(crate) async fn run(shared: Arc<Shared>, interval: Duration) {
             (
                 "$SYS/broker/clients/write timeouts",
                 load(&s.write_timeouts),
+            ),
+            (
+                "$SYS/broker/clients/writes coalesced",
+                load(&s.writes_coalesced),
             ),
             (
                 "$SYS/broker/subscriptions/refused",

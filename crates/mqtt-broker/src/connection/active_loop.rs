@@ -84,6 +84,7 @@ where
     // than one packet: a busy subscriber, which yields once before it flushes (below).
     let mut yield_before_flush = false;
     let mut last_flush = 0u64;
+    let mut coalescing = coalesce::Coalescing::default();
     // The acknowledgements of the PUBLISH packets of a batch, decided as they are routed.
     let mut verdicts = Vec::new();
     // How much the next read asks for: grows while reads fill it (see MAX_READ_CHUNK).
@@ -137,14 +138,26 @@ where
         // writes, 5 messages each, and cost 0.23-0.32 CPU s per million deliveries where
         // yielding every time costs 0.11-0.17, while 1000 pairs, fan-in and shared
         // subscriptions cost the same either way (docs/benchmarks.md).
-        if std::mem::take(&mut yield_before_flush) && last_flush > 1 {
-            tokio::task::yield_now().await;
+        //
+        // A subscriber of a sustained stream of small batches waits longer, for the
+        // timer's next tick (`coalesce`).
+        if std::mem::take(&mut yield_before_flush) {
+            if shared.live.coalesce_writes() && coalescing.should_wait(shared.elapsed()) {
+                shared
+                    .stats
+                    .writes_coalesced
+                    .fetch_add(1, Ordering::Relaxed);
+                tokio::time::sleep(coalesce::WAIT).await;
+            } else if last_flush > 1 {
+                tokio::task::yield_now().await;
+            }
         }
         // 1. Flush: take what the session has to send and its events, under the lock.
         let mut more = false;
         // One clock reading for the turn: the session's flush and the routing below take
         // the same time unless the task yields between them.
-        let mut now = shared.now();
+        let elapsed = shared.elapsed();
+        let mut now = Shared::session_time(elapsed);
         let deadline = {
             let mut cell = handle.lock();
             if cell.generation != generation {
@@ -206,6 +219,9 @@ where
                 settle = false;
             }
             last_flush = packets;
+            if packets > 0 {
+                coalescing.wrote(elapsed, packets);
+            }
             if packets > 0 {
                 shared
                     .stats

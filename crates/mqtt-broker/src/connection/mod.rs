@@ -27,6 +27,7 @@ use crate::{sessions::SessionHandle, shared::Shared};
 
 mod active_loop;
 mod close;
+mod coalesce;
 mod enhanced;
 mod handshake;
 mod hibernate;

@@ -208,6 +208,13 @@ impl Collector for BrokerCollector {
             None,
             load(&s.write_timeouts),
         )?;
+        counter(
+            &mut e,
+            "writes_coalesced",
+            "Writes to a subscriber of a sustained stream of small batches that waited for more (limits.coalesce_writes).",
+            None,
+            load(&s.writes_coalesced),
+        )?;
         gauge(
             &mut e,
             "sessions",

@@ -678,3 +678,109 @@ async fn keep_alive_zero_gets_the_default_cap() {
     assert_eq!(ack.properties.server_keep_alive, Some(65_535));
     broker.shutdown().await;
 }
+
+/// The value of `$SYS/broker/clients/writes coalesced` as soon as it satisfies `want`
+/// (the topic is retained and published every second), or the last one seen in 5 s.
+async fn writes_coalesced(addr: std::net::SocketAddr, want: impl Fn(u64) -> bool) -> u64 {
+    let v = ProtocolVersion::V5;
+    let (mut watcher, _) =
+        Raw::connect(addr, Connect::new(v, ByteStr::from_static("co-sys"))).await;
+    let filter = ByteStr::from_static("$SYS/broker/clients/writes coalesced");
+    watcher
+        .send(Subscribe::new(PacketId::MIN, filter, QoS::AtMostOnce).into())
+        .await;
+    let until = tokio::time::Instant::now() + Duration::from_secs(5);
+    let mut last = None;
+    while let Some(p) = watcher
+        .next_within(until - tokio::time::Instant::now())
+        .await
+    {
+        if let Packet::Publish(p) = p {
+            let n: u64 = std::str::from_utf8(&p.payload).unwrap().parse().unwrap();
+            last = Some(n);
+            if want(n) {
+                break;
+            }
+        }
+    }
+    last.expect("$SYS/broker/clients/writes coalesced is published")
+}
+
+// limits.coalesce_writes: a subscriber (mosquitto_sub) fed a sustained stream of small
+// batches gets every message, in order, and the last one at once when the stream stops;
+// with the setting on, some of its writes waited for more (counted in $SYS), with it
+// off, none did.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sustained_stream_of_small_batches_is_coalesced() {
+    crate::pki::require("mosquitto_sub", "install Debian's mosquitto-clients");
+    // Judged by timing (a stream is told by its gaps): alone on the machine.
+    let _alone = crate::TIMING.write().await;
+    const BURSTS: usize = 2_000;
+    const BURST: usize = 3;
+    for on in [true, false] {
+        let (broker, addr) = broker_with(|c| c.limits.coalesce_writes = on).await;
+        let total = (BURSTS * BURST).to_string();
+        let sub = tokio::process::Command::new("mosquitto_sub")
+            .args([
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &addr.port().to_string(),
+                "-V",
+                "mqttv5",
+            ])
+            .args(["-t", "co/#", "-C", &total, "-W", "30"])
+            .stdout(std::process::Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap();
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        // Bursts of three messages about every 50 µs, from a thread of its own that
+        // waits by spinning (a sleep can take longer than the stream's gaps).
+        let publisher = std::thread::spawn(move || {
+            use std::io::Write as _;
+            let mut s = std::net::TcpStream::connect(addr).unwrap();
+            s.set_nodelay(true).unwrap();
+            let v = ProtocolVersion::V5;
+            let mut b = BytesMut::new();
+            Packet::from(Connect::new(v, ByteStr::from_static("co-pub")))
+                .encode(v, &mut b)
+                .unwrap();
+            s.write_all(&b).unwrap();
+            let mut next = std::time::Instant::now();
+            for burst in 0..BURSTS {
+                b.clear();
+                for i in 0..BURST {
+                    let n = burst * BURST + i;
+                    let p = Publish::new(ByteStr::from_static("co/x"), Bytes::from(n.to_string()));
+                    Packet::from(p).encode(v, &mut b).unwrap();
+                }
+                s.write_all(&b).unwrap();
+                next += Duration::from_micros(50);
+                while std::time::Instant::now() < next {
+                    std::hint::spin_loop();
+                }
+            }
+            (s, std::time::Instant::now())
+        });
+        let (_stream, finished) = tokio::task::spawn_blocking(move || publisher.join().unwrap())
+            .await
+            .unwrap();
+        let out = sub.wait_with_output().await.unwrap();
+        let lag = finished.elapsed();
+        let got: Vec<usize> = String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .map(|l| l.parse().unwrap())
+            .collect();
+        assert_eq!(got, (0..BURSTS * BURST).collect::<Vec<_>>(), "on: {on}");
+        // The last messages were not held back for more that never came.
+        assert!(lag < Duration::from_secs(2), "on: {on}, {lag:?}");
+        if on {
+            assert!(writes_coalesced(addr, |n| n > 0).await > 0);
+        } else {
+            tokio::time::sleep(Duration::from_millis(1_500)).await;
+            assert_eq!(writes_coalesced(addr, |_| true).await, 0);
+        }
+        broker.shutdown().await;
+    }
+}
