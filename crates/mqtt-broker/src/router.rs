@@ -383,6 +383,12 @@ impl Shared {
     /// other members of their groups.
     pub(crate) fn redistribute_shared(&self, from: &SessionHandle) {
         let orphans: Vec<(GroupId, Message)> = from.lock().take_shared().into_values().collect();
+        self.redistribute(from, orphans);
+    }
+
+    /// Delivers messages `from` had from shared subscriptions to other members of
+    /// their groups.
+    pub(crate) fn redistribute(&self, from: &SessionHandle, orphans: Vec<(GroupId, Message)>) {
         if orphans.is_empty() {
             return;
         }

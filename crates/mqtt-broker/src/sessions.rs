@@ -315,6 +315,19 @@ impl SessionCell {
         taken
     }
 
+    /// Takes the shared-subscription messages among `ids` still unacknowledged.
+    pub(crate) fn take_shared_of(&mut self, ids: &[MessageId]) -> Vec<(GroupId, Message)> {
+        let Some(x) = self.extra.as_deref_mut() else {
+            return Vec::new();
+        };
+        let taken = ids
+            .iter()
+            .filter_map(|id| x.shared_unacked.remove(id))
+            .collect();
+        self.shrink_extra();
+        taken
+    }
+
     /// Forgets shared-subscription messages that completed or were dropped.
     pub(crate) fn settle_shared(&mut self, ids: &[MessageId]) {
         if let Some(x) = self.extra.as_deref_mut() {

@@ -606,16 +606,18 @@ impl Outbox {
         lost
     }
 
-    /// Drops the messages queued or in flight (their PUBLISH not yet acknowledged) for
-    /// which `refuse` says so, each reported to `events` with `reason`; returns how many.
-    /// A QoS 2 exchange past PUBREC holds no message any more and stays.
+    /// Drops the messages queued, or in flight at QoS 1 (PUBACK awaited), for which
+    /// `refuse` says so, each reported to `events` with `reason`; returns their ids.
+    /// QoS 2 exchanges in flight stay: the client may hold a packet identifier until
+    /// PUBREL releases it (4.3.3), and one left waiting would make it take a later
+    /// message with that identifier for a duplicate.
     pub(crate) fn drop_where(
         &mut self,
         mut refuse: impl FnMut(&Message) -> bool,
         reason: DropReason,
         events: &mut Events,
-    ) -> usize {
-        let mut dropped = 0;
+    ) -> Vec<MessageId> {
+        let mut dropped = Vec::new();
         let (store, queued_bytes, queued_qos0) = (
             &mut self.store,
             &mut self.queued_bytes,
@@ -629,19 +631,22 @@ impl Outbox {
             *queued_bytes -= q.size;
             *queued_qos0 -= usize::from(q.qos == QoS::AtMostOnce);
             events.push(Event::Dropped { id: q.id, reason });
-            dropped += 1;
+            dropped.push(q.id);
             false
         });
         let inflight_bytes = &mut self.inflight_bytes;
-        // Removing entries keeps the window in order: `inflight_unordered` stays true.
+        // Removing entries keeps the window's order: `inflight_unordered` stays as it is.
         self.inflight.retain(|f| {
-            let Some(slot) = f.slot.filter(|&s| store.get(s).is_some_and(&mut refuse)) else {
+            let Some(slot) = f
+                .slot
+                .filter(|&s| f.phase == Awaiting::PubAck && store.get(s).is_some_and(&mut refuse))
+            else {
                 return true;
             };
             store.remove(slot);
             *inflight_bytes -= f.size;
             events.push(Event::Dropped { id: f.id, reason });
-            dropped += 1;
+            dropped.push(f.id);
             false
         });
         self.note_inflight_removed();

@@ -455,20 +455,22 @@ impl ServerSession {
         connack
     }
 
-    /// Drops the messages waiting for the client, queued or in flight with their
-    /// PUBLISH unacknowledged, for which `refuse` says so: for a server whose read
+    /// Drops the messages waiting for the client, queued or in flight at QoS 1 with
+    /// their PUBLISH unacknowledged, for which `refuse` says so: for a server whose read
     /// permissions may differ for the client that resumes the session (another user,
     /// or rules changed since the messages were queued), as Mosquitto checks a durable
     /// client's queued messages when it reconnects. Each is reported as
-    /// [`Event::Dropped`] with [`DropReason::NotAuthorized`](crate::DropReason). Call it
-    /// before [`accept`](Self::accept), which resends what is in flight. Returns how
-    /// many were dropped.
-    pub fn drop_messages_where(&mut self, refuse: impl FnMut(&Message) -> bool) -> usize {
+    /// [`Event::Dropped`] with [`DropReason::NotAuthorized`](crate::DropReason). QoS 2
+    /// messages already sent stay and are resent: the client may hold their packet
+    /// identifiers until the exchange ends (4.3.3). Call it before
+    /// [`accept`](Self::accept), which resends what is in flight. Returns the
+    /// identifiers of the messages dropped.
+    pub fn drop_messages_where(&mut self, refuse: impl FnMut(&Message) -> bool) -> Vec<MessageId> {
         match self.flow.traffic_mut_if_any() {
             Some(t) => t
                 .outbox
                 .drop_where(refuse, crate::DropReason::NotAuthorized, &mut t.events),
-            None => 0,
+            None => Vec::new(),
         }
     }
 

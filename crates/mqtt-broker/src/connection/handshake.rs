@@ -399,6 +399,8 @@ pub(crate) async fn attach<W: AsyncWrite + Unpin>(
     crate::owned::own_connect(&mut connect);
     let_the_old_connection_finish(shared, &connect.client_id).await;
     let now = shared.now();
+    // Shared-subscription messages the resumed session may no longer have.
+    let mut orphans = Vec::new();
     let (handle, generation, stale_filters, old_version, resumed) = loop {
         let handle = shared.session(&connect.client_id);
         let mut cell = handle.lock();
@@ -441,12 +443,14 @@ pub(crate) async fn attach<W: AsyncWrite + Unpin>(
             let refused = cell.session.drop_messages_where(|m| {
                 !shared.may_receive(&connect.client_id, principal.as_deref(), &m.topic)
             });
-            if refused > 0 {
+            if !refused.is_empty() {
                 shared
                     .stats
                     .publish_dropped
-                    .fetch_add(refused as u64, Ordering::Relaxed);
-                info!(client = %connect.client_id, %peer, user = ?connect.username, dropped = refused, "messages waiting in the resumed session dropped: this client may not read them");
+                    .fetch_add(refused.len() as u64, Ordering::Relaxed);
+                info!(client = %connect.client_id, %peer, user = ?connect.username, dropped = refused.len(), "messages waiting in the resumed session dropped: this client may not read them");
+                // Those from shared subscriptions go to other members of their groups.
+                orphans = cell.take_shared_of(&refused);
             }
         }
         cell.session.accept(now, &connect, properties);
@@ -486,6 +490,7 @@ pub(crate) async fn attach<W: AsyncWrite + Unpin>(
         // shared subscriptions and never acknowledged go to other members.
         shared.redistribute_shared(&handle);
     }
+    shared.redistribute(&handle, orphans);
     handle.notify.notify_waiters();
     log_connect(shared, &connect, peer);
     Some((handle, generation, version))

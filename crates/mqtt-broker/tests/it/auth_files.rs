@@ -727,6 +727,37 @@ async fn a_resumed_session_gets_only_what_its_new_user_may_read() {
     std::fs::remove_dir_all(&d).unwrap();
 }
 
+// A shared subscription's message that the resuming client may not read goes to
+// another member of the group instead of being lost to it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_shared_message_goes_to_another_member() {
+    let (d, pw, acl) = acl_files("resumed-shared", ACL);
+    let (broker, addr) = broker_files(Some(&pw), Some(&acl)).await;
+    let (mut admin, _) = connect_as(addr, V5, "publisher", Some(("admin", "admin"))).await;
+    let (mut held, _) = Client::connect_with(addr, V5, "g-held", keep("admin")).await;
+    held.sub("$share/g/sensors/#", QoS::AtLeastOnce).await;
+    let mut p = publish("sensors/secret/z", b"shared", QoS::AtLeastOnce, false);
+    p.qos_pid = QosPid::new(QoS::AtLeastOnce, pid(1));
+    admin.publish(p).await;
+    // Delivered to the only member, and not acknowledged.
+    assert_eq!(held.recv_publish().await.topic, "sensors/secret/z");
+    let (mut other, _) = connect_as(addr, V5, "g-other", Some(("admin", "admin"))).await;
+    other.sub("$share/g/sensors/#", QoS::AtLeastOnce).await;
+    other.quiet().await;
+    // Alice takes the session over: not for her, so for the other member.
+    let (mut alice, ack) = Client::connect_with(addr, V5, "g-held", keep("alice")).await;
+    assert!(ack.session_present);
+    let p = other.recv_publish().await;
+    assert_eq!(
+        (p.topic.as_str(), &p.payload[..]),
+        ("sensors/secret/z", &b"shared"[..])
+    );
+    other.ack(&p).await;
+    alice.quiet().await;
+    broker.shutdown().await;
+    std::fs::remove_dir_all(&d).unwrap();
+}
+
 // The same for a backlog kept on disk (more waiting than `limits.max_queued_messages`
 // holds in memory): what is read back for a client that may not read it is dropped.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
