@@ -5,7 +5,7 @@
 //!
 //! Live: `limits.max_connections`, `max_sessions`, `max_client_id_len`,
 //! `max_queued_bytes_total`, `connect_timeout`, `write_timeout`, `tcp_keepalive` (new
-//! sockets), `retain.max_messages`, `retain.max_bytes`, `log.level` (applied by the
+//! sockets), `coalesce_writes`, `retain.max_messages`, `retain.max_bytes`, `log.level` (applied by the
 //! caller, which owns the log), `log.connections`, `log.subscriptions`. Everything else
 //! (listeners, the limits each session holds, `retain.enabled`, `auth`, `http`, log
 //! destinations) takes effect at the next start.
@@ -387,6 +387,7 @@ pub(crate) fn merged(old: &Config, new: &Config) -> Config {
     merged.limits.connect_timeout = new.limits.connect_timeout;
     merged.limits.write_timeout = new.limits.write_timeout;
     merged.limits.tcp_keepalive = new.limits.tcp_keepalive;
+    merged.limits.coalesce_writes = new.limits.coalesce_writes;
     merged.retain.max_messages = new.retain.max_messages;
     merged.retain.max_bytes = new.retain.max_bytes;
     merged.log.level = new.log.level;
@@ -419,6 +420,37 @@ mod tests {
         let live = Live::new(&old);
         live.apply(&m);
         assert_eq!(live.max_connections(), 5);
+    }
+
+    // Every live key, changed, is applied and in force after the merge: a key added to
+    // LIVE_KEYS but not to `merged` (or `Live`) would be logged as applied and not be.
+    #[test]
+    fn every_live_key_is_merged_and_applied() {
+        let old = Config::default();
+        let mut new = old.clone();
+        let l = &mut new.limits;
+        l.max_connections += 1;
+        l.max_sessions += 1;
+        l.max_client_id_len += 1;
+        l.max_queued_bytes_total += 1;
+        l.connect_timeout += 1;
+        l.write_timeout += 1;
+        l.tcp_keepalive += 1;
+        l.coalesce_writes = !l.coalesce_writes;
+        new.retain.max_messages += 1;
+        new.retain.max_bytes += 1;
+        new.log.level = crate::logging::LogLevel::Debug;
+        new.log.connections = !new.log.connections;
+        new.log.subscriptions = !new.log.subscriptions;
+        let r = split(changes(&old, &new));
+        assert_eq!(r.applied.len(), LIVE_KEYS.len(), "every live key changed");
+        assert!(r.need_restart.is_empty());
+        let m = merged(&old, &new);
+        assert!(split(changes(&m, &new)).applied.is_empty(), "all merged");
+        let live = Live::new(&old);
+        live.apply(&m);
+        assert_eq!(live.coalesce_writes(), new.limits.coalesce_writes);
+        assert_eq!(live.write_timeout_secs(), new.limits.write_timeout);
     }
 
     #[test]

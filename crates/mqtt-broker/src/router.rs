@@ -309,13 +309,17 @@ impl Shared {
         {
             return false;
         }
+        let len = packet.len();
         cell.push_encoded(packet);
         self.account(&mut cell);
-        if waiting > 0 {
+        let half = ENCODED_BYTES / 2;
+        if waiting > 0 && (waiting >= half || waiting + len < half) {
             // The packets already waiting were signalled when the first of them came,
             // and the connection takes them all at once, under this lock, after that
             // signal: it takes this one with them. (A busy subscriber's writer takes
-            // dozens a batch: one signal each was most of the cost of waking it.)
+            // dozens a batch: one signal each was most of the cost of waking it.) Once
+            // more, at half of what may wait: a writer waiting for more (write
+            // coalescing) has enough.
             return true;
         }
         self.wake_locked(handle, cell);

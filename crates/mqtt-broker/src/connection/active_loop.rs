@@ -147,7 +147,13 @@ where
                     .stats
                     .writes_coalesced
                     .fetch_add(1, Ordering::Relaxed);
-                tokio::time::sleep(coalesce::WAIT).await;
+                // Cut short by a signal: a delivery through the session's queue, or
+                // encoded packets past half of what may wait (`router::ENCODED_BYTES`).
+                tokio::select! {
+                    biased;
+                    () = handle.notify.notified() => {}
+                    () = tokio::time::sleep(coalesce::WAIT) => {}
+                }
             } else if last_flush > 1 {
                 tokio::task::yield_now().await;
             }
@@ -220,7 +226,9 @@ where
             }
             last_flush = packets;
             if packets > 0 {
-                coalescing.wrote(elapsed, packets);
+                let qos0_only =
+                    sent_qos[1] + sent_qos[2] == 0 && cell.session.pending_messages() == 0;
+                coalescing.wrote(elapsed, packets, out.len() - before, qos0_only);
             }
             if packets > 0 {
                 shared
