@@ -606,11 +606,12 @@ impl Outbox {
         lost
     }
 
-    /// Drops the messages queued, or in flight at QoS 1 (PUBACK awaited), for which
-    /// `refuse` says so, each reported to `events` with `reason`; returns their ids.
-    /// QoS 2 exchanges in flight stay: the client may hold a packet identifier until
-    /// PUBREL releases it (4.3.3), and one left waiting would make it take a later
-    /// message with that identifier for a duplicate.
+    /// Drops the messages queued or in flight for which `refuse` says so, each reported
+    /// to `events` with `reason`; returns their ids. A QoS 2 message in flight (PUBREC
+    /// awaited) is not resent: its exchange moves on to PUBREL, which releases the
+    /// packet identifier the client may hold for it (4.3.3; a client that never got
+    /// the PUBLISH answers PUBCOMP all the same, with 0x92 in 5.0), so that a later
+    /// message with that identifier is not taken for a duplicate.
     pub(crate) fn drop_where(
         &mut self,
         mut refuse: impl FnMut(&Message) -> bool,
@@ -636,18 +637,22 @@ impl Outbox {
         });
         let inflight_bytes = &mut self.inflight_bytes;
         // Removing entries keeps the window's order: `inflight_unordered` stays as it is.
-        self.inflight.retain(|f| {
-            let Some(slot) = f
-                .slot
-                .filter(|&s| f.phase == Awaiting::PubAck && store.get(s).is_some_and(&mut refuse))
-            else {
+        self.inflight.retain_mut(|f| {
+            let Some(slot) = f.slot.filter(|&s| store.get(s).is_some_and(&mut refuse)) else {
                 return true;
             };
             store.remove(slot);
-            *inflight_bytes -= f.size;
+            *inflight_bytes -= core::mem::take(&mut f.size);
+            f.slot = None;
             events.push(Event::Dropped { id: f.id, reason });
             dropped.push(f.id);
-            false
+            match f.phase {
+                Awaiting::PubRec => {
+                    f.phase = Awaiting::PubComp;
+                    true
+                }
+                _ => false,
+            }
         });
         self.note_inflight_removed();
         dropped

@@ -455,14 +455,14 @@ impl ServerSession {
         connack
     }
 
-    /// Drops the messages waiting for the client, queued or in flight at QoS 1 with
-    /// their PUBLISH unacknowledged, for which `refuse` says so: for a server whose read
+    /// Drops the messages waiting for the client, queued or in flight with their
+    /// PUBLISH unacknowledged, for which `refuse` says so: for a server whose read
     /// permissions may differ for the client that resumes the session (another user,
     /// or rules changed since the messages were queued), as Mosquitto checks a durable
     /// client's queued messages when it reconnects. Each is reported as
-    /// [`Event::Dropped`] with [`DropReason::NotAuthorized`](crate::DropReason). QoS 2
-    /// messages already sent stay and are resent: the client may hold their packet
-    /// identifiers until the exchange ends (4.3.3). Call it before
+    /// [`Event::Dropped`] with [`DropReason::NotAuthorized`](crate::DropReason). A QoS 2
+    /// message already sent is not resent: its exchange goes on with PUBREL, which
+    /// releases the packet identifier the client may hold (4.3.3). Call it before
     /// [`accept`](Self::accept), which resends what is in flight. Returns the
     /// identifiers of the messages dropped.
     pub fn drop_messages_where(&mut self, refuse: impl FnMut(&Message) -> bool) -> Vec<MessageId> {

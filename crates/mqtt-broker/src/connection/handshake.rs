@@ -444,13 +444,14 @@ pub(crate) async fn attach<W: AsyncWrite + Unpin>(
                 !shared.may_receive(&connect.client_id, principal.as_deref(), &m.topic)
             });
             if !refused.is_empty() {
+                // Those from shared subscriptions go to other members of their groups.
+                orphans = cell.take_shared_of(&refused);
+                let dropped = refused.len() - orphans.len();
                 shared
                     .stats
                     .publish_dropped
-                    .fetch_add(refused.len() as u64, Ordering::Relaxed);
-                info!(client = %connect.client_id, %peer, user = ?connect.username, dropped = refused.len(), "messages waiting in the resumed session dropped: this client may not read them");
-                // Those from shared subscriptions go to other members of their groups.
-                orphans = cell.take_shared_of(&refused);
+                    .fetch_add(dropped as u64, Ordering::Relaxed);
+                info!(client = %connect.client_id, %peer, user = ?connect.username, dropped, to_other_members = orphans.len(), "messages waiting in the resumed session not sent: this client may not read them");
             }
         }
         cell.session.accept(now, &connect, properties);

@@ -702,18 +702,38 @@ async fn a_resumed_session_gets_only_what_its_new_user_may_read() {
         }
         let got = mosquitto_sub_resuming(addr.port(), version, &id, "alice").await;
         assert_eq!(got, ["sensors/a queued", "sensors/b queued"], "{v}");
-        // In flight: delivered to the admin's connection, unacknowledged, then taken over.
+        // In flight: delivered to the admin's connection, unacknowledged, then taken
+        // over. A QoS 1 message is dropped; a QoS 2 one gets PUBREL, not its PUBLISH,
+        // which releases the identifier a client may hold for it.
         let (mut c, _) = Client::connect_with(addr, v, &id, keep("admin")).await;
-        for topic in ["sensors/secret/y", "sensors/c"] {
-            let mut p = publish(topic, b"in flight", QoS::AtLeastOnce, false);
-            p.qos_pid = QosPid::new(QoS::AtLeastOnce, pid(2));
+        c.sub("sensors/#", QoS::ExactlyOnce).await;
+        for (topic, qos) in [
+            ("sensors/secret/y", QoS::AtLeastOnce),
+            ("sensors/secret/z", QoS::ExactlyOnce),
+            ("sensors/c", QoS::AtLeastOnce),
+        ] {
+            let mut p = publish(topic, b"in flight", qos, false);
+            p.qos_pid = QosPid::new(qos, pid(2));
             admin.publish(p).await;
         }
-        for topic in ["sensors/secret/y", "sensors/c"] {
-            assert_eq!(c.recv_publish().await.topic, topic, "{v}");
+        let mut z = None;
+        for topic in ["sensors/secret/y", "sensors/secret/z", "sensors/c"] {
+            let p = c.recv_publish().await;
+            assert_eq!(p.topic, topic, "{v}");
+            z = z.or(p
+                .qos_pid
+                .packet_id()
+                .filter(|_| p.qos_pid.qos() == QoS::ExactlyOnce));
         }
         let (mut alice, ack) = Client::connect_with(addr, v, &id, keep("alice")).await;
         assert!(ack.session_present, "{v}");
+        match alice.recv().await {
+            Packet::PubRel(r) => {
+                assert_eq!(Some(r.packet_id), z, "{v}");
+                alice.send(mqtt_codec::PubComp::new(r.packet_id)).await;
+            }
+            other => panic!("{v}: expected PUBREL for sensors/secret/z, got {other:?}"),
+        }
         let p = alice.recv_publish().await;
         assert_eq!((p.topic.as_str(), p.dup), ("sensors/c", true), "{v}");
         alice.ack(&p).await;
