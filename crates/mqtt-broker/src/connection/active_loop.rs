@@ -154,6 +154,11 @@ where
                     () = handle.notify.notified() => {}
                     () = tokio::time::sleep(coalesce::WAIT) => {}
                 }
+                // The signal this wait took may have been the broker's stop, which is
+                // looked for only at the top of the loop.
+                if shared.is_shutting_down() {
+                    return Step::Ended(End::Shutdown);
+                }
             } else if last_flush > 1 {
                 tokio::task::yield_now().await;
             }
