@@ -625,43 +625,14 @@ async fn shared_subscriptions_pass_over_members_who_may_not_read() {
 /// `mosquitto_sub` resuming the session `id` as `user` (Clean Session 0; in 5.0 with a
 /// Session Expiry Interval) on `sensors/#` at QoS 1: the lines it prints within 2 s.
 async fn mosquitto_sub_resuming(port: u16, version: &str, id: &str, user: &str) -> Vec<String> {
-    let port = port.to_string();
-    let mut args = vec![
-        "-h",
-        "127.0.0.1",
-        "-p",
-        &port,
-        "-V",
-        version,
-        "-i",
-        id,
-        "-c",
-        "-u",
-        user,
-        "-P",
-    ];
-    args.extend([
-        ACL_PASSWORDS
-            .iter()
-            .find(|(u, _)| *u == user)
-            .map(|(_, p)| *p)
-            .unwrap(),
-        "-t",
-        "sensors/#",
-        "-q",
-        "1",
-        "-v",
-        "-W",
-        "2",
-    ]);
+    let (_, password) = ACL_PASSWORDS.iter().find(|(u, _)| *u == user).unwrap();
+    let mut sub = crate::mosquitto_sub(port, version);
+    sub.args(["-i", id, "-c", "-u", user, "-P", password])
+        .args(["-t", "sensors/#", "-q", "1", "-v", "-W", "2"]);
     if version == "mqttv5" {
-        args.extend(["-x", "300"]);
+        sub.args(["-x", "300"]);
     }
-    let out = Command::new("mosquitto_sub")
-        .args(&args)
-        .output()
-        .await
-        .unwrap();
+    let out = sub.output().await.unwrap();
     String::from_utf8_lossy(&out.stdout)
         .lines()
         .map(str::to_owned)
@@ -685,7 +656,6 @@ fn keep(user: &'static str) -> impl FnOnce(&mut mqtt_codec::Connect) {
 // in flight to the connection it takes over (resent only if readable).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_resumed_session_gets_only_what_its_new_user_may_read() {
-    crate::pki::require("mosquitto_sub", "install Debian's mosquitto-clients");
     let (d, pw, acl) = acl_files("resumed", ACL);
     let (broker, addr) = broker_files(Some(&pw), Some(&acl)).await;
     let (mut admin, _) = connect_as(addr, V5, "publisher", Some(("admin", "admin"))).await;

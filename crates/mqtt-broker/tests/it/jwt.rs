@@ -537,16 +537,7 @@ async fn a_connection_ends_when_its_token_expires() {
     };
     let (mut v3, code) = connect(addr, V3, "short-v3", &short("dev3")).await;
     assert_eq!(code, ReasonCode::SUCCESS);
-    crate::pki::require("mosquitto_sub", "install Debian's mosquitto-clients");
-    let sub = Command::new("mosquitto_sub")
-        .args([
-            "-h",
-            "127.0.0.1",
-            "-p",
-            &addr.port().to_string(),
-            "-V",
-            "mqttv5",
-        ])
+    let sub = crate::mosquitto_sub(addr.port(), "mqttv5")
         .args(["-t", "x/#", "-d", "-u", "device", "-P", &short("devsub")])
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())

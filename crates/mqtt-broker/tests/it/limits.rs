@@ -712,7 +712,6 @@ async fn writes_coalesced(addr: std::net::SocketAddr, want: impl Fn(u64) -> bool
 // off, none did.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_sustained_stream_of_small_batches_is_coalesced() {
-    crate::pki::require("mosquitto_sub", "install Debian's mosquitto-clients");
     // Judged by timing (a stream is told by its gaps): alone on the machine.
     let _alone = crate::TIMING.write().await;
     const BURSTS: usize = 2_000;
@@ -720,15 +719,7 @@ async fn a_sustained_stream_of_small_batches_is_coalesced() {
     for on in [true, false] {
         let (broker, addr) = broker_with(|c| c.limits.coalesce_writes = on).await;
         let total = (BURSTS * BURST).to_string();
-        let sub = tokio::process::Command::new("mosquitto_sub")
-            .args([
-                "-h",
-                "127.0.0.1",
-                "-p",
-                &addr.port().to_string(),
-                "-V",
-                "mqttv5",
-            ])
+        let sub = crate::mosquitto_sub(addr.port(), "mqttv5")
             .args(["-t", "co/#", "-C", &total, "-W", "30"])
             .stdout(std::process::Stdio::piped())
             .kill_on_drop(true)

@@ -61,3 +61,12 @@ pub(crate) static TIMING: tokio::sync::RwLock<()> = tokio::sync::RwLock::const_n
 
 /// Every test is bounded in time.
 pub(crate) const WAIT: Duration = Duration::from_secs(10);
+
+/// Debian's `mosquitto_sub` for the broker on 127.0.0.1:`port`, speaking `version`
+/// (`mqttv31`, `mqttv311` or `mqttv5`); the caller adds the rest.
+pub(crate) fn mosquitto_sub(port: u16, version: &str) -> tokio::process::Command {
+    pki::require("mosquitto_sub", "install Debian's mosquitto-clients");
+    let mut c = tokio::process::Command::new("mosquitto_sub");
+    c.args(["-h", "127.0.0.1", "-p", &port.to_string(), "-V", version]);
+    c
+}
