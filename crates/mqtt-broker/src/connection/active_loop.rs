@@ -234,8 +234,6 @@ where
                 let qos0_only =
                     sent_qos[1] + sent_qos[2] == 0 && cell.session.pending_messages() == 0;
                 coalescing.wrote(elapsed, packets, out.len() - before, qos0_only);
-            }
-            if packets > 0 {
                 shared
                     .stats
                     .messages_sent

@@ -715,7 +715,6 @@ async fn a_sustained_stream_of_small_batches_is_coalesced() {
     // Judged by timing (a stream is told by its gaps): alone on the machine.
     let _alone = crate::TIMING.write().await;
     const BURSTS: usize = 2_000;
-    const BURST: usize = 3;
     for on in [true, false] {
         let (broker, addr) = broker_with(|c| c.limits.coalesce_writes = on).await;
         let total = (BURSTS * BURST).to_string();
@@ -726,35 +725,8 @@ async fn a_sustained_stream_of_small_batches_is_coalesced() {
             .spawn()
             .unwrap();
         tokio::time::sleep(Duration::from_millis(300)).await;
-        // Bursts of three messages about every 50 µs, from a thread of its own that
-        // waits by spinning (a sleep can take longer than the stream's gaps).
-        let publisher = std::thread::spawn(move || {
-            use std::io::Write as _;
-            let mut s = std::net::TcpStream::connect(addr).unwrap();
-            s.set_nodelay(true).unwrap();
-            let v = ProtocolVersion::V5;
-            let mut b = BytesMut::new();
-            Packet::from(Connect::new(v, ByteStr::from_static("co-pub")))
-                .encode(v, &mut b)
-                .unwrap();
-            s.write_all(&b).unwrap();
-            let mut next = std::time::Instant::now();
-            for burst in 0..BURSTS {
-                b.clear();
-                for i in 0..BURST {
-                    let n = burst * BURST + i;
-                    let p = Publish::new(ByteStr::from_static("co/x"), Bytes::from(n.to_string()));
-                    Packet::from(p).encode(v, &mut b).unwrap();
-                }
-                s.write_all(&b).unwrap();
-                next += Duration::from_micros(50);
-                while std::time::Instant::now() < next {
-                    std::hint::spin_loop();
-                }
-            }
-            (s, std::time::Instant::now())
-        });
-        let (_stream, finished) = tokio::task::spawn_blocking(move || publisher.join().unwrap())
+        let publisher = burst_publisher(addr, BURSTS, Default::default());
+        let finished = tokio::task::spawn_blocking(move || publisher.join().unwrap())
             .await
             .unwrap();
         let out = sub.wait_with_output().await.unwrap();
@@ -773,5 +745,94 @@ async fn a_sustained_stream_of_small_batches_is_coalesced() {
             assert_eq!(writes_coalesced(addr, |_| true).await, 0);
         }
         broker.shutdown().await;
+    }
+}
+
+/// Messages in each of [`burst_publisher`]'s bursts.
+const BURST: usize = 3;
+
+/// A publisher on a thread of its own: `bursts` bursts of [`BURST`] QoS 0 messages on
+/// `co/x` (payloads counting from 0), one about every 50 µs (waiting by spinning: a
+/// sleep can take longer than a stream's gaps), until `stop` or a failed write; returns
+/// when it finished.
+fn burst_publisher(
+    addr: std::net::SocketAddr,
+    bursts: usize,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> std::thread::JoinHandle<std::time::Instant> {
+    std::thread::spawn(move || {
+        use std::{io::Write as _, sync::atomic::Ordering};
+        let v = ProtocolVersion::V5;
+        let mut b = BytesMut::new();
+        Packet::from(Connect::new(v, ByteStr::from_static("co-pub")))
+            .encode(v, &mut b)
+            .unwrap();
+        let mut s = std::net::TcpStream::connect(addr).unwrap();
+        s.set_nodelay(true).unwrap();
+        s.write_all(&b).unwrap();
+        let mut next = std::time::Instant::now();
+        for burst in 0..bursts {
+            if stop.load(Ordering::Relaxed) {
+                break;
+            }
+            b.clear();
+            for i in 0..BURST {
+                let n = burst * BURST + i;
+                let p = Publish::new(ByteStr::from_static("co/x"), Bytes::from(n.to_string()));
+                Packet::from(p).encode(v, &mut b).unwrap();
+            }
+            if s.write_all(&b).is_err() {
+                break;
+            }
+            next += Duration::from_micros(50);
+            while std::time::Instant::now() < next {
+                std::hint::spin_loop();
+            }
+        }
+        std::time::Instant::now()
+    })
+}
+
+// limits.coalesce_writes and shutdown: a subscriber whose writes wait for more when the
+// broker stops is told so at once (5.0 DISCONNECT 0x8B), not aborted after the 5 s the
+// broker gives its connections. The wait can take the stop signal, and the stop must
+// land during a wait to matter: several rounds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_coalescing_subscriber_is_told_of_shutdown_at_once() {
+    let _alone = crate::TIMING.write().await;
+    for round in 0..5 {
+        let (broker, addr) = broker_with(|c| c.limits.coalesce_writes = true).await;
+        let v = ProtocolVersion::V5;
+        let (mut sub, _) =
+            Raw::connect(addr, Connect::new(v, ByteStr::from_static("co-sub"))).await;
+        let filter = ByteStr::from_static("co/#");
+        sub.send(Subscribe::new(PacketId::MIN, filter, QoS::AtMostOnce).into())
+            .await;
+        assert!(matches!(sub.next().await, Some(Packet::SubAck(_))));
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let publisher = burst_publisher(addr, usize::MAX, std::sync::Arc::clone(&stop));
+        let reader = tokio::spawn(async move {
+            while let Some(p) = sub.next_within(Duration::from_secs(8)).await {
+                if let Packet::Disconnect(d) = p {
+                    return Some(d.reason_code);
+                }
+            }
+            None
+        });
+        // Long enough for the stream to be seen and writes to wait.
+        tokio::time::sleep(Duration::from_millis(200 + 37 * round)).await;
+        let started = std::time::Instant::now();
+        broker.shutdown().await;
+        let took = started.elapsed();
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        tokio::task::spawn_blocking(move || publisher.join().unwrap())
+            .await
+            .unwrap();
+        assert_eq!(
+            reader.await.unwrap(),
+            Some(mqtt_codec::ReasonCode::SERVER_SHUTTING_DOWN),
+            "round {round}"
+        );
+        assert!(took < Duration::from_secs(3), "round {round}: {took:?}");
     }
 }
