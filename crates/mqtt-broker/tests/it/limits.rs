@@ -726,7 +726,7 @@ async fn a_sustained_stream_of_small_batches_is_coalesced() {
             .unwrap();
         tokio::time::sleep(Duration::from_millis(300)).await;
         let publisher = burst_publisher(addr, BURSTS, Default::default());
-        let finished = tokio::task::spawn_blocking(move || publisher.join().unwrap())
+        let (_publisher, finished) = tokio::task::spawn_blocking(move || publisher.join().unwrap())
             .await
             .unwrap();
         let out = sub.wait_with_output().await.unwrap();
@@ -754,14 +754,19 @@ const BURST: usize = 3;
 /// A publisher on a thread of its own: `bursts` bursts of [`BURST`] QoS 0 messages on
 /// `co/x` (payloads counting from 0), one about every 50 µs (waiting by spinning: a
 /// sleep can take longer than a stream's gaps), until `stop` or a failed write; returns
-/// when it finished.
+/// its connection, still open, and when it finished. (It reads its CONNACK first: a
+/// socket closed with unread input sends RST, which can make the broker lose the end
+/// of the stream it has not read yet.)
 fn burst_publisher(
     addr: std::net::SocketAddr,
     bursts: usize,
     stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
-) -> std::thread::JoinHandle<std::time::Instant> {
+) -> std::thread::JoinHandle<(std::net::TcpStream, std::time::Instant)> {
     std::thread::spawn(move || {
-        use std::{io::Write as _, sync::atomic::Ordering};
+        use std::{
+            io::{Read as _, Write as _},
+            sync::atomic::Ordering,
+        };
         let v = ProtocolVersion::V5;
         let mut b = BytesMut::new();
         Packet::from(Connect::new(v, ByteStr::from_static("co-pub")))
@@ -770,6 +775,14 @@ fn burst_publisher(
         let mut s = std::net::TcpStream::connect(addr).unwrap();
         s.set_nodelay(true).unwrap();
         s.write_all(&b).unwrap();
+        let mut decoder = Decoder::with_version(v);
+        let mut input = BytesMut::new();
+        while !matches!(decoder.decode(&mut input), Ok(Some(Packet::ConnAck(_)))) {
+            let mut chunk = [0u8; 64];
+            let n = s.read(&mut chunk).unwrap();
+            assert!(n > 0, "the broker closed before CONNACK");
+            input.extend_from_slice(&chunk[..n]);
+        }
         let mut next = std::time::Instant::now();
         for burst in 0..bursts {
             if stop.load(Ordering::Relaxed) {
@@ -789,7 +802,7 @@ fn burst_publisher(
                 std::hint::spin_loop();
             }
         }
-        std::time::Instant::now()
+        (s, std::time::Instant::now())
     })
 }
 
