@@ -115,6 +115,7 @@ fn drop_text(reason: DropReason) -> &'static str {
         DropReason::NotAuthorized => "not authorized for the client that resumed the session",
         DropReason::QosNotSupported => "the server does not support its QoS",
         DropReason::RetainNotSupported => "the server does not support retained messages",
+        _ => "dropped by the session",
     }
 }
 

@@ -235,8 +235,10 @@ impl Default for Limits {
 }
 
 /// Why an outgoing message was refused ([`crate::Refused`]) or dropped
-/// ([`crate::Event::Dropped`]).
+/// ([`crate::Event::Dropped`]). More reasons may come in minor releases: a `match`
+/// outside this crate needs a `_` arm.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum DropReason {
     /// The session's queue was full (messages or bytes). A QoS 0 message is dropped, or
     /// refused, first; a QoS 1/2 message is refused only when no QoS 0 message is queued.
