@@ -96,7 +96,9 @@ pub(crate) async fn detach<S: Duplex>(conn: &mut Conn<S>, end: End) {
     {
         last_words(&mut rd, &mut wr).await;
     }
-    let _ = wr.shutdown().await;
+    // Bounded: a TLS or WebSocket layer may still owe bytes a client that stopped
+    // reading never takes.
+    let _ = timeout(DRAIN, wr.shutdown()).await;
     log_end(shared, &handle.client_id, &end);
     if !matches!(end, End::TakenOver) {
         release(shared, handle, generation, &end);

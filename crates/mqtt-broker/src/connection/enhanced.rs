@@ -147,8 +147,14 @@ pub(crate) async fn scram_connect<S: AsyncRead + AsyncWrite + Unpin>(
     auth_packet(ReasonCode::CONTINUE_AUTHENTICATION, &method, server_first)
         .encode(connect.version, &mut out)
         .map_err(|e| (ReasonCode::UNSPECIFIED_ERROR, e.to_string()))?;
-    if stream.write_all(&out).await.is_err() {
-        return Err((ReasonCode::UNSPECIFIED_ERROR, "the write failed".into()));
+    if !matches!(
+        timeout_at(deadline, stream.write_all(&out)).await,
+        Ok(Ok(()))
+    ) {
+        return Err((
+            ReasonCode::UNSPECIFIED_ERROR,
+            "the write failed or was not done within the connect timeout".into(),
+        ));
     }
     let packet = match timeout_at(deadline, read_packet(stream, rbuf, decoder)).await {
         Ok(Ok(Some(p))) => p,

@@ -146,17 +146,17 @@ pub(crate) async fn refuse_undecodable<W: AsyncWrite + Unpin>(
     debug!(%peer, error = %e, "invalid CONNECT");
     // [MQTT-3.1.2-2] in 3.1.1: an unsupported level gets return code 1, in the form
     // the client's own version reads (the codec knows which).
-    let reply = e.connack_version();
-    if let Some(version) = reply {
-        let mut out = BytesMut::new();
+    let mut out = BytesMut::new();
+    if let Some(version) = e.connack_version() {
         let ack = Packet::from(ConnAck::new(false, e.reason_code()));
-        if ack.encode(version, &mut out).is_ok() {
-            let _ = wr.write_all(&out).await;
+        if ack.encode(version, &mut out).is_err() {
+            out.clear();
         }
     }
-    let _ = wr.shutdown().await;
+    say_last(wr, &out).await;
 }
 
+/// A refusing CONNACK, then the end of the connection.
 pub(crate) async fn send_connack<W: AsyncWrite + Unpin>(
     wr: &mut W,
     version: ProtocolVersion,
@@ -165,11 +165,25 @@ pub(crate) async fn send_connack<W: AsyncWrite + Unpin>(
     let mut out = BytesMut::new();
     if Packet::from(ConnAck::new(false, code))
         .encode(version, &mut out)
-        .is_ok()
+        .is_err()
     {
-        let _ = wr.write_all(&out).await;
+        out.clear();
     }
-    let _ = wr.shutdown().await;
+    say_last(wr, &out).await;
+}
+
+/// Writes `out` and closes, within [`DRAIN`](close::DRAIN) in all: a client that
+/// does not read (its socket full, or a WebSocket or TLS layer with bytes of its own
+/// still owed) cannot hold the connection, and its place among those handshaking, for
+/// ever.
+async fn say_last<W: AsyncWrite + Unpin>(wr: &mut W, out: &[u8]) {
+    let _ = tokio::time::timeout(close::DRAIN, async {
+        if !out.is_empty() {
+            let _ = wr.write_all(out).await;
+        }
+        let _ = wr.shutdown().await;
+    })
+    .await;
 }
 
 /// On a listener whose passwords are JWTs: `None` for a client with neither user name

@@ -224,6 +224,9 @@ struct Writer {
     left: usize,
     /// A control frame (Pong, Close) to send between data frames.
     control: Option<Box<ControlOut>>,
+    /// A Close to send once the part-written control frame before it is out: a frame
+    /// begun is finished, never overwritten.
+    close_after: Option<u16>,
     close_sent: bool,
 }
 
@@ -244,6 +247,19 @@ impl Writer {
     fn queue_control(&mut self, opcode: u8, payload: &[u8]) {
         if self.close_sent || self.control.as_ref().is_some_and(|c| c.close) {
             // Nothing goes after a Close.
+            return;
+        }
+        if self.control.as_ref().is_some_and(|c| c.sent > 0) {
+            // A Pong part-written is finished first. A Ping behind it goes unanswered
+            // (RFC 6455 5.5.3 lets an endpoint answer only some of a burst of Pings);
+            // a Close follows it.
+            if opcode == OP_CLOSE {
+                let code = match payload {
+                    [hi, lo, ..] => u16::from_be_bytes([*hi, *lo]),
+                    _ => CLOSE_NORMAL,
+                };
+                self.close_after.get_or_insert(code);
+            }
             return;
         }
         let mut bytes = [0u8; 127];
@@ -291,6 +307,7 @@ impl Writer {
             head_sent: 0,
             left: len,
             control: self.control.take(),
+            close_after: self.close_after,
             close_sent: self.close_sent,
         };
     }
@@ -320,6 +337,7 @@ impl<S> WsStream<S> {
             && !rx.closed
             && self.tx.between_frames()
             && self.tx.control.is_none()
+            && self.tx.close_after.is_none()
             && !self.tx.close_sent
     }
 
@@ -348,6 +366,10 @@ impl<S: AsyncWrite + Unpin> WsStream<S> {
             if rest.is_empty() {
                 self.tx.close_sent |= control.close;
                 self.tx.control = None;
+                if let Some(code) = self.tx.close_after.take() {
+                    self.tx.queue_close(code);
+                    continue;
+                }
                 break;
             }
             let n = ready!(Pin::new(&mut self.inner).poll_write(cx, rest))?;
@@ -552,8 +574,14 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for WsStream<S> {
         let this = self.get_mut();
         loop {
             // A Pong or Close owed goes out as soon as no data frame is part-written.
-            if let Poll::Ready(Err(e)) = this.poll_control(cx) {
-                return Poll::Ready(Err(e));
+            // Until it is out, no more is read: a client that sends Pings and reads
+            // nothing is held to one Pong, and its input waits (keep-alive ends it),
+            // where answering on would have it fill the socket and, once full, hold
+            // every write and the close of this connection.
+            match this.poll_control(cx) {
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                Poll::Pending if this.tx.control.is_some() => return Poll::Pending,
+                _ => {}
             }
             if this.rx.closed || buf.remaining() == 0 {
                 // After a Close: the end of the stream.
@@ -836,6 +864,66 @@ mod tests {
         client.read_exact(&mut close).await.unwrap();
         assert_eq!(close, [0x88, 0x02, 0x03, 0xE8]);
         serving.await.unwrap();
+    }
+
+    /// A client that sends Pings and reads nothing gets one Pong at a time: until it is
+    /// out, nothing more is read (and so no more Pongs are owed).
+    #[tokio::test]
+    async fn reading_waits_for_an_owed_pong() {
+        let (client, server) = tokio::io::duplex(64);
+        let (mut client_rd, mut client_wr) = tokio::io::split(client);
+        let mut ws = WsStream::resumed(server, 1000);
+        let mut wire = frame(0x89, &[0x55; 125], [1, 2, 3, 4]);
+        wire.extend(frame(0x89, &[0x66; 125], [1, 2, 3, 4]));
+        wire.extend(frame(0x82, b"data", [5, 6, 7, 8]));
+        let writing = tokio::spawn(async move {
+            client_wr.write_all(&wire).await.unwrap();
+            client_wr
+        });
+        let mut got = [0u8; 4];
+        // The first Pong (127 bytes) does not fit in the 64 the pipe holds.
+        let read = tokio::time::timeout(
+            std::time::Duration::from_millis(100),
+            ws.read_exact(&mut got),
+        )
+        .await;
+        assert!(read.is_err(), "read on while a Pong was owed");
+        assert!(ws.tx.control.as_ref().is_some_and(|c| c.sent > 0));
+        // The client reads now.
+        let reading = tokio::spawn(async move {
+            let mut pongs = vec![0u8; 2 * 127];
+            client_rd.read_exact(&mut pongs).await.unwrap();
+            pongs
+        });
+        ws.read_exact(&mut got).await.unwrap();
+        assert_eq!(&got, b"data");
+        let pongs = reading.await.unwrap();
+        drop(writing.await.unwrap());
+        assert_eq!(&pongs[..2], &[0x8A, 125]);
+        assert!(pongs[2..127].iter().all(|&b| b == 0x55));
+        assert_eq!(&pongs[127..129], &[0x8A, 125]);
+        assert!(pongs[129..].iter().all(|&b| b == 0x66));
+    }
+
+    /// A control frame part-written is finished before anything else: a Pong queued
+    /// behind it is dropped, a Close follows it.
+    #[tokio::test]
+    async fn a_control_frame_begun_is_finished_first() {
+        let (mut client, server) = tokio::io::duplex(4096);
+        let mut ws = WsStream::resumed(server, 1000);
+        ws.tx.queue_control(OP_PONG, b"first");
+        if let Some(c) = ws.tx.control.as_mut() {
+            c.sent = 3;
+        }
+        ws.tx.queue_control(OP_PONG, b"second");
+        ws.tx.queue_close(1001);
+        ws.flush().await.unwrap();
+        drop(ws);
+        let mut rest = Vec::new();
+        client.read_to_end(&mut rest).await.unwrap();
+        // What was left of the first Pong (its 3 first bytes counted as out), then the
+        // Close.
+        assert_eq!(rest, b"irst\x88\x02\x03\xE9");
     }
 
     #[tokio::test]

@@ -476,3 +476,78 @@ async fn handshakes_are_bounded_and_files_checked() {
         );
     }
 }
+
+/// A TLS client that stops reading while messages stream to it ends as a stalled
+/// write, and the end completes: its will goes out. rustls still holds records for it
+/// then, and closing TLS waits for them to be written, which a client that never reads
+/// again would hold up for ever (with the session, its will, and its task) without the
+/// bound on that close.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_tls_client_is_closed_and_its_will_goes_out() {
+    use bytes::{Bytes, BytesMut};
+    use mqtt_codec::{ByteStr, Connect, Packet, ProtocolVersion, QoS, Subscribe, Will};
+    use tokio::io::AsyncWriteExt;
+
+    let _timing = crate::TIMING.read().await;
+    let pki = Pki::new();
+    let plain = Listener::new("127.0.0.1:0".parse().unwrap());
+    let (broker, addrs) = broker_on(
+        vec![tls_listener(&pki.cert, &pki.key), plain],
+        Auth::default(),
+        |c| c.limits.write_timeout = 1,
+    )
+    .await;
+    let v5 = ProtocolVersion::V5;
+    let mut watcher = crate::spec::Client::connect(addrs[1], v5, "watcher").await;
+    watcher.sub("gone/#", QoS::AtMostOnce).await;
+
+    // A small receive buffer fills at once.
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let tcp = socket.connect(addrs[0]).await.unwrap();
+    let v13: &[&'static rustls::SupportedProtocolVersion] = &[&rustls::version::TLS13];
+    let mut tls = TlsConnector::from(pki.client_config(None, v13, &[]))
+        .connect("localhost".try_into().unwrap(), tcp)
+        .await
+        .unwrap();
+    let mut connect = Connect::new(v5, ByteStr::from_static("stalls"));
+    connect.will = Some(Will {
+        topic: ByteStr::from_static("gone/stalls"),
+        payload: Bytes::from_static(b"bye"),
+        qos: QoS::AtMostOnce,
+        retain: false,
+        properties: Default::default(),
+    });
+    let subscribe = Subscribe::new(
+        mqtt_codec::PacketId::new(1).unwrap(),
+        ByteStr::from_static("flood/#"),
+        QoS::AtMostOnce,
+    );
+    let mut out = BytesMut::new();
+    Packet::from(connect).encode(v5, &mut out).unwrap();
+    Packet::from(subscribe).encode(v5, &mut out).unwrap();
+    tls.write_all(&out).await.unwrap();
+    tls.flush().await.unwrap();
+    // Never read again (CONNACK and SUBACK included); the connection stays open.
+
+    let mut publisher = crate::spec::Client::connect(addrs[1], v5, "flooder").await;
+    let payload = vec![7u8; 4096];
+    let started = std::time::Instant::now();
+    let will = loop {
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "no will within 20 s: the stalled connection never ended"
+        );
+        for _ in 0..32 {
+            publisher.publish0("flood/x", &payload, false).await;
+        }
+        if let Some(Some(Packet::Publish(p))) = watcher.next_within(Duration::from_millis(50)).await
+        {
+            break p;
+        }
+    };
+    assert_eq!(&*will.topic, "gone/stalls");
+    assert_eq!(&will.payload[..], b"bye");
+    drop(tls);
+    broker.shutdown().await;
+}

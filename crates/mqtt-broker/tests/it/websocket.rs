@@ -209,3 +209,89 @@ async fn what_is_refused() {
     assert!(started.elapsed() >= Duration::from_millis(900));
     broker.shutdown().await;
 }
+
+/// The number of sockets the broker counts as still setting up (before CONNECT's
+/// answer), from `/metrics`.
+async fn handshaking(http: std::net::SocketAddr) -> f64 {
+    let (status, scrape) =
+        tokio::task::spawn_blocking(move || crate::ops::http(http, "GET", "/metrics", None))
+            .await
+            .unwrap();
+    assert_eq!(status, 200);
+    scrape
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix("mqtt_connections_handshaking ")?
+                .trim()
+                .parse()
+                .ok()
+        })
+        .unwrap_or_else(|| panic!("no mqtt_connections_handshaking in:\n{scrape}"))
+}
+
+/// A client that sends Pings one at a time and never reads, then a CONNECT that does
+/// not decode, holds no place among the connections being set up once the connect
+/// timeout has passed. The broker answers one Ping at a time and reads on only when its
+/// Pong is out, and the refusing CONNACK has a bound. Answering every Ping filled the
+/// socket, after which the refusal's write waited for ever, and with it the place
+/// this socket took against `max_connections`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_pings_and_never_reads_is_let_go() {
+    let _timing = crate::TIMING.read().await;
+    let (broker, addrs) = broker_on(vec![ws_listener(None)], Auth::default(), |c| {
+        c.limits.connect_timeout = 5;
+        c.http.bind = Some("127.0.0.1:0".parse().unwrap());
+    })
+    .await;
+    let (addr, http) = (addrs[0], broker.http_addr().unwrap());
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let mut s = socket.connect(addr).await.unwrap();
+    s.set_nodelay(true).unwrap();
+    let request = "GET /mqtt HTTP/1.1\r\nHost: localhost\r\nUpgrade: websocket\r\n\
+                   Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\
+                   Sec-WebSocket-Version: 13\r\n\r\n";
+    s.write_all(request.as_bytes()).await.unwrap();
+    // One Ping a write, paced so that the broker reads each on its own, for 3 s: some
+    // 30,000 Pongs owed, more than a socket buffers (about 3 MB here), or until the
+    // broker stops reading them (the writes stall).
+    let ping = frame(0x89, &[0x55; 125]);
+    let started = std::time::Instant::now();
+    let mut s = s.into_std().unwrap();
+    s.set_nonblocking(false).unwrap();
+    s.set_write_timeout(Some(Duration::from_millis(200)))
+        .unwrap();
+    let s = tokio::task::spawn_blocking(move || {
+        use std::io::Write;
+        while started.elapsed() < Duration::from_secs(3) && s.write_all(&ping).is_ok() {
+            std::thread::sleep(Duration::from_micros(30));
+        }
+        s
+    })
+    .await
+    .unwrap();
+    s.set_nonblocking(true).unwrap();
+    let mut s = TcpStream::from_std(s).unwrap();
+    assert_eq!(handshaking(http).await, 1.0);
+    // CONNECT with protocol level 6, which the broker would refuse with a CONNACK.
+    let connect = frame(
+        0x82,
+        &[
+            0x10, 0x0C, 0x00, 0x04, b'M', b'Q', b'T', b'T', 0x06, 0x02, 0x00, 0x3C, 0x00, 0x00,
+        ],
+    );
+    let _ = tokio::time::timeout(Duration::from_millis(200), s.write_all(&connect)).await;
+    // The connect timeout (5 s from the upgrade) and the bound on a refusal (1 s), with
+    // room to spare.
+    let mut left = 1.0;
+    while started.elapsed() < Duration::from_secs(9) {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        left = handshaking(http).await;
+        if left == 0.0 {
+            break;
+        }
+    }
+    assert_eq!(left, 0.0, "the socket still counts as setting up");
+    drop(s);
+    broker.shutdown().await;
+}
