@@ -21,6 +21,15 @@ use tracing::{debug, warn};
 
 use crate::shared::Shared;
 
+/// HTTP connections open at once: past it a new one is closed as it is accepted. A
+/// scraper, an operator's tools and a few dashboards need a handful; each dashboard
+/// holds one open (its event stream).
+pub const MAX_HTTP_CONNECTIONS: usize = 64;
+
+/// How long a request's head may take to arrive, and how long a kept-alive connection
+/// may wait for its next request, before the connection is closed.
+const HEADER_READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// `[http]`: the HTTP listener.
 #[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields, default)]
@@ -66,6 +75,10 @@ pub(crate) async fn serve(shared: Arc<Shared>, listener: TcpListener) {
         tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok((stream, peer)) => {
+                    if connections.len() >= MAX_HTTP_CONNECTIONS {
+                        debug!(%peer, "HTTP: {MAX_HTTP_CONNECTIONS} connections open: closed");
+                        continue;
+                    }
                     let shared = Arc::clone(&shared);
                     let registry = Arc::clone(&registry);
                     let service = hyper::service::service_fn(move |req| {
@@ -74,7 +87,10 @@ pub(crate) async fn serve(shared: Arc<Shared>, listener: TcpListener) {
                     });
                     connections.spawn(async move {
                         let io = hyper_util::rt::TokioIo::new(stream);
+                        // Without a timer hyper enforces no header timeout at all.
                         if let Err(e) = hyper::server::conn::http1::Builder::new()
+                            .timer(hyper_util::rt::TokioTimer::new())
+                            .header_read_timeout(HEADER_READ_TIMEOUT)
                             .serve_connection(io, service)
                             .await
                         {

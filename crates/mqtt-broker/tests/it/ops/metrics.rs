@@ -157,3 +157,37 @@ fn store_commits_are_counted() {
     );
     assert_eq!(sample(&after, "mqtt_store_failing"), 0.0);
 }
+
+/// The HTTP listener keeps at most 64 connections: connections that send nothing (or a
+/// dashboard's event stream each) cannot take every file the process may open. One past
+/// the limit is closed as it comes; once some go, new ones are served again.
+#[test]
+fn http_connections_are_capped() {
+    use std::io::{Read, Write};
+    let (_broker, addr) = broker_with_http("http-cap", None);
+    let mut idle: Vec<std::net::TcpStream> = (0..64)
+        .map(|_| std::net::TcpStream::connect(addr).unwrap())
+        .collect();
+    // Each accepted before the next: a request on the last one is answered.
+    idle.last_mut()
+        .unwrap()
+        .write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+        .unwrap();
+    let mut head = [0u8; 12];
+    idle.last_mut().unwrap().read_exact(&mut head).unwrap();
+    assert_eq!(&head, b"HTTP/1.1 200");
+    let mut over = std::net::TcpStream::connect(addr).unwrap();
+    over.set_read_timeout(Some(std::time::Duration::from_secs(5)))
+        .unwrap();
+    let mut byte = [0u8; 1];
+    let read = over.read(&mut byte);
+    assert!(
+        matches!(&read, Ok(0))
+            || matches!(&read, Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset),
+        "the 65th connection is closed, not kept: {read:?}"
+    );
+    idle.truncate(10);
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let (status, _) = http(addr, "GET", "/metrics", None);
+    assert_eq!(status, 200);
+}
