@@ -348,7 +348,8 @@ where
                     }
                     Event::Unsubscribe(u) => {
                         // As SUBACK: the UNSUBACK waits for the commit (below).
-                        let kept = unsubscribe(shared, handle, generation, version, &u);
+                        let kept =
+                            unsubscribe(shared, handle, generation, version, &u, &mut backlog);
                         hold_write |= kept && commits.is_some();
                         again = true;
                     }

@@ -2,7 +2,7 @@
 //! persistent session's), into the index.
 
 use std::{
-    collections::VecDeque,
+    collections::{HashSet, VecDeque},
     sync::{Arc, atomic::Ordering},
 };
 
@@ -157,8 +157,23 @@ pub(crate) fn subscribe(
     }
     cell.session.suback(s, codes);
     drop(cell);
+    // One pending delivery of retained messages a filter: subscribing again starts its
+    // delivery over (the last of a packet's repeats counts, [MQTT-3.8.4-3]), so the
+    // backlog never holds more entries than the session has subscriptions, however
+    // often a client repeats a SUBSCRIBE while its queue is full.
+    let mut seen = HashSet::new();
+    let mut fresh = Vec::with_capacity(retained_for.len());
+    for entry in retained_for.into_iter().rev() {
+        if seen.insert(entry.0.clone()) {
+            fresh.push(entry);
+        }
+    }
+    fresh.reverse();
+    if !backlog.is_empty() && !seen.is_empty() {
+        backlog.retain(|e| !seen.contains(&e.filter));
+    }
     backlog.extend(
-        retained_for
+        fresh
             .into_iter()
             .map(|(filter, options, identifier)| RetainedBacklog {
                 filter,
@@ -173,9 +188,10 @@ pub(crate) fn subscribe(
     kept
 }
 
-/// UNSUBSCRIBE: removes the filters and answers. True if the store was given the
-/// session's subscriptions to keep (a persistent session, a durable store): the UNSUBACK
-/// then waits for that commit in `sync` mode, so that a crash cannot bring back a
+/// UNSUBSCRIBE: removes the filters, and what is left of their retained messages'
+/// delivery from `backlog`, and answers. True if the store was given the session's
+/// subscriptions to keep (a persistent session, a durable store): the UNSUBACK then
+/// waits for that commit in `sync` mode, so that a crash cannot bring back a
 /// subscription the client was told is gone.
 pub(crate) fn unsubscribe(
     shared: &Shared,
@@ -183,6 +199,7 @@ pub(crate) fn unsubscribe(
     generation: u64,
     version: ProtocolVersion,
     u: &Unsubscribe,
+    backlog: &mut VecDeque<RetainedBacklog>,
 ) -> bool {
     if shared.live.log_subscriptions() {
         let filters: Vec<String> = u.filters.iter().map(|f| format!("'{f}'")).collect();
@@ -205,6 +222,12 @@ pub(crate) fn unsubscribe(
         })
         .collect::<Vec<_>>();
     let codes = if version.is_v5() { codes } else { Vec::new() };
+    // [MQTT-3.10.4-2]: no more messages for a filter once it is unsubscribed, retained
+    // ones included.
+    if !backlog.is_empty() {
+        let gone: HashSet<&str> = u.filters.iter().map(|f| &**f).collect();
+        backlog.retain(|e| !gone.contains(&*e.filter));
+    }
     cell.session.unsuback(u, codes);
     // After the fact: the client asked to receive less, and does even if the store
     // fails (which is logged).

@@ -373,9 +373,9 @@ fn requests_polled_before_a_takeover_change_nothing() {
         (1, 1),
         "the connection's own SUBSCRIBE"
     );
-    super::unsubscribe(&shared, &handle, stale, v, &unsub);
+    super::unsubscribe(&shared, &handle, stale, v, &unsub, &mut backlog);
     assert_eq!((subscribed(), acks()), (1, 0), "a stale UNSUBSCRIBE");
-    super::unsubscribe(&shared, &handle, current, v, &unsub);
+    super::unsubscribe(&shared, &handle, current, v, &unsub, &mut backlog);
     assert_eq!(
         (subscribed(), acks()),
         (0, 1),

@@ -669,3 +669,64 @@ async fn publish_with_subscription_identifier_is_a_protocol_error() {
     assert_eq!(&p.payload[..], b"fine");
     broker.shutdown().await;
 }
+
+// 5.0 MQTT-3.10.4-2: retained messages still waiting for room in a full session queue
+// when their filter is unsubscribed are not sent. 5.0 MQTT-3.8.4-3: a SUBSCRIBE
+// repeated while they wait starts their delivery over, once: each arrives once, not
+// once for each SUBSCRIBE (the waiting deliveries were one for each, without bound).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retained_messages_waiting_for_room_follow_the_subscription() {
+    let (broker, addr) = broker_with(|c| c.limits.max_queued_messages = 10).await;
+    let mut p = Client::connect(addr, V5, "ret-pub").await;
+    for i in 0..50 {
+        p.publish(publish(&format!("r/{i}"), b"kept", QoS::AtLeastOnce, true))
+            .await;
+    }
+    for (unsubscribe, subscribes) in [(true, 1), (false, 3)] {
+        let (mut c, _) = Client::connect_with(addr, V5, "ret-sub", |c| {
+            c.properties.receive_maximum = NonZeroU16::new(1);
+        })
+        .await;
+        c.sub("fill", QoS::AtLeastOnce).await;
+        // One in flight, unacknowledged, and the queue behind it full.
+        for i in 0..12u8 {
+            p.publish(publish("fill", &[i], QoS::AtLeastOnce, false))
+                .await;
+        }
+        let first = c.recv_publish().await;
+        for n in 0..subscribes {
+            let ack = c
+                .subscribe(subscribe(
+                    10 + n,
+                    &[("r/#", SubscriptionOptions::new(QoS::AtLeastOnce))],
+                ))
+                .await;
+            assert_eq!(ack.reason_codes, vec![ReasonCode(1)]);
+        }
+        if unsubscribe {
+            assert_eq!(
+                c.unsubscribe(20, &["r/#"]).await.reason_codes,
+                vec![ReasonCode::SUCCESS]
+            );
+        }
+        // Now take everything, acknowledging each.
+        c.ack(&first).await;
+        let mut retained = HashMap::new();
+        while let Some(Some(packet)) = c.next_within(Duration::from_millis(500)).await {
+            if let Packet::Publish(m) = packet {
+                if m.topic.starts_with("r/") {
+                    *retained.entry(m.topic.to_string()).or_insert(0) += 1;
+                }
+                c.ack(&m).await;
+            }
+        }
+        if unsubscribe {
+            assert!(retained.is_empty(), "after UNSUBACK: {retained:?}");
+        } else {
+            assert_eq!(retained.len(), 50);
+            assert!(retained.values().all(|&n| n == 1), "{retained:?}");
+        }
+        c.send(Packet::Disconnect(Default::default())).await;
+    }
+    broker.shutdown().await;
+}
