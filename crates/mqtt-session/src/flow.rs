@@ -1,7 +1,7 @@
 //! The half of a session both ends share: publish flows in both directions, the
 //! transmit and event queues, and the peer's limits.
 
-use alloc::{boxed::Box, collections::VecDeque, sync::Arc, vec::Vec};
+use alloc::{boxed::Box, collections::VecDeque, sync::Arc};
 
 use mqtt_codec::{
     Packet, PacketId, ProtocolVersion, PubAck, PubComp, PubRec, PubRel, Publish, QoS, ReasonCode,
@@ -300,6 +300,8 @@ impl Flow {
                     .queue
                     .front()
                     .is_some_and(|m| m.qos == QoS::AtMostOnce || t.outbox.inflight.len() < window)
+                || (t.outbox.waiting > 0
+                    && t.outbox.inflight.len().saturating_sub(t.outbox.waiting) < window)
         })
     }
 
@@ -352,6 +354,13 @@ impl Flow {
         };
         let window = self.window();
         let t = self.traffic.as_deref_mut()?;
+        // What a resumed session had in flight goes first, as the window lets it.
+        if t.outbox.waiting > 0 {
+            if let Some(packet) = t.outbox.next_resend(window, self.version) {
+                self.last_tx = now;
+                return Some(packet);
+            }
+        }
         // The PUBLISH is checked against the peer's Maximum Packet Size there.
         let packet = t.outbox.next_publish(
             now,
@@ -543,10 +552,16 @@ impl Flow {
         self.sent_disconnect = false;
         self.last_rx = now;
         self.last_tx = now;
+        let window = self.window();
         let Some(t) = self.traffic.as_deref_mut() else {
             return;
         };
-        let resend: Vec<Packet> = t.outbox.resend(self.version).collect();
+        let resend = t.outbox.resend(
+            self.version,
+            window,
+            self.peer.max_packet_size,
+            &mut t.events,
+        );
         for packet in resend {
             let tx = match packet {
                 Packet::PubRel(rel) => Tx::PubRel(rel.packet_id, rel.reason_code),

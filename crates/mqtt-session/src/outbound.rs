@@ -52,6 +52,10 @@ pub(crate) struct InFlight {
     /// [`Message::size`] of the message while it is held (`slot` is `Some`), counted in
     /// [`Outbox::inflight_bytes`].
     pub(crate) size: usize,
+    /// Its PUBLISH waits to be sent again on this connection: the session resumed with
+    /// more in flight than the peer's Receive Maximum now allows (see
+    /// [`Outbox::resend`]).
+    pub(crate) waiting: bool,
 }
 
 /// How many packet identifiers there are (1 to 65,535).
@@ -139,6 +143,10 @@ pub(crate) struct Outbox {
     inflight_unordered: bool,
     /// [`Message::size`] of the messages `inflight` still holds (until PUBACK, PUBREC).
     pub(crate) inflight_bytes: usize,
+    /// How many entries of `inflight` wait to be sent again ([`InFlight::waiting`]),
+    /// and where in `inflight` the first of them is at the earliest.
+    pub(crate) waiting: usize,
+    waiting_from: usize,
     /// The messages of `queue` and `inflight`.
     pub(crate) store: Store,
     /// Packet identifiers in use outside the in-flight window (a client's pending
@@ -278,6 +286,7 @@ impl Outbox {
             phase,
             slot,
             size,
+            waiting: false,
         });
     }
 
@@ -292,6 +301,8 @@ impl Outbox {
         let inflight: Vec<InFlight> = self.inflight.drain(..).collect();
         self.inflight_bytes = 0;
         self.inflight_unordered = false;
+        self.waiting = 0;
+        self.waiting_from = 0;
         inflight
             .into_iter()
             .map(|f| {
@@ -503,6 +514,7 @@ impl Outbox {
                 phase,
                 slot: Some(slot),
                 size,
+                waiting: false,
             });
             let topic = self.store.get(slot)?.topic.clone();
             let (topic, topic_alias) = self.alias(topic, alias_max);
@@ -545,6 +557,10 @@ impl Outbox {
             // [MQTT-4.3.3-4]: answer with PUBREL; [MQTT-4.3.3-6]: never resend the PUBLISH.
             if let Some(f) = self.inflight.get_mut(pos) {
                 f.phase = Awaiting::PubComp;
+                // Acknowledged before it was sent again (the peer had it already).
+                self.waiting = self
+                    .waiting
+                    .saturating_sub(usize::from(core::mem::take(&mut f.waiting)));
                 if let Some(slot) = f.slot.take() {
                     self.store.remove(slot);
                     self.inflight_bytes -= core::mem::take(&mut f.size);
@@ -555,8 +571,12 @@ impl Outbox {
         // [MQTT-4.4.0-2]: an error code also ends the exchange.
         let removed = self.inflight.remove(pos);
         self.note_inflight_removed();
+        if pos < self.waiting_from {
+            self.waiting_from -= 1;
+        }
         match removed {
             Some(f) => {
+                self.waiting = self.waiting.saturating_sub(usize::from(f.waiting));
                 if let Some(slot) = f.slot {
                     self.store.remove(slot);
                     self.inflight_bytes -= f.size;
@@ -568,24 +588,116 @@ impl Outbox {
     }
 
     /// The packets to resend on a resumed session, in their original order
-    /// ([MQTT-4.4.0-1], [MQTT-4.6.0-1]): PUBLISH with DUP set, or PUBREL.
-    pub(crate) fn resend(&self, version: ProtocolVersion) -> impl Iterator<Item = Packet> + '_ {
-        self.inflight
-            .iter()
-            .filter_map(move |f| match (self.message(f.slot), f.phase) {
+    /// ([MQTT-4.4.0-1], [MQTT-4.6.0-1]): PUBLISH with DUP set, or PUBREL. Only as many
+    /// as the new connection's `window` allows are sent now ([MQTT-3.3.4-9]: a Receive
+    /// Maximum is per connection, and may be lower than the last one's); the others
+    /// wait, in order, for [`next_resend`](Self::next_resend). A message that no longer
+    /// fits in the peer's `max_packet_size` is dropped as if sent ([MQTT-3.1.2-25]),
+    /// which frees its place and its packet identifier.
+    pub(crate) fn resend(
+        &mut self,
+        version: ProtocolVersion,
+        window: usize,
+        max_packet_size: u32,
+        events: &mut Events,
+    ) -> Vec<Packet> {
+        let mut packets = Vec::new();
+        let (mut out, mut at) = (0usize, 0usize);
+        // What waited on the last connection is decided anew for this one.
+        for f in &mut self.inflight {
+            f.waiting = false;
+        }
+        self.waiting = 0;
+        self.waiting_from = 0;
+        while let Some(f) = self.inflight.get(at) {
+            let packet = match (f.slot.and_then(|slot| self.store.get(slot)), f.phase) {
                 (_, Awaiting::PubComp) => Some(mqtt_codec::PubRel::new(f.packet_id).into()),
-                (Some(m), _) => Some(
-                    m.to_publish(
+                (Some(m), _) => {
+                    let publish = m.to_publish(
                         QosPid::new(m.qos, f.packet_id),
                         true,
                         m.topic.clone(),
                         None,
                         version.is_v5(),
-                    )
-                    .into(),
-                ),
+                    );
+                    if u32::try_from(publish.encoded_len(version))
+                        .is_ok_and(|len| len <= max_packet_size)
+                    {
+                        Some(Packet::from(publish))
+                    } else {
+                        self.remove_inflight(at, events, DropReason::TooLarge);
+                        continue;
+                    }
+                }
                 (None, _) => None,
-            })
+            };
+            let is_publish = matches!(packet, Some(Packet::Publish(_)));
+            match packet {
+                Some(packet) if !is_publish || out < window => {
+                    out += 1;
+                    packets.push(packet);
+                }
+                Some(_) => {
+                    if self.waiting == 0 {
+                        self.waiting_from = at;
+                    }
+                    self.waiting += 1;
+                    if let Some(f) = self.inflight.get_mut(at) {
+                        f.waiting = true;
+                    }
+                }
+                None => {}
+            }
+            at += 1;
+        }
+        packets
+    }
+
+    /// The next PUBLISH of a resumed session to send again, once the window has room
+    /// for it (see [`resend`](Self::resend)).
+    pub(crate) fn next_resend(
+        &mut self,
+        window: usize,
+        version: ProtocolVersion,
+    ) -> Option<Packet> {
+        if self.waiting == 0 || self.inflight.len().saturating_sub(self.waiting) >= window {
+            return None;
+        }
+        let at = self
+            .inflight
+            .iter()
+            .skip(self.waiting_from)
+            .position(|f| f.waiting)
+            .map(|i| i + self.waiting_from)?;
+        let f = self.inflight.get_mut(at)?;
+        f.waiting = false;
+        self.waiting = self.waiting.saturating_sub(1);
+        self.waiting_from = at + 1;
+        let (packet_id, slot) = (f.packet_id, f.slot);
+        let m = self.store.get(slot?)?;
+        Some(Packet::from(m.to_publish(
+            QosPid::new(m.qos, packet_id),
+            true,
+            m.topic.clone(),
+            None,
+            version.is_v5(),
+        )))
+    }
+
+    /// Removes the in-flight entry at `at`, its message dropped for `reason`.
+    fn remove_inflight(&mut self, at: usize, events: &mut Events, reason: DropReason) {
+        if let Some(f) = self.inflight.remove(at) {
+            if let Some(slot) = f.slot {
+                self.store.remove(slot);
+                self.inflight_bytes -= f.size;
+            }
+            self.waiting = self.waiting.saturating_sub(usize::from(f.waiting));
+            if at < self.waiting_from {
+                self.waiting_from -= 1;
+            }
+            events.push(Event::Dropped { id: f.id, reason });
+        }
+        self.note_inflight_removed();
     }
 
     /// Drops everything (clean start, or the peer has no session): returns the ids of
@@ -601,6 +713,8 @@ impl Outbox {
         self.queued_bytes = 0;
         self.inflight_bytes = 0;
         self.inflight_unordered = false;
+        self.waiting = 0;
+        self.waiting_from = 0;
         self.queued_qos0 = 0;
         self.other_ids.clear();
         lost
@@ -649,12 +763,15 @@ impl Outbox {
             match f.phase {
                 Awaiting::PubRec => {
                     f.phase = Awaiting::PubComp;
+                    f.waiting = false;
                     true
                 }
                 _ => false,
             }
         });
         self.note_inflight_removed();
+        self.waiting = self.inflight.iter().filter(|f| f.waiting).count();
+        self.waiting_from = 0;
         dropped
     }
 

@@ -331,6 +331,95 @@ fn resends_keep_order_and_set_dup() {
     }
 }
 
+// 5.0 MQTT-3.3.4-9: a resumed session resends no more unacknowledged PUBLISH packets
+// than the new connection's Receive Maximum; the rest follow as acknowledgements come,
+// in order. 5.0 MQTT-3.1.2-25: one that no longer fits the new Maximum Packet Size is
+// dropped as if sent, and its place in the window is freed.
+#[test]
+fn a_resumed_session_resends_within_the_new_limits() {
+    let mut pair = connected(V5);
+    let big: &'static str = Box::leak("x".repeat(300).into_boxed_str());
+    for p in ["0", "1", "2", big, "4", "5", "6", "7", "8", "9"] {
+        pair.server
+            .deliver(pair.now, msg("t", p, QoS::AtLeastOnce))
+            .unwrap();
+    }
+    // All ten written, none delivered: lost with the link.
+    pair.drive_limited(0);
+    pair.cut();
+    // The client comes back with a Receive Maximum of 2 and a Maximum Packet Size of
+    // 100 bytes.
+    let mut o = options(V5);
+    o.limits.receive_maximum = 2;
+    o.limits.max_packet_size = 100;
+    pair.client = ClientSession::new(o);
+    pair.server_sent.clear();
+    pair.open();
+    // CONNECT crosses; the server answers CONNACK and what its window allows.
+    pair.drive_limited(1);
+    let resent = |sent: &[Packet]| -> Vec<(String, bool)> {
+        sent.iter()
+            .filter_map(|p| match p {
+                Packet::Publish(p) => {
+                    Some((String::from_utf8_lossy(&p.payload).into_owned(), p.dup))
+                }
+                _ => None,
+            })
+            .collect()
+    };
+    assert_eq!(
+        resent(&pair.server_sent),
+        [("0".to_owned(), true), ("1".to_owned(), true)]
+    );
+    // Lost again before anything crossed; back with a Receive Maximum of 3: what waited
+    // on the last connection is decided anew.
+    pair.cut();
+    o = options(V5);
+    o.limits.receive_maximum = 3;
+    o.limits.max_packet_size = 100;
+    pair.client = ClientSession::new(o);
+    pair.server_sent.clear();
+    pair.open();
+    pair.drive_limited(1);
+    assert_eq!(
+        resent(&pair.server_sent),
+        [
+            ("0".to_owned(), true),
+            ("1".to_owned(), true),
+            ("2".to_owned(), true)
+        ]
+    );
+    pair.drive();
+    assert!(pair.error.is_none(), "{:?}", pair.error);
+    assert!(pair.client.is_connected());
+    assert_eq!(
+        payloads(&pair.client_events),
+        ["0", "1", "2", "4", "5", "6", "7", "8", "9"]
+    );
+    assert!(resent(&pair.server_sent).iter().all(|(_, dup)| *dup));
+    let events = pair.take_server_events();
+    assert!(
+        events.iter().any(|e| matches!(
+            e,
+            Event::Dropped {
+                reason: DropReason::TooLarge,
+                ..
+            }
+        )),
+        "{events:?}"
+    );
+    assert_eq!(delivered(&events), 9);
+    // Nothing is left in flight: new messages go out at once.
+    pair.server
+        .deliver(pair.now, msg("t", "new", QoS::AtLeastOnce))
+        .unwrap();
+    pair.drive();
+    assert_eq!(
+        payloads(&pair.client_events).last().map(String::as_str),
+        Some("new")
+    );
+}
+
 /// What a server refuses before resuming a session (its client may not read it) is
 /// neither resent nor sent: queued or in flight, it is dropped and reported. A QoS 2
 /// one already sent gets PUBREL instead, releasing the identifier the client may hold,

@@ -730,3 +730,45 @@ async fn retained_messages_waiting_for_room_follow_the_subscription() {
     }
     broker.shutdown().await;
 }
+
+// 5.0 MQTT-3.3.4-9: a session resumed with a lower Receive Maximum than the connection
+// that left ten messages unacknowledged gets them again two at a time, each pair after
+// the last is acknowledged, in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_resumed_session_resends_within_the_new_receive_maximum() {
+    let (broker, addr) = broker().await;
+    let (mut c, _) = Client::connect_with(addr, V5, "resend-window", persistent).await;
+    c.sub("rw", QoS::AtLeastOnce).await;
+    let mut p = Client::connect(addr, V5, "resend-window-pub").await;
+    for i in 0..10u8 {
+        p.publish(publish("rw", &[i], QoS::AtLeastOnce, false))
+            .await;
+    }
+    for _ in 0..10 {
+        c.recv_publish().await;
+    }
+    c.drop_connection();
+    let (mut c, ack) = Client::connect_with(addr, V5, "resend-window", |c| {
+        persistent(c);
+        c.properties.receive_maximum = NonZeroU16::new(2);
+    })
+    .await;
+    assert!(ack.session_present);
+    let mut got = Vec::new();
+    while got.len() < 10 {
+        let mut window = Vec::new();
+        while let Some(Some(packet)) = c.next_within(Duration::from_millis(300)).await {
+            if let Packet::Publish(m) = packet {
+                assert!(m.dup);
+                window.push(m);
+            }
+        }
+        assert_eq!(window.len(), 2, "after {got:?}");
+        for m in &window {
+            c.ack(m).await;
+            got.push(m.payload[0]);
+        }
+    }
+    assert_eq!(got, (0..10).collect::<Vec<u8>>());
+    broker.shutdown().await;
+}
