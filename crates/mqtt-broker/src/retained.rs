@@ -204,18 +204,15 @@ impl Shared {
             return None;
         }
         let now = self.now();
-        let (Ok(all), Ok(sys)) = (TopicFilter::new("#"), TopicFilter::new("$SYS/#")) else {
-            return None;
-        };
         let mut next = None::<mqtt_session::Instant>;
         for shard in &self.retained {
             let expired: Vec<String> = {
                 let store = shard
                     .read()
                     .unwrap_or_else(std::sync::PoisonError::into_inner);
+                // Every topic, `$`-prefixed ones too (`#` would skip them).
                 store
-                    .matching(all)
-                    .chain(store.matching(sys))
+                    .iter()
                     .filter(|r| match r.value().expires_at {
                         Some(at) if now >= at => true,
                         Some(at) => {

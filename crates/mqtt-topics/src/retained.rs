@@ -132,6 +132,20 @@ impl<V> RetainedStore<V> {
         }
     }
 
+    /// Every entry, topics starting with `$` included, as a lazy iterator in no
+    /// particular order: for housekeeping (purging expired entries), never for
+    /// delivery, where `#` must not match them.
+    pub fn iter(&self) -> Matching<'_, 'static, V> {
+        Matching {
+            store: self,
+            filter: b"#",
+            hide_dollar: false,
+            node: ROOT,
+            pos: 0,
+            state: State::Enter,
+        }
+    }
+
     /// Continues a [`matching`](Self::matching) iteration from where `cursor` was
     /// taken, with the same `filter`. `None` when the store gained or lost a topic since
     /// (a value replaced in place does not count) or the filter differs: the position

@@ -88,3 +88,22 @@ fn a_cursor_is_refused_after_a_topic_is_added_or_removed() {
     s.remove(TopicName::new("a/2").unwrap());
     assert!(s.resume(filter, cursor).is_none(), "removed");
 }
+
+/// `iter` visits every entry, `$`-prefixed topics included, where `#` hides them.
+#[test]
+fn iter_visits_every_topic_dollar_ones_too() {
+    let topics: Vec<String> = ["a", "a/b", "$SYS/x", "$app/y/z", "$", "b/$c"]
+        .iter()
+        .map(|t| (*t).to_owned())
+        .collect();
+    let s = store(&topics);
+    let mut all: Vec<String> = s.iter().map(|r| r.topic()).collect();
+    all.sort();
+    let mut expected = topics.clone();
+    expected.sort();
+    assert_eq!(all, expected);
+    let hash = TopicFilter::new("#").unwrap();
+    let mut visible: Vec<String> = s.matching(hash).map(|r| r.topic()).collect();
+    visible.sort();
+    assert_eq!(visible, ["a", "a/b", "b/$c"]);
+}

@@ -772,3 +772,29 @@ async fn a_resumed_session_resends_within_the_new_receive_maximum() {
     assert_eq!(got, (0..10).collect::<Vec<u8>>());
     broker.shutdown().await;
 }
+
+// 5.0 MQTT-3.3.2-5: expired retained messages go, under any topic: those of topics
+// starting with `$` (which `#` does not match) too, so they stop counting against
+// `retain.max_messages`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn expired_retained_messages_under_dollar_topics_are_purged() {
+    let (broker, addr) = broker_with(|c| c.retain.max_messages = 2).await;
+    let mut p = Client::connect(addr, V5, "dollar-pub").await;
+    for topic in ["$app/a", "$app/b"] {
+        let mut m = publish(topic, b"brief", QoS::AtLeastOnce, true);
+        m.properties.message_expiry_interval = Some(1);
+        p.publish(m).await;
+    }
+    // The store is full until they are purged.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    p.publish(publish("after/purge", b"kept", QoS::AtLeastOnce, true))
+        .await;
+    let mut c = Client::connect(addr, V5, "dollar-sub").await;
+    c.sub("after/#", QoS::AtMostOnce).await;
+    let m = c.recv_publish().await;
+    assert_eq!(
+        (m.topic.as_str(), &m.payload[..]),
+        ("after/purge", &b"kept"[..])
+    );
+    broker.shutdown().await;
+}
