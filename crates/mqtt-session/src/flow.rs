@@ -356,7 +356,10 @@ impl Flow {
         let t = self.traffic.as_deref_mut()?;
         // What a resumed session had in flight goes first, as the window lets it.
         if t.outbox.waiting > 0 {
-            if let Some(packet) = t.outbox.next_resend(window, self.version) {
+            if let Some(packet) = t
+                .outbox
+                .next_resend(now, window, self.version, &mut t.events)
+            {
                 self.last_tx = now;
                 return Some(packet);
             }
@@ -557,6 +560,7 @@ impl Flow {
             return;
         };
         let resend = t.outbox.resend(
+            now,
             self.version,
             window,
             self.peer.max_packet_size,

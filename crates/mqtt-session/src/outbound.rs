@@ -56,6 +56,33 @@ pub(crate) struct InFlight {
     /// more in flight than the peer's Receive Maximum now allows (see
     /// [`Outbox::resend`]).
     pub(crate) waiting: bool,
+    /// When its Message Expiry Interval ends, for a resend to carry what is left of it
+    /// ([MQTT-3.3.2-6]); `None` for a message without one, or one restored from disk
+    /// (which keeps the interval it was last sent with).
+    pub(crate) expires_at: Option<Instant>,
+}
+
+/// The PUBLISH that sends `m` again for in-flight entry `f`: DUP set, the full topic
+/// (aliases do not outlive a connection), and what is left of its Message Expiry
+/// Interval ([MQTT-3.3.2-6]).
+fn resent_publish(
+    m: &Message,
+    f: &InFlight,
+    now: Instant,
+    version: ProtocolVersion,
+) -> mqtt_codec::Publish {
+    let mut publish = m.to_publish(
+        QosPid::new(m.qos, f.packet_id),
+        true,
+        m.topic.clone(),
+        None,
+        version.is_v5(),
+    );
+    if let Some(at) = f.expires_at {
+        let left = at.saturating_since(now).as_secs_ceil().max(1);
+        publish.properties.message_expiry_interval = Some(u32::try_from(left).unwrap_or(u32::MAX));
+    }
+    publish
 }
 
 /// How many packet identifiers there are (1 to 65,535).
@@ -287,6 +314,7 @@ impl Outbox {
             slot,
             size,
             waiting: false,
+            expires_at: None,
         });
     }
 
@@ -515,6 +543,7 @@ impl Outbox {
                 slot: Some(slot),
                 size,
                 waiting: false,
+                expires_at,
             });
             let topic = self.store.get(slot)?.topic.clone();
             let (topic, topic_alias) = self.alias(topic, alias_max);
@@ -593,9 +622,12 @@ impl Outbox {
     /// Maximum is per connection, and may be lower than the last one's); the others
     /// wait, in order, for [`next_resend`](Self::next_resend). A message that no longer
     /// fits in the peer's `max_packet_size` is dropped as if sent ([MQTT-3.1.2-25]),
-    /// which frees its place and its packet identifier.
+    /// which frees its place and its packet identifier; one whose Message Expiry
+    /// Interval has passed meanwhile is dropped ([`DropReason::Expired`]), and the others
+    /// carry what is left of theirs ([MQTT-3.3.2-6]).
     pub(crate) fn resend(
         &mut self,
+        now: Instant,
         version: ProtocolVersion,
         window: usize,
         max_packet_size: u32,
@@ -612,14 +644,12 @@ impl Outbox {
         while let Some(f) = self.inflight.get(at) {
             let packet = match (f.slot.and_then(|slot| self.store.get(slot)), f.phase) {
                 (_, Awaiting::PubComp) => Some(mqtt_codec::PubRel::new(f.packet_id).into()),
+                (Some(_), _) if f.expires_at.is_some_and(|t| now >= t) => {
+                    self.remove_inflight(at, events, DropReason::Expired);
+                    continue;
+                }
                 (Some(m), _) => {
-                    let publish = m.to_publish(
-                        QosPid::new(m.qos, f.packet_id),
-                        true,
-                        m.topic.clone(),
-                        None,
-                        version.is_v5(),
-                    );
+                    let publish = resent_publish(m, f, now, version);
                     if u32::try_from(publish.encoded_len(version))
                         .is_ok_and(|len| len <= max_packet_size)
                     {
@@ -654,34 +684,36 @@ impl Outbox {
     }
 
     /// The next PUBLISH of a resumed session to send again, once the window has room
-    /// for it (see [`resend`](Self::resend)).
+    /// for it (see [`resend`](Self::resend)); one expired while it waited is dropped.
     pub(crate) fn next_resend(
         &mut self,
+        now: Instant,
         window: usize,
         version: ProtocolVersion,
+        events: &mut Events,
     ) -> Option<Packet> {
-        if self.waiting == 0 || self.inflight.len().saturating_sub(self.waiting) >= window {
-            return None;
+        loop {
+            if self.waiting == 0 || self.inflight.len().saturating_sub(self.waiting) >= window {
+                return None;
+            }
+            let at = self
+                .inflight
+                .iter()
+                .skip(self.waiting_from)
+                .position(|f| f.waiting)
+                .map(|i| i + self.waiting_from)?;
+            let f = self.inflight.get_mut(at)?;
+            if f.expires_at.is_some_and(|t| now >= t) {
+                self.remove_inflight(at, events, DropReason::Expired);
+                continue;
+            }
+            f.waiting = false;
+            self.waiting = self.waiting.saturating_sub(1);
+            self.waiting_from = at + 1;
+            let f = self.inflight.get(at)?;
+            let m = self.store.get(f.slot?)?;
+            return Some(Packet::from(resent_publish(m, f, now, version)));
         }
-        let at = self
-            .inflight
-            .iter()
-            .skip(self.waiting_from)
-            .position(|f| f.waiting)
-            .map(|i| i + self.waiting_from)?;
-        let f = self.inflight.get_mut(at)?;
-        f.waiting = false;
-        self.waiting = self.waiting.saturating_sub(1);
-        self.waiting_from = at + 1;
-        let (packet_id, slot) = (f.packet_id, f.slot);
-        let m = self.store.get(slot?)?;
-        Some(Packet::from(m.to_publish(
-            QosPid::new(m.qos, packet_id),
-            true,
-            m.topic.clone(),
-            None,
-            version.is_v5(),
-        )))
     }
 
     /// Removes the in-flight entry at `at`, its message dropped for `reason`.

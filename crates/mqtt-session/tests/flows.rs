@@ -420,6 +420,49 @@ fn a_resumed_session_resends_within_the_new_limits() {
     );
 }
 
+// 5.0 MQTT-3.3.2-6: a PUBLISH sent again on a resumed session carries what is left of
+// its Message Expiry Interval, not what it had when first sent; one that expired
+// meanwhile is not sent again.
+#[test]
+fn resends_carry_what_is_left_of_their_expiry() {
+    let mut pair = connected(V5);
+    for (p, expiry) in [("long", 100), ("short", 10)] {
+        let mut m = msg("t", p, QoS::AtLeastOnce);
+        m.properties.message_expiry_interval = Some(expiry);
+        pair.server.deliver(pair.now, m).unwrap();
+    }
+    // Both written, neither delivered: lost with the link.
+    pair.drive_limited(0);
+    pair.cut();
+    pair.advance(Duration::from_secs(40));
+    pair.take_server_events();
+    pair.server_sent.clear();
+    pair.connect();
+    let resent: Vec<(String, Option<u32>)> = pair
+        .server_sent
+        .iter()
+        .filter_map(|p| match p {
+            Packet::Publish(p) => Some((
+                String::from_utf8_lossy(&p.payload).into_owned(),
+                p.properties.message_expiry_interval,
+            )),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(resent, [("long".to_owned(), Some(60))]);
+    let events = pair.take_server_events();
+    assert!(
+        events.iter().any(|e| matches!(
+            e,
+            Event::Dropped {
+                reason: DropReason::Expired,
+                ..
+            }
+        )),
+        "{events:?}"
+    );
+}
+
 /// What a server refuses before resuming a session (its client may not read it) is
 /// neither resent nor sent: queued or in flight, it is dropped and reported. A QoS 2
 /// one already sent gets PUBREL instead, releasing the identifier the client may hold,
