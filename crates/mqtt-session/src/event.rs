@@ -94,6 +94,9 @@ pub(crate) struct Events {
     order: VecDeque<Queued>,
     /// The messages of the `Queued::Message` entries, in order.
     messages: VecDeque<Message>,
+    /// How many of the first messages of `messages` came on a connection that has
+    /// ended (see [`Events::unlink_received`]).
+    unlinked: usize,
 }
 
 impl Events {
@@ -136,6 +139,38 @@ impl Events {
         });
     }
 
+    /// Server end: the messages received but not yet drained, from a connection that
+    /// has ended, are acknowledged on none: their arrivals lose their packet
+    /// identifiers, so that a [`settle_publish`](crate::ServerSession::settle_publish)
+    /// of them sends nothing on the next connection (whose client may use those
+    /// identifiers for other messages). Their publisher, which saw no acknowledgement,
+    /// sends them again if it resumes the session.
+    pub(crate) fn unlink_received(&mut self) {
+        self.unlinked = self.messages.len();
+    }
+
+    /// Takes out the messages received but not yet drained; returns the packet
+    /// identifiers of the QoS 2 ones (see [`crate::ServerSession::forget_received`]).
+    pub(crate) fn forget_received(&mut self) -> (usize, alloc::vec::Vec<mqtt_codec::PacketId>) {
+        let messages = core::mem::take(&mut self.messages);
+        let count = messages.len();
+        self.unlinked = 0;
+        let mut qos2 = alloc::vec::Vec::new();
+        let mut messages = messages.into_iter();
+        self.order.retain(|q| {
+            let Queued::Message(arrival) = q else {
+                return true;
+            };
+            if let (Some(m), Some(id)) = (messages.next(), arrival.packet_id) {
+                if m.qos == mqtt_codec::QoS::ExactlyOnce {
+                    qos2.push(id);
+                }
+            }
+            false
+        });
+        (count, qos2)
+    }
+
     /// Forgets a [`Event::SessionExpired`] not yet drained: a new connection replaced
     /// the session it reported.
     pub(crate) fn forget_expiry(&mut self) {
@@ -174,7 +209,11 @@ impl Events {
     #[inline]
     pub(crate) fn pop(&mut self) -> Option<Event> {
         Some(match self.order.pop_front()? {
-            Queued::Message(arrival) => {
+            Queued::Message(mut arrival) => {
+                if self.unlinked > 0 {
+                    self.unlinked -= 1;
+                    arrival.packet_id = None;
+                }
                 return self
                     .messages
                     .pop_front()

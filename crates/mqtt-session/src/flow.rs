@@ -549,6 +549,27 @@ impl Flow {
         }
     }
 
+    /// Server end: received messages not yet drained lose their packet identifiers
+    /// (see [`Events::unlink_received`]).
+    pub(crate) fn unlink_received(&mut self) {
+        if let Some(t) = self.traffic.as_deref_mut() {
+            t.events.unlink_received();
+        }
+    }
+
+    /// Drops the received messages not yet drained, releasing the identifiers of the
+    /// QoS 2 ones; returns how many were dropped.
+    pub(crate) fn forget_received(&mut self) -> usize {
+        let Some(t) = self.traffic.as_deref_mut() else {
+            return 0;
+        };
+        let (count, qos2) = t.events.forget_received();
+        for id in qos2 {
+            t.inbox.release(id);
+        }
+        count
+    }
+
     /// A new connection resumes the session: resend what is unacknowledged, in order.
     pub(crate) fn resume(&mut self, now: Instant) {
         self.connected = true;

@@ -703,6 +703,7 @@ impl ServerSession {
             return;
         }
         self.flow.connection_lost();
+        self.flow.unlink_received();
         self.credentials_expire = Deadline::NONE;
         let expiry = match self.session_expiry {
             NEVER => None,
@@ -716,6 +717,17 @@ impl ServerSession {
             let delay = expiry.map_or(delay, |e| delay.min(e));
             self.will_due = Deadline::new(Some(now + delay));
         }
+    }
+
+    /// Drops the messages received on an earlier connection and not yet drained with
+    /// [`poll_event`](Self::poll_event) (a connection taken over between reading them
+    /// and acting on them): for a server that authorizes what a client publishes and
+    /// whose resuming client is not the one that sent them. None of them was
+    /// acknowledged; the packet identifiers of the QoS 2 ones are released, so that
+    /// their publisher's resends, if it resumes the session, are taken as new messages
+    /// rather than as duplicates of ones never delivered. Returns how many were dropped.
+    pub fn forget_received(&mut self) -> usize {
+        self.flow.forget_received()
     }
 
     /// For a session restored from a store whose state was saved while a connection was

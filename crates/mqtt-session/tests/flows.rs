@@ -698,6 +698,88 @@ fn a_new_connection_does_not_inherit_the_old_ones_requests() {
     }
 }
 
+/// A server that decides acknowledgements itself (`defer_publish_acks`) and is taken
+/// over between reading PUBLISH packets and settling them: the messages kept are
+/// acknowledged on no connection (the new one's client may use those identifiers for
+/// other messages), and those it drops (`forget_received`: another client resumed the
+/// session) release their QoS 2 identifiers, so that the resends are new messages, not
+/// duplicates of messages never delivered.
+#[test]
+fn a_taken_over_connections_messages_are_not_acknowledged_on_the_next() {
+    let limits = Limits {
+        defer_publish_acks: true,
+        ..Limits::default()
+    };
+    let publish = |id: u16, qos: QoS| {
+        let mut p = Publish::new(ByteStr::from_static("t"), Bytes::from_static(b"m"));
+        p.qos_pid = QosPid::new(qos, PacketId::new(id).unwrap());
+        Packet::Publish(p)
+    };
+    for forget in [false, true] {
+        let mut server = ServerSession::new(ByteStr::from_static("c"), limits.clone());
+        let mut connect = mqtt_codec::Connect::new(V5, ByteStr::from_static("c"));
+        connect.clean_start = false;
+        connect.properties.session_expiry_interval = Some(60);
+        server.accept(Instant::ZERO, &connect, Default::default());
+        server
+            .handle_packet(Instant::ZERO, publish(1, QoS::AtLeastOnce))
+            .unwrap();
+        server
+            .handle_packet(Instant::ZERO, publish(2, QoS::ExactlyOnce))
+            .unwrap();
+        // Taken over before the old connection polled its events.
+        server.accept(Instant::ZERO, &connect, Default::default());
+        if forget {
+            assert_eq!(server.forget_received(), 2);
+        }
+        let events: Vec<_> = std::iter::from_fn(|| server.poll_event()).collect();
+        let arrivals: Vec<_> = events
+            .iter()
+            .filter_map(|e| match e {
+                Event::Message(m, arrival) => Some((m.qos, *arrival)),
+                _ => None,
+            })
+            .collect();
+        if forget {
+            assert!(arrivals.is_empty(), "{events:?}");
+        } else {
+            assert_eq!(arrivals.len(), 2);
+            for (qos, arrival) in arrivals {
+                assert_eq!(arrival.packet_id, None);
+                server.settle_publish(qos, arrival.packet_id, ReasonCode::SUCCESS);
+            }
+        }
+        let sent: Vec<_> = std::iter::from_fn(|| server.poll_transmit(Instant::ZERO)).collect();
+        assert!(
+            !sent
+                .iter()
+                .any(|p| matches!(p, Packet::PubAck(_) | Packet::PubRec(_))),
+            "forget {forget}: {sent:?}"
+        );
+        // The publisher resends its QoS 2 message: a duplicate of one delivered (answered
+        // PUBREC, not delivered again), or a new one if it was dropped.
+        let mut resend = publish(2, QoS::ExactlyOnce);
+        if let Packet::Publish(p) = &mut resend {
+            p.dup = true;
+        }
+        server.handle_packet(Instant::ZERO, resend).unwrap();
+        let events: Vec<_> = std::iter::from_fn(|| server.poll_event()).collect();
+        assert_eq!(
+            payloads(&events).len(),
+            usize::from(forget),
+            "forget {forget}"
+        );
+        let sent: Vec<_> = std::iter::from_fn(|| server.poll_transmit(Instant::ZERO)).collect();
+        assert_eq!(
+            sent.iter()
+                .filter(|p| matches!(p, Packet::PubRec(_)))
+                .count(),
+            usize::from(!forget),
+            "forget {forget}: {sent:?}"
+        );
+    }
+}
+
 /// The client end likewise: a CONNACK read on a connection lost before its events were
 /// polled does not make the session look connected to whoever polls next.
 #[test]

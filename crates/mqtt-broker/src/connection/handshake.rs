@@ -468,6 +468,17 @@ pub(crate) async fn attach<W: AsyncWrite + Unpin>(
                 info!(client = %connect.client_id, %peer, user = ?connect.username, dropped, to_other_members = orphans.len(), "messages waiting in the resumed session not sent: this client may not read them");
             }
         }
+        // Messages the connection taken over read but did not route yet were its
+        // client's to publish: another client (user, listener or token) does not route
+        // them with its own rights. Unacknowledged, they are sent again by their
+        // publisher if it resumes the session. Those kept (the same client) are routed
+        // by this connection, with no acknowledgement on it (`connection_lost`).
+        if cell.principal != principal {
+            let dropped = cell.session.forget_received();
+            if dropped > 0 {
+                debug!(client = %connect.client_id, %peer, dropped, "messages the previous connection read and did not route were dropped: another client resumed the session");
+            }
+        }
         cell.session.accept(now, &connect, properties);
         cell.session
             .set_credentials_expiry(token_valid_until.map(|until| token_deadline(now, until)));
