@@ -1,15 +1,13 @@
 //! The PROXY protocol (HAProxy's, versions 1 and 2) that a load balancer (HAProxy, AWS
 //! NLB, ...) sends before the client's bytes, giving the client's address.
 //!
-//! The header is peeked at, parsed, and only then read off the socket, to the byte: what
-//! follows it (MQTT, TLS) stays in the socket, which stays a plain TCP stream (it can
-//! park). A listener with `proxy_protocol = true` closes a connection whose first bytes
+//! The header is read off the socket to the byte, never past it: what follows it
+//! (MQTT, TLS) stays in the socket, which stays a plain TCP stream (it can park). A listener with `proxy_protocol = true` closes a connection whose first bytes
 //! are not a valid header.
 
 use std::{
     io,
     net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
-    time::Duration,
 };
 
 use tokio::{io::AsyncReadExt, net::TcpStream};
@@ -18,9 +16,9 @@ use tokio::{io::AsyncReadExt, net::TcpStream};
 const V1_MAX: usize = 107;
 /// Version 2's signature.
 const V2_SIGNATURE: &[u8; 12] = b"\r\n\r\n\0\r\nQUIT\n";
-/// What is peeked at: a version 1 header, or version 2's fixed part and the longest
-/// address block read (two IPv6 addresses and ports). TLVs after the addresses are
-/// read and dropped.
+/// What is read into memory: a version 1 header, or version 2's fixed part and the
+/// longest address block read (two IPv6 addresses and ports). TLVs after the addresses
+/// are read and dropped.
 const PEEK: usize = 16 + 36 + 64;
 
 /// What the first bytes of a connection say.
@@ -159,41 +157,50 @@ fn parse_v2(buf: &[u8]) -> Header {
 
 /// Reads the header off `stream`: the client's address, or `None` when the socket's
 /// own stands. The caller bounds it in time (`limits.connect_timeout`).
+///
+/// Never a byte past the header, and no polling: each read asks for bytes the header
+/// still has to hold and waits until they come. The first byte tells a header from
+/// anything else (which is refused at once); the shortest header of either version is
+/// 15 bytes (`PROXY UNKNOWN\r\n`); a version 1 line then goes a byte at a time to its
+/// CRLF, a version 2 header to its fixed part, then its address block.
 pub(super) async fn read_header(stream: &mut TcpStream) -> io::Result<Option<SocketAddr>> {
     let invalid = |why: &'static str| io::Error::new(io::ErrorKind::InvalidData, why);
     let mut buf = [0u8; PEEK];
-    let mut seen = 0;
+    let mut have = 1;
+    stream
+        .read_exact(buf.get_mut(..have).unwrap_or_default())
+        .await?;
     loop {
-        let n = stream.peek(&mut buf).await?;
-        if n == 0 {
-            return Err(io::ErrorKind::UnexpectedEof.into());
-        }
-        match parse(buf.get(..n).unwrap_or_default()) {
+        let read = buf.get(..have).unwrap_or_default();
+        let want = match parse(read) {
             Header::Complete { len, client } => {
-                // Read it off, to the byte; TLVs beyond what was peeked at included.
-                let mut left = len;
+                // TLVs beyond what was read are read and dropped.
+                let mut left = len.saturating_sub(have);
                 while left > 0 {
                     let chunk = buf.get_mut(..left.min(PEEK)).unwrap_or_default();
-                    let read = stream.read(chunk).await?;
-                    if read == 0 {
+                    let n = stream.read(chunk).await?;
+                    if n == 0 {
                         return Err(io::ErrorKind::UnexpectedEof.into());
                     }
-                    left -= read;
+                    left -= n;
                 }
                 return Ok(client);
             }
             Header::Invalid(why) => return Err(invalid(why)),
-            Header::Incomplete if n == PEEK => return Err(invalid("PROXY header too long")),
-            Header::Incomplete => {
-                // The socket stays readable with the first part in it: wait a little
-                // for the rest rather than spin. Balancers send the header in one
-                // segment, so this is rare.
-                if n == seen {
-                    tokio::time::sleep(Duration::from_millis(5)).await;
-                }
-                seen = n;
-            }
+            Header::Incomplete if have < 15 => 15,
+            Header::Incomplete if is_prefix(read, b"PROXY ") => have + 1,
+            Header::Incomplete => match read.get(14..16) {
+                Some(&[hi, lo]) => (16 + usize::from(u16::from_be_bytes([hi, lo]))).min(PEEK),
+                _ => 16,
+            },
+        };
+        if want <= have || want > PEEK {
+            return Err(invalid("PROXY header too long"));
         }
+        stream
+            .read_exact(buf.get_mut(have..want).unwrap_or_default())
+            .await?;
+        have = want;
     }
 }
 

@@ -87,6 +87,39 @@ async fn the_client_address_reaches_the_authenticator() {
             "{id}"
         );
     }
+    // The header and CONNECT in one write: the header is read to its last byte and no
+    // further, and CONNECT after it.
+    for (id, header, expected) in [
+        (
+            "v1-one-write",
+            b"PROXY TCP4 192.0.2.8 198.51.100.1 40005 1883\r\n".to_vec(),
+            "192.0.2.8:40005",
+        ),
+        (
+            "v2-one-write",
+            v2(
+                1,
+                0x11,
+                &[203, 0, 113, 6, 198, 51, 100, 1, 0x9C, 0x46, 0x07, 0x5B],
+            ),
+            "203.0.113.6:40006",
+        ),
+    ] {
+        let mut s = TcpStream::connect(plain).await.unwrap();
+        let mut wire = header;
+        wire.extend(crate::pki::connect_bytes(id, None));
+        s.write_all(&wire).await.unwrap();
+        let mut connack = [0u8; 4];
+        tokio::io::AsyncReadExt::read_exact(&mut s, &mut connack)
+            .await
+            .unwrap();
+        assert_eq!(connack, [0x20, 0x02, 0x00, 0x00], "{id}");
+        assert_eq!(
+            recorder.seen(id).await.peer,
+            expected.parse::<SocketAddr>().unwrap(),
+            "{id}"
+        );
+    }
     // Before TLS: the header, then the handshake.
     let mut tcp = TcpStream::connect(addrs[1]).await.unwrap();
     tcp.write_all(b"PROXY TCP4 192.0.2.99 198.51.100.1 41000 8883\r\n")
