@@ -94,8 +94,9 @@ pub(crate) struct Events {
     order: VecDeque<Queued>,
     /// The messages of the `Queued::Message` entries, in order.
     messages: VecDeque<Message>,
-    /// How many of the first messages of `messages` came on a connection that has
-    /// ended (see [`Events::unlink_received`]).
+    /// How many acknowledgements of QoS 1/2 messages received on a connection that
+    /// has ended are still to be settled, on no connection (see
+    /// [`Events::unlink_received`]).
     unlinked: usize,
 }
 
@@ -140,13 +141,24 @@ impl Events {
     }
 
     /// Server end: the messages received but not yet drained, from a connection that
-    /// has ended, are acknowledged on none: their arrivals lose their packet
-    /// identifiers, so that a [`settle_publish`](crate::ServerSession::settle_publish)
-    /// of them sends nothing on the next connection (whose client may use those
-    /// identifiers for other messages). Their publisher, which saw no acknowledgement,
-    /// sends them again if it resumes the session.
+    /// has ended, are acknowledged on none: the next settlements of QoS 1/2 messages,
+    /// as many as there are of them, send nothing (the next connection's client may
+    /// use those identifiers for other messages). Their publisher, which saw no
+    /// acknowledgement, sends them again if it resumes the session.
     pub(crate) fn unlink_received(&mut self) {
-        self.unlinked = self.messages.len();
+        self.unlinked = self
+            .messages
+            .iter()
+            .filter(|m| m.qos != mqtt_codec::QoS::AtMostOnce)
+            .count();
+    }
+
+    /// Whether the next settlement is one of those [`unlink_received`]
+    /// (Self::unlink_received) left to send nothing; counts it.
+    pub(crate) fn take_unlinked_settlement(&mut self) -> bool {
+        let unlinked = self.unlinked > 0;
+        self.unlinked = self.unlinked.saturating_sub(1);
+        unlinked
     }
 
     /// Takes out the messages received but not yet drained; returns the packet
@@ -209,11 +221,7 @@ impl Events {
     #[inline]
     pub(crate) fn pop(&mut self) -> Option<Event> {
         Some(match self.order.pop_front()? {
-            Queued::Message(mut arrival) => {
-                if self.unlinked > 0 {
-                    self.unlinked -= 1;
-                    arrival.packet_id = None;
-                }
+            Queued::Message(arrival) => {
                 return self
                     .messages
                     .pop_front()

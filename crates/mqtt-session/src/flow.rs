@@ -491,6 +491,15 @@ impl Flow {
         let v5 = self.version.is_v5();
         let reason = if v5 { reason } else { ReasonCode::SUCCESS };
         let t = self.traffic_mut();
+        if t.events.take_unlinked_settlement() {
+            // Received on a connection that has ended: no acknowledgement on this one.
+            // A refused QoS 2 message frees its identifier all the same, so that its
+            // resend is decided anew rather than answered as a duplicate.
+            if qos == QoS::ExactlyOnce && reason.is_error() {
+                t.inbox.release(id);
+            }
+            return;
+        }
         match qos {
             QoS::AtMostOnce => {}
             QoS::AtLeastOnce => t.tx.push_back(Tx::PubAck(id, reason)),
@@ -549,8 +558,8 @@ impl Flow {
         }
     }
 
-    /// Server end: received messages not yet drained lose their packet identifiers
-    /// (see [`Events::unlink_received`]).
+    /// Server end: received messages not yet drained are acknowledged on no
+    /// connection (see [`Events::unlink_received`]).
     pub(crate) fn unlink_received(&mut self) {
         if let Some(t) = self.traffic.as_deref_mut() {
             t.events.unlink_received();

@@ -701,9 +701,9 @@ fn a_new_connection_does_not_inherit_the_old_ones_requests() {
 /// A server that decides acknowledgements itself (`defer_publish_acks`) and is taken
 /// over between reading PUBLISH packets and settling them: the messages kept are
 /// acknowledged on no connection (the new one's client may use those identifiers for
-/// other messages), and those it drops (`forget_received`: another client resumed the
-/// session) release their QoS 2 identifiers, so that the resends are new messages, not
-/// duplicates of messages never delivered.
+/// other messages), and a refused QoS 2 one, or those it drops (`forget_received`:
+/// another client resumed the session), release their QoS 2 identifiers, so that the
+/// resends are new messages, not duplicates of messages never delivered.
 #[test]
 fn a_taken_over_connections_messages_are_not_acknowledged_on_the_next() {
     let limits = Limits {
@@ -715,7 +715,13 @@ fn a_taken_over_connections_messages_are_not_acknowledged_on_the_next() {
         p.qos_pid = QosPid::new(qos, PacketId::new(id).unwrap());
         Packet::Publish(p)
     };
-    for forget in [false, true] {
+    // Dropped, settled as routed, settled as refused.
+    for (forget, verdict) in [
+        (true, ReasonCode::SUCCESS),
+        (false, ReasonCode::SUCCESS),
+        (false, ReasonCode::NOT_AUTHORIZED),
+    ] {
+        let case = format!("forget {forget}, {verdict:?}");
         let mut server = ServerSession::new(ByteStr::from_static("c"), limits.clone());
         let mut connect = mqtt_codec::Connect::new(V5, ByteStr::from_static("c"));
         connect.clean_start = false;
@@ -740,42 +746,52 @@ fn a_taken_over_connections_messages_are_not_acknowledged_on_the_next() {
                 _ => None,
             })
             .collect();
-        if forget {
-            assert!(arrivals.is_empty(), "{events:?}");
-        } else {
-            assert_eq!(arrivals.len(), 2);
-            for (qos, arrival) in arrivals {
-                assert_eq!(arrival.packet_id, None);
-                server.settle_publish(qos, arrival.packet_id, ReasonCode::SUCCESS);
-            }
+        assert_eq!(arrivals.len(), if forget { 0 } else { 2 }, "{case}");
+        for (qos, arrival) in arrivals {
+            server.settle_publish(qos, arrival.packet_id, verdict);
         }
         let sent: Vec<_> = std::iter::from_fn(|| server.poll_transmit(Instant::ZERO)).collect();
         assert!(
             !sent
                 .iter()
                 .any(|p| matches!(p, Packet::PubAck(_) | Packet::PubRec(_))),
-            "forget {forget}: {sent:?}"
+            "{case}: {sent:?}"
         );
-        // The publisher resends its QoS 2 message: a duplicate of one delivered (answered
-        // PUBREC, not delivered again), or a new one if it was dropped.
+        // The publisher resends its QoS 2 message: a duplicate of one routed (answered
+        // PUBREC, not delivered again), or a new one if it was dropped or refused.
+        let new = forget || verdict.is_error();
         let mut resend = publish(2, QoS::ExactlyOnce);
         if let Packet::Publish(p) = &mut resend {
             p.dup = true;
         }
         server.handle_packet(Instant::ZERO, resend).unwrap();
         let events: Vec<_> = std::iter::from_fn(|| server.poll_event()).collect();
-        assert_eq!(
-            payloads(&events).len(),
-            usize::from(forget),
-            "forget {forget}"
-        );
+        assert_eq!(payloads(&events).len(), usize::from(new), "{case}");
+        if !new {
+            let sent: Vec<_> = std::iter::from_fn(|| server.poll_transmit(Instant::ZERO)).collect();
+            assert_eq!(
+                sent.iter()
+                    .filter(|p| matches!(p, Packet::PubRec(_)))
+                    .count(),
+                1,
+                "{case}: {sent:?}"
+            );
+        }
+        // Settlements of this connection's own messages go out again.
+        server
+            .handle_packet(Instant::ZERO, publish(3, QoS::AtLeastOnce))
+            .unwrap();
+        let events: Vec<_> = std::iter::from_fn(|| server.poll_event()).collect();
+        for e in &events {
+            if let Event::Message(m, arrival) = e {
+                server.settle_publish(m.qos, arrival.packet_id, ReasonCode::SUCCESS);
+            }
+        }
         let sent: Vec<_> = std::iter::from_fn(|| server.poll_transmit(Instant::ZERO)).collect();
-        assert_eq!(
+        assert!(
             sent.iter()
-                .filter(|p| matches!(p, Packet::PubRec(_)))
-                .count(),
-            usize::from(!forget),
-            "forget {forget}: {sent:?}"
+                .any(|p| matches!(p, Packet::PubAck(a) if a.packet_id.get() == 3)),
+            "{case}: {sent:?}"
         );
     }
 }
