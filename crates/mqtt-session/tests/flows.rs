@@ -49,6 +49,13 @@ fn payloads(events: &[Event]) -> Vec<String> {
         .collect()
 }
 
+/// Whether a message was reported dropped for `reason`.
+fn dropped_for(events: &[Event], reason: DropReason) -> bool {
+    events
+        .iter()
+        .any(|e| matches!(e, Event::Dropped { reason: r, .. } if *r == reason))
+}
+
 fn delivered(events: &[Event]) -> usize {
     events
         .iter()
@@ -347,16 +354,19 @@ fn a_resumed_session_resends_within_the_new_limits() {
     // All ten written, none delivered: lost with the link.
     pair.drive_limited(0);
     pair.cut();
-    // The client comes back with a Receive Maximum of 2 and a Maximum Packet Size of
-    // 100 bytes.
-    let mut o = options(V5);
-    o.limits.receive_maximum = 2;
-    o.limits.max_packet_size = 100;
-    pair.client = ClientSession::new(o);
-    pair.server_sent.clear();
-    pair.open();
-    // CONNECT crosses; the server answers CONNACK and what its window allows.
-    pair.drive_limited(1);
+    // The client comes back (a new client session, Clean Start 0) with `receive_maximum`
+    // and a Maximum Packet Size of 100 bytes; CONNECT crosses, and the server answers
+    // CONNACK and what its window allows.
+    let come_back = |pair: &mut Pair, receive_maximum: u16| {
+        let mut o = options(V5);
+        o.limits.receive_maximum = receive_maximum;
+        o.limits.max_packet_size = 100;
+        pair.client = ClientSession::new(o);
+        pair.server_sent.clear();
+        pair.open();
+        pair.drive_limited(1);
+    };
+    come_back(&mut pair, 2);
     let resent = |sent: &[Packet]| -> Vec<(String, bool)> {
         sent.iter()
             .filter_map(|p| match p {
@@ -374,13 +384,7 @@ fn a_resumed_session_resends_within_the_new_limits() {
     // Lost again before anything crossed; back with a Receive Maximum of 3: what waited
     // on the last connection is decided anew.
     pair.cut();
-    o = options(V5);
-    o.limits.receive_maximum = 3;
-    o.limits.max_packet_size = 100;
-    pair.client = ClientSession::new(o);
-    pair.server_sent.clear();
-    pair.open();
-    pair.drive_limited(1);
+    come_back(&mut pair, 3);
     assert_eq!(
         resent(&pair.server_sent),
         [
@@ -398,16 +402,7 @@ fn a_resumed_session_resends_within_the_new_limits() {
     );
     assert!(resent(&pair.server_sent).iter().all(|(_, dup)| *dup));
     let events = pair.take_server_events();
-    assert!(
-        events.iter().any(|e| matches!(
-            e,
-            Event::Dropped {
-                reason: DropReason::TooLarge,
-                ..
-            }
-        )),
-        "{events:?}"
-    );
+    assert!(dropped_for(&events, DropReason::TooLarge), "{events:?}");
     assert_eq!(delivered(&events), 9);
     // Nothing is left in flight: new messages go out at once.
     pair.server
@@ -451,16 +446,7 @@ fn resends_carry_what_is_left_of_their_expiry() {
         .collect();
     assert_eq!(resent, [("long".to_owned(), Some(60))]);
     let events = pair.take_server_events();
-    assert!(
-        events.iter().any(|e| matches!(
-            e,
-            Event::Dropped {
-                reason: DropReason::Expired,
-                ..
-            }
-        )),
-        "{events:?}"
-    );
+    assert!(dropped_for(&events, DropReason::Expired), "{events:?}");
 }
 
 /// What a server refuses before resuming a session (its client may not read it) is
