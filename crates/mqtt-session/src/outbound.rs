@@ -78,7 +78,7 @@ fn resent_publish(
         None,
         version.is_v5(),
     );
-    if let Some(at) = f.expires_at {
+    if let Some(at) = f.expires_at.filter(|_| version.is_v5()) {
         let left = at.saturating_since(now).as_secs_ceil().max(1);
         publish.properties.message_expiry_interval = Some(u32::try_from(left).unwrap_or(u32::MAX));
     }
@@ -621,10 +621,13 @@ impl Outbox {
     /// as the new connection's `window` allows are sent now ([MQTT-3.3.4-9]: a Receive
     /// Maximum is per connection, and may be lower than the last one's); the others
     /// wait, in order, for [`next_resend`](Self::next_resend). A message that no longer
-    /// fits in the peer's `max_packet_size` is dropped as if sent ([MQTT-3.1.2-25]),
-    /// which frees its place and its packet identifier; one whose Message Expiry
-    /// Interval has passed meanwhile is dropped ([`DropReason::Expired`]), and the others
-    /// carry what is left of theirs ([MQTT-3.3.2-6]).
+    /// fits in the peer's `max_packet_size` is dropped as if sent ([MQTT-3.1.2-25]); one
+    /// whose Message Expiry Interval has passed meanwhile is dropped
+    /// ([`DropReason::Expired`]: delivery had begun, so this goes beyond
+    /// [MQTT-3.3.2-5], as Mosquitto does, rather than hand the client a message past its
+    /// expiry); a dropped QoS 2 message gets PUBREL in its place (see
+    /// [`drop_inflight`](Self::drop_inflight)). The others carry what is left of their
+    /// interval ([MQTT-3.3.2-6]).
     pub(crate) fn resend(
         &mut self,
         now: Instant,
@@ -645,8 +648,10 @@ impl Outbox {
             let packet = match (f.slot.and_then(|slot| self.store.get(slot)), f.phase) {
                 (_, Awaiting::PubComp) => Some(mqtt_codec::PubRel::new(f.packet_id).into()),
                 (Some(_), _) if f.expires_at.is_some_and(|t| now >= t) => {
-                    self.remove_inflight(at, events, DropReason::Expired);
-                    continue;
+                    match self.drop_inflight(at, events, DropReason::Expired) {
+                        Some(pubrel) => Some(pubrel),
+                        None => continue,
+                    }
                 }
                 (Some(m), _) => {
                     let publish = resent_publish(m, f, now, version);
@@ -655,8 +660,10 @@ impl Outbox {
                     {
                         Some(Packet::from(publish))
                     } else {
-                        self.remove_inflight(at, events, DropReason::TooLarge);
-                        continue;
+                        match self.drop_inflight(at, events, DropReason::TooLarge) {
+                            Some(pubrel) => Some(pubrel),
+                            None => continue,
+                        }
                     }
                 }
                 (None, _) => None,
@@ -704,8 +711,10 @@ impl Outbox {
                 .map(|i| i + self.waiting_from)?;
             let f = self.inflight.get_mut(at)?;
             if f.expires_at.is_some_and(|t| now >= t) {
-                self.remove_inflight(at, events, DropReason::Expired);
-                continue;
+                match self.drop_inflight(at, events, DropReason::Expired) {
+                    Some(pubrel) => return Some(pubrel),
+                    None => continue,
+                }
             }
             f.waiting = false;
             self.waiting = self.waiting.saturating_sub(1);
@@ -716,20 +725,36 @@ impl Outbox {
         }
     }
 
-    /// Removes the in-flight entry at `at`, its message dropped for `reason`.
-    fn remove_inflight(&mut self, at: usize, events: &mut Events, reason: DropReason) {
-        if let Some(f) = self.inflight.remove(at) {
-            if let Some(slot) = f.slot {
-                self.store.remove(slot);
-                self.inflight_bytes -= f.size;
-            }
-            self.waiting = self.waiting.saturating_sub(usize::from(f.waiting));
-            if at < self.waiting_from {
-                self.waiting_from -= 1;
-            }
-            events.push(Event::Dropped { id: f.id, reason });
+    /// Drops the message of the in-flight entry at `at` for `reason`. A QoS 1 entry
+    /// goes. A QoS 2 one (PUBREC awaited) moves on to PUBREL, returned to send, as in
+    /// [`drop_where`](Self::drop_where): its PUBLISH went out on an earlier connection,
+    /// so the peer may hold the identifier for it, and a later message given that
+    /// identifier would be taken for a duplicate.
+    fn drop_inflight(
+        &mut self,
+        at: usize,
+        events: &mut Events,
+        reason: DropReason,
+    ) -> Option<Packet> {
+        let f = self.inflight.get_mut(at)?;
+        let (id, packet_id, phase) = (f.id, f.packet_id, f.phase);
+        if let Some(slot) = f.slot.take() {
+            self.store.remove(slot);
+            self.inflight_bytes -= core::mem::take(&mut f.size);
+        }
+        let was_waiting = core::mem::take(&mut f.waiting);
+        self.waiting = self.waiting.saturating_sub(usize::from(was_waiting));
+        events.push(Event::Dropped { id, reason });
+        if phase == Awaiting::PubRec {
+            f.phase = Awaiting::PubComp;
+            return Some(mqtt_codec::PubRel::new(packet_id).into());
+        }
+        self.inflight.remove(at);
+        if at < self.waiting_from {
+            self.waiting_from -= 1;
         }
         self.note_inflight_removed();
+        None
     }
 
     /// Drops everything (clean start, or the peer has no session): returns the ids of

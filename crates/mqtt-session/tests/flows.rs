@@ -417,16 +417,21 @@ fn a_resumed_session_resends_within_the_new_limits() {
 
 // 5.0 MQTT-3.3.2-6: a PUBLISH sent again on a resumed session carries what is left of
 // its Message Expiry Interval, not what it had when first sent; one that expired
-// meanwhile is not sent again.
+// meanwhile is not sent again. A QoS 2 one gets PUBREL instead: the client may hold
+// its identifier (4.3.3), and a later message given it would be taken for a duplicate.
 #[test]
 fn resends_carry_what_is_left_of_their_expiry() {
     let mut pair = connected(V5);
-    for (p, expiry) in [("long", 100), ("short", 10)] {
-        let mut m = msg("t", p, QoS::AtLeastOnce);
+    for (p, expiry, qos) in [
+        ("long", 100, QoS::AtLeastOnce),
+        ("short", 10, QoS::AtLeastOnce),
+        ("short2", 10, QoS::ExactlyOnce),
+    ] {
+        let mut m = msg("t", p, qos);
         m.properties.message_expiry_interval = Some(expiry);
         pair.server.deliver(pair.now, m).unwrap();
     }
-    // Both written, neither delivered: lost with the link.
+    // All written, none delivered: lost with the link.
     pair.drive_limited(0);
     pair.cut();
     pair.advance(Duration::from_secs(40));
@@ -441,12 +446,38 @@ fn resends_carry_what_is_left_of_their_expiry() {
                 String::from_utf8_lossy(&p.payload).into_owned(),
                 p.properties.message_expiry_interval,
             )),
+            Packet::PubRel(_) => Some(("PUBREL".to_owned(), None)),
             _ => None,
         })
         .collect();
-    assert_eq!(resent, [("long".to_owned(), Some(60))]);
+    assert_eq!(
+        resent,
+        [("long".to_owned(), Some(60)), ("PUBREL".to_owned(), None)]
+    );
     let events = pair.take_server_events();
-    assert!(dropped_for(&events, DropReason::Expired), "{events:?}");
+    assert_eq!(
+        events
+            .iter()
+            .filter(|e| matches!(
+                e,
+                Event::Dropped {
+                    reason: DropReason::Expired,
+                    ..
+                }
+            ))
+            .count(),
+        2,
+        "{events:?}"
+    );
+    // The exchange completes (the client answers PUBCOMP): nothing is left in flight.
+    pair.server
+        .deliver(pair.now, msg("t", "new", QoS::ExactlyOnce))
+        .unwrap();
+    pair.drive();
+    assert_eq!(
+        payloads(&pair.client_events).last().map(String::as_str),
+        Some("new")
+    );
 }
 
 /// What a server refuses before resuming a session (its client may not read it) is
