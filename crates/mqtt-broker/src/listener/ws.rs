@@ -574,13 +574,17 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for WsStream<S> {
         let this = self.get_mut();
         loop {
             // A Pong or Close owed goes out as soon as no data frame is part-written.
-            // Until it is out, no more is read: a client that sends Pings and reads
-            // nothing is held to one Pong, and its input waits (keep-alive ends it),
-            // where answering on would have it fill the socket and, once full, hold
-            // every write and the close of this connection.
+            // While one is being written and the socket takes no more, no more frames
+            // are read: a client that sends Pings and reads nothing gets no further
+            // than one Pong into a full socket, and its input waits (keep-alive ends
+            // it), rather than have each of its Pings answered for as long as it keeps
+            // the socket full. After the client's Close, the end of the stream is
+            // reported at once all the same.
             match this.poll_control(cx) {
                 Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
-                Poll::Pending if this.tx.control.is_some() => return Poll::Pending,
+                Poll::Pending if this.tx.control.is_some() && !this.rx.closed => {
+                    return Poll::Pending;
+                }
                 _ => {}
             }
             if this.rx.closed || buf.remaining() == 0 {
@@ -673,7 +677,9 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for WsStream<S> {
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let this = self.get_mut();
-        if this.tx.between_frames() && !this.tx.close_sent && this.tx.control.is_none() {
+        if !this.tx.close_sent {
+            // After a Pong owed, or in its place if it is not begun (nothing is queued
+            // after a Close already owed).
             this.tx.queue_close(CLOSE_NORMAL);
         }
         ready!(this.poll_control(cx))?;
@@ -903,6 +909,32 @@ mod tests {
         assert!(pongs[2..127].iter().all(|&b| b == 0x55));
         assert_eq!(&pongs[127..129], &[0x8A, 125]);
         assert!(pongs[129..].iter().all(|&b| b == 0x66));
+    }
+
+    /// The client's Close ends the stream at once, even while the Close echoed to it
+    /// cannot all be written yet.
+    #[tokio::test]
+    async fn a_close_ends_reading_though_its_echo_waits() {
+        let (client, server) = tokio::io::duplex(2);
+        let (_client_rd, mut client_wr) = tokio::io::split(client);
+        let mut ws = WsStream::resumed(server, 1000);
+        // Written as the broker reads (the pipe holds 2 bytes).
+        let writing = tokio::spawn(async move {
+            client_wr
+                .write_all(&frame(0x88, &1000u16.to_be_bytes(), [1, 2, 3, 4]))
+                .await
+                .unwrap();
+            client_wr
+        });
+        let mut rest = Vec::new();
+        let read = tokio::time::timeout(
+            std::time::Duration::from_millis(500),
+            ws.read_to_end(&mut rest),
+        )
+        .await;
+        assert!(matches!(read, Ok(Ok(0))), "{read:?}");
+        assert!(ws.tx.control.is_some(), "the echo is still owed");
+        drop(writing.await.unwrap());
     }
 
     /// A control frame part-written is finished before anything else: a Pong queued
