@@ -2,7 +2,7 @@
 //! persistent session's), into the index.
 
 use std::{
-    collections::{HashSet, VecDeque},
+    collections::{HashMap, HashSet, VecDeque},
     sync::{Arc, atomic::Ordering},
 };
 
@@ -147,9 +147,10 @@ pub(crate) fn subscribe(
             mqtt_codec::RetainHandling::SendIfNew => !existed,
             mqtt_codec::RetainHandling::DoNotSend => false,
         };
-        if send && !shared_sub {
+        if !shared_sub {
             retained_for.push((
                 sub.filter.clone(),
+                send,
                 options,
                 s.properties.subscription_identifier,
             ));
@@ -157,20 +158,33 @@ pub(crate) fn subscribe(
     }
     cell.session.suback(s, codes);
     drop(cell);
-    // One pending delivery of retained messages a filter: subscribing again starts its
-    // delivery over (the last of a packet's repeats counts, [MQTT-3.8.4-3]), so the
-    // backlog never holds more entries than the session has subscriptions, however
+    // One pending delivery of retained messages a filter, with the subscription's
+    // latest options ([MQTT-3.8.4-3]: the last of a packet's repeats counts): a
+    // subscription that sends them again starts its delivery over, one that does not
+    // (Retain Handling 1 or 2) lets a delivery still pending go on with its options. So
+    // the backlog never holds more entries than the session has subscriptions, however
     // often a client repeats a SUBSCRIBE while its queue is full.
     let mut seen = HashSet::new();
     let mut fresh = Vec::with_capacity(retained_for.len());
-    for entry in retained_for.into_iter().rev() {
-        if seen.insert(entry.0.clone()) {
-            fresh.push(entry);
+    let mut updated = HashMap::new();
+    for (filter, send, options, identifier) in retained_for.into_iter().rev() {
+        if !seen.insert(filter.clone()) {
+            continue;
+        }
+        if send {
+            fresh.push((filter, options, identifier));
+        } else {
+            updated.insert(filter, (options.qos, identifier));
         }
     }
     fresh.reverse();
     if !backlog.is_empty() && !seen.is_empty() {
-        backlog.retain(|e| !seen.contains(&e.filter));
+        backlog.retain(|e| !seen.contains(&e.filter) || updated.contains_key(&e.filter));
+        for e in backlog.iter_mut() {
+            if let Some(&(qos, identifier)) = updated.get(&e.filter) {
+                (e.qos, e.identifier) = (qos, identifier);
+            }
+        }
     }
     backlog.extend(
         fresh

@@ -673,7 +673,8 @@ async fn publish_with_subscription_identifier_is_a_protocol_error() {
 // 5.0 MQTT-3.10.4-2: retained messages still waiting for room in a full session queue
 // when their filter is unsubscribed are not sent. 5.0 MQTT-3.8.4-3: a SUBSCRIBE
 // repeated while they wait starts their delivery over, once: each arrives once, not
-// once for each SUBSCRIBE (the waiting deliveries were one for each, without bound).
+// once for each SUBSCRIBE (the waiting deliveries were one for each, without bound);
+// one that sends none (Retain Handling 2) lets them come with its options (QoS 0).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn retained_messages_waiting_for_room_follow_the_subscription() {
     let (broker, addr) = broker_with(|c| c.limits.max_queued_messages = 10).await;
@@ -682,7 +683,16 @@ async fn retained_messages_waiting_for_room_follow_the_subscription() {
         p.publish(publish(&format!("r/{i}"), b"kept", QoS::AtLeastOnce, true))
             .await;
     }
-    for (unsubscribe, subscribes) in [(true, 1), (false, 3)] {
+    // (UNSUBSCRIBE after, SUBSCRIBE packets, the last one's QoS and Retain Handling)
+    for (unsubscribe, subscribes, last) in [
+        (true, 1, (QoS::AtLeastOnce, RetainHandling::SendAtSubscribe)),
+        (
+            false,
+            3,
+            (QoS::AtLeastOnce, RetainHandling::SendAtSubscribe),
+        ),
+        (false, 2, (QoS::AtMostOnce, RetainHandling::DoNotSend)),
+    ] {
         let (mut c, _) = Client::connect_with(addr, V5, "ret-sub", |c| {
             c.properties.receive_maximum = NonZeroU16::new(1);
         })
@@ -694,14 +704,16 @@ async fn retained_messages_waiting_for_room_follow_the_subscription() {
                 .await;
         }
         let first = c.recv_publish().await;
-        for n in 0..subscribes {
-            let ack = c
-                .subscribe(subscribe(
-                    10 + n,
-                    &[("r/#", SubscriptionOptions::new(QoS::AtLeastOnce))],
-                ))
-                .await;
-            assert_eq!(ack.reason_codes, vec![ReasonCode(1)]);
+        for n in 1..=subscribes {
+            let (qos, handling) = if n == subscribes {
+                last
+            } else {
+                (QoS::AtLeastOnce, RetainHandling::SendAtSubscribe)
+            };
+            let mut options = SubscriptionOptions::new(qos);
+            options.retain_handling = handling;
+            let ack = c.subscribe(subscribe(10 + n, &[("r/#", options)])).await;
+            assert_eq!(ack.reason_codes, vec![ReasonCode(qos as u8)]);
         }
         if unsubscribe {
             assert_eq!(
@@ -715,6 +727,7 @@ async fn retained_messages_waiting_for_room_follow_the_subscription() {
         while let Some(Some(packet)) = c.next_within(Duration::from_millis(500)).await {
             if let Packet::Publish(m) = packet {
                 if m.topic.starts_with("r/") {
+                    assert_eq!(m.qos_pid.qos(), last.0, "{}", m.topic);
                     *retained.entry(m.topic.to_string()).or_insert(0) += 1;
                 }
                 c.ack(&m).await;
