@@ -30,6 +30,10 @@ pub const MAX_HTTP_CONNECTIONS: usize = 64;
 /// may wait for its next request, before the connection is closed.
 const HEADER_READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
+/// How long a write of a response (or of the dashboard's event stream) may wait for the
+/// client to make room, before the connection is closed.
+const WRITE_STALL: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// `[http]`: the HTTP listener.
 #[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields, default)]
@@ -86,7 +90,7 @@ pub(crate) async fn serve(shared: Arc<Shared>, listener: TcpListener) {
                         async move { Ok::<_, Infallible>(route(&shared, &registry, req, peer).await) }
                     });
                     connections.spawn(async move {
-                        let io = hyper_util::rt::TokioIo::new(stream);
+                        let io = hyper_util::rt::TokioIo::new(StallGuard::new(stream));
                         // Without a timer hyper enforces no header timeout at all.
                         if let Err(e) = hyper::server::conn::http1::Builder::new()
                             .timer(hyper_util::rt::TokioTimer::new())
@@ -110,6 +114,97 @@ pub(crate) async fn serve(shared: Arc<Shared>, listener: TcpListener) {
     // Streams (server-sent events) would otherwise hold their connections open.
     connections.abort_all();
     while connections.join_next().await.is_some() {}
+}
+
+/// An HTTP connection's socket whose writes wait at most [`WRITE_STALL`] for room: a
+/// client that stops reading a response, or an event stream, ends its connection
+/// instead of holding it, and its place among [`MAX_HTTP_CONNECTIONS`], for ever.
+struct StallGuard {
+    inner: tokio::net::TcpStream,
+    /// Started when a write finds no room; cleared by any write that goes through.
+    stalled: Option<std::pin::Pin<Box<tokio::time::Sleep>>>,
+}
+
+impl StallGuard {
+    fn new(inner: tokio::net::TcpStream) -> Self {
+        Self {
+            inner,
+            stalled: None,
+        }
+    }
+
+    /// What a write's poll gave, with the stall bound applied.
+    fn guard<T>(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+        polled: std::task::Poll<std::io::Result<T>>,
+    ) -> std::task::Poll<std::io::Result<T>> {
+        use std::{future::Future, task::Poll};
+        if polled.is_ready() {
+            self.stalled = None;
+            return polled;
+        }
+        let timer = self
+            .stalled
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep(WRITE_STALL)));
+        if timer.as_mut().poll(cx).is_ready() {
+            self.stalled = None;
+            return Poll::Ready(Err(std::io::ErrorKind::TimedOut.into()));
+        }
+        Poll::Pending
+    }
+}
+
+impl tokio::io::AsyncRead for StallGuard {
+    fn poll_read(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.get_mut().inner).poll_read(cx, buf)
+    }
+}
+
+impl tokio::io::AsyncWrite for StallGuard {
+    fn poll_write(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        let this = self.get_mut();
+        let polled = std::pin::Pin::new(&mut this.inner).poll_write(cx, buf);
+        this.guard(cx, polled)
+    }
+
+    fn poll_write_vectored(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        let this = self.get_mut();
+        let polled = std::pin::Pin::new(&mut this.inner).poll_write_vectored(cx, bufs);
+        this.guard(cx, polled)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        let this = self.get_mut();
+        let polled = std::pin::Pin::new(&mut this.inner).poll_flush(cx);
+        this.guard(cx, polled)
+    }
+
+    fn poll_shutdown(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
+    }
 }
 
 /// Routes one request.

@@ -191,3 +191,39 @@ fn http_connections_are_capped() {
     let (status, _) = http(addr, "GET", "/metrics", None);
     assert_eq!(status, 200);
 }
+
+/// A client that asks for responses and takes none is disconnected once a write has
+/// waited 10 s for room, rather than holding its connection for ever: 1,000 pipelined
+/// scrapes (several MB of responses, more than the sockets buffer) get fewer than 1,000
+/// answers. A connection that kept waiting would answer them all once read.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_http_client_that_reads_nothing_is_disconnected() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (_broker, addr) = tokio::task::spawn_blocking(|| broker_with_http("http-stall", None))
+        .await
+        .unwrap();
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let mut s = socket.connect(addr).await.unwrap();
+    let requests = "GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n".repeat(1000);
+    let _ = tokio::time::timeout(
+        std::time::Duration::from_secs(5),
+        s.write_all(requests.as_bytes()),
+    )
+    .await;
+    tokio::time::sleep(std::time::Duration::from_secs(12)).await;
+    let mut got = Vec::new();
+    let read = tokio::time::timeout(std::time::Duration::from_secs(20), async {
+        let mut chunk = vec![0u8; 1 << 16];
+        loop {
+            match s.read(&mut chunk).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => got.extend_from_slice(&chunk[..n]),
+            }
+        }
+    })
+    .await;
+    assert!(read.is_ok(), "the connection was closed");
+    let answers = got.windows(12).filter(|w| w == b"HTTP/1.1 200").count();
+    assert!(answers > 0 && answers < 1000, "{answers} answers");
+}
