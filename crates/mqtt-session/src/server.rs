@@ -722,8 +722,11 @@ impl ServerSession {
     /// Drops the messages received on an earlier connection and not yet drained with
     /// [`poll_event`](Self::poll_event) (a connection taken over between reading them
     /// and acting on them): for a server that authorizes what a client publishes and
-    /// whose resuming client is not the one that sent them. None of them was
-    /// acknowledged; the packet identifiers of the QoS 2 ones are released, so that
+    /// whose resuming client is not the one that sent them. With
+    /// [`Limits::defer_publish_acks`](crate::Limits::defer_publish_acks), as a broker
+    /// runs, none of them was acknowledged (without it, their acknowledgements may have
+    /// been written already, and dropping them loses messages their publisher was told
+    /// were taken). The packet identifiers of the QoS 2 ones are released, so that
     /// their publisher's resends, if it resumes the session, are taken as new messages
     /// rather than as duplicates of ones never delivered. Returns how many were dropped.
     pub fn forget_received(&mut self) -> usize {
