@@ -44,6 +44,11 @@ const MAX_TOPICS: usize = 10_000;
 /// How many top topics and clients a snapshot lists.
 const TOP: usize = 10;
 
+/// Event streams open at once, at most: a quarter of the HTTP listener's connections
+/// (`super::MAX_HTTP_CONNECTIONS`), so that dashboards never take the places of the
+/// scraper and the admin API.
+pub(crate) const MAX_WATCHING: usize = 16;
+
 /// Topic sampling for the dashboards watching.
 #[derive(Debug, Default)]
 pub(crate) struct Watch {
@@ -120,7 +125,13 @@ pub(crate) fn events(shared: &Arc<Shared>, req: &Request<Incoming>) -> Response<
             );
         }
     }
-    shared.dashboard.watching.fetch_add(1, Ordering::Relaxed);
+    if shared.dashboard.watching.fetch_add(1, Ordering::Relaxed) >= MAX_WATCHING {
+        shared.dashboard.watching.fetch_sub(1, Ordering::Relaxed);
+        return error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "too many dashboards are watching: at most 16 at once",
+        );
+    }
     let mut interval = tokio::time::interval(Duration::from_secs(1));
     interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let body = Events {

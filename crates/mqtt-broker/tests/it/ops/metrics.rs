@@ -227,3 +227,46 @@ async fn an_http_client_that_reads_nothing_is_disconnected() {
     let answers = got.windows(12).filter(|w| w == b"HTTP/1.1 200").count();
     assert!(answers > 0 && answers < 1000, "{answers} answers");
 }
+
+/// At most 16 dashboards watch at once: a 17th event stream is answered 503, and the
+/// scraper still gets in; once one leaves, another may watch.
+#[test]
+fn dashboard_event_streams_are_capped() {
+    use std::io::{Read, Write};
+    let (_broker, addr) = broker_with_http("dashboard-cap", None);
+    let open = || {
+        let mut s = std::net::TcpStream::connect(addr).unwrap();
+        s.set_read_timeout(Some(std::time::Duration::from_secs(5)))
+            .unwrap();
+        s.write_all(b"GET /dashboard/events HTTP/1.1\r\nHost: x\r\n\r\n")
+            .unwrap();
+        let mut head = [0u8; 12];
+        s.read_exact(&mut head).unwrap();
+        (s, head)
+    };
+    let mut watching: Vec<_> = (0..16)
+        .map(|_| {
+            let (s, head) = open();
+            assert_eq!(&head, b"HTTP/1.1 200");
+            s
+        })
+        .collect();
+    let (_refused, head) = open();
+    assert_eq!(&head, b"HTTP/1.1 503");
+    let (status, _) = http(addr, "GET", "/metrics", None);
+    assert_eq!(status, 200);
+    watching.pop();
+    // The stream's end is seen at its next tick (one a second).
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    loop {
+        let (_s, head) = open();
+        if &head == b"HTTP/1.1 200" {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no room after one left"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+}
