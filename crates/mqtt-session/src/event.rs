@@ -94,10 +94,12 @@ pub(crate) struct Events {
     order: VecDeque<Queued>,
     /// The messages of the `Queued::Message` entries, in order.
     messages: VecDeque<Message>,
-    /// How many acknowledgements of QoS 1/2 messages received on a connection that
-    /// has ended are still to be settled, on no connection (see
-    /// [`Events::unlink_received`]).
-    unlinked: usize,
+    /// How many of the QoS 1/2 messages still queued came on a connection that has
+    /// ended (they are the first ones; see [`Events::unlink_received`]).
+    unlinked: u32,
+    /// How many of those were drained and are still to be settled, on no connection
+    /// (see [`Events::take_unlinked_settlement`]).
+    unlinked_drained: u32,
 }
 
 impl Events {
@@ -146,18 +148,26 @@ impl Events {
     /// use those identifiers for other messages). Their publisher, which saw no
     /// acknowledgement, sends them again if it resumes the session.
     pub(crate) fn unlink_received(&mut self) {
-        self.unlinked = self
+        let queued = self
             .messages
             .iter()
             .filter(|m| m.qos != mqtt_codec::QoS::AtMostOnce)
             .count();
+        self.unlinked = u32::try_from(queued).unwrap_or(u32::MAX);
     }
 
-    /// Whether the next settlement is one of those [`unlink_received`]
-    /// (Self::unlink_received) left to send nothing; counts it.
+    /// A new connection begins: settlements of messages drained before it (and never
+    /// settled: a session gone offline drops them) are not waited for any longer, so
+    /// none of this connection's own is taken for one.
+    pub(crate) fn forget_unsettled(&mut self) {
+        self.unlinked_drained = 0;
+    }
+
+    /// Whether the next settlement is of one of the messages [`unlink_received`]
+    /// (Self::unlink_received) counted, drained since: it sends nothing. Counts it.
     pub(crate) fn take_unlinked_settlement(&mut self) -> bool {
-        let unlinked = self.unlinked > 0;
-        self.unlinked = self.unlinked.saturating_sub(1);
+        let unlinked = self.unlinked_drained > 0;
+        self.unlinked_drained = self.unlinked_drained.saturating_sub(1);
         unlinked
     }
 
@@ -222,10 +232,12 @@ impl Events {
     pub(crate) fn pop(&mut self) -> Option<Event> {
         Some(match self.order.pop_front()? {
             Queued::Message(arrival) => {
-                return self
-                    .messages
-                    .pop_front()
-                    .map(|message| Event::Message(message, arrival));
+                let message = self.messages.pop_front()?;
+                if self.unlinked > 0 && message.qos != mqtt_codec::QoS::AtMostOnce {
+                    self.unlinked -= 1;
+                    self.unlinked_drained += 1;
+                }
+                return Some(Event::Message(message, arrival));
             }
             Queued::Delivered { id, reason_code } => Event::Delivered { id, reason_code },
             Queued::Dropped { id, reason } => Event::Dropped { id, reason },

@@ -566,6 +566,28 @@ impl Flow {
         }
     }
 
+    /// The verdict of a PUBLISH whose connection ended before it was settled: nothing
+    /// is sent, but a refused QoS 2 message (5.0) frees its identifier.
+    pub(crate) fn settle_unsent(
+        &mut self,
+        qos: QoS,
+        packet_id: Option<PacketId>,
+        reason: ReasonCode,
+    ) {
+        if let Some(id) = packet_id {
+            if qos == QoS::ExactlyOnce && self.version.is_v5() && reason.is_error() {
+                self.traffic_mut().inbox.release(id);
+            }
+        }
+    }
+
+    /// A new connection begins (see [`Events::forget_unsettled`]).
+    pub(crate) fn forget_unsettled(&mut self) {
+        if let Some(t) = self.traffic.as_deref_mut() {
+            t.events.forget_unsettled();
+        }
+    }
+
     /// Drops the received messages not yet drained, releasing the identifiers of the
     /// QoS 2 ones; returns how many were dropped.
     pub(crate) fn forget_received(&mut self) -> usize {

@@ -370,6 +370,7 @@ impl ServerSession {
     ) -> ConnAck {
         let session_present = self.would_resume(now, connect);
         self.connection_lost(now);
+        self.flow.forget_unsettled();
         self.credentials_expire = Deadline::NONE;
         let version = connect.version;
         let v5 = version.is_v5();
@@ -496,6 +497,20 @@ impl ServerSession {
         reason: ReasonCode,
     ) {
         self.flow.settle_publish(qos, packet_id, reason);
+    }
+
+    /// What [`settle_publish`](Self::settle_publish) is for a PUBLISH whose connection
+    /// ended (or was taken over) before its verdict was settled: nothing is sent, since
+    /// the next connection's client may use the identifier for another message, but a
+    /// refused QoS 2 message (5.0) frees its identifier, so that its resend is decided
+    /// anew rather than answered as a duplicate of a message never routed.
+    pub fn settle_publish_unsent(
+        &mut self,
+        qos: mqtt_codec::QoS,
+        packet_id: Option<mqtt_codec::PacketId>,
+        reason: ReasonCode,
+    ) {
+        self.flow.settle_unsent(qos, packet_id, reason);
     }
 
     /// Applies [`Limits::max_subscriptions`] to the reason codes of `subscribe`:

@@ -813,6 +813,73 @@ fn a_taken_over_connections_messages_are_not_acknowledged_on_the_next() {
     }
 }
 
+/// Messages read on a connection that ended and were drained without a verdict (a
+/// session gone offline drops them) do not make the next connection's own
+/// acknowledgements go unsent; a verdict settled after its connection was taken over
+/// sends nothing, and a refused QoS 2 one frees its identifier.
+#[test]
+fn only_the_ended_connections_settlements_are_swallowed() {
+    let limits = Limits {
+        defer_publish_acks: true,
+        ..Limits::default()
+    };
+    let publish = |id: u16, qos: QoS| {
+        let mut p = Publish::new(ByteStr::from_static("t"), Bytes::from_static(b"m"));
+        p.qos_pid = QosPid::new(qos, PacketId::new(id).unwrap());
+        Packet::Publish(p)
+    };
+    let mut server = ServerSession::new(ByteStr::from_static("c"), limits);
+    let mut connect = mqtt_codec::Connect::new(V5, ByteStr::from_static("c"));
+    connect.clean_start = false;
+    connect.properties.session_expiry_interval = Some(60);
+    server.accept(Instant::ZERO, &connect, Default::default());
+    for id in 1..=3 {
+        server
+            .handle_packet(Instant::ZERO, publish(id, QoS::AtLeastOnce))
+            .unwrap();
+    }
+    // The connection ends; the offline session's events are drained and dropped.
+    server.connection_lost(Instant::ZERO);
+    while server.poll_event().is_some() {}
+    server.accept(Instant::ZERO, &connect, Default::default());
+    server
+        .handle_packet(Instant::ZERO, publish(7, QoS::AtLeastOnce))
+        .unwrap();
+    let events: Vec<_> = std::iter::from_fn(|| server.poll_event()).collect();
+    for e in &events {
+        if let Event::Message(m, arrival) = e {
+            server.settle_publish(m.qos, arrival.packet_id, ReasonCode::SUCCESS);
+        }
+    }
+    let sent: Vec<_> = std::iter::from_fn(|| server.poll_transmit(Instant::ZERO)).collect();
+    assert!(
+        sent.iter()
+            .any(|p| matches!(p, Packet::PubAck(a) if a.packet_id.get() == 7)),
+        "{sent:?}"
+    );
+    // A QoS 2 message refused after its connection was taken over: nothing sent, and
+    // its resend is a new message.
+    server
+        .handle_packet(Instant::ZERO, publish(8, QoS::ExactlyOnce))
+        .unwrap();
+    while server.poll_event().is_some() {}
+    server.settle_publish_unsent(
+        QoS::ExactlyOnce,
+        PacketId::new(8),
+        ReasonCode::NOT_AUTHORIZED,
+    );
+    assert!(
+        std::iter::from_fn(|| server.poll_transmit(Instant::ZERO))
+            .next()
+            .is_none()
+    );
+    server
+        .handle_packet(Instant::ZERO, publish(8, QoS::ExactlyOnce))
+        .unwrap();
+    let events: Vec<_> = std::iter::from_fn(|| server.poll_event()).collect();
+    assert_eq!(payloads(&events).len(), 1, "{events:?}");
+}
+
 /// The client end likewise: a CONNACK read on a connection lost before its events were
 /// polled does not make the session look connected to whoever polls next.
 #[test]

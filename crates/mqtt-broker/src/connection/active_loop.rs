@@ -422,6 +422,12 @@ where
                 for (qos, packet_id, reason) in verdicts.drain(..) {
                     cell.session.settle_publish(qos, packet_id, reason);
                 }
+            } else {
+                // Taken over meanwhile: no acknowledgement on the new connection, but a
+                // refused QoS 2 message frees its identifier all the same.
+                for (qos, packet_id, reason) in verdicts.drain(..) {
+                    cell.session.settle_publish_unsent(qos, packet_id, reason);
+                }
             }
             verdicts.clear();
             again = true;

@@ -133,6 +133,13 @@ pub(crate) fn release(
         let now = shared.now();
         cell.restore_encoded(now);
         cell.session.connection_lost(now);
+        // Messages this connection read and did not route: unacknowledged, they are
+        // its client's to send again. Their QoS 2 identifiers are released, so that
+        // those resends are taken as new messages, not as duplicates of messages never
+        // routed.
+        if cell.session.forget_received() > 0 {
+            forget_released_unrouted(&mut cell);
+        }
         shared.record_session_and_messages(handle, &mut cell, false);
         // A session that outlives its connection keeps what it holds, not the capacity
         // of the queues it used: an offline session with nothing queued keeps no queues.
@@ -308,4 +315,15 @@ fn stalled(stall: std::time::Duration) -> std::io::Error {
         std::io::ErrorKind::TimedOut,
         format!("the client read nothing for {} s", stall.as_secs()),
     )
+}
+
+/// After [`ServerSession::forget_received`](mqtt_session::ServerSession::forget_received):
+/// the store's list of QoS 2 identifiers received but not yet routed keeps only those
+/// still awaiting PUBREL (another connection's, routing still).
+pub(crate) fn forget_released_unrouted(cell: &mut crate::sessions::SessionCell) {
+    let session = &cell.session;
+    if let Some(x) = cell.extra.as_mut() {
+        x.unrouted.retain(|&id| session.awaits_pubrel(id));
+    }
+    cell.shrink_extra();
 }

@@ -476,11 +476,7 @@ pub(crate) async fn attach<W: AsyncWrite + Unpin>(
         if cell.principal != principal {
             let dropped = cell.session.forget_received();
             if dropped > 0 {
-                // Their QoS 2 identifiers are free again: none is left to record.
-                if let Some(x) = cell.extra.as_mut() {
-                    x.unrouted.clear();
-                }
-                cell.shrink_extra();
+                close::forget_released_unrouted(&mut cell);
                 debug!(client = %connect.client_id, %peer, dropped, "messages the previous connection read and did not route were dropped: another client resumed the session");
             }
         }

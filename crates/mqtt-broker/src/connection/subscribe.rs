@@ -159,25 +159,34 @@ pub(crate) fn subscribe(
     cell.session.suback(s, codes);
     drop(cell);
     // One pending delivery of retained messages a filter, with the subscription's
-    // latest options ([MQTT-3.8.4-3]: the last of a packet's repeats counts): a
-    // subscription that sends them again starts its delivery over, one that does not
-    // (Retain Handling 1 or 2) lets a delivery still pending go on with its options. So
-    // the backlog never holds more entries than the session has subscriptions, however
-    // often a client repeats a SUBSCRIBE while its queue is full.
-    let mut seen = HashSet::new();
-    let mut fresh = Vec::with_capacity(retained_for.len());
-    let mut updated = HashMap::new();
+    // latest options ([MQTT-3.8.4-3]: the last of a packet's repeats counts, and the
+    // packet sends them if any of its repeats does, as a sequence of SUBSCRIBEs would,
+    // [MQTT-3.8.4-5]): a subscription that sends them again starts its delivery over,
+    // one that does not (Retain Handling 1 or 2) lets a delivery still pending go on
+    // with its options. So the backlog never holds more entries than the session has
+    // subscriptions, however often a client repeats a SUBSCRIBE while its queue is full.
+    let mut latest: Vec<(mqtt_codec::ByteStr, bool, _, _)> = Vec::new();
+    let mut at = HashMap::new();
     for (filter, send, options, identifier) in retained_for.into_iter().rev() {
-        if !seen.insert(filter.clone()) {
-            continue;
+        let known: Option<&usize> = at.get(&filter);
+        match known.copied().and_then(|i| latest.get_mut(i)) {
+            Some(entry) => entry.1 |= send,
+            None => {
+                at.insert(filter.clone(), latest.len());
+                latest.push((filter, send, options, identifier));
+            }
         }
+    }
+    let seen: HashSet<_> = at.into_keys().collect();
+    let mut fresh = Vec::with_capacity(latest.len());
+    let mut updated = HashMap::new();
+    for (filter, send, options, identifier) in latest.into_iter().rev() {
         if send {
             fresh.push((filter, options, identifier));
         } else {
             updated.insert(filter, (options.qos, identifier));
         }
     }
-    fresh.reverse();
     if !backlog.is_empty() && !seen.is_empty() {
         backlog.retain(|e| !seen.contains(&e.filter) || updated.contains_key(&e.filter));
         for e in backlog.iter_mut() {

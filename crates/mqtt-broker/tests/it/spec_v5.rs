@@ -811,3 +811,27 @@ async fn expired_retained_messages_under_dollar_topics_are_purged() {
     );
     broker.shutdown().await;
 }
+
+// 5.0 MQTT-3.8.4-5: a SUBSCRIBE that repeats a filter is handled as a sequence of
+// SUBSCRIBEs: a first repeat with Retain Handling 0 sends the retained messages though
+// the last has 2 (with the last one's options: QoS 0).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_repeated_filter_sends_retained_if_any_repeat_does() {
+    let (broker, addr) = broker().await;
+    let mut p = Client::connect(addr, V5, "repeat-pub").await;
+    p.publish(publish("rep/a", b"kept", QoS::AtLeastOnce, true))
+        .await;
+    let mut c = Client::connect(addr, V5, "repeat-sub").await;
+    let mut first = SubscriptionOptions::new(QoS::AtLeastOnce);
+    first.retain_handling = RetainHandling::SendAtSubscribe;
+    let mut last = SubscriptionOptions::new(QoS::AtMostOnce);
+    last.retain_handling = RetainHandling::DoNotSend;
+    c.subscribe(subscribe(1, &[("rep/#", first), ("rep/#", last)]))
+        .await;
+    let m = c.recv_publish().await;
+    assert_eq!(
+        (m.topic.as_str(), m.qos_pid.qos()),
+        ("rep/a", QoS::AtMostOnce)
+    );
+    broker.shutdown().await;
+}
