@@ -80,8 +80,10 @@ struct Conn {
     need_flush: bool,
     decoder: Decoder,
     /// Decoded PUBLISH packets not yet given to the session (no room for their events).
-    held: VecDeque<Packet>,
-    /// Bytes of topic and payload in `held`.
+    held: VecDeque<(Packet, usize)>,
+    /// Bytes of `held` as they came on the wire (properties included: a server that
+    /// packs them into small messages does not get past the bound), each entry's beside
+    /// it.
     held_bytes: usize,
     connected: bool,
     refused: Option<Box<ConnAck>>,
@@ -373,7 +375,11 @@ impl Driver {
             if c.rbuf.capacity() - c.rbuf.len() < READ_CHUNK / 4 {
                 c.rbuf.reserve(READ_CHUNK);
             }
-            let can_read = c.end.is_none() && !self.held_full(&c);
+            // Nor while the server takes none of what is written to it: what it sends
+            // would be answered (PUBCOMP, PUBACK) into a buffer that only grows, and
+            // with reading held the ping timeout ends the dead connection.
+            let can_read =
+                c.end.is_none() && !self.held_full(&c) && c.wbuf.len() < 2 * WRITE_HIGH_WATER;
             let accept = c.end.is_none()
                 && c.connected
                 && self.cmd_open
@@ -482,8 +488,10 @@ impl Driver {
     fn process_input(&mut self, c: &mut Conn, now: mqtt_session::Instant) {
         loop {
             while self.room_for_messages() {
-                let Some(p) = c.held.pop_front() else { break };
-                c.held_bytes -= held_size(&p);
+                let Some((p, size)) = c.held.pop_front() else {
+                    break;
+                };
+                c.held_bytes -= size;
                 self.handle_packet(c, now, p);
                 if c.end.is_some() {
                     return;
@@ -492,7 +500,9 @@ impl Driver {
             if self.held_full(c) {
                 return;
             }
+            let unread = c.rbuf.len();
             let decoded = c.decoder.decode(&mut c.rbuf);
+            let size = unread - c.rbuf.len();
             if let (Ok(Some(p)), Some(observer)) = (&decoded, &self.options.packet_observer) {
                 (observer.0)(PacketDirection::Received, p);
             }
@@ -500,8 +510,8 @@ impl Driver {
                 Ok(Some(p @ Packet::Publish(_)))
                     if !self.room_for_messages() || !c.held.is_empty() =>
                 {
-                    c.held_bytes += held_size(&p);
-                    c.held.push_back(p);
+                    c.held_bytes += size;
+                    c.held.push_back((p, size));
                 }
                 Ok(Some(p)) => {
                     self.handle_packet(c, now, p);
@@ -900,13 +910,6 @@ impl Driver {
                 }
             }
         }
-    }
-}
-
-fn held_size(p: &Packet) -> usize {
-    match p {
-        Packet::Publish(p) => p.topic.len() + p.payload.len(),
-        _ => 0,
     }
 }
 

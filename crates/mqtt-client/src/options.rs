@@ -452,8 +452,9 @@ impl ConnectOptions {
 
     /// How much the driver reads ahead of an application that does not keep up with
     /// its events: incoming PUBLISH packets, not yet acknowledged, beyond
-    /// [`event_capacity`](Self::event_capacity) (default 4,096 messages and 8 MiB of
-    /// topics and payloads). Past either bound it stops reading from the network.
+    /// [`event_capacity`](Self::event_capacity) (default 4,096 messages and 8 MiB, as
+    /// they came on the wire, properties included). Past either bound it stops reading
+    /// from the network.
     pub fn read_ahead(mut self, messages: usize, bytes: usize) -> Self {
         self.max_held_messages = messages.max(1);
         self.max_held_bytes = bytes.max(1);

@@ -121,3 +121,55 @@ async fn a_consumer_that_never_reads_does_not_stop_publishing() {
             .unwrap();
     }
 }
+
+/// A server that sends packets the client must answer (PUBREL, each answered PUBCOMP)
+/// and reads nothing: the client stops reading once its unwritten answers pass its
+/// write buffer's bound, instead of buffering them for as long as the server sends.
+/// The server's writes then stall well before 32 MiB of PUBREL (which, answered in
+/// full, would be 32 MiB buffered in the client).
+#[tokio::test]
+async fn a_server_that_reads_nothing_cannot_grow_the_write_buffer() {
+    use mqtt_client::testing::RawPeer;
+    use mqtt_codec::{ConnAck, Packet, PacketId, PubRel, ReasonCode};
+    use tokio::io::AsyncWriteExt;
+
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let options = mqtt_client::ConnectOptions::new("127.0.0.1", port)
+        .version(ProtocolVersion::V3_1_1)
+        .client_id("reads-nothing")
+        .reconnect(mqtt_client::ReconnectOptions {
+            enabled: false,
+            ..mqtt_client::ReconnectOptions::default()
+        });
+    let server = tokio::spawn(async move {
+        let (s, _) = listener.accept().await.unwrap();
+        let mut peer = RawPeer::new(s, ProtocolVersion::V3_1_1);
+        let Packet::Connect(_) = peer.recv().await else {
+            panic!("expected CONNECT")
+        };
+        peer.send(ConnAck::new(false, ReasonCode::SUCCESS)).await;
+        let mut s = peer.into_inner();
+        // 64 KiB of PUBREL a write, never reading the PUBCOMPs.
+        let mut chunk = bytes::BytesMut::new();
+        for id in 1..=16_384u16 {
+            Packet::from(PubRel::new(PacketId::new(id).unwrap()))
+                .encode(ProtocolVersion::V3_1_1, &mut chunk)
+                .unwrap();
+        }
+        let mut sent = 0usize;
+        while sent < 32 << 20 {
+            match tokio::time::timeout(Duration::from_secs(2), s.write_all(&chunk)).await {
+                Ok(Ok(())) => sent += chunk.len(),
+                _ => break,
+            }
+        }
+        (sent, s)
+    });
+    let (_client, _connection) = connect(options).await;
+    let (sent, _s) = tokio::time::timeout(Duration::from_secs(60), server)
+        .await
+        .expect("the server's writes end")
+        .unwrap();
+    assert!(sent < 32 << 20, "the client read all {sent} bytes");
+}

@@ -864,7 +864,7 @@ fn check_sequence(
                 format!("publisher {p}: message {} after {}", stamp.seq, *next - 1),
             );
         }
-        *next = stamp.seq + 1;
+        *next = stamp.seq.wrapping_add(1);
         let word = (stamp.seq / 64) as usize;
         if let Some(bits) = shared.seen.get(p).and_then(|b| b.get(word)) {
             let bit = 1u64 << (stamp.seq % 64);
@@ -889,7 +889,7 @@ fn check_sequence(
                 stamp.seq - *next
             ),
         );
-        *next = stamp.seq + 1;
+        *next = stamp.seq.wrapping_add(1);
     } else {
         fault(
             report,
