@@ -500,6 +500,26 @@ impl ClientSession {
         if !ack.session_present && !v3_1_kept {
             self.discard_sent_state();
         }
+        // [MQTT-3.2.2-11], [MQTT-3.2.2-14]: this server may take less than the last
+        // one did; what is queued or in flight beyond it is dropped before anything is
+        // sent (a QoS 2 message past PUBLISH moves on to PUBREL).
+        let (maximum_qos, retain_available) = (self.caps.maximum_qos, self.caps.retain_available);
+        if maximum_qos != QoS::ExactlyOnce || !retain_available {
+            if let Some(t) = self.flow.traffic_mut_if_any() {
+                t.outbox.drop_where(
+                    |m| m.qos as u8 > maximum_qos as u8,
+                    DropReason::QosNotSupported,
+                    &mut t.events,
+                );
+                if !retain_available {
+                    t.outbox.drop_where(
+                        |m| m.retain,
+                        DropReason::RetainNotSupported,
+                        &mut t.events,
+                    );
+                }
+            }
+        }
         self.state = State::Connected;
         self.had_session = true;
         self.flow.resume(now);

@@ -880,6 +880,40 @@ fn only_the_ended_connections_settlements_are_swallowed() {
     assert_eq!(payloads(&events).len(), 1, "{events:?}");
 }
 
+// 5.0 MQTT-3.2.2-11, 5.0 MQTT-3.2.2-14: messages a client queued while away are held
+// to the Maximum QoS and Retain Available of the server it reconnects to, which may
+// take less than the last one: those beyond are dropped, not sent.
+#[test]
+fn queued_messages_are_held_to_the_new_servers_limits() {
+    let mut pair = connected(V5);
+    pair.cut();
+    for (p, qos, retain) in [
+        ("qos2", QoS::ExactlyOnce, false),
+        ("retained", QoS::AtLeastOnce, true),
+        ("plain", QoS::AtLeastOnce, false),
+    ] {
+        let mut m = msg("t", p, qos);
+        m.retain = retain;
+        pair.client.publish(pair.now, m).unwrap();
+    }
+    pair.connack_properties.maximum_qos = Some(QoS::AtLeastOnce);
+    pair.connack_properties.retain_available = Some(false);
+    pair.take_client_events();
+    pair.connect();
+    assert!(pair.error.is_none(), "{:?}", pair.error);
+    assert!(pair.client.is_connected());
+    assert_eq!(payloads(&pair.server_events), ["plain"]);
+    let events = pair.take_client_events();
+    assert!(
+        dropped_for(&events, DropReason::QosNotSupported),
+        "{events:?}"
+    );
+    assert!(
+        dropped_for(&events, DropReason::RetainNotSupported),
+        "{events:?}"
+    );
+}
+
 /// The client end likewise: a CONNACK read on a connection lost before its events were
 /// polled does not make the session look connected to whoever polls next.
 #[test]
