@@ -143,6 +143,9 @@ impl fmt::Display for DisconnectReason {
 #[derive(Clone, Debug)]
 pub struct Client {
     tx: mpsc::Sender<Command>,
+    /// Disconnect and re-authenticate: taken by the driver even while a full queue
+    /// keeps it from taking requests from `tx`.
+    ctl: mpsc::Sender<Command>,
     version: ProtocolVersion,
 }
 
@@ -202,14 +205,16 @@ pub async fn connect(options: ConnectOptions) -> Result<(Client, Connection), Co
     };
     let version = options.session.version;
     let (cmd_tx, cmd_rx) = mpsc::channel(options.request_capacity);
+    let (ctl_tx, ctl_rx) = mpsc::channel(4);
     let (event_tx, event_rx) = mpsc::channel(options.event_capacity);
     let (first_tx, first_rx) = oneshot::channel();
-    let driver = Driver::new(options, tls, cmd_rx, event_tx, first_tx);
+    let driver = Driver::new(options, tls, cmd_rx, ctl_rx, event_tx, first_tx);
     tokio::spawn(driver.run());
     match first_rx.await {
         Ok(Ok(connack)) => Ok((
             Client {
                 tx: cmd_tx,
+                ctl: ctl_tx,
                 version,
             },
             Connection {
@@ -445,7 +450,7 @@ impl Client {
     /// Cancelling does not withdraw the AUTH once queued; only the outcome is lost.
     pub async fn reauthenticate(&self) -> Result<(), ClientError> {
         let (done, rx) = oneshot::channel();
-        self.tx
+        self.ctl
             .send(Command::Reauthenticate { done })
             .await
             .map_err(|_| ClientError::Closed)?;
@@ -471,7 +476,7 @@ impl Client {
     pub async fn disconnect_with(&self, packet: Disconnect) -> Result<(), ClientError> {
         let (done, rx) = oneshot::channel();
         if self
-            .tx
+            .ctl
             .send(Command::Disconnect { packet, done })
             .await
             .is_err()

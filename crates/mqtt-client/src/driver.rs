@@ -63,6 +63,9 @@ enum Wake {
     Read(io::Result<usize>),
     Write(io::Result<Option<usize>>),
     Command(Option<Box<Command>>),
+    /// A command from the control channel (disconnect, re-authenticate), or its end:
+    /// every handle was dropped.
+    Control(Option<Box<Command>>),
     Timer,
     /// The authenticator answered a challenge on its blocking thread.
     Challenged(Result<Result<Option<Bytes>, String>, tokio::task::JoinError>),
@@ -113,6 +116,10 @@ pub(crate) struct Driver {
     origin: TokioInstant,
     cmd_rx: mpsc::Receiver<Command>,
     cmd_open: bool,
+    /// Disconnect and re-authenticate, taken even while requests wait (a full session
+    /// queue stops the driver taking from `cmd_rx`); closed when every handle is gone.
+    ctl_rx: mpsc::Receiver<Command>,
+    ctl_open: bool,
     events_tx: mpsc::Sender<Event>,
     events_open: bool,
     events_out: VecDeque<Event>,
@@ -132,6 +139,7 @@ impl Driver {
         options: ConnectOptions,
         tls: Option<Arc<rustls::ClientConfig>>,
         cmd_rx: mpsc::Receiver<Command>,
+        ctl_rx: mpsc::Receiver<Command>,
         events_tx: mpsc::Sender<Event>,
         first: FirstResult,
     ) -> Self {
@@ -153,6 +161,8 @@ impl Driver {
             origin: TokioInstant::now(),
             cmd_rx,
             cmd_open: true,
+            ctl_rx,
+            ctl_open: true,
             events_tx,
             events_open: true,
             events_out: VecDeque::new(),
@@ -270,14 +280,16 @@ impl Driver {
             if self.abandoned() || self.disconnect_requested.is_some() {
                 return false;
             }
-            let accept =
-                self.cmd_open && self.session.pending_messages() < self.options.max_pending;
+            // With every handle gone, what is still queued is taken whatever the room.
+            let accept = self.cmd_open
+                && (self.session.pending_messages() < self.options.max_pending || !self.ctl_open);
             let wake = tokio::select! {
                 () = sleep_until(deadline) => return true,
                 permit = self.events_tx.reserve(), if !self.events_out.is_empty() => {
                     forward_event(permit, &mut self.events_out, &mut self.events_open);
                     Wake::Nothing
                 }
+                cmd = self.ctl_rx.recv(), if self.ctl_open => Wake::Control(cmd.map(Box::new)),
                 cmd = self.cmd_rx.recv(), if accept => Wake::Command(cmd.map(Box::new)),
                 () = self.events_tx.closed(), if self.events_open && !self.cmd_open => {
                     Wake::EventsClosed
@@ -285,12 +297,29 @@ impl Driver {
             };
             match wake {
                 Wake::Command(Some(cmd)) => self.handle_command(*cmd),
+                Wake::Control(Some(cmd)) => {
+                    self.take_queued_commands();
+                    self.handle_command(*cmd);
+                }
                 Wake::Command(None) => self.cmd_open = false,
+                Wake::Control(None) => self.ctl_open = false,
                 Wake::EventsClosed => self.events_open = false,
                 _ => {}
             }
             // Offline: nothing to transmit, but events (drops) may have come.
             self.drain_session_events_offline();
+        }
+    }
+
+    /// Takes the requests already queued, room or not, so that a disconnect or a
+    /// re-authentication from the control channel comes after what was asked before
+    /// it, as one queue would have it. Bounded by the request queue's capacity.
+    fn take_queued_commands(&mut self) {
+        while self.cmd_open {
+            match self.cmd_rx.try_recv() {
+                Ok(cmd) => self.handle_command(cmd),
+                Err(_) => break,
+            }
         }
     }
 
@@ -383,8 +412,9 @@ impl Driver {
             let accept = c.end.is_none()
                 && c.connected
                 && self.cmd_open
-                && self.session.pending_messages() < self.options.max_pending
+                && (self.session.pending_messages() < self.options.max_pending || !self.ctl_open)
                 && c.wbuf.len() < WRITE_HIGH_WATER;
+            let control = c.end.is_none() && self.ctl_open;
             let has_write = !c.wbuf.is_empty() || c.need_flush;
             let timer = self.session.poll_timeout().map(|t| self.to_tokio(t));
             let close_deadline = c.close_deadline.unwrap_or(connack_deadline);
@@ -407,6 +437,7 @@ impl Driver {
                     forward_event(permit, &mut self.events_out, &mut self.events_open);
                     Wake::Nothing
                 }
+                cmd = self.ctl_rx.recv(), if control => Wake::Control(cmd.map(Box::new)),
                 cmd = self.cmd_rx.recv(), if accept => Wake::Command(cmd.map(Box::new)),
                 () = sleep_until(timer.unwrap_or(connack_deadline)), if timer_on => Wake::Timer,
                 r = challenged(challenge), if challenging => Wake::Challenged(r),
@@ -439,7 +470,12 @@ impl Driver {
                 }
                 Wake::Write(Ok(None)) => c.need_flush = false,
                 Wake::Command(Some(cmd)) => self.handle_command(*cmd),
+                Wake::Control(Some(cmd)) => {
+                    self.take_queued_commands();
+                    self.handle_command(*cmd);
+                }
                 Wake::Command(None) => self.cmd_open = false,
+                Wake::Control(None) => self.ctl_open = false,
                 Wake::Timer => self.session.handle_timeout(self.now()),
                 Wake::Challenged(answer) => {
                     c.challenge = None;
@@ -884,7 +920,8 @@ impl Driver {
         }
         // Refuse requests from now on, but answer those already queued.
         self.cmd_rx.close();
-        while let Ok(cmd) = self.cmd_rx.try_recv() {
+        self.ctl_rx.close();
+        while let Ok(cmd) = self.cmd_rx.try_recv().or_else(|_| self.ctl_rx.try_recv()) {
             match cmd {
                 Command::Publish { done, .. } => {
                     let _ = done.send(Err(ClientError::Closed));

@@ -173,3 +173,36 @@ async fn a_server_that_reads_nothing_cannot_grow_the_write_buffer() {
         .unwrap();
     assert!(sent < 32 << 20, "the client read all {sent} bytes");
 }
+
+/// With the queue full (no acknowledgements coming back), disconnect still goes
+/// through at once: it does not wait behind the requests the driver cannot take.
+/// Requests queued before it are taken first and answered.
+#[tokio::test]
+async fn disconnect_goes_through_a_full_queue() {
+    let broker = Mosquitto::start();
+    let proxy = Proxy::start(broker.addr()).await;
+    let mut o = opts(&proxy.url(), ProtocolVersion::V5, "bp-disconnect")
+        .request_capacity(2)
+        .max_pending(4);
+    o.limits_mut().max_inflight = 4;
+    let (c, _conn) = connect(o).await;
+    proxy.stall_downstream(true);
+    let mut deliveries = Vec::new();
+    for i in 0..100 {
+        let m = mqtt_client::message("bp", format!("{i}"), QoS::AtLeastOnce, false).unwrap();
+        match c.try_publish(m) {
+            Ok(d) => deliveries.push(d),
+            Err(TryPublishError::Full(_)) => break,
+            Err(e) => panic!("{e}"),
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    tokio::time::timeout(Duration::from_secs(3), c.disconnect())
+        .await
+        .expect("disconnect went through the full queue")
+        .unwrap();
+    // Every request got an answer (delivered before, or refused with the end).
+    for d in deliveries {
+        let _ = tokio::time::timeout(T, d).await.expect("answered");
+    }
+}
