@@ -39,6 +39,11 @@ const EVENTS_OUT_CAP: usize = 16;
 const STATE_EVENTS_SLACK: usize = 16;
 /// Stop taking requests when this many bytes wait to be written.
 const WRITE_HIGH_WATER: usize = 256 * 1024;
+
+/// Unwritten acknowledgements past which the driver stops reading (see
+/// `Conn::answers_unwritten`). A server that keeps to our Receive Maximum makes at most
+/// a few bytes of them per message in flight: 1 MiB is far beyond.
+const ANSWERS_UNWRITTEN_MAX: usize = 1024 * 1024;
 /// Read in chunks of this size.
 const READ_CHUNK: usize = 16 * 1024;
 /// How long to spend flushing the last packets of a connection that is closing.
@@ -80,6 +85,10 @@ struct Conn {
     writer: WriteHalf<BoxIo>,
     rbuf: BytesMut,
     wbuf: BytesMut,
+    /// Bytes of acknowledgements (answers to what the server sent) put in `wbuf`, less
+    /// the bytes written since: past [`ANSWERS_UNWRITTEN_MAX`] the server takes none of
+    /// what it makes us answer, and reading waits.
+    answers_unwritten: usize,
     need_flush: bool,
     decoder: Decoder,
     /// Decoded PUBLISH packets not yet given to the session (no room for their events).
@@ -355,6 +364,7 @@ impl Driver {
             writer,
             rbuf: BytesMut::with_capacity(READ_CHUNK),
             wbuf: BytesMut::new(),
+            answers_unwritten: 0,
             need_flush: false,
             decoder,
             held: VecDeque::new(),
@@ -404,11 +414,15 @@ impl Driver {
             if c.rbuf.capacity() - c.rbuf.len() < READ_CHUNK / 4 {
                 c.rbuf.reserve(READ_CHUNK);
             }
-            // Nor while the server takes none of what is written to it: what it sends
-            // would be answered (PUBCOMP, PUBACK) into a buffer that only grows, and
-            // with reading held the ping timeout ends the dead connection.
-            let can_read =
-                c.end.is_none() && !self.held_full(&c) && c.wbuf.len() < 2 * WRITE_HIGH_WATER;
+            // Nor while the server takes none of the answers its packets call for
+            // (PUBCOMP, PUBACK): they would go into a buffer that only grows, and with
+            // reading held the ping timeout ends the dead connection. Only answers
+            // count: what the application sends is bounded by the request queue, and a
+            // server streaming to us while our own writes wait must still be read (it
+            // reads only once its writes are done).
+            let can_read = c.end.is_none()
+                && !self.held_full(&c)
+                && c.answers_unwritten < ANSWERS_UNWRITTEN_MAX;
             let accept = c.end.is_none()
                 && c.connected
                 && self.cmd_open
@@ -466,6 +480,7 @@ impl Driver {
                 }
                 Wake::Write(Ok(Some(n))) => {
                     c.wbuf.advance(n);
+                    c.answers_unwritten = c.answers_unwritten.saturating_sub(n);
                     c.need_flush = true;
                 }
                 Wake::Write(Ok(None)) => c.need_flush = false,
@@ -595,7 +610,15 @@ impl Driver {
             let mut busy = false;
             while let Some(packet) = self.session.poll_transmit(now) {
                 busy = true;
-                if let Err(e) = packet.encode(version, &mut c.wbuf) {
+                let before = c.wbuf.len();
+                let encoded = packet.encode(version, &mut c.wbuf);
+                if matches!(
+                    packet,
+                    Packet::PubAck(_) | Packet::PubRec(_) | Packet::PubRel(_) | Packet::PubComp(_)
+                ) {
+                    c.answers_unwritten += c.wbuf.len() - before;
+                }
+                if let Err(e) = encoded {
                     tracing::error!(error = %e, packet = ?packet.packet_type(), "cannot encode a packet; not sent");
                 } else if let Some(observer) = &self.options.packet_observer {
                     (observer.0)(PacketDirection::Sent, &packet);

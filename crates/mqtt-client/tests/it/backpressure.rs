@@ -206,3 +206,86 @@ async fn disconnect_goes_through_a_full_queue() {
         let _ = tokio::time::timeout(T, d).await.expect("answered");
     }
 }
+
+/// The client's own large writes do not stop it reading: a server that writes a long
+/// stream before it reads again (as a broker writing a backlog does) finishes, then
+/// gets the client's 8 MiB message (more than the sockets buffer). Stopping reads on
+/// the write buffer's size alone deadlocked both ends.
+#[tokio::test]
+async fn a_large_write_does_not_stop_reading_a_server_that_streams() {
+    use mqtt_client::testing::RawPeer;
+    use mqtt_codec::{ByteStr, ConnAck, Packet, Publish, ReasonCode};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    // A small receive buffer on the server's side: the client's message waits in its
+    // own write buffer while the server does not read.
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let listener = socket.listen(16).unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let options = mqtt_client::ConnectOptions::new("127.0.0.1", port)
+        .version(ProtocolVersion::V3_1_1)
+        .client_id("large-write")
+        .reconnect(mqtt_client::ReconnectOptions {
+            enabled: false,
+            ..mqtt_client::ReconnectOptions::default()
+        });
+    let server = tokio::spawn(async move {
+        let (s, _) = listener.accept().await.unwrap();
+        let mut peer = RawPeer::new(s, ProtocolVersion::V3_1_1);
+        let Packet::Connect(_) = peer.recv().await else {
+            panic!("expected CONNECT")
+        };
+        peer.send(ConnAck::new(false, ReasonCode::SUCCESS)).await;
+        let mut s = peer.into_inner();
+        // Give the client time to queue its large message.
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        // 32 MiB of QoS 0 PUBLISH, 64 KiB a write, reading nothing meanwhile.
+        let mut chunk = bytes::BytesMut::new();
+        while chunk.len() < 64 * 1024 {
+            let p = Publish::new(ByteStr::from_static("feed"), vec![1u8; 1000].into());
+            Packet::from(p)
+                .encode(ProtocolVersion::V3_1_1, &mut chunk)
+                .unwrap();
+        }
+        for _ in 0..512 {
+            tokio::time::timeout(Duration::from_secs(10), s.write_all(&chunk))
+                .await
+                .expect("the client reads while its own write waits")
+                .unwrap();
+        }
+        // Then read: the client's message comes through.
+        let mut got = 0usize;
+        let mut buf = vec![0u8; 1 << 16];
+        while got < 8 << 20 {
+            let n = tokio::time::timeout(Duration::from_secs(10), s.read(&mut buf))
+                .await
+                .expect("the client's write comes")
+                .unwrap();
+            assert!(n > 0, "closed");
+            got += n;
+        }
+        s
+    });
+    let (client, mut connection) = connect(options).await;
+    let big = mqtt_client::message("big", vec![2u8; 8 << 20], QoS::AtMostOnce, false).unwrap();
+    let sending = tokio::spawn(async move {
+        let _ = client.publish_message(big).await;
+        client
+    });
+    let reading = tokio::spawn(async move {
+        while tokio::time::timeout(Duration::from_secs(30), connection.next_event())
+            .await
+            .ok()
+            .flatten()
+            .is_some()
+        {}
+    });
+    let _s = tokio::time::timeout(Duration::from_secs(60), server)
+        .await
+        .expect("no deadlock")
+        .unwrap();
+    reading.abort();
+    drop(sending);
+}
