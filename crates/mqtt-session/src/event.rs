@@ -103,9 +103,10 @@ pub(crate) struct Events {
 }
 
 impl Events {
-    /// Whether no event is queued.
+    /// Whether no event is queued and no settlement is owed to an ended connection's
+    /// messages (the counts must outlive an idle session's shrinking).
     pub(crate) fn is_empty(&self) -> bool {
-        self.order.is_empty()
+        self.order.is_empty() && self.unlinked == 0 && self.unlinked_drained == 0
     }
 
     /// Gives back the memory of empty queues.

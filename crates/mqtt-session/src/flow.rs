@@ -154,6 +154,10 @@ pub(crate) struct Flow {
     /// The peer asked for no Reason String or User Property on acknowledgements
     /// ([MQTT-3.1.2-29]).
     pub(crate) strip_diagnostics: bool,
+    /// The session's state was discarded (clean start) since the last connection
+    /// ended: packet identifiers awaiting PUBREL are the new connection's, and a late
+    /// verdict of the old one's messages must not release them.
+    discarded_since_lost: bool,
 }
 
 impl Flow {
@@ -191,6 +195,7 @@ impl Flow {
             last_tx: Instant::ZERO,
             sent_disconnect: false,
             strip_diagnostics: false,
+            discarded_since_lost: false,
         }
     }
 
@@ -490,12 +495,14 @@ impl Flow {
         };
         let v5 = self.version.is_v5();
         let reason = if v5 { reason } else { ReasonCode::SUCCESS };
+        let discarded = self.discarded_since_lost;
         let t = self.traffic_mut();
         if t.events.take_unlinked_settlement() {
             // Received on a connection that has ended: no acknowledgement on this one.
             // A refused QoS 2 message frees its identifier all the same, so that its
-            // resend is decided anew rather than answered as a duplicate.
-            if qos == QoS::ExactlyOnce && reason.is_error() {
+            // resend is decided anew rather than answered as a duplicate (unless the
+            // session was discarded since: the identifier is the new connection's).
+            if qos == QoS::ExactlyOnce && reason.is_error() && !discarded {
                 t.inbox.release(id);
             }
             return;
@@ -550,6 +557,7 @@ impl Flow {
     pub(crate) fn connection_lost(&mut self) {
         self.connected = false;
         self.sent_disconnect = false;
+        self.discarded_since_lost = false;
         if let Some(t) = self.traffic.as_deref_mut() {
             t.tx.clear();
             t.events.forget_connection();
@@ -575,7 +583,11 @@ impl Flow {
         reason: ReasonCode,
     ) {
         if let Some(id) = packet_id {
-            if qos == QoS::ExactlyOnce && self.version.is_v5() && reason.is_error() {
+            if qos == QoS::ExactlyOnce
+                && self.version.is_v5()
+                && reason.is_error()
+                && !self.discarded_since_lost
+            {
                 self.traffic_mut().inbox.release(id);
             }
         }
@@ -629,6 +641,7 @@ impl Flow {
 
     /// Discards the session state (clean start, or no session on the other side).
     pub(crate) fn discard_state(&mut self) {
+        self.discarded_since_lost = true;
         let Some(t) = self.traffic.as_deref_mut() else {
             return;
         };

@@ -914,6 +914,64 @@ fn queued_messages_are_held_to_the_new_servers_limits() {
     );
 }
 
+/// What an ended connection's messages owe survives an idle session's shrinking, and a
+/// late refusal of one does not release an identifier that, after a clean start,
+/// belongs to the new connection.
+#[test]
+fn late_settlements_survive_shrinking_and_respect_a_clean_start() {
+    let limits = Limits {
+        defer_publish_acks: true,
+        ..Limits::default()
+    };
+    let publish = |id: u16, qos: QoS| {
+        let mut p = Publish::new(ByteStr::from_static("t"), Bytes::from_static(b"m"));
+        p.qos_pid = QosPid::new(qos, PacketId::new(id).unwrap());
+        Packet::Publish(p)
+    };
+    let mut server = ServerSession::new(ByteStr::from_static("c"), limits);
+    let mut connect = mqtt_codec::Connect::new(V5, ByteStr::from_static("c"));
+    connect.clean_start = false;
+    connect.properties.session_expiry_interval = Some(60);
+    server.accept(Instant::ZERO, &connect, Default::default());
+    server
+        .handle_packet(Instant::ZERO, publish(1, QoS::AtLeastOnce))
+        .unwrap();
+    // Taken over; the new connection drains the message, then idles (its verdict waits
+    // for a commit) and shrinks.
+    server.accept(Instant::ZERO, &connect, Default::default());
+    let events: Vec<_> = std::iter::from_fn(|| server.poll_event()).collect();
+    server.shrink_idle();
+    for e in &events {
+        if let Event::Message(m, arrival) = e {
+            server.settle_publish(m.qos, arrival.packet_id, ReasonCode::SUCCESS);
+        }
+    }
+    let sent: Vec<_> = std::iter::from_fn(|| server.poll_transmit(Instant::ZERO)).collect();
+    assert!(
+        !sent.iter().any(|p| matches!(p, Packet::PubAck(_))),
+        "{sent:?}"
+    );
+
+    // A QoS 2 message read, then a clean start whose client uses the same identifier.
+    server
+        .handle_packet(Instant::ZERO, publish(5, QoS::ExactlyOnce))
+        .unwrap();
+    while server.poll_event().is_some() {}
+    connect.clean_start = true;
+    server.accept(Instant::ZERO, &connect, Default::default());
+    server
+        .handle_packet(Instant::ZERO, publish(5, QoS::ExactlyOnce))
+        .unwrap();
+    while server.poll_event().is_some() {}
+    // The old connection's refusal comes late: identifier 5 stays the new one's.
+    server.settle_publish_unsent(
+        QoS::ExactlyOnce,
+        PacketId::new(5),
+        ReasonCode::NOT_AUTHORIZED,
+    );
+    assert!(server.awaits_pubrel(PacketId::new(5).unwrap()));
+}
+
 /// The client end likewise: a CONNACK read on a connection lost before its events were
 /// polled does not make the session look connected to whoever polls next.
 #[test]

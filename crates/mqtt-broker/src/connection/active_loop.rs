@@ -376,7 +376,13 @@ where
             }
             if group.is_some() {
                 let mut cell = handle.lock();
-                if let Some(extra) = cell.extra.as_mut().filter(|e| !e.unrouted.is_empty()) {
+                // Not after a takeover: what is listed then is the new connection's.
+                let own = cell.generation == generation;
+                if let Some(extra) = cell
+                    .extra
+                    .as_mut()
+                    .filter(|e| own && !e.unrouted.is_empty())
+                {
                     // Routed: the identifiers are written with the next export, in the
                     // commit that holds the copies (or a later one).
                     extra.unrouted.clear();
