@@ -56,6 +56,17 @@ fn dropped_for(events: &[Event], reason: DropReason) -> bool {
         .any(|e| matches!(e, Event::Dropped { reason: r, .. } if *r == reason))
 }
 
+/// A new message from the server reaches the client at once: nothing is left in
+/// flight to hold it.
+fn a_new_message_goes_out(pair: &mut Pair, qos: QoS) {
+    pair.server.deliver(pair.now, msg("t", "new", qos)).unwrap();
+    pair.drive();
+    assert_eq!(
+        payloads(&pair.client_events).last().map(String::as_str),
+        Some("new")
+    );
+}
+
 fn delivered(events: &[Event]) -> usize {
     events
         .iter()
@@ -405,14 +416,7 @@ fn a_resumed_session_resends_within_the_new_limits() {
     assert!(dropped_for(&events, DropReason::TooLarge), "{events:?}");
     assert_eq!(delivered(&events), 9);
     // Nothing is left in flight: new messages go out at once.
-    pair.server
-        .deliver(pair.now, msg("t", "new", QoS::AtLeastOnce))
-        .unwrap();
-    pair.drive();
-    assert_eq!(
-        payloads(&pair.client_events).last().map(String::as_str),
-        Some("new")
-    );
+    a_new_message_goes_out(&mut pair, QoS::AtLeastOnce);
 }
 
 // 5.0 MQTT-3.3.2-6: a PUBLISH sent again on a resumed session carries what is left of
@@ -470,14 +474,7 @@ fn resends_carry_what_is_left_of_their_expiry() {
         "{events:?}"
     );
     // The exchange completes (the client answers PUBCOMP): nothing is left in flight.
-    pair.server
-        .deliver(pair.now, msg("t", "new", QoS::ExactlyOnce))
-        .unwrap();
-    pair.drive();
-    assert_eq!(
-        payloads(&pair.client_events).last().map(String::as_str),
-        Some("new")
-    );
+    a_new_message_goes_out(&mut pair, QoS::ExactlyOnce);
 }
 
 /// What a server refuses before resuming a session (its client may not read it) is
@@ -715,6 +712,28 @@ fn a_new_connection_does_not_inherit_the_old_ones_requests() {
     }
 }
 
+/// A server session that settles acknowledgements itself (`defer_publish_acks`, as a
+/// broker does), with a 5.0 client's persistent session accepted, and that CONNECT.
+fn deferring_server() -> (ServerSession, mqtt_codec::Connect) {
+    let limits = Limits {
+        defer_publish_acks: true,
+        ..Limits::default()
+    };
+    let mut server = ServerSession::new(ByteStr::from_static("c"), limits);
+    let mut connect = mqtt_codec::Connect::new(V5, ByteStr::from_static("c"));
+    connect.clean_start = false;
+    connect.properties.session_expiry_interval = Some(60);
+    server.accept(Instant::ZERO, &connect, Default::default());
+    (server, connect)
+}
+
+/// A PUBLISH to `t` with packet identifier `id`, as a client sends it.
+fn raw_publish(id: u16, qos: QoS) -> Packet {
+    let mut p = Publish::new(ByteStr::from_static("t"), Bytes::from_static(b"m"));
+    p.qos_pid = QosPid::new(qos, PacketId::new(id).unwrap());
+    Packet::Publish(p)
+}
+
 /// A server that decides acknowledgements itself (`defer_publish_acks`) and is taken
 /// over between reading PUBLISH packets and settling them: the messages kept are
 /// acknowledged on no connection (the new one's client may use those identifiers for
@@ -723,15 +742,6 @@ fn a_new_connection_does_not_inherit_the_old_ones_requests() {
 /// resends are new messages, not duplicates of messages never delivered.
 #[test]
 fn a_taken_over_connections_messages_are_not_acknowledged_on_the_next() {
-    let limits = Limits {
-        defer_publish_acks: true,
-        ..Limits::default()
-    };
-    let publish = |id: u16, qos: QoS| {
-        let mut p = Publish::new(ByteStr::from_static("t"), Bytes::from_static(b"m"));
-        p.qos_pid = QosPid::new(qos, PacketId::new(id).unwrap());
-        Packet::Publish(p)
-    };
     // Dropped, settled as routed, settled as refused.
     for (forget, verdict) in [
         (true, ReasonCode::SUCCESS),
@@ -739,16 +749,12 @@ fn a_taken_over_connections_messages_are_not_acknowledged_on_the_next() {
         (false, ReasonCode::NOT_AUTHORIZED),
     ] {
         let case = format!("forget {forget}, {verdict:?}");
-        let mut server = ServerSession::new(ByteStr::from_static("c"), limits.clone());
-        let mut connect = mqtt_codec::Connect::new(V5, ByteStr::from_static("c"));
-        connect.clean_start = false;
-        connect.properties.session_expiry_interval = Some(60);
-        server.accept(Instant::ZERO, &connect, Default::default());
+        let (mut server, connect) = deferring_server();
         server
-            .handle_packet(Instant::ZERO, publish(1, QoS::AtLeastOnce))
+            .handle_packet(Instant::ZERO, raw_publish(1, QoS::AtLeastOnce))
             .unwrap();
         server
-            .handle_packet(Instant::ZERO, publish(2, QoS::ExactlyOnce))
+            .handle_packet(Instant::ZERO, raw_publish(2, QoS::ExactlyOnce))
             .unwrap();
         // Taken over before the old connection polled its events.
         server.accept(Instant::ZERO, &connect, Default::default());
@@ -777,7 +783,7 @@ fn a_taken_over_connections_messages_are_not_acknowledged_on_the_next() {
         // The publisher resends its QoS 2 message: a duplicate of one routed (answered
         // PUBREC, not delivered again), or a new one if it was dropped or refused.
         let new = forget || verdict.is_error();
-        let mut resend = publish(2, QoS::ExactlyOnce);
+        let mut resend = raw_publish(2, QoS::ExactlyOnce);
         if let Packet::Publish(p) = &mut resend {
             p.dup = true;
         }
@@ -796,7 +802,7 @@ fn a_taken_over_connections_messages_are_not_acknowledged_on_the_next() {
         }
         // Settlements of this connection's own messages go out again.
         server
-            .handle_packet(Instant::ZERO, publish(3, QoS::AtLeastOnce))
+            .handle_packet(Instant::ZERO, raw_publish(3, QoS::AtLeastOnce))
             .unwrap();
         let events: Vec<_> = std::iter::from_fn(|| server.poll_event()).collect();
         for e in &events {
@@ -819,23 +825,10 @@ fn a_taken_over_connections_messages_are_not_acknowledged_on_the_next() {
 /// sends nothing, and a refused QoS 2 one frees its identifier.
 #[test]
 fn only_the_ended_connections_settlements_are_swallowed() {
-    let limits = Limits {
-        defer_publish_acks: true,
-        ..Limits::default()
-    };
-    let publish = |id: u16, qos: QoS| {
-        let mut p = Publish::new(ByteStr::from_static("t"), Bytes::from_static(b"m"));
-        p.qos_pid = QosPid::new(qos, PacketId::new(id).unwrap());
-        Packet::Publish(p)
-    };
-    let mut server = ServerSession::new(ByteStr::from_static("c"), limits);
-    let mut connect = mqtt_codec::Connect::new(V5, ByteStr::from_static("c"));
-    connect.clean_start = false;
-    connect.properties.session_expiry_interval = Some(60);
-    server.accept(Instant::ZERO, &connect, Default::default());
+    let (mut server, connect) = deferring_server();
     for id in 1..=3 {
         server
-            .handle_packet(Instant::ZERO, publish(id, QoS::AtLeastOnce))
+            .handle_packet(Instant::ZERO, raw_publish(id, QoS::AtLeastOnce))
             .unwrap();
     }
     // The connection ends; the offline session's events are drained and dropped.
@@ -843,7 +836,7 @@ fn only_the_ended_connections_settlements_are_swallowed() {
     while server.poll_event().is_some() {}
     server.accept(Instant::ZERO, &connect, Default::default());
     server
-        .handle_packet(Instant::ZERO, publish(7, QoS::AtLeastOnce))
+        .handle_packet(Instant::ZERO, raw_publish(7, QoS::AtLeastOnce))
         .unwrap();
     let events: Vec<_> = std::iter::from_fn(|| server.poll_event()).collect();
     for e in &events {
@@ -860,7 +853,7 @@ fn only_the_ended_connections_settlements_are_swallowed() {
     // A QoS 2 message refused after its connection was taken over: nothing sent, and
     // its resend is a new message.
     server
-        .handle_packet(Instant::ZERO, publish(8, QoS::ExactlyOnce))
+        .handle_packet(Instant::ZERO, raw_publish(8, QoS::ExactlyOnce))
         .unwrap();
     while server.poll_event().is_some() {}
     server.settle_publish_unsent(
@@ -874,7 +867,7 @@ fn only_the_ended_connections_settlements_are_swallowed() {
             .is_none()
     );
     server
-        .handle_packet(Instant::ZERO, publish(8, QoS::ExactlyOnce))
+        .handle_packet(Instant::ZERO, raw_publish(8, QoS::ExactlyOnce))
         .unwrap();
     let events: Vec<_> = std::iter::from_fn(|| server.poll_event()).collect();
     assert_eq!(payloads(&events).len(), 1, "{events:?}");
@@ -919,22 +912,9 @@ fn queued_messages_are_held_to_the_new_servers_limits() {
 /// belongs to the new connection.
 #[test]
 fn late_settlements_survive_shrinking_and_respect_a_clean_start() {
-    let limits = Limits {
-        defer_publish_acks: true,
-        ..Limits::default()
-    };
-    let publish = |id: u16, qos: QoS| {
-        let mut p = Publish::new(ByteStr::from_static("t"), Bytes::from_static(b"m"));
-        p.qos_pid = QosPid::new(qos, PacketId::new(id).unwrap());
-        Packet::Publish(p)
-    };
-    let mut server = ServerSession::new(ByteStr::from_static("c"), limits);
-    let mut connect = mqtt_codec::Connect::new(V5, ByteStr::from_static("c"));
-    connect.clean_start = false;
-    connect.properties.session_expiry_interval = Some(60);
-    server.accept(Instant::ZERO, &connect, Default::default());
+    let (mut server, mut connect) = deferring_server();
     server
-        .handle_packet(Instant::ZERO, publish(1, QoS::AtLeastOnce))
+        .handle_packet(Instant::ZERO, raw_publish(1, QoS::AtLeastOnce))
         .unwrap();
     // Taken over; the new connection drains the message, then idles (its verdict waits
     // for a commit) and shrinks.
@@ -954,13 +934,13 @@ fn late_settlements_survive_shrinking_and_respect_a_clean_start() {
 
     // A QoS 2 message read, then a clean start whose client uses the same identifier.
     server
-        .handle_packet(Instant::ZERO, publish(5, QoS::ExactlyOnce))
+        .handle_packet(Instant::ZERO, raw_publish(5, QoS::ExactlyOnce))
         .unwrap();
     while server.poll_event().is_some() {}
     connect.clean_start = true;
     server.accept(Instant::ZERO, &connect, Default::default());
     server
-        .handle_packet(Instant::ZERO, publish(5, QoS::ExactlyOnce))
+        .handle_packet(Instant::ZERO, raw_publish(5, QoS::ExactlyOnce))
         .unwrap();
     while server.poll_event().is_some() {}
     // The old connection's refusal comes late: identifier 5 stays the new one's.

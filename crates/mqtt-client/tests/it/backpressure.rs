@@ -12,14 +12,7 @@ use crate::{T, connect, next_message, opts};
 /// again everything completes.
 #[tokio::test]
 async fn full_window_makes_publish_wait_and_try_publish_fail() {
-    let broker = Mosquitto::start();
-    let proxy = Proxy::start(broker.addr()).await;
-    let mut o = opts(&proxy.url(), ProtocolVersion::V5, "bp")
-        .request_capacity(2)
-        .max_pending(4);
-    o.limits_mut().max_inflight = 4;
-    let (c, _conn) = connect(o).await;
-    proxy.stall_downstream(true);
+    let (_broker, proxy, c, _conn) = stalled_small_window("bp").await;
     let mut deliveries = Vec::new();
     let mut full = None;
     for i in 0..100 {
@@ -129,27 +122,12 @@ async fn a_consumer_that_never_reads_does_not_stop_publishing() {
 /// full, would be 32 MiB buffered in the client).
 #[tokio::test]
 async fn a_server_that_reads_nothing_cannot_grow_the_write_buffer() {
-    use mqtt_client::testing::RawPeer;
-    use mqtt_codec::{ConnAck, Packet, PacketId, PubRel, ReasonCode};
+    use mqtt_codec::{Packet, PacketId, PubRel};
     use tokio::io::AsyncWriteExt;
 
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let port = listener.local_addr().unwrap().port();
-    let options = mqtt_client::ConnectOptions::new("127.0.0.1", port)
-        .version(ProtocolVersion::V3_1_1)
-        .client_id("reads-nothing")
-        .reconnect(mqtt_client::ReconnectOptions {
-            enabled: false,
-            ..mqtt_client::ReconnectOptions::default()
-        });
+    let (listener, options) = raw_server("reads-nothing", None);
     let server = tokio::spawn(async move {
-        let (s, _) = listener.accept().await.unwrap();
-        let mut peer = RawPeer::new(s, ProtocolVersion::V3_1_1);
-        let Packet::Connect(_) = peer.recv().await else {
-            panic!("expected CONNECT")
-        };
-        peer.send(ConnAck::new(false, ReasonCode::SUCCESS)).await;
-        let mut s = peer.into_inner();
+        let mut s = raw_accept(&listener).await;
         // 64 KiB of PUBREL a write, never reading the PUBCOMPs.
         let mut chunk = bytes::BytesMut::new();
         for id in 1..=16_384u16 {
@@ -179,14 +157,7 @@ async fn a_server_that_reads_nothing_cannot_grow_the_write_buffer() {
 /// Requests queued before it are taken first and answered.
 #[tokio::test]
 async fn disconnect_goes_through_a_full_queue() {
-    let broker = Mosquitto::start();
-    let proxy = Proxy::start(broker.addr()).await;
-    let mut o = opts(&proxy.url(), ProtocolVersion::V5, "bp-disconnect")
-        .request_capacity(2)
-        .max_pending(4);
-    o.limits_mut().max_inflight = 4;
-    let (c, _conn) = connect(o).await;
-    proxy.stall_downstream(true);
+    let (_broker, _proxy, c, _conn) = stalled_small_window("bp-disconnect").await;
     let mut deliveries = Vec::new();
     for i in 0..100 {
         let m = mqtt_client::message("bp", format!("{i}"), QoS::AtLeastOnce, false).unwrap();
@@ -213,32 +184,14 @@ async fn disconnect_goes_through_a_full_queue() {
 /// the write buffer's size alone deadlocked both ends.
 #[tokio::test]
 async fn a_large_write_does_not_stop_reading_a_server_that_streams() {
-    use mqtt_client::testing::RawPeer;
-    use mqtt_codec::{ByteStr, ConnAck, Packet, Publish, ReasonCode};
+    use mqtt_codec::{ByteStr, Packet, Publish};
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
     // A small receive buffer on the server's side: the client's message waits in its
     // own write buffer while the server does not read.
-    let socket = tokio::net::TcpSocket::new_v4().unwrap();
-    socket.set_recv_buffer_size(4096).unwrap();
-    socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
-    let listener = socket.listen(16).unwrap();
-    let port = listener.local_addr().unwrap().port();
-    let options = mqtt_client::ConnectOptions::new("127.0.0.1", port)
-        .version(ProtocolVersion::V3_1_1)
-        .client_id("large-write")
-        .reconnect(mqtt_client::ReconnectOptions {
-            enabled: false,
-            ..mqtt_client::ReconnectOptions::default()
-        });
+    let (listener, options) = raw_server("large-write", Some(4096));
     let server = tokio::spawn(async move {
-        let (s, _) = listener.accept().await.unwrap();
-        let mut peer = RawPeer::new(s, ProtocolVersion::V3_1_1);
-        let Packet::Connect(_) = peer.recv().await else {
-            panic!("expected CONNECT")
-        };
-        peer.send(ConnAck::new(false, ReasonCode::SUCCESS)).await;
-        let mut s = peer.into_inner();
+        let mut s = raw_accept(&listener).await;
         // Give the client time to queue its large message.
         tokio::time::sleep(Duration::from_millis(200)).await;
         // 32 MiB of QoS 0 PUBLISH, 64 KiB a write, reading nothing meanwhile.
@@ -288,4 +241,61 @@ async fn a_large_write_does_not_stop_reading_a_server_that_streams() {
         .unwrap();
     reading.abort();
     drop(sending);
+}
+
+/// A server played by hand on a free loopback port (with `receive_buffer` set on its
+/// sockets, if given), and options for a 3.1.1 client `id` that does not reconnect.
+fn raw_server(
+    id: &str,
+    receive_buffer: Option<u32>,
+) -> (tokio::net::TcpListener, mqtt_client::ConnectOptions) {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    if let Some(size) = receive_buffer {
+        socket.set_recv_buffer_size(size).unwrap();
+    }
+    socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let listener = socket.listen(16).unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let options = mqtt_client::ConnectOptions::new("127.0.0.1", port)
+        .version(ProtocolVersion::V3_1_1)
+        .client_id(id)
+        .reconnect(mqtt_client::ReconnectOptions {
+            enabled: false,
+            ..mqtt_client::ReconnectOptions::default()
+        });
+    (listener, options)
+}
+
+/// Accepts the client, takes its CONNECT and accepts it: the socket, from then on.
+async fn raw_accept(listener: &tokio::net::TcpListener) -> tokio::net::TcpStream {
+    use mqtt_codec::{ConnAck, Packet, ReasonCode};
+    let (s, _) = listener.accept().await.unwrap();
+    let mut peer = mqtt_client::testing::RawPeer::new(s, ProtocolVersion::V3_1_1);
+    let Packet::Connect(_) = peer.recv().await else {
+        panic!("expected CONNECT")
+    };
+    peer.send(ConnAck::new(false, ReasonCode::SUCCESS)).await;
+    peer.into_inner()
+}
+
+/// A 5.0 client `id` of Mosquitto through a proxy, with a window of 4 messages in
+/// flight, 4 pending and 2 requests queued, whose acknowledgements the proxy now holds
+/// back (`stall_downstream`).
+async fn stalled_small_window(
+    id: &str,
+) -> (
+    Mosquitto,
+    Proxy,
+    mqtt_client::Client,
+    mqtt_client::Connection,
+) {
+    let broker = Mosquitto::start();
+    let proxy = Proxy::start(broker.addr()).await;
+    let mut o = opts(&proxy.url(), ProtocolVersion::V5, id)
+        .request_capacity(2)
+        .max_pending(4);
+    o.limits_mut().max_inflight = 4;
+    let (c, conn) = connect(o).await;
+    proxy.stall_downstream(true);
+    (broker, proxy, c, conn)
 }
