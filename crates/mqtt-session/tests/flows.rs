@@ -727,6 +727,25 @@ fn deferring_server() -> (ServerSession, mqtt_codec::Connect) {
     (server, connect)
 }
 
+/// The connection's own QoS 1 message `id`, settled as routed, gets its PUBACK.
+fn assert_own_message_acknowledged(server: &mut ServerSession, id: u16) {
+    server
+        .handle_packet(Instant::ZERO, raw_publish(id, QoS::AtLeastOnce))
+        .unwrap();
+    let events: Vec<_> = std::iter::from_fn(|| server.poll_event()).collect();
+    for e in &events {
+        if let Event::Message(m, arrival) = e {
+            server.settle_publish(m.qos, arrival.packet_id, ReasonCode::SUCCESS);
+        }
+    }
+    let sent: Vec<_> = std::iter::from_fn(|| server.poll_transmit(Instant::ZERO)).collect();
+    assert!(
+        sent.iter()
+            .any(|p| matches!(p, Packet::PubAck(a) if a.packet_id.get() == id)),
+        "{sent:?}"
+    );
+}
+
 /// A PUBLISH to `t` with packet identifier `id`, as a client sends it.
 fn raw_publish(id: u16, qos: QoS) -> Packet {
     let mut p = Publish::new(ByteStr::from_static("t"), Bytes::from_static(b"m"));
@@ -801,21 +820,7 @@ fn a_taken_over_connections_messages_are_not_acknowledged_on_the_next() {
             );
         }
         // Settlements of this connection's own messages go out again.
-        server
-            .handle_packet(Instant::ZERO, raw_publish(3, QoS::AtLeastOnce))
-            .unwrap();
-        let events: Vec<_> = std::iter::from_fn(|| server.poll_event()).collect();
-        for e in &events {
-            if let Event::Message(m, arrival) = e {
-                server.settle_publish(m.qos, arrival.packet_id, ReasonCode::SUCCESS);
-            }
-        }
-        let sent: Vec<_> = std::iter::from_fn(|| server.poll_transmit(Instant::ZERO)).collect();
-        assert!(
-            sent.iter()
-                .any(|p| matches!(p, Packet::PubAck(a) if a.packet_id.get() == 3)),
-            "{case}: {sent:?}"
-        );
+        assert_own_message_acknowledged(&mut server, 3);
     }
 }
 
@@ -835,21 +840,7 @@ fn only_the_ended_connections_settlements_are_swallowed() {
     server.connection_lost(Instant::ZERO);
     while server.poll_event().is_some() {}
     server.accept(Instant::ZERO, &connect, Default::default());
-    server
-        .handle_packet(Instant::ZERO, raw_publish(7, QoS::AtLeastOnce))
-        .unwrap();
-    let events: Vec<_> = std::iter::from_fn(|| server.poll_event()).collect();
-    for e in &events {
-        if let Event::Message(m, arrival) = e {
-            server.settle_publish(m.qos, arrival.packet_id, ReasonCode::SUCCESS);
-        }
-    }
-    let sent: Vec<_> = std::iter::from_fn(|| server.poll_transmit(Instant::ZERO)).collect();
-    assert!(
-        sent.iter()
-            .any(|p| matches!(p, Packet::PubAck(a) if a.packet_id.get() == 7)),
-        "{sent:?}"
-    );
+    assert_own_message_acknowledged(&mut server, 7);
     // A QoS 2 message refused after its connection was taken over: nothing sent, and
     // its resend is a new message.
     server
