@@ -493,20 +493,13 @@ impl Flow {
         let Some(id) = packet_id else {
             return;
         };
+        if self.traffic_mut().events.take_unlinked_settlement() {
+            // Received on a connection that has ended: no acknowledgement on this one.
+            return self.settle_unsent(qos, packet_id, reason);
+        }
         let v5 = self.version.is_v5();
         let reason = if v5 { reason } else { ReasonCode::SUCCESS };
-        let discarded = self.discarded_since_lost;
         let t = self.traffic_mut();
-        if t.events.take_unlinked_settlement() {
-            // Received on a connection that has ended: no acknowledgement on this one.
-            // A refused QoS 2 message frees its identifier all the same, so that its
-            // resend is decided anew rather than answered as a duplicate (unless the
-            // session was discarded since: the identifier is the new connection's).
-            if qos == QoS::ExactlyOnce && reason.is_error() && !discarded {
-                t.inbox.release(id);
-            }
-            return;
-        }
         match qos {
             QoS::AtMostOnce => {}
             QoS::AtLeastOnce => t.tx.push_back(Tx::PubAck(id, reason)),
@@ -575,7 +568,9 @@ impl Flow {
     }
 
     /// The verdict of a PUBLISH whose connection ended before it was settled: nothing
-    /// is sent, but a refused QoS 2 message (5.0) frees its identifier.
+    /// is sent, but a refused QoS 2 message (5.0) frees its identifier, so that its
+    /// resend is decided anew rather than answered as a duplicate (unless the session
+    /// was discarded since: the identifier is then the new connection's).
     pub(crate) fn settle_unsent(
         &mut self,
         qos: QoS,

@@ -165,49 +165,47 @@ pub(crate) fn subscribe(
     // one that does not (Retain Handling 1 or 2) lets a delivery still pending go on
     // with its options. So the backlog never holds more entries than the session has
     // subscriptions, however often a client repeats a SUBSCRIBE while its queue is full.
-    let mut latest: Vec<(mqtt_codec::ByteStr, bool, _, _)> = Vec::new();
-    let mut at = HashMap::new();
-    for (filter, send, options, identifier) in retained_for.into_iter().rev() {
-        let known: Option<&usize> = at.get(&filter);
+    // Each filter once, in the order it first appears: whether any repeat sends, and
+    // the last repeat's QoS and identifier.
+    let mut latest: Vec<(mqtt_codec::ByteStr, bool, QoS, _)> = Vec::new();
+    let mut index = HashMap::new();
+    for (filter, send, options, identifier) in retained_for {
+        let known: Option<&usize> = index.get(&filter);
         match known.copied().and_then(|i| latest.get_mut(i)) {
-            Some(entry) => entry.1 |= send,
+            Some(entry) => {
+                entry.1 |= send;
+                (entry.2, entry.3) = (options.qos, identifier);
+            }
             None => {
-                at.insert(filter.clone(), latest.len());
-                latest.push((filter, send, options, identifier));
+                index.insert(filter.clone(), latest.len());
+                latest.push((filter, send, options.qos, identifier));
             }
         }
     }
-    let seen: HashSet<_> = at.into_keys().collect();
-    let mut fresh = Vec::with_capacity(latest.len());
-    let mut updated = HashMap::new();
-    for (filter, send, options, identifier) in latest.into_iter().rev() {
-        if send {
-            fresh.push((filter, options, identifier));
-        } else {
-            updated.insert(filter, (options.qos, identifier));
-        }
+    if !backlog.is_empty() {
+        backlog.retain_mut(
+            |e| match index.get(&e.filter).and_then(|&i| latest.get(i)) {
+                None => true,
+                // Started over below.
+                Some((_, true, ..)) => false,
+                Some(&(_, false, qos, identifier)) => {
+                    (e.qos, e.identifier) = (qos, identifier);
+                    true
+                }
+            },
+        );
     }
-    if !backlog.is_empty() && !seen.is_empty() {
-        backlog.retain(|e| !seen.contains(&e.filter) || updated.contains_key(&e.filter));
-        for e in backlog.iter_mut() {
-            if let Some(&(qos, identifier)) = updated.get(&e.filter) {
-                (e.qos, e.identifier) = (qos, identifier);
-            }
-        }
-    }
-    backlog.extend(
-        fresh
-            .into_iter()
-            .map(|(filter, options, identifier)| RetainedBacklog {
-                filter,
-                qos: options.qos,
-                identifier,
-                shard: 0,
-                cursor: None,
-                delivered: 0,
-                restarts: 0,
-            }),
-    );
+    backlog.extend(latest.into_iter().filter(|entry| entry.1).map(
+        |(filter, _, qos, identifier)| RetainedBacklog {
+            filter,
+            qos,
+            identifier,
+            shard: 0,
+            cursor: None,
+            delivered: 0,
+            restarts: 0,
+        },
+    ));
     kept
 }
 
